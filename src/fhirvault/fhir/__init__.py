@@ -1,0 +1,1 @@
+"""FHIR R4 knowledge: resource rules, OperationOutcome, Bundle, search parameters; imports nothing of ours."""

@@ -1,0 +1,53 @@
+"""Search index entries of a resource: identifier tokens and patient/subject/compartment references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fhirvault.fhir.elements import values_at
+from fhirvault.fhir.r4 import param_paths
+from fhirvault.fhir.references import parse_reference
+
+COMPARTMENT = "_compartment"
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    param: str
+    system: str | None
+    value: str
+
+
+@dataclass(frozen=True)
+class RefEntry:
+    param: str
+    target: str  # "Type/id"
+
+
+def index_entries(resource: dict[str, Any], base_url: str) -> tuple[set[TokenEntry], set[RefEntry]]:
+    rtype = resource["resourceType"]
+    tokens: set[TokenEntry] = set()
+    refs: set[RefEntry] = set()
+    for spec in param_paths(rtype, "identifier"):
+        for ident in values_at(resource, spec["path"]):
+            if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+                tokens.add(TokenEntry("identifier", ident.get("system"), ident["value"]))
+    for code in ("patient", "subject", COMPARTMENT):
+        specs = param_paths(rtype, "compartment" if code == COMPARTMENT else code)
+        for spec in specs:
+            for ref in values_at(resource, spec["path"]):
+                if not isinstance(ref, dict) or not isinstance(ref.get("reference"), str):
+                    continue
+                parsed = parse_reference(ref["reference"], base_url)
+                if parsed is None:
+                    continue
+                target = spec.get("target")
+                if code == COMPARTMENT and parsed.resource_type != "Patient":
+                    continue
+                if target and parsed.resource_type != target:
+                    continue
+                refs.add(RefEntry(code, parsed.relative))
+    if rtype == "Patient" and "id" in resource:
+        refs.add(RefEntry(COMPARTMENT, f"Patient/{resource['id']}"))
+    return tokens, refs

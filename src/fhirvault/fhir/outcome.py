@@ -1,0 +1,22 @@
+"""OperationOutcome resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def operation_outcome(
+    message: str, *, code: str = "processing", severity: str = "error", expression: str | None = None
+) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": message}
+    issue["details"] = {"text": message}
+    if expression:
+        issue["expression"] = [expression]
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def informational(messages: list[str]) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "information", "code": "informational", "diagnostics": m} for m in messages],
+    }

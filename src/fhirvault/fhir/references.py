@@ -1,0 +1,29 @@
+"""Parsing of FHIR references (`Patient/1`, `Patient/1/_history/2`, absolute URLs on our base)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_REL = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(/_history/(?P<vid>[0-9]+))?$")
+
+
+@dataclass(frozen=True)
+class Reference:
+    resource_type: str
+    id: str
+    version_id: str | None = None
+
+    @property
+    def relative(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+
+def parse_reference(value: str, base_url: str | None = None) -> Reference | None:
+    """A relative reference, or an absolute one on `base_url`; None for anything else."""
+    if base_url and value.startswith(base_url.rstrip("/") + "/"):
+        value = value[len(base_url.rstrip("/")) + 1 :]
+    m = _REL.match(value)
+    if not m:
+        return None
+    return Reference(m.group("type"), m.group("id"), m.group("vid"))

@@ -1,0 +1,39 @@
+"""FHIR JSON responses and OperationOutcome errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+from fhirvault.errors import FhirVaultError
+from fhirvault.fhir.outcome import operation_outcome
+from fhirvault.http.negotiation import FHIR_JSON
+
+FHIR_CONTENT_TYPE = f"{FHIR_JSON}; charset=utf-8"
+
+
+class FhirJsonResponse(Response):
+    media_type = FHIR_CONTENT_TYPE
+
+    def __init__(self, content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> None:
+        super().__init__(content, status_code, headers)
+
+    def render(self, content: Any) -> bytes:
+        if content is None:
+            return b""
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def outcome_response(status: int, message: str, code: str = "processing",
+                     headers: dict[str, str] | None = None, expression: str | None = None) -> FhirJsonResponse:
+    return FhirJsonResponse(operation_outcome(message, code=code, expression=expression), status, headers)
+
+
+def error_response(exc: FhirVaultError) -> FhirJsonResponse:
+    headers: dict[str, str] = {}
+    extra = getattr(exc, "headers", None)
+    if isinstance(extra, dict):
+        headers.update(extra)
+    return outcome_response(exc.status, exc.message, exc.code, headers, exc.expression)

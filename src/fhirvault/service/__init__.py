@@ -1,0 +1,1 @@
+"""Use cases: resources, search, bundles, binaries, operations, ingestion."""

@@ -1,0 +1,228 @@
+"""Batch and transaction Bundles: each entry through the ordinary use cases; a transaction is all or nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from fhirvault.errors import FhirVaultError, Invalid
+from fhirvault.fhir.outcome import operation_outcome
+from fhirvault.fhir.r4 import is_resource_type
+from fhirvault.service.context import RequestContext
+from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult, new_id
+from fhirvault.service.search import run_search
+from fhirvault.service.timeutil import to_http_date, to_instant
+
+# FHIR's processing order within a transaction.
+METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+@dataclass
+class EntryRequest:
+    index: int
+    method: str
+    rtype: str
+    rid: str | None
+    vid: str | None
+    query: str
+    resource: Any
+    full_url: str | None
+    if_match: int | None
+    if_none_exist: str | None
+
+
+def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(entry, dict):
+        raise Invalid(f"{where} must be an object", expression=where)
+    request = entry.get("request")
+    if not isinstance(request, dict) or not isinstance(request.get("method"), str) or not isinstance(
+        request.get("url"), str
+    ):
+        raise Invalid(f"{where}.request needs a method and a url", expression=f"{where}.request")
+    method = request["method"].upper()
+    if method not in METHOD_ORDER or method == "PATCH":
+        raise Invalid(f"{where}.request.method {method} is not supported", expression=f"{where}.request.method")
+    url = request["url"]
+    if url.startswith(base_url + "/"):
+        url = url[len(base_url) + 1:]
+    split = urlsplit(url)
+    parts = [p for p in split.path.split("/") if p]
+    if not parts or not is_resource_type(parts[0]):
+        raise Invalid(f"{where}.request.url '{request['url']}' does not name a resource type",
+                      expression=f"{where}.request.url")
+    rid = parts[1] if len(parts) > 1 else None
+    vid = parts[3] if len(parts) > 3 and parts[2] == "_history" else None
+    if_match = None
+    if request.get("ifMatch"):
+        if_match = parse_etag(request["ifMatch"])
+    return EntryRequest(index, method, parts[0], rid, vid, split.query, entry.get("resource"),
+                        entry.get("fullUrl"), if_match, request.get("ifNoneExist"))
+
+
+def parse_etag(value: str) -> int:
+    v = value.strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    v = v.strip('"')
+    if not v.isdigit():
+        raise Invalid(f"If-Match '{value}' is not a version ETag like W/\"3\"")
+    return int(v)
+
+
+def _replace_refs(node: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _replace_refs(v, mapping) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_replace_refs(v, mapping) for v in node]
+    if isinstance(node, str) and node in mapping:
+        return mapping[node]
+    return node
+
+
+def _status_line(code: int) -> str:
+    return {200: "200 OK", 201: "201 Created", 204: "204 No Content"}.get(code, str(code))
+
+
+class BundleService:
+    def __init__(self, resources: ResourceService) -> None:
+        self.resources = resources
+
+    async def process(self, ctx: RequestContext, bundle: Any) -> dict[str, Any]:
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise Invalid("POST to the FHIR base takes a Bundle of type batch or transaction")
+        kind = bundle.get("type")
+        if kind not in ("batch", "transaction"):
+            raise Invalid(f"Bundle.type must be batch or transaction, not {kind!r}", expression="Bundle.type")
+        raw_entries = bundle.get("entry") or []
+        if not isinstance(raw_entries, list):
+            raise Invalid("Bundle.entry must be a list", expression="Bundle.entry")
+        if kind == "transaction":
+            entries = [_parse_entry(i, e, ctx.base_url) for i, e in enumerate(raw_entries)]
+            responses = await self._transaction(ctx, entries)
+        else:
+            responses = await self._batch(ctx, raw_entries)
+        return {
+            "resourceType": "Bundle",
+            "id": new_id(),
+            "type": f"{kind}-response",
+            "entry": responses,
+        }
+
+    async def _batch(self, ctx: RequestContext, raw_entries: list[Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for i, raw in enumerate(raw_entries):
+            try:
+                entry = _parse_entry(i, raw, ctx.base_url)
+                if entry.method in ("GET", "HEAD"):
+                    out.append(await self._read_entry(ctx, entry))
+                else:
+                    result = await self._write_alone(ctx, entry)
+                    out.append(await self._write_response(ctx, result))
+            except FhirVaultError as exc:
+                out.append({"response": {"status": str(exc.status),
+                                         "outcome": operation_outcome(exc.message, code=exc.code)}})
+        return out
+
+    async def _write_alone(self, ctx: RequestContext, entry: EntryRequest) -> WriteResult | None:
+        interaction = {"POST": "create", "PUT": "update", "DELETE": "delete"}[entry.method]
+        self.resources.access.require(ctx, interaction, entry.rtype)
+
+        async def work(uow: UnitOfWork) -> WriteResult | None:
+            return await self._write_entry(uow, ctx, entry)
+
+        return await self.resources.in_transaction(ctx, work)
+
+    async def _transaction(self, ctx: RequestContext, entries: list[EntryRequest]) -> list[dict[str, Any]]:
+        for e in entries:
+            interaction = {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(e.method)
+            if interaction:
+                self.resources.access.require(ctx, interaction, e.rtype)
+
+        async def work(uow: UnitOfWork) -> list[tuple[EntryRequest, Any]]:
+            mapping: dict[str, str] = {}
+            for e in entries:
+                if e.full_url and e.method == "POST":
+                    e.rid = new_id()
+                    mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+                elif e.full_url and e.method == "PUT" and e.rid:
+                    mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+            results: list[tuple[EntryRequest, Any]] = []
+            for e in sorted(entries, key=lambda x: (METHOD_ORDER[x.method], x.index)):
+                if e.resource is not None:
+                    e.resource = _replace_refs(e.resource, mapping)
+                if e.method in ("GET", "HEAD"):
+                    continue
+                results.append((e, await self._write_entry(uow, ctx, e)))
+            return results
+
+        written = dict((e.index, r) for e, r in await self.resources.in_transaction(ctx, work))
+        out: list[dict[str, Any]] = []
+        for e in entries:
+            if e.method in ("GET", "HEAD"):
+                out.append(await self._read_entry(ctx, e))
+            else:
+                out.append(await self._write_response(ctx, written[e.index]))
+        return out
+
+    async def _write_entry(self, uow: UnitOfWork, ctx: RequestContext, e: EntryRequest) -> WriteResult | None:
+        svc = self.resources
+        if e.method == "POST":
+            if e.rid and not e.full_url:
+                raise Invalid(f"Bundle.entry[{e.index}]: POST goes to a type, not to {e.rtype}/{e.rid}")
+            return await svc.create_in(uow, ctx, e.rtype, e.resource, e.if_none_exist, rid=e.rid)
+        if e.method == "PUT":
+            if not e.rid:
+                raise Invalid(f"Bundle.entry[{e.index}]: PUT needs a url like {e.rtype}/[id]")
+            return await svc.update_in(uow, ctx, e.rtype, e.rid, e.resource, e.if_match)
+        if not e.rid:
+            raise Invalid(f"Bundle.entry[{e.index}]: DELETE needs a url like {e.rtype}/[id]")
+        await svc.delete_in(uow, ctx, e.rtype, e.rid)
+        return None
+
+    async def _write_response(self, ctx: RequestContext, result: WriteResult | None) -> dict[str, Any]:
+        if result is None:
+            return {"response": {"status": "204 No Content"}}
+        s = result.stored
+        status = 201 if result.created and not result.existing else 200
+        rendered = (await self.resources.render(ctx, [result.resource]))[0]
+        return {
+            "fullUrl": f"{ctx.base_url}/{s.resource_type}/{s.id}",
+            "resource": rendered,
+            "response": {
+                "status": _status_line(status),
+                "location": f"{s.resource_type}/{s.id}/_history/{s.version_id}",
+                "etag": f'W/"{s.version_id}"',
+                "lastModified": to_instant(s.last_updated),
+            },
+        }
+
+    async def _read_entry(self, ctx: RequestContext, e: EntryRequest) -> dict[str, Any]:
+        try:
+            if e.rid is None:
+                result = await run_search(self.resources, ctx, e.rtype, parse_qsl(e.query, keep_blank_values=True))
+                rendered = await self.resources.render(ctx, [m.content for m in result.matches if m.content])
+                inner: dict[str, Any] = {
+                    "resourceType": "Bundle", "type": "searchset",
+                    "entry": [{"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}", "resource": r,
+                               "search": {"mode": "match"}} for r in rendered],
+                }
+                if result.total is not None:
+                    inner["total"] = result.total
+                return {"resource": inner, "response": {"status": "200 OK"}}
+            if e.vid:
+                stored = await self.resources.vread(ctx, e.rtype, e.rid, e.vid)
+            else:
+                stored = await self.resources.read(ctx, e.rtype, e.rid)
+            assert stored.content is not None
+            return {
+                "fullUrl": f"{ctx.base_url}/{e.rtype}/{e.rid}",
+                "resource": (await self.resources.render(ctx, [stored.content]))[0],
+                "response": {"status": "200 OK", "etag": f'W/"{stored.version_id}"',
+                             "lastModified": to_http_date(stored.last_updated)},
+            }
+        except FhirVaultError as exc:
+            return {"response": {"status": str(exc.status), "outcome": operation_outcome(exc.message, code=exc.code)}}
+
+

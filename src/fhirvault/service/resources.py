@@ -1,0 +1,224 @@
+"""The resource use cases: create, read, vread, update, delete, history; one transaction each."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhirvault.errors import Conflict, Gone, Invalid, NotFound, PreconditionFailed
+from fhirvault.fhir.indexing import index_entries
+from fhirvault.fhir.r4 import is_resource_type, is_valid_id
+from fhirvault.service.access import AccessPolicy, AllowAll
+from fhirvault.service.context import RequestContext
+from fhirvault.service.hooks import AfterCommitHook, ReadHook, WriteHook
+from fhirvault.service.search import conditional_matches
+from fhirvault.service.timeutil import now_us, to_instant
+from fhirvault.store.database import Database
+from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
+
+T = TypeVar("T")
+MAX_RETRIES = 8
+
+
+@dataclass
+class UnitOfWork:
+    """One write transaction, and what to do once it has committed."""
+
+    conn: AsyncConnection
+    committed: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class WriteResult:
+    stored: StoredResource
+    created: bool
+    existing: bool = False  # conditional create found a match; nothing was written
+
+    @property
+    def resource(self) -> dict[str, Any]:
+        assert self.stored.content is not None
+        return self.stored.content
+
+
+def check_resource_body(body: Any, rtype: str | None) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise Invalid("The request body must be a JSON object holding a FHIR resource")
+    declared = body.get("resourceType")
+    if not isinstance(declared, str) or not declared:
+        raise Invalid("The resource has no 'resourceType'", expression="resourceType")
+    if not is_resource_type(declared):
+        raise Invalid(f"'{declared}' is not an R4 resource type", expression="resourceType")
+    if rtype is not None and declared != rtype:
+        raise Invalid(f"The body's resourceType '{declared}' does not match the URL's '{rtype}'",
+                      expression="resourceType")
+    meta = body.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise Invalid("'meta' must be an object", expression=f"{declared}.meta")
+    return body
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class ResourceService:
+    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None) -> None:
+        self.db = db
+        self.store = store
+        self.access: AccessPolicy = access or AllowAll()
+        self.write_hooks: list[WriteHook] = []
+        self.after_commit_hooks: list[AfterCommitHook] = []
+        self.read_hooks: list[ReadHook] = []
+
+    # -- transactions -------------------------------------------------------------------------
+    async def in_transaction(self, ctx: RequestContext, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """Run `work` in one write transaction, retried from the start when a concurrent writer won."""
+        for attempt in range(MAX_RETRIES):
+            try:
+                async with self.db.write() as conn:
+                    uow = UnitOfWork(conn)
+                    result = await work(uow)
+                break
+            except VersionConflict:
+                if attempt == MAX_RETRIES - 1:
+                    raise Conflict("The resource is being changed by other requests; retry") from None
+        for resource in uow.committed:
+            for hook in self.after_commit_hooks:
+                await hook.after_commit(ctx, resource)
+        return result
+
+    # -- writes ---------------------------------------------------------------------------------
+    async def create(self, ctx: RequestContext, rtype: str, body: Any,
+                     if_none_exist: str | None = None) -> WriteResult:
+        self.access.require(ctx, "create", rtype)
+        return await self.in_transaction(ctx, lambda uow: self.create_in(uow, ctx, rtype, body, if_none_exist))
+
+    async def create_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, body: Any,
+                        if_none_exist: str | None = None, rid: str | None = None) -> WriteResult:
+        resource = check_resource_body(body, rtype)
+        if if_none_exist:
+            matches = await conditional_matches(self.store, uow.conn, ctx, rtype, if_none_exist)
+            if len(matches) > 1:
+                raise PreconditionFailed(
+                    f"If-None-Exist '{if_none_exist}' matched {len(matches)} resources; it must match at most one")
+            if matches:
+                return WriteResult(matches[0], created=False, existing=True)
+        return await self._write(uow, ctx, rtype, rid or new_id(), resource, None, "POST")
+
+    async def update(self, ctx: RequestContext, rtype: str, rid: str, body: Any,
+                     if_match: int | None = None) -> WriteResult:
+        self.access.require(ctx, "update", rtype)
+        return await self.in_transaction(ctx, lambda uow: self.update_in(uow, ctx, rtype, rid, body, if_match))
+
+    async def update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str, body: Any,
+                        if_match: int | None = None) -> WriteResult:
+        resource = check_resource_body(body, rtype)
+        if not is_valid_id(rid):
+            raise Invalid(f"'{rid}' is not a valid resource id ([A-Za-z0-9-.]{{1,64}})")
+        if "id" not in resource:
+            raise Invalid("An update must carry the resource's id in the body", expression=f"{rtype}.id")
+        if resource["id"] != rid:
+            raise Invalid(f"The body's id '{resource['id']}' does not match the URL's id '{rid}'",
+                          expression=f"{rtype}.id")
+        current = await self.store.get(uow.conn, rtype, rid, for_update=True)
+        if if_match is not None:
+            if current is None or current.deleted:
+                raise PreconditionFailed(f"If-Match W/\"{if_match}\" given but {rtype}/{rid} does not exist")
+            if current.version_id != if_match:
+                raise PreconditionFailed(
+                    f"If-Match W/\"{if_match}\" does not match the current version {current.version_id} "
+                    f"of {rtype}/{rid}")
+        return await self._write(uow, ctx, rtype, rid, resource, current, "PUT")
+
+    async def delete(self, ctx: RequestContext, rtype: str, rid: str) -> StoredResource | None:
+        self.access.require(ctx, "delete", rtype)
+        return await self.in_transaction(ctx, lambda uow: self.delete_in(uow, ctx, rtype, rid))
+
+    async def delete_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str) -> StoredResource | None:
+        current = await self.store.get(uow.conn, rtype, rid, for_update=True)
+        if current is None or current.deleted:
+            return None
+        if current.content is not None and not self.access.can_see(ctx, current.content):
+            raise NotFound(f"{rtype}/{rid} is not known")
+        stored = StoredResource(rtype, rid, current.version_id + 1, now_us(), True, None, None, "DELETE")
+        await self.store.write(uow.conn, stored, current.version_id, set(), set())
+        return stored
+
+    async def _write(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str,
+                     resource: dict[str, Any], current: StoredResource | None, method: str,
+                     blob_id: str | None = None) -> WriteResult:
+        resource = copy.deepcopy(resource)
+        resource["id"] = rid
+        if current is not None and current.content is not None and not self.access.can_see(ctx, current.content):
+            raise NotFound(f"{rtype}/{rid} is not known")
+        for hook in self.write_hooks:
+            await hook.before_write(ctx, uow.conn, resource)
+        if not self.access.can_see(ctx, resource):
+            raise NotFound(f"{rtype}/{rid} would be outside what this client may access")
+        version = 1 if current is None else current.version_id + 1
+        ts = now_us()
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = to_instant(ts)
+        resource["meta"] = meta
+        stored = StoredResource(rtype, rid, version, ts, False, resource, blob_id, method)
+        tokens, refs = index_entries(resource, ctx.base_url)
+        await self.store.write(uow.conn, stored, current.version_id if current else None, tokens, refs)
+        uow.committed.append(resource)
+        return WriteResult(stored, created=current is None or current.deleted)
+
+    # -- reads ----------------------------------------------------------------------------------
+    async def read(self, ctx: RequestContext, rtype: str, rid: str) -> StoredResource:
+        self.access.require(ctx, "read", rtype)
+        async with self.db.read() as conn:
+            stored = await self.store.get(conn, rtype, rid)
+        return self._visible(ctx, rtype, rid, stored)
+
+    async def vread(self, ctx: RequestContext, rtype: str, rid: str, vid: str) -> StoredResource:
+        self.access.require(ctx, "vread", rtype)
+        if not vid.isdigit():
+            raise NotFound(f"{rtype}/{rid} has no version '{vid}'")
+        async with self.db.read() as conn:
+            stored = await self.store.get_version(conn, rtype, rid, int(vid))
+            if stored is None:
+                raise NotFound(f"{rtype}/{rid} has no version {vid}")
+            if stored.deleted:
+                # Access to a deleted version is judged by the version before it.
+                before = await self.store.get_version(conn, rtype, rid, int(vid) - 1)
+                if before and before.content and not self.access.can_see(ctx, before.content):
+                    raise NotFound(f"{rtype}/{rid} has no version {vid}")
+                raise Gone(f"Version {vid} of {rtype}/{rid} is a deletion")
+        return self._visible(ctx, rtype, rid, stored)
+
+    def _visible(self, ctx: RequestContext, rtype: str, rid: str, stored: StoredResource | None) -> StoredResource:
+        if stored is None:
+            raise NotFound(f"{rtype}/{rid} is not known")
+        if stored.deleted:
+            raise Gone(f"{rtype}/{rid} was deleted")
+        if stored.content is not None and not self.access.can_see(ctx, stored.content):
+            raise NotFound(f"{rtype}/{rid} is not known")
+        return stored
+
+    async def history(self, ctx: RequestContext, rtype: str | None, rid: str | None, since_us: int | None,
+                      count: int, offset: int) -> tuple[list[StoredResource], int]:
+        self.access.require(ctx, "history", rtype)
+        async with self.db.read() as conn:
+            if rtype and rid:
+                current = await self.store.get(conn, rtype, rid)
+                if current is None:
+                    raise NotFound(f"{rtype}/{rid} is not known")
+            rows, total = await self.store.history(conn, rtype, rid, since_us, count, offset)
+        visible = [r for r in rows if r.content is None or self.access.can_see(ctx, r.content)]
+        return visible, total - (len(rows) - len(visible))
+
+    async def render(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Copies of stored resources, passed through the read hooks (for example URL signing)."""
+        out = [copy.deepcopy(r) for r in resources]
+        for hook in self.read_hooks:
+            await hook.after_read(ctx, out)
+        return out

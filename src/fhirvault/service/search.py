@@ -1,0 +1,179 @@
+"""Search: turning query parameters into a SearchQuery, running it, and paging the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhirvault.errors import Invalid
+from fhirvault.fhir.indexing import COMPARTMENT
+from fhirvault.fhir.r4 import has_param, is_valid_id
+from fhirvault.fhir.references import parse_reference
+from fhirvault.service.context import RequestContext
+from fhirvault.service.timeutil import parse_fhir_datetime_range
+from fhirvault.store.resources import RefFilter, ResourceStore, SearchQuery, StoredResource, TokenFilter
+
+if TYPE_CHECKING:
+    from fhirvault.service.resources import ResourceService
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+# Parameters that shape the result rather than filter it.
+RESULT_PARAMS = {"_count", "_offset", "_sort", "_summary", "_total", "_format", "_pretty", "_include"}
+
+
+@dataclass
+class ParsedSearch:
+    query: SearchQuery
+    summary_count: bool = False
+    total_accurate: bool = False
+    ignored: list[str] = field(default_factory=list)
+    includes: list[str] = field(default_factory=list)
+    echo: list[tuple[str, str]] = field(default_factory=list)  # the parameters we honoured, for links
+
+
+@dataclass
+class SearchResult:
+    matches: list[StoredResource]
+    total: int | None
+    parsed: ParsedSearch
+
+
+def _int_param(name: str, value: str, lo: int, hi: int | None = None) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise Invalid(f"Search parameter {name}={value!r} must be a whole number") from None
+    if n < lo:
+        raise Invalid(f"Search parameter {name}={value} must be at least {lo}")
+    return min(n, hi) if hi is not None else n
+
+
+def parse_search(rtype: str, params: list[tuple[str, str]], base_url: str, strict: bool) -> ParsedSearch:
+    q = SearchQuery(resource_type=rtype, count=DEFAULT_COUNT)
+    parsed = ParsedSearch(query=q)
+    for raw_name, value in params:
+        name, _, modifier = raw_name.partition(":")
+        if name == "_count":
+            q.count = _int_param("_count", value, 0, MAX_COUNT)
+        elif name == "_offset":
+            q.offset = _int_param("_offset", value, 0)
+            continue  # links add their own
+        elif name == "_sort":
+            if value not in ("_lastUpdated", "-_lastUpdated"):
+                raise Invalid(f"_sort={value} is not supported; use _lastUpdated or -_lastUpdated")
+            q.sort_desc = value.startswith("-")
+        elif name == "_summary":
+            if value == "count":
+                parsed.summary_count = True
+            elif value != "false":
+                _unsupported(parsed, strict, f"_summary={value}")
+                continue
+        elif name == "_total":
+            if value == "accurate":
+                parsed.total_accurate = True
+            elif value not in ("none", "estimate"):
+                raise Invalid(f"_total={value} is not one of none, estimate, accurate")
+        elif name in ("_format", "_pretty"):
+            continue
+        elif name == "_include":
+            parsed.includes.append(value)
+        elif name == "_id":
+            ids = [v for v in value.split(",") if v]
+            for i in ids:
+                if not is_valid_id(i):
+                    raise Invalid(f"_id value '{i}' is not a valid resource id")
+            q.ids = ids if q.ids is None else [i for i in q.ids if i in ids]
+        elif name == "_lastUpdated":
+            prefix, rest = (value[:2], value[2:]) if value[:2] in PREFIXES else ("eq", value)
+            start, end = parse_fhir_datetime_range(rest)
+            q.updated.append((prefix, start, end))
+        elif name == "identifier" and has_param(rtype, "identifier"):
+            q.tokens.append(TokenFilter("identifier", [_token(v) for v in _split_or(value)]))
+        elif name in ("patient", "subject") and has_param(rtype, name):
+            q.refs.append(RefFilter(name, [_ref_target(name, modifier, v, base_url) for v in _split_or(value)]))
+        else:
+            _unsupported(parsed, strict, raw_name)
+            continue
+        parsed.echo.append((raw_name, value))
+    return parsed
+
+
+def _unsupported(parsed: ParsedSearch, strict: bool, name: str) -> None:
+    if strict:
+        raise Invalid(f"Search parameter '{name}' is not supported for {parsed.query.resource_type}")
+    parsed.ignored.append(name)
+
+
+def _split_or(value: str) -> list[str]:
+    parts = [p.replace("\\,", ",") for p in value.replace("\\,", "\x00").split(",")]
+    return [p.replace("\x00", ",") for p in parts if p]
+
+
+def _token(value: str) -> tuple[str | None, str | None]:
+    if "|" not in value:
+        return None, value
+    system, _, code = value.partition("|")
+    return system, code or None  # "|code": no system (""), "sys|": any code
+
+
+def _ref_target(param: str, modifier: str, value: str, base_url: str) -> str:
+    ref = parse_reference(value, base_url)
+    if ref is not None:
+        return ref.relative
+    if is_valid_id(value):
+        if param == "patient" or modifier:
+            return f"{modifier or 'Patient'}/{value}"
+        raise Invalid(f"{param}={value}: give the type as well "
+                      f"(e.g. {param}=Patient/{value} or {param}:Patient={value})")
+    raise Invalid(f"{param}={value!r} is not a reference like Patient/123")
+
+
+def restrict_to_compartment(q: SearchQuery, targets: list[str]) -> None:
+    q.refs.append(RefFilter(COMPARTMENT, targets))
+
+
+def page_links(base_url: str, rtype: str, parsed: ParsedSearch, total: int | None, returned: int
+               ) -> list[tuple[str, str]]:
+    q = parsed.query
+    params = [(k, v) for k, v in parsed.echo if k not in ("_count",)]
+
+    def link(offset: int) -> str:
+        return f"{base_url}/{rtype}?" + urlencode([*params, ("_count", str(q.count)), ("_offset", str(offset))])
+
+    links = [("self", link(q.offset))]
+    has_next = returned == q.count and q.count > 0 and (total is None or q.offset + q.count < total)
+    if has_next:
+        links.append(("next", link(q.offset + q.count)))
+    if q.offset > 0:
+        links.append(("previous", link(max(0, q.offset - q.count))))
+    return links
+
+
+async def conditional_matches(store: ResourceStore, conn: AsyncConnection, ctx: RequestContext, rtype: str,
+                              query_string: str) -> list[StoredResource]:
+    """Resources matching an If-None-Exist / conditional query, at most 2 (enough to tell 'many')."""
+    params = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
+    parsed = parse_search(rtype, params, ctx.base_url, strict=True)
+    parsed.query.count = 2
+    return await store.search(conn, parsed.query)
+
+
+async def run_search(service: ResourceService, ctx: RequestContext, rtype: str, params: list[tuple[str, str]]
+                     ) -> SearchResult:
+    service.access.require(ctx, "search", rtype)
+    parsed = parse_search(rtype, params, ctx.base_url, ctx.handling_strict)
+    restriction = service.access.search_restriction(ctx, rtype)
+    if restriction is not None:
+        restrict_to_compartment(parsed.query, restriction)
+    async with service.db.read() as conn:
+        total: int | None = None
+        if parsed.summary_count or parsed.total_accurate:
+            total = await service.store.count(conn, parsed.query)
+        matches = [] if parsed.summary_count else await service.store.search(conn, parsed.query)
+    matches = [m for m in matches if m.content is None or service.access.can_see(ctx, m.content)]
+    return SearchResult(matches, total, parsed)

@@ -1,0 +1,1 @@
+"""Resources, versions, search indexes and blob registry in SQL (SQLite embedded, PostgreSQL)."""

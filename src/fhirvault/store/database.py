@@ -1,0 +1,92 @@
+"""The SQL engine: one code path for SQLite (WAL) and PostgreSQL, read and write transactions, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from fhirvault.store import schema
+
+
+class Database:
+    """Owns the engine. Writes on SQLite take an in-process lock and BEGIN IMMEDIATE, so that
+    concurrent writers queue instead of failing with 'database is locked'."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            path = url.split(":///", 1)[1] if ":///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_size"] = 10
+            kwargs["max_overflow"] = 20
+            kwargs["pool_pre_ping"] = True
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self._write_lock = asyncio.Lock()
+        if self.is_sqlite:
+            self._configure_sqlite()
+
+    def _configure_sqlite(self) -> None:
+        sync_engine = self.engine.sync_engine
+
+        @event.listens_for(sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            immediate = conn.get_execution_options().get("fhirvault_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction: committed on success, rolled back on any exception."""
+        if self.is_sqlite:
+            async with self._write_lock, self.engine.connect() as conn:
+                conn = await conn.execution_options(fhirvault_write=True)
+                async with conn.begin():
+                    yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def migrate(self) -> int:
+        """Bring the schema to the newest version; returns that version. Never drops data."""
+        async with self.write() as conn:
+            if not self.is_sqlite:
+                # Serialize concurrent starts of several nodes on one PostgreSQL database.
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7262011)"))
+            await conn.run_sync(lambda s: schema.schema_version.create(s, checkfirst=True))
+            current = (await conn.execute(sa.select(schema.schema_version.c.version))).scalar()
+            if current is None:
+                await conn.execute(sa.insert(schema.schema_version).values(version=0))
+                current = 0
+            for step_no in range(current, len(schema.MIGRATIONS)):
+                await schema.MIGRATIONS[step_no](conn)
+            await conn.execute(sa.update(schema.schema_version).values(version=len(schema.MIGRATIONS)))
+        return len(schema.MIGRATIONS)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

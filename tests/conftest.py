@@ -1,0 +1,62 @@
+"""Fixtures: real fhirvault servers over HTTP, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.server import ServerProcess, postgres_available, postgres_database, settings_env
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_postgres() -> None:
+    if postgres_available():
+        return
+    if IN_CI:
+        pytest.fail("PostgreSQL at 127.0.0.1:5432 is not reachable, and CI=true requires it")
+    pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts a server with given settings; `backend` is 'sqlite' or 'postgres'. All stop at session end."""
+    stack = ExitStack()
+
+    def start(backend: str = "sqlite", **settings: Any) -> ServerProcess:
+        data_dir = Path(tmp_path_factory.mktemp(f"fv-{backend}"))
+        if backend == "postgres" and "database_url" not in settings:
+            require_postgres()
+            settings["database_url"] = stack.enter_context(postgres_database())
+        server = ServerProcess(data_dir, settings_env(**settings)).start()
+        stack.callback(server.stop)
+        return server
+
+    yield start
+    stack.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    """The default server, once per database backend."""
+    return server_factory(request.param)
+
+
+class FhirApi(httpx.Client):
+    """An HTTP client on one server's FHIR base; `base` is that URL without a trailing slash."""
+
+    def __init__(self, base: str, **kwargs: Any) -> None:
+        super().__init__(base_url=base, timeout=60, **kwargs)
+        self.base = base
+
+
+@pytest.fixture
+def api(server: ServerProcess) -> Iterator[FhirApi]:
+    with FhirApi(server.base) as client:
+        yield client

@@ -1,0 +1,97 @@
+"""Starting the server: zero-config defaults, restarts and schema migration."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.support.server import ServerProcess, free_port
+
+
+def test_zero_config_serve_in_empty_directory(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fhirvault.cli", "serve", "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}/fhir/R4"
+        assert proc.stdout is not None
+        first_line = proc.stdout.readline().decode()
+        assert base in first_line
+        for _ in range(200):
+            try:
+                httpx.get(f"{base}/metadata", timeout=1)
+                break
+            except httpx.HTTPError:
+                import time
+                time.sleep(0.05)
+        r = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"},
+                       headers={"Content-Type": "application/fhir+json"})
+        assert r.status_code == 201
+        assert r.headers["Location"].startswith(f"{base}/Patient/")
+        assert (tmp_path / "fhirvault-data" / "fhirvault.db").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_restart_keeps_every_resource_and_version(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", {}).start()
+    try:
+        r = httpx.post(f"{server.base}/Patient", json={"resourceType": "Patient", "active": True})
+        pid = r.json()["id"]
+        httpx.put(f"{server.base}/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": False})
+    finally:
+        server.stop()
+    server.start()
+    try:
+        assert httpx.get(f"{server.base}/Patient/{pid}").json()["active"] is False
+        assert httpx.get(f"{server.base}/Patient/{pid}/_history/1").json()["active"] is True
+        assert httpx.get(f"{server.base}/Patient/{pid}/_history").json()["total"] == 2
+    finally:
+        server.stop()
+
+
+def test_database_from_first_release_is_upgraded_not_dropped(tmp_path: Path) -> None:
+    """A database at schema version 1 holding a resource is migrated to the newest schema on start."""
+    import asyncio
+
+    from fhirvault.store import schema
+    from fhirvault.store.database import Database
+
+    data = tmp_path / "data"
+    data.mkdir()
+    url = f"sqlite+aiosqlite:///{data / 'fhirvault.db'}"
+
+    async def make_v1() -> None:
+        saved = list(schema.MIGRATIONS)
+        schema.MIGRATIONS[:] = saved[:1]
+        try:
+            db = Database(url)
+            assert await db.migrate() == 1
+            await db.close()
+        finally:
+            schema.MIGRATIONS[:] = saved
+
+    asyncio.run(make_v1())
+    content = '{"resourceType":"Patient","id":"old","meta":{"versionId":"1","lastUpdated":"2020-01-01T00:00:00+00:00"}}'
+    db = sqlite3.connect(data / "fhirvault.db")
+    cols = "resource_type, id, version_id, last_updated, deleted, content"
+    vals = "'Patient', 'old', 1, 1577836800000000, 0, ?"
+    db.execute(f"insert into resources ({cols}) values ({vals})", (content,))
+    db.execute(f"insert into resource_versions ({cols}, method) values ({vals}, 'PUT')", (content,))
+    db.commit()
+    db.close()
+    server = ServerProcess(data, {}).start()
+    try:
+        assert httpx.get(f"{server.base}/Patient/old").json()["id"] == "old"
+        pid = httpx.post(f"{server.base}/Patient", json={"resourceType": "Patient"}).json()["id"]
+        assert httpx.get(f"{server.base}/Patient/{pid}").status_code == 200
+    finally:
+        server.stop()
+    db = sqlite3.connect(data / "fhirvault.db")
+    assert db.execute("select version from schema_version").fetchone()[0] == len(schema.MIGRATIONS)
+    db.close()
