@@ -8,10 +8,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.support.server import ServerProcess, postgres_available, postgres_database, settings_env
+from tests.support.server import FhirApi, ServerProcess, postgres_available, postgres_database, settings_env
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -48,15 +47,8 @@ def server(request: pytest.FixtureRequest, server_factory: Callable[..., ServerP
     return server_factory(request.param)
 
 
-class FhirApi(httpx.Client):
-    """An HTTP client on one server's FHIR base; `base` is that URL without a trailing slash."""
-
-    def __init__(self, base: str, **kwargs: Any) -> None:
-        super().__init__(base_url=base, timeout=60, **kwargs)
-        self.base = base
-
-
 @pytest.fixture
 def api(server: ServerProcess) -> Iterator[FhirApi]:
-    with FhirApi(server.base) as client:
+    """A client with admin credentials on the default server (SQLite, then PostgreSQL)."""
+    with server.api() as client:
         yield client

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.conftest import FhirApi
+from tests.support.server import FhirApi
 
 FHIR = {"Content-Type": "application/fhir+json"}
 

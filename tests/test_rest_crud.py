@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.conftest import FhirApi
+from tests.support.server import FhirApi
 
 FHIR = {"Content-Type": "application/fhir+json"}
 
@@ -109,7 +109,7 @@ def test_type_history_count_and_since(api: FhirApi) -> None:
     page = api.get(f"/{rtype}/_history", params={"_since": marker, "_count": 2}).json()
     assert page["total"] == 4 and len(page["entry"]) == 2
     nxt = [link["url"] for link in page["link"] if link["relation"] == "next"][0]
-    page2 = httpx.get(nxt).json()
+    page2 = api.get(nxt).json()
     assert len(page2["entry"]) == 2
     ids = {e["resource"]["id"] for e in page["entry"] + page2["entry"]}
     assert len(ids) == 4
@@ -123,7 +123,7 @@ def test_concurrent_updates_lose_nothing(api: FhirApi) -> None:
 
     def put(i: int) -> int:
         body = {"resourceType": "Patient", "id": pid, "name": [{"text": f"writer {i}"}]}
-        return httpx.put(f"{api.base}/Patient/{pid}", json=body, headers=FHIR, timeout=60).status_code
+        return api.put(f"/Patient/{pid}", json=body, headers=FHIR).status_code
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(put, range(n)))
@@ -140,7 +140,7 @@ def test_concurrent_if_match_updates_exactly_one_wins(api: FhirApi) -> None:
 
     def put(i: int) -> int:
         body = {"resourceType": "Patient", "id": pid, "gender": "other"}
-        return httpx.put(f"{api.base}/Patient/{pid}", json=body,
+        return api.put(f"/Patient/{pid}", json=body,
                          headers={**FHIR, "If-Match": 'W/"1"'}, timeout=60).status_code
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

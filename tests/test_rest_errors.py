@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import FhirApi
+from tests.support.server import FhirApi
 
 FHIR = {"Content-Type": "application/fhir+json"}
 

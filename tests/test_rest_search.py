@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
-
-from tests.conftest import FhirApi
+from tests.support.server import FhirApi
 
 FHIR = {"Content-Type": "application/fhir+json"}
 
@@ -79,11 +77,11 @@ def test_paging_with_next_and_previous_links(api: FhirApi) -> None:
         nxt = [link["url"] for link in page["link"] if link["relation"] == "next"]
         if not nxt:
             break
-        page = httpx.get(nxt[0]).json()
+        page = api.get(nxt[0]).json()
         seen += ids(page)
     assert sorted(seen) == sorted(made) and len(seen) == 5
     prev = [link["url"] for link in page["link"] if link["relation"] == "previous"]
-    assert prev and len(ids(httpx.get(prev[0]).json())) == 2
+    assert prev and len(ids(api.get(prev[0]).json())) == 2
 
 
 def test_sort_summary_count_and_last_updated(api: FhirApi) -> None:

@@ -25,6 +25,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class FhirApi(httpx.Client):
+    """An HTTP client on one server's FHIR base, carrying that server's admin credentials;
+    `base` is the FHIR base URL without a trailing slash. Absolute URLs (paging links) work too."""
+
+    def __init__(self, base: str, **kwargs: Any) -> None:
+        kwargs.setdefault("timeout", 60)
+        super().__init__(base_url=base, **kwargs)
+        self.base = base
+
+
 class ServerProcess:
     """One `fhirvault serve` subprocess."""
 
@@ -75,6 +85,15 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate as the server's admin client."""
+        return {}
+
+    def api(self, **kwargs: Any) -> FhirApi:
+        """A client on this server's FHIR base with admin credentials."""
+        headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
+        return FhirApi(self.base, headers=headers, **kwargs)
 
     def log(self) -> str:
         try:

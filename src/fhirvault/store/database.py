@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -73,19 +74,19 @@ class Database:
             yield conn
 
     async def migrate(self) -> int:
-        """Bring the schema to the newest version; returns that version. Never drops data."""
+        """Apply every migration step not yet applied; returns the schema version. Never drops data."""
         async with self.write() as conn:
             if not self.is_sqlite:
                 # Serialize concurrent starts of several nodes on one PostgreSQL database.
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7262011)"))
-            await conn.run_sync(lambda s: schema.schema_version.create(s, checkfirst=True))
-            current = (await conn.execute(sa.select(schema.schema_version.c.version))).scalar()
-            if current is None:
-                await conn.execute(sa.insert(schema.schema_version).values(version=0))
-                current = 0
-            for step_no in range(current, len(schema.MIGRATIONS)):
-                await schema.MIGRATIONS[step_no](conn)
-            await conn.execute(sa.update(schema.schema_version).values(version=len(schema.MIGRATIONS)))
+            await conn.run_sync(lambda s: schema.schema_migrations.create(s, checkfirst=True))
+            applied = set((await conn.execute(sa.select(schema.schema_migrations.c.name))).scalars())
+            for name, step in schema.MIGRATIONS:
+                if name in applied:
+                    continue
+                await step(conn)
+                await conn.execute(sa.insert(schema.schema_migrations).values(
+                    name=name, applied_at=time.time_ns() // 1000))
         return len(schema.MIGRATIONS)
 
     async def close(self) -> None:

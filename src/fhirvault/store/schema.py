@@ -9,9 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 metadata = sa.MetaData()
 
-schema_version = sa.Table(
-    "schema_version", metadata,
-    sa.Column("version", sa.Integer, nullable=False),
+# One row per applied migration step; the schema version is the number of steps applied.
+schema_migrations = sa.Table(
+    "schema_migrations", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("applied_at", sa.BigInteger, nullable=False),
 )
 
 # Current state of every resource, one row per (type, id).
@@ -74,9 +76,8 @@ async def _v1_initial(conn: AsyncConnection) -> None:
     )
 
 
-# Append only: each entry upgrades a database from version N to N+1. Never edit a released step.
-MIGRATIONS: list[Migration] = [_v1_initial]
-
-
-def register_migration(step: Migration) -> None:
-    MIGRATIONS.append(step)
+# Append only, applied in this order, each once (recorded by name). Never edit a released step;
+# a module that owns tables defines them on `metadata` and adds its step here.
+MIGRATIONS: list[tuple[str, Migration]] = [
+    ("0001_resources", _v1_initial),
+]
