@@ -1,0 +1,1 @@
+"""Binary content storage: the BlobStore interface and one module per backend."""
