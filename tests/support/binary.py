@@ -31,13 +31,19 @@ def database(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="session")
-def binary_server(storage_mode: str, database: str, server_factory: Callable[..., ServerProcess]) -> ServerProcess:
-    """One server per (storage mode, database), shared by every Binary test file."""
+def shared_binary_server(server_factory: Callable[..., ServerProcess], storage_mode: str,
+                         database: str) -> ServerProcess:
+    """The server for (storage mode, database) with default settings, started once per session."""
     key = (storage_mode, database)
     if key not in _servers:
         _servers[key] = server_factory(database, storage_mode=storage_mode)
     return _servers[key]
+
+
+@pytest.fixture(scope="session")
+def binary_server(storage_mode: str, database: str, server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    """One server per (storage mode, database), shared by every Binary test file."""
+    return shared_binary_server(server_factory, storage_mode, database)
 
 
 @pytest.fixture
@@ -89,6 +95,27 @@ def storage_files(server: ServerProcess) -> list[Path]:
 def stored_keys(server: ServerProcess) -> set[str]:
     """Keys that have bytes in the server's blob storage (files or chunks), whatever the mode."""
     return {p.name for p in storage_files(server)} | chunk_keys(server)
+
+
+def peak_rss_bytes(server: ServerProcess) -> int:
+    """The server process's high-water mark of resident memory (VmHWM)."""
+    assert server.proc is not None
+    with open(f"/proc/{server.proc.pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll until the server has done something asynchronous (not a timing assertion: only a deadline)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting: {what}")
+        time.sleep(0.05)
 
 
 # -- content ----------------------------------------------------------------------------------------

@@ -79,8 +79,8 @@ class FilesystemBlobStore(BlobStore):
     async def delete(self, key: str) -> None:
         try:
             await asyncio.to_thread(self.path_of(key).unlink)
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # never stored, or already gone
         except OSError as exc:
             raise StorageFailure(f"Cannot delete blob {key}: {exc.strerror}") from exc
 

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from fhirvault.errors import Invalid, TooLarge, Unsupported
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
 from fhirvault.http.byte_responses import serve_bytes
-from fhirvault.http.disposition import filename_from
+from fhirvault.http.disposition import filename_from, safe_filename
 from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
 from fhirvault.http.negotiation import is_fhir_json, parse_prefer, prefers_fhir_json
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
@@ -57,7 +57,7 @@ async def _write(request: Request, rid: str | None) -> Response:
                                f"{v.settings.max_binary_bytes} bytes (MAX_BINARY_BYTES)")
         result = await v.binaries.write_from_stream(
             ctx, rid, chunks, content_type=content_type, security_context=_security_context(request),
-            filename=request.query_params.get("_filename") or filename_from(
+            filename=safe_filename(request.query_params.get("_filename")) or filename_from(
                 request.headers.get("content-disposition")),
             if_match=if_match_version(request))
     except ClientDisconnect:

@@ -32,6 +32,11 @@ def filename_from(header: str | None) -> str | None:
     return _basename(plain) if plain else None
 
 
+def safe_filename(name: str | None) -> str | None:
+    """Only the last path component of a client-given file name, or None when nothing is left."""
+    return _basename(name) if name else None
+
+
 def _basename(name: str) -> str | None:
     # Never keep a path: only the last component is a file name.
     base = re.split(r"[\\/]", name)[-1].strip()
@@ -42,8 +47,9 @@ def content_disposition(filename: str | None, disposition: str = "attachment") -
     """A `Content-Disposition` value; non-ASCII names get an ASCII fallback plus `filename*=UTF-8''...`."""
     if not filename:
         return disposition
-    ascii_name = filename.encode("ascii", "replace").decode("ascii").replace("?", "_")
+    # Only printable ASCII in the plain parameter: control characters could split the header.
+    ascii_name = "".join(c if 32 <= ord(c) < 127 else "_" for c in filename)
     fallback = ascii_name.replace("\\", "\\\\").replace('"', '\\"')
-    if ascii_name == filename and all(32 <= ord(c) < 127 for c in filename):
+    if ascii_name == filename:
         return f'{disposition}; filename="{fallback}"'
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
