@@ -41,12 +41,15 @@ class InlineDataLimit:
             if "data" in resource:
                 _decoded(resource["data"], "Binary.data")
             return
+        # Every data element is checked before any is moved out: a refused write stores no bytes.
+        large = []
         for path, attachment in list(iter_attachments(resource)):
             if "data" not in attachment:
                 continue
             raw = _decoded(attachment["data"], f"{path}.data")
-            if self.store is None or len(raw) <= self.inline_max_bytes:
-                continue
+            if self.store is not None and len(raw) > self.inline_max_bytes:
+                large.append((attachment, raw))
+        for attachment, raw in large:
             binary_id = await self._move_out(ctx, conn, raw, attachment, f"{rtype}/{resource.get('id')}")
             meter = measure(raw)
             del attachment["data"]
