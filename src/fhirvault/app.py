@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,8 +17,13 @@ from fhirvault import __version__
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
 from fhirvault.fhir.capability import capability_statement
-from fhirvault.http import fhir_api
+from fhirvault.http import fhir_api, oauth_api
+from fhirvault.http.auth import BearerAuthMiddleware
 from fhirvault.http.responses import error_response, outcome_response
+from fhirvault.security.clients import ClientStore
+from fhirvault.security.keys import KeyRing
+from fhirvault.security.policy import ScopePolicy
+from fhirvault.security.tokens import TokenService
 from fhirvault.service.bundles import BundleService
 from fhirvault.service.resources import ResourceService
 from fhirvault.service.timeutil import now_us, to_instant
@@ -36,7 +42,10 @@ class FhirVault:
         self.settings = settings
         self.db = Database(settings.database_url)
         self.store = ResourceStore()
-        self.resources = ResourceService(self.db, self.store)
+        self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
+        self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
+                                   audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
+        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store))
         self.bundles = BundleService(self.resources)
         self._capability: dict[str, Any] | None = None
 
@@ -87,7 +96,8 @@ def build_app(settings: Settings) -> Starlette:
             await vault.stop()
 
     app = Starlette(
-        routes=fhir_api.routes(FHIR_PREFIX),
+        routes=oauth_api.routes(FHIR_PREFIX) + fhir_api.routes(FHIR_PREFIX),
+        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
         exception_handlers={
             FhirVaultError: _domain_error,
             HTTPException: _http_error,
