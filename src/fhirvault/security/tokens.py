@@ -19,6 +19,10 @@ from fhirvault.security.principal import Principal
 from fhirvault.security.scopes import ScopeError, ScopeSet
 
 TOKEN_TYPE = "at+jwt"  # RFC 9068 section 2.1
+# Each request checks that the token's client is still enabled. The answer is kept this many seconds
+# per process, so a disabled client's tokens stop working on every node within this time, and a
+# request does not pay a database round trip for it.
+CLIENT_CHECK_SECONDS = 2.0
 
 
 class InvalidToken(Unauthorized):
@@ -44,6 +48,7 @@ class TokenService:
         self.issuer = issuer
         self.audience = audience
         self.lifetime = lifetime
+        self._checked: dict[str, tuple[float, Client | None]] = {}
 
     async def issue(self, client: Client, scopes: ScopeSet) -> IssuedToken:
         key = await self.keys.signing_key()
@@ -68,7 +73,7 @@ class TokenService:
         if scheme.lower() != "bearer" or not token:
             raise InvalidToken("The Authorization header must be 'Bearer <access token>'")
         claims = await self._verified_claims(token)
-        client = await self.clients.get(str(claims.get("client_id", "")))
+        client = await self._client(str(claims.get("client_id", "")))
         if client is None or not client.enabled:
             raise InvalidToken("The access token's client is unknown or disabled")
         try:
@@ -77,6 +82,17 @@ class TokenService:
             raise InvalidToken("The access token carries scopes this server does not understand") from None
         # The patient context comes from the client row, never from the token alone.
         return Principal(client.client_id, scopes, client.patient)
+
+    async def _client(self, client_id: str) -> Client | None:
+        now = time.monotonic()
+        hit = self._checked.get(client_id)
+        if hit is not None and now - hit[0] < CLIENT_CHECK_SECONDS:
+            return hit[1]
+        client = await self.clients.get(client_id)
+        if len(self._checked) > 10_000:  # only verified tokens reach here, so this bounds honest growth
+            self._checked.clear()
+        self._checked[client_id] = (now, client)
+        return client
 
     async def _verified_claims(self, token: str) -> dict[str, Any]:
         try:
