@@ -11,6 +11,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,8 +20,13 @@ from fhirvault.blobs.factory import open_blob_store
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
 from fhirvault.fhir.capability import capability_statement
-from fhirvault.http import binary_api, fhir_api
+from fhirvault.http import binary_api, fhir_api, oauth_api
+from fhirvault.http.auth import BearerAuthMiddleware
 from fhirvault.http.responses import error_response, outcome_response
+from fhirvault.security.clients import ClientStore
+from fhirvault.security.keys import KeyRing
+from fhirvault.security.policy import ScopePolicy
+from fhirvault.security.tokens import TokenService
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.bundles import BundleService
 from fhirvault.service.inline_data import InlineDataLimit
@@ -42,7 +48,10 @@ class FhirVault:
         self.settings = settings
         self.db = Database(settings.database_url)
         self.store = ResourceStore()
-        self.resources = ResourceService(self.db, self.store)
+        self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
+        self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
+                                   audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
+        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store))
         self.bundles = BundleService(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
         self.blob_registry = BlobRegistry()
@@ -123,7 +132,8 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         # Binary's own routes first: they take precedence over the generic /{rtype} ones.
-        routes=binary_api.routes(FHIR_PREFIX) + fhir_api.routes(FHIR_PREFIX),
+        routes=oauth_api.routes(FHIR_PREFIX) + binary_api.routes(FHIR_PREFIX) + fhir_api.routes(FHIR_PREFIX),
+        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
         exception_handlers={
             FhirVaultError: _domain_error,
             HTTPException: _http_error,

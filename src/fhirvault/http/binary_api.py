@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from fhirvault.errors import Invalid, TooLarge, Unsupported
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
+from fhirvault.http import fhir_api
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
 from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
@@ -218,6 +219,9 @@ async def base64_pieces(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 def routes(prefix: str) -> list[Route]:
     """Registered before the generic `/{rtype}` routes, which they take precedence over for Binary."""
     return [
+        # Type-level paths that would otherwise be taken for a Binary id.
+        Route(f"{prefix}/Binary/_history", fhir_api.history, methods=["GET"]),
+        Route(f"{prefix}/Binary/_search", fhir_api.search, methods=["POST"]),
         Route(f"{prefix}/Binary", create, methods=["POST"]),
         Route(f"{prefix}/Binary/{{rid}}", read, methods=["GET", "HEAD"]),
         Route(f"{prefix}/Binary/{{rid}}", update, methods=["PUT"]),
