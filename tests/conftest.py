@@ -12,6 +12,8 @@ import pytest
 
 from tests.support.server import FhirApi, ServerProcess, postgres_available, postgres_database, settings_env
 
+pytest_plugins = ["tests.support.binary"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

@@ -50,6 +50,33 @@ def _version() -> str:
     return __version__
 
 
+def cmd_expunge(args: argparse.Namespace) -> int:
+    """Remove a resource's whole history and the bytes its versions own; cannot be undone."""
+    import asyncio
+
+    from fhirvault.app import FhirVault
+
+    rtype, _, rid = args.reference.partition("/")
+    if not rtype or not rid:
+        print(f"'{args.reference}' is not a reference like Binary/123", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        vault = FhirVault(_server_settings(args))
+        await vault.db.migrate()
+        try:
+            return await vault.binaries.expunge(rtype, rid)
+        finally:
+            await vault.stop()
+
+    removed = asyncio.run(run())
+    if not removed:
+        print(f"{args.reference} is not known", file=sys.stderr)
+        return 1
+    print(f"expunged {args.reference}: {removed} versions and their content")
+    return 0
+
+
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="where the embedded database and blobs live")
@@ -66,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
     _add_server_options(serve)
     serve.set_defaults(func=cmd_serve)
+
+    expunge = sub.add_parser("expunge", help="remove a resource's history and content for good")
+    expunge.add_argument("reference", help="Type/id, e.g. Binary/123")
+    _add_server_options(expunge)
+    expunge.set_defaults(func=cmd_expunge)
     return parser
 
 

@@ -99,7 +99,8 @@ class ResourceService:
         return await self.in_transaction(ctx, lambda uow: self.create_in(uow, ctx, rtype, body, if_none_exist))
 
     async def create_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, body: Any,
-                        if_none_exist: str | None = None, rid: str | None = None) -> WriteResult:
+                        if_none_exist: str | None = None, rid: str | None = None,
+                        blob_id: str | None = None) -> WriteResult:
         resource = check_resource_body(body, rtype)
         if if_none_exist:
             matches = await conditional_matches(self.store, uow.conn, ctx, rtype, if_none_exist)
@@ -108,7 +109,7 @@ class ResourceService:
                     f"If-None-Exist '{if_none_exist}' matched {len(matches)} resources; it must match at most one")
             if matches:
                 return WriteResult(matches[0], created=False, existing=True)
-        return await self._write(uow, ctx, rtype, rid or new_id(), resource, None, "POST")
+        return await self._write(uow, ctx, rtype, rid or new_id(), resource, None, "POST", blob_id)
 
     async def update(self, ctx: RequestContext, rtype: str, rid: str, body: Any,
                      if_match: int | None = None) -> WriteResult:
@@ -116,7 +117,7 @@ class ResourceService:
         return await self.in_transaction(ctx, lambda uow: self.update_in(uow, ctx, rtype, rid, body, if_match))
 
     async def update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str, body: Any,
-                        if_match: int | None = None) -> WriteResult:
+                        if_match: int | None = None, blob_id: str | None = None) -> WriteResult:
         resource = check_resource_body(body, rtype)
         if not is_valid_id(rid):
             raise Invalid(f"'{rid}' is not a valid resource id ([A-Za-z0-9-.]{{1,64}})")
@@ -133,7 +134,7 @@ class ResourceService:
                 raise PreconditionFailed(
                     f"If-Match W/\"{if_match}\" does not match the current version {current.version_id} "
                     f"of {rtype}/{rid}")
-        return await self._write(uow, ctx, rtype, rid, resource, current, "PUT")
+        return await self._write(uow, ctx, rtype, rid, resource, current, "PUT", blob_id)
 
     async def delete(self, ctx: RequestContext, rtype: str, rid: str) -> StoredResource | None:
         self.access.require(ctx, "delete", rtype)
