@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirvault.fhir.attachments import iter_attachments
+from fhirvault.fhir.attachments import attachment_objects, iter_attachments
 
 
 def att(n: int) -> dict[str, Any]:
@@ -12,7 +12,10 @@ def att(n: int) -> dict[str, Any]:
 
 
 def found(resource: dict[str, Any]) -> dict[str, str]:
-    return {path: a["url"] for path, a in iter_attachments(resource)}
+    with_paths = {path: a["url"] for path, a in iter_attachments(resource)}
+    # The path-less walk finds the very same objects.
+    assert [id(a) for a in attachment_objects(resource)] == [id(a) for _, a in iter_attachments(resource)]
+    return with_paths
 
 
 def test_patient_photo_with_indexes() -> None:

@@ -69,6 +69,7 @@ class AttachmentWalk:
         self.model = model
         self._resolved: dict[tuple[str, str], tuple[str, str] | None] = {}
         self._primitives = {t for t in model.types.values() if _is_primitive(t)}
+        self._children: dict[str, dict[str, tuple[str, str]]] = {}
 
     def resolve(self, owner: str, key: str) -> tuple[str, str] | None:
         """What the child `key` of an element of model path/type `owner` is: ("type", T) for a typed
@@ -146,6 +147,46 @@ class AttachmentWalk:
                     yield from self.walk_element(item, name, child_path)
 
 
+    def objects(self, node: dict[str, Any], owner: str) -> Iterator[dict[str, Any]]:
+        """The Attachments under `node` without their paths: the same walk, cheaper (the read path)."""
+        children = self._children.get(owner)
+        if children is None:
+            children = self._children[owner] = {}
+        for key, value in node.items():
+            step = children.get(key)
+            if step is None:
+                step = children[key] = self._step(owner, key)
+            if step is _SKIP or value is None:
+                continue
+            what, name = step
+            for item in value if isinstance(value, list) else (value,):
+                if not isinstance(item, dict):
+                    continue
+                if what == "backbone":
+                    yield from self.objects(item, name)
+                elif name == "Resource":
+                    inner = item.get("resourceType")
+                    if isinstance(inner, str):
+                        yield from self.objects(item, inner)
+                else:
+                    if name == "Attachment":
+                        yield item
+                    yield from self.objects(item, name)
+
+    def _step(self, owner: str, key: str) -> tuple[str, str]:
+        if key == "resourceType":
+            return _SKIP
+        if key.startswith("_"):
+            return ("type", "Element")
+        kind = self.resolve(owner, key)
+        if kind is None or (kind[0] == "type" and _is_primitive(kind[1])):
+            return _SKIP
+        return kind
+
+
+_SKIP = ("skip", "")
+
+
 @cache
 def _walker() -> AttachmentWalk:
     return AttachmentWalk(r4_model())
@@ -159,3 +200,11 @@ def iter_attachments(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, 
     if not isinstance(rtype, str):
         return iter(())
     return _walker().walk_resource(resource, rtype)
+
+
+def attachment_objects(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The Attachments of `iter_attachments` without their paths (faster, for reads)."""
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        return iter(())
+    return _walker().objects(resource, rtype)

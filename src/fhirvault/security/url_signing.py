@@ -23,6 +23,7 @@ KEY_REFRESH_SECONDS = 60.0
 UNKNOWN_KID_RELOAD_SECONDS = 2.0
 
 STORAGE_PATH = "/storage/"
+MINTED_CACHE_SIZE = 50_000
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _SIG_LABEL = b"fhirvault-storage-v1"
 
@@ -66,6 +67,7 @@ class SignedUrl:
         self._keys: dict[str, UrlSigningKey] = {}
         self._ordered: list[UrlSigningKey] = []
         self._loaded_at = float("-inf")
+        self._minted: dict[tuple[str, str, int, int], str] = {}
 
     # -- keys -----------------------------------------------------------------------------------
     async def _load(self) -> None:
@@ -120,8 +122,15 @@ class SignedUrl:
     def mint_with(self, key: UrlSigningKey, binary_id: str, version_id: int) -> str:
         """The URL for one version with a key already at hand (minting many without awaiting each)."""
         expires = rounded_expiry(self.clock(), self.ttl, self.window)
-        sig = signature(key.secret, binary_id, version_id, expires, key.kid)
-        return f"{self.prefix}{binary_id}/{version_id}?exp={expires}&kid={key.kid}&sig={sig}"
+        memo = (key.kid, binary_id, version_id, expires)
+        url = self._minted.get(memo)
+        if url is None:
+            # URLs are deterministic within a window; remembering them spares an HMAC per repeated read.
+            if len(self._minted) >= MINTED_CACHE_SIZE:
+                self._minted.clear()
+            sig = signature(key.secret, binary_id, version_id, expires, key.kid)
+            url = self._minted[memo] = f"{self.prefix}{binary_id}/{version_id}?exp={expires}&kid={key.kid}&sig={sig}"
+        return url
 
     # -- parsing and verifying ------------------------------------------------------------------
     def parse(self, url: str) -> StorageUrlParts | None:

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.errors import FhirVaultError, Invalid
-from fhirvault.fhir.attachments import iter_attachments
+from fhirvault.fhir.attachments import attachment_objects, iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
 from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.access import AccessPolicy
@@ -134,11 +134,12 @@ class AttachmentUrlSigner:
     async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
         targets: list[tuple[dict[str, Any], str]] = []
         for resource in resources:
-            for _path, attachment in iter_attachments(resource):
+            for attachment in attachment_objects(resource):
                 url = attachment.get("url")
-                m = _STORED_REF.match(url) if isinstance(url, str) else None
-                if m:
-                    targets.append((attachment, m.group(1)))
+                if isinstance(url, str) and url.startswith("Binary/"):
+                    m = _STORED_REF.match(url)
+                    if m:
+                        targets.append((attachment, m.group(1)))
         if not targets:
             return
         access: AccessPolicy = self.access_of()
@@ -147,7 +148,7 @@ class AttachmentUrlSigner:
         except FhirVaultError:
             return  # no Binary scope: every url stays `Binary/{id}`
         async with self.db.read() as conn:
-            rows = await current_binaries(conn, {b for _, b in targets})
+            rows = await current_binaries(conn, {b for _, b in targets}, access_fields_only=True)
             versions = {bid: row.version_id for bid, row in rows.items()
                         if await may_read(access, ctx, conn, row.resource)}
         if not versions:

@@ -27,10 +27,12 @@ class BinaryRow:
     blob_sha1: str | None
 
 
-async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: bool = False
-                           ) -> dict[str, BinaryRow]:
+async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: bool = False,
+                           access_fields_only: bool = False) -> dict[str, BinaryRow]:
     """The current versions of the given Binaries that exist and are not deleted, by id; one statement
-    per IDS_PER_QUERY ids. `with_blobs` adds the blob's size and SHA-1 (an outer join)."""
+    per IDS_PER_QUERY ids. `with_blobs` adds the blob's size and SHA-1 (an outer join);
+    `access_fields_only` gives each resource as just what access decisions read (type, id,
+    securityContext), which spares parsing inline content on the read path."""
     out: dict[str, BinaryRow] = {}
     ordered = sorted(ids)
     r = resources
@@ -46,5 +48,15 @@ async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: 
         for row in (await conn.execute(stmt)).all():
             if row.content is None:
                 continue
-            out[row.id] = BinaryRow(row.id, row.version_id, json.loads(row.content), row.size, row.sha1)
+            out[row.id] = BinaryRow(row.id, row.version_id, _resource(row.id, row.content, access_fields_only),
+                                    row.size, row.sha1)
     return out
+
+
+def _resource(rid: str, content: str, access_fields_only: bool) -> dict[str, Any]:
+    if access_fields_only and '"securityContext"' not in content:
+        return {"resourceType": "Binary", "id": rid}
+    resource: dict[str, Any] = json.loads(content)
+    if access_fields_only:
+        return {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
+    return resource
