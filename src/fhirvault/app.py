@@ -20,17 +20,20 @@ from fhirvault.blobs.factory import open_blob_store
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
 from fhirvault.fhir.capability import capability_statement
-from fhirvault.http import binary_api, fhir_api, oauth_api
+from fhirvault.http import binary_api, fhir_api, oauth_api, storage_api
 from fhirvault.http.auth import BearerAuthMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.security.clients import ClientStore
 from fhirvault.security.keys import KeyRing
 from fhirvault.security.policy import ScopePolicy
 from fhirvault.security.tokens import TokenService
+from fhirvault.security.url_signing import SignedUrl
+from fhirvault.service.attachments import AttachmentNormalizer, AttachmentUrlSigner, UrlShapes
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.bundles import BundleService
 from fhirvault.service.inline_data import InlineDataLimit
 from fhirvault.service.resources import ResourceService
+from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import now_us, to_instant
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
@@ -61,8 +64,21 @@ class FhirVault:
             pending_grace_seconds=settings.pending_blob_grace_seconds)
         self.resources.write_hooks.append(
             InlineDataLimit(self.resources, self.blob_store, self.blob_registry, settings.inline_max_bytes))
+        self._wire_signed_urls(settings)
         self._capability: dict[str, Any] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+
+    def _wire_signed_urls(self, settings: Settings) -> None:
+        """Attachment URLs normalized on write (after data was moved out) and signed on read; /storage."""
+        self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
+                                     settings.signed_url_window)
+        shapes = UrlShapes(settings.fhir_base_url, self.signed_urls)
+        self.resources.write_hooks.append(AttachmentNormalizer(lambda: self.resources.access, shapes))
+        if settings.rewrite_attachment_urls:
+            self.resources.read_hooks.append(
+                AttachmentUrlSigner(self.db, lambda: self.resources.access, self.signed_urls))
+        self.storage = StorageDownloads(self.db, self.binaries, self.blob_registry, self.blob_store,
+                                        self.signed_urls, settings.fhir_base_url)
 
     async def start(self) -> None:
         await self.db.migrate()
@@ -121,6 +137,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 def build_app(settings: Settings) -> Starlette:
     vault = FhirVault(settings)
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, storage_api.RedactSignatures) for f in access_log.filters):
+        access_log.addFilter(storage_api.RedactSignatures())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -132,7 +151,8 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         # Binary's own routes first: they take precedence over the generic /{rtype} ones.
-        routes=oauth_api.routes(FHIR_PREFIX) + binary_api.routes(FHIR_PREFIX) + fhir_api.routes(FHIR_PREFIX),
+        routes=(oauth_api.routes(FHIR_PREFIX) + binary_api.routes(FHIR_PREFIX) + fhir_api.routes(FHIR_PREFIX)
+                + storage_api.routes()),
         middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
         exception_handlers={
             FhirVaultError: _domain_error,

@@ -1,64 +1,210 @@
-"""Finding every Attachment in a resource by a typed walk over the R4 element model (fhirpathpy's tables)."""
+"""Finding every R4 Attachment in a resource by a typed walk over fhirpathpy's R4 model tables."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
-BACKBONE = "BackboneElement"
+# Attachment-typed elements used in practice that the R4 tables lack: R5 (and Medplum's models) allow
+# an Attachment in Observation.value[x] and Observation.component.value[x]; data carrying them is
+# accepted by an R4 server that does not validate, so their URLs must be handled too.
+BEYOND_R4 = {
+    "Observation.valueAttachment": "Attachment",
+    "Observation.component.valueAttachment": "Attachment",
+}
+
+
+@dataclass(frozen=True)
+class R4Model:
+    """The parts of fhirpathpy's R4 model that the walk needs."""
+
+    types: dict[str, str]  # element path -> type name (`Patient.photo` -> `Attachment`)
+    backbones: frozenset[str]  # element paths with children of their own (`DocumentReference.content`)
+    elsewhere: dict[str, str]  # recursive elements -> their definition (`QuestionnaireResponse.item.item`)
+    parents: dict[str, str]  # type -> base type (`Age` -> `Quantity`)
+    choices: dict[str, list[str]]  # `Observation.value` -> [`Quantity`, `String`, ...]
+
+
+def _load(name: str) -> Any:
+    text = resources.files("fhirpathpy").joinpath(f"models/r4/{name}").read_text()
+    return json.loads(text)
 
 
 @cache
-def _model() -> tuple[dict[str, str], dict[str, str], frozenset[str]]:
-    root = resources.files("fhirpathpy").joinpath("models/r4")
-    path2type: dict[str, str] = json.loads(root.joinpath("path2Type.json").read_text())
-    elsewhere: dict[str, str] = json.loads(root.joinpath("pathsDefinedElsewhere.json").read_text())
-    # Backbone elements have no entry of their own; they are the paths that have children.
-    parents = frozenset(path.rsplit(".", 1)[0] for path in path2type if "." in path)
-    return path2type, elsewhere, parents
+def r4_model() -> R4Model:
+    types: dict[str, str] = dict(_load("path2Type.json"))
+    types.update(BEYOND_R4)
+    backbones = set()
+    for path in types:
+        parts = path.split(".")
+        for i in range(2, len(parts)):
+            prefix = ".".join(parts[:i])
+            if prefix not in types:
+                backbones.add(prefix)
+    return R4Model(types, frozenset(backbones), dict(_load("pathsDefinedElsewhere.json")),
+                   dict(_load("type2Parent.json")), dict(_load("choiceTypePaths.json")))
 
 
-def _type_of(type_path: str) -> tuple[str | None, str]:
-    """(element type, the path its children are described under) for a model path like `Media.content`."""
-    path2type, elsewhere, parents = _model()
-    type_path = elsewhere.get(type_path, type_path)  # Questionnaire.item.item is Questionnaire.item
-    etype = path2type.get(type_path)
-    if etype is not None:
-        return etype, etype
-    if type_path in parents:
-        return BACKBONE, type_path
-    return None, ""
+def _is_primitive(type_name: str) -> bool:
+    # The tables spell primitives in lower case (`string`, `url`) or as `System.String`.
+    return type_name.startswith("System.") or type_name[:1].islower()
+
+
+def _index(path: str, container: Any, i: int) -> str:
+    return f"{path}[{i}]" if isinstance(container, list) else path
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+class AttachmentWalk:
+    """Walks JSON by element type; `iter_attachments` is its public face."""
+
+    def __init__(self, model: R4Model) -> None:
+        self.model = model
+        self._resolved: dict[tuple[str, str], tuple[str, str] | None] = {}
+        self._primitives = {t for t in model.types.values() if _is_primitive(t)}
+        self._children: dict[str, dict[str, tuple[str, str]]] = {}
+
+    def resolve(self, owner: str, key: str) -> tuple[str, str] | None:
+        """What the child `key` of an element of model path/type `owner` is: ("type", T) for a typed
+        element, ("backbone", P) for an element whose children are at model path P, or None."""
+        memo_key = (owner, key)
+        if memo_key in self._resolved:
+            return self._resolved[memo_key]
+        result = self._resolve(owner, key)
+        self._resolved[memo_key] = result
+        return result
+
+    def _resolve(self, owner: str, key: str) -> tuple[str, str] | None:
+        m = self.model
+        current: str | None = owner
+        while current is not None:
+            path = f"{current}.{key}"
+            if path in m.elsewhere:
+                return ("backbone", m.elsewhere[path])
+            if path in m.types:
+                return ("type", m.types[path])
+            if path in m.backbones:
+                return ("backbone", path)
+            choice = self._choice(current, key)
+            if choice is not None:
+                return ("type", choice)
+            # Inherited elements (`Age.value` from Quantity, `Patient.meta` from Resource); a backbone
+            # path (`Patient.contact`) has no entry and inherits from BackboneElement.
+            current = m.parents.get(current) or ("BackboneElement" if current in m.backbones else None)
+        return None
+
+    def _choice(self, owner: str, key: str) -> str | None:
+        for base, options in self.model.choices.items():
+            owner_part, _, name = base.rpartition(".")
+            if owner_part == owner and key.startswith(name):
+                suffix = key[len(name):]
+                for option in options:
+                    if option.lower() == suffix.lower():
+                        # choiceTypePaths capitalises primitives (`String`); the element tables do not.
+                        lowered = option[:1].lower() + option[1:]
+                        return lowered if lowered in self._primitives else option
+        return None
+
+    def walk_resource(self, resource: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        rtype = resource.get("resourceType")
+        if isinstance(rtype, str):
+            yield from self.walk_element(resource, rtype, path)
+
+    def walk_element(self, node: dict[str, Any], owner: str, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        for key, value in node.items():
+            if key == "resourceType" or value is None:
+                continue
+            if key.startswith("_"):
+                # A primitive's id and extensions (`_birthDate`); FHIRPath names it without the underscore.
+                for i, item in enumerate(_items(value)):
+                    if isinstance(item, dict):
+                        yield from self.walk_element(item, "Element", _index(f"{path}.{key[1:]}", value, i))
+                continue
+            kind = self.resolve(owner, key)
+            if kind is None:
+                continue
+            what, name = kind
+            if what == "type" and _is_primitive(name):
+                continue
+            for i, item in enumerate(_items(value)):
+                if not isinstance(item, dict):
+                    continue
+                child_path = _index(f"{path}.{key}", value, i)
+                if what == "backbone":
+                    yield from self.walk_element(item, name, child_path)
+                elif name == "Resource":
+                    yield from self.walk_resource(item, child_path)
+                else:
+                    if name == "Attachment":
+                        yield child_path, item
+                    yield from self.walk_element(item, name, child_path)
+
+
+    def objects(self, node: dict[str, Any], owner: str) -> Iterator[dict[str, Any]]:
+        """The Attachments under `node` without their paths: the same walk, cheaper (the read path)."""
+        children = self._children.get(owner)
+        if children is None:
+            children = self._children[owner] = {}
+        for key, value in node.items():
+            step = children.get(key)
+            if step is None:
+                step = children[key] = self._step(owner, key)
+            if step is _SKIP or value is None:
+                continue
+            what, name = step
+            for item in value if isinstance(value, list) else (value,):
+                if not isinstance(item, dict):
+                    continue
+                if what == "backbone":
+                    yield from self.objects(item, name)
+                elif name == "Resource":
+                    inner = item.get("resourceType")
+                    if isinstance(inner, str):
+                        yield from self.objects(item, inner)
+                else:
+                    if name == "Attachment":
+                        yield item
+                    yield from self.objects(item, name)
+
+    def _step(self, owner: str, key: str) -> tuple[str, str]:
+        if key == "resourceType":
+            return _SKIP
+        if key.startswith("_"):
+            return ("type", "Element")
+        kind = self.resolve(owner, key)
+        if kind is None or (kind[0] == "type" and _is_primitive(kind[1])):
+            return _SKIP
+        return kind
+
+
+_SKIP = ("skip", "")
+
+
+@cache
+def _walker() -> AttachmentWalk:
+    return AttachmentWalk(r4_model())
 
 
 def iter_attachments(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(FHIRPath-like path such as `DocumentReference.content[1].attachment`, the Attachment dict), for
-    every Attachment in the resource, including contained resources and `valueAttachment` in extensions."""
+    """Every Attachment in `resource` (contained resources, extensions and nested items included), as
+    (FHIRPath-like path with indexes, e.g. `DocumentReference.content[1].attachment`, the Attachment
+    object itself, so callers may change it in place)."""
     rtype = resource.get("resourceType")
-    if isinstance(rtype, str):
-        yield from _walk(resource, rtype, rtype)
+    if not isinstance(rtype, str):
+        return iter(())
+    return _walker().walk_resource(resource, rtype)
 
 
-def _walk(node: dict[str, Any], type_path: str, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for key, value in node.items():
-        if key == "resourceType" or key.startswith("_"):
-            continue
-        etype, child_type_path = _type_of(f"{type_path}.{key}")
-        if etype is None or not etype[0].isupper():  # unknown, or a primitive (string, System.String)
-            continue
-        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
-        for index, item in items:
-            if not isinstance(item, dict):
-                continue
-            item_path = f"{path}.{key}" if index is None else f"{path}.{key}[{index}]"
-            if etype == "Attachment":
-                yield item_path, item
-                yield from _walk(item, "Attachment", item_path)  # extensions on the Attachment
-            elif etype == "Resource":
-                inner = item.get("resourceType")
-                if isinstance(inner, str):
-                    yield from _walk(item, inner, item_path)
-            else:
-                yield from _walk(item, child_type_path, item_path)
+def attachment_objects(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The Attachments of `iter_attachments` without their paths (faster, for reads)."""
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        return iter(())
+    return _walker().objects(resource, rtype)

@@ -143,6 +143,9 @@ async def _written(request: Request, result: WriteResult) -> Response:
         return Response(status_code=status, headers=headers)
     resource = {k: val for k, val in result.resource.items() if k != "data"}
     rendered = (await vault(request).resources.render(ctx, [resource]))[0]
+    # As Medplum does: the write response carries a signed URL of the new content, which clients copy
+    # into Attachment.url (and which normalization turns back into Binary/{id}). Reads stay plain R4.
+    rendered["url"] = await vault(request).signed_urls.mint(result.stored.id, result.stored.version_id)
     return FhirJsonResponse(rendered, status, headers)
 
 

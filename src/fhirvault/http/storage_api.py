@@ -1,0 +1,82 @@
+"""GET/HEAD/OPTIONS /storage/{binary-id}/{version-id}: bytes behind signed URLs, for browsers, with CORS."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fhirvault.errors import FhirVaultError, NotFound
+from fhirvault.http.byte_responses import serve_bytes
+from fhirvault.http.disposition import content_disposition
+from fhirvault.http.responses import error_response
+from fhirvault.security.url_signing import parts_from
+
+EXPOSED = "Content-Range, Accept-Ranges, Content-Length, ETag, Last-Modified, Content-Disposition"
+# MedplumClient's download() sends its bearer token along; a cross-origin fetch with it needs a preflight.
+ALLOWED_REQUEST_HEADERS = "Range, If-Range, If-None-Match, If-Modified-Since, Authorization"
+
+
+_SIG_PARAM = re.compile(r"([?&]sig=)[^&\s]*")
+
+
+class RedactSignatures(logging.Filter):
+    """Keeps the signatures of storage URLs (bearer credentials while they live) out of access logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "sig=" in a for a in record.args):
+            record.args = tuple(_SIG_PARAM.sub(r"\1REDACTED", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
+def _vault(request: Request) -> Any:
+    return request.app.state.vault
+
+
+def cors_headers(request: Request) -> dict[str, str]:
+    return {"Access-Control-Allow-Origin": _vault(request).settings.storage_cors_origin,
+            "Access-Control-Expose-Headers": EXPOSED}
+
+
+async def download(request: Request) -> Response:
+    """The signed version's bytes (ranges, validators, 304) or, in s3 mode with redirects, a 307 to the
+    object store. Authorization headers are ignored: the signature is the authority."""
+    v = _vault(request)
+    cors = cors_headers(request)
+    try:
+        parts = parts_from(request.path_params["binary_id"], request.path_params["version_id"],
+                           request.query_params)
+        if parts is None:
+            raise NotFound(f"No such storage URL: {request.url.path}")
+        content, left = await v.storage.open(parts)
+        headers = {**cors, "Cache-Control": f"private, max-age={left}"}
+        if v.settings.s3_redirect_downloads:
+            disposition = content_disposition(content.filename) if content.filename else None
+            target = await v.storage.redirect_url(content, left, disposition)
+            if target is not None:
+                return Response(status_code=307, headers={**headers, "Location": target})
+        return await serve_bytes(request, content, lambda start, end: v.storage.stream(content, start, end),
+                                 headers)
+    except FhirVaultError as exc:
+        response = error_response(exc)
+        response.headers.update(cors)
+        return response
+
+
+async def preflight(request: Request) -> Response:
+    return Response(status_code=204, headers={
+        "Access-Control-Allow-Origin": _vault(request).settings.storage_cors_origin,
+        "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+        "Access-Control-Allow-Headers": ALLOWED_REQUEST_HEADERS,
+        "Access-Control-Max-Age": "600",
+    })
+
+
+def routes() -> list[Route]:
+    path = "/storage/{binary_id}/{version_id}"
+    return [Route(path, download, methods=["GET", "HEAD"]), Route(path, preflight, methods=["OPTIONS"])]

@@ -1,0 +1,49 @@
+"""Downloads through signed storage URLs: the signature is the authority, the signed version is served."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fhirvault.blobs.base import BlobStore
+from fhirvault.security.url_signing import SignedUrl, StorageUrlParts
+from fhirvault.service.binaries import BinaryContent, BinaryService
+from fhirvault.service.context import RequestContext
+from fhirvault.store.blobs import BlobRegistry
+from fhirvault.store.database import Database
+
+
+class StorageDownloads:
+    def __init__(self, db: Database, binaries: BinaryService, registry: BlobRegistry, blob_store: BlobStore | None,
+                 signer: SignedUrl, fhir_base_url: str) -> None:
+        self.db = db
+        self.binaries = binaries
+        self.registry = registry
+        self.blob_store = blob_store
+        self.signer = signer
+        # A signed URL carries its own authority: no caller, so the access policy lets it through.
+        self.trusted = RequestContext(base_url=fhir_base_url)
+
+    async def open(self, parts: StorageUrlParts) -> tuple[BinaryContent, int]:
+        """The signed version's content and the seconds the URL has left; Forbidden (bad signature),
+        Gone (expired), NotFound (the version was expunged)."""
+        left = await self.signer.verify(parts)
+        content = await self.binaries.content(self.trusted, parts.binary_id, parts.version_id)
+        return content, left
+
+    def stream(self, content: BinaryContent, start: int, end: int | None) -> AsyncIterator[bytes]:
+        return self.binaries.stream(content, start, end)
+
+    async def redirect_url(self, content: BinaryContent, seconds_left: int, disposition: str | None) -> str | None:
+        """The object store's own presigned URL of these bytes, living no longer than ours; None when the
+        backend has none or the content is inline."""
+        if self.blob_store is None:
+            return None
+        async with self.db.read() as conn:
+            stored = await self.binaries.resources.store.get_version(conn, "Binary", content.binary_id,
+                                                                     content.version_id)
+            record = await self.registry.get(conn, stored.blob_id) if stored and stored.blob_id else None
+        if record is None:
+            return None
+        return await self.blob_store.presigned_get_url(
+            record.storage_key, expires_in=max(1, seconds_left), content_type=content.content_type,
+            content_disposition=disposition)

@@ -1,0 +1,59 @@
+"""The table of HMAC keys that sign storage URLs, shared by every node through the database."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhirvault.store.schema import MIGRATIONS, metadata
+
+# One row per key; the newest signs, all verify. Rows are removed only once no URL they signed
+# can still be valid.
+url_signing_keys = sa.Table(
+    "url_signing_keys", metadata,
+    sa.Column("kid", sa.String(32), primary_key=True),
+    sa.Column("secret", sa.String(128), nullable=False),  # base64url of 32 random bytes
+    sa.Column("created_at", sa.BigInteger, nullable=False),  # microseconds since the epoch
+)
+
+
+@dataclass(frozen=True)
+class UrlSigningKey:
+    kid: str
+    secret: bytes
+    created_at: int
+
+
+def new_key(created_at: int) -> UrlSigningKey:
+    return UrlSigningKey(secrets.token_hex(6), secrets.token_bytes(32), created_at)
+
+
+async def insert_key(conn: AsyncConnection, key: UrlSigningKey) -> None:
+    await conn.execute(sa.insert(url_signing_keys).values(
+        kid=key.kid, secret=base64.urlsafe_b64encode(key.secret).decode("ascii"), created_at=key.created_at))
+
+
+async def all_keys(conn: AsyncConnection) -> list[UrlSigningKey]:
+    """Every key, oldest first."""
+    t = url_signing_keys
+    rows = (await conn.execute(sa.select(t).order_by(t.c.created_at, t.c.kid))).all()
+    return [UrlSigningKey(r.kid, base64.urlsafe_b64decode(r.secret), r.created_at) for r in rows]
+
+
+async def remove_keys(conn: AsyncConnection, kids: list[str]) -> None:
+    if kids:
+        await conn.execute(sa.delete(url_signing_keys).where(url_signing_keys.c.kid.in_(kids)))
+
+
+async def _create_url_signing_keys(conn: AsyncConnection) -> None:
+    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[url_signing_keys]))
+    # The first key is made here, under the migration lock, so that nodes starting together share it.
+    await insert_key(conn, new_key(time.time_ns() // 1000))
+
+
+MIGRATIONS.append(("0004_url_signing_keys", _create_url_signing_keys))

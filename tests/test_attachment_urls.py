@@ -1,0 +1,334 @@
+"""Attachment URLs over real HTTP: normalized to Binary/{id} on write, signed on every read path, and the
+/storage route that serves signed URLs (tampering, expiry, versions, windows, several nodes)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+
+from tests.conftest import require_postgres
+from tests.support.binary import wait_until
+from tests.support.server import FhirApi, ServerProcess, postgres_database, settings_env
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+LARGE = bytes((i * 7919) % 251 for i in range(200_000))  # above INLINE_MAX_BYTES: a blob
+
+
+def sha1_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+def upload(api: FhirApi, data: bytes = PNG_BYTES, content_type: str = "image/png", **headers: str) -> dict[str, Any]:
+    r = api.post("/Binary", content=data, headers={"Content-Type": content_type, **headers})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def create(api: FhirApi, resource: dict[str, Any]) -> httpx.Response:
+    return api.post(f"/{resource['resourceType']}", json=resource)
+
+
+def doc_ref(*urls: str) -> dict[str, Any]:
+    return {"resourceType": "DocumentReference", "status": "current",
+            "content": [{"attachment": {"url": u}} for u in urls]}
+
+
+def storage_path(url: str) -> str:
+    return urlsplit(url).path
+
+
+def is_signed_for(url: str, server: ServerProcess, binary_id: str, version: int) -> bool:
+    split = urlsplit(url)
+    q = parse_qs(split.query)
+    return (url.startswith(f"{server.url}/storage/") and split.path == f"/storage/{binary_id}/{version}"
+            and {"exp", "kid", "sig"} <= set(q))
+
+
+def replace_query(url: str, **changes: str) -> str:
+    split = urlsplit(url)
+    q = {k: v[0] for k, v in parse_qs(split.query).items()}
+    q.update(changes)
+    return f"{split.scheme}://{split.netloc}{split.path}?{urlencode(q)}"
+
+
+@pytest.fixture(scope="module")
+def plain_server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    """Rewriting switched off: reads show what is stored."""
+    return server_factory("sqlite", rewrite_attachment_urls=False)
+
+
+@pytest.fixture
+def plain(plain_server: ServerProcess) -> Iterator[FhirApi]:
+    with plain_server.api() as client:
+        yield client
+
+
+# -- write-time normalization --------------------------------------------------------------------
+def test_every_url_shape_is_normalized_and_filled(plain_server: ServerProcess, plain: FhirApi) -> None:
+    binary = upload(plain)
+    bid = binary["id"]
+    signed = binary["url"]
+    assert is_signed_for(signed, plain_server, bid, 1)
+    shapes = [f"Binary/{bid}", f"Binary/{bid}/_history/1", f"{plain.base}/Binary/{bid}", signed]
+    r = create(plain, doc_ref(*shapes))
+    assert r.status_code == 201, r.text
+    stored = plain.get(f"/DocumentReference/{r.json()['id']}").json()
+    for content in stored["content"]:
+        assert content["attachment"] == {"url": f"Binary/{bid}", "contentType": "image/png",
+                                         "size": len(PNG_BYTES), "hash": sha1_b64(PNG_BYTES)}
+    # Stored versions carry the normalized form too (history shows them as stored here).
+    hist = plain.get(f"/DocumentReference/{r.json()['id']}/_history").json()
+    assert hist["entry"][0]["resource"]["content"][3]["attachment"]["url"] == f"Binary/{bid}"
+
+
+def test_blob_stored_binary_sizes_and_hashes_come_from_the_registry(plain: FhirApi) -> None:
+    bid = upload(plain, LARGE, "application/pdf")["id"]
+    r = create(plain, {"resourceType": "Patient", "photo": [{"url": f"Binary/{bid}", "contentType": "x/keep"}]})
+    assert r.status_code == 201, r.text
+    photo = r.json()["photo"][0]
+    assert photo == {"url": f"Binary/{bid}", "contentType": "x/keep", "size": len(LARGE), "hash": sha1_b64(LARGE)}
+
+
+def test_other_urls_and_non_attachment_urls_are_left_alone(plain: FhirApi) -> None:
+    bid = upload(plain)["id"]
+    r = create(plain, {"resourceType": "Patient",
+                       "extension": [{"url": f"Binary/{bid}", "valueString": "not an attachment"}],
+                       "photo": [{"url": "https://elsewhere.example/Binary/x.png"}]})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["extension"][0]["url"] == f"Binary/{bid}"
+    assert body["photo"][0] == {"url": "https://elsewhere.example/Binary/x.png"}
+
+
+@pytest.mark.parametrize("shape", ["Binary/{id}", "Binary/{id}/_history/1", "{base}/Binary/{id}"])
+def test_a_missing_binary_is_refused_naming_the_element(api: FhirApi, shape: str) -> None:
+    url = shape.format(id="no-such-binary", base=api.base)
+    r = create(api, doc_ref(url))
+    assert r.status_code == 400
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["DocumentReference.content[0].attachment.url"]
+    assert "Binary/no-such-binary" in issue["diagnostics"]
+    assert api.get("/DocumentReference", params={"_count": 200}).status_code == 200
+
+
+def test_a_deleted_binary_is_refused(api: FhirApi) -> None:
+    bid = upload(api)["id"]
+    assert api.delete(f"/Binary/{bid}").status_code == 204
+    assert create(api, doc_ref(f"Binary/{bid}")).status_code == 400
+
+
+def test_conflicting_size_or_hash_is_refused_naming_the_element(api: FhirApi) -> None:
+    bid = upload(api)["id"]
+    bad_size = {"resourceType": "Media", "status": "completed", "content": {"url": f"Binary/{bid}", "size": 1}}
+    r = create(api, bad_size)
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Media.content.size"]
+    bad_hash = {"resourceType": "Communication", "status": "completed",
+                "payload": [{"contentAttachment": {"url": f"Binary/{bid}", "hash": sha1_b64(b"other")}}]}
+    r = create(api, bad_hash)
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["expression"] == ["Communication.payload[0].contentAttachment.hash"]
+    good = {"resourceType": "Media", "status": "completed",
+            "content": {"url": f"Binary/{bid}", "size": len(PNG_BYTES), "hash": sha1_b64(PNG_BYTES)}}
+    assert create(api, good).status_code == 201
+
+
+def test_a_tampered_signed_url_is_refused_on_write(api: FhirApi) -> None:
+    signed = upload(api)["url"]
+    r = create(api, doc_ref(replace_query(signed, sig="A" * 43)))
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["expression"] == ["DocumentReference.content[0].attachment.url"]
+
+
+# -- read-time rewriting -------------------------------------------------------------------------
+def test_every_read_path_signs_the_current_version(server: ServerProcess, api: FhirApi) -> None:
+    bid = upload(api)["id"]
+    r = create(api, {"resourceType": "Communication", "status": "completed",
+                     "payload": [{"contentAttachment": {"url": f"Binary/{bid}"}}]})
+    assert r.status_code == 201
+    cid = r.json()["id"]
+
+    def url_in(resource: dict[str, Any]) -> str:
+        return str(resource["payload"][0]["contentAttachment"]["url"])
+
+    assert is_signed_for(url_in(r.json()), server, bid, 1)  # the create response
+    assert is_signed_for(url_in(api.get(f"/Communication/{cid}").json()), server, bid, 1)
+    assert is_signed_for(url_in(api.get(f"/Communication/{cid}/_history/1").json()), server, bid, 1)
+    hist = api.get(f"/Communication/{cid}/_history").json()
+    assert is_signed_for(url_in(hist["entry"][0]["resource"]), server, bid, 1)
+    found = api.get("/Communication", params={"_id": cid}).json()
+    assert is_signed_for(url_in(found["entry"][0]["resource"]), server, bid, 1)
+    # A new version of the Binary: reads now sign version 2.
+    assert api.put(f"/Binary/{bid}", content=b"v2", headers={"Content-Type": "text/plain"}).status_code == 200
+    assert is_signed_for(url_in(api.get(f"/Communication/{cid}").json()), server, bid, 2)
+
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Communication/{cid}"}},
+        {"request": {"method": "GET", "url": f"Communication?_id={cid}"}},
+        {"resource": {"resourceType": "Communication", "status": "completed",
+                      "payload": [{"contentAttachment": {"url": f"Binary/{bid}"}}]},
+         "request": {"method": "POST", "url": "Communication"}},
+    ]}
+    out = api.post("", json=batch).json()
+    assert is_signed_for(url_in(out["entry"][0]["resource"]), server, bid, 2)
+    assert is_signed_for(url_in(out["entry"][1]["resource"]["entry"][0]["resource"]), server, bid, 2)
+    assert is_signed_for(url_in(out["entry"][2]["resource"]), server, bid, 2)
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:4b5e7f5e-1c1a-4b7e-9d51-0c3f0e2a9a11",
+         "resource": {"resourceType": "Communication", "status": "completed",
+                      "payload": [{"contentAttachment": {"url": f"{api.base}/Binary/{bid}"}}]},
+         "request": {"method": "POST", "url": "Communication"}},
+        {"request": {"method": "GET", "url": f"Communication/{cid}"}},
+    ]}
+    out = api.post("", json=transaction).json()
+    assert is_signed_for(url_in(out["entry"][0]["resource"]), server, bid, 2)
+    assert is_signed_for(url_in(out["entry"][1]["resource"]), server, bid, 2)
+
+
+def test_reads_of_the_binary_itself_stay_plain(api: FhirApi) -> None:
+    created = upload(api)
+    assert "url" in created
+    read = api.get(f"/Binary/{created['id']}", headers={"Accept": "application/fhir+json"}).json()
+    assert "url" not in read
+    json_created = api.post("/Binary", json={"resourceType": "Binary", "contentType": "text/plain",
+                                             "data": base64.b64encode(b"hi").decode()})
+    assert json_created.status_code == 201 and "/storage/" in json_created.json()["url"]
+
+
+def test_rewriting_can_be_switched_off(plain: FhirApi) -> None:
+    bid = upload(plain)["id"]
+    r = create(plain, doc_ref(f"Binary/{bid}"))
+    assert plain.get(f"/DocumentReference/{r.json()['id']}").json()["content"][0]["attachment"]["url"] == \
+        f"Binary/{bid}"
+
+
+def test_the_same_url_within_a_window(api: FhirApi) -> None:
+    bid = upload(api)["id"]
+    rid = create(api, doc_ref(f"Binary/{bid}", f"Binary/{bid}")).json()["id"]
+
+    def urls() -> list[str]:
+        doc = api.get(f"/DocumentReference/{rid}").json()
+        return [c["attachment"]["url"] for c in doc["content"]]
+
+    first = urls()
+    assert first[0] == first[1]
+    # The default window is 600 s: two reads in a row fall into one window unless a boundary passes
+    # between them, in which case the third read matches the second.
+    second, third = urls(), urls()
+    assert first == second or second == third
+
+
+def test_a_caller_who_may_not_read_the_binary_sees_binary_id(server: ServerProcess, api: FhirApi) -> None:
+    bid = upload(api, **{"X-Security-Context": "Patient/secret-owner"})["id"]
+    pid = create(api, {"resourceType": "Patient", "id": "x"}).json()["id"]
+    rid = create(api, {"resourceType": "DocumentReference", "status": "current",
+                       "subject": {"reference": f"Patient/{pid}"},
+                       "content": [{"attachment": {"url": f"Binary/{bid}"}}]}).json()["id"]
+    client = server.create_client("limited", "system/DocumentReference.rs")
+    token = server.token(client["client_id"], client["client_secret"])
+    with FhirApi(server.base, headers={"Authorization": f"Bearer {token}"}) as limited:
+        doc = limited.get(f"/DocumentReference/{rid}").json()
+        assert doc["content"][0]["attachment"]["url"] == f"Binary/{bid}"
+    assert "/storage/" in api.get(f"/DocumentReference/{rid}").json()["content"][0]["attachment"]["url"]
+
+
+# -- the storage route ---------------------------------------------------------------------------
+def test_storage_serves_the_signed_version_with_ranges_and_cors(api: FhirApi) -> None:
+    binary = upload(api, LARGE, "application/pdf", **{"Content-Disposition": 'attachment; filename="a.pdf"'})
+    url = binary["url"]
+    with httpx.Client() as anyone:
+        got = anyone.get(url, headers={"Authorization": "Bearer not-a-valid-token"})  # ignored
+        assert got.status_code == 200 and got.content == LARGE
+        assert got.headers["Content-Type"] == "application/pdf"
+        assert got.headers["ETag"] == f'"{hashlib.sha256(LARGE).hexdigest()}"'
+        assert "a.pdf" in got.headers["Content-Disposition"]
+        max_age = int(got.headers["Cache-Control"].removeprefix("private, max-age="))
+        assert 3000 < max_age <= 3600 + 600
+        assert got.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Content-Range" in got.headers["Access-Control-Expose-Headers"]
+        part = anyone.get(url, headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == LARGE[100:200]
+        assert part.headers["Content-Range"] == f"bytes 100-199/{len(LARGE)}"
+        head = anyone.head(url)
+        assert head.status_code == 200 and head.headers["Content-Length"] == str(len(LARGE))
+        assert anyone.get(url, headers={"If-None-Match": got.headers["ETag"]}).status_code == 304
+        pre = anyone.options(url, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+                                           "Access-Control-Request-Headers": "range"})
+        assert pre.status_code == 204 and "Range" in pre.headers["Access-Control-Allow-Headers"]
+
+
+def test_tampering_with_any_part_is_forbidden(api: FhirApi) -> None:
+    binary = upload(api)
+    url = binary["url"]
+    q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    other = upload(api)["id"]
+    tampered = {
+        "id": url.replace(binary["id"], other),
+        "version": url.replace(f"{binary['id']}/1", f"{binary['id']}/2"),
+        "exp": replace_query(url, exp=str(int(q["exp"]) + 600)),
+        "kid": replace_query(url, kid="f" * len(q["kid"])),
+        "sig": replace_query(url, sig=q["sig"][::-1]),
+        "no sig": url.split("?")[0] + f"?exp={q['exp']}&kid={q['kid']}",
+        "nothing": url.split("?")[0],
+    }
+    with httpx.Client() as anyone:
+        for what, bad in tampered.items():
+            r = anyone.get(bad)
+            assert r.status_code == 403, what
+            assert r.json()["resourceType"] == "OperationOutcome"
+            assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert anyone.get(url).status_code == 200
+
+
+def test_a_url_for_version_1_serves_version_1_after_an_update(api: FhirApi) -> None:
+    binary = upload(api, b"version one", "text/plain")
+    assert api.put(f"/Binary/{binary['id']}", content=b"version two!", headers={"Content-Type": "text/plain"}
+                   ).status_code == 200
+    with httpx.Client() as anyone:
+        assert anyone.get(binary["url"]).content == b"version one"
+    # Even after the Binary is deleted, the version a live URL names stays readable through it.
+    assert api.delete(f"/Binary/{binary['id']}").status_code == 204
+    with httpx.Client() as anyone:
+        assert anyone.get(binary["url"]).content == b"version one"
+
+
+def test_expiry_is_gone_and_expired_urls_still_normalize(server_factory: Callable[..., ServerProcess]) -> None:
+    short = server_factory("sqlite", signed_url_ttl=2)  # window: 1 s
+    with short.api() as api:
+        binary = upload(api)
+        url = binary["url"]
+        with httpx.Client() as anyone:
+            assert anyone.get(url).status_code == 200
+            wait_until(lambda: anyone.get(url).status_code != 200, "the signed URL to expire", timeout=20)
+            r = anyone.get(url)
+            assert r.status_code == 410 and r.json()["resourceType"] == "OperationOutcome"
+        created = create(api, doc_ref(url))
+        assert created.status_code == 201, created.text
+        fresh = created.json()["content"][0]["attachment"]["url"]
+        assert fresh != url and storage_path(fresh) == storage_path(url)
+
+
+def test_a_url_signed_by_one_node_is_served_by_another(server_factory: Callable[..., ServerProcess],
+                                                       tmp_path: Path) -> None:
+    require_postgres()
+    with postgres_database() as database_url:
+        shared = {"database_url": database_url, "storage_dir": str(tmp_path / "blobs")}
+        node_a = server_factory("postgres", **shared)
+        node_b = ServerProcess(tmp_path / "node-b", settings_env(**shared)).start()
+        try:
+            with node_a.api() as api:
+                binary = upload(api, LARGE, "application/pdf")
+            url_b = binary["url"].replace(node_a.url, node_b.url)
+            with httpx.Client() as anyone:
+                r = anyone.get(url_b, headers={"Range": "bytes=0-9"})
+                assert r.status_code == 206 and r.content == LARGE[:10]
+                assert anyone.get(replace_query(url_b, sig="B" * 43)).status_code == 403
+        finally:
+            node_b.stop()
+            node_a.stop()
