@@ -3,6 +3,7 @@ that only count connections (to prove none was made)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import socket
@@ -56,10 +57,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.requests[path] += 1
         self.server.hosts.append(self.headers.get("Host", ""))
         kind, _, rest = path.strip("/").partition("/")
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             getattr(self, f"_{kind}")(rest, query)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
     def _file(self, rest: str, q: dict[str, str]) -> None:
         """/file/{size}[?type=..&seed=..&length=no]"""
