@@ -16,9 +16,13 @@ from fhirvault import __version__
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
 from fhirvault.fhir.capability import capability_statement
-from fhirvault.http import fhir_api
+from fhirvault.http import fhir_api, ingestion_api
 from fhirvault.http.responses import error_response, outcome_response
+from fhirvault.jobs.queue import JobQueue
+from fhirvault.jobs.worker import JobWorkers
 from fhirvault.service.bundles import BundleService
+from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
+from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.resources import ResourceService
 from fhirvault.service.timeutil import now_us, to_instant
 from fhirvault.store.database import Database
@@ -38,12 +42,20 @@ class FhirVault:
         self.store = ResourceStore()
         self.resources = ResourceService(self.db, self.store)
         self.bundles = BundleService(self.resources)
+        self.jobs = JobQueue(self.db, max_attempts=settings.ingest_max_attempts,
+                             backoff_seconds=settings.ingest_backoff_seconds,
+                             lease_seconds=settings.job_lease_seconds)
+        self.ingestion = AttachmentIngestion(self.resources, getattr(self, "binaries", None), self.jobs, settings)
+        self.resources.after_commit_hooks.append(self.ingestion.scheduler)
+        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
         self._capability: dict[str, Any] | None = None
 
     async def start(self) -> None:
         await self.db.migrate()
+        self.workers.start()
 
     async def stop(self) -> None:
+        await self.workers.stop()
         await self.db.close()
 
     def capability_statement(self) -> dict[str, Any]:
@@ -87,7 +99,7 @@ def build_app(settings: Settings) -> Starlette:
             await vault.stop()
 
     app = Starlette(
-        routes=fhir_api.routes(FHIR_PREFIX),
+        routes=ingestion_api.routes(FHIR_PREFIX) + fhir_api.routes(FHIR_PREFIX),
         exception_handlers={
             FhirVaultError: _domain_error,
             HTTPException: _http_error,

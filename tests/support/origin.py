@@ -73,6 +73,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         for chunk in content_chunks(size, int(q.get("seed", "0"))):
             self.wfile.write(chunk)
+            self.server.sent[self.path] += len(chunk)
         if q.get("length") == "no":
             self.close_connection = True
 
@@ -114,6 +115,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self._file(size, q)
 
+    def _gate(self, rest: str, q: dict[str, str]) -> None:
+        """/gate/{name}/{size}: waits until the test calls `release(name)`, then serves the file."""
+        name, _, size = rest.partition("/")
+        self.server.gate(name).wait(120)
+        self._file(size, q)
+
     def _status(self, rest: str, q: dict[str, str]) -> None:
         self.send_response(int(rest))
         self.send_header("Content-Length", "0")
@@ -130,8 +137,18 @@ class OriginServer(http.server.ThreadingHTTPServer):
         self.requests: Counter[str] = Counter()
         self.flaky: Counter[str] = Counter()
         self.hosts: list[str] = []
+        self.sent: Counter[str] = Counter()  # body bytes written per request path (with query)
+        self._gates: dict[str, threading.Event] = {}
+        self._gates_lock = threading.Lock()
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def gate(self, name: str) -> threading.Event:
+        with self._gates_lock:
+            return self._gates.setdefault(name, threading.Event())
+
+    def release(self, name: str) -> None:
+        self.gate(name).set()
 
     @property
     def url(self) -> str:
@@ -143,6 +160,8 @@ class OriginServer(http.server.ThreadingHTTPServer):
 
     def __exit__(self, *exc: Any) -> None:
         self.stopping.set()
+        for gate in list(self._gates.values()):
+            gate.set()
         self.shutdown()
         self.server_close()
 
