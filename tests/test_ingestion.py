@@ -14,8 +14,8 @@ import pytest
 
 from fhirvault.config import Settings
 from fhirvault.service.ingestion import IngestionRules
-from tests.support.origin import CountingListener, OriginServer
-from tests.support.server import FhirApi, ServerProcess
+from tests.support.origin import CountingListener, OriginServer, content_chunks, sha1_b64
+from tests.support.server import FhirApi, ServerProcess, settings_env
 
 Jobs = list[dict[str, Any]]
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -206,3 +206,234 @@ def test_jobs_list_command_shows_failed_jobs(allowed_server: ServerProcess, orig
                            "--data-dir", str(allowed_server.data_dir)],
                           env=env, capture_output=True, text=True, check=True).stdout
     assert ref in text and "HTTP 404" in text and "secret" not in text
+
+
+# -- content that lands --------------------------------------------------------------------------
+def binary_bytes(api: FhirApi, ref: str) -> bytes:
+    r = api.get(f"/{ref}", headers={"Accept": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    return r.content
+
+
+def binary_resource(api: FhirApi, ref: str) -> dict[str, Any]:
+    r = api.get(f"/{ref}", headers={"Accept": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_normal_file_lands_as_a_binary(allowed_server: ServerProcess, origin: OriginServer) -> None:
+    size = 300_000
+    with allowed_server.api() as api:
+        ref = f"Media/{create(api, media(f'{origin.url}/file/{size}?type=image/jpeg&seed=1'))['id']}"
+        (job,) = wait_jobs(api, ref, settled(1))
+        assert job["state"] == "done" and job["attempts"] == 1, job
+        current = api.get(f"/{ref}").json()
+        attachment = current["content"]
+        assert attachment["size"] == size and attachment["hash"] == sha1_b64(size, 1)
+        assert attachment["contentType"] == "image/jpeg"  # the response's, over the submitted image/png
+        binary_ref = job["binary"]
+        assert current["meta"]["versionId"] == "2"
+        assert _stored_url(api, ref) == binary_ref
+        assert binary_bytes(api, binary_ref) == b"".join(content_chunks(size, 1))
+        assert binary_resource(api, binary_ref)["securityContext"] == {"reference": ref}
+
+
+def _stored_url(api: FhirApi, ref: str) -> str:
+    """The Attachment url as stored (reads may show it as a signed URL; history shows the version's own)."""
+    current = api.get(f"/{ref}").json()
+    url: str = current["content"]["url"]
+    if url.startswith("Binary/"):
+        return url
+    binary_id = url.split("/storage/", 1)[1].split("/")[0] if "/storage/" in url else url.rsplit("/", 1)[-1]
+    return f"Binary/{binary_id}"
+
+
+def test_content_type_falls_back_to_the_attachments(allowed_server: ServerProcess, origin: OriginServer) -> None:
+    with allowed_server.api() as api:
+        ref = f"Media/{create(api, media(f'{origin.url}/file/1000', content_type='application/dicom'))['id']}"
+        (job,) = wait_jobs(api, ref, settled(1))
+        assert job["state"] == "done", job
+        assert api.get(f"/{ref}").json()["content"]["contentType"] == "application/dicom"
+
+
+def test_redirect_chain_is_followed(allowed_server: ServerProcess, origin: OriginServer) -> None:
+    with allowed_server.api() as api:
+        ref = f"Media/{create(api, media(f'{origin.url}/redirect/3/file/5000?type=text/plain'))['id']}"
+        (job,) = wait_jobs(api, ref, settled(1))
+        assert job["state"] == "done", job
+        assert api.get(f"/{ref}").json()["content"]["size"] == 5000
+        assert origin.requests["/file/5000"] == 1 and origin.requests["/redirect/1/file/5000"] == 1
+
+
+def test_server_error_then_success_is_retried(allowed_server: ServerProcess, origin: OriginServer) -> None:
+    with allowed_server.api() as api:
+        ref = f"Media/{create(api, media(f'{origin.url}/flaky/once/2000'))['id']}"
+        (job,) = wait_jobs(api, ref, settled(1))
+        assert job["state"] == "done" and job["attempts"] == 2, job
+        assert "HTTP 500" in job.get("error", "")  # the failed attempt's error stays visible
+        assert origin.flaky["once"] == 2
+        assert api.get(f"/{ref}").json()["content"]["hash"] == sha1_b64(2000)
+
+
+def test_three_urls_in_one_resource_all_land(allowed_server: ServerProcess, origin: OriginServer) -> None:
+    sizes = {1: 10_000, 2: 200_000, 3: 3_000}
+    with allowed_server.api() as api:
+        doc = create(api, {"resourceType": "DocumentReference", "status": "current", "content": [
+            {"attachment": {"url": f"{origin.url}/file/{size}?seed={seed}&type=application/pdf"}}
+            for seed, size in sizes.items()]})
+        ref = f"DocumentReference/{doc['id']}"
+        jobs = wait_jobs(api, ref, settled(3))
+        assert all(j["state"] == "done" for j in jobs), jobs
+        current = api.get(f"/{ref}").json()
+        for content, (seed, size) in zip(current["content"], sizes.items(), strict=True):
+            attachment = content["attachment"]
+            assert attachment["size"] == size and attachment["hash"] == sha1_b64(size, seed)
+        assert current["meta"]["versionId"] == "4"  # one update per URL, none lost
+        assert len({j["binary"] for j in jobs}) == 3
+
+
+def test_url_edited_away_before_the_job_lands_is_not_applied(allowed_server: ServerProcess,
+                                                             origin: OriginServer) -> None:
+    path = "/gate/edited-away/1000"
+    with allowed_server.api() as api:
+        created = create(api, media(f"{origin.url}{path}"))
+        ref = f"Media/{created['id']}"
+        wait_until(lambda: origin.requests[path] >= 1)
+        edited = {**created, "content": {"contentType": "text/plain", "data": "aGk="}}
+        assert api.put(f"/{ref}", json=edited, headers=FHIR_JSON).status_code == 200
+        origin.release("edited-away")
+        (job,) = wait_jobs(api, ref, settled(1))
+        assert job["state"] == "done" and "not applied" in job["outcome"], job
+        current = api.get(f"/{ref}").json()
+        assert current["meta"]["versionId"] == "2" and "url" not in current["content"]
+
+
+def test_newer_edit_during_the_fetch_is_kept(allowed_server: ServerProcess, origin: OriginServer) -> None:
+    path = "/gate/concurrent/1000"
+    with allowed_server.api() as api:
+        created = create(api, media(f"{origin.url}{path}"))
+        ref = f"Media/{created['id']}"
+        wait_until(lambda: origin.requests[path] >= 1)
+        edited = {**created, "status": "entered-in-error"}
+        assert api.put(f"/{ref}", json=edited, headers=FHIR_JSON).status_code == 200
+        origin.release("concurrent")
+        (job,) = wait_jobs(api, ref, settled(1))
+        assert job["state"] == "done", job
+        current = api.get(f"/{ref}").json()
+        assert current["status"] == "entered-in-error" and current["content"]["size"] == 1000
+        assert current["meta"]["versionId"] == "3"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+# -- large content, constant memory ----------------------------------------------------------------
+def test_200_mib_file_with_flat_server_memory(server_factory: Callable[..., ServerProcess],
+                                             origin: OriginServer) -> None:
+    size = 200 * 1024 * 1024
+    server = server_factory("sqlite", ingest_allow_hosts="127.0.0.1", max_binary_bytes=size + 1)
+    with server.api() as api:
+        warm = f"Media/{create(api, media(f'{origin.url}/file/300000'))['id']}"
+        wait_jobs(api, warm, settled(1))
+        baseline = server.rss_bytes()
+        ref = f"Media/{create(api, media(f'{origin.url}/file/{size}?seed=7&type=video/mp4'))['id']}"
+        (job,) = wait_jobs(api, ref, settled(1), timeout=300)
+        peak = _peak_rss(server)
+        assert job["state"] == "done", job
+        attachment = api.get(f"/{ref}").json()["content"]
+        assert attachment["size"] == size and attachment["hash"] == sha1_b64(size, 7)
+    growth = peak - baseline
+    print(f"\n200 MiB ingestion: server RSS baseline {baseline >> 20} MiB, peak {peak >> 20} MiB")
+    assert growth < 64 * 1024 * 1024, f"server memory grew by {growth >> 20} MiB for a 200 MiB file"
+
+
+def _peak_rss(server: ServerProcess) -> int:
+    assert server.proc is not None
+    with open(f"/proc/{server.proc.pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+# -- durability ----------------------------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    if request.param == "sqlite":
+        yield {}
+    else:
+        from tests.conftest import require_postgres
+        from tests.support.server import postgres_database
+        require_postgres()
+        with postgres_database() as url:
+            yield settings_env(database_url=url)
+
+
+def test_pending_job_survives_a_restart(tmp_path: Any, origin: OriginServer, database_env: dict[str, str]) -> None:
+    env = database_env | settings_env(ingest_allow_hosts="127.0.0.1", job_workers=0)
+    server = ServerProcess(tmp_path / "data", env).start()
+    try:
+        with server.api() as api:
+            ref = f"Media/{create(api, media(f'{origin.url}/file/4000'))['id']}"
+            assert [j["state"] for j in status(api, ref)] == ["pending"]
+    finally:
+        server.stop()
+    server.env = env | settings_env(job_workers=1)
+    server.start()
+    try:
+        with server.api() as api:
+            (job,) = wait_jobs(api, ref, settled(1))
+            assert job["state"] == "done" and api.get(f"/{ref}").json()["content"]["size"] == 4000
+    finally:
+        server.stop()
+
+
+def test_job_of_a_killed_server_is_run_again_after_its_lease(tmp_path: Any, origin: OriginServer) -> None:
+    env = settings_env(ingest_allow_hosts="127.0.0.1", job_lease_seconds=1)
+    server = ServerProcess(tmp_path / "data", env).start()
+    path = "/gate/killed/3000"
+    try:
+        with server.api() as api:
+            ref = f"Media/{create(api, media(f'{origin.url}{path}'))['id']}"
+        wait_until(lambda: origin.requests[path] == 1)
+        assert server.proc is not None
+        server.proc.kill()  # mid-fetch, no chance to hand the job back
+        server.proc.wait()
+        server.proc = None
+        server.start()
+        wait_until(lambda: origin.requests[path] == 2)  # claimed again once the lease ran out
+        origin.release("killed")
+        with server.api() as api:
+            (job,) = wait_jobs(api, ref, settled(1))
+            assert job["state"] == "done" and job["attempts"] == 2, job
+    finally:
+        server.stop()
+
+
+def test_worker_command_runs_jobs_for_servers_without_workers(tmp_path: Any, origin: OriginServer) -> None:
+    env = settings_env(ingest_allow_hosts="127.0.0.1", job_workers=0)
+    server = ServerProcess(tmp_path / "data", env).start()
+    worker = None
+    try:
+        with server.api() as api:
+            ref = f"Media/{create(api, media(f'{origin.url}/file/2500'))['id']}"
+            assert [j["state"] for j in status(api, ref)] == ["pending"]
+            full_env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRVAULT_")} | env
+            with open(tmp_path / "worker.log", "wb") as log:
+                worker = subprocess.Popen([sys.executable, "-m", "fhirvault.cli", "worker",
+                                           "--data-dir", str(server.data_dir)], env=full_env,
+                                          stdout=log, stderr=subprocess.STDOUT)
+            (job,) = wait_jobs(api, ref, settled(1))
+            assert job["state"] == "done" and api.get(f"/{ref}").json()["content"]["size"] == 2500
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        server.stop()
