@@ -133,15 +133,18 @@ class JobQueue:
         """Take the next due job (pending and due, or running with an expired lease) and mark it running."""
         while True:
             ts = now_us()
+            due = sa.or_(
+                sa.and_(jobs.c.state == PENDING, jobs.c.run_after <= ts),
+                sa.and_(jobs.c.state == RUNNING, jobs.c.lease_until < ts),
+            )
+            if kinds is not None:
+                due = sa.and_(due, jobs.c.kind.in_(kinds))
+            # Idle polls only read: on SQLite a write transaction would take the database's one write lock.
+            async with self.db.read() as conn:
+                if (await conn.execute(sa.select(jobs.c.id).where(due).limit(1))).first() is None:
+                    return None
             async with self.db.write() as conn:
-                due = sa.or_(
-                    sa.and_(jobs.c.state == PENDING, jobs.c.run_after <= ts),
-                    sa.and_(jobs.c.state == RUNNING, jobs.c.lease_until < ts),
-                )
-                stmt = sa.select(jobs).where(due)
-                if kinds is not None:
-                    stmt = stmt.where(jobs.c.kind.in_(kinds))
-                stmt = stmt.order_by(jobs.c.run_after).limit(1)
+                stmt = sa.select(jobs).where(due).order_by(jobs.c.run_after).limit(1)
                 if not self.db.is_sqlite:
                     stmt = stmt.with_for_update(skip_locked=True)
                 row = (await conn.execute(stmt)).first()

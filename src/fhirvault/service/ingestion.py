@@ -4,6 +4,7 @@ content as a Binary and points the Attachment at it."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -99,8 +100,12 @@ class IngestionScheduler:
             url = attachment.get("url")
             if "data" in attachment or not self.rules.wants(url):
                 continue
-            await self.queue.enqueue(JOB_KIND, {"resource": ref, "url": url}, subject=ref,
-                                     dedupe_key=f"{ref} {url}")
+            key = hashlib.sha256(f"{ref} {url}".encode()).hexdigest()
+            try:
+                await self.queue.enqueue(JOB_KIND, {"resource": ref, "url": url}, subject=ref, dedupe_key=key)
+            except Exception:
+                # The write itself is committed and must be answered as such; saving it again schedules anew.
+                log.exception("could not schedule the ingestion of %s for %s", redacted(str(url)), ref)
 
 
 class AttachmentIngestion:
