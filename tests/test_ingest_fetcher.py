@@ -220,3 +220,24 @@ def test_resolution_is_done_by_the_guard_for_allowed_names() -> None:
 def test_guard_backend_refuses_unix_sockets() -> None:
     with pytest.raises(FetchRefused):
         asyncio.run(GuardedNetworkBackend().connect_unix_socket("/run/x.sock"))
+
+
+def test_tls_is_verified_for_the_host_name_while_connecting_to_the_checked_address() -> None:
+    """The connection goes to the resolved address, yet SNI and certificate checks use the URL's name."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("files.test").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    dns = fake_dns({"files.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    with OriginServer(tls=server_tls) as origin:
+        port = origin.server_address[1]
+        fetcher = Fetcher(LIMITS, ["files.test", "other.test"], resolver=dns, ssl_context=client_tls)
+        response, body = asyncio.run(_fetch(fetcher, f"https://files.test:{port}/file/1000"))
+        assert len(body) == 1000 and origin.hosts == [f"files.test:{port}"]
+        with pytest.raises(FetchFailed, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+            asyncio.run(_fetch(fetcher, f"https://other.test:{port}/file/1000"))

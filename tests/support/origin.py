@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import http.server
 import socket
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -132,8 +133,10 @@ class OriginServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.requests: Counter[str] = Counter()
         self.flaky: Counter[str] = Counter()
         self.hosts: list[str] = []

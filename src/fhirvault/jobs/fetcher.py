@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -192,8 +193,9 @@ class Fetcher:
 
     def __init__(self, limits: FetchLimits, allowed_hosts: Iterable[str] = (), *,
                  resolver: Resolver = system_resolver, inner: httpcore.AsyncNetworkBackend | None = None,
-                 user_agent: str = "fhirvault-ingest") -> None:
+                 user_agent: str = "fhirvault-ingest", ssl_context: ssl.SSLContext | None = None) -> None:
         self.limits = limits
+        self.ssl_context = ssl_context
         self.allowed_hosts = {_normal_host(h) for h in allowed_hosts}
         self.backend = GuardedNetworkBackend(self.allowed_hosts, resolver=resolver, inner=inner)
         self.user_agent = user_agent
@@ -206,8 +208,8 @@ class Fetcher:
         lim = self.limits
         timeouts = {"connect": lim.connect_timeout, "read": lim.read_timeout, "write": lim.read_timeout,
                      "pool": lim.connect_timeout}
-        async with httpcore.AsyncConnectionPool(network_backend=self.backend, retries=0,
-                                                max_connections=1) as pool:
+        async with httpcore.AsyncConnectionPool(network_backend=self.backend, ssl_context=self.ssl_context,
+                                                retries=0, max_connections=1) as pool:
             current = url
             for hop in range(lim.max_redirects + 1):
                 u = check_url(current, self.allowed_hosts)
