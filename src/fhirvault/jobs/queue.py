@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,9 +103,9 @@ class JobQueue:
         self.max_attempts = max(1, max_attempts)
         self.backoff_seconds = backoff_seconds
         self.lease_seconds = lease_seconds
-        self._listeners: list[Any] = []
+        self._listeners: list[Callable[[], None]] = []
 
-    def on_enqueue(self, callback: Any) -> None:
+    def on_enqueue(self, callback: Callable[[], None]) -> None:
         """`callback()` runs after a job was queued by this process (wakes idle local workers)."""
         self._listeners.append(callback)
 

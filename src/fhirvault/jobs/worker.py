@@ -55,12 +55,6 @@ class JobWorkers:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
-    async def run_until_stopped(self) -> None:
-        """For `fhirvault worker`: run the loops until stop() is called (e.g. from a signal handler)."""
-        self.start()
-        await self._stopping.wait()
-        await self.stop()
-
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -73,7 +67,11 @@ class JobWorkers:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
                 continue
-            await self.run_one(job)
+            try:
+                await self.run_one(job)
+            except Exception:
+                # Recording the outcome failed (database gone?); the lease runs out and the job is retried.
+                log.exception("job %s (%s): recording its outcome failed", job.id, job.kind)
 
     async def run_one(self, job: Job) -> None:
         """Run one claimed job to its end state, renewing its lease meanwhile."""
