@@ -20,9 +20,11 @@ from fhirvault.blobs.factory import open_blob_store
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
 from fhirvault.fhir.capability import capability_statement
-from fhirvault.http import binary_api, fhir_api, oauth_api, storage_api
+from fhirvault.http import binary_api, fhir_api, ingestion_api, oauth_api, storage_api
 from fhirvault.http.auth import BearerAuthMiddleware
 from fhirvault.http.responses import error_response, outcome_response
+from fhirvault.jobs.queue import JobQueue
+from fhirvault.jobs.worker import JobWorkers
 from fhirvault.security.clients import ClientStore
 from fhirvault.security.keys import KeyRing
 from fhirvault.security.policy import ScopePolicy
@@ -31,6 +33,8 @@ from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.attachments import AttachmentNormalizer, AttachmentUrlSigner, UrlShapes
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.bundles import BundleService
+from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
+from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.inline_data import InlineDataLimit
 from fhirvault.service.resources import ResourceService
 from fhirvault.service.storage_downloads import StorageDownloads
@@ -65,6 +69,12 @@ class FhirVault:
         self.resources.write_hooks.append(
             InlineDataLimit(self.resources, self.blob_store, self.blob_registry, settings.inline_max_bytes))
         self._wire_signed_urls(settings)
+        self.jobs = JobQueue(self.db, max_attempts=settings.ingest_max_attempts,
+                             backoff_seconds=settings.ingest_backoff_seconds,
+                             lease_seconds=settings.job_lease_seconds)
+        self.ingestion = AttachmentIngestion(self.resources, self.binaries, self.jobs, settings)
+        self.resources.after_commit_hooks.append(self.ingestion.scheduler)
+        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
         self._capability: dict[str, Any] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -83,8 +93,10 @@ class FhirVault:
     async def start(self) -> None:
         await self.db.migrate()
         self._sweeper = asyncio.create_task(self._sweep_pending_blobs())
+        self.workers.start()
 
     async def stop(self) -> None:
+        await self.workers.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -151,8 +163,8 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         # Binary's own routes first: they take precedence over the generic /{rtype} ones.
-        routes=(oauth_api.routes(FHIR_PREFIX) + binary_api.routes(FHIR_PREFIX) + fhir_api.routes(FHIR_PREFIX)
-                + storage_api.routes()),
+        routes=(oauth_api.routes(FHIR_PREFIX) + ingestion_api.routes(FHIR_PREFIX) + binary_api.routes(FHIR_PREFIX)
+                + fhir_api.routes(FHIR_PREFIX) + storage_api.routes()),
         middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
         exception_handlers={
             FhirVaultError: _domain_error,

@@ -135,6 +135,74 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run background jobs only (for deployments that keep them apart from the web servers)."""
+    import asyncio
+    import logging
+    import signal
+
+    from fhirvault.app import FhirVault
+
+    settings = _server_settings(args)
+    settings.job_workers = max(1, settings.job_workers)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    async def run() -> None:
+        vault = FhirVault(settings)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await vault.start()
+        print(f"fhirvault worker: {settings.job_workers} job loop(s) on {_safe_url(settings.database_url)}",
+              flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await vault.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from fhirvault.jobs.fetcher import redacted
+    from fhirvault.jobs.queue import JobQueue
+    from fhirvault.store.database import Database
+
+    settings = _server_settings(args)
+
+    async def fetch() -> tuple[list[Any], dict[str, int]]:
+        db = Database(settings.database_url)
+        try:
+            await db.migrate()
+            queue = JobQueue(db)
+            return await queue.list(state=args.state, kind=args.kind, limit=args.limit), await queue.counts()
+        finally:
+            await db.close()
+
+    jobs, counts = asyncio.run(fetch())
+    if args.json:
+        print(json.dumps({"counts": counts, "jobs": [j.as_json() for j in jobs]}, indent=2))
+        return 0
+    for job in jobs:
+        target = redacted(str(job.payload["url"])) if "url" in job.payload else ""
+        print(f"{job.id}  {job.state:<7}  attempts={job.attempts}  {job.kind}  {job.subject or ''}  {target}")
+        if job.last_error:
+            print(f"    error: {job.last_error}")
+    print("  ".join(f"{state}: {n}" for state, n in counts.items()))
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _version() -> str:
     from fhirvault import __version__
 
@@ -210,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     keys_rotate = keys.add_parser("rotate", help="sign new tokens with a new key; older keys keep verifying")
     _add_server_options(keys_rotate)
     keys_rotate.set_defaults(func=cmd_keys_rotate)
+    worker = sub.add_parser("worker", help="run background jobs only")
+    _add_server_options(worker)
+    worker.set_defaults(func=cmd_worker)
+
+    jobs = sub.add_parser("jobs", help="inspect background jobs").add_subparsers(dest="jobs_command", required=True)
+    jobs_list = jobs.add_parser("list", help="list jobs, newest first")
+    _add_server_options(jobs_list)
+    jobs_list.add_argument("--state", choices=["pending", "running", "done", "failed"])
+    jobs_list.add_argument("--kind")
+    jobs_list.add_argument("--limit", type=int, default=100)
+    jobs_list.add_argument("--json", action="store_true", help="one JSON object")
+    jobs_list.set_defaults(func=cmd_jobs_list)
     return parser
 
 

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     ingest_max_redirects: int = 5
     ingest_backoff_seconds: float = 2.0
     job_workers: int = Field(default=1, description="background job loops per server process")
+    job_lease_seconds: float = 60.0  # a job whose worker stopped renewing this long is run again
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

@@ -1,0 +1,1 @@
+"""Background work: a durable job queue in the database, its workers, and the external-URL fetcher."""
