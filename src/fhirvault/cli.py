@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
     _add_server_options(serve)
     serve.set_defaults(func=cmd_serve)
+
+    from fhirvault.client.commands import add_client_commands
+
+    add_client_commands(sub)
     return parser
 
 

@@ -94,21 +94,21 @@ class AsyncFhirClient:
                             on_progress: ProgressCallback | None = None) -> Resource:
         """As FhirClient.create_binary (a str is sent as UTF-8: decode base64 text first); `data`
         may also be an async iterator of bytes."""
-        return await self._run(ops.create_binary(self.base_url, UploadBody(data, on_progress),
+        return await self._run(ops.create_binary(self.base_url, _body(data, on_progress),
                                                  content_type=content_type, filename=filename,
                                                  security_context=security_context))
 
     async def create_attachment(self, data: UploadData, *, content_type: str | None = None,
                                 filename: str | None = None, security_context: str | None = None,
                                 on_progress: ProgressCallback | None = None) -> Resource:
-        return await self._run(ops.create_attachment(self.base_url, UploadBody(data, on_progress),
+        return await self._run(ops.create_attachment(self.base_url, _body(data, on_progress),
                                                      content_type=content_type, filename=filename,
                                                      security_context=security_context))
 
     async def create_media(self, data: UploadData, *, content_type: str | None = None, filename: str | None = None,
                            security_context: str | None = None, on_progress: ProgressCallback | None = None,
                            media: Resource | None = None) -> Resource:
-        return await self._run(ops.create_media(self.base_url, UploadBody(data, on_progress),
+        return await self._run(ops.create_media(self.base_url, _body(data, on_progress),
                                                 content_type=content_type, filename=filename,
                                                 security_context=security_context, media=media))
 
@@ -116,7 +116,7 @@ class AsyncFhirClient:
                                         filename: str | None = None, security_context: str | None = None,
                                         on_progress: ProgressCallback | None = None,
                                         document: Resource | None = None) -> Resource:
-        return await self._run(ops.create_document_reference(self.base_url, UploadBody(data, on_progress),
+        return await self._run(ops.create_document_reference(self.base_url, _body(data, on_progress),
                                                              content_type=content_type, filename=filename,
                                                              security_context=security_context,
                                                              document=document))
@@ -130,7 +130,7 @@ class AsyncFhirClient:
     async def binary_access_write(self, reference: str, path: str | None, data: UploadData, content_type: str, *,
                                   on_progress: ProgressCallback | None = None) -> Resource:
         return await self._run(ops.binary_access_write(self.base_url, reference, path,
-                                                       UploadBody(data, on_progress), content_type))
+                                                       _body(data, on_progress), content_type))
 
     async def binary_access_read(self, reference: str, path: str | None = None, dest: Destination = None, *,
                                  on_progress: ProgressCallback | None = None) -> bytes | None:
@@ -185,3 +185,7 @@ class AsyncFhirClient:
                     raise
                 return Reply(resp.status_code, resp.headers, None)
         raise FhirError(0, simple_outcome(f"too many redirects from {call.url}"))
+
+
+def _body(data: UploadData, on_progress: ProgressCallback | None) -> UploadBody:
+    return data if isinstance(data, UploadBody) else UploadBody(data, on_progress)

@@ -176,7 +176,7 @@ class FhirClient:
     # -- the driver ---------------------------------------------------------------------------
     @staticmethod
     def _body(data: UploadData, on_progress: ProgressCallback | None) -> UploadBody:
-        body = UploadBody(data, on_progress)
+        body = data if isinstance(data, UploadBody) else UploadBody(data, on_progress)
         if body.is_async:
             raise TypeError("FhirClient cannot upload an async iterator; use AsyncFhirClient")
         return body

@@ -19,7 +19,6 @@ CHUNK_SIZE = 256 * 1024
 ProgressCallback = Callable[[int, int | None], None]
 """Called as `on_progress(bytes_so_far, total_or_None)` after each chunk."""
 
-UploadData = bytes | bytearray | memoryview | str | Path | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
 Destination = str | Path | IO[bytes] | None
 
 
@@ -37,6 +36,8 @@ class UploadBody:
     .hash) and reports progress; `total` is the length when it is known without reading the data."""
 
     def __init__(self, data: UploadData, on_progress: ProgressCallback | None = None) -> None:
+        if isinstance(data, UploadBody):
+            raise TypeError("already an UploadBody")
         if isinstance(data, str):
             # Text goes up as its UTF-8 bytes; base64 text is NOT decoded (see create_binary).
             data = data.encode("utf-8")
@@ -109,6 +110,11 @@ class UploadBody:
             raise TypeError("an async iterator can only be uploaded with AsyncFhirClient")
         else:
             yield from data
+
+
+UploadData = (bytes | bytearray | memoryview | str | Path | IO[bytes] | Iterable[bytes] | AsyncIterable[bytes]
+              | UploadBody)
+"""What can be uploaded (an UploadBody passes through as is)."""
 
 
 def _is_file(data: Any) -> bool:
