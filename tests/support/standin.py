@@ -255,6 +255,17 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             self._json(404, _outcome("not found"))
 
+    def do_PUT(self) -> None:
+        rec = self._record()
+        if not self._authorized():
+            return
+        key = rec.path[len("/fhir/R4/"):]
+        resource = json.loads(b"".join(self._body_chunks()))
+        old = self.state.resources.get(key, {"meta": {"versionId": "0"}})
+        resource["meta"] = {"versionId": str(int(old["meta"]["versionId"]) + 1)}
+        self.state.resources[key] = resource
+        self._json(200, resource)
+
 
 class StandInServer:
     """Runs a StandIn on a free loopback port in a background thread."""
