@@ -286,3 +286,66 @@ class StandInServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         shutil.rmtree(self.state.workdir, ignore_errors=True)
+
+
+class _ProxyHandler(_Handler):
+    target: str
+    http: Any
+
+    def _forward(self) -> None:
+        rec = self._record()
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("host", "connection", "transfer-encoding", "content-length")}
+        if self.headers.get("content-length"):
+            headers["Content-Length"] = self.headers["content-length"]
+        body = self._body_chunks() if self.command in ("POST", "PUT", "PATCH") else None
+        with self.http.stream(self.command, self.target + self.path, headers=headers, content=body) as resp:
+            self.send_response(resp.status_code)
+            for k, v in resp.headers.multi_items():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length", "content-encoding"):
+                    self.send_header(k, v)
+            length = resp.headers.get("content-length")
+            if length is not None and "content-encoding" not in resp.headers:
+                self.send_header("Content-Length", length)
+                self.end_headers()
+                for piece in resp.iter_raw():
+                    self.wfile.write(piece)
+            else:
+                data = resp.read()
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+        del rec
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _forward
+
+
+class RecordingProxy:
+    """A reverse proxy on a free loopback port that records every request (headers included) before
+    passing it to `target`: start a real server with PUBLIC_BASE_URL = proxy.url, and the signed URLs
+    it hands out come back through here, where the test sees what the client sent."""
+
+    def __init__(self) -> None:
+        import httpx
+
+        self.state = StandIn()
+        self._http = httpx.Client(timeout=120)
+        self._handler: type[_ProxyHandler] = type("ProxyHandler", (_ProxyHandler,), {"state": self.state, "target": "",
+                                                               "http": self._http})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self.state.url = self.url
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    def start(self, target: str) -> RecordingProxy:
+        self._handler.target = target.rstrip("/")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._http.close()
+        shutil.rmtree(self.state.workdir, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""The Python client's binary features and tokens against the real server, seen from the server
+side through a recording reverse proxy (the server's PUBLIC_BASE_URL, so signed URLs come back
+through it). Each test starts once its server feature has landed (Binary, signed URLs, OAuth2)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fhirvault.client import ClientCredentials, FhirClient, UnauthorizedError
+from tests.support.clients import admin_kwargs, open_client
+from tests.support.server import ServerProcess
+from tests.support.standin import RecordingProxy
+from tests.test_client_memory import BIG, HEADROOM, run_client
+
+PAYLOAD = bytes(range(256)) * 2000 + b"end"
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+needs_binary = pytest.mark.skipif(not has("fhirvault.service.binaries"), reason="Binary endpoint not merged yet")
+needs_signing = pytest.mark.skipif(not has("fhirvault.http.storage_api"), reason="signed URLs not merged yet")
+needs_security = pytest.mark.skipif(not has("fhirvault.security"), reason="OAuth2 not merged yet")
+
+
+@pytest.fixture(scope="module")
+def proxied(server_factory: Callable[..., ServerProcess]) -> Iterator[tuple[ServerProcess, RecordingProxy]]:
+    proxy = RecordingProxy()
+    server = server_factory("sqlite", public_base_url=proxy.url, token_lifetime=3600)
+    proxy.start(server.url)
+    yield server, proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def base(proxied: tuple[ServerProcess, RecordingProxy]) -> str:
+    return f"{proxied[1].url}/fhir/R4"
+
+
+def sha1_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+def test_resources_through_the_proxy(proxied: tuple[ServerProcess, RecordingProxy], base: str) -> None:
+    server, proxy = proxied
+    with FhirClient(base, **admin_kwargs(server)) as fhir:
+        patient = fhir.create_resource({"resourceType": "Patient"})
+        assert fhir.read_resource("Patient", patient["id"])["id"] == patient["id"]
+    assert proxy.state.requests_to(f"/fhir/R4/Patient/{patient['id']}")
+
+
+@needs_binary
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_binary_round_trip_on_the_server(proxied: tuple[ServerProcess, RecordingProxy], base: str,
+                                         flavour: str, tmp_path: Path) -> None:
+    server, _ = proxied
+    with open_client(flavour, base, **admin_kwargs(server)) as fhir:
+        source = tmp_path / "noise.bin"
+        source.write_bytes(PAYLOAD)
+        binary = fhir.create_binary(source)
+        assert binary["resourceType"] == "Binary" and binary["contentType"] == "application/octet-stream"
+        assert fhir.download(f"Binary/{binary['id']}") == PAYLOAD
+        attachment = fhir.create_attachment("hello from python", content_type="text/plain", filename="hello.txt")
+        assert attachment["size"] == 17 and attachment["hash"] == sha1_b64(b"hello from python")
+        media = fhir.create_media(PAYLOAD, content_type="image/png")
+        doc = fhir.create_document_reference(PAYLOAD, filename="d.pdf")
+        for att in (media["content"], doc["content"][0]["attachment"]):
+            assert fhir.download(att) == PAYLOAD
+        assert fhir.download(attachment, byte_range=(6, 10)) == b"from"
+
+
+@needs_binary
+def test_200_mib_upload_and_download_on_the_server(proxied: tuple[ServerProcess, RecordingProxy],
+                                                   tmp_path: Path) -> None:
+    server, _ = proxied
+    out = tmp_path / "big.bin"
+    result = run_client(server.base, out, admin_kwargs(server))
+    assert result["attachment"]["size"] == BIG and out.stat().st_size == BIG
+    assert result["after_upload"] - result["baseline"] < HEADROOM
+    assert result["after_download"] - result["baseline"] < HEADROOM
+
+
+@needs_binary
+@needs_signing
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_signed_url_download_sends_no_authorization(proxied: tuple[ServerProcess, RecordingProxy], base: str,
+                                                    flavour: str) -> None:
+    server, proxy = proxied
+    with open_client(flavour, base, **admin_kwargs(server)) as fhir:
+        attachment = fhir.create_attachment(PAYLOAD, content_type="application/octet-stream")
+        comm = fhir.create_resource({"resourceType": "Communication", "status": "completed",
+                                     "payload": [{"contentAttachment": attachment}]})
+        signed = fhir.read_resource("Communication", comm["id"])["payload"][0]["contentAttachment"]
+        assert "/storage/" in signed["url"]
+        assert fhir.download(signed) == PAYLOAD
+    storage = proxy.state.requests_to("/storage/")
+    assert storage and "authorization" not in storage[-1].headers
+    if admin_kwargs(server):
+        assert proxy.state.requests_to(f"/fhir/R4/Communication/{comm['id']}")[-1].headers["authorization"]
+
+
+@needs_security
+def test_token_is_renewed_before_expiry_on_the_server(proxied: tuple[ServerProcess, RecordingProxy],
+                                                      base: str) -> None:
+    server, proxy = proxied
+    now = [0.0]
+    creds = ClientCredentials(**admin_kwargs(server), clock=lambda: now[0])
+    with FhirClient(base, credentials=creds) as fhir:
+        patient = fhir.create_resource({"resourceType": "Patient"})
+        now[0] += 3600            # the client's clock says the token has lapsed
+        fhir.read_resource("Patient", patient["id"])
+    sent = [r.headers["authorization"] for r in proxy.state.requests_to("/fhir/R4/Patient")[-2:]]
+    assert creds.fetch_count == 2 and sent[0] != sent[1]
+
+
+@needs_security
+def test_token_renewed_after_real_expiry(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory("sqlite", token_lifetime=1)
+    with FhirClient(server.base, **admin_kwargs(server)) as fhir:
+        patient = fhir.create_resource({"resourceType": "Patient"})
+        assert isinstance(fhir.credentials, ClientCredentials)
+        first = fhir.credentials.current() or ""
+        # Wait until the server itself refuses the first token (a condition, not a timing).
+        while httpx.get(f"{server.base}/Patient/{patient['id']}",
+                        headers={"Authorization": f"Bearer {first}"}).status_code != 401:
+            time.sleep(0.2)
+        assert fhir.read_resource("Patient", patient["id"])["id"] == patient["id"]
+        assert fhir.credentials.fetch_count >= 2
+
+
+@needs_security
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_401_from_the_server_raises_unauthorized(base: str, flavour: str) -> None:
+    with open_client(flavour, base, token="not-a-token") as fhir, pytest.raises(UnauthorizedError) as err:
+        fhir.read_resource("Patient", "x")
+    assert err.value.status == 401 and str(err.value) == err.value.outcome["issue"][0]["diagnostics"]
