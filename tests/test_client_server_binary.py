@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from fhirvault.client import ClientCredentials, FhirClient, UnauthorizedError
 from tests.support.clients import admin_kwargs, open_client
 from tests.support.server import ServerProcess
 from tests.support.standin import RecordingProxy
+from tests.test_client_cli import fhirvault
 from tests.test_client_memory import BIG, HEADROOM, run_client
 
 PAYLOAD = bytes(range(256)) * 2000 + b"end"
@@ -143,3 +145,30 @@ def test_401_from_the_server_raises_unauthorized(base: str, flavour: str) -> Non
     with open_client(flavour, base, token="not-a-token") as fhir, pytest.raises(UnauthorizedError) as err:
         fhir.read_resource("Patient", "x")
     assert err.value.status == 401 and str(err.value) == err.value.outcome["issue"][0]["diagnostics"]
+
+
+@needs_binary
+def test_cli_upload_attach_and_download_on_the_server(proxied: tuple[ServerProcess, RecordingProxy], base: str,
+                                                      tmp_path: Path) -> None:
+    server, _ = proxied
+    env = {"FHIRVAULT_URL": base}
+    creds = admin_kwargs(server)
+    if creds:
+        env.update({"FHIRVAULT_CLIENT_ID": creds["client_id"], "FHIRVAULT_CLIENT_SECRET": creds["client_secret"]})
+    with FhirClient(base, **creds) as fhir:
+        patient = fhir.create_resource({"resourceType": "Patient"})
+    src = tmp_path / "face.png"
+    src.write_bytes(PAYLOAD)
+    up = fhirvault("upload", str(src), "--attach-to", f"Patient/{patient['id']}", "--element", "photo", "--json",
+                   env=env)
+    assert up.returncode == 0, up.stderr
+    binary = json.loads(up.stdout)
+    assert binary["resourceType"] == "Binary" and binary["contentType"] == "image/png"
+    out = tmp_path / "back.png"
+    down = fhirvault("download", f"Binary/{binary['id']}", "-o", str(out), env=env)
+    assert down.returncode == 0, down.stderr
+    assert out.read_bytes() == PAYLOAD
+    with FhirClient(base, **creds) as fhir:
+        photo = fhir.read_resource("Patient", patient["id"])["photo"][0]
+        assert photo["size"] == len(PAYLOAD) and photo["hash"] == sha1_b64(PAYLOAD)
+        assert fhir.download(photo) == PAYLOAD
