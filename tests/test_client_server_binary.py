@@ -172,3 +172,36 @@ def test_cli_upload_attach_and_download_on_the_server(proxied: tuple[ServerProce
         photo = fhir.read_resource("Patient", patient["id"])["photo"][0]
         assert photo["size"] == len(PAYLOAD) and photo["hash"] == sha1_b64(PAYLOAD)
         assert fhir.download(photo) == PAYLOAD
+
+
+def advertises_operation(server: ServerProcess, code: str) -> bool:
+    with server.api() as api:
+        cap = api.get("/metadata").json()
+    for rest in cap.get("rest", []):
+        ops = list(rest.get("operation", []))
+        for resource in rest.get("resource", []):
+            ops += resource.get("operation", [])
+        if any(op.get("name") == code for op in ops):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_binary_access_write_and_read_on_the_server(proxied: tuple[ServerProcess, RecordingProxy], base: str,
+                                                    flavour: str) -> None:
+    server, _ = proxied
+    if not advertises_operation(server, "binary-access-write"):
+        pytest.skip("$binary-access-write not merged yet")
+    with open_client(flavour, base, **admin_kwargs(server)) as fhir:
+        doc = fhir.create_resource({"resourceType": "DocumentReference", "status": "current", "content": [
+            {"attachment": {"contentType": "text/plain", "data": base64.b64encode(b"first").decode()}},
+            {"attachment": {"contentType": "application/pdf", "title": "kept"}}]})
+        path = "DocumentReference.content[1].attachment"
+        updated = fhir.binary_access_write(f"DocumentReference/{doc['id']}", path, iter([PAYLOAD]),
+                                           "application/pdf")
+        assert updated["meta"]["versionId"] == "2"
+        written = updated["content"][1]["attachment"]
+        assert written["title"] == "kept" and written["size"] == len(PAYLOAD) and written["hash"] == sha1_b64(PAYLOAD)
+        assert fhir.binary_access_read(f"DocumentReference/{doc['id']}", path) == PAYLOAD
+        assert fhir.binary_access_read(f"DocumentReference/{doc['id']}",
+                                       "DocumentReference.content[0].attachment") == b"first"
