@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_list.add_argument("--limit", type=int, default=100)
     jobs_list.add_argument("--json", action="store_true", help="one JSON object")
     jobs_list.set_defaults(func=cmd_jobs_list)
+    from fhirvault.client.commands import add_client_commands
+
+    add_client_commands(sub)
     return parser
 
 

@@ -118,3 +118,43 @@ def settings_as_env(settings: Settings) -> dict[str, str]:
             continue
         env[f"{ENV_PREFIX}{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
+
+
+DEFAULT_CLIENT_CONFIG = Path("~/.config/fhirvault/client.toml")
+
+
+class ClientSettings(BaseSettings):
+    """Where the command line client connects: `FHIRVAULT_URL` (the FHIR base URL),
+    `FHIRVAULT_CLIENT_ID` + `FHIRVAULT_CLIENT_SECRET` or `FHIRVAULT_TOKEN`, a profile file."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    url: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    token: str = ""
+    token_url: str = ""
+    profile: str = ""
+    client_config: Path = DEFAULT_CLIENT_CONFIG
+
+
+def load_client_settings(profile: str | None = None, **overrides: Any) -> ClientSettings:
+    """Client settings from (lowest first) the profile's table in the client TOML file (`[default]`
+    unless a profile is named), the environment, then explicit overrides (command line options)."""
+    from_env = ClientSettings()
+    name = profile or from_env.profile or "default"
+    path = Path(overrides.get("client_config") or from_env.client_config).expanduser()
+    values: dict[str, Any] = {}
+    if path.is_file():
+        with open(path, "rb") as fh:
+            tables = tomllib.load(fh)
+        table = tables.get(name)
+        if table is None and (profile or from_env.profile):
+            raise ValueError(f"no profile [{name}] in {path}")
+        for key, value in (table or {}).items():
+            if f"{ENV_PREFIX}{key.upper()}" not in os.environ and key.lower() in ClientSettings.model_fields:
+                values[key.lower()] = value
+    elif profile:
+        raise ValueError(f"profile '{profile}' asked for, but there is no client config file {path}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ClientSettings(**values)

@@ -1,0 +1,186 @@
+"""The client side of the command line: upload, download, get and search, on FhirClient."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fhirvault.client.errors import FhirError
+from fhirvault.client.operations import attachment_for
+from fhirvault.client.sync_client import FhirClient
+from fhirvault.client.transfer import ProgressCallback, UploadBody
+
+
+def add_client_commands(sub: Any) -> None:
+    """Register upload, download, get and search on the main parser's subcommands."""
+    conn = argparse.ArgumentParser(add_help=False)
+    group = conn.add_argument_group("connection (else FHIRVAULT_URL, _CLIENT_ID, _CLIENT_SECRET, _TOKEN, a profile)")
+    group.add_argument("--url", help="FHIR base URL, e.g. http://127.0.0.1:8000/fhir/R4")
+    group.add_argument("--client-id")
+    group.add_argument("--client-secret")
+    group.add_argument("--token", help="a bearer token to use as is")
+    group.add_argument("--profile", help="table of ~/.config/fhirvault/client.toml (FHIRVAULT_CLIENT_CONFIG)")
+
+    up = sub.add_parser("upload", parents=[conn], help="upload a file as a Binary")
+    up.add_argument("file", type=Path, help="the file to upload")
+    up.add_argument("--content-type", help="default: guessed from the file name")
+    up.add_argument("--filename", help="file name kept for downloads (default: the file's name)")
+    up.add_argument("--security-context", help="e.g. Patient/123")
+    up.add_argument("--attach-to", metavar="REF", help="add the upload as an Attachment to this resource")
+    up.add_argument("--element", default="photo", help="the Attachment element of --attach-to (default: photo)")
+    up.add_argument("--json", action="store_true", help="print the created Binary as JSON")
+    up.set_defaults(func=cmd_upload)
+
+    down = sub.add_parser("download", parents=[conn], help="download a Binary or a signed URL")
+    down.add_argument("target", metavar="REF_OR_URL", help="Binary/123 or a URL")
+    down.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    down.set_defaults(func=cmd_download)
+
+    get = sub.add_parser("get", parents=[conn], help="print a resource as JSON")
+    get.add_argument("reference", metavar="REF", help="Type/id or Type/id/_history/version")
+    get.set_defaults(func=cmd_get)
+
+    search = sub.add_parser("search", parents=[conn], help="print matching resources, one JSON per line")
+    search.add_argument("resource_type", metavar="TYPE")
+    search.add_argument("params", nargs="*", metavar="key=value")
+    search.set_defaults(func=cmd_search)
+
+
+def connect(args: argparse.Namespace) -> FhirClient:
+    from fhirvault.config import load_client_settings
+
+    settings = load_client_settings(args.profile, url=args.url, client_id=args.client_id,
+                                    client_secret=args.client_secret, token=args.token)
+    if not settings.url:
+        raise ValueError("no FHIR base URL: give --url, set FHIRVAULT_URL, or use a profile")
+    if settings.token:
+        # A token given anywhere wins over client credentials: it was asked for explicitly.
+        return FhirClient(settings.url, token=settings.token)
+    return FhirClient(settings.url, client_id=settings.client_id or None,
+                      client_secret=settings.client_secret or None, token_url=settings.token_url or None)
+
+
+@contextmanager
+def transfer_progress(description: str) -> Iterator[ProgressCallback]:
+    """A rich progress bar (bytes, speed, time left) on standard error, shown only when standard
+    output is a terminal (so pipes and scripts get clean output)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=Console(stderr=True), disable=not sys.stdout.isatty(),
+                        transient=False)
+    task = progress.add_task(description, total=None)
+
+    def update(done: int, total: int | None) -> None:
+        progress.update(task, completed=done, total=total)
+
+    with progress:
+        yield update
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    def run(client: FhirClient) -> None:
+        filename = args.filename or args.file.name
+        with transfer_progress(f"upload {filename}") as on_progress:
+            body = UploadBody(args.file, on_progress)
+            binary = client.create_binary(body, content_type=args.content_type, filename=filename,
+                                          security_context=args.security_context)
+        if args.attach_to:
+            attach(client, args.attach_to, args.element, attachment_for(binary, body, filename))
+        if args.json:
+            print(json.dumps(binary, indent=2))
+        else:
+            print(f"Binary/{binary['id']}")
+            if args.attach_to:
+                print(f"attached to {args.attach_to} as {args.element}", file=sys.stderr)
+
+    return _guarded(args, run)
+
+
+def attach(client: FhirClient, reference: str, element: str, attachment: dict[str, Any]) -> dict[str, Any]:
+    """Add the Attachment to the resource's element and save it, conditional on the version read.
+    Repeating elements (Patient.photo, ...) get it appended; a single Attachment already there, or a
+    `...Attachment` choice element (Observation.valueAttachment), is replaced."""
+    rtype, _, rid = reference.partition("/")
+    if not rtype or not rid:
+        raise ValueError(f"--attach-to needs Type/id, got {reference!r}")
+    resource = client.read_resource(rtype, rid)
+    current = resource.get(element)
+    if isinstance(current, dict) or (current is None and element.endswith("Attachment")):
+        resource[element] = attachment
+    else:
+        resource[element] = [*(current or []), attachment]
+    return client.update_resource(resource, if_match=(resource.get("meta") or {}).get("versionId"))
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    def run(client: FhirClient) -> None:
+        with transfer_progress(f"download {args.target}") as on_progress:
+            if args.output is not None:
+                client.download(args.target, args.output, on_progress=on_progress)
+            else:
+                client.download(args.target, sys.stdout.buffer, on_progress=on_progress)
+                sys.stdout.buffer.flush()
+
+    return _guarded(args, run)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    def run(client: FhirClient) -> None:
+        parts = args.reference.strip("/").split("/")
+        if len(parts) == 2:
+            resource = client.read_resource(parts[0], parts[1])
+        elif len(parts) == 4 and parts[2] == "_history":
+            resource = client.vread(parts[0], parts[1], parts[3])
+        else:
+            raise ValueError(f"REF must be Type/id or Type/id/_history/version, got {args.reference!r}")
+        print(json.dumps(resource, indent=2))
+
+    return _guarded(args, run)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    def run(client: FhirClient) -> None:
+        params: list[tuple[str, str]] = []
+        for item in args.params:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"search parameters are key=value, got {item!r}")
+            params.append((key, value))
+        for resource in client.search(args.resource_type, params):
+            print(json.dumps(resource, separators=(",", ":")))
+
+    return _guarded(args, run)
+
+
+def _guarded(args: argparse.Namespace, run: Any) -> int:
+    """Run a command; errors become one line on standard error and a non-zero exit status."""
+    try:
+        with connect(args) as client:
+            run(client)
+    except FhirError as exc:
+        status = f" (HTTP {exc.status})" if exc.status else ""
+        print(f"error{status}: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
