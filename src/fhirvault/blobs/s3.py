@@ -17,7 +17,7 @@ from fhirvault.errors import StorageFailure
 # S3 wants every part but the last to be at least 5 MiB; 8 MiB keeps memory small and requests few.
 PART_SIZE = 8 * 1024 * 1024
 # Reads are handed on in pieces of at most this size, so a download never holds more than this.
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 1024 * 1024
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
