@@ -112,31 +112,41 @@ class S3BlobStore(BlobStore):
 
     async def put(self, key: str, chunks: AsyncIterator[bytes]) -> None:
         client = await self._s3()
-        buffer = bytearray()
+        # At most one part is held: chunks gather until they reach a part's size, are joined into the
+        # part's body (the chunks then let go) and sent before the next chunk is read.
+        pending: list[bytes] = []
+        pending_size = 0
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
         try:
             # The chunk iterator's own exceptions (client gone, size limit) propagate unchanged.
             async for chunk in chunks:
-                buffer += chunk
-                while len(buffer) >= self.part_size:
-                    if upload_id is None:
-                        with self._translated("CreateMultipartUpload", key):
-                            started = await client.create_multipart_upload(Bucket=self.bucket, Key=key)
-                        upload_id = started["UploadId"]
-                    with memoryview(buffer) as view:
-                        body = bytes(view[: self.part_size])
-                    del buffer[: self.part_size]
-                    parts.append(await self._upload_part(client, key, upload_id, len(parts) + 1, body))
-                    del body
+                if not chunk:
+                    continue
+                # A copy only when the caller hands a mutable buffer it may reuse.
+                pending.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
+                pending_size += len(chunk)
+                if pending_size < self.part_size:
+                    continue
+                if upload_id is None:
+                    with self._translated("CreateMultipartUpload", key):
+                        started = await client.create_multipart_upload(Bucket=self.bucket, Key=key)
+                    upload_id = started["UploadId"]
+                body = b"".join(pending)
+                pending.clear()
+                pending_size = 0
+                parts.append(await self._upload_part(client, key, upload_id, len(parts) + 1, body))
+                del body
+            body = b"".join(pending)
+            pending.clear()
             if upload_id is None:
                 # Small enough for one request: nothing can be left half-written.
                 with self._translated("PutObject", key):
-                    await client.put_object(Bucket=self.bucket, Key=key, Body=bytes(buffer))
+                    await client.put_object(Bucket=self.bucket, Key=key, Body=body)
                 return
-            if buffer:
-                parts.append(await self._upload_part(client, key, upload_id, len(parts) + 1, bytes(buffer)))
-                buffer.clear()
+            if body:
+                parts.append(await self._upload_part(client, key, upload_id, len(parts) + 1, body))
+            del body
             with self._translated("CompleteMultipartUpload", key):
                 await client.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
