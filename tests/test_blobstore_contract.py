@@ -8,15 +8,18 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from fhirvault.blobs.base import BlobStore
 from fhirvault.blobs.s3 import PART_SIZE, S3BlobStore
 from fhirvault.errors import StorageFailure
-from tests.support.s3 import SeaweedS3, unique_bucket
+from tests.support.s3 import IN_CI, SeaweedS3, unique_bucket
+from tests.support.server import postgres_available, postgres_database
 
 MiB = 1024 * 1024
 
@@ -27,7 +30,7 @@ class BlobBackend:
 
     name: str
     open: Callable[[], AbstractAsyncContextManager[BlobStore]]
-    leftovers: Callable[[BlobStore], Awaitable[list[str]]]
+    leftovers: Callable[[BlobStore, str], Awaitable[list[str]]]  # what a failed put of the key left behind
 
 
 def s3_backend(seaweedfs: SeaweedS3) -> BlobBackend:
@@ -41,19 +44,73 @@ def s3_backend(seaweedfs: SeaweedS3) -> BlobBackend:
         finally:
             await store.close()
 
-    async def leftovers(store: BlobStore) -> list[str]:
+    async def leftovers(store: BlobStore, key: str) -> list[str]:
+        # Any incomplete multipart upload in the bucket is a leak, whichever key it was for.
         assert isinstance(store, S3BlobStore)
         return await store.incomplete_uploads()
 
     return BlobBackend("s3", open_store, leftovers)
 
 
-# Add a backend: a param here and a branch in blob_backend that builds its BlobBackend.
-@pytest.fixture(scope="module", params=["s3"])
-def blob_backend(request: pytest.FixtureRequest) -> BlobBackend:
+def filesystem_backend(root: Path) -> BlobBackend:
+    from fhirvault.blobs.filesystem import FilesystemBlobStore
+
+    @asynccontextmanager
+    async def open_store() -> AsyncIterator[BlobStore]:
+        yield FilesystemBlobStore(root)
+
+    async def leftovers(store: BlobStore, key: str) -> list[str]:
+        # The final file and any temporary file on the way to it carry the key in their names.
+        return sorted(str(path.relative_to(root)) for path in root.rglob(f"*{key}*"))
+
+    return BlobBackend("filesystem", open_store, leftovers)
+
+
+def database_backend(url: str) -> BlobBackend:
+    from fhirvault.blobs.database import DatabaseBlobStore
+    from fhirvault.store.blobs import blob_chunks
+
+    from fhirvault.store.database import Database
+
+    @asynccontextmanager
+    async def open_store() -> AsyncIterator[BlobStore]:
+        db = Database(url)
+        await db.migrate()
+        try:
+            yield DatabaseBlobStore(db)
+        finally:
+            await db.close()
+
+    async def leftovers(store: BlobStore, key: str) -> list[str]:
+        assert isinstance(store, DatabaseBlobStore)
+        async with store.db.read() as conn:
+            rows = await conn.execute(sa.select(blob_chunks.c.seq).where(blob_chunks.c.blob_key == key))
+            return [f"{key} chunk {seq}" for seq in rows.scalars()]
+
+    return BlobBackend("database", open_store, leftovers)
+
+
+BACKENDS = ["s3"]  # filesystem, database-sqlite, database-postgres join once their stores are merged
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def blob_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlobBackend]:
+    """Every storage backend in turn, each opened fresh inside each test's own event loop."""
     if request.param == "s3":
-        return s3_backend(request.getfixturevalue("seaweedfs"))
-    raise AssertionError(f"no contract set-up for backend {request.param}")
+        yield s3_backend(request.getfixturevalue("seaweedfs"))
+    elif request.param == "filesystem":
+        yield filesystem_backend(tmp_path_factory.mktemp("blobs"))
+    elif request.param == "database-sqlite":
+        yield database_backend(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('blobdb') / 'blobs.db'}")
+    elif request.param == "database-postgres":
+        if not postgres_available():
+            if IN_CI:
+                pytest.fail("PostgreSQL at 127.0.0.1:5432 is not reachable, and CI=true requires it")
+            pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+        with postgres_database() as url:
+            yield database_backend(url)
+    else:
+        raise AssertionError(f"no contract set-up for backend {request.param}")
 
 
 def run(backend: BlobBackend, scenario: Callable[[BlobStore], Awaitable[None]]) -> None:
@@ -67,7 +124,7 @@ def run(backend: BlobBackend, scenario: Callable[[BlobStore], Awaitable[None]]) 
 
 
 def new_key() -> str:
-    return f"contract/{os.urandom(8).hex()}"
+    return f"contract{os.urandom(12).hex()}"
 
 
 async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
@@ -174,7 +231,7 @@ def test_failing_chunk_source_leaves_nothing_behind(blob_backend: BlobBackend, f
         with pytest.raises(ChunkSourceBroke):
             await store.put(key, broken())
         assert not await store.exists(key)
-        assert await blob_backend.leftovers(store) == []
+        assert await blob_backend.leftovers(store, key) == []
 
     run(blob_backend, scenario)
 
@@ -198,7 +255,7 @@ def test_cancelled_upload_leaves_nothing_behind(blob_backend: BlobBackend) -> No
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not await store.exists(key)
-        assert await blob_backend.leftovers(store) == []
+        assert await blob_backend.leftovers(store, key) == []
 
     run(blob_backend, scenario)
 
