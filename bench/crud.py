@@ -21,13 +21,14 @@ from tests.support.server import ServerProcess, postgres_available, postgres_dat
 PATIENT = {"resourceType": "Patient", "name": [{"family": "Bench", "given": ["Mark"]}], "gender": "other"}
 
 
-async def run_phase(base: str, concurrency: int, seconds: float, kind: str, ids: list[str]) -> float:
+async def run_phase(base: str, headers: dict[str, str], concurrency: int, seconds: float, kind: str,
+                    ids: list[str]) -> float:
     done = 0
     stop_at = time.perf_counter() + seconds
 
     async def worker(n: int) -> None:
         nonlocal done
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, headers=headers) as client:
             i = n
             while time.perf_counter() < stop_at:
                 if kind == "create":
@@ -61,8 +62,9 @@ def main() -> None:
             server = ServerProcess(Path(tmp), settings_env(**settings)).start()
             stack.callback(server.stop)
             ids: list[str] = []
-            creates = asyncio.run(run_phase(server.base, args.concurrency, args.seconds, "create", ids))
-            reads = asyncio.run(run_phase(server.base, args.concurrency, args.seconds, "read", ids))
+            headers = server.auth_headers()  # the admin token; every request is authenticated
+            creates = asyncio.run(run_phase(server.base, headers, args.concurrency, args.seconds, "create", ids))
+            reads = asyncio.run(run_phase(server.base, headers, args.concurrency, args.seconds, "read", ids))
             print(f"{backend:10} {creates:10.0f} {reads:10.0f}")
 
 

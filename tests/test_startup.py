@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.server import ServerProcess, free_port
+from tests.support.server import ServerProcess, admin_headers, free_port
 
 
 def test_zero_config_serve_in_empty_directory(tmp_path: Path) -> None:
@@ -28,8 +28,11 @@ def test_zero_config_serve_in_empty_directory(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 import time
                 time.sleep(0.05)
+        data_dir = tmp_path / "fhirvault-data"
+        assert (data_dir / "admin-client.json").stat().st_mode & 0o777 == 0o600
+        headers = admin_headers(f"http://127.0.0.1:{port}", data_dir)
         r = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"},
-                       headers={"Content-Type": "application/fhir+json"})
+                       headers={"Content-Type": "application/fhir+json", **headers})
         assert r.status_code == 201
         assert r.headers["Location"].startswith(f"{base}/Patient/")
         assert (tmp_path / "fhirvault-data" / "fhirvault.db").exists()
@@ -41,16 +44,19 @@ def test_zero_config_serve_in_empty_directory(tmp_path: Path) -> None:
 def test_restart_keeps_every_resource_and_version(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", {}).start()
     try:
-        r = httpx.post(f"{server.base}/Patient", json={"resourceType": "Patient", "active": True})
-        pid = r.json()["id"]
-        httpx.put(f"{server.base}/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": False})
+        with server.api() as api:
+            r = api.post("/Patient", json={"resourceType": "Patient", "active": True})
+            pid = r.json()["id"]
+            api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": False})
     finally:
         server.stop()
     server.start()
     try:
-        assert httpx.get(f"{server.base}/Patient/{pid}").json()["active"] is False
-        assert httpx.get(f"{server.base}/Patient/{pid}/_history/1").json()["active"] is True
-        assert httpx.get(f"{server.base}/Patient/{pid}/_history").json()["total"] == 2
+        # The token issued before the restart still verifies: the signing key lives in the database.
+        with server.api() as api:
+            assert api.get(f"/Patient/{pid}").json()["active"] is False
+            assert api.get(f"/Patient/{pid}/_history/1").json()["active"] is True
+            assert api.get(f"/Patient/{pid}/_history").json()["total"] == 2
     finally:
         server.stop()
 
@@ -87,9 +93,10 @@ def test_database_from_first_release_is_upgraded_not_dropped(tmp_path: Path) -> 
     db.close()
     server = ServerProcess(data, {}).start()
     try:
-        assert httpx.get(f"{server.base}/Patient/old").json()["id"] == "old"
-        pid = httpx.post(f"{server.base}/Patient", json={"resourceType": "Patient"}).json()["id"]
-        assert httpx.get(f"{server.base}/Patient/{pid}").status_code == 200
+        with server.api() as api:
+            assert api.get("/Patient/old").json()["id"] == "old"
+            pid = api.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+            assert api.get(f"/Patient/{pid}").status_code == 200
     finally:
         server.stop()
     db = sqlite3.connect(data / "fhirvault.db")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fhirvault.config import Settings, load_settings, settings_as_env
+
+T = TypeVar("T")
 
 
 def _server_settings(args: argparse.Namespace) -> Settings:
@@ -20,6 +25,36 @@ def _server_settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
+def _run_with_clients(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Runs `work(ClientStore)` on the configured database, migrated first."""
+    from fhirvault.security.clients import ClientStore
+    from fhirvault.store.database import Database
+
+    async def run() -> T:
+        db = Database(settings.database_url)
+        try:
+            await db.migrate()
+            return await work(ClientStore(db, settings.auth_failure_limit, settings.auth_failure_window))
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _bootstrap_admin(settings: Settings) -> None:
+    from fhirvault.security.bootstrap import ADMIN_FILE, ensure_admin_client
+
+    token_url = f"{settings.public_base_url}/oauth2/token"
+    new = _run_with_clients(settings, lambda clients: ensure_admin_client(
+        clients.db, clients, settings.data_dir, token_url, settings.fhir_base_url))
+    if new is not None:
+        # Shown once, on the first start only; the file keeps them for scripts (mode 0600).
+        print("  created the admin client (system/*.*); its secret is shown only this once:", flush=True)
+        print(f"    client_id:     {new.client.client_id}", flush=True)
+        print(f"    client_secret: {new.client_secret}", flush=True)
+        print(f"    also written to {(settings.data_dir / ADMIN_FILE).resolve()}", flush=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -29,6 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.update(settings_as_env(settings))
     print(f"fhirvault {_version()} serving FHIR R4 at {settings.fhir_base_url}", flush=True)
     print(f"  data: {settings.data_dir.resolve()}  storage: {settings.storage_mode}", flush=True)
+    print(f"  token endpoint: {settings.public_base_url}/oauth2/token", flush=True)
+    _bootstrap_admin(settings)
     uvicorn.run(
         "fhirvault.app:app_from_environment",
         factory=True,
@@ -44,10 +81,91 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_json(client: Any, secret: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"client_id": client.client_id, "name": client.name, "scope": client.scopes.text,
+                           "patient": client.patient, "enabled": client.enabled}
+    if secret is not None:
+        out["client_secret"] = secret
+    return out
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    from fhirvault.errors import FhirVaultError
+
+    settings = _server_settings(args)
+    try:
+        if args.action == "create":
+            new = _run_with_clients(settings, lambda c: c.create(args.name, args.scope, args.patient))
+            if args.json:
+                print(json.dumps(_client_json(new.client, new.client_secret)))
+            else:
+                print(f"client_id:     {new.client.client_id}")
+                print(f"client_secret: {new.client_secret}")
+                print("The secret is shown only this once.")
+        elif args.action == "list":
+            listed = _run_with_clients(settings, lambda c: c.all())
+            if args.json:
+                print(json.dumps([_client_json(c) for c in listed]))
+            for c in [] if args.json else listed:
+                state = "enabled" if c.enabled else "disabled"
+                print(f"{c.client_id}  {state:8}  {c.name}  {c.scopes.text}  {c.patient or ''}".rstrip())
+        elif args.action == "disable":
+            _run_with_clients(settings, lambda c: c.disable(args.client_id))
+            print(f"client {args.client_id} disabled")
+        elif args.action == "rotate-secret":
+            secret = _run_with_clients(settings, lambda c: c.rotate_secret(args.client_id))
+            if args.json:
+                print(json.dumps({"client_id": args.client_id, "client_secret": secret}))
+            else:
+                print(f"client_secret: {secret}")
+                print("The new secret is shown only this once; the old one no longer works.")
+    except FhirVaultError as exc:
+        print(f"fhirvault clients {args.action}: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from fhirvault.security.keys import KeyRing
+
+    settings = _server_settings(args)
+    kid, removed = _run_with_clients(
+        settings, lambda c: KeyRing(c.db).rotate(keep_seconds=settings.token_lifetime))
+    print(f"new signing key {kid}; removed {len(removed)} key(s) no valid token can still use")
+    return 0
+
+
 def _version() -> str:
     from fhirvault import __version__
 
     return __version__
+
+
+def cmd_expunge(args: argparse.Namespace) -> int:
+    """Remove a resource's whole history and the bytes its versions own; cannot be undone."""
+    import asyncio
+
+    from fhirvault.app import FhirVault
+
+    rtype, _, rid = args.reference.partition("/")
+    if not rtype or not rid:
+        print(f"'{args.reference}' is not a reference like Binary/123", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        vault = FhirVault(_server_settings(args))
+        await vault.db.migrate()
+        try:
+            return await vault.binaries.expunge(rtype, rid)
+        finally:
+            await vault.stop()
+
+    removed = asyncio.run(run())
+    if not removed:
+        print(f"{args.reference} is not known", file=sys.stderr)
+        return 1
+    print(f"expunged {args.reference}: {removed} versions and their content")
+    return 0
 
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
@@ -66,6 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
     _add_server_options(serve)
     serve.set_defaults(func=cmd_serve)
+
+    expunge = sub.add_parser("expunge", help="remove a resource's history and content for good")
+    expunge.add_argument("reference", help="Type/id, e.g. Binary/123")
+    _add_server_options(expunge)
+    expunge.set_defaults(func=cmd_expunge)
+    clients = sub.add_parser("clients", help="manage OAuth2 clients").add_subparsers(dest="action", required=True)
+    create = clients.add_parser("create", help="create a client and print its id and secret once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", required=True, help='SMART scopes, e.g. "system/*.cruds"')
+    create.add_argument("--patient", help="fixed patient context, e.g. Patient/123 (with patient/ scopes)")
+    create.add_argument("--json", action="store_true", help="print one JSON object")
+    listing = clients.add_parser("list", help="list the clients (never their secrets)")
+    listing.add_argument("--json", action="store_true")
+    disable = clients.add_parser("disable", help="refuse the client's tokens and token requests")
+    disable.add_argument("client_id")
+    rotate = clients.add_parser("rotate-secret", help="give a client a new secret, printed once")
+    rotate.add_argument("client_id")
+    rotate.add_argument("--json", action="store_true")
+    for p in (create, listing, disable, rotate):
+        _add_server_options(p)
+        p.set_defaults(func=cmd_clients)
+
+    keys = sub.add_parser("keys", help="token signing keys").add_subparsers(dest="action", required=True)
+    keys_rotate = keys.add_parser("rotate", help="sign new tokens with a new key; older keys keep verifying")
+    _add_server_options(keys_rotate)
+    keys_rotate.set_defaults(func=cmd_keys_rotate)
     return parser
 
 

@@ -50,9 +50,9 @@ class Settings(BaseSettings):
     media_raw_enabled: bool = True
 
     # Security
-    token_lifetime: int = 3600
-    auth_failure_limit: int = 10
-    auth_failure_window: int = 300
+    token_lifetime: int = Field(default=3600, ge=0, description="seconds an access token is valid")
+    auth_failure_limit: int = Field(default=10, ge=1, description="failed client authentications per window")
+    auth_failure_window: int = Field(default=300, ge=1, description="seconds")
 
     # Ingestion of external URLs
     ingest_enabled: bool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -44,6 +45,7 @@ class ServerProcess:
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"server-{self.port}.log"
+        self._admin_token: str | None = None
 
     @property
     def url(self) -> str:
@@ -87,8 +89,32 @@ class ServerProcess:
         self.proc = None
 
     def auth_headers(self) -> dict[str, str]:
-        """Headers that authenticate as the server's admin client."""
-        return {}
+        """Headers that authenticate as the server's admin client (token fetched once, then cached)."""
+        if self._admin_token is None:
+            creds = json.loads((self.data_dir / "admin-client.json").read_text())
+            self._admin_token = self.token(creds["client_id"], creds["client_secret"])
+        return {"Authorization": f"Bearer {self._admin_token}"}
+
+    def token(self, client_id: str, client_secret: str, scope: str | None = None) -> str:
+        """An access token from this server's token endpoint (client_secret_post)."""
+        return fetch_token(self.url, client_id, client_secret, scope)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Runs a `fhirvault` command against this server's database and data dir."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRVAULT_")}
+        env.update(self.env)
+        return subprocess.run([sys.executable, "-m", "fhirvault.cli", *args, "--data-dir", str(self.data_dir)],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    def create_client(self, name: str, scope: str, patient: str | None = None) -> dict[str, Any]:
+        """A new client through the command line: {"client_id", "client_secret", ...}."""
+        args = ["clients", "create", "--name", name, "--scope", scope, "--json"]
+        if patient:
+            args += ["--patient", patient]
+        done = self.cli(*args)
+        assert done.returncode == 0, done.stderr
+        created: dict[str, Any] = json.loads(done.stdout)
+        return created
 
     def api(self, **kwargs: Any) -> FhirApi:
         """A client on this server's FHIR base with admin credentials."""
@@ -108,6 +134,22 @@ class ServerProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         return 0
+
+
+def fetch_token(server_url: str, client_id: str, client_secret: str, scope: str | None = None) -> str:
+    form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}
+    if scope is not None:
+        form["scope"] = scope
+    r = httpx.post(f"{server_url}/oauth2/token", data=form, timeout=60)
+    assert r.status_code == 200, r.text
+    token: str = r.json()["access_token"]
+    return token
+
+
+def admin_headers(server_url: str, data_dir: Path) -> dict[str, str]:
+    """Admin credentials of a server started outside ServerProcess, from its data dir."""
+    creds = json.loads((data_dir / "admin-client.json").read_text())
+    return {"Authorization": f"Bearer {fetch_token(server_url, creds['client_id'], creds['client_secret'])}"}
 
 
 def postgres_available() -> bool:

@@ -50,4 +50,12 @@ def index_entries(resource: dict[str, Any], base_url: str) -> tuple[set[TokenEnt
                 refs.add(RefEntry(code, parsed.relative))
     if rtype == "Patient" and "id" in resource:
         refs.add(RefEntry(COMPARTMENT, f"Patient/{resource['id']}"))
+    if rtype == "Binary":
+        # R4 lists no Binary in the patient compartment; a Binary whose securityContext names a
+        # patient is put in that patient's compartment so that compartment searches find it.
+        context = resource.get("securityContext")
+        if isinstance(context, dict) and isinstance(context.get("reference"), str):
+            parsed = parse_reference(context["reference"], base_url)
+            if parsed is not None and parsed.resource_type == "Patient":
+                refs.add(RefEntry(COMPARTMENT, parsed.relative))
     return tokens, refs

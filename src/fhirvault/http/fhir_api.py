@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fhirvault.errors import Invalid, NotFound
+from fhirvault.errors import Invalid, NotFound, Unauthorized
 from fhirvault.fhir.bundle import bundle
 from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type
@@ -29,9 +29,9 @@ def vault(request: Request) -> Any:
 
 def context(request: Request) -> RequestContext:
     ctx: RequestContext | None = getattr(request.state, "ctx", None)
-    if ctx is None:
-        ctx = RequestContext(base_url=vault(request).settings.fhir_base_url)
-        request.state.ctx = ctx
+    if ctx is None or ctx.principal is None:
+        # The auth middleware sets the caller on every non-public path; never run as "trusted" here.
+        raise Unauthorized("This request needs an access token", code="login")
     prefer = parse_prefer(request.headers.get("prefer"))
     ctx.handling_strict = prefer.get("handling") == "strict"
     return ctx

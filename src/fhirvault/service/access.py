@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from fhirvault.service.context import RequestContext
 
 
 class AccessPolicy(Protocol):
     """Asked before every interaction. `interaction` is one of create, read, vread, update, delete,
-    search, history. Raises Forbidden/NotFound to refuse."""
+    search, history (and binary-access-read / binary-access-write).
+
+    `require` checks the caller's scopes for a resource type before anything is looked up and raises
+    Forbidden. `can_see` judges one resource for an interaction; it is async and gets the open
+    connection because a Binary's securityContext may point at a resource that must be looked up
+    (inside a write transaction, the same connection sees the transaction's own writes). The
+    service answers a resource the caller may not read with 404, and one it may read but not change
+    with 403."""
 
     def require(self, ctx: RequestContext, interaction: str, resource_type: str | None) -> None: ...
 
-    def can_see(self, ctx: RequestContext, resource: dict[str, Any]) -> bool: ...
+    async def can_see(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any],
+                      interaction: str = "read") -> bool: ...
 
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
         """Compartment targets (`Patient/1`) a search must stay within; None for no restriction."""
@@ -26,7 +36,8 @@ class AllowAll:
     def require(self, ctx: RequestContext, interaction: str, resource_type: str | None) -> None:
         return None
 
-    def can_see(self, ctx: RequestContext, resource: dict[str, Any]) -> bool:
+    async def can_see(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any],
+                      interaction: str = "read") -> bool:
         return True
 
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhirvault.errors import Conflict, Gone, Invalid, NotFound, PreconditionFailed
+from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed
 from fhirvault.fhir.indexing import index_entries
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id
 from fhirvault.service.access import AccessPolicy, AllowAll
@@ -99,16 +99,20 @@ class ResourceService:
         return await self.in_transaction(ctx, lambda uow: self.create_in(uow, ctx, rtype, body, if_none_exist))
 
     async def create_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, body: Any,
-                        if_none_exist: str | None = None, rid: str | None = None) -> WriteResult:
+                        if_none_exist: str | None = None, rid: str | None = None,
+                        blob_id: str | None = None) -> WriteResult:
         resource = check_resource_body(body, rtype)
         if if_none_exist:
-            matches = await conditional_matches(self.store, uow.conn, ctx, rtype, if_none_exist)
+            matches = await conditional_matches(self.store, uow.conn, ctx, rtype, if_none_exist,
+                                                self.access.search_restriction(ctx, rtype))
+            matches = [m for m in matches
+                       if m.content is None or await self.access.can_see(ctx, uow.conn, m.content, "search")]
             if len(matches) > 1:
                 raise PreconditionFailed(
                     f"If-None-Exist '{if_none_exist}' matched {len(matches)} resources; it must match at most one")
             if matches:
                 return WriteResult(matches[0], created=False, existing=True)
-        return await self._write(uow, ctx, rtype, rid or new_id(), resource, None, "POST")
+        return await self._write(uow, ctx, rtype, rid or new_id(), resource, None, "POST", blob_id)
 
     async def update(self, ctx: RequestContext, rtype: str, rid: str, body: Any,
                      if_match: int | None = None) -> WriteResult:
@@ -116,7 +120,7 @@ class ResourceService:
         return await self.in_transaction(ctx, lambda uow: self.update_in(uow, ctx, rtype, rid, body, if_match))
 
     async def update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str, body: Any,
-                        if_match: int | None = None) -> WriteResult:
+                        if_match: int | None = None, blob_id: str | None = None) -> WriteResult:
         resource = check_resource_body(body, rtype)
         if not is_valid_id(rid):
             raise Invalid(f"'{rid}' is not a valid resource id ([A-Za-z0-9-.]{{1,64}})")
@@ -133,7 +137,7 @@ class ResourceService:
                 raise PreconditionFailed(
                     f"If-Match W/\"{if_match}\" does not match the current version {current.version_id} "
                     f"of {rtype}/{rid}")
-        return await self._write(uow, ctx, rtype, rid, resource, current, "PUT")
+        return await self._write(uow, ctx, rtype, rid, resource, current, "PUT", blob_id)
 
     async def delete(self, ctx: RequestContext, rtype: str, rid: str) -> StoredResource | None:
         self.access.require(ctx, "delete", rtype)
@@ -143,8 +147,8 @@ class ResourceService:
         current = await self.store.get(uow.conn, rtype, rid, for_update=True)
         if current is None or current.deleted:
             return None
-        if current.content is not None and not self.access.can_see(ctx, current.content):
-            raise NotFound(f"{rtype}/{rid} is not known")
+        if current.content is not None:
+            await self._check_change(ctx, uow.conn, current.content, "delete")
         stored = StoredResource(rtype, rid, current.version_id + 1, now_us(), True, None, None, "DELETE")
         await self.store.write(uow.conn, stored, current.version_id, set(), set())
         return stored
@@ -154,12 +158,13 @@ class ResourceService:
                      blob_id: str | None = None) -> WriteResult:
         resource = copy.deepcopy(resource)
         resource["id"] = rid
-        if current is not None and current.content is not None and not self.access.can_see(ctx, current.content):
-            raise NotFound(f"{rtype}/{rid} is not known")
+        if current is not None and current.content is not None and not current.deleted:
+            await self._check_change(ctx, uow.conn, current.content, "update")
         for hook in self.write_hooks:
             await hook.before_write(ctx, uow.conn, resource)
-        if not self.access.can_see(ctx, resource):
-            raise NotFound(f"{rtype}/{rid} would be outside what this client may access")
+        if not await self.access.can_see(ctx, uow.conn, resource, "create" if method == "POST" else "update"):
+            raise Forbidden(f"{rtype}/{rid} as sent would be outside what this client may change "
+                            "(another patient's compartment, or a securityContext it may not update)")
         version = 1 if current is None else current.version_id + 1
         ts = now_us()
         meta = dict(resource.get("meta") or {})
@@ -172,12 +177,23 @@ class ResourceService:
         uow.committed.append(resource)
         return WriteResult(stored, created=current is None or current.deleted)
 
+    async def _check_change(self, ctx: RequestContext, conn: AsyncConnection, current: dict[str, Any],
+                            interaction: str) -> None:
+        """Refuses changing a stored resource: 404 when the caller may not even read it, else 403."""
+        if await self.access.can_see(ctx, conn, current, interaction):
+            return
+        ref = f"{current['resourceType']}/{current.get('id')}"
+        if await self.access.can_see(ctx, conn, current, "read"):
+            raise Forbidden(f"This client may read {ref} but not {interaction} it "
+                            "(its securityContext needs update rights on the resource it names)")
+        raise NotFound(f"{ref} is not known")
+
     # -- reads ----------------------------------------------------------------------------------
     async def read(self, ctx: RequestContext, rtype: str, rid: str) -> StoredResource:
         self.access.require(ctx, "read", rtype)
         async with self.db.read() as conn:
             stored = await self.store.get(conn, rtype, rid)
-        return self._visible(ctx, rtype, rid, stored)
+            return await self._visible(ctx, conn, rtype, rid, stored, "read")
 
     async def vread(self, ctx: RequestContext, rtype: str, rid: str, vid: str) -> StoredResource:
         self.access.require(ctx, "vread", rtype)
@@ -190,17 +206,22 @@ class ResourceService:
             if stored.deleted:
                 # Access to a deleted version is judged by the version before it.
                 before = await self.store.get_version(conn, rtype, rid, int(vid) - 1)
-                if before and before.content and not self.access.can_see(ctx, before.content):
+                if before and before.content and not await self.access.can_see(ctx, conn, before.content, "vread"):
                     raise NotFound(f"{rtype}/{rid} has no version {vid}")
                 raise Gone(f"Version {vid} of {rtype}/{rid} is a deletion")
-        return self._visible(ctx, rtype, rid, stored)
+            return await self._visible(ctx, conn, rtype, rid, stored, "vread")
 
-    def _visible(self, ctx: RequestContext, rtype: str, rid: str, stored: StoredResource | None) -> StoredResource:
+    async def _visible(self, ctx: RequestContext, conn: AsyncConnection, rtype: str, rid: str,
+                       stored: StoredResource | None, interaction: str) -> StoredResource:
         if stored is None:
             raise NotFound(f"{rtype}/{rid} is not known")
         if stored.deleted:
+            # Whether a deletion may be told depends on the last content before it.
+            before = await self.store.get_version(conn, rtype, rid, stored.version_id - 1)
+            if before and before.content and not await self.access.can_see(ctx, conn, before.content, interaction):
+                raise NotFound(f"{rtype}/{rid} is not known")
             raise Gone(f"{rtype}/{rid} was deleted")
-        if stored.content is not None and not self.access.can_see(ctx, stored.content):
+        if stored.content is not None and not await self.access.can_see(ctx, conn, stored.content, interaction):
             raise NotFound(f"{rtype}/{rid} is not known")
         return stored
 
@@ -212,9 +233,18 @@ class ResourceService:
                 current = await self.store.get(conn, rtype, rid)
                 if current is None:
                     raise NotFound(f"{rtype}/{rid} is not known")
+                if not current.deleted:
+                    await self._visible(ctx, conn, rtype, rid, current, "history")
             rows, total = await self.store.history(conn, rtype, rid, since_us, count, offset)
-        visible = [r for r in rows if r.content is None or self.access.can_see(ctx, r.content)]
+            visible = [r for r in rows if await self._history_row_visible(ctx, conn, r)]
         return visible, total - (len(rows) - len(visible))
+
+    async def _history_row_visible(self, ctx: RequestContext, conn: AsyncConnection, row: StoredResource) -> bool:
+        content = row.content
+        if content is None:  # a deletion is judged by the version before it
+            before = await self.store.get_version(conn, row.resource_type, row.id, row.version_id - 1)
+            content = before.content if before else None
+        return content is None or await self.access.can_see(ctx, conn, content, "history")
 
     async def render(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Copies of stored resources, passed through the read hooks (for example URL signing)."""

@@ -155,11 +155,13 @@ def page_links(base_url: str, rtype: str, parsed: ParsedSearch, total: int | Non
 
 
 async def conditional_matches(store: ResourceStore, conn: AsyncConnection, ctx: RequestContext, rtype: str,
-                              query_string: str) -> list[StoredResource]:
+                              query_string: str, restriction: list[str] | None = None) -> list[StoredResource]:
     """Resources matching an If-None-Exist / conditional query, at most 2 (enough to tell 'many')."""
     params = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
     parsed = parse_search(rtype, params, ctx.base_url, strict=True)
     parsed.query.count = 2
+    if restriction is not None:
+        restrict_to_compartment(parsed.query, restriction)
     return await store.search(conn, parsed.query)
 
 
@@ -175,5 +177,6 @@ async def run_search(service: ResourceService, ctx: RequestContext, rtype: str, 
         if parsed.summary_count or parsed.total_accurate:
             total = await service.store.count(conn, parsed.query)
         matches = [] if parsed.summary_count else await service.store.search(conn, parsed.query)
-    matches = [m for m in matches if m.content is None or service.access.can_see(ctx, m.content)]
+        matches = [m for m in matches
+                   if m.content is None or await service.access.can_see(ctx, conn, m.content, "search")]
     return SearchResult(matches, total, parsed)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhirvault.fhir.indexing import RefEntry, TokenEntry
+from fhirvault.fhir.indexing import COMPARTMENT, RefEntry, TokenEntry
 from fhirvault.store.schema import resource_versions, resources, search_refs, search_tokens
 
 
@@ -192,3 +192,10 @@ class ResourceStore:
     async def expunge(self, conn: AsyncConnection, rtype: str, rid: str) -> None:
         for table in (resources, resource_versions, search_tokens, search_refs):
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
+
+    async def in_compartment(self, conn: AsyncConnection, rtype: str, rid: str, patient: str) -> bool:
+        """Whether the current version of rtype/rid lies in the compartment of `patient` (`Patient/1`)."""
+        sr = search_refs
+        stmt = sa.select(sa.literal(1)).where(
+            sr.c.resource_type == rtype, sr.c.id == rid, sr.c.param == COMPARTMENT, sr.c.target == patient)
+        return (await conn.execute(stmt.limit(1))).first() is not None

@@ -76,8 +76,15 @@ async def _v1_initial(conn: AsyncConnection) -> None:
     )
 
 
+async def _v2_security(conn: AsyncConnection) -> None:
+    from fhirvault.store.security import create_security_tables  # the module defines its tables on `metadata`
+
+    await create_security_tables(conn)
+
+
 # Append only, applied in this order, each once (recorded by name). Never edit a released step;
 # a module that owns tables defines them on `metadata` and adds its step here.
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("0001_resources", _v1_initial),
+    ("0002_security", _v2_security),
 ]

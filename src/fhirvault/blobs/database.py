@@ -1,0 +1,98 @@
+"""Blobs as fixed-size chunks in the `blob_chunks` table, the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhirvault.blobs.base import BlobStore
+from fhirvault.errors import StorageFailure
+from fhirvault.store.blobs import blob_chunks
+from fhirvault.store.database import Database
+
+# Every chunk but the last holds exactly this many bytes, so a byte offset maps to a chunk number.
+CHUNK_BYTES = 1024 * 1024
+
+
+class DatabaseBlobStore(BlobStore):
+    """Each chunk is written in its own short transaction, so a large upload never holds the database's
+    write lock for long; a failed upload removes the chunks it wrote."""
+
+    name = "database"
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def put(self, key: str, chunks: AsyncIterator[bytes]) -> None:
+        seq = 0
+        try:
+            async for chunk in _fixed_chunks(chunks):
+                async with self.db.write() as conn:
+                    await conn.execute(sa.insert(blob_chunks).values(blob_key=key, seq=seq, data=chunk))
+                seq += 1
+            if seq == 0:
+                # An empty blob still exists.
+                async with self.db.write() as conn:
+                    await conn.execute(sa.insert(blob_chunks).values(blob_key=key, seq=0, data=b""))
+        except BaseException as exc:
+            if seq:
+                await self.delete(key)
+            if isinstance(exc, SQLAlchemyError):
+                raise StorageFailure(f"Cannot store blob {key} in the database") from exc
+            raise
+
+    async def put_in(self, conn: AsyncConnection, key: str, data: bytes) -> None:
+        """Store bytes already in memory inside the caller's transaction (atomic with it)."""
+        for seq, offset in enumerate(range(0, max(len(data), 1), CHUNK_BYTES)):
+            await conn.execute(sa.insert(blob_chunks).values(
+                blob_key=key, seq=seq, data=data[offset:offset + CHUNK_BYTES]))
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        seq = start // CHUNK_BYTES
+        skip = start - seq * CHUNK_BYTES
+        position = start
+        first = True
+        while end is None or position < end:
+            async with self.db.read() as conn:
+                row = (await conn.execute(sa.select(blob_chunks.c.data).where(
+                    blob_chunks.c.blob_key == key, blob_chunks.c.seq == seq))).first()
+            if row is None:
+                if first and not await self.exists(key):
+                    raise StorageFailure(f"The bytes of blob {key} are missing from the database")
+                break
+            data = bytes(row.data)[skip:]
+            if end is not None:
+                data = data[:end - position]
+            if data:
+                yield data
+            position += len(data)
+            seq += 1
+            skip = 0
+            first = False
+
+    async def delete(self, key: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
+
+    async def delete_in(self, conn: AsyncConnection, key: str) -> None:
+        await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
+
+    async def exists(self, key: str) -> bool:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(blob_chunks.c.seq).where(
+                blob_chunks.c.blob_key == key).limit(1))).first()
+        return row is not None
+
+
+async def _fixed_chunks(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= CHUNK_BYTES:
+            yield bytes(buffer[:CHUNK_BYTES])
+            del buffer[:CHUNK_BYTES]
+    if buffer:
+        yield bytes(buffer)

@@ -1,0 +1,49 @@
+"""Bearer-token authentication of every API request: sets `request.state.ctx` with the caller."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from fhirvault.errors import Unauthorized
+from fhirvault.http.responses import error_response
+from fhirvault.security.tokens import TokenService
+from fhirvault.service.context import RequestContext
+
+FHIR_PREFIX = "/fhir/R4"
+SMART_CONFIGURATION = "/.well-known/smart-configuration"
+
+
+def is_public(method: str, path: str) -> bool:
+    """The paths that need no token: the CapabilityStatement, SMART discovery, the token endpoint
+    and signed storage URLs (which carry their own authority)."""
+    if path.startswith("/storage/") or path in (SMART_CONFIGURATION, FHIR_PREFIX + SMART_CONFIGURATION):
+        return True
+    if path == "/oauth2/token":
+        return True
+    return method in ("GET", "HEAD") and path in (f"{FHIR_PREFIX}/metadata", f"{FHIR_PREFIX}/metadata/")
+
+
+class BearerAuthMiddleware:
+    """Pure ASGI, so request and response bodies keep streaming untouched."""
+
+    def __init__(self, app: ASGIApp, tokens: TokenService, base_url: str) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.base_url = base_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_public(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        try:
+            principal = await self.tokens.authenticate(authorization)
+        except Unauthorized as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["ctx"] = RequestContext(self.base_url, principal=principal)
+        await self.app(scope, receive, send)

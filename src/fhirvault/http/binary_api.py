@@ -1,0 +1,229 @@
+"""Binary endpoints: raw or FHIR JSON uploads, and reads that negotiate between the bytes and the resource."""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from fhirvault.errors import Invalid, TooLarge, Unsupported
+from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
+from fhirvault.http import fhir_api
+from fhirvault.http.byte_responses import serve_bytes
+from fhirvault.http.disposition import filename_from, safe_filename
+from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
+from fhirvault.http.negotiation import is_fhir_json, parse_prefer, prefers_fhir_json
+from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
+from fhirvault.service.resources import WriteResult
+from fhirvault.store.resources import StoredResource
+
+# Bytes of base64 input encoded at a time on a JSON read: a multiple of 3, so the pieces join up.
+BASE64_PIECE = 3 * 256 * 1024
+# Largest piece of decompressed output produced from one piece of gzip input (bounds memory).
+GUNZIP_PIECE = 1024 * 1024
+
+
+# -- uploads ------------------------------------------------------------------------------------
+async def create(request: Request) -> Response:
+    return await _write(request, None)
+
+
+async def update(request: Request) -> Response:
+    return await _write(request, request.path_params["rid"])
+
+
+async def _write(request: Request, rid: str | None) -> Response:
+    v = vault(request)
+    ctx = context(request)
+    content_type = (request.headers.get("content-type") or "").strip() or DEFAULT_CONTENT_TYPE
+    chunks = _decoded_body(request)
+    try:
+        if is_fhir_json(content_type):
+            raw = await _read_json_body(request, chunks, v.settings.max_json_bytes)
+            body = _binary_resource_in(raw)
+            if body is not None:
+                result = await v.binaries.write_json(ctx, rid, body, if_match_version(request))
+                return await _written(request, result)
+            chunks = _replay(raw)  # any other JSON is content, like every other body
+        elif not request.headers.get("content-encoding"):
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > v.settings.max_binary_bytes:
+                raise TooLarge(f"The content of {declared} bytes is over the limit of "
+                               f"{v.settings.max_binary_bytes} bytes (MAX_BINARY_BYTES)")
+        result = await v.binaries.write_from_stream(
+            ctx, rid, chunks, content_type=content_type, security_context=_security_context(request),
+            filename=safe_filename(request.query_params.get("_filename")) or filename_from(
+                request.headers.get("content-disposition")),
+            if_match=if_match_version(request))
+    except ClientDisconnect:
+        # Nothing was kept; there is nobody left to answer.
+        return Response(status_code=400)
+    return await _written(request, result)
+
+
+def _security_context(request: Request) -> str | None:
+    value = request.headers.get("x-security-context")
+    if not value:
+        return None
+    try:
+        return check_reference(value, "X-Security-Context")
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def _decoded_body(request: Request) -> AsyncIterator[bytes]:
+    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+    if encoding == "identity":
+        return request.stream()
+    if encoding in ("gzip", "x-gzip"):
+        return _gunzip(request.stream())
+    raise Unsupported(f"Content-Encoding '{encoding}' is not supported; send the body plain or gzip-encoded")
+
+
+async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        async for chunk in chunks:
+            data = chunk
+            while data and not inflater.eof:
+                out = inflater.decompress(data, GUNZIP_PIECE)
+                if out:
+                    yield out
+                data = inflater.unconsumed_tail
+        tail = inflater.flush()
+        if tail:
+            yield tail
+    except zlib.error as exc:
+        raise Invalid(f"The gzip-encoded body cannot be decoded: {exc}") from None
+    if not inflater.eof:
+        raise Invalid("The gzip-encoded body is truncated")
+
+
+async def _read_json_body(request: Request, chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    hint = ("; upload larger content raw instead: POST /Binary with the content as the body and its own "
+            "Content-Type")
+    declared = request.headers.get("content-length")
+    if not request.headers.get("content-encoding") and declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"The JSON body of {declared} bytes is over the limit of {limit} bytes (MAX_JSON_BYTES)"
+                       + hint)
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"The JSON body is over the limit of {limit} bytes (MAX_JSON_BYTES)" + hint)
+    return bytes(body)
+
+
+def _binary_resource_in(raw: bytes) -> dict[str, Any] | None:
+    """The body as a FHIR Binary when it is one (then it is the resource); None when it is content."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(body, dict) and body.get("resourceType") == "Binary":
+        return body
+    return None
+
+
+async def _replay(raw: bytes) -> AsyncIterator[bytes]:
+    yield raw
+
+
+async def _written(request: Request, result: WriteResult) -> Response:
+    ctx = context(request)
+    status = 201 if result.created else 200
+    headers = version_headers(result.stored, ctx.base_url, with_location=True)
+    if parse_prefer(request.headers.get("prefer")).get("return") == "minimal":
+        return Response(status_code=status, headers=headers)
+    resource = {k: val for k, val in result.resource.items() if k != "data"}
+    rendered = (await vault(request).resources.render(ctx, [resource]))[0]
+    return FhirJsonResponse(rendered, status, headers)
+
+
+# -- reads --------------------------------------------------------------------------------------
+async def read(request: Request) -> Response:
+    v = vault(request)
+    ctx = context(request)
+    p = request.path_params
+    if "vid" in p:
+        stored = await v.resources.vread(ctx, "Binary", p["rid"], p["vid"])
+    else:
+        stored = await v.resources.read(ctx, "Binary", p["rid"])
+    if wants_resource(request, stored):
+        return await _resource_response(request, stored)
+    content = await v.binaries.describe(stored)
+    return await serve_bytes(request, content, lambda start, end: v.binaries.stream(content, start, end))
+
+
+def wants_resource(request: Request, stored: StoredResource) -> bool:
+    """The Binary negotiation rule: `_format` or a preferred FHIR JSON Accept gives the resource, unless
+    Accept is exactly the Binary's own contentType; everything else gives the bytes."""
+    accept = request.headers.get("accept")
+    own_type = str((stored.content or {}).get("contentType") or DEFAULT_CONTENT_TYPE)
+    if accept is not None and accept.strip().lower() == own_type.strip().lower():
+        return False
+    return "_format" in request.query_params or prefers_fhir_json(accept)
+
+
+async def _resource_response(request: Request, stored: StoredResource) -> Response:
+    """The Binary as R4 JSON with all of its bytes as base64 `data`, streamed in constant memory."""
+    v = vault(request)
+    ctx = context(request)
+    headers = version_headers(stored, ctx.base_url, with_location=False)
+    assert stored.content is not None
+    if "data" in stored.content or not stored.blob_id:
+        rendered = (await v.resources.render(ctx, [stored.content]))[0]
+        response: Response = FhirJsonResponse(rendered, 200, headers)
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(response.body))
+            return Response(status_code=200, headers={**headers, "Content-Type": FHIR_CONTENT_TYPE})
+        return response
+    content = await v.binaries.describe(stored)
+    rendered = (await v.resources.render(ctx, [stored.content]))[0]
+    text = json.dumps(rendered, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    prefix = text[:-1] + b',"data":"'
+    suffix = b'"}'
+    headers["Content-Length"] = str(len(prefix) + base64_length(content.size) + len(suffix))
+    headers["Content-Type"] = FHIR_CONTENT_TYPE
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield prefix
+        async for piece in base64_pieces(v.binaries.stream(content)):
+            yield piece
+        yield suffix
+
+    return StreamingResponse(body(), status_code=200, headers=headers)
+
+
+async def base64_pieces(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Base64 of the concatenated chunks, encoded piece by piece (each a multiple of 3 bytes but the last)."""
+    pending = b""
+    async for chunk in chunks:
+        data = pending + chunk if pending else chunk
+        cut = len(data) - len(data) % 3
+        for offset in range(0, cut, BASE64_PIECE):
+            yield base64.b64encode(data[offset:min(offset + BASE64_PIECE, cut)])
+        pending = data[cut:]
+    if pending:
+        yield base64.b64encode(pending)
+
+
+def routes(prefix: str) -> list[Route]:
+    """Registered before the generic `/{rtype}` routes, which they take precedence over for Binary."""
+    return [
+        # Type-level paths that would otherwise be taken for a Binary id.
+        Route(f"{prefix}/Binary/_history", fhir_api.history, methods=["GET"]),
+        Route(f"{prefix}/Binary/_search", fhir_api.search, methods=["POST"]),
+        Route(f"{prefix}/Binary", create, methods=["POST"]),
+        Route(f"{prefix}/Binary/{{rid}}", read, methods=["GET", "HEAD"]),
+        Route(f"{prefix}/Binary/{{rid}}", update, methods=["PUT"]),
+        Route(f"{prefix}/Binary/{{rid}}/_history/{{vid}}", read, methods=["GET", "HEAD"]),
+    ]

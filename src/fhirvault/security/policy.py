@@ -1,0 +1,91 @@
+"""The access policy: SMART scopes per interaction, patient compartments, and Binary.securityContext."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhirvault.errors import Forbidden
+from fhirvault.fhir.indexing import COMPARTMENT, RefEntry, index_entries
+from fhirvault.fhir.references import parse_reference
+from fhirvault.security.principal import Principal
+from fhirvault.security.scopes import INTERACTION_LETTER
+from fhirvault.service.context import RequestContext
+from fhirvault.store.resources import ResourceStore
+
+
+def _principal(ctx: RequestContext) -> Principal | None:
+    p = ctx.principal
+    if p is None:
+        return None  # trusted internal work (command line, background jobs)
+    if not isinstance(p, Principal):
+        raise Forbidden("The caller is not an authenticated client")
+    return p
+
+
+def letter_of(interaction: str) -> str:
+    try:
+        return INTERACTION_LETTER[interaction]
+    except KeyError:
+        raise ValueError(f"unknown interaction {interaction!r}") from None
+
+
+class ScopePolicy:
+    """Implements fhirvault.service.access.AccessPolicy for authenticated clients.
+
+    403 vs 404: a missing scope for the requested type is refused with 403 before anything is looked
+    up, so it reveals nothing. A particular resource outside what the caller may read (another
+    patient's compartment, a Binary whose securityContext the caller may not read) is answered with
+    404, exactly as if it did not exist. A resource the caller may read but not change is 403."""
+
+    def __init__(self, store: ResourceStore) -> None:
+        self.store = store
+
+    def require(self, ctx: RequestContext, interaction: str, resource_type: str | None) -> None:
+        p = _principal(ctx)
+        if p is None:
+            return
+        letter = letter_of(interaction)
+        if not p.scopes.allows(letter, resource_type):
+            needed = f"{p.context}/{resource_type or '*'}.{letter}"
+            what = resource_type or "the whole server"
+            raise Forbidden(f"The access token's scopes do not allow {interaction} of {what}; "
+                            f"it needs the scope {needed}")
+
+    async def can_see(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any],
+                      interaction: str = "read") -> bool:
+        p = _principal(ctx)
+        if p is None:
+            return True
+        rtype = resource.get("resourceType")
+        letter = letter_of(interaction)
+        if not isinstance(rtype, str) or not p.scopes.allows(letter, rtype):
+            return False
+        if rtype == "Binary":
+            return await self._binary_allowed(ctx, conn, p, resource, letter)
+        if p.patient is None:
+            return True
+        _, refs = index_entries(resource, ctx.base_url)
+        return RefEntry(COMPARTMENT, p.patient) in refs
+
+    async def _binary_allowed(self, ctx: RequestContext, conn: AsyncConnection, p: Principal,
+                              binary: dict[str, Any], letter: str) -> bool:
+        context = binary.get("securityContext")
+        ref_text = context.get("reference") if isinstance(context, dict) else None
+        ref = parse_reference(ref_text, ctx.base_url) if isinstance(ref_text, str) else None
+        if ref is None:
+            # No securityContext on this server: the caller's Binary scopes decide, and a
+            # patient-context client has no claim on a Binary that belongs to no patient.
+            return p.patient is None
+        # Reading needs read rights on the referenced resource; any change needs update rights on it.
+        needed = "r" if letter in ("r", "s") else "u"
+        if not p.scopes.allows(needed, ref.resource_type):
+            return False
+        if p.patient is None or ref.relative == p.patient:
+            return True
+        return await self.store.in_compartment(conn, ref.resource_type, ref.id, p.patient)
+
+    def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
+        p = _principal(ctx)
+        return [p.patient] if p is not None and p.patient else None

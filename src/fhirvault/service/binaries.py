@@ -1,0 +1,335 @@
+"""Binary content use cases: bytes streamed into blob storage and out again, hashed on the way in."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fhirvault.blobs.base import BlobStore
+from fhirvault.errors import FhirVaultError, Invalid, NotFound, StorageFailure, TooLarge
+from fhirvault.fhir.binary import (
+    DEFAULT_CONTENT_TYPE,
+    decode_base64_strict,
+    filename_of,
+    security_context_of,
+    set_filename,
+)
+from fhirvault.service.context import RequestContext
+from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult
+from fhirvault.service.timeutil import now_us
+from fhirvault.store.blobs import BlobRegistry
+from fhirvault.store.database import Database
+from fhirvault.store.resources import StoredResource
+
+log = logging.getLogger("fhirvault.binaries")
+
+# Slices in which inline content is handed out, so even a large inline Binary streams.
+INLINE_SLICE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BinaryContent:
+    """What is known about one version of a Binary's bytes, without the bytes."""
+
+    binary_id: str
+    version_id: int
+    content_type: str
+    size: int
+    sha1_b64: str        # R4 Attachment.hash: base64 of the SHA-1 of the raw bytes
+    sha256_hex: str      # the strong ETag is derived from this
+    last_updated_us: int  # microseconds since the epoch (the version's lastUpdated)
+    filename: str | None
+    security_context: str | None   # e.g. "Patient/123"
+
+
+class ContentMeter:
+    """SHA-256, SHA-1 and size of the bytes passing through, refusing more than `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._sha256 = hashlib.sha256()
+        self._sha1 = hashlib.sha1()
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise TooLarge(f"The content is over the limit of {self.limit} bytes (MAX_BINARY_BYTES)")
+        self._sha256.update(chunk)
+        self._sha1.update(chunk)
+
+    @property
+    def sha256_hex(self) -> str:
+        return self._sha256.hexdigest()
+
+    @property
+    def sha1_b64(self) -> str:
+        return base64.b64encode(self._sha1.digest()).decode("ascii")
+
+
+@dataclass
+class StagedContent:
+    """Bytes received and measured, not yet part of any resource: either small enough to stay inline in
+    the resource, or in blob storage under a pending (or, when reused, an already committed) blob."""
+
+    size: int
+    sha256_hex: str
+    sha1_b64: str
+    inline: bytes | None = None
+    blob_id: str | None = None
+    reused: bool = False
+
+
+def measure(data: bytes) -> ContentMeter:
+    meter = ContentMeter(len(data))
+    meter.update(data)
+    return meter
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class BinaryService:
+    def __init__(self, db: Database, resources: ResourceService, store: BlobStore | None,
+                 registry: BlobRegistry, *, inline_max_bytes: int, max_binary_bytes: int,
+                 pending_grace_seconds: int) -> None:
+        self.db = db
+        self.resources = resources
+        self.store = store
+        self.registry = registry
+        self.max_binary_bytes = max_binary_bytes
+        # In inline mode every content stays in its resource, whatever its size.
+        self.inline_limit = max_binary_bytes if store is None else inline_max_bytes
+        self.pending_grace_us = pending_grace_seconds * 1_000_000
+
+    # -- writes ---------------------------------------------------------------------------------
+    async def create_from_stream(self, ctx: RequestContext, chunks: AsyncIterator[bytes], *,
+                                 content_type: str, security_context: str | None = None,
+                                 filename: str | None = None) -> WriteResult:
+        return await self.write_from_stream(ctx, None, chunks, content_type=content_type,
+                                            security_context=security_context, filename=filename)
+
+    async def write_from_stream(self, ctx: RequestContext, rid: str | None, chunks: AsyncIterator[bytes], *,
+                                content_type: str, security_context: str | None = None,
+                                filename: str | None = None, if_match: int | None = None) -> WriteResult:
+        """Create (rid None) or update Binary `rid` with the streamed bytes as its content."""
+        self.resources.access.require(ctx, "create" if rid is None else "update", "Binary")
+        resource: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type or DEFAULT_CONTENT_TYPE}
+        if security_context:
+            resource["securityContext"] = {"reference": security_context}
+        set_filename(resource, filename)
+        staged = await self.stage(chunks)
+        return await self._commit(ctx, rid, resource, staged, if_match)
+
+    async def write_json(self, ctx: RequestContext, rid: str | None, body: dict[str, Any],
+                         if_match: int | None = None) -> WriteResult:
+        """Create or update from a FHIR JSON Binary; an update without `data` keeps the current bytes
+        (and their blob: a metadata-only change copies nothing)."""
+        self.resources.access.require(ctx, "create" if rid is None else "update", "Binary")
+        resource = dict(body)
+        if not isinstance(resource.get("contentType"), str) or not resource["contentType"].strip():
+            raise Invalid("A Binary needs a contentType", expression="Binary.contentType")
+        if "data" in resource:
+            try:
+                raw = decode_base64_strict(resource.pop("data"), "Binary.data")
+            except ValueError as exc:
+                raise Invalid(str(exc), expression="Binary.data") from None
+            if len(raw) > self.max_binary_bytes:
+                raise TooLarge(f"The content is over the limit of {self.max_binary_bytes} bytes (MAX_BINARY_BYTES)")
+            staged = await self.stage(_one_chunk(raw))
+        elif rid is not None:
+            staged = await self._current_content(rid)
+        else:
+            staged = StagedContent(0, hashlib.sha256().hexdigest(), measure(b"").sha1_b64, inline=None)
+        return await self._commit(ctx, rid, resource, staged, if_match)
+
+    async def _current_content(self, rid: str) -> StagedContent:
+        async with self.db.read() as conn:
+            current = await self.resources.store.get(conn, "Binary", rid)
+            if current is None or current.deleted or current.content is None:
+                return StagedContent(0, "", "", inline=None)
+            if current.blob_id:
+                record = await self.registry.get(conn, current.blob_id)
+                if record is not None and record.size is not None:
+                    return StagedContent(record.size, record.sha256 or "", record.sha1 or "",
+                                         blob_id=record.id, reused=True)
+        data = current.content.get("data")
+        raw = decode_base64_strict(data, "Binary.data") if isinstance(data, str) else b""
+        meter = measure(raw)
+        return StagedContent(meter.size, meter.sha256_hex, meter.sha1_b64, inline=raw if data else None)
+
+    async def stage(self, chunks: AsyncIterator[bytes]) -> StagedContent:
+        """Take in the bytes: keep them when small, else stream them into a pending blob. On any failure
+        (client gone, over the limit, storage error) nothing of them is left."""
+        meter = ContentMeter(self.max_binary_bytes)
+        iterator = aiter(chunks)
+        head = bytearray()
+        while len(head) <= self.inline_limit:
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return StagedContent(meter.size, meter.sha256_hex, meter.sha1_b64, inline=bytes(head))
+            meter.update(chunk)
+            head += chunk
+        assert self.store is not None  # inline mode never gets here: its limit is the content limit
+        store = self.store
+
+        async def everything() -> AsyncIterator[bytes]:
+            yield bytes(head)
+            head.clear()
+            async for more in iterator:
+                meter.update(more)
+                yield more
+
+        blob_id = uuid.uuid4().hex
+        async with self.db.write() as conn:
+            await self.registry.add_pending(conn, blob_id, store.name, blob_id, now_us())
+        try:
+            await store.put(blob_id, everything())
+        except BaseException:
+            await self._discard(blob_id)
+            raise
+        return StagedContent(meter.size, meter.sha256_hex, meter.sha1_b64, blob_id=blob_id)
+
+    async def _commit(self, ctx: RequestContext, rid: str | None, resource: dict[str, Any],
+                      staged: StagedContent, if_match: int | None) -> WriteResult:
+        resource.pop("data", None)
+        if staged.inline:
+            resource["data"] = base64.b64encode(staged.inline).decode("ascii")
+
+        async def work(uow: UnitOfWork) -> WriteResult:
+            if rid is None:
+                result = await self.resources.create_in(uow, ctx, "Binary", resource, blob_id=staged.blob_id)
+            else:
+                body = {**resource, "id": rid}
+                result = await self.resources.update_in(uow, ctx, "Binary", rid, body, if_match,
+                                                        blob_id=staged.blob_id)
+            if staged.blob_id and not staged.reused:
+                try:
+                    await self.registry.commit(uow.conn, staged.blob_id, staged.size, staged.sha256_hex,
+                                               staged.sha1_b64)
+                except LookupError:
+                    raise StorageFailure("The upload took longer than the pending blob grace period; retry") \
+                        from None
+            return result
+
+        try:
+            return await self.resources.in_transaction(ctx, work)
+        except BaseException:
+            if staged.blob_id and not staged.reused:
+                await self._discard(staged.blob_id)
+            raise
+
+    async def _discard(self, blob_id: str) -> None:
+        """Remove a pending blob's bytes, then its row; what fails here is left to the sweeper."""
+        try:
+            await asyncio.shield(self._remove_blob(blob_id, blob_id))
+        except Exception:
+            log.warning("could not remove pending blob %s now; the sweeper will", blob_id, exc_info=True)
+
+    async def _remove_blob(self, blob_id: str, storage_key: str) -> None:
+        if self.store is not None:
+            await self.store.delete(storage_key)
+        async with self.db.write() as conn:
+            await self.registry.remove(conn, blob_id)
+
+    async def sweep(self) -> int:
+        """Remove pending blobs older than the grace period (leftovers of uploads that died); returns how many."""
+        removed = 0
+        while True:
+            async with self.db.read() as conn:
+                stale = await self.registry.pending_before(conn, now_us() - self.pending_grace_us)
+            if not stale:
+                return removed
+            for record in stale:
+                await self._remove_blob(record.id, record.storage_key)
+                removed += 1
+
+    # -- reads ----------------------------------------------------------------------------------
+    async def content(self, ctx: RequestContext, binary_id: str, version_id: int | None = None) -> BinaryContent:
+        """Access-checked (securityContext) description of the current or given version;
+        NotFound / Gone as for a read."""
+        if version_id is None:
+            stored = await self.resources.read(ctx, "Binary", binary_id)
+        else:
+            stored = await self.resources.vread(ctx, "Binary", binary_id, str(version_id))
+        return await self.describe(stored)
+
+    async def describe(self, stored: StoredResource) -> BinaryContent:
+        """The content description of a stored Binary version the caller may already see."""
+        if stored.resource_type != "Binary":
+            raise NotFound(f"{stored.resource_type}/{stored.id} is not a Binary")
+        resource = stored.content or {}
+        size, sha256_hex, sha1_b64 = await self._measures(stored)
+        return BinaryContent(
+            binary_id=stored.id, version_id=stored.version_id,
+            content_type=str(resource.get("contentType") or DEFAULT_CONTENT_TYPE),
+            size=size, sha1_b64=sha1_b64, sha256_hex=sha256_hex, last_updated_us=stored.last_updated,
+            filename=filename_of(resource), security_context=security_context_of(resource),
+        )
+
+    async def _measures(self, stored: StoredResource) -> tuple[int, str, str]:
+        if stored.blob_id:
+            async with self.db.read() as conn:
+                record = await self.registry.get(conn, stored.blob_id)
+            if record is None or record.size is None:
+                raise StorageFailure(f"The content of Binary/{stored.id} is missing from the blob registry")
+            return record.size, record.sha256 or "", record.sha1 or ""
+        meter = measure(_inline_bytes(stored))
+        return meter.size, meter.sha256_hex, meter.sha1_b64
+
+    def stream(self, content: BinaryContent, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes [start, end) of that version, in chunks, whatever the storage mode."""
+        return self._stream(content.binary_id, content.version_id, start, end)
+
+    async def _stream(self, binary_id: str, version_id: int, start: int, end: int | None) -> AsyncIterator[bytes]:
+        async with self.db.read() as conn:
+            stored = await self.resources.store.get_version(conn, "Binary", binary_id, version_id)
+            record = await self.registry.get(conn, stored.blob_id) if stored and stored.blob_id else None
+        if stored is None:
+            raise NotFound(f"Binary/{binary_id} has no version {version_id}")
+        if stored.blob_id:
+            if record is None or self.store is None:
+                raise StorageFailure(f"The content of Binary/{binary_id} is not in the configured storage")
+            async for chunk in self.store.get(record.storage_key, start, end):
+                yield chunk
+            return
+        data = _inline_bytes(stored)
+        stop = len(data) if end is None else min(end, len(data))
+        for offset in range(start, stop, INLINE_SLICE):
+            yield data[offset:min(offset + INLINE_SLICE, stop)]
+
+    # -- expunge --------------------------------------------------------------------------------
+    async def expunge(self, rtype: str, rid: str) -> int:
+        """Remove every version of a resource and the bytes they own; returns how many versions went."""
+        async with self.db.write() as conn:
+            versions = await self.resources.store.versions_of(conn, rtype, rid)
+            blob_ids = {v.blob_id for v in versions if v.blob_id}
+            records = [r for r in [await self.registry.get(conn, b) for b in blob_ids] if r is not None]
+            await self.resources.store.expunge(conn, rtype, rid)
+            for record in records:
+                await self.registry.remove(conn, record.id)
+        for record in records:
+            if self.store is not None:
+                try:
+                    await self.store.delete(record.storage_key)
+                except FhirVaultError:
+                    log.warning("could not remove the bytes of expunged blob %s", record.id, exc_info=True)
+        return len(versions)
+
+
+def _inline_bytes(stored: StoredResource) -> bytes:
+    data = (stored.content or {}).get("data")
+    if not isinstance(data, str):
+        return b""
+    try:
+        return decode_base64_strict(data, "Binary.data")
+    except ValueError as exc:
+        raise StorageFailure(f"The stored data of Binary/{stored.id} is damaged: {exc}") from None

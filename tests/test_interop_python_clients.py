@@ -1,0 +1,55 @@
+"""Interoperability with FHIR clients others wrote: fhirpy and fhirclient from PyPI."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.support.server import ServerProcess
+
+
+def test_fhirpy_crud_and_search(server: ServerProcess) -> None:
+    from fhirpy import SyncFHIRClient
+
+    headers = server.auth_headers()
+    client = SyncFHIRClient(server.base, authorization=headers.get("Authorization"))
+    mrn = uuid.uuid4().hex
+    patient = client.resource("Patient", name=[{"family": "Interop", "given": ["Py"]}],
+                              identifier=[{"system": "urn:mrn", "value": mrn}])
+    patient.save()
+    assert patient.id and patient["meta"]["versionId"] == "1"
+    patient["active"] = True
+    patient.save()
+    fetched = client.reference("Patient", patient.id).to_resource()
+    assert fetched["active"] is True and fetched["meta"]["versionId"] == "2"
+    found = client.resources("Patient").search(identifier=f"urn:mrn|{mrn}").fetch_all()
+    assert [p.id for p in found] == [patient.id]
+    obs = client.resource("Observation", status="final", code={"text": "weight"},
+                          subject=patient.to_reference())
+    obs.save()
+    by_patient = client.resources("Observation").search(patient=patient.id).fetch()
+    assert [o.id for o in by_patient] == [obs.id]
+    obs.delete()
+    assert client.resources("Observation").search(patient=patient.id).fetch() == []
+
+
+def test_fhirclient_models_crud(server: ServerProcess) -> None:
+    from fhirclient.models.humanname import HumanName
+    from fhirclient.models.patient import Patient
+    from fhirclient.server import FHIRServer
+
+    fhir = FHIRServer(None, base_uri=server.base + "/")
+    fhir.session.headers.update(server.auth_headers())
+    p = Patient()
+    name = HumanName()
+    name.family = "Models"
+    p.name = [name]
+    created = p.create(fhir)
+    assert created is not None and created["resourceType"] == "Patient"
+    pid = created["id"]
+    read = Patient.read(pid, fhir)
+    assert read.name[0].family == "Models" and read.meta.versionId == "1"
+    read.gender = "female"
+    read.update(fhir)
+    assert Patient.read(pid, fhir).gender == "female"
+    found = list(Patient.where({"_id": pid}).perform_resources_iter(fhir))
+    assert [r.id for r in found] == [pid]
