@@ -69,7 +69,6 @@ def filesystem_backend(root: Path) -> BlobBackend:
 def database_backend(url: str) -> BlobBackend:
     from fhirvault.blobs.database import DatabaseBlobStore
     from fhirvault.store.blobs import blob_chunks
-
     from fhirvault.store.database import Database
 
     @asynccontextmanager
@@ -90,7 +89,7 @@ def database_backend(url: str) -> BlobBackend:
     return BlobBackend("database", open_store, leftovers)
 
 
-BACKENDS = ["s3"]  # filesystem, database-sqlite, database-postgres join once their stores are merged
+BACKENDS = ["s3", "filesystem", "database-sqlite", "database-postgres"]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
