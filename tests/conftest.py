@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.s3 import s3_settings, seaweedfs  # noqa: F401 - session fixtures for s3 mode
 from tests.support.server import FhirApi, ServerProcess, postgres_available, postgres_database, settings_env
 
 pytest_plugins = ["tests.support.binary"]

@@ -51,6 +51,9 @@ class DatabaseBlobStore(BlobStore):
                 blob_key=key, seq=seq, data=data[offset:offset + CHUNK_BYTES]))
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        if end is not None and end <= start and not await self.exists(key):
+            # An empty range reads no chunk, yet a missing blob must still be reported.
+            raise StorageFailure(f"The bytes of blob {key} are missing from the database")
         seq = start // CHUNK_BYTES
         skip = start - seq * CHUNK_BYTES
         position = start
