@@ -20,7 +20,9 @@ from fhirvault.blobs.factory import open_blob_store
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
 from fhirvault.fhir.capability import capability_statement
-from fhirvault.http import binary_api, fhir_api, ingestion_api, oauth_api, storage_api
+from fhirvault.fhir.operation_definitions import builtin_operation_definitions
+from fhirvault.fhir.r4 import resource_types
+from fhirvault.http import binary_api, fhir_api, ingestion_api, oauth_api, operations_api, storage_api
 from fhirvault.http.auth import BearerAuthMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
@@ -32,6 +34,7 @@ from fhirvault.security.tokens import TokenService
 from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.attachments import AttachmentNormalizer, AttachmentUrlSigner, UrlShapes
 from fhirvault.service.binaries import BinaryService
+from fhirvault.service.binary_access import BinaryAccess
 from fhirvault.service.bundles import BundleService
 from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
 from fhirvault.service.ingestion import AttachmentIngestion
@@ -75,6 +78,7 @@ class FhirVault:
         self.ingestion = AttachmentIngestion(self.resources, self.binaries, self.jobs, settings)
         self.resources.after_commit_hooks.append(self.ingestion.scheduler)
         self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
+        self.binary_access = BinaryAccess(self.resources, self.binaries)
         self._capability: dict[str, Any] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -118,10 +122,31 @@ class FhirVault:
                 log.exception("sweeping pending blobs failed; will retry")
             await asyncio.sleep(interval)
 
+    def operation_definitions(self) -> dict[str, dict[str, Any]]:
+        return builtin_operation_definitions(self.settings.fhir_base_url)
+
     def capability_statement(self) -> dict[str, Any]:
         if self._capability is None:
+            base = self.settings.fhir_base_url
+            operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
+            media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
+                         "Media.content.contentType or with _output=data; any other Accept gives the resource."
+                         if self.settings.media_raw_enabled else "")
             self._capability = capability_statement(
-                self.settings.fhir_base_url, __version__, to_instant(now_us()))
+                base, __version__, to_instant(now_us()),
+                extra_rest={"security": {
+                    "cors": True,
+                    "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                             "code": "SMART-on-FHIR"}]}],
+                    "extension": [{
+                        "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                        "extension": [{"url": "token", "valueUri": f"{self.settings.public_base_url}/oauth2/token"}],
+                    }],
+                    "description": "OAuth2 client credentials (SMART backend services scopes); bearer token "
+                                   "required everywhere but /metadata, the token endpoint and signed /storage URLs.",
+                }},
+                operations_by_type={rtype: operations for rtype in resource_types()},
+                type_documentation={"Media": media_doc} if media_doc else None)
         return self._capability
 
 
@@ -163,7 +188,8 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         # Binary's own routes first: they take precedence over the generic /{rtype} ones.
-        routes=(oauth_api.routes(FHIR_PREFIX) + ingestion_api.routes(FHIR_PREFIX) + binary_api.routes(FHIR_PREFIX)
+        routes=(oauth_api.routes(FHIR_PREFIX) + ingestion_api.routes(FHIR_PREFIX) + operations_api.routes(FHIR_PREFIX)
+                + binary_api.routes(FHIR_PREFIX)
                 + fhir_api.routes(FHIR_PREFIX) + storage_api.routes()),
         middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
         exception_handlers={

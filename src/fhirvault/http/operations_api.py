@@ -1,0 +1,104 @@
+"""HTTP edge of $binary-access-read / $binary-access-write, raw Media serving and our OperationDefinitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fhirvault.errors import Invalid, Unsupported
+from fhirvault.http import fhir_api
+from fhirvault.http.byte_responses import serve_bytes
+from fhirvault.http.fhir_api import context, if_match_version, resource_type_of, vault
+from fhirvault.http.negotiation import is_fhir_json, media_type
+from fhirvault.http.requests import parse_json, read_body_bounded
+from fhirvault.http.responses import FhirJsonResponse
+
+PARAMETERS_LIMIT = 64 * 1024
+
+
+async def _path_parameter(request: Request) -> str | None:
+    """`path` from the query, or from a Parameters body / form of a POSTed $binary-access-read."""
+    path = request.query_params.get("path")
+    if path is not None or request.method != "POST":
+        return path
+    ctype = media_type(request.headers.get("content-type"))
+    if ctype == "application/x-www-form-urlencoded":
+        form = await request.form()
+        value = form.get("path")
+        return str(value) if value is not None else None
+    if is_fhir_json(ctype):
+        body: Any = parse_json(await read_body_bounded(request, PARAMETERS_LIMIT, "The Parameters body"))
+        for p in body.get("parameter", []) if isinstance(body, dict) else []:
+            if isinstance(p, dict) and p.get("name") == "path":
+                return str(p.get("valueString"))
+    return None
+
+
+async def binary_access_read(request: Request) -> Response:
+    rtype = resource_type_of(request)
+    p = request.path_params
+    readable = await vault(request).binary_access.read(
+        context(request), rtype, p["rid"], p.get("vid"), await _path_parameter(request))
+    return await serve_bytes(request, readable.content, readable.stream)
+
+
+async def binary_access_write(request: Request) -> Response:
+    rtype = resource_type_of(request)
+    ctype = request.headers.get("content-type")
+    if not ctype:
+        raise Invalid("$binary-access-write needs a Content-Type: the type of the content being written")
+    if is_fhir_json(ctype):
+        raise Invalid("$binary-access-write takes the raw content, not FHIR JSON; send it with its own "
+                      "Content-Type (e.g. image/jpeg)")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise Unsupported(f"Content-Encoding '{encoding}' is not supported by $binary-access-write")
+    v = vault(request)
+    ctx = context(request)
+    result = await v.binary_access.write(ctx, rtype, request.path_params["rid"],
+                                         request.query_params.get("path"), request.stream(),
+                                         ctype.strip(), if_match_version(request))
+    return await fhir_api.resource_response(request, result.stored, 200)
+
+
+async def media_read(request: Request) -> Response:
+    """GET /Media/{id}: the raw content when `_output=data` or Accept equals Media.content.contentType."""
+    request.scope["path_params"]["rtype"] = "Media"  # for the generic read it may hand over to
+    v = vault(request)
+    if not v.settings.media_raw_enabled or request.method != "GET":
+        return await fhir_api.read(request)
+    ctx = context(request)
+    rid = request.path_params["rid"]
+    wants_data = request.query_params.get("_output") == "data"
+    accept = request.headers.get("accept")
+    if not wants_data and accept:
+        stored = await v.resources.read(ctx, "Media", rid)
+        declared = ((stored.content or {}).get("content") or {}).get("contentType")
+        wants_data = isinstance(declared, str) and accept.strip().lower() == declared.strip().lower()
+    if not wants_data:
+        return await fhir_api.read(request)
+    readable = await v.binary_access.read(ctx, "Media", rid, None, "Media.content")
+    return await serve_bytes(request, readable.content, readable.stream)
+
+
+async def operation_definition_read(request: Request) -> Response:
+    request.scope["path_params"]["rtype"] = "OperationDefinition"
+    builtin = vault(request).operation_definitions().get(request.path_params["rid"])
+    if builtin is None:
+        return await fhir_api.read(request)
+    return FhirJsonResponse(builtin)
+
+
+def routes(prefix: str) -> list[Route]:
+    """Registered before the generic routes, which they take precedence over."""
+    return [
+        Route(f"{prefix}/{{rtype}}/{{rid}}/$binary-access-read", binary_access_read, methods=["GET", "HEAD", "POST"]),
+        Route(f"{prefix}/{{rtype}}/{{rid}}/_history/{{vid}}/$binary-access-read", binary_access_read,
+              methods=["GET", "HEAD", "POST"]),
+        Route(f"{prefix}/{{rtype}}/{{rid}}/$binary-access-write", binary_access_write, methods=["POST"]),
+        Route(f"{prefix}/Media/{{rid}}", media_read, methods=["GET"]),
+        Route(f"{prefix}/OperationDefinition/{{rid}}", operation_definition_read, methods=["GET"]),
+    ]

@@ -1,0 +1,192 @@
+"""$binary-access-read / $binary-access-write: the bytes of the Attachment at a FHIRPath `path` in any resource."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fhirvault.errors import Invalid, PreconditionFailed
+from fhirvault.fhir.attachments import attachment_objects
+from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict, filename_of, security_context_of
+from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_path, resolve_first
+from fhirvault.service.binaries import BinaryContent, BinaryService, measure
+from fhirvault.service.context import RequestContext
+from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult
+from fhirvault.store.resources import StoredResource
+
+ByteStream = Callable[[int, int | None], AsyncIterator[bytes]]
+MAX_APPLY_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class ReadableContent:
+    """Bytes ready to be served: their description and a way to stream any range of them."""
+
+    content: BinaryContent
+    stream: ByteStream
+
+
+def _parse_path(rtype: str, path_text: str | None) -> ElementPath:
+    if not path_text:
+        raise Invalid(f"The 'path' parameter is required on {rtype} (e.g. {rtype}.content.attachment)",
+                      expression="path")
+    try:
+        path = parse_element_path(path_text)
+    except PathError as exc:
+        raise Invalid(f"path '{path_text}' does not parse: {exc}", expression="path") from None
+    if path.resource_type != rtype:
+        raise Invalid(f"path '{path_text}' must start with the resource type {rtype}", expression="path")
+    if not path.steps:
+        raise Invalid(f"path '{path_text}' names the whole {rtype}, not an Attachment in it", expression="path")
+    return path
+
+
+def _attachment_at(resource: dict[str, Any], path: ElementPath) -> dict[str, Any]:
+    target = resolve_first(resource, path)
+    if target is None:
+        raise Invalid(f"path '{path}' matches nothing in {resource['resourceType']}/{resource.get('id')}",
+                      expression="path")
+    # The typed walk decides what is an Attachment; identity ties its answer to the selected element.
+    if not isinstance(target, dict) or not any(a is target for a in attachment_objects(resource)):
+        raise Invalid(f"path '{path}' selects an element that is not an Attachment", expression="path")
+    return target
+
+
+def _is_binary_itself(rtype: str, path_text: str | None) -> bool:
+    return rtype == "Binary" and (not path_text or path_text.strip() == "Binary")
+
+
+async def _slices(data: bytes, start: int, end: int | None) -> AsyncIterator[bytes]:
+    yield data[start:end]
+
+
+class BinaryAccess:
+    def __init__(self, resources: ResourceService, binaries: BinaryService) -> None:
+        self.resources = resources
+        self.binaries = binaries
+
+    # -- read -----------------------------------------------------------------------------------
+    async def read(self, ctx: RequestContext, rtype: str, rid: str, vid: str | None, path_text: str | None
+                   ) -> ReadableContent:
+        if _is_binary_itself(rtype, path_text):
+            content = await self.binaries.content(ctx, rid, int(vid) if vid and vid.isdigit() else None)
+            return ReadableContent(content, lambda s, e: self.binaries.stream(content, s, e))
+        path = _parse_path(rtype, path_text)
+        stored = await (self.resources.vread(ctx, rtype, rid, vid) if vid else self.resources.read(ctx, rtype, rid))
+        assert stored.content is not None
+        attachment = _attachment_at(stored.content, path)
+        return await self._attachment_content(ctx, stored, path, attachment)
+
+    async def _attachment_content(self, ctx: RequestContext, stored: StoredResource, path: ElementPath,
+                                  attachment: dict[str, Any]) -> ReadableContent:
+        declared_type = attachment.get("contentType")
+        if "data" in attachment:
+            try:
+                raw = decode_base64_strict(attachment["data"], f"{path}.data")
+            except ValueError as exc:
+                raise Invalid(str(exc)) from None
+            meter = measure(raw)
+            content = BinaryContent(
+                binary_id=f"{stored.resource_type}/{stored.id}", version_id=stored.version_id,
+                content_type=str(declared_type or DEFAULT_CONTENT_TYPE), size=meter.size,
+                sha1_b64=meter.sha1_b64, sha256_hex=meter.sha256_hex, last_updated_us=stored.last_updated,
+                filename=None, security_context=None)
+            return ReadableContent(content, lambda s, e: _slices(raw, s, e))
+        url = attachment.get("url")
+        if isinstance(url, str) and url.startswith("Binary/") and "/" not in url[len("Binary/"):]:
+            content = await self.binaries.content(ctx, url[len("Binary/"):])
+            if declared_type:
+                content = dataclasses.replace(content, content_type=str(declared_type))
+            return ReadableContent(content, lambda s, e: self.binaries.stream(content, s, e))
+        if isinstance(url, str) and url:
+            raise Invalid(f"The Attachment at '{path}' points at {url!r}, which is not content stored here "
+                          "(yet: an external URL is fetched by an ingestion job)", expression="path")
+        raise Invalid(f"The Attachment at '{path}' has no content (neither data nor url)", expression="path")
+
+    # -- write ----------------------------------------------------------------------------------
+    async def write(self, ctx: RequestContext, rtype: str, rid: str, path_text: str | None,
+                    chunks: AsyncIterator[bytes], content_type: str, if_match: int | None) -> WriteResult:
+        self.resources.access.require(ctx, "update", rtype)
+        if _is_binary_itself(rtype, path_text):
+            current = await self.resources.read(ctx, "Binary", rid)
+            assert current.content is not None
+            return await self.binaries.write_from_stream(
+                ctx, rid, chunks, content_type=content_type, if_match=if_match,
+                security_context=security_context_of(current.content), filename=filename_of(current.content))
+        path = _parse_path(rtype, path_text)
+        current = await self.resources.read(ctx, rtype, rid)
+        assert current.content is not None
+        if if_match is not None and current.version_id != if_match:
+            raise PreconditionFailed(f"If-Match W/\"{if_match}\" does not match the current version "
+                                     f"{current.version_id} of {rtype}/{rid}")
+        _attachment_at(current.content, path)  # refuse before any byte is stored
+        new_fields, new_binary = await self._store_bytes(ctx, rtype, rid, chunks, content_type)
+        try:
+            return await self._apply(ctx, rtype, rid, path, new_fields, if_match)
+        except BaseException:
+            if new_binary is not None:
+                await self.binaries.expunge("Binary", new_binary)  # nothing left over from a failed write
+            raise
+
+    async def _store_bytes(self, ctx: RequestContext, rtype: str, rid: str, chunks: AsyncIterator[bytes],
+                           content_type: str) -> tuple[dict[str, Any], str | None]:
+        """Inline when the content fits INLINE_MAX_BYTES, else a new Binary whose securityContext is the
+        resource. Returns the Attachment elements to set and the new Binary's id, if any."""
+        limit = self.binaries.inline_limit
+        head: list[bytes] = []
+        size = 0
+        iterator = chunks.__aiter__()
+        overflow: bytes | None = None
+        async for chunk in iterator:
+            if size + len(chunk) > limit:
+                overflow = chunk
+                break
+            head.append(chunk)
+            size += len(chunk)
+        if overflow is None:
+            raw = b"".join(head)
+            meter = measure(raw)
+            return ({"contentType": content_type, "data": base64.b64encode(raw).decode("ascii"),
+                     "size": meter.size, "hash": meter.sha1_b64}, None)
+
+        async def everything() -> AsyncIterator[bytes]:
+            for piece in head:
+                yield piece
+            assert overflow is not None
+            yield overflow
+            async for piece in iterator:
+                yield piece
+
+        result = await self.binaries.create_from_stream(ctx, everything(), content_type=content_type,
+                                                        security_context=f"{rtype}/{rid}")
+        described = await self.binaries.describe(result.stored)
+        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", "size": described.size,
+                 "hash": described.sha1_b64}, result.stored.id)
+
+    async def _apply(self, ctx: RequestContext, rtype: str, rid: str, path: ElementPath,
+                     fields: dict[str, Any], if_match: int | None) -> WriteResult:
+        """Set the new content on the attachment of the current version; a concurrent edit elsewhere in the
+        resource is re-read and kept (unless the client pinned a version with If-Match)."""
+        for attempt in range(MAX_APPLY_ATTEMPTS):
+            current = await self.resources.read(ctx, rtype, rid)
+            assert current.content is not None
+            resource = copy.deepcopy(current.content)
+            attachment = _attachment_at(resource, path)
+            attachment.pop("data" if "url" in fields else "url", None)
+            attachment.update(fields)
+            expected = if_match if if_match is not None else current.version_id
+
+            async def work(uow: UnitOfWork, body: dict[str, Any] = resource, version: int = expected
+                           ) -> WriteResult:
+                return await self.resources.update_in(uow, ctx, rtype, rid, body, version)
+
+            try:
+                return await self.resources.in_transaction(ctx, work)
+            except PreconditionFailed:
+                if if_match is not None or attempt == MAX_APPLY_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
