@@ -298,8 +298,10 @@ def test_presigned_url_serves_the_bytes_with_the_given_type(blob_backend: BlobBa
             content_disposition="attachment; filename=\"scan.png\"")
 
     run(blob_backend, scenario)
-    if seen["url"] is None:
-        pytest.skip(f"the {blob_backend.name} backend has no presigned URLs")
+    if blob_backend.name != "s3":
+        # Only an object store serves blobs itself; the others must say so, so callers stream instead.
+        assert seen["url"] is None
+        return
     answer = httpx.get(seen["url"], timeout=30)
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "image/png"
