@@ -25,6 +25,39 @@ const updated = await medplum.updateResource({ ...readBack, active: true });
 out.updatedVersion = updated.meta?.versionId;
 const found = await medplum.searchResources('Patient', { _id: patient.id });
 out.searchCount = found.length;
+const history = await medplum.readHistory('Patient', patient.id);
+out.historyVersions = history.entry?.map((e) => e.resource?.meta?.versionId);
+const first = await medplum.readVersion('Patient', patient.id, '1');
+out.vreadActive = first.active ?? null;
+
+// Conditional create: the second call finds the first resource instead of making another.
+const identifier = [{ system: 'urn:fhirvault:interop', value: patient.id }];
+const once = await medplum.createResourceIfNoneExist({ resourceType: 'Patient', identifier }, `identifier=urn:fhirvault:interop|${patient.id}`);
+const twice = await medplum.createResourceIfNoneExist({ resourceType: 'Patient', identifier }, `identifier=urn:fhirvault:interop|${patient.id}`);
+out.conditionalSameId = once.id === twice.id;
+
+// A transaction whose Observation references the Patient it creates by urn:uuid.
+const tx = await medplum.executeBatch({
+  resourceType: 'Bundle', type: 'transaction',
+  entry: [
+    { fullUrl: 'urn:uuid:5b7e3c62-8f0a-4a0e-9d55-2f2b4b0c1a11', resource: { resourceType: 'Patient', name: [{ family: 'Tx' }] },
+      request: { method: 'POST', url: 'Patient' } },
+    { resource: { resourceType: 'Observation', status: 'final', code: { text: 'weight' },
+      subject: { reference: 'urn:uuid:5b7e3c62-8f0a-4a0e-9d55-2f2b4b0c1a11' } }, request: { method: 'POST', url: 'Observation' } },
+  ],
+});
+out.transactionStatuses = tx.entry?.map((e) => e.response?.status);
+const txPatientId = tx.entry?.[0]?.resource?.id;
+out.transactionReference = tx.entry?.[1]?.resource?.subject?.reference === `Patient/${txPatientId}`;
+
+// Delete, then a read is an error carrying the server's OperationOutcome.
+await medplum.deleteResource('Patient', twice.id);
+try {
+  await medplum.readResource('Patient', twice.id);
+  out.readAfterDelete = 'no error';
+} catch (err) {
+  out.readAfterDelete = err.outcome?.issue?.[0]?.code ?? String(err);
+}
 
 // Binary upload the Medplum way, then an attachment on a Patient photo and a Communication.
 const bytes = new Uint8Array(4096).map((_, i) => (i * 31) % 256);
@@ -35,10 +68,15 @@ const attachment = await medplum.createAttachment({ data: 'hello from medplum', 
 out.attachmentUrl = attachment.url;
 const withPhoto = await medplum.updateResource({ ...updated, photo: [attachment] });
 out.photoUrlOnWrite = withPhoto.photo?.[0]?.url;
+out.photoVersion = withPhoto.meta?.versionId;
+const photoRead = await medplum.readResource('Patient', patient.id);
+out.photoUrlOnRead = photoRead.photo?.[0]?.url;
+out.photoSize = photoRead.photo?.[0]?.size;
 const comm = await medplum.createResource({
   resourceType: 'Communication', status: 'completed', subject: { reference: `Patient/${patient.id}` },
   payload: [{ contentAttachment: attachment }],
 });
+out.communicationId = comm.id;
 const commRead = await medplum.readResource('Communication', comm.id);
 out.communicationUrl = commRead.payload?.[0]?.contentAttachment?.url;
 const blob = await medplum.download(commRead.payload[0].contentAttachment.url);
