@@ -153,11 +153,7 @@ def test_sweeper_removes_stale_pending_blobs_only(mode: str, server_factory: Cal
         kept = api.post("/Binary", content=LARGE, headers={"Content-Type": "image/png"}).json()["id"]
     # the leftovers of an upload that died with its server: a pending row and its bytes
     key = "0123456789abcdef0123456789abcdef"
-    with sqlite3.connect(server.data_dir / "fhirvault.db") as conn:
-        conn.execute("INSERT INTO blobs (id, state, backend, storage_key, created) VALUES (?, 'pending', ?, ?, 0)",
-                     (key, mode, key))
-        if mode == "database":
-            conn.execute("INSERT INTO blob_chunks (blob_key, seq, data) VALUES (?, 0, ?)", (key, b"junk"))
+    # The bytes first, then the row: the running sweeper may act on the (already stale) row at once.
     if mode == "filesystem":
         path = server.data_dir / "blobs" / key[:2] / key[2:4] / key
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +164,13 @@ def test_sweeper_removes_stale_pending_blobs_only(mode: str, server_factory: Cal
             client.put_object(Bucket=server.env["FHIRVAULT_S3_BUCKET"], Key=key, Body=b"junk")
         finally:
             client.close()
+    with sqlite3.connect(server.data_dir / "fhirvault.db") as conn:
+        if mode == "database":
+            conn.execute("INSERT INTO blob_chunks (blob_key, seq, data) VALUES (?, 0, ?)", (key, b"junk"))
     assert key in stored_keys(server)
+    with sqlite3.connect(server.data_dir / "fhirvault.db") as conn:
+        conn.execute("INSERT INTO blobs (id, state, backend, storage_key, created) VALUES (?, 'pending', ?, ?, 0)",
+                     (key, mode, key))
     wait_until(lambda: key not in stored_keys(server) and key not in {r[0] for r in blob_rows(server)},
                "the sweeper to remove the stale pending blob")
     assert all(r[1] == "committed" for r in blob_rows(server))
