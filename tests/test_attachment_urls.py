@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import require_postgres
 from tests.support.binary import wait_until
+from tests.support.s3 import SeaweedS3, unique_bucket
 from tests.support.server import FhirApi, ServerProcess, postgres_database, settings_env
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -332,3 +333,37 @@ def test_a_url_signed_by_one_node_is_served_by_another(server_factory: Callable[
         finally:
             node_b.stop()
             node_a.stop()
+
+
+# -- s3 mode: redirects to the object store ------------------------------------------------------
+@pytest.fixture(scope="module")
+def redirecting_server(server_factory: Callable[..., ServerProcess], seaweedfs: SeaweedS3) -> ServerProcess:
+    return server_factory("sqlite", **seaweedfs.settings(unique_bucket("fv-redirect")), s3_redirect_downloads=True)
+
+
+def test_s3_redirect_downloads_send_the_client_to_a_presigned_url(redirecting_server: ServerProcess,
+                                                                  seaweedfs: SeaweedS3) -> None:
+    with redirecting_server.api() as api:
+        binary = upload(api, LARGE, "application/pdf", **{"Content-Disposition": 'attachment; filename="scan.pdf"'})
+        small = upload(api, PNG_BYTES, "image/png")  # inline: no object to send anyone to
+    with httpx.Client(timeout=60) as anyone:
+        r = anyone.get(binary["url"])
+        assert r.status_code == 307, r.text
+        target = r.headers["Location"]
+        assert target.startswith(f"{seaweedfs.endpoint}/") and "X-Amz-Signature=" in target
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        # the object store's URL lives no longer than the signed URL it stands for
+        max_age = int(r.headers["Cache-Control"].removeprefix("private, max-age="))
+        assert 0 < int(parse_qs(urlsplit(target).query)["X-Amz-Expires"][0]) <= max_age
+        followed = anyone.get(target)
+        assert followed.status_code == 200
+        assert followed.content == LARGE
+        assert followed.headers["Content-Type"] == "application/pdf"
+        assert "scan.pdf" in followed.headers["Content-Disposition"]
+        part = anyone.get(target, headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == LARGE[100:200]
+        # the redirect itself is signed: a tampered storage URL is refused before any redirect
+        assert anyone.get(replace_query(binary["url"], sig="A" * 43)).status_code == 403
+        inline = anyone.get(small["url"])
+        assert inline.status_code == 200 and inline.content == PNG_BYTES
+        assert inline.headers["Content-Type"] == "image/png"

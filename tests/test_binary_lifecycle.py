@@ -19,13 +19,18 @@ import pytest
 from tests.support.binary import (
     binary_count,
     blob_rows,
+    bucket_keys,
     generated_chunks,
+    mode_settings,
     peak_rss_bytes,
     pseudo_random,
+    s3_client,
+    server_s3_client,
     shared_binary_server,
     stored_keys,
     wait_until,
 )
+from tests.support.s3 import SeaweedS3, unique_bucket
 from tests.support.server import FhirApi, ServerProcess
 
 LARGE = pseudo_random(300_000, seed=4)
@@ -37,8 +42,10 @@ def nothing_new(server: ServerProcess, binaries: int, rows: list, keys: set) -> 
 
 
 @pytest.fixture(scope="session")
-def limited_server(storage_mode: str, database: str, server_factory: Callable[..., ServerProcess]) -> ServerProcess:
-    return server_factory(database, storage_mode=storage_mode, max_binary_bytes=200_000, max_json_bytes=100_000)
+def limited_server(storage_mode: str, database: str, server_factory: Callable[..., ServerProcess],
+                   request: pytest.FixtureRequest) -> ServerProcess:
+    return server_factory(database, **mode_settings(request, storage_mode), max_binary_bytes=200_000,
+                          max_json_bytes=100_000)
 
 
 def test_content_over_the_limit_is_413_and_leaves_nothing(limited_server: ServerProcess) -> None:
@@ -105,23 +112,65 @@ def test_storage_error_leaves_nothing(database: str, server_factory: Callable[..
         assert api.post("/Binary", content=b"tiny", headers={"Content-Type": "text/plain"}).status_code == 201
 
 
-@pytest.mark.parametrize("mode", ["filesystem", "database"])
-def test_sweeper_removes_stale_pending_blobs_only(mode: str, server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory("sqlite", storage_mode=mode, pending_blob_grace_seconds=1)
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_s3_storage_error_leaves_nothing(database: str, server_factory: Callable[..., ServerProcess],
+                                         seaweedfs: SeaweedS3) -> None:
+    # The shared gateway is not stopped (other servers use it): instead this server holds a secret key
+    # the gateway does not know, so it refuses every request of this server's, as a real store would.
+    wrong_secret = "wrong-" + os.urandom(16).hex()
+    bucket = unique_bucket("fv-refused")
+    server = server_factory(database, **{**seaweedfs.settings(bucket), "s3_secret_key": wrong_secret})
+    before = (binary_count(server), blob_rows(server))
+    assert before[1] == []
+    with server.api() as api:
+        for body in (LARGE, generated_chunks(20 * MiB)):  # one request, and one that would be multipart
+            r = api.post("/Binary", content=body, headers={"Content-Type": "image/png"})
+            assert r.status_code == 503, r.text
+            diagnostics = r.json()["issue"][0]["diagnostics"]
+            assert "S3" in diagnostics and bucket in diagnostics
+            assert wrong_secret not in diagnostics and seaweedfs.access_key not in diagnostics
+            # No Binary, nothing committed. The store refused the clean-up delete as well, so the blob's
+            # row stays pending: the sweeper removes it once the store answers again (it cannot know
+            # whether the store kept any bytes).
+            assert binary_count(server) == before[0]
+            assert all(row[1] == "pending" for row in blob_rows(server))
+        assert api.post("/Binary", content=b"tiny", headers={"Content-Type": "text/plain"}).status_code == 201
+    log = server.log_path.read_text(errors="replace")
+    assert wrong_secret not in log and seaweedfs.secret_key not in log
+    # seen with the gateway's real credentials: the refused server left nothing in the store
+    client = s3_client(seaweedfs.endpoint, seaweedfs.region, seaweedfs.access_key, seaweedfs.secret_key)
+    try:
+        assert bucket_keys(client, bucket) == set()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("mode", ["filesystem", "database", "s3"])
+def test_sweeper_removes_stale_pending_blobs_only(mode: str, server_factory: Callable[..., ServerProcess],
+                                                  request: pytest.FixtureRequest) -> None:
+    server = server_factory("sqlite", **mode_settings(request, mode), pending_blob_grace_seconds=1)
     with server.api() as api:
         kept = api.post("/Binary", content=LARGE, headers={"Content-Type": "image/png"}).json()["id"]
     # the leftovers of an upload that died with its server: a pending row and its bytes
     key = "0123456789abcdef0123456789abcdef"
-    with sqlite3.connect(server.data_dir / "fhirvault.db") as conn:
-        conn.execute("INSERT INTO blobs (id, state, backend, storage_key, created) VALUES (?, 'pending', ?, ?, 0)",
-                     (key, mode, key))
-        if mode == "database":
-            conn.execute("INSERT INTO blob_chunks (blob_key, seq, data) VALUES (?, 0, ?)", (key, b"junk"))
+    # The bytes first, then the row: the running sweeper may act on the (already stale) row at once.
     if mode == "filesystem":
         path = server.data_dir / "blobs" / key[:2] / key[2:4] / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"junk")
+    if mode == "s3":
+        client = server_s3_client(server)
+        try:
+            client.put_object(Bucket=server.env["FHIRVAULT_S3_BUCKET"], Key=key, Body=b"junk")
+        finally:
+            client.close()
+    with sqlite3.connect(server.data_dir / "fhirvault.db") as conn:
+        if mode == "database":
+            conn.execute("INSERT INTO blob_chunks (blob_key, seq, data) VALUES (?, 0, ?)", (key, b"junk"))
     assert key in stored_keys(server)
+    with sqlite3.connect(server.data_dir / "fhirvault.db") as conn:
+        conn.execute("INSERT INTO blobs (id, state, backend, storage_key, created) VALUES (?, 'pending', ?, ?, 0)",
+                     (key, mode, key))
     wait_until(lambda: key not in stored_keys(server) and key not in {r[0] for r in blob_rows(server)},
                "the sweeper to remove the stale pending blob")
     assert all(r[1] == "committed" for r in blob_rows(server))
@@ -150,9 +199,10 @@ def test_expunge_removes_history_and_bytes(binary_server: ServerProcess) -> None
         assert len(after_rows) == len(before[0]) + 1 and len(after_keys) == len(before[1]) + 1
 
 
-@pytest.mark.parametrize("mode", ["inline", "database", "filesystem"])
-def test_200_mib_round_trip_streams(mode: str, server_factory: Callable[..., ServerProcess]) -> None:
-    server = shared_binary_server(server_factory, mode, "sqlite")
+@pytest.mark.parametrize("mode", ["inline", "database", "filesystem", "s3"])
+def test_200_mib_round_trip_streams(mode: str, server_factory: Callable[..., ServerProcess],
+                                    request: pytest.FixtureRequest) -> None:
+    server = shared_binary_server(server_factory, mode, "sqlite", request)
     total = 200 * MiB
     sent = hashlib.sha256()
 

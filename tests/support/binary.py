@@ -1,5 +1,5 @@
 """Binary test support: the storage modes every Binary test runs in, servers per mode, and looks into a
-server's database and storage directory (to prove nothing was left behind)."""
+server's database, storage directory and S3 bucket (to prove nothing was left behind)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from tests.support.s3 import unique_bucket
 from tests.support.server import FhirApi, ServerProcess
 
-# The one list of storage modes the Binary tests are parametrized over.
-STORAGE_MODES = ["inline", "database", "filesystem"]
+# The one list of storage modes the Binary tests are parametrized over; "s3" runs against the session's
+# SeaweedFS gateway (tests/support/s3.py), which CI must provide.
+STORAGE_MODES = ["inline", "database", "filesystem", "s3"]
 DATABASES = ["sqlite", "postgres"]
 
 _servers: dict[tuple[str, str], ServerProcess] = {}
@@ -31,19 +33,29 @@ def database(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def mode_settings(request: pytest.FixtureRequest, storage_mode: str) -> dict[str, Any]:
+    """Settings that put a server into `storage_mode`. In s3 mode each server gets a bucket of its own on the
+    session's gateway, so that listing the bucket shows exactly what that server left there."""
+    if storage_mode != "s3":
+        return {"storage_mode": storage_mode}
+    s3_settings: dict[str, Any] = request.getfixturevalue("s3_settings")  # skips, or fails with CI=true
+    return {**s3_settings, "s3_bucket": unique_bucket("fv-binary")}
+
+
 def shared_binary_server(server_factory: Callable[..., ServerProcess], storage_mode: str,
-                         database: str) -> ServerProcess:
+                         database: str, request: pytest.FixtureRequest) -> ServerProcess:
     """The server for (storage mode, database) with default settings, started once per session."""
     key = (storage_mode, database)
     if key not in _servers:
-        _servers[key] = server_factory(database, storage_mode=storage_mode)
+        _servers[key] = server_factory(database, **mode_settings(request, storage_mode))
     return _servers[key]
 
 
 @pytest.fixture(scope="session")
-def binary_server(storage_mode: str, database: str, server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+def binary_server(storage_mode: str, database: str, server_factory: Callable[..., ServerProcess],
+                  request: pytest.FixtureRequest) -> ServerProcess:
     """One server per (storage mode, database), shared by every Binary test file."""
-    return shared_binary_server(server_factory, storage_mode, database)
+    return shared_binary_server(server_factory, storage_mode, database, request)
 
 
 @pytest.fixture
@@ -92,9 +104,56 @@ def storage_files(server: ServerProcess) -> list[Path]:
     return sorted(Path(d) / f for d, _, files in os.walk(root) for f in files)
 
 
+def s3_client(endpoint: str, region: str, access_key: str, secret_key: str) -> Any:
+    """A plain synchronous S3 client (close it after use)."""
+    import botocore.session
+    from botocore.config import Config
+
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+                      response_checksum_validation="when_required"))
+
+
+def server_s3_client(server: ServerProcess) -> Any:
+    """An S3 client with the credentials of an s3-mode server."""
+    env = server.env
+    return s3_client(env["FHIRVAULT_S3_ENDPOINT"], env["FHIRVAULT_S3_REGION"], env["FHIRVAULT_S3_ACCESS_KEY"],
+                     env["FHIRVAULT_S3_SECRET_KEY"])
+
+
+def bucket_keys(client: Any, bucket: str) -> set[str]:
+    """Every object in an S3 bucket, and every multipart upload begun there and never completed nor
+    aborted (its parts hold bytes too), marked as such; empty when the bucket does not exist."""
+    from botocore.exceptions import ClientError
+
+    keys: set[str] = set()
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys.update(obj["Key"] for obj in page.get("Contents", []))
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+            keys.update(f"{upload['Key']} (unfinished upload)" for upload in page.get("Uploads", []))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            raise
+    return keys
+
+
+def s3_keys(server: ServerProcess) -> set[str]:
+    """What the server has in its bucket (see bucket_keys); empty when it does not store in S3."""
+    if server.env.get("FHIRVAULT_STORAGE_MODE") != "s3":
+        return set()
+    client = server_s3_client(server)
+    try:
+        return bucket_keys(client, server.env["FHIRVAULT_S3_BUCKET"])
+    finally:
+        client.close()
+
+
 def stored_keys(server: ServerProcess) -> set[str]:
-    """Keys that have bytes in the server's blob storage (files or chunks), whatever the mode."""
-    return {p.name for p in storage_files(server)} | chunk_keys(server)
+    """Keys that have bytes in the server's blob storage (files, chunks or S3 objects), whatever the mode."""
+    return {p.name for p in storage_files(server)} | chunk_keys(server) | s3_keys(server)
 
 
 def peak_rss_bytes(server: ServerProcess) -> int:
