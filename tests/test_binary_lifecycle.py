@@ -77,7 +77,7 @@ def test_content_over_the_limit_is_413_and_leaves_nothing(limited_server: Server
 def test_client_disconnect_mid_upload_leaves_nothing(binary_server: ServerProcess) -> None:
     server = binary_server
     before = (binary_count(server), blob_rows(server), stored_keys(server))
-    total = 8 * MiB
+    total = 24 * MiB  # its first half is more than one S3 part (8 MiB): s3 mode begins a multipart upload
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         head = (f"POST /fhir/R4/Binary HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: video/mp4\r\n"
                 f"Content-Length: {total}\r\n")
@@ -89,6 +89,10 @@ def test_client_disconnect_mid_upload_leaves_nothing(binary_server: ServerProces
         if server.env["FHIRVAULT_STORAGE_MODE"] != "inline":
             # the upload is under way: its blob is registered as pending
             wait_until(lambda: any(r[1] == "pending" for r in blob_rows(server)), "a pending blob")
+        if server.env["FHIRVAULT_STORAGE_MODE"] == "s3":
+            # ... and a part is in the bucket, which only aborting the multipart upload removes
+            wait_until(lambda: any(k.endswith("(unfinished upload)") for k in stored_keys(server)),
+                       "a multipart upload under way")
     # the socket is closed with half of the body sent
     wait_until(lambda: nothing_new(server, *before), "the half upload to be cleaned up")
     with server.api() as api:
