@@ -243,14 +243,20 @@ class BinaryService:
     async def sweep(self) -> int:
         """Remove pending blobs older than the grace period (leftovers of uploads that died); returns how many."""
         removed = 0
+        failed: set[str] = set()  # tried in this pass; one blob the store refuses must not block the rest
+        cutoff = now_us() - self.pending_grace_us
         while True:
             async with self.db.read() as conn:
-                stale = await self.registry.pending_before(conn, now_us() - self.pending_grace_us)
+                stale = await self.registry.pending_before(conn, cutoff, excluding=frozenset(failed))
             if not stale:
                 return removed
             for record in stale:
-                await self._remove_blob(record.id, record.storage_key)
-                removed += 1
+                try:
+                    await self._remove_blob(record.id, record.storage_key)
+                    removed += 1
+                except Exception as exc:  # noqa: BLE001 - logged; the next sweep tries again
+                    failed.add(record.id)
+                    log.warning("could not remove pending blob %s (%s); will retry", record.id, exc)
 
     # -- reads ----------------------------------------------------------------------------------
     async def content(self, ctx: RequestContext, binary_id: str, version_id: int | None = None) -> BinaryContent:

@@ -84,7 +84,10 @@ class BlobRegistry:
     async def remove(self, conn: AsyncConnection, blob_id: str) -> None:
         await conn.execute(sa.delete(blobs).where(blobs.c.id == blob_id))
 
-    async def pending_before(self, conn: AsyncConnection, created_before: int, limit: int = 100) -> list[BlobRecord]:
-        stmt = (sa.select(blobs).where(blobs.c.state == PENDING, blobs.c.created < created_before)
-                .order_by(blobs.c.created).limit(limit))
+    async def pending_before(self, conn: AsyncConnection, created_before: int, limit: int = 100,
+                             excluding: frozenset[str] = frozenset()) -> list[BlobRecord]:
+        where = [blobs.c.state == PENDING, blobs.c.created < created_before]
+        if excluding:
+            where.append(blobs.c.id.not_in(sorted(excluding)))
+        stmt = sa.select(blobs).where(*where).order_by(blobs.c.created).limit(limit)
         return [_record(r) for r in (await conn.execute(stmt)).all()]
