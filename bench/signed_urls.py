@@ -21,18 +21,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.binary import make_file  # noqa: E402
 from tests.support.server import ServerProcess, free_port, settings_env  # noqa: E402
 
 MiB = 1024 * 1024
-
-
-def make_file(path: Path, size: int) -> None:
-    with open(path, "wb") as fh:
-        left = size
-        while left:
-            block = os.urandom(min(8 * MiB, left))
-            fh.write(block)
-            left -= len(block)
 
 
 def file_chunks(path: Path) -> Iterator[bytes]:
