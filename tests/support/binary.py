@@ -156,14 +156,27 @@ def stored_keys(server: ServerProcess) -> set[str]:
     return {p.name for p in storage_files(server)} | chunk_keys(server) | s3_keys(server)
 
 
-def peak_rss_bytes(server: ServerProcess) -> int:
-    """The server process's high-water mark of resident memory (VmHWM)."""
+def _status_bytes(server: ServerProcess, field: str) -> int:
     assert server.proc is not None
     with open(f"/proc/{server.proc.pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def peak_rss_bytes(server: ServerProcess) -> int:
+    """The server process's high-water mark of resident memory (VmHWM)."""
+    return _status_bytes(server, "VmHWM")
+
+
+def reset_peak_rss(server: ServerProcess) -> int:
+    """Restart the high-water mark from the current resident memory (Linux clear_refs), which is returned,
+    so a later peak_rss_bytes measures one transfer, not everything the shared server did before."""
+    assert server.proc is not None
+    with open(f"/proc/{server.proc.pid}/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status_bytes(server, "VmRSS")
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
