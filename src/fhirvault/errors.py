@@ -37,11 +37,6 @@ class NotFound(FhirVaultError):
     code = "not-found"
 
 
-class MethodNotAllowed(FhirVaultError):
-    status = 405
-    code = "not-supported"
-
-
 class Conflict(FhirVaultError):
     status = 409
     code = "conflict"
@@ -65,15 +60,6 @@ class TooLarge(FhirVaultError):
 class Unsupported(FhirVaultError):
     status = 415
     code = "not-supported"
-
-
-class RangeNotSatisfiable(FhirVaultError):
-    status = 416
-    code = "invalid"
-
-    def __init__(self, message: str, *, size: int) -> None:
-        super().__init__(message)
-        self.size = size
 
 
 class StorageFailure(FhirVaultError):

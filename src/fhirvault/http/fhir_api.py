@@ -90,7 +90,11 @@ async def create(request: Request) -> Response:
 
 
 async def read(request: Request) -> Response:
-    rtype = resource_type_of(request)
+    return await read_resource(request, resource_type_of(request))
+
+
+async def read_resource(request: Request, rtype: str) -> Response:
+    """The read interaction for a type known from the route rather than the URL's type segment."""
     stored = await vault(request).resources.read(context(request), rtype, request.path_params["rid"])
     return await resource_response(request, stored)
 

@@ -66,10 +66,9 @@ async def binary_access_write(request: Request) -> Response:
 
 async def media_read(request: Request) -> Response:
     """GET /Media/{id}: the raw content when `_output=data` or Accept equals Media.content.contentType."""
-    request.scope["path_params"]["rtype"] = "Media"  # for the generic read it may hand over to
     v = vault(request)
-    if not v.settings.media_raw_enabled or request.method != "GET":
-        return await fhir_api.read(request)
+    if not v.settings.media_raw_enabled:
+        return await fhir_api.read_resource(request, "Media")
     ctx = context(request)
     rid = request.path_params["rid"]
     wants_data = request.query_params.get("_output") == "data"
@@ -79,16 +78,15 @@ async def media_read(request: Request) -> Response:
         declared = ((stored.content or {}).get("content") or {}).get("contentType")
         wants_data = isinstance(declared, str) and accept.strip().lower() == declared.strip().lower()
     if not wants_data:
-        return await fhir_api.read(request)
+        return await fhir_api.read_resource(request, "Media")
     readable = await v.binary_access.read(ctx, "Media", rid, None, "Media.content")
     return await serve_bytes(request, readable.content, readable.stream)
 
 
 async def operation_definition_read(request: Request) -> Response:
-    request.scope["path_params"]["rtype"] = "OperationDefinition"
     builtin = vault(request).operation_definitions().get(request.path_params["rid"])
     if builtin is None:
-        return await fhir_api.read(request)
+        return await fhir_api.read_resource(request, "OperationDefinition")
     return FhirJsonResponse(builtin)
 
 
