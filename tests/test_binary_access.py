@@ -241,3 +241,8 @@ def test_capability_statement_lists_the_operations(bapi: FhirApi) -> None:  # no
     definition = next(op["definition"] for op in media["operation"] if op["name"] == "binary-access-read")
     od = bapi.get(definition).json()
     assert od["resourceType"] == "OperationDefinition" and od["code"] == "binary-access-read"
+    from fhirclient.models.operationdefinition import OperationDefinition
+
+    for op in media["operation"]:
+        parsed = OperationDefinition(bapi.get(op["definition"]).json(), strict=True)
+        assert parsed.code == op["name"] and parsed.instance is True

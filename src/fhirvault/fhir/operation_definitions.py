@@ -11,49 +11,42 @@ PATH_PARAMETER = {
 }
 
 
-def binary_access_read(base_url: str) -> dict[str, Any]:
+def _instance_operation(base_url: str, code: str, name: str, description: str, affects_state: bool,
+                        returns: dict[str, Any]) -> dict[str, Any]:
     return {
         "resourceType": "OperationDefinition",
-        "id": "binary-access-read",
-        "url": f"{base_url}/OperationDefinition/binary-access-read",
-        "name": "BinaryAccessRead",
+        "id": code,
+        "url": f"{base_url}/OperationDefinition/{code}",
+        "name": name,
         "status": "active",
         "kind": "operation",
-        "code": "binary-access-read",
-        "description": "Streams the bytes of the Attachment at `path` (inline data, or the Binary its url names) "
-                       "with its contentType; honours Range, If-Range and If-None-Match. Works on a resource, on "
-                       "a version of it (/_history/{vid}/$binary-access-read) and on Binary.",
+        "code": code,
+        "description": description,
         "system": False, "type": False, "instance": True,
-        "affectsState": False,
-        "parameter": [
-            PATH_PARAMETER,
-            {"name": "return", "use": "out", "min": 1, "max": "1", "type": "Binary",
-             "documentation": "The raw bytes (the HTTP body), not a Parameters resource"},
-        ],
+        "affectsState": affects_state,
+        "parameter": [PATH_PARAMETER, {"name": "return", "use": "out", "min": 1, "max": "1", **returns}],
     }
+
+
+def binary_access_read(base_url: str) -> dict[str, Any]:
+    return _instance_operation(
+        base_url, "binary-access-read", "BinaryAccessRead",
+        "Streams the bytes of the Attachment at `path` (inline data, or the Binary its url names) "
+        "with its contentType; honours Range, If-Range and If-None-Match. Works on a resource, on "
+        "a version of it (/_history/{vid}/$binary-access-read) and on Binary.",
+        affects_state=False,
+        returns={"type": "Binary", "documentation": "The raw bytes (the HTTP body), not a Parameters resource"})
 
 
 def binary_access_write(base_url: str) -> dict[str, Any]:
-    return {
-        "resourceType": "OperationDefinition",
-        "id": "binary-access-write",
-        "url": f"{base_url}/OperationDefinition/binary-access-write",
-        "name": "BinaryAccessWrite",
-        "status": "active",
-        "kind": "operation",
-        "code": "binary-access-write",
-        "description": "Stores the raw request body as the content of the existing Attachment at `path`: "
-                       "contentType from the request Content-Type, size and hash set, everything else kept; "
-                       "inline up to INLINE_MAX_BYTES, else in blob storage. Saves a new version (If-Match "
-                       "honoured) and returns the updated resource.",
-        "system": False, "type": False, "instance": True,
-        "affectsState": True,
-        "parameter": [
-            PATH_PARAMETER,
-            {"name": "return", "use": "out", "min": 1, "max": "1", "type": "Resource",
-             "documentation": "The updated resource"},
-        ],
-    }
+    return _instance_operation(
+        base_url, "binary-access-write", "BinaryAccessWrite",
+        "Stores the raw request body as the content of the existing Attachment at `path`: "
+        "contentType from the request Content-Type, size and hash set, everything else kept; "
+        "inline up to INLINE_MAX_BYTES, else in blob storage. Saves a new version (If-Match "
+        "honoured) and returns the updated resource.",
+        affects_state=True,
+        returns={"type": "Resource", "documentation": "The updated resource"})
 
 
 def builtin_operation_definitions(base_url: str) -> dict[str, dict[str, Any]]:
