@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -177,7 +178,6 @@ async def history(request: Request) -> Response:
     extra = [("_since", q["_since"])] if q.get("_since") else []
 
     def link(off: int) -> str:
-        from urllib.parse import urlencode
         return f"{ctx.base_url}/{path}?" + urlencode([*extra, ("_count", count), ("_offset", off)])
 
     links = [("self", link(offset))]
