@@ -19,6 +19,7 @@ from fhirvault import __version__
 from fhirvault.blobs.factory import open_blob_store
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
+from fhirvault.fhir import validation
 from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
@@ -61,7 +62,8 @@ class FhirVault:
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
-        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store))
+        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store),
+                                         validate=settings.validation_enabled)
         self.bundles = BundleService(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
         self.blob_registry = BlobRegistry()
@@ -95,6 +97,9 @@ class FhirVault:
                                         self.signed_urls, settings.fhir_base_url)
 
     async def start(self) -> None:
+        if self.settings.validation_enabled:
+            # Compiling the R4 schema takes about a second: done at start, not on the first write.
+            await asyncio.to_thread(validation.warm_up)
         await self.db.migrate()
         self._sweeper = asyncio.create_task(self._sweep_pending_blobs())
         self.workers.start()

@@ -18,6 +18,7 @@ from fhirvault.service.context import RequestContext
 from fhirvault.service.hooks import AfterCommitHook, ReadHook, WriteHook
 from fhirvault.service.search import conditional_matches
 from fhirvault.service.timeutil import now_us, to_instant
+from fhirvault.service.validation import require_valid
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
 
@@ -67,8 +68,10 @@ def new_id() -> str:
 
 
 class ResourceService:
-    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None) -> None:
+    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None,
+                 validate: bool = True) -> None:
         self.db = db
+        self.validate = validate
         self.store = store
         self.access: AccessPolicy = access or AllowAll()
         self.write_hooks: list[WriteHook] = []
@@ -158,6 +161,8 @@ class ResourceService:
                      blob_id: str | None = None) -> WriteResult:
         resource = copy.deepcopy(resource)
         resource["id"] = rid
+        if self.validate:
+            require_valid(resource)
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
         for hook in self.write_hooks:
