@@ -43,6 +43,7 @@ from fhirvault.service.inline_data import InlineDataLimit
 from fhirvault.service.resources import ResourceService
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import now_us, to_instant
+from fhirvault.service.validation import ValidateOperation
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore
@@ -65,6 +66,7 @@ class FhirVault:
         self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store),
                                          validate=settings.validation_enabled)
         self.bundles = BundleService(self.resources)
+        self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
         self.blob_registry = BlobRegistry()
         self.binaries = BinaryService(
@@ -134,6 +136,7 @@ class FhirVault:
         if self._capability is None:
             base = self.settings.fhir_base_url
             operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
+            operations.append({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"})
             media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
                          "Media.content.contentType or with _output=data; any other Accept gives the resource."
                          if self.settings.media_raw_enabled else "")

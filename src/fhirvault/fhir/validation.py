@@ -166,7 +166,8 @@ def validate_resource(resource: Any) -> list[Issue]:
     if not isinstance(resource, dict):
         return [Issue("error", "structure", "", "A resource must be a JSON object")]
     validator = _validator()
-    root = resource.get("resourceType") if isinstance(resource.get("resourceType"), str) else "Resource"
+    declared = resource.get("resourceType")
+    root = declared if isinstance(declared, str) else "Resource"
     issues: list[Issue] = []
     if not validator.is_valid(resource):
         for error in validator.iter_errors(resource):
@@ -290,7 +291,7 @@ def _locate(resource: dict[str, Any], path: list[str | int]) -> tuple[str, Any]:
     dtype: str = str(resource.get("resourceType"))
     node: Any = resource
     for i, part in enumerate(path):
-        node = node[part] if isinstance(node, (dict, list)) else None
+        node = _child(node, part)
         if isinstance(part, int):
             continue
         row = types.get(dtype, {}).get("elements", {}).get(part.lstrip("_"))
@@ -299,11 +300,19 @@ def _locate(resource: dict[str, Any], path: list[str | int]) -> tuple[str, Any]:
         elif row is None:
             dtype = "?"
         elif row[0] == "Resource":
-            target = node[path[i + 1]] if isinstance(node, list) and i + 1 < len(path) else node
+            target = _child(node, path[i + 1]) if i + 1 < len(path) else node
             dtype = str(target.get("resourceType")) if isinstance(target, dict) else "Resource"
         else:
             dtype = "Reference.reference" if (dtype, part) == ("Reference", "reference") else row[0]
     return dtype, node
+
+
+def _child(node: Any, part: str | int) -> Any:
+    if isinstance(node, dict) and isinstance(part, str):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and part < len(node):
+        return node[part]
+    return node if isinstance(part, int) and not isinstance(node, list) else None
 
 
 def _show(value: Any) -> str:

@@ -13,8 +13,9 @@ from fhirvault.http import fhir_api
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.fhir_api import context, if_match_version, resource_type_of, vault
 from fhirvault.http.negotiation import is_fhir_json, media_type
-from fhirvault.http.requests import parse_json, read_body_bounded
+from fhirvault.http.requests import parse_json, read_body_bounded, read_fhir_json
 from fhirvault.http.responses import FhirJsonResponse
+from fhirvault.service.validation import validate_arguments
 
 PARAMETERS_LIMIT = 64 * 1024
 
@@ -64,6 +65,21 @@ async def binary_access_write(request: Request) -> Response:
     return await fhir_api.resource_response(request, result.stored, 200)
 
 
+async def validate(request: Request) -> Response:
+    """`[type]/$validate` and `[type]/[id]/$validate` (R4 operation-resource-validate): always an
+    OperationOutcome, 200 when the check could run, whether or not the resource is valid."""
+    rtype = resource_type_of(request)
+    v = vault(request)
+    # An instance may be validated with no body (the stored resource, or mode=delete).
+    length = request.headers.get("content-length")
+    has_body = request.method == "POST" and (length not in (None, "0") or
+                                             (length is None and "transfer-encoding" in request.headers))
+    body = await read_fhir_json(request, v.settings.max_json_bytes) if has_body else None
+    resource, mode, profile = validate_arguments(body, dict(request.query_params))
+    outcome = await v.validate.run(context(request), rtype, request.path_params.get("rid"), resource, mode, profile)
+    return FhirJsonResponse(outcome)
+
+
 async def media_read(request: Request) -> Response:
     """GET /Media/{id}: the raw content when `_output=data` or Accept equals Media.content.contentType."""
     v = vault(request)
@@ -97,6 +113,8 @@ def routes(prefix: str) -> list[Route]:
         Route(f"{prefix}/{{rtype}}/{{rid}}/_history/{{vid}}/$binary-access-read", binary_access_read,
               methods=["GET", "HEAD", "POST"]),
         Route(f"{prefix}/{{rtype}}/{{rid}}/$binary-access-write", binary_access_write, methods=["POST"]),
+        Route(f"{prefix}/{{rtype}}/$validate", validate, methods=["POST"]),
+        Route(f"{prefix}/{{rtype}}/{{rid}}/$validate", validate, methods=["GET", "POST"]),
         Route(f"{prefix}/Media/{{rid}}", media_read, methods=["GET"]),
         Route(f"{prefix}/OperationDefinition/{{rid}}", operation_definition_read, methods=["GET"]),
     ]
