@@ -64,12 +64,20 @@ def _primitive_schema(p: dict[str, Any], nullable: bool) -> dict[str, Any]:
     json_type = p["json"]
     schema: dict[str, Any] = {"type": [json_type, "null"] if nullable else json_type}
     if "regex" in p:
-        schema["pattern"] = f"^(?:{p['regex']})$"
+        schema["pattern"] = f"^(?:{_ascii_spaces(p['regex'])})$"
     if json_type == "string":
         schema["minLength"] = 1
     if "min" in p:
         schema["minimum"], schema["maximum"] = p["min"], p["max"]
     return schema
+
+
+def _ascii_spaces(regex: str) -> str:
+    r"""The FHIR regexes are XML Schema / Java regexes, where `\s` is ASCII white space only; in the
+    Rust engine it is Unicode's, which would refuse a no-break space inside a string. Spelled out."""
+    space, other = " \\t\\n\\r\\f\\x0B", "\\x0B\\f"
+    return (regex.replace("[ \\r\\n\\t\\S]", f"[^{other}]").replace("[^\\s]", f"[^{space}]")
+            .replace("\\S", f"[^{space}]").replace("\\s", f"[{space}]"))
 
 
 def _reference_pattern() -> str:
