@@ -194,3 +194,13 @@ def test_check_lists_stored_resources_that_now_fail(server_factory: Any) -> None
     everything = server.cli("check")
     assert f"Observation/{obs.json()['id']}\tObservation.code\t" in everything.stdout
     assert server.cli("check", "Spaceship").returncode == 2
+
+
+def test_attachment_size_r4_cannot_carry_is_left_out() -> None:
+    """R4's Attachment.size is an unsignedInt: content of 2 GiB or more is described without it."""
+    from fhirvault.fhir.validation import attachment_size, validate_resource
+
+    assert attachment_size(2**31 - 1) == {"size": 2**31 - 1}
+    assert attachment_size(2**31) == {}
+    media = {"resourceType": "Media", "status": "completed", "content": {"contentType": "video/mp4", "size": 2**31}}
+    assert [i.expression for i in validate_resource(media)] == ["Media.content.size"]

@@ -155,6 +155,18 @@ def r4_schema() -> dict[str, Any]:
             "definitions": defs}
 
 
+def in_range(datatype: str, value: int) -> bool:
+    """Whether `value` fits the integer primitive `datatype` (R4 datatypes.html: 32-bit). R4's
+    `Attachment.size` is an unsignedInt, so the size of content of 2 GiB or more cannot be told in it."""
+    prim = _table()["primitives"][datatype]
+    return bool(prim["min"] <= value <= prim["max"])
+
+
+def attachment_size(size: int) -> dict[str, int]:
+    """`{"size": size}` for an Attachment, or {} when R4 cannot carry that size (see in_range)."""
+    return {"size": size} if in_range("unsignedInt", size) else {}
+
+
 @cache
 def _validator() -> Any:
     return jsonschema_rs.validator_for(r4_schema())

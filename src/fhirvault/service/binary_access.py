@@ -13,6 +13,7 @@ from fhirvault.errors import Invalid, PreconditionFailed
 from fhirvault.fhir.attachments import attachment_objects
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict, filename_of, security_context_of
 from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_path, resolve_first
+from fhirvault.fhir.validation import attachment_size
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult
@@ -164,7 +165,7 @@ class BinaryAccess:
         result = await self.binaries.create_from_stream(ctx, everything(), content_type=content_type,
                                                         security_context=f"{rtype}/{rid}")
         described = await self.binaries.describe(result.stored)
-        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", "size": described.size,
+        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", **attachment_size(described.size),
                  "hash": described.sha1_b64}, result.stored.id)
 
     async def _apply(self, ctx: RequestContext, rtype: str, rid: str, path: ElementPath,
