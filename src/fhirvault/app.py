@@ -40,6 +40,7 @@ from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.inline_data import InlineDataLimit
 from fhirvault.service.resources import ResourceService
+from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import now_us, to_instant
 from fhirvault.store.blobs import BlobRegistry
@@ -87,10 +88,10 @@ class FhirVault:
         self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
                                      settings.signed_url_window)
         shapes = UrlShapes(settings.fhir_base_url, self.signed_urls)
-        self.resources.write_hooks.append(AttachmentNormalizer(lambda: self.resources.access, shapes))
+        self.resources.write_hooks.append(AttachmentNormalizer(self.resources.access, shapes))
         if settings.rewrite_attachment_urls:
             self.resources.read_hooks.append(
-                AttachmentUrlSigner(self.db, lambda: self.resources.access, self.signed_urls))
+                AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls))
         self.storage = StorageDownloads(self.db, self.binaries, self.blob_registry, self.blob_store,
                                         self.signed_urls, settings.fhir_base_url)
 
@@ -199,7 +200,8 @@ def build_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
-    app.state.vault = vault
+    services: Services = vault  # mypy checks here that FhirVault offers what the handlers call
+    app.state.vault = services
     return app
 
 

@@ -21,7 +21,7 @@ from fhirvault.http.fhir_api import context, if_match_version, vault, version_he
 from fhirvault.http.negotiation import is_fhir_json, parse_prefer, prefers_fhir_json
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
 from fhirvault.service.resources import WriteResult
-from fhirvault.store.resources import StoredResource
+from fhirvault.service.services import StoredResource
 
 # Bytes of base64 input encoded at a time on a JSON read: a multiple of 3, so the pieces join up.
 BASE64_PIECE = 3 * 256 * 1024

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from fhirvault.errors import TooLarge
 from fhirvault.http.negotiation import media_type
 from fhirvault.http.requests import read_body_bounded
+from fhirvault.http.state import vault
 from fhirvault.security.clients import AuthFailure, Client
 from fhirvault.security.scopes import ScopeError, ScopeSet
 
@@ -40,10 +41,6 @@ class OAuthError(Exception):
     def response(self) -> Response:
         return JSONResponse({"error": self.error, "error_description": self.description}, self.status,
                             {**NO_STORE, **self.headers})
-
-
-def _vault(request: Request) -> Any:
-    return request.app.state.vault
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -112,9 +109,9 @@ async def token(request: Request) -> Response:
         if grant_type != GRANT_TYPE:
             raise OAuthError("unsupported_grant_type", "Only the client_credentials grant is supported")
         client_id, secret, basic = _credentials(request, form)
-        vault = _vault(request)
+        services = vault(request)
         try:
-            client = await vault.clients.authenticate(client_id, secret)
+            client = await services.clients.authenticate(client_id, secret)
         except AuthFailure as exc:
             if exc.throttled:
                 raise OAuthError("invalid_client", "Too many failed authentications for this client; "
@@ -123,7 +120,7 @@ async def token(request: Request) -> Response:
             headers = {"WWW-Authenticate": 'Basic realm="fhirvault"'} if basic else {}
             raise OAuthError("invalid_client", "Client authentication failed", 401, headers) from None
         scopes = _granted_scopes(client, form.get("scope"))
-        issued = await vault.tokens.issue(client, scopes)
+        issued = await services.tokens.issue(client, scopes)
     except OAuthError as exc:
         log.info("token request refused: %s", exc.error)  # never the credentials
         return exc.response()
@@ -135,7 +132,7 @@ async def token(request: Request) -> Response:
 
 
 async def smart_configuration(request: Request) -> Response:
-    base = _vault(request).settings.public_base_url
+    base = vault(request).settings.public_base_url
     return JSONResponse({
         "issuer": base,
         "token_endpoint": f"{base}/oauth2/token",

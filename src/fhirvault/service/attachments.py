@@ -79,9 +79,8 @@ class AttachmentNormalizer:
     exist (and be readable by the writer); size, hash and contentType are filled from it when absent
     and must agree with it when present."""
 
-    def __init__(self, access_of: Any, shapes: UrlShapes) -> None:
-        # `access_of` returns the current policy: it is installed after the hooks are built.
-        self.access_of = access_of
+    def __init__(self, access: AccessPolicy, shapes: UrlShapes) -> None:
+        self.access = access
         self.shapes = shapes
 
     async def before_write(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any]) -> None:
@@ -97,8 +96,7 @@ class AttachmentNormalizer:
         if not named:
             return
         rows = await current_binaries(conn, {b for _, _, b in named}, with_blobs=True)
-        access: AccessPolicy = self.access_of()
-        readable = {bid: row for bid, row in rows.items() if await may_read(access, ctx, conn, row.resource)}
+        readable = {bid: row for bid, row in rows.items() if await may_read(self.access, ctx, conn, row.resource)}
         for path, attachment, binary_id in named:
             row = readable.get(binary_id)
             if row is None:
@@ -126,9 +124,9 @@ class AttachmentUrlSigner:
     """ReadHook: each `Binary/{id}` Attachment url the caller may read becomes a signed storage URL of
     that Binary's current version; others stay as they are. One query per batch of resources."""
 
-    def __init__(self, db: Database, access_of: Any, signer: SignedUrl) -> None:
+    def __init__(self, db: Database, access: AccessPolicy, signer: SignedUrl) -> None:
         self.db = db
-        self.access_of = access_of
+        self.access = access
         self.signer = signer
 
     async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
@@ -142,7 +140,7 @@ class AttachmentUrlSigner:
                         targets.append((attachment, m.group(1)))
         if not targets:
             return
-        access: AccessPolicy = self.access_of()
+        access = self.access
         try:
             access.require(ctx, "read", "Binary")
         except FhirVaultError:

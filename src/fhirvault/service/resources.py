@@ -16,7 +16,7 @@ from fhirvault.fhir.r4 import is_resource_type, is_valid_id
 from fhirvault.service.access import AccessPolicy, AllowAll
 from fhirvault.service.context import RequestContext
 from fhirvault.service.hooks import AfterCommitHook, ReadHook, WriteHook
-from fhirvault.service.search import conditional_matches
+from fhirvault.service.search import SearchResult, conditional_matches, run_search
 from fhirvault.service.timeutil import now_us, to_instant
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
@@ -224,6 +224,10 @@ class ResourceService:
         if stored.content is not None and not await self.access.can_see(ctx, conn, stored.content, interaction):
             raise NotFound(f"{rtype}/{rid} is not known")
         return stored
+
+    async def search(self, ctx: RequestContext, rtype: str, params: list[tuple[str, str]]) -> SearchResult:
+        """The search interaction on `rtype` (see `fhirvault.service.search.run_search`)."""
+        return await run_search(self.db, self.store, self.access, ctx, rtype, params)
 
     async def history(self, ctx: RequestContext, rtype: str | None, rid: str | None, since_us: int | None,
                       count: int, offset: int) -> tuple[list[StoredResource], int]:
