@@ -6,8 +6,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from fhirvault.clock import now_us
 from fhirvault.errors import Invalid, NotFound, Unauthorized
 from fhirvault.fhir.bundle import bundle
 from fhirvault.fhir.outcome import informational
@@ -23,7 +23,7 @@ from fhirvault.service.history import history_bundle
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT, page_links
 from fhirvault.service.services import StoredResource
-from fhirvault.service.timeutil import now_us, to_http_date, to_instant
+from fhirvault.service.timeutil import to_http_date, to_instant
 
 
 def context(request: Request) -> RequestContext:
@@ -177,22 +177,3 @@ async def batch(request: Request) -> Response:
 
 async def metadata(request: Request) -> Response:
     return FhirJsonResponse(vault(request).capability_statement())
-
-
-def routes(prefix: str) -> list[Route]:
-    table = [
-        ("/metadata", metadata, ["GET"]),
-        ("", batch, ["POST"]),
-        ("/", batch, ["POST"]),
-        ("/_history", history, ["GET"]),
-        ("/{rtype}/_search", search, ["POST"]),
-        ("/{rtype}/_history", history, ["GET"]),
-        ("/{rtype}", search, ["GET"]),
-        ("/{rtype}", create, ["POST"]),
-        ("/{rtype}/{rid}/_history/{vid}", vread, ["GET"]),
-        ("/{rtype}/{rid}/_history", history, ["GET"]),
-        ("/{rtype}/{rid}", read, ["GET"]),
-        ("/{rtype}/{rid}", update, ["PUT"]),
-        ("/{rtype}/{rid}", delete, ["DELETE"]),
-    ]
-    return [Route(prefix + path, endpoint, methods=methods) for path, endpoint, methods in table]

@@ -10,7 +10,6 @@ from urllib.parse import parse_qsl, unquote_plus
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from fhirvault.errors import TooLarge
 from fhirvault.http.negotiation import media_type
@@ -142,11 +141,3 @@ async def smart_configuration(request: Request) -> Response:
                              "patient/*.cruds", "patient/*.rs", "patient/*.read", "patient/*.*"],
         "capabilities": ["client-confidential-symmetric", "permission-v1", "permission-v2"],
     }, headers={"Cache-Control": "public, max-age=3600"})
-
-
-def routes(fhir_prefix: str) -> list[Route]:
-    return [
-        Route("/oauth2/token", token, methods=["POST"]),
-        Route("/.well-known/smart-configuration", smart_configuration, methods=["GET"]),
-        Route(f"{fhir_prefix}/.well-known/smart-configuration", smart_configuration, methods=["GET"]),
-    ]

@@ -7,7 +7,6 @@ import re
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from fhirvault.errors import FhirVaultError, NotFound
 from fhirvault.http.byte_responses import serve_bytes
@@ -71,8 +70,3 @@ async def preflight(request: Request) -> Response:
         "Access-Control-Allow-Headers": ALLOWED_REQUEST_HEADERS,
         "Access-Control-Max-Age": "600",
     })
-
-
-def routes() -> list[Route]:
-    path = "/storage/{binary_id}/{version_id}"
-    return [Route(path, download, methods=["GET", "HEAD"]), Route(path, preflight, methods=["OPTIONS"])]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,16 +10,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fhirvault.clock import now_us
 from fhirvault.store.database import Database
 from fhirvault.store.job_rows import jobs
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 STATES = (PENDING, RUNNING, DONE, FAILED)
 ACTIVE = (PENDING, RUNNING)
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.r4 import is_resource_type
 from fhirvault.service.context import RequestContext
-from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult, new_id
+from fhirvault.service.pipelines import UnitOfWork
+from fhirvault.service.resources import ResourceService, WriteResult, new_id
 from fhirvault.service.timeutil import to_http_date, to_instant
 
 # FHIR's processing order within a transaction.

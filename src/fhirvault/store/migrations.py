@@ -7,13 +7,13 @@ once per database whatever entry point (server, worker, CLI command) starts firs
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault.clock import now_us
 from fhirvault.store.blobs import blob_chunks, blobs
 from fhirvault.store.job_rows import jobs
 from fhirvault.store.schema import (
@@ -51,7 +51,7 @@ def _create(*tables: sa.Table) -> Callable[[AsyncConnection], Awaitable[None]]:
 async def _create_url_signing_keys(conn: AsyncConnection) -> None:
     await _create(url_signing_keys)(conn)
     # The first key is made here, under the migration lock, so that nodes starting together share it.
-    await insert_key(conn, new_key(time.time_ns() // 1000))
+    await insert_key(conn, new_key(now_us()))
 
 
 STEPS: tuple[MigrationStep, ...] = (
@@ -83,7 +83,7 @@ async def apply_steps(conn: AsyncConnection, *, postgres: bool,
                                .values(name=step.id))
             continue
         await step.apply(conn)
-        await conn.execute(sa.insert(schema_migrations).values(name=step.id, applied_at=time.time_ns() // 1000))
+        await conn.execute(sa.insert(schema_migrations).values(name=step.id, applied_at=now_us()))
         applied_now.append(step.id)
     return applied_now
 
