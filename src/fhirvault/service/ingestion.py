@@ -35,11 +35,6 @@ def job_context(base_url: str) -> RequestContext:
     return JobContext(base_url=base_url, principal=SYSTEM_JOBS)
 
 
-class StoredContent(Protocol):
-    size: int
-    sha1_b64: str
-
-
 class BinaryWriter(Protocol):
     """What ingestion needs of the Binary service (service/binaries.py)."""
 
