@@ -119,11 +119,25 @@ class BinaryService:
                                 filename: str | None = None, if_match: int | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with the streamed bytes as its content."""
         self.resources.access.require(ctx, "create" if rid is None else "update", "Binary")
+        staged = await self.stage(chunks)
+        return await self.write_staged(ctx, rid, staged, content_type=content_type,
+                                       security_context=security_context, filename=filename, if_match=if_match)
+
+    async def write_staged(self, ctx: RequestContext, rid: str | None, staged: StagedContent, *,
+                           content_type: str, security_context: str | None = None,
+                           filename: str | None = None, if_match: int | None = None) -> WriteResult:
+        """Create (rid None) or update Binary `rid` with content `stage` took in. Forbidden without Binary
+        create/update scope; on that or any other failure the staged blob is discarded."""
+        try:
+            self.resources.access.require(ctx, "create" if rid is None else "update", "Binary")
+        except BaseException:
+            if staged.blob_id and not staged.reused:
+                await self._discard(staged.blob_id)
+            raise
         resource: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type or DEFAULT_CONTENT_TYPE}
         if security_context:
             resource["securityContext"] = {"reference": security_context}
         set_filename(resource, filename)
-        staged = await self.stage(chunks)
         return await self._commit(ctx, rid, resource, staged, if_match)
 
     async def write_json(self, ctx: RequestContext, rid: str | None, body: dict[str, Any],
