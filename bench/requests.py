@@ -272,9 +272,7 @@ def main() -> None:
         settings: dict[str, object] = {}  # the defaults of `fhirvault serve`, access log included
         if args.database == "postgres":
             settings["database_url"] = stack.enter_context(postgres_database())
-        server = ServerProcess(base / "server", settings_env(**settings))
-        if args.workers:
-            server.env["FHIRVAULT_WORKERS"] = str(args.workers)
+        server = ServerProcess(base / "server", settings_env(**settings), workers=args.workers)
         server.start()
         stack.callback(server.stop)
         assert server.proc is not None

@@ -204,7 +204,7 @@ async def batch(request: Request) -> Response:
 
 
 async def metadata(request: Request) -> Response:
-    return FhirJsonResponse(vault(request).capability_statement())
+    return FhirJsonResponse(vault(request).capability_statement_json())
 
 
 def routes(prefix: str) -> list[Route]:

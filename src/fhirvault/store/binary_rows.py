@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.store.blobs import blobs
 from fhirvault.store.schema import resources
 
@@ -56,7 +56,7 @@ async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: 
 def _resource(rid: str, content: str, access_fields_only: bool) -> dict[str, Any]:
     if access_fields_only and '"securityContext"' not in content:
         return {"resourceType": "Binary", "id": rid}
-    resource: dict[str, Any] = json.loads(content)
+    resource: dict[str, Any] = jsoncodec.loads(content)
     if access_fields_only:
         return {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
     return resource

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.fhir.indexing import COMPARTMENT, RefEntry, TokenEntry
 from fhirvault.store.schema import resource_versions, resources, search_refs, search_tokens
 
@@ -55,7 +55,7 @@ class SearchQuery:
 
 
 def _row_to_stored(row: Any, method: str | None = None) -> StoredResource:
-    content = json.loads(row.content) if row.content is not None else None
+    content = jsoncodec.loads(row.content) if row.content is not None else None
     return StoredResource(
         resource_type=row.resource_type, id=row.id, version_id=row.version_id,
         last_updated=row.last_updated, deleted=bool(row.deleted), content=content,
@@ -89,7 +89,7 @@ class ResourceStore:
     ) -> None:
         """Write one new version. previous_version None means the resource must not exist yet.
         Raises VersionConflict when someone else wrote in between."""
-        content = json.dumps(stored.content, separators=(",", ":")) if stored.content is not None else None
+        content = jsoncodec.dumps(stored.content).decode("utf-8") if stored.content is not None else None
         current = {
             "version_id": stored.version_id, "last_updated": stored.last_updated,
             "deleted": stored.deleted, "content": content, "blob_id": stored.blob_id,
