@@ -13,8 +13,10 @@ from typing import BinaryIO
 from fhirvault.blobs.base import BlobStore
 from fhirvault.errors import StorageFailure
 
-# Bytes per write/read system call; bigger chunks mean fewer thread hops per MiB.
+# Bytes per read system call; bigger chunks mean fewer thread hops per MiB.
 IO_CHUNK = 1024 * 1024
+# Bytes per write: one write runs in a worker thread while the next piece is gathered.
+WRITE_CHUNK = 4 * 1024 * 1024
 
 
 class FilesystemBlobStore(BlobStore):
@@ -39,17 +41,31 @@ class FilesystemBlobStore(BlobStore):
             fh = await asyncio.to_thread(_open_for_write, temp)
         except OSError as exc:
             raise StorageFailure(f"Cannot store blob {key}: {exc.strerror}") from exc
+        writing: asyncio.Future[int] | None = None
         try:
             buffer = bytearray()
             async for chunk in chunks:
-                buffer += chunk
-                if len(buffer) >= IO_CHUNK:
-                    await asyncio.to_thread(fh.write, bytes(buffer))
+                if not buffer and len(chunk) >= WRITE_CHUNK:
+                    data = chunk  # already a whole piece: no copy
+                else:
+                    buffer += chunk
+                    if len(buffer) < WRITE_CHUNK:
+                        continue
+                    data = bytes(buffer)
                     buffer.clear()
+                if writing is not None:
+                    await writing  # writes stay in order; at most one piece waits in memory
+                writing = asyncio.ensure_future(asyncio.to_thread(fh.write, data))
+            if writing is not None:
+                await writing
+                writing = None
             if buffer:
                 await asyncio.to_thread(fh.write, bytes(buffer))
             await asyncio.to_thread(_finish, fh, temp, final)
         except BaseException as exc:
+            if writing is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(writing)  # the file is closed only once no thread writes to it
             await asyncio.to_thread(_discard, fh, temp)
             if isinstance(exc, OSError):
                 raise StorageFailure(f"Cannot store blob {key}: {exc.strerror}") from exc

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed
 from fhirvault.fhir.indexing import index_entries
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id
@@ -248,7 +249,8 @@ class ResourceService:
 
     async def render(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Copies of stored resources, passed through the read hooks (for example URL signing)."""
-        out = [copy.deepcopy(r) for r in resources]
+        # A JSON round trip copies plain JSON data several times faster than deepcopy.
+        out = [jsoncodec.loads(jsoncodec.dumps(r)) for r in resources]
         for hook in self.read_hooks:
             await hook.after_read(ctx, out)
         return out
