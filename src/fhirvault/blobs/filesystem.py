@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 from fhirvault.blobs.base import BlobStore
 from fhirvault.errors import StorageFailure
+from fhirvault.streams import InOrderWorker, pieces
 
 # Bytes per read system call; bigger chunks mean fewer thread hops per MiB.
 IO_CHUNK = 1024 * 1024
@@ -41,31 +42,14 @@ class FilesystemBlobStore(BlobStore):
             fh = await asyncio.to_thread(_open_for_write, temp)
         except OSError as exc:
             raise StorageFailure(f"Cannot store blob {key}: {exc.strerror}") from exc
-        writing: asyncio.Future[int] | None = None
+        writer = InOrderWorker(fh.write)
         try:
-            buffer = bytearray()
-            async for chunk in chunks:
-                if not buffer and len(chunk) >= WRITE_CHUNK:
-                    data = chunk  # already a whole piece: no copy
-                else:
-                    buffer += chunk
-                    if len(buffer) < WRITE_CHUNK:
-                        continue
-                    data = bytes(buffer)
-                    buffer.clear()
-                if writing is not None:
-                    await writing  # writes stay in order; at most one piece waits in memory
-                writing = asyncio.ensure_future(asyncio.to_thread(fh.write, data))
-            if writing is not None:
-                await writing
-                writing = None
-            if buffer:
-                await asyncio.to_thread(fh.write, bytes(buffer))
+            async for piece in pieces(chunks, WRITE_CHUNK):
+                await writer.submit(piece)
+            await writer.drain()
             await asyncio.to_thread(_finish, fh, temp, final)
         except BaseException as exc:
-            if writing is not None:
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(writing)  # the file is closed only once no thread writes to it
+            await writer.settle()  # the file is closed only once no thread writes to it
             await asyncio.to_thread(_discard, fh, temp)
             if isinstance(exc, OSError):
                 raise StorageFailure(f"Cannot store blob {key}: {exc.strerror}") from exc

@@ -27,7 +27,7 @@ from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import StoredResource
-from fhirvault.streams import one_chunk
+from fhirvault.streams import InOrderWorker, one_chunk, pieces
 
 log = logging.getLogger("fhirvault.binaries")
 
@@ -86,31 +86,19 @@ class ContentMeter:
         """The chunks, counted (TooLarge as soon as the limit is passed) and regrouped into pieces of
         HASH_PIECE bytes, each hashed in a worker thread while the consumer stores it and the next piece
         arrives. The digests are complete once the iterator is exhausted."""
-        hashing: asyncio.Future[None] | None = None
-        buffer = bytearray()
+        hasher = InOrderWorker(self.hash)
         try:
-            async for chunk in chunks:
-                self.count(chunk)
-                buffer += chunk
-                if len(buffer) < HASH_PIECE:
-                    continue
-                piece = bytes(buffer)
-                buffer.clear()
-                if hashing is not None:
-                    await hashing  # the digests take the pieces in order
-                hashing = asyncio.ensure_future(asyncio.to_thread(self.hash, piece))
+            async for piece in pieces(self._counted(chunks), HASH_PIECE):
+                await hasher.submit(piece)
                 yield piece
-            if hashing is not None:
-                await hashing
-                hashing = None
-            if buffer:
-                piece = bytes(buffer)
-                await asyncio.to_thread(self.hash, piece)
-                yield piece
+            await hasher.drain()
         finally:
-            if hashing is not None and not hashing.done():
-                # Abandoned halfway (client gone, storage error): let the thread finish on its own.
-                hashing.add_done_callback(lambda f: f.exception())
+            await hasher.settle()
+
+    async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.count(chunk)
+            yield chunk
 
     @property
     def sha256_hex(self) -> str:
