@@ -47,7 +47,7 @@ from fhirvault.service.resources import ResourceService
 from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import to_instant
-from fhirvault.service.validation import ValidateOperation
+from fhirvault.service.validate_operation import ValidateOperation
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore

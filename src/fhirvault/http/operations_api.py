@@ -14,7 +14,7 @@ from fhirvault.http.fhir_api import context, if_match_version, resource_type_of,
 from fhirvault.http.negotiation import is_fhir_json, media_type
 from fhirvault.http.requests import parse_json, read_body_bounded, read_fhir_json
 from fhirvault.http.responses import FhirJsonResponse
-from fhirvault.service.validation import validate_arguments
+from fhirvault.service.validate_operation import validate_arguments
 
 PARAMETERS_LIMIT = 64 * 1024
 
