@@ -183,7 +183,8 @@ def test_validate_on_an_instance(api: FhirApi) -> None:
 # -- stored before validation: still readable, listed by `fhirvault check` -------------------------------
 def test_check_lists_stored_resources_that_now_fail(server_factory: Any) -> None:
     server = server_factory(validation_enabled=False)
-    with server.api() as api:
+    # A plain client: these responses are not valid R4 on purpose, which FhirApi's check would flag.
+    with httpx.Client(base_url=server.base, headers=server.auth_headers(), timeout=60) as api:
         bad = api.post("/Patient", json={"resourceType": "Patient", "gender": "robot"}, headers=FHIR)
         assert bad.status_code == 201  # validation off: stored as sent
         good = api.post("/Patient", json={"resourceType": "Patient", "gender": "female"}, headers=FHIR)
