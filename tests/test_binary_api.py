@@ -263,7 +263,7 @@ def test_invalid_base64_in_an_attachment_is_400_and_nothing_written(
                                                 {"contentType": "image/png", "data": "not*base64"}]}
     r = bapi.post("/Patient", json=doc, headers={"Content-Type": "application/fhir+json"})
     assert r.status_code == 400
-    assert "Patient.photo[1].data" in r.json()["issue"][0]["diagnostics"]
+    assert r.json()["issue"][0]["expression"] == ["Patient.photo[1].data"]
     assert stored_keys(binary_server) == keys_before
 
 
