@@ -143,7 +143,6 @@ class FhirVault:
         if self._capability is None:
             base = self.settings.fhir_base_url
             operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
-            operations.append({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"})
             media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
                          "Media.content.contentType or with _output=data; any other Accept gives the resource."
                          if self.settings.media_raw_enabled else "")
