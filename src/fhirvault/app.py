@@ -24,6 +24,7 @@ from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import binary_api, fhir_api, ingestion_api, oauth_api, operations_api, storage_api
 from fhirvault.http.auth import BearerAuthMiddleware
+from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
@@ -191,7 +192,9 @@ def build_app(settings: Settings) -> Starlette:
         routes=(oauth_api.routes(FHIR_PREFIX) + ingestion_api.routes(FHIR_PREFIX) + operations_api.routes(FHIR_PREFIX)
                 + binary_api.routes(FHIR_PREFIX)
                 + fhir_api.routes(FHIR_PREFIX) + storage_api.routes()),
-        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
+        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
+                    Middleware(ContentDecodingMiddleware,
+                               limit=max(settings.max_binary_bytes, settings.max_json_bytes))],
         exception_handlers={
             FhirVaultError: _domain_error,
             HTTPException: _http_error,

@@ -8,11 +8,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fhirvault.errors import Invalid, Unsupported
+from fhirvault.errors import Invalid
 from fhirvault.http import fhir_api
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.fhir_api import context, if_match_version, resource_type_of, vault
-from fhirvault.http.negotiation import is_fhir_json, media_type
+from fhirvault.http.negotiation import add_vary, is_fhir_json, media_type
 from fhirvault.http.requests import parse_json, read_body_bounded
 from fhirvault.http.responses import FhirJsonResponse
 
@@ -53,9 +53,6 @@ async def binary_access_write(request: Request) -> Response:
     if is_fhir_json(ctype):
         raise Invalid("$binary-access-write takes the raw content, not FHIR JSON; send it with its own "
                       "Content-Type (e.g. image/jpeg)")
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise Unsupported(f"Content-Encoding '{encoding}' is not supported by $binary-access-write")
     v = vault(request)
     ctx = context(request)
     result = await v.binary_access.write(ctx, rtype, request.path_params["rid"],
@@ -65,7 +62,9 @@ async def binary_access_write(request: Request) -> Response:
 
 
 async def media_read(request: Request) -> Response:
-    """GET /Media/{id}: the raw content when `_output=data` or Accept equals Media.content.contentType."""
+    """GET /Media/{id}: the raw content when `_output=data`, or when Accept equals Media.content.contentType
+    and no `_format` asks for the resource (as on Binary, `_format` overrides Accept); else the resource.
+    Answers carry `Vary: Accept`."""
     v = vault(request)
     if not v.settings.media_raw_enabled:
         return await fhir_api.read_resource(request, "Media")
@@ -73,14 +72,17 @@ async def media_read(request: Request) -> Response:
     rid = request.path_params["rid"]
     wants_data = request.query_params.get("_output") == "data"
     accept = request.headers.get("accept")
-    if not wants_data and accept:
+    if not wants_data and accept and request.query_params.get("_format") is None:
         stored = await v.resources.read(ctx, "Media", rid)
         declared = ((stored.content or {}).get("content") or {}).get("contentType")
         wants_data = isinstance(declared, str) and accept.strip().lower() == declared.strip().lower()
-    if not wants_data:
-        return await fhir_api.read_resource(request, "Media")
-    readable = await v.binary_access.read(ctx, "Media", rid, None, "Media.content")
-    return await serve_bytes(request, readable.content, readable.stream)
+    if wants_data:
+        readable = await v.binary_access.read(ctx, "Media", rid, None, "Media.content")
+        response = await serve_bytes(request, readable.content, readable.stream)
+    else:
+        response = await fhir_api.read_resource(request, "Media")
+    add_vary(response.headers, "Accept")
+    return response
 
 
 async def operation_definition_read(request: Request) -> Response:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 import dataclasses
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +12,7 @@ from fhirvault.errors import Invalid, PreconditionFailed
 from fhirvault.fhir.attachments import attachment_objects
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict, filename_of, security_context_of
 from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_path, resolve_first
+from fhirvault.service.attachments import binary_reference
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult
@@ -97,8 +97,10 @@ class BinaryAccess:
                 filename=None, security_context=None)
             return ReadableContent(content, lambda s, e: _slices(raw, s, e))
         url = attachment.get("url")
-        if isinstance(url, str) and url.startswith("Binary/") and "/" not in url[len("Binary/"):]:
-            content = await self.binaries.content(ctx, url[len("Binary/"):])
+        ref = binary_reference(url, "") if isinstance(url, str) else None
+        if ref is not None:
+            # The version the Attachment names, else the current one; access as for a (v)read of it.
+            content = await self.binaries.content(ctx, ref.id, int(ref.version_id) if ref.version_id else None)
             if declared_type:
                 content = dataclasses.replace(content, content_type=str(declared_type))
             return ReadableContent(content, lambda s, e: self.binaries.stream(content, s, e))
@@ -128,40 +130,16 @@ class BinaryAccess:
         try:
             return await self._apply(ctx, rtype, rid, path, new_fields, if_match)
         except BaseException:
-            if new_binary is not None:
-                await self.binaries.expunge("Binary", new_binary)  # nothing left over from a failed write
+            await self.binaries.expunge("Binary", new_binary)  # nothing left over from a failed write
             raise
 
     async def _store_bytes(self, ctx: RequestContext, rtype: str, rid: str, chunks: AsyncIterator[bytes],
-                           content_type: str) -> tuple[dict[str, Any], str | None]:
-        """Inline when the content fits INLINE_MAX_BYTES, else a new Binary whose securityContext is the
-        resource. Returns the Attachment elements to set and the new Binary's id, if any."""
-        limit = self.binaries.inline_limit
-        head: list[bytes] = []
-        size = 0
-        iterator = chunks.__aiter__()
-        overflow: bytes | None = None
-        async for chunk in iterator:
-            if size + len(chunk) > limit:
-                overflow = chunk
-                break
-            head.append(chunk)
-            size += len(chunk)
-        if overflow is None:
-            raw = b"".join(head)
-            meter = measure(raw)
-            return ({"contentType": content_type, "data": base64.b64encode(raw).decode("ascii"),
-                     "size": meter.size, "hash": meter.sha1_b64}, None)
-
-        async def everything() -> AsyncIterator[bytes]:
-            for piece in head:
-                yield piece
-            assert overflow is not None
-            yield overflow
-            async for piece in iterator:
-                yield piece
-
-        result = await self.binaries.create_from_stream(ctx, everything(), content_type=content_type,
+                           content_type: str) -> tuple[dict[str, Any], str]:
+        """A new Binary whose securityContext is the resource, whatever the size: the caller chose the
+        binary path, and browser clients need the Attachment's `url` (INLINE_MAX_BYTES governs base64 that
+        arrives inside JSON, and whether the new Binary keeps its bytes inline). Returns the Attachment
+        elements to set and the new Binary's id."""
+        result = await self.binaries.create_from_stream(ctx, chunks, content_type=content_type,
                                                         security_context=f"{rtype}/{rid}")
         described = await self.binaries.describe(result.stored)
         return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", "size": described.size,
@@ -176,7 +154,7 @@ class BinaryAccess:
             assert current.content is not None
             resource = copy.deepcopy(current.content)
             attachment = _attachment_at(resource, path)
-            attachment.pop("data" if "url" in fields else "url", None)
+            attachment.pop("data", None)
             attachment.update(fields)
             expected = if_match if if_match is not None else current.version_id
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-from sqlalchemy.ext.asyncio import AsyncConnection
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fhirvault.service.context import RequestContext
 
+if TYPE_CHECKING:
+    from fhirvault.service.resources import UnitOfWork
+
 
 class WriteHook(Protocol):
-    """Runs inside the write transaction, before the version is stored; may change `resource` in place
-    and may raise a domain error to refuse the write."""
+    """Runs inside the write transaction (`uow.conn`), before the version is stored; may change `resource`
+    in place, may raise a domain error to refuse the write, and may defer work that needs the unit's later
+    writes (`uow.defer`)."""
 
-    async def before_write(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any]) -> None: ...
+    async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None: ...
 
 
 class AfterCommitHook(Protocol):

@@ -14,6 +14,7 @@ from fhirvault.blobs.base import BlobStore
 from fhirvault.errors import Invalid
 from fhirvault.fhir.attachments import iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
+from fhirvault.service.attachments import BinaryMeasures, check_measures
 from fhirvault.service.binaries import measure
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, UnitOfWork
@@ -24,9 +25,11 @@ log = logging.getLogger("fhirvault.binaries")
 
 
 class InlineDataLimit:
-    """WriteHook. Checks that every `Binary.data` and `Attachment.data` is strict base64 (400 otherwise),
-    and moves Attachment content larger than INLINE_MAX_BYTES into a new Binary (securityContext: the
-    resource) inside the same transaction, leaving `url: Binary/{id}`, size, hash, contentType and title."""
+    """WriteHook. Checks that every `Binary.data` and `Attachment.data` is strict base64 (400 otherwise) and
+    that an Attachment's `size` and `hash` agree with its `data` (400 naming the element; missing ones are
+    filled in, as for url-based Attachments), and moves Attachment content larger than INLINE_MAX_BYTES
+    into a new Binary (securityContext: the resource) inside the same transaction, leaving
+    `url: Binary/{id}`, size, hash, contentType and title."""
 
     def __init__(self, resources: ResourceService, store: BlobStore | None, registry: BlobRegistry,
                  inline_max_bytes: int) -> None:
@@ -35,7 +38,7 @@ class InlineDataLimit:
         self.registry = registry
         self.inline_max_bytes = inline_max_bytes
 
-    async def before_write(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any]) -> None:
+    async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
         rtype = resource.get("resourceType")
         if rtype == "Binary":
             if "data" in resource:
@@ -47,19 +50,19 @@ class InlineDataLimit:
             if "data" not in attachment:
                 continue
             raw = _decoded(attachment["data"], f"{path}.data")
+            meter = measure(raw)
+            check_measures(path, attachment, "its data", BinaryMeasures(None, meter.size, meter.sha1_b64))
             if self.store is not None and len(raw) > self.inline_max_bytes:
                 large.append((attachment, raw))
         for attachment, raw in large:
-            binary_id = await self._move_out(ctx, conn, raw, attachment, f"{rtype}/{resource.get('id')}")
-            meter = measure(raw)
+            binary_id = await self._move_out(ctx, uow, raw, attachment, f"{rtype}/{resource.get('id')}")
             del attachment["data"]
             attachment["url"] = f"Binary/{binary_id}"
-            attachment["size"] = meter.size
-            attachment["hash"] = meter.sha1_b64
 
-    async def _move_out(self, ctx: RequestContext, conn: AsyncConnection, raw: bytes,
+    async def _move_out(self, ctx: RequestContext, uow: UnitOfWork, raw: bytes,
                         attachment: dict[str, Any], owner: str) -> str:
         assert self.store is not None
+        conn = uow.conn
         blob_id = uuid.uuid4().hex
         put_in = getattr(self.store, "put_in", None)
         if put_in is not None:
@@ -73,7 +76,7 @@ class InlineDataLimit:
         binary = {"resourceType": "Binary",
                   "contentType": attachment.get("contentType") or DEFAULT_CONTENT_TYPE,
                   "securityContext": {"reference": owner}}
-        result = await self.resources.create_in(UnitOfWork(conn), ctx, "Binary", binary, blob_id=blob_id)
+        result = await self.resources.create_in(uow, ctx, "Binary", binary, blob_id=blob_id)
         return result.stored.id
 
 

@@ -25,12 +25,28 @@ T = TypeVar("T")
 MAX_RETRIES = 8
 
 
+Finish = Callable[[], Awaitable[None]]
+
+
 @dataclass
 class UnitOfWork:
-    """One write transaction, and what to do once it has committed."""
+    """One write transaction, and what to do once it has committed.
+
+    A transaction Bundle writes its entries one after another, yet R4 says their order does not matter
+    (http.html#trules). `upcoming` holds the references (`Binary/123`) the unit is still going to write;
+    a write hook that needs one of them (an Attachment naming a Binary created by a later entry) hands
+    its remaining work to `defer`, which runs once every write is done, before the commit."""
 
     conn: AsyncConnection
     committed: list[dict[str, Any]] = field(default_factory=list)
+    upcoming: set[str] = field(default_factory=set)
+    written: list[StoredResource] = field(default_factory=list)
+    deferred: list[tuple[dict[str, Any], Finish]] = field(default_factory=list)
+
+    def defer(self, resource: dict[str, Any], finish: Finish) -> None:
+        """Run `finish` (which may change `resource` in place, or raise a domain error to refuse the whole
+        unit) after the unit's last write; the version of `resource` just written is then stored again."""
+        self.deferred.append((resource, finish))
 
 
 @dataclass
@@ -83,6 +99,7 @@ class ResourceService:
                 async with self.db.write() as conn:
                     uow = UnitOfWork(conn)
                     result = await work(uow)
+                    await self._finish_deferred(ctx, uow)
                 break
             except VersionConflict:
                 if attempt == MAX_RETRIES - 1:
@@ -91,6 +108,16 @@ class ResourceService:
             for hook in self.after_commit_hooks:
                 await hook.after_commit(ctx, resource)
         return result
+
+    async def _finish_deferred(self, ctx: RequestContext, uow: UnitOfWork) -> None:
+        """The deferred work of write hooks, each followed by storing its resource's changed content as the
+        same version (content and search index); see UnitOfWork."""
+        while uow.deferred:
+            resource, finish = uow.deferred.pop(0)
+            await finish()
+            stored = next(s for s in reversed(uow.written) if s.content is resource)
+            tokens, refs = index_entries(resource, ctx.base_url)
+            await self.store.rewrite(uow.conn, stored, tokens, refs)
 
     # -- writes ---------------------------------------------------------------------------------
     async def create(self, ctx: RequestContext, rtype: str, body: Any,
@@ -161,7 +188,7 @@ class ResourceService:
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
         for hook in self.write_hooks:
-            await hook.before_write(ctx, uow.conn, resource)
+            await hook.before_write(ctx, uow, resource)
         if not await self.access.can_see(ctx, uow.conn, resource, "create" if method == "POST" else "update"):
             raise Forbidden(f"{rtype}/{rid} as sent would be outside what this client may change "
                             "(another patient's compartment, or a securityContext it may not update)")
@@ -175,6 +202,7 @@ class ResourceService:
         tokens, refs = index_entries(resource, ctx.base_url)
         await self.store.write(uow.conn, stored, current.version_id if current else None, tokens, refs)
         uow.committed.append(resource)
+        uow.written.append(stored)
         return WriteResult(stored, created=current is None or current.deleted)
 
     async def _check_change(self, ctx: RequestContext, conn: AsyncConnection, current: dict[str, Any],
