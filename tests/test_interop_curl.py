@@ -99,8 +99,9 @@ def test_seed_flow_with_curl(server: ServerProcess, curl: Curl, tmp_path: Path, 
     assert ranged.status == 206 and ranged.body == data[:100]
     assert ranged.headers["content-range"] == f"bytes 0-99/{size}"
 
-    # The signed URL from the upload answer needs no Authorization header, whole or in part.
-    url = binary["url"]
+    # The signed URL from the upload answer's Link header needs no Authorization header, whole or in part.
+    assert "url" not in binary
+    url = created.headers["link"].split(">", 1)[0].lstrip("<")
     assert url.startswith(f"{server.url}/storage/{binary['id']}/")
     signed = curl(url)
     assert signed.status == 200 and signed.body == data
