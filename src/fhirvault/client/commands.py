@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -216,7 +215,7 @@ class UsageError(ValueError):
 def _guarded(args: argparse.Namespace, run: Any) -> int:
     """Run a command; errors become one line on standard error and a non-zero exit status: 1 for what the
     server or the network answered, 2 for wrong usage. A reader that stops early (`| head`) ends the
-    command quietly, as it ends `cat`: status 141 (128 + SIGPIPE)."""
+    command quietly with status 0: the reader had what it wanted (so `set -o pipefail` scripts go on)."""
     url = ""
     try:
         with connect(args) as client:
@@ -224,7 +223,7 @@ def _guarded(args: argparse.Namespace, run: Any) -> int:
             run(client)
     except BrokenPipeError:
         _silence_stdout()
-        return 128 + signal.SIGPIPE
+        return 0
     except FhirError as exc:
         status = f" (HTTP {exc.status})" if exc.status else ""
         print(f"error{status}: {exc}{_base_hint(url) if exc.status == 404 else ''}", file=sys.stderr)
