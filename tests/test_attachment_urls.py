@@ -82,8 +82,10 @@ def test_every_url_shape_is_normalized_and_filled(plain_server: ServerProcess, p
     r = create(plain, doc_ref(*shapes))
     assert r.status_code == 201, r.text
     stored = plain.get(f"/DocumentReference/{r.json()['id']}").json()
-    for content in stored["content"]:
-        assert content["attachment"] == {"url": f"Binary/{bid}", "contentType": "image/png",
+    # A url naming the version keeps it; every other shape names the Binary (its current version).
+    expected = [f"Binary/{bid}", f"Binary/{bid}/_history/1", f"Binary/{bid}", f"Binary/{bid}"]
+    for content, url in zip(stored["content"], expected, strict=True):
+        assert content["attachment"] == {"url": url, "contentType": "image/png",
                                          "size": len(PNG_BYTES), "hash": sha1_b64(PNG_BYTES)}
     # Stored versions carry the normalized form too (history shows them as stored here).
     hist = plain.get(f"/DocumentReference/{r.json()['id']}/_history").json()
