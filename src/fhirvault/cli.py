@@ -44,8 +44,11 @@ def _server_settings(args: argparse.Namespace) -> Settings:
         return load_settings(config, **overrides)
     except FileNotFoundError:
         raise StartupError(f"the config file {config} does not exist (--config)", 2) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise StartupError(f"the config file {config} cannot be read: {exc} (--config)", 2) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StartupError(f"the config file {config} is not valid TOML: {exc} (--config)", 2) from None
+    except OSError as exc:
+        raise StartupError(f"the config file {config} cannot be read: {exc.strerror or exc} (--config)", 2) \
+            from None
     except ValidationError as exc:
         raise StartupError(_settings_problem(exc), 2) from None
 
@@ -54,7 +57,12 @@ def _settings_problem(exc: Any) -> str:
     """One line naming the first invalid setting, the value given, what it must be and where it is set."""
     error = exc.errors()[0]
     name = str(error["loc"][0]) if error.get("loc") else "?"
-    given = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+    value = error.get("input")
+    if name == "database_url" and isinstance(value, str):
+        value = _safe_url(value)
+    elif "secret" in name or "key" in name:
+        value = None  # never echo credentials
+    given = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
     return (f"setting {name.upper()}{given} is not valid: {error['msg']}; set {ENV_PREFIX}{name.upper()} "
             f"in the environment or {name} in the --config file")
 
@@ -282,8 +290,12 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 def _safe_url(url: str) -> str:
     """A database URL without its password, for printing."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@", 1)[-1] if "@" in url else url
 
 
 def _version() -> str:
