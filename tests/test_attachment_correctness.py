@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from tests.support.binary import bapi, binary_count, binary_server, database, pseudo_random, storage_mode  # noqa: F401
+from tests.support.binary import bapi, binary_count, binary_server, database, pseudo_random, sha1_b64, storage_mode  # noqa: F401
 from tests.support.server import FhirApi, ServerProcess
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -21,10 +21,6 @@ LARGE = pseudo_random(150_000, seed=12)  # above INLINE_MAX_BYTES: moved out of 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def sha1_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
 def diagnostics(r: httpx.Response) -> str:

@@ -16,7 +16,7 @@ from fhirvault.fhir.references import Reference, parse_reference
 from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
-from fhirvault.service.resources import UnitOfWork
+from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.store.binary_rows import BinaryRow, binary_versions, current_binaries
 from fhirvault.store.database import Database
 
@@ -109,15 +109,14 @@ Named = tuple[str, dict[str, Any], Reference]  # (path of the Attachment, the At
 
 
 class AttachmentNormalizer:
-    """WriteHook: every Attachment url naming one of our Binaries becomes `Binary/{id}` (or
-    `Binary/{id}/_history/{vid}` when a version was named); that Binary (version) must exist and be
-    readable by the writer; size, hash and contentType are filled from it when absent and must agree with
-    it when present. Urls naming a Binary that a later entry of the same transaction writes are resolved
-    once all entries are written (R4: the order of a transaction's entries does not matter)."""
+    """WriteStep (`WritePipeline.normalize_attachment_urls`): every Attachment url naming one of our Binaries
+    becomes `Binary/{id}` (or `Binary/{id}/_history/{vid}` when a version was named); that Binary (version)
+    must exist and be readable by the writer; size, hash and contentType are filled from it when absent and
+    must agree with it when present. Urls naming a Binary that a later entry of the same transaction writes
+    are resolved once all entries are written (R4: the order of a transaction's entries does not matter)."""
 
-    def __init__(self, access_of: Any, shapes: UrlShapes) -> None:
-        # `access_of` returns the current policy: it is installed after the hooks are built.
-        self.access_of = access_of
+    def __init__(self, access: AccessPolicy, shapes: UrlShapes) -> None:
+        self.access = access
         self.shapes = shapes
 
     async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
@@ -137,7 +136,7 @@ class AttachmentNormalizer:
             uow.defer(resource, lambda: self._resolve(ctx, uow.conn, later))
 
     async def _resolve(self, ctx: RequestContext, conn: AsyncConnection, named: list[Named]) -> None:
-        rows = await readable_binaries(self.access_of(), ctx, conn, {ref for _, _, ref in named}, with_blobs=True)
+        rows = await readable_binaries(self.access, ctx, conn, {ref for _, _, ref in named}, with_blobs=True)
         for path, attachment, ref in named:
             row = rows.get(ref)
             label = stored_form(ref)
@@ -165,13 +164,13 @@ def check_measures(path: str, attachment: dict[str, Any], holder: str, m: Binary
 
 
 class AttachmentUrlSigner:
-    """ReadHook: each `Binary/{id}` (or `Binary/{id}/_history/{vid}`) Attachment url the caller may read
-    becomes a signed storage URL of that Binary's current (or named) version; others stay as they are.
-    One query per batch of resources (two when versions are named)."""
+    """ReadStep (`ReadPipeline.sign_attachment_urls`): each `Binary/{id}` (or `Binary/{id}/_history/{vid}`)
+    Attachment url the caller may read becomes a signed storage URL of that Binary's current (or named)
+    version; others stay as they are. One query per batch of resources (two when versions are named)."""
 
-    def __init__(self, db: Database, access_of: Any, signer: SignedUrl) -> None:
+    def __init__(self, db: Database, access: AccessPolicy, signer: SignedUrl) -> None:
         self.db = db
-        self.access_of = access_of
+        self.access = access
         self.signer = signer
 
     async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
@@ -185,7 +184,7 @@ class AttachmentUrlSigner:
                         targets.append((attachment, ref))
         if not targets:
             return
-        access: AccessPolicy = self.access_of()
+        access = self.access
         try:
             access.require(ctx, "read", "Binary")
         except FhirVaultError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,11 +14,11 @@ from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_pa
 from fhirvault.service.attachments import binary_reference
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
 from fhirvault.service.context import RequestContext
-from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult
+from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.resources import StoredResource
+from fhirvault.streams import one_chunk
 
 ByteStream = Callable[[int, int | None], AsyncIterator[bytes]]
-MAX_APPLY_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -60,10 +59,6 @@ def _is_binary_itself(rtype: str, path_text: str | None) -> bool:
     return rtype == "Binary" and (not path_text or path_text.strip() == "Binary")
 
 
-async def _slices(data: bytes, start: int, end: int | None) -> AsyncIterator[bytes]:
-    yield data[start:end]
-
-
 class BinaryAccess:
     def __init__(self, resources: ResourceService, binaries: BinaryService) -> None:
         self.resources = resources
@@ -95,7 +90,7 @@ class BinaryAccess:
                 content_type=str(declared_type or DEFAULT_CONTENT_TYPE), size=meter.size,
                 sha1_b64=meter.sha1_b64, sha256_hex=meter.sha256_hex, last_updated_us=stored.last_updated,
                 filename=None, security_context=None)
-            return ReadableContent(content, lambda s, e: _slices(raw, s, e))
+            return ReadableContent(content, lambda s, e: one_chunk(raw[s:e]))
         url = attachment.get("url")
         ref = binary_reference(url, "") if isinstance(url, str) else None
         if ref is not None:
@@ -139,32 +134,22 @@ class BinaryAccess:
         binary path, and browser clients need the Attachment's `url` (INLINE_MAX_BYTES governs base64 that
         arrives inside JSON, and whether the new Binary keeps its bytes inline). Returns the Attachment
         elements to set and the new Binary's id."""
-        result = await self.binaries.create_from_stream(ctx, chunks, content_type=content_type,
-                                                        security_context=f"{rtype}/{rid}")
-        described = await self.binaries.describe(result.stored)
-        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", "size": described.size,
-                 "hash": described.sha1_b64}, result.stored.id)
+        staged = await self.binaries.stage(chunks)
+        result = await self.binaries.write_staged(ctx, None, staged, content_type=content_type,
+                                                  security_context=f"{rtype}/{rid}")
+        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", "size": staged.size,
+                 "hash": staged.sha1_b64}, result.stored.id)
 
     async def _apply(self, ctx: RequestContext, rtype: str, rid: str, path: ElementPath,
                      fields: dict[str, Any], if_match: int | None) -> WriteResult:
         """Set the new content on the attachment of the current version; a concurrent edit elsewhere in the
         resource is re-read and kept (unless the client pinned a version with If-Match)."""
-        for attempt in range(MAX_APPLY_ATTEMPTS):
-            current = await self.resources.read(ctx, rtype, rid)
-            assert current.content is not None
-            resource = copy.deepcopy(current.content)
+        def change(resource: dict[str, Any]) -> bool:
             attachment = _attachment_at(resource, path)
             attachment.pop("data", None)
             attachment.update(fields)
-            expected = if_match if if_match is not None else current.version_id
+            return True
 
-            async def work(uow: UnitOfWork, body: dict[str, Any] = resource, version: int = expected
-                           ) -> WriteResult:
-                return await self.resources.update_in(uow, ctx, rtype, rid, body, version)
-
-            try:
-                return await self.resources.in_transaction(ctx, work)
-            except PreconditionFailed:
-                if if_match is not None or attempt == MAX_APPLY_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        result = await self.resources.modify(ctx, rtype, rid, change, if_match)
+        assert result is not None
+        return result

@@ -3,13 +3,13 @@ attachment handling."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.store.blobs import blobs
 from fhirvault.store.schema import resource_versions, resources
 
@@ -61,6 +61,13 @@ async def _binary_rows(conn: AsyncConnection, table: sa.Table, keys: list[Any], 
         if with_blobs:
             stmt = (sa.select(table.c.id, table.c.version_id, table.c.content, blobs.c.size, blobs.c.sha1)
                     .select_from(table.outerjoin(blobs, blobs.c.id == table.c.blob_id)).where(*where))
+        elif access_fields_only:
+            # Only a resource that names a securityContext is sent back: the others' content (perhaps
+            # tens of KiB of inline base64 each) is not what an access decision reads.
+            has_context = table.c.content.like(f"%{SECURITY_CONTEXT}%")
+            content = sa.case((has_context, table.c.content), else_="").label("content")
+            stmt = sa.select(table.c.id, table.c.version_id, content, sa.null().label("size"),
+                             sa.null().label("sha1")).where(*where)
         else:
             stmt = sa.select(table.c.id, table.c.version_id, table.c.content, sa.null().label("size"),
                              sa.null().label("sha1")).where(*where)
@@ -72,10 +79,13 @@ async def _binary_rows(conn: AsyncConnection, table: sa.Table, keys: list[Any], 
     return out
 
 
+SECURITY_CONTEXT = '"securityContext"'
+
+
 def _resource(rid: str, content: str, access_fields_only: bool) -> dict[str, Any]:
-    if access_fields_only and '"securityContext"' not in content:
+    if access_fields_only and SECURITY_CONTEXT not in content:
         return {"resourceType": "Binary", "id": rid}
-    resource: dict[str, Any] = json.loads(content)
+    resource: dict[str, Any] = jsoncodec.loads(content)
     if access_fields_only:
         return {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
     return resource
