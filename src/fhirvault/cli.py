@@ -9,9 +9,13 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fhirvault.config import Settings, load_settings, settings_as_env
+
+if TYPE_CHECKING:  # the commands import their parts lazily, so `fhirvault --help` starts fast
+    from fhirvault.jobs.queue import Job
+    from fhirvault.security.clients import Client, ClientStore
 
 T = TypeVar("T")
 
@@ -25,7 +29,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
-def _run_with_clients(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+def _run_with_clients(settings: Settings, work: Callable[[ClientStore], Awaitable[T]]) -> T:
     """Runs `work(ClientStore)` on the configured database, migrated first."""
     from fhirvault.security.clients import ClientStore
     from fhirvault.store.database import Database
@@ -81,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client_json(client: Any, secret: str | None = None) -> dict[str, Any]:
+def _client_json(client: Client, secret: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"client_id": client.client_id, "name": client.name, "scope": client.scopes.text,
                            "patient": client.patient, "enabled": client.enabled}
     if secret is not None:
@@ -182,7 +186,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
     settings = _server_settings(args)
 
-    async def fetch() -> tuple[list[Any], dict[str, int]]:
+    async def fetch() -> tuple[list[Job], dict[str, int]]:
         db = Database(settings.database_url)
         try:
             await db.migrate()

@@ -11,12 +11,16 @@ from fhirvault.service.binaries import BinaryContent, BinaryService
 from fhirvault.service.context import RequestContext
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
+from fhirvault.store.resources import ResourceStore
 
 
 class StorageDownloads:
-    def __init__(self, db: Database, binaries: BinaryService, registry: BlobRegistry, blob_store: BlobStore | None,
-                 signer: SignedUrl, fhir_base_url: str) -> None:
+    """Serving signed storage URLs: verifying them, the content they name, and object-store redirects."""
+
+    def __init__(self, db: Database, rows: ResourceStore, binaries: BinaryService, registry: BlobRegistry,
+                 blob_store: BlobStore | None, signer: SignedUrl, fhir_base_url: str) -> None:
         self.db = db
+        self.rows = rows
         self.binaries = binaries
         self.registry = registry
         self.blob_store = blob_store
@@ -40,8 +44,7 @@ class StorageDownloads:
         if self.blob_store is None:
             return None
         async with self.db.read() as conn:
-            stored = await self.binaries.resources.store.get_version(conn, "Binary", content.binary_id,
-                                                                     content.version_id)
+            stored = await self.rows.get_version(conn, "Binary", content.binary_id, content.version_id)
             record = await self.registry.get(conn, stored.blob_id) if stored and stored.blob_id else None
         if record is None:
             return None
