@@ -68,7 +68,7 @@ class FhirVault:
         self.blob_store = open_blob_store(settings, self.db)
         self.blob_registry = BlobRegistry()
         self.binaries = BinaryService(
-            self.db, self.resources, self.blob_store, self.blob_registry,
+            self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
             pending_grace_seconds=settings.pending_blob_grace_seconds)
         self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,

@@ -105,7 +105,7 @@ class BinaryAccess:
     # -- write ----------------------------------------------------------------------------------
     async def write(self, ctx: RequestContext, rtype: str, rid: str, path_text: str | None,
                     chunks: AsyncIterator[bytes], content_type: str, if_match: int | None) -> WriteResult:
-        self.resources.access.require(ctx, "update", rtype)
+        self.resources.require(ctx, "update", rtype)
         if _is_binary_itself(rtype, path_text):
             current = await self.resources.read(ctx, "Binary", rid)
             assert current.content is not None

@@ -124,7 +124,7 @@ class BundleService:
 
     async def _write_alone(self, ctx: RequestContext, entry: EntryRequest) -> WriteResult | None:
         interaction = {"POST": "create", "PUT": "update", "DELETE": "delete"}[entry.method]
-        self.resources.access.require(ctx, interaction, entry.rtype)
+        self.resources.require(ctx, interaction, entry.rtype)
 
         async def work(uow: UnitOfWork) -> WriteResult | None:
             return await self._write_entry(uow, ctx, entry)
@@ -135,7 +135,7 @@ class BundleService:
         for e in entries:
             interaction = {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(e.method)
             if interaction:
-                self.resources.access.require(ctx, interaction, e.rtype)
+                self.resources.require(ctx, interaction, e.rtype)
 
         async def work(uow: UnitOfWork) -> list[tuple[EntryRequest, Any]]:
             mapping: dict[str, str] = {}

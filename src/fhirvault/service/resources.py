@@ -70,6 +70,11 @@ class ResourceService:
         self.write_pipeline = WritePipeline()
         self.read_pipeline = ReadPipeline()
 
+    def require(self, ctx: RequestContext, interaction: str, rtype: str | None) -> None:
+        """Forbidden unless the caller's scopes allow `interaction` (create, read, update, delete,
+        search, history, ...) on `rtype` (None: the whole server); checked before anything is looked up."""
+        self.access.require(ctx, interaction, rtype)
+
     # -- transactions -------------------------------------------------------------------------
     async def in_transaction(self, ctx: RequestContext, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """Run `work` in one write transaction, retried from the start when a concurrent writer won."""
