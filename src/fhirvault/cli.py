@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers if settings.workers > 1 else None,
+        workers=settings.worker_processes if settings.worker_processes > 1 else None,
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,

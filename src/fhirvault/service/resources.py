@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.clock import now_us
 from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed
 from fhirvault.fhir.indexing import index_entries
@@ -275,6 +276,7 @@ class ResourceService:
 
     async def render(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Copies of stored resources, passed through the read pipeline (for example URL signing)."""
-        out = [copy.deepcopy(r) for r in resources]
+        # A JSON round trip copies plain JSON data several times faster than deepcopy.
+        out = [jsoncodec.loads(jsoncodec.dumps(r)) for r in resources]
         await self.read_pipeline.after_read(ctx, out)
         return out
