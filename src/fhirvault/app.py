@@ -87,8 +87,7 @@ class FhirVault:
         self.resources.read_pipeline = ReadPipeline(
             sign_attachment_urls=AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls)
             if settings.rewrite_attachment_urls else None)
-        self.storage = StorageDownloads(self.db, self.store, self.binaries, self.blob_registry, self.blob_store,
-                                        self.signed_urls, settings.fhir_base_url)
+        self.storage = StorageDownloads(self.binaries, self.blob_store, self.signed_urls, settings.fhir_base_url)
         self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
         self._capability: dict[str, Any] | None = None
