@@ -15,6 +15,7 @@ from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, new_id
 from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import to_http_date, to_instant
+from fhirvault.service.validation import relocated
 
 # FHIR's processing order within a transaction.
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -118,8 +119,9 @@ class BundleService:
                     result = await self._write_alone(ctx, entry)
                     out.append(await self._write_response(ctx, result))
             except FhirVaultError as exc:
-                out.append({"response": {"status": str(exc.status),
-                                         "outcome": operation_outcome(exc.message, code=exc.code)}})
+                outcome = ({"resourceType": "OperationOutcome", "issue": exc.issues} if exc.issues
+                           else operation_outcome(exc.message, code=exc.code))
+                out.append({"response": {"status": str(exc.status), "outcome": outcome}})
         return out
 
     async def _write_alone(self, ctx: RequestContext, entry: EntryRequest) -> WriteResult | None:
@@ -164,6 +166,13 @@ class BundleService:
         return out
 
     async def _write_entry(self, uow: UnitOfWork, ctx: RequestContext, e: EntryRequest) -> WriteResult | None:
+        try:
+            return await self._write_entry_as_sent(uow, ctx, e)
+        except Invalid as exc:
+            raise relocated(exc, e.rtype, f"Bundle.entry[{e.index}].resource") from None
+
+    async def _write_entry_as_sent(self, uow: UnitOfWork, ctx: RequestContext,
+                                   e: EntryRequest) -> WriteResult | None:
         svc = self.resources
         if e.method == "POST":
             if e.rid and not e.full_url:

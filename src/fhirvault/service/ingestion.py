@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError, Gone, NotFound, TooLarge
 from fhirvault.fhir.attachments import iter_attachments
+from fhirvault.fhir.validation import attachment_size
 from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted
 from fhirvault.jobs.queue import Job, JobQueue
 from fhirvault.jobs.worker import PermanentJobError
@@ -153,7 +154,8 @@ class AttachmentIngestion:
         assert self.binaries is not None
         stored = await self.binaries.content(ctx, binary_id)
         version = await self._apply(ctx, rtype, rid, url, {
-            "url": f"Binary/{binary_id}", "contentType": content_type, "size": stored.size, "hash": stored.sha1_b64})
+            "url": f"Binary/{binary_id}", "contentType": content_type, **attachment_size(stored.size),
+            "hash": stored.sha1_b64})
         if version is None:
             # The URL was edited away (or the resource deleted) while we fetched: nothing points at the copy.
             await self.resources.delete(ctx, "Binary", binary_id)
