@@ -13,6 +13,7 @@ from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.attachments import attachment_objects, iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
 from fhirvault.fhir.references import Reference, parse_reference
+from fhirvault.fhir.validation import attachment_size
 from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
@@ -152,7 +153,7 @@ def check_measures(path: str, attachment: dict[str, Any], holder: str, m: Binary
     if m.content_type is not None:
         attachment.setdefault("contentType", m.content_type)
     if "size" not in attachment:
-        attachment["size"] = m.size
+        attachment.update(attachment_size(m.size))
     elif attachment["size"] != m.size:
         raise Invalid(f"{path}.size is {attachment['size']!r} but {holder} holds {m.size} bytes",
                       expression=f"{path}.size")

@@ -11,6 +11,7 @@ from fhirvault.errors import Invalid, PreconditionFailed
 from fhirvault.fhir.attachments import attachment_objects
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict, filename_of, security_context_of
 from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_path, resolve_first
+from fhirvault.fhir.validation import attachment_size
 from fhirvault.service.attachments import binary_reference
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
 from fhirvault.service.context import RequestContext
@@ -107,7 +108,7 @@ class BinaryAccess:
     # -- write ----------------------------------------------------------------------------------
     async def write(self, ctx: RequestContext, rtype: str, rid: str, path_text: str | None,
                     chunks: AsyncIterator[bytes], content_type: str, if_match: int | None) -> WriteResult:
-        self.resources.access.require(ctx, "update", rtype)
+        self.resources.require(ctx, "update", rtype)
         if _is_binary_itself(rtype, path_text):
             current = await self.resources.read(ctx, "Binary", rid)
             assert current.content is not None
@@ -137,7 +138,7 @@ class BinaryAccess:
         staged = await self.binaries.stage(chunks)
         result = await self.binaries.write_staged(ctx, None, staged, content_type=content_type,
                                                   security_context=f"{rtype}/{rid}")
-        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", "size": staged.size,
+        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", **attachment_size(staged.size),
                  "hash": staged.sha1_b64}, result.stored.id)
 
     async def _apply(self, ctx: RequestContext, rtype: str, rid: str, path: ElementPath,

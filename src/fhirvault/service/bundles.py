@@ -15,6 +15,7 @@ from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, new_id
 from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import to_http_date, to_instant
+from fhirvault.service.validation import relocated
 
 # FHIR's processing order within a transaction.
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -124,13 +125,14 @@ class BundleService:
                     result = await self._write_alone(ctx, entry)
                     out.append(await self._write_response(ctx, result))
             except FhirVaultError as exc:
-                out.append({"response": {"status": str(exc.status),
-                                         "outcome": operation_outcome(exc.message, code=exc.code)}})
+                outcome = ({"resourceType": "OperationOutcome", "issue": exc.issues} if exc.issues
+                           else operation_outcome(exc.message, code=exc.code))
+                out.append({"response": {"status": str(exc.status), "outcome": outcome}})
         return out
 
     async def _write_alone(self, ctx: RequestContext, entry: EntryRequest) -> WriteResult | None:
         interaction = {"POST": "create", "PUT": "update", "DELETE": "delete"}[entry.method]
-        self.resources.access.require(ctx, interaction, entry.rtype)
+        self.resources.require(ctx, interaction, entry.rtype)
 
         async def work(uow: UnitOfWork) -> WriteResult | None:
             return await self._write_entry(uow, ctx, entry)
@@ -141,7 +143,7 @@ class BundleService:
         for e in entries:
             interaction = {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(e.method)
             if interaction:
-                self.resources.access.require(ctx, interaction, e.rtype)
+                self.resources.require(ctx, interaction, e.rtype)
 
         async def work(uow: UnitOfWork) -> list[tuple[EntryRequest, Any]]:
             mapping: dict[str, str] = {}
@@ -174,6 +176,13 @@ class BundleService:
         return out
 
     async def _write_entry(self, uow: UnitOfWork, ctx: RequestContext, e: EntryRequest) -> WriteResult | None:
+        try:
+            return await self._write_entry_as_sent(uow, ctx, e)
+        except Invalid as exc:
+            raise relocated(exc, e.rtype, f"Bundle.entry[{e.index}].resource") from None
+
+    async def _write_entry_as_sent(self, uow: UnitOfWork, ctx: RequestContext,
+                                   e: EntryRequest) -> WriteResult | None:
         svc = self.resources
         if e.method == "POST":
             if e.rid and not e.full_url:
