@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     signed_url_window: int = 600
     storage_cors_origin: str = "*"
     media_raw_enabled: bool = True
+    # Every resource written is validated against the R4 base definitions (fhir/validation.py);
+    # turning this off stores whatever JSON object a client sends (for bulk loads of trusted data).
+    validation_enabled: bool = True
 
     # Security
     token_lifetime: int = Field(default=3600, ge=0, description="seconds an access token is valid")

@@ -3,6 +3,7 @@ server's database, storage directory and S3 bucket (to prove nothing was left be
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import sqlite3
@@ -206,3 +207,8 @@ def generated_chunks(total: int, chunk: int = 1024 * 1024, seed: int = 7) -> Ite
         yield piece
         sent += len(piece)
         n += 1
+
+
+def sha1_b64(data: bytes) -> str:
+    """Attachment.hash of `data`: base64 of its SHA-1 (R4 datatypes.html#Attachment)."""
+    return base64.b64encode(hashlib.sha1(data).digest()).decode()

@@ -20,11 +20,14 @@ from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
 from fhirvault.service.search import SearchResult, conditional_matches, run_search
 from fhirvault.service.timeutil import to_instant
+from fhirvault.service.validation import require_valid
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
 
 T = TypeVar("T")
 MAX_RETRIES = 8
+# Read-modify-write rounds before a resource that keeps changing is given up on.
+MODIFY_ATTEMPTS = 20
 
 
 @dataclass
@@ -61,13 +64,20 @@ def new_id() -> str:
 
 
 class ResourceService:
-    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None) -> None:
+    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None,
+                 validate: bool = True) -> None:
         self.db = db
+        self.validate = validate
         self.store = store
         self.access: AccessPolicy = access or AllowAll()
         # What every written and every read resource passes through; see service/pipelines.py.
         self.write_pipeline = WritePipeline()
         self.read_pipeline = ReadPipeline()
+
+    def require(self, ctx: RequestContext, interaction: str, rtype: str | None) -> None:
+        """Forbidden unless the caller's scopes allow `interaction` (create, read, update, delete,
+        search, history, ...) on `rtype` (None: the whole server); checked before anything is looked up."""
+        self.access.require(ctx, interaction, rtype)
 
     # -- transactions -------------------------------------------------------------------------
     async def in_transaction(self, ctx: RequestContext, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
@@ -95,6 +105,26 @@ class ResourceService:
                      if_none_exist: str | None = None) -> WriteResult:
         self.access.require(ctx, "create", rtype)
         return await self.in_transaction(ctx, lambda uow: self.create_in(uow, ctx, rtype, body, if_none_exist))
+
+    async def modify(self, ctx: RequestContext, rtype: str, rid: str, change: Callable[[dict[str, Any]], bool],
+                     if_match: int | None = None) -> WriteResult | None:
+        """Read-modify-write of `rtype/rid`'s current version: `change` edits a copy in place and returns
+        False when there is nothing to change (then nothing is written and None returned). The update is
+        conditional on the version read, so a concurrent change is read again and changed again (at most
+        MODIFY_ATTEMPTS rounds, then Conflict). With `if_match`, only that version may be changed
+        (PreconditionFailed otherwise, FHIR R4 http.html#concurrency). NotFound/Gone/Forbidden as `read`."""
+        for _ in range(MODIFY_ATTEMPTS):
+            current = await self.read(ctx, rtype, rid)
+            assert current.content is not None
+            body = copy.deepcopy(current.content)
+            if not change(body):
+                return None
+            try:
+                return await self.update(ctx, rtype, rid, body, current.version_id if if_match is None else if_match)
+            except (PreconditionFailed, Conflict):
+                if if_match is not None:
+                    raise
+        raise Conflict(f"{rtype}/{rid} kept changing while it was being updated; retry")
 
     async def create_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, body: Any,
                         if_none_exist: str | None = None, rid: str | None = None,
@@ -156,6 +186,8 @@ class ResourceService:
                      blob_id: str | None = None) -> WriteResult:
         resource = copy.deepcopy(resource)
         resource["id"] = rid
+        if self.validate:
+            require_valid(resource)
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
         await self.write_pipeline.before_store(ctx, uow, resource)
