@@ -27,6 +27,7 @@ from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import routes as http_routes
 from fhirvault.http import storage_api
 from fhirvault.http.auth import BearerAuthMiddleware
+from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
@@ -72,7 +73,7 @@ class FhirVault:
         self.blob_store = open_blob_store(settings, self.db)
         self.blob_registry = BlobRegistry()
         self.binaries = BinaryService(
-            self.db, self.resources, self.blob_store, self.blob_registry,
+            self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
             pending_grace_seconds=settings.pending_blob_grace_seconds)
         self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
@@ -91,8 +92,7 @@ class FhirVault:
         self.resources.read_pipeline = ReadPipeline(
             sign_attachment_urls=AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls)
             if settings.rewrite_attachment_urls else None)
-        self.storage = StorageDownloads(self.db, self.binaries, self.blob_registry, self.blob_store,
-                                        self.signed_urls, settings.fhir_base_url)
+        self.storage = StorageDownloads(self.binaries, self.blob_store, self.signed_urls, settings.fhir_base_url)
         self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
         self._capability: dict[str, Any] | None = None
@@ -202,7 +202,9 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=http_routes.routes(),
-        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
+        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
+                    Middleware(ContentDecodingMiddleware,
+                               limit=max(settings.max_binary_bytes, settings.max_json_bytes))],
         exception_handlers={
             FhirVaultError: _domain_error,
             HTTPException: _http_error,

@@ -18,6 +18,7 @@ from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline,
 from fhirvault.jobs.queue import Job, JobQueue
 from fhirvault.jobs.worker import PermanentJobError
 from fhirvault.security.principal import SYSTEM_JOBS
+from fhirvault.service.binaries import BinaryContent
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, WriteResult
 
@@ -43,7 +44,8 @@ class BinaryWriter(Protocol):
                                  security_context: str | None = None, filename: str | None = None
                                  ) -> WriteResult: ...
 
-    async def content(self, ctx: RequestContext, binary_id: str, version_id: int | None = None) -> Any: ...
+    async def content(self, ctx: RequestContext, binary_id: str, version_id: int | None = None
+                      ) -> BinaryContent: ...
 
 
 @dataclass(frozen=True)
