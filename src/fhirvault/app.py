@@ -84,8 +84,8 @@ class FhirVault:
 
     def _wire_signed_urls(self, settings: Settings) -> None:
         """Attachment URLs normalized on write (after data was moved out) and signed on read; /storage."""
-        self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
-                                     settings.signed_url_window)
+        self.signed_urls = SignedUrl(self.db, settings.storage_base_url, settings.signed_url_ttl,
+                                     settings.signed_url_window, also_accepted=(settings.public_base_url,))
         shapes = UrlShapes(settings.fhir_base_url, self.signed_urls)
         self.resources.write_hooks.append(AttachmentNormalizer(lambda: self.resources.access, shapes))
         if settings.rewrite_attachment_urls:

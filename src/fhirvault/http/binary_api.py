@@ -19,6 +19,7 @@ from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
 from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
 from fhirvault.http.negotiation import is_fhir_json, parse_prefer, prefers_fhir_json
+from fhirvault.http.requests import parse_json
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
 from fhirvault.service.resources import WriteResult
 from fhirvault.store.resources import StoredResource
@@ -123,8 +124,15 @@ async def _read_json_body(request: Request, chunks: AsyncIterator[bytes], limit:
 def _binary_resource_in(raw: bytes) -> dict[str, Any] | None:
     """The body as a FHIR Binary when it is one (then it is the resource); None when it is content."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = parse_json(raw)
+    except Invalid:
+        # Not strict JSON: content, unless it is a Binary resource after all, which must then be refused.
+        try:
+            loose = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+        if isinstance(loose, dict) and loose.get("resourceType") == "Binary":
+            raise
         return None
     if isinstance(body, dict) and body.get("resourceType") == "Binary":
         return body
@@ -219,11 +227,16 @@ async def base64_pieces(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield base64.b64encode(pending)
 
 
+async def type_history(request: Request) -> Response:
+    """GET /Binary/_history: Binary's type history (with its Binary scope check), not the system's."""
+    return await fhir_api.history_response(request, "Binary", None)
+
+
 def routes(prefix: str) -> list[Route]:
     """Registered before the generic `/{rtype}` routes, which they take precedence over for Binary."""
     return [
         # Type-level paths that would otherwise be taken for a Binary id.
-        Route(f"{prefix}/Binary/_history", fhir_api.history, methods=["GET"]),
+        Route(f"{prefix}/Binary/_history", type_history, methods=["GET"]),
         Route(f"{prefix}/Binary/_search", fhir_api.search, methods=["POST"]),
         Route(f"{prefix}/Binary", create, methods=["POST"]),
         Route(f"{prefix}/Binary/{{rid}}", read, methods=["GET", "HEAD"]),

@@ -154,7 +154,11 @@ async def history(request: Request) -> Response:
     rtype = request.path_params.get("rtype")
     if rtype is not None:
         rtype = resource_type_of(request)
-    rid = request.path_params.get("rid")
+    return await history_response(request, rtype, request.path_params.get("rid"))
+
+
+async def history_response(request: Request, rtype: str | None, rid: str | None) -> Response:
+    """The history Bundle of one instance, one type (`rid` None) or the system (both None)."""
     q = request.query_params
     count = _bounded_int(q.get("_count"), "_count", DEFAULT_COUNT)
     offset = _bounded_int(q.get("_offset"), "_offset", 0)

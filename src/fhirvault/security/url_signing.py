@@ -58,9 +58,12 @@ class SignedUrl:
     """Mints and checks `{PUBLIC_BASE_URL}/storage/{binary-id}/{version-id}?exp=&kid=&sig=` URLs."""
 
     def __init__(self, db: Database, public_base_url: str, ttl: int, window: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, also_accepted: tuple[str, ...] = ()) -> None:
         self.db = db
         self.prefix = public_base_url.rstrip("/") + STORAGE_PATH
+        # Earlier bases of our storage URLs (e.g. PUBLIC_BASE_URL before STORAGE_PUBLIC_BASE_URL was
+        # set) are still recognized as ours when a client sends one back.
+        self.prefixes = (self.prefix, *(b.rstrip("/") + STORAGE_PATH for b in also_accepted))
         self.ttl = ttl
         self.window = max(1, window)
         self.clock = clock
@@ -136,10 +139,11 @@ class SignedUrl:
     def parse(self, url: str) -> StorageUrlParts | None:
         """The parts of `url` when it is one of our storage URLs (whatever its signature or expiry),
         else None."""
-        if not url.startswith(self.prefix):
+        prefix = next((p for p in self.prefixes if url.startswith(p)), None)
+        if prefix is None:
             return None
         split = urlsplit(url)
-        rest = url[len(self.prefix):].split("?", 1)[0].split("#", 1)[0]
+        rest = url[len(prefix):].split("?", 1)[0].split("#", 1)[0]
         segments = rest.split("/")
         if len(segments) != 2 or not _ID.match(segments[0]) or not segments[1].isdigit():
             return None

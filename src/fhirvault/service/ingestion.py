@@ -64,8 +64,8 @@ class IngestionRules:
     def from_settings(cls, settings: Settings) -> IngestionRules:
         base = settings.public_base_url.lower()
         hosts = frozenset(h.strip("[]") for h in settings.ingest_allowed_hosts)
-        return cls(settings.ingest_enabled, hosts,
-                   tuple(settings.ingest_allowed_prefixes), (f"{base}/fhir/", f"{base}/storage/"))
+        return cls(settings.ingest_enabled, hosts, tuple(settings.ingest_allowed_prefixes),
+                   (f"{base}/fhir/", f"{base}/storage/", f"{settings.storage_base_url.lower()}/storage/"))
 
     def wants(self, url: Any) -> bool:
         """True for an external https URL (http when its host is allowed) that is not one of ours and
