@@ -16,7 +16,14 @@ from fhirvault.config import Settings, load_settings, settings_as_env
 T = TypeVar("T")
 
 
+PRIVATE_UMASK = 0o077  # files 0600, directories 0700
+
+
 def _server_settings(args: argparse.Namespace) -> Settings:
+    """The server's Settings. Every command that opens the server's data runs with a private umask: the
+    database holds the token and URL signing keys and all patient data, so nothing it (or SQLite's
+    journal, or a blob store) creates may be readable by other users."""
+    os.umask(PRIVATE_UMASK)
     overrides: dict[str, Any] = {}
     for name in ("host", "port", "workers", "data_dir"):
         value = getattr(args, name, None)
@@ -55,11 +62,22 @@ def _bootstrap_admin(settings: Settings) -> None:
         print(f"    also written to {(settings.data_dir / ADMIN_FILE).resolve()}", flush=True)
 
 
+def _private_data_dir(data_dir: Path) -> None:
+    """Creates the data dir with mode 0700; warns when an existing one (or its database) is open to others."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in (data_dir, data_dir / "fhirvault.db"):
+        if path.exists() and path.stat().st_mode & 0o077:
+            mode = path.stat().st_mode & 0o777
+            print(f"  WARNING: {path.resolve()} is readable by other users (mode {mode:04o}); it holds the "
+                  f"signing keys and patient data: chmod {'700' if path.is_dir() else '600'} {path}",
+                  file=sys.stderr, flush=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _server_settings(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _private_data_dir(settings.data_dir)
     # Worker processes rebuild the same Settings from the environment.
     os.environ.update(settings_as_env(settings))
     print(f"fhirvault {_version()} serving FHIR R4 at {settings.fhir_base_url}", flush=True)

@@ -14,8 +14,8 @@ from urllib.parse import unquote, urlsplit
 from fhirvault.config import Settings
 from fhirvault.errors import Conflict, FhirVaultError, Gone, NotFound, PreconditionFailed, TooLarge
 from fhirvault.fhir.attachments import iter_attachments
-from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted
-from fhirvault.jobs.queue import Job, JobQueue
+from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted, within_prefixes
+from fhirvault.jobs.queue import FAILED, Job, JobQueue
 from fhirvault.jobs.worker import PermanentJobError
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, WriteResult
@@ -25,6 +25,8 @@ log = logging.getLogger("fhirvault.ingestion")
 JOB_KIND = "ingest-attachment"
 APPLY_ATTEMPTS = 20
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+FAILED_REASON = "The content could not be fetched from the URL; the server log has the details"
+RETRY_REASON = "An attempt to fetch the content failed and will be repeated; the server log has the details"
 
 
 class JobContext(RequestContext):
@@ -82,7 +84,7 @@ class IngestionRules:
             return False
         if url.lower().startswith(self.own_prefixes):
             return False
-        return not self.allowed_prefixes or url.startswith(self.allowed_prefixes)
+        return within_prefixes(url, self.allowed_prefixes)
 
 
 class IngestionScheduler:
@@ -125,7 +127,7 @@ class AttachmentIngestion:
             FetchLimits(max_bytes=settings.max_binary_bytes, max_redirects=settings.ingest_max_redirects,
                         connect_timeout=settings.ingest_connect_timeout,
                         read_timeout=settings.ingest_read_timeout, total_timeout=settings.ingest_total_timeout),
-            settings.ingest_allowed_hosts)
+            settings.ingest_allowed_hosts, allowed_prefixes=settings.ingest_allowed_prefixes)
 
     async def run(self, job: Job) -> dict[str, Any]:
         ctx = job_context(self.base_url)
@@ -200,15 +202,20 @@ class AttachmentIngestion:
         """Parameters listing the ingestion jobs of a resource the caller may read (newest first)."""
         await self.resources.read(ctx, rtype, rid)
         jobs = await self.queue.list(subject=f"{rtype}/{rid}", kind=JOB_KIND, limit=1000)
+        began = await self.resources.current_life_began(rtype, rid)
         parameters = []
         for job in jobs:
+            if began is not None and job.created_at <= began:
+                continue  # a job of the id's earlier life, before it was deleted
             part: list[dict[str, Any]] = [
                 {"name": "url", "valueUrl": str(job.payload.get("url"))},
                 {"name": "state", "valueCode": job.state},
                 {"name": "attempts", "valueInteger": job.attempts},
             ]
             if job.last_error:
-                part.append({"name": "error", "valueString": job.last_error})
+                # The detail (how a host resolved, whether a port answered) stays in the server log and
+                # `fhirvault jobs list`: told to an API caller it would map the internal network.
+                part.append({"name": "error", "valueString": FAILED_REASON if job.state == FAILED else RETRY_REASON})
             result = job.result or {}
             if result.get("outcome"):
                 part.append({"name": "outcome", "valueString": result["outcome"]})

@@ -160,6 +160,12 @@ class ResourceService:
         resource["id"] = rid
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
+        elif current is not None and current.deleted:
+            # Re-creating a deleted id is judged against its last live version: a caller who could not
+            # have changed that one must not take the id over (and with it what was bound to it).
+            before = await self.store.get_version(uow.conn, rtype, rid, current.version_id - 1)
+            if before is not None and before.content is not None:
+                await self._check_change(ctx, uow.conn, before.content, "update")
         for hook in self.write_hooks:
             await hook.before_write(ctx, uow.conn, resource)
         if not await self.access.can_see(ctx, uow.conn, resource, "create" if method == "POST" else "update"):
@@ -210,6 +216,13 @@ class ResourceService:
                     raise NotFound(f"{rtype}/{rid} has no version {vid}")
                 raise Gone(f"Version {vid} of {rtype}/{rid} is a deletion")
             return await self._visible(ctx, conn, rtype, rid, stored, "vread")
+
+    async def current_life_began(self, rtype: str, rid: str) -> int | None:
+        """When the present life of rtype/rid began, if it was ever deleted and re-created (microseconds
+        of the last deletion); None when the id was never deleted. Anything keyed by the id from before
+        (ingestion jobs) belongs to the earlier life and must not be shown to the new owner."""
+        async with self.db.read() as conn:
+            return await self.store.last_deletion(conn, rtype, rid)
 
     async def _visible(self, ctx: RequestContext, conn: AsyncConnection, rtype: str, rid: str,
                        stored: StoredResource | None, interaction: str) -> StoredResource:
