@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from fhirvault.errors import Invalid, TooLarge, Unsupported
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
+from fhirvault.fhir.r4 import whole_number
 from fhirvault.http import fhir_api
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
@@ -54,7 +55,7 @@ async def _write(request: Request, rid: str | None) -> Response:
             chunks = _replay(raw)  # any other JSON is content, like every other body
         elif not request.headers.get("content-encoding"):
             declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > v.settings.max_binary_bytes:
+            if declared and (whole_number(declared) or 0) > v.settings.max_binary_bytes:
                 raise TooLarge(f"The content of {declared} bytes is over the limit of "
                                f"{v.settings.max_binary_bytes} bytes (MAX_BINARY_BYTES)")
         result = await v.binaries.write_from_stream(
@@ -110,7 +111,7 @@ async def _read_json_body(request: Request, chunks: AsyncIterator[bytes], limit:
     hint = ("; upload larger content raw instead: POST /Binary with the content as the body and its own "
             "Content-Type")
     declared = request.headers.get("content-length")
-    if not request.headers.get("content-encoding") and declared and declared.isdigit() and int(declared) > limit:
+    if not request.headers.get("content-encoding") and declared and (whole_number(declared) or 0) > limit:
         raise TooLarge(f"The JSON body of {declared} bytes is over the limit of {limit} bytes (MAX_JSON_BYTES)"
                        + hint)
     body = bytearray()
@@ -232,12 +233,17 @@ async def type_history(request: Request) -> Response:
     return await fhir_api.history_response(request, "Binary", None)
 
 
+async def type_search(request: Request) -> Response:
+    """POST /Binary/_search: the search of Binary (a Binary id can never be `_search`)."""
+    return await fhir_api.search_response(request, "Binary")
+
+
 def routes(prefix: str) -> list[Route]:
     """Registered before the generic `/{rtype}` routes, which they take precedence over for Binary."""
     return [
         # Type-level paths that would otherwise be taken for a Binary id.
         Route(f"{prefix}/Binary/_history", type_history, methods=["GET"]),
-        Route(f"{prefix}/Binary/_search", fhir_api.search, methods=["POST"]),
+        Route(f"{prefix}/Binary/_search", type_search, methods=["POST"]),
         Route(f"{prefix}/Binary", create, methods=["POST"]),
         Route(f"{prefix}/Binary/{{rid}}", read, methods=["GET", "HEAD"]),
         Route(f"{prefix}/Binary/{{rid}}", update, methods=["PUT"]),

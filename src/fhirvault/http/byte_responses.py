@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, is_media_type, is_reference_text
 from fhirvault.http import ranges
 from fhirvault.http.disposition import content_disposition
 from fhirvault.service.binaries import BinaryContent
@@ -44,6 +46,12 @@ def download_disposition(content_type: str, filename: str | None, inline_types: 
     return None
 
 
+def servable_type(content_type: str) -> str:
+    """The type to send for stored bytes: their own when it is a valid media type, else octet-stream (an
+    Attachment.contentType, or a type stored before types were checked, may be anything)."""
+    return content_type if is_media_type(content_type) else DEFAULT_CONTENT_TYPE
+
+
 def content_headers(content: BinaryContent, extra_headers: dict[str, str] | None,
                     inline_types: frozenset[str]) -> dict[str, str]:
     headers = {
@@ -56,7 +64,7 @@ def content_headers(content: BinaryContent, extra_headers: dict[str, str] | None
     disposition = download_disposition(content.content_type, content.filename, inline_types)
     if disposition:
         headers["Content-Disposition"] = disposition
-    if content.security_context:
+    if content.security_context and is_reference_text(content.security_context):
         headers["X-Security-Context"] = content.security_context
     headers.update(extra_headers or {})
     return headers
@@ -66,6 +74,7 @@ async def serve_bytes(request: Request, content: BinaryContent, stream: ByteStre
                       extra_headers: dict[str, str] | None = None) -> Response:
     """The answer to GET or HEAD for these bytes: 200, 206 (one range or multipart/byteranges), 304 or 416.
     Every answer carries STORED_BYTES_HEADERS; active types come as attachments (download_disposition)."""
+    content = dataclasses.replace(content, content_type=servable_type(content.content_type))
     headers = content_headers(content, extra_headers, request.app.state.vault.settings.inline_types)
     is_head = request.method == "HEAD"
     if ranges.none_match(request.headers.get("if-none-match"), headers["ETag"]):

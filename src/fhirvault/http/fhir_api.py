@@ -9,11 +9,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fhirvault.errors import Invalid, NotFound, Unauthorized
+from fhirvault.errors import Invalid, NotFound, Unauthorized, Unsupported
 from fhirvault.fhir.bundle import bundle
 from fhirvault.fhir.outcome import informational
-from fhirvault.fhir.r4 import is_resource_type
-from fhirvault.http.negotiation import parse_prefer
+from fhirvault.fhir.r4 import is_resource_type, whole_number
+from fhirvault.http.negotiation import media_type, parse_prefer
 from fhirvault.http.requests import read_fhir_json
 from fhirvault.http.responses import FhirJsonResponse
 from fhirvault.service.bundles import parse_etag
@@ -125,13 +125,20 @@ async def delete(request: Request) -> Response:
 
 # -- search -------------------------------------------------------------------------------------
 async def search(request: Request) -> Response:
-    rtype = resource_type_of(request)
+    return await search_response(request, resource_type_of(request))
+
+
+async def search_response(request: Request, rtype: str) -> Response:
+    """The searchset Bundle of a search on `rtype`, from the query and (POST) a form body."""
     params = list(request.query_params.multi_items())
     if request.method == "POST":
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("application/x-www-form-urlencoded"):
             form = await request.form()
             params += [(k, str(val)) for k, val in form.multi_items()]
+        elif ctype:
+            raise Unsupported(f"POST {rtype}/_search takes its parameters as application/x-www-form-urlencoded, "
+                              f"not '{media_type(ctype)}'")
     v = vault(request)
     ctx = context(request)
     result = await run_search(v.resources, ctx, rtype, params)
@@ -195,9 +202,10 @@ async def history_response(request: Request, rtype: str | None, rid: str | None)
 def _bounded_int(value: str | None, name: str, default: int) -> int:
     if value is None:
         return default
-    if not value.isdigit():
-        raise Invalid(f"{name}={value!r} must be a whole number")
-    return min(int(value), MAX_COUNT) if name == "_count" else int(value)
+    number = whole_number(value)
+    if number is None:
+        raise Invalid(f"{name}={value!r} must be a whole number (at most 18 digits)")
+    return min(number, MAX_COUNT) if name == "_count" else number
 
 
 # -- system level -------------------------------------------------------------------------------

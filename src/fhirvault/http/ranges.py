@@ -10,7 +10,8 @@ from dataclasses import dataclass
 # ignoring Range; many tiny ranges are a known denial-of-service pattern).
 MAX_RANGES = 64
 
-_SPEC = re.compile(r"^(\d*)-(\d*)$")
+# ASCII digits, at most 18 (a position in any file; longer is not a valid range but a probe).
+_SPEC = re.compile(r"^([0-9]{0,18})-([0-9]{0,18})\Z")
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ from typing import Any
 from starlette.requests import Request
 
 from fhirvault.errors import Invalid, TooLarge, Unsupported
+from fhirvault.fhir.r4 import whole_number
 from fhirvault.http.negotiation import is_fhir_json, media_type
 
 
 async def read_body_bounded(request: Request, limit: int, what: str) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and (whole_number(declared) or 0) > limit:
         raise TooLarge(f"{what} of {declared} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0

@@ -128,3 +128,12 @@ class ScopePolicy:
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
         p = _principal(ctx)
         return [p.patient] if p is not None and p.patient else None
+
+    def hides_rows(self, ctx: RequestContext, resource_type: str | None) -> bool:
+        p = _principal(ctx)
+        if p is None or resource_type not in (None, "Binary"):
+            return False  # other types: the scope check and the compartment restriction are exact
+        # A Binary's securityContext, or the system history's mix of types, is judged row by row,
+        # unless the client may read and search every type outside any patient context.
+        sees_all = any(s.resource_type == "*" and "r" in s.letters and "s" in s.letters for s in p.scopes.scopes)
+        return p.patient is not None or not sees_all

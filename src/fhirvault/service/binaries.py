@@ -15,6 +15,7 @@ from fhirvault.blobs.base import BlobStore
 from fhirvault.errors import FhirVaultError, Invalid, NotFound, StorageFailure, TooLarge
 from fhirvault.fhir.binary import (
     DEFAULT_CONTENT_TYPE,
+    check_content_type,
     decode_base64_strict,
     filename_of,
     security_context_of,
@@ -121,7 +122,8 @@ class BinaryService:
                                 filename: str | None = None, if_match: int | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with the streamed bytes as its content."""
         self.resources.access.require(ctx, "create" if rid is None else "update", "Binary")
-        resource: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type or DEFAULT_CONTENT_TYPE}
+        resource: dict[str, Any] = {"resourceType": "Binary",
+                                    "contentType": _content_type(content_type or DEFAULT_CONTENT_TYPE, "Content-Type")}
         if security_context:
             resource["securityContext"] = {"reference": security_context}
         set_filename(resource, filename)
@@ -136,6 +138,7 @@ class BinaryService:
         resource = dict(body)
         if not isinstance(resource.get("contentType"), str) or not resource["contentType"].strip():
             raise Invalid("A Binary needs a contentType", expression="Binary.contentType")
+        resource["contentType"] = _content_type(resource["contentType"], "Binary.contentType")
         if "data" in resource:
             try:
                 raw = decode_base64_strict(resource.pop("data"), "Binary.data")
@@ -339,3 +342,11 @@ def _inline_bytes(stored: StoredResource) -> bytes:
         return decode_base64_strict(data, "Binary.data")
     except ValueError as exc:
         raise StorageFailure(f"The stored data of Binary/{stored.id} is damaged: {exc}") from None
+
+
+def _content_type(value: str, where: str) -> str:
+    """The media type a Binary is stored with; Invalid when it could not be served as a header again."""
+    try:
+        return check_content_type(value, where)
+    except ValueError as exc:
+        raise Invalid(str(exc), expression="Binary.contentType") from None

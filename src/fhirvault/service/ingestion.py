@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 from fhirvault.config import Settings
 from fhirvault.errors import Conflict, FhirVaultError, Gone, NotFound, PreconditionFailed, TooLarge
 from fhirvault.fhir.attachments import iter_attachments
+from fhirvault.fhir.binary import is_media_type
 from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted, within_prefixes
 from fhirvault.jobs.queue import FAILED, Job, JobQueue
 from fhirvault.jobs.worker import PermanentJobError
@@ -143,7 +144,9 @@ class AttachmentIngestion:
         try:
             async with deadline(self.total_timeout, f"fetching {redacted(url)}"), \
                     self.fetcher.open(url) as response:
-                content_type = response.content_type or declared_type or DEFAULT_CONTENT_TYPE
+                # A type the remote server sent that could not be served again is not kept.
+                content_type = next((str(t) for t in (response.content_type, declared_type) if is_media_type(t)),
+                                    DEFAULT_CONTENT_TYPE)
                 if self.binaries is None:
                     raise RuntimeError("Binary storage is not available in this process")
                 created = await self.binaries.create_from_stream(

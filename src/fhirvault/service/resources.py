@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed
 from fhirvault.fhir.indexing import index_entries
-from fhirvault.fhir.r4 import is_resource_type, is_valid_id
+from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.service.access import AccessPolicy, AllowAll
 from fhirvault.service.context import RequestContext
 from fhirvault.service.hooks import AfterCommitHook, ReadHook, WriteHook
@@ -23,6 +23,7 @@ from fhirvault.store.resources import ResourceStore, StoredResource, VersionConf
 
 T = TypeVar("T")
 MAX_RETRIES = 8
+HISTORY_SCAN = 500  # versions read at a time when a history is filtered row by row
 
 
 @dataclass
@@ -203,15 +204,16 @@ class ResourceService:
 
     async def vread(self, ctx: RequestContext, rtype: str, rid: str, vid: str) -> StoredResource:
         self.access.require(ctx, "vread", rtype)
-        if not vid.isdigit():
+        version = whole_number(vid)
+        if version is None:
             raise NotFound(f"{rtype}/{rid} has no version '{vid}'")
         async with self.db.read() as conn:
-            stored = await self.store.get_version(conn, rtype, rid, int(vid))
+            stored = await self.store.get_version(conn, rtype, rid, version)
             if stored is None:
                 raise NotFound(f"{rtype}/{rid} has no version {vid}")
             if stored.deleted:
                 # Access to a deleted version is judged by the version before it.
-                before = await self.store.get_version(conn, rtype, rid, int(vid) - 1)
+                before = await self.store.get_version(conn, rtype, rid, version - 1)
                 if before and before.content and not await self.access.can_see(ctx, conn, before.content, "vread"):
                     raise NotFound(f"{rtype}/{rid} has no version {vid}")
                 raise Gone(f"Version {vid} of {rtype}/{rid} is a deletion")
@@ -248,9 +250,29 @@ class ResourceService:
                     raise NotFound(f"{rtype}/{rid} is not known")
                 if not current.deleted:
                     await self._visible(ctx, conn, rtype, rid, current, "history")
-            rows, total = await self.store.history(conn, rtype, rid, since_us, count, offset)
-            visible = [r for r in rows if await self._history_row_visible(ctx, conn, r)]
-        return visible, total - (len(rows) - len(visible))
+            if not self._history_hides_rows(ctx, rtype):
+                return await self.store.history(conn, rtype, rid, since_us, count, offset)
+            # Some rows may be hidden from this caller: count the visible ones, so that the total and
+            # the pages agree with what the caller may see.
+            page: list[StoredResource] = []
+            total = 0
+            scanned = 0
+            while True:
+                rows, _ = await self.store.history(conn, rtype, rid, since_us, HISTORY_SCAN, scanned)
+                for row in rows:
+                    if await self._history_row_visible(ctx, conn, row):
+                        if offset <= total < offset + count:
+                            page.append(row)
+                        total += 1
+                scanned += len(rows)
+                if len(rows) < HISTORY_SCAN:
+                    return page, total
+
+    def _history_hides_rows(self, ctx: RequestContext, rtype: str | None) -> bool:
+        # Versions are not in the compartment index (only current ones are), so a restricted caller's
+        # history is always judged row by row.
+        restricted = rtype is not None and self.access.search_restriction(ctx, rtype) is not None
+        return restricted or self.access.hides_rows(ctx, rtype)
 
     async def _history_row_visible(self, ctx: RequestContext, conn: AsyncConnection, row: StoredResource) -> bool:
         content = row.content

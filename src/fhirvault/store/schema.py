@@ -82,9 +82,16 @@ async def _v2_security(conn: AsyncConnection) -> None:
     await create_security_tables(conn)
 
 
+async def _v3_auth_failures(conn: AsyncConnection) -> None:
+    from fhirvault.store.security import create_auth_failures_table
+
+    await create_auth_failures_table(conn)
+
+
 # Append only, applied in this order, each once (recorded by name). Never edit a released step;
 # a module that owns tables defines them on `metadata` and adds its step here.
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("0001_resources", _v1_initial),
     ("0002_security", _v2_security),
+    ("0003_auth_failures", _v3_auth_failures),
 ]
