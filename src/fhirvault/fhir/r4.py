@@ -8,8 +8,10 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+# A resource id (R4 datatypes.html#id); `ID` is for building larger patterns.
+ID = r"[A-Za-z0-9\-.]{1,64}"
 # \Z, not $: `$` also matches before a final newline, which would let `x\n` pass as an id.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
+ID_PATTERN = re.compile(f"^{ID}\\Z")
 # Whole numbers as they may appear in URLs and headers (version ids, _count, _offset): ASCII digits
 # only (str.isdigit() also accepts '²', which int() refuses), and few enough to fit a 64-bit column.
 _WHOLE_NUMBER = re.compile(r"^[0-9]{1,18}\Z")

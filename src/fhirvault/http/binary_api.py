@@ -10,12 +10,10 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from fhirvault.errors import Invalid, TooLarge, Unsupported
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
 from fhirvault.fhir.r4 import whole_number
-from fhirvault.http import fhir_api
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
 from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
@@ -23,7 +21,8 @@ from fhirvault.http.negotiation import is_fhir_json, parse_prefer, prefers_fhir_
 from fhirvault.http.requests import parse_json
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
 from fhirvault.service.resources import WriteResult
-from fhirvault.store.resources import StoredResource
+from fhirvault.service.services import StoredResource
+from fhirvault.streams import one_chunk
 
 # Bytes of base64 input encoded at a time on a JSON read: a multiple of 3, so the pieces join up.
 BASE64_PIECE = 3 * 256 * 1024
@@ -52,7 +51,7 @@ async def _write(request: Request, rid: str | None) -> Response:
             if body is not None:
                 result = await v.binaries.write_json(ctx, rid, body, if_match_version(request))
                 return await _written(request, result)
-            chunks = _replay(raw)  # any other JSON is content, like every other body
+            chunks = one_chunk(raw)  # any other JSON is content, like every other body
         elif not request.headers.get("content-encoding"):
             declared = request.headers.get("content-length")
             if declared and (whole_number(declared) or 0) > v.settings.max_binary_bytes:
@@ -140,10 +139,6 @@ def _binary_resource_in(raw: bytes) -> dict[str, Any] | None:
     return None
 
 
-async def _replay(raw: bytes) -> AsyncIterator[bytes]:
-    yield raw
-
-
 async def _written(request: Request, result: WriteResult) -> Response:
     ctx = context(request)
     status = 201 if result.created else 200
@@ -226,26 +221,3 @@ async def base64_pieces(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         pending = data[cut:]
     if pending:
         yield base64.b64encode(pending)
-
-
-async def type_history(request: Request) -> Response:
-    """GET /Binary/_history: Binary's type history (with its Binary scope check), not the system's."""
-    return await fhir_api.history_response(request, "Binary", None)
-
-
-async def type_search(request: Request) -> Response:
-    """POST /Binary/_search: the search of Binary (a Binary id can never be `_search`)."""
-    return await fhir_api.search_response(request, "Binary")
-
-
-def routes(prefix: str) -> list[Route]:
-    """Registered before the generic `/{rtype}` routes, which they take precedence over for Binary."""
-    return [
-        # Type-level paths that would otherwise be taken for a Binary id.
-        Route(f"{prefix}/Binary/_history", type_history, methods=["GET"]),
-        Route(f"{prefix}/Binary/_search", type_search, methods=["POST"]),
-        Route(f"{prefix}/Binary", create, methods=["POST"]),
-        Route(f"{prefix}/Binary/{{rid}}", read, methods=["GET", "HEAD"]),
-        Route(f"{prefix}/Binary/{{rid}}", update, methods=["PUT"]),
-        Route(f"{prefix}/Binary/{{rid}}/_history/{{vid}}", read, methods=["GET", "HEAD"]),
-    ]

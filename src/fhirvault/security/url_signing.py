@@ -6,14 +6,13 @@ import base64
 import hashlib
 import hmac
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from fhirvault.errors import Forbidden, Gone
-from fhirvault.fhir.r4 import whole_number
+from fhirvault.fhir.r4 import is_valid_id, whole_number
 from fhirvault.store.database import Database
 from fhirvault.store.url_signing_keys import UrlSigningKey, all_keys, insert_key, new_key, remove_keys
 
@@ -25,7 +24,6 @@ UNKNOWN_KID_RELOAD_SECONDS = 2.0
 
 STORAGE_PATH = "/storage/"
 MINTED_CACHE_SIZE = 50_000
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
 _SIG_LABEL = b"fhirvault-storage-v1"
 
 
@@ -146,7 +144,7 @@ class SignedUrl:
         split = urlsplit(url)
         rest = url[len(prefix):].split("?", 1)[0].split("#", 1)[0]
         segments = rest.split("/")
-        if len(segments) != 2 or not _ID.match(segments[0]) or whole_number(segments[1]) is None:
+        if len(segments) != 2 or not is_valid_id(segments[0]) or whole_number(segments[1]) is None:
             return None
         query = {k: v[0] for k, v in parse_qs(split.query).items() if v}
         return parts_from(segments[0], segments[1], query)
@@ -173,7 +171,7 @@ class SignedUrl:
 def parts_from(binary_id: str, version: str, query: Mapping[str, str]) -> StorageUrlParts | None:
     """StorageUrlParts from a request's path segments and query; None when the path is not one of ours."""
     version_id = whole_number(version)
-    if not _ID.match(binary_id) or version_id is None:
+    if not is_valid_id(binary_id) or version_id is None:
         return None
     return StorageUrlParts(binary_id, version_id, whole_number(query.get("exp") or ""),
                            query.get("kid"), query.get("sig"))

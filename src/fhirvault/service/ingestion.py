@@ -18,6 +18,7 @@ from fhirvault.fhir.binary import is_media_type
 from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted, within_prefixes
 from fhirvault.jobs.queue import FAILED, Job, JobQueue
 from fhirvault.jobs.worker import PermanentJobError
+from fhirvault.security.principal import SYSTEM_JOBS
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, WriteResult
 
@@ -35,8 +36,8 @@ class JobContext(RequestContext):
 
 
 def job_context(base_url: str) -> RequestContext:
-    """The one place that creates the trusted internal caller jobs act as (principal None: allowed all)."""
-    return JobContext(base_url=base_url, principal=None)
+    """The one place that creates the caller background jobs act as: the server itself."""
+    return JobContext(base_url=base_url, principal=SYSTEM_JOBS)
 
 
 class StoredContent(Protocol):
