@@ -174,17 +174,20 @@ def requests(draw: st.DrawFn, known: dict[str, str]) -> tuple[str, str, list[tup
     rid = draw(st.one_of(st.sampled_from([known["binary"], known["doc"], known["patient"]]), nasty_text))
     vid = draw(st.one_of(st.sampled_from(["1", "2"]), nasty_text))
     enc = lambda s: quote(s, safe="")  # noqa: E731 - a short local alias
-    path = draw(st.sampled_from([
-        f"/fhir/R4/{rtype}", f"/fhir/R4/{rtype}/{enc(rid)}", f"/fhir/R4/{rtype}/{enc(rid)}/_history/{enc(vid)}",
-        f"/fhir/R4/{rtype}/_history", "/fhir/R4/_history", f"/fhir/R4/{rtype}/_search", "/fhir/R4", "/fhir/R4/",
-        f"/fhir/R4/{rtype}/{enc(rid)}/$binary-access-read", f"/fhir/R4/{rtype}/{enc(rid)}/$binary-access-write",
-        f"/fhir/R4/{rtype}/{enc(rid)}/$ingestion-status", f"/fhir/R4/Binary/{enc(rid)}",
-        f"/fhir/R4/Binary/{enc(rid)}/_history/{enc(vid)}/$binary-access-read", f"/fhir/R4/Media/{enc(rid)}",
-        f"/storage/{enc(rid)}/{enc(vid)}", known["signed"].split("?")[0], "/fhir/R4/metadata", "/oauth2/token",
-        f"/fhir/R4/DocumentReference/{known['doc']}/$binary-access-read",
+    r, i, v = enc(rid), f"/fhir/R4/{rtype}/{enc(rid)}", enc(vid)
+    # Each path with the methods it answers; now and then any other method (405 must stay a 405).
+    path, methods = draw(st.sampled_from([
+        (f"/fhir/R4/{rtype}", "GET POST"), (i, "GET PUT DELETE"), (f"{i}/_history/{v}", "GET"),
+        (f"/fhir/R4/{rtype}/_history", "GET"), ("/fhir/R4/_history", "GET"), (f"/fhir/R4/{rtype}/_search", "POST"),
+        ("/fhir/R4", "POST"), (f"{i}/$binary-access-read", "GET POST"), (f"{i}/$binary-access-write", "POST"),
+        (f"{i}/$ingestion-status", "GET"), (f"/fhir/R4/Binary/{r}", "GET PUT"), ("/fhir/R4/Binary", "POST"),
+        (f"/fhir/R4/Binary/{r}/_history/{v}/$binary-access-read", "GET"), (f"/fhir/R4/Media/{r}", "GET"),
+        (f"/storage/{r}/{v}", "GET OPTIONS"), (known["signed"].split("?")[0], "GET"), ("/fhir/R4/metadata", "GET"),
+        ("/oauth2/token", "POST"), (f"/fhir/R4/DocumentReference/{known['doc']}/$binary-access-read", "GET POST"),
     ]))
-    method = draw(st.sampled_from(["GET"] * 4 + ["HEAD", "POST", "POST", "POST", "PUT", "PUT", "DELETE", "PATCH",
-                                                 "OPTIONS"]))
+    if draw(st.integers(0, 9)) == 0:
+        methods = "GET HEAD POST PUT DELETE PATCH OPTIONS"
+    method = draw(st.sampled_from(methods.split()))
     query = draw(st.lists(st.tuples(st.one_of(st.sampled_from(SEARCH_NAMES), nasty_text), values), max_size=6))
     if path == known["signed"].split("?")[0] and draw(st.booleans()):
         query = [tuple(p.split("=", 1)) for p in known["signed"].split("?")[1].split("&")] + query  # type: ignore[misc]
