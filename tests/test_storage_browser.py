@@ -160,30 +160,14 @@ def test_img_and_video_load_play_and_seek_through_signed_urls(
         origin, pages = page_server
         pages["/"] = (f'<!doctype html><title>signed</title><img id="photo" src="{img_url}">'
                       f'<video id="clip" src="{video_url}" muted preload="auto"></video>').encode()
-        port = free_port()
-        browser = subprocess.Popen(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", f"--remote-debugging-port={port}",
-             f"{origin}/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # its own process group: the renderers go with it
-        try:
-            targets = wait_for(lambda: [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
-                                        if t.get("type") == "page" and t.get("url", "").startswith(origin)],
-                               "the browser's page target")
-            from websockets.sync.client import connect
 
-            with connect(targets[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
-                page = Page(ws)
-                loaded = "document.readyState === 'complete' && !!document.getElementById('clip')"
-                wait_for(lambda: page.evaluate(loaded), "the page to load")
-                result = page.evaluate(PLAY_AND_SEEK)
-                print("browser saw:", result)
-        finally:
-            os.killpg(browser.pid, signal.SIGTERM)
-            try:
-                browser.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(browser.pid, signal.SIGKILL)
-                browser.wait()
+        def play(page: Page) -> Any:
+            loaded = "document.readyState === 'complete' && !!document.getElementById('clip')"
+            wait_for(lambda: page.evaluate(loaded), "the page to load")
+            return page.evaluate(PLAY_AND_SEEK)
+
+        result = run_browser(chromium, tmp / "profile", f"{origin}/", play)
+        print("browser saw:", result)
     assert result["naturalWidth"] == 64
     assert result["duration"] == pytest.approx(6, abs=0.5)
     assert result["ranges"] >= 1 and result["seekStart"] == 0
