@@ -20,7 +20,6 @@ from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
 from fhirvault.service.search import SearchResult, conditional_matches, run_search
 from fhirvault.service.timeutil import to_instant
-from fhirvault.service.validation import require_valid
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
 
@@ -64,10 +63,8 @@ def new_id() -> str:
 
 
 class ResourceService:
-    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None,
-                 validate: bool = True) -> None:
+    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None) -> None:
         self.db = db
-        self.validate = validate
         self.store = store
         self.access: AccessPolicy = access or AllowAll()
         # What every written and every read resource passes through; see service/pipelines.py.
@@ -197,8 +194,6 @@ class ResourceService:
                      blob_id: str | None = None) -> WriteResult:
         resource = copy.deepcopy(resource)
         resource["id"] = rid
-        if self.validate:
-            require_valid(resource)
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
         await self.write_pipeline.before_store(ctx, uow, resource)
