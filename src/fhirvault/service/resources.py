@@ -72,6 +72,11 @@ class ResourceService:
         self.write_pipeline = WritePipeline()
         self.read_pipeline = ReadPipeline()
 
+    def require(self, ctx: RequestContext, interaction: str, rtype: str | None) -> None:
+        """Forbidden unless the caller's scopes allow `interaction` (create, read, update, delete,
+        search, history, ...) on `rtype` (None: the whole server); checked before anything is looked up."""
+        self.access.require(ctx, interaction, rtype)
+
     # -- transactions -------------------------------------------------------------------------
     async def in_transaction(self, ctx: RequestContext, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """Run `work` in one write transaction, retried from the start when a concurrent writer won."""
@@ -81,6 +86,7 @@ class ResourceService:
                 async with self.db.write() as conn:
                     uow = UnitOfWork(conn)
                     result = await work(uow)
+                    await self._finish_deferred(ctx, uow)
                 break
             except BaseException as exc:
                 if uow is not None:
@@ -92,6 +98,16 @@ class ResourceService:
         assert uow is not None
         await self.write_pipeline.committed(ctx, uow)
         return result
+
+    async def _finish_deferred(self, ctx: RequestContext, uow: UnitOfWork) -> None:
+        """The deferred work of write steps, each followed by storing its resource's changed content as the
+        same version (content and search index); see UnitOfWork."""
+        while uow.deferred:
+            resource, finish = uow.deferred.pop(0)
+            await finish()
+            stored = next(s for s in reversed(uow.written) if s.content is resource)
+            tokens, refs = index_entries(resource, ctx.base_url)
+            await self.store.rewrite(uow.conn, stored, tokens, refs)
 
     # -- writes ---------------------------------------------------------------------------------
     async def create(self, ctx: RequestContext, rtype: str, body: Any,
@@ -201,6 +217,7 @@ class ResourceService:
         tokens, refs = index_entries(resource, ctx.base_url)
         await self.store.write(uow.conn, stored, current.version_id if current else None, tokens, refs)
         uow.committed.append(resource)
+        uow.written.append(stored)
         return WriteResult(stored, created=current is None or current.deleted)
 
     async def _check_change(self, ctx: RequestContext, conn: AsyncConnection, current: dict[str, Any],

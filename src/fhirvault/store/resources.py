@@ -119,6 +119,17 @@ class ResourceStore:
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
         await self._reindex(conn, stored.resource_type, stored.id, tokens, refs, fresh=previous_version is None)
 
+    async def rewrite(self, conn: AsyncConnection, stored: StoredResource, tokens: set[TokenEntry],
+                      refs: set[RefEntry]) -> None:
+        """Replace the content and search index of the version `stored` that this same transaction wrote
+        (work deferred to the end of a transaction Bundle completes it); the version id stays."""
+        content = jsoncodec.dumps(stored.content).decode("utf-8")
+        for table in (resources, resource_versions):
+            await conn.execute(sa.update(table).where(
+                table.c.resource_type == stored.resource_type, table.c.id == stored.id,
+                table.c.version_id == stored.version_id).values(content=content))
+        await self._reindex(conn, stored.resource_type, stored.id, tokens, refs)
+
     async def _reindex(self, conn: AsyncConnection, rtype: str, rid: str,
                        tokens: set[TokenEntry], refs: set[RefEntry], fresh: bool = False) -> None:
         """Replaces the resource's index rows; `fresh`: it had no row before (so it has no index rows:
@@ -190,6 +201,19 @@ class ResourceStore:
         stmt = (sa.select(t).where(*where)
                 .order_by(t.c.last_updated.desc(), t.c.version_id.desc()).limit(count).offset(offset))
         return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()], total
+
+    async def current_page(self, conn: AsyncConnection, rtype: str | None, after: tuple[str, str] | None,
+                           limit: int) -> list[StoredResource]:
+        """Up to `limit` current, not deleted resources (of `rtype`, or every type) ordered by
+        (type, id), starting after the (type, id) key `after`: a keyset page, cheap at any depth."""
+        t = resources
+        where: list[Any] = [t.c.deleted == sa.false()]
+        if rtype:
+            where.append(t.c.resource_type == rtype)
+        if after is not None:
+            where.append(sa.tuple_(t.c.resource_type, t.c.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+        stmt = sa.select(t).where(*where).order_by(t.c.resource_type, t.c.id).limit(limit)
+        return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def versions_of(self, conn: AsyncConnection, rtype: str, rid: str) -> list[StoredResource]:
         t = resource_versions
