@@ -20,7 +20,6 @@ from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
 from fhirvault.service.search import SearchResult, conditional_matches, run_search
 from fhirvault.service.timeutil import to_instant
-from fhirvault.service.validation import require_valid
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
 
@@ -64,10 +63,8 @@ def new_id() -> str:
 
 
 class ResourceService:
-    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None,
-                 validate: bool = True) -> None:
+    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None) -> None:
         self.db = db
-        self.validate = validate
         self.store = store
         self.access: AccessPolicy = access or AllowAll()
         # What every written and every read resource passes through; see service/pipelines.py.
@@ -88,6 +85,7 @@ class ResourceService:
                 async with self.db.write() as conn:
                     uow = UnitOfWork(conn)
                     result = await work(uow)
+                    await self._finish_deferred(ctx, uow)
                 break
             except BaseException as exc:
                 if uow is not None:
@@ -99,6 +97,16 @@ class ResourceService:
         assert uow is not None
         await self.write_pipeline.committed(ctx, uow)
         return result
+
+    async def _finish_deferred(self, ctx: RequestContext, uow: UnitOfWork) -> None:
+        """The deferred work of write steps, each followed by storing its resource's changed content as the
+        same version (content and search index); see UnitOfWork."""
+        while uow.deferred:
+            resource, finish = uow.deferred.pop(0)
+            await finish()
+            stored = next(s for s in reversed(uow.written) if s.content is resource)
+            tokens, refs = index_entries(resource, ctx.base_url)
+            await self.store.rewrite(uow.conn, stored, tokens, refs)
 
     # -- writes ---------------------------------------------------------------------------------
     async def create(self, ctx: RequestContext, rtype: str, body: Any,
@@ -186,8 +194,6 @@ class ResourceService:
                      blob_id: str | None = None) -> WriteResult:
         resource = copy.deepcopy(resource)
         resource["id"] = rid
-        if self.validate:
-            require_valid(resource)
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
         await self.write_pipeline.before_store(ctx, uow, resource)
@@ -204,6 +210,7 @@ class ResourceService:
         tokens, refs = index_entries(resource, ctx.base_url)
         await self.store.write(uow.conn, stored, current.version_id if current else None, tokens, refs)
         uow.committed.append(resource)
+        uow.written.append(stored)
         return WriteResult(stored, created=current is None or current.deleted)
 
     async def _check_change(self, ctx: RequestContext, conn: AsyncConnection, current: dict[str, Any],
