@@ -27,6 +27,7 @@ from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import routes as http_routes
 from fhirvault.http import storage_api
 from fhirvault.http.auth import BearerAuthMiddleware
+from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
@@ -143,7 +144,6 @@ class FhirVault:
         if self._capability is None:
             base = self.settings.fhir_base_url
             operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
-            operations.append({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"})
             media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
                          "Media.content.contentType or with _output=data; any other Accept gives the resource."
                          if self.settings.media_raw_enabled else "")
@@ -203,7 +203,9 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=http_routes.routes(),
-        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
+        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
+                    Middleware(ContentDecodingMiddleware,
+                               limit=max(settings.max_binary_bytes, settings.max_json_bytes))],
         exception_handlers={
             FhirVaultError: _domain_error,
             HTTPException: _http_error,

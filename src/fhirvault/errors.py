@@ -58,6 +58,13 @@ class PreconditionFailed(FhirVaultError):
     code = "conflict"
 
 
+class NotAcceptable(FhirVaultError):
+    """No representation the server can give matches what the request asked for (`_format`, Accept)."""
+
+    status = 406
+    code = "not-supported"
+
+
 class TooLarge(FhirVaultError):
     status = 413
     code = "too-costly"

@@ -85,6 +85,7 @@ class ResourceService:
                 async with self.db.write() as conn:
                     uow = UnitOfWork(conn)
                     result = await work(uow)
+                    await self._finish_deferred(ctx, uow)
                 break
             except BaseException as exc:
                 if uow is not None:
@@ -96,6 +97,16 @@ class ResourceService:
         assert uow is not None
         await self.write_pipeline.committed(ctx, uow)
         return result
+
+    async def _finish_deferred(self, ctx: RequestContext, uow: UnitOfWork) -> None:
+        """The deferred work of write steps, each followed by storing its resource's changed content as the
+        same version (content and search index); see UnitOfWork."""
+        while uow.deferred:
+            resource, finish = uow.deferred.pop(0)
+            await finish()
+            stored = next(s for s in reversed(uow.written) if s.content is resource)
+            tokens, refs = index_entries(resource, ctx.base_url)
+            await self.store.rewrite(uow.conn, stored, tokens, refs)
 
     # -- writes ---------------------------------------------------------------------------------
     async def create(self, ctx: RequestContext, rtype: str, body: Any,
@@ -199,6 +210,7 @@ class ResourceService:
         tokens, refs = index_entries(resource, ctx.base_url)
         await self.store.write(uow.conn, stored, current.version_id if current else None, tokens, refs)
         uow.committed.append(resource)
+        uow.written.append(stored)
         return WriteResult(stored, created=current is None or current.deleted)
 
     async def _check_change(self, ctx: RequestContext, conn: AsyncConnection, current: dict[str, Any],
