@@ -49,6 +49,7 @@ from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import to_instant
 from fhirvault.service.validate_operation import ValidateOperation
+from fhirvault.service.validation import R4Validation
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore
@@ -66,8 +67,7 @@ class FhirVault:
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
-        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store),
-                                         validate=settings.validation_enabled)
+        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store))
         self.bundles = BundleService(self.resources)
         self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
@@ -76,14 +76,15 @@ class FhirVault:
             self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
             pending_grace_seconds=settings.pending_blob_grace_seconds)
-        self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
-                                     settings.signed_url_window)
+        self.signed_urls = SignedUrl(self.db, settings.storage_base_url, settings.signed_url_ttl,
+                                     settings.signed_url_window, also_accepted=(settings.public_base_url,))
         self.jobs = JobQueue(self.db, max_attempts=settings.ingest_max_attempts,
                              backoff_seconds=settings.ingest_backoff_seconds,
                              lease_seconds=settings.job_lease_seconds)
         self.ingestion = AttachmentIngestion(self.resources, self.binaries, self.jobs, settings)
         # The steps every resource passes; their order is fixed in service/pipelines.py.
         self.resources.write_pipeline = WritePipeline(
+            validate=R4Validation() if settings.validation_enabled else None,
             move_inline_data=InlineDataMover(self.resources, self.blob_store, self.blob_registry,
                                              settings.inline_max_bytes),
             normalize_attachment_urls=AttachmentNormalizer(

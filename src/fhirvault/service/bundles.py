@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, urlsplit
 from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.outcome import operation_outcome
-from fhirvault.fhir.r4 import is_resource_type
+from fhirvault.fhir.r4 import is_resource_type, whole_number
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, new_id
@@ -74,10 +74,10 @@ def parse_etag(value: str) -> int:
     v = value.strip()
     if v.startswith("W/"):
         v = v[2:]
-    v = v.strip('"')
-    if not v.isdigit():
+    version = whole_number(v.strip('"'))
+    if version is None:
         raise Invalid(f"If-Match '{value}' is not a version ETag like W/\"3\"")
-    return int(v)
+    return version
 
 
 def _replace_refs(node: Any, mapping: dict[str, str]) -> Any:

@@ -81,6 +81,9 @@ class ReadStep(Protocol):
 class WritePipeline:
     """The write steps, by slot; an empty slot is skipped (e.g. no blob store: nothing moves out)."""
 
+    # The resource must be valid R4 (VALIDATION_ENABLED); first, so that no later step works on, or
+    # stores bytes for, a resource that will be refused.
+    validate: WriteStep | None = None
     # Strict base64 checked everywhere; Attachment.data above INLINE_MAX_BYTES moved into a Binary.
     move_inline_data: WriteStep | None = None
     # Our Binary URLs in Attachment.url become `Binary/{id}`; runs after the move, so the URLs it
@@ -91,7 +94,7 @@ class WritePipeline:
 
     def write_steps(self) -> list[WriteStep]:
         """The steps before the version is stored, in order."""
-        slots = (self.move_inline_data, self.normalize_attachment_urls)
+        slots = (self.validate, self.move_inline_data, self.normalize_attachment_urls)
         return [step for step in slots if step is not None]
 
     def after_commit_steps(self) -> list[AfterCommitStep]:
