@@ -159,12 +159,13 @@ def header_bytes(value: str) -> bytes:
 def fuzz_target(server_factory: Callable[..., ServerProcess]) -> tuple[ServerProcess, dict[str, str]]:
     server = server_factory("sqlite", inline_max_bytes=16, ingest_enabled=False)
     with server.api() as api:
-        binary = api.post("/Binary", content=b"0123456789" * 10, headers={"Content-Type": "text/plain"}).json()
+        created = api.post("/Binary", content=b"0123456789" * 10, headers={"Content-Type": "text/plain"})
+        binary = created.json()
         doc = api.post("/DocumentReference", headers={"Content-Type": FHIR_JSON}, json={
             "resourceType": "DocumentReference", "status": "current", "content": [
                 {"attachment": {"contentType": "text/plain", "url": f"Binary/{binary['id']}"}}]}).json()
         patient = api.post("/Patient", json={"resourceType": "Patient"}, headers={"Content-Type": FHIR_JSON}).json()
-    signed = binary["url"][len(server.url):]
+    signed = created.links["alternate"]["url"][len(server.url):]
     return server, {"binary": binary["id"], "doc": doc["id"], "patient": patient["id"], "signed": signed}
 
 

@@ -44,6 +44,11 @@ def as_client(server: ServerProcess, scope: str, patient: str | None = None) -> 
     return FhirApi(server.base, headers=bearer(token))
 
 
+def with_signed_url(created: httpx.Response) -> dict[str, Any]:
+    """A created Binary with the signed URL of its content (the Link rel=alternate header) as `url`."""
+    return {**created.json(), "url": created.links["alternate"]["url"]}
+
+
 def put(api: FhirApi, resource: dict[str, Any]) -> httpx.Response:
     return api.put(f"/{resource['resourceType']}/{resource['id']}", json=resource, headers=FHIR_JSON)
 
@@ -106,9 +111,9 @@ def test_every_response_with_stored_bytes_is_inert(probe_server: ServerProcess, 
         html = patient.post("/Binary", content=HTML, headers={"Content-Type": "text/html",
                                                               "X-Security-Context": "Patient/p-xss"})
         assert html.status_code == 201, html.text
-    svg = api.post("/Binary", content=SVG, headers={"Content-Type": "image/svg+xml"}).json()
-    png = api.post("/Binary", content=b"\x89PNG\r\n\x1a\n", headers={"Content-Type": "image/png"}).json()
-    for created, attachment in ((html.json(), True), (svg, True), (png, False)):
+    svg = with_signed_url(api.post("/Binary", content=SVG, headers={"Content-Type": "image/svg+xml"}))
+    png = with_signed_url(api.post("/Binary", content=b"\x89PNG\r\n\x1a\n", headers={"Content-Type": "image/png"}))
+    for created, attachment in ((with_signed_url(html), True), (svg, True), (png, False)):
         assert_protected(api.get(f"/Binary/{created['id']}"), attachment)
         assert_protected(api.get(f"/Binary/{created['id']}", headers={"Range": "bytes=0-3"}), attachment)
         assert_protected(httpx.get(created["url"]), attachment)  # the token-less signed URL
@@ -156,7 +161,8 @@ def test_patient_client_writes_only_into_its_own_compartment(probe_server: Serve
 # -- 4. range amplification ---------------------------------------------------------------------
 def test_ranges_never_amplify(api: FhirApi) -> None:
     body = bytes(range(256)) * 40
-    url = api.post("/Binary", content=body, headers={"Content-Type": "application/octet-stream"}).json()["url"]
+    created = api.post("/Binary", content=body, headers={"Content-Type": "application/octet-stream"})
+    url = with_signed_url(created)["url"]
     many = httpx.get(url, headers={"Range": "bytes=" + ",".join(["0-"] * 64)})
     assert many.status_code == 200 and many.content == body
     overlapping = httpx.get(url, headers={"Range": "bytes=0-99,50-149"})

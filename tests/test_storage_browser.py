@@ -252,8 +252,8 @@ def test_stored_html_and_svg_never_run_script(
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" onload="fetch(\'{origin}/ran-svg-onload\')">'
            f"<script>fetch('{origin}/ran-svg')</script></svg>").encode()
     with server.api() as api:
-        html_url = api.post("/Binary", content=html, headers={"Content-Type": "text/html"}).json()["url"]
-        svg_url = api.post("/Binary", content=svg, headers={"Content-Type": "image/svg+xml"}).json()["url"]
+        html_url = api.post("/Binary", content=html, headers={"Content-Type": "text/html"}).links["alternate"]["url"]
+        svg_url = api.post("/Binary", content=svg, headers={"Content-Type": "image/svg+xml"}).links["alternate"]["url"]
     control = f"<script>fetch('{origin}/control')</script>".replace("'", "&#39;")
     pages["/"] = (f'<!doctype html><iframe src="{html_url}"></iframe><iframe src="{svg_url}"></iframe>'
                   f'<img src="{svg_url}"><object data="{svg_url}" type="image/svg+xml"></object>'
