@@ -24,6 +24,7 @@ from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import binary_api, fhir_api, ingestion_api, oauth_api, operations_api, storage_api
 from fhirvault.http.auth import BearerAuthMiddleware
+from fhirvault.http.formats import FhirFormatMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
@@ -61,7 +62,8 @@ class FhirVault:
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
-        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store))
+        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store),
+                                         conditional_delete_max=settings.conditional_delete_max)
         self.bundles = BundleService(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
         self.blob_registry = BlobRegistry()
@@ -191,7 +193,8 @@ def build_app(settings: Settings) -> Starlette:
         routes=(oauth_api.routes(FHIR_PREFIX) + ingestion_api.routes(FHIR_PREFIX) + operations_api.routes(FHIR_PREFIX)
                 + binary_api.routes(FHIR_PREFIX)
                 + fhir_api.routes(FHIR_PREFIX) + storage_api.routes()),
-        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
+        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
+                    Middleware(FhirFormatMiddleware, prefix=FHIR_PREFIX)],
         exception_handlers={
             FhirVaultError: _domain_error,
             HTTPException: _http_error,

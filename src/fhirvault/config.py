@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     signed_url_window: int = 600
     storage_cors_origin: str = "*"
     media_raw_enabled: bool = True
+    conditional_delete_max: int = Field(
+        default=1, ge=1, description="resources one conditional delete may remove; more matches -> 412")
 
     # Security
     token_lifetime: int = Field(default=3600, ge=0, description="seconds an access token is valid")

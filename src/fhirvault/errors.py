@@ -52,6 +52,20 @@ class PreconditionFailed(FhirVaultError):
     code = "conflict"
 
 
+class Unprocessable(FhirVaultError):
+    """Well formed but cannot be carried out on the current state, e.g. a PATCH whose `test` fails (RFC 5789)."""
+
+    status = 422
+    code = "processing"
+
+
+class NotAcceptable(FhirVaultError):
+    """No representation the client accepts (`Accept`, `_format`) can be produced."""
+
+    status = 406
+    code = "not-supported"
+
+
 class TooLarge(FhirVaultError):
     status = 413
     code = "too-costly"

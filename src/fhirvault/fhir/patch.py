@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import jsonpatch  # type: ignore[import-untyped]
-import jsonpointer  # type: ignore[import-untyped]
+import jsonpatch
+import jsonpointer
 from fhirpathpy import evaluate as fhirpath_evaluate
 from fhirpathpy.models import models as fhirpath_models
 

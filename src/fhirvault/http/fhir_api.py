@@ -14,13 +14,19 @@ from fhirvault.fhir.bundle import bundle
 from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type
 from fhirvault.http.negotiation import parse_prefer
-from fhirvault.http.requests import read_fhir_json
+from fhirvault.http.requests import read_fhir_json, read_patch_document
 from fhirvault.http.responses import FhirJsonResponse
 from fhirvault.service.bundles import parse_etag
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT, page_links, run_search
-from fhirvault.service.timeutil import now_us, parse_fhir_datetime_range, to_http_date, to_instant
+from fhirvault.service.timeutil import (
+    now_us,
+    parse_fhir_datetime_range,
+    parse_http_date,
+    to_http_date,
+    to_instant,
+)
 from fhirvault.store.resources import StoredResource
 
 
@@ -57,6 +63,8 @@ async def resource_response(request: Request, stored: StoredResource, status: in
     v = vault(request)
     ctx = context(request)
     headers = version_headers(stored, ctx.base_url, with_location)
+    if request.method in ("GET", "HEAD") and not_modified(request, stored):
+        return Response(status_code=304, headers=headers)
     assert stored.content is not None
     rendered = (await v.resources.render(ctx, [stored.content]))[0]
     return FhirJsonResponse(rendered, status, headers)
@@ -74,6 +82,28 @@ async def write_response(request: Request, result: WriteResult) -> Response:
         return FhirJsonResponse(informational([f"{result.stored.resource_type}/{result.stored.id} {verb}"]),
                                 status, headers)
     return await resource_response(request, result.stored, status, with_location=True)
+
+
+def not_modified(request: Request, stored: StoredResource) -> bool:
+    """Conditional read (R4 http.html#cread, RFC 9110 13.1): If-None-Match, else If-Modified-Since."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+        return "*" in tags or f'"{stored.version_id}"' in tags
+    since = request.headers.get("if-modified-since")
+    if since is None:
+        return False
+    since_us = parse_http_date(since)
+    return since_us is not None and stored.last_updated // 1_000_000 * 1_000_000 <= since_us
+
+
+def criteria_of(request: Request, interaction: str) -> str:
+    """The search criteria of a conditional interaction: the URL's query string, which must not be empty."""
+    query = request.url.query
+    if not query:
+        raise Invalid(f"A conditional {interaction} needs search criteria in the URL, "
+                      f"e.g. {request.url.path}?identifier=system|value")
+    return query
 
 
 def if_match_version(request: Request) -> int | None:
@@ -116,11 +146,53 @@ async def update(request: Request) -> Response:
     return await write_response(request, result)
 
 
+async def conditional_update(request: Request) -> Response:
+    """PUT [type]?criteria (R4 http.html#cond-update)."""
+    rtype = resource_type_of(request)
+    v = vault(request)
+    criteria = criteria_of(request, "update")
+    body = await read_fhir_json(request, v.settings.max_json_bytes)
+    result = await v.resources.conditional_update(context(request), rtype, criteria, body, if_match_version(request))
+    return await write_response(request, result)
+
+
+async def patch(request: Request) -> Response:
+    """PATCH [type]/[id] with JSON Patch, JSON Merge Patch or FHIRPath Patch (R4 http.html#patch)."""
+    rtype = resource_type_of(request)
+    v = vault(request)
+    document = await read_patch_document(request, v.settings.max_json_bytes)
+    result = await v.resources.patch(context(request), rtype, request.path_params["rid"], document,
+                                     if_match_version(request))
+    return await write_response(request, result)
+
+
+async def conditional_patch(request: Request) -> Response:
+    """PATCH [type]?criteria."""
+    rtype = resource_type_of(request)
+    v = vault(request)
+    criteria = criteria_of(request, "patch")
+    document = await read_patch_document(request, v.settings.max_json_bytes)
+    result = await v.resources.conditional_patch(context(request), rtype, criteria, document,
+                                                 if_match_version(request))
+    return await write_response(request, result)
+
+
 async def delete(request: Request) -> Response:
     rtype = resource_type_of(request)
     stored = await vault(request).resources.delete(context(request), rtype, request.path_params["rid"])
     headers = {"ETag": f'W/"{stored.version_id}"'} if stored else {}
     return Response(status_code=204, headers=headers)
+
+
+async def conditional_delete(request: Request) -> Response:
+    """DELETE [type]?criteria (R4 http.html#cdelete): 200 with an OperationOutcome naming what was deleted."""
+    rtype = resource_type_of(request)
+    deleted = await vault(request).resources.conditional_delete(context(request), rtype,
+                                                                criteria_of(request, "delete"))
+    if not deleted:
+        return FhirJsonResponse(informational([f"No {rtype} matched; nothing was deleted"]))
+    headers = {"ETag": f'W/"{deleted[0].version_id}"'} if len(deleted) == 1 else {}
+    return FhirJsonResponse(informational([f"{d.resource_type}/{d.id} deleted" for d in deleted]), 200, headers)
 
 
 # -- search -------------------------------------------------------------------------------------
@@ -217,10 +289,14 @@ def routes(prefix: str) -> list[Route]:
         ("/{rtype}/_history", history, ["GET"]),
         ("/{rtype}", search, ["GET"]),
         ("/{rtype}", create, ["POST"]),
+        ("/{rtype}", conditional_update, ["PUT"]),
+        ("/{rtype}", conditional_patch, ["PATCH"]),
+        ("/{rtype}", conditional_delete, ["DELETE"]),
         ("/{rtype}/{rid}/_history/{vid}", vread, ["GET"]),
         ("/{rtype}/{rid}/_history", history, ["GET"]),
         ("/{rtype}/{rid}", read, ["GET"]),
         ("/{rtype}/{rid}", update, ["PUT"]),
+        ("/{rtype}/{rid}", patch, ["PATCH"]),
         ("/{rtype}/{rid}", delete, ["DELETE"]),
     ]
     return [Route(prefix + path, endpoint, methods=methods) for path, endpoint, methods in table]
