@@ -159,21 +159,32 @@ class ResourceService:
             ctx, lambda uow: self.conditional_update_in(uow, ctx, rtype, criteria, body, if_match))
 
     async def conditional_update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
-                                    body: Any, if_match: int | None = None,
-                                    rid: str | None = None) -> WriteResult:
-        """Conditional update in a transaction; `rid` is the id to create under when nothing matches."""
+                                    body: Any, if_match: int | None = None) -> WriteResult:
+        """Conditional update inside a unit of work (see `conditional_update`)."""
         resource = check_resource_body(body, rtype)
+        rid, create = await self.conditional_update_target_in(uow, ctx, rtype, criteria, resource)
+        if create:
+            return await self.create_in(uow, ctx, rtype, resource, rid=rid)
+        return await self.update_in(uow, ctx, rtype, rid, {**resource, "id": rid}, if_match)
+
+    async def conditional_update_target_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
+                                           criteria: str, resource: dict[str, Any]) -> tuple[str, bool]:
+        """The id a conditional update writes, and whether that is a create (R4 http.html#cond-update).
+
+        Several matches raise PreconditionFailed; no match and a body id naming an existing resource
+        too (the criteria did not select it, so it is not overwritten).
+        """
         match = await self.conditional_target_in(uow, ctx, rtype, criteria, "The conditional update")
         target = conditional_update_id(rtype, criteria, resource, match)
         if target is None:
             self.access.require(ctx, "create", rtype)
-            return await self.create_in(uow, ctx, rtype, resource, rid=rid)
+            return new_id(), True
         if match is None:
             existing = await self.store.get(uow.conn, rtype, target)
             if existing is not None and not existing.deleted:
                 raise PreconditionFailed(f"No {rtype} matches '{criteria}', yet {rtype}/{target} named by the "
                                          "body exists; a conditional update does not overwrite it")
-        return await self.update_in(uow, ctx, rtype, target, {**resource, "id": target}, if_match)
+        return target, False
 
     async def conditional_delete(self, ctx: RequestContext, rtype: str, criteria: str) -> list[StoredResource]:
         """`DELETE [type]?criteria`: deletes every match, at most `conditional_delete_max` (more -> 412)."""
@@ -182,14 +193,28 @@ class ResourceService:
 
     async def conditional_delete_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
                                     criteria: str) -> list[StoredResource]:
+        """Conditional delete inside a unit of work; the deletion rows written."""
+        deleted = [await self.delete_in(uow, ctx, rtype, rid)
+                   for rid in await self.conditional_delete_ids_in(uow, ctx, rtype, criteria)]
+        return [d for d in deleted if d is not None]
+
+    async def conditional_delete_ids_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
+                                        criteria: str) -> list[str]:
+        """The ids a conditional delete removes; more than `conditional_delete_max` raise PreconditionFailed."""
         cap = self.conditional_delete_max
         matches = await self.matches_in(uow, ctx, rtype, criteria, cap + 1)
         if len(matches) > cap:
             raise PreconditionFailed(
                 f"The conditional delete '{criteria}' matches more than {cap} {rtype} resource"
                 f"{'s' if cap != 1 else ''}, the most this server deletes at once")
-        deleted = [await self.delete_in(uow, ctx, rtype, m.id) for m in matches]
-        return [d for d in deleted if d is not None]
+        return [m.id for m in matches]
+
+    async def conditional_patch_id_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str) -> str:
+        """The id of the one resource a conditional patch changes; none -> NotFound, several -> 412."""
+        match = await self.conditional_target_in(uow, ctx, rtype, criteria, "The conditional patch")
+        if match is None:
+            raise NotFound(f"No {rtype} matches '{criteria}'; nothing to patch")
+        return match.id
 
     # -- patch (R4 http.html#patch) ---------------------------------------------------------------------
     async def patch(self, ctx: RequestContext, rtype: str, rid: str, document: PatchDocument,
@@ -204,10 +229,8 @@ class ResourceService:
         self.access.require(ctx, "update", rtype)
 
         async def work(uow: UnitOfWork) -> WriteResult:
-            match = await self.conditional_target_in(uow, ctx, rtype, criteria, "The conditional patch")
-            if match is None:
-                raise NotFound(f"No {rtype} matches '{criteria}'; nothing to patch")
-            return await self.patch_in(uow, ctx, rtype, match.id, document, if_match)
+            rid = await self.conditional_patch_id_in(uow, ctx, rtype, criteria)
+            return await self.patch_in(uow, ctx, rtype, rid, document, if_match)
 
         return await self.in_transaction(ctx, work)
 
