@@ -148,7 +148,8 @@ class FhirVault:
                                    "required everywhere but /metadata, the token endpoint and signed /storage URLs.",
                 }},
                 operations_by_type={rtype: operations for rtype in resource_types()},
-                type_documentation={"Media": media_doc} if media_doc else None)
+                type_documentation={"Media": media_doc} if media_doc else None,
+                conditional_delete_max=self.settings.conditional_delete_max)
         return self._capability
 
 
