@@ -132,7 +132,8 @@ class FhirVault:
             base = self.settings.fhir_base_url
             operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
             media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
-                         "Media.content.contentType or with _output=data; any other Accept gives the resource."
+                         "Media.content.contentType or with _output=data; an Accept that admits FHIR JSON gives the "
+                         "resource, any other 406."
                          if self.settings.media_raw_enabled else "")
             self._capability = capability_statement(
                 base, __version__, to_instant(now_us()),
