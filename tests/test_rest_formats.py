@@ -1,10 +1,11 @@
-"""Format negotiation over real HTTP (R4 http.html "Content Types and encodings"): _format, Accept, 406, 415, _pretty."""
+"""Format negotiation over real HTTP (R4 http.html, Content Types): _format, Accept, 406, 415, _pretty."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import httpx
 import pytest
 
 from tests.support.server import FhirApi
@@ -19,10 +20,9 @@ def patient(api: FhirApi) -> str:
     return rid
 
 
-def assert_406(r: object) -> None:
-    status = getattr(r, "status_code")
-    body = getattr(r, "json")()
-    assert status == 406, getattr(r, "text")
+def assert_406(r: httpx.Response) -> None:
+    assert r.status_code == 406, r.text
+    body = r.json()
     assert body["resourceType"] == "OperationOutcome"
     assert "application/fhir+json" in body["issue"][0]["diagnostics"]  # names what is produced
 
