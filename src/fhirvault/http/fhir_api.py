@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -130,42 +131,32 @@ async def vread(request: Request) -> Response:
 
 
 async def update(request: Request) -> Response:
-    rtype = resource_type_of(request)
-    v = vault(request)
-    body = await read_fhir_json(request, v.settings.max_json_bytes)
-    result = await v.resources.update(context(request), rtype, request.path_params["rid"], body,
-                                      if_match_version(request))
-    return await write_response(request, result)
-
-
-async def conditional_update(request: Request) -> Response:
-    """PUT [type]?criteria (R4 http.html#cond-update)."""
-    rtype = resource_type_of(request)
-    v = vault(request)
-    criteria = criteria_of(request, "update")
-    body = await read_fhir_json(request, v.settings.max_json_bytes)
-    result = await v.resources.conditional_update(context(request), rtype, criteria, body, if_match_version(request))
-    return await write_response(request, result)
+    """PUT [type]/[id], or the conditional update PUT [type]?criteria (R4 http.html#cond-update)."""
+    resources = vault(request).resources
+    return await _by_id_or_criteria(request, "update", read_fhir_json, resources.update,
+                                    resources.conditional_update)
 
 
 async def patch(request: Request) -> Response:
-    """PATCH [type]/[id] with JSON Patch, JSON Merge Patch or FHIRPath Patch (R4 http.html#patch)."""
-    rtype = resource_type_of(request)
-    v = vault(request)
-    document = await read_patch_document(request, v.settings.max_json_bytes)
-    result = await v.resources.patch(context(request), rtype, request.path_params["rid"], document,
-                                     if_match_version(request))
-    return await write_response(request, result)
+    """PATCH [type]/[id], or PATCH [type]?criteria, with JSON Patch, JSON Merge Patch or FHIRPath Patch
+    (R4 http.html#patch)."""
+    resources = vault(request).resources
+    return await _by_id_or_criteria(request, "patch", read_patch_document, resources.patch,
+                                    resources.conditional_patch)
 
 
-async def conditional_patch(request: Request) -> Response:
-    """PATCH [type]?criteria."""
+async def _by_id_or_criteria(request: Request, interaction: str, read_body: Callable[[Request, int], Awaitable[Any]],
+                             by_id: Callable[..., Awaitable[WriteResult]],
+                             by_criteria: Callable[..., Awaitable[WriteResult]]) -> Response:
+    """An interaction on [type]/[id] or, conditionally, on the one match of [type]?criteria; If-Match honoured.
+
+    `by_id` and `by_criteria` take (ctx, type, id or criteria, body, if_match)."""
     rtype = resource_type_of(request)
-    v = vault(request)
-    criteria = criteria_of(request, "patch")
-    document = await read_patch_document(request, v.settings.max_json_bytes)
-    result = await v.resources.conditional_patch(context(request), rtype, criteria, document,
-                                                 if_match_version(request))
+    rid = request.path_params.get("rid")
+    target = rid if rid is not None else criteria_of(request, interaction)
+    body = await read_body(request, vault(request).settings.max_json_bytes)
+    write = by_id if rid is not None else by_criteria
+    result = await write(context(request), rtype, target, body, if_match_version(request))
     return await write_response(request, result)
 
 
