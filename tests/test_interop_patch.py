@@ -56,3 +56,20 @@ def test_medplum_patch_resource_and_upsert_resource(server: ServerProcess) -> No
     assert out["upsertSameId"] is True
     assert out["upsertVersions"] == ["1", "2"]
     assert out["upsertActive"] is True
+
+
+def test_fhirpy_conditional_create_with_criteria_in_the_url(server: ServerProcess) -> None:
+    """fhirpy's get_or_create() and resource.create(**criteria) send POST [type]?criteria."""
+    from fhirpy import SyncFHIRClient
+
+    client = SyncFHIRClient(server.base, authorization=server.auth_headers()["Authorization"])
+    mrn = uuid.uuid4().hex
+    ident = [{"system": "urn:mrn", "value": mrn}]
+    search = client.resources("Patient").search(identifier=f"urn:mrn|{mrn}")
+    first, created = search.get_or_create(client.resource("Patient", identifier=ident))
+    assert created is True
+    again, created = search.get_or_create(client.resource("Patient", identifier=ident, gender="male"))
+    assert (again["id"], created) == (first["id"], False) and "gender" not in again
+    made = client.resource("Patient", identifier=ident).create(identifier=f"urn:mrn|{mrn}")
+    assert made.id == first["id"]
+    assert len(search.fetch_all()) == 1

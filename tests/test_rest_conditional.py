@@ -260,3 +260,16 @@ def test_batch_patch_entry_and_conditional_reference(api: FhirApi) -> None:
     assert entries[0]["resource"]["active"] is True
     assert entries[1]["resource"]["subject"]["reference"] == f"Patient/{p['id']}"
     assert entries[2]["response"]["status"] == "400"
+
+
+def test_capability_statement_declares_patch_and_conditionals(api: FhirApi) -> None:
+    from fhirclient.models.capabilitystatement import CapabilityStatement
+
+    cs = CapabilityStatement(api.get("/metadata").json(), strict=True)
+    patient = next(r for r in cs.rest[0].resource if r.type == "Patient")
+    assert "patch" in {i.code for i in patient.interaction}
+    assert patient.conditionalCreate is True and patient.conditionalUpdate is True
+    assert (patient.conditionalDelete, patient.conditionalRead) == ("single", "full-support")
+    assert {"application/json-patch+json", "application/merge-patch+json", "application/fhir+json"} \
+        <= set(cs.patchFormat)
+    assert cs.format == ["application/fhir+json", "json"]

@@ -69,6 +69,7 @@ def test_json_patch_each_operation(api: FhirApi, ops: list[dict[str, Any]], chec
     ({"op": "remove", "path": "/gender"}, 400),
     ([{"op": "replace", "path": "/id", "value": "another-id"}], 400),
     ([{"op": "replace", "path": "/resourceType", "value": "Observation"}], 400),
+    ([{"op": "add", "path": "/meta", "value": "not an object"}], 400),  # the update path refuses the result
 ])
 def test_json_patch_failures_change_nothing(api: FhirApi, ops: Any, status: int) -> None:
     before = new_patient(api)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -90,6 +91,9 @@ def not_modified(request: Request, stored: StoredResource) -> bool:
     return since_us is not None and stored.last_updated // 1_000_000 * 1_000_000 <= since_us
 
 
+FORMAT_PARAMS = ("_format", "_pretty")  # parameters of the HTTP exchange, not of a condition
+
+
 def criteria_of(request: Request, interaction: str) -> str:
     """The search criteria of a conditional interaction: the URL's query string, which must not be empty."""
     query = request.url.query
@@ -106,10 +110,16 @@ def if_match_version(request: Request) -> int | None:
 
 # -- instance and type level -------------------------------------------------------------------
 async def create(request: Request) -> Response:
+    """POST [type]; conditional with `If-None-Exist` (R4 http.html#ccreate) or with the criteria in the
+    URL's query (`POST [type]?criteria`, what fhirpy's `get_or_create` and `create(**criteria)` send)."""
     rtype = resource_type_of(request)
     v = vault(request)
+    if_none_exist = request.headers.get("if-none-exist")
+    in_url = [(k, val) for k, val in request.query_params.multi_items() if k not in FORMAT_PARAMS]
+    if in_url and if_none_exist is not None:
+        raise Invalid("Give the conditions of a conditional create once: in If-None-Exist or in the URL")
     body = await read_fhir_json(request, v.settings.max_json_bytes)
-    result = await v.resources.create(context(request), rtype, body, request.headers.get("if-none-exist"))
+    result = await v.resources.create(context(request), rtype, body, urlencode(in_url) if in_url else if_none_exist)
     return await write_response(request, result)
 
 
