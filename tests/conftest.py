@@ -13,7 +13,7 @@ import pytest
 from tests.support.s3 import s3_settings, seaweedfs  # noqa: F401 - session fixtures for s3 mode
 from tests.support.server import FhirApi, ServerProcess, postgres_available, postgres_database, settings_env
 
-pytest_plugins = ["tests.support.binary"]
+pytest_plugins = ["tests.support.binary", "tests.support.standin"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -14,16 +14,12 @@ import httpx
 import pytest
 
 from tests.conftest import require_postgres
-from tests.support.binary import wait_until
+from tests.support.binary import sha1_b64, wait_until
 from tests.support.s3 import SeaweedS3, unique_bucket
 from tests.support.server import FhirApi, ServerProcess, postgres_database, settings_env
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 LARGE = bytes((i * 7919) % 251 for i in range(200_000))  # above INLINE_MAX_BYTES: a blob
-
-
-def sha1_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
 def upload(api: FhirApi, data: bytes = PNG_BYTES, content_type: str = "image/png", **headers: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from tests.support.binary import bapi, binary_server, database, storage_mode  # noqa: F401 - fixtures
+from tests.support.binary import bapi, binary_server, database, sha1_b64, storage_mode  # noqa: F401 - fixtures
 from tests.support.server import FhirApi, ServerProcess
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -18,10 +18,6 @@ INLINE_MAX = 64 * 1024
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def sha1_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
 def create(api: FhirApi, resource: dict[str, Any]) -> dict[str, Any]:

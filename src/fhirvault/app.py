@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirvault import __version__
+from fhirvault import __version__, jsoncodec
 from fhirvault.blobs.factory import open_blob_store
 from fhirvault.clock import now_us
 from fhirvault.config import Settings
@@ -94,6 +94,7 @@ class FhirVault:
         self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
         self._capability: dict[str, Any] | None = None
+        self._capability_json: bytes | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -126,6 +127,12 @@ class FhirVault:
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
         return builtin_operation_definitions(self.settings.fhir_base_url)
+
+    def capability_statement_json(self) -> bytes:
+        """The CapabilityStatement encoded once: it never changes while the process runs."""
+        if self._capability_json is None:
+            self._capability_json = jsoncodec.dumps(self.capability_statement())
+        return self._capability_json
 
     def capability_statement(self) -> dict[str, Any]:
         if self._capability is None:

@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers if settings.workers > 1 else None,
+        workers=settings.worker_processes if settings.worker_processes > 1 else None,
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
@@ -126,9 +126,17 @@ def cmd_clients(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Rotate the token signing keys, or with --url-signing the keys that sign storage URLs."""
     from fhirvault.security.keys import KeyRing
+    from fhirvault.security.url_signing import KEY_REFRESH_SECONDS, SignedUrl
 
     settings = _server_settings(args)
+    if args.url_signing:
+        kid, removed = _run_with_clients(settings, lambda c: SignedUrl(
+            c.db, settings.public_base_url, settings.signed_url_ttl, settings.signed_url_window).rotate())
+        print(f"new URL signing key {kid} (signs from {KEY_REFRESH_SECONDS:.0f} s on, once every node has "
+              f"read it); removed {len(removed)} key(s) no valid URL can still use")
+        return 0
     kid, removed = _run_with_clients(
         settings, lambda c: KeyRing(c.db).rotate(keep_seconds=settings.token_lifetime))
     print(f"new signing key {kid}; removed {len(removed)} key(s) no valid token can still use")
@@ -274,8 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_server_options(p)
         p.set_defaults(func=cmd_clients)
 
-    keys = sub.add_parser("keys", help="token signing keys").add_subparsers(dest="action", required=True)
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
     keys_rotate = keys.add_parser("rotate", help="sign new tokens with a new key; older keys keep verifying")
+    keys_rotate.add_argument("--url-signing", action="store_true",
+                             help="rotate the keys of signed storage URLs instead (older keys keep verifying)")
     _add_server_options(keys_rotate)
     keys_rotate.set_defaults(func=cmd_keys_rotate)
     worker = sub.add_parser("worker", help="run background jobs only")

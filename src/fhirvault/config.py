@@ -22,7 +22,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
+    workers: int = Field(default=0, ge=0, description="server processes; 0: one per CPU core this process may use")
     data_dir: Path = Path("./fhirvault-data")
     database_url: str = ""
     public_base_url: str = ""
@@ -81,6 +81,16 @@ class Settings(BaseSettings):
         if self.signed_url_window > self.signed_url_ttl // 6:
             self.signed_url_window = max(1, self.signed_url_ttl // 6)
         return self
+
+    @property
+    def worker_processes(self) -> int:
+        """How many server processes `serve` runs: `workers`, or one per usable CPU core when it is 0."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
 
     @property
     def fhir_base_url(self) -> str:

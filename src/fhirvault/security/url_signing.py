@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from fhirvault.errors import Forbidden, Gone
 from fhirvault.fhir.r4 import is_valid_id
+from fhirvault.security.key_cache import KeyCache, superseded
 from fhirvault.store.database import Database
 from fhirvault.store.url_signing_keys import UrlSigningKey, all_keys, insert_key, new_key, remove_keys
 
@@ -63,13 +64,11 @@ class SignedUrl:
         self.ttl = ttl
         self.window = max(1, window)
         self.clock = clock
-        self._keys: dict[str, UrlSigningKey] = {}
-        self._ordered: list[UrlSigningKey] = []
-        self._loaded_at = float("-inf")
+        self._keys: KeyCache[UrlSigningKey] = KeyCache(self._load, UNKNOWN_KID_RELOAD_SECONDS, clock)
         self._minted: dict[tuple[str, str, int, int], str] = {}
 
     # -- keys -----------------------------------------------------------------------------------
-    async def _load(self) -> None:
+    async def _load(self) -> list[UrlSigningKey]:
         async with self.db.read() as conn:
             keys = await all_keys(conn)
         if not keys:
@@ -78,25 +77,17 @@ class SignedUrl:
             async with self.db.write() as conn:
                 await insert_key(conn, key)
             keys = [key]
-        self._keys = {k.kid: k for k in keys}
-        self._ordered = keys
-        self._loaded_at = self.clock()
+        return keys
 
     async def signing_key(self) -> UrlSigningKey:
         """The newest key that every node has had time to learn (older than the refresh interval);
         the oldest key while none is that old (a fresh database)."""
-        if not self._ordered or self.clock() - self._loaded_at > KEY_REFRESH_SECONDS:
-            await self._load()
+        keys = self._keys.keys
+        if not keys or self._keys.age() > KEY_REFRESH_SECONDS:
+            keys = await self._keys.reload()
         settled_before = (self.clock() - KEY_REFRESH_SECONDS) * 1_000_000
-        settled = [k for k in self._ordered if k.created_at <= settled_before]
-        return settled[-1] if settled else self._ordered[0]
-
-    async def _verification_key(self, kid: str) -> UrlSigningKey | None:
-        key = self._keys.get(kid)
-        if key is None and self.clock() - self._loaded_at > UNKNOWN_KID_RELOAD_SECONDS:
-            await self._load()
-            key = self._keys.get(kid)
-        return key
+        settled = [k for k in keys if k.created_at <= settled_before]
+        return settled[-1] if settled else keys[0]
 
     async def rotate(self) -> tuple[str, list[str]]:
         """Adds a new key (it starts signing once every node has had time to learn it) and removes keys
@@ -105,13 +96,11 @@ class SignedUrl:
         key = new_key(now_us)
         keep_us = int((self.ttl + self.window + 2 * KEY_REFRESH_SECONDS) * 1_000_000)
         async with self.db.write() as conn:
-            keys = await all_keys(conn)
             # A key signs until the next one settles (created + refresh); its URLs live TTL + window more.
-            removed = [older.kid for older, newer in zip(keys, keys[1:], strict=False)
-                       if newer.created_at < now_us - keep_us]
+            removed = superseded(await all_keys(conn), now_us - keep_us)
             await remove_keys(conn, removed)
             await insert_key(conn, key)
-        await self._load()
+        await self._keys.reload()
         return key.kid, removed
 
     # -- minting --------------------------------------------------------------------------------
@@ -150,7 +139,7 @@ class SignedUrl:
         missing or wrong, Gone once it has expired. The signature is compared in constant time."""
         if parts.expires is None or not parts.kid or not parts.sig:
             raise Forbidden("This storage URL carries no valid signature (exp, kid and sig are needed)")
-        key = await self._verification_key(parts.kid)
+        key = await self._keys.find(parts.kid)
         # Compare against something even for an unknown kid, so timing tells nothing about kids either.
         expected = signature(key.secret if key else b"\0" * 32, parts.binary_id, parts.version_id, parts.expires,
                              parts.kid)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,13 +14,11 @@ from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict, fi
 from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_path, resolve_first
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
 from fhirvault.service.context import RequestContext
-from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.resources import StoredResource
 from fhirvault.streams import one_chunk
 
 ByteStream = Callable[[int, int | None], AsyncIterator[bytes]]
-MAX_APPLY_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -134,57 +131,24 @@ class BinaryAccess:
                            content_type: str) -> tuple[dict[str, Any], str | None]:
         """Inline when the content fits INLINE_MAX_BYTES, else a new Binary whose securityContext is the
         resource. Returns the Attachment elements to set and the new Binary's id, if any."""
-        limit = self.binaries.inline_limit
-        head: list[bytes] = []
-        size = 0
-        iterator = chunks.__aiter__()
-        overflow: bytes | None = None
-        async for chunk in iterator:
-            if size + len(chunk) > limit:
-                overflow = chunk
-                break
-            head.append(chunk)
-            size += len(chunk)
-        if overflow is None:
-            raw = b"".join(head)
-            meter = measure(raw)
-            return ({"contentType": content_type, "data": base64.b64encode(raw).decode("ascii"),
-                     "size": meter.size, "hash": meter.sha1_b64}, None)
-
-        async def everything() -> AsyncIterator[bytes]:
-            for piece in head:
-                yield piece
-            assert overflow is not None
-            yield overflow
-            async for piece in iterator:
-                yield piece
-
-        result = await self.binaries.create_from_stream(ctx, everything(), content_type=content_type,
-                                                        security_context=f"{rtype}/{rid}")
-        described = await self.binaries.describe(result.stored)
-        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", "size": described.size,
-                 "hash": described.sha1_b64}, result.stored.id)
+        staged = await self.binaries.stage(chunks)
+        fields: dict[str, Any] = {"contentType": content_type, "size": staged.size, "hash": staged.sha1_b64}
+        if staged.inline is not None:
+            return {**fields, "data": base64.b64encode(staged.inline).decode("ascii")}, None
+        result = await self.binaries.write_staged(ctx, None, staged, content_type=content_type,
+                                                  security_context=f"{rtype}/{rid}")
+        return {**fields, "url": f"Binary/{result.stored.id}"}, result.stored.id
 
     async def _apply(self, ctx: RequestContext, rtype: str, rid: str, path: ElementPath,
                      fields: dict[str, Any], if_match: int | None) -> WriteResult:
         """Set the new content on the attachment of the current version; a concurrent edit elsewhere in the
         resource is re-read and kept (unless the client pinned a version with If-Match)."""
-        for attempt in range(MAX_APPLY_ATTEMPTS):
-            current = await self.resources.read(ctx, rtype, rid)
-            assert current.content is not None
-            resource = copy.deepcopy(current.content)
+        def change(resource: dict[str, Any]) -> bool:
             attachment = _attachment_at(resource, path)
             attachment.pop("data" if "url" in fields else "url", None)
             attachment.update(fields)
-            expected = if_match if if_match is not None else current.version_id
+            return True
 
-            async def work(uow: UnitOfWork, body: dict[str, Any] = resource, version: int = expected
-                           ) -> WriteResult:
-                return await self.resources.update_in(uow, ctx, rtype, rid, body, version)
-
-            try:
-                return await self.resources.in_transaction(ctx, work)
-            except PreconditionFailed:
-                if if_match is not None or attempt == MAX_APPLY_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        result = await self.resources.modify(ctx, rtype, rid, change, if_match)
+        assert result is not None
+        return result

@@ -11,12 +11,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from fhirvault.errors import FhirVaultError, Invalid
+from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
 from fhirvault.fhir.r4 import is_resource_type
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
+from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import to_http_date, to_instant
 from fhirvault.store.resources import StoredResource
 
@@ -159,12 +161,7 @@ class BundleService:
             responses = await self._transaction(ctx, entries)
         else:
             responses = await self._batch(ctx, raw_entries)
-        return {
-            "resourceType": "Bundle",
-            "id": new_id(),
-            "type": f"{kind}-response",
-            "entry": responses,
-        }
+        return make_bundle(f"{kind}-response", responses, bundle_id=new_id())
 
     async def _batch(self, ctx: RequestContext, raw_entries: list[Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -291,15 +288,8 @@ class BundleService:
     async def _read_entry(self, ctx: RequestContext, e: EntryRequest) -> dict[str, Any]:
         try:
             if e.rid is None:
-                result = await self.resources.search(ctx, e.rtype, parse_qsl(e.query, keep_blank_values=True))
-                rendered = await self.resources.render(ctx, [m.content for m in result.matches if m.content])
-                inner: dict[str, Any] = {
-                    "resourceType": "Bundle", "type": "searchset",
-                    "entry": [{"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}", "resource": r,
-                               "search": {"mode": "match"}} for r in rendered],
-                }
-                if result.total is not None:
-                    inner["total"] = result.total
+                params = parse_qsl(e.query, keep_blank_values=True)
+                inner = await searchset_bundle(self.resources, ctx, e.rtype, params)
                 return {"resource": inner, "response": {"status": "200 OK"}}
             if e.vid:
                 stored = await self.resources.vread(ctx, e.rtype, e.rid, e.vid)

@@ -3,7 +3,6 @@ content as a Binary and points the Attachment at it."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from fhirvault.config import Settings
-from fhirvault.errors import Conflict, FhirVaultError, Gone, NotFound, PreconditionFailed, TooLarge
+from fhirvault.errors import FhirVaultError, Gone, NotFound, TooLarge
 from fhirvault.fhir.attachments import iter_attachments
 from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted
 from fhirvault.jobs.queue import Job, JobQueue
@@ -24,7 +23,6 @@ from fhirvault.service.resources import ResourceService, WriteResult
 log = logging.getLogger("fhirvault.ingestion")
 
 JOB_KIND = "ingest-attachment"
-APPLY_ATTEMPTS = 20
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
@@ -35,11 +33,6 @@ class JobContext(RequestContext):
 def job_context(base_url: str) -> RequestContext:
     """The one place that creates the caller background jobs act as: the server itself."""
     return JobContext(base_url=base_url, principal=SYSTEM_JOBS)
-
-
-class StoredContent(Protocol):
-    size: int
-    sha1_b64: str
 
 
 class BinaryWriter(Protocol):
@@ -179,23 +172,17 @@ class AttachmentIngestion:
                      ) -> int | None:
         """Set `fields` on every Attachment holding `url`, with If-Match on the version read; on a
         concurrent change read again and re-apply. The new version, or None when no Attachment holds it."""
-        for _ in range(APPLY_ATTEMPTS):
-            current = await self._current(ctx, rtype, rid)
-            if current is None:
-                return None
-            version, content = current
-            body = copy.deepcopy(content)
+        def change(body: dict[str, Any]) -> bool:
             holders = _holders(body, url)
-            if not holders:
-                return None
             for attachment in holders:
                 attachment.update(fields)
-            try:
-                result = await self.resources.update(ctx, rtype, rid, body, if_match=version)
-            except (PreconditionFailed, Conflict):
-                continue
-            return result.stored.version_id
-        raise RuntimeError(f"{rtype}/{rid} kept changing; the Attachment could not be updated")
+            return bool(holders)
+
+        try:
+            result = await self.resources.modify(ctx, rtype, rid, change)
+        except (NotFound, Gone):
+            return None
+        return result.stored.version_id if result is not None else None
 
     async def status(self, ctx: RequestContext, rtype: str, rid: str) -> dict[str, Any]:
         """Parameters listing the ingestion jobs of a resource the caller may read (newest first)."""

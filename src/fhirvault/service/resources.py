@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.clock import now_us
 from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
 from fhirvault.fhir.indexing import index_entries
@@ -25,6 +26,8 @@ from fhirvault.store.resources import ResourceStore, StoredResource, VersionConf
 
 T = TypeVar("T")
 MAX_RETRIES = 8
+# Read-modify-write rounds before a resource that keeps changing is given up on.
+MODIFY_ATTEMPTS = 20
 
 
 @dataclass
@@ -117,6 +120,26 @@ class ResourceService:
                      if_none_exist: str | None = None) -> WriteResult:
         self.access.require(ctx, "create", rtype)
         return await self.in_transaction(ctx, lambda uow: self.create_in(uow, ctx, rtype, body, if_none_exist))
+
+    async def modify(self, ctx: RequestContext, rtype: str, rid: str, change: Callable[[dict[str, Any]], bool],
+                     if_match: int | None = None) -> WriteResult | None:
+        """Read-modify-write of `rtype/rid`'s current version: `change` edits a copy in place and returns
+        False when there is nothing to change (then nothing is written and None returned). The update is
+        conditional on the version read, so a concurrent change is read again and changed again (at most
+        MODIFY_ATTEMPTS rounds, then Conflict). With `if_match`, only that version may be changed
+        (PreconditionFailed otherwise, FHIR R4 http.html#concurrency). NotFound/Gone/Forbidden as `read`."""
+        for _ in range(MODIFY_ATTEMPTS):
+            current = await self.read(ctx, rtype, rid)
+            assert current.content is not None
+            body = copy.deepcopy(current.content)
+            if not change(body):
+                return None
+            try:
+                return await self.update(ctx, rtype, rid, body, current.version_id if if_match is None else if_match)
+            except (PreconditionFailed, Conflict):
+                if if_match is not None:
+                    raise
+        raise Conflict(f"{rtype}/{rid} kept changing while it was being updated; retry")
 
     async def create_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, body: Any,
                         if_none_exist: str | None = None, rid: str | None = None,
@@ -391,6 +414,7 @@ class ResourceService:
 
     async def render(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Copies of stored resources, passed through the read pipeline (for example URL signing)."""
-        out = [copy.deepcopy(r) for r in resources]
+        # A JSON round trip copies plain JSON data several times faster than deepcopy.
+        out = [jsoncodec.loads(jsoncodec.dumps(r)) for r in resources]
         await self.read_pipeline.after_read(ctx, out)
         return out

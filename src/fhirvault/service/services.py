@@ -38,6 +38,10 @@ class Services(Protocol):
         """The CapabilityStatement served at /metadata (FHIR R4 capabilitystatement.html)."""
         ...
 
+    def capability_statement_json(self) -> bytes:
+        """The same CapabilityStatement as UTF-8 JSON, encoded once per process."""
+        ...
+
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
         """The server's own OperationDefinitions by id."""
         ...

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.store.blobs import blobs
 from fhirvault.store.schema import resources
 
@@ -42,6 +42,12 @@ async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: 
         if with_blobs:
             stmt = (sa.select(r.c.id, r.c.version_id, r.c.content, blobs.c.size, blobs.c.sha1)
                     .select_from(r.outerjoin(blobs, blobs.c.id == r.c.blob_id)).where(*where))
+        elif access_fields_only:
+            # Only a resource that names a securityContext is sent back: the others' content (perhaps
+            # tens of KiB of inline base64 each) is not what an access decision reads.
+            has_context = r.c.content.like(f"%{SECURITY_CONTEXT}%")
+            stmt = sa.select(r.c.id, r.c.version_id, sa.case((has_context, r.c.content), else_="").label("content"),
+                             sa.null().label("size"), sa.null().label("sha1")).where(*where)
         else:
             stmt = sa.select(r.c.id, r.c.version_id, r.c.content, sa.null().label("size"),
                              sa.null().label("sha1")).where(*where)
@@ -53,10 +59,13 @@ async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: 
     return out
 
 
+SECURITY_CONTEXT = '"securityContext"'
+
+
 def _resource(rid: str, content: str, access_fields_only: bool) -> dict[str, Any]:
-    if access_fields_only and '"securityContext"' not in content:
+    if access_fields_only and SECURITY_CONTEXT not in content:
         return {"resourceType": "Binary", "id": rid}
-    resource: dict[str, Any] = json.loads(content)
+    resource: dict[str, Any] = jsoncodec.loads(content)
     if access_fields_only:
         return {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
     return resource
