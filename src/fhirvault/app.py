@@ -20,6 +20,7 @@ from fhirvault.blobs.factory import open_blob_store
 from fhirvault.clock import now_us
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
+from fhirvault.fhir import validation
 from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
@@ -47,6 +48,7 @@ from fhirvault.service.resources import ResourceService
 from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import to_instant
+from fhirvault.service.validate_operation import ValidateOperation
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore
@@ -65,12 +67,14 @@ class FhirVault:
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
         self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store),
-                                         conditional_delete_max=settings.conditional_delete_max)
+                                         conditional_delete_max=settings.conditional_delete_max,
+                                         validate=settings.validation_enabled)
         self.bundles = BundleService(self.resources)
+        self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
         self.blob_registry = BlobRegistry()
         self.binaries = BinaryService(
-            self.db, self.resources, self.blob_store, self.blob_registry,
+            self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
             pending_grace_seconds=settings.pending_blob_grace_seconds)
         self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
@@ -89,8 +93,7 @@ class FhirVault:
         self.resources.read_pipeline = ReadPipeline(
             sign_attachment_urls=AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls)
             if settings.rewrite_attachment_urls else None)
-        self.storage = StorageDownloads(self.db, self.binaries, self.blob_registry, self.blob_store,
-                                        self.signed_urls, settings.fhir_base_url)
+        self.storage = StorageDownloads(self.binaries, self.blob_store, self.signed_urls, settings.fhir_base_url)
         self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
         self._capability: dict[str, Any] | None = None
@@ -98,6 +101,9 @@ class FhirVault:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.settings.validation_enabled:
+            # Compiling the R4 schema takes about a second: done at start, not on the first write.
+            await asyncio.to_thread(validation.warm_up)
         await self.db.migrate()
         self._sweeper = asyncio.create_task(self._sweep_pending_blobs())
         self.workers.start()
@@ -138,6 +144,7 @@ class FhirVault:
         if self._capability is None:
             base = self.settings.fhir_base_url
             operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
+            operations.append({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"})
             media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
                          "Media.content.contentType or with _output=data; an Accept that admits FHIR JSON gives the "
                          "resource, any other 406."

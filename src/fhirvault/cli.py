@@ -9,9 +9,13 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fhirvault.config import Settings, load_settings, settings_as_env
+
+if TYPE_CHECKING:  # the commands import their parts lazily, so `fhirvault --help` starts fast
+    from fhirvault.jobs.queue import Job
+    from fhirvault.security.clients import Client, ClientStore
 
 T = TypeVar("T")
 
@@ -25,7 +29,7 @@ def _server_settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
-def _run_with_clients(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+def _run_with_clients(settings: Settings, work: Callable[[ClientStore], Awaitable[T]]) -> T:
     """Runs `work(ClientStore)` on the configured database, migrated first."""
     from fhirvault.security.clients import ClientStore
     from fhirvault.store.database import Database
@@ -81,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client_json(client: Any, secret: str | None = None) -> dict[str, Any]:
+def _client_json(client: Client, secret: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"client_id": client.client_id, "name": client.name, "scope": client.scopes.text,
                            "patient": client.patient, "enabled": client.enabled}
     if secret is not None:
@@ -182,7 +186,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
     settings = _server_settings(args)
 
-    async def fetch() -> tuple[list[Any], dict[str, int]]:
+    async def fetch() -> tuple[list[Job], dict[str, int]]:
         db = Database(settings.database_url)
         try:
             await db.migrate()
@@ -244,6 +248,46 @@ def cmd_expunge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """List the stored resources that R4 validation would now refuse (stored before validation, or
+    while VALIDATION_ENABLED was off); they stay readable. Exit status 1 when there is any."""
+    import asyncio
+
+    from fhirvault.app import FhirVault
+    from fhirvault.fhir.r4 import is_resource_type
+    from fhirvault.fhir.validation import validate_resource
+
+    if args.type and not is_resource_type(args.type):
+        print(f"'{args.type}' is not an R4 resource type", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[int, int]:
+        vault = FhirVault(_server_settings(args))
+        await vault.db.migrate()
+        checked = failing = 0
+        after: tuple[str, str] | None = None
+        try:
+            while True:
+                async with vault.db.read() as conn:
+                    page = await vault.store.current_page(conn, args.type, after, 500)
+                if not page:
+                    return checked, failing
+                for stored in page:
+                    checked += 1
+                    errors = [i for i in validate_resource(stored.content) if i.severity == "error"]
+                    if errors:
+                        failing += 1
+                        for issue in errors:
+                            print(f"{stored.resource_type}/{stored.id}\t{issue.expression}\t{issue.message}")
+                after = (page[-1].resource_type, page[-1].id)
+        finally:
+            await vault.stop()
+
+    checked, failing = asyncio.run(run())
+    print(f"checked {checked} resources: {failing} would fail R4 validation", file=sys.stderr)
+    return 1 if failing else 0
+
+
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="where the embedded database and blobs live")
@@ -261,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(serve)
     serve.set_defaults(func=cmd_serve)
 
+    check = sub.add_parser("check", help="list stored resources that R4 validation would refuse now")
+    check.add_argument("type", nargs="?", help="only resources of this type")
+    _add_server_options(check)
+    check.set_defaults(func=cmd_check)
     expunge = sub.add_parser("expunge", help="remove a resource's history and content for good")
     expunge.add_argument("reference", help="Type/id, e.g. Binary/123")
     _add_server_options(expunge)

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     media_raw_enabled: bool = True
     conditional_delete_max: int = Field(
         default=1, ge=1, description="resources one conditional delete may remove; more matches -> 412")
+    # Every resource written is validated against the R4 base definitions (fhir/validation.py);
+    # turning this off stores whatever JSON object a client sends (for bulk loads of trusted data).
+    validation_enabled: bool = True
 
     # Security
     token_lifetime: int = Field(default=3600, ge=0, description="seconds an access token is valid")

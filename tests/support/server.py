@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.r4_responses import check_response
+
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -63,6 +65,8 @@ class FhirApi(httpx.Client):
 
     def __init__(self, base: str, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", 60)
+        hooks = kwargs.setdefault("event_hooks", {})
+        hooks.setdefault("response", []).append(check_response)
         super().__init__(base_url=base, **kwargs)
         self.base = base
 

@@ -39,4 +39,6 @@ def error_response(exc: FhirVaultError) -> FhirJsonResponse:
     extra = getattr(exc, "headers", None)
     if isinstance(extra, dict):
         headers.update(extra)
+    if exc.issues:
+        return FhirJsonResponse({"resourceType": "OperationOutcome", "issue": exc.issues}, exc.status, headers)
     return outcome_response(exc.status, exc.message, exc.code, headers, exc.expression)

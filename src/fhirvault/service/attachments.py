@@ -14,6 +14,7 @@ from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.attachments import attachment_objects, iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
 from fhirvault.fhir.r4 import ID
+from fhirvault.fhir.validation import attachment_size
 from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
@@ -112,7 +113,7 @@ def _fill_from(path: str, attachment: dict[str, Any], binary_id: str, m: BinaryM
     if "contentType" not in attachment:
         attachment["contentType"] = m.content_type
     if "size" not in attachment:
-        attachment["size"] = m.size
+        attachment.update(attachment_size(m.size))
     elif attachment["size"] != m.size:
         raise Invalid(f"{path}.size is {attachment['size']!r} but Binary/{binary_id} holds {m.size} bytes",
                       expression=f"{path}.size")

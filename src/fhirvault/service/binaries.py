@@ -26,7 +26,7 @@ from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
-from fhirvault.store.resources import StoredResource
+from fhirvault.store.resources import ResourceStore, StoredResource
 from fhirvault.streams import InOrderWorker, one_chunk, pieces
 
 log = logging.getLogger("fhirvault.binaries")
@@ -129,11 +129,16 @@ def measure(data: bytes) -> ContentMeter:
 
 
 class BinaryService:
-    def __init__(self, db: Database, resources: ResourceService, store: BlobStore | None,
+    """Binary use cases: streaming content in (staged inline or into a pending blob, committed with the
+    version) and out, sweeping leftovers of failed uploads, expunging. `rows` is the SQL of resources,
+    used inside this service's own transactions; `store` None means inline mode."""
+
+    def __init__(self, db: Database, resources: ResourceService, rows: ResourceStore, store: BlobStore | None,
                  registry: BlobRegistry, *, inline_max_bytes: int, max_binary_bytes: int,
                  pending_grace_seconds: int) -> None:
         self.db = db
         self.resources = resources
+        self.rows = rows
         self.store = store
         self.registry = registry
         self.max_binary_bytes = max_binary_bytes
@@ -152,7 +157,7 @@ class BinaryService:
                                 content_type: str, security_context: str | None = None,
                                 filename: str | None = None, if_match: int | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with the streamed bytes as its content."""
-        self.resources.access.require(ctx, "create" if rid is None else "update", "Binary")
+        self.resources.require(ctx, "create" if rid is None else "update", "Binary")
         staged = await self.stage(chunks)
         return await self.write_staged(ctx, rid, staged, content_type=content_type,
                                        security_context=security_context, filename=filename, if_match=if_match)
@@ -163,7 +168,7 @@ class BinaryService:
         """Create (rid None) or update Binary `rid` with content `stage` took in. Forbidden without Binary
         create/update scope; on that or any other failure the staged blob is discarded."""
         try:
-            self.resources.access.require(ctx, "create" if rid is None else "update", "Binary")
+            self.resources.require(ctx, "create" if rid is None else "update", "Binary")
         except BaseException:
             if staged.blob_id and not staged.reused:
                 await self._discard(staged.blob_id)
@@ -178,7 +183,7 @@ class BinaryService:
                          if_match: int | None = None) -> WriteResult:
         """Create or update from a FHIR JSON Binary; an update without `data` keeps the current bytes
         (and their blob: a metadata-only change copies nothing)."""
-        self.resources.access.require(ctx, "create" if rid is None else "update", "Binary")
+        self.resources.require(ctx, "create" if rid is None else "update", "Binary")
         resource = dict(body)
         if not isinstance(resource.get("contentType"), str) or not resource["contentType"].strip():
             raise Invalid("A Binary needs a contentType", expression="Binary.contentType")
@@ -198,7 +203,7 @@ class BinaryService:
 
     async def _current_content(self, rid: str) -> StagedContent:
         async with self.db.read() as conn:
-            current = await self.resources.store.get(conn, "Binary", rid)
+            current = await self.rows.get(conn, "Binary", rid)
             if current is None or current.deleted or current.content is None:
                 return StagedContent(0, "", "", inline=None)
             if current.blob_id:
@@ -349,7 +354,7 @@ class BinaryService:
 
     async def _stream(self, binary_id: str, version_id: int, start: int, end: int | None) -> AsyncIterator[bytes]:
         async with self.db.read() as conn:
-            stored = await self.resources.store.get_version(conn, "Binary", binary_id, version_id)
+            stored = await self.rows.get_version(conn, "Binary", binary_id, version_id)
             record = await self.registry.get(conn, stored.blob_id) if stored and stored.blob_id else None
         if stored is None:
             raise NotFound(f"Binary/{binary_id} has no version {version_id}")
@@ -366,10 +371,10 @@ class BinaryService:
     async def expunge(self, rtype: str, rid: str) -> int:
         """Remove every version of a resource and the bytes they own; returns how many versions went."""
         async with self.db.write() as conn:
-            versions = await self.resources.store.versions_of(conn, rtype, rid)
+            versions = await self.rows.versions_of(conn, rtype, rid)
             blob_ids = {v.blob_id for v in versions if v.blob_id}
             records = [r for r in [await self.registry.get(conn, b) for b in blob_ids] if r is not None]
-            await self.resources.store.expunge(conn, rtype, rid)
+            await self.rows.expunge(conn, rtype, rid)
             for record in records:
                 await self.registry.remove(conn, record.id)
         for record in records:

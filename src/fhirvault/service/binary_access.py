@@ -12,6 +12,7 @@ from fhirvault.errors import Invalid, PreconditionFailed
 from fhirvault.fhir.attachments import attachment_objects
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict, filename_of, security_context_of
 from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_path, resolve_first
+from fhirvault.fhir.validation import attachment_size
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, WriteResult
@@ -105,7 +106,7 @@ class BinaryAccess:
     # -- write ----------------------------------------------------------------------------------
     async def write(self, ctx: RequestContext, rtype: str, rid: str, path_text: str | None,
                     chunks: AsyncIterator[bytes], content_type: str, if_match: int | None) -> WriteResult:
-        self.resources.access.require(ctx, "update", rtype)
+        self.resources.require(ctx, "update", rtype)
         if _is_binary_itself(rtype, path_text):
             current = await self.resources.read(ctx, "Binary", rid)
             assert current.content is not None
@@ -132,7 +133,8 @@ class BinaryAccess:
         """Inline when the content fits INLINE_MAX_BYTES, else a new Binary whose securityContext is the
         resource. Returns the Attachment elements to set and the new Binary's id, if any."""
         staged = await self.binaries.stage(chunks)
-        fields: dict[str, Any] = {"contentType": content_type, "size": staged.size, "hash": staged.sha1_b64}
+        fields: dict[str, Any] = {"contentType": content_type, **attachment_size(staged.size),
+                                  "hash": staged.sha1_b64}
         if staged.inline is not None:
             return {**fields, "data": base64.b64encode(staged.inline).decode("ascii")}, None
         result = await self.binaries.write_staged(ctx, None, staged, content_type=content_type,

@@ -20,6 +20,7 @@ from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
 from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import to_http_date, to_instant
+from fhirvault.service.validation import relocated
 from fhirvault.store.resources import StoredResource
 
 # FHIR's processing order within a transaction.
@@ -174,12 +175,13 @@ class BundleService:
                     result = await self._write_alone(ctx, entry)
                     out.append(await self._write_response(ctx, result))
             except FhirVaultError as exc:
-                out.append({"response": {"status": str(exc.status),
-                                         "outcome": operation_outcome(exc.message, code=exc.code)}})
+                outcome = ({"resourceType": "OperationOutcome", "issue": exc.issues} if exc.issues
+                           else operation_outcome(exc.message, code=exc.code))
+                out.append({"response": {"status": str(exc.status), "outcome": outcome}})
         return out
 
     async def _write_alone(self, ctx: RequestContext, entry: EntryRequest) -> WriteResult | None:
-        self.resources.access.require(ctx, INTERACTION[entry.method], entry.rtype)
+        self.resources.require(ctx, INTERACTION[entry.method], entry.rtype)
 
         async def work(uow: UnitOfWork) -> WriteResult | None:
             mapping = await self._prepare(uow, ctx, [entry])
@@ -222,7 +224,7 @@ class BundleService:
     async def _transaction(self, ctx: RequestContext, entries: list[EntryRequest]) -> list[dict[str, Any]]:
         for e in entries:
             if e.method in INTERACTION:
-                self.resources.access.require(ctx, INTERACTION[e.method], e.rtype)
+                self.resources.require(ctx, INTERACTION[e.method], e.rtype)
 
         async def work(uow: UnitOfWork) -> list[tuple[EntryRequest, Any]]:
             mapping = await self._prepare(uow, ctx, entries)
@@ -245,6 +247,13 @@ class BundleService:
         return out
 
     async def _write_entry(self, uow: UnitOfWork, ctx: RequestContext, e: EntryRequest) -> WriteResult | None:
+        try:
+            return await self._write_entry_as_sent(uow, ctx, e)
+        except Invalid as exc:
+            raise relocated(exc, e.rtype, f"Bundle.entry[{e.index}].resource") from None
+
+    async def _write_entry_as_sent(self, uow: UnitOfWork, ctx: RequestContext,
+                                   e: EntryRequest) -> WriteResult | None:
         svc = self.resources
         if e.method == "POST":
             if e.existing is not None:

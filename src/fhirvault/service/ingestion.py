@@ -13,10 +13,12 @@ from urllib.parse import unquote, urlsplit
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError, Gone, NotFound, TooLarge
 from fhirvault.fhir.attachments import iter_attachments
+from fhirvault.fhir.validation import attachment_size
 from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted
 from fhirvault.jobs.queue import Job, JobQueue
 from fhirvault.jobs.worker import PermanentJobError
 from fhirvault.security.principal import SYSTEM_JOBS
+from fhirvault.service.binaries import BinaryContent
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, WriteResult
 
@@ -42,7 +44,8 @@ class BinaryWriter(Protocol):
                                  security_context: str | None = None, filename: str | None = None
                                  ) -> WriteResult: ...
 
-    async def content(self, ctx: RequestContext, binary_id: str, version_id: int | None = None) -> Any: ...
+    async def content(self, ctx: RequestContext, binary_id: str, version_id: int | None = None
+                      ) -> BinaryContent: ...
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,8 @@ class AttachmentIngestion:
         assert self.binaries is not None
         stored = await self.binaries.content(ctx, binary_id)
         version = await self._apply(ctx, rtype, rid, url, {
-            "url": f"Binary/{binary_id}", "contentType": content_type, "size": stored.size, "hash": stored.sha1_b64})
+            "url": f"Binary/{binary_id}", "contentType": content_type, **attachment_size(stored.size),
+            "hash": stored.sha1_b64})
         if version is None:
             # The URL was edited away (or the resource deleted) while we fetched: nothing points at the copy.
             await self.resources.delete(ctx, "Binary", binary_id)

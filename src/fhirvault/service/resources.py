@@ -21,6 +21,7 @@ from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
 from fhirvault.service.search import SearchResult, conditional_matches, run_search
 from fhirvault.service.timeutil import to_instant
+from fhirvault.service.validation import require_valid
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
 
@@ -85,14 +86,20 @@ class ResourceService:
     """The resource use cases. `conditional_delete_max`: how many resources one conditional delete may remove."""
 
     def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None,
-                 conditional_delete_max: int = 1) -> None:
+                 conditional_delete_max: int = 1, validate: bool = True) -> None:
         self.db = db
+        self.validate = validate
         self.store = store
         self.access: AccessPolicy = access or AllowAll()
         self.conditional_delete_max = conditional_delete_max
         # What every written and every read resource passes through; see service/pipelines.py.
         self.write_pipeline = WritePipeline()
         self.read_pipeline = ReadPipeline()
+
+    def require(self, ctx: RequestContext, interaction: str, rtype: str | None) -> None:
+        """Forbidden unless the caller's scopes allow `interaction` (create, read, update, delete,
+        search, history, ...) on `rtype` (None: the whole server); checked before anything is looked up."""
+        self.access.require(ctx, interaction, rtype)
 
     # -- transactions -------------------------------------------------------------------------
     async def in_transaction(self, ctx: RequestContext, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
@@ -321,6 +328,8 @@ class ResourceService:
                      blob_id: str | None = None) -> WriteResult:
         resource = copy.deepcopy(resource)
         resource["id"] = rid
+        if self.validate:
+            require_valid(resource)
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
         await self.write_pipeline.before_store(ctx, uow, resource)

@@ -191,6 +191,19 @@ class ResourceStore:
                 .order_by(t.c.last_updated.desc(), t.c.version_id.desc()).limit(count).offset(offset))
         return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()], total
 
+    async def current_page(self, conn: AsyncConnection, rtype: str | None, after: tuple[str, str] | None,
+                           limit: int) -> list[StoredResource]:
+        """Up to `limit` current, not deleted resources (of `rtype`, or every type) ordered by
+        (type, id), starting after the (type, id) key `after`: a keyset page, cheap at any depth."""
+        t = resources
+        where: list[Any] = [t.c.deleted == sa.false()]
+        if rtype:
+            where.append(t.c.resource_type == rtype)
+        if after is not None:
+            where.append(sa.tuple_(t.c.resource_type, t.c.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+        stmt = sa.select(t).where(*where).order_by(t.c.resource_type, t.c.id).limit(limit)
+        return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+
     async def versions_of(self, conn: AsyncConnection, rtype: str, rid: str) -> list[StoredResource]:
         t = resource_versions
         stmt = sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid).order_by(t.c.version_id)
