@@ -115,7 +115,9 @@ def test_pretty(api: FhirApi) -> None:
 
 def test_binary_keeps_its_own_negotiation(api: FhirApi) -> None:
     """Raw bytes for a non-FHIR Accept; the resource for _format; 406 for a _format not produced."""
-    created = api.post("/Binary", content=b"\x89PNG raw", headers={"Content-Type": "image/png"}).json()
+    made = api.post("/Binary", content=b"\x89PNG raw",
+                    headers={"Content-Type": "image/png", "Prefer": "return=minimal"})
+    created = {"id": made.headers["Location"].split("/Binary/")[1].split("/")[0]}
     raw = api.get(f"/Binary/{created['id']}", headers={"Accept": "image/png"})
     assert raw.status_code == 200 and raw.content == b"\x89PNG raw"
     assert api.get(f"/Binary/{created['id']}", headers={"Accept": "text/plain"}).content == b"\x89PNG raw"

@@ -70,12 +70,22 @@ def test_json_patch_each_operation(api: FhirApi, ops: list[dict[str, Any]], chec
     ([{"op": "replace", "path": "/id", "value": "another-id"}], 400),
     ([{"op": "replace", "path": "/resourceType", "value": "Observation"}], 400),
     ([{"op": "add", "path": "/meta", "value": "not an object"}], 400),  # the update path refuses the result
+    ([{"op": "replace", "path": "/gender", "value": "xyz"}], 400),  # R4 validation of the patched resource
+    ([{"op": "add", "path": "/birthDate", "value": "notadate"}], 400),
 ])
 def test_json_patch_failures_change_nothing(api: FhirApi, ops: Any, status: int) -> None:
     before = new_patient(api)
     r = patch(api, before["id"], ops)
     assert r.status_code == status, r.text
     assert r.json()["resourceType"] == "OperationOutcome"
+    assert_unchanged(api, before)
+
+
+def test_patch_making_the_resource_invalid_names_the_element(api: FhirApi) -> None:
+    before = new_patient(api)
+    r = patch(api, before["id"], [{"op": "replace", "path": "/gender", "value": "xyz"}])
+    assert r.status_code == 400
+    assert any("Patient.gender" in i.get("expression", []) for i in r.json()["issue"]), r.text
     assert_unchanged(api, before)
 
 
@@ -184,6 +194,8 @@ def test_fhirpath_patch_each_operation(api: FhirApi, ops: list[dict[str, Any]], 
     ([operation("replace", "Patient.name[", value={"valueString": "x"})], 400),
     ([{"name": "op"}], 400),
     ([operation("replace", "Patient.gender")], 400),  # no value
+    ([operation("replace", "Patient.gender", value={"valueCode": "xyz"})], 400),  # result fails R4 validation
+    ([operation("add", "Patient", name={"valueString": "nmae"}, value={"valueString": "x"})], 400),
 ])
 def test_fhirpath_patch_failures_change_nothing(api: FhirApi, ops: list[dict[str, Any]], status: int) -> None:
     before = new_patient(api)
@@ -203,7 +215,9 @@ def test_fhirpath_patch_if_match(api: FhirApi) -> None:
 
 def test_patch_result_goes_through_the_update_path(api: FhirApi) -> None:
     """Attachment rules apply to patched content as to an update: a Binary url is normalized."""
-    binary = api.post("/Binary", content=b"photo bytes", headers={"Content-Type": "image/jpeg"}).json()
+    made = api.post("/Binary", content=b"photo bytes",
+                    headers={"Content-Type": "image/jpeg", "Prefer": "return=minimal"})
+    binary = {"id": made.headers["Location"].split("/Binary/")[1].split("/")[0]}
     before = new_patient(api)
     r = patch(api, before["id"], [{"op": "add", "path": "/photo", "value": [
         {"contentType": "image/jpeg", "url": f"{api.base}/Binary/{binary['id']}"}]}])
