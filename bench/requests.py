@@ -241,6 +241,43 @@ def upload_bench(server: ServerProcess, nginx: Nginx, path: Path, rounds: int) -
           f"server CPU {fmt(median(cpu), 2)} s per GB", flush=True)
 
 
+# -- rewriting overhead ----------------------------------------------------------------------------
+
+def rewrite_bench(base: Path, settings: dict[str, object], seconds: int, connections: int, rounds: int) -> None:
+    """The search page of 100 DocumentReferences x 3 attachments, from two servers alike but for
+    REWRITE_ATTACHMENT_URLS, driven by wrk in alternating rounds (so machine load touches both alike);
+    the overhead is the on/off ratio of the median time per page (req/s read the other way round)."""
+    servers: dict[bool, ServerProcess] = {}
+    try:
+        for rewrite in (False, True):
+            server = ServerProcess(base / f"rewrite-{rewrite}", settings_env(
+                **settings, rewrite_attachment_urls=rewrite), workers=1).start()
+            servers[rewrite] = server
+            with server.api() as api:
+                ids = [api.post("/Binary", content=f"attachment {i}".encode() * 20,
+                                headers={"Content-Type": "image/png"}).json()["id"] for i in range(300)]
+                for n in range(100):
+                    api.post("/DocumentReference", json={
+                        "resourceType": "DocumentReference", "status": "current",
+                        "content": [{"attachment": {"url": f"Binary/{ids[3 * n + k]}"}} for k in range(3)]},
+                    ).raise_for_status()
+        rps: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(rounds):
+            for rewrite, server in servers.items():
+                assert server.proc is not None
+                got = run_wrk(f"{server.base}/DocumentReference?_count=100", seconds, connections, None,
+                              server.auth_headers(), server.proc.pid)
+                rps[rewrite].append(got.rps)
+        off, on = median(rps[False]), median(rps[True])
+        if off and on:
+            print(f"search page of 100 resources x 3 attachments, wrk -c{connections} -d{seconds}s, median of "
+                  f"{rounds} alternating rounds, one process each: rewriting off {off:.1f} req/s, on {on:.1f} "
+                  f"req/s, overhead {100 * (off / on - 1):+.1f} %", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 def main() -> None:
@@ -254,7 +291,8 @@ def main() -> None:
     parser.add_argument("--upload-rounds", type=int, default=3)
     parser.add_argument("--skip-upload", action="store_true")
     parser.add_argument("--skip-rewrite", action="store_true")
-    parser.add_argument("--rewrite-reads", type=int, default=200)
+    parser.add_argument("--rewrite-reads", type=int, default=200,
+                        help="sequential reads of bench/signed_urls.py's rewriting measure")
     parser.add_argument("--only", help="comma-separated row keys: read,create,metadata,patient,search,signed")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
@@ -304,6 +342,9 @@ def main() -> None:
         from bench.signed_urls import search_bench
 
         print()
+        with tempfile.TemporaryDirectory(prefix="fv-bench-rewrite-", dir=args.workdir,
+                                         ignore_cleanup_errors=True) as tmp:
+            rewrite_bench(Path(tmp), {}, args.seconds, args.connections, args.rounds)  # on SQLite
         search_bench(args.rewrite_reads)
 
 

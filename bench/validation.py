@@ -1,5 +1,7 @@
 """The cost of R4 validation: create requests per second of a 2 KiB Observation with validation on
-and off (two servers, same run, phases interleaved), and the time to validate one 1 MiB Bundle.
+and off (two servers, same run, phases interleaved), the server CPU time per create (which a
+machine shared with other work disturbs less than the wall clock), and the time to validate one
+1 MiB Bundle.
 
 Prints figures and ratios; asserts nothing. Target: validation adds at most 25 % to a create.
 Run: .venv/bin/python bench/validation.py [--seconds 8] [--rounds 3] [--concurrency 8]
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -63,6 +66,29 @@ async def creates_per_second(base: str, headers: dict[str, str], body: dict[str,
     return done / (time.perf_counter() - start)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and all its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += (int(stats[p][11]) + int(stats[p][12])) / tick
+        todo.extend(children.get(p, []))
+    return total
+
+
 def best_seconds(fn: Any, rounds: int) -> float:
     times = []
     for _ in range(rounds):
@@ -82,6 +108,7 @@ def main() -> None:
     print(f"Observation: {len(json.dumps(obs))} bytes of JSON")
 
     rates: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}  # server CPU seconds per create
     with ExitStack() as stack:
         servers = {}
         for enabled in (True, False):
@@ -92,13 +119,19 @@ def main() -> None:
         for _ in range(args.rounds):  # interleaved, so that machine noise falls on both alike
             for enabled in (True, False):
                 server, headers = servers[enabled]
-                rates[enabled].append(asyncio.run(
-                    creates_per_second(server.base, headers, obs, args.concurrency, args.seconds)))
+                assert server.proc is not None
+                before = cpu_seconds(server.proc.pid)
+                rate = asyncio.run(creates_per_second(server.base, headers, obs, args.concurrency, args.seconds))
+                rates[enabled].append(rate)
+                cpu[enabled].append((cpu_seconds(server.proc.pid) - before) / (rate * args.seconds))
     on, off = max(rates[True]), max(rates[False])
     print(f"create/s, validation on : {on:8.0f}   (rounds: {', '.join(f'{r:.0f}' for r in rates[True])})")
     print(f"create/s, validation off: {off:8.0f}   (rounds: {', '.join(f'{r:.0f}' for r in rates[False])})")
     print(f"validation on / off = {on / off:.3f}  -> validation adds {(off / on - 1) * 100:.1f} % time per create "
           "(target <= 25 %)")
+    cpu_on, cpu_off = min(cpu[True]), min(cpu[False])
+    print(f"server CPU per create: on {cpu_on * 1e3:.2f} ms, off {cpu_off * 1e3:.2f} ms -> on / off = "
+          f"{cpu_on / cpu_off:.3f} (validation adds {(cpu_on / cpu_off - 1) * 100:.1f} % CPU per create)")
 
     warm_up()
     per_obs = best_seconds(lambda: [validate_resource(obs) for _ in range(1000)], args.rounds) / 1000

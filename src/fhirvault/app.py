@@ -27,6 +27,7 @@ from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import routes as http_routes
 from fhirvault.http import storage_api
 from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
+from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.formats import FhirFormatMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
@@ -49,6 +50,7 @@ from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import to_instant
 from fhirvault.service.validate_operation import ValidateOperation
+from fhirvault.service.validation import R4Validation
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore
@@ -67,8 +69,7 @@ class FhirVault:
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
         self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store),
-                                         conditional_delete_max=settings.conditional_delete_max,
-                                         validate=settings.validation_enabled)
+                                         conditional_delete_max=settings.conditional_delete_max)
         self.bundles = BundleService(self.resources)
         self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
@@ -85,6 +86,7 @@ class FhirVault:
         self.ingestion = AttachmentIngestion(self.resources, self.binaries, self.jobs, settings)
         # The steps every resource passes; their order is fixed in service/pipelines.py.
         self.resources.write_pipeline = WritePipeline(
+            validate=R4Validation() if settings.validation_enabled else None,
             move_inline_data=InlineDataMover(self.resources, self.blob_store, self.blob_registry,
                                              settings.inline_max_bytes),
             normalize_attachment_urls=AttachmentNormalizer(
@@ -144,7 +146,6 @@ class FhirVault:
         if self._capability is None:
             base = self.settings.fhir_base_url
             operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
-            operations.append({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"})
             media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
                          "Media.content.contentType or with _output=data; an Accept that admits FHIR JSON gives the "
                          "resource, any other 406."
@@ -207,7 +208,9 @@ def build_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=http_routes.routes(),
         middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
-                    Middleware(FhirFormatMiddleware, prefix=FHIR_PREFIX)],
+                    Middleware(FhirFormatMiddleware, prefix=FHIR_PREFIX),
+                    Middleware(ContentDecodingMiddleware,
+                               limit=max(settings.max_binary_bytes, settings.max_json_bytes))],
         exception_handlers={
             FhirVaultError: _domain_error,
             HTTPException: _http_error,

@@ -7,12 +7,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 StorageMode = Literal["inline", "database", "filesystem", "s3"]
 
 ENV_PREFIX = "FHIRVAULT_"
+# The database drivers fhirvault ships with (SQLite embedded, PostgreSQL).
+DATABASE_SCHEMES = ("sqlite+aiosqlite://", "postgresql+psycopg://")
 
 
 class Settings(BaseSettings):
@@ -21,7 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=0, ge=0, description="server processes; 0: one per CPU core this process may use")
     data_dir: Path = Path("./fhirvault-data")
     database_url: str = ""
@@ -71,6 +73,13 @@ class Settings(BaseSettings):
     ingest_backoff_seconds: float = 2.0
     job_workers: int = Field(default=1, description="background job loops per server process")
     job_lease_seconds: float = 60.0  # a job whose worker stopped renewing this long is run again
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        if url and not url.startswith(DATABASE_SCHEMES):
+            raise ValueError(f"must start with {' or '.join(DATABASE_SCHEMES)}")
+        return url
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

@@ -66,7 +66,7 @@ class Unprocessable(FhirVaultError):
 
 
 class NotAcceptable(FhirVaultError):
-    """No representation the client accepts (`Accept`, `_format`) can be produced."""
+    """No representation the server can give matches what the request asked for (`_format`, Accept)."""
 
     status = 406
     code = "not-supported"

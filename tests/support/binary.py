@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -182,6 +183,14 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting: {what}")
         time.sleep(0.05)
+
+
+def signed_url_of(response: Any) -> str:
+    """The signed storage URL that a Binary create or update answer carries in its
+    `Link: <url>; rel="alternate"` header (R4's Binary has no element for it)."""
+    m = re.match(r'<([^>]+)>;\s*rel="alternate"', response.headers.get("Link", ""))
+    assert m, f"no signed URL in the Link header: {response.headers.get('Link')!r}"
+    return m.group(1)
 
 
 # -- content ----------------------------------------------------------------------------------------

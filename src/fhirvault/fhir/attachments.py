@@ -182,3 +182,17 @@ def attachment_objects(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return
     for _, attachment in _walker().walk(resource, rtype, None):
         yield attachment
+
+
+def is_attachment_element(resource_type: str, element: str) -> bool:
+    """Whether `element` is an Attachment-typed element directly on `resource_type` (`photo` on Patient,
+    `content` on Media, a choice such as Observation's `valueAttachment`), by the R4 model tables."""
+    return _walker().resolve(resource_type, element) == ("type", "Attachment")
+
+
+def attachment_elements(resource_type: str) -> list[str]:
+    """The names of the Attachment elements directly on `resource_type`, sorted (`["photo"]` for Patient)."""
+    prefix = f"{resource_type}."
+    names = {path[len(prefix):] for path, type_name in r4_model().types.items()
+             if type_name == "Attachment" and path.startswith(prefix) and "." not in path[len(prefix):]}
+    return sorted(names)

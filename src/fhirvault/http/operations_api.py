@@ -7,7 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirvault.errors import Invalid, Unsupported
+from fhirvault.errors import Invalid
 from fhirvault.http import fhir_api
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.fhir_api import context, if_match_version, resource_type_of, vault
@@ -53,9 +53,6 @@ async def binary_access_write(request: Request) -> Response:
     if is_fhir_json(ctype):
         raise Invalid("$binary-access-write takes the raw content, not FHIR JSON; send it with its own "
                       "Content-Type (e.g. image/jpeg)")
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise Unsupported(f"Content-Encoding '{encoding}' is not supported by $binary-access-write")
     v = vault(request)
     ctx = context(request)
     result = await v.binary_access.write(ctx, rtype, request.path_params["rid"],

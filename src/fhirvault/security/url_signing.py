@@ -26,6 +26,9 @@ UNKNOWN_KID_RELOAD_SECONDS = 2.0
 STORAGE_PATH = "/storage/"
 MINTED_CACHE_SIZE = 50_000
 _SIG_LABEL = b"fhirvault-storage-v1"
+# Query marker of a URL minted for a versioned reference. It is not signed: it grants nothing, it only
+# tells the server, when a client writes the URL back into an Attachment, to keep the version it names.
+PINNED_PARAM = "pinned"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class StorageUrlParts:
     expires: int | None
     kid: str | None
     sig: str | None
+    pinned: bool = False  # minted for a versioned reference (`Binary/1/_history/2`), see SignedUrl.mint_with
 
 
 def signature(secret: bytes, binary_id: str, version_id: int, expires: int, kid: str) -> str:
@@ -65,7 +69,7 @@ class SignedUrl:
         self.window = max(1, window)
         self.clock = clock
         self._keys: KeyCache[UrlSigningKey] = KeyCache(self._load, UNKNOWN_KID_RELOAD_SECONDS, clock)
-        self._minted: dict[tuple[str, str, int, int], str] = {}
+        self._minted: dict[tuple[str, str, int, int, bool], str] = {}
 
     # -- keys -----------------------------------------------------------------------------------
     async def _load(self) -> list[UrlSigningKey]:
@@ -107,17 +111,20 @@ class SignedUrl:
     async def mint(self, binary_id: str, version_id: int) -> str:
         return self.mint_with(await self.signing_key(), binary_id, version_id)
 
-    def mint_with(self, key: UrlSigningKey, binary_id: str, version_id: int) -> str:
-        """The URL for one version with a key already at hand (minting many without awaiting each)."""
+    def mint_with(self, key: UrlSigningKey, binary_id: str, version_id: int, pinned: bool = False) -> str:
+        """The URL for one version with a key already at hand (minting many without awaiting each).
+        `pinned` marks a URL that stands for `Binary/{id}/_history/{version}` rather than `Binary/{id}`."""
         expires = rounded_expiry(self.clock(), self.ttl, self.window)
-        memo = (key.kid, binary_id, version_id, expires)
+        memo = (key.kid, binary_id, version_id, expires, pinned)
         url = self._minted.get(memo)
         if url is None:
             # URLs are deterministic within a window; remembering them spares an HMAC per repeated read.
             if len(self._minted) >= MINTED_CACHE_SIZE:
                 self._minted.clear()
             sig = signature(key.secret, binary_id, version_id, expires, key.kid)
-            url = self._minted[memo] = f"{self.prefix}{binary_id}/{version_id}?exp={expires}&kid={key.kid}&sig={sig}"
+            marker = f"&{PINNED_PARAM}=1" if pinned else ""
+            url = f"{self.prefix}{binary_id}/{version_id}?exp={expires}&kid={key.kid}&sig={sig}{marker}"
+            self._minted[memo] = url
         return url
 
     # -- parsing and verifying ------------------------------------------------------------------
@@ -159,4 +166,4 @@ def parts_from(binary_id: str, version: str, query: Mapping[str, str]) -> Storag
         return None
     exp = query.get("exp")
     return StorageUrlParts(binary_id, int(version), int(exp) if exp and exp.isdigit() else None,
-                           query.get("kid"), query.get("sig"))
+                           query.get("kid"), query.get("sig"), query.get(PINNED_PARAM) == "1")

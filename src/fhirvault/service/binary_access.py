@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from fhirvault.fhir.attachments import attachment_objects
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict, filename_of, security_context_of
 from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_path, resolve_first
 from fhirvault.fhir.validation import attachment_size
+from fhirvault.service.attachments import binary_reference
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, WriteResult
@@ -93,8 +93,10 @@ class BinaryAccess:
                 filename=None, security_context=None)
             return ReadableContent(content, lambda s, e: one_chunk(raw[s:e]))
         url = attachment.get("url")
-        if isinstance(url, str) and url.startswith("Binary/") and "/" not in url[len("Binary/"):]:
-            content = await self.binaries.content(ctx, url[len("Binary/"):])
+        ref = binary_reference(url, "") if isinstance(url, str) else None
+        if ref is not None:
+            # The version the Attachment names, else the current one; access as for a (v)read of it.
+            content = await self.binaries.content(ctx, ref.id, int(ref.version_id) if ref.version_id else None)
             if declared_type:
                 content = dataclasses.replace(content, content_type=str(declared_type))
             return ReadableContent(content, lambda s, e: self.binaries.stream(content, s, e))
@@ -124,22 +126,20 @@ class BinaryAccess:
         try:
             return await self._apply(ctx, rtype, rid, path, new_fields, if_match)
         except BaseException:
-            if new_binary is not None:
-                await self.binaries.expunge("Binary", new_binary)  # nothing left over from a failed write
+            await self.binaries.expunge("Binary", new_binary)  # nothing left over from a failed write
             raise
 
     async def _store_bytes(self, ctx: RequestContext, rtype: str, rid: str, chunks: AsyncIterator[bytes],
-                           content_type: str) -> tuple[dict[str, Any], str | None]:
-        """Inline when the content fits INLINE_MAX_BYTES, else a new Binary whose securityContext is the
-        resource. Returns the Attachment elements to set and the new Binary's id, if any."""
+                           content_type: str) -> tuple[dict[str, Any], str]:
+        """A new Binary whose securityContext is the resource, whatever the size: the caller chose the
+        binary path, and browser clients need the Attachment's `url` (INLINE_MAX_BYTES governs base64 that
+        arrives inside JSON, and whether the new Binary keeps its bytes inline). Returns the Attachment
+        elements to set and the new Binary's id."""
         staged = await self.binaries.stage(chunks)
-        fields: dict[str, Any] = {"contentType": content_type, **attachment_size(staged.size),
-                                  "hash": staged.sha1_b64}
-        if staged.inline is not None:
-            return {**fields, "data": base64.b64encode(staged.inline).decode("ascii")}, None
         result = await self.binaries.write_staged(ctx, None, staged, content_type=content_type,
                                                   security_context=f"{rtype}/{rid}")
-        return {**fields, "url": f"Binary/{result.stored.id}"}, result.stored.id
+        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", **attachment_size(staged.size),
+                 "hash": staged.sha1_b64}, result.stored.id)
 
     async def _apply(self, ctx: RequestContext, rtype: str, rid: str, path: ElementPath,
                      fields: dict[str, Any], if_match: int | None) -> WriteResult:
@@ -147,7 +147,7 @@ class BinaryAccess:
         resource is re-read and kept (unless the client pinned a version with If-Match)."""
         def change(resource: dict[str, Any]) -> bool:
             attachment = _attachment_at(resource, path)
-            attachment.pop("data" if "url" in fields else "url", None)
+            attachment.pop("data", None)
             attachment.update(fields)
             return True
 

@@ -83,6 +83,12 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
                         entry.get("fullUrl"), if_match, request.get("ifNoneExist"))
 
 
+def _processing_order(e: EntryRequest) -> tuple[int, bool, int]:
+    """FHIR's order of methods; within one method Binaries last, so that a Binary whose securityContext
+    names a resource of the same Bundle finds it written (the access check reads it), then Bundle order."""
+    return METHOD_ORDER[e.method], e.rtype == "Binary", e.index
+
+
 def parse_etag(value: str) -> int:
     v = value.strip()
     if v.startswith("W/"):
@@ -228,13 +234,17 @@ class BundleService:
 
         async def work(uow: UnitOfWork) -> list[tuple[EntryRequest, Any]]:
             mapping = await self._prepare(uow, ctx, entries)
+            # What later entries will write: checks that need it (an Attachment naming a Binary of this
+            # Bundle) wait for it, so the order of entries does not matter (R4 http.html#trules).
+            uow.upcoming = {f"{e.rtype}/{e.rid}" for e in entries if e.method in ("POST", "PUT") and e.rid}
             results: list[tuple[EntryRequest, Any]] = []
-            for e in sorted(entries, key=lambda x: (METHOD_ORDER[x.method], x.index)):
+            for e in sorted(entries, key=_processing_order):
                 if e.resource is not None:
                     e.resource = _replace_refs(e.resource, mapping)
                 if e.method in ("GET", "HEAD"):
                     continue
                 results.append((e, await self._write_entry(uow, ctx, e)))
+                uow.upcoming.discard(f"{e.rtype}/{e.rid}")
             return results
 
         written = dict((e.index, r) for e, r in await self.resources.in_transaction(ctx, work))

@@ -21,7 +21,6 @@ from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
 from fhirvault.service.search import SearchResult, conditional_matches, run_search
 from fhirvault.service.timeutil import to_instant
-from fhirvault.service.validation import require_valid
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
 
@@ -86,9 +85,8 @@ class ResourceService:
     """The resource use cases. `conditional_delete_max`: how many resources one conditional delete may remove."""
 
     def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None,
-                 conditional_delete_max: int = 1, validate: bool = True) -> None:
+                 conditional_delete_max: int = 1) -> None:
         self.db = db
-        self.validate = validate
         self.store = store
         self.access: AccessPolicy = access or AllowAll()
         self.conditional_delete_max = conditional_delete_max
@@ -110,6 +108,7 @@ class ResourceService:
                 async with self.db.write() as conn:
                     uow = UnitOfWork(conn)
                     result = await work(uow)
+                    await self._finish_deferred(ctx, uow)
                 break
             except BaseException as exc:
                 if uow is not None:
@@ -121,6 +120,16 @@ class ResourceService:
         assert uow is not None
         await self.write_pipeline.committed(ctx, uow)
         return result
+
+    async def _finish_deferred(self, ctx: RequestContext, uow: UnitOfWork) -> None:
+        """The deferred work of write steps, each followed by storing its resource's changed content as the
+        same version (content and search index); see UnitOfWork."""
+        while uow.deferred:
+            resource, finish = uow.deferred.pop(0)
+            await finish()
+            stored = next(s for s in reversed(uow.written) if s.content is resource)
+            tokens, refs = index_entries(resource, ctx.base_url)
+            await self.store.rewrite(uow.conn, stored, tokens, refs)
 
     # -- writes ---------------------------------------------------------------------------------
     async def create(self, ctx: RequestContext, rtype: str, body: Any,
@@ -328,8 +337,6 @@ class ResourceService:
                      blob_id: str | None = None) -> WriteResult:
         resource = copy.deepcopy(resource)
         resource["id"] = rid
-        if self.validate:
-            require_valid(resource)
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
         await self.write_pipeline.before_store(ctx, uow, resource)
@@ -346,6 +353,7 @@ class ResourceService:
         tokens, refs = index_entries(resource, ctx.base_url)
         await self.store.write(uow.conn, stored, current.version_id if current else None, tokens, refs)
         uow.committed.append(resource)
+        uow.written.append(stored)
         return WriteResult(stored, created=current is None or current.deleted)
 
     async def _check_change(self, ctx: RequestContext, conn: AsyncConnection, current: dict[str, Any],

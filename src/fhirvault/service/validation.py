@@ -6,6 +6,8 @@ from typing import Any
 
 from fhirvault.errors import Invalid
 from fhirvault.fhir.validation import Issue, validate_resource
+from fhirvault.service.context import RequestContext
+from fhirvault.service.pipelines import UnitOfWork
 
 
 def outcome_of(issues: list[Issue]) -> dict[str, Any]:
@@ -26,6 +28,14 @@ def require_valid(resource: dict[str, Any], within: str | None = None) -> None:
     issues = [i for i in validate_resource(resource) if i.severity == "error"]
     if issues:
         raise _invalid(issues, str(resource.get("resourceType")), within)
+
+
+class R4Validation:
+    """WriteStep (`WritePipeline.validate`): refuses, with `require_valid`'s Invalid, a resource that is
+    not valid R4 before anything of it is stored."""
+
+    async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
+        require_valid(resource)
 
 
 def relocated(exc: Invalid, rtype: str, within: str) -> Invalid:

@@ -119,6 +119,17 @@ class ResourceStore:
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
         await self._reindex(conn, stored.resource_type, stored.id, tokens, refs, fresh=previous_version is None)
 
+    async def rewrite(self, conn: AsyncConnection, stored: StoredResource, tokens: set[TokenEntry],
+                      refs: set[RefEntry]) -> None:
+        """Replace the content and search index of the version `stored` that this same transaction wrote
+        (work deferred to the end of a transaction Bundle completes it); the version id stays."""
+        content = jsoncodec.dumps(stored.content).decode("utf-8")
+        for table in (resources, resource_versions):
+            await conn.execute(sa.update(table).where(
+                table.c.resource_type == stored.resource_type, table.c.id == stored.id,
+                table.c.version_id == stored.version_id).values(content=content))
+        await self._reindex(conn, stored.resource_type, stored.id, tokens, refs)
+
     async def _reindex(self, conn: AsyncConnection, rtype: str, rid: str,
                        tokens: set[TokenEntry], refs: set[RefEntry], fresh: bool = False) -> None:
         """Replaces the resource's index rows; `fresh`: it had no row before (so it has no index rows:
