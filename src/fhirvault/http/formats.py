@@ -89,7 +89,8 @@ def not_acceptable(message: str) -> FhirJsonResponse:
 
 class _FormattedSend:
     """Wraps `send`: a 2xx FHIR JSON answer the Accept header does not admit becomes 406; with
-    `pretty`, a FHIR JSON body is re-rendered with indentation (it is held whole, as it was built)."""
+    `pretty`, a FHIR JSON body is re-rendered with indentation (it is held whole, as it was built).
+    Raw content answers (they carry `Accept-Ranges`) pass unchanged."""
 
     def __init__(self, send: Send, accept: str | None, pretty: bool) -> None:
         self.send = send
@@ -104,11 +105,10 @@ class _FormattedSend:
             await self.send(message)
             return
         if message["type"] == "http.response.start":
-            ctype = ""
-            for key, value in message.get("headers", []):
-                if key == b"content-type":
-                    ctype = bytes(value).decode("latin-1")
-            is_fhir = media_type(ctype) in FHIR_JSON_TYPES
+            sent = {bytes(k).lower(): bytes(v).decode("latin-1") for k, v in message.get("headers", [])}
+            # Raw content (a Binary's or Media's own bytes, served with ranges) keeps its own rule even
+            # when its stored type is a FHIR JSON type.
+            is_fhir = media_type(sent.get(b"content-type")) in FHIR_JSON_TYPES and b"accept-ranges" not in sent
             if is_fhir and self.accept is not None and 200 <= message["status"] < 300:
                 refusal = not_acceptable(f"Accept: {self.accept} does not admit the FHIR JSON this answer is")
                 await self.send({"type": "http.response.start", "status": refusal.status_code,
