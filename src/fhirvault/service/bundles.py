@@ -14,7 +14,7 @@ from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
-from fhirvault.fhir.r4 import is_resource_type
+from fhirvault.fhir.r4 import is_resource_type, whole_number
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
@@ -93,10 +93,10 @@ def parse_etag(value: str) -> int:
     v = value.strip()
     if v.startswith("W/"):
         v = v[2:]
-    v = v.strip('"')
-    if not v.isdigit():
+    version = whole_number(v.strip('"'))
+    if version is None:
         raise Invalid(f"If-Match '{value}' is not a version ETag like W/\"3\"")
-    return int(v)
+    return version
 
 
 def patch_document(e: EntryRequest) -> PatchDocument:
