@@ -26,8 +26,9 @@ from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import routes as http_routes
 from fhirvault.http import storage_api
-from fhirvault.http.auth import BearerAuthMiddleware
+from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
 from fhirvault.http.content_encoding import ContentDecodingMiddleware
+from fhirvault.http.formats import FhirFormatMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
@@ -67,7 +68,8 @@ class FhirVault:
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
-        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store))
+        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store),
+                                         conditional_delete_max=settings.conditional_delete_max)
         self.bundles = BundleService(self.resources)
         self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
@@ -145,7 +147,8 @@ class FhirVault:
             base = self.settings.fhir_base_url
             operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
             media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
-                         "Media.content.contentType or with _output=data; any other Accept gives the resource."
+                         "Media.content.contentType or with _output=data; an Accept that admits FHIR JSON gives the "
+                         "resource, any other 406."
                          if self.settings.media_raw_enabled else "")
             self._capability = capability_statement(
                 base, __version__, to_instant(now_us()),
@@ -161,7 +164,8 @@ class FhirVault:
                                    "required everywhere but /metadata, the token endpoint and signed /storage URLs.",
                 }},
                 operations_by_type={rtype: operations for rtype in resource_types()},
-                type_documentation={"Media": media_doc} if media_doc else None)
+                type_documentation={"Media": media_doc} if media_doc else None,
+                conditional_delete_max=self.settings.conditional_delete_max)
         return self._capability
 
 
@@ -204,6 +208,7 @@ def build_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=http_routes.routes(),
         middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
+                    Middleware(FhirFormatMiddleware, prefix=FHIR_PREFIX),
                     Middleware(ContentDecodingMiddleware,
                                limit=max(settings.max_binary_bytes, settings.max_json_bytes))],
         exception_handlers={

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     signed_url_window: int = 600
     storage_cors_origin: str = "*"
     media_raw_enabled: bool = True
+    conditional_delete_max: int = Field(
+        default=1, ge=1, description="resources one conditional delete may remove; more matches -> 412")
     # Signed storage URLs on another origin than the API (e.g. https://files.example.org): stored bytes,
     # whatever they hold, then never run on the API's origin. Empty: PUBLIC_BASE_URL.
     storage_public_base_url: str = ""

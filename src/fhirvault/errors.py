@@ -58,6 +58,13 @@ class PreconditionFailed(FhirVaultError):
     code = "conflict"
 
 
+class Unprocessable(FhirVaultError):
+    """Well formed but cannot be carried out on the current state, e.g. a PATCH whose `test` fails (RFC 5789)."""
+
+    status = 422
+    code = "processing"
+
+
 class NotAcceptable(FhirVaultError):
     """No representation the server can give matches what the request asked for (`_format`, Accept)."""
 

@@ -51,3 +51,14 @@ def param_paths(resource_type: str, code: str) -> list[dict[str, str]]:
 
 def has_param(resource_type: str, code: str) -> bool:
     return bool(param_paths(resource_type, code))
+
+
+@cache
+def _repeating() -> frozenset[str]:
+    text = resources.files("fhirvault.fhir").joinpath("data/r4_repeating.json").read_text()
+    return frozenset(json.loads(text)["repeating"])
+
+
+def is_repeating(element_path: str) -> bool:
+    """True when the R4 element at `element_path` (`Patient.name`, `HumanName.given`) has max cardinality `*`."""
+    return element_path in _repeating()

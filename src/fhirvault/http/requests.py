@@ -9,8 +9,12 @@ from typing import Any
 from starlette.requests import Request
 
 from fhirvault.errors import Invalid, TooLarge, Unsupported
+from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
 from fhirvault.fhir.r4 import whole_number
-from fhirvault.http.negotiation import is_fhir_json, media_type
+from fhirvault.http.negotiation import is_fhir_json, media_type, speaks_fhir_version
+
+JSON_PATCH_TYPE = "application/json-patch+json"
+MERGE_PATCH_TYPE = "application/merge-patch+json"
 
 
 async def read_body_bounded(request: Request, limit: int, what: str) -> bytes:
@@ -89,11 +93,45 @@ def parse_json(raw: bytes) -> Any:
 
 
 async def read_fhir_json(request: Request, limit: int) -> Any:
+    """The request body as JSON; a Content-Type other than FHIR JSON R4 raises Unsupported (415)."""
     ctype = request.headers.get("content-type")
     if ctype and not is_fhir_json(ctype):
         raise Unsupported(
             f"Content-Type '{media_type(ctype)}' is not supported here; send application/fhir+json")
+    _check_fhir_version(ctype)
+    return await _read_json(request, limit)
+
+
+def _check_fhir_version(ctype: str | None) -> None:
+    if not speaks_fhir_version(ctype):
+        raise Unsupported(f"Content-Type '{ctype}' names another FHIR version; this server speaks fhirVersion=4.0")
+
+
+async def _read_json(request: Request, limit: int) -> Any:
     raw = await read_body_bounded(request, limit, "The JSON body")
     if not raw.strip():
         raise Invalid("The request body is empty; a FHIR resource was expected")
     return parse_json(raw)
+
+
+async def read_patch_document(request: Request, limit: int) -> PatchDocument:
+    """A PATCH body by its Content-Type (R4 http.html#patch).
+
+    application/json-patch+json: JSON Patch (RFC 6902); application/merge-patch+json: JSON Merge Patch
+    (RFC 7386); FHIR JSON (application/fhir+json, application/json, none): a Parameters resource is a
+    FHIRPath Patch, an array a JSON Patch, any other object a merge patch (what fhirpy's `patch()`
+    sends). Anything else raises Unsupported (415).
+    """
+    ctype = request.headers.get("content-type")
+    kind = media_type(ctype)
+    if kind not in (JSON_PATCH_TYPE, MERGE_PATCH_TYPE) and ctype and not is_fhir_json(ctype):
+        raise Unsupported(f"Content-Type '{kind}' is not a patch format this server applies; send "
+                          f"{JSON_PATCH_TYPE}, {MERGE_PATCH_TYPE}, or application/fhir+json (a FHIRPath Patch "
+                          "Parameters resource)")
+    _check_fhir_version(ctype)
+    body = await _read_json(request, limit)
+    if kind == JSON_PATCH_TYPE or (kind != MERGE_PATCH_TYPE and isinstance(body, list)):
+        return PatchDocument(JSON_PATCH, body)
+    if kind != MERGE_PATCH_TYPE and isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        return PatchDocument(FHIRPATH_PATCH, body)
+    return PatchDocument(MERGE_PATCH, body)

@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault import jsoncodec
 from fhirvault.clock import now_us
-from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed
+from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
 from fhirvault.fhir.indexing import index_entries
+from fhirvault.fhir.patch import PatchDocument, PatchError, apply_patch
 from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id, whole_number
 from fhirvault.service.access import AccessPolicy, AllowAll
 from fhirvault.service.context import RequestContext
@@ -59,15 +60,37 @@ def check_resource_body(body: Any, rtype: str | None) -> dict[str, Any]:
     return body
 
 
+def conditional_update_id(rtype: str, criteria: str, resource: dict[str, Any],
+                          match: StoredResource | None) -> str | None:
+    """The id a conditional update writes to (R4 http.html#cond-update), None for a create with a new id.
+
+    One match: its id, and an id in the body must agree (else Invalid, 400). No match: the body's id
+    (update as create) or None.
+    """
+    body_id = resource.get("id")
+    if match is None:
+        if body_id is not None and not is_valid_id(body_id):
+            raise Invalid(f"'{body_id}' is not a valid resource id", expression=f"{rtype}.id")
+        return body_id if isinstance(body_id, str) else None
+    if body_id is not None and body_id != match.id:
+        raise Invalid(f"The body's id '{body_id}' is not the id of the {rtype} that '{criteria}' matches "
+                      f"({match.id})", expression=f"{rtype}.id")
+    return match.id
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
 class ResourceService:
-    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None) -> None:
+    """The resource use cases. `conditional_delete_max`: how many resources one conditional delete may remove."""
+
+    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None,
+                 conditional_delete_max: int = 1) -> None:
         self.db = db
         self.store = store
         self.access: AccessPolicy = access or AllowAll()
+        self.conditional_delete_max = conditional_delete_max
         # What every written and every read resource passes through; see service/pipelines.py.
         self.write_pipeline = WritePipeline()
         self.read_pipeline = ReadPipeline()
@@ -140,16 +163,135 @@ class ResourceService:
                         blob_id: str | None = None) -> WriteResult:
         resource = check_resource_body(body, rtype)
         if if_none_exist:
-            matches = await conditional_matches(self.store, uow.conn, ctx, rtype, if_none_exist,
-                                                self.access.search_restriction(ctx, rtype))
-            matches = [m for m in matches
-                       if m.content is None or await self.access.can_see(ctx, uow.conn, m.content, "search")]
-            if len(matches) > 1:
-                raise PreconditionFailed(
-                    f"If-None-Exist '{if_none_exist}' matched {len(matches)} resources; it must match at most one")
-            if matches:
-                return WriteResult(matches[0], created=False, existing=True)
+            match = await self.conditional_target_in(uow, ctx, rtype, if_none_exist, "If-None-Exist")
+            if match is not None:
+                return WriteResult(match, created=False, existing=True)
         return await self._write(uow, ctx, rtype, rid or new_id(), resource, None, "POST", blob_id)
+
+    # -- conditional interactions (R4 http.html: conditional create, update, patch and delete) ----------
+    async def matches_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
+                         limit: int) -> list[StoredResource]:
+        """Up to `limit` resources matching `criteria` (a search query string) that the caller may see.
+
+        Raises Invalid for empty criteria, criteria of result parameters only, and any parameter the
+        search does not support: a condition never silently matches everything.
+        """
+        return await conditional_matches(self.store, uow.conn, ctx, rtype, criteria,
+                                         self.access.search_restriction(ctx, rtype), limit,
+                                         lambda m: self.access.can_see(ctx, uow.conn, m, "search"))
+
+    async def conditional_target_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
+                                    what: str) -> StoredResource | None:
+        """The one resource matching `criteria`, or None; several matches raise PreconditionFailed (412)."""
+        matches = await self.matches_in(uow, ctx, rtype, criteria, 2)
+        if len(matches) > 1:
+            raise PreconditionFailed(f"{what} '{criteria}' matches more than one {rtype}; it must match at most one")
+        return matches[0] if matches else None
+
+    async def conditional_update(self, ctx: RequestContext, rtype: str, criteria: str, body: Any,
+                                 if_match: int | None = None) -> WriteResult:
+        """`PUT [type]?criteria`: 0 matches create, 1 updates it, several -> 412."""
+        self.access.require(ctx, "update", rtype)
+        return await self.in_transaction(
+            ctx, lambda uow: self.conditional_update_in(uow, ctx, rtype, criteria, body, if_match))
+
+    async def conditional_update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
+                                    body: Any, if_match: int | None = None) -> WriteResult:
+        """Conditional update inside a unit of work (see `conditional_update`)."""
+        resource = check_resource_body(body, rtype)
+        rid, create = await self.conditional_update_target_in(uow, ctx, rtype, criteria, resource)
+        if create:
+            return await self.create_in(uow, ctx, rtype, resource, rid=rid)
+        return await self.update_in(uow, ctx, rtype, rid, {**resource, "id": rid}, if_match)
+
+    async def conditional_update_target_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
+                                           criteria: str, resource: dict[str, Any]) -> tuple[str, bool]:
+        """The id a conditional update writes, and whether that is a create (R4 http.html#cond-update).
+
+        Several matches raise PreconditionFailed; no match and a body id naming an existing resource
+        too (the criteria did not select it, so it is not overwritten).
+        """
+        match = await self.conditional_target_in(uow, ctx, rtype, criteria, "The conditional update")
+        target = conditional_update_id(rtype, criteria, resource, match)
+        if target is None:
+            self.access.require(ctx, "create", rtype)
+            return new_id(), True
+        if match is None:
+            existing = await self.store.get(uow.conn, rtype, target)
+            if existing is not None and not existing.deleted:
+                raise PreconditionFailed(f"No {rtype} matches '{criteria}', yet {rtype}/{target} named by the "
+                                         "body exists; a conditional update does not overwrite it")
+        return target, False
+
+    async def conditional_delete(self, ctx: RequestContext, rtype: str, criteria: str) -> list[StoredResource]:
+        """`DELETE [type]?criteria`: deletes every match, at most `conditional_delete_max` (more -> 412)."""
+        self.access.require(ctx, "delete", rtype)
+        return await self.in_transaction(ctx, lambda uow: self.conditional_delete_in(uow, ctx, rtype, criteria))
+
+    async def conditional_delete_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
+                                    criteria: str) -> list[StoredResource]:
+        """Conditional delete inside a unit of work; the deletion rows written."""
+        deleted = [await self.delete_in(uow, ctx, rtype, rid)
+                   for rid in await self.conditional_delete_ids_in(uow, ctx, rtype, criteria)]
+        return [d for d in deleted if d is not None]
+
+    async def conditional_delete_ids_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
+                                        criteria: str) -> list[str]:
+        """The ids a conditional delete removes; more than `conditional_delete_max` raise PreconditionFailed."""
+        cap = self.conditional_delete_max
+        matches = await self.matches_in(uow, ctx, rtype, criteria, cap + 1)
+        if len(matches) > cap:
+            raise PreconditionFailed(
+                f"The conditional delete '{criteria}' matches more than {cap} {rtype} resource"
+                f"{'s' if cap != 1 else ''}, the most this server deletes at once")
+        return [m.id for m in matches]
+
+    async def conditional_patch_id_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str) -> str:
+        """The id of the one resource a conditional patch changes; none -> NotFound, several -> 412."""
+        match = await self.conditional_target_in(uow, ctx, rtype, criteria, "The conditional patch")
+        if match is None:
+            raise NotFound(f"No {rtype} matches '{criteria}'; nothing to patch")
+        return match.id
+
+    # -- patch (R4 http.html#patch) ---------------------------------------------------------------------
+    async def patch(self, ctx: RequestContext, rtype: str, rid: str, document: PatchDocument,
+                    if_match: int | None = None) -> WriteResult:
+        """PATCH [type]/[id]: the patch applied to the current version and written as an update."""
+        self.access.require(ctx, "update", rtype)
+        return await self.in_transaction(ctx, lambda uow: self.patch_in(uow, ctx, rtype, rid, document, if_match))
+
+    async def conditional_patch(self, ctx: RequestContext, rtype: str, criteria: str, document: PatchDocument,
+                                if_match: int | None = None) -> WriteResult:
+        """PATCH [type]?criteria: the one match patched; none -> 404, several -> 412."""
+        self.access.require(ctx, "update", rtype)
+
+        async def work(uow: UnitOfWork) -> WriteResult:
+            rid = await self.conditional_patch_id_in(uow, ctx, rtype, criteria)
+            return await self.patch_in(uow, ctx, rtype, rid, document, if_match)
+
+        return await self.in_transaction(ctx, work)
+
+    async def patch_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str, document: PatchDocument,
+                       if_match: int | None = None) -> WriteResult:
+        """Applies `document` to the current version; the result goes through `update_in` like any update.
+
+        Raises NotFound/Gone, PreconditionFailed (If-Match), Invalid (malformed patch, 400),
+        Unprocessable (a patch that does not apply, 422), and whatever the update path raises.
+        """
+        if rtype == "Binary":
+            raise Invalid("A Binary is not patched; PUT its new content to Binary/[id]")
+        current = await self.store.get(uow.conn, rtype, rid, for_update=True)
+        current = await self._visible(ctx, uow.conn, rtype, rid, current, "read")
+        assert current.content is not None
+        if if_match is not None and current.version_id != if_match:
+            raise PreconditionFailed(f"If-Match W/\"{if_match}\" does not match the current version "
+                                     f"{current.version_id} of {rtype}/{rid}")
+        try:
+            patched = apply_patch(current.content, document)
+        except PatchError as exc:
+            error = Invalid if exc.malformed else Unprocessable
+            raise error(exc.message, expression=exc.expression) from None
+        return await self.update_in(uow, ctx, rtype, rid, patched, current.version_id, method="PATCH")
 
     async def update(self, ctx: RequestContext, rtype: str, rid: str, body: Any,
                      if_match: int | None = None) -> WriteResult:
@@ -157,7 +299,8 @@ class ResourceService:
         return await self.in_transaction(ctx, lambda uow: self.update_in(uow, ctx, rtype, rid, body, if_match))
 
     async def update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str, body: Any,
-                        if_match: int | None = None, blob_id: str | None = None) -> WriteResult:
+                        if_match: int | None = None, blob_id: str | None = None,
+                        method: str = "PUT") -> WriteResult:
         resource = check_resource_body(body, rtype)
         if not is_valid_id(rid):
             raise Invalid(f"'{rid}' is not a valid resource id ({ID})")
@@ -174,7 +317,7 @@ class ResourceService:
                 raise PreconditionFailed(
                     f"If-Match W/\"{if_match}\" does not match the current version {current.version_id} "
                     f"of {rtype}/{rid}")
-        return await self._write(uow, ctx, rtype, rid, resource, current, "PUT", blob_id)
+        return await self._write(uow, ctx, rtype, rid, resource, current, method, blob_id)
 
     async def delete(self, ctx: RequestContext, rtype: str, rid: str) -> StoredResource | None:
         self.access.require(ctx, "delete", rtype)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -159,14 +161,28 @@ def page_links(base_url: str, rtype: str, parsed: ParsedSearch, total: int | Non
 
 
 async def conditional_matches(store: ResourceStore, conn: AsyncConnection, ctx: RequestContext, rtype: str,
-                              query_string: str, restriction: list[str] | None = None) -> list[StoredResource]:
-    """Resources matching an If-None-Exist / conditional query, at most 2 (enough to tell 'many')."""
+                              query_string: str, restriction: list[str] | None = None, limit: int = 2,
+                              visible: Callable[[dict[str, Any]], Awaitable[bool]] | None = None,
+                              ) -> list[StoredResource]:
+    """Up to `limit` resources matching the criteria of a conditional interaction (If-None-Exist,
+    conditional update/patch/delete, conditional reference), `visible` ones only.
+
+    Criteria are parsed strictly: an unsupported parameter raises Invalid, and so do criteria without
+    any filtering parameter, which would otherwise match every resource of the type.
+    """
     params = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
+    if not any(name.partition(":")[0] not in RESULT_PARAMS for name, _ in params):
+        raise Invalid(f"The conditional criteria '{query_string}' have no search parameter that selects "
+                      f"{rtype} resources; give one, e.g. identifier=system|value")
     parsed = parse_search(rtype, params, ctx.base_url, strict=True)
-    parsed.query.count = 2
+    parsed.query.count = limit
+    parsed.query.offset = 0
     if restriction is not None:
         restrict_to_compartment(parsed.query, restriction)
-    return await store.search(conn, parsed.query)
+    matches = await store.search(conn, parsed.query)
+    if visible is None:
+        return matches
+    return [m for m in matches if m.content is None or await visible(m.content)]
 
 
 async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, ctx: RequestContext, rtype: str,
