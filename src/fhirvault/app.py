@@ -22,7 +22,7 @@ from fhirvault.errors import FhirVaultError
 from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
-from fhirvault.http import binary_api, fhir_api, ingestion_api, oauth_api, operations_api, storage_api
+from fhirvault.http import binary_api, fhir_api, health_api, ingestion_api, oauth_api, operations_api, storage_api
 from fhirvault.http.auth import BearerAuthMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
@@ -36,6 +36,7 @@ from fhirvault.service.attachments import AttachmentNormalizer, AttachmentUrlSig
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.binary_access import BinaryAccess
 from fhirvault.service.bundles import BundleService
+from fhirvault.service.health import Readiness
 from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.inline_data import InlineDataLimit
@@ -77,7 +78,9 @@ class FhirVault:
                              lease_seconds=settings.job_lease_seconds)
         self.ingestion = AttachmentIngestion(self.resources, self.binaries, self.jobs, settings)
         self.resources.after_commit_hooks.append(self.ingestion.scheduler)
-        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
+        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers,
+                                  grace_seconds=settings.shutdown_timeout_seconds)
+        self.readiness = Readiness(self.db, self.blob_store)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
         self._capability: dict[str, Any] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -100,6 +103,8 @@ class FhirVault:
         self.workers.start()
 
     async def stop(self) -> None:
+        """Running jobs get the shutdown timeout to finish; those that do not are handed back to the queue."""
+        self.readiness.stopping = True
         await self.workers.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -110,16 +115,23 @@ class FhirVault:
         await self.db.close()
 
     async def _sweep_pending_blobs(self) -> None:
-        """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent)."""
+        """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent):
+        stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS."""
         interval = max(1.0, min(300.0, self.settings.pending_blob_grace_seconds / 4))
+        last_scan = float("-inf")
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 removed = await self.binaries.sweep()
                 if removed:
-                    log.info("swept %d pending blobs older than %ds", removed,
-                             self.settings.pending_blob_grace_seconds)
-            except Exception:
-                log.exception("sweeping pending blobs failed; will retry")
+                    log.info("swept %d released or stale pending blobs", removed)
+                if loop.time() - last_scan >= self.settings.leftover_scan_seconds:
+                    last_scan = loop.time()
+                    removed = await self.binaries.sweep_leftovers()
+                    if removed:
+                        log.info("removed the bytes of %d keys no blob owns", removed)
+            except Exception as exc:  # noqa: BLE001 - the database or store is away; the next pass retries
+                log.warning("sweeping blobs failed (%s); will retry", exc)
             await asyncio.sleep(interval)
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
@@ -188,7 +200,8 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         # Binary's own routes first: they take precedence over the generic /{rtype} ones.
-        routes=(oauth_api.routes(FHIR_PREFIX) + ingestion_api.routes(FHIR_PREFIX) + operations_api.routes(FHIR_PREFIX)
+        routes=(health_api.routes()
+                + oauth_api.routes(FHIR_PREFIX) + ingestion_api.routes(FHIR_PREFIX) + operations_api.routes(FHIR_PREFIX)
                 + binary_api.routes(FHIR_PREFIX)
                 + fhir_api.routes(FHIR_PREFIX) + storage_api.routes()),
         middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],

@@ -73,9 +73,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers if settings.workers > 1 else None,
         loop="uvloop",
-        http="httptools",
+        # httptools with fhirvault's limits on header size, header read time and body idle time.
+        http="fhirvault.http.connection_limits:LimitedHttpProtocol",
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds)),
         server_header=False,
     )
     return 0
