@@ -56,7 +56,7 @@ def _bootstrap_admin(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from fhirvault.http.serving import serve
 
     settings = _server_settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -66,8 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  data: {settings.data_dir.resolve()}  storage: {settings.storage_mode}", flush=True)
     print(f"  token endpoint: {settings.public_base_url}/oauth2/token", flush=True)
     _bootstrap_admin(settings)
-    uvicorn.run(
-        "fhirvault.app:app_from_environment",
+    return serve(
+        app="fhirvault.app:app_from_environment",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -79,7 +79,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds)),
         server_header=False,
     )
-    return 0
 
 
 def _client_json(client: Any, secret: str | None = None) -> dict[str, Any]:
