@@ -27,8 +27,10 @@ class FilesystemBlobStore(BlobStore):
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        # Made at once, so that a directory missing later (an unmounted share) is seen by the probe.
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Made at once, so that a directory missing later (an unmounted share) is seen by the probe; one
+        # that cannot be made is reported by the probe and by every write, not by a failed start.
+        with contextlib.suppress(OSError):
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, key: str) -> Path:
         if not key or "/" in key or key.startswith("."):

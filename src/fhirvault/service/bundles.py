@@ -10,8 +10,8 @@ from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.r4 import is_resource_type
 from fhirvault.service.context import RequestContext
-from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult, new_id
-from fhirvault.service.search import run_search
+from fhirvault.service.pipelines import UnitOfWork
+from fhirvault.service.resources import ResourceService, WriteResult, new_id
 from fhirvault.service.timeutil import to_http_date, to_instant
 
 # FHIR's processing order within a transaction.
@@ -201,7 +201,7 @@ class BundleService:
     async def _read_entry(self, ctx: RequestContext, e: EntryRequest) -> dict[str, Any]:
         try:
             if e.rid is None:
-                result = await run_search(self.resources, ctx, e.rtype, parse_qsl(e.query, keep_blank_values=True))
+                result = await self.resources.search(ctx, e.rtype, parse_qsl(e.query, keep_blank_values=True))
                 rendered = await self.resources.render(ctx, [m.content for m in result.matches if m.content])
                 inner: dict[str, Any] = {
                     "resourceType": "Bundle", "type": "searchset",

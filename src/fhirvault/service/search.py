@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.errors import Invalid
+from fhirvault.fhir.bundle import page_links as bundle_page_links
 from fhirvault.fhir.indexing import COMPARTMENT
 from fhirvault.fhir.r4 import has_param, is_valid_id
 from fhirvault.fhir.references import parse_reference
+from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
 from fhirvault.service.timeutil import parse_fhir_datetime_range
+from fhirvault.store.database import Database
 from fhirvault.store.resources import RefFilter, ResourceStore, SearchQuery, StoredResource, TokenFilter
-
-if TYPE_CHECKING:
-    from fhirvault.service.resources import ResourceService
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -141,17 +140,8 @@ def page_links(base_url: str, rtype: str, parsed: ParsedSearch, total: int | Non
                ) -> list[tuple[str, str]]:
     q = parsed.query
     params = [(k, v) for k, v in parsed.echo if k not in ("_count",)]
-
-    def link(offset: int) -> str:
-        return f"{base_url}/{rtype}?" + urlencode([*params, ("_count", str(q.count)), ("_offset", str(offset))])
-
-    links = [("self", link(q.offset))]
     has_next = returned == q.count and q.count > 0 and (total is None or q.offset + q.count < total)
-    if has_next:
-        links.append(("next", link(q.offset + q.count)))
-    if q.offset > 0:
-        links.append(("previous", link(max(0, q.offset - q.count))))
-    return links
+    return bundle_page_links(f"{base_url}/{rtype}", params, q.count, q.offset, has_next)
 
 
 async def conditional_matches(store: ResourceStore, conn: AsyncConnection, ctx: RequestContext, rtype: str,
@@ -165,18 +155,20 @@ async def conditional_matches(store: ResourceStore, conn: AsyncConnection, ctx: 
     return await store.search(conn, parsed.query)
 
 
-async def run_search(service: ResourceService, ctx: RequestContext, rtype: str, params: list[tuple[str, str]]
-                     ) -> SearchResult:
-    service.access.require(ctx, "search", rtype)
+async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, ctx: RequestContext, rtype: str,
+                     params: list[tuple[str, str]]) -> SearchResult:
+    """The search interaction (FHIR R4 search.html) on `rtype` with the query's `params`: the matches the
+    caller may see, the total when asked for, and the parsed query. Forbidden without search scope."""
+    access.require(ctx, "search", rtype)
     parsed = parse_search(rtype, params, ctx.base_url, ctx.handling_strict)
-    restriction = service.access.search_restriction(ctx, rtype)
+    restriction = access.search_restriction(ctx, rtype)
     if restriction is not None:
         restrict_to_compartment(parsed.query, restriction)
-    async with service.db.read() as conn:
+    async with db.read() as conn:
         total: int | None = None
         if parsed.summary_count or parsed.total_accurate:
-            total = await service.store.count(conn, parsed.query)
-        matches = [] if parsed.summary_count else await service.store.search(conn, parsed.query)
+            total = await store.count(conn, parsed.query)
+        matches = [] if parsed.summary_count else await store.search(conn, parsed.query)
         matches = [m for m in matches
-                   if m.content is None or await service.access.can_see(ctx, conn, m.content, "search")]
+                   if m.content is None or await access.can_see(ctx, conn, m.content, "search")]
     return SearchResult(matches, total, parsed)

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhirvault.store.schema import MIGRATIONS, metadata
+from fhirvault.store.schema import metadata
 
 PENDING = "pending"
 COMMITTED = "committed"
@@ -33,6 +33,8 @@ blobs = sa.Table(
     sa.Column("sha1", sa.String(28), nullable=True),  # base64, as in Attachment.hash
     sa.Column("created", sa.BigInteger, nullable=False),  # microseconds since the epoch
     sa.Index("ix_blobs_state_created", "state", "created"),
+    # The sweeper asks, for keys it finds in the store, whether any blob owns them.
+    sa.Index("ix_blobs_storage_key", "storage_key"),
 )
 
 # The bytes of blobs in `database` mode: fixed-size chunks, so no value is ever huge and a range read
@@ -43,21 +45,6 @@ blob_chunks = sa.Table(
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
-
-
-async def _create_blob_tables(conn: AsyncConnection) -> None:
-    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[blobs, blob_chunks]))
-
-
-MIGRATIONS.append(("0002_blobs", _create_blob_tables))
-
-
-async def _index_storage_keys(conn: AsyncConnection) -> None:
-    # The sweeper asks, for keys it finds in the store, whether any blob owns them.
-    await conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_blobs_storage_key ON blobs (storage_key)"))
-
-
-MIGRATIONS.append(("0016_blobs_storage_key_index", _index_storage_keys))
 
 
 @dataclass(frozen=True)
