@@ -102,7 +102,7 @@ def test_sigkill_mid_upload_leaves_committed_blobs_only(
     assert len(acknowledged) == COMPLETED
 
     server.env.update({"FHIRVAULT_PENDING_BLOB_GRACE_SECONDS": str(GRACE), "FHIRVAULT_LEFTOVER_SCAN_SECONDS": "1"})
-    server.start()
+    server.start(timeout=120)
     with server.api() as api:
         lost = [bid for bid, data in acknowledged.items()
                 if hashlib.sha256(api.get(f"/Binary/{bid}").content).digest() != hashlib.sha256(data).digest()]

@@ -88,7 +88,7 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(
     assert server.proc.wait(timeout=60) == 0
     server.proc = None
     # What it acknowledged while shutting down is there after a restart.
-    server.start()
+    server.start(timeout=120)
     with server.api() as api:
         assert api.get(result["answer"].headers["Location"]).content == b"x" * 150_000 + b"y" * 150_000
 
@@ -203,7 +203,7 @@ def test_bytes_no_blob_owns_are_reclaimed_and_others_kept(mode: str, server_fact
         client.create_multipart_upload(Bucket=bucket, Key=ownerless)
     # A grace period of 0: everything older than the restart counts as old.
     server.env.update({"FHIRVAULT_PENDING_BLOB_GRACE_SECONDS": "0", "FHIRVAULT_LEFTOVER_SCAN_SECONDS": "1"})
-    server.start()
+    server.start(timeout=120)
     committed = {row[0] for row in sql_rows(server, "SELECT storage_key FROM blobs WHERE state = 'committed'")}
     expected = committed | ({foreign} if mode != "database" else set())
     deadline = time.monotonic() + 60
