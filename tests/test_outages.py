@@ -175,11 +175,12 @@ def test_s3_gateway_killed_answers_503_for_bytes_only_and_recovers(
         to_503 = time.monotonic() - killed
         _assert_503(api.get(before.headers["Location"]))
         _assert_503(httpx.get(f"{server.url}/readyz", timeout=30), "blob store")
-        # The rest of the API keeps working: resources, the Binary's metadata, search, small inline content.
+        # The Binary as FHIR JSON carries its bytes (base64): a 503 too, before any of the body is sent.
+        _assert_503(api.get(before.headers["Location"], headers={"Accept": "application/fhir+json"}))
+        # The rest of the API keeps working: resources, search, small inline content.
         assert api.post("/Patient", json=_patient("during-s3-outage")).status_code == 201
-        meta = api.get(before.headers["Location"], headers={"Accept": "application/fhir+json"})
-        assert meta.status_code == 200 and meta.json()["resourceType"] == "Binary"
-        assert api.get("/Binary").status_code == 200
+        found = api.get("/Patient", params={"identifier": "urn:fv:outage|during-s3-outage"}).json()
+        assert len(found.get("entry", [])) == 1
         assert api.post("/Binary", content=b"small", headers=RAW).status_code == 201
         own_gateway.start()
         restarted = time.monotonic()
