@@ -81,9 +81,6 @@ class DatabaseBlobStore(BlobStore):
         async with self.db.write() as conn:
             await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
 
-    async def delete_in(self, conn: AsyncConnection, key: str) -> None:
-        await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
-
     async def stored_keys(self, changed_before: float) -> AsyncIterator[str]:
         """Every key with chunk rows (they keep no times; a row owning them is committed first, or in
         the same transaction, so an ownerless key is a leftover whatever its age)."""

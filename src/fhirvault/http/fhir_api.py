@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirvault.clock import now_us
 from fhirvault.errors import Invalid, NotFound, Unauthorized
-from fhirvault.fhir.bundle import bundle
 from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type
 from fhirvault.http.negotiation import parse_prefer
@@ -21,9 +17,10 @@ from fhirvault.service.bundles import parse_etag
 from fhirvault.service.context import RequestContext
 from fhirvault.service.history import history_bundle
 from fhirvault.service.resources import WriteResult
-from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT, page_links
+from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
+from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.services import StoredResource
-from fhirvault.service.timeutil import to_http_date, to_instant
+from fhirvault.service.timeutil import to_http_date
 
 
 def context(request: Request) -> RequestContext:
@@ -130,21 +127,7 @@ async def search(request: Request) -> Response:
         if ctype.startswith("application/x-www-form-urlencoded"):
             form = await request.form()
             params += [(k, str(val)) for k, val in form.multi_items()]
-    v = vault(request)
-    ctx = context(request)
-    result = await v.resources.search(ctx, rtype, params)
-    rendered = await v.resources.render(ctx, [m.content for m in result.matches if m.content is not None])
-    entries: list[dict[str, Any]] = [
-        {"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-        for r in rendered
-    ]
-    if result.parsed.ignored:
-        entries.append({"resource": informational(
-            [f"Search parameter '{n}' is not supported and was ignored" for n in result.parsed.ignored]),
-            "search": {"mode": "outcome"}})
-    links = page_links(ctx.base_url, rtype, result.parsed, result.total, len(result.matches))
-    return FhirJsonResponse(bundle("searchset", entries, total=result.total, links=links,
-                                   timestamp=to_instant(now_us())))
+    return FhirJsonResponse(await searchset_bundle(vault(request).resources, context(request), rtype, params))
 
 
 # -- history ------------------------------------------------------------------------------------
@@ -176,4 +159,4 @@ async def batch(request: Request) -> Response:
 
 
 async def metadata(request: Request) -> Response:
-    return FhirJsonResponse(vault(request).capability_statement())
+    return FhirJsonResponse(vault(request).capability_statement_json())

@@ -6,13 +6,8 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import uvicorn
-from uvicorn.supervisors import Multiprocess
-
-# Exit status when the server never got to serve (uvicorn's own convention).
-STARTUP_FAILURE = 3
 
 
 class GracefulServer(uvicorn.Server):
@@ -33,13 +28,3 @@ class GracefulServer(uvicorn.Server):
             for sig, handler in original.items():
                 signal.signal(sig, handler)
 
-
-def serve(**config: Any) -> int:
-    """Run uvicorn with these Config arguments until a signal; returns the process exit status."""
-    settings = uvicorn.Config(**config)
-    server = GracefulServer(settings)
-    if settings.workers > 1:
-        Multiprocess(settings, sockets=[settings.bind_socket()]).run()
-        return 0
-    server.run()
-    return 0 if server.started else STARTUP_FAILURE

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.fhir.indexing import COMPARTMENT, RefEntry, TokenEntry
 from fhirvault.store.schema import resource_versions, resources, search_refs, search_tokens
 
@@ -55,7 +55,7 @@ class SearchQuery:
 
 
 def _row_to_stored(row: Any, method: str | None = None) -> StoredResource:
-    content = json.loads(row.content) if row.content is not None else None
+    content = jsoncodec.loads(row.content) if row.content is not None else None
     return StoredResource(
         resource_type=row.resource_type, id=row.id, version_id=row.version_id,
         last_updated=row.last_updated, deleted=bool(row.deleted), content=content,
@@ -89,16 +89,21 @@ class ResourceStore:
     ) -> None:
         """Write one new version. previous_version None means the resource must not exist yet.
         Raises VersionConflict when someone else wrote in between."""
-        content = json.dumps(stored.content, separators=(",", ":")) if stored.content is not None else None
+        content = jsoncodec.dumps(stored.content).decode("utf-8") if stored.content is not None else None
         current = {
             "version_id": stored.version_id, "last_updated": stored.last_updated,
             "deleted": stored.deleted, "content": content, "blob_id": stored.blob_id,
         }
         if previous_version is None:
+            insert = sa.insert(resources).values(resource_type=stored.resource_type, id=stored.id, **current)
             try:
-                async with conn.begin_nested():
-                    await conn.execute(sa.insert(resources).values(
-                        resource_type=stored.resource_type, id=stored.id, **current))
+                if conn.dialect.name == "sqlite":
+                    # A failed statement leaves an SQLite transaction usable: no savepoint needed (two
+                    # round trips fewer); PostgreSQL aborts the whole transaction without one.
+                    await conn.execute(insert)
+                else:
+                    async with conn.begin_nested():
+                        await conn.execute(insert)
             except IntegrityError as exc:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} was created concurrently") from exc
         else:
@@ -112,11 +117,24 @@ class ResourceStore:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} changed concurrently")
         await conn.execute(sa.insert(resource_versions).values(
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
+        await self._reindex(conn, stored.resource_type, stored.id, tokens, refs, fresh=previous_version is None)
+
+    async def rewrite(self, conn: AsyncConnection, stored: StoredResource, tokens: set[TokenEntry],
+                      refs: set[RefEntry]) -> None:
+        """Replace the content and search index of the version `stored` that this same transaction wrote
+        (work deferred to the end of a transaction Bundle completes it); the version id stays."""
+        content = jsoncodec.dumps(stored.content).decode("utf-8")
+        for table in (resources, resource_versions):
+            await conn.execute(sa.update(table).where(
+                table.c.resource_type == stored.resource_type, table.c.id == stored.id,
+                table.c.version_id == stored.version_id).values(content=content))
         await self._reindex(conn, stored.resource_type, stored.id, tokens, refs)
 
     async def _reindex(self, conn: AsyncConnection, rtype: str, rid: str,
-                       tokens: set[TokenEntry], refs: set[RefEntry]) -> None:
-        for table in (search_tokens, search_refs):
+                       tokens: set[TokenEntry], refs: set[RefEntry], fresh: bool = False) -> None:
+        """Replaces the resource's index rows; `fresh`: it had no row before (so it has no index rows:
+        expunge removes them together with the resource)."""
+        for table in () if fresh else (search_tokens, search_refs):
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
         if tokens:
             await conn.execute(sa.insert(search_tokens), [
@@ -183,6 +201,19 @@ class ResourceStore:
         stmt = (sa.select(t).where(*where)
                 .order_by(t.c.last_updated.desc(), t.c.version_id.desc()).limit(count).offset(offset))
         return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()], total
+
+    async def current_page(self, conn: AsyncConnection, rtype: str | None, after: tuple[str, str] | None,
+                           limit: int) -> list[StoredResource]:
+        """Up to `limit` current, not deleted resources (of `rtype`, or every type) ordered by
+        (type, id), starting after the (type, id) key `after`: a keyset page, cheap at any depth."""
+        t = resources
+        where: list[Any] = [t.c.deleted == sa.false()]
+        if rtype:
+            where.append(t.c.resource_type == rtype)
+        if after is not None:
+            where.append(sa.tuple_(t.c.resource_type, t.c.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+        stmt = sa.select(t).where(*where).order_by(t.c.resource_type, t.c.id).limit(limit)
+        return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def versions_of(self, conn: AsyncConnection, rtype: str, rid: str) -> list[StoredResource]:
         t = resource_versions
