@@ -77,8 +77,8 @@ class FhirVault:
             self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
             pending_grace_seconds=settings.pending_blob_grace_seconds)
-        self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
-                                     settings.signed_url_window)
+        self.signed_urls = SignedUrl(self.db, settings.storage_base_url, settings.signed_url_ttl,
+                                     settings.signed_url_window, also_accepted=(settings.public_base_url,))
         self.jobs = JobQueue(self.db, max_attempts=settings.ingest_max_attempts,
                              backoff_seconds=settings.ingest_backoff_seconds,
                              lease_seconds=settings.job_lease_seconds)

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     signed_url_window: int = 600
     storage_cors_origin: str = "*"
     media_raw_enabled: bool = True
+    # Signed storage URLs on another origin than the API (e.g. https://files.example.org): stored bytes,
+    # whatever they hold, then never run on the API's origin. Empty: PUBLIC_BASE_URL.
+    storage_public_base_url: str = ""
+    # Content types served inline (shown by the browser) when their bytes are downloaded; every other
+    # type is sent with `Content-Disposition: attachment`. `type/*` matches a whole top-level type.
+    # Never list active types (text/html, image/svg+xml, XML, JavaScript): they would run as pages.
+    inline_content_types: str = ("image/png,image/jpeg,image/gif,image/webp,image/avif,image/bmp,"
+                                 "audio/*,video/*,text/plain")
     # Every resource written is validated against the R4 base definitions (fhir/validation.py);
     # turning this off stores whatever JSON object a client sends (for bulk loads of trusted data).
     validation_enabled: bool = True
@@ -99,6 +107,7 @@ class Settings(BaseSettings):
         if not self.public_base_url:
             self.public_base_url = f"http://{self.host}:{self.port}"
         self.public_base_url = self.public_base_url.rstrip("/")
+        self.storage_public_base_url = self.storage_public_base_url.rstrip("/")
         if self.signed_url_window > self.signed_url_ttl // 6:
             self.signed_url_window = max(1, self.signed_url_ttl // 6)
         return self
@@ -116,6 +125,15 @@ class Settings(BaseSettings):
     @property
     def fhir_base_url(self) -> str:
         return f"{self.public_base_url}/fhir/R4"
+
+    @property
+    def storage_base_url(self) -> str:
+        """Where signed storage URLs point: STORAGE_PUBLIC_BASE_URL, else PUBLIC_BASE_URL."""
+        return self.storage_public_base_url or self.public_base_url
+
+    @property
+    def inline_types(self) -> frozenset[str]:
+        return frozenset(t.strip().lower() for t in self.inline_content_types.split(",") if t.strip())
 
     @property
     def is_sqlite(self) -> bool:

@@ -152,9 +152,11 @@ def _keys_in(directory: Path, changed_before: float) -> list[str]:
 
 
 def _open_for_write(temp: Path) -> BinaryIO:
-    temp.parent.mkdir(parents=True, exist_ok=True)
-    # 'xb': never share a temporary file with another writer.
-    return open(temp, "xb")  # noqa: SIM115 - closed by _finish or _discard
+    temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # O_EXCL: never share a temporary file with another writer; 0600: blobs are patient data, readable
+    # by the server's user only, whatever the umask of the process that writes them.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def _finish(fh: BinaryIO, temp: Path, final: Path) -> None:

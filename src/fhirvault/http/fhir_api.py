@@ -5,10 +5,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirvault.errors import Invalid, NotFound, Unauthorized
+from fhirvault.errors import Invalid, NotFound, Unauthorized, Unsupported
 from fhirvault.fhir.outcome import informational
-from fhirvault.fhir.r4 import is_resource_type
-from fhirvault.http.negotiation import parse_prefer
+from fhirvault.fhir.r4 import is_resource_type, whole_number
+from fhirvault.http.negotiation import media_type, parse_prefer
 from fhirvault.http.requests import read_fhir_json
 from fhirvault.http.responses import FhirJsonResponse
 from fhirvault.http.state import vault
@@ -127,6 +127,9 @@ async def search(request: Request) -> Response:
         if ctype.startswith("application/x-www-form-urlencoded"):
             form = await request.form()
             params += [(k, str(val)) for k, val in form.multi_items()]
+        elif ctype:
+            raise Unsupported(f"POST {rtype}/_search takes its parameters as application/x-www-form-urlencoded, "
+                              f"not '{media_type(ctype)}'")
     return FhirJsonResponse(await searchset_bundle(vault(request).resources, context(request), rtype, params))
 
 
@@ -146,9 +149,10 @@ async def history(request: Request) -> Response:
 def _bounded_int(value: str | None, name: str, default: int) -> int:
     if value is None:
         return default
-    if not value.isdigit():
-        raise Invalid(f"{name}={value!r} must be a whole number")
-    return min(int(value), MAX_COUNT) if name == "_count" else int(value)
+    number = whole_number(value)
+    if number is None:
+        raise Invalid(f"{name}={value!r} must be a whole number (at most 18 digits)")
+    return min(number, MAX_COUNT) if name == "_count" else number
 
 
 # -- system level -------------------------------------------------------------------------------

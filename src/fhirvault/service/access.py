@@ -29,6 +29,11 @@ class AccessPolicy(Protocol):
         """Compartment targets (`Patient/1`) a search must stay within; None for no restriction."""
         ...
 
+    def hides_rows(self, ctx: RequestContext, resource_type: str | None) -> bool:
+        """Whether `can_see` may refuse rows of `resource_type` (None: of any type) that
+        `search_restriction` lets through; then totals must be counted row by row."""
+        ...
+
 
 class AllowAll:
     """Trusted internal callers (background jobs, command line)."""
@@ -42,3 +47,6 @@ class AllowAll:
 
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
         return None
+
+    def hides_rows(self, ctx: RequestContext, resource_type: str | None) -> bool:
+        return False

@@ -16,6 +16,7 @@ from fhirvault.clock import now_us
 from fhirvault.errors import FhirVaultError, Invalid, NotFound, StorageFailure, TooLarge
 from fhirvault.fhir.binary import (
     DEFAULT_CONTENT_TYPE,
+    check_content_type,
     decode_base64_strict,
     filename_of,
     security_context_of,
@@ -158,6 +159,7 @@ class BinaryService:
                                 filename: str | None = None, if_match: int | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with the streamed bytes as its content."""
         self.resources.require(ctx, "create" if rid is None else "update", "Binary")
+        content_type = _content_type(content_type or DEFAULT_CONTENT_TYPE, "Content-Type")  # before any byte
         staged = await self.stage(chunks)
         return await self.write_staged(ctx, rid, staged, content_type=content_type,
                                        security_context=security_context, filename=filename, if_match=if_match)
@@ -166,14 +168,16 @@ class BinaryService:
                            content_type: str, security_context: str | None = None,
                            filename: str | None = None, if_match: int | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with content `stage` took in. Forbidden without Binary
-        create/update scope; on that or any other failure the staged blob is discarded."""
+        create/update scope, Invalid for a content type that is not a media type; on that or any other
+        failure the staged blob is discarded."""
         try:
             self.resources.require(ctx, "create" if rid is None else "update", "Binary")
+            content_type = _content_type(content_type or DEFAULT_CONTENT_TYPE, "Content-Type")
         except BaseException:
             if staged.blob_id and not staged.reused:
                 await self._discard(staged.blob_id)
             raise
-        resource: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type or DEFAULT_CONTENT_TYPE}
+        resource: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type}
         if security_context:
             resource["securityContext"] = {"reference": security_context}
         set_filename(resource, filename)
@@ -187,6 +191,7 @@ class BinaryService:
         resource = dict(body)
         if not isinstance(resource.get("contentType"), str) or not resource["contentType"].strip():
             raise Invalid("A Binary needs a contentType", expression="Binary.contentType")
+        resource["contentType"] = _content_type(resource["contentType"], "Binary.contentType")
         if "data" in resource:
             try:
                 raw = decode_base64_strict(resource.pop("data"), "Binary.data")
@@ -447,3 +452,11 @@ def _inline_bytes(stored: StoredResource) -> bytes:
         return decode_base64_strict(data, "Binary.data")
     except ValueError as exc:
         raise StorageFailure(f"The stored data of Binary/{stored.id} is damaged: {exc}") from None
+
+
+def _content_type(value: str, where: str) -> str:
+    """The media type a Binary is stored with; Invalid when it could not be served as a header again."""
+    try:
+        return check_content_type(value, where)
+    except ValueError as exc:
+        raise Invalid(str(exc), expression="Binary.contentType") from None

@@ -9,12 +9,12 @@ from urllib.parse import parse_qsl, urlsplit
 from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.outcome import operation_outcome
-from fhirvault.fhir.r4 import is_resource_type
+from fhirvault.fhir.r4 import is_resource_type, whole_number
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, new_id
 from fhirvault.service.searchset import searchset_bundle
-from fhirvault.service.timeutil import to_http_date, to_instant
+from fhirvault.service.timeutil import to_instant
 from fhirvault.service.validation import relocated
 
 # FHIR's processing order within a transaction.
@@ -74,10 +74,10 @@ def parse_etag(value: str) -> int:
     v = value.strip()
     if v.startswith("W/"):
         v = v[2:]
-    v = v.strip('"')
-    if not v.isdigit():
+    version = whole_number(v.strip('"'))
+    if version is None:
         raise Invalid(f"If-Match '{value}' is not a version ETag like W/\"3\"")
-    return int(v)
+    return version
 
 
 def _replace_refs(node: Any, mapping: dict[str, str]) -> Any:
@@ -229,7 +229,7 @@ class BundleService:
                 "fullUrl": f"{ctx.base_url}/{e.rtype}/{e.rid}",
                 "resource": (await self.resources.render(ctx, [stored.content]))[0],
                 "response": {"status": "200 OK", "etag": f'W/"{stored.version_id}"',
-                             "lastModified": to_http_date(stored.last_updated)},
+                             "lastModified": to_instant(stored.last_updated)},
             }
         except FhirVaultError as exc:
             return {"response": {"status": str(exc.status), "outcome": operation_outcome(exc.message, code=exc.code)}}

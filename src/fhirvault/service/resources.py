@@ -14,7 +14,7 @@ from fhirvault import jsoncodec
 from fhirvault.clock import now_us
 from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed
 from fhirvault.fhir.indexing import index_entries
-from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id
+from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id, whole_number
 from fhirvault.service.access import AccessPolicy, AllowAll
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
@@ -27,6 +27,7 @@ T = TypeVar("T")
 MAX_RETRIES = 8
 # Read-modify-write rounds before a resource that keeps changing is given up on.
 MODIFY_ATTEMPTS = 20
+HISTORY_SCAN = 500  # versions read at a time when a history is filtered row by row
 
 
 @dataclass
@@ -196,6 +197,12 @@ class ResourceService:
         resource["id"] = rid
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
+        elif current is not None and current.deleted:
+            # Re-creating a deleted id is judged against its last live version: a caller who could not
+            # have changed that one must not take the id over (and with it what was bound to it).
+            before = await self.store.get_version(uow.conn, rtype, rid, current.version_id - 1)
+            if before is not None and before.content is not None:
+                await self._check_change(ctx, uow.conn, before.content, "update")
         await self.write_pipeline.before_store(ctx, uow, resource)
         if not await self.access.can_see(ctx, uow.conn, resource, "create" if method == "POST" else "update"):
             raise Forbidden(f"{rtype}/{rid} as sent would be outside what this client may change "
@@ -233,19 +240,27 @@ class ResourceService:
 
     async def vread(self, ctx: RequestContext, rtype: str, rid: str, vid: str) -> StoredResource:
         self.access.require(ctx, "vread", rtype)
-        if not vid.isdigit():
+        version = whole_number(vid)
+        if version is None:
             raise NotFound(f"{rtype}/{rid} has no version '{vid}'")
         async with self.db.read() as conn:
-            stored = await self.store.get_version(conn, rtype, rid, int(vid))
+            stored = await self.store.get_version(conn, rtype, rid, version)
             if stored is None:
                 raise NotFound(f"{rtype}/{rid} has no version {vid}")
             if stored.deleted:
                 # Access to a deleted version is judged by the version before it.
-                before = await self.store.get_version(conn, rtype, rid, int(vid) - 1)
+                before = await self.store.get_version(conn, rtype, rid, version - 1)
                 if before and before.content and not await self.access.can_see(ctx, conn, before.content, "vread"):
                     raise NotFound(f"{rtype}/{rid} has no version {vid}")
                 raise Gone(f"Version {vid} of {rtype}/{rid} is a deletion")
             return await self._visible(ctx, conn, rtype, rid, stored, "vread")
+
+    async def current_life_began(self, rtype: str, rid: str) -> int | None:
+        """When the present life of rtype/rid began, if it was ever deleted and re-created (microseconds
+        of the last deletion); None when the id was never deleted. Anything keyed by the id from before
+        (ingestion jobs) belongs to the earlier life and must not be shown to the new owner."""
+        async with self.db.read() as conn:
+            return await self.store.last_deletion(conn, rtype, rid)
 
     async def _visible(self, ctx: RequestContext, conn: AsyncConnection, rtype: str, rid: str,
                        stored: StoredResource | None, interaction: str) -> StoredResource:
@@ -275,9 +290,29 @@ class ResourceService:
                     raise NotFound(f"{rtype}/{rid} is not known")
                 if not current.deleted:
                     await self._visible(ctx, conn, rtype, rid, current, "history")
-            rows, total = await self.store.history(conn, rtype, rid, since_us, count, offset)
-            visible = [r for r in rows if await self._history_row_visible(ctx, conn, r)]
-        return visible, total - (len(rows) - len(visible))
+            if not self._history_hides_rows(ctx, rtype):
+                return await self.store.history(conn, rtype, rid, since_us, count, offset)
+            # Some rows may be hidden from this caller: count the visible ones, so that the total and
+            # the pages agree with what the caller may see.
+            page: list[StoredResource] = []
+            total = 0
+            scanned = 0
+            while True:
+                rows, _ = await self.store.history(conn, rtype, rid, since_us, HISTORY_SCAN, scanned)
+                for row in rows:
+                    if await self._history_row_visible(ctx, conn, row):
+                        if offset <= total < offset + count:
+                            page.append(row)
+                        total += 1
+                scanned += len(rows)
+                if len(rows) < HISTORY_SCAN:
+                    return page, total
+
+    def _history_hides_rows(self, ctx: RequestContext, rtype: str | None) -> bool:
+        # Versions are not in the compartment index (only current ones are), so a restricted caller's
+        # history is always judged row by row.
+        restricted = rtype is not None and self.access.search_restriction(ctx, rtype) is not None
+        return restricted or self.access.hides_rows(ctx, rtype)
 
     async def _history_row_visible(self, ctx: RequestContext, conn: AsyncConnection, row: StoredResource) -> bool:
         content = row.content

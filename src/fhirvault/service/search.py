@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault.errors import Invalid
 from fhirvault.fhir.bundle import page_links as bundle_page_links
 from fhirvault.fhir.indexing import COMPARTMENT
-from fhirvault.fhir.r4 import has_param, is_valid_id
+from fhirvault.fhir.r4 import has_param, is_valid_id, whole_number
 from fhirvault.fhir.references import parse_reference
 from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
@@ -20,6 +21,9 @@ from fhirvault.store.resources import RefFilter, ResourceStore, SearchQuery, Sto
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
+MAX_OR_VALUES = 100
+MAX_PARAMS = 100  # each becomes SQL conditions; a query holds only so many
+COUNT_SCAN = 500  # matches read at a time when a total is counted row by row
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 # Parameters that shape the result rather than filter it.
 RESULT_PARAMS = {"_count", "_offset", "_sort", "_summary", "_total", "_format", "_pretty", "_include"}
@@ -43,10 +47,9 @@ class SearchResult:
 
 
 def _int_param(name: str, value: str, lo: int, hi: int | None = None) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise Invalid(f"Search parameter {name}={value!r} must be a whole number") from None
+    n = whole_number(value)
+    if n is None:
+        raise Invalid(f"Search parameter {name}={value!r} must be a whole number (at most 18 digits)")
     if n < lo:
         raise Invalid(f"Search parameter {name}={value} must be at least {lo}")
     return min(n, hi) if hi is not None else n
@@ -55,6 +58,8 @@ def _int_param(name: str, value: str, lo: int, hi: int | None = None) -> int:
 def parse_search(rtype: str, params: list[tuple[str, str]], base_url: str, strict: bool) -> ParsedSearch:
     q = SearchQuery(resource_type=rtype, count=DEFAULT_COUNT)
     parsed = ParsedSearch(query=q)
+    if len(params) > MAX_PARAMS:
+        raise Invalid(f"A search takes at most {MAX_PARAMS} parameters, not {len(params)}")
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
         if name == "_count":
@@ -83,6 +88,7 @@ def parse_search(rtype: str, params: list[tuple[str, str]], base_url: str, stric
             parsed.includes.append(value)
         elif name == "_id":
             ids = [v for v in value.split(",") if v]
+            _check_or_count(ids)
             for i in ids:
                 if not is_valid_id(i):
                     raise Invalid(f"_id value '{i}' is not a valid resource id")
@@ -110,7 +116,15 @@ def _unsupported(parsed: ParsedSearch, strict: bool, name: str) -> None:
 
 def _split_or(value: str) -> list[str]:
     parts = [p.replace("\\,", ",") for p in value.replace("\\,", "\x00").split(",")]
-    return [p.replace("\x00", ",") for p in parts if p]
+    values = [p.replace("\x00", ",") for p in parts if p]
+    _check_or_count(values)
+    return values
+
+
+def _check_or_count(values: list[str]) -> None:
+    # Each value becomes one SQL condition; thousands of them exceed what a query may hold.
+    if len(values) > MAX_OR_VALUES:
+        raise Invalid(f"A search parameter takes at most {MAX_OR_VALUES} comma-separated values, not {len(values)}")
 
 
 def _token(value: str) -> tuple[str | None, str | None]:
@@ -167,8 +181,27 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
     async with db.read() as conn:
         total: int | None = None
         if parsed.summary_count or parsed.total_accurate:
-            total = await store.count(conn, parsed.query)
+            if access.hides_rows(ctx, rtype):
+                total = await _visible_count(store, access, ctx, conn, parsed.query)
+            else:
+                total = await store.count(conn, parsed.query)
         matches = [] if parsed.summary_count else await store.search(conn, parsed.query)
         matches = [m for m in matches
                    if m.content is None or await access.can_see(ctx, conn, m.content, "search")]
     return SearchResult(matches, total, parsed)
+
+
+async def _visible_count(store: ResourceStore, access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
+                         query: SearchQuery) -> int:
+    """The number of matches the caller may see, judged row by row (for types whose access is not
+    decided by the query alone, e.g. Binary's securityContext)."""
+    scan = dataclasses.replace(query, count=COUNT_SCAN, offset=0)
+    total = 0
+    while True:
+        rows = await store.search(conn, scan)
+        for row in rows:
+            if row.content is None or await access.can_see(ctx, conn, row.content, "search"):
+                total += 1
+        if len(rows) < COUNT_SCAN:
+            return total
+        scan.offset += COUNT_SCAN

@@ -61,8 +61,8 @@ def parse_fhir_datetime_range(value: str) -> tuple[int, int]:
                         digits = g["f"]
                         start = start.replace(microsecond=int(digits.ljust(6, "0")))
                         end = start + timedelta(microseconds=10 ** (6 - len(digits)))
-    except ValueError as exc:
-        raise Invalid(f"'{value}' is not a valid date: {exc}") from exc
+    except (ValueError, OverflowError) as exc:  # month 13, or a year past 9999 once the zone is applied
+        raise Invalid(f"'{value}' is not a valid date: {exc}") from None
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     one = timedelta(microseconds=1)
     return (start - epoch) // one, (end - epoch) // one

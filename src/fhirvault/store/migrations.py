@@ -24,7 +24,7 @@ from fhirvault.store.schema import (
     search_refs,
     search_tokens,
 )
-from fhirvault.store.security import clients, signing_keys
+from fhirvault.store.security import auth_failures, clients, signing_keys
 from fhirvault.store.url_signing_keys import insert_key, new_key, url_signing_keys
 
 # Any fixed number: the PostgreSQL advisory lock that serializes concurrent starts of several nodes.
@@ -68,7 +68,8 @@ STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("0003_blobs", _create(blobs, blob_chunks), formerly=("0002_blobs",)),
     MigrationStep("0004_url_signing_keys", _create_url_signing_keys),
     MigrationStep("0005_jobs", _create(jobs), formerly=("0010_jobs",)),
-    MigrationStep("0006_blobs_storage_key_index", _execute(
+    MigrationStep("0006_auth_failures", _create(auth_failures)),
+    MigrationStep("0007_blobs_storage_key_index", _execute(
         "CREATE INDEX IF NOT EXISTS ix_blobs_storage_key ON blobs (storage_key)")),
 )
 
