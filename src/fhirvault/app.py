@@ -41,6 +41,7 @@ from fhirvault.service.attachments import AttachmentNormalizer, AttachmentUrlSig
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.binary_access import BinaryAccess
 from fhirvault.service.bundles import BundleService
+from fhirvault.service.health import Readiness
 from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.inline_data import InlineDataMover
@@ -96,7 +97,9 @@ class FhirVault:
             sign_attachment_urls=AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls)
             if settings.rewrite_attachment_urls else None)
         self.storage = StorageDownloads(self.binaries, self.blob_store, self.signed_urls, settings.fhir_base_url)
-        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
+        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers,
+                                  grace_seconds=settings.shutdown_timeout_seconds)
+        self.readiness = Readiness(self.db, self.blob_store)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
         self._capability: dict[str, Any] | None = None
         self._capability_json: bytes | None = None
@@ -111,6 +114,8 @@ class FhirVault:
         self.workers.start()
 
     async def stop(self) -> None:
+        """Running jobs get the shutdown timeout to finish; those that do not are handed back to the queue."""
+        self.readiness.stopping = True
         await self.workers.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -121,16 +126,23 @@ class FhirVault:
         await self.db.close()
 
     async def _sweep_pending_blobs(self) -> None:
-        """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent)."""
+        """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent):
+        stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS."""
         interval = max(1.0, min(300.0, self.settings.pending_blob_grace_seconds / 4))
+        last_scan = float("-inf")
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 removed = await self.binaries.sweep()
                 if removed:
-                    log.info("swept %d pending blobs older than %ds", removed,
-                             self.settings.pending_blob_grace_seconds)
-            except Exception:
-                log.exception("sweeping pending blobs failed; will retry")
+                    log.info("swept %d released or stale pending blobs", removed)
+                if loop.time() - last_scan >= self.settings.leftover_scan_seconds:
+                    last_scan = loop.time()
+                    removed = await self.binaries.sweep_leftovers()
+                    if removed:
+                        log.info("removed the bytes of %d keys no blob owns", removed)
+            except Exception as exc:  # noqa: BLE001 - the database or store is away; the next pass retries
+                log.warning("sweeping blobs failed (%s); will retry", exc)
             await asyncio.sleep(interval)
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:

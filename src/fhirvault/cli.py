@@ -153,6 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from fhirvault.http.serving import GracefulServer
     from fhirvault.security.bootstrap import ADMIN_FILE
 
     settings = _server_settings(args)
@@ -180,12 +181,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         factory=True,
         workers=processes if processes > 1 else None,
         loop="uvloop",
-        http="httptools",
+        # httptools with fhirvault's limits on header size, header read time and body idle time.
+        http="fhirvault.http.connection_limits:LimitedHttpProtocol",
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds)),
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(config)  # SIGTERM: finish in-flight requests, then exit 0
     if processes > 1:
         # Older uvicorn releases take the worker's entry point; newer ones build it from the config.
         extra = {"target": server.run} if "target" in inspect.signature(Multiprocess).parameters else {}

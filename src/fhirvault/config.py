@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_binary_bytes: int = 8 * 1024**3
     max_json_bytes: int = 64 * 1024**2
     pending_blob_grace_seconds: int = 3600
+    # How often each node lists its blob store for bytes no blob row owns (older than the grace period).
+    leftover_scan_seconds: int = Field(default=3600, ge=1, description="seconds between scans for ownerless bytes")
     s3_endpoint: str = ""
     s3_bucket: str = ""
     s3_region: str = "us-east-1"
@@ -81,6 +83,15 @@ class Settings(BaseSettings):
     ingest_backoff_seconds: float = 2.0
     job_workers: int = Field(default=1, description="background job loops per server process")
     job_lease_seconds: float = 60.0  # a job whose worker stopped renewing this long is run again
+
+    # Connections and shutdown (see README 'Operating')
+    shutdown_timeout_seconds: float = Field(
+        default=30.0, ge=0, description="on SIGTERM, how long in-flight requests and jobs may take to finish")
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="request line and headers, in bytes")
+    header_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="time a client has to send the whole request line and headers")
+    body_idle_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="time a request body may go without a byte arriving")
 
     @field_validator("database_url")
     @classmethod

@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from fhirvault.errors import Invalid, TooLarge
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
 from fhirvault.fhir.r4 import whole_number
-from fhirvault.http.byte_responses import serve_bytes
+from fhirvault.http.byte_responses import primed, serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
 from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
 from fhirvault.http.negotiation import add_vary, binary_wants_resource, is_fhir_json, parse_prefer
@@ -182,9 +182,13 @@ async def _resource_response(request: Request, stored: StoredResource) -> Respon
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers)
 
+    # The store is asked before the status line goes out: a store that is away gives a 503, not a 200
+    # whose body breaks off.
+    pieces = await primed(base64_pieces(v.binaries.stream(content)))
+
     async def body() -> AsyncIterator[bytes]:
         yield prefix
-        async for piece in base64_pieces(v.binaries.stream(content)):
+        async for piece in pieces:
             yield piece
         yield suffix
 

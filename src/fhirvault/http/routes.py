@@ -20,6 +20,7 @@ from starlette.routing import Route
 from fhirvault.http import (
     binary_api,
     fhir_api,
+    health_api,
     ingestion_api,
     media_api,
     oauth_api,
@@ -65,6 +66,8 @@ INSTANCE = "/{rtype:type}/{rid:id}"
 
 # (path, {method: handler}); HEAD is answered by the GET handler where none is given.
 URL_MAP: list[tuple[str, dict[str, Endpoint | str]]] = [
+    ("/healthz", {"GET": health_api.healthz}),
+    ("/readyz", {"GET": health_api.readyz}),
     ("/oauth2/token", {"POST": oauth_api.token}),
     ("/.well-known/smart-configuration", {"GET": oauth_api.smart_configuration}),
     ("/storage/{binary_id}/{version_id}", {"GET": storage_api.download, "OPTIONS": storage_api.preflight}),

@@ -48,6 +48,13 @@ def _create(*tables: sa.Table) -> Callable[[AsyncConnection], Awaitable[None]]:
     return create
 
 
+def _execute(statement: str) -> Callable[[AsyncConnection], Awaitable[None]]:
+    async def execute(conn: AsyncConnection) -> None:
+        await conn.execute(sa.text(statement))
+
+    return execute
+
+
 async def _create_url_signing_keys(conn: AsyncConnection) -> None:
     await _create(url_signing_keys)(conn)
     # The first key is made here, under the migration lock, so that nodes starting together share it.
@@ -62,6 +69,8 @@ STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("0004_url_signing_keys", _create_url_signing_keys),
     MigrationStep("0005_jobs", _create(jobs), formerly=("0010_jobs",)),
     MigrationStep("0006_auth_failures", _create(auth_failures)),
+    MigrationStep("0007_blobs_storage_key_index", _execute(
+        "CREATE INDEX IF NOT EXISTS ix_blobs_storage_key ON blobs (storage_key)")),
 )
 
 
