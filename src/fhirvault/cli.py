@@ -91,6 +91,7 @@ def _run_with_clients(settings: Settings, work: Callable[[ClientStore], Awaitabl
     cannot be opened."""
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
+    from fhirvault.errors import Unavailable
     from fhirvault.security.clients import ClientStore
     from fhirvault.store.database import Database
 
@@ -99,8 +100,10 @@ def _run_with_clients(settings: Settings, work: Callable[[ClientStore], Awaitabl
         try:
             try:
                 await db.migrate()
-            except (DBAPIError, OSError) as exc:
-                raise _database_problem(exc, settings.database_url) from None
+            except (DBAPIError, OSError, Unavailable) as exc:
+                # Unavailable wraps the driver's error, whose first line names the cause (refused, auth, ...)
+                cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ is not None else exc
+                raise _database_problem(cause, settings.database_url) from None
             return await work(ClientStore(db, settings.auth_failure_limit, settings.auth_failure_window))
         finally:
             await db.close()
