@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fhirvault.errors import Invalid, NotFound, Unauthorized
+from fhirvault.errors import Invalid, NotFound, Unauthorized, Unsupported
 from fhirvault.fhir.bundle import bundle
 from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type
@@ -19,8 +19,8 @@ from fhirvault.http.responses import FhirJsonResponse
 from fhirvault.service.bundles import parse_etag
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import WriteResult
-from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT, page_links, run_search
-from fhirvault.service.timeutil import now_us, parse_fhir_datetime_range, to_http_date, to_instant
+from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT, run_search, searchset
+from fhirvault.service.timeutil import parse_fhir_datetime_range, to_http_date, to_instant
 from fhirvault.store.resources import StoredResource
 
 
@@ -124,29 +124,69 @@ async def delete(request: Request) -> Response:
 
 
 # -- search -------------------------------------------------------------------------------------
-async def search(request: Request) -> Response:
-    rtype = resource_type_of(request)
+async def search_params(request: Request) -> list[tuple[str, str]]:
+    """Query parameters, plus the form body of a POST _search (FHIR R4 3.1.1.1)."""
     params = list(request.query_params.multi_items())
     if request.method == "POST":
         ctype = request.headers.get("content-type", "")
-        if ctype.startswith("application/x-www-form-urlencoded"):
-            form = await request.form()
-            params += [(k, str(val)) for k, val in form.multi_items()]
+        if not ctype.startswith("application/x-www-form-urlencoded"):
+            raise Unsupported("POST _search takes a form body (application/x-www-form-urlencoded)")
+        form = await request.form()
+        params += [(k, str(val)) for k, val in form.multi_items()]
+    return params
+
+
+async def search(request: Request) -> Response:
+    """Type search, GET [type]?... and POST [type]/_search; the type comes from the route or the path."""
+    in_route = "rtype" in request.path_params
+    rtype = resource_type_of(request) if in_route else request.url.path.rstrip("/").split("/")[-2]
+    return await _search_response(request, rtype, None)
+
+
+async def system_search(request: Request) -> Response:
+    """System search, GET [base]?_type=... and POST [base]/_search."""
+    return await _search_response(request, None, None)
+
+
+async def compartment_search(request: Request) -> Response:
+    """Compartment search, GET Patient/{pid}/{rtype}?..."""
+    rtype = resource_type_of(request)
+    return await _search_response(request, rtype, f"Patient/{request.path_params['pid']}")
+
+
+async def _search_response(request: Request, rtype: str | None, compartment: str | None) -> Response:
     v = vault(request)
     ctx = context(request)
-    result = await run_search(v.resources, ctx, rtype, params)
-    rendered = await v.resources.render(ctx, [m.content for m in result.matches if m.content is not None])
-    entries: list[dict[str, Any]] = [
-        {"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
-        for r in rendered
-    ]
-    if result.parsed.ignored:
-        entries.append({"resource": informational(
-            [f"Search parameter '{n}' is not supported and was ignored" for n in result.parsed.ignored]),
-            "search": {"mode": "outcome"}})
-    links = page_links(ctx.base_url, rtype, result.parsed, result.total, len(result.matches))
-    return FhirJsonResponse(bundle("searchset", entries, total=result.total, links=links,
-                                   timestamp=to_instant(now_us())))
+    params = await search_params(request)
+    if compartment is not None:
+        await v.resources.read(ctx, "Patient", compartment.split("/", 1)[1])  # 404 for an unknown patient
+    result = await run_search(v.resources, ctx, rtype, params, compartment)
+    return FhirJsonResponse(await searchset(v.resources, ctx, result))
+
+
+async def everything(request: Request) -> Response:
+    """Patient/{pid}/$everything: the patient and every resource in its compartment, Binaries whose
+    securityContext is in it included; `_since`, `_type`, `_count` (FHIR R4 Patient/$everything)."""
+    v = vault(request)
+    ctx = context(request)
+    pid = request.path_params["pid"]
+    await v.resources.read(ctx, "Patient", pid)
+    q = request.query_params
+    params: list[tuple[str, str]] = []
+    for name, value in q.multi_items():
+        if name == "_since":
+            params.append(("_lastUpdated", f"ge{value}"))
+        elif name in ("_type", "_count", "_offset", "_format", "_pretty"):
+            params.append((name, value))
+        elif name in ("start", "end"):
+            raise Invalid(f"$everything parameter '{name}' is not supported; use _since")
+        else:
+            raise Invalid(f"$everything has no parameter '{name}'")
+    if not any(n == "_sort" for n, _ in params):
+        params.append(("_sort", "_lastUpdated"))
+    result = await run_search(v.resources, ctx, None, params, f"Patient/{pid}")
+    result.path = f"Patient/{pid}/$everything"
+    return FhirJsonResponse(await searchset(v.resources, ctx, result))
 
 
 # -- history ------------------------------------------------------------------------------------
@@ -212,13 +252,18 @@ def routes(prefix: str) -> list[Route]:
         ("/metadata", metadata, ["GET"]),
         ("", batch, ["POST"]),
         ("/", batch, ["POST"]),
+        ("", system_search, ["GET"]),
+        ("/", system_search, ["GET"]),
+        ("/_search", system_search, ["POST"]),
         ("/_history", history, ["GET"]),
+        ("/Patient/{pid}/$everything", everything, ["GET"]),
         ("/{rtype}/_search", search, ["POST"]),
         ("/{rtype}/_history", history, ["GET"]),
         ("/{rtype}", search, ["GET"]),
         ("/{rtype}", create, ["POST"]),
         ("/{rtype}/{rid}/_history/{vid}", vread, ["GET"]),
         ("/{rtype}/{rid}/_history", history, ["GET"]),
+        ("/Patient/{pid}/{rtype}", compartment_search, ["GET"]),
         ("/{rtype}/{rid}", read, ["GET"]),
         ("/{rtype}/{rid}", update, ["PUT"]),
         ("/{rtype}/{rid}", delete, ["DELETE"]),

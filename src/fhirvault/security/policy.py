@@ -13,6 +13,7 @@ from fhirvault.security.principal import Principal
 from fhirvault.security.scopes import INTERACTION_LETTER
 from fhirvault.service.context import RequestContext
 from fhirvault.store.resources import ResourceStore
+from fhirvault.store.search_sql import Restriction
 
 
 def _principal(ctx: RequestContext) -> Principal | None:
@@ -89,3 +90,17 @@ class ScopePolicy:
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
         p = _principal(ctx)
         return [p.patient] if p is not None and p.patient else None
+
+    def query_restriction(self, ctx: RequestContext) -> Restriction | None:
+        """The rules of `can_see` for reads, as SQL conditions: the patient compartment for a
+        patient-context client, and a Binary's securityContext (read rights on the type it names; in
+        patient context, the patient or a resource in the patient's compartment)."""
+        p = _principal(ctx)
+        if p is None:
+            return None
+        if any(s.covers("r", None) and s.resource_type == "*" for s in p.scopes.scopes):
+            context_types = None
+        else:
+            context_types = frozenset(s.resource_type for s in p.scopes.scopes if "r" in s.letters)
+        return Restriction(compartment=p.patient, context_types=context_types,
+                           binary_without_context=p.patient is None)

@@ -11,7 +11,7 @@ from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.r4 import is_resource_type
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult, new_id
-from fhirvault.service.search import run_search
+from fhirvault.service.search import run_search, searchset
 from fhirvault.service.timeutil import to_http_date, to_instant
 
 # FHIR's processing order within a transaction.
@@ -202,14 +202,7 @@ class BundleService:
         try:
             if e.rid is None:
                 result = await run_search(self.resources, ctx, e.rtype, parse_qsl(e.query, keep_blank_values=True))
-                rendered = await self.resources.render(ctx, [m.content for m in result.matches if m.content])
-                inner: dict[str, Any] = {
-                    "resourceType": "Bundle", "type": "searchset",
-                    "entry": [{"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}", "resource": r,
-                               "search": {"mode": "match"}} for r in rendered],
-                }
-                if result.total is not None:
-                    inner["total"] = result.total
+                inner = await searchset(self.resources, ctx, result)
                 return {"resource": inner, "response": {"status": "200 OK"}}
             if e.vid:
                 stored = await self.resources.vread(ctx, e.rtype, e.rid, e.vid)

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed
-from fhirvault.fhir.indexing import index_entries
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id
+from fhirvault.fhir.search_index import search_index
 from fhirvault.service.access import AccessPolicy, AllowAll
 from fhirvault.service.context import RequestContext
 from fhirvault.service.hooks import AfterCommitHook, ReadHook, WriteHook
@@ -103,10 +103,7 @@ class ResourceService:
                         blob_id: str | None = None) -> WriteResult:
         resource = check_resource_body(body, rtype)
         if if_none_exist:
-            matches = await conditional_matches(self.store, uow.conn, ctx, rtype, if_none_exist,
-                                                self.access.search_restriction(ctx, rtype))
-            matches = [m for m in matches
-                       if m.content is None or await self.access.can_see(ctx, uow.conn, m.content, "search")]
+            matches = await conditional_matches(self, uow.conn, ctx, rtype, if_none_exist)
             if len(matches) > 1:
                 raise PreconditionFailed(
                     f"If-None-Exist '{if_none_exist}' matched {len(matches)} resources; it must match at most one")
@@ -150,7 +147,7 @@ class ResourceService:
         if current.content is not None:
             await self._check_change(ctx, uow.conn, current.content, "delete")
         stored = StoredResource(rtype, rid, current.version_id + 1, now_us(), True, None, None, "DELETE")
-        await self.store.write(uow.conn, stored, current.version_id, set(), set())
+        await self.store.write(uow.conn, stored, current.version_id, None)
         return stored
 
     async def _write(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str,
@@ -172,8 +169,8 @@ class ResourceService:
         meta["lastUpdated"] = to_instant(ts)
         resource["meta"] = meta
         stored = StoredResource(rtype, rid, version, ts, False, resource, blob_id, method)
-        tokens, refs = index_entries(resource, ctx.base_url)
-        await self.store.write(uow.conn, stored, current.version_id if current else None, tokens, refs)
+        await self.store.write(uow.conn, stored, current.version_id if current else None,
+                               search_index(resource, ctx.base_url))
         uow.committed.append(resource)
         return WriteResult(stored, created=current is None or current.deleted)
 

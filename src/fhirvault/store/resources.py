@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhirvault.fhir.indexing import COMPARTMENT, RefEntry, TokenEntry
-from fhirvault.store.schema import resource_versions, resources, search_refs, search_tokens
+from fhirvault.fhir.indexing import COMPARTMENT
+from fhirvault.fhir.search_index import IndexRows
+from fhirvault.store.schema import resource_versions, resources, search_refs
+from fhirvault.store.search_sql import Criteria, Restriction, SortKey, criteria_sql, restriction_sql, sort_columns
+from fhirvault.store.search_tables import delete_index, write_index
 
 
 class VersionConflict(Exception):
@@ -28,30 +31,6 @@ class StoredResource:
     content: dict[str, Any] | None
     blob_id: str | None = None
     method: str = "PUT"
-
-
-@dataclass
-class TokenFilter:
-    param: str
-    alternatives: list[tuple[str | None, str | None]]  # (system, value); None = any
-
-
-@dataclass
-class RefFilter:
-    param: str
-    targets: list[str]
-
-
-@dataclass
-class SearchQuery:
-    resource_type: str
-    ids: list[str] | None = None
-    updated: list[tuple[str, int, int]] = field(default_factory=list)  # (prefix, start_us, end_us)
-    tokens: list[TokenFilter] = field(default_factory=list)
-    refs: list[RefFilter] = field(default_factory=list)
-    sort_desc: bool | None = None  # None: stable default order
-    count: int = 20
-    offset: int = 0
 
 
 def _row_to_stored(row: Any, method: str | None = None) -> StoredResource:
@@ -85,9 +64,10 @@ class ResourceStore:
 
     async def write(
         self, conn: AsyncConnection, stored: StoredResource, previous_version: int | None,
-        tokens: set[TokenEntry], refs: set[RefEntry],
+        index: IndexRows | None,
     ) -> None:
-        """Write one new version. previous_version None means the resource must not exist yet.
+        """Write one new version and replace its search index rows with `index` (None: no rows, as for
+        a deletion). previous_version None means the resource must not exist yet.
         Raises VersionConflict when someone else wrote in between."""
         content = json.dumps(stored.content, separators=(",", ":")) if stored.content is not None else None
         current = {
@@ -112,60 +92,88 @@ class ResourceStore:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} changed concurrently")
         await conn.execute(sa.insert(resource_versions).values(
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
-        await self._reindex(conn, stored.resource_type, stored.id, tokens, refs)
+        await write_index(conn, stored.resource_type, stored.id, index)
 
-    async def _reindex(self, conn: AsyncConnection, rtype: str, rid: str,
-                       tokens: set[TokenEntry], refs: set[RefEntry]) -> None:
-        for table in (search_tokens, search_refs):
-            await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
-        if tokens:
-            await conn.execute(sa.insert(search_tokens), [
-                {"resource_type": rtype, "id": rid, "param": t.param, "system": t.system, "value": t.value}
-                for t in tokens])
-        if refs:
-            await conn.execute(sa.insert(search_refs), [
-                {"resource_type": rtype, "id": rid, "param": r.param, "target": r.target} for r in refs])
-
-    def _search_where(self, q: SearchQuery) -> list[Any]:
+    def _select(self, criteria: Criteria, restriction: Restriction | None, cutoff_us: int | None) -> Any:
         t = resources
-        where: list[Any] = [t.c.resource_type == q.resource_type, t.c.deleted.is_(False)]
-        if q.ids is not None:
-            where.append(t.c.id.in_(q.ids))
-        for prefix, start, end in q.updated:
-            col = t.c.last_updated
-            where.append({
-                "eq": sa.and_(col >= start, col < end), "ne": sa.or_(col < start, col >= end),
-                "gt": col >= end, "ge": col >= start, "lt": col < start, "le": col < end,
-                "sa": col >= end, "eb": col < start,
-            }[prefix])
-        for tf in q.tokens:
-            st = search_tokens
-            alts = []
-            for system, value in tf.alternatives:
-                cond = [st.c.param == tf.param]
-                if value is not None:
-                    cond.append(st.c.value == value)
-                if system is not None:
-                    cond.append(st.c.system.is_(None) if system == "" else st.c.system == system)
-                alts.append(sa.and_(*cond))
-            where.append(sa.exists().where(
-                st.c.resource_type == t.c.resource_type, st.c.id == t.c.id, sa.or_(*alts)))
-        for rf in q.refs:
-            sr = search_refs
-            where.append(sa.exists().where(
-                sr.c.resource_type == t.c.resource_type, sr.c.id == t.c.id,
-                sr.c.param == rf.param, sr.c.target.in_(rf.targets)))
+        where = criteria_sql(criteria, t) + restriction_sql(restriction, t)
+        if cutoff_us is not None:
+            where.append(t.c.last_updated <= cutoff_us)
         return where
 
-    async def search(self, conn: AsyncConnection, q: SearchQuery) -> list[StoredResource]:
+    async def search(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
+                     sort: list[SortKey] | None = None, count: int = 20, offset: int = 0,
+                     cutoff_us: int | None = None) -> list[StoredResource]:
+        """One page of current resources matching `criteria` within `restriction`, ordered by `sort`
+        (then by type and id; by last update when no sort is given). `cutoff_us` leaves out resources
+        changed after that instant, so that later pages of one search see the same set."""
         t = resources
-        order = [t.c.last_updated.desc(), t.c.id.desc()] if q.sort_desc else [t.c.last_updated, t.c.id]
-        stmt = sa.select(t).where(*self._search_where(q)).order_by(*order).limit(q.count).offset(q.offset)
+        keys = sort if sort else [SortKey("_lastUpdated", "_lastUpdated")]
+        stmt = (sa.select(t).where(*self._select(criteria, restriction, cutoff_us))
+                .order_by(*sort_columns(keys, t)).limit(count).offset(offset))
         return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
-    async def count(self, conn: AsyncConnection, q: SearchQuery) -> int:
-        stmt = sa.select(sa.func.count()).select_from(resources).where(*self._search_where(q))
+    async def count(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
+                    cutoff_us: int | None = None) -> int:
+        """How many current resources match (the same rules as `search`)."""
+        stmt = sa.select(sa.func.count()).select_from(resources).where(
+            *self._select(criteria, restriction, cutoff_us))
         return int((await conn.execute(stmt)).scalar() or 0)
+
+    async def matching_ids(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
+                           limit: int | None = None) -> list[tuple[str, str]]:
+        """(type, id) of current resources matching `criteria`, in id order, at most `limit`."""
+        t = resources
+        stmt = sa.select(t.c.resource_type, t.c.id).where(*self._select(criteria, restriction, None)).order_by(
+            t.c.resource_type, t.c.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [(r[0], r[1]) for r in (await conn.execute(stmt)).all()]
+
+    async def get_many(self, conn: AsyncConnection, refs: list[tuple[str, str]],
+                       restriction: Restriction | None = None) -> list[StoredResource]:
+        """The current live rows of the given (type, id) pairs that `restriction` lets through."""
+        if not refs:
+            return []
+        t = resources
+        out: list[StoredResource] = []
+        for start in range(0, len(refs), 500):
+            chunk = refs[start:start + 500]
+            stmt = sa.select(t).where(
+                sa.tuple_(t.c.resource_type, t.c.id).in_(chunk), t.c.deleted.is_(False),
+                *restriction_sql(restriction, t))
+            out += [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+        return out
+
+    async def references_from(self, conn: AsyncConnection, owners: list[tuple[str, str]], params: list[str] | None
+                              ) -> list[tuple[str, str, str]]:
+        """(owner type, param, target) of the reference index rows of `owners`; `params` None for all."""
+        sr = search_refs
+        out: list[tuple[str, str, str]] = []
+        for start in range(0, len(owners), 500):
+            chunk = owners[start:start + 500]
+            where = [sa.tuple_(sr.c.resource_type, sr.c.id).in_(chunk), ~sr.c.param.startswith("_")]
+            if params is not None:
+                where.append(sr.c.param.in_(params))
+            rows = await conn.execute(sa.select(sr.c.resource_type, sr.c.param, sr.c.target).where(*where))
+            out += [(r[0], r[1], r[2]) for r in rows.all()]
+        return out
+
+    async def referencing(self, conn: AsyncConnection, source_type: str, param: str | None, targets: list[str],
+                          restriction: Restriction | None = None) -> list[StoredResource]:
+        """Live resources of `source_type` whose `param` (None: any) references one of `targets`."""
+        t, sr = resources, search_refs
+        out: list[StoredResource] = []
+        for start in range(0, len(targets), 500):
+            where = [sr.c.resource_type == source_type, sr.c.target.in_(targets[start:start + 500]),
+                     ~sr.c.param.startswith("_")]
+            if param is not None:
+                where.append(sr.c.param == param)
+            ids = sa.select(sr.c.id).where(*where)
+            stmt = sa.select(t).where(t.c.resource_type == source_type, t.c.id.in_(ids), t.c.deleted.is_(False),
+                                      *restriction_sql(restriction, t))
+            out += [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+        return out
 
     async def history(
         self, conn: AsyncConnection, rtype: str | None, rid: str | None, since_us: int | None,
@@ -190,8 +198,9 @@ class ResourceStore:
         return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def expunge(self, conn: AsyncConnection, rtype: str, rid: str) -> None:
-        for table in (resources, resource_versions, search_tokens, search_refs):
+        for table in (resources, resource_versions):
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
+        await delete_index(conn, rtype, rid)
 
     async def in_compartment(self, conn: AsyncConnection, rtype: str, rid: str, patient: str) -> bool:
         """Whether the current version of rtype/rid lies in the compartment of `patient` (`Patient/1`)."""

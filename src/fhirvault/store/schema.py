@@ -82,9 +82,16 @@ async def _v2_security(conn: AsyncConnection) -> None:
     await create_security_tables(conn)
 
 
+async def _v3_search_index(conn: AsyncConnection) -> None:
+    from fhirvault.store.search_tables import create_search_tables  # defines its tables on `metadata`
+
+    await create_search_tables(conn)
+
+
 # Append only, applied in this order, each once (recorded by name). Never edit a released step;
 # a module that owns tables defines them on `metadata` and adds its step here.
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("0001_resources", _v1_initial),
     ("0002_security", _v2_security),
+    ("0003_search_index", _v3_search_index),
 ]
