@@ -39,6 +39,7 @@ from fhirvault.service.bundles import BundleService
 from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.inline_data import InlineDataLimit
+from fhirvault.service.reindex import Reindexer
 from fhirvault.service.resources import ResourceService
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import now_us, to_instant
@@ -79,6 +80,7 @@ class FhirVault:
         self.resources.after_commit_hooks.append(self.ingestion.scheduler)
         self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
+        self.reindexer = Reindexer(self.db, settings.fhir_base_url)
         self._capability: dict[str, Any] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -96,6 +98,9 @@ class FhirVault:
 
     async def start(self) -> None:
         await self.db.migrate()
+        # Resources stored before the search index existed (or marked by `fhirvault reindex`) are
+        # indexed before the first request, so that no search answers from a partial index.
+        await self.reindexer.run()
         self._sweeper = asyncio.create_task(self._sweep_pending_blobs())
         self.workers.start()
 

@@ -236,6 +236,30 @@ def cmd_expunge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """Rebuild the search index of one resource type, or of all; resumable if interrupted."""
+    from fhirvault.app import FhirVault
+    from fhirvault.fhir.r4 import is_resource_type
+
+    if args.type is not None and not is_resource_type(args.type):
+        print(f"'{args.type}' is not an R4 resource type", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        vault = FhirVault(_server_settings(args))
+        await vault.db.migrate()
+        try:
+            await vault.reindexer.mark(args.type)
+            return await vault.reindexer.run(
+                progress=lambda rtype, n: print(f"  {rtype}: {n} more", file=sys.stderr, flush=True))
+        finally:
+            await vault.stop()
+
+    count = asyncio.run(run())
+    print(f"reindexed {count} resources")
+    return 0
+
+
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="where the embedded database and blobs live")
@@ -253,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(serve)
     serve.set_defaults(func=cmd_serve)
 
+    reindex = sub.add_parser("reindex", help="rebuild the search index (of one resource type, or of all)")
+    reindex.add_argument("type", nargs="?", help="a resource type, e.g. Patient; all types when left out")
+    _add_server_options(reindex)
+    reindex.set_defaults(func=cmd_reindex)
     expunge = sub.add_parser("expunge", help="remove a resource's history and content for good")
     expunge.add_argument("reference", help="Type/id, e.g. Binary/123")
     _add_server_options(expunge)

@@ -168,6 +168,8 @@ def evaluate(param: SearchParam, resource: dict[str, Any]) -> list[Any]:
 def evaluate_expression(expression: str, resource: dict[str, Any]) -> list[Any]:
     """`expression` (a SearchParameter's FHIRPath) on `resource`: simple paths are walked directly,
     anything else runs through fhirpathpy, compiled once."""
+    if expression == resource.get("resourceType"):
+        return [resource]  # composites over the whole resource (Observation code-value-quantity)
     plans = _fast_plan(expression)
     if plans is None:
         if not any(stem in resource or _choice(resource, stem) for stem in _stems(expression)):

@@ -13,6 +13,7 @@ from fhirvault.errors import Invalid, NotFound, Unauthorized, Unsupported
 from fhirvault.fhir.bundle import bundle
 from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type
+from fhirvault.fhir.subsetting import subset
 from fhirvault.http.negotiation import parse_prefer
 from fhirvault.http.requests import read_fhir_json
 from fhirvault.http.responses import FhirJsonResponse
@@ -59,7 +60,18 @@ async def resource_response(request: Request, stored: StoredResource, status: in
     headers = version_headers(stored, ctx.base_url, with_location)
     assert stored.content is not None
     rendered = (await v.resources.render(ctx, [stored.content]))[0]
-    return FhirJsonResponse(rendered, status, headers)
+    summary, elements = subsetting_params(request)
+    return FhirJsonResponse(subset(rendered, summary, elements), status, headers)
+
+
+def subsetting_params(request: Request) -> tuple[str | None, list[str] | None]:
+    """`_summary` and `_elements` of a read or vread (FHIR R4 3.1.1.5.8-9); 400 for an unknown mode."""
+    q = request.query_params
+    summary = q.get("_summary")
+    if summary is not None and summary not in ("true", "text", "data", "false"):
+        raise Invalid(f"_summary={summary!r} is not one of true, text, data, false")
+    elements = [e.strip() for e in q["_elements"].split(",") if e.strip()] if "_elements" in q else None
+    return summary, elements
 
 
 async def write_response(request: Request, result: WriteResult) -> Response:

@@ -33,7 +33,7 @@ class StoredResource:
     method: str = "PUT"
 
 
-def _row_to_stored(row: Any, method: str | None = None) -> StoredResource:
+def row_to_stored(row: Any, method: str | None = None) -> StoredResource:
     content = json.loads(row.content) if row.content is not None else None
     return StoredResource(
         resource_type=row.resource_type, id=row.id, version_id=row.version_id,
@@ -53,14 +53,14 @@ class ResourceStore:
         if for_update:
             stmt = stmt.with_for_update()
         row = (await conn.execute(stmt)).first()
-        return _row_to_stored(row) if row else None
+        return row_to_stored(row) if row else None
 
     async def get_version(self, conn: AsyncConnection, rtype: str, rid: str, vid: int) -> StoredResource | None:
         t = resource_versions
         row = (await conn.execute(
             sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid, t.c.version_id == vid)
         )).first()
-        return _row_to_stored(row) if row else None
+        return row_to_stored(row) if row else None
 
     async def write(
         self, conn: AsyncConnection, stored: StoredResource, previous_version: int | None,
@@ -111,7 +111,7 @@ class ResourceStore:
         keys = sort if sort else [SortKey("_lastUpdated", "_lastUpdated")]
         stmt = (sa.select(t).where(*self._select(criteria, restriction, cutoff_us))
                 .order_by(*sort_columns(keys, t)).limit(count).offset(offset))
-        return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+        return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def count(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
                     cutoff_us: int | None = None) -> int:
@@ -142,7 +142,7 @@ class ResourceStore:
             stmt = sa.select(t).where(
                 sa.tuple_(t.c.resource_type, t.c.id).in_(chunk), t.c.deleted.is_(False),
                 *restriction_sql(restriction, t))
-            out += [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+            out += [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
         return out
 
     async def references_from(self, conn: AsyncConnection, owners: list[tuple[str, str]], params: list[str] | None
@@ -172,7 +172,7 @@ class ResourceStore:
             ids = sa.select(sr.c.id).where(*where)
             stmt = sa.select(t).where(t.c.resource_type == source_type, t.c.id.in_(ids), t.c.deleted.is_(False),
                                       *restriction_sql(restriction, t))
-            out += [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+            out += [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
         return out
 
     async def history(
@@ -190,12 +190,12 @@ class ResourceStore:
         total = int((await conn.execute(sa.select(sa.func.count()).select_from(t).where(*where))).scalar() or 0)
         stmt = (sa.select(t).where(*where)
                 .order_by(t.c.last_updated.desc(), t.c.version_id.desc()).limit(count).offset(offset))
-        return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()], total
+        return [row_to_stored(r) for r in (await conn.execute(stmt)).all()], total
 
     async def versions_of(self, conn: AsyncConnection, rtype: str, rid: str) -> list[StoredResource]:
         t = resource_versions
         stmt = sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid).order_by(t.c.version_id)
-        return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+        return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def expunge(self, conn: AsyncConnection, rtype: str, rid: str) -> None:
         for table in (resources, resource_versions):

@@ -174,7 +174,9 @@ def _range(prefix: str, low: Any, high: Any, t: RangeTest, point_inclusive: bool
     if prefix == "ap":
         return sa.and_(low < e, high > s)  # the service has widened [s, e) by the approximation margin
     return {
-        "gt": high > e, "lt": low < s, "ge": sa.or_(high > e, inside), "le": sa.or_(low < s, inside),
+        # ge / le: the target reaches into the search range or beyond it on that side (a period that
+        # starts on 2025-01-10 is "le2025-01-10"), as HAPI and Blaze read R4 3.1.1.4.2's ranges
+        "gt": high > e, "lt": low < s, "ge": high > s, "le": low < e,
         "sa": low >= e, "eb": high <= s,
     }[prefix]
 
