@@ -152,7 +152,7 @@ class ResourceStore:
         out: list[tuple[str, str, str]] = []
         for start in range(0, len(owners), 500):
             chunk = owners[start:start + 500]
-            where = [sa.tuple_(sr.c.resource_type, sr.c.id).in_(chunk), ~sr.c.param.startswith("_")]
+            where = [sa.tuple_(sr.c.resource_type, sr.c.id).in_(chunk), ~sr.c.param.startswith("_", autoescape=True)]
             if params is not None:
                 where.append(sr.c.param.in_(params))
             rows = await conn.execute(sa.select(sr.c.resource_type, sr.c.param, sr.c.target).where(*where))
@@ -166,7 +166,7 @@ class ResourceStore:
         out: list[StoredResource] = []
         for start in range(0, len(targets), 500):
             where = [sr.c.resource_type == source_type, sr.c.target.in_(targets[start:start + 500]),
-                     ~sr.c.param.startswith("_")]
+                     ~sr.c.param.startswith("_", autoescape=True)]
             if param is not None:
                 where.append(sr.c.param == param)
             ids = sa.select(sr.c.id).where(*where)
