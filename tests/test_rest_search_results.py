@@ -108,7 +108,8 @@ def test_include_revinclude_iterate_and_wildcard(api: FhirApi) -> None:
     org = create(api, {"resourceType": "Organization", "name": f"Org{t}"})
     pat = create(api, {"resourceType": "Patient", "managingOrganization": {"reference": f"Organization/{org['id']}"}})
     o = create(api, {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                     "identifier": [{"system": "urn:inc", "value": t}], "subject": {"reference": f"Patient/{pat['id']}"}})
+                     "identifier": [{"system": "urn:inc", "value": t}],
+                     "subject": {"reference": f"Patient/{pat['id']}"}})
     q = {"identifier": f"urn:inc|{t}"}
     b = api.get("/Observation", params={**q, "_include": "Observation:subject"}).json()
     assert [r["id"] for r in entries(b)] == [o["id"]]
