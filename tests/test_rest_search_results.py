@@ -237,3 +237,22 @@ def test_reindex_command_rebuilds_the_index(server: ServerProcess, api: FhirApi)
     got: Any = api.get("/Patient", params={"family": f"re{t}"}).json()
     assert [r["id"] for r in entries(got)] == [p["id"]]
     assert server.cli("reindex", "Nope").returncode == 2
+
+
+def test_history_since_and_at(api: FhirApi) -> None:
+    v1 = create(api, {"resourceType": "Patient", "active": True})
+    pid = v1["id"]
+    v2 = api.put(f"/Patient/{pid}", json={**v1, "active": False}, headers=FHIR).json()
+    v3 = api.put(f"/Patient/{pid}", json={**v1, "gender": "other"}, headers=FHIR).json()
+
+    def versions(params: dict) -> list[str]:
+        r = api.get(f"/Patient/{pid}/_history", params=params)
+        assert r.status_code == 200, r.text
+        return [e["resource"]["meta"]["versionId"] for e in r.json().get("entry", [])]
+
+    assert versions({"_at": v1["meta"]["lastUpdated"]}) == ["1"]
+    assert versions({"_at": v2["meta"]["lastUpdated"]}) == ["2"]
+    assert versions({"_at": v3["meta"]["lastUpdated"][:4]}) == ["3", "2", "1"]
+    assert versions({"_at": "1999"}) == []
+    assert versions({"_since": v2["meta"]["lastUpdated"]}) == ["3", "2"]
+    assert api.get(f"/Patient/{pid}/_history", params={"_at": "soon"}).status_code == 400

@@ -213,7 +213,8 @@ async def history(request: Request) -> Response:
     since = parse_fhir_datetime_range(q["_since"])[0] if q.get("_since") else None
     v = vault(request)
     ctx = context(request)
-    rows, total = await v.resources.history(ctx, rtype, rid, since, count, offset)
+    at = parse_fhir_datetime_range(q["_at"]) if q.get("_at") else None
+    rows, total = await v.resources.history(ctx, rtype, rid, since, count, offset, at)
     live = [r.content for r in rows if r.content is not None]
     rendered = iter(await v.resources.render(ctx, live))
     entries = []
@@ -227,7 +228,7 @@ async def history(request: Request) -> Response:
                              "etag": f'W/"{r.version_id}"', "lastModified": to_instant(r.last_updated)}
         entries.append(entry)
     path = "/".join(p for p in (rtype, rid, "_history") if p)
-    extra = [("_since", q["_since"])] if q.get("_since") else []
+    extra = [(k, q[k]) for k in ("_since", "_at") if q.get(k)]
 
     def link(off: int) -> str:
         return f"{ctx.base_url}/{path}?" + urlencode([*extra, ("_count", count), ("_offset", off)])

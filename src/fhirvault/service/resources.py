@@ -223,7 +223,8 @@ class ResourceService:
         return stored
 
     async def history(self, ctx: RequestContext, rtype: str | None, rid: str | None, since_us: int | None,
-                      count: int, offset: int) -> tuple[list[StoredResource], int]:
+                      count: int, offset: int, at: tuple[int, int] | None = None
+                      ) -> tuple[list[StoredResource], int]:
         self.access.require(ctx, "history", rtype)
         async with self.db.read() as conn:
             if rtype and rid:
@@ -232,7 +233,7 @@ class ResourceService:
                     raise NotFound(f"{rtype}/{rid} is not known")
                 if not current.deleted:
                     await self._visible(ctx, conn, rtype, rid, current, "history")
-            rows, total = await self.store.history(conn, rtype, rid, since_us, count, offset)
+            rows, total = await self.store.history(conn, rtype, rid, since_us, count, offset, at)
             visible = [r for r in rows if await self._history_row_visible(ctx, conn, r)]
         return visible, total - (len(rows) - len(visible))
 

@@ -177,8 +177,11 @@ class ResourceStore:
 
     async def history(
         self, conn: AsyncConnection, rtype: str | None, rid: str | None, since_us: int | None,
-        count: int, offset: int,
+        count: int, offset: int, at: tuple[int, int] | None = None,
     ) -> tuple[list[StoredResource], int]:
+        """Versions newest first, and how many there are. `since_us`: changed at or after; `at`
+        ([start, end) in microseconds): versions that were current at some moment of that range
+        (FHIR R4 history `_at`)."""
         t = resource_versions
         where: list[Any] = []
         if rtype:
@@ -187,6 +190,12 @@ class ResourceStore:
             where.append(t.c.id == rid)
         if since_us is not None:
             where.append(t.c.last_updated >= since_us)
+        if at is not None:
+            later = resource_versions.alias()
+            replaced = (sa.select(sa.func.min(later.c.last_updated))
+                        .where(later.c.resource_type == t.c.resource_type, later.c.id == t.c.id,
+                               later.c.version_id > t.c.version_id).scalar_subquery())
+            where += [t.c.last_updated < at[1], sa.or_(replaced.is_(None), replaced > at[0])]
         total = int((await conn.execute(sa.select(sa.func.count()).select_from(t).where(*where))).scalar() or 0)
         stmt = (sa.select(t).where(*where)
                 .order_by(t.c.last_updated.desc(), t.c.version_id.desc()).limit(count).offset(offset))
