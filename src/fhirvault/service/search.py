@@ -81,7 +81,8 @@ async def run_search(service: ResourceService, ctx: RequestContext, rtype: str |
         if parsed.summary != "count":
             matches = await store.search(conn, parsed.criteria, restriction, parsed.sort, parsed.count,
                                          parsed.offset, cutoff)
-        if parsed.summary == "count" or parsed.total in ("accurate", "estimate"):
+        if parsed.summary == "count" or parsed.total in ("accurate", "estimate") or \
+                (parsed.count == 0 and parsed.total is None):  # _count=0 asks for nothing but the total
             total = await store.count(conn, parsed.criteria, restriction, cutoff)
         elif parsed.total is None and parsed.offset == 0 and len(matches) < parsed.count:
             total = len(matches)  # the whole result is on this page
