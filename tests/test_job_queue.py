@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from fhirvault.jobs.queue import DONE, FAILED, PENDING, RUNNING, Job, JobQueue, now_us
+from fhirvault.clock import now_us
+from fhirvault.jobs.queue import DONE, FAILED, PENDING, RUNNING, Job, JobQueue
 from fhirvault.jobs.worker import JobWorkers, PermanentJobError
 from fhirvault.store.database import Database
 from tests.conftest import require_postgres

@@ -65,22 +65,18 @@ def test_database_from_first_release_is_upgraded_not_dropped(tmp_path: Path) -> 
     """A database at schema version 1 holding a resource is migrated to the newest schema on start."""
     import asyncio
 
-    from fhirvault.store import schema
     from fhirvault.store.database import Database
+    from fhirvault.store.migrations import STEPS, apply_steps
 
     data = tmp_path / "data"
     data.mkdir()
     url = f"sqlite+aiosqlite:///{data / 'fhirvault.db'}"
 
     async def make_v1() -> None:
-        saved = list(schema.MIGRATIONS)
-        schema.MIGRATIONS[:] = saved[:1]
-        try:
-            db = Database(url)
-            assert await db.migrate() == 1
-            await db.close()
-        finally:
-            schema.MIGRATIONS[:] = saved
+        db = Database(url)
+        async with db.write() as conn:
+            assert await apply_steps(conn, postgres=False, steps=STEPS[:1]) == ["0001_resources"]
+        await db.close()
 
     asyncio.run(make_v1())
     content = '{"resourceType":"Patient","id":"old","meta":{"versionId":"1","lastUpdated":"2020-01-01T00:00:00+00:00"}}'
@@ -100,6 +96,6 @@ def test_database_from_first_release_is_upgraded_not_dropped(tmp_path: Path) -> 
     finally:
         server.stop()
     db = sqlite3.connect(data / "fhirvault.db")
-    applied = [row[0] for row in db.execute("select name from schema_migrations")]
-    assert sorted(applied) == sorted(name for name, _ in schema.MIGRATIONS)
+    applied = [row[0] for row in db.execute("select name from schema_migrations order by rowid")]
+    assert applied == [step.id for step in STEPS]
     db.close()

@@ -17,12 +17,14 @@ from starlette.responses import Response
 
 from fhirvault import __version__
 from fhirvault.blobs.factory import open_blob_store
+from fhirvault.clock import now_us
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
 from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
-from fhirvault.http import binary_api, fhir_api, ingestion_api, oauth_api, operations_api, storage_api
+from fhirvault.http import routes as http_routes
+from fhirvault.http import storage_api
 from fhirvault.http.auth import BearerAuthMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
@@ -38,18 +40,18 @@ from fhirvault.service.binary_access import BinaryAccess
 from fhirvault.service.bundles import BundleService
 from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
 from fhirvault.service.ingestion import AttachmentIngestion
-from fhirvault.service.inline_data import InlineDataLimit
+from fhirvault.service.inline_data import InlineDataMover
+from fhirvault.service.pipelines import ReadPipeline, WritePipeline
 from fhirvault.service.reindex import Reindexer
 from fhirvault.service.resources import ResourceService
+from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
-from fhirvault.service.timeutil import now_us, to_instant
+from fhirvault.service.timeutil import to_instant
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore
 
 log = logging.getLogger("fhirvault")
-
-FHIR_PREFIX = "/fhir/R4"
 
 
 class FhirVault:
@@ -70,31 +72,29 @@ class FhirVault:
             self.db, self.resources, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
             pending_grace_seconds=settings.pending_blob_grace_seconds)
-        self.resources.write_hooks.append(
-            InlineDataLimit(self.resources, self.blob_store, self.blob_registry, settings.inline_max_bytes))
-        self._wire_signed_urls(settings)
+        self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
+                                     settings.signed_url_window)
         self.jobs = JobQueue(self.db, max_attempts=settings.ingest_max_attempts,
                              backoff_seconds=settings.ingest_backoff_seconds,
                              lease_seconds=settings.job_lease_seconds)
         self.ingestion = AttachmentIngestion(self.resources, self.binaries, self.jobs, settings)
-        self.resources.after_commit_hooks.append(self.ingestion.scheduler)
+        # The steps every resource passes; their order is fixed in service/pipelines.py.
+        self.resources.write_pipeline = WritePipeline(
+            move_inline_data=InlineDataMover(self.resources, self.blob_store, self.blob_registry,
+                                             settings.inline_max_bytes),
+            normalize_attachment_urls=AttachmentNormalizer(
+                self.resources.access, UrlShapes(settings.fhir_base_url, self.signed_urls)),
+            schedule_ingestion=self.ingestion.scheduler)
+        self.resources.read_pipeline = ReadPipeline(
+            sign_attachment_urls=AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls)
+            if settings.rewrite_attachment_urls else None)
+        self.storage = StorageDownloads(self.db, self.binaries, self.blob_registry, self.blob_store,
+                                        self.signed_urls, settings.fhir_base_url)
         self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
         self.reindexer = Reindexer(self.db, settings.fhir_base_url)
         self._capability: dict[str, Any] | None = None
         self._sweeper: asyncio.Task[None] | None = None
-
-    def _wire_signed_urls(self, settings: Settings) -> None:
-        """Attachment URLs normalized on write (after data was moved out) and signed on read; /storage."""
-        self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
-                                     settings.signed_url_window)
-        shapes = UrlShapes(settings.fhir_base_url, self.signed_urls)
-        self.resources.write_hooks.append(AttachmentNormalizer(lambda: self.resources.access, shapes))
-        if settings.rewrite_attachment_urls:
-            self.resources.read_hooks.append(
-                AttachmentUrlSigner(self.db, lambda: self.resources.access, self.signed_urls))
-        self.storage = StorageDownloads(self.db, self.binaries, self.blob_registry, self.blob_store,
-                                        self.signed_urls, settings.fhir_base_url)
 
     async def start(self) -> None:
         await self.db.migrate()
@@ -192,10 +192,7 @@ def build_app(settings: Settings) -> Starlette:
             await vault.stop()
 
     app = Starlette(
-        # Binary's own routes first: they take precedence over the generic /{rtype} ones.
-        routes=(oauth_api.routes(FHIR_PREFIX) + ingestion_api.routes(FHIR_PREFIX) + operations_api.routes(FHIR_PREFIX)
-                + binary_api.routes(FHIR_PREFIX)
-                + fhir_api.routes(FHIR_PREFIX) + storage_api.routes()),
+        routes=http_routes.routes(),
         middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
         exception_handlers={
             FhirVaultError: _domain_error,
@@ -204,7 +201,8 @@ def build_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
-    app.state.vault = vault
+    services: Services = vault  # mypy checks here that FhirVault offers what the handlers call
+    app.state.vault = services
     return app
 
 

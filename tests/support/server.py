@@ -55,7 +55,7 @@ class ServerProcess:
     def base(self) -> str:
         return f"{self.url}/fhir/R4"
 
-    def start(self, timeout: float = 30) -> ServerProcess:
+    def start(self, timeout: float = 120) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRVAULT_")}
         env.update(self.env)
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 
 class BlobStore(ABC):
     """Where the bytes of blobs live, addressed by a key that is unique across all nodes.
@@ -20,6 +22,12 @@ class BlobStore(ABC):
     async def put(self, key: str, chunks: AsyncIterator[bytes]) -> None:
         """Store every chunk under `key`. When the iterator or the backend raises, nothing is left
         behind under `key` and the exception propagates (backend errors as errors.StorageFailure)."""
+
+    async def put_in_transaction(self, conn: AsyncConnection, key: str, data: bytes) -> bool:
+        """Store bytes already in memory inside the caller's open database transaction `conn`, so that
+        they exist exactly when it commits. True when done; False when this backend keeps its bytes
+        outside the database and cannot (the caller then uses `put`, and removes them on rollback)."""
+        return False
 
     @abstractmethod
     def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:

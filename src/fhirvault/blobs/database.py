@@ -44,11 +44,12 @@ class DatabaseBlobStore(BlobStore):
                 raise StorageFailure(f"Cannot store blob {key} in the database") from exc
             raise
 
-    async def put_in(self, conn: AsyncConnection, key: str, data: bytes) -> None:
-        """Store bytes already in memory inside the caller's transaction (atomic with it)."""
+    async def put_in_transaction(self, conn: AsyncConnection, key: str, data: bytes) -> bool:
+        """The chunks are rows, written in the caller's transaction: atomic with it."""
         for seq, offset in enumerate(range(0, max(len(data), 1), CHUNK_BYTES)):
             await conn.execute(sa.insert(blob_chunks).values(
                 blob_key=key, seq=seq, data=data[offset:offset + CHUNK_BYTES]))
+        return True
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         if end is not None and end <= start and not await self.exists(key):

@@ -7,13 +7,15 @@ import binascii
 import re
 from typing import Any
 
+from fhirvault.fhir.r4 import ID
+
 # R4's Binary has no `extension` of its own; Meta (an Element) does, so the file name lives there.
 FILENAME_EXTENSION_URL = "urn:fhirvault:binary-filename"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 _WHITESPACE = re.compile(r"[ \t\r\n]+")
-_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+_REFERENCE = re.compile(rf"^[A-Z][A-Za-z]+/{ID}$")
 
 
 def decode_base64_strict(text: Any, where: str) -> bytes:

@@ -8,7 +8,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# A resource id (R4 datatypes.html#id); `ID` is for building larger patterns.
+ID = r"[A-Za-z0-9\-.]{1,64}"
+ID_PATTERN = re.compile(f"^{ID}$")
 FHIR_VERSION = "4.0.1"
 
 

@@ -10,18 +10,17 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from fhirvault.errors import Invalid, TooLarge, Unsupported
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
-from fhirvault.http import fhir_api
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
 from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
 from fhirvault.http.negotiation import is_fhir_json, parse_prefer, prefers_fhir_json
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
 from fhirvault.service.resources import WriteResult
-from fhirvault.store.resources import StoredResource
+from fhirvault.service.services import StoredResource
+from fhirvault.streams import one_chunk
 
 # Bytes of base64 input encoded at a time on a JSON read: a multiple of 3, so the pieces join up.
 BASE64_PIECE = 3 * 256 * 1024
@@ -50,7 +49,7 @@ async def _write(request: Request, rid: str | None) -> Response:
             if body is not None:
                 result = await v.binaries.write_json(ctx, rid, body, if_match_version(request))
                 return await _written(request, result)
-            chunks = _replay(raw)  # any other JSON is content, like every other body
+            chunks = one_chunk(raw)  # any other JSON is content, like every other body
         elif not request.headers.get("content-encoding"):
             declared = request.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > v.settings.max_binary_bytes:
@@ -129,10 +128,6 @@ def _binary_resource_in(raw: bytes) -> dict[str, Any] | None:
     if isinstance(body, dict) and body.get("resourceType") == "Binary":
         return body
     return None
-
-
-async def _replay(raw: bytes) -> AsyncIterator[bytes]:
-    yield raw
 
 
 async def _written(request: Request, result: WriteResult) -> Response:
@@ -217,16 +212,3 @@ async def base64_pieces(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         pending = data[cut:]
     if pending:
         yield base64.b64encode(pending)
-
-
-def routes(prefix: str) -> list[Route]:
-    """Registered before the generic `/{rtype}` routes, which they take precedence over for Binary."""
-    return [
-        # Type-level paths that would otherwise be taken for a Binary id.
-        Route(f"{prefix}/Binary/_history", fhir_api.history, methods=["GET"]),
-        Route(f"{prefix}/Binary/_search", fhir_api.search, methods=["POST"]),
-        Route(f"{prefix}/Binary", create, methods=["POST"]),
-        Route(f"{prefix}/Binary/{{rid}}", read, methods=["GET", "HEAD"]),
-        Route(f"{prefix}/Binary/{{rid}}", update, methods=["PUT"]),
-        Route(f"{prefix}/Binary/{{rid}}/_history/{{vid}}", read, methods=["GET", "HEAD"]),
-    ]

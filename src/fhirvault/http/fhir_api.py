@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlencode
-
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from fhirvault.errors import Invalid, NotFound, Unauthorized, Unsupported
-from fhirvault.fhir.bundle import bundle
 from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type
 from fhirvault.fhir.subsetting import subset
 from fhirvault.http.negotiation import parse_prefer
 from fhirvault.http.requests import read_fhir_json
 from fhirvault.http.responses import FhirJsonResponse
+from fhirvault.http.state import vault
+from fhirvault.security.principal import Principal
 from fhirvault.service.bundles import parse_etag
 from fhirvault.service.context import RequestContext
+from fhirvault.service.history import history_bundle
 from fhirvault.service.resources import WriteResult
-from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT, run_search, searchset
-from fhirvault.service.timeutil import parse_fhir_datetime_range, to_http_date, to_instant
-from fhirvault.store.resources import StoredResource
-
-
-def vault(request: Request) -> Any:
-    return request.app.state.vault
+from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
+from fhirvault.service.services import StoredResource
+from fhirvault.service.timeutil import to_http_date
 
 
 def context(request: Request) -> RequestContext:
     ctx: RequestContext | None = getattr(request.state, "ctx", None)
-    if ctx is None or ctx.principal is None:
+    if ctx is None or not isinstance(ctx.principal, Principal):
         # The auth middleware sets the caller on every non-public path; never run as "trusted" here.
         raise Unauthorized("This request needs an access token", code="login")
     prefer = parse_prefer(request.headers.get("prefer"))
@@ -172,8 +166,8 @@ async def _search_response(request: Request, rtype: str | None, compartment: str
     params = await search_params(request)
     if compartment is not None:
         await v.resources.read(ctx, "Patient", compartment.split("/", 1)[1])  # 404 for an unknown patient
-    result = await run_search(v.resources, ctx, rtype, params, compartment)
-    return FhirJsonResponse(await searchset(v.resources, ctx, result))
+    result = await v.resources.search(ctx, rtype, params, compartment)
+    return FhirJsonResponse(await v.resources.searchset(ctx, result))
 
 
 async def everything(request: Request) -> Response:
@@ -196,9 +190,9 @@ async def everything(request: Request) -> Response:
             raise Invalid(f"$everything has no parameter '{name}'")
     if not any(n == "_sort" for n, _ in params):
         params.append(("_sort", "_lastUpdated"))
-    result = await run_search(v.resources, ctx, None, params, f"Patient/{pid}")
+    result = await v.resources.search(ctx, None, params, f"Patient/{pid}")
     result.path = f"Patient/{pid}/$everything"
-    return FhirJsonResponse(await searchset(v.resources, ctx, result))
+    return FhirJsonResponse(await v.resources.searchset(ctx, result))
 
 
 # -- history ------------------------------------------------------------------------------------
@@ -210,35 +204,8 @@ async def history(request: Request) -> Response:
     q = request.query_params
     count = _bounded_int(q.get("_count"), "_count", DEFAULT_COUNT)
     offset = _bounded_int(q.get("_offset"), "_offset", 0)
-    since = parse_fhir_datetime_range(q["_since"])[0] if q.get("_since") else None
-    v = vault(request)
-    ctx = context(request)
-    at = parse_fhir_datetime_range(q["_at"]) if q.get("_at") else None
-    rows, total = await v.resources.history(ctx, rtype, rid, since, count, offset, at)
-    live = [r.content for r in rows if r.content is not None]
-    rendered = iter(await v.resources.render(ctx, live))
-    entries = []
-    for r in rows:
-        entry: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{r.resource_type}/{r.id}"}
-        if r.content is not None:
-            entry["resource"] = next(rendered)
-        entry["request"] = {"method": r.method,
-                            "url": f"{r.resource_type}/{r.id}" if r.method != "POST" else r.resource_type}
-        entry["response"] = {"status": "201" if r.method == "POST" else "204" if r.deleted else "200",
-                             "etag": f'W/"{r.version_id}"', "lastModified": to_instant(r.last_updated)}
-        entries.append(entry)
-    path = "/".join(p for p in (rtype, rid, "_history") if p)
-    extra = [(k, q[k]) for k in ("_since", "_at") if q.get(k)]
-
-    def link(off: int) -> str:
-        return f"{ctx.base_url}/{path}?" + urlencode([*extra, ("_count", count), ("_offset", off)])
-
-    links = [("self", link(offset))]
-    if offset + count < total:
-        links.append(("next", link(offset + count)))
-    if offset > 0:
-        links.append(("previous", link(max(0, offset - count))))
-    return FhirJsonResponse(bundle("history", entries, total=total, links=links))
+    return FhirJsonResponse(await history_bundle(vault(request).resources, context(request), rtype, rid,
+                                                 q.get("_since"), count, offset, q.get("_at")))
 
 
 def _bounded_int(value: str | None, name: str, default: int) -> int:
@@ -258,27 +225,3 @@ async def batch(request: Request) -> Response:
 
 async def metadata(request: Request) -> Response:
     return FhirJsonResponse(vault(request).capability_statement())
-
-
-def routes(prefix: str) -> list[Route]:
-    table = [
-        ("/metadata", metadata, ["GET"]),
-        ("", batch, ["POST"]),
-        ("/", batch, ["POST"]),
-        ("", system_search, ["GET"]),
-        ("/", system_search, ["GET"]),
-        ("/_search", system_search, ["POST"]),
-        ("/_history", history, ["GET"]),
-        ("/Patient/{pid}/$everything", everything, ["GET"]),
-        ("/{rtype}/_search", search, ["POST"]),
-        ("/{rtype}/_history", history, ["GET"]),
-        ("/{rtype}", search, ["GET"]),
-        ("/{rtype}", create, ["POST"]),
-        ("/{rtype}/{rid}/_history/{vid}", vread, ["GET"]),
-        ("/{rtype}/{rid}/_history", history, ["GET"]),
-        ("/Patient/{pid}/{rtype}", compartment_search, ["GET"]),
-        ("/{rtype}/{rid}", read, ["GET"]),
-        ("/{rtype}/{rid}", update, ["PUT"]),
-        ("/{rtype}/{rid}", delete, ["DELETE"]),
-    ]
-    return [Route(prefix + path, endpoint, methods=methods) for path, endpoint, methods in table]

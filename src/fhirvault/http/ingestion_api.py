@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from fhirvault.http.fhir_api import context, resource_type_of, vault
 from fhirvault.http.responses import FhirJsonResponse
@@ -14,7 +13,3 @@ async def ingestion_status(request: Request) -> Response:
     rtype = resource_type_of(request)
     v = vault(request)
     return FhirJsonResponse(await v.ingestion.status(context(request), rtype, request.path_params["rid"]))
-
-
-def routes(prefix: str) -> list[Route]:
-    return [Route(prefix + "/{rtype}/{rid}/$ingestion-status", ingestion_status, methods=["GET"])]

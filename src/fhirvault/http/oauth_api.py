@@ -10,11 +10,11 @@ from urllib.parse import parse_qsl, unquote_plus
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from fhirvault.errors import TooLarge
 from fhirvault.http.negotiation import media_type
 from fhirvault.http.requests import read_body_bounded
+from fhirvault.http.state import vault
 from fhirvault.security.clients import AuthFailure, Client
 from fhirvault.security.scopes import ScopeError, ScopeSet
 
@@ -40,10 +40,6 @@ class OAuthError(Exception):
     def response(self) -> Response:
         return JSONResponse({"error": self.error, "error_description": self.description}, self.status,
                             {**NO_STORE, **self.headers})
-
-
-def _vault(request: Request) -> Any:
-    return request.app.state.vault
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -112,9 +108,9 @@ async def token(request: Request) -> Response:
         if grant_type != GRANT_TYPE:
             raise OAuthError("unsupported_grant_type", "Only the client_credentials grant is supported")
         client_id, secret, basic = _credentials(request, form)
-        vault = _vault(request)
+        services = vault(request)
         try:
-            client = await vault.clients.authenticate(client_id, secret)
+            client = await services.clients.authenticate(client_id, secret)
         except AuthFailure as exc:
             if exc.throttled:
                 raise OAuthError("invalid_client", "Too many failed authentications for this client; "
@@ -123,7 +119,7 @@ async def token(request: Request) -> Response:
             headers = {"WWW-Authenticate": 'Basic realm="fhirvault"'} if basic else {}
             raise OAuthError("invalid_client", "Client authentication failed", 401, headers) from None
         scopes = _granted_scopes(client, form.get("scope"))
-        issued = await vault.tokens.issue(client, scopes)
+        issued = await services.tokens.issue(client, scopes)
     except OAuthError as exc:
         log.info("token request refused: %s", exc.error)  # never the credentials
         return exc.response()
@@ -135,7 +131,7 @@ async def token(request: Request) -> Response:
 
 
 async def smart_configuration(request: Request) -> Response:
-    base = _vault(request).settings.public_base_url
+    base = vault(request).settings.public_base_url
     return JSONResponse({
         "issuer": base,
         "token_endpoint": f"{base}/oauth2/token",
@@ -145,11 +141,3 @@ async def smart_configuration(request: Request) -> Response:
                              "patient/*.cruds", "patient/*.rs", "patient/*.read", "patient/*.*"],
         "capabilities": ["client-confidential-symmetric", "permission-v1", "permission-v2"],
     }, headers={"Cache-Control": "public, max-age=3600"})
-
-
-def routes(fhir_prefix: str) -> list[Route]:
-    return [
-        Route("/oauth2/token", token, methods=["POST"]),
-        Route("/.well-known/smart-configuration", smart_configuration, methods=["GET"]),
-        Route(f"{fhir_prefix}/.well-known/smart-configuration", smart_configuration, methods=["GET"]),
-    ]

@@ -1,4 +1,4 @@
-"""HTTP edge of $binary-access-read / $binary-access-write, raw Media serving and our OperationDefinitions."""
+"""HTTP edge of the operations $binary-access-read and $binary-access-write."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from fhirvault.errors import Invalid, Unsupported
 from fhirvault.http import fhir_api
@@ -14,7 +13,6 @@ from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.fhir_api import context, if_match_version, resource_type_of, vault
 from fhirvault.http.negotiation import is_fhir_json, media_type
 from fhirvault.http.requests import parse_json, read_body_bounded
-from fhirvault.http.responses import FhirJsonResponse
 
 PARAMETERS_LIMIT = 64 * 1024
 
@@ -62,41 +60,3 @@ async def binary_access_write(request: Request) -> Response:
                                          request.query_params.get("path"), request.stream(),
                                          ctype.strip(), if_match_version(request))
     return await fhir_api.resource_response(request, result.stored, 200)
-
-
-async def media_read(request: Request) -> Response:
-    """GET /Media/{id}: the raw content when `_output=data` or Accept equals Media.content.contentType."""
-    v = vault(request)
-    if not v.settings.media_raw_enabled:
-        return await fhir_api.read_resource(request, "Media")
-    ctx = context(request)
-    rid = request.path_params["rid"]
-    wants_data = request.query_params.get("_output") == "data"
-    accept = request.headers.get("accept")
-    if not wants_data and accept:
-        stored = await v.resources.read(ctx, "Media", rid)
-        declared = ((stored.content or {}).get("content") or {}).get("contentType")
-        wants_data = isinstance(declared, str) and accept.strip().lower() == declared.strip().lower()
-    if not wants_data:
-        return await fhir_api.read_resource(request, "Media")
-    readable = await v.binary_access.read(ctx, "Media", rid, None, "Media.content")
-    return await serve_bytes(request, readable.content, readable.stream)
-
-
-async def operation_definition_read(request: Request) -> Response:
-    builtin = vault(request).operation_definitions().get(request.path_params["rid"])
-    if builtin is None:
-        return await fhir_api.read_resource(request, "OperationDefinition")
-    return FhirJsonResponse(builtin)
-
-
-def routes(prefix: str) -> list[Route]:
-    """Registered before the generic routes, which they take precedence over."""
-    return [
-        Route(f"{prefix}/{{rtype}}/{{rid}}/$binary-access-read", binary_access_read, methods=["GET", "HEAD", "POST"]),
-        Route(f"{prefix}/{{rtype}}/{{rid}}/_history/{{vid}}/$binary-access-read", binary_access_read,
-              methods=["GET", "HEAD", "POST"]),
-        Route(f"{prefix}/{{rtype}}/{{rid}}/$binary-access-write", binary_access_write, methods=["POST"]),
-        Route(f"{prefix}/Media/{{rid}}", media_read, methods=["GET"]),
-        Route(f"{prefix}/OperationDefinition/{{rid}}", operation_definition_read, methods=["GET"]),
-    ]

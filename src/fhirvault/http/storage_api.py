@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from fhirvault.errors import FhirVaultError, NotFound
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.disposition import content_disposition
 from fhirvault.http.responses import error_response
+from fhirvault.http.state import vault
 from fhirvault.security.url_signing import parts_from
 
 EXPOSED = "Content-Range, Accept-Ranges, Content-Length, ETag, Last-Modified, Content-Disposition"
@@ -34,19 +33,15 @@ class RedactSignatures(logging.Filter):
         return True
 
 
-def _vault(request: Request) -> Any:
-    return request.app.state.vault
-
-
 def cors_headers(request: Request) -> dict[str, str]:
-    return {"Access-Control-Allow-Origin": _vault(request).settings.storage_cors_origin,
+    return {"Access-Control-Allow-Origin": vault(request).settings.storage_cors_origin,
             "Access-Control-Expose-Headers": EXPOSED}
 
 
 async def download(request: Request) -> Response:
     """The signed version's bytes (ranges, validators, 304) or, in s3 mode with redirects, a 307 to the
     object store. Authorization headers are ignored: the signature is the authority."""
-    v = _vault(request)
+    v = vault(request)
     cors = cors_headers(request)
     try:
         parts = parts_from(request.path_params["binary_id"], request.path_params["version_id"],
@@ -70,13 +65,8 @@ async def download(request: Request) -> Response:
 
 async def preflight(request: Request) -> Response:
     return Response(status_code=204, headers={
-        "Access-Control-Allow-Origin": _vault(request).settings.storage_cors_origin,
+        "Access-Control-Allow-Origin": vault(request).settings.storage_cors_origin,
         "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
         "Access-Control-Allow-Headers": ALLOWED_REQUEST_HEADERS,
         "Access-Control-Max-Age": "600",
     })
-
-
-def routes() -> list[Route]:
-    path = "/storage/{binary_id}/{version_id}"
-    return [Route(path, download, methods=["GET", "HEAD"]), Route(path, preflight, methods=["OPTIONS"])]

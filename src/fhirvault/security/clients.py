@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault.clock import now_us
 from fhirvault.errors import Invalid, NotFound
 from fhirvault.fhir.references import parse_reference
 from fhirvault.security.scopes import ScopeError, ScopeSet
 from fhirvault.security.secret_hash import dummy_hash, hash_secret, new_secret, verify_secret
 from fhirvault.store.database import Database
 from fhirvault.store.security import clients
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)

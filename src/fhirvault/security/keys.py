@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from joserfc.jwk import ECKey
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault.clock import now_us
 from fhirvault.store.database import Database
 from fhirvault.store.security import signing_keys
 
@@ -17,10 +18,6 @@ ALGORITHM = "ES256"
 # A token naming an unknown kid makes us look in the database again, but not more often than this,
 # so that forged kids cannot turn every request into a query.
 RELOAD_INTERVAL = 5.0
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _new_key() -> ECKey:
@@ -65,7 +62,7 @@ class KeyRing:
 
     async def _insert(self, conn: AsyncConnection, key: ECKey) -> None:
         await conn.execute(sa.insert(signing_keys).values(
-            kid=str(key.kid), private_jwk=json.dumps(key.as_dict(private=True)), created_at=_now_us()))
+            kid=str(key.kid), private_jwk=json.dumps(key.as_dict(private=True)), created_at=now_us()))
 
     async def rotate(self, keep_seconds: int) -> tuple[str, list[str]]:
         """Adds a new signing key; removes keys superseded more than `keep_seconds` ago (no token they
@@ -75,7 +72,7 @@ class KeyRing:
         async with self.db.write() as conn:
             rows = (await conn.execute(sa.select(signing_keys.c.kid, signing_keys.c.created_at)
                                        .order_by(signing_keys.c.created_at))).all()
-            cutoff = _now_us() - keep_seconds * 1_000_000
+            cutoff = now_us() - keep_seconds * 1_000_000
             for older, newer in zip(rows, rows[1:], strict=False):
                 if newer.created_at < cutoff:
                     removed.append(older.kid)

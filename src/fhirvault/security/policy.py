@@ -9,17 +9,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault.errors import Forbidden
 from fhirvault.fhir.indexing import COMPARTMENT, RefEntry, index_entries
 from fhirvault.fhir.references import parse_reference
-from fhirvault.security.principal import Principal
+from fhirvault.security.principal import CallerContext, Principal, SystemPrincipal
 from fhirvault.security.scopes import INTERACTION_LETTER
-from fhirvault.service.context import RequestContext
 from fhirvault.store.resources import ResourceStore
 from fhirvault.store.search_sql import Restriction
 
 
-def _principal(ctx: RequestContext) -> Principal | None:
+def _principal(ctx: CallerContext) -> Principal | None:
+    """The client whose scopes decide, or None for the server itself (allowed everything)."""
     p = ctx.principal
-    if p is None:
-        return None  # trusted internal work (command line, background jobs)
+    if isinstance(p, SystemPrincipal):
+        return None  # the server's own work (command line, background jobs, signed URLs)
     if not isinstance(p, Principal):
         raise Forbidden("The caller is not an authenticated client")
     return p
@@ -43,7 +43,7 @@ class ScopePolicy:
     def __init__(self, store: ResourceStore) -> None:
         self.store = store
 
-    def require(self, ctx: RequestContext, interaction: str, resource_type: str | None) -> None:
+    def require(self, ctx: CallerContext, interaction: str, resource_type: str | None) -> None:
         p = _principal(ctx)
         if p is None:
             return
@@ -54,7 +54,7 @@ class ScopePolicy:
             raise Forbidden(f"The access token's scopes do not allow {interaction} of {what}; "
                             f"it needs the scope {needed}")
 
-    async def can_see(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any],
+    async def can_see(self, ctx: CallerContext, conn: AsyncConnection, resource: dict[str, Any],
                       interaction: str = "read") -> bool:
         p = _principal(ctx)
         if p is None:
@@ -70,7 +70,7 @@ class ScopePolicy:
         _, refs = index_entries(resource, ctx.base_url)
         return RefEntry(COMPARTMENT, p.patient) in refs
 
-    async def _binary_allowed(self, ctx: RequestContext, conn: AsyncConnection, p: Principal,
+    async def _binary_allowed(self, ctx: CallerContext, conn: AsyncConnection, p: Principal,
                               binary: dict[str, Any], letter: str) -> bool:
         context = binary.get("securityContext")
         ref_text = context.get("reference") if isinstance(context, dict) else None
@@ -87,11 +87,11 @@ class ScopePolicy:
             return True
         return await self.store.in_compartment(conn, ref.resource_type, ref.id, p.patient)
 
-    def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
+    def search_restriction(self, ctx: CallerContext, resource_type: str) -> list[str] | None:
         p = _principal(ctx)
         return [p.patient] if p is not None and p.patient else None
 
-    def query_restriction(self, ctx: RequestContext) -> Restriction | None:
+    def query_restriction(self, ctx: CallerContext) -> Restriction | None:
         """The rules of `can_see` for reads, as SQL conditions: the patient compartment for a
         patient-context client, and a Binary's securityContext (read rights on the type it names; in
         patient context, the patient or a resource in the patient's compartment)."""

@@ -6,13 +6,13 @@ import base64
 import hashlib
 import hmac
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from fhirvault.errors import Forbidden, Gone
+from fhirvault.fhir.r4 import is_valid_id
 from fhirvault.store.database import Database
 from fhirvault.store.url_signing_keys import UrlSigningKey, all_keys, insert_key, new_key, remove_keys
 
@@ -24,7 +24,6 @@ UNKNOWN_KID_RELOAD_SECONDS = 2.0
 
 STORAGE_PATH = "/storage/"
 MINTED_CACHE_SIZE = 50_000
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _SIG_LABEL = b"fhirvault-storage-v1"
 
 
@@ -141,7 +140,7 @@ class SignedUrl:
         split = urlsplit(url)
         rest = url[len(self.prefix):].split("?", 1)[0].split("#", 1)[0]
         segments = rest.split("/")
-        if len(segments) != 2 or not _ID.match(segments[0]) or not segments[1].isdigit():
+        if len(segments) != 2 or not is_valid_id(segments[0]) or not segments[1].isdigit():
             return None
         query = {k: v[0] for k, v in parse_qs(split.query).items() if v}
         return parts_from(segments[0], segments[1], query)
@@ -167,7 +166,7 @@ class SignedUrl:
 
 def parts_from(binary_id: str, version: str, query: Mapping[str, str]) -> StorageUrlParts | None:
     """StorageUrlParts from a request's path segments and query; None when the path is not one of ours."""
-    if not _ID.match(binary_id) or not version.isdigit():
+    if not is_valid_id(binary_id) or not version.isdigit():
         return None
     exp = query.get("exp")
     return StorageUrlParts(binary_id, int(version), int(exp) if exp and exp.isdigit() else None,

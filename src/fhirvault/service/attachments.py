@@ -13,14 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.attachments import attachment_objects, iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
+from fhirvault.fhir.r4 import ID
 from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
+from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.store.binary_rows import BinaryRow, current_binaries
 from fhirvault.store.database import Database
 
-_BINARY_REF = re.compile(r"^Binary/([A-Za-z0-9\-.]{1,64})(?:/_history/([0-9]+))?$")
-_STORED_REF = re.compile(r"^Binary/([A-Za-z0-9\-.]{1,64})$")
+_BINARY_REF = re.compile(rf"^Binary/({ID})(?:/_history/([0-9]+))?$")
+_STORED_REF = re.compile(rf"^Binary/({ID})$")
 
 
 async def may_read(access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
@@ -75,16 +77,16 @@ def measures_of(row: BinaryRow) -> BinaryMeasures:
 
 
 class AttachmentNormalizer:
-    """WriteHook: every Attachment url naming one of our Binaries becomes `Binary/{id}`; the Binary must
-    exist (and be readable by the writer); size, hash and contentType are filled from it when absent
-    and must agree with it when present."""
+    """WriteStep (`WritePipeline.normalize_attachment_urls`): every Attachment url naming one of our Binaries
+    becomes `Binary/{id}`; the Binary must exist (and be readable by the writer); size, hash and contentType are
+    filled from it when absent and must agree with it when present."""
 
-    def __init__(self, access_of: Any, shapes: UrlShapes) -> None:
-        # `access_of` returns the current policy: it is installed after the hooks are built.
-        self.access_of = access_of
+    def __init__(self, access: AccessPolicy, shapes: UrlShapes) -> None:
+        self.access = access
         self.shapes = shapes
 
-    async def before_write(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any]) -> None:
+    async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
+        conn = uow.conn
         if resource.get("resourceType") == "Binary":
             return
         named: list[tuple[str, dict[str, Any], str]] = []
@@ -97,8 +99,7 @@ class AttachmentNormalizer:
         if not named:
             return
         rows = await current_binaries(conn, {b for _, _, b in named}, with_blobs=True)
-        access: AccessPolicy = self.access_of()
-        readable = {bid: row for bid, row in rows.items() if await may_read(access, ctx, conn, row.resource)}
+        readable = {bid: row for bid, row in rows.items() if await may_read(self.access, ctx, conn, row.resource)}
         for path, attachment, binary_id in named:
             row = readable.get(binary_id)
             if row is None:
@@ -123,12 +124,13 @@ def _fill_from(path: str, attachment: dict[str, Any], binary_id: str, m: BinaryM
 
 
 class AttachmentUrlSigner:
-    """ReadHook: each `Binary/{id}` Attachment url the caller may read becomes a signed storage URL of
-    that Binary's current version; others stay as they are. One query per batch of resources."""
+    """ReadStep (`ReadPipeline.sign_attachment_urls`): each `Binary/{id}` Attachment url the caller may read
+    becomes a signed storage URL of that Binary's current version; others stay as they are. One query per batch
+    of resources."""
 
-    def __init__(self, db: Database, access_of: Any, signer: SignedUrl) -> None:
+    def __init__(self, db: Database, access: AccessPolicy, signer: SignedUrl) -> None:
         self.db = db
-        self.access_of = access_of
+        self.access = access
         self.signer = signer
 
     async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
@@ -142,7 +144,7 @@ class AttachmentUrlSigner:
                         targets.append((attachment, m.group(1)))
         if not targets:
             return
-        access: AccessPolicy = self.access_of()
+        access = self.access
         try:
             access.require(ctx, "read", "Binary")
         except FhirVaultError:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhirvault.blobs.base import BlobStore
+from fhirvault.clock import now_us
 from fhirvault.errors import FhirVaultError, Invalid, NotFound, StorageFailure, TooLarge
 from fhirvault.fhir.binary import (
     DEFAULT_CONTENT_TYPE,
@@ -21,11 +22,12 @@ from fhirvault.fhir.binary import (
     set_filename,
 )
 from fhirvault.service.context import RequestContext
-from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult
-from fhirvault.service.timeutil import now_us
+from fhirvault.service.pipelines import UnitOfWork
+from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import StoredResource
+from fhirvault.streams import one_chunk
 
 log = logging.getLogger("fhirvault.binaries")
 
@@ -92,10 +94,6 @@ def measure(data: bytes) -> ContentMeter:
     return meter
 
 
-async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
 class BinaryService:
     def __init__(self, db: Database, resources: ResourceService, store: BlobStore | None,
                  registry: BlobRegistry, *, inline_max_bytes: int, max_binary_bytes: int,
@@ -143,7 +141,7 @@ class BinaryService:
                 raise Invalid(str(exc), expression="Binary.data") from None
             if len(raw) > self.max_binary_bytes:
                 raise TooLarge(f"The content is over the limit of {self.max_binary_bytes} bytes (MAX_BINARY_BYTES)")
-            staged = await self.stage(_one_chunk(raw))
+            staged = await self.stage(one_chunk(raw))
         elif rid is not None:
             staged = await self._current_content(rid)
         else:

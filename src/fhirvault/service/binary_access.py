@@ -15,8 +15,10 @@ from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict, fi
 from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_path, resolve_first
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
 from fhirvault.service.context import RequestContext
-from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult
+from fhirvault.service.pipelines import UnitOfWork
+from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.resources import StoredResource
+from fhirvault.streams import one_chunk
 
 ByteStream = Callable[[int, int | None], AsyncIterator[bytes]]
 MAX_APPLY_ATTEMPTS = 8
@@ -60,10 +62,6 @@ def _is_binary_itself(rtype: str, path_text: str | None) -> bool:
     return rtype == "Binary" and (not path_text or path_text.strip() == "Binary")
 
 
-async def _slices(data: bytes, start: int, end: int | None) -> AsyncIterator[bytes]:
-    yield data[start:end]
-
-
 class BinaryAccess:
     def __init__(self, resources: ResourceService, binaries: BinaryService) -> None:
         self.resources = resources
@@ -95,7 +93,7 @@ class BinaryAccess:
                 content_type=str(declared_type or DEFAULT_CONTENT_TYPE), size=meter.size,
                 sha1_b64=meter.sha1_b64, sha256_hex=meter.sha256_hex, last_updated_us=stored.last_updated,
                 filename=None, security_context=None)
-            return ReadableContent(content, lambda s, e: _slices(raw, s, e))
+            return ReadableContent(content, lambda s, e: one_chunk(raw[s:e]))
         url = attachment.get("url")
         if isinstance(url, str) and url.startswith("Binary/") and "/" not in url[len("Binary/"):]:
             content = await self.binaries.content(ctx, url[len("Binary/"):])

@@ -10,8 +10,8 @@ from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.r4 import is_resource_type
 from fhirvault.service.context import RequestContext
-from fhirvault.service.resources import ResourceService, UnitOfWork, WriteResult, new_id
-from fhirvault.service.search import run_search, searchset
+from fhirvault.service.pipelines import UnitOfWork
+from fhirvault.service.resources import ResourceService, WriteResult, new_id
 from fhirvault.service.timeutil import to_http_date, to_instant
 
 # FHIR's processing order within a transaction.
@@ -201,8 +201,8 @@ class BundleService:
     async def _read_entry(self, ctx: RequestContext, e: EntryRequest) -> dict[str, Any]:
         try:
             if e.rid is None:
-                result = await run_search(self.resources, ctx, e.rtype, parse_qsl(e.query, keep_blank_values=True))
-                inner = await searchset(self.resources, ctx, result)
+                result = await self.resources.search(ctx, e.rtype, parse_qsl(e.query, keep_blank_values=True))
+                inner = await self.resources.searchset(ctx, result)
                 return {"resource": inner, "response": {"status": "200 OK"}}
             if e.vid:
                 stored = await self.resources.vread(ctx, e.rtype, e.rid, e.vid)

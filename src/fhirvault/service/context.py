@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from fhirvault.security.principal import Caller
 
 
 @dataclass
 class RequestContext:
-    base_url: str  # the FHIR base, e.g. https://host/fhir/R4
-    principal: Any = None  # the authenticated caller; None for trusted internal work
+    """`base_url` is the FHIR base (e.g. https://host/fhir/R4); `principal` the caller, a `SystemPrincipal`
+    for work on the server's own authority; `handling_strict` is `Prefer: handling=strict` (FHIR R4
+    http.html#prefer): unknown search parameters are an error instead of being ignored."""
+
+    base_url: str
+    principal: Caller
     handling_strict: bool = False

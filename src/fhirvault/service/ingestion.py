@@ -17,6 +17,7 @@ from fhirvault.fhir.attachments import iter_attachments
 from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted
 from fhirvault.jobs.queue import Job, JobQueue
 from fhirvault.jobs.worker import PermanentJobError
+from fhirvault.security.principal import SYSTEM_JOBS
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, WriteResult
 
@@ -32,8 +33,8 @@ class JobContext(RequestContext):
 
 
 def job_context(base_url: str) -> RequestContext:
-    """The one place that creates the trusted internal caller jobs act as (principal None: allowed all)."""
-    return JobContext(base_url=base_url, principal=None)
+    """The one place that creates the caller background jobs act as: the server itself."""
+    return JobContext(base_url=base_url, principal=SYSTEM_JOBS)
 
 
 class StoredContent(Protocol):

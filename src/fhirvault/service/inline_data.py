@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from fhirvault.blobs.base import BlobStore
+from fhirvault.clock import now_us
 from fhirvault.errors import Invalid
 from fhirvault.fhir.attachments import iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
 from fhirvault.service.binaries import measure
 from fhirvault.service.context import RequestContext
-from fhirvault.service.resources import ResourceService, UnitOfWork
-from fhirvault.service.timeutil import now_us
+from fhirvault.service.pipelines import UnitOfWork
+from fhirvault.service.resources import ResourceService
 from fhirvault.store.blobs import BlobRegistry
+from fhirvault.streams import one_chunk
 
 log = logging.getLogger("fhirvault.binaries")
 
 
-class InlineDataLimit:
-    """WriteHook. Checks that every `Binary.data` and `Attachment.data` is strict base64 (400 otherwise),
-    and moves Attachment content larger than INLINE_MAX_BYTES into a new Binary (securityContext: the
-    resource) inside the same transaction, leaving `url: Binary/{id}`, size, hash, contentType and title."""
+class InlineDataMover:
+    """WriteStep (`WritePipeline.move_inline_data`). Checks that every `Binary.data` and `Attachment.data` is
+    strict base64 (400 otherwise), and moves Attachment content larger than INLINE_MAX_BYTES into a new Binary
+    (securityContext: the resource) inside the same transaction, leaving `url: Binary/{id}`, size, hash,
+    contentType and title."""
 
     def __init__(self, resources: ResourceService, store: BlobStore | None, registry: BlobRegistry,
                  inline_max_bytes: int) -> None:
@@ -35,7 +34,7 @@ class InlineDataLimit:
         self.registry = registry
         self.inline_max_bytes = inline_max_bytes
 
-    async def before_write(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any]) -> None:
+    async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
         rtype = resource.get("resourceType")
         if rtype == "Binary":
             if "data" in resource:
@@ -50,30 +49,29 @@ class InlineDataLimit:
             if self.store is not None and len(raw) > self.inline_max_bytes:
                 large.append((attachment, raw))
         for attachment, raw in large:
-            binary_id = await self._move_out(ctx, conn, raw, attachment, f"{rtype}/{resource.get('id')}")
+            binary_id = await self._move_out(ctx, uow, raw, attachment, f"{rtype}/{resource.get('id')}")
             meter = measure(raw)
             del attachment["data"]
             attachment["url"] = f"Binary/{binary_id}"
             attachment["size"] = meter.size
             attachment["hash"] = meter.sha1_b64
 
-    async def _move_out(self, ctx: RequestContext, conn: AsyncConnection, raw: bytes,
+    async def _move_out(self, ctx: RequestContext, uow: UnitOfWork, raw: bytes,
                         attachment: dict[str, Any], owner: str) -> str:
-        assert self.store is not None
+        store = self.store
+        assert store is not None
+        conn = uow.conn
         blob_id = uuid.uuid4().hex
-        put_in = getattr(self.store, "put_in", None)
-        if put_in is not None:
-            await put_in(conn, blob_id, raw)  # the database store: atomic with this transaction
-        else:
-            await self.store.put(blob_id, _one(raw))
-            _remove_on_rollback(conn, self.store, blob_id)
+        if not await store.put_in_transaction(conn, blob_id, raw):
+            await store.put(blob_id, one_chunk(raw))
+            uow.on_rollback.append(lambda: _delete_quietly(store, blob_id))
         meter = measure(raw)
-        await self.registry.add_pending(conn, blob_id, self.store.name, blob_id, now_us())
+        await self.registry.add_pending(conn, blob_id, store.name, blob_id, now_us())
         await self.registry.commit(conn, blob_id, meter.size, meter.sha256_hex, meter.sha1_b64)
         binary = {"resourceType": "Binary",
                   "contentType": attachment.get("contentType") or DEFAULT_CONTENT_TYPE,
                   "securityContext": {"reference": owner}}
-        result = await self.resources.create_in(UnitOfWork(conn), ctx, "Binary", binary, blob_id=blob_id)
+        result = await self.resources.create_in(uow, ctx, "Binary", binary, blob_id=blob_id)
         return result.stored.id
 
 
@@ -84,24 +82,9 @@ def _decoded(value: Any, where: str) -> bytes:
         raise Invalid(str(exc), expression=where) from None
 
 
-async def _one(data: bytes) -> Any:
-    yield data
-
-
 async def _delete_quietly(store: BlobStore, key: str) -> None:
     try:
         await store.delete(key)
     except Exception:
         log.warning("could not remove blob %s of a rolled back write", key, exc_info=True)
 
-
-def _remove_on_rollback(conn: AsyncConnection, store: BlobStore, key: str) -> None:
-    """Bytes written outside the database during a transaction go again if the transaction rolls back."""
-    loop = asyncio.get_running_loop()
-    sync_conn = conn.sync_connection
-    assert sync_conn is not None
-
-    def on_rollback(_conn: Any) -> None:
-        loop.create_task(_delete_quietly(store, key))
-
-    event.listen(sync_conn, "rollback", on_rollback, once=True)

@@ -5,32 +5,25 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault.clock import now_us
 from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed
-from fhirvault.fhir.r4 import is_resource_type, is_valid_id
+from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id
 from fhirvault.fhir.search_index import search_index
 from fhirvault.service.access import AccessPolicy, AllowAll
 from fhirvault.service.context import RequestContext
-from fhirvault.service.hooks import AfterCommitHook, ReadHook, WriteHook
-from fhirvault.service.search import conditional_matches
-from fhirvault.service.timeutil import now_us, to_instant
+from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
+from fhirvault.service.search import SearchResult, conditional_matches, run_search, searchset
+from fhirvault.service.timeutil import to_instant
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
 
 T = TypeVar("T")
 MAX_RETRIES = 8
-
-
-@dataclass
-class UnitOfWork:
-    """One write transaction, and what to do once it has committed."""
-
-    conn: AsyncConnection
-    committed: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -71,25 +64,29 @@ class ResourceService:
         self.db = db
         self.store = store
         self.access: AccessPolicy = access or AllowAll()
-        self.write_hooks: list[WriteHook] = []
-        self.after_commit_hooks: list[AfterCommitHook] = []
-        self.read_hooks: list[ReadHook] = []
+        # What every written and every read resource passes through; see service/pipelines.py.
+        self.write_pipeline = WritePipeline()
+        self.read_pipeline = ReadPipeline()
 
     # -- transactions -------------------------------------------------------------------------
     async def in_transaction(self, ctx: RequestContext, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """Run `work` in one write transaction, retried from the start when a concurrent writer won."""
         for attempt in range(MAX_RETRIES):
+            uow: UnitOfWork | None = None
             try:
                 async with self.db.write() as conn:
                     uow = UnitOfWork(conn)
                     result = await work(uow)
                 break
-            except VersionConflict:
+            except BaseException as exc:
+                if uow is not None:
+                    await uow.rolled_back()
+                if not isinstance(exc, VersionConflict):
+                    raise
                 if attempt == MAX_RETRIES - 1:
                     raise Conflict("The resource is being changed by other requests; retry") from None
-        for resource in uow.committed:
-            for hook in self.after_commit_hooks:
-                await hook.after_commit(ctx, resource)
+        assert uow is not None
+        await self.write_pipeline.committed(ctx, uow)
         return result
 
     # -- writes ---------------------------------------------------------------------------------
@@ -103,7 +100,7 @@ class ResourceService:
                         blob_id: str | None = None) -> WriteResult:
         resource = check_resource_body(body, rtype)
         if if_none_exist:
-            matches = await conditional_matches(self, uow.conn, ctx, rtype, if_none_exist)
+            matches = await conditional_matches(self.store, self.access, uow.conn, ctx, rtype, if_none_exist)
             if len(matches) > 1:
                 raise PreconditionFailed(
                     f"If-None-Exist '{if_none_exist}' matched {len(matches)} resources; it must match at most one")
@@ -120,7 +117,7 @@ class ResourceService:
                         if_match: int | None = None, blob_id: str | None = None) -> WriteResult:
         resource = check_resource_body(body, rtype)
         if not is_valid_id(rid):
-            raise Invalid(f"'{rid}' is not a valid resource id ([A-Za-z0-9-.]{{1,64}})")
+            raise Invalid(f"'{rid}' is not a valid resource id ({ID})")
         if "id" not in resource:
             raise Invalid("An update must carry the resource's id in the body", expression=f"{rtype}.id")
         if resource["id"] != rid:
@@ -157,8 +154,7 @@ class ResourceService:
         resource["id"] = rid
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
-        for hook in self.write_hooks:
-            await hook.before_write(ctx, uow.conn, resource)
+        await self.write_pipeline.before_store(ctx, uow, resource)
         if not await self.access.can_see(ctx, uow.conn, resource, "create" if method == "POST" else "update"):
             raise Forbidden(f"{rtype}/{rid} as sent would be outside what this client may change "
                             "(another patient's compartment, or a securityContext it may not update)")
@@ -222,6 +218,16 @@ class ResourceService:
             raise NotFound(f"{rtype}/{rid} is not known")
         return stored
 
+    async def search(self, ctx: RequestContext, rtype: str | None, params: list[tuple[str, str]],
+                     compartment: str | None = None) -> SearchResult:
+        """The search interaction on `rtype` (None: system search), optionally within the compartment
+        of `compartment` (`Patient/1`); see `fhirvault.service.search.run_search`."""
+        return await run_search(self.db, self.store, self.access, ctx, rtype, params, compartment)
+
+    async def searchset(self, ctx: RequestContext, result: SearchResult) -> dict[str, Any]:
+        """The searchset Bundle of a search result, resources rendered through the read pipeline."""
+        return await searchset(self.render, ctx, result)
+
     async def history(self, ctx: RequestContext, rtype: str | None, rid: str | None, since_us: int | None,
                       count: int, offset: int, at: tuple[int, int] | None = None
                       ) -> tuple[list[StoredResource], int]:
@@ -245,8 +251,7 @@ class ResourceService:
         return content is None or await self.access.can_see(ctx, conn, content, "history")
 
     async def render(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Copies of stored resources, passed through the read hooks (for example URL signing)."""
+        """Copies of stored resources, passed through the read pipeline (for example URL signing)."""
         out = [copy.deepcopy(r) for r in resources]
-        for hook in self.read_hooks:
-            await hook.after_read(ctx, out)
+        await self.read_pipeline.after_read(ctx, out)
         return out

@@ -5,18 +5,21 @@ exist and totals count only what the caller may read; included resources obey th
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault.clock import now_us
 from fhirvault.errors import Invalid
 from fhirvault.fhir.bundle import bundle
 from fhirvault.fhir.outcome import warnings
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.fhir.references import parse_reference
 from fhirvault.fhir.subsetting import subset
+from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
 from fhirvault.service.search_parse import (
     DEFAULT_COUNT,
@@ -25,13 +28,12 @@ from fhirvault.service.search_parse import (
     ParsedSearch,
     parse_search,
 )
-from fhirvault.service.timeutil import now_us, to_instant
+from fhirvault.service.timeutil import to_instant
+from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource
 from fhirvault.store.search_sql import COMPARTMENT, Criteria, ParamClause, RefTest, Restriction
 
-if TYPE_CHECKING:
-    from fhirvault.service.resources import ResourceService
-
+Render = Callable[[RequestContext, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 __all__ = ["DEFAULT_COUNT", "MAX_COUNT", "SearchResult", "run_search", "searchset", "matching_ids",
            "conditional_matches", "compartment_clause"]
 MAX_INCLUDE_ROUNDS = 4
@@ -56,26 +58,26 @@ def compartment_clause(patient: str) -> ParamClause:
     return ParamClause("reference", COMPARTMENT, [RefTest((patient,))])
 
 
-async def run_search(service: ResourceService, ctx: RequestContext, rtype: str | None,
-                     params: list[tuple[str, str]], compartment: str | None = None) -> SearchResult:
+async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, ctx: RequestContext,
+                     rtype: str | None, params: list[tuple[str, str]], compartment: str | None = None
+                     ) -> SearchResult:
     """Search `rtype` (None: every type, or those of `_type`), optionally within `compartment`
     (`Patient/1`, for `Patient/1/Observation`). Raises Forbidden for a type the caller may not
     search, Invalid for a malformed request."""
     extra_echo: list[tuple[str, str]] = []
     if rtype is None:
-        service.access.require(ctx, "search", None)
-        types = _system_types(service, ctx, params)
+        access.require(ctx, "search", None)
+        types = _system_types(access, ctx, params)
         extra_echo = [(k, v) for k, v in params if k == "_type"]
     else:
-        service.access.require(ctx, "search", rtype)
+        access.require(ctx, "search", rtype)
         types = [rtype]
     parsed = parse_search(types, params, ctx.base_url, ctx.handling_strict)
     if compartment is not None:
         parsed.criteria.clauses.append(compartment_clause(compartment))
-    restriction = service.access.query_restriction(ctx)
+    restriction = access.query_restriction(ctx)
     cutoff = now_us()
-    async with service.db.read() as conn:
-        store = service.store
+    async with db.read() as conn:
         total: int | None = None
         matches: list[StoredResource] = []
         if parsed.summary != "count":
@@ -86,33 +88,33 @@ async def run_search(service: ResourceService, ctx: RequestContext, rtype: str |
             total = await store.count(conn, parsed.criteria, restriction, cutoff)
         elif parsed.total is None and parsed.offset == 0 and len(matches) < parsed.count:
             total = len(matches)  # the whole result is on this page
-        included = await _included(service, ctx, conn, matches, parsed, restriction)
+        included = await _included(store, access, ctx, conn, matches, parsed, restriction)
     path = rtype or ""
     if compartment is not None:
         path = f"{compartment}/{rtype}"
     return SearchResult(matches, included, total, parsed, path, cutoff, extra_echo)
 
 
-def _system_types(service: ResourceService, ctx: RequestContext, params: list[tuple[str, str]]) -> list[str]:
+def _system_types(access: AccessPolicy, ctx: RequestContext, params: list[tuple[str, str]]) -> list[str]:
     named = [t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()]
     for t in named:
         if t not in resource_types():
             raise Invalid(f"_type: '{t}' is not an R4 resource type")
     if named:
         for t in named:
-            service.access.require(ctx, "search", t)
+            access.require(ctx, "search", t)
         return sorted(set(named))
     readable = []
     for t in sorted(resource_types()):
         try:
-            service.access.require(ctx, "search", t)
+            access.require(ctx, "search", t)
         except Exception:  # noqa: BLE001 - a type the caller may not search is left out of a system search
             continue
         readable.append(t)
     return readable
 
 
-async def _included(service: ResourceService, ctx: RequestContext, conn: AsyncConnection,
+async def _included(store: ResourceStore, access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
                     matches: list[StoredResource], parsed: ParsedSearch, restriction: Restriction | None
                     ) -> list[StoredResource]:
     if not parsed.includes and not parsed.revincludes:
@@ -127,16 +129,16 @@ async def _included(service: ResourceService, ctx: RequestContext, conn: AsyncCo
             break
         found: list[StoredResource] = []
         for inc in includes:
-            found += await _include_targets(service.store, conn, current, inc, restriction)
+            found += await _include_targets(store, conn, current, inc, restriction)
         for inc in revincludes:
             targets = [f"{m.resource_type}/{m.id}" for m in current]
-            found += await service.store.referencing(conn, inc.source_type, inc.param, targets, restriction)
+            found += await store.referencing(conn, inc.source_type, inc.param, targets, restriction)
         new = []
         for r in found:
             key = (r.resource_type, r.id)
             if key in seen or r.content is None:
                 continue
-            if not await service.access.can_see(ctx, conn, r.content, "read"):
+            if not await access.can_see(ctx, conn, r.content, "read"):
                 continue
             seen.add(key)
             new.append(r)
@@ -184,13 +186,13 @@ def _links(ctx: RequestContext, result: SearchResult, returned: int) -> list[tup
     return links
 
 
-async def searchset(service: ResourceService, ctx: RequestContext, result: SearchResult) -> dict[str, Any]:
+async def searchset(render: Render, ctx: RequestContext, result: SearchResult) -> dict[str, Any]:
     """The searchset Bundle of `result`: matches (search.mode match), included resources (include), an
     OperationOutcome entry (outcome) naming ignored parameters, paging links, total; resources rendered
     through the read hooks and cut down by `_summary` / `_elements`."""
     p = result.parsed
     stored = [*result.matches, *result.included]
-    rendered = await service.render(ctx, [s.content for s in stored if s.content is not None])
+    rendered = await render(ctx, [s.content for s in stored if s.content is not None])
     entries: list[dict[str, Any]] = []
     for i, r in enumerate(rendered):
         mode = "match" if i < len(result.matches) else "include"
@@ -205,8 +207,8 @@ async def searchset(service: ResourceService, ctx: RequestContext, result: Searc
 
 
 # -- for other use cases ----------------------------------------------------------------------------
-async def matching_ids(service: ResourceService, ctx: RequestContext, conn: AsyncConnection, rtype: str,
-                       query: str | list[tuple[str, str]], limit: int | None = None) -> list[str]:
+async def matching_ids(store: ResourceStore, access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
+                       rtype: str, query: str | list[tuple[str, str]], limit: int | None = None) -> list[str]:
     """Ids of the `rtype` resources the caller may read that match a search query string (`a=1&b=2`) or
     parameter list, at most `limit`; unknown parameters are a 400 (conditional interactions must not
     ignore criteria). Runs on `conn`, so it sees the caller's own transaction."""
@@ -214,15 +216,15 @@ async def matching_ids(service: ResourceService, ctx: RequestContext, conn: Asyn
     parsed = parse_search([rtype], params, ctx.base_url, strict=True)
     if not parsed.criteria.clauses:
         raise Invalid(f"The search criteria '{query}' name no search parameter of {rtype}")
-    found = await service.store.matching_ids(conn, parsed.criteria, service.access.query_restriction(ctx), limit)
+    found = await store.matching_ids(conn, parsed.criteria, access.query_restriction(ctx), limit)
     return [rid for _t, rid in found]
 
 
-async def conditional_matches(service: ResourceService, conn: AsyncConnection, ctx: RequestContext, rtype: str,
-                              query: str) -> list[StoredResource]:
+async def conditional_matches(store: ResourceStore, access: AccessPolicy, conn: AsyncConnection,
+                              ctx: RequestContext, rtype: str, query: str) -> list[StoredResource]:
     """Resources matching an If-None-Exist / conditional query, at most 2 (enough to tell 'many')."""
-    ids = await matching_ids(service, ctx, conn, rtype, query, limit=2)
-    return await service.store.get_many(conn, [(rtype, i) for i in ids])
+    ids = await matching_ids(store, access, ctx, conn, rtype, query, limit=2)
+    return await store.get_many(conn, [(rtype, i) for i in ids])
 
 
 def criteria_for(rtype: str, params: list[tuple[str, str]], base_url: str) -> Criteria:

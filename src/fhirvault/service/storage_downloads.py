@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from fhirvault.blobs.base import BlobStore
+from fhirvault.security.principal import SYSTEM_SIGNED_URL
 from fhirvault.security.url_signing import SignedUrl, StorageUrlParts
 from fhirvault.service.binaries import BinaryContent, BinaryService
 from fhirvault.service.context import RequestContext
@@ -20,8 +21,8 @@ class StorageDownloads:
         self.registry = registry
         self.blob_store = blob_store
         self.signer = signer
-        # A signed URL carries its own authority: no caller, so the access policy lets it through.
-        self.trusted = RequestContext(base_url=fhir_base_url)
+        # A signed URL carries its own authority: the server itself reads the content it names.
+        self.trusted = RequestContext(base_url=fhir_base_url, principal=SYSTEM_SIGNED_URL)
 
     async def open(self, parts: StorageUrlParts) -> tuple[BinaryContent, int]:
         """The signed version's content and the seconds the URL has left; Forbidden (bad signature),

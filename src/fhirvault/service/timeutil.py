@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from fhirvault.errors import Invalid
 from fhirvault.fhir.dates import date_range
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def to_instant(us: int) -> str:

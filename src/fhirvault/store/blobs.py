@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhirvault.store.schema import MIGRATIONS, metadata
+from fhirvault.store.schema import metadata
 
 PENDING = "pending"
 COMMITTED = "committed"
@@ -37,13 +37,6 @@ blob_chunks = sa.Table(
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
-
-
-async def _create_blob_tables(conn: AsyncConnection) -> None:
-    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[blobs, blob_chunks]))
-
-
-MIGRATIONS.append(("0002_blobs", _create_blob_tables))
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from fhirvault.store import schema
+from fhirvault.store import migrations
 
 
 class Database:
@@ -74,20 +72,11 @@ class Database:
             yield conn
 
     async def migrate(self) -> int:
-        """Apply every migration step not yet applied; returns the schema version. Never drops data."""
+        """Apply every migration step of `fhirvault.store.migrations.STEPS` not yet applied, in one write
+        transaction; returns the schema version. Never drops data."""
         async with self.write() as conn:
-            if not self.is_sqlite:
-                # Serialize concurrent starts of several nodes on one PostgreSQL database.
-                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7262011)"))
-            await conn.run_sync(lambda s: schema.schema_migrations.create(s, checkfirst=True))
-            applied = set((await conn.execute(sa.select(schema.schema_migrations.c.name))).scalars())
-            for name, step in schema.MIGRATIONS:
-                if name in applied:
-                    continue
-                await step(conn)
-                await conn.execute(sa.insert(schema.schema_migrations).values(
-                    name=name, applied_at=time.time_ns() // 1000))
-        return len(schema.MIGRATIONS)
+            await migrations.apply_steps(conn, postgres=not self.is_sqlite)
+        return migrations.schema_version()
 
     async def close(self) -> None:
         await self.engine.dispose()

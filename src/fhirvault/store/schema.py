@@ -1,15 +1,12 @@
-"""Table definitions and the ordered list of schema migrations."""
+"""The SQL metadata and the tables of resources, their versions and search indexes."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 metadata = sa.MetaData()
 
-# One row per applied migration step; the schema version is the number of steps applied.
+# One row per applied migration step (`fhirvault.store.migrations.STEPS`), by id.
 schema_migrations = sa.Table(
     "schema_migrations", metadata,
     sa.Column("name", sa.String(128), primary_key=True),
@@ -64,34 +61,3 @@ search_refs = sa.Table(
     sa.Index("ix_refs_lookup", "resource_type", "param", "target"),
     sa.Index("ix_refs_owner", "resource_type", "id"),
 )
-
-Migration = Callable[[AsyncConnection], Awaitable[None]]
-
-
-async def _v1_initial(conn: AsyncConnection) -> None:
-    await conn.run_sync(
-        lambda sync: metadata.create_all(
-            sync, tables=[resources, resource_versions, search_tokens, search_refs]
-        )
-    )
-
-
-async def _v2_security(conn: AsyncConnection) -> None:
-    from fhirvault.store.security import create_security_tables  # the module defines its tables on `metadata`
-
-    await create_security_tables(conn)
-
-
-async def _v3_search_index(conn: AsyncConnection) -> None:
-    from fhirvault.store.search_tables import create_search_tables  # defines its tables on `metadata`
-
-    await create_search_tables(conn)
-
-
-# Append only, applied in this order, each once (recorded by name). Never edit a released step;
-# a module that owns tables defines them on `metadata` and adds its step here.
-MIGRATIONS: list[tuple[str, Migration]] = [
-    ("0001_resources", _v1_initial),
-    ("0002_security", _v2_security),
-    ("0003_search_index", _v3_search_index),
-]

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.fhir.search_index import IndexRows
-from fhirvault.store.schema import metadata, search_refs, search_tokens
+from fhirvault.store.schema import metadata, resources, search_refs, search_tokens
 
 
 def _table(name: str, *columns: sa.Column[Any], lookup: tuple[str, ...]) -> sa.Table:
@@ -124,8 +124,6 @@ async def write_index(conn: AsyncConnection, rtype: str, rid: str, rows: IndexRo
 async def create_search_tables(conn: AsyncConnection) -> None:
     """Migration step: the new index tables, and every resource type marked for a rebuild of its index."""
     await conn.run_sync(lambda sync: metadata.create_all(sync, tables=list(NEW_TABLES)))
-    from fhirvault.store.schema import resources
-
     types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
     if types:
         await conn.execute(sa.insert(search_reindex), [{"resource_type": t, "after_id": ""} for t in types])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.store.schema import metadata
 
@@ -31,6 +30,3 @@ signing_keys = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
-
-async def create_security_tables(conn: AsyncConnection) -> None:
-    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[clients, signing_keys]))

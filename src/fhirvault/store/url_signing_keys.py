@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import secrets
-import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhirvault.store.schema import MIGRATIONS, metadata
+from fhirvault.store.schema import metadata
 
 # One row per key; the newest signs, all verify. Rows are removed only once no URL they signed
 # can still be valid.
@@ -49,11 +48,3 @@ async def remove_keys(conn: AsyncConnection, kids: list[str]) -> None:
     if kids:
         await conn.execute(sa.delete(url_signing_keys).where(url_signing_keys.c.kid.in_(kids)))
 
-
-async def _create_url_signing_keys(conn: AsyncConnection) -> None:
-    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[url_signing_keys]))
-    # The first key is made here, under the migration lock, so that nodes starting together share it.
-    await insert_key(conn, new_key(time.time_ns() // 1000))
-
-
-MIGRATIONS.append(("0004_url_signing_keys", _create_url_signing_keys))

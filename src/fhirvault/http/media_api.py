@@ -1,0 +1,29 @@
+"""HTTP edge of Media reads: the resource, or its raw content (`_output=data` or a matching Accept)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhirvault.http import fhir_api
+from fhirvault.http.byte_responses import serve_bytes
+from fhirvault.http.fhir_api import context, vault
+
+
+async def read(request: Request) -> Response:
+    """GET /Media/{id}: the raw content when `_output=data` or Accept equals Media.content.contentType."""
+    v = vault(request)
+    if not v.settings.media_raw_enabled:
+        return await fhir_api.read_resource(request, "Media")
+    ctx = context(request)
+    rid = request.path_params["rid"]
+    wants_data = request.query_params.get("_output") == "data"
+    accept = request.headers.get("accept")
+    if not wants_data and accept:
+        stored = await v.resources.read(ctx, "Media", rid)
+        declared = ((stored.content or {}).get("content") or {}).get("contentType")
+        wants_data = isinstance(declared, str) and accept.strip().lower() == declared.strip().lower()
+    if not wants_data:
+        return await fhir_api.read_resource(request, "Media")
+    readable = await v.binary_access.read(ctx, "Media", rid, None, "Media.content")
+    return await serve_bytes(request, readable.content, readable.stream)

@@ -1,0 +1,18 @@
+"""HTTP edge of OperationDefinition reads: the server's own definitions come from code, others from storage."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhirvault.http import fhir_api
+from fhirvault.http.fhir_api import vault
+from fhirvault.http.responses import FhirJsonResponse
+
+
+async def read(request: Request) -> Response:
+    """GET /OperationDefinition/{id}: one of the server's own definitions, else a stored one."""
+    builtin = vault(request).operation_definitions().get(request.path_params["rid"])
+    if builtin is None:
+        return await fhir_api.read_resource(request, "OperationDefinition")
+    return FhirJsonResponse(builtin)

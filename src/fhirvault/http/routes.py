@@ -1,0 +1,123 @@
+"""The whole URL map of the server: every path, method and handler, in one table.
+
+No route shadows another, so the order of the table does not matter: a resource type segment is
+`[A-Z][A-Za-z]*` and an id (or version id) segment never starts with `_` or `$`, the first characters
+of FHIR's reserved words (`_history`, `_search`, `$operation`), which a FHIR id cannot contain
+(R4 datatypes.html#id). Handlers for one type (Binary, Media, OperationDefinition) are chosen by the
+type segment inside the generic route, visibly, in `TYPE_HANDLERS`. `tests/test_routes.py` proves
+that every concrete path reaches exactly one handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fhirvault.http import (
+    binary_api,
+    fhir_api,
+    ingestion_api,
+    media_api,
+    oauth_api,
+    operation_definitions_api,
+    operations_api,
+    storage_api,
+)
+from fhirvault.http.auth import FHIR_PREFIX
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class ResourceTypeConvertor(Convertor[str]):
+    """A path segment naming a resource type (checked against R4 by the handler, for a FHIR 404)."""
+
+    regex = "[A-Z][A-Za-z]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class IdConvertor(ResourceTypeConvertor):
+    """A path segment in an id's place: anything but a reserved word (the handler validates the id)."""
+
+    regex = "[^/_$][^/]*"
+
+
+register_url_convertor("type", ResourceTypeConvertor())
+register_url_convertor("id", IdConvertor())
+
+# Handlers of one resource type's interactions, instead of the generic ones in fhir_api.
+TYPE_HANDLERS: dict[str, dict[str, Endpoint]] = {
+    "create": {"Binary": binary_api.create},
+    "read": {"Binary": binary_api.read, "Media": media_api.read, "OperationDefinition": operation_definitions_api.read},
+    "vread": {"Binary": binary_api.read},
+    "update": {"Binary": binary_api.update},
+}
+
+INSTANCE = "/{rtype:type}/{rid:id}"
+
+# (path, {method: handler}); HEAD is answered by the GET handler where none is given.
+URL_MAP: list[tuple[str, dict[str, Endpoint | str]]] = [
+    ("/oauth2/token", {"POST": oauth_api.token}),
+    ("/.well-known/smart-configuration", {"GET": oauth_api.smart_configuration}),
+    ("/storage/{binary_id}/{version_id}", {"GET": storage_api.download, "OPTIONS": storage_api.preflight}),
+    (FHIR_PREFIX + "/.well-known/smart-configuration", {"GET": oauth_api.smart_configuration}),
+    (FHIR_PREFIX + "/metadata", {"GET": fhir_api.metadata}),
+    (FHIR_PREFIX, {"POST": fhir_api.batch, "GET": fhir_api.system_search}),
+    (FHIR_PREFIX + "/", {"POST": fhir_api.batch, "GET": fhir_api.system_search}),
+    (FHIR_PREFIX + "/_search", {"POST": fhir_api.system_search}),
+    (FHIR_PREFIX + "/_history", {"GET": fhir_api.history}),
+    (FHIR_PREFIX + "/Patient/{pid:id}/$everything", {"GET": fhir_api.everything}),
+    (FHIR_PREFIX + "/Patient/{pid:id}/{rtype:type}", {"GET": fhir_api.compartment_search}),
+    (FHIR_PREFIX + "/{rtype:type}", {"GET": fhir_api.search, "POST": "create"}),
+    (FHIR_PREFIX + "/{rtype:type}/_search", {"POST": fhir_api.search}),
+    (FHIR_PREFIX + "/{rtype:type}/_history", {"GET": fhir_api.history}),
+    (FHIR_PREFIX + INSTANCE, {"GET": "read", "PUT": "update", "DELETE": fhir_api.delete}),
+    (FHIR_PREFIX + INSTANCE + "/_history", {"GET": fhir_api.history}),
+    (FHIR_PREFIX + INSTANCE + "/_history/{vid:id}", {"GET": "vread"}),
+    (FHIR_PREFIX + INSTANCE + "/_history/{vid:id}/$binary-access-read",
+     {"GET": operations_api.binary_access_read, "POST": operations_api.binary_access_read}),
+    (FHIR_PREFIX + INSTANCE + "/$binary-access-read",
+     {"GET": operations_api.binary_access_read, "POST": operations_api.binary_access_read}),
+    (FHIR_PREFIX + INSTANCE + "/$binary-access-write", {"POST": operations_api.binary_access_write}),
+    (FHIR_PREFIX + INSTANCE + "/$ingestion-status", {"GET": ingestion_api.ingestion_status}),
+]
+
+GENERIC: dict[str, Endpoint] = {
+    "create": fhir_api.create, "read": fhir_api.read, "vread": fhir_api.vread, "update": fhir_api.update,
+}
+
+
+def _interaction(name: str) -> Endpoint:
+    """The handler of a FHIR interaction: the type's own from TYPE_HANDLERS, else the generic one."""
+    special, generic = TYPE_HANDLERS.get(name, {}), GENERIC[name]
+
+    async def endpoint(request: Request) -> Response:
+        return await special.get(request.path_params["rtype"], generic)(request)
+
+    endpoint.__name__ = name
+    return endpoint
+
+
+def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" and "HEAD" not in handlers else request.method
+        return await handlers[method](request)
+
+    return endpoint
+
+
+def routes() -> list[Route]:
+    """Starlette routes for URL_MAP: one route per path, so a 405 lists every method the path has."""
+    out = []
+    for path, by_method in URL_MAP:
+        handlers = {m: _interaction(h) if isinstance(h, str) else h for m, h in by_method.items()}
+        out.append(Route(path, _by_method(handlers), methods=list(handlers)))
+    return out

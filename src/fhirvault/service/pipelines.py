@@ -1,0 +1,111 @@
+"""The resource pipelines: the steps every written resource passes before it is stored and after its
+transaction commits, and the steps every stored resource passes on its way out, each in a fixed order.
+
+`ResourceService` runs them (its `_write` and `render`); `fhirvault.app` fills the slots. To add a step,
+add a slot to the pipeline and put it in the order in `write_steps` / `read_steps`: the order is
+stated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhirvault.service.context import RequestContext
+
+log = logging.getLogger("fhirvault")
+
+
+@dataclass
+class UnitOfWork:
+    """One write transaction (`conn`), the resources it wrote (for the after-commit steps), and the undo
+    actions for work done outside the database (bytes put in a blob store), awaited if it rolls back."""
+
+    conn: AsyncConnection
+    committed: list[dict[str, Any]] = field(default_factory=list)
+    on_rollback: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def rolled_back(self) -> None:
+        """Run every undo action, newest first; one that fails is logged, the others still run.
+        Shielded: a request cancelled while this runs does not leave bytes behind."""
+        actions, self.on_rollback = self.on_rollback[::-1], []
+        for action in actions:
+            try:
+                await asyncio.shield(action())
+            except Exception:
+                log.warning("an undo action of a rolled back write failed", exc_info=True)
+
+
+class WriteStep(Protocol):
+    """Runs inside the write transaction, before the version is stored; may change `resource` in place
+    (never its id or meta) and may raise a domain error to refuse the write (nothing is stored)."""
+
+    async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None: ...
+
+
+class AfterCommitStep(Protocol):
+    """Runs after a write transaction committed, once per resource written (e.g. to schedule jobs)."""
+
+    async def after_commit(self, ctx: RequestContext, resource: dict[str, Any]) -> None: ...
+
+
+class ReadStep(Protocol):
+    """Rewrites copies of stored resources on their way out (never the stored rows)."""
+
+    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None: ...
+
+
+@dataclass
+class WritePipeline:
+    """The write steps, by slot; an empty slot is skipped (e.g. no blob store: nothing moves out)."""
+
+    # Strict base64 checked everywhere; Attachment.data above INLINE_MAX_BYTES moved into a Binary.
+    move_inline_data: WriteStep | None = None
+    # Our Binary URLs in Attachment.url become `Binary/{id}`; runs after the move, so the URLs it
+    # left are checked and filled in like any other.
+    normalize_attachment_urls: WriteStep | None = None
+    # After commit: Attachment urls pointing outside become background ingestion jobs.
+    schedule_ingestion: AfterCommitStep | None = None
+
+    def write_steps(self) -> list[WriteStep]:
+        """The steps before the version is stored, in order."""
+        slots = (self.move_inline_data, self.normalize_attachment_urls)
+        return [step for step in slots if step is not None]
+
+    def after_commit_steps(self) -> list[AfterCommitStep]:
+        """The steps after the transaction committed, in order."""
+        return [step for step in (self.schedule_ingestion,) if step is not None]
+
+    async def before_store(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
+        """Pass `resource` through every write step, in order."""
+        for step in self.write_steps():
+            await step.before_write(ctx, uow, resource)
+
+    async def committed(self, ctx: RequestContext, uow: UnitOfWork) -> None:
+        """Pass every resource `uow` wrote through the after-commit steps, in order."""
+        for resource in uow.committed:
+            for step in self.after_commit_steps():
+                await step.after_commit(ctx, resource)
+
+
+@dataclass
+class ReadPipeline:
+    """The read steps, by slot, run on copies of stored resources for every read, vread, history,
+    search and Bundle answer."""
+
+    # `Binary/{id}` Attachment URLs the caller may read become short-lived signed storage URLs.
+    sign_attachment_urls: ReadStep | None = None
+
+    def read_steps(self) -> list[ReadStep]:
+        """The steps on the way out, in order."""
+        return [step for step in (self.sign_attachment_urls,) if step is not None]
+
+    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
+        """Pass the copies in `resources` through every read step, in order."""
+        for step in self.read_steps():
+            await step.after_read(ctx, resources)

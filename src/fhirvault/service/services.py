@@ -1,0 +1,43 @@
+"""The service layer's public face: the use cases of one server process, as the HTTP edge sees them."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from fhirvault.config import Settings
+from fhirvault.security.clients import ClientStore
+from fhirvault.security.tokens import TokenService
+from fhirvault.security.url_signing import SignedUrl
+from fhirvault.service.binaries import BinaryService
+from fhirvault.service.binary_access import BinaryAccess
+from fhirvault.service.bundles import BundleService
+from fhirvault.service.ingestion import AttachmentIngestion
+from fhirvault.service.resources import ResourceService
+from fhirvault.service.storage_downloads import StorageDownloads
+from fhirvault.store.resources import StoredResource as StoredResource  # what reads and writes return
+
+
+class Services(Protocol):
+    """Everything a request handler may call; `fhirvault.app.FhirVault` is the implementation.
+
+    The authentication parts (`clients`, `tokens`, `signed_urls`) are the security layer's own faces:
+    the token endpoint and the storage URLs use them before any use case runs."""
+
+    settings: Settings
+    resources: ResourceService
+    bundles: BundleService
+    binaries: BinaryService
+    binary_access: BinaryAccess
+    storage: StorageDownloads
+    ingestion: AttachmentIngestion
+    clients: ClientStore
+    tokens: TokenService
+    signed_urls: SignedUrl
+
+    def capability_statement(self) -> dict[str, Any]:
+        """The CapabilityStatement served at /metadata (FHIR R4 capabilitystatement.html)."""
+        ...
+
+    def operation_definitions(self) -> dict[str, dict[str, Any]]:
+        """The server's own OperationDefinitions by id."""
+        ...

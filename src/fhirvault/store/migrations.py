@@ -1,0 +1,96 @@
+"""Every schema migration step, in the one order in which they are applied, and the code that applies them.
+
+Rules: the list is append-only; a released step is never edited; ids are unique and their number
+prefix matches their position. Each applied id is recorded in `schema_migrations`, so a step runs
+once per database whatever entry point (server, worker, CLI command) starts first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhirvault.clock import now_us
+from fhirvault.store.blobs import blob_chunks, blobs
+from fhirvault.store.job_rows import jobs
+from fhirvault.store.schema import (
+    metadata,
+    resource_versions,
+    resources,
+    schema_migrations,
+    search_refs,
+    search_tokens,
+)
+from fhirvault.store.search_tables import create_search_tables
+from fhirvault.store.security import clients, signing_keys
+from fhirvault.store.url_signing_keys import insert_key, new_key, url_signing_keys
+
+# Any fixed number: the PostgreSQL advisory lock that serializes concurrent starts of several nodes.
+PG_MIGRATION_LOCK = 7262011
+
+
+@dataclass(frozen=True)
+class MigrationStep:
+    """One schema change. `id` is recorded once applied; `formerly` lists ids under which an earlier
+    release recorded the same step (a database that has one of them has this step)."""
+
+    id: str
+    apply: Callable[[AsyncConnection], Awaitable[None]]
+    formerly: tuple[str, ...] = ()
+
+
+def _create(*tables: sa.Table) -> Callable[[AsyncConnection], Awaitable[None]]:
+    async def create(conn: AsyncConnection) -> None:
+        await conn.run_sync(lambda sync: metadata.create_all(sync, tables=list(tables)))
+
+    return create
+
+
+async def _create_url_signing_keys(conn: AsyncConnection) -> None:
+    await _create(url_signing_keys)(conn)
+    # The first key is made here, under the migration lock, so that nodes starting together share it.
+    await insert_key(conn, new_key(now_us()))
+
+
+STEPS: tuple[MigrationStep, ...] = (
+    MigrationStep("0001_resources", _create(resources, resource_versions, search_tokens, search_refs)),
+    MigrationStep("0002_security", _create(clients, signing_keys)),
+    # Release 0.1 recorded these two under the names their modules registered on import.
+    MigrationStep("0003_blobs", _create(blobs, blob_chunks), formerly=("0002_blobs",)),
+    MigrationStep("0004_url_signing_keys", _create_url_signing_keys),
+    MigrationStep("0005_jobs", _create(jobs), formerly=("0010_jobs",)),
+    # Typed search index tables; every stored type is marked for a resumable rebuild of its index.
+    MigrationStep("0006_search_index", create_search_tables),
+)
+
+
+async def apply_steps(conn: AsyncConnection, *, postgres: bool,
+                      steps: Sequence[MigrationStep] = STEPS) -> list[str]:
+    """Apply, inside the caller's write transaction `conn`, every step of `steps` (in order) whose id
+    (or a former id) is not yet recorded; records each new id and renames former ids to current ones.
+    Returns the ids applied now (empty when the schema was already current). Never drops data."""
+    if postgres:
+        await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})"))
+    await conn.run_sync(lambda sync: schema_migrations.create(sync, checkfirst=True))
+    recorded = set((await conn.execute(sa.select(schema_migrations.c.name))).scalars())
+    applied_now: list[str] = []
+    for step in steps:
+        if step.id in recorded:
+            continue
+        former = [name for name in step.formerly if name in recorded]
+        if former:
+            await conn.execute(sa.update(schema_migrations).where(schema_migrations.c.name == former[0])
+                               .values(name=step.id))
+            continue
+        await step.apply(conn)
+        await conn.execute(sa.insert(schema_migrations).values(name=step.id, applied_at=now_us()))
+        applied_now.append(step.id)
+    return applied_now
+
+
+def schema_version(steps: Sequence[MigrationStep] = STEPS) -> int:
+    """The schema version a database has once `steps` are applied: the number of the last step."""
+    return int(steps[-1].id.split("_", 1)[0])
