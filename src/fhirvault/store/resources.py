@@ -92,7 +92,7 @@ class ResourceStore:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} changed concurrently")
         await conn.execute(sa.insert(resource_versions).values(
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
-        await write_index(conn, stored.resource_type, stored.id, index)
+        await write_index(conn, stored.resource_type, stored.id, index, new=previous_version is None)
 
     def _select(self, criteria: Criteria, restriction: Restriction | None, cutoff_us: int | None) -> Any:
         t = resources

@@ -107,9 +107,12 @@ async def delete_index(conn: AsyncConnection, rtype: str, rid: str) -> None:
         await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
 
 
-async def write_index(conn: AsyncConnection, rtype: str, rid: str, rows: IndexRows | None) -> None:
-    """Replace the index rows of rtype/rid with `rows` (None: the resource is gone, no rows)."""
-    await delete_index(conn, rtype, rid)
+async def write_index(conn: AsyncConnection, rtype: str, rid: str, rows: IndexRows | None,
+                      new: bool = False) -> None:
+    """Replace the index rows of rtype/rid with `rows` (None: the resource is gone, no rows); `new`:
+    the resource has just been inserted, so there are no old rows to remove."""
+    if not new:
+        await delete_index(conn, rtype, rid)
     if rows is None:
         return
     for name, (table, columns) in _ROW_TABLES.items():
