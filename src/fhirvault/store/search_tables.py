@@ -23,7 +23,9 @@ def _table(name: str, *columns: sa.Column[Any], lookup: tuple[str, ...]) -> sa.T
         sa.Column("param", sa.String(100), nullable=False),
         *columns,
         sa.Index(f"ix_{name}_lookup", "resource_type", "param", *lookup),
-        sa.Index(f"ix_{name}_owner", "resource_type", "id"),
+        # (type, id, param): the correlated lookup of every EXISTS and sort key; without `param` here the
+        # planner may prefer the value index and scan a whole parameter once per candidate resource
+        sa.Index(f"ix_{name}_owner", "resource_type", "id", "param"),
     )
 
 
@@ -124,9 +126,21 @@ async def write_index(conn: AsyncConnection, rtype: str, rid: str, rows: IndexRo
                 for row in values])
 
 
+# The same (type, id, param) lookup on the token and reference tables of schema 0001.
+OWNER_PARAM_INDEXES = (
+    sa.Index("ix_tokens_owner_param", search_tokens.c.resource_type, search_tokens.c.id, search_tokens.c.param),
+    sa.Index("ix_refs_owner_param", search_refs.c.resource_type, search_refs.c.id, search_refs.c.param),
+)
+
+
 async def create_search_tables(conn: AsyncConnection) -> None:
     """Migration step: the new index tables, and every resource type marked for a rebuild of its index."""
     await conn.run_sync(lambda sync: metadata.create_all(sync, tables=list(NEW_TABLES)))
+    def create_indexes(sync: Any) -> None:
+        for index in OWNER_PARAM_INDEXES:
+            index.create(sync, checkfirst=True)
+
+    await conn.run_sync(create_indexes)
     types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
     if types:
         await conn.execute(sa.insert(search_reindex), [{"resource_type": t, "after_id": ""} for t in types])
