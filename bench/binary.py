@@ -43,7 +43,9 @@ from tests.support.server import (  # noqa: E402
     free_port,
     postgres_available,
     postgres_database,
+    process_tree,
     settings_env,
+    status_bytes,
 )
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
@@ -88,28 +90,20 @@ def repeats_for(size: int) -> int:
 
 # -- memory ----------------------------------------------------------------------------------------
 
-def _status_kib(pid: int, field_name: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def rss_bytes(pid: int) -> int:
-    return _status_kib(pid, "VmRSS") * KiB
+    """Resident memory of `pid` and its descendants together (a server's workers are its children)."""
+    return status_bytes(process_tree(pid), "VmRSS")
 
 
 @contextmanager
 def peak_rss(pid: int) -> Iterator[Callable[[], int]]:
-    """The peak RSS of `pid` while the block runs: the kernel's high-water mark, reset on entry (writing 5
-    to clear_refs), and a 5 ms VmRSS poller as well for kernels or sandboxes that refuse the reset."""
+    """The peak RSS of `pid` (with its descendants, summed) while the block runs: the kernels' high-water
+    marks, reset on entry (writing 5 to clear_refs), and a 5 ms VmRSS poller as well for kernels or
+    sandboxes that refuse the reset."""
     try:
-        with open(f"/proc/{pid}/clear_refs", "w") as fh:
-            fh.write("5")
+        for each in process_tree(pid):
+            with open(f"/proc/{each}/clear_refs", "w") as fh:
+                fh.write("5")
         hwm_reset = True
     except OSError:
         hwm_reset = False
@@ -128,7 +122,7 @@ def peak_rss(pid: int) -> Iterator[Callable[[], int]]:
     finally:
         stop.set()
         poller.join()
-        hwm = _status_kib(pid, "VmHWM") * KiB if hwm_reset else 0
+        hwm = status_bytes(process_tree(pid), "VmHWM") if hwm_reset else 0
         result[0] = max(hwm, polled[0])
 
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from tests.support import r4_responses
 from tests.support.s3 import s3_settings, seaweedfs  # noqa: F401 - session fixtures for s3 mode
 from tests.support.server import FhirApi, ServerProcess, postgres_available, postgres_database, settings_env
 
-pytest_plugins = ["tests.support.binary"]
+pytest_plugins = ["tests.support.binary", "tests.support.standin"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -24,6 +25,15 @@ def require_postgres() -> None:
     if IN_CI:
         pytest.fail("PostgreSQL at 127.0.0.1:5432 is not reachable, and CI=true requires it")
     pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def responses_are_valid_r4() -> Iterator[None]:
+    """Fails the session when any resource a FhirApi client received is not valid R4 (fhirclient's
+    strict models); see tests/support/r4_responses.py."""
+    yield
+    assert not r4_responses.FAILURES, (f"{len(r4_responses.FAILURES)} of {r4_responses.CHECKED[0]} resources "
+                                       "received were not valid R4:\n" + "\n".join(r4_responses.FAILURES[:30]))
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_postgres
-from tests.support.binary import wait_until
+from tests.support.binary import sha1_b64, signed_url_of, wait_until
 from tests.support.s3 import SeaweedS3, unique_bucket
 from tests.support.server import FhirApi, ServerProcess, postgres_database, settings_env
 
@@ -22,14 +22,11 @@ PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 LARGE = bytes((i * 7919) % 251 for i in range(200_000))  # above INLINE_MAX_BYTES: a blob
 
 
-def sha1_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha1(data).digest()).decode()
-
-
 def upload(api: FhirApi, data: bytes = PNG_BYTES, content_type: str = "image/png", **headers: str) -> dict[str, Any]:
+    """The created Binary, with the signed URL of its Link header under "signed"."""
     r = api.post("/Binary", content=data, headers={"Content-Type": content_type, **headers})
     assert r.status_code == 201, r.text
-    return dict(r.json())
+    return {**r.json(), "signed": signed_url_of(r)}
 
 
 def create(api: FhirApi, resource: dict[str, Any]) -> httpx.Response:
@@ -75,14 +72,16 @@ def plain(plain_server: ServerProcess) -> Iterator[FhirApi]:
 def test_every_url_shape_is_normalized_and_filled(plain_server: ServerProcess, plain: FhirApi) -> None:
     binary = upload(plain)
     bid = binary["id"]
-    signed = binary["url"]
+    signed = binary["signed"]
     assert is_signed_for(signed, plain_server, bid, 1)
     shapes = [f"Binary/{bid}", f"Binary/{bid}/_history/1", f"{plain.base}/Binary/{bid}", signed]
     r = create(plain, doc_ref(*shapes))
     assert r.status_code == 201, r.text
     stored = plain.get(f"/DocumentReference/{r.json()['id']}").json()
-    for content in stored["content"]:
-        assert content["attachment"] == {"url": f"Binary/{bid}", "contentType": "image/png",
+    # A url naming the version keeps it; every other shape names the Binary (its current version).
+    expected = [f"Binary/{bid}", f"Binary/{bid}/_history/1", f"Binary/{bid}", f"Binary/{bid}"]
+    for content, url in zip(stored["content"], expected, strict=True):
+        assert content["attachment"] == {"url": url, "contentType": "image/png",
                                          "size": len(PNG_BYTES), "hash": sha1_b64(PNG_BYTES)}
     # Stored versions carry the normalized form too (history shows them as stored here).
     hist = plain.get(f"/DocumentReference/{r.json()['id']}/_history").json()
@@ -141,7 +140,7 @@ def test_conflicting_size_or_hash_is_refused_naming_the_element(api: FhirApi) ->
 
 
 def test_a_tampered_signed_url_is_refused_on_write(api: FhirApi) -> None:
-    signed = upload(api)["url"]
+    signed = upload(api)["signed"]
     r = create(api, doc_ref(replace_query(signed, sig="A" * 43)))
     assert r.status_code == 400
     assert r.json()["issue"][0]["expression"] == ["DocumentReference.content[0].attachment.url"]
@@ -192,14 +191,30 @@ def test_every_read_path_signs_the_current_version(server: ServerProcess, api: F
     assert is_signed_for(url_in(out["entry"][1]["resource"]), server, bid, 2)
 
 
-def test_reads_of_the_binary_itself_stay_plain(api: FhirApi) -> None:
+def test_binary_answers_are_plain_r4_the_signed_url_in_a_link_header(api: FhirApi) -> None:
+    """Create and update answers, raw or JSON, and reads carry no `url` (not an R4 Binary element); the
+    signed URL of the version written is in `Link`, and works without a token."""
     created = upload(api)
-    assert "url" in created
+    assert "url" not in created and "/storage/" in created["signed"]
+    assert httpx.get(created["signed"]).content == PNG_BYTES
     read = api.get(f"/Binary/{created['id']}", headers={"Accept": "application/fhir+json"}).json()
     assert "url" not in read
     json_created = api.post("/Binary", json={"resourceType": "Binary", "contentType": "text/plain",
                                              "data": base64.b64encode(b"hi").decode()})
-    assert json_created.status_code == 201 and "/storage/" in json_created.json()["url"]
+    assert json_created.status_code == 201 and "url" not in json_created.json()
+    updated = api.put(f"/Binary/{created['id']}", content=b"v2", headers={"Content-Type": "text/plain"})
+    assert "url" not in updated.json() and f"/storage/{created['id']}/2?" in signed_url_of(updated)
+    minimal = api.post("/Binary", content=b"m", headers={"Content-Type": "text/plain", "Prefer": "return=minimal"})
+    assert minimal.content == b"" and httpx.get(signed_url_of(minimal)).content == b"m"
+
+
+def test_extended_mode_requests_get_the_url_element(api: FhirApi) -> None:
+    """MedplumClient's extended mode (`X-Medplum: extended`) gets Medplum's `url` too; answers say that they
+    vary on that header."""
+    r = api.post("/Binary", content=PNG_BYTES, headers={"Content-Type": "image/png", "X-Medplum": "extended"})
+    assert r.status_code == 201 and r.json()["url"] == signed_url_of(r)
+    assert "x-medplum" in r.headers["Vary"].lower()
+    assert httpx.get(r.json()["url"]).content == PNG_BYTES
 
 
 def test_rewriting_can_be_switched_off(plain: FhirApi) -> None:
@@ -242,7 +257,7 @@ def test_a_caller_who_may_not_read_the_binary_sees_binary_id(server: ServerProce
 # -- the storage route ---------------------------------------------------------------------------
 def test_storage_serves_the_signed_version_with_ranges_and_cors(api: FhirApi) -> None:
     binary = upload(api, LARGE, "application/pdf", **{"Content-Disposition": 'attachment; filename="a.pdf"'})
-    url = binary["url"]
+    url = binary["signed"]
     with httpx.Client() as anyone:
         got = anyone.get(url, headers={"Authorization": "Bearer not-a-valid-token"})  # ignored
         assert got.status_code == 200 and got.content == LARGE
@@ -266,7 +281,7 @@ def test_storage_serves_the_signed_version_with_ranges_and_cors(api: FhirApi) ->
 
 def test_tampering_with_any_part_is_forbidden(api: FhirApi) -> None:
     binary = upload(api)
-    url = binary["url"]
+    url = binary["signed"]
     q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
     other = upload(api)["id"]
     tampered = {
@@ -292,18 +307,18 @@ def test_a_url_for_version_1_serves_version_1_after_an_update(api: FhirApi) -> N
     assert api.put(f"/Binary/{binary['id']}", content=b"version two!", headers={"Content-Type": "text/plain"}
                    ).status_code == 200
     with httpx.Client() as anyone:
-        assert anyone.get(binary["url"]).content == b"version one"
+        assert anyone.get(binary["signed"]).content == b"version one"
     # Even after the Binary is deleted, the version a live URL names stays readable through it.
     assert api.delete(f"/Binary/{binary['id']}").status_code == 204
     with httpx.Client() as anyone:
-        assert anyone.get(binary["url"]).content == b"version one"
+        assert anyone.get(binary["signed"]).content == b"version one"
 
 
 def test_expiry_is_gone_and_expired_urls_still_normalize(server_factory: Callable[..., ServerProcess]) -> None:
     short = server_factory("sqlite", signed_url_ttl=2)  # window: 1 s
     with short.api() as api:
         binary = upload(api)
-        url = binary["url"]
+        url = binary["signed"]
         with httpx.Client() as anyone:
             assert anyone.get(url).status_code == 200
             wait_until(lambda: anyone.get(url).status_code != 200, "the signed URL to expire", timeout=20)
@@ -325,7 +340,7 @@ def test_a_url_signed_by_one_node_is_served_by_another(server_factory: Callable[
         try:
             with node_a.api() as api:
                 binary = upload(api, LARGE, "application/pdf")
-            url_b = binary["url"].replace(node_a.url, node_b.url)
+            url_b = binary["signed"].replace(node_a.url, node_b.url)
             with httpx.Client() as anyone:
                 r = anyone.get(url_b, headers={"Range": "bytes=0-9"})
                 assert r.status_code == 206 and r.content == LARGE[:10]
@@ -347,7 +362,7 @@ def test_s3_redirect_downloads_send_the_client_to_a_presigned_url(redirecting_se
         binary = upload(api, LARGE, "application/pdf", **{"Content-Disposition": 'attachment; filename="scan.pdf"'})
         small = upload(api, PNG_BYTES, "image/png")  # inline: no object to send anyone to
     with httpx.Client(timeout=60) as anyone:
-        r = anyone.get(binary["url"])
+        r = anyone.get(binary["signed"])
         assert r.status_code == 307, r.text
         target = r.headers["Location"]
         assert target.startswith(f"{seaweedfs.endpoint}/") and "X-Amz-Signature=" in target
@@ -363,7 +378,7 @@ def test_s3_redirect_downloads_send_the_client_to_a_presigned_url(redirecting_se
         part = anyone.get(target, headers={"Range": "bytes=100-199"})
         assert part.status_code == 206 and part.content == LARGE[100:200]
         # the redirect itself is signed: a tampered storage URL is refused before any redirect
-        assert anyone.get(replace_query(binary["url"], sig="A" * 43)).status_code == 403
-        inline = anyone.get(small["url"])
+        assert anyone.get(replace_query(binary["signed"], sig="A" * 43)).status_code == 403
+        inline = anyone.get(small["signed"])
         assert inline.status_code == 200 and inline.content == PNG_BYTES
         assert inline.headers["Content-Type"] == "image/png"

@@ -116,3 +116,27 @@ def test_attachments_are_the_objects_in_the_resource() -> None:
 def test_unknown_and_malformed_input_is_skipped() -> None:
     assert found({"resourceType": "Patient", "photo": "not-an-object", "unknownThing": {"url": "x"}}) == {}
     assert found({"no": "type"}) == {}
+
+
+def test_attachments_in_document_order() -> None:
+    doc = {"resourceType": "DocumentReference", "status": "current",
+           "content": [{"attachment": {"url": "a"}}, {"attachment": {"url": "b"}}],
+           "contained": [{"resourceType": "Media", "content": {"url": "c"}}],
+           "extension": [{"url": "x", "valueAttachment": {"url": "d"}}],
+           "relatesTo": [{"code": "replaces", "target": {"reference": "DocumentReference/1"}}]}
+    assert [(p, a["url"]) for p, a in iter_attachments(doc)] == [
+        ("DocumentReference.content[0].attachment", "a"), ("DocumentReference.content[1].attachment", "b"),
+        ("DocumentReference.contained[0].content", "c"), ("DocumentReference.extension[0].valueAttachment", "d")]
+
+
+def test_nested_answers_parameter_parts_and_inner_resources() -> None:
+    qr = {"resourceType": "QuestionnaireResponse", "item": [{"answer": [
+        {"valueAttachment": {"url": "e"}, "item": [{"answer": [{"valueAttachment": {"url": "f"}}]}]}]}]}
+    assert [p for p, _ in iter_attachments(qr)] == [
+        "QuestionnaireResponse.item[0].answer[0].valueAttachment",
+        "QuestionnaireResponse.item[0].answer[0].item[0].answer[0].valueAttachment"]
+    params = {"resourceType": "Parameters", "parameter": [
+        {"name": "a", "part": [{"name": "b", "valueAttachment": {"url": "g"}}]},
+        {"name": "r", "resource": {"resourceType": "Patient", "photo": [{"url": "h"}]}}]}
+    assert [p for p, _ in iter_attachments(params)] == [
+        "Parameters.parameter[0].part[0].valueAttachment", "Parameters.parameter[1].resource.photo[0]"]

@@ -9,7 +9,9 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from tests.support.binary import bapi, binary_server, database, storage_mode  # noqa: F401 - fixtures
+import httpx
+
+from tests.support.binary import bapi, binary_server, database, sha1_b64, storage_mode  # noqa: F401 - fixtures
 from tests.support.server import FhirApi, ServerProcess
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -18,10 +20,6 @@ INLINE_MAX = 64 * 1024
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def sha1_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
 def create(api: FhirApi, resource: dict[str, Any]) -> dict[str, Any]:
@@ -105,10 +103,8 @@ def test_write_keeps_other_elements_and_versions_read_their_own_bytes(bapi: Fhir
     assert att["contentType"] == "application/dicom" and att["size"] == len(data) and att["hash"] == sha1_b64(data)
     assert updated["content"][0]["attachment"]["data"] == b64(b"keep me")
     stored_v2 = bapi.get(f"/DocumentReference/{doc['id']}/_history/2").json()["content"][1]["attachment"]
-    if storage_mode == "inline":
-        assert stored_v2["data"] == b64(data)
-    else:  # externalized: the response and reads sign the url of the new Binary
-        assert "data" not in stored_v2 and "/storage/" in stored_v2["url"]
+    # In every mode the content is a new Binary; reads sign its url (inline mode keeps its bytes in it).
+    assert "data" not in stored_v2 and "/storage/" in stored_v2["url"]
     got = bapi.get(f"/DocumentReference/{doc['id']}/$binary-access-read", params={"path": path})
     assert got.content == data and got.headers["Content-Type"] == "application/dicom"
     # a second write makes version 3; each version reads back its own bytes
@@ -118,7 +114,8 @@ def test_write_keeps_other_elements_and_versions_read_their_own_bytes(bapi: Fhir
     v3 = bapi.get(f"/DocumentReference/{doc['id']}/_history/3/$binary-access-read", params={"path": path})
     assert v2.content == data and v3.content == b"small"
     small = bapi.get(f"/DocumentReference/{doc['id']}").json()["content"][1]["attachment"]
-    assert small["data"] == b64(b"small") and small["size"] == 5 and "url" not in small
+    # Small content too: the caller chose the binary path, so browsers get a url (no base64 data).
+    assert "data" not in small and small["size"] == 5 and httpx.get(small["url"]).content == b"small"
 
 
 def test_write_errors_change_nothing(bapi: FhirApi) -> None:  # noqa: F811

@@ -50,7 +50,8 @@ def test_one_refused_delete_does_not_block_the_other_stale_blobs(tmp_path: Path)
         async with db.write() as conn:
             for i, key in enumerate(keys):
                 await registry.add_pending(conn, f"blob-{i}", "refusing", key, created=1_000 + i)
-        service = BinaryService(db, ResourceService(db, ResourceStore()), store, registry,
+        rows = ResourceStore()
+        service = BinaryService(db, ResourceService(db, rows), rows, store, registry,
                                 inline_max_bytes=10, max_binary_bytes=1000, pending_grace_seconds=0)
         try:
             assert await service.sweep() == 4

@@ -4,7 +4,6 @@ URLs and the $binary-access operations, they run against a local stand-in that r
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,20 +12,11 @@ from typing import Any
 import pytest
 
 from fhirvault.client import AsyncFhirClient, FhirClient, IntegrityError, NotFoundError
+from tests.support.binary import sha1_b64
 from tests.support.clients import AwaitedClient, open_client
 from tests.support.standin import StandIn, StandInServer
 
 PAYLOAD = bytes(range(256)) * 1200 + b"tail"   # a little over 300 KiB: several chunks
-
-
-def sha1_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha1(data).digest()).decode()
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    with StandInServer(require_token=True) as state:
-        yield state
 
 
 @pytest.fixture(params=["sync", "async"])

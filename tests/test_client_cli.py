@@ -9,14 +9,11 @@ import pty
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support.clients import admin_kwargs
 from tests.support.server import ServerProcess
-from tests.support.standin import StandIn, StandInServer
+from tests.support.standin import StandIn
 
 CONTENT = os.urandom(700_000)
 
@@ -29,12 +26,6 @@ def fhirvault(*args: str, env: dict[str, str] | None = None,
     clean.update(env or {})
     return subprocess.run([sys.executable, "-m", "fhirvault.cli", *args], capture_output=True, text=True,
                           env=clean, timeout=120)
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    with StandInServer(require_token=True) as state:
-        yield state
 
 
 def test_upload_and_download_round_trip(standin: StandIn, tmp_path: Path) -> None:

@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support.standin import StandIn, StandInServer
+from tests.support.standin import StandIn
 
 MIB = 1024 * 1024
 BIG = 200 * MIB
@@ -54,12 +52,6 @@ def run_client(base: str, out: Path, auth: dict[str, str]) -> dict[str, Any]:
     print(f"client VmHWM: baseline {result['baseline'] / MIB:.1f} MiB, after 200 MiB upload "
           f"{result['after_upload'] / MIB:.1f} MiB, after 200 MiB download {result['after_download'] / MIB:.1f} MiB")
     return result
-
-
-@pytest.fixture
-def standin() -> Any:
-    with StandInServer(require_token=True) as state:
-        yield state
 
 
 def test_200_mib_upload_and_download_keep_client_memory_flat(standin: StandIn, tmp_path: Path) -> None:

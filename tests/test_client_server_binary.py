@@ -5,7 +5,6 @@ through it). Each test starts once its server feature has landed (Binary, signed
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from fhirvault.client import ClientCredentials, FhirClient, UnauthorizedError
+from tests.support.binary import sha1_b64
 from tests.support.clients import admin_kwargs, open_client
 from tests.support.server import ServerProcess
 from tests.support.standin import RecordingProxy
@@ -36,10 +36,6 @@ def proxied(server_factory: Callable[..., ServerProcess]) -> Iterator[tuple[Serv
 @pytest.fixture
 def base(proxied: tuple[ServerProcess, RecordingProxy]) -> str:
     return f"{proxied[1].url}/fhir/R4"
-
-
-def sha1_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
 def test_resources_through_the_proxy(proxied: tuple[ServerProcess, RecordingProxy], base: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from fhirvault.config import Settings
 from fhirvault.service.ingestion import IngestionRules
 from tests.support.origin import CountingListener, OriginServer, content_chunks, sha1_b64
-from tests.support.server import FhirApi, ServerProcess, settings_env
+from tests.support.server import FhirApi, ServerProcess, settings_env, status_bytes
 
 Jobs = list[dict[str, Any]]
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -357,12 +357,8 @@ def test_200_mib_file_with_flat_server_memory(server_factory: Callable[..., Serv
 
 
 def _peak_rss(server: ServerProcess) -> int:
-    assert server.proc is not None
-    with open(f"/proc/{server.proc.pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    """The sum of the server processes' high-water marks (at least the peak of their sum)."""
+    return status_bytes(server.pids(), "VmHWM")
 
 
 # -- durability ----------------------------------------------------------------------------------

@@ -94,8 +94,11 @@ def test_medplum_search_resources(medplum_run: dict[str, Any]) -> None:
 
 def test_medplum_binaries_and_attachments(server: ServerProcess, medplum_run: dict[str, Any]) -> None:
     out = medplum_run
+    # MedplumClient marks its requests `X-Medplum: extended` (its default), which gets Medplum's `url` on the
+    # Binary; without that mode the answer is plain R4.
     assert storage_id_and_version(out["binaryUrl"], server) == (out["binaryId"], "1")
     assert out["binaryRoundTrip"] is True
+    assert out["plainBinaryKeys"] == ["contentType", "id", "meta", "resourceType"]
 
     # createAttachment takes the Binary's signed url; the server stores Binary/{id} and signs it again on
     # the way out, on the write answer and on every read.

@@ -85,3 +85,37 @@ def test_fhirclient_models_crud(server: ServerProcess) -> None:
     assert Patient.read(pid, fhir).gender == "female"
     found = list(Patient.where({"_id": pid}).perform_resources_iter(fhir))
     assert [r.id for r in found] == [pid]
+
+
+def test_fhirclient_strict_models_parse_every_binary_answer(server: ServerProcess) -> None:
+    """fhirclient parses strictly by default ("Superfluous entry" for anything R4 does not define): the
+    answers to a raw upload, a JSON create, an update and a read of a Binary all parse; only a request in
+    MedplumClient's extended mode gets the non-R4 `url`, which strict parsing would refuse."""
+    import base64
+
+    import pytest
+    from fhirclient.models.binary import Binary
+    from fhirclient.models.fhirabstractbase import FHIRValidationError
+    from fhirclient.server import FHIRServer
+
+    fhir = FHIRServer(None, base_uri=server.base + "/")
+    fhir.session.headers.update(server.auth_headers())
+    model = Binary()
+    model.contentType = "text/plain"
+    model.data = base64.b64encode(b"through fhirclient").decode()
+    created = model.create(fhir)
+    assert created is not None
+    Binary(created)  # strict
+    session = fhir.session
+    raw = session.post(f"{server.base}/Binary", data=b"raw bytes", headers={"Content-Type": "image/png"})
+    assert raw.status_code == 201
+    parsed = Binary(raw.json())
+    assert parsed.contentType == "image/png" and parsed.id
+    updated = session.put(f"{server.base}/Binary/{parsed.id}", data=b"v2", headers={"Content-Type": "image/png"})
+    assert Binary(updated.json()).meta.versionId == "2"
+    read = Binary.read(parsed.id, fhir)
+    assert base64.b64decode(read.data) == b"v2"
+    extended = session.post(f"{server.base}/Binary", data=b"x", headers={"Content-Type": "image/png",
+                                                                         "X-Medplum": "extended"})
+    with pytest.raises(FHIRValidationError, match="url"):
+        Binary(extended.json())

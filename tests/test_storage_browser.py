@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import IN_CI
+from tests.support.binary import signed_url_of
 from tests.support.server import ServerProcess, free_port
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -154,8 +155,8 @@ def test_img_and_video_load_play_and_seek_through_signed_urls(
     with server.api() as api:
         clip = webm(ffmpeg, tmp)
         image = png(64, 48)
-        img_url = api.post("/Binary", content=image, headers={"Content-Type": "image/png"}).json()["url"]
-        video_url = api.post("/Binary", content=clip, headers={"Content-Type": "video/webm"}).json()["url"]
+        img_url = signed_url_of(api.post("/Binary", content=image, headers={"Content-Type": "image/png"}))
+        video_url = signed_url_of(api.post("/Binary", content=clip, headers={"Content-Type": "video/webm"}))
         before = storage_206_lines(server)
         origin, pages = page_server
         pages["/"] = (f'<!doctype html><title>signed</title><img id="photo" src="{img_url}">'

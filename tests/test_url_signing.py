@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import httpx
 import pytest
 
 from fhirvault.errors import Forbidden, Gone
 from fhirvault.security.url_signing import KEY_REFRESH_SECONDS, SignedUrl, rounded_expiry
 from fhirvault.store.database import Database
+from tests.support.server import FhirApi, ServerProcess
 
 T = TypeVar("T")
 BASE = "https://vault.example/"
@@ -166,3 +169,31 @@ def test_rotation_new_key_signs_old_keys_verify_until_their_urls_expire(tmp_path
             await node_a.verify(parts)
 
     with_db(tmp_path, body)
+
+
+def test_keys_rotate_url_signing_command_adds_a_key_and_old_urls_stay_valid(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory()
+    db_file = server.data_dir / "fhirvault.db"
+    with server.api() as api:
+        binary = api.post("/Binary", content=b"rotated", headers={"Content-Type": "text/plain"}).json()
+        url = api.get(f"/DocumentReference/{_doc_for(api, binary['id'])}").json()["content"][0]["attachment"]["url"]
+    before = _kids(db_file)
+    done = server.cli("keys", "rotate", "--url-signing")
+    assert done.returncode == 0, done.stderr
+    after = _kids(db_file)
+    assert len(after) == len(before) + 1 and set(before) <= set(after)
+    assert set(after) - set(before) == {done.stdout.split()[4]}
+    assert httpx.get(url).content == b"rotated"
+
+
+def _doc_for(api: FhirApi, binary_id: str) -> str:
+    doc = {"resourceType": "DocumentReference", "status": "current",
+           "content": [{"attachment": {"url": f"Binary/{binary_id}"}}]}
+    created: str = api.post("/DocumentReference", json=doc).json()["id"]
+    return created
+
+
+def _kids(db_file: Path) -> list[str]:
+    with sqlite3.connect(db_file) as db:
+        return [row[0] for row in db.execute("select kid from url_signing_keys")]

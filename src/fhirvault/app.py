@@ -15,17 +15,19 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirvault import __version__
+from fhirvault import __version__, jsoncodec
 from fhirvault.blobs.factory import open_blob_store
 from fhirvault.clock import now_us
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
+from fhirvault.fhir import validation
 from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import routes as http_routes
 from fhirvault.http import storage_api
 from fhirvault.http.auth import BearerAuthMiddleware
+from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
@@ -47,6 +49,8 @@ from fhirvault.service.resources import ResourceService
 from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import to_instant
+from fhirvault.service.validate_operation import ValidateOperation
+from fhirvault.service.validation import R4Validation
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore
@@ -66,10 +70,11 @@ class FhirVault:
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
         self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store))
         self.bundles = BundleService(self.resources)
+        self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
         self.blob_registry = BlobRegistry()
         self.binaries = BinaryService(
-            self.db, self.resources, self.blob_store, self.blob_registry,
+            self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
             pending_grace_seconds=settings.pending_blob_grace_seconds)
         self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
@@ -80,6 +85,7 @@ class FhirVault:
         self.ingestion = AttachmentIngestion(self.resources, self.binaries, self.jobs, settings)
         # The steps every resource passes; their order is fixed in service/pipelines.py.
         self.resources.write_pipeline = WritePipeline(
+            validate=R4Validation() if settings.validation_enabled else None,
             move_inline_data=InlineDataMover(self.resources, self.blob_store, self.blob_registry,
                                              settings.inline_max_bytes),
             normalize_attachment_urls=AttachmentNormalizer(
@@ -88,15 +94,18 @@ class FhirVault:
         self.resources.read_pipeline = ReadPipeline(
             sign_attachment_urls=AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls)
             if settings.rewrite_attachment_urls else None)
-        self.storage = StorageDownloads(self.db, self.binaries, self.blob_registry, self.blob_store,
-                                        self.signed_urls, settings.fhir_base_url)
+        self.storage = StorageDownloads(self.binaries, self.blob_store, self.signed_urls, settings.fhir_base_url)
         self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
         self.reindexer = Reindexer(self.db, settings.fhir_base_url)
         self._capability: dict[str, Any] | None = None
+        self._capability_json: bytes | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.settings.validation_enabled:
+            # Compiling the R4 schema takes about a second: done at start, not on the first write.
+            await asyncio.to_thread(validation.warm_up)
         await self.db.migrate()
         # Resources stored before the search index existed (or marked by `fhirvault reindex`) are
         # indexed before the first request, so that no search answers from a partial index.
@@ -129,6 +138,12 @@ class FhirVault:
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
         return builtin_operation_definitions(self.settings.fhir_base_url)
+
+    def capability_statement_json(self) -> bytes:
+        """The CapabilityStatement encoded once: it never changes while the process runs."""
+        if self._capability_json is None:
+            self._capability_json = jsoncodec.dumps(self.capability_statement())
+        return self._capability_json
 
     def capability_statement(self) -> dict[str, Any]:
         if self._capability is None:
@@ -193,7 +208,9 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=http_routes.routes(),
-        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url)],
+        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
+                    Middleware(ContentDecodingMiddleware,
+                               limit=max(settings.max_binary_bytes, settings.max_json_bytes))],
         exception_handlers={
             FhirVaultError: _domain_error,
             HTTPException: _http_error,

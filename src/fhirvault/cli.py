@@ -4,84 +4,180 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import inspect
 import json
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fhirvault.config import Settings, load_settings, settings_as_env
+from fhirvault.config import ENV_PREFIX, Settings, load_settings, settings_as_env
+
+if TYPE_CHECKING:  # the commands import their parts lazily, so `fhirvault --help` starts fast
+    from fhirvault.jobs.queue import Job
+    from fhirvault.security.clients import Client, ClientStore
 
 T = TypeVar("T")
 
 
+class StartupError(Exception):
+    """A setting, file, database or port that keeps a command from starting: one line for the user that
+    names it and says what to do, and the exit status (2: the configuration is wrong, 1: a service is)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _server_settings(args: argparse.Namespace) -> Settings:
+    """The server settings; StartupError naming the file or setting when they cannot be read."""
+    import tomllib
+
+    from pydantic import ValidationError
+
     overrides: dict[str, Any] = {}
     for name in ("host", "port", "workers", "data_dir"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
-    return load_settings(args.config, **overrides)
+    config = getattr(args, "config", None)
+    try:
+        return load_settings(config, **overrides)
+    except FileNotFoundError:
+        raise StartupError(f"the config file {config} does not exist (--config)", 2) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StartupError(f"the config file {config} is not valid TOML: {exc} (--config)", 2) from None
+    except OSError as exc:
+        raise StartupError(f"the config file {config} cannot be read: {exc.strerror or exc} (--config)", 2) \
+            from None
+    except ValidationError as exc:
+        raise StartupError(_settings_problem(exc), 2) from None
 
 
-def _run_with_clients(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Runs `work(ClientStore)` on the configured database, migrated first."""
+def _settings_problem(exc: Any) -> str:
+    """One line naming the first invalid setting, the value given, what it must be and where it is set."""
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error.get("loc") else "?"
+    value = error.get("input")
+    if name == "database_url" and isinstance(value, str):
+        value = _safe_url(value)
+    elif "secret" in name or "key" in name:
+        value = None  # never echo credentials
+    given = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
+    return (f"setting {name.upper()}{given} is not valid: {error['msg']}; set {ENV_PREFIX}{name.upper()} "
+            f"in the environment or {name} in the --config file")
+
+
+def _database_problem(exc: BaseException, url: str) -> StartupError:
+    """StartupError for a database that cannot be opened, naming it without its password."""
+    cause = getattr(exc, "orig", None) or exc
+    first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return StartupError(f"cannot open the database {_safe_url(url)}: {first_line}; check DATABASE_URL "
+                        f"({ENV_PREFIX}DATABASE_URL) and that the database server is running")
+
+
+def _run_with_clients(settings: Settings, work: Callable[[ClientStore], Awaitable[T]]) -> T:
+    """Runs `work(ClientStore)` on the configured database, migrated first; StartupError when the database
+    cannot be opened."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
     from fhirvault.security.clients import ClientStore
     from fhirvault.store.database import Database
 
     async def run() -> T:
         db = Database(settings.database_url)
         try:
-            await db.migrate()
+            try:
+                await db.migrate()
+            except (DBAPIError, OSError) as exc:
+                raise _database_problem(exc, settings.database_url) from None
             return await work(ClientStore(db, settings.auth_failure_limit, settings.auth_failure_window))
         finally:
             await db.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except ArgumentError as exc:
+        raise StartupError(f"DATABASE_URL {_safe_url(settings.database_url)} is not usable: {exc}", 2) from None
 
 
-def _bootstrap_admin(settings: Settings) -> None:
-    from fhirvault.security.bootstrap import ADMIN_FILE, ensure_admin_client
+def _bootstrap_admin(settings: Settings) -> Any:
+    """The admin client created on the first start (None when one existed), with its secret."""
+    from fhirvault.security.bootstrap import ensure_admin_client
 
     token_url = f"{settings.public_base_url}/oauth2/token"
-    new = _run_with_clients(settings, lambda clients: ensure_admin_client(
+    return _run_with_clients(settings, lambda clients: ensure_admin_client(
         clients.db, clients, settings.data_dir, token_url, settings.fhir_base_url))
-    if new is not None:
-        # Shown once, on the first start only; the file keeps them for scripts (mode 0600).
-        print("  created the admin client (system/*.*); its secret is shown only this once:", flush=True)
-        print(f"    client_id:     {new.client.client_id}", flush=True)
-        print(f"    client_secret: {new.client_secret}", flush=True)
-        print(f"    also written to {(settings.data_dir / ADMIN_FILE).resolve()}", flush=True)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything is announced; StartupError when the port is
+    taken or the address is not this machine's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is already in use; stop what listens there or choose "
+                               "another port with --port") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port") \
+            from None
+    sock.set_inheritable(True)  # worker processes serve the same socket
+    return sock
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Check the settings, open and migrate the database, bind the port, and only then announce the
+    server and run it; each failure before that is one line naming what to fix (see StartupError)."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from fhirvault.security.bootstrap import ADMIN_FILE
 
     settings = _server_settings(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the data directory {settings.data_dir}: {exc.strerror or exc} "
+                           "(--data-dir)") from None
+    new_admin = _bootstrap_admin(settings)
+    sock = _listening_socket(settings.host, settings.port)
     # Worker processes rebuild the same Settings from the environment.
     os.environ.update(settings_as_env(settings))
     print(f"fhirvault {_version()} serving FHIR R4 at {settings.fhir_base_url}", flush=True)
     print(f"  data: {settings.data_dir.resolve()}  storage: {settings.storage_mode}", flush=True)
     print(f"  token endpoint: {settings.public_base_url}/oauth2/token", flush=True)
-    _bootstrap_admin(settings)
-    uvicorn.run(
+    if new_admin is not None:
+        # Shown once, on the first start only; the file keeps them for scripts (mode 0600).
+        print("  created the admin client (system/*.*); its secret is shown only this once:", flush=True)
+        print(f"    client_id:     {new_admin.client.client_id}", flush=True)
+        print(f"    client_secret: {new_admin.client_secret}", flush=True)
+        print(f"    also written to {(settings.data_dir / ADMIN_FILE).resolve()}", flush=True)
+    processes = settings.worker_processes
+    config = uvicorn.Config(
         "fhirvault.app:app_from_environment",
         factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers if settings.workers > 1 else None,
+        workers=processes if processes > 1 else None,
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
         server_header=False,
     )
-    return 0
+    server = uvicorn.Server(config)
+    if processes > 1:
+        # Older uvicorn releases take the worker's entry point; newer ones build it from the config.
+        extra = {"target": server.run} if "target" in inspect.signature(Multiprocess).parameters else {}
+        Multiprocess(config, sockets=[sock], **extra).run()
+    else:
+        server.run(sockets=[sock])
+    return 0 if server.started or processes > 1 else 1
 
 
-def _client_json(client: Any, secret: str | None = None) -> dict[str, Any]:
+def _client_json(client: Client, secret: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"client_id": client.client_id, "name": client.name, "scope": client.scopes.text,
                            "patient": client.patient, "enabled": client.enabled}
     if secret is not None:
@@ -126,9 +222,17 @@ def cmd_clients(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Rotate the token signing keys, or with --url-signing the keys that sign storage URLs."""
     from fhirvault.security.keys import KeyRing
+    from fhirvault.security.url_signing import KEY_REFRESH_SECONDS, SignedUrl
 
     settings = _server_settings(args)
+    if args.url_signing:
+        kid, removed = _run_with_clients(settings, lambda c: SignedUrl(
+            c.db, settings.public_base_url, settings.signed_url_ttl, settings.signed_url_window).rotate())
+        print(f"new URL signing key {kid} (signs from {KEY_REFRESH_SECONDS:.0f} s on, once every node has "
+              f"read it); removed {len(removed)} key(s) no valid URL can still use")
+        return 0
     kid, removed = _run_with_clients(
         settings, lambda c: KeyRing(c.db).rotate(keep_seconds=settings.token_lifetime))
     print(f"new signing key {kid}; removed {len(removed)} key(s) no valid token can still use")
@@ -174,7 +278,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
     settings = _server_settings(args)
 
-    async def fetch() -> tuple[list[Any], dict[str, int]]:
+    async def fetch() -> tuple[list[Job], dict[str, int]]:
         db = Database(settings.database_url)
         try:
             await db.migrate()
@@ -199,8 +303,12 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 def _safe_url(url: str) -> str:
     """A database URL without its password, for printing."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@", 1)[-1] if "@" in url else url
 
 
 def _version() -> str:
@@ -260,6 +368,46 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """List the stored resources that R4 validation would now refuse (stored before validation, or
+    while VALIDATION_ENABLED was off); they stay readable. Exit status 1 when there is any."""
+    import asyncio
+
+    from fhirvault.app import FhirVault
+    from fhirvault.fhir.r4 import is_resource_type
+    from fhirvault.fhir.validation import validate_resource
+
+    if args.type and not is_resource_type(args.type):
+        print(f"'{args.type}' is not an R4 resource type", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[int, int]:
+        vault = FhirVault(_server_settings(args))
+        await vault.db.migrate()
+        checked = failing = 0
+        after: tuple[str, str] | None = None
+        try:
+            while True:
+                async with vault.db.read() as conn:
+                    page = await vault.store.current_page(conn, args.type, after, 500)
+                if not page:
+                    return checked, failing
+                for stored in page:
+                    checked += 1
+                    errors = [i for i in validate_resource(stored.content) if i.severity == "error"]
+                    if errors:
+                        failing += 1
+                        for issue in errors:
+                            print(f"{stored.resource_type}/{stored.id}\t{issue.expression}\t{issue.message}")
+                after = (page[-1].resource_type, page[-1].id)
+        finally:
+            await vault.stop()
+
+    checked, failing = asyncio.run(run())
+    print(f"checked {checked} resources: {failing} would fail R4 validation", file=sys.stderr)
+    return 1 if failing else 0
+
+
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="where the embedded database and blobs live")
@@ -281,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("type", nargs="?", help="a resource type, e.g. Patient; all types when left out")
     _add_server_options(reindex)
     reindex.set_defaults(func=cmd_reindex)
+    check = sub.add_parser("check", help="list stored resources that R4 validation would refuse now")
+    check.add_argument("type", nargs="?", help="only resources of this type")
+    _add_server_options(check)
+    check.set_defaults(func=cmd_check)
     expunge = sub.add_parser("expunge", help="remove a resource's history and content for good")
     expunge.add_argument("reference", help="Type/id, e.g. Binary/123")
     _add_server_options(expunge)
@@ -302,8 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_server_options(p)
         p.set_defaults(func=cmd_clients)
 
-    keys = sub.add_parser("keys", help="token signing keys").add_subparsers(dest="action", required=True)
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
     keys_rotate = keys.add_parser("rotate", help="sign new tokens with a new key; older keys keep verifying")
+    keys_rotate.add_argument("--url-signing", action="store_true",
+                             help="rotate the keys of signed storage URLs instead (older keys keep verifying)")
     _add_server_options(keys_rotate)
     keys_rotate.set_defaults(func=cmd_keys_rotate)
     worker = sub.add_parser("worker", help="run background jobs only")
@@ -327,7 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except StartupError as exc:
+        print(f"fhirvault {args.command}: {exc}", file=sys.stderr)
+        return exc.status
     return result
 
 

@@ -7,12 +7,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 StorageMode = Literal["inline", "database", "filesystem", "s3"]
 
 ENV_PREFIX = "FHIRVAULT_"
+# The database drivers fhirvault ships with (SQLite embedded, PostgreSQL).
+DATABASE_SCHEMES = ("sqlite+aiosqlite://", "postgresql+psycopg://")
 
 
 class Settings(BaseSettings):
@@ -21,8 +23,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=0, ge=0, description="server processes; 0: one per CPU core this process may use")
     data_dir: Path = Path("./fhirvault-data")
     database_url: str = ""
     public_base_url: str = ""
@@ -48,6 +50,9 @@ class Settings(BaseSettings):
     signed_url_window: int = 600
     storage_cors_origin: str = "*"
     media_raw_enabled: bool = True
+    # Every resource written is validated against the R4 base definitions (fhir/validation.py);
+    # turning this off stores whatever JSON object a client sends (for bulk loads of trusted data).
+    validation_enabled: bool = True
 
     # Security
     token_lifetime: int = Field(default=3600, ge=0, description="seconds an access token is valid")
@@ -67,6 +72,13 @@ class Settings(BaseSettings):
     job_workers: int = Field(default=1, description="background job loops per server process")
     job_lease_seconds: float = 60.0  # a job whose worker stopped renewing this long is run again
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        if url and not url.startswith(DATABASE_SCHEMES):
+            raise ValueError(f"must start with {' or '.join(DATABASE_SCHEMES)}")
+        return url
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
         if not self.database_url:
@@ -79,6 +91,16 @@ class Settings(BaseSettings):
         if self.signed_url_window > self.signed_url_ttl // 6:
             self.signed_url_window = max(1, self.signed_url_ttl // 6)
         return self
+
+    @property
+    def worker_processes(self) -> int:
+        """How many server processes `serve` runs: `workers`, or one per usable CPU core when it is 0."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
 
     @property
     def fhir_base_url(self) -> str:

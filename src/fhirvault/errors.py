@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FhirVaultError(Exception):
     """Base class: a message a user can act on, an HTTP status and an OperationOutcome issue code."""
@@ -9,12 +11,16 @@ class FhirVaultError(Exception):
     status = 500
     code = "exception"
 
-    def __init__(self, message: str, *, code: str | None = None, expression: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, expression: str | None = None,
+                 issues: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         self.expression = expression
+        # Several OperationOutcome issues (e.g. every validation error), each an `issue` element;
+        # when given they are the response's issues, `message` summing them up.
+        self.issues = issues
 
 
 class Invalid(FhirVaultError):
@@ -50,6 +56,13 @@ class Gone(FhirVaultError):
 class PreconditionFailed(FhirVaultError):
     status = 412
     code = "conflict"
+
+
+class NotAcceptable(FhirVaultError):
+    """No representation the server can give matches what the request asked for (`_format`, Accept)."""
+
+    status = 406
+    code = "not-supported"
 
 
 class TooLarge(FhirVaultError):

@@ -4,13 +4,15 @@
 import { MedplumClient } from '@medplum/core';
 
 const [root, clientId, clientSecret] = process.argv.slice(2);
-const medplum = new MedplumClient({
+const client = (options = {}) => new MedplumClient({
   baseUrl: root.endsWith('/') ? root : root + '/',
   fhirUrlPath: 'fhir/R4',
   tokenUrl: new URL('oauth2/token', root.endsWith('/') ? root : root + '/').toString(),
   fetch: globalThis.fetch,
   cacheTime: 0,
+  ...options,
 });
+const medplum = client();
 
 const out = {};
 await medplum.startClientLogin(clientId, clientSecret);
@@ -84,6 +86,12 @@ out.downloadedText = await blob.text();
 const rawBlob = await medplum.download(binary.url);
 const raw = new Uint8Array(await rawBlob.arrayBuffer());
 out.binaryRoundTrip = raw.length === bytes.length && raw.every((b, i) => b === bytes[i]);
+
+// The same upload with extendedMode off: no X-Medplum header, so a plain R4 Binary (no `url`).
+const plainClient = client({ extendedMode: false });
+await plainClient.startClientLogin(clientId, clientSecret);
+const plainBinary = await plainClient.createBinary({ data: 'plain', contentType: 'text/plain' });
+out.plainBinaryKeys = Object.keys(plainBinary).sort();
 
 // Search as a Medplum app does: by name, by token + date with _sort, and a name nobody has.
 const family = `Srch${patient.id.replaceAll('-', '').slice(0, 10)}`;

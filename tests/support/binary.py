@@ -3,8 +3,10 @@ server's database, storage directory and S3 bucket (to prove nothing was left be
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.s3 import unique_bucket
-from tests.support.server import FhirApi, ServerProcess
+from tests.support.server import FhirApi, ServerProcess, status_bytes
 
 # The one list of storage modes the Binary tests are parametrized over; "s3" runs against the session's
 # SeaweedFS gateway (tests/support/s3.py), which CI must provide.
@@ -156,27 +158,20 @@ def stored_keys(server: ServerProcess) -> set[str]:
     return {p.name for p in storage_files(server)} | chunk_keys(server) | s3_keys(server)
 
 
-def _status_bytes(server: ServerProcess, field: str) -> int:
-    assert server.proc is not None
-    with open(f"/proc/{server.proc.pid}/status") as fh:
-        for line in fh:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def peak_rss_bytes(server: ServerProcess) -> int:
-    """The server process's high-water mark of resident memory (VmHWM)."""
-    return _status_bytes(server, "VmHWM")
+    """The sum of the server processes' high-water marks of resident memory (VmHWM): never below the
+    peak of their resident memory together."""
+    return status_bytes(server.pids(), "VmHWM")
 
 
 def reset_peak_rss(server: ServerProcess) -> int:
     """Restart the high-water mark from the current resident memory (Linux clear_refs), which is returned,
     so a later peak_rss_bytes measures one transfer, not everything the shared server did before."""
-    assert server.proc is not None
-    with open(f"/proc/{server.proc.pid}/clear_refs", "w") as fh:
-        fh.write("5")
-    return _status_bytes(server, "VmRSS")
+    pids = server.pids()
+    for pid in pids:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+    return status_bytes(pids, "VmRSS")
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -188,6 +183,14 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting: {what}")
         time.sleep(0.05)
+
+
+def signed_url_of(response: Any) -> str:
+    """The signed storage URL that a Binary create or update answer carries in its
+    `Link: <url>; rel="alternate"` header (R4's Binary has no element for it)."""
+    m = re.match(r'<([^>]+)>;\s*rel="alternate"', response.headers.get("Link", ""))
+    assert m, f"no signed URL in the Link header: {response.headers.get('Link')!r}"
+    return m.group(1)
 
 
 # -- content ----------------------------------------------------------------------------------------
@@ -213,3 +216,8 @@ def generated_chunks(total: int, chunk: int = 1024 * 1024, seed: int = 7) -> Ite
         yield piece
         sent += len(piece)
         n += 1
+
+
+def sha1_b64(data: bytes) -> str:
+    """Attachment.hash of `data`: base64 of its SHA-1 (R4 datatypes.html#Attachment)."""
+    return base64.b64encode(hashlib.sha1(data).digest()).decode()

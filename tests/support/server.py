@@ -17,7 +17,40 @@ from typing import Any
 
 import httpx
 
+from tests.support.r4_responses import check_response
+
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and its live descendants (a server with several workers is a supervisor and its children)."""
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as fh:
+                    todo += [int(c) for c in fh.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def status_bytes(pids: list[int], field: str) -> int:
+    """The sum of one /proc/PID/status memory field (VmRSS, VmHWM) over `pids`, in bytes."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith(f"{field}:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return total
 
 
 def free_port() -> int:
@@ -32,17 +65,23 @@ class FhirApi(httpx.Client):
 
     def __init__(self, base: str, **kwargs: Any) -> None:
         kwargs.setdefault("timeout", 60)
+        hooks = kwargs.setdefault("event_hooks", {})
+        hooks.setdefault("response", []).append(check_response)
         super().__init__(base_url=base, **kwargs)
         self.base = base
 
 
 class ServerProcess:
-    """One `fhirvault serve` subprocess."""
+    """One `fhirvault serve` subprocess. `workers` sets FHIRVAULT_WORKERS unless `env` does: one process
+    by default, because the suite starts dozens of servers on small machines and every worker process
+    costs a start-up; None leaves serve's own default (one process per core). tests/test_workers.py
+    covers several processes."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str], port: int | None = None,
+                 workers: int | None = 1) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.env = env
+        self.env = env if workers is None or "FHIRVAULT_WORKERS" in env else {**env, "FHIRVAULT_WORKERS": str(workers)}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"server-{self.port}.log"
         self._admin_token: str | None = None
@@ -127,13 +166,14 @@ class ServerProcess:
         except OSError:
             return ""
 
-    def rss_bytes(self) -> int:
+    def pids(self) -> list[int]:
+        """The server's processes: the one started here and its workers."""
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        return process_tree(self.proc.pid)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of all the server's processes together."""
+        return status_bytes(self.pids(), "VmRSS")
 
 
 def fetch_token(server_url: str, client_id: str, client_secret: str, scope: str | None = None) -> str:

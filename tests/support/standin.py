@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 CHUNK = 256 * 1024
 
 
@@ -349,3 +351,10 @@ class RecordingProxy:
         self._httpd.server_close()
         self._http.close()
         shutil.rmtree(self.state.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    """A stand-in FHIR server that requires a bearer token from its own token endpoint."""
+    with StandInServer(require_token=True) as state:
+        yield state

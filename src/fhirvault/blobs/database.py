@@ -81,9 +81,6 @@ class DatabaseBlobStore(BlobStore):
         async with self.db.write() as conn:
             await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
 
-    async def delete_in(self, conn: AsyncConnection, key: str) -> None:
-        await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
-
     async def exists(self, key: str) -> bool:
         async with self.db.read() as conn:
             row = (await conn.execute(sa.select(blob_chunks.c.seq).where(

@@ -12,9 +12,12 @@ from typing import BinaryIO
 
 from fhirvault.blobs.base import BlobStore
 from fhirvault.errors import StorageFailure
+from fhirvault.streams import InOrderWorker, pieces
 
-# Bytes per write/read system call; bigger chunks mean fewer thread hops per MiB.
+# Bytes per read system call; bigger chunks mean fewer thread hops per MiB.
 IO_CHUNK = 1024 * 1024
+# Bytes per write: one write runs in a worker thread while the next piece is gathered.
+WRITE_CHUNK = 4 * 1024 * 1024
 
 
 class FilesystemBlobStore(BlobStore):
@@ -39,17 +42,14 @@ class FilesystemBlobStore(BlobStore):
             fh = await asyncio.to_thread(_open_for_write, temp)
         except OSError as exc:
             raise StorageFailure(f"Cannot store blob {key}: {exc.strerror}") from exc
+        writer = InOrderWorker(fh.write)
         try:
-            buffer = bytearray()
-            async for chunk in chunks:
-                buffer += chunk
-                if len(buffer) >= IO_CHUNK:
-                    await asyncio.to_thread(fh.write, bytes(buffer))
-                    buffer.clear()
-            if buffer:
-                await asyncio.to_thread(fh.write, bytes(buffer))
+            async for piece in pieces(chunks, WRITE_CHUNK):
+                await writer.submit(piece)
+            await writer.drain()
             await asyncio.to_thread(_finish, fh, temp, final)
         except BaseException as exc:
+            await writer.settle()  # the file is closed only once no thread writes to it
             await asyncio.to_thread(_discard, fh, temp)
             if isinstance(exc, OSError):
                 raise StorageFailure(f"Cannot store blob {key}: {exc.strerror}") from exc

@@ -75,10 +75,6 @@ class S3BlobStore(BlobStore):
                 self._bucket_ready = True
         return self._client
 
-    async def ensure_bucket(self) -> None:
-        """Create the bucket when it does not exist yet (also done by the first operation)."""
-        await self._s3()
-
     async def _ensure_bucket(self, client: Any) -> None:
         try:
             await client.head_bucket(Bucket=self.bucket)
@@ -164,7 +160,7 @@ class S3BlobStore(BlobStore):
 
     async def _abort(self, client: Any, key: str, upload_id: str) -> None:
         # Best effort: the original error is the one worth reporting; a stale upload is also
-        # visible through incomplete_uploads() and to the store's own lifecycle rules.
+        # visible in the bucket's list of multipart uploads and to the store's own lifecycle rules.
         with contextlib.suppress(Exception):
             await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
 
@@ -231,20 +227,6 @@ class S3BlobStore(BlobStore):
         with self._translated("presign GetObject", key):
             url: str = await client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
         return url
-
-    async def incomplete_uploads(self) -> list[str]:
-        """Keys of multipart uploads begun and neither completed nor aborted (for sweeping and tests)."""
-        client = await self._s3()
-        keys: list[str] = []
-        params: dict[str, Any] = {"Bucket": self.bucket}
-        while True:
-            with self._translated("ListMultipartUploads", None):
-                page = await client.list_multipart_uploads(**params)
-            keys.extend(upload["Key"] for upload in page.get("Uploads", []))
-            if not page.get("IsTruncated"):
-                return keys
-            params["KeyMarker"] = page.get("NextKeyMarker", "")
-            params["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
     # -- errors -----------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ from fhirvault.client.errors import FhirError
 from fhirvault.client.operations import attachment_for
 from fhirvault.client.sync_client import FhirClient
 from fhirvault.client.transfer import ProgressCallback, UploadBody
+from fhirvault.fhir.attachments import attachment_elements, is_attachment_element
+from fhirvault.fhir.r4 import is_resource_type, is_valid_id
 
 
 def add_client_commands(sub: Any) -> None:
@@ -94,14 +97,26 @@ def transfer_progress(description: str) -> Iterator[ProgressCallback]:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
+    """Upload a file as a Binary; with --attach-to, check the target and element first, make the Binary's
+    securityContext the target (so the clients that may read the target may read it), and never leave an
+    unreported Binary behind when attaching fails."""
     def run(client: FhirClient) -> None:
+        target = _attach_target(args.attach_to, args.element) if args.attach_to else None
         filename = args.filename or args.file.name
+        security_context = args.security_context
+        if target is not None:
+            client.read_resource(*target)  # it must exist (and be readable) before anything is uploaded
+            security_context = security_context or "/".join(target)
         with transfer_progress(f"upload {filename}") as on_progress:
             body = UploadBody(args.file, on_progress)
             binary = client.create_binary(body, content_type=args.content_type, filename=filename,
-                                          security_context=args.security_context)
-        if args.attach_to:
-            attach(client, args.attach_to, args.element, attachment_for(binary, body, filename))
+                                          security_context=security_context)
+        if target is not None:
+            try:
+                attach(client, args.attach_to, args.element, attachment_for(binary, body, filename))
+            except BaseException:
+                _remove_orphan(client, binary)
+                raise
         if args.json:
             print(json.dumps(binary, indent=2))
         else:
@@ -110,6 +125,31 @@ def cmd_upload(args: argparse.Namespace) -> int:
                 print(f"attached to {args.attach_to} as {args.element}", file=sys.stderr)
 
     return _guarded(args, run)
+
+
+def _attach_target(reference: str, element: str) -> tuple[str, str]:
+    """(type, id) of --attach-to; ValueError, before anything is sent, when it is not `Type/id` or the
+    element is not an Attachment element of that type (R4, e.g. Patient.photo, Media.content)."""
+    rtype, _, rid = reference.strip("/").partition("/")
+    if not is_resource_type(rtype) or not is_valid_id(rid):
+        raise UsageError(f"--attach-to needs a reference like Patient/123, got {reference!r}")
+    if not is_attachment_element(rtype, element):
+        choices = ", ".join(attachment_elements(rtype)) or "none"
+        raise UsageError(f"--element {element!r} is not an Attachment element of {rtype} "
+                         f"(its Attachment elements: {choices})")
+    return rtype, rid
+
+
+def _remove_orphan(client: FhirClient, binary: dict[str, Any]) -> None:
+    """Delete the Binary an attach failed for, saying so (or, when that fails too, naming it to clean up)."""
+    ref = f"Binary/{binary['id']}"
+    try:
+        client.delete_resource("Binary", str(binary["id"]))
+    except Exception as exc:  # noqa: BLE001 - reported: the user must know what is left over
+        print(f"the uploaded {ref} could not be deleted ({exc}); delete it yourself", file=sys.stderr)
+        return
+    print(f"the uploaded {ref} was deleted (its content stays in its history until `fhirvault expunge {ref}` "
+          "on the server)", file=sys.stderr)
 
 
 def attach(client: FhirClient, reference: str, element: str, attachment: dict[str, Any]) -> dict[str, Any]:
@@ -177,19 +217,65 @@ def cmd_search(args: argparse.Namespace) -> int:
     return _guarded(args, run)
 
 
+class UsageError(ValueError):
+    """The command line asks for something that cannot be (exit status 2, nothing sent)."""
+
+
 def _guarded(args: argparse.Namespace, run: Any) -> int:
-    """Run a command; errors become one line on standard error and a non-zero exit status."""
+    """Run a command; errors become one line on standard error and a non-zero exit status: 1 for what the
+    server or the network answered, 2 for wrong usage. A reader that stops early (`| head`) ends the
+    command quietly with status 0: the reader had what it wanted (so `set -o pipefail` scripts go on)."""
+    url = ""
     try:
         with connect(args) as client:
+            url = client.base_url
             run(client)
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
     except FhirError as exc:
         status = f" (HTTP {exc.status})" if exc.status else ""
-        print(f"error{status}: {exc}", file=sys.stderr)
+        print(f"error{status}: {exc}{_base_hint(url) if exc.status == 404 else ''}", file=sys.stderr)
+        return 1
+    except httpx.ConnectError as exc:
+        where = exc.request.url if _has_request(exc) else url
+        print(f"error: cannot connect to {where}: {_reason(exc)}; is the server running, and is the URL "
+              f"right?{_base_hint(url)}", file=sys.stderr)
         return 1
     except httpx.HTTPError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        where = f" ({exc.request.url})" if _has_request(exc) else ""
+        print(f"error: {type(exc).__name__}{where}: {exc}", file=sys.stderr)
         return 1
     except (ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _has_request(exc: httpx.HTTPError) -> bool:
+    try:
+        exc.request  # noqa: B018 - raises RuntimeError when the error carries no request
+    except RuntimeError:
+        return False
+    return True
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.split("] ", 1)[-1] if text.startswith("[Errno") else text or type(exc).__name__
+
+
+def _base_hint(url: str) -> str:
+    """A hint when the FHIR base URL lacks fhirvault's `/fhir/R4` path (the usual cause of a 404 on every
+    request)."""
+    if not url or url.rstrip("/").endswith("/fhir/R4"):
+        return ""
+    return f"\nhint: the FHIR base URL is {url}; fhirvault serves FHIR under /fhir/R4, e.g. " \
+        f"{url.rstrip('/')}/fhir/R4"
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so the interpreter's final flush cannot fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -16,6 +16,7 @@ Resource = dict[str, Any]
 SearchParams = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
 
 JSON_HEADERS = {"Accept": FHIR_JSON}
+FHIR_JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 WRITE_HEADERS = {"Accept": FHIR_JSON, "Prefer": "return=representation"}
 
 
@@ -229,9 +230,11 @@ def download(base: str, target: Resource | str, dest: Destination = None, *,
             url = target.get("url") or ""
             size = target.get("size") if isinstance(target.get("size"), int) else None
             sha1 = target.get("hash") if isinstance(target.get("hash"), str) else None
-        if isinstance(target.get("contentType"), str):
-            # On a Binary read an Accept equal to the content type asks for the raw bytes.
-            accept = target["contentType"]
+        content_type = target.get("contentType")
+        if isinstance(content_type, str) and content_type.split(";")[0].strip().lower() not in FHIR_JSON_TYPES:
+            # On a Binary read an Accept equal to the content type asks for the raw bytes; but a FHIR JSON
+            # type in Accept asks for the Binary resource (R4), so stored FHIR JSON is fetched with */*.
+            accept = content_type
         if not url and isinstance(target.get("data"), str):
             return _inline(target["data"], dest, size, sha1, byte_range, on_progress)
         if not url:

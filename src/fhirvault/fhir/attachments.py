@@ -63,7 +63,7 @@ def _items(value: Any) -> list[Any]:
 
 
 class AttachmentWalk:
-    """Walks JSON by element type; `iter_attachments` is its public face."""
+    """Walks JSON by element type; `iter_attachments` and `attachment_objects` are its public faces."""
 
     def __init__(self, model: R4Model) -> None:
         self.model = model
@@ -112,43 +112,11 @@ class AttachmentWalk:
                         return lowered if lowered in self._primitives else option
         return None
 
-    def walk_resource(self, resource: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        rtype = resource.get("resourceType")
-        if isinstance(rtype, str):
-            yield from self.walk_element(resource, rtype, path)
-
-    def walk_element(self, node: dict[str, Any], owner: str, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        for key, value in node.items():
-            if key == "resourceType" or value is None:
-                continue
-            if key.startswith("_"):
-                # A primitive's id and extensions (`_birthDate`); FHIRPath names it without the underscore.
-                for i, item in enumerate(_items(value)):
-                    if isinstance(item, dict):
-                        yield from self.walk_element(item, "Element", _index(f"{path}.{key[1:]}", value, i))
-                continue
-            kind = self.resolve(owner, key)
-            if kind is None:
-                continue
-            what, name = kind
-            if what == "type" and _is_primitive(name):
-                continue
-            for i, item in enumerate(_items(value)):
-                if not isinstance(item, dict):
-                    continue
-                child_path = _index(f"{path}.{key}", value, i)
-                if what == "backbone":
-                    yield from self.walk_element(item, name, child_path)
-                elif name == "Resource":
-                    yield from self.walk_resource(item, child_path)
-                else:
-                    if name == "Attachment":
-                        yield child_path, item
-                    yield from self.walk_element(item, name, child_path)
-
-
-    def objects(self, node: dict[str, Any], owner: str) -> Iterator[dict[str, Any]]:
-        """The Attachments under `node` without their paths: the same walk, cheaper (the read path)."""
+    def walk(self, node: dict[str, Any], owner: str, path: str | None
+             ) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        """(path, Attachment) for every Attachment under `node`, an element of model path/type `owner`.
+        `path` is the FHIRPath-like path of `node` (`DocumentReference.content[1]`); with None no path is
+        built (the cheaper walk of the read path) and every path yielded is None."""
         children = self._children.get(owner)
         if children is None:
             children = self._children[owner] = {}
@@ -159,19 +127,22 @@ class AttachmentWalk:
             if step is _SKIP or value is None:
                 continue
             what, name = step
-            for item in value if isinstance(value, list) else (value,):
+            # A primitive's id and extensions (`_birthDate`): FHIRPath names them without the underscore.
+            base = None if path is None else f"{path}.{key[1:] if key.startswith('_') else key}"
+            for i, item in enumerate(_items(value)):
                 if not isinstance(item, dict):
                     continue
+                child = None if base is None else _index(base, value, i)
                 if what == "backbone":
-                    yield from self.objects(item, name)
+                    yield from self.walk(item, name, child)
                 elif name == "Resource":
                     inner = item.get("resourceType")
                     if isinstance(inner, str):
-                        yield from self.objects(item, inner)
+                        yield from self.walk(item, inner, child)
                 else:
                     if name == "Attachment":
-                        yield item
-                    yield from self.objects(item, name)
+                        yield child, item
+                    yield from self.walk(item, name, child)
 
     def _step(self, owner: str, key: str) -> tuple[str, str]:
         if key == "resourceType":
@@ -198,13 +169,30 @@ def iter_attachments(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, 
     object itself, so callers may change it in place)."""
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
-        return iter(())
-    return _walker().walk_resource(resource, rtype)
+        return
+    for path, attachment in _walker().walk(resource, rtype, rtype):
+        assert path is not None
+        yield path, attachment
 
 
 def attachment_objects(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The Attachments of `iter_attachments` without their paths (faster, for reads)."""
+    """The Attachments of `iter_attachments` without their paths (the same walk, building no paths)."""
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
-        return iter(())
-    return _walker().objects(resource, rtype)
+        return
+    for _, attachment in _walker().walk(resource, rtype, None):
+        yield attachment
+
+
+def is_attachment_element(resource_type: str, element: str) -> bool:
+    """Whether `element` is an Attachment-typed element directly on `resource_type` (`photo` on Patient,
+    `content` on Media, a choice such as Observation's `valueAttachment`), by the R4 model tables."""
+    return _walker().resolve(resource_type, element) == ("type", "Attachment")
+
+
+def attachment_elements(resource_type: str) -> list[str]:
+    """The names of the Attachment elements directly on `resource_type`, sorted (`["photo"]` for Patient)."""
+    prefix = f"{resource_type}."
+    names = {path[len(prefix):] for path, type_name in r4_model().types.items()
+             if type_name == "Attachment" and path.startswith(prefix) and "." not in path[len(prefix):]}
+    return sorted(names)

@@ -49,5 +49,27 @@ def binary_access_write(base_url: str) -> dict[str, Any]:
         returns={"type": "Resource", "documentation": "The updated resource"})
 
 
+def validate(base_url: str) -> dict[str, Any]:
+    """$validate as fhirvault runs it: R4's Resource-validate, on a type and on an instance."""
+    def param(name: str, use: str, ptype: str, doc: str, min_: int = 0) -> dict[str, Any]:
+        return {"name": name, "use": use, "min": min_, "max": "1", "type": ptype, "documentation": doc}
+
+    return {
+        "resourceType": "OperationDefinition", "id": "validate", "url": f"{base_url}/OperationDefinition/validate",
+        "name": "Validate", "status": "active", "kind": "operation", "code": "validate",
+        "base": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+        "description": "Checks a resource against the R4 (4.0.1) base definitions, as every write does, "
+                       "and answers an OperationOutcome (200 whether or not the resource is valid). "
+                       "Other profiles are not checked: a `profile` gets a warning issue saying so.",
+        "system": False, "type": True, "instance": True, "affectsState": False,
+        "parameter": [
+            param("resource", "in", "Resource", "The resource to check; the body may be the resource itself"),
+            param("mode", "in", "code", "create | update | delete: also check what that interaction would refuse"),
+            param("profile", "in", "uri", "Not supported: answered with a warning"),
+            param("return", "out", "OperationOutcome", "The issues found, or one information issue", 1),
+        ],
+    }
+
+
 def builtin_operation_definitions(base_url: str) -> dict[str, dict[str, Any]]:
-    return {d["id"]: d for d in (binary_access_read(base_url), binary_access_write(base_url))}
+    return {d["id"]: d for d in (binary_access_read(base_url), binary_access_write(base_url), validate(base_url))}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhirvault.errors import Unauthorized
+from fhirvault.http.negotiation import add_vary
 from fhirvault.http.responses import error_response
 from fhirvault.security.tokens import TokenService
 from fhirvault.service.context import RequestContext
@@ -23,8 +25,22 @@ def is_public(method: str, path: str) -> bool:
     return method in ("GET", "HEAD") and path in (f"{FHIR_PREFIX}/metadata", f"{FHIR_PREFIX}/metadata/")
 
 
+def vary_on(send: Send, name: str) -> Send:
+    """`send` with `name` added to the `Vary` header of the response start (RFC 9110 12.5.5)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            add_vary(headers, name)
+        await send(message)
+
+    return sending
+
+
 class BearerAuthMiddleware:
-    """Pure ASGI, so request and response bodies keep streaming untouched."""
+    """Pure ASGI, so request and response bodies keep streaming untouched. What a token may see depends on
+    the token, so every answer on a protected path says `Vary: Authorization`: a browser cache must not
+    give one caller's answer to a request made with another token."""
 
     def __init__(self, app: ASGIApp, tokens: TokenService, base_url: str) -> None:
         self.app = app
@@ -35,6 +51,7 @@ class BearerAuthMiddleware:
         if scope["type"] != "http" or is_public(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
+        send = vary_on(send, "Authorization")
         authorization = None
         for name, value in scope["headers"]:
             if name == b"authorization":

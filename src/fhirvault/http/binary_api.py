@@ -4,28 +4,27 @@ from __future__ import annotations
 
 import base64
 import json
-import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from fhirvault.errors import Invalid, TooLarge, Unsupported
+from fhirvault.errors import Invalid, TooLarge
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
 from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
-from fhirvault.http.negotiation import is_fhir_json, parse_prefer, prefers_fhir_json
+from fhirvault.http.negotiation import add_vary, binary_wants_resource, is_fhir_json, parse_prefer
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.services import StoredResource
 from fhirvault.streams import one_chunk
 
+# Sent by MedplumClient in its extended mode (on by default); see `extended_mode`.
+EXTENDED_MODE_HEADER = "X-Medplum"
 # Bytes of base64 input encoded at a time on a JSON read: a multiple of 3, so the pieces join up.
 BASE64_PIECE = 3 * 256 * 1024
-# Largest piece of decompressed output produced from one piece of gzip input (bounds memory).
-GUNZIP_PIECE = 1024 * 1024
 
 
 # -- uploads ------------------------------------------------------------------------------------
@@ -41,7 +40,8 @@ async def _write(request: Request, rid: str | None) -> Response:
     v = vault(request)
     ctx = context(request)
     content_type = (request.headers.get("content-type") or "").strip() or DEFAULT_CONTENT_TYPE
-    chunks = _decoded_body(request)
+    # Decoded already when sent with a Content-Encoding (ContentDecodingMiddleware).
+    chunks: AsyncIterator[bytes] = request.stream()
     try:
         if is_fhir_json(content_type):
             raw = await _read_json_body(request, chunks, v.settings.max_json_bytes)
@@ -50,7 +50,7 @@ async def _write(request: Request, rid: str | None) -> Response:
                 result = await v.binaries.write_json(ctx, rid, body, if_match_version(request))
                 return await _written(request, result)
             chunks = one_chunk(raw)  # any other JSON is content, like every other body
-        elif not request.headers.get("content-encoding"):
+        else:
             declared = request.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > v.settings.max_binary_bytes:
                 raise TooLarge(f"The content of {declared} bytes is over the limit of "
@@ -76,39 +76,11 @@ def _security_context(request: Request) -> str | None:
         raise Invalid(str(exc)) from None
 
 
-def _decoded_body(request: Request) -> AsyncIterator[bytes]:
-    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
-    if encoding == "identity":
-        return request.stream()
-    if encoding in ("gzip", "x-gzip"):
-        return _gunzip(request.stream())
-    raise Unsupported(f"Content-Encoding '{encoding}' is not supported; send the body plain or gzip-encoded")
-
-
-async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        async for chunk in chunks:
-            data = chunk
-            while data and not inflater.eof:
-                out = inflater.decompress(data, GUNZIP_PIECE)
-                if out:
-                    yield out
-                data = inflater.unconsumed_tail
-        tail = inflater.flush()
-        if tail:
-            yield tail
-    except zlib.error as exc:
-        raise Invalid(f"The gzip-encoded body cannot be decoded: {exc}") from None
-    if not inflater.eof:
-        raise Invalid("The gzip-encoded body is truncated")
-
-
 async def _read_json_body(request: Request, chunks: AsyncIterator[bytes], limit: int) -> bytes:
     hint = ("; upload larger content raw instead: POST /Binary with the content as the body and its own "
             "Content-Type")
     declared = request.headers.get("content-length")
-    if not request.headers.get("content-encoding") and declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"The JSON body of {declared} bytes is over the limit of {limit} bytes (MAX_JSON_BYTES)"
                        + hint)
     body = bytearray()
@@ -131,21 +103,37 @@ def _binary_resource_in(raw: bytes) -> dict[str, Any] | None:
 
 
 async def _written(request: Request, result: WriteResult) -> Response:
+    """The answer to a Binary create or update: the Binary without `data`, valid R4. A signed URL of the new
+    content goes in a `Link: <url>; rel="alternate"` header; as Medplum's server does, requests in
+    MedplumClient's extended mode (`X-Medplum: extended`) also get it in a `url` element, which R4's Binary
+    does not define and which its `createAttachment()` copies into Attachment.url (normalization turns it
+    back into `Binary/{id}`)."""
     ctx = context(request)
     status = 201 if result.created else 200
     headers = version_headers(result.stored, ctx.base_url, with_location=True)
+    signed = await vault(request).signed_urls.mint(result.stored.id, result.stored.version_id)
+    headers["Link"] = f'<{signed}>; rel="alternate"'
     if parse_prefer(request.headers.get("prefer")).get("return") == "minimal":
         return Response(status_code=status, headers=headers)
     resource = {k: val for k, val in result.resource.items() if k != "data"}
     rendered = (await vault(request).resources.render(ctx, [resource]))[0]
-    # As Medplum does: the write response carries a signed URL of the new content, which clients copy
-    # into Attachment.url (and which normalization turns back into Binary/{id}). Reads stay plain R4.
-    rendered["url"] = await vault(request).signed_urls.mint(result.stored.id, result.stored.version_id)
-    return FhirJsonResponse(rendered, status, headers)
+    if extended_mode(request):
+        rendered["url"] = signed
+    response = FhirJsonResponse(rendered, status, headers)
+    add_vary(response.headers, EXTENDED_MODE_HEADER)
+    return response
+
+
+def extended_mode(request: Request) -> bool:
+    """Whether the request comes from a client in MedplumClient's extended mode (`X-Medplum: extended`),
+    which expects Medplum's additions to R4 in answers."""
+    return (request.headers.get(EXTENDED_MODE_HEADER) or "").strip().lower() == "extended"
 
 
 # -- reads --------------------------------------------------------------------------------------
 async def read(request: Request) -> Response:
+    """GET/HEAD Binary/{id} and its vread: the resource or the bytes, by `binary_wants_resource`. Every
+    answer carries `Vary: Accept`, since the same URL gives either representation."""
     v = vault(request)
     ctx = context(request)
     p = request.path_params
@@ -153,20 +141,13 @@ async def read(request: Request) -> Response:
         stored = await v.resources.vread(ctx, "Binary", p["rid"], p["vid"])
     else:
         stored = await v.resources.read(ctx, "Binary", p["rid"])
-    if wants_resource(request, stored):
-        return await _resource_response(request, stored)
-    content = await v.binaries.describe(stored)
-    return await serve_bytes(request, content, lambda start, end: v.binaries.stream(content, start, end))
-
-
-def wants_resource(request: Request, stored: StoredResource) -> bool:
-    """The Binary negotiation rule: `_format` or a preferred FHIR JSON Accept gives the resource, unless
-    Accept is exactly the Binary's own contentType; everything else gives the bytes."""
-    accept = request.headers.get("accept")
-    own_type = str((stored.content or {}).get("contentType") or DEFAULT_CONTENT_TYPE)
-    if accept is not None and accept.strip().lower() == own_type.strip().lower():
-        return False
-    return "_format" in request.query_params or prefers_fhir_json(accept)
+    if binary_wants_resource(request.query_params.get("_format"), request.headers.get("accept")):
+        response = await _resource_response(request, stored)
+    else:
+        content = await v.binaries.describe(stored)
+        response = await serve_bytes(request, content, lambda start, end: v.binaries.stream(content, start, end))
+    add_vary(response.headers, "Accept")
+    return response
 
 
 async def _resource_response(request: Request, stored: StoredResource) -> Response:

@@ -224,4 +224,4 @@ async def batch(request: Request) -> Response:
 
 
 async def metadata(request: Request) -> Response:
-    return FhirJsonResponse(vault(request).capability_statement())
+    return FhirJsonResponse(vault(request).capability_statement_json())

@@ -8,10 +8,13 @@ from starlette.responses import Response
 from fhirvault.http import fhir_api
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.fhir_api import context, vault
+from fhirvault.http.negotiation import add_vary
 
 
 async def read(request: Request) -> Response:
-    """GET /Media/{id}: the raw content when `_output=data` or Accept equals Media.content.contentType."""
+    """GET /Media/{id}: the raw content when `_output=data`, or when Accept equals Media.content.contentType
+    and no `_format` asks for the resource (as on Binary, `_format` overrides Accept); else the resource.
+    Answers carry `Vary: Accept`."""
     v = vault(request)
     if not v.settings.media_raw_enabled:
         return await fhir_api.read_resource(request, "Media")
@@ -19,11 +22,14 @@ async def read(request: Request) -> Response:
     rid = request.path_params["rid"]
     wants_data = request.query_params.get("_output") == "data"
     accept = request.headers.get("accept")
-    if not wants_data and accept:
+    if not wants_data and accept and request.query_params.get("_format") is None:
         stored = await v.resources.read(ctx, "Media", rid)
         declared = ((stored.content or {}).get("content") or {}).get("contentType")
         wants_data = isinstance(declared, str) and accept.strip().lower() == declared.strip().lower()
-    if not wants_data:
-        return await fhir_api.read_resource(request, "Media")
-    readable = await v.binary_access.read(ctx, "Media", rid, None, "Media.content")
-    return await serve_bytes(request, readable.content, readable.stream)
+    if wants_data:
+        readable = await v.binary_access.read(ctx, "Media", rid, None, "Media.content")
+        response = await serve_bytes(request, readable.content, readable.stream)
+    else:
+        response = await fhir_api.read_resource(request, "Media")
+    add_vary(response.headers, "Accept")
+    return response

@@ -1,11 +1,17 @@
-"""Media types: what the client sent, what it accepts (with q-values), and the Prefer header."""
+"""Media types: what the client sent, what it accepts (with q-values), `_format`, Vary, and the Prefer header."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from starlette.datastructures import MutableHeaders
+
+from fhirvault.errors import NotAcceptable
+
 FHIR_JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 FHIR_JSON = "application/fhir+json"
+# `_format` values meaning FHIR JSON (R4 http.html#mime-type: the short form `json` and the MIME types).
+FHIR_JSON_FORMATS = ("json", *FHIR_JSON_TYPES)
 
 
 def media_type(content_type: str | None) -> str:
@@ -49,6 +55,37 @@ def prefers_fhir_json(header: str | None) -> bool:
     """True when the client's most preferred type is a FHIR JSON type."""
     items = parse_accept(header)
     return bool(items) and items[0].media_type in FHIR_JSON_TYPES
+
+
+def check_format(value: str) -> None:
+    """Accepts a `_format` value naming FHIR JSON (`json`, `application/fhir+json`, `application/json`,
+    parameters such as `;charset=utf-8` allowed); raises NotAcceptable (406) for any other format, XML
+    and Turtle included, which this server does not produce (R4 http.html#mime-type)."""
+    if media_type(value.replace(" ", "+")) not in FHIR_JSON_FORMATS:
+        raise NotAcceptable(f"_format={value!r} is not supported: this server answers FHIR JSON only "
+                            "(_format=json or application/fhir+json)", expression="_format")
+
+
+def binary_wants_resource(format_param: str | None, accept: str | None) -> bool:
+    """Whether a Binary read answers the Binary resource (True) or its raw bytes (False), in this order
+    (R4 binary.html#rest, http.html#mime-type): `_format` given -> the resource (`_format` overrides
+    Accept; a non-JSON one is NotAcceptable); an Accept whose preferred type is a FHIR JSON type -> the
+    resource, even when the Binary's own contentType is that type; anything else (the stored type,
+    `*/*`, no Accept) -> the bytes."""
+    if format_param is not None:
+        check_format(format_param)
+        return True
+    return prefers_fhir_json(accept)
+
+
+def add_vary(headers: MutableHeaders | dict[str, str], *names: str) -> None:
+    """Adds request header names to `Vary` (RFC 9110 12.5.5), keeping those already listed, so that caches
+    never hand one representation to a request that would have been given another."""
+    present = [v.strip() for v in headers.get("Vary", "").split(",") if v.strip()]
+    lowered = {v.lower() for v in present}
+    present += [n for n in names if n.lower() not in lowered]
+    if present:
+        headers["Vary"] = ", ".join(present)
 
 
 def parse_prefer(header: str | None) -> dict[str, str]:

@@ -7,12 +7,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirvault.errors import Invalid, Unsupported
+from fhirvault.errors import Invalid
 from fhirvault.http import fhir_api
 from fhirvault.http.byte_responses import serve_bytes
 from fhirvault.http.fhir_api import context, if_match_version, resource_type_of, vault
 from fhirvault.http.negotiation import is_fhir_json, media_type
-from fhirvault.http.requests import parse_json, read_body_bounded
+from fhirvault.http.requests import parse_json, read_body_bounded, read_fhir_json
+from fhirvault.http.responses import FhirJsonResponse
+from fhirvault.service.validate_operation import validate_arguments
 
 PARAMETERS_LIMIT = 64 * 1024
 
@@ -51,12 +53,24 @@ async def binary_access_write(request: Request) -> Response:
     if is_fhir_json(ctype):
         raise Invalid("$binary-access-write takes the raw content, not FHIR JSON; send it with its own "
                       "Content-Type (e.g. image/jpeg)")
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise Unsupported(f"Content-Encoding '{encoding}' is not supported by $binary-access-write")
     v = vault(request)
     ctx = context(request)
     result = await v.binary_access.write(ctx, rtype, request.path_params["rid"],
                                          request.query_params.get("path"), request.stream(),
                                          ctype.strip(), if_match_version(request))
     return await fhir_api.resource_response(request, result.stored, 200)
+
+
+async def validate(request: Request) -> Response:
+    """`[type]/$validate` and `[type]/[id]/$validate` (R4 operation-resource-validate): always an
+    OperationOutcome, 200 when the check could run, whether or not the resource is valid."""
+    rtype = resource_type_of(request)
+    v = vault(request)
+    # An instance may be validated with no body (the stored resource, or mode=delete).
+    length = request.headers.get("content-length")
+    has_body = request.method == "POST" and (length not in (None, "0") or
+                                             (length is None and "transfer-encoding" in request.headers))
+    body = await read_fhir_json(request, v.settings.max_json_bytes) if has_body else None
+    resource, mode, profile = validate_arguments(body, dict(request.query_params))
+    outcome = await v.validate.run(context(request), rtype, request.path_params.get("rid"), resource, mode, profile)
+    return FhirJsonResponse(outcome)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.responses import Response
 
+from fhirvault import jsoncodec
 from fhirvault.errors import FhirVaultError
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.http.negotiation import FHIR_JSON
@@ -21,9 +21,12 @@ class FhirJsonResponse(Response):
         super().__init__(content, status_code, headers)
 
     def render(self, content: Any) -> bytes:
+        """`content` as JSON; bytes are taken as JSON already encoded (a cached answer)."""
         if content is None:
             return b""
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if isinstance(content, bytes):
+            return content
+        return jsoncodec.dumps(content)
 
 
 def outcome_response(status: int, message: str, code: str = "processing",
@@ -36,4 +39,6 @@ def error_response(exc: FhirVaultError) -> FhirJsonResponse:
     extra = getattr(exc, "headers", None)
     if isinstance(extra, dict):
         headers.update(extra)
+    if exc.issues:
+        return FhirJsonResponse({"resourceType": "OperationOutcome", "issue": exc.issues}, exc.status, headers)
     return outcome_response(exc.status, exc.message, exc.code, headers, exc.expression)

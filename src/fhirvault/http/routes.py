@@ -87,6 +87,8 @@ URL_MAP: list[tuple[str, dict[str, Endpoint | str]]] = [
     (FHIR_PREFIX + INSTANCE + "/$binary-access-read",
      {"GET": operations_api.binary_access_read, "POST": operations_api.binary_access_read}),
     (FHIR_PREFIX + INSTANCE + "/$binary-access-write", {"POST": operations_api.binary_access_write}),
+    (FHIR_PREFIX + "/{rtype:type}/$validate", {"POST": operations_api.validate}),
+    (FHIR_PREFIX + INSTANCE + "/$validate", {"GET": operations_api.validate, "POST": operations_api.validate}),
     (FHIR_PREFIX + INSTANCE + "/$ingestion-status", {"GET": ingestion_api.ingestion_status}),
 ]
 

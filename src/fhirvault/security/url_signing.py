@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from fhirvault.errors import Forbidden, Gone
 from fhirvault.fhir.r4 import is_valid_id
+from fhirvault.security.key_cache import KeyCache, superseded
 from fhirvault.store.database import Database
 from fhirvault.store.url_signing_keys import UrlSigningKey, all_keys, insert_key, new_key, remove_keys
 
@@ -25,6 +26,9 @@ UNKNOWN_KID_RELOAD_SECONDS = 2.0
 STORAGE_PATH = "/storage/"
 MINTED_CACHE_SIZE = 50_000
 _SIG_LABEL = b"fhirvault-storage-v1"
+# Query marker of a URL minted for a versioned reference. It is not signed: it grants nothing, it only
+# tells the server, when a client writes the URL back into an Attachment, to keep the version it names.
+PINNED_PARAM = "pinned"
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class StorageUrlParts:
     expires: int | None
     kid: str | None
     sig: str | None
+    pinned: bool = False  # minted for a versioned reference (`Binary/1/_history/2`), see SignedUrl.mint_with
 
 
 def signature(secret: bytes, binary_id: str, version_id: int, expires: int, kid: str) -> str:
@@ -63,13 +68,11 @@ class SignedUrl:
         self.ttl = ttl
         self.window = max(1, window)
         self.clock = clock
-        self._keys: dict[str, UrlSigningKey] = {}
-        self._ordered: list[UrlSigningKey] = []
-        self._loaded_at = float("-inf")
-        self._minted: dict[tuple[str, str, int, int], str] = {}
+        self._keys: KeyCache[UrlSigningKey] = KeyCache(self._load, UNKNOWN_KID_RELOAD_SECONDS, clock)
+        self._minted: dict[tuple[str, str, int, int, bool], str] = {}
 
     # -- keys -----------------------------------------------------------------------------------
-    async def _load(self) -> None:
+    async def _load(self) -> list[UrlSigningKey]:
         async with self.db.read() as conn:
             keys = await all_keys(conn)
         if not keys:
@@ -78,25 +81,17 @@ class SignedUrl:
             async with self.db.write() as conn:
                 await insert_key(conn, key)
             keys = [key]
-        self._keys = {k.kid: k for k in keys}
-        self._ordered = keys
-        self._loaded_at = self.clock()
+        return keys
 
     async def signing_key(self) -> UrlSigningKey:
         """The newest key that every node has had time to learn (older than the refresh interval);
         the oldest key while none is that old (a fresh database)."""
-        if not self._ordered or self.clock() - self._loaded_at > KEY_REFRESH_SECONDS:
-            await self._load()
+        keys = self._keys.keys
+        if not keys or self._keys.age() > KEY_REFRESH_SECONDS:
+            keys = await self._keys.reload()
         settled_before = (self.clock() - KEY_REFRESH_SECONDS) * 1_000_000
-        settled = [k for k in self._ordered if k.created_at <= settled_before]
-        return settled[-1] if settled else self._ordered[0]
-
-    async def _verification_key(self, kid: str) -> UrlSigningKey | None:
-        key = self._keys.get(kid)
-        if key is None and self.clock() - self._loaded_at > UNKNOWN_KID_RELOAD_SECONDS:
-            await self._load()
-            key = self._keys.get(kid)
-        return key
+        settled = [k for k in keys if k.created_at <= settled_before]
+        return settled[-1] if settled else keys[0]
 
     async def rotate(self) -> tuple[str, list[str]]:
         """Adds a new key (it starts signing once every node has had time to learn it) and removes keys
@@ -105,30 +100,31 @@ class SignedUrl:
         key = new_key(now_us)
         keep_us = int((self.ttl + self.window + 2 * KEY_REFRESH_SECONDS) * 1_000_000)
         async with self.db.write() as conn:
-            keys = await all_keys(conn)
             # A key signs until the next one settles (created + refresh); its URLs live TTL + window more.
-            removed = [older.kid for older, newer in zip(keys, keys[1:], strict=False)
-                       if newer.created_at < now_us - keep_us]
+            removed = superseded(await all_keys(conn), now_us - keep_us)
             await remove_keys(conn, removed)
             await insert_key(conn, key)
-        await self._load()
+        await self._keys.reload()
         return key.kid, removed
 
     # -- minting --------------------------------------------------------------------------------
     async def mint(self, binary_id: str, version_id: int) -> str:
         return self.mint_with(await self.signing_key(), binary_id, version_id)
 
-    def mint_with(self, key: UrlSigningKey, binary_id: str, version_id: int) -> str:
-        """The URL for one version with a key already at hand (minting many without awaiting each)."""
+    def mint_with(self, key: UrlSigningKey, binary_id: str, version_id: int, pinned: bool = False) -> str:
+        """The URL for one version with a key already at hand (minting many without awaiting each).
+        `pinned` marks a URL that stands for `Binary/{id}/_history/{version}` rather than `Binary/{id}`."""
         expires = rounded_expiry(self.clock(), self.ttl, self.window)
-        memo = (key.kid, binary_id, version_id, expires)
+        memo = (key.kid, binary_id, version_id, expires, pinned)
         url = self._minted.get(memo)
         if url is None:
             # URLs are deterministic within a window; remembering them spares an HMAC per repeated read.
             if len(self._minted) >= MINTED_CACHE_SIZE:
                 self._minted.clear()
             sig = signature(key.secret, binary_id, version_id, expires, key.kid)
-            url = self._minted[memo] = f"{self.prefix}{binary_id}/{version_id}?exp={expires}&kid={key.kid}&sig={sig}"
+            marker = f"&{PINNED_PARAM}=1" if pinned else ""
+            url = f"{self.prefix}{binary_id}/{version_id}?exp={expires}&kid={key.kid}&sig={sig}{marker}"
+            self._minted[memo] = url
         return url
 
     # -- parsing and verifying ------------------------------------------------------------------
@@ -150,7 +146,7 @@ class SignedUrl:
         missing or wrong, Gone once it has expired. The signature is compared in constant time."""
         if parts.expires is None or not parts.kid or not parts.sig:
             raise Forbidden("This storage URL carries no valid signature (exp, kid and sig are needed)")
-        key = await self._verification_key(parts.kid)
+        key = await self._keys.find(parts.kid)
         # Compare against something even for an unknown kid, so timing tells nothing about kids either.
         expected = signature(key.secret if key else b"\0" * 32, parts.binary_id, parts.version_id, parts.expires,
                              parts.kid)
@@ -170,4 +166,4 @@ def parts_from(binary_id: str, version: str, query: Mapping[str, str]) -> Storag
         return None
     exp = query.get("exp")
     return StorageUrlParts(binary_id, int(version), int(exp) if exp and exp.isdigit() else None,
-                           query.get("kid"), query.get("sig"))
+                           query.get("kid"), query.get("sig"), query.get(PINNED_PARAM) == "1")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,22 +12,34 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.attachments import attachment_objects, iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
-from fhirvault.fhir.r4 import ID
+from fhirvault.fhir.references import Reference, parse_reference
+from fhirvault.fhir.validation import attachment_size
 from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
-from fhirvault.store.binary_rows import BinaryRow, current_binaries
+from fhirvault.store.binary_rows import BinaryRow, binary_versions, current_binaries
 from fhirvault.store.database import Database
-
-_BINARY_REF = re.compile(rf"^Binary/({ID})(?:/_history/([0-9]+))?$")
-_STORED_REF = re.compile(rf"^Binary/({ID})$")
 
 
 async def may_read(access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
                    binary: dict[str, Any]) -> bool:
     """Whether the caller may read this Binary (its securityContext rules)."""
     return await access.can_see(ctx, conn, binary, "read")
+
+
+def binary_reference(url: str, fhir_base_url: str) -> Reference | None:
+    """`Binary/{id}` or `Binary/{id}/_history/{vid}`, relative or on our FHIR base; None otherwise."""
+    ref = parse_reference(url, fhir_base_url)
+    if ref is None or ref.resource_type != "Binary":
+        return None
+    return Reference("Binary", ref.id, str(int(ref.version_id)) if ref.version_id else None)
+
+
+def stored_form(ref: Reference) -> str:
+    """How an Attachment url naming `ref` is stored: `Binary/{id}`, or `Binary/{id}/_history/{vid}` when
+    the writer named a version (that version is then the content, not whatever is current)."""
+    return f"{ref.relative}/_history/{ref.version_id}" if ref.version_id else ref.relative
 
 
 @dataclass
@@ -38,14 +49,14 @@ class UrlShapes:
     fhir_base_url: str
     signer: SignedUrl
 
-    async def binary_id(self, url: str, where: str) -> str | None:
-        """The Binary id `url` names (`Binary/{id}`, `Binary/{id}/_history/{vid}`, `{base}/Binary/{id}`,
-        one of our signed storage URLs, even expired), or None for any other URL. A storage URL of ours
-        whose signature is wrong is refused: it names nothing we handed out."""
-        relative = url[len(self.fhir_base_url) + 1:] if url.startswith(self.fhir_base_url + "/") else url
-        m = _BINARY_REF.match(relative)
-        if m:
-            return m.group(1)
+    async def binary_ref(self, url: str, where: str) -> Reference | None:
+        """The Binary (and version, when one is named) that `url` names: `Binary/{id}`,
+        `Binary/{id}/_history/{vid}`, either on our FHIR base, or one of our signed storage URLs, even
+        expired (its version only when it was minted for a versioned reference); None for any other
+        URL. A storage URL of ours whose signature is wrong is refused: it names nothing we handed out."""
+        ref = binary_reference(url, self.fhir_base_url)
+        if ref is not None:
+            return ref
         parts = self.signer.parse(url)
         if parts is None:
             return None
@@ -54,12 +65,12 @@ class UrlShapes:
         except FhirVaultError:
             raise Invalid(f"{where} is a storage URL of this server with a signature that is not valid",
                           expression=where) from None
-        return parts.binary_id
+        return Reference("Binary", parts.binary_id, str(parts.version_id) if parts.pinned else None)
 
 
 @dataclass(frozen=True)
 class BinaryMeasures:
-    content_type: str
+    content_type: str | None  # None: nothing to fill in (an Attachment's own data has no other type)
     size: int
     sha1_b64: str
 
@@ -70,63 +81,93 @@ def measures_of(row: BinaryRow) -> BinaryMeasures:
         return BinaryMeasures(content_type, row.blob_size, row.blob_sha1)
     data = row.resource.get("data")
     try:
-        raw = decode_base64_strict(data, "Binary.data") if isinstance(data, str) else b""
+        raw = decode_base64_strict(data, "Binary.data")
     except ValueError:
         raw = b""
-    return BinaryMeasures(content_type, len(raw), base64.b64encode(hashlib.sha1(raw).digest()).decode("ascii"))
+    return BinaryMeasures(content_type, len(raw), sha1_base64(raw))
+
+
+def sha1_base64(raw: bytes) -> str:
+    """R4 Attachment.hash of `raw`: the base64 of its SHA-1."""
+    return base64.b64encode(hashlib.sha1(raw).digest()).decode("ascii")
+
+
+async def readable_binaries(access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
+                            refs: set[Reference], **options: bool) -> dict[Reference, BinaryRow]:
+    """The rows of the named Binaries (current version, or the named one) that exist and that the caller
+    may read, by reference; `options` as for `current_binaries`."""
+    current = await current_binaries(conn, {r.id for r in refs if not r.version_id}, **options)
+    named = await binary_versions(conn, {(r.id, int(r.version_id)) for r in refs if r.version_id}, **options)
+    out: dict[Reference, BinaryRow] = {}
+    for ref in refs:
+        row = named.get((ref.id, int(ref.version_id))) if ref.version_id else current.get(ref.id)
+        if row is not None and await may_read(access, ctx, conn, row.resource):
+            out[ref] = row
+    return out
+
+
+Named = tuple[str, dict[str, Any], Reference]  # (path of the Attachment, the Attachment, the Binary it names)
 
 
 class AttachmentNormalizer:
     """WriteStep (`WritePipeline.normalize_attachment_urls`): every Attachment url naming one of our Binaries
-    becomes `Binary/{id}`; the Binary must exist (and be readable by the writer); size, hash and contentType are
-    filled from it when absent and must agree with it when present."""
+    becomes `Binary/{id}` (or `Binary/{id}/_history/{vid}` when a version was named); that Binary (version)
+    must exist and be readable by the writer; size, hash and contentType are filled from it when absent and
+    must agree with it when present. Urls naming a Binary that a later entry of the same transaction writes
+    are resolved once all entries are written (R4: the order of a transaction's entries does not matter)."""
 
     def __init__(self, access: AccessPolicy, shapes: UrlShapes) -> None:
         self.access = access
         self.shapes = shapes
 
     async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
-        conn = uow.conn
         if resource.get("resourceType") == "Binary":
             return
-        named: list[tuple[str, dict[str, Any], str]] = []
+        now: list[Named] = []
+        later: list[Named] = []
         for path, attachment in iter_attachments(resource):
             url = attachment.get("url")
             if isinstance(url, str):
-                binary_id = await self.shapes.binary_id(url, f"{path}.url")
-                if binary_id is not None:
-                    named.append((path, attachment, binary_id))
-        if not named:
-            return
-        rows = await current_binaries(conn, {b for _, _, b in named}, with_blobs=True)
-        readable = {bid: row for bid, row in rows.items() if await may_read(self.access, ctx, conn, row.resource)}
-        for path, attachment, binary_id in named:
-            row = readable.get(binary_id)
+                ref = await self.shapes.binary_ref(url, f"{path}.url")
+                if ref is not None:
+                    (later if ref.relative in uow.upcoming else now).append((path, attachment, ref))
+        if now:
+            await self._resolve(ctx, uow.conn, now)
+        if later:
+            uow.defer(resource, lambda: self._resolve(ctx, uow.conn, later))
+
+    async def _resolve(self, ctx: RequestContext, conn: AsyncConnection, named: list[Named]) -> None:
+        rows = await readable_binaries(self.access, ctx, conn, {ref for _, _, ref in named}, with_blobs=True)
+        for path, attachment, ref in named:
+            row = rows.get(ref)
+            label = stored_form(ref)
             if row is None:
-                raise Invalid(f"{path}.url names Binary/{binary_id}, which does not exist", expression=f"{path}.url")
-            attachment["url"] = f"Binary/{binary_id}"
-            _fill_from(path, attachment, binary_id, measures_of(row))
+                raise Invalid(f"{path}.url names {label}, which does not exist", expression=f"{path}.url")
+            attachment["url"] = label
+            check_measures(path, attachment, label, measures_of(row))
 
 
-def _fill_from(path: str, attachment: dict[str, Any], binary_id: str, m: BinaryMeasures) -> None:
-    if "contentType" not in attachment:
-        attachment["contentType"] = m.content_type
+def check_measures(path: str, attachment: dict[str, Any], holder: str, m: BinaryMeasures) -> None:
+    """Fills the Attachment's missing contentType, size and hash from the content `holder` (a Binary, or
+    the Attachment's own `data`) has; a size or hash that contradicts it is Invalid naming the element."""
+    if m.content_type is not None:
+        attachment.setdefault("contentType", m.content_type)
     if "size" not in attachment:
-        attachment["size"] = m.size
+        attachment.update(attachment_size(m.size))
     elif attachment["size"] != m.size:
-        raise Invalid(f"{path}.size is {attachment['size']!r} but Binary/{binary_id} holds {m.size} bytes",
+        raise Invalid(f"{path}.size is {attachment['size']!r} but {holder} holds {m.size} bytes",
                       expression=f"{path}.size")
     if "hash" not in attachment:
         attachment["hash"] = m.sha1_b64
     elif attachment["hash"] != m.sha1_b64:
-        raise Invalid(f"{path}.hash is {attachment['hash']!r} but the SHA-1 of Binary/{binary_id} is "
-                      f"{m.sha1_b64}", expression=f"{path}.hash")
+        raise Invalid(f"{path}.hash is {attachment['hash']!r} but the SHA-1 of {holder} is {m.sha1_b64}",
+                      expression=f"{path}.hash")
 
 
 class AttachmentUrlSigner:
-    """ReadStep (`ReadPipeline.sign_attachment_urls`): each `Binary/{id}` Attachment url the caller may read
-    becomes a signed storage URL of that Binary's current version; others stay as they are. One query per batch
-    of resources."""
+    """ReadStep (`ReadPipeline.sign_attachment_urls`): each `Binary/{id}` (or `Binary/{id}/_history/{vid}`)
+    Attachment url the caller may read becomes a signed storage URL of that Binary's current (or named)
+    version; others stay as they are. One query per batch of resources (two when versions are named)."""
 
     def __init__(self, db: Database, access: AccessPolicy, signer: SignedUrl) -> None:
         self.db = db
@@ -134,14 +175,14 @@ class AttachmentUrlSigner:
         self.signer = signer
 
     async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
-        targets: list[tuple[dict[str, Any], str]] = []
+        targets: list[tuple[dict[str, Any], Reference]] = []
         for resource in resources:
             for attachment in attachment_objects(resource):
                 url = attachment.get("url")
                 if isinstance(url, str) and url.startswith("Binary/"):
-                    m = _STORED_REF.match(url)
-                    if m:
-                        targets.append((attachment, m.group(1)))
+                    ref = binary_reference(url, "")
+                    if ref is not None:
+                        targets.append((attachment, ref))
         if not targets:
             return
         access = self.access
@@ -150,17 +191,15 @@ class AttachmentUrlSigner:
         except FhirVaultError:
             return  # no Binary scope: every url stays `Binary/{id}`
         async with self.db.read() as conn:
-            rows = await current_binaries(conn, {b for _, b in targets}, access_fields_only=True)
-            versions = {bid: row.version_id for bid, row in rows.items()
-                        if await may_read(access, ctx, conn, row.resource)}
-        if not versions:
+            rows = await readable_binaries(access, ctx, conn, {ref for _, ref in targets}, access_fields_only=True)
+        if not rows:
             return
         key = await self.signer.signing_key()
-        minted: dict[str, str] = {}
-        for attachment, binary_id in targets:
-            version = versions.get(binary_id)
-            if version is None:
+        minted: dict[Reference, str] = {}
+        for attachment, ref in targets:
+            row = rows.get(ref)
+            if row is None:
                 continue
-            if binary_id not in minted:
-                minted[binary_id] = self.signer.mint_with(key, binary_id, version)
-            attachment["url"] = minted[binary_id]
+            if ref not in minted:
+                minted[ref] = self.signer.mint_with(key, ref.id, row.version_id, pinned=bool(ref.version_id))
+            attachment["url"] = minted[ref]

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhirvault.blobs.base import BlobStore
@@ -26,13 +26,17 @@ from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
-from fhirvault.store.resources import StoredResource
-from fhirvault.streams import one_chunk
+from fhirvault.store.resources import ResourceStore, StoredResource
+from fhirvault.streams import InOrderWorker, one_chunk, pieces
 
 log = logging.getLogger("fhirvault.binaries")
 
 # Slices in which inline content is handed out, so even a large inline Binary streams.
 INLINE_SLICE = 1024 * 1024
+# Uploaded bytes are hashed in pieces of this size in a worker thread (hashlib lets go of the GIL), while
+# the event loop receives the next piece and the store writes the last one: about one thread hop per
+# piece, and memory bounded by a few pieces.
+HASH_PIECE = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class BinaryContent:
     last_updated_us: int  # microseconds since the epoch (the version's lastUpdated)
     filename: str | None
     security_context: str | None   # e.g. "Patient/123"
+    # Where the bytes are, when the description was made from the stored version (the version is
+    # immutable, so streaming need not look it up again): the decoded inline content, or the blob's key.
+    inline: bytes | None = field(default=None, repr=False)
+    storage_key: str | None = None
 
 
 class ContentMeter:
@@ -60,11 +68,37 @@ class ContentMeter:
         self._sha1 = hashlib.sha1()
 
     def update(self, chunk: bytes) -> None:
+        self.count(chunk)
+        self.hash(chunk)
+
+    def count(self, chunk: bytes) -> None:
+        """Adds the chunk's length; TooLarge past the limit (checked as the bytes arrive)."""
         self.size += len(chunk)
         if self.size > self.limit:
             raise TooLarge(f"The content is over the limit of {self.limit} bytes (MAX_BINARY_BYTES)")
+
+    def hash(self, chunk: bytes) -> None:
+        """Feeds both digests; chunks must come in order. Safe to run in a worker thread."""
         self._sha256.update(chunk)
         self._sha1.update(chunk)
+
+    async def hashed_pieces(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The chunks, counted (TooLarge as soon as the limit is passed) and regrouped into pieces of
+        HASH_PIECE bytes, each hashed in a worker thread while the consumer stores it and the next piece
+        arrives. The digests are complete once the iterator is exhausted."""
+        hasher = InOrderWorker(self.hash)
+        try:
+            async for piece in pieces(self._counted(chunks), HASH_PIECE):
+                await hasher.submit(piece)
+                yield piece
+            await hasher.drain()
+        finally:
+            await hasher.settle()
+
+    async def _counted(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.count(chunk)
+            yield chunk
 
     @property
     def sha256_hex(self) -> str:
@@ -95,11 +129,16 @@ def measure(data: bytes) -> ContentMeter:
 
 
 class BinaryService:
-    def __init__(self, db: Database, resources: ResourceService, store: BlobStore | None,
+    """Binary use cases: streaming content in (staged inline or into a pending blob, committed with the
+    version) and out, sweeping leftovers of failed uploads, expunging. `rows` is the SQL of resources,
+    used inside this service's own transactions; `store` None means inline mode."""
+
+    def __init__(self, db: Database, resources: ResourceService, rows: ResourceStore, store: BlobStore | None,
                  registry: BlobRegistry, *, inline_max_bytes: int, max_binary_bytes: int,
                  pending_grace_seconds: int) -> None:
         self.db = db
         self.resources = resources
+        self.rows = rows
         self.store = store
         self.registry = registry
         self.max_binary_bytes = max_binary_bytes
@@ -118,19 +157,33 @@ class BinaryService:
                                 content_type: str, security_context: str | None = None,
                                 filename: str | None = None, if_match: int | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with the streamed bytes as its content."""
-        self.resources.access.require(ctx, "create" if rid is None else "update", "Binary")
+        self.resources.require(ctx, "create" if rid is None else "update", "Binary")
+        staged = await self.stage(chunks)
+        return await self.write_staged(ctx, rid, staged, content_type=content_type,
+                                       security_context=security_context, filename=filename, if_match=if_match)
+
+    async def write_staged(self, ctx: RequestContext, rid: str | None, staged: StagedContent, *,
+                           content_type: str, security_context: str | None = None,
+                           filename: str | None = None, if_match: int | None = None) -> WriteResult:
+        """Create (rid None) or update Binary `rid` with content `stage` took in. Forbidden without Binary
+        create/update scope; on that or any other failure the staged blob is discarded."""
+        try:
+            self.resources.require(ctx, "create" if rid is None else "update", "Binary")
+        except BaseException:
+            if staged.blob_id and not staged.reused:
+                await self._discard(staged.blob_id)
+            raise
         resource: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type or DEFAULT_CONTENT_TYPE}
         if security_context:
             resource["securityContext"] = {"reference": security_context}
         set_filename(resource, filename)
-        staged = await self.stage(chunks)
         return await self._commit(ctx, rid, resource, staged, if_match)
 
     async def write_json(self, ctx: RequestContext, rid: str | None, body: dict[str, Any],
                          if_match: int | None = None) -> WriteResult:
         """Create or update from a FHIR JSON Binary; an update without `data` keeps the current bytes
         (and their blob: a metadata-only change copies nothing)."""
-        self.resources.access.require(ctx, "create" if rid is None else "update", "Binary")
+        self.resources.require(ctx, "create" if rid is None else "update", "Binary")
         resource = dict(body)
         if not isinstance(resource.get("contentType"), str) or not resource["contentType"].strip():
             raise Invalid("A Binary needs a contentType", expression="Binary.contentType")
@@ -150,7 +203,7 @@ class BinaryService:
 
     async def _current_content(self, rid: str) -> StagedContent:
         async with self.db.read() as conn:
-            current = await self.resources.store.get(conn, "Binary", rid)
+            current = await self.rows.get(conn, "Binary", rid)
             if current is None or current.deleted or current.content is None:
                 return StagedContent(0, "", "", inline=None)
             if current.blob_id:
@@ -182,9 +235,8 @@ class BinaryService:
         async def everything() -> AsyncIterator[bytes]:
             yield bytes(head)
             head.clear()
-            async for more in iterator:
-                meter.update(more)
-                yield more
+            async for piece in meter.hashed_pieces(iterator):
+                yield piece
 
         blob_id = uuid.uuid4().hex
         async with self.db.write() as conn:
@@ -271,31 +323,38 @@ class BinaryService:
         if stored.resource_type != "Binary":
             raise NotFound(f"{stored.resource_type}/{stored.id} is not a Binary")
         resource = stored.content or {}
-        size, sha256_hex, sha1_b64 = await self._measures(stored)
-        return BinaryContent(
-            binary_id=stored.id, version_id=stored.version_id,
-            content_type=str(resource.get("contentType") or DEFAULT_CONTENT_TYPE),
-            size=size, sha1_b64=sha1_b64, sha256_hex=sha256_hex, last_updated_us=stored.last_updated,
-            filename=filename_of(resource), security_context=security_context_of(resource),
-        )
-
-    async def _measures(self, stored: StoredResource) -> tuple[int, str, str]:
+        inline: bytes | None = None
+        storage_key: str | None = None
         if stored.blob_id:
             async with self.db.read() as conn:
                 record = await self.registry.get(conn, stored.blob_id)
             if record is None or record.size is None:
                 raise StorageFailure(f"The content of Binary/{stored.id} is missing from the blob registry")
-            return record.size, record.sha256 or "", record.sha1 or ""
-        meter = measure(_inline_bytes(stored))
-        return meter.size, meter.sha256_hex, meter.sha1_b64
+            size, sha256_hex, sha1_b64 = record.size, record.sha256 or "", record.sha1 or ""
+            storage_key = record.storage_key
+        else:
+            inline = _inline_bytes(stored)
+            meter = measure(inline)
+            size, sha256_hex, sha1_b64 = meter.size, meter.sha256_hex, meter.sha1_b64
+        return BinaryContent(
+            binary_id=stored.id, version_id=stored.version_id,
+            content_type=str(resource.get("contentType") or DEFAULT_CONTENT_TYPE),
+            size=size, sha1_b64=sha1_b64, sha256_hex=sha256_hex, last_updated_us=stored.last_updated,
+            filename=filename_of(resource), security_context=security_context_of(resource),
+            inline=inline, storage_key=storage_key,
+        )
 
     def stream(self, content: BinaryContent, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes [start, end) of that version, in chunks, whatever the storage mode."""
+        if content.inline is not None:
+            return _slices(content.inline, start, end)
+        if content.storage_key is not None and self.store is not None:
+            return self.store.get(content.storage_key, start, end)
         return self._stream(content.binary_id, content.version_id, start, end)
 
     async def _stream(self, binary_id: str, version_id: int, start: int, end: int | None) -> AsyncIterator[bytes]:
         async with self.db.read() as conn:
-            stored = await self.resources.store.get_version(conn, "Binary", binary_id, version_id)
+            stored = await self.rows.get_version(conn, "Binary", binary_id, version_id)
             record = await self.registry.get(conn, stored.blob_id) if stored and stored.blob_id else None
         if stored is None:
             raise NotFound(f"Binary/{binary_id} has no version {version_id}")
@@ -305,19 +364,17 @@ class BinaryService:
             async for chunk in self.store.get(record.storage_key, start, end):
                 yield chunk
             return
-        data = _inline_bytes(stored)
-        stop = len(data) if end is None else min(end, len(data))
-        for offset in range(start, stop, INLINE_SLICE):
-            yield data[offset:min(offset + INLINE_SLICE, stop)]
+        async for piece in _slices(_inline_bytes(stored), start, end):
+            yield piece
 
     # -- expunge --------------------------------------------------------------------------------
     async def expunge(self, rtype: str, rid: str) -> int:
         """Remove every version of a resource and the bytes they own; returns how many versions went."""
         async with self.db.write() as conn:
-            versions = await self.resources.store.versions_of(conn, rtype, rid)
+            versions = await self.rows.versions_of(conn, rtype, rid)
             blob_ids = {v.blob_id for v in versions if v.blob_id}
             records = [r for r in [await self.registry.get(conn, b) for b in blob_ids] if r is not None]
-            await self.resources.store.expunge(conn, rtype, rid)
+            await self.rows.expunge(conn, rtype, rid)
             for record in records:
                 await self.registry.remove(conn, record.id)
         for record in records:
@@ -327,6 +384,12 @@ class BinaryService:
                 except FhirVaultError:
                     log.warning("could not remove the bytes of expunged blob %s", record.id, exc_info=True)
         return len(versions)
+
+
+async def _slices(data: bytes, start: int, end: int | None) -> AsyncIterator[bytes]:
+    stop = len(data) if end is None else min(end, len(data))
+    for offset in range(start, stop, INLINE_SLICE):
+        yield data[offset:min(offset + INLINE_SLICE, stop)]
 
 
 def _inline_bytes(stored: StoredResource) -> bytes:

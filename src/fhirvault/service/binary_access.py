@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import copy
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -13,15 +11,15 @@ from fhirvault.errors import Invalid, PreconditionFailed
 from fhirvault.fhir.attachments import attachment_objects
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict, filename_of, security_context_of
 from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_path, resolve_first
+from fhirvault.fhir.validation import attachment_size
+from fhirvault.service.attachments import binary_reference
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
 from fhirvault.service.context import RequestContext
-from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.resources import StoredResource
 from fhirvault.streams import one_chunk
 
 ByteStream = Callable[[int, int | None], AsyncIterator[bytes]]
-MAX_APPLY_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,10 @@ class BinaryAccess:
                 filename=None, security_context=None)
             return ReadableContent(content, lambda s, e: one_chunk(raw[s:e]))
         url = attachment.get("url")
-        if isinstance(url, str) and url.startswith("Binary/") and "/" not in url[len("Binary/"):]:
-            content = await self.binaries.content(ctx, url[len("Binary/"):])
+        ref = binary_reference(url, "") if isinstance(url, str) else None
+        if ref is not None:
+            # The version the Attachment names, else the current one; access as for a (v)read of it.
+            content = await self.binaries.content(ctx, ref.id, int(ref.version_id) if ref.version_id else None)
             if declared_type:
                 content = dataclasses.replace(content, content_type=str(declared_type))
             return ReadableContent(content, lambda s, e: self.binaries.stream(content, s, e))
@@ -108,7 +108,7 @@ class BinaryAccess:
     # -- write ----------------------------------------------------------------------------------
     async def write(self, ctx: RequestContext, rtype: str, rid: str, path_text: str | None,
                     chunks: AsyncIterator[bytes], content_type: str, if_match: int | None) -> WriteResult:
-        self.resources.access.require(ctx, "update", rtype)
+        self.resources.require(ctx, "update", rtype)
         if _is_binary_itself(rtype, path_text):
             current = await self.resources.read(ctx, "Binary", rid)
             assert current.content is not None
@@ -126,65 +126,31 @@ class BinaryAccess:
         try:
             return await self._apply(ctx, rtype, rid, path, new_fields, if_match)
         except BaseException:
-            if new_binary is not None:
-                await self.binaries.expunge("Binary", new_binary)  # nothing left over from a failed write
+            await self.binaries.expunge("Binary", new_binary)  # nothing left over from a failed write
             raise
 
     async def _store_bytes(self, ctx: RequestContext, rtype: str, rid: str, chunks: AsyncIterator[bytes],
-                           content_type: str) -> tuple[dict[str, Any], str | None]:
-        """Inline when the content fits INLINE_MAX_BYTES, else a new Binary whose securityContext is the
-        resource. Returns the Attachment elements to set and the new Binary's id, if any."""
-        limit = self.binaries.inline_limit
-        head: list[bytes] = []
-        size = 0
-        iterator = chunks.__aiter__()
-        overflow: bytes | None = None
-        async for chunk in iterator:
-            if size + len(chunk) > limit:
-                overflow = chunk
-                break
-            head.append(chunk)
-            size += len(chunk)
-        if overflow is None:
-            raw = b"".join(head)
-            meter = measure(raw)
-            return ({"contentType": content_type, "data": base64.b64encode(raw).decode("ascii"),
-                     "size": meter.size, "hash": meter.sha1_b64}, None)
-
-        async def everything() -> AsyncIterator[bytes]:
-            for piece in head:
-                yield piece
-            assert overflow is not None
-            yield overflow
-            async for piece in iterator:
-                yield piece
-
-        result = await self.binaries.create_from_stream(ctx, everything(), content_type=content_type,
-                                                        security_context=f"{rtype}/{rid}")
-        described = await self.binaries.describe(result.stored)
-        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", "size": described.size,
-                 "hash": described.sha1_b64}, result.stored.id)
+                           content_type: str) -> tuple[dict[str, Any], str]:
+        """A new Binary whose securityContext is the resource, whatever the size: the caller chose the
+        binary path, and browser clients need the Attachment's `url` (INLINE_MAX_BYTES governs base64 that
+        arrives inside JSON, and whether the new Binary keeps its bytes inline). Returns the Attachment
+        elements to set and the new Binary's id."""
+        staged = await self.binaries.stage(chunks)
+        result = await self.binaries.write_staged(ctx, None, staged, content_type=content_type,
+                                                  security_context=f"{rtype}/{rid}")
+        return ({"contentType": content_type, "url": f"Binary/{result.stored.id}", **attachment_size(staged.size),
+                 "hash": staged.sha1_b64}, result.stored.id)
 
     async def _apply(self, ctx: RequestContext, rtype: str, rid: str, path: ElementPath,
                      fields: dict[str, Any], if_match: int | None) -> WriteResult:
         """Set the new content on the attachment of the current version; a concurrent edit elsewhere in the
         resource is re-read and kept (unless the client pinned a version with If-Match)."""
-        for attempt in range(MAX_APPLY_ATTEMPTS):
-            current = await self.resources.read(ctx, rtype, rid)
-            assert current.content is not None
-            resource = copy.deepcopy(current.content)
+        def change(resource: dict[str, Any]) -> bool:
             attachment = _attachment_at(resource, path)
-            attachment.pop("data" if "url" in fields else "url", None)
+            attachment.pop("data", None)
             attachment.update(fields)
-            expected = if_match if if_match is not None else current.version_id
+            return True
 
-            async def work(uow: UnitOfWork, body: dict[str, Any] = resource, version: int = expected
-                           ) -> WriteResult:
-                return await self.resources.update_in(uow, ctx, rtype, rid, body, version)
-
-            try:
-                return await self.resources.in_transaction(ctx, work)
-            except PreconditionFailed:
-                if if_match is not None or attempt == MAX_APPLY_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        result = await self.resources.modify(ctx, rtype, rid, change, if_match)
+        assert result is not None
+        return result

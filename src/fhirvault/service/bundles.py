@@ -7,12 +7,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from fhirvault.errors import FhirVaultError, Invalid
+from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.r4 import is_resource_type
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, new_id
+from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import to_http_date, to_instant
+from fhirvault.service.validation import relocated
 
 # FHIR's processing order within a transaction.
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -61,6 +64,12 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
                         entry.get("fullUrl"), if_match, request.get("ifNoneExist"))
 
 
+def _processing_order(e: EntryRequest) -> tuple[int, bool, int]:
+    """FHIR's order of methods; within one method Binaries last, so that a Binary whose securityContext
+    names a resource of the same Bundle finds it written (the access check reads it), then Bundle order."""
+    return METHOD_ORDER[e.method], e.rtype == "Binary", e.index
+
+
 def parse_etag(value: str) -> int:
     v = value.strip()
     if v.startswith("W/"):
@@ -103,12 +112,7 @@ class BundleService:
             responses = await self._transaction(ctx, entries)
         else:
             responses = await self._batch(ctx, raw_entries)
-        return {
-            "resourceType": "Bundle",
-            "id": new_id(),
-            "type": f"{kind}-response",
-            "entry": responses,
-        }
+        return make_bundle(f"{kind}-response", responses, bundle_id=new_id())
 
     async def _batch(self, ctx: RequestContext, raw_entries: list[Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -121,13 +125,14 @@ class BundleService:
                     result = await self._write_alone(ctx, entry)
                     out.append(await self._write_response(ctx, result))
             except FhirVaultError as exc:
-                out.append({"response": {"status": str(exc.status),
-                                         "outcome": operation_outcome(exc.message, code=exc.code)}})
+                outcome = ({"resourceType": "OperationOutcome", "issue": exc.issues} if exc.issues
+                           else operation_outcome(exc.message, code=exc.code))
+                out.append({"response": {"status": str(exc.status), "outcome": outcome}})
         return out
 
     async def _write_alone(self, ctx: RequestContext, entry: EntryRequest) -> WriteResult | None:
         interaction = {"POST": "create", "PUT": "update", "DELETE": "delete"}[entry.method]
-        self.resources.access.require(ctx, interaction, entry.rtype)
+        self.resources.require(ctx, interaction, entry.rtype)
 
         async def work(uow: UnitOfWork) -> WriteResult | None:
             return await self._write_entry(uow, ctx, entry)
@@ -138,7 +143,7 @@ class BundleService:
         for e in entries:
             interaction = {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(e.method)
             if interaction:
-                self.resources.access.require(ctx, interaction, e.rtype)
+                self.resources.require(ctx, interaction, e.rtype)
 
         async def work(uow: UnitOfWork) -> list[tuple[EntryRequest, Any]]:
             mapping: dict[str, str] = {}
@@ -148,13 +153,17 @@ class BundleService:
                     mapping[e.full_url] = f"{e.rtype}/{e.rid}"
                 elif e.full_url and e.method == "PUT" and e.rid:
                     mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+            # What later entries will write: checks that need it (an Attachment naming a Binary of this
+            # Bundle) wait for it, so the order of entries does not matter (R4 http.html#trules).
+            uow.upcoming = {f"{e.rtype}/{e.rid}" for e in entries if e.method in ("POST", "PUT") and e.rid}
             results: list[tuple[EntryRequest, Any]] = []
-            for e in sorted(entries, key=lambda x: (METHOD_ORDER[x.method], x.index)):
+            for e in sorted(entries, key=_processing_order):
                 if e.resource is not None:
                     e.resource = _replace_refs(e.resource, mapping)
                 if e.method in ("GET", "HEAD"):
                     continue
                 results.append((e, await self._write_entry(uow, ctx, e)))
+                uow.upcoming.discard(f"{e.rtype}/{e.rid}")
             return results
 
         written = dict((e.index, r) for e, r in await self.resources.in_transaction(ctx, work))
@@ -167,6 +176,13 @@ class BundleService:
         return out
 
     async def _write_entry(self, uow: UnitOfWork, ctx: RequestContext, e: EntryRequest) -> WriteResult | None:
+        try:
+            return await self._write_entry_as_sent(uow, ctx, e)
+        except Invalid as exc:
+            raise relocated(exc, e.rtype, f"Bundle.entry[{e.index}].resource") from None
+
+    async def _write_entry_as_sent(self, uow: UnitOfWork, ctx: RequestContext,
+                                   e: EntryRequest) -> WriteResult | None:
         svc = self.resources
         if e.method == "POST":
             if e.rid and not e.full_url:
@@ -201,8 +217,8 @@ class BundleService:
     async def _read_entry(self, ctx: RequestContext, e: EntryRequest) -> dict[str, Any]:
         try:
             if e.rid is None:
-                result = await self.resources.search(ctx, e.rtype, parse_qsl(e.query, keep_blank_values=True))
-                inner = await self.resources.searchset(ctx, result)
+                params = parse_qsl(e.query, keep_blank_values=True)
+                inner = await searchset_bundle(self.resources, ctx, e.rtype, params)
                 return {"resource": inner, "response": {"status": "200 OK"}}
             if e.vid:
                 stored = await self.resources.vread(ctx, e.rtype, e.rid, e.vid)

@@ -3,7 +3,6 @@ content as a Binary and points the Attachment at it."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -12,19 +11,20 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from fhirvault.config import Settings
-from fhirvault.errors import Conflict, FhirVaultError, Gone, NotFound, PreconditionFailed, TooLarge
+from fhirvault.errors import FhirVaultError, Gone, NotFound, TooLarge
 from fhirvault.fhir.attachments import iter_attachments
+from fhirvault.fhir.validation import attachment_size
 from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted
 from fhirvault.jobs.queue import Job, JobQueue
 from fhirvault.jobs.worker import PermanentJobError
 from fhirvault.security.principal import SYSTEM_JOBS
+from fhirvault.service.binaries import BinaryContent
 from fhirvault.service.context import RequestContext
 from fhirvault.service.resources import ResourceService, WriteResult
 
 log = logging.getLogger("fhirvault.ingestion")
 
 JOB_KIND = "ingest-attachment"
-APPLY_ATTEMPTS = 20
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
@@ -37,11 +37,6 @@ def job_context(base_url: str) -> RequestContext:
     return JobContext(base_url=base_url, principal=SYSTEM_JOBS)
 
 
-class StoredContent(Protocol):
-    size: int
-    sha1_b64: str
-
-
 class BinaryWriter(Protocol):
     """What ingestion needs of the Binary service (service/binaries.py)."""
 
@@ -49,7 +44,8 @@ class BinaryWriter(Protocol):
                                  security_context: str | None = None, filename: str | None = None
                                  ) -> WriteResult: ...
 
-    async def content(self, ctx: RequestContext, binary_id: str, version_id: int | None = None) -> Any: ...
+    async def content(self, ctx: RequestContext, binary_id: str, version_id: int | None = None
+                      ) -> BinaryContent: ...
 
 
 @dataclass(frozen=True)
@@ -158,7 +154,8 @@ class AttachmentIngestion:
         assert self.binaries is not None
         stored = await self.binaries.content(ctx, binary_id)
         version = await self._apply(ctx, rtype, rid, url, {
-            "url": f"Binary/{binary_id}", "contentType": content_type, "size": stored.size, "hash": stored.sha1_b64})
+            "url": f"Binary/{binary_id}", "contentType": content_type, **attachment_size(stored.size),
+            "hash": stored.sha1_b64})
         if version is None:
             # The URL was edited away (or the resource deleted) while we fetched: nothing points at the copy.
             await self.resources.delete(ctx, "Binary", binary_id)
@@ -179,23 +176,17 @@ class AttachmentIngestion:
                      ) -> int | None:
         """Set `fields` on every Attachment holding `url`, with If-Match on the version read; on a
         concurrent change read again and re-apply. The new version, or None when no Attachment holds it."""
-        for _ in range(APPLY_ATTEMPTS):
-            current = await self._current(ctx, rtype, rid)
-            if current is None:
-                return None
-            version, content = current
-            body = copy.deepcopy(content)
+        def change(body: dict[str, Any]) -> bool:
             holders = _holders(body, url)
-            if not holders:
-                return None
             for attachment in holders:
                 attachment.update(fields)
-            try:
-                result = await self.resources.update(ctx, rtype, rid, body, if_match=version)
-            except (PreconditionFailed, Conflict):
-                continue
-            return result.stored.version_id
-        raise RuntimeError(f"{rtype}/{rid} kept changing; the Attachment could not be updated")
+            return bool(holders)
+
+        try:
+            result = await self.resources.modify(ctx, rtype, rid, change)
+        except (NotFound, Gone):
+            return None
+        return result.stored.version_id if result is not None else None
 
     async def status(self, ctx: RequestContext, rtype: str, rid: str) -> dict[str, Any]:
         """Parameters listing the ingestion jobs of a resource the caller may read (newest first)."""

@@ -11,6 +11,7 @@ from fhirvault.clock import now_us
 from fhirvault.errors import Invalid
 from fhirvault.fhir.attachments import iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
+from fhirvault.service.attachments import BinaryMeasures, check_measures
 from fhirvault.service.binaries import measure
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
@@ -23,9 +24,10 @@ log = logging.getLogger("fhirvault.binaries")
 
 class InlineDataMover:
     """WriteStep (`WritePipeline.move_inline_data`). Checks that every `Binary.data` and `Attachment.data` is
-    strict base64 (400 otherwise), and moves Attachment content larger than INLINE_MAX_BYTES into a new Binary
-    (securityContext: the resource) inside the same transaction, leaving `url: Binary/{id}`, size, hash,
-    contentType and title."""
+    strict base64 (400 otherwise) and that an Attachment's `size` and `hash` agree with its `data` (400
+    naming the element; missing ones are filled in, as for url-based Attachments), and moves Attachment
+    content larger than INLINE_MAX_BYTES into a new Binary (securityContext: the resource) inside the same
+    transaction, leaving `url: Binary/{id}`, size, hash, contentType and title."""
 
     def __init__(self, resources: ResourceService, store: BlobStore | None, registry: BlobRegistry,
                  inline_max_bytes: int) -> None:
@@ -46,15 +48,14 @@ class InlineDataMover:
             if "data" not in attachment:
                 continue
             raw = _decoded(attachment["data"], f"{path}.data")
+            meter = measure(raw)
+            check_measures(path, attachment, "its data", BinaryMeasures(None, meter.size, meter.sha1_b64))
             if self.store is not None and len(raw) > self.inline_max_bytes:
                 large.append((attachment, raw))
         for attachment, raw in large:
             binary_id = await self._move_out(ctx, uow, raw, attachment, f"{rtype}/{resource.get('id')}")
-            meter = measure(raw)
             del attachment["data"]
             attachment["url"] = f"Binary/{binary_id}"
-            attachment["size"] = meter.size
-            attachment["hash"] = meter.sha1_b64
 
     async def _move_out(self, ctx: RequestContext, uow: UnitOfWork, raw: bytes,
                         attachment: dict[str, Any], owner: str) -> str:

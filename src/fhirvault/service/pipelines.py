@@ -17,18 +17,35 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.service.context import RequestContext
+from fhirvault.store.resources import StoredResource
 
 log = logging.getLogger("fhirvault")
+
+
+Finish = Callable[[], Awaitable[None]]
 
 
 @dataclass
 class UnitOfWork:
     """One write transaction (`conn`), the resources it wrote (for the after-commit steps), and the undo
-    actions for work done outside the database (bytes put in a blob store), awaited if it rolls back."""
+    actions for work done outside the database (bytes put in a blob store), awaited if it rolls back.
+
+    A transaction Bundle writes its entries one after another, yet R4 says their order does not matter
+    (http.html#trules). `upcoming` holds the references (`Binary/123`) the unit is still going to write;
+    a write step that needs one of them (an Attachment naming a Binary created by a later entry) hands
+    its remaining work to `defer`, which runs once every write is done, before the commit."""
 
     conn: AsyncConnection
     committed: list[dict[str, Any]] = field(default_factory=list)
     on_rollback: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    upcoming: set[str] = field(default_factory=set)
+    written: list[StoredResource] = field(default_factory=list)
+    deferred: list[tuple[dict[str, Any], Finish]] = field(default_factory=list)
+
+    def defer(self, resource: dict[str, Any], finish: Finish) -> None:
+        """Run `finish` (which may change `resource` in place, or raise a domain error to refuse the whole
+        unit) after the unit's last write; the version of `resource` just written is then stored again."""
+        self.deferred.append((resource, finish))
 
     async def rolled_back(self) -> None:
         """Run every undo action, newest first; one that fails is logged, the others still run.
@@ -64,6 +81,9 @@ class ReadStep(Protocol):
 class WritePipeline:
     """The write steps, by slot; an empty slot is skipped (e.g. no blob store: nothing moves out)."""
 
+    # The resource must be valid R4 (VALIDATION_ENABLED); first, so that no later step works on, or
+    # stores bytes for, a resource that will be refused.
+    validate: WriteStep | None = None
     # Strict base64 checked everywhere; Attachment.data above INLINE_MAX_BYTES moved into a Binary.
     move_inline_data: WriteStep | None = None
     # Our Binary URLs in Attachment.url become `Binary/{id}`; runs after the move, so the URLs it
@@ -74,7 +94,7 @@ class WritePipeline:
 
     def write_steps(self) -> list[WriteStep]:
         """The steps before the version is stored, in order."""
-        slots = (self.move_inline_data, self.normalize_attachment_urls)
+        slots = (self.validate, self.move_inline_data, self.normalize_attachment_urls)
         return [step for step in slots if step is not None]
 
     def after_commit_steps(self) -> list[AfterCommitStep]:

@@ -14,6 +14,7 @@ from fhirvault.service.bundles import BundleService
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.resources import ResourceService
 from fhirvault.service.storage_downloads import StorageDownloads
+from fhirvault.service.validate_operation import ValidateOperation
 from fhirvault.store.resources import StoredResource as StoredResource  # what reads and writes return
 
 
@@ -26,6 +27,7 @@ class Services(Protocol):
     settings: Settings
     resources: ResourceService
     bundles: BundleService
+    validate: ValidateOperation
     binaries: BinaryService
     binary_access: BinaryAccess
     storage: StorageDownloads
@@ -36,6 +38,10 @@ class Services(Protocol):
 
     def capability_statement(self) -> dict[str, Any]:
         """The CapabilityStatement served at /metadata (FHIR R4 capabilitystatement.html)."""
+        ...
+
+    def capability_statement_json(self) -> bytes:
+        """The same CapabilityStatement as UTF-8 JSON, encoded once per process."""
         ...
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:

@@ -9,16 +9,14 @@ from fhirvault.security.principal import SYSTEM_SIGNED_URL
 from fhirvault.security.url_signing import SignedUrl, StorageUrlParts
 from fhirvault.service.binaries import BinaryContent, BinaryService
 from fhirvault.service.context import RequestContext
-from fhirvault.store.blobs import BlobRegistry
-from fhirvault.store.database import Database
 
 
 class StorageDownloads:
-    def __init__(self, db: Database, binaries: BinaryService, registry: BlobRegistry, blob_store: BlobStore | None,
-                 signer: SignedUrl, fhir_base_url: str) -> None:
-        self.db = db
+    """Serving signed storage URLs: verifying them, the content they name, and object-store redirects."""
+
+    def __init__(self, binaries: BinaryService, blob_store: BlobStore | None, signer: SignedUrl,
+                 fhir_base_url: str) -> None:
         self.binaries = binaries
-        self.registry = registry
         self.blob_store = blob_store
         self.signer = signer
         # A signed URL carries its own authority: the server itself reads the content it names.
@@ -37,14 +35,8 @@ class StorageDownloads:
     async def redirect_url(self, content: BinaryContent, seconds_left: int, disposition: str | None) -> str | None:
         """The object store's own presigned URL of these bytes, living no longer than ours; None when the
         backend has none or the content is inline."""
-        if self.blob_store is None:
-            return None
-        async with self.db.read() as conn:
-            stored = await self.binaries.resources.store.get_version(conn, "Binary", content.binary_id,
-                                                                     content.version_id)
-            record = await self.registry.get(conn, stored.blob_id) if stored and stored.blob_id else None
-        if record is None:
+        if self.blob_store is None or content.storage_key is None:
             return None
         return await self.blob_store.presigned_get_url(
-            record.storage_key, expires_in=max(1, seconds_left), content_type=content.content_type,
+            content.storage_key, expires_in=max(1, seconds_left), content_type=content.content_type,
             content_disposition=disposition)

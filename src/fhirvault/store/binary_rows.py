@@ -1,16 +1,17 @@
-"""Batch look-ups of current Binary rows (and their blobs' size and hash) for attachment handling."""
+"""Batch look-ups of Binary rows (current or named versions, with their blobs' size and hash) for
+attachment handling."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.store.blobs import blobs
-from fhirvault.store.schema import resources
+from fhirvault.store.schema import resource_versions, resources
 
 # Ids per statement: well below the bound parameter limits of SQLite and PostgreSQL.
 IDS_PER_QUERY = 500
@@ -18,7 +19,7 @@ IDS_PER_QUERY = 500
 
 @dataclass(frozen=True)
 class BinaryRow:
-    """The current, not deleted version of one Binary."""
+    """One version of one Binary that is not a deletion (the current one, or one named by version)."""
 
     id: str
     version_id: int
@@ -33,30 +34,58 @@ async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: 
     per IDS_PER_QUERY ids. `with_blobs` adds the blob's size and SHA-1 (an outer join);
     `access_fields_only` gives each resource as just what access decisions read (type, id,
     securityContext), which spares parsing inline content on the read path."""
-    out: dict[str, BinaryRow] = {}
-    ordered = sorted(ids)
-    r = resources
-    for start in range(0, len(ordered), IDS_PER_QUERY):
-        chunk = ordered[start:start + IDS_PER_QUERY]
-        where = [r.c.resource_type == "Binary", r.c.id.in_(chunk), r.c.deleted.is_(False)]
+    rows = await _binary_rows(conn, resources, sorted(ids), lambda chunk: resources.c.id.in_(chunk),
+                              with_blobs, access_fields_only)
+    return {row.id: row for row in rows}
+
+
+async def binary_versions(conn: AsyncConnection, keys: set[tuple[str, int]], *, with_blobs: bool = False,
+                          access_fields_only: bool = False) -> dict[tuple[str, int], BinaryRow]:
+    """The named versions (id, version) of Binaries that exist and are not deletions, by (id, version),
+    like `current_binaries` (one statement per IDS_PER_QUERY versions)."""
+    v = resource_versions
+
+    def where(chunk: list[tuple[str, int]]) -> Any:
+        return sa.or_(*(sa.and_(v.c.id == rid, v.c.version_id == vid) for rid, vid in chunk))
+
+    rows = await _binary_rows(conn, v, sorted(keys), where, with_blobs, access_fields_only)
+    return {(row.id, row.version_id): row for row in rows}
+
+
+async def _binary_rows(conn: AsyncConnection, table: sa.Table, keys: list[Any], matching: Any,
+                       with_blobs: bool, access_fields_only: bool) -> list[BinaryRow]:
+    out: list[BinaryRow] = []
+    for start in range(0, len(keys), IDS_PER_QUERY):
+        where = [table.c.resource_type == "Binary", matching(keys[start:start + IDS_PER_QUERY]),
+                 table.c.deleted.is_(False)]
         if with_blobs:
-            stmt = (sa.select(r.c.id, r.c.version_id, r.c.content, blobs.c.size, blobs.c.sha1)
-                    .select_from(r.outerjoin(blobs, blobs.c.id == r.c.blob_id)).where(*where))
+            stmt = (sa.select(table.c.id, table.c.version_id, table.c.content, blobs.c.size, blobs.c.sha1)
+                    .select_from(table.outerjoin(blobs, blobs.c.id == table.c.blob_id)).where(*where))
+        elif access_fields_only:
+            # Only a resource that names a securityContext is sent back: the others' content (perhaps
+            # tens of KiB of inline base64 each) is not what an access decision reads.
+            has_context = table.c.content.like(f"%{SECURITY_CONTEXT}%")
+            content = sa.case((has_context, table.c.content), else_="").label("content")
+            stmt = sa.select(table.c.id, table.c.version_id, content, sa.null().label("size"),
+                             sa.null().label("sha1")).where(*where)
         else:
-            stmt = sa.select(r.c.id, r.c.version_id, r.c.content, sa.null().label("size"),
+            stmt = sa.select(table.c.id, table.c.version_id, table.c.content, sa.null().label("size"),
                              sa.null().label("sha1")).where(*where)
         for row in (await conn.execute(stmt)).all():
             if row.content is None:
                 continue
-            out[row.id] = BinaryRow(row.id, row.version_id, _resource(row.id, row.content, access_fields_only),
-                                    row.size, row.sha1)
+            out.append(BinaryRow(row.id, row.version_id, _resource(row.id, row.content, access_fields_only),
+                                 row.size, row.sha1))
     return out
 
 
+SECURITY_CONTEXT = '"securityContext"'
+
+
 def _resource(rid: str, content: str, access_fields_only: bool) -> dict[str, Any]:
-    if access_fields_only and '"securityContext"' not in content:
+    if access_fields_only and SECURITY_CONTEXT not in content:
         return {"resourceType": "Binary", "id": rid}
-    resource: dict[str, Any] = json.loads(content)
+    resource: dict[str, Any] = jsoncodec.loads(content)
     if access_fields_only:
         return {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
     return resource

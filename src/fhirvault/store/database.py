@@ -12,20 +12,24 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from fhirvault.store import migrations
+from fhirvault.store.write_lock import FileWriteLock
 
 
 class Database:
-    """Owns the engine. Writes on SQLite take an in-process lock and BEGIN IMMEDIATE, so that
-    concurrent writers queue instead of failing with 'database is locked'."""
+    """Owns the engine. Writes on SQLite take an in-process lock, a lock file shared with the other
+    processes on the same database (see FileWriteLock) and BEGIN IMMEDIATE, so that concurrent writers
+    queue instead of failing with 'database is locked'."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
+        self._file_lock: FileWriteLock | None = None
         if self.is_sqlite:
             path = url.split(":///", 1)[1] if ":///" in url else ""
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self._file_lock = FileWriteLock(Path(path + "-writelock"))
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs["pool_size"] = 10
@@ -58,13 +62,24 @@ class Database:
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction: committed on success, rolled back on any exception."""
         if self.is_sqlite:
-            async with self._write_lock, self.engine.connect() as conn:
+            async with self._write_lock, self._across_processes(), self.engine.connect() as conn:
                 conn = await conn.execution_options(fhirvault_write=True)
                 async with conn.begin():
                     yield conn
         else:
             async with self.engine.begin() as conn:
                 yield conn
+
+    @asynccontextmanager
+    async def _across_processes(self) -> AsyncIterator[None]:
+        if self._file_lock is None:
+            yield
+            return
+        await self._file_lock.acquire()
+        try:
+            yield
+        finally:
+            self._file_lock.release()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -80,3 +95,5 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._file_lock is not None:
+            self._file_lock.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.fhir.indexing import COMPARTMENT
 from fhirvault.fhir.search_index import IndexRows
 from fhirvault.store.schema import resource_versions, resources, search_refs
@@ -34,7 +34,7 @@ class StoredResource:
 
 
 def row_to_stored(row: Any, method: str | None = None) -> StoredResource:
-    content = json.loads(row.content) if row.content is not None else None
+    content = jsoncodec.loads(row.content) if row.content is not None else None
     return StoredResource(
         resource_type=row.resource_type, id=row.id, version_id=row.version_id,
         last_updated=row.last_updated, deleted=bool(row.deleted), content=content,
@@ -69,16 +69,21 @@ class ResourceStore:
         """Write one new version and replace its search index rows with `index` (None: no rows, as for
         a deletion). previous_version None means the resource must not exist yet.
         Raises VersionConflict when someone else wrote in between."""
-        content = json.dumps(stored.content, separators=(",", ":")) if stored.content is not None else None
+        content = jsoncodec.dumps(stored.content).decode("utf-8") if stored.content is not None else None
         current = {
             "version_id": stored.version_id, "last_updated": stored.last_updated,
             "deleted": stored.deleted, "content": content, "blob_id": stored.blob_id,
         }
         if previous_version is None:
+            insert = sa.insert(resources).values(resource_type=stored.resource_type, id=stored.id, **current)
             try:
-                async with conn.begin_nested():
-                    await conn.execute(sa.insert(resources).values(
-                        resource_type=stored.resource_type, id=stored.id, **current))
+                if conn.dialect.name == "sqlite":
+                    # A failed statement leaves an SQLite transaction usable: no savepoint needed (two
+                    # round trips fewer); PostgreSQL aborts the whole transaction without one.
+                    await conn.execute(insert)
+                else:
+                    async with conn.begin_nested():
+                        await conn.execute(insert)
             except IntegrityError as exc:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} was created concurrently") from exc
         else:
@@ -93,6 +98,16 @@ class ResourceStore:
         await conn.execute(sa.insert(resource_versions).values(
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
         await write_index(conn, stored.resource_type, stored.id, index, new=previous_version is None)
+
+    async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:
+        """Replace the content and search index of the version `stored` that this same transaction wrote
+        (work deferred to the end of a transaction Bundle completes it); the version id stays."""
+        content = jsoncodec.dumps(stored.content).decode("utf-8")
+        for table in (resources, resource_versions):
+            await conn.execute(sa.update(table).where(
+                table.c.resource_type == stored.resource_type, table.c.id == stored.id,
+                table.c.version_id == stored.version_id).values(content=content))
+        await write_index(conn, stored.resource_type, stored.id, index)
 
     def _select(self, criteria: Criteria, restriction: Restriction | None, cutoff_us: int | None) -> Any:
         t = resources
@@ -200,6 +215,19 @@ class ResourceStore:
         stmt = (sa.select(t).where(*where)
                 .order_by(t.c.last_updated.desc(), t.c.version_id.desc()).limit(count).offset(offset))
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()], total
+
+    async def current_page(self, conn: AsyncConnection, rtype: str | None, after: tuple[str, str] | None,
+                           limit: int) -> list[StoredResource]:
+        """Up to `limit` current, not deleted resources (of `rtype`, or every type) ordered by
+        (type, id), starting after the (type, id) key `after`: a keyset page, cheap at any depth."""
+        t = resources
+        where: list[Any] = [t.c.deleted == sa.false()]
+        if rtype:
+            where.append(t.c.resource_type == rtype)
+        if after is not None:
+            where.append(sa.tuple_(t.c.resource_type, t.c.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+        stmt = sa.select(t).where(*where).order_by(t.c.resource_type, t.c.id).limit(limit)
+        return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def versions_of(self, conn: AsyncConnection, rtype: str, rid: str) -> list[StoredResource]:
         t = resource_versions

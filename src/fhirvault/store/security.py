@@ -1,8 +1,11 @@
-"""Tables of the security module: OAuth2 clients and the token signing keys."""
+"""Tables of the security module (OAuth2 clients, token signing keys) and the SQL of the signing keys."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.store.schema import metadata
 
@@ -30,3 +33,30 @@ signing_keys = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
+
+@dataclass(frozen=True)
+class SigningKeyRow:
+    """One token signing key: its kid, the private JWK as JSON text, and its creation time (microseconds)."""
+
+    kid: str
+    private_jwk: str
+    created_at: int
+
+
+async def all_signing_keys(conn: AsyncConnection) -> list[SigningKeyRow]:
+    """Every token signing key, oldest first."""
+    t = signing_keys
+    rows = (await conn.execute(sa.select(t).order_by(t.c.created_at, t.c.kid))).all()
+    return [SigningKeyRow(r.kid, r.private_jwk, r.created_at) for r in rows]
+
+
+async def insert_signing_key(conn: AsyncConnection, key: SigningKeyRow) -> None:
+    """Add one token signing key."""
+    await conn.execute(sa.insert(signing_keys).values(kid=key.kid, private_jwk=key.private_jwk,
+                                                      created_at=key.created_at))
+
+
+async def remove_signing_keys(conn: AsyncConnection, kids: list[str]) -> None:
+    """Remove the token signing keys named in `kids` (none: nothing)."""
+    if kids:
+        await conn.execute(sa.delete(signing_keys).where(signing_keys.c.kid.in_(kids)))

@@ -1,0 +1,210 @@
+"""R4 validation of every resource written: 400 with one issue per problem, nothing stored; $validate."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.server import FhirApi
+
+FHIR = {"Content-Type": "application/fhir+json"}
+OBS = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}}
+
+# (name, resource, expression of an issue the 400 must carry)
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown element", {"resourceType": "Patient", "nmae": [{"family": "Doe"}]}, "Patient.nmae"),
+    ("bad date", {"resourceType": "Patient", "birthDate": "notadate"}, "Patient.birthDate"),
+    ("impossible month", {"resourceType": "Patient", "birthDate": "2020-13-01"}, "Patient.birthDate"),
+    ("bad dateTime", {**OBS, "effectiveDateTime": "2020-01-01T10:00"}, "Observation.effectiveDateTime"),
+    ("bad instant", {**OBS, "issued": "2020-01-01"}, "Observation.issued"),
+    ("bad time", {**OBS, "valueTime": "25:00:00"}, "Observation.valueTime"),
+    ("bad id", {"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "a b"}]},
+     "Patient.contained[0].id"),
+    ("uri with space", {"resourceType": "Patient", "implicitRules": "http://x y"}, "Patient.implicitRules"),
+    ("code with spaces", {"resourceType": "Patient", "language": " en"}, "Patient.language"),
+    ("decimal as string", {**OBS, "valueQuantity": {"value": "1.5"}}, "Observation.valueQuantity.value"),
+    ("integer with fraction", {**OBS, "valueInteger": 1.5}, "Observation.valueInteger"),
+    ("integer over 32 bits", {**OBS, "valueInteger": 2**31}, "Observation.valueInteger"),
+    ("negative unsignedInt", {"resourceType": "Media", "status": "completed",
+                              "content": {"contentType": "image/png", "size": -5}}, "Media.content.size"),
+    ("zero positiveInt", {"resourceType": "Patient",
+                          "extension": [{"url": "http://example.org/n", "valuePositiveInt": 0}]},
+     "Patient.extension[0].valuePositiveInt"),
+    ("bad base64", {"resourceType": "Binary", "contentType": "text/plain", "data": "not base64!"}, "Binary.data"),
+    ("boolean as string", {"resourceType": "Patient", "active": "true"}, "Patient.active"),
+    ("missing required element", {"resourceType": "Observation", "status": "final"}, "Observation.code"),
+    ("missing required primitive", {"resourceType": "Observation", "code": {"text": "x"}}, "Observation.status"),
+    ("missing required choice", {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+                                 "subject": {"reference": "Patient/1"}}, "MedicationRequest.medication"),
+    ("array for a single element", {"resourceType": "Patient", "gender": ["male"]}, "Patient.gender"),
+    ("single value for an array", {"resourceType": "Patient", "name": {"family": "Doe"}}, "Patient.name"),
+    ("two value[x]", {**OBS, "valueString": "a", "valueBoolean": True}, "Observation.value"),
+    ("required binding", {"resourceType": "Patient", "gender": "xyz"}, "Patient.gender"),
+    ("required binding (status)", {**OBS, "status": "done"}, "Observation.status"),
+    ("empty object", {"resourceType": "Patient", "telecom": [{}]}, "Patient.telecom[0]"),
+    ("empty array", {"resourceType": "Patient", "name": []}, "Patient.name"),
+    ("empty string", {"resourceType": "Patient", "name": [{"family": ""}]}, "Patient.name[0].family"),
+    ("primitive extension shape", {"resourceType": "Patient", "_birthDate": {"extension": "x"}},
+     "Patient._birthDate.extension"),
+    ("unknown element in primitive extension", {"resourceType": "Patient", "_birthDate": {"value": 1}},
+     "Patient._birthDate.value"),
+    ("invalid contained resource", {"resourceType": "Patient", "contained": [
+        {"resourceType": "Organization", "id": "o1", "active": "yes"}]}, "Patient.contained[0].active"),
+    ("contained of no type", {"resourceType": "Patient", "contained": [{"resourceType": "Starship"}]},
+     "Patient.contained[0].resourceType"),
+    ("reference shape", {"resourceType": "Patient", "managingOrganization": {"reference": "Organisation/1"}},
+     "Patient.managingOrganization.reference"),
+    ("bundle rule", {"resourceType": "Bundle", "type": "collection", "total": 2}, "Bundle"),
+    ("document without Composition", {"resourceType": "Bundle", "type": "document", "timestamp": "2020-01-01T00:00:00Z",
+                                      "identifier": {"system": "urn:x", "value": "1"},
+                                      "entry": [{"fullUrl": "urn:uuid:0b6c2d7e-4a4c-4b0a-9d65-4c3b0f7c6a01",
+                                                 "resource": {"resourceType": "Patient"}}]}, "Bundle"),
+]
+
+
+def issue_expressions(r: httpx.Response) -> list[str]:
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome"
+    return [e for issue in body["issue"] for e in issue.get("expression", [])]
+
+
+@pytest.mark.parametrize(("name", "resource", "expression"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_resource_is_refused_naming_the_element(api: FhirApi, name: str, resource: dict[str, Any],
+                                                        expression: str) -> None:
+    rid = f"inv-{uuid.uuid4().hex[:12]}"
+    rtype = resource["resourceType"]
+    r = api.put(f"/{rtype}/{rid}", json={**resource, "id": rid}, headers=FHIR)
+    assert r.status_code == 400, r.text
+    assert expression in issue_expressions(r), r.text
+    issue = next(i for i in r.json()["issue"] if expression in i.get("expression", []))
+    assert issue["severity"] == "error" and len(issue["diagnostics"]) > 10
+    assert api.get(f"/{rtype}/{rid}").status_code == 404  # nothing stored
+    assert api.post(f"/{rtype}", json=resource, headers=FHIR).status_code == 400
+
+
+def test_every_problem_is_one_issue(api: FhirApi) -> None:
+    r = api.post("/Patient", json={"resourceType": "Patient", "gender": "xyz", "birthDate": "notadate",
+                                   "nmae": [{"family": "x"}]}, headers=FHIR)
+    assert r.status_code == 400
+    assert sorted(issue_expressions(r)) == ["Patient.birthDate", "Patient.gender", "Patient.nmae"]
+    assert all(i["severity"] == "error" for i in r.json()["issue"])
+
+
+def test_non_finite_number_is_refused(api: FhirApi) -> None:
+    body = b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": NaN}}'
+    r = api.post("/Observation", content=body, headers=FHIR)
+    assert r.status_code == 400
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_valid_resources_with_primitive_extensions_and_contained_are_stored(api: FhirApi) -> None:
+    patient = {
+        "resourceType": "Patient",
+        "birthDate": "1970-03",
+        "_birthDate": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                                      "valueDateTime": "1970-03-30T04:00:00+01:00"}]},
+        "name": [{"given": ["Ann", "Lee"], "_given": [None, {"extension": [
+            {"url": "http://hl7.org/fhir/StructureDefinition/iso21090-EN-qualifier", "valueCode": "CL"}]}]}],
+        "contained": [{"resourceType": "Organization", "id": "org", "name": "Clinic"}],
+        "managingOrganization": {"reference": "#org"},
+        "generalPractitioner": [{"reference": "Practitioner/p1"}, {"reference": "https://other.example/fhir/Practitioner/9"},
+                                {"reference": "urn:uuid:7f1b2e7a-1a51-4e3e-8b2a-6f0a2b1c9d11"}],
+        "multipleBirthInteger": 2,
+    }
+    r = api.post("/Patient", json=patient, headers=FHIR)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"][0]["_given"][1]["extension"][0]["valueCode"] == "CL"
+
+
+def test_transaction_entry_issue_names_the_entry(api: FhirApi) -> None:
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "active": True}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "birthDate": "yesterday"},
+         "request": {"method": "POST", "url": "Patient"}},
+    ]}
+    r = api.post("", json=bundle, headers=FHIR)
+    assert r.status_code == 400, r.text
+    assert "Bundle.entry[1].resource.birthDate" in issue_expressions(r)
+
+
+def test_batch_entry_outcome_carries_the_issues(api: FhirApi) -> None:
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient", "gender": "robot"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+    ]}
+    r = api.post("", json=bundle, headers=FHIR)
+    assert r.status_code == 200, r.text
+    first, second = r.json()["entry"]
+    assert first["response"]["status"].startswith("400")
+    assert first["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[0].resource.gender"]
+    assert second["response"]["status"].startswith("201")
+
+
+# -- $validate ---------------------------------------------------------------------------------------
+def test_validate_on_the_type(api: FhirApi) -> None:
+    r = api.post("/Patient/$validate", json={"resourceType": "Patient", "birthDate": "1999-02-30x"}, headers=FHIR)
+    assert r.status_code == 200
+    assert issue_expressions(r) == ["Patient.birthDate"]
+    ok = api.post("/Patient/$validate", json={"resourceType": "Patient", "active": True}, headers=FHIR)
+    assert ok.status_code == 200
+    assert [i["severity"] for i in ok.json()["issue"]] == ["information"]
+
+
+def test_validate_with_parameters_mode_and_profile(api: FhirApi) -> None:
+    params = {"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": {"resourceType": "Observation", "status": "final"}},
+        {"name": "mode", "valueCode": "create"},
+        {"name": "profile", "valueUri": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"},
+    ]}
+    r = api.post("/Observation/$validate", json=params, headers=FHIR)
+    assert r.status_code == 200
+    issues = r.json()["issue"]
+    assert {"severity": "error", "expr": ["Observation.code"]} in [
+        {"severity": i["severity"], "expr": i.get("expression")} for i in issues]
+    assert any(i["severity"] == "warning" and i["code"] == "not-supported" for i in issues)
+    assert api.post("/Observation/$validate?mode=merge", json=OBS, headers=FHIR).status_code == 400
+
+
+def test_validate_on_an_instance(api: FhirApi) -> None:
+    pid = api.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR).json()["id"]
+    stored = api.get(f"/Patient/{pid}/$validate")
+    assert stored.status_code == 200 and stored.json()["issue"][0]["severity"] == "information"
+    wrong_id = api.post(f"/Patient/{pid}/$validate?mode=update", json={"resourceType": "Patient", "id": "other"},
+                        headers=FHIR)
+    assert wrong_id.status_code == 200 and "Patient.id" in issue_expressions(wrong_id)
+    assert api.post(f"/Patient/{pid}/$validate?mode=delete").status_code == 200
+    assert api.post("/Patient/not-there/$validate?mode=delete").status_code == 404
+    assert api.get(f"/Patient/{pid}").status_code == 200  # $validate changes nothing
+
+
+# -- stored before validation: still readable, listed by `fhirvault check` -------------------------------
+def test_check_lists_stored_resources_that_now_fail(server_factory: Any) -> None:
+    server = server_factory(validation_enabled=False)
+    # A plain client: these responses are not valid R4 on purpose, which FhirApi's check would flag.
+    with httpx.Client(base_url=server.base, headers=server.auth_headers(), timeout=60) as api:
+        bad = api.post("/Patient", json={"resourceType": "Patient", "gender": "robot"}, headers=FHIR)
+        assert bad.status_code == 201  # validation off: stored as sent
+        good = api.post("/Patient", json={"resourceType": "Patient", "gender": "female"}, headers=FHIR)
+        obs = api.post("/Observation", json={"resourceType": "Observation", "status": "final"}, headers=FHIR)
+        assert good.status_code == obs.status_code == 201
+        assert api.get(f"/Patient/{bad.json()['id']}").status_code == 200
+    done = server.cli("check", "Patient")
+    assert done.returncode == 1, done.stderr
+    assert f"Patient/{bad.json()['id']}\tPatient.gender\t" in done.stdout
+    assert good.json()["id"] not in done.stdout and "Observation" not in done.stdout
+    everything = server.cli("check")
+    assert f"Observation/{obs.json()['id']}\tObservation.code\t" in everything.stdout
+    assert server.cli("check", "Spaceship").returncode == 2
+
+
+def test_attachment_size_r4_cannot_carry_is_left_out() -> None:
+    """R4's Attachment.size is an unsignedInt: content of 2 GiB or more is described without it."""
+    from fhirvault.fhir.validation import attachment_size, validate_resource
+
+    assert attachment_size(2**31 - 1) == {"size": 2**31 - 1}
+    assert attachment_size(2**31) == {}
+    media = {"resourceType": "Media", "status": "completed", "content": {"contentType": "video/mp4", "size": 2**31}}
+    assert [i.expression for i in validate_resource(media)] == ["Media.content.size"]
