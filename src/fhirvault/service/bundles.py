@@ -14,7 +14,7 @@ from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, new_id
 from fhirvault.service.searchset import searchset_bundle
-from fhirvault.service.timeutil import to_http_date, to_instant
+from fhirvault.service.timeutil import to_instant
 from fhirvault.service.validation import relocated
 
 # FHIR's processing order within a transaction.
@@ -229,7 +229,7 @@ class BundleService:
                 "fullUrl": f"{ctx.base_url}/{e.rtype}/{e.rid}",
                 "resource": (await self.resources.render(ctx, [stored.content]))[0],
                 "response": {"status": "200 OK", "etag": f'W/"{stored.version_id}"',
-                             "lastModified": to_http_date(stored.last_updated)},
+                             "lastModified": to_instant(stored.last_updated)},
             }
         except FhirVaultError as exc:
             return {"response": {"status": str(exc.status), "outcome": operation_outcome(exc.message, code=exc.code)}}
