@@ -356,6 +356,8 @@ def _include(name: str, value: str, reverse: bool) -> Include:
         raise Invalid(f"{name}: modifier '{modifier}' is not supported (only :iterate)")
     iterate = bool(modifier)
     if value == "*":
+        if reverse:
+            raise Invalid(f"{name}=*: name the referring type and parameter (e.g. Observation:subject)")
         return Include("*", None, None, iterate)
     parts = value.split(":")
     if len(parts) not in (2, 3) or not is_resource_type(parts[0]):
