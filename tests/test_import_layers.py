@@ -22,11 +22,11 @@ LAYER = {
 }
 # Stricter than the layer order: FHIR knowledge is pure; the HTTP edge never touches SQL, files or jobs
 # (it goes through the services; `security` is the authentication face it needs before any use case);
-# the client library is a separate program that shares only the settings loader.
+# the client library is a separate program that shares only the settings loader and pure FHIR knowledge.
 MAY_IMPORT_ONLY = {
     "fhir": {"fhir"},
     "http": {"http", "service", "security", "fhir", "errors", "config", "clock", "streams", "jsoncodec", "fhirvault"},
-    "client": {"client", "config"},
+    "client": {"client", "config", "fhir"},
     "errors": {"errors"},
     "config": {"config"},
     "clock": {"clock"},

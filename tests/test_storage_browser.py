@@ -161,30 +161,14 @@ def test_img_and_video_load_play_and_seek_through_signed_urls(
         origin, pages = page_server
         pages["/"] = (f'<!doctype html><title>signed</title><img id="photo" src="{img_url}">'
                       f'<video id="clip" src="{video_url}" muted preload="auto"></video>').encode()
-        port = free_port()
-        browser = subprocess.Popen(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", f"--remote-debugging-port={port}",
-             f"{origin}/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # its own process group: the renderers go with it
-        try:
-            targets = wait_for(lambda: [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
-                                        if t.get("type") == "page" and t.get("url", "").startswith(origin)],
-                               "the browser's page target")
-            from websockets.sync.client import connect
 
-            with connect(targets[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
-                page = Page(ws)
-                loaded = "document.readyState === 'complete' && !!document.getElementById('clip')"
-                wait_for(lambda: page.evaluate(loaded), "the page to load")
-                result = page.evaluate(PLAY_AND_SEEK)
-                print("browser saw:", result)
-        finally:
-            os.killpg(browser.pid, signal.SIGTERM)
-            try:
-                browser.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(browser.pid, signal.SIGKILL)
-                browser.wait()
+        def play(page: Page) -> Any:
+            loaded = "document.readyState === 'complete' && !!document.getElementById('clip')"
+            wait_for(lambda: page.evaluate(loaded), "the page to load")
+            return page.evaluate(PLAY_AND_SEEK)
+
+        result = run_browser(chromium, tmp / "profile", f"{origin}/", play)
+        print("browser saw:", result)
     assert result["naturalWidth"] == 64
     assert result["duration"] == pytest.approx(6, abs=0.5)
     assert result["ranges"] >= 1 and result["seekStart"] == 0
@@ -199,3 +183,95 @@ def test_img_and_video_load_play_and_seek_through_signed_urls(
 def storage_206_lines(server: ServerProcess) -> list[str]:
     text = server.log_path.read_text(errors="replace")
     return [line for line in text.splitlines() if "/storage/" in line and " 206 " in line]
+
+
+@pytest.fixture
+def beacon_server() -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
+    """Another origin that serves test pages and records every path asked of it (the beacons)."""
+    pages: dict[str, bytes] = {}
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server naming
+            hits.append(self.path)
+            body = pages.get(self.path, b"")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", pages, hits
+    finally:
+        httpd.shutdown()
+
+
+def run_browser(chromium: str, profile: Path, url: str, work: Callable[[Page], Any]) -> Any:
+    """Opens `url` in headless Chromium and runs `work` on its page; the browser is gone afterwards."""
+    port = free_port()
+    browser = subprocess.Popen(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={port}", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        targets = wait_for(lambda: [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
+                                    if t.get("type") == "page" and t.get("url", "").startswith(url)],
+                           "the browser's page target")
+        from websockets.sync.client import connect
+
+        with connect(targets[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
+            return work(Page(ws))
+    finally:
+        os.killpg(browser.pid, signal.SIGTERM)
+        try:
+            browser.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(browser.pid, signal.SIGKILL)
+            browser.wait()
+
+
+@pytest.mark.parametrize("inline_active", [False, True], ids=["attachment", "inline-but-sandboxed"])
+def test_stored_html_and_svg_never_run_script(
+        server_factory: Callable[..., ServerProcess], beacon_server: tuple[str, dict[str, bytes], list[str]],
+        tmp_path: Path, inline_active: bool) -> None:
+    """Uploaded HTML and SVG with scripts, loaded through their signed URLs in frames, an <img>, an <object>
+    and as the top-level document: no script runs. With the default settings they are attachments; with
+    HTML and SVG put on INLINE_CONTENT_TYPES (a misconfiguration) the CSP sandbox alone still holds."""
+    chromium = require_tool("chromium")
+    extra = {"inline_content_types": "text/html,image/svg+xml,image/png"} if inline_active else {}
+    server = server_factory("sqlite", **extra)
+    origin, pages, hits = beacon_server
+    html = (f"<!doctype html><title>stored</title><script>document.title='ran';fetch('{origin}/ran-html')"
+            f"</script><img src='{origin}/ran-html-img'>").encode()
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" onload="fetch(\'{origin}/ran-svg-onload\')">'
+           f"<script>fetch('{origin}/ran-svg')</script></svg>").encode()
+    with server.api() as api:
+        html_url = api.post("/Binary", content=html, headers={"Content-Type": "text/html"}).links["alternate"]["url"]
+        svg_url = api.post("/Binary", content=svg, headers={"Content-Type": "image/svg+xml"}).links["alternate"]["url"]
+    control = f"<script>fetch('{origin}/control')</script>".replace("'", "&#39;")
+    pages["/"] = (f'<!doctype html><iframe src="{html_url}"></iframe><iframe src="{svg_url}"></iframe>'
+                  f'<img src="{svg_url}"><object data="{svg_url}" type="image/svg+xml"></object>'
+                  f'<iframe srcdoc="{control}"></iframe>'
+                  f"<script>addEventListener('load', () => fetch('{origin}/loaded'))</script>").encode()
+
+    def visit(page: Page) -> str:
+        wait_for(lambda: "/loaded" in hits and "/control" in hits, "the page and its frames to load")
+        page.call("Page.enable")
+        page.call("Page.navigate", url=html_url)  # the stored page as the top-level document
+        if inline_active:
+            wait_for(lambda: page.evaluate("document.readyState === 'complete' && location.href") == html_url,
+                     "the stored page to load")
+        page.call("Page.navigate", url=f"{origin}/")
+        wait_for(lambda: hits.count("/loaded") >= 2, "the test page to load again")
+        return str(page.evaluate("document.title"))
+
+    run_browser(chromium, tmp_path / "profile", f"{origin}/", visit)
+    ran = [h for h in hits if h.startswith("/ran")]
+    assert ran == [], f"stored content ran script in the browser: {ran}"
+    assert "/control" in hits  # a script in a frame that is not stored content does run and is seen

@@ -138,6 +138,9 @@ def test_batch_entry_outcome_carries_the_issues(api: FhirApi) -> None:
     r = api.post("", json=bundle, headers=FHIR)
     assert r.status_code == 200, r.text
     first, second = r.json()["entry"]
+    read = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": second["response"]["location"].split("/_history")[0]}}]}, headers=FHIR)
+    assert "T" in read.json()["entry"][0]["response"]["lastModified"]  # an R4 instant, not an HTTP date
     assert first["response"]["status"].startswith("400")
     assert first["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[0].resource.gender"]
     assert second["response"]["status"].startswith("201")

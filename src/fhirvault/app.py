@@ -26,8 +26,9 @@ from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import routes as http_routes
 from fhirvault.http import storage_api
-from fhirvault.http.auth import BearerAuthMiddleware
+from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
 from fhirvault.http.content_encoding import ContentDecodingMiddleware
+from fhirvault.http.formats import FhirFormatMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
@@ -40,6 +41,7 @@ from fhirvault.service.attachments import AttachmentNormalizer, AttachmentUrlSig
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.binary_access import BinaryAccess
 from fhirvault.service.bundles import BundleService
+from fhirvault.service.health import Readiness
 from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.inline_data import InlineDataMover
@@ -68,7 +70,8 @@ class FhirVault:
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
-        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store))
+        self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store),
+                                         conditional_delete_max=settings.conditional_delete_max)
         self.bundles = BundleService(self.resources)
         self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
@@ -77,8 +80,8 @@ class FhirVault:
             self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
             pending_grace_seconds=settings.pending_blob_grace_seconds)
-        self.signed_urls = SignedUrl(self.db, settings.public_base_url, settings.signed_url_ttl,
-                                     settings.signed_url_window)
+        self.signed_urls = SignedUrl(self.db, settings.storage_base_url, settings.signed_url_ttl,
+                                     settings.signed_url_window, also_accepted=(settings.public_base_url,))
         self.jobs = JobQueue(self.db, max_attempts=settings.ingest_max_attempts,
                              backoff_seconds=settings.ingest_backoff_seconds,
                              lease_seconds=settings.job_lease_seconds)
@@ -95,7 +98,9 @@ class FhirVault:
             sign_attachment_urls=AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls)
             if settings.rewrite_attachment_urls else None)
         self.storage = StorageDownloads(self.binaries, self.blob_store, self.signed_urls, settings.fhir_base_url)
-        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers)
+        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers,
+                                  grace_seconds=settings.shutdown_timeout_seconds)
+        self.readiness = Readiness(self.db, self.blob_store)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
         self.reindexer = Reindexer(self.db, settings.fhir_base_url)
         self._capability: dict[str, Any] | None = None
@@ -114,6 +119,8 @@ class FhirVault:
         self.workers.start()
 
     async def stop(self) -> None:
+        """Running jobs get the shutdown timeout to finish; those that do not are handed back to the queue."""
+        self.readiness.stopping = True
         await self.workers.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -124,16 +131,23 @@ class FhirVault:
         await self.db.close()
 
     async def _sweep_pending_blobs(self) -> None:
-        """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent)."""
+        """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent):
+        stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS."""
         interval = max(1.0, min(300.0, self.settings.pending_blob_grace_seconds / 4))
+        last_scan = float("-inf")
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 removed = await self.binaries.sweep()
                 if removed:
-                    log.info("swept %d pending blobs older than %ds", removed,
-                             self.settings.pending_blob_grace_seconds)
-            except Exception:
-                log.exception("sweeping pending blobs failed; will retry")
+                    log.info("swept %d released or stale pending blobs", removed)
+                if loop.time() - last_scan >= self.settings.leftover_scan_seconds:
+                    last_scan = loop.time()
+                    removed = await self.binaries.sweep_leftovers()
+                    if removed:
+                        log.info("removed the bytes of %d keys no blob owns", removed)
+            except Exception as exc:  # noqa: BLE001 - the database or store is away; the next pass retries
+                log.warning("sweeping blobs failed (%s); will retry", exc)
             await asyncio.sleep(interval)
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
@@ -150,7 +164,8 @@ class FhirVault:
             base = self.settings.fhir_base_url
             operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
             media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
-                         "Media.content.contentType or with _output=data; any other Accept gives the resource."
+                         "Media.content.contentType or with _output=data; an Accept that admits FHIR JSON gives the "
+                         "resource, any other 406."
                          if self.settings.media_raw_enabled else "")
             self._capability = capability_statement(
                 base, __version__, to_instant(now_us()),
@@ -166,7 +181,8 @@ class FhirVault:
                                    "required everywhere but /metadata, the token endpoint and signed /storage URLs.",
                 }},
                 operations_by_type={rtype: operations for rtype in resource_types()},
-                type_documentation={"Media": media_doc} if media_doc else None)
+                type_documentation={"Media": media_doc} if media_doc else None,
+                conditional_delete_max=self.settings.conditional_delete_max)
         return self._capability
 
 
@@ -209,6 +225,7 @@ def build_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=http_routes.routes(),
         middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
+                    Middleware(FhirFormatMiddleware, prefix=FHIR_PREFIX),
                     Middleware(ContentDecodingMiddleware,
                                limit=max(settings.max_binary_bytes, settings.max_json_bytes))],
         exception_handlers={

@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # the commands import their parts lazily, so `fhirvault --hel
 T = TypeVar("T")
 
 
+PRIVATE_UMASK = 0o077  # files 0600, directories 0700
+
+
 class StartupError(Exception):
     """A setting, file, database or port that keeps a command from starting: one line for the user that
     names it and says what to do, and the exit status (2: the configuration is wrong, 1: a service is)."""
@@ -33,7 +36,11 @@ class StartupError(Exception):
 
 
 def _server_settings(args: argparse.Namespace) -> Settings:
-    """The server settings; StartupError naming the file or setting when they cannot be read."""
+    """The server settings; StartupError naming the file or setting when they cannot be read. Every
+    command that opens the server's data runs with a private umask: the database holds the token and URL
+    signing keys and all patient data, so nothing it (or SQLite's journal, or a blob store) creates may
+    be readable by other users."""
+    os.umask(PRIVATE_UMASK)
     import tomllib
 
     from pydantic import ValidationError
@@ -129,17 +136,29 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _private_data_dir(data_dir: Path) -> None:
+    """Creates the data dir with mode 0700; warns when an existing one (or its database) is open to others."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in (data_dir, data_dir / "fhirvault.db"):
+        if path.exists() and path.stat().st_mode & 0o077:
+            mode = path.stat().st_mode & 0o777
+            print(f"  WARNING: {path.resolve()} is readable by other users (mode {mode:04o}); it holds the "
+                  f"signing keys and patient data: chmod {'700' if path.is_dir() else '600'} {path}",
+                  file=sys.stderr, flush=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check the settings, open and migrate the database, bind the port, and only then announce the
     server and run it; each failure before that is one line naming what to fix (see StartupError)."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from fhirvault.http.serving import GracefulServer
     from fhirvault.security.bootstrap import ADMIN_FILE
 
     settings = _server_settings(args)
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _private_data_dir(settings.data_dir)
     except OSError as exc:
         raise StartupError(f"cannot create the data directory {settings.data_dir}: {exc.strerror or exc} "
                            "(--data-dir)") from None
@@ -162,12 +181,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         factory=True,
         workers=processes if processes > 1 else None,
         loop="uvloop",
-        http="httptools",
+        # httptools with fhirvault's limits on header size, header read time and body idle time.
+        http="fhirvault.http.connection_limits:LimitedHttpProtocol",
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds)),
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(config)  # SIGTERM: finish in-flight requests, then exit 0
     if processes > 1:
         # Older uvicorn releases take the worker's entry point; newer ones build it from the config.
         extra = {"target": server.run} if "target" in inspect.signature(Multiprocess).parameters else {}

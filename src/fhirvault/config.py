@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_binary_bytes: int = 8 * 1024**3
     max_json_bytes: int = 64 * 1024**2
     pending_blob_grace_seconds: int = 3600
+    # How often each node lists its blob store for bytes no blob row owns (older than the grace period).
+    leftover_scan_seconds: int = Field(default=3600, ge=1, description="seconds between scans for ownerless bytes")
     s3_endpoint: str = ""
     s3_bucket: str = ""
     s3_region: str = "us-east-1"
@@ -50,6 +52,16 @@ class Settings(BaseSettings):
     signed_url_window: int = 600
     storage_cors_origin: str = "*"
     media_raw_enabled: bool = True
+    conditional_delete_max: int = Field(
+        default=1, ge=1, description="resources one conditional delete may remove; more matches -> 412")
+    # Signed storage URLs on another origin than the API (e.g. https://files.example.org): stored bytes,
+    # whatever they hold, then never run on the API's origin. Empty: PUBLIC_BASE_URL.
+    storage_public_base_url: str = ""
+    # Content types served inline (shown by the browser) when their bytes are downloaded; every other
+    # type is sent with `Content-Disposition: attachment`. `type/*` matches a whole top-level type.
+    # Never list active types (text/html, image/svg+xml, XML, JavaScript): they would run as pages.
+    inline_content_types: str = ("image/png,image/jpeg,image/gif,image/webp,image/avif,image/bmp,"
+                                 "audio/*,video/*,text/plain")
     # Every resource written is validated against the R4 base definitions (fhir/validation.py);
     # turning this off stores whatever JSON object a client sends (for bulk loads of trusted data).
     validation_enabled: bool = True
@@ -72,6 +84,15 @@ class Settings(BaseSettings):
     job_workers: int = Field(default=1, description="background job loops per server process")
     job_lease_seconds: float = 60.0  # a job whose worker stopped renewing this long is run again
 
+    # Connections and shutdown (see README 'Operating')
+    shutdown_timeout_seconds: float = Field(
+        default=30.0, ge=0, description="on SIGTERM, how long in-flight requests and jobs may take to finish")
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description="request line and headers, in bytes")
+    header_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="time a client has to send the whole request line and headers")
+    body_idle_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="time a request body may go without a byte arriving")
+
     @field_validator("database_url")
     @classmethod
     def _supported_database(cls, url: str) -> str:
@@ -88,6 +109,7 @@ class Settings(BaseSettings):
         if not self.public_base_url:
             self.public_base_url = f"http://{self.host}:{self.port}"
         self.public_base_url = self.public_base_url.rstrip("/")
+        self.storage_public_base_url = self.storage_public_base_url.rstrip("/")
         if self.signed_url_window > self.signed_url_ttl // 6:
             self.signed_url_window = max(1, self.signed_url_ttl // 6)
         return self
@@ -105,6 +127,15 @@ class Settings(BaseSettings):
     @property
     def fhir_base_url(self) -> str:
         return f"{self.public_base_url}/fhir/R4"
+
+    @property
+    def storage_base_url(self) -> str:
+        """Where signed storage URLs point: STORAGE_PUBLIC_BASE_URL, else PUBLIC_BASE_URL."""
+        return self.storage_public_base_url or self.public_base_url
+
+    @property
+    def inline_types(self) -> frozenset[str]:
+        return frozenset(t.strip().lower() for t in self.inline_content_types.split(",") if t.strip())
 
     @property
     def is_sqlite(self) -> bool:

@@ -58,6 +58,13 @@ class PreconditionFailed(FhirVaultError):
     code = "conflict"
 
 
+class Unprocessable(FhirVaultError):
+    """Well formed but cannot be carried out on the current state, e.g. a PATCH whose `test` fails (RFC 5789)."""
+
+    status = 422
+    code = "processing"
+
+
 class NotAcceptable(FhirVaultError):
     """No representation the server can give matches what the request asked for (`_format`, Accept)."""
 
@@ -76,7 +83,29 @@ class Unsupported(FhirVaultError):
 
 
 class StorageFailure(FhirVaultError):
-    """The bytes could not be stored or read back; never the client's fault."""
+    """The bytes could not be stored or read back; never the client's fault. Answered 503 with
+    `Retry-After`: the usual cause is a blob store that is away for a while."""
 
     status = 503
+    code = "transient"
+    headers = {"Retry-After": "5"}
+
+
+class Unavailable(FhirVaultError):
+    """A part the server depends on (the database, the blob store) does not answer right now; the
+    request changed nothing and may be retried after `retry_after` seconds (sent as `Retry-After`)."""
+
+    status = 503
+    code = "transient"
+
+    def __init__(self, message: str, *, part: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.part = part
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class InsufficientStorage(FhirVaultError):
+    """The blob store has no room left for the bytes (RFC 4918 507); nothing of them was kept."""
+
+    status = 507
     code = "transient"

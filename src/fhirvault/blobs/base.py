@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+# The shape of the keys fhirvault gives blobs (uuid4().hex). Listing a store for leftovers only ever
+# considers names of this shape, so nothing else that shares a directory or bucket is touched.
+OWN_KEY = re.compile(r"[0-9a-f]{32}")
 
 
 class BlobStore(ABC):
@@ -36,10 +41,23 @@ class BlobStore(ABC):
 
     @abstractmethod
     async def delete(self, key: str) -> None:
-        """Remove the blob; a missing blob is not an error."""
+        """Remove the blob and every piece an unfinished write under `key` left (temporary files,
+        incomplete multipart uploads, chunk rows); a missing blob is not an error."""
+
+    def stored_keys(self, changed_before: float) -> AsyncIterator[str]:
+        """Keys (of fhirvault's own shape, OWN_KEY) under which this store holds anything, whole blobs
+        or pieces of unfinished writes, last changed before `changed_before` (seconds since the epoch;
+        a store that keeps no times lists every key). The sweeper removes those no blob row owns.
+        A key may be listed more than once."""
+        return _nothing()
 
     @abstractmethod
     async def exists(self, key: str) -> bool: ...
+
+    async def probe(self) -> None:
+        """One cheap round trip that proves the store answers; raises errors.StorageFailure when not.
+        By default: ask whether a key that is never used exists."""
+        await self.exists("0" * 32)
 
     async def presigned_get_url(self, key: str, *, expires_in: int, content_type: str,
                                 content_disposition: str | None) -> str | None:
@@ -48,3 +66,8 @@ class BlobStore(ABC):
 
     async def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release connections."""
+
+
+async def _nothing() -> AsyncIterator[str]:
+    return
+    yield ""

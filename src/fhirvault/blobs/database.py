@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhirvault.blobs.base import BlobStore
+from fhirvault.blobs.base import OWN_KEY, BlobStore
 from fhirvault.errors import StorageFailure
 from fhirvault.store.blobs import blob_chunks
 from fhirvault.store.database import Database
@@ -80,6 +80,22 @@ class DatabaseBlobStore(BlobStore):
     async def delete(self, key: str) -> None:
         async with self.db.write() as conn:
             await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
+
+    async def stored_keys(self, changed_before: float) -> AsyncIterator[str]:
+        """Every key with chunk rows (they keep no times; a row owning them is committed first, or in
+        the same transaction, so an ownerless key is a leftover whatever its age)."""
+        after = ""
+        while True:
+            async with self.db.read() as conn:
+                keys = list((await conn.execute(
+                    sa.select(blob_chunks.c.blob_key).where(blob_chunks.c.blob_key > after)
+                    .group_by(blob_chunks.c.blob_key).order_by(blob_chunks.c.blob_key).limit(500))).scalars())
+            for key in keys:
+                if OWN_KEY.fullmatch(key):
+                    yield key
+            if len(keys) < 500:
+                return
+            after = keys[-1]
 
     async def exists(self, key: str) -> bool:
         async with self.db.read() as conn:

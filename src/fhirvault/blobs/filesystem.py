@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from fhirvault.blobs.base import BlobStore
-from fhirvault.errors import StorageFailure
+from fhirvault.blobs.base import OWN_KEY, BlobStore
+from fhirvault.errors import InsufficientStorage, StorageFailure
 from fhirvault.streams import InOrderWorker, pieces
 
 # Bytes per read system call; bigger chunks mean fewer thread hops per MiB.
@@ -29,6 +30,10 @@ class FilesystemBlobStore(BlobStore):
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # Made at once, so that a directory missing later (an unmounted share) is seen by the probe; one
+        # that cannot be made is reported by the probe and by every write, not by a failed start.
+        with contextlib.suppress(OSError):
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, key: str) -> Path:
         if not key or "/" in key or key.startswith("."):
@@ -41,7 +46,7 @@ class FilesystemBlobStore(BlobStore):
         try:
             fh = await asyncio.to_thread(_open_for_write, temp)
         except OSError as exc:
-            raise StorageFailure(f"Cannot store blob {key}: {exc.strerror}") from exc
+            raise _write_failure(key, exc) from exc
         writer = InOrderWorker(fh.write)
         try:
             async for piece in pieces(chunks, WRITE_CHUNK):
@@ -52,7 +57,7 @@ class FilesystemBlobStore(BlobStore):
             await writer.settle()  # the file is closed only once no thread writes to it
             await asyncio.to_thread(_discard, fh, temp)
             if isinstance(exc, OSError):
-                raise StorageFailure(f"Cannot store blob {key}: {exc.strerror}") from exc
+                raise _write_failure(key, exc) from exc
             raise
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
@@ -78,20 +83,80 @@ class FilesystemBlobStore(BlobStore):
 
     async def delete(self, key: str) -> None:
         try:
-            await asyncio.to_thread(self.path_of(key).unlink)
-        except (FileNotFoundError, NotADirectoryError):
-            pass  # never stored, or already gone
+            await asyncio.to_thread(_unlink_all, self.path_of(key))
         except OSError as exc:
             raise StorageFailure(f"Cannot delete blob {key}: {exc.strerror}") from exc
+
+    async def probe(self) -> None:
+        """The storage directory exists and this process may write into it."""
+        if not await asyncio.to_thread(_writable_directory, self.root):
+            raise StorageFailure(f"The storage directory {self.root} is missing or not writable")
+
+    async def stored_keys(self, changed_before: float) -> AsyncIterator[str]:
+        """Keys of final files and of temporary files (`.<key>.<uuid>.tmp`) older than `changed_before`."""
+        for directory in await asyncio.to_thread(_leaf_directories, self.root):
+            for key in await asyncio.to_thread(_keys_in, directory, changed_before):
+                yield key
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.path_of(key).is_file)
 
 
+def _write_failure(key: str, exc: OSError) -> StorageFailure | InsufficientStorage:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"The storage directory has no room left for blob {key}; nothing was kept")
+    return StorageFailure(f"Cannot store blob {key}: {exc.strerror}")
+
+
+def _unlink_all(final: Path) -> None:
+    """The blob's file and any temporary file a write that died left beside it."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        final.unlink()
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for temp in final.parent.glob(f".{final.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
+
+def _writable_directory(root: Path) -> bool:
+    return root.is_dir() and os.access(root, os.W_OK | os.X_OK)
+
+
+def _leaf_directories(root: Path) -> list[Path]:
+    """The `<k[0:2]>/<k[2:4]>` directories under the root."""
+    try:
+        return [leaf for top in root.iterdir() if top.is_dir() and len(top.name) == 2
+                for leaf in top.iterdir() if leaf.is_dir() and len(leaf.name) == 2]
+    except FileNotFoundError:
+        return []
+
+
+def _keys_in(directory: Path, changed_before: float) -> list[str]:
+    keys = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") and name.endswith(".tmp"):
+            name = name[1:].split(".", 1)[0]
+        if not OWN_KEY.fullmatch(name):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < changed_before:
+                keys.append(name)
+        except FileNotFoundError:
+            continue
+    return keys
+
+
 def _open_for_write(temp: Path) -> BinaryIO:
-    temp.parent.mkdir(parents=True, exist_ok=True)
-    # 'xb': never share a temporary file with another writer.
-    return open(temp, "xb")  # noqa: SIM115 - closed by _finish or _discard
+    temp.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # O_EXCL: never share a temporary file with another writer; 0600: blobs are patient data, readable
+    # by the server's user only, whatever the umask of the process that writes them.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def _finish(fh: BinaryIO, temp: Path, final: Path) -> None:

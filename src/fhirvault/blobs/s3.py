@@ -11,7 +11,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fhirvault.blobs.base import BlobStore
+from fhirvault.blobs.base import OWN_KEY, BlobStore
 from fhirvault.errors import StorageFailure
 
 # S3 wants every part but the last to be at least 5 MiB; 8 MiB keeps memory small and requests few.
@@ -205,6 +205,43 @@ class S3BlobStore(BlobStore):
                 raise self._failure("DeleteObject", key, exc) from None
         except BotoCoreError as exc:
             raise self._failure("DeleteObject", key, exc) from None
+        # A process killed mid-upload leaves its multipart upload open (and its parts billed).
+        async for upload in self._multipart_uploads(prefix=key):
+            if upload["Key"] == key:
+                with self._translated("AbortMultipartUpload", key):
+                    await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+
+    async def stored_keys(self, changed_before: float) -> AsyncIterator[str]:
+        """Keys of objects and of incomplete multipart uploads last changed (initiated) before the time."""
+        client = await self._s3()
+        params: dict[str, Any] = {"Bucket": self.bucket}
+        while True:
+            with self._translated("ListObjectsV2", None):
+                page = await client.list_objects_v2(**params)
+            for item in page.get("Contents", []):
+                if OWN_KEY.fullmatch(item["Key"]) and item["LastModified"].timestamp() < changed_before:
+                    yield item["Key"]
+            if not page.get("IsTruncated"):
+                break
+            params["ContinuationToken"] = page["NextContinuationToken"]
+        async for upload in self._multipart_uploads():
+            if OWN_KEY.fullmatch(upload["Key"]) and upload["Initiated"].timestamp() < changed_before:
+                yield upload["Key"]
+
+    async def _multipart_uploads(self, prefix: str = "") -> AsyncIterator[dict[str, Any]]:
+        client = await self._s3()
+        params: dict[str, Any] = {"Bucket": self.bucket}
+        if prefix:
+            params["Prefix"] = prefix
+        while True:
+            with self._translated("ListMultipartUploads", None):
+                page = await client.list_multipart_uploads(**params)
+            for upload in page.get("Uploads", []):
+                yield upload
+            if not page.get("IsTruncated"):
+                return
+            params["KeyMarker"] = page.get("NextKeyMarker", "")
+            params["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
     async def exists(self, key: str) -> bool:
         client = await self._s3()

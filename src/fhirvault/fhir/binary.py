@@ -15,7 +15,7 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 _WHITESPACE = re.compile(r"[ \t\r\n]+")
-_REFERENCE = re.compile(rf"^[A-Z][A-Za-z]+/{ID}$")
+_REFERENCE = re.compile(rf"^[A-Z][A-Za-z]+/{ID}\Z")
 
 
 def decode_base64_strict(text: Any, where: str) -> bytes:
@@ -70,12 +70,38 @@ def security_context_of(binary: dict[str, Any]) -> str | None:
     return None
 
 
+def is_reference_text(value: str) -> bool:
+    """Whether `value` is a relative literal reference `Type/id` (and so a safe header value)."""
+    return bool(_REFERENCE.match(value))
+
+
 def check_reference(value: str, where: str) -> str:
     """A relative literal reference `Type/id`; ValueError otherwise."""
     value = value.strip()
     if not _REFERENCE.match(value):
         raise ValueError(f"{where} '{value}' is not a reference like Patient/123")
     return value
+
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# RFC 9110 section 8.3.1: type "/" subtype *( OWS ";" OWS parameter ), printable ASCII only, so that
+# the value can always be sent back as a Content-Type header.
+_MEDIA_TYPE = re.compile(rf'^{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"(?:[ !#-\[\]-~]|\\[ -~])*"))*\Z')
+MAX_CONTENT_TYPE_LENGTH = 255
+
+
+def is_media_type(value: object) -> bool:
+    """Whether `value` is a media type (`image/png`, `text/plain; charset=utf-8`) per RFC 9110."""
+    return isinstance(value, str) and len(value) <= MAX_CONTENT_TYPE_LENGTH and bool(_MEDIA_TYPE.match(value))
+
+
+def check_content_type(value: str, where: str) -> str:
+    """`value` stripped, when it is a media type; ValueError naming `where` otherwise (control
+    characters, non-ASCII, no subtype...): a stored type must be servable as a header again."""
+    stripped = value.strip(" \t")
+    if not is_media_type(stripped):
+        raise ValueError(f"{where} {value[:80]!r} is not a media type like image/png or text/plain; charset=utf-8")
+    return stripped
 
 
 def base64_length(size: int) -> int:

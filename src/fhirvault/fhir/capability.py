@@ -32,9 +32,12 @@ def includes(rtype: str) -> tuple[list[str], list[str]]:
 def capability_statement(base_url: str, software_version: str, instant: str,
                          extra_rest: dict[str, Any] | None = None,
                          operations_by_type: dict[str, list[dict[str, str]]] | None = None,
-                         type_documentation: dict[str, str] | None = None) -> dict[str, Any]:
+                         type_documentation: dict[str, str] | None = None,
+                         conditional_delete_max: int = 1) -> dict[str, Any]:
+    """The server's CapabilityStatement (R4 capabilitystatement.html); `conditional_delete_max` > 1 declares
+    conditional deletes of several resources."""
     interactions = [{"code": c} for c in
-                    ("read", "vread", "update", "delete", "history-instance", "history-type", "create",
+                    ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")]
     rest_resources = []
     for rtype in sorted(resource_types()):
@@ -46,9 +49,9 @@ def capability_statement(base_url: str, software_version: str, instant: str,
             "readHistory": True,
             "updateCreate": True,
             "conditionalCreate": True,
-            "conditionalRead": "not-supported",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
+            "conditionalRead": "full-support",
+            "conditionalUpdate": True,
+            "conditionalDelete": "multiple" if conditional_delete_max > 1 else "single",
             "searchInclude": search_include,
             "searchRevInclude": search_rev_include,
             "searchParam": search_params(rtype),
@@ -76,5 +79,6 @@ def capability_statement(base_url: str, software_version: str, instant: str,
         "implementation": {"description": "fhirvault FHIR R4 server", "url": base_url},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json", "application/merge-patch+json", "application/fhir+json"],
         "rest": [rest],
     }

@@ -28,7 +28,15 @@ def _zone(tz: str | None) -> timezone:
 def date_range(value: str) -> tuple[int, int]:
     """`value` (e.g. `2025`, `2025-03`, `2025-03-04T10:00Z`) as [start, end) in microseconds since the
     epoch, the width given by its precision (FHIR R4 3.1.1.4.2). Raises ValueError when it is not a
-    FHIR date/dateTime/instant."""
+    FHIR date/dateTime/instant, or names a day outside years 1-9999 (month 13, or 9999-12-31 whose
+    end or zone shift leaves the calendar)."""
+    try:
+        return _range(value)
+    except OverflowError as exc:
+        raise ValueError(f"'{value}' is outside the years 1-9999: {exc}") from None
+
+
+def _range(value: str) -> tuple[int, int]:
     m = _DATE.match(value)
     if not m:
         raise ValueError(f"'{value}' is not a FHIR date or dateTime (expected e.g. 2024-05-01 or 2024-05-01T10:00:00Z)")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from fhirvault.fhir.r4 import ID
 
-_REL = re.compile(rf"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>{ID})(/_history/(?P<vid>[0-9]+))?$")
+_REL = re.compile(rf"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>{ID})(/_history/(?P<vid>[0-9]{{1,18}}))?\Z")
 
 
 @dataclass(frozen=True)

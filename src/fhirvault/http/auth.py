@@ -5,7 +5,8 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhirvault.errors import Unauthorized
+from fhirvault.errors import FhirVaultError
+from fhirvault.http.health_api import HEALTH_PATHS
 from fhirvault.http.negotiation import add_vary
 from fhirvault.http.responses import error_response
 from fhirvault.security.tokens import TokenService
@@ -17,10 +18,10 @@ SMART_CONFIGURATION = "/.well-known/smart-configuration"
 
 def is_public(method: str, path: str) -> bool:
     """The paths that need no token: the CapabilityStatement, SMART discovery, the token endpoint
-    and signed storage URLs (which carry their own authority)."""
+    signed storage URLs (which carry their own authority) and the health checks."""
     if path.startswith("/storage/") or path in (SMART_CONFIGURATION, FHIR_PREFIX + SMART_CONFIGURATION):
         return True
-    if path == "/oauth2/token":
+    if path == "/oauth2/token" or path in HEALTH_PATHS:
         return True
     return method in ("GET", "HEAD") and path in (f"{FHIR_PREFIX}/metadata", f"{FHIR_PREFIX}/metadata/")
 
@@ -59,7 +60,7 @@ class BearerAuthMiddleware:
                 break
         try:
             principal = await self.tokens.authenticate(authorization)
-        except Unauthorized as exc:
+        except FhirVaultError as exc:  # a bad token (401), or the database away while checking it (503)
             await error_response(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})["ctx"] = RequestContext(self.base_url, principal=principal)

@@ -12,10 +12,12 @@ from starlette.responses import Response, StreamingResponse
 
 from fhirvault.errors import Invalid, TooLarge
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
-from fhirvault.http.byte_responses import serve_bytes
+from fhirvault.fhir.r4 import whole_number
+from fhirvault.http.byte_responses import primed, serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
 from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
 from fhirvault.http.negotiation import add_vary, binary_wants_resource, is_fhir_json, parse_prefer
+from fhirvault.http.requests import parse_json
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.services import StoredResource
@@ -52,7 +54,7 @@ async def _write(request: Request, rid: str | None) -> Response:
             chunks = one_chunk(raw)  # any other JSON is content, like every other body
         else:
             declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > v.settings.max_binary_bytes:
+            if declared and (whole_number(declared) or 0) > v.settings.max_binary_bytes:
                 raise TooLarge(f"The content of {declared} bytes is over the limit of "
                                f"{v.settings.max_binary_bytes} bytes (MAX_BINARY_BYTES)")
         result = await v.binaries.write_from_stream(
@@ -80,7 +82,7 @@ async def _read_json_body(request: Request, chunks: AsyncIterator[bytes], limit:
     hint = ("; upload larger content raw instead: POST /Binary with the content as the body and its own "
             "Content-Type")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and (whole_number(declared) or 0) > limit:
         raise TooLarge(f"The JSON body of {declared} bytes is over the limit of {limit} bytes (MAX_JSON_BYTES)"
                        + hint)
     body = bytearray()
@@ -94,8 +96,15 @@ async def _read_json_body(request: Request, chunks: AsyncIterator[bytes], limit:
 def _binary_resource_in(raw: bytes) -> dict[str, Any] | None:
     """The body as a FHIR Binary when it is one (then it is the resource); None when it is content."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = parse_json(raw)
+    except Invalid:
+        # Not strict JSON: content, unless it is a Binary resource after all, which must then be refused.
+        try:
+            loose = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+        if isinstance(loose, dict) and loose.get("resourceType") == "Binary":
+            raise
         return None
     if isinstance(body, dict) and body.get("resourceType") == "Binary":
         return body
@@ -173,9 +182,13 @@ async def _resource_response(request: Request, stored: StoredResource) -> Respon
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers)
 
+    # The store is asked before the status line goes out: a store that is away gives a 503, not a 200
+    # whose body breaks off.
+    pieces = await primed(base64_pieces(v.binaries.stream(content)))
+
     async def body() -> AsyncIterator[bytes]:
         yield prefix
-        async for piece in base64_pieces(v.binaries.stream(content)):
+        async for piece in pieces:
             yield piece
         yield suffix
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, is_media_type, is_reference_text
 from fhirvault.http import ranges
 from fhirvault.http.disposition import content_disposition
 from fhirvault.service.binaries import BinaryContent
@@ -20,16 +22,49 @@ def strong_etag(content: BinaryContent) -> str:
     return f'"{content.sha256_hex}"'
 
 
-def content_headers(content: BinaryContent, extra_headers: dict[str, str] | None) -> dict[str, str]:
+# Stored bytes are whatever a client uploaded. Served from our origin they must never run: no sniffing
+# a type more active than the declared one, and a sandbox without scripts, forms or plugins for any
+# document a browser might make of them. <img>, <video> and <audio> on other pages load as before.
+STORED_BYTES_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox; default-src 'none'",
+}
+
+
+def is_inline_safe(content_type: str, inline_types: frozenset[str]) -> bool:
+    """Whether bytes of `content_type` may be shown inline: its media type (parameters aside) is in
+    `inline_types`, directly or through a `type/*` entry (INLINE_CONTENT_TYPES)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in inline_types or f"{media.split('/', 1)[0]}/*" in inline_types
+
+
+def download_disposition(content_type: str, filename: str | None, inline_types: frozenset[str]) -> str | None:
+    """The Content-Disposition of stored bytes: `attachment` for every type not known to be inert (so
+    HTML, SVG, XML or scripts are saved, never rendered), the kept file name as a download, else none."""
+    if filename or not is_inline_safe(content_type, inline_types):
+        return content_disposition(filename)
+    return None
+
+
+def servable_type(content_type: str) -> str:
+    """The type to send for stored bytes: their own when it is a valid media type, else octet-stream (an
+    Attachment.contentType, or a type stored before types were checked, may be anything)."""
+    return content_type if is_media_type(content_type) else DEFAULT_CONTENT_TYPE
+
+
+def content_headers(content: BinaryContent, extra_headers: dict[str, str] | None,
+                    inline_types: frozenset[str]) -> dict[str, str]:
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": strong_etag(content),
         "Last-Modified": to_http_date(content.last_updated_us),
         "Cache-Control": "private",
+        **STORED_BYTES_HEADERS,
     }
-    if content.filename:
-        headers["Content-Disposition"] = content_disposition(content.filename)
-    if content.security_context:
+    disposition = download_disposition(content.content_type, content.filename, inline_types)
+    if disposition:
+        headers["Content-Disposition"] = disposition
+    if content.security_context and is_reference_text(content.security_context):
         headers["X-Security-Context"] = content.security_context
     headers.update(extra_headers or {})
     return headers
@@ -37,11 +72,14 @@ def content_headers(content: BinaryContent, extra_headers: dict[str, str] | None
 
 async def serve_bytes(request: Request, content: BinaryContent, stream: ByteStream,
                       extra_headers: dict[str, str] | None = None) -> Response:
-    """The answer to GET or HEAD for these bytes: 200, 206 (one range or multipart/byteranges), 304 or 416."""
-    headers = content_headers(content, extra_headers)
+    """The answer to GET or HEAD for these bytes: 200, 206 (one range or multipart/byteranges), 304 or 416.
+    Every answer carries STORED_BYTES_HEADERS; active types come as attachments (download_disposition)."""
+    content = dataclasses.replace(content, content_type=servable_type(content.content_type))
+    headers = content_headers(content, extra_headers, request.app.state.vault.settings.inline_types)
     is_head = request.method == "HEAD"
     if ranges.none_match(request.headers.get("if-none-match"), headers["ETag"]):
-        keep = ("ETag", "Last-Modified", "Cache-Control", "Content-Disposition", "X-Security-Context")
+        keep = ("ETag", "Last-Modified", "Cache-Control", "Content-Disposition", "X-Security-Context",
+                *STORED_BYTES_HEADERS)
         return Response(status_code=304, headers={k: v for k, v in headers.items() if k in keep})
     decision = ranges.plan(content.size, request.headers.get("range"), request.headers.get("if-range"),
                            headers["ETag"], headers["Last-Modified"])

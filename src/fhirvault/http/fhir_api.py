@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from fhirvault.errors import Invalid, NotFound, Unauthorized, Unsupported
 from fhirvault.fhir.outcome import informational
-from fhirvault.fhir.r4 import is_resource_type
+from fhirvault.fhir.r4 import is_resource_type, whole_number
 from fhirvault.fhir.subsetting import subset
-from fhirvault.http.negotiation import parse_prefer
-from fhirvault.http.requests import read_fhir_json
+from fhirvault.http.negotiation import media_type, parse_prefer
+from fhirvault.http.requests import read_fhir_json, read_patch_document
 from fhirvault.http.responses import FhirJsonResponse
 from fhirvault.http.state import vault
 from fhirvault.security.principal import Principal
@@ -20,7 +24,7 @@ from fhirvault.service.history import history_bundle
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
 from fhirvault.service.services import StoredResource
-from fhirvault.service.timeutil import to_http_date
+from fhirvault.service.timeutil import parse_http_date, to_http_date
 
 
 def context(request: Request) -> RequestContext:
@@ -52,6 +56,8 @@ async def resource_response(request: Request, stored: StoredResource, status: in
     v = vault(request)
     ctx = context(request)
     headers = version_headers(stored, ctx.base_url, with_location)
+    if request.method in ("GET", "HEAD") and not_modified(request, stored):
+        return Response(status_code=304, headers=headers)
     assert stored.content is not None
     rendered = (await v.resources.render(ctx, [stored.content]))[0]
     summary, elements = subsetting_params(request)
@@ -82,6 +88,31 @@ async def write_response(request: Request, result: WriteResult) -> Response:
     return await resource_response(request, result.stored, status, with_location=True)
 
 
+def not_modified(request: Request, stored: StoredResource) -> bool:
+    """Conditional read (R4 http.html#cread, RFC 9110 13.1): If-None-Match, else If-Modified-Since."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+        return "*" in tags or f'"{stored.version_id}"' in tags
+    since = request.headers.get("if-modified-since")
+    if since is None:
+        return False
+    since_us = parse_http_date(since)
+    return since_us is not None and stored.last_updated // 1_000_000 * 1_000_000 <= since_us
+
+
+FORMAT_PARAMS = ("_format", "_pretty")  # parameters of the HTTP exchange, not of a condition
+
+
+def criteria_of(request: Request, interaction: str) -> str:
+    """The search criteria of a conditional interaction: the URL's query string, which must not be empty."""
+    query = request.url.query
+    if not query:
+        raise Invalid(f"A conditional {interaction} needs search criteria in the URL, "
+                      f"e.g. {request.url.path}?identifier=system|value")
+    return query
+
+
 def if_match_version(request: Request) -> int | None:
     value = request.headers.get("if-match")
     return parse_etag(value) if value else None
@@ -89,10 +120,16 @@ def if_match_version(request: Request) -> int | None:
 
 # -- instance and type level -------------------------------------------------------------------
 async def create(request: Request) -> Response:
+    """POST [type]; conditional with `If-None-Exist` (R4 http.html#ccreate) or with the criteria in the
+    URL's query (`POST [type]?criteria`, what fhirpy's `get_or_create` and `create(**criteria)` send)."""
     rtype = resource_type_of(request)
     v = vault(request)
+    if_none_exist = request.headers.get("if-none-exist")
+    in_url = [(k, val) for k, val in request.query_params.multi_items() if k not in FORMAT_PARAMS]
+    if in_url and if_none_exist is not None:
+        raise Invalid("Give the conditions of a conditional create once: in If-None-Exist or in the URL")
     body = await read_fhir_json(request, v.settings.max_json_bytes)
-    result = await v.resources.create(context(request), rtype, body, request.headers.get("if-none-exist"))
+    result = await v.resources.create(context(request), rtype, body, urlencode(in_url) if in_url else if_none_exist)
     return await write_response(request, result)
 
 
@@ -114,11 +151,32 @@ async def vread(request: Request) -> Response:
 
 
 async def update(request: Request) -> Response:
+    """PUT [type]/[id], or the conditional update PUT [type]?criteria (R4 http.html#cond-update)."""
+    resources = vault(request).resources
+    return await _by_id_or_criteria(request, "update", read_fhir_json, resources.update,
+                                    resources.conditional_update)
+
+
+async def patch(request: Request) -> Response:
+    """PATCH [type]/[id], or PATCH [type]?criteria, with JSON Patch, JSON Merge Patch or FHIRPath Patch
+    (R4 http.html#patch)."""
+    resources = vault(request).resources
+    return await _by_id_or_criteria(request, "patch", read_patch_document, resources.patch,
+                                    resources.conditional_patch)
+
+
+async def _by_id_or_criteria(request: Request, interaction: str, read_body: Callable[[Request, int], Awaitable[Any]],
+                             by_id: Callable[..., Awaitable[WriteResult]],
+                             by_criteria: Callable[..., Awaitable[WriteResult]]) -> Response:
+    """An interaction on [type]/[id] or, conditionally, on the one match of [type]?criteria; If-Match honoured.
+
+    `by_id` and `by_criteria` take (ctx, type, id or criteria, body, if_match)."""
     rtype = resource_type_of(request)
-    v = vault(request)
-    body = await read_fhir_json(request, v.settings.max_json_bytes)
-    result = await v.resources.update(context(request), rtype, request.path_params["rid"], body,
-                                      if_match_version(request))
+    rid = request.path_params.get("rid")
+    target = rid if rid is not None else criteria_of(request, interaction)
+    body = await read_body(request, vault(request).settings.max_json_bytes)
+    write = by_id if rid is not None else by_criteria
+    result = await write(context(request), rtype, target, body, if_match_version(request))
     return await write_response(request, result)
 
 
@@ -129,16 +187,29 @@ async def delete(request: Request) -> Response:
     return Response(status_code=204, headers=headers)
 
 
+async def conditional_delete(request: Request) -> Response:
+    """DELETE [type]?criteria (R4 http.html#cdelete): 200 with an OperationOutcome naming what was deleted."""
+    rtype = resource_type_of(request)
+    deleted = await vault(request).resources.conditional_delete(context(request), rtype,
+                                                                criteria_of(request, "delete"))
+    if not deleted:
+        return FhirJsonResponse(informational([f"No {rtype} matched; nothing was deleted"]))
+    headers = {"ETag": f'W/"{deleted[0].version_id}"'} if len(deleted) == 1 else {}
+    return FhirJsonResponse(informational([f"{d.resource_type}/{d.id} deleted" for d in deleted]), 200, headers)
+
+
 # -- search -------------------------------------------------------------------------------------
 async def search_params(request: Request) -> list[tuple[str, str]]:
     """Query parameters, plus the form body of a POST _search (FHIR R4 3.1.1.1)."""
     params = list(request.query_params.multi_items())
     if request.method == "POST":
         ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("application/x-www-form-urlencoded"):
-            raise Unsupported("POST _search takes a form body (application/x-www-form-urlencoded)")
-        form = await request.form()
-        params += [(k, str(val)) for k, val in form.multi_items()]
+        if ctype.startswith("application/x-www-form-urlencoded"):
+            form = await request.form()
+            params += [(k, str(val)) for k, val in form.multi_items()]
+        elif ctype:
+            raise Unsupported("POST _search takes its parameters as application/x-www-form-urlencoded, "
+                              f"not '{media_type(ctype)}'")
     return params
 
 
@@ -211,9 +282,10 @@ async def history(request: Request) -> Response:
 def _bounded_int(value: str | None, name: str, default: int) -> int:
     if value is None:
         return default
-    if not value.isdigit():
-        raise Invalid(f"{name}={value!r} must be a whole number")
-    return min(int(value), MAX_COUNT) if name == "_count" else int(value)
+    number = whole_number(value)
+    if number is None:
+        raise Invalid(f"{name}={value!r} must be a whole number (at most 18 digits)")
+    return min(number, MAX_COUNT) if name == "_count" else number
 
 
 # -- system level -------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ async def read(request: Request) -> Response:
     accept = request.headers.get("accept")
     if not wants_data and accept and request.query_params.get("_format") is None:
         stored = await v.resources.read(ctx, "Media", rid)
-        declared = ((stored.content or {}).get("content") or {}).get("contentType")
+        content = (stored.content or {}).get("content")
+        declared = content.get("contentType") if isinstance(content, dict) else None
         wants_data = isinstance(declared, str) and accept.strip().lower() == declared.strip().lower()
     if wants_data:
         readable = await v.binary_access.read(ctx, "Media", rid, None, "Media.content")

@@ -10,8 +10,14 @@ from fhirvault.errors import NotAcceptable
 
 FHIR_JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
 FHIR_JSON = "application/fhir+json"
-# `_format` values meaning FHIR JSON (R4 http.html#mime-type: the short form `json` and the MIME types).
-FHIR_JSON_FORMATS = ("json", *FHIR_JSON_TYPES)
+# `_format` values (R4 http.html#mime-type) and media types that name a FHIR format.
+FORMAT_ALIASES = {"json": FHIR_JSON, "text/json": FHIR_JSON, "xml": "application/fhir+xml",
+                  "text/xml": "application/fhir+xml", "application/xml": "application/fhir+xml",
+                  "ttl": "application/fhir+turtle", "text/turtle": "application/fhir+turtle",
+                  "application/x-turtle": "application/fhir+turtle", "html": "text/html"}
+FHIR_ONLY_TYPES = ("application/fhir+xml", "application/xml+fhir", "application/fhir+turtle")
+FHIR_VERSIONS = ("4.0", "4.0.1")  # the `fhirVersion` media type parameter values this server speaks
+PRODUCED_FORMATS = "application/fhir+json (also as application/json, json), fhirVersion=4.0"
 
 
 def media_type(content_type: str | None) -> str:
@@ -22,11 +28,58 @@ def is_fhir_json(content_type: str | None) -> bool:
     return media_type(content_type) in FHIR_JSON_TYPES
 
 
+def media_parameters(content_type: str | None) -> dict[str, str]:
+    """The parameters of a media type, names in lower case: `; fhirVersion=4.0` -> {"fhirversion": "4.0"}."""
+    out: dict[str, str] = {}
+    for part in (content_type or "").split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key:
+            out[key.strip().lower()] = value.strip().strip('"')
+    return out
+
+
+def speaks_fhir_version(content_type: str | None) -> bool:
+    """False when the media type names a `fhirVersion` other than R4's 4.0 (R4 http.html#version-parameter)."""
+    version = media_parameters(content_type).get("fhirversion")
+    return version is None or version in FHIR_VERSIONS
+
+
+def is_produced_format(value: str) -> bool:
+    """True when a `_format` value or Accept media type (with parameters) names FHIR JSON R4.
+
+    `_format=application/fhir json` (a `+` a client forgot to escape) counts as `application/fhir+json`.
+    """
+    name = media_type(value).replace(" ", "+")
+    return FORMAT_ALIASES.get(name, name) in FHIR_JSON_TYPES and speaks_fhir_version(value)
+
+
+def accepts_fhir_json(header: str | None) -> bool:
+    """True when an Accept header admits FHIR JSON R4: a FHIR JSON type, `*/*`, `application/*` (q > 0)."""
+    if header is None or not header.strip():
+        return True
+    for item in parse_accept(header):
+        if item.media_type in ("*/*", "application/*") or is_produced_format(item.media_type + item.parameters):
+            return True
+    return False
+
+
+def names_other_fhir_format(header: str | None) -> bool:
+    """True when Accept asks for a FHIR representation this server does not produce: FHIR XML or
+    Turtle, or a FHIR JSON of another `fhirVersion`."""
+    for item in parse_accept(header):
+        if item.media_type in FHIR_ONLY_TYPES:
+            return True
+        if item.media_type in FHIR_JSON_TYPES and not speaks_fhir_version(item.media_type + item.parameters):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class AcceptItem:
     media_type: str
     q: float
     order: int
+    parameters: str = ""  # the media type's own parameters other than q, as `;name=value` text
 
 
 def parse_accept(header: str | None) -> list[AcceptItem]:
@@ -37,13 +90,16 @@ def parse_accept(header: str | None) -> list[AcceptItem]:
         if not fields[0]:
             continue
         q = 1.0
+        params = ""
         for f in fields[1:]:
             if f.lower().startswith("q="):
                 try:
                     q = float(f[2:])
                 except ValueError:
                     q = 0.0
-        items.append(AcceptItem(fields[0].lower(), q, order))
+            elif f:
+                params += ";" + f
+        items.append(AcceptItem(fields[0].lower(), q, order, params))
 
     def specificity(item: AcceptItem) -> int:
         return 0 if item.media_type == "*/*" else 1 if item.media_type.endswith("/*") else 2
@@ -59,9 +115,9 @@ def prefers_fhir_json(header: str | None) -> bool:
 
 def check_format(value: str) -> None:
     """Accepts a `_format` value naming FHIR JSON (`json`, `application/fhir+json`, `application/json`,
-    parameters such as `;charset=utf-8` allowed); raises NotAcceptable (406) for any other format, XML
-    and Turtle included, which this server does not produce (R4 http.html#mime-type)."""
-    if media_type(value.replace(" ", "+")) not in FHIR_JSON_FORMATS:
+    parameters such as `;charset=utf-8` allowed, `fhirVersion=4.0` only); raises NotAcceptable (406) for
+    any other format, XML and Turtle included, which this server does not produce (R4 http.html#mime-type)."""
+    if not is_produced_format(value):
         raise NotAcceptable(f"_format={value!r} is not supported: this server answers FHIR JSON only "
                             "(_format=json or application/fhir+json)", expression="_format")
 

@@ -31,9 +31,17 @@ async def _path_parameter(request: Request) -> str | None:
         return str(value) if value is not None else None
     if is_fhir_json(ctype):
         body: Any = parse_json(await read_body_bounded(request, PARAMETERS_LIMIT, "The Parameters body"))
-        for p in body.get("parameter", []) if isinstance(body, dict) else []:
+        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+            raise Invalid("The body of $binary-access-read must be a Parameters resource")
+        parameters = body.get("parameter", [])
+        if not isinstance(parameters, list):
+            raise Invalid("Parameters.parameter must be a list", expression="Parameters.parameter")
+        for p in parameters:
             if isinstance(p, dict) and p.get("name") == "path":
-                return str(p.get("valueString"))
+                value = p.get("valueString")
+                if not isinstance(value, str):
+                    raise Invalid("The 'path' parameter needs a valueString", expression="Parameters.parameter")
+                return value
     return None
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 # ignoring Range; many tiny ranges are a known denial-of-service pattern).
 MAX_RANGES = 64
 
-_SPEC = re.compile(r"^(\d*)-(\d*)$")
+# ASCII digits, at most 18 (a position in any file; longer is not a valid range but a probe).
+_SPEC = re.compile(r"^([0-9]{0,18})-([0-9]{0,18})\Z")
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,25 @@ def none_match(if_none_match: str | None, etag: str) -> bool:
     return False
 
 
+def coalesce(ranges: list[ByteRange]) -> list[ByteRange]:
+    """The ranges sorted by start, overlapping and adjacent ones merged (RFC 9110 section 14.2 lets a
+    server coalesce them), so no byte is sent twice."""
+    merged: list[ByteRange] = []
+    for r in sorted(ranges, key=lambda r: r.start):
+        if merged and r.start <= merged[-1].end:
+            if r.end > merged[-1].end:
+                merged[-1] = ByteRange(merged[-1].start, r.end)
+        else:
+            merged.append(r)
+    return merged
+
+
 def plan(size: int, range_header: str | None, if_range: str | None, etag: str, last_modified: str) -> RangePlan:
-    """The response to a GET for `size` bytes with these request headers."""
+    """The response to a GET for `size` bytes with these request headers.
+
+    Many ranges, or ranges that together ask for more bytes than the representation has (a known
+    amplification pattern: `bytes=0-,0-,...`), get the whole representation once (200); the rest are
+    coalesced, so a 206 never carries more bytes than the file plus the multipart framing."""
     if range_header is None or not if_range_matches(if_range, etag, last_modified):
         return RangePlan(200)
     ranges = parse_range(range_header, size)
@@ -111,7 +129,9 @@ def plan(size: int, range_header: str | None, if_range: str | None, etag: str, l
         return RangePlan(200)
     if not ranges:
         return RangePlan(416)
-    return RangePlan(206, tuple(ranges))
+    if sum(r.length for r in ranges) > size:
+        return RangePlan(200)
+    return RangePlan(206, tuple(coalesce(ranges)))
 
 
 def unsatisfied_range(size: int) -> str:

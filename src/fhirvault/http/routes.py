@@ -20,6 +20,7 @@ from starlette.routing import Route
 from fhirvault.http import (
     binary_api,
     fhir_api,
+    health_api,
     ingestion_api,
     media_api,
     oauth_api,
@@ -65,6 +66,8 @@ INSTANCE = "/{rtype:type}/{rid:id}"
 
 # (path, {method: handler}); HEAD is answered by the GET handler where none is given.
 URL_MAP: list[tuple[str, dict[str, Endpoint | str]]] = [
+    ("/healthz", {"GET": health_api.healthz}),
+    ("/readyz", {"GET": health_api.readyz}),
     ("/oauth2/token", {"POST": oauth_api.token}),
     ("/.well-known/smart-configuration", {"GET": oauth_api.smart_configuration}),
     ("/storage/{binary_id}/{version_id}", {"GET": storage_api.download, "OPTIONS": storage_api.preflight}),
@@ -76,10 +79,11 @@ URL_MAP: list[tuple[str, dict[str, Endpoint | str]]] = [
     (FHIR_PREFIX + "/_history", {"GET": fhir_api.history}),
     (FHIR_PREFIX + "/Patient/{pid:id}/$everything", {"GET": fhir_api.everything}),
     (FHIR_PREFIX + "/Patient/{pid:id}/{rtype:type}", {"GET": fhir_api.compartment_search}),
-    (FHIR_PREFIX + "/{rtype:type}", {"GET": fhir_api.search, "POST": "create"}),
+    (FHIR_PREFIX + "/{rtype:type}", {"GET": fhir_api.search, "POST": "create", "PUT": fhir_api.update,
+                                     "PATCH": fhir_api.patch, "DELETE": fhir_api.conditional_delete}),
     (FHIR_PREFIX + "/{rtype:type}/_search", {"POST": fhir_api.search}),
     (FHIR_PREFIX + "/{rtype:type}/_history", {"GET": fhir_api.history}),
-    (FHIR_PREFIX + INSTANCE, {"GET": "read", "PUT": "update", "DELETE": fhir_api.delete}),
+    (FHIR_PREFIX + INSTANCE, {"GET": "read", "PUT": "update", "PATCH": fhir_api.patch, "DELETE": fhir_api.delete}),
     (FHIR_PREFIX + INSTANCE + "/_history", {"GET": fhir_api.history}),
     (FHIR_PREFIX + INSTANCE + "/_history/{vid:id}", {"GET": "vread"}),
     (FHIR_PREFIX + INSTANCE + "/_history/{vid:id}/$binary-access-read",

@@ -9,8 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhirvault.errors import FhirVaultError, NotFound
-from fhirvault.http.byte_responses import serve_bytes
-from fhirvault.http.disposition import content_disposition
+from fhirvault.http.byte_responses import download_disposition, serve_bytes
 from fhirvault.http.responses import error_response
 from fhirvault.http.state import vault
 from fhirvault.security.url_signing import parts_from
@@ -20,15 +19,18 @@ EXPOSED = "Content-Range, Accept-Ranges, Content-Length, ETag, Last-Modified, Co
 ALLOWED_REQUEST_HEADERS = "Range, If-Range, If-None-Match, If-Modified-Since, Authorization"
 
 
-_SIG_PARAM = re.compile(r"([?&]sig=)[^&\s]*")
+# Query parameters that are bearer credentials: storage URL signatures and (refused, but still
+# sent by some clients) access tokens. Matched case-insensitively, also percent-encoded names aside.
+_SECRET_PARAM = re.compile(r"([?&](?:sig|access_token)=)[^&\s]*", re.IGNORECASE)
 
 
 class RedactSignatures(logging.Filter):
-    """Keeps the signatures of storage URLs (bearer credentials while they live) out of access logs."""
+    """Keeps bearer credentials in URLs (storage URL signatures, `access_token=`) out of access logs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, str) and "sig=" in a for a in record.args):
-            record.args = tuple(_SIG_PARAM.sub(r"\1REDACTED", a) if isinstance(a, str) else a
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and _SECRET_PARAM.search(a)
+                                                  for a in record.args):
+            record.args = tuple(_SECRET_PARAM.sub(r"\1REDACTED", a) if isinstance(a, str) else a
                                 for a in record.args)
         return True
 
@@ -51,7 +53,7 @@ async def download(request: Request) -> Response:
         content, left = await v.storage.open(parts)
         headers = {**cors, "Cache-Control": f"private, max-age={left}"}
         if v.settings.s3_redirect_downloads:
-            disposition = content_disposition(content.filename) if content.filename else None
+            disposition = download_disposition(content.content_type, content.filename, v.settings.inline_types)
             target = await v.storage.redirect_url(content, left, disposition)
             if target is not None:
                 return Response(status_code=307, headers={**headers, "Location": target})

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import httpcore
 import httpx
@@ -171,6 +172,52 @@ def redacted(url: str) -> str:
         return "(an unparseable URL)"
 
 
+def _path_segments(path: str) -> list[str] | None:
+    """The path's segments after percent-decoding and removing dot segments (RFC 3986 section 5.2.4),
+    with backslashes read as slashes as some servers do; None when `..` climbs above the root."""
+    out: list[str] = []
+    for segment in unquote(path).replace("\\", "/").split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not out:
+                return None
+            out.pop()
+            continue
+        out.append(segment)
+    return out
+
+
+def _origin(u: httpx.URL) -> tuple[str, str, int | None]:
+    return u.scheme, _normal_host(u.host), u.port
+
+
+def within_prefixes(url: str, prefixes: Iterable[str]) -> bool:
+    """Whether `url` lies under one of `prefixes` (INGEST_ALLOW_PREFIXES): same scheme, host and port,
+    and the prefix's path segments begin the URL's path once both are normalized. Dot segments, encoded
+    or not, are resolved first, and matching is per whole segment, so `/media/../secret` and
+    `/media-private` are not under `/media/`. An empty `prefixes` allows every URL."""
+    listed = list(prefixes)
+    if not listed:
+        return True
+    try:
+        u = httpx.URL(url)
+    except Exception:
+        return False
+    segments = _path_segments(u.path)
+    if segments is None:
+        return False
+    for prefix in listed:
+        try:
+            p = httpx.URL(prefix)
+        except Exception:
+            continue
+        wanted = _path_segments(p.path)
+        if wanted is not None and _origin(p) == _origin(u) and segments[:len(wanted)] == wanted:
+            return True
+    return False
+
+
 def check_url(url: str, allowed_hosts: set[str]) -> httpx.URL:
     """The URL parsed, when its form may be fetched: https, or http to an allowed host; no credentials."""
     try:
@@ -193,8 +240,10 @@ class Fetcher:
 
     def __init__(self, limits: FetchLimits, allowed_hosts: Iterable[str] = (), *,
                  resolver: Resolver = system_resolver, inner: httpcore.AsyncNetworkBackend | None = None,
-                 user_agent: str = "fhirvault-ingest", ssl_context: ssl.SSLContext | None = None) -> None:
+                 user_agent: str = "fhirvault-ingest", ssl_context: ssl.SSLContext | None = None,
+                 allowed_prefixes: Iterable[str] = ()) -> None:
         self.limits = limits
+        self.allowed_prefixes = tuple(allowed_prefixes)
         self.ssl_context = ssl_context
         self.allowed_hosts = {_normal_host(h) for h in allowed_hosts}
         self.backend = GuardedNetworkBackend(self.allowed_hosts, resolver=resolver, inner=inner)
@@ -213,6 +262,9 @@ class Fetcher:
             current = url
             for hop in range(lim.max_redirects + 1):
                 u = check_url(current, self.allowed_hosts)
+                if not within_prefixes(current, self.allowed_prefixes):
+                    # Checked on every hop: a redirect must not lead out of the allowed prefixes.
+                    raise FetchRefused(f"{redacted(current)} is outside INGEST_ALLOW_PREFIXES")
                 target = httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port, target=u.raw_path)
                 headers = [(b"Host", _host_header(u)), (b"User-Agent", self.user_agent.encode()),
                            (b"Accept", b"*/*"), (b"Accept-Encoding", b"identity")]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.clock import now_us
@@ -16,7 +19,7 @@ from fhirvault.fhir.references import parse_reference
 from fhirvault.security.scopes import ScopeError, ScopeSet
 from fhirvault.security.secret_hash import dummy_hash, hash_secret, new_secret, verify_secret
 from fhirvault.store.database import Database
-from fhirvault.store.security import clients
+from fhirvault.store.security import auth_failures, clients
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,11 @@ class AuthFailure(Exception):
         super().__init__("client authentication failed")
         self.throttled = throttled
         self.retry_after = retry_after
+
+
+def _id_hash(client_id: str) -> str:
+    """The key of an id's attempt count: fixed length whatever the caller sent, and no id stored in clear."""
+    return hashlib.sha256(client_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _client(row: Any) -> Client:
@@ -123,42 +131,48 @@ class ClientStore:
             result = await conn.execute(
                 sa.update(clients).where(clients.c.client_id == client_id)
                 .values(secret_hash=hashed, failed_auth_count=0, failed_auth_since=None))
+            id_hash = _id_hash(client_id)
+            await conn.execute(sa.delete(auth_failures).where(auth_failures.c.id_hash == id_hash))
         if result.rowcount != 1:
             raise NotFound(f"no client with id {client_id}")
         return secret
 
     async def authenticate(self, client_id: str, secret: str) -> Client:
         """The enabled client with this id and secret; AuthFailure otherwise (unknown id, wrong secret,
-        disabled, or throttled after too many failures). Every outcome costs one scrypt."""
-        async with self.db.read() as conn:
-            row = (await conn.execute(sa.select(clients).where(clients.c.client_id == client_id))).first()
-        if row is None:
-            await asyncio.to_thread(verify_secret, secret, dummy_hash())
-            raise AuthFailure()
+        disabled, or throttled after too many attempts). Known and unknown ids are treated alike: each
+        attempt is counted before its secret is checked (one atomic statement, so concurrent guesses
+        count too), an unknown id costs one scrypt like a known one, and only success clears the count."""
         now = now_us()
         window_us = self.failure_window * 1_000_000
-        in_window = row.failed_auth_since is not None and now - row.failed_auth_since < window_us
-        if in_window and row.failed_auth_count >= self.failure_limit:
+        id_hash = _id_hash(client_id)
+        attempts, since = await self._count_attempt(id_hash, now, window_us)
+        if attempts > self.failure_limit:
             # Refused even with the right secret: otherwise guessing could go on at full speed.
-            retry_after = max(1, (row.failed_auth_since + window_us - now) // 1_000_000)
+            retry_after = max(1, (since + window_us - now) // 1_000_000)
             raise AuthFailure(throttled=True, retry_after=int(retry_after))
-        ok = await asyncio.to_thread(verify_secret, secret, row.secret_hash)
-        if not ok:
-            await self._record_failure(client_id, now, window_us)
-            raise AuthFailure()
-        if not row.enabled:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(clients).where(clients.c.client_id == client_id))).first()
+        ok = await asyncio.to_thread(verify_secret, secret, row.secret_hash if row else dummy_hash())
+        if row is None or not ok or not row.enabled:
             raise AuthFailure()
         async with self.db.write() as conn:
+            await conn.execute(sa.delete(auth_failures).where(
+                sa.or_(auth_failures.c.id_hash == id_hash, auth_failures.c.since <= now - window_us)))
             await conn.execute(sa.update(clients).where(clients.c.client_id == client_id)
                                .values(last_used_at=now, failed_auth_count=0, failed_auth_since=None))
         return _client(row)
 
-    async def _record_failure(self, client_id: str, now: int, window_us: int) -> None:
-        c = clients.c
-        # One atomic statement: a new window starts when the previous one is over.
-        expired = sa.or_(c.failed_auth_since.is_(None), c.failed_auth_since <= now - window_us)
+    async def _count_attempt(self, id_hash: str, now: int, window_us: int) -> tuple[int, int]:
+        """Counts one attempt for the id: (attempts in the current window, when the window began). A new
+        window starts when the previous one is over. One upsert, atomic on SQLite and PostgreSQL."""
+        t = auth_failures
+        insert = sqlite_insert(t) if self.db.is_sqlite else pg_insert(t)
+        expired = t.c.since <= now - window_us
+        stmt = insert.values(id_hash=id_hash, attempts=1, since=now).on_conflict_do_update(
+            index_elements=[t.c.id_hash],
+            set_={"attempts": sa.case((expired, 1), else_=t.c.attempts + 1),
+                  "since": sa.case((expired, now), else_=t.c.since)},
+        ).returning(t.c.attempts, t.c.since)
         async with self.db.write() as conn:
-            await conn.execute(sa.update(clients).where(c.client_id == client_id).values(
-                failed_auth_count=sa.case((expired, 1), else_=c.failed_auth_count + 1),
-                failed_auth_since=sa.case((expired, now), else_=c.failed_auth_since),
-            ))
+            row = (await conn.execute(stmt)).one()
+        return int(row.attempts), int(row.since)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,6 +15,9 @@ from fhirvault.security.scopes import INTERACTION_LETTER
 from fhirvault.store.resources import ResourceStore
 from fhirvault.store.search_sql import Restriction
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CHANGING = frozenset("cud")  # scope letters of the interactions that change a resource
+
 
 def _principal(ctx: CallerContext) -> Principal | None:
     """The client whose scopes decide, or None for the server itself (allowed everything)."""
@@ -23,6 +27,20 @@ def _principal(ctx: CallerContext) -> Principal | None:
     if not isinstance(p, Principal):
         raise Forbidden("The caller is not an authenticated client")
     return p
+
+
+def _last_updated_us(resource: dict[str, Any]) -> int | None:
+    """meta.lastUpdated of a stored version in microseconds (the store writes it); None when absent."""
+    text = (resource.get("meta") or {}).get("lastUpdated")
+    if not isinstance(text, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return (stamp - EPOCH) // timedelta(microseconds=1)
 
 
 def letter_of(interaction: str) -> str:
@@ -68,7 +86,12 @@ class ScopePolicy:
         if p.patient is None:
             return True
         _, refs = index_entries(resource, ctx.base_url)
-        return RefEntry(COMPARTMENT, p.patient) in refs
+        compartments = {r.target for r in refs if r.param == COMPARTMENT}
+        if letter in CHANGING:
+            # A patient-context change must leave the resource in the caller's compartment only: every
+            # reference of the R4 patient CompartmentDefinition's params names the caller or is absent.
+            return compartments == {p.patient}
+        return p.patient in compartments
 
     async def _binary_allowed(self, ctx: CallerContext, conn: AsyncConnection, p: Principal,
                               binary: dict[str, Any], letter: str) -> bool:
@@ -80,12 +103,28 @@ class ScopePolicy:
             # patient-context client has no claim on a Binary that belongs to no patient.
             return p.patient is None
         # Reading needs read rights on the referenced resource; any change needs update rights on it.
-        needed = "r" if letter in ("r", "s") else "u"
+        reading = letter in ("r", "s")
+        needed = "r" if reading else "u"
         if not p.scopes.allows(needed, ref.resource_type):
             return False
         if p.patient is None or ref.relative == p.patient:
             return True
+        written_at = _last_updated_us(binary) if reading else None
+        if written_at is not None:
+            # A Binary stays bound to the securityContext resource as it was when the Binary was written:
+            # when that resource was deleted since, the last version before the deletion decides, and
+            # whoever re-creates the id later gains nothing.
+            deletion = await self.store.first_deletion_after(conn, ref.resource_type, ref.id, written_at)
+            if deletion is not None:
+                before = await self.store.get_version(conn, ref.resource_type, ref.id, deletion - 1)
+                return before is not None and before.content is not None \
+                    and self.in_patient_compartment(ctx, before.content, p.patient)
         return await self.store.in_compartment(conn, ref.resource_type, ref.id, p.patient)
+
+    @staticmethod
+    def in_patient_compartment(ctx: CallerContext, resource: dict[str, Any], patient: str) -> bool:
+        _, refs = index_entries(resource, ctx.base_url)
+        return RefEntry(COMPARTMENT, patient) in refs
 
     def search_restriction(self, ctx: CallerContext, resource_type: str) -> list[str] | None:
         p = _principal(ctx)
@@ -104,3 +143,12 @@ class ScopePolicy:
             context_types = frozenset(s.resource_type for s in p.scopes.scopes if "r" in s.letters)
         return Restriction(compartment=p.patient, context_types=context_types,
                            binary_without_context=p.patient is None)
+
+    def hides_rows(self, ctx: CallerContext, resource_type: str | None) -> bool:
+        p = _principal(ctx)
+        if p is None or resource_type not in (None, "Binary"):
+            return False  # other types: the scope check and the compartment restriction are exact
+        # A Binary's securityContext, or the system history's mix of types, is judged row by row,
+        # unless the client may read and search every type outside any patient context.
+        sees_all = any(s.resource_type == "*" and "r" in s.letters and "s" in s.letters for s in p.scopes.scopes)
+        return p.patient is not None or not sees_all

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from fhirvault.errors import Forbidden, Gone
-from fhirvault.fhir.r4 import is_valid_id
+from fhirvault.fhir.r4 import is_valid_id, whole_number
 from fhirvault.security.key_cache import KeyCache, superseded
 from fhirvault.store.database import Database
 from fhirvault.store.url_signing_keys import UrlSigningKey, all_keys, insert_key, new_key, remove_keys
@@ -62,9 +62,12 @@ class SignedUrl:
     """Mints and checks `{PUBLIC_BASE_URL}/storage/{binary-id}/{version-id}?exp=&kid=&sig=` URLs."""
 
     def __init__(self, db: Database, public_base_url: str, ttl: int, window: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, also_accepted: tuple[str, ...] = ()) -> None:
         self.db = db
         self.prefix = public_base_url.rstrip("/") + STORAGE_PATH
+        # Earlier bases of our storage URLs (e.g. PUBLIC_BASE_URL before STORAGE_PUBLIC_BASE_URL was
+        # set) are still recognized as ours when a client sends one back.
+        self.prefixes = (self.prefix, *(b.rstrip("/") + STORAGE_PATH for b in also_accepted))
         self.ttl = ttl
         self.window = max(1, window)
         self.clock = clock
@@ -131,12 +134,13 @@ class SignedUrl:
     def parse(self, url: str) -> StorageUrlParts | None:
         """The parts of `url` when it is one of our storage URLs (whatever its signature or expiry),
         else None."""
-        if not url.startswith(self.prefix):
+        prefix = next((p for p in self.prefixes if url.startswith(p)), None)
+        if prefix is None:
             return None
         split = urlsplit(url)
-        rest = url[len(self.prefix):].split("?", 1)[0].split("#", 1)[0]
+        rest = url[len(prefix):].split("?", 1)[0].split("#", 1)[0]
         segments = rest.split("/")
-        if len(segments) != 2 or not is_valid_id(segments[0]) or not segments[1].isdigit():
+        if len(segments) != 2 or not is_valid_id(segments[0]) or whole_number(segments[1]) is None:
             return None
         query = {k: v[0] for k, v in parse_qs(split.query).items() if v}
         return parts_from(segments[0], segments[1], query)
@@ -162,8 +166,8 @@ class SignedUrl:
 
 def parts_from(binary_id: str, version: str, query: Mapping[str, str]) -> StorageUrlParts | None:
     """StorageUrlParts from a request's path segments and query; None when the path is not one of ours."""
-    if not is_valid_id(binary_id) or not version.isdigit():
+    version_id = whole_number(version)
+    if not is_valid_id(binary_id) or version_id is None:
         return None
-    exp = query.get("exp")
-    return StorageUrlParts(binary_id, int(version), int(exp) if exp and exp.isdigit() else None,
+    return StorageUrlParts(binary_id, version_id, whole_number(query.get("exp") or ""),
                            query.get("kid"), query.get("sig"), query.get(PINNED_PARAM) == "1")

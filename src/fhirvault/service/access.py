@@ -36,6 +36,11 @@ class AccessPolicy(Protocol):
         with `can_see(..., "search")` for every resource of a type the caller may search."""
         ...
 
+    def hides_rows(self, ctx: RequestContext, resource_type: str | None) -> bool:
+        """Whether `can_see` may refuse rows of `resource_type` (None: of any type) that
+        `search_restriction` lets through; then history totals must be counted row by row."""
+        ...
+
 
 class AllowAll:
     """Trusted internal callers (background jobs, command line)."""
@@ -52,3 +57,6 @@ class AllowAll:
 
     def query_restriction(self, ctx: RequestContext) -> Restriction | None:
         return None
+
+    def hides_rows(self, ctx: RequestContext, resource_type: str | None) -> bool:
+        return False

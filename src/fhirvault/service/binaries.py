@@ -16,6 +16,7 @@ from fhirvault.clock import now_us
 from fhirvault.errors import FhirVaultError, Invalid, NotFound, StorageFailure, TooLarge
 from fhirvault.fhir.binary import (
     DEFAULT_CONTENT_TYPE,
+    check_content_type,
     decode_base64_strict,
     filename_of,
     security_context_of,
@@ -24,7 +25,7 @@ from fhirvault.fhir.binary import (
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult
-from fhirvault.store.blobs import BlobRegistry
+from fhirvault.store.blobs import RELEASED, BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource
 from fhirvault.streams import InOrderWorker, one_chunk, pieces
@@ -158,6 +159,7 @@ class BinaryService:
                                 filename: str | None = None, if_match: int | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with the streamed bytes as its content."""
         self.resources.require(ctx, "create" if rid is None else "update", "Binary")
+        content_type = _content_type(content_type or DEFAULT_CONTENT_TYPE, "Content-Type")  # before any byte
         staged = await self.stage(chunks)
         return await self.write_staged(ctx, rid, staged, content_type=content_type,
                                        security_context=security_context, filename=filename, if_match=if_match)
@@ -166,14 +168,16 @@ class BinaryService:
                            content_type: str, security_context: str | None = None,
                            filename: str | None = None, if_match: int | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with content `stage` took in. Forbidden without Binary
-        create/update scope; on that or any other failure the staged blob is discarded."""
+        create/update scope, Invalid for a content type that is not a media type; on that or any other
+        failure the staged blob is discarded."""
         try:
             self.resources.require(ctx, "create" if rid is None else "update", "Binary")
+            content_type = _content_type(content_type or DEFAULT_CONTENT_TYPE, "Content-Type")
         except BaseException:
             if staged.blob_id and not staged.reused:
                 await self._discard(staged.blob_id)
             raise
-        resource: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type or DEFAULT_CONTENT_TYPE}
+        resource: dict[str, Any] = {"resourceType": "Binary", "contentType": content_type}
         if security_context:
             resource["securityContext"] = {"reference": security_context}
         set_filename(resource, filename)
@@ -187,6 +191,7 @@ class BinaryService:
         resource = dict(body)
         if not isinstance(resource.get("contentType"), str) or not resource["contentType"].strip():
             raise Invalid("A Binary needs a contentType", expression="Binary.contentType")
+        resource["contentType"] = _content_type(resource["contentType"], "Binary.contentType")
         if "data" in resource:
             try:
                 raw = decode_base64_strict(resource.pop("data"), "Binary.data")
@@ -278,35 +283,81 @@ class BinaryService:
             raise
 
     async def _discard(self, blob_id: str) -> None:
-        """Remove a pending blob's bytes, then its row; what fails here is left to the sweeper."""
+        """Release this request's pending blob and remove its bytes; a blob committed meanwhile (the
+        failure came after the commit) keeps them. What fails here is left to the sweeper."""
         try:
-            await asyncio.shield(self._remove_blob(blob_id, blob_id))
+            await asyncio.shield(self._reclaim(blob_id, blob_id, created_before=None))
         except Exception:
             log.warning("could not remove pending blob %s now; the sweeper will", blob_id, exc_info=True)
 
+    async def _reclaim(self, blob_id: str, storage_key: str, created_before: int | None) -> bool:
+        """Claim a pending blob (pending -> released, in one conditional UPDATE, so that an upload
+        committing at the same moment and this can never both succeed), then remove its bytes and row.
+        False when it was no longer pending."""
+        async with self.db.write() as conn:
+            if not await self.registry.release_pending(conn, blob_id, created_before):
+                return False
+        await self._remove_blob(blob_id, storage_key)
+        return True
+
     async def _remove_blob(self, blob_id: str, storage_key: str) -> None:
+        """Bytes first, then the row of a released blob: a crash in between leaves a row the sweeper finds."""
         if self.store is not None:
             await self.store.delete(storage_key)
         async with self.db.write() as conn:
             await self.registry.remove(conn, blob_id)
 
     async def sweep(self) -> int:
-        """Remove pending blobs older than the grace period (leftovers of uploads that died); returns how many."""
+        """Remove released blobs and pending ones older than the grace period (leftovers of uploads that
+        died); returns how many. A pending blob an upload commits meanwhile is left alone."""
         removed = 0
-        failed: set[str] = set()  # tried in this pass; one blob the store refuses must not block the rest
+        skipped: set[str] = set()  # tried in this pass; one blob the store refuses must not block the rest
         cutoff = now_us() - self.pending_grace_us
         while True:
             async with self.db.read() as conn:
-                stale = await self.registry.pending_before(conn, cutoff, excluding=frozenset(failed))
+                stale = await self.registry.sweepable(conn, cutoff, excluding=frozenset(skipped))
             if not stale:
                 return removed
             for record in stale:
                 try:
-                    await self._remove_blob(record.id, record.storage_key)
+                    if record.state == RELEASED:
+                        await self._remove_blob(record.id, record.storage_key)
+                    elif not await self._reclaim(record.id, record.storage_key, created_before=cutoff):
+                        skipped.add(record.id)
+                        continue
                     removed += 1
                 except Exception as exc:  # noqa: BLE001 - logged; the next sweep tries again
-                    failed.add(record.id)
-                    log.warning("could not remove pending blob %s (%s); will retry", record.id, exc)
+                    skipped.add(record.id)
+                    log.warning("could not remove blob %s (%s); will retry", record.id, exc)
+
+    async def sweep_leftovers(self) -> int:
+        """Remove what the blob store holds under keys no blob row owns and that are older than the grace
+        period: pieces of writes whose process died before any row owned them, or leftovers of older
+        versions. Returns how many keys were removed."""
+        if self.store is None:
+            return 0
+        changed_before = now_us() / 1_000_000 - self.pending_grace_us / 1_000_000
+        removed = 0
+        batch: list[str] = []
+        async for key in self.store.stored_keys(changed_before):
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += await self._remove_ownerless(batch)
+                batch = []
+        return removed + await self._remove_ownerless(batch)
+
+    async def _remove_ownerless(self, keys: list[str]) -> int:
+        assert self.store is not None
+        async with self.db.read() as conn:
+            owned = await self.registry.owned_keys(conn, keys)
+        removed = 0
+        for key in sorted(set(keys) - owned):
+            try:
+                await self.store.delete(key)
+                removed += 1
+            except Exception as exc:  # noqa: BLE001 - logged; the next sweep tries again
+                log.warning("could not remove ownerless blob bytes %s (%s); will retry", key, exc)
+        return removed
 
     # -- reads ----------------------------------------------------------------------------------
     async def content(self, ctx: RequestContext, binary_id: str, version_id: int | None = None) -> BinaryContent:
@@ -375,14 +426,15 @@ class BinaryService:
             blob_ids = {v.blob_id for v in versions if v.blob_id}
             records = [r for r in [await self.registry.get(conn, b) for b in blob_ids] if r is not None]
             await self.rows.expunge(conn, rtype, rid)
+            # Released in the same transaction: a crash before the bytes go leaves rows the sweeper finds.
             for record in records:
-                await self.registry.remove(conn, record.id)
+                await self.registry.release(conn, record.id)
         for record in records:
-            if self.store is not None:
-                try:
-                    await self.store.delete(record.storage_key)
-                except FhirVaultError:
-                    log.warning("could not remove the bytes of expunged blob %s", record.id, exc_info=True)
+            try:
+                await self._remove_blob(record.id, record.storage_key)
+            except FhirVaultError:
+                log.warning("could not remove the bytes of expunged blob %s; the sweeper will", record.id,
+                            exc_info=True)
         return len(versions)
 
 
@@ -400,3 +452,11 @@ def _inline_bytes(stored: StoredResource) -> bytes:
         return decode_base64_strict(data, "Binary.data")
     except ValueError as exc:
         raise StorageFailure(f"The stored data of Binary/{stored.id} is damaged: {exc}") from None
+
+
+def _content_type(value: str, where: str) -> str:
+    """The media type a Binary is stored with; Invalid when it could not be served as a header again."""
+    try:
+        return check_content_type(value, where)
+    except ValueError as exc:
+        raise Invalid(str(exc), expression="Binary.contentType") from None

@@ -7,10 +7,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fhirvault.errors import Invalid, PreconditionFailed
+from fhirvault.errors import Invalid, NotFound, PreconditionFailed
 from fhirvault.fhir.attachments import attachment_objects
-from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict, filename_of, security_context_of
+from fhirvault.fhir.binary import (
+    DEFAULT_CONTENT_TYPE,
+    check_content_type,
+    decode_base64_strict,
+    filename_of,
+    security_context_of,
+)
 from fhirvault.fhir.element_path import ElementPath, PathError, parse_element_path, resolve_first
+from fhirvault.fhir.r4 import whole_number
 from fhirvault.fhir.validation import attachment_size
 from fhirvault.service.attachments import binary_reference
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
@@ -69,7 +76,10 @@ class BinaryAccess:
     async def read(self, ctx: RequestContext, rtype: str, rid: str, vid: str | None, path_text: str | None
                    ) -> ReadableContent:
         if _is_binary_itself(rtype, path_text):
-            content = await self.binaries.content(ctx, rid, int(vid) if vid and vid.isdigit() else None)
+            version = whole_number(vid) if vid else None
+            if vid and version is None:
+                raise NotFound(f"Binary/{rid} has no version '{vid}'")
+            content = await self.binaries.content(ctx, rid, version)
             return ReadableContent(content, lambda s, e: self.binaries.stream(content, s, e))
         path = _parse_path(rtype, path_text)
         stored = await (self.resources.vread(ctx, rtype, rid, vid) if vid else self.resources.read(ctx, rtype, rid))
@@ -109,6 +119,10 @@ class BinaryAccess:
     async def write(self, ctx: RequestContext, rtype: str, rid: str, path_text: str | None,
                     chunks: AsyncIterator[bytes], content_type: str, if_match: int | None) -> WriteResult:
         self.resources.require(ctx, "update", rtype)
+        try:
+            content_type = check_content_type(content_type, "Content-Type")
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
         if _is_binary_itself(rtype, path_text):
             current = await self.resources.read(ctx, "Binary", rid)
             assert current.content is not None

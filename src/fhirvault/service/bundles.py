@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.outcome import operation_outcome
-from fhirvault.fhir.r4 import is_resource_type
+from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
+from fhirvault.fhir.r4 import is_resource_type, whole_number
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
-from fhirvault.service.resources import ResourceService, WriteResult, new_id
+from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
 from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import to_instant
 from fhirvault.service.validation import relocated
+from fhirvault.store.resources import StoredResource
 
 # FHIR's processing order within a transaction.
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+INTERACTION = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete"}
+# The media types a Binary may carry a patch in (R4 http.html#transaction: PATCH entries).
+BINARY_PATCH_TYPES = {"application/json-patch+json": JSON_PATCH, "application/merge-patch+json": MERGE_PATCH}
+CONDITIONAL_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)\?(.+)$")
 
 
 @dataclass
@@ -33,6 +43,15 @@ class EntryRequest:
     full_url: str | None
     if_match: int | None
     if_none_exist: str | None
+    # Filled in before any entry is processed: conditionals resolved to the ids they act on.
+    existing: StoredResource | None = None  # conditional create that found its match
+    create: bool = False  # a conditional update that creates
+    delete_ids: list[str] = field(default_factory=list)
+
+    @property
+    def conditional(self) -> bool:
+        """PUT, PATCH or DELETE addressed by search criteria instead of an id."""
+        return self.rid is None and bool(self.query) and self.method in ("PUT", "PATCH", "DELETE")
 
 
 def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
@@ -45,7 +64,7 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     ):
         raise Invalid(f"{where}.request needs a method and a url", expression=f"{where}.request")
     method = request["method"].upper()
-    if method not in METHOD_ORDER or method == "PATCH":
+    if method not in METHOD_ORDER:
         raise Invalid(f"{where}.request.method {method} is not supported", expression=f"{where}.request.method")
     url = request["url"]
     if url.startswith(base_url + "/"):
@@ -74,10 +93,47 @@ def parse_etag(value: str) -> int:
     v = value.strip()
     if v.startswith("W/"):
         v = v[2:]
-    v = v.strip('"')
-    if not v.isdigit():
+    version = whole_number(v.strip('"'))
+    if version is None:
         raise Invalid(f"If-Match '{value}' is not a version ETag like W/\"3\"")
-    return int(v)
+    return version
+
+
+def patch_document(e: EntryRequest) -> PatchDocument:
+    """The patch a PATCH entry carries: a Binary holding a JSON Patch (or merge patch), or a Parameters
+    resource holding a FHIRPath Patch (R4 http.html#transaction)."""
+    where = f"Bundle.entry[{e.index}].resource"
+    resource = e.resource
+    if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+        return PatchDocument(FHIRPATH_PATCH, resource)
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
+        raise Invalid(f"{where} of a PATCH entry must be a Binary holding a JSON Patch or a Parameters "
+                      "resource holding a FHIRPath Patch", expression=where)
+    kind = BINARY_PATCH_TYPES.get(str(resource.get("contentType", "")).split(";")[0].strip().lower())
+    if kind is None:
+        raise Invalid(f"{where}.contentType must be one of {', '.join(BINARY_PATCH_TYPES)}",
+                      expression=f"{where}.contentType")
+    try:
+        body = json.loads(base64.b64decode(str(resource.get("data", "")), validate=True))
+    except (binascii.Error, ValueError):
+        raise Invalid(f"{where}.data must be base64 of a JSON patch document", expression=f"{where}.data") from None
+    return PatchDocument(kind, body)
+
+
+def conditional_references(node: Any, out: set[str]) -> set[str]:
+    """Every `reference` value in `node` of the form `Type?criteria` (R4 http.html#trules)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                m = CONDITIONAL_REFERENCE.match(value)
+                if m and is_resource_type(m.group(1)):
+                    out.add(value)
+            else:
+                conditional_references(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            conditional_references(value, out)
+    return out
 
 
 def _replace_refs(node: Any, mapping: dict[str, str]) -> Any:
@@ -131,28 +187,53 @@ class BundleService:
         return out
 
     async def _write_alone(self, ctx: RequestContext, entry: EntryRequest) -> WriteResult | None:
-        interaction = {"POST": "create", "PUT": "update", "DELETE": "delete"}[entry.method]
-        self.resources.require(ctx, interaction, entry.rtype)
+        self.resources.require(ctx, INTERACTION[entry.method], entry.rtype)
 
         async def work(uow: UnitOfWork) -> WriteResult | None:
+            mapping = await self._prepare(uow, ctx, [entry])
+            if entry.resource is not None:
+                entry.resource = _replace_refs(entry.resource, mapping)
             return await self._write_entry(uow, ctx, entry)
 
         return await self.resources.in_transaction(ctx, work)
 
+    async def _prepare(self, uow: UnitOfWork, ctx: RequestContext, entries: list[EntryRequest]) -> dict[str, str]:
+        """Resolves what every entry acts on before any is processed, and returns the reference mapping:
+        fullUrl -> `Type/id` of the resource the entry writes, `Type?criteria` -> the one match."""
+        svc = self.resources
+        mapping: dict[str, str] = {}
+        for e in entries:
+            if e.method == "POST":
+                if e.rid:
+                    raise Invalid(f"Bundle.entry[{e.index}]: POST goes to a type, not to {e.rtype}/{e.rid}")
+                if e.if_none_exist:
+                    e.existing = await svc.conditional_target_in(uow, ctx, e.rtype, e.if_none_exist, "If-None-Exist")
+                e.rid = e.existing.id if e.existing else new_id()
+            elif e.conditional and e.method == "PUT":
+                resource = check_resource_body(e.resource, e.rtype)
+                e.rid, e.create = await svc.conditional_update_target_in(uow, ctx, e.rtype, e.query, resource)
+            elif e.conditional and e.method == "PATCH":
+                e.rid = await svc.conditional_patch_id_in(uow, ctx, e.rtype, e.query)
+            elif e.conditional:
+                e.delete_ids = await svc.conditional_delete_ids_in(uow, ctx, e.rtype, e.query)
+            if e.full_url and e.rid and e.method in ("POST", "PUT"):
+                mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+        for e in entries:
+            for ref in sorted(conditional_references(e.resource, set()) - set(mapping)):
+                rtype, _, criteria = ref.partition("?")
+                match = await svc.conditional_target_in(uow, ctx, rtype, criteria, "The conditional reference")
+                if match is None:
+                    raise Invalid(f"Bundle.entry[{e.index}]: the conditional reference '{ref}' matches no {rtype}")
+                mapping[ref] = f"{rtype}/{match.id}"
+        return mapping
+
     async def _transaction(self, ctx: RequestContext, entries: list[EntryRequest]) -> list[dict[str, Any]]:
         for e in entries:
-            interaction = {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(e.method)
-            if interaction:
-                self.resources.require(ctx, interaction, e.rtype)
+            if e.method in INTERACTION:
+                self.resources.require(ctx, INTERACTION[e.method], e.rtype)
 
         async def work(uow: UnitOfWork) -> list[tuple[EntryRequest, Any]]:
-            mapping: dict[str, str] = {}
-            for e in entries:
-                if e.full_url and e.method == "POST":
-                    e.rid = new_id()
-                    mapping[e.full_url] = f"{e.rtype}/{e.rid}"
-                elif e.full_url and e.method == "PUT" and e.rid:
-                    mapping[e.full_url] = f"{e.rtype}/{e.rid}"
+            mapping = await self._prepare(uow, ctx, entries)
             # What later entries will write: checks that need it (an Attachment naming a Binary of this
             # Bundle) wait for it, so the order of entries does not matter (R4 http.html#trules).
             uow.upcoming = {f"{e.rtype}/{e.rid}" for e in entries if e.method in ("POST", "PUT") and e.rid}
@@ -185,15 +266,24 @@ class BundleService:
                                    e: EntryRequest) -> WriteResult | None:
         svc = self.resources
         if e.method == "POST":
-            if e.rid and not e.full_url:
-                raise Invalid(f"Bundle.entry[{e.index}]: POST goes to a type, not to {e.rtype}/{e.rid}")
-            return await svc.create_in(uow, ctx, e.rtype, e.resource, e.if_none_exist, rid=e.rid)
-        if e.method == "PUT":
-            if not e.rid:
-                raise Invalid(f"Bundle.entry[{e.index}]: PUT needs a url like {e.rtype}/[id]")
-            return await svc.update_in(uow, ctx, e.rtype, e.rid, e.resource, e.if_match)
+            if e.existing is not None:
+                return WriteResult(e.existing, created=False, existing=True)
+            return await svc.create_in(uow, ctx, e.rtype, e.resource, rid=e.rid)
+        if e.method == "DELETE" and e.conditional:
+            for rid in e.delete_ids:
+                await svc.delete_in(uow, ctx, e.rtype, rid)
+            return None
         if not e.rid:
-            raise Invalid(f"Bundle.entry[{e.index}]: DELETE needs a url like {e.rtype}/[id]")
+            raise Invalid(f"Bundle.entry[{e.index}]: {e.method} needs a url like {e.rtype}/[id] "
+                          f"or {e.rtype}?[criteria]")
+        if e.method == "PUT":
+            if e.create:
+                return await svc.create_in(uow, ctx, e.rtype, e.resource, rid=e.rid)
+            resource = check_resource_body(e.resource, e.rtype)
+            body = {**resource, "id": e.rid} if e.conditional else resource
+            return await svc.update_in(uow, ctx, e.rtype, e.rid, body, e.if_match)
+        if e.method == "PATCH":
+            return await svc.patch_in(uow, ctx, e.rtype, e.rid, patch_document(e), e.if_match)
         await svc.delete_in(uow, ctx, e.rtype, e.rid)
         return None
 

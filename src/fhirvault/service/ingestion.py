@@ -13,9 +13,10 @@ from urllib.parse import unquote, urlsplit
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError, Gone, NotFound, TooLarge
 from fhirvault.fhir.attachments import iter_attachments
+from fhirvault.fhir.binary import is_media_type
 from fhirvault.fhir.validation import attachment_size
-from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted
-from fhirvault.jobs.queue import Job, JobQueue
+from fhirvault.jobs.fetcher import Fetcher, FetchLimits, FetchRefused, deadline, redacted, within_prefixes
+from fhirvault.jobs.queue import FAILED, Job, JobQueue
 from fhirvault.jobs.worker import PermanentJobError
 from fhirvault.security.principal import SYSTEM_JOBS
 from fhirvault.service.binaries import BinaryContent
@@ -26,6 +27,8 @@ log = logging.getLogger("fhirvault.ingestion")
 
 JOB_KIND = "ingest-attachment"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+FAILED_REASON = "The content could not be fetched from the URL; the server log has the details"
+RETRY_REASON = "An attempt to fetch the content failed and will be repeated; the server log has the details"
 
 
 class JobContext(RequestContext):
@@ -61,8 +64,8 @@ class IngestionRules:
     def from_settings(cls, settings: Settings) -> IngestionRules:
         base = settings.public_base_url.lower()
         hosts = frozenset(h.strip("[]") for h in settings.ingest_allowed_hosts)
-        return cls(settings.ingest_enabled, hosts,
-                   tuple(settings.ingest_allowed_prefixes), (f"{base}/fhir/", f"{base}/storage/"))
+        return cls(settings.ingest_enabled, hosts, tuple(settings.ingest_allowed_prefixes),
+                   (f"{base}/fhir/", f"{base}/storage/", f"{settings.storage_base_url.lower()}/storage/"))
 
     def wants(self, url: Any) -> bool:
         """True for an external https URL (http when its host is allowed) that is not one of ours and
@@ -79,7 +82,7 @@ class IngestionRules:
             return False
         if url.lower().startswith(self.own_prefixes):
             return False
-        return not self.allowed_prefixes or url.startswith(self.allowed_prefixes)
+        return within_prefixes(url, self.allowed_prefixes)
 
 
 class IngestionScheduler:
@@ -122,7 +125,7 @@ class AttachmentIngestion:
             FetchLimits(max_bytes=settings.max_binary_bytes, max_redirects=settings.ingest_max_redirects,
                         connect_timeout=settings.ingest_connect_timeout,
                         read_timeout=settings.ingest_read_timeout, total_timeout=settings.ingest_total_timeout),
-            settings.ingest_allowed_hosts)
+            settings.ingest_allowed_hosts, allowed_prefixes=settings.ingest_allowed_prefixes)
 
     async def run(self, job: Job) -> dict[str, Any]:
         ctx = job_context(self.base_url)
@@ -138,7 +141,9 @@ class AttachmentIngestion:
         try:
             async with deadline(self.total_timeout, f"fetching {redacted(url)}"), \
                     self.fetcher.open(url) as response:
-                content_type = response.content_type or declared_type or DEFAULT_CONTENT_TYPE
+                # A type the remote server sent that could not be served again is not kept.
+                content_type = next((str(t) for t in (response.content_type, declared_type) if is_media_type(t)),
+                                    DEFAULT_CONTENT_TYPE)
                 if self.binaries is None:
                     raise RuntimeError("Binary storage is not available in this process")
                 created = await self.binaries.create_from_stream(
@@ -192,15 +197,20 @@ class AttachmentIngestion:
         """Parameters listing the ingestion jobs of a resource the caller may read (newest first)."""
         await self.resources.read(ctx, rtype, rid)
         jobs = await self.queue.list(subject=f"{rtype}/{rid}", kind=JOB_KIND, limit=1000)
+        began = await self.resources.current_life_began(rtype, rid)
         parameters = []
         for job in jobs:
+            if began is not None and job.created_at <= began:
+                continue  # a job of the id's earlier life, before it was deleted
             part: list[dict[str, Any]] = [
                 {"name": "url", "valueUrl": str(job.payload.get("url"))},
                 {"name": "state", "valueCode": job.state},
                 {"name": "attempts", "valueInteger": job.attempts},
             ]
             if job.last_error:
-                part.append({"name": "error", "valueString": job.last_error})
+                # The detail (how a host resolved, whether a port answered) stays in the server log and
+                # `fhirvault jobs list`: told to an API caller it would map the internal network.
+                part.append({"name": "error", "valueString": FAILED_REASON if job.state == FAILED else RETRY_REASON})
             result = job.result or {}
             if result.get("outcome"):
                 part.append({"name": "outcome", "valueString": result["outcome"]})

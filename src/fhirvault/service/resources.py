@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault import jsoncodec
 from fhirvault.clock import now_us
-from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed
-from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id
+from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
+from fhirvault.fhir.patch import PatchDocument, PatchError, apply_patch
+from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id, whole_number
 from fhirvault.fhir.search_index import search_index
 from fhirvault.service.access import AccessPolicy, AllowAll
 from fhirvault.service.context import RequestContext
@@ -27,6 +28,7 @@ T = TypeVar("T")
 MAX_RETRIES = 8
 # Read-modify-write rounds before a resource that keeps changing is given up on.
 MODIFY_ATTEMPTS = 20
+HISTORY_SCAN = 500  # versions read at a time when a history is filtered row by row
 
 
 @dataclass
@@ -58,15 +60,37 @@ def check_resource_body(body: Any, rtype: str | None) -> dict[str, Any]:
     return body
 
 
+def conditional_update_id(rtype: str, criteria: str, resource: dict[str, Any],
+                          match: StoredResource | None) -> str | None:
+    """The id a conditional update writes to (R4 http.html#cond-update), None for a create with a new id.
+
+    One match: its id, and an id in the body must agree (else Invalid, 400). No match: the body's id
+    (update as create) or None.
+    """
+    body_id = resource.get("id")
+    if match is None:
+        if body_id is not None and not is_valid_id(body_id):
+            raise Invalid(f"'{body_id}' is not a valid resource id", expression=f"{rtype}.id")
+        return body_id if isinstance(body_id, str) else None
+    if body_id is not None and body_id != match.id:
+        raise Invalid(f"The body's id '{body_id}' is not the id of the {rtype} that '{criteria}' matches "
+                      f"({match.id})", expression=f"{rtype}.id")
+    return match.id
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
 
 class ResourceService:
-    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None) -> None:
+    """The resource use cases. `conditional_delete_max`: how many resources one conditional delete may remove."""
+
+    def __init__(self, db: Database, store: ResourceStore, access: AccessPolicy | None = None,
+                 conditional_delete_max: int = 1) -> None:
         self.db = db
         self.store = store
         self.access: AccessPolicy = access or AllowAll()
+        self.conditional_delete_max = conditional_delete_max
         # What every written and every read resource passes through; see service/pipelines.py.
         self.write_pipeline = WritePipeline()
         self.read_pipeline = ReadPipeline()
@@ -138,13 +162,133 @@ class ResourceService:
                         blob_id: str | None = None) -> WriteResult:
         resource = check_resource_body(body, rtype)
         if if_none_exist:
-            matches = await conditional_matches(self.store, self.access, uow.conn, ctx, rtype, if_none_exist)
-            if len(matches) > 1:
-                raise PreconditionFailed(
-                    f"If-None-Exist '{if_none_exist}' matched {len(matches)} resources; it must match at most one")
-            if matches:
-                return WriteResult(matches[0], created=False, existing=True)
+            match = await self.conditional_target_in(uow, ctx, rtype, if_none_exist, "If-None-Exist")
+            if match is not None:
+                return WriteResult(match, created=False, existing=True)
         return await self._write(uow, ctx, rtype, rid or new_id(), resource, None, "POST", blob_id)
+
+    # -- conditional interactions (R4 http.html: conditional create, update, patch and delete) ----------
+    async def matches_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
+                         limit: int) -> list[StoredResource]:
+        """Up to `limit` resources matching `criteria` (a search query string) that the caller may see.
+
+        Raises Invalid for empty criteria, criteria of result parameters only, and any parameter the
+        search does not support: a condition never silently matches everything.
+        """
+        return await conditional_matches(self.store, self.access, uow.conn, ctx, rtype, criteria, limit)
+
+    async def conditional_target_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
+                                    what: str) -> StoredResource | None:
+        """The one resource matching `criteria`, or None; several matches raise PreconditionFailed (412)."""
+        matches = await self.matches_in(uow, ctx, rtype, criteria, 2)
+        if len(matches) > 1:
+            raise PreconditionFailed(f"{what} '{criteria}' matches more than one {rtype}; it must match at most one")
+        return matches[0] if matches else None
+
+    async def conditional_update(self, ctx: RequestContext, rtype: str, criteria: str, body: Any,
+                                 if_match: int | None = None) -> WriteResult:
+        """`PUT [type]?criteria`: 0 matches create, 1 updates it, several -> 412."""
+        self.access.require(ctx, "update", rtype)
+        return await self.in_transaction(
+            ctx, lambda uow: self.conditional_update_in(uow, ctx, rtype, criteria, body, if_match))
+
+    async def conditional_update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
+                                    body: Any, if_match: int | None = None) -> WriteResult:
+        """Conditional update inside a unit of work (see `conditional_update`)."""
+        resource = check_resource_body(body, rtype)
+        rid, create = await self.conditional_update_target_in(uow, ctx, rtype, criteria, resource)
+        if create:
+            return await self.create_in(uow, ctx, rtype, resource, rid=rid)
+        return await self.update_in(uow, ctx, rtype, rid, {**resource, "id": rid}, if_match)
+
+    async def conditional_update_target_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
+                                           criteria: str, resource: dict[str, Any]) -> tuple[str, bool]:
+        """The id a conditional update writes, and whether that is a create (R4 http.html#cond-update).
+
+        Several matches raise PreconditionFailed; no match and a body id naming an existing resource
+        too (the criteria did not select it, so it is not overwritten).
+        """
+        match = await self.conditional_target_in(uow, ctx, rtype, criteria, "The conditional update")
+        target = conditional_update_id(rtype, criteria, resource, match)
+        if target is None:
+            self.access.require(ctx, "create", rtype)
+            return new_id(), True
+        if match is None:
+            existing = await self.store.get(uow.conn, rtype, target)
+            if existing is not None and not existing.deleted:
+                raise PreconditionFailed(f"No {rtype} matches '{criteria}', yet {rtype}/{target} named by the "
+                                         "body exists; a conditional update does not overwrite it")
+        return target, False
+
+    async def conditional_delete(self, ctx: RequestContext, rtype: str, criteria: str) -> list[StoredResource]:
+        """`DELETE [type]?criteria`: deletes every match, at most `conditional_delete_max` (more -> 412)."""
+        self.access.require(ctx, "delete", rtype)
+        return await self.in_transaction(ctx, lambda uow: self.conditional_delete_in(uow, ctx, rtype, criteria))
+
+    async def conditional_delete_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
+                                    criteria: str) -> list[StoredResource]:
+        """Conditional delete inside a unit of work; the deletion rows written."""
+        deleted = [await self.delete_in(uow, ctx, rtype, rid)
+                   for rid in await self.conditional_delete_ids_in(uow, ctx, rtype, criteria)]
+        return [d for d in deleted if d is not None]
+
+    async def conditional_delete_ids_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
+                                        criteria: str) -> list[str]:
+        """The ids a conditional delete removes; more than `conditional_delete_max` raise PreconditionFailed."""
+        cap = self.conditional_delete_max
+        matches = await self.matches_in(uow, ctx, rtype, criteria, cap + 1)
+        if len(matches) > cap:
+            raise PreconditionFailed(
+                f"The conditional delete '{criteria}' matches more than {cap} {rtype} resource"
+                f"{'s' if cap != 1 else ''}, the most this server deletes at once")
+        return [m.id for m in matches]
+
+    async def conditional_patch_id_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str) -> str:
+        """The id of the one resource a conditional patch changes; none -> NotFound, several -> 412."""
+        match = await self.conditional_target_in(uow, ctx, rtype, criteria, "The conditional patch")
+        if match is None:
+            raise NotFound(f"No {rtype} matches '{criteria}'; nothing to patch")
+        return match.id
+
+    # -- patch (R4 http.html#patch) ---------------------------------------------------------------------
+    async def patch(self, ctx: RequestContext, rtype: str, rid: str, document: PatchDocument,
+                    if_match: int | None = None) -> WriteResult:
+        """PATCH [type]/[id]: the patch applied to the current version and written as an update."""
+        self.access.require(ctx, "update", rtype)
+        return await self.in_transaction(ctx, lambda uow: self.patch_in(uow, ctx, rtype, rid, document, if_match))
+
+    async def conditional_patch(self, ctx: RequestContext, rtype: str, criteria: str, document: PatchDocument,
+                                if_match: int | None = None) -> WriteResult:
+        """PATCH [type]?criteria: the one match patched; none -> 404, several -> 412."""
+        self.access.require(ctx, "update", rtype)
+
+        async def work(uow: UnitOfWork) -> WriteResult:
+            rid = await self.conditional_patch_id_in(uow, ctx, rtype, criteria)
+            return await self.patch_in(uow, ctx, rtype, rid, document, if_match)
+
+        return await self.in_transaction(ctx, work)
+
+    async def patch_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str, document: PatchDocument,
+                       if_match: int | None = None) -> WriteResult:
+        """Applies `document` to the current version; the result goes through `update_in` like any update.
+
+        Raises NotFound/Gone, PreconditionFailed (If-Match), Invalid (malformed patch, 400),
+        Unprocessable (a patch that does not apply, 422), and whatever the update path raises.
+        """
+        if rtype == "Binary":
+            raise Invalid("A Binary is not patched; PUT its new content to Binary/[id]")
+        current = await self.store.get(uow.conn, rtype, rid, for_update=True)
+        current = await self._visible(ctx, uow.conn, rtype, rid, current, "read")
+        assert current.content is not None
+        if if_match is not None and current.version_id != if_match:
+            raise PreconditionFailed(f"If-Match W/\"{if_match}\" does not match the current version "
+                                     f"{current.version_id} of {rtype}/{rid}")
+        try:
+            patched = apply_patch(current.content, document)
+        except PatchError as exc:
+            error = Invalid if exc.malformed else Unprocessable
+            raise error(exc.message, expression=exc.expression) from None
+        return await self.update_in(uow, ctx, rtype, rid, patched, current.version_id, method="PATCH")
 
     async def update(self, ctx: RequestContext, rtype: str, rid: str, body: Any,
                      if_match: int | None = None) -> WriteResult:
@@ -152,7 +296,8 @@ class ResourceService:
         return await self.in_transaction(ctx, lambda uow: self.update_in(uow, ctx, rtype, rid, body, if_match))
 
     async def update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str, body: Any,
-                        if_match: int | None = None, blob_id: str | None = None) -> WriteResult:
+                        if_match: int | None = None, blob_id: str | None = None,
+                        method: str = "PUT") -> WriteResult:
         resource = check_resource_body(body, rtype)
         if not is_valid_id(rid):
             raise Invalid(f"'{rid}' is not a valid resource id ({ID})")
@@ -169,7 +314,7 @@ class ResourceService:
                 raise PreconditionFailed(
                     f"If-Match W/\"{if_match}\" does not match the current version {current.version_id} "
                     f"of {rtype}/{rid}")
-        return await self._write(uow, ctx, rtype, rid, resource, current, "PUT", blob_id)
+        return await self._write(uow, ctx, rtype, rid, resource, current, method, blob_id)
 
     async def delete(self, ctx: RequestContext, rtype: str, rid: str) -> StoredResource | None:
         self.access.require(ctx, "delete", rtype)
@@ -192,6 +337,12 @@ class ResourceService:
         resource["id"] = rid
         if current is not None and current.content is not None and not current.deleted:
             await self._check_change(ctx, uow.conn, current.content, "update")
+        elif current is not None and current.deleted:
+            # Re-creating a deleted id is judged against its last live version: a caller who could not
+            # have changed that one must not take the id over (and with it what was bound to it).
+            before = await self.store.get_version(uow.conn, rtype, rid, current.version_id - 1)
+            if before is not None and before.content is not None:
+                await self._check_change(ctx, uow.conn, before.content, "update")
         await self.write_pipeline.before_store(ctx, uow, resource)
         if not await self.access.can_see(ctx, uow.conn, resource, "create" if method == "POST" else "update"):
             raise Forbidden(f"{rtype}/{rid} as sent would be outside what this client may change "
@@ -229,19 +380,27 @@ class ResourceService:
 
     async def vread(self, ctx: RequestContext, rtype: str, rid: str, vid: str) -> StoredResource:
         self.access.require(ctx, "vread", rtype)
-        if not vid.isdigit():
+        version = whole_number(vid)
+        if version is None:
             raise NotFound(f"{rtype}/{rid} has no version '{vid}'")
         async with self.db.read() as conn:
-            stored = await self.store.get_version(conn, rtype, rid, int(vid))
+            stored = await self.store.get_version(conn, rtype, rid, version)
             if stored is None:
                 raise NotFound(f"{rtype}/{rid} has no version {vid}")
             if stored.deleted:
                 # Access to a deleted version is judged by the version before it.
-                before = await self.store.get_version(conn, rtype, rid, int(vid) - 1)
+                before = await self.store.get_version(conn, rtype, rid, version - 1)
                 if before and before.content and not await self.access.can_see(ctx, conn, before.content, "vread"):
                     raise NotFound(f"{rtype}/{rid} has no version {vid}")
                 raise Gone(f"Version {vid} of {rtype}/{rid} is a deletion")
             return await self._visible(ctx, conn, rtype, rid, stored, "vread")
+
+    async def current_life_began(self, rtype: str, rid: str) -> int | None:
+        """When the present life of rtype/rid began, if it was ever deleted and re-created (microseconds
+        of the last deletion); None when the id was never deleted. Anything keyed by the id from before
+        (ingestion jobs) belongs to the earlier life and must not be shown to the new owner."""
+        async with self.db.read() as conn:
+            return await self.store.last_deletion(conn, rtype, rid)
 
     async def _visible(self, ctx: RequestContext, conn: AsyncConnection, rtype: str, rid: str,
                        stored: StoredResource | None, interaction: str) -> StoredResource:
@@ -270,6 +429,9 @@ class ResourceService:
     async def history(self, ctx: RequestContext, rtype: str | None, rid: str | None, since_us: int | None,
                       count: int, offset: int, at: tuple[int, int] | None = None
                       ) -> tuple[list[StoredResource], int]:
+        """History of one resource, a type, or the system (rtype/rid None): one page of versions newest
+        first and the total, both counting only versions the caller may see. `since_us`: `_since`;
+        `at`: `_at` as [start, end) microseconds. Raises Forbidden, NotFound."""
         self.access.require(ctx, "history", rtype)
         async with self.db.read() as conn:
             if rtype and rid:
@@ -278,9 +440,29 @@ class ResourceService:
                     raise NotFound(f"{rtype}/{rid} is not known")
                 if not current.deleted:
                     await self._visible(ctx, conn, rtype, rid, current, "history")
-            rows, total = await self.store.history(conn, rtype, rid, since_us, count, offset, at)
-            visible = [r for r in rows if await self._history_row_visible(ctx, conn, r)]
-        return visible, total - (len(rows) - len(visible))
+            if not self._history_hides_rows(ctx, rtype):
+                return await self.store.history(conn, rtype, rid, since_us, count, offset, at)
+            # Some rows may be hidden from this caller: count the visible ones, so that the total and
+            # the pages agree with what the caller may see.
+            page: list[StoredResource] = []
+            total = 0
+            scanned = 0
+            while True:
+                rows, _ = await self.store.history(conn, rtype, rid, since_us, HISTORY_SCAN, scanned, at)
+                for row in rows:
+                    if await self._history_row_visible(ctx, conn, row):
+                        if offset <= total < offset + count:
+                            page.append(row)
+                        total += 1
+                scanned += len(rows)
+                if len(rows) < HISTORY_SCAN:
+                    return page, total
+
+    def _history_hides_rows(self, ctx: RequestContext, rtype: str | None) -> bool:
+        # Versions are not in the compartment index (only current ones are), so a restricted caller's
+        # history is always judged row by row.
+        restricted = rtype is not None and self.access.search_restriction(ctx, rtype) is not None
+        return restricted or self.access.hides_rows(ctx, rtype)
 
     async def _history_row_visible(self, ctx: RequestContext, conn: AsyncConnection, row: StoredResource) -> bool:
         content = row.content

@@ -31,7 +31,7 @@ from fhirvault.service.search_parse import (
 from fhirvault.service.timeutil import to_instant
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource
-from fhirvault.store.search_sql import COMPARTMENT, Criteria, ParamClause, RefTest, Restriction
+from fhirvault.store.search_sql import COMPARTMENT, ParamClause, RefTest, Restriction
 
 Render = Callable[[RequestContext, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 __all__ = ["DEFAULT_COUNT", "MAX_COUNT", "SearchResult", "run_search", "searchset", "matching_ids",
@@ -210,23 +210,24 @@ async def searchset(render: Render, ctx: RequestContext, result: SearchResult) -
 async def matching_ids(store: ResourceStore, access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
                        rtype: str, query: str | list[tuple[str, str]], limit: int | None = None) -> list[str]:
     """Ids of the `rtype` resources the caller may read that match a search query string (`a=1&b=2`) or
-    parameter list, at most `limit`; unknown parameters are a 400 (conditional interactions must not
-    ignore criteria). Runs on `conn`, so it sees the caller's own transaction."""
+    parameter list, at most `limit`. Raises Invalid (400) for an unknown parameter and for criteria
+    without any filtering parameter (conditional interactions must never ignore criteria, nor match
+    every resource of the type). Runs on `conn`, so it sees the caller's own transaction."""
     params = parse_qsl(query.lstrip("?"), keep_blank_values=True) if isinstance(query, str) else query
     parsed = parse_search([rtype], params, ctx.base_url, strict=True)
     if not parsed.criteria.clauses:
-        raise Invalid(f"The search criteria '{query}' name no search parameter of {rtype}")
+        shown = query if isinstance(query, str) else urlencode(query)
+        raise Invalid(f"The criteria '{shown}' have no search parameter that selects {rtype} resources; "
+                      "give one, e.g. identifier=system|value")
     found = await store.matching_ids(conn, parsed.criteria, access.query_restriction(ctx), limit)
     return [rid for _t, rid in found]
 
 
 async def conditional_matches(store: ResourceStore, access: AccessPolicy, conn: AsyncConnection,
-                              ctx: RequestContext, rtype: str, query: str) -> list[StoredResource]:
-    """Resources matching an If-None-Exist / conditional query, at most 2 (enough to tell 'many')."""
-    ids = await matching_ids(store, access, ctx, conn, rtype, query, limit=2)
+                              ctx: RequestContext, rtype: str, criteria: str, limit: int = 2
+                              ) -> list[StoredResource]:
+    """Up to `limit` resources the caller may read that match the criteria of a conditional interaction
+    (If-None-Exist, conditional update/patch/delete, conditional reference; R4 http.html), found by the
+    search framework with its access rules inside the query. Raises Invalid as `matching_ids`."""
+    ids = await matching_ids(store, access, ctx, conn, rtype, criteria, limit)
     return await store.get_many(conn, [(rtype, i) for i in ids])
-
-
-def criteria_for(rtype: str, params: list[tuple[str, str]], base_url: str) -> Criteria:
-    """Criteria of a query on `rtype` (strict: unknown parameters are a 400)."""
-    return parse_search([rtype], params, base_url, strict=True).criteria

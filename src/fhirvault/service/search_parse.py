@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 
 from fhirvault.errors import Invalid
 from fhirvault.fhir.dates import date_range
-from fhirvault.fhir.r4 import is_resource_type, is_valid_id
+from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.fhir.references import parse_reference
 from fhirvault.fhir.search_index import normalize
 from fhirvault.fhir.search_params import SearchParam, search_param
@@ -39,6 +39,7 @@ from fhirvault.store.search_sql import (
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 MAX_OR_VALUES = 100
+MAX_PARAMS = 100  # each becomes SQL conditions; a query holds only so many
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
 # Result parameters (FHIR R4 3.1.1.5 and 3.1.1.6): they shape the answer rather than filter it.
@@ -324,10 +325,9 @@ def _parse_has(types: list[str], name: str, value: str, base_url: str) -> Clause
 
 # -- result parameters -----------------------------------------------------------------------------
 def _int_param(name: str, value: str, lo: int, hi: int | None = None) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise Invalid(f"Search parameter {name}={value!r} must be a whole number") from None
+    n = whole_number(value)
+    if n is None:
+        raise Invalid(f"Search parameter {name}={value!r} must be a whole number (at most 18 digits)")
     if n < lo:
         raise Invalid(f"Search parameter {name}={value} must be at least {lo}")
     return min(n, hi) if hi is not None else n
@@ -406,6 +406,8 @@ def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str,
     """All query parameters of a search on `types` (one type, or several for a system search).
     Raises Invalid (400) for a malformed value, an unsupported modifier, or - when `strict` - an
     unknown parameter; otherwise unknown parameters land in `ignored`."""
+    if len(params) > MAX_PARAMS:
+        raise Invalid(f"A search takes at most {MAX_PARAMS} parameters, not {len(params)}")
     parsed = ParsedSearch(Criteria(list(types)))
     for name, value in params:
         if name == "_type":

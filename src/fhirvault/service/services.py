@@ -11,6 +11,7 @@ from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.binary_access import BinaryAccess
 from fhirvault.service.bundles import BundleService
+from fhirvault.service.health import Readiness
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.resources import ResourceService
 from fhirvault.service.storage_downloads import StorageDownloads
@@ -35,6 +36,7 @@ class Services(Protocol):
     clients: ClientStore
     tokens: TokenService
     signed_urls: SignedUrl
+    readiness: Readiness
 
     def capability_statement(self) -> dict[str, Any]:
         """The CapabilityStatement served at /metadata (FHIR R4 capabilitystatement.html)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 
 from fhirvault.errors import Invalid
 from fhirvault.fhir.dates import date_range
@@ -15,6 +15,17 @@ def to_instant(us: int) -> str:
 
 def to_http_date(us: int) -> str:
     return format_datetime(datetime.fromtimestamp(us // 1_000_000, UTC), usegmt=True)
+
+
+def parse_http_date(value: str) -> int | None:
+    """An HTTP date (RFC 9110 5.6.7, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`) in microseconds; None when invalid."""
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp()) * 1_000_000
 
 
 def parse_fhir_datetime_range(value: str) -> tuple[int, int]:

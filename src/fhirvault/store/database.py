@@ -8,11 +8,33 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from fhirvault.errors import InsufficientStorage, Unavailable
 from fhirvault.store import migrations
 from fhirvault.store.write_lock import FileWriteLock
+
+# Seconds a new PostgreSQL connection may take before the database counts as away; and how long a
+# request waits for a pooled connection. Both bound the time to a 503 during an outage.
+CONNECT_TIMEOUT = 5
+POOL_TIMEOUT = 10
+
+
+@asynccontextmanager
+async def _translated_outages() -> AsyncIterator[None]:
+    """Lost connections, refused connects, an exhausted pool and a full disk become domain errors
+    (503 with Retry-After, 507) instead of 500s; the transaction was rolled back, so nothing changed."""
+    try:
+        yield
+    except (OperationalError, InterfaceError, PoolTimeout) as exc:
+        text = str(getattr(exc, "orig", exc) or exc).lower()
+        if "disk is full" in text or "no space left" in text:
+            raise InsufficientStorage("The database has no room left; nothing was written") from exc
+        raise Unavailable("The database does not answer; retry later", part="database") from exc
 
 
 class Database:
@@ -35,6 +57,8 @@ class Database:
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 20
             kwargs["pool_pre_ping"] = True
+            kwargs["pool_timeout"] = POOL_TIMEOUT
+            kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self._write_lock = asyncio.Lock()
         if self.is_sqlite:
@@ -60,15 +84,17 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction: committed on success, rolled back on any exception."""
-        if self.is_sqlite:
-            async with self._write_lock, self._across_processes(), self.engine.connect() as conn:
-                conn = await conn.execution_options(fhirvault_write=True)
-                async with conn.begin():
+        """One write transaction: committed on success, rolled back on any exception.
+        Raises errors.Unavailable when the database is away, errors.InsufficientStorage when full."""
+        async with _translated_outages():
+            if self.is_sqlite:
+                async with self._write_lock, self._across_processes(), self.engine.connect() as conn:
+                    conn = await conn.execution_options(fhirvault_write=True)
+                    async with conn.begin():
+                        yield conn
+            else:
+                async with self.engine.begin() as conn:
                     yield conn
-        else:
-            async with self.engine.begin() as conn:
-                yield conn
 
     @asynccontextmanager
     async def _across_processes(self) -> AsyncIterator[None]:
@@ -83,8 +109,14 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+        """A connection for reads; errors.Unavailable when the database is away."""
+        async with _translated_outages(), self.engine.connect() as conn:
             yield conn
+
+    async def ping(self) -> None:
+        """One round trip to the database; errors.Unavailable when it does not answer."""
+        async with self.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
 
     async def migrate(self) -> int:
         """Apply every migration step of `fhirvault.store.migrations.STEPS` not yet applied, in one write

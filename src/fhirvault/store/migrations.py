@@ -25,7 +25,7 @@ from fhirvault.store.schema import (
     search_tokens,
 )
 from fhirvault.store.search_tables import create_search_tables
-from fhirvault.store.security import clients, signing_keys
+from fhirvault.store.security import auth_failures, clients, signing_keys
 from fhirvault.store.url_signing_keys import insert_key, new_key, url_signing_keys
 
 # Any fixed number: the PostgreSQL advisory lock that serializes concurrent starts of several nodes.
@@ -49,6 +49,13 @@ def _create(*tables: sa.Table) -> Callable[[AsyncConnection], Awaitable[None]]:
     return create
 
 
+def _execute(statement: str) -> Callable[[AsyncConnection], Awaitable[None]]:
+    async def execute(conn: AsyncConnection) -> None:
+        await conn.execute(sa.text(statement))
+
+    return execute
+
+
 async def _create_url_signing_keys(conn: AsyncConnection) -> None:
     await _create(url_signing_keys)(conn)
     # The first key is made here, under the migration lock, so that nodes starting together share it.
@@ -62,8 +69,11 @@ STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("0003_blobs", _create(blobs, blob_chunks), formerly=("0002_blobs",)),
     MigrationStep("0004_url_signing_keys", _create_url_signing_keys),
     MigrationStep("0005_jobs", _create(jobs), formerly=("0010_jobs",)),
+    MigrationStep("0006_auth_failures", _create(auth_failures)),
+    MigrationStep("0007_blobs_storage_key_index", _execute(
+        "CREATE INDEX IF NOT EXISTS ix_blobs_storage_key ON blobs (storage_key)")),
     # Typed search index tables; every stored type is marked for a resumable rebuild of its index.
-    MigrationStep("0006_search_index", create_search_tables),
+    MigrationStep("0008_search_index", create_search_tables),
 )
 
 

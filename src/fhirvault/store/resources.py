@@ -239,6 +239,23 @@ class ResourceStore:
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
         await delete_index(conn, rtype, rid)
 
+    async def last_deletion(self, conn: AsyncConnection, rtype: str, rid: str) -> int | None:
+        """When rtype/rid was last deleted (microseconds), or None: what came before belongs to an earlier
+        life of the id."""
+        t = resource_versions
+        stmt = sa.select(sa.func.max(t.c.last_updated)).where(
+            t.c.resource_type == rtype, t.c.id == rid, t.c.deleted.is_(True))
+        found = (await conn.execute(stmt)).scalar()
+        return int(found) if found is not None else None
+
+    async def first_deletion_after(self, conn: AsyncConnection, rtype: str, rid: str, after_us: int) -> int | None:
+        """The version id of the first deletion of rtype/rid later than `after_us`, or None."""
+        t = resource_versions
+        stmt = sa.select(sa.func.min(t.c.version_id)).where(
+            t.c.resource_type == rtype, t.c.id == rid, t.c.deleted.is_(True), t.c.last_updated > after_us)
+        found = (await conn.execute(stmt)).scalar()
+        return int(found) if found is not None else None
+
     async def in_compartment(self, conn: AsyncConnection, rtype: str, rid: str, patient: str) -> bool:
         """Whether the current version of rtype/rid lies in the compartment of `patient` (`Patient/1`)."""
         sr = search_refs

@@ -25,6 +25,17 @@ clients = sa.Table(
     sa.Column("failed_auth_since", sa.BigInteger, nullable=True),  # start of the current failure window
 )
 
+# Failed client authentications per presented client id (known or not, so the answer never tells
+# which ids exist), keyed by the SHA-256 of the id. Counted before the secret is checked, in one
+# atomic statement, so concurrent guesses are counted too. Supersedes clients.failed_auth_*.
+auth_failures = sa.Table(
+    "auth_failures", metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("since", sa.BigInteger, nullable=False),  # start of the current window, microseconds
+    sa.Index("ix_auth_failures_since", "since"),
+)
+
 # Private signing keys (JWK JSON); every key verifies, the newest signs.
 signing_keys = sa.Table(
     "signing_keys", metadata,

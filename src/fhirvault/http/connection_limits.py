@@ -1,0 +1,151 @@
+"""Limits on what one HTTP connection may cost the server: header size, header read time, body idle time.
+
+uvicorn's httptools protocol, extended: a client that sends headers larger than MAX_HEADER_BYTES gets
+431, one that takes longer than HEADER_TIMEOUT_SECONDS to send its request line and headers gets 408,
+and a request body that goes BODY_IDLE_TIMEOUT_SECONDS without a byte arriving has its connection
+closed (the request sees a client disconnect, so an upload leaves nothing behind). A trickling client
+(1 byte per second) can therefore hold a connection only for a bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from fhirvault.config import Settings
+from fhirvault.fhir.outcome import operation_outcome
+
+log = logging.getLogger("fhirvault.http")
+
+
+@functools.lru_cache(maxsize=1)
+def _limits() -> tuple[int, float, float]:
+    """(max header bytes, header timeout s, body idle timeout s), from the settings of this process."""
+    settings = Settings()
+    return settings.max_header_bytes, settings.header_timeout_seconds, settings.body_idle_timeout_seconds
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with the three limits above; used by `fhirvault serve` (uvicorn `http=`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_header_bytes, self.header_timeout, self.body_idle_timeout = _limits()
+        self._awaiting_headers = True
+        self._header_bytes = 0        # bytes received since the request began, while its headers last
+        self._header_size = 0         # request target + header names and values parsed so far
+        self._rejected = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._last_body_at = 0.0
+
+    # -- connection ---------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        if self._awaiting_headers:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self._rejected or (self._awaiting_headers and self._header_bytes > self.max_header_bytes):
+            self._refuse(431, "Request Header Fields Too Large",
+                         f"The request line and headers exceed {self.max_header_bytes} bytes (MAX_HEADER_BYTES)")
+
+    # -- parser callbacks ---------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_headers = True
+        self._header_size = 0
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._header_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_size += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_headers = False
+        self._header_bytes = 0
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        if self._header_size > self.max_header_bytes:
+            self._rejected = True  # answered by data_received once the parser returns
+            return
+        super().on_headers_complete()
+        self._last_body_at = self.loop.time()
+        self._body_timer = self.loop.call_later(self.body_idle_timeout, self._check_body_idle)
+
+    def on_body(self, body: bytes) -> None:
+        if self._rejected:
+            return
+        self._last_body_at = self.loop.time()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._rejected:
+            return
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    # -- limits -------------------------------------------------------------------------------------
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_time_up)
+
+    def _header_time_up(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers and not self.transport.is_closing():
+            if self._header_bytes == 0 and self.cycle is not None:
+                return  # an idle keep-alive connection: uvicorn's keep-alive timeout owns it
+            self._refuse(408, "Request Timeout", f"The request headers did not arrive within "
+                                                 f"{self.header_timeout:g} s (HEADER_TIMEOUT_SECONDS)")
+
+    def _check_body_idle(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or self.cycle is None or not self.cycle.more_body:
+            return
+        idle = self.loop.time() - self._last_body_at
+        if self.flow.read_paused or idle < self.body_idle_timeout:
+            # Reading is paused because the application is busy with what came: not the client's fault.
+            wait = self.body_idle_timeout if self.flow.read_paused else self.body_idle_timeout - idle
+            self._body_timer = self.loop.call_later(wait, self._check_body_idle)
+            return
+        log.warning("closing a connection from %s: no request body bytes for %g s (BODY_IDLE_TIMEOUT_SECONDS)",
+                    self.client[0] if self.client else "?", self.body_idle_timeout)
+        self.transport.close()
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        """Answer a request the application never saw with an OperationOutcome, and close the connection."""
+        self._rejected = True
+        self._cancel_timers()
+        if self.transport.is_closing():
+            return
+        body = json.dumps(operation_outcome(message, code="too-long" if status == 431 else "timeout")).encode()
+        self.transport.write(
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/fhir+json; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode("ascii") + body)
+        self.transport.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
