@@ -14,6 +14,7 @@ import pytest
 
 from fhirvault.config import Settings
 from fhirvault.service.ingestion import FAILED_REASON, IngestionRules
+from tests.support.binary import signed_url_of
 from tests.support.origin import CountingListener, OriginServer, content_chunks, sha1_b64
 from tests.support.server import FhirApi, ServerProcess, settings_env, status_bytes
 
@@ -126,11 +127,12 @@ def test_rules_pick_external_urls_only() -> None:
 
 def test_resource_is_stored_as_submitted_and_only_external_urls_get_jobs(allowed_server: ServerProcess) -> None:
     with allowed_server.api() as api:
-        ours = api.post("/Binary", content=b"ours", headers={"Content-Type": "text/plain"}).json()
+        created = api.post("/Binary", content=b"ours", headers={"Content-Type": "text/plain"})
+        ours = created.json()
         doc = create(api, {"resourceType": "DocumentReference", "status": "current", "content": [
             {"attachment": {"url": f"Binary/{ours['id']}"}},
             {"attachment": {"url": f"{allowed_server.base}/Binary/{ours['id']}"}},
-            {"attachment": {"url": ours["url"]}},
+            {"attachment": {"url": signed_url_of(created)}},
             {"attachment": {"url": "https://127.0.0.1:1/x.png", "data": "aGk="}},
             {"attachment": {"url": "http://files.other.example/x.png"}},
         ]})

@@ -164,6 +164,8 @@ def test_admin_client_file_and_no_secrets_in_the_log(sqlite_server: ServerProces
     log = s.log_path.read_text()
     # The first start prints the secret once on stdout (which the test harness sends to this file),
     # so look only at what came after the server started answering.
-    served = log[log.index("Uvicorn running"):] if "Uvicorn running" in log else log
+    marker = "Application startup complete"
+    assert marker in log, log
+    served = log[log.index(marker):]
     for secret in (token, creds["client_secret"], "wrong-secret"):
         assert secret not in served
