@@ -19,7 +19,7 @@ BATCH = 500
 
 class Reindexer:
     """Works through the `search_reindex` table: one row per resource type still to do, holding the last
-    id done, so that a crash resumes where the last committed batch ended. Migration 0003 marks every
+    id done, so that a crash resumes where the last committed batch ended. Migration 0008 marks every
     stored type; `mark` marks more (the `fhirvault reindex [TYPE]` command)."""
 
     def __init__(self, db: Database, base_url: str) -> None:
