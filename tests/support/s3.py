@@ -69,9 +69,11 @@ class SeaweedS3:
         ports = {name: free_port() for name in ("master.port", "master.port.grpc", "volume.port",
                                                  "volume.port.grpc", "filer.port", "filer.port.grpc",
                                                  "s3.port.grpc")}
+        # Each bucket takes 7 volumes when it first grows; with the old cap of 64 the tenth bucket of a
+        # session got no volume and every write to it failed, so the cap leaves room for a whole suite.
         args = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data_dir}",
                 "-s3", f"-s3.port={self.port}", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
-                "-master.volumeSizeLimitMB=1024", "-volume.max=64", "-volume.preStopSeconds=0",
+                "-master.volumeSizeLimitMB=1024", "-volume.max=2000", "-volume.preStopSeconds=0",
                 *(f"-{name}={port}" for name, port in ports.items())]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.work_dir,
