@@ -171,7 +171,8 @@ async def _by_id_or_criteria(request: Request, interaction: str, read_body: Call
 
 async def delete(request: Request) -> Response:
     rtype = resource_type_of(request)
-    stored = await vault(request).resources.delete(context(request), rtype, request.path_params["rid"])
+    stored = await vault(request).resources.delete(context(request), rtype, request.path_params["rid"],
+                                                   if_match_version(request))
     headers = {"ETag": f'W/"{stored.version_id}"'} if stored else {}
     return Response(status_code=204, headers=headers)
 

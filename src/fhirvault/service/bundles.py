@@ -284,7 +284,7 @@ class BundleService:
             return await svc.update_in(uow, ctx, e.rtype, e.rid, body, e.if_match)
         if e.method == "PATCH":
             return await svc.patch_in(uow, ctx, e.rtype, e.rid, patch_document(e), e.if_match)
-        await svc.delete_in(uow, ctx, e.rtype, e.rid)
+        await svc.delete_in(uow, ctx, e.rtype, e.rid, e.if_match)
         return None
 
     async def _write_response(self, ctx: RequestContext, result: WriteResult | None) -> dict[str, Any]:
