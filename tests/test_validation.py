@@ -55,6 +55,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"resourceType": "Organization", "id": "o1", "active": "yes"}]}, "Patient.contained[0].active"),
     ("contained of no type", {"resourceType": "Patient", "contained": [{"resourceType": "Starship"}]},
      "Patient.contained[0].resourceType"),
+    ("null standing for nothing", {"resourceType": "Patient", "name": [{"given": ["Ann", None]}]},
+     "Patient.name[0].given[1]"),
+    ("null in both arrays", {"resourceType": "Patient", "name": [{"given": ["Ann", None],
+                                                               "_given": [None, None]}]}, "Patient.name[0].given[1]"),
+    ("primitive arrays of two lengths", {"resourceType": "Patient", "name": [{"given": ["Ann"], "_given": [
+        None, {"extension": [{"url": "http://example.org/q", "valueCode": "CL"}]}]}]}, "Patient.name[0].given"),
     ("reference shape", {"resourceType": "Patient", "managingOrganization": {"reference": "Organisation/1"}},
      "Patient.managingOrganization.reference"),
     ("bundle rule", {"resourceType": "Bundle", "type": "collection", "total": 2}, "Bundle"),
