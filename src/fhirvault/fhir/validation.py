@@ -61,11 +61,20 @@ def _table() -> dict[str, Any]:
     return data
 
 
-def _primitive_schema(p: dict[str, Any], nullable: bool) -> dict[str, Any]:
+# R4 datatypes.html: "Dates SHALL be valid dates" (for date, dateTime and instant), which the spec's
+# regexes leave to the reader: no 30 or 31 February, no 31st of a 30-day month, 29 February only in leap
+# years (divisible by 4, centuries only by 400). Lookaheads put in front of the type's own regex.
+LEAP_YEAR = r"(?:\d\d(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
+CALENDAR_DATE = rf"(?!\d{{4}}-(?:02-3[01]|0[469]-31|11-31))(?!(?!{LEAP_YEAR}-)\d{{4}}-02-29)"
+CALENDAR_TYPES = ("date", "dateTime", "instant")
+
+
+def _primitive_schema(name: str, p: dict[str, Any], nullable: bool) -> dict[str, Any]:
     json_type = p["json"]
     schema: dict[str, Any] = {"type": [json_type, "null"] if nullable else json_type}
     if "regex" in p:
-        schema["pattern"] = f"^(?:{_ascii_spaces(p['regex'])})$"
+        calendar = CALENDAR_DATE if name in CALENDAR_TYPES else ""
+        schema["pattern"] = f"^{calendar}(?:{_ascii_spaces(p['regex'])})$"
     if json_type == "string":
         schema["minLength"] = 1
     if "min" in p:
@@ -115,8 +124,8 @@ def r4_schema() -> dict[str, Any]:
     prims, enums = table["primitives"], table["enums"]
     defs: dict[str, Any] = {}
     for name, p in prims.items():
-        defs[name] = _primitive_schema(p, nullable=False)
-        defs[name + "?"] = _primitive_schema(p, nullable=True)
+        defs[name] = _primitive_schema(name, p, nullable=False)
+        defs[name + "?"] = _primitive_schema(name, p, nullable=True)
     element = {"type": "object", "minProperties": 1, "additionalProperties": False,
                "properties": {"id": {"$ref": "#/definitions/string"},
                               "extension": {"type": "array", "minItems": 1,
