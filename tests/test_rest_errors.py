@@ -25,6 +25,10 @@ def outcome_text(r: httpx.Response) -> str:
         ("/Patient", b'{"resourceType": "Observation"}', 400, "does not match"),
         ("/Patient", b'{"active": true}', 400, "resourceType"),
         ("/Patient", b"", 400, "empty"),
+        # a lone surrogate escape is no Unicode character; it used to be 500 and a dropped connection
+        ("/Patient", rb'{"resourceType": "Patient", "name": [{"family": "\ud800"}]}', 400, "surrogate"),
+        ("/Patient", rb'{"resourceType": "Patient", "\uDC00": 1}', 400, "surrogate"),
+        ("/Binary", rb'{"resourceType": "Binary", "contentType": "text/plain", "id": "\udfff"}', 400, "surrogate"),
         ("/Spaceship", b'{"resourceType": "Patient"}', 404, "Spaceship"),
     ],
 )
