@@ -150,6 +150,23 @@ def _status_line(code: int) -> str:
     return {200: "200 OK", 201: "201 Created", 204: "204 No Content"}.get(code, str(code))
 
 
+def refuse_overlaps(entries: list[EntryRequest]) -> None:
+    """Invalid (400) when two entries of a transaction write the same resource, once conditionals are
+    resolved: "If any resource identities (including resolved identities from conditional update/delete)
+    overlap in steps 1-3, then the transaction SHALL fail" (R4 http.html#trules). A conditional create
+    that found its match writes nothing."""
+    seen: dict[str, int] = {}
+    for e in entries:
+        if e.method not in INTERACTION or e.existing is not None:
+            continue
+        for rid in e.delete_ids if e.conditional and e.method == "DELETE" else [e.rid] if e.rid else []:
+            key = f"{e.rtype}/{rid}"
+            if key in seen:
+                raise Invalid(f"Bundle.entry[{e.index}] and Bundle.entry[{seen[key]}] both act on {key}; a "
+                              "transaction acts on each resource once", expression=f"Bundle.entry[{e.index}]")
+            seen[key] = e.index
+
+
 class BundleService:
     def __init__(self, resources: ResourceService) -> None:
         self.resources = resources
@@ -234,6 +251,7 @@ class BundleService:
 
         async def work(uow: UnitOfWork) -> list[tuple[EntryRequest, Any]]:
             mapping = await self._prepare(uow, ctx, entries)
+            refuse_overlaps(entries)
             # What later entries will write: checks that need it (an Attachment naming a Binary of this
             # Bundle) wait for it, so the order of entries does not matter (R4 http.html#trules).
             uow.upcoming = {f"{e.rtype}/{e.rid}" for e in entries if e.method in ("POST", "PUT") and e.rid}
