@@ -89,3 +89,22 @@ def test_invalid_if_match(api: FhirApi) -> None:
     r = api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid},
                 headers={**FHIR, "If-Match": "garbage"})
     assert r.status_code == 400
+
+
+def test_a_url_id_that_is_no_id_is_404_or_400_on_every_instance_path(api: FhirApi) -> None:
+    """A NUL byte (or any character R4 ids do not allow) where the id goes: 404 for what reads or changes
+    an instance, 400 for PUT. On PostgreSQL the NUL used to reach the query and answer 500."""
+    for rid in ("x%00", "%00", "a%20b", "%C3%A9"):
+        for method, path in [("GET", f"/Patient/{rid}"), ("DELETE", f"/Patient/{rid}"),
+                             ("GET", f"/Patient/{rid}/_history"), ("GET", f"/Patient/{rid}/_history/1"),
+                             ("GET", f"/Binary/{rid}"),
+                             ("GET", f"/Patient/{rid}/$validate"), ("GET", f"/Patient/{rid}/$ingestion-status"),
+                             ("GET", f"/Patient/{rid}/$binary-access-read?path=Patient.photo")]:
+            r = api.request(method, path)
+            assert r.status_code == 404 and "is not a resource id" in outcome_text(r), (method, path, r.text)
+        r = api.patch(f"/Patient/{rid}", content=b"[]", headers={"Content-Type": "application/json-patch+json"})
+        assert r.status_code == 404, r.text
+        r = api.put(f"/Patient/{rid}", json={"resourceType": "Patient", "id": "x"}, headers=FHIR)
+        assert r.status_code == 400 and "not a valid resource id" in outcome_text(r), r.text
+        r = api.put(f"/Binary/{rid}", content=b"bytes", headers={"Content-Type": "text/plain"})
+        assert r.status_code == 400, r.text
