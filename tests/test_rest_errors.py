@@ -108,3 +108,25 @@ def test_a_url_id_that_is_no_id_is_404_or_400_on_every_instance_path(api: FhirAp
         assert r.status_code == 400 and "not a valid resource id" in outcome_text(r), r.text
         r = api.put(f"/Binary/{rid}", content=b"bytes", headers={"Content-Type": "text/plain"})
         assert r.status_code == 400, r.text
+
+
+def test_nul_characters_are_400_and_change_nothing(api: FhirApi) -> None:
+    """U+0000 in a JSON body, a query, conditional criteria or a Bundle entry's url: 400 (or 404 for an id
+    in a batch entry). PostgreSQL refuses NUL in text, so these used to answer 500 and drop the connection."""
+    before = api.get("/Patient", params={"_summary": "count"}).json()["total"]
+    patient = rb'{"resourceType": "Patient", "identifier": [{"system": "urn:nul", "value": "a\u0000b"}]}'
+    assert api.post("/Patient", content=patient, headers=FHIR).status_code == 400
+    for params in ({"identifier": "\x00"}, {"identifier": "urn:nul|a\x00b"}, {"_id": "a", "_filename": "\x00"}):
+        r = api.get("/Patient", params=params)
+        assert r.status_code == 400 and "NUL" in outcome_text(r), (params, r.text)
+    r = api.post("/Patient", json={"resourceType": "Patient"}, headers={**FHIR, "If-None-Exist": "identifier=a%00"})
+    assert r.status_code == 400, r.text
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/x%00"}},
+        {"request": {"method": "GET", "url": "Patient?identifier=a%00"}},
+        {"request": {"method": "DELETE", "url": "Patient/x%00"}},
+        {"request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=a%00"},
+         "resource": {"resourceType": "Patient"}}]}
+    r = api.post("", json=batch, headers=FHIR)
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["404", "400", "404", "400"], r.text
+    assert api.get("/Patient", params={"_summary": "count"}).json()["total"] == before

@@ -92,7 +92,27 @@ def parse_json(raw: bytes) -> Any:
     _check_depth(value)
     if LONE_SURROGATE_ESCAPE.search(raw):
         _refuse_lone_surrogates(value)
+    if NUL_ESCAPE in raw and _holds_nul(value):
+        raise Invalid("The request body holds a NUL character (\\u0000) in a string: FHIR text cannot carry it")
     return value
+
+
+NUL_ESCAPE = b"\\u0000"  # how JSON spells U+0000 (unescaped control characters are not JSON at all)
+
+
+def _holds_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 # A `\uD800`-`\uDFFF` escape: JSON's only way to spell a UTF-16 surrogate, which outside a pair is no

@@ -124,6 +124,11 @@ def _require_valid_id(request: Request) -> None:
     """A path segment in an id's place that is no R4 id (R4 datatypes.html#id) names nothing: 404, or 400
     for a PUT, which would create it. Answered here for every interaction and operation on an instance,
     before a database sees it (PostgreSQL refuses a NUL byte in a query parameter outright)."""
+    # A NUL in the query or in conditional criteria can match nothing, and PostgreSQL refuses it in a
+    # query parameter: refused here for every endpoint.
+    for where, text in (("query", request.url.query), ("If-None-Exist header", request.headers.get("if-none-exist"))):
+        if text and ("%00" in text or "\x00" in text):
+            raise Invalid(f"The {where} holds a NUL character (%00)")
     rid = request.path_params.get("rid")
     if rid is None or is_valid_id(rid):
         return

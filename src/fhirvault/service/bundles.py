@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from fhirvault.errors import FhirVaultError, Invalid
+from fhirvault.errors import FhirVaultError, Invalid, NotFound
 from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
-from fhirvault.fhir.r4 import is_resource_type, whole_number
+from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
@@ -75,6 +75,11 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
         raise Invalid(f"{where}.request.url '{request['url']}' does not name a resource type",
                       expression=f"{where}.request.url")
     rid = parts[1] if len(parts) > 1 else None
+    if rid is not None and method != "POST" and not is_valid_id(rid):  # as for the same URL outside a Bundle
+        error = Invalid if method == "PUT" else NotFound
+        raise error(f"{where}.request.url: '{rid}' is not a resource id", expression=f"{where}.request.url")
+    if "%00" in split.query or "%00" in str(request.get("ifNoneExist")):
+        raise Invalid(f"{where}.request holds a NUL character (%00) in its criteria", expression=f"{where}.request")
     vid = parts[3] if len(parts) > 3 and parts[2] == "_history" else None
     if_match = None
     if request.get("ifMatch"):
