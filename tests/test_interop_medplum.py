@@ -84,6 +84,14 @@ def test_medplum_client_crud_search_history_and_transactions(medplum_run: dict[s
     assert out["readAfterDelete"] == "deleted"  # the 410 OperationOutcome reached MedplumClient
 
 
+def test_medplum_search_resources(medplum_run: dict[str, Any]) -> None:
+    out = medplum_run
+    assert out["searchByName"] is True
+    assert out["searchNobody"] == 0
+    assert out["searchRecentDates"] == ["2025-06-01", "2025-03-04"]
+    assert (out["searchHeavyTotal"], out["searchHeavyPage"]) == (2, 1)
+
+
 def test_medplum_binaries_and_attachments(server: ServerProcess, medplum_run: dict[str, Any]) -> None:
     out = medplum_run
     # MedplumClient marks its requests `X-Medplum: extended` (its default), which gets Medplum's `url` on the

@@ -32,6 +32,38 @@ def test_fhirpy_crud_and_search(server: ServerProcess) -> None:
     assert client.resources("Observation").search(patient=patient.id).fetch() == []
 
 
+def test_fhirpy_search_api(server: ServerProcess) -> None:
+    from fhirpy import SyncFHIRClient
+
+    client = SyncFHIRClient(server.base, authorization=server.auth_headers().get("Authorization"))
+    family = f"Fhirpy{uuid.uuid4().hex[:10]}"
+    patient = client.resource("Patient", name=[{"family": family}], birthDate="1980-05-01")
+    patient.save()
+    loinc = "http://loinc.org|29463-7"
+    made = {}
+    for day, kg in (("2024-01-01", 70), ("2025-03-04", 72), ("2025-06-01", 75)):
+        o = client.resource("Observation", status="final", code={"coding": [{"system": "http://loinc.org",
+                                                                              "code": "29463-7"}]},
+                            subject=patient.to_reference(), effectiveDateTime=day,
+                            valueQuantity={"value": kg, "unit": "kg", "system": "http://unitsofmeasure.org",
+                                           "code": "kg"})
+        o.save()
+        made[day] = o.id
+    obs = client.resources("Observation").search(subject=patient.to_reference()["reference"])
+    recent = obs.search(code=loinc, date__ge="2025-01-01").sort("-date").fetch_all()
+    assert [o.id for o in recent] == [made["2025-06-01"], made["2025-03-04"]]
+    assert [o.id for o in obs.search(value_quantity__gt=71).sort("date").fetch_all()] == \
+        [made["2025-03-04"], made["2025-06-01"]]
+    assert obs.search(code=loinc).count() == 3
+    assert [p.id for p in client.resources("Patient").search(name=family.lower()).fetch_all()] == [patient.id]
+    assert client.resources("Patient").search(name=f"Nobody{family}").fetch_all() == []
+    assert client.resources("Patient").search(birthdate__lt="1981").search(name=family).fetch_all()[0].id \
+        == patient.id
+    with_patient = obs.search(date="2024").include("Observation", "subject").fetch_raw()
+    modes = sorted((e["search"]["mode"], e["resource"]["resourceType"]) for e in with_patient["entry"])
+    assert modes == [("include", "Patient"), ("match", "Observation")]
+
+
 def test_fhirclient_models_crud(server: ServerProcess) -> None:
     from fhirclient.models.humanname import HumanName
     from fhirclient.models.patient import Patient

@@ -46,6 +46,7 @@ from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.inline_data import InlineDataMover
 from fhirvault.service.pipelines import ReadPipeline, WritePipeline
+from fhirvault.service.reindex import Reindexer
 from fhirvault.service.resources import ResourceService
 from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
@@ -101,6 +102,7 @@ class FhirVault:
                                   grace_seconds=settings.shutdown_timeout_seconds)
         self.readiness = Readiness(self.db, self.blob_store)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
+        self.reindexer = Reindexer(self.db, settings.fhir_base_url)
         self._capability: dict[str, Any] | None = None
         self._capability_json: bytes | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -110,6 +112,9 @@ class FhirVault:
             # Compiling the R4 schema takes about a second: done at start, not on the first write.
             await asyncio.to_thread(validation.warm_up)
         await self.db.migrate()
+        # Resources stored before the search index existed (or marked by `fhirvault reindex`) are
+        # indexed before the first request, so that no search answers from a partial index.
+        await self.reindexer.run()
         self._sweeper = asyncio.create_task(self._sweep_pending_blobs())
         self.workers.start()
 

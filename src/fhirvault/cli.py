@@ -91,6 +91,7 @@ def _run_with_clients(settings: Settings, work: Callable[[ClientStore], Awaitabl
     cannot be opened."""
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
+    from fhirvault.errors import Unavailable
     from fhirvault.security.clients import ClientStore
     from fhirvault.store.database import Database
 
@@ -99,8 +100,10 @@ def _run_with_clients(settings: Settings, work: Callable[[ClientStore], Awaitabl
         try:
             try:
                 await db.migrate()
-            except (DBAPIError, OSError) as exc:
-                raise _database_problem(exc, settings.database_url) from None
+            except (DBAPIError, OSError, Unavailable) as exc:
+                # Unavailable wraps the driver's error, whose first line names the cause (refused, auth, ...)
+                cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ is not None else exc
+                raise _database_problem(cause, settings.database_url) from None
             return await work(ClientStore(db, settings.auth_failure_limit, settings.auth_failure_window))
         finally:
             await db.close()
@@ -364,6 +367,30 @@ def cmd_expunge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """Rebuild the search index of one resource type, or of all; resumable if interrupted."""
+    from fhirvault.app import FhirVault
+    from fhirvault.fhir.r4 import is_resource_type
+
+    if args.type is not None and not is_resource_type(args.type):
+        print(f"'{args.type}' is not an R4 resource type", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        vault = FhirVault(_server_settings(args))
+        await vault.db.migrate()
+        try:
+            await vault.reindexer.mark(args.type)
+            return await vault.reindexer.run(
+                progress=lambda rtype, n: print(f"  {rtype}: {n} more", file=sys.stderr, flush=True))
+        finally:
+            await vault.stop()
+
+    count = asyncio.run(run())
+    print(f"reindexed {count} resources")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """List the stored resources that R4 validation would now refuse (stored before validation, or
     while VALIDATION_ENABLED was off); they stay readable. Exit status 1 when there is any."""
@@ -421,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(serve)
     serve.set_defaults(func=cmd_serve)
 
+    reindex = sub.add_parser("reindex", help="rebuild the search index (of one resource type, or of all)")
+    reindex.add_argument("type", nargs="?", help="a resource type, e.g. Patient; all types when left out")
+    _add_server_options(reindex)
+    reindex.set_defaults(func=cmd_reindex)
     check = sub.add_parser("check", help="list stored resources that R4 validation would refuse now")
     check.add_argument("type", nargs="?", help="only resources of this type")
     _add_server_options(check)

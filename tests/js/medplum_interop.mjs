@@ -93,4 +93,26 @@ await plainClient.startClientLogin(clientId, clientSecret);
 const plainBinary = await plainClient.createBinary({ data: 'plain', contentType: 'text/plain' });
 out.plainBinaryKeys = Object.keys(plainBinary).sort();
 
+// Search as a Medplum app does: by name, by token + date with _sort, and a name nobody has.
+const family = `Srch${patient.id.replaceAll('-', '').slice(0, 10)}`;
+const sp = await medplum.createResource({ resourceType: 'Patient', name: [{ family }] });
+const weights = {};
+for (const [day, kg] of [['2024-01-01', 70], ['2025-03-04', 72], ['2025-06-01', 75]]) {
+  const o = await medplum.createResource({
+    resourceType: 'Observation', status: 'final', code: { coding: [{ system: 'http://loinc.org', code: '29463-7' }] },
+    subject: { reference: `Patient/${sp.id}` }, effectiveDateTime: day,
+    valueQuantity: { value: kg, unit: 'kg', system: 'http://unitsofmeasure.org', code: 'kg' },
+  });
+  weights[o.id] = day;
+}
+out.searchByName = (await medplum.searchResources('Patient', { name: family.toLowerCase() })).map((p) => p.id).join() === sp.id;
+out.searchNobody = (await medplum.searchResources('Patient', { name: `Nobody${family}` })).length;
+const recent = await medplum.searchResources('Observation', {
+  subject: `Patient/${sp.id}`, code: 'http://loinc.org|29463-7', date: 'ge2025-01-01', _sort: '-date',
+});
+out.searchRecentDates = recent.map((o) => weights[o.id]);
+const heavy = await medplum.searchResources('Observation', `subject=Patient/${sp.id}&value-quantity=gt71&_count=1&_total=accurate`);
+out.searchHeavyTotal = heavy.bundle.total;
+out.searchHeavyPage = heavy.length;
+
 console.log(JSON.stringify(out));

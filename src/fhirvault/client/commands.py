@@ -202,7 +202,16 @@ def cmd_search(args: argparse.Namespace) -> int:
             if not sep or not key:
                 raise ValueError(f"search parameters are key=value, got {item!r}")
             params.append((key, value))
-        for resource in client.search(args.resource_type, params):
+        told: set[str] = set()
+
+        def warn(outcome: dict[str, Any]) -> None:
+            for issue in outcome.get("issue") or []:
+                text = f"{issue.get('severity', 'warning')}: {issue.get('diagnostics', '')}"
+                if text not in told:  # the same warning comes with every page
+                    told.add(text)
+                    print(text, file=sys.stderr)
+
+        for resource in client.search(args.resource_type, params, on_outcome=warn):
             print(json.dumps(resource, separators=(",", ":")))
 
     return _guarded(args, run)

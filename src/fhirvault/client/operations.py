@@ -125,6 +125,13 @@ def matches(bundle: Resource) -> Iterator[Resource]:
             yield entry["resource"]
 
 
+def outcomes(bundle: Resource) -> Iterator[Resource]:
+    """The OperationOutcomes a searchset page carries (search.mode outcome), e.g. ignored parameters."""
+    for entry in bundle.get("entry") or []:
+        if (entry.get("search") or {}).get("mode") == "outcome" and isinstance(entry.get("resource"), dict):
+            yield entry["resource"]
+
+
 def entries(bundle: Resource) -> Iterator[Resource]:
     yield from bundle.get("entry") or []
 

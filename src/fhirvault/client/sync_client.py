@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TypeVar
 
@@ -81,13 +81,18 @@ class FhirClient:
         """Delete a resource (its history stays readable)."""
         self._run(ops.delete_resource(self.base_url, resource_type, resource_id))
 
-    def search(self, resource_type: str | None, params: SearchParams = None) -> Iterator[Resource]:
+    def search(self, resource_type: str | None, params: SearchParams = None,
+               on_outcome: Callable[[Resource], None] | None = None) -> Iterator[Resource]:
         """Every matching resource, page after page through the Bundle's `next` links. `params` is a
-        dict (a list value repeats the parameter) or a list of (name, value) pairs. Lazy: the first
-        request is made when iteration starts."""
+        dict (a list value repeats the parameter) or a list of (name, value) pairs. `on_outcome` is
+        called with each OperationOutcome the server adds to a page (such as ignored parameters).
+        Lazy: the first request is made when iteration starts."""
         call: Call | None = ops.search_call(self.base_url, resource_type, params)
         while call is not None:
             page = self._run(ops.fetch_page(call))
+            if on_outcome is not None:
+                for outcome in ops.outcomes(page):
+                    on_outcome(outcome)
             yield from ops.matches(page)
             call = ops.next_page(page)
 

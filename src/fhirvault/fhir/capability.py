@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirvault.fhir.r4 import FHIR_VERSION, has_param, resource_types
+from fhirvault.fhir.r4 import FHIR_VERSION, resource_types
+from fhirvault.fhir.search_params import params_of
 
-SEARCH_PARAMS = [
-    {"name": "_id", "type": "token", "documentation": "Logical id; comma-separated for several"},
-    {"name": "_lastUpdated", "type": "date", "documentation": "Prefixes eq, ne, gt, lt, ge, le, sa, eb"},
-]
+ID_PARAM_URL = "http://hl7.org/fhir/SearchParameter/Resource-id"
+_SEARCHABLE = ("number", "date", "string", "token", "reference", "quantity", "uri")
+
+
+def search_params(rtype: str) -> list[dict[str, Any]]:
+    """CapabilityStatement.rest.resource.searchParam of `rtype`: every R4 parameter fhirvault indexes."""
+    out = []
+    for code, p in sorted(params_of(rtype).items()):
+        if p.type in _SEARCHABLE or (p.type == "composite" and len(p.components) == 2):
+            out.append({"name": code, "definition": p.url, "type": p.type})
+    return out
+
+
+def includes(rtype: str) -> tuple[list[str], list[str]]:
+    """(searchInclude, searchRevInclude) of `rtype`: its reference parameters, and those of every type
+    that may refer to it."""
+    inc = ["*"] + [f"{rtype}:{c}" for c, p in sorted(params_of(rtype).items()) if p.type == "reference"]
+    rev = [f"{src}:{c}" for src in sorted(resource_types()) for c, p in sorted(params_of(src).items())
+           if p.type == "reference" and (not p.targets or rtype in p.targets) and not c.startswith("_")]
+    return inc, rev
 
 
 def capability_statement(base_url: str, software_version: str, instant: str,
@@ -24,10 +41,7 @@ def capability_statement(base_url: str, software_version: str, instant: str,
                      "search-type")]
     rest_resources = []
     for rtype in sorted(resource_types()):
-        params = list(SEARCH_PARAMS)
-        for code, ptype in (("identifier", "token"), ("patient", "reference"), ("subject", "reference")):
-            if has_param(rtype, code):
-                params.append({"name": code, "type": ptype})
+        search_include, search_rev_include = includes(rtype)
         entry: dict[str, Any] = {
             "type": rtype,
             "interaction": interactions,
@@ -38,7 +52,9 @@ def capability_statement(base_url: str, software_version: str, instant: str,
             "conditionalRead": "full-support",
             "conditionalUpdate": True,
             "conditionalDelete": "multiple" if conditional_delete_max > 1 else "single",
-            "searchParam": params,
+            "searchInclude": search_include,
+            "searchRevInclude": search_rev_include,
+            "searchParam": search_params(rtype),
         }
         if type_documentation and rtype in type_documentation:
             entry["documentation"] = type_documentation[rtype]
@@ -48,7 +64,8 @@ def capability_statement(base_url: str, software_version: str, instant: str,
     rest: dict[str, Any] = {
         "mode": "server",
         "resource": rest_resources,
-        "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+        "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
+                        {"code": "search-system"}],
     }
     if extra_rest:
         rest.update(extra_rest)

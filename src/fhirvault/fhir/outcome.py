@@ -20,3 +20,11 @@ def informational(messages: list[str]) -> dict[str, Any]:
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "information", "code": "informational", "diagnostics": m} for m in messages],
     }
+
+
+def warnings(messages: list[str], code: str = "not-supported") -> dict[str, Any]:
+    """An OperationOutcome of warnings, e.g. search parameters that were ignored."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "warning", "code": code, "diagnostics": m} for m in messages],
+    }

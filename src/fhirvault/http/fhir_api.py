@@ -12,6 +12,7 @@ from starlette.responses import Response
 from fhirvault.errors import Invalid, NotFound, Unauthorized, Unsupported
 from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type, whole_number
+from fhirvault.fhir.subsetting import subset
 from fhirvault.http.negotiation import media_type, parse_prefer
 from fhirvault.http.requests import read_fhir_json, read_patch_document
 from fhirvault.http.responses import FhirJsonResponse
@@ -22,7 +23,6 @@ from fhirvault.service.context import RequestContext
 from fhirvault.service.history import history_bundle
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
-from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.services import StoredResource
 from fhirvault.service.timeutil import parse_http_date, to_http_date
 
@@ -60,7 +60,18 @@ async def resource_response(request: Request, stored: StoredResource, status: in
         return Response(status_code=304, headers=headers)
     assert stored.content is not None
     rendered = (await v.resources.render(ctx, [stored.content]))[0]
-    return FhirJsonResponse(rendered, status, headers)
+    summary, elements = subsetting_params(request)
+    return FhirJsonResponse(subset(rendered, summary, elements), status, headers)
+
+
+def subsetting_params(request: Request) -> tuple[str | None, list[str] | None]:
+    """`_summary` and `_elements` of a read or vread (FHIR R4 3.1.1.5.8-9); 400 for an unknown mode."""
+    q = request.query_params
+    summary = q.get("_summary")
+    if summary is not None and summary not in ("true", "text", "data", "false"):
+        raise Invalid(f"_summary={summary!r} is not one of true, text, data, false")
+    elements = [e.strip() for e in q["_elements"].split(",") if e.strip()] if "_elements" in q else None
+    return summary, elements
 
 
 async def write_response(request: Request, result: WriteResult) -> Response:
@@ -189,8 +200,8 @@ async def conditional_delete(request: Request) -> Response:
 
 
 # -- search -------------------------------------------------------------------------------------
-async def search(request: Request) -> Response:
-    rtype = resource_type_of(request)
+async def search_params(request: Request) -> list[tuple[str, str]]:
+    """Query parameters, plus the form body of a POST _search (FHIR R4 3.1.1.1)."""
     params = list(request.query_params.multi_items())
     if request.method == "POST":
         ctype = request.headers.get("content-type", "")
@@ -198,9 +209,62 @@ async def search(request: Request) -> Response:
             form = await request.form()
             params += [(k, str(val)) for k, val in form.multi_items()]
         elif ctype:
-            raise Unsupported(f"POST {rtype}/_search takes its parameters as application/x-www-form-urlencoded, "
+            raise Unsupported("POST _search takes its parameters as application/x-www-form-urlencoded, "
                               f"not '{media_type(ctype)}'")
-    return FhirJsonResponse(await searchset_bundle(vault(request).resources, context(request), rtype, params))
+    return params
+
+
+async def search(request: Request) -> Response:
+    """Type search, GET [type]?... and POST [type]/_search; the type comes from the route or the path."""
+    in_route = "rtype" in request.path_params
+    rtype = resource_type_of(request) if in_route else request.url.path.rstrip("/").split("/")[-2]
+    return await _search_response(request, rtype, None)
+
+
+async def system_search(request: Request) -> Response:
+    """System search, GET [base]?_type=... and POST [base]/_search."""
+    return await _search_response(request, None, None)
+
+
+async def compartment_search(request: Request) -> Response:
+    """Compartment search, GET Patient/{pid}/{rtype}?..."""
+    rtype = resource_type_of(request)
+    return await _search_response(request, rtype, f"Patient/{request.path_params['pid']}")
+
+
+async def _search_response(request: Request, rtype: str | None, compartment: str | None) -> Response:
+    v = vault(request)
+    ctx = context(request)
+    params = await search_params(request)
+    if compartment is not None:
+        await v.resources.read(ctx, "Patient", compartment.split("/", 1)[1])  # 404 for an unknown patient
+    result = await v.resources.search(ctx, rtype, params, compartment)
+    return FhirJsonResponse(await v.resources.searchset(ctx, result))
+
+
+async def everything(request: Request) -> Response:
+    """Patient/{pid}/$everything: the patient and every resource in its compartment, Binaries whose
+    securityContext is in it included; `_since`, `_type`, `_count` (FHIR R4 Patient/$everything)."""
+    v = vault(request)
+    ctx = context(request)
+    pid = request.path_params["pid"]
+    await v.resources.read(ctx, "Patient", pid)
+    q = request.query_params
+    params: list[tuple[str, str]] = []
+    for name, value in q.multi_items():
+        if name == "_since":
+            params.append(("_lastUpdated", f"ge{value}"))
+        elif name in ("_type", "_count", "_offset", "_format", "_pretty"):
+            params.append((name, value))
+        elif name in ("start", "end"):
+            raise Invalid(f"$everything parameter '{name}' is not supported; use _since")
+        else:
+            raise Invalid(f"$everything has no parameter '{name}'")
+    if not any(n == "_sort" for n, _ in params):
+        params.append(("_sort", "_lastUpdated"))
+    result = await v.resources.search(ctx, None, params, f"Patient/{pid}")
+    result.path = f"Patient/{pid}/$everything"
+    return FhirJsonResponse(await v.resources.searchset(ctx, result))
 
 
 # -- history ------------------------------------------------------------------------------------
@@ -213,7 +277,7 @@ async def history(request: Request) -> Response:
     count = _bounded_int(q.get("_count"), "_count", DEFAULT_COUNT)
     offset = _bounded_int(q.get("_offset"), "_offset", 0)
     return FhirJsonResponse(await history_bundle(vault(request).resources, context(request), rtype, rid,
-                                                 q.get("_since"), count, offset))
+                                                 q.get("_since"), count, offset, q.get("_at")))
 
 
 def _bounded_int(value: str | None, name: str, default: int) -> int:

@@ -13,6 +13,7 @@ from fhirvault.fhir.references import parse_reference
 from fhirvault.security.principal import CallerContext, Principal, SystemPrincipal
 from fhirvault.security.scopes import INTERACTION_LETTER
 from fhirvault.store.resources import ResourceStore
+from fhirvault.store.search_sql import Restriction
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CHANGING = frozenset("cud")  # scope letters of the interactions that change a resource
@@ -128,6 +129,20 @@ class ScopePolicy:
     def search_restriction(self, ctx: CallerContext, resource_type: str) -> list[str] | None:
         p = _principal(ctx)
         return [p.patient] if p is not None and p.patient else None
+
+    def query_restriction(self, ctx: CallerContext) -> Restriction | None:
+        """The rules of `can_see` for reads, as SQL conditions: the patient compartment for a
+        patient-context client, and a Binary's securityContext (read rights on the type it names; in
+        patient context, the patient or a resource in the patient's compartment)."""
+        p = _principal(ctx)
+        if p is None:
+            return None
+        if any(s.covers("r", None) and s.resource_type == "*" for s in p.scopes.scopes):
+            context_types = None
+        else:
+            context_types = frozenset(s.resource_type for s in p.scopes.scopes if "r" in s.letters)
+        return Restriction(compartment=p.patient, context_types=context_types,
+                           binary_without_context=p.patient is None)
 
     def hides_rows(self, ctx: CallerContext, resource_type: str | None) -> bool:
         p = _principal(ctx)

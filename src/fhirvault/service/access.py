@@ -7,6 +7,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.service.context import RequestContext
+from fhirvault.store.search_sql import Restriction
 
 
 class AccessPolicy(Protocol):
@@ -29,9 +30,15 @@ class AccessPolicy(Protocol):
         """Compartment targets (`Patient/1`) a search must stay within; None for no restriction."""
         ...
 
+    def query_restriction(self, ctx: RequestContext) -> Restriction | None:
+        """The caller's read rules as a Restriction applied inside search queries (so that pages are
+        full and totals count only what the caller may read); None for no restriction. It must agree
+        with `can_see(..., "search")` for every resource of a type the caller may search."""
+        ...
+
     def hides_rows(self, ctx: RequestContext, resource_type: str | None) -> bool:
         """Whether `can_see` may refuse rows of `resource_type` (None: of any type) that
-        `search_restriction` lets through; then totals must be counted row by row."""
+        `search_restriction` lets through; then history totals must be counted row by row."""
         ...
 
 
@@ -46,6 +53,9 @@ class AllowAll:
         return True
 
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
+        return None
+
+    def query_restriction(self, ctx: RequestContext) -> Restriction | None:
         return None
 
     def hides_rows(self, ctx: RequestContext, resource_type: str | None) -> bool:

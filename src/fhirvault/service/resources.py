@@ -13,13 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault import jsoncodec
 from fhirvault.clock import now_us
 from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
-from fhirvault.fhir.indexing import index_entries
 from fhirvault.fhir.patch import PatchDocument, PatchError, apply_patch
 from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id, whole_number
+from fhirvault.fhir.search_index import search_index
 from fhirvault.service.access import AccessPolicy, AllowAll
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
-from fhirvault.service.search import SearchResult, conditional_matches, run_search
+from fhirvault.service.search import SearchResult, conditional_matches, run_search, searchset
 from fhirvault.service.timeutil import to_instant
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
@@ -129,8 +129,7 @@ class ResourceService:
             resource, finish = uow.deferred.pop(0)
             await finish()
             stored = next(s for s in reversed(uow.written) if s.content is resource)
-            tokens, refs = index_entries(resource, ctx.base_url)
-            await self.store.rewrite(uow.conn, stored, tokens, refs)
+            await self.store.rewrite(uow.conn, stored, search_index(resource, ctx.base_url))
 
     # -- writes ---------------------------------------------------------------------------------
     async def create(self, ctx: RequestContext, rtype: str, body: Any,
@@ -176,9 +175,7 @@ class ResourceService:
         Raises Invalid for empty criteria, criteria of result parameters only, and any parameter the
         search does not support: a condition never silently matches everything.
         """
-        return await conditional_matches(self.store, uow.conn, ctx, rtype, criteria,
-                                         self.access.search_restriction(ctx, rtype), limit,
-                                         lambda m: self.access.can_see(ctx, uow.conn, m, "search"))
+        return await conditional_matches(self.store, self.access, uow.conn, ctx, rtype, criteria, limit)
 
     async def conditional_target_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
                                     what: str) -> StoredResource | None:
@@ -346,7 +343,7 @@ class ResourceService:
         if current.content is not None:
             await self._check_change(ctx, uow.conn, current.content, "delete")
         stored = StoredResource(rtype, rid, current.version_id + 1, now_us(), True, None, None, "DELETE")
-        await self.store.write(uow.conn, stored, current.version_id, set(), set())
+        await self.store.write(uow.conn, stored, current.version_id, None)
         return stored
 
     async def _write(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str,
@@ -373,8 +370,8 @@ class ResourceService:
         meta["lastUpdated"] = to_instant(ts)
         resource["meta"] = meta
         stored = StoredResource(rtype, rid, version, ts, False, resource, blob_id, method)
-        tokens, refs = index_entries(resource, ctx.base_url)
-        await self.store.write(uow.conn, stored, current.version_id if current else None, tokens, refs)
+        await self.store.write(uow.conn, stored, current.version_id if current else None,
+                               search_index(resource, ctx.base_url))
         uow.committed.append(resource)
         uow.written.append(stored)
         return WriteResult(stored, created=current is None or current.deleted)
@@ -435,12 +432,22 @@ class ResourceService:
             raise NotFound(f"{rtype}/{rid} is not known")
         return stored
 
-    async def search(self, ctx: RequestContext, rtype: str, params: list[tuple[str, str]]) -> SearchResult:
-        """The search interaction on `rtype` (see `fhirvault.service.search.run_search`)."""
-        return await run_search(self.db, self.store, self.access, ctx, rtype, params)
+    async def search(self, ctx: RequestContext, rtype: str | None, params: list[tuple[str, str]],
+                     compartment: str | None = None) -> SearchResult:
+        """The search interaction on `rtype` (None: system search), optionally within the compartment
+        of `compartment` (`Patient/1`); see `fhirvault.service.search.run_search`."""
+        return await run_search(self.db, self.store, self.access, ctx, rtype, params, compartment)
+
+    async def searchset(self, ctx: RequestContext, result: SearchResult) -> dict[str, Any]:
+        """The searchset Bundle of a search result, resources rendered through the read pipeline."""
+        return await searchset(self.render, ctx, result)
 
     async def history(self, ctx: RequestContext, rtype: str | None, rid: str | None, since_us: int | None,
-                      count: int, offset: int) -> tuple[list[StoredResource], int]:
+                      count: int, offset: int, at: tuple[int, int] | None = None
+                      ) -> tuple[list[StoredResource], int]:
+        """History of one resource, a type, or the system (rtype/rid None): one page of versions newest
+        first and the total, both counting only versions the caller may see. `since_us`: `_since`;
+        `at`: `_at` as [start, end) microseconds. Raises Forbidden, NotFound."""
         self.access.require(ctx, "history", rtype)
         async with self.db.read() as conn:
             if rtype and rid:
@@ -450,14 +457,14 @@ class ResourceService:
                 if not current.deleted:
                     await self._visible(ctx, conn, rtype, rid, current, "history")
             if not self._history_hides_rows(ctx, rtype):
-                return await self.store.history(conn, rtype, rid, since_us, count, offset)
+                return await self.store.history(conn, rtype, rid, since_us, count, offset, at)
             # Some rows may be hidden from this caller: count the visible ones, so that the total and
             # the pages agree with what the caller may see.
             page: list[StoredResource] = []
             total = 0
             scanned = 0
             while True:
-                rows, _ = await self.store.history(conn, rtype, rid, since_us, HISTORY_SCAN, scanned)
+                rows, _ = await self.store.history(conn, rtype, rid, since_us, HISTORY_SCAN, scanned, at)
                 for row in rows:
                     if await self._history_row_visible(ctx, conn, row):
                         if offset <= total < offset + count:

@@ -1,223 +1,233 @@
-"""Search: turning query parameters into a SearchQuery, running it, and paging the result."""
+"""Search use cases: type, system and compartment searches, includes, paging, and the searchset Bundle.
+
+Access rules run inside the query (store Restriction), so a page holds `_count` entries whenever more
+exist and totals count only what the caller may read; included resources obey the same rules."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault.clock import now_us
 from fhirvault.errors import Invalid
-from fhirvault.fhir.bundle import page_links as bundle_page_links
-from fhirvault.fhir.indexing import COMPARTMENT
-from fhirvault.fhir.r4 import has_param, is_valid_id, whole_number
+from fhirvault.fhir.bundle import bundle
+from fhirvault.fhir.outcome import warnings
+from fhirvault.fhir.r4 import resource_types
 from fhirvault.fhir.references import parse_reference
+from fhirvault.fhir.subsetting import subset
 from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
-from fhirvault.service.timeutil import parse_fhir_datetime_range
+from fhirvault.service.search_parse import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    Include,
+    ParsedSearch,
+    parse_search,
+)
+from fhirvault.service.timeutil import to_instant
 from fhirvault.store.database import Database
-from fhirvault.store.resources import RefFilter, ResourceStore, SearchQuery, StoredResource, TokenFilter
+from fhirvault.store.resources import ResourceStore, StoredResource
+from fhirvault.store.search_sql import COMPARTMENT, ParamClause, RefTest, Restriction
 
-DEFAULT_COUNT = 20
-MAX_COUNT = 1000
-MAX_OR_VALUES = 100
-MAX_PARAMS = 100  # each becomes SQL conditions; a query holds only so many
-COUNT_SCAN = 500  # matches read at a time when a total is counted row by row
-PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
-# Parameters that shape the result rather than filter it.
-RESULT_PARAMS = {"_count", "_offset", "_sort", "_summary", "_total", "_format", "_pretty", "_include"}
-
-
-@dataclass
-class ParsedSearch:
-    query: SearchQuery
-    summary_count: bool = False
-    total_accurate: bool = False
-    ignored: list[str] = field(default_factory=list)
-    includes: list[str] = field(default_factory=list)
-    echo: list[tuple[str, str]] = field(default_factory=list)  # the parameters we honoured, for links
+Render = Callable[[RequestContext, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+__all__ = ["DEFAULT_COUNT", "MAX_COUNT", "SearchResult", "run_search", "searchset", "matching_ids",
+           "conditional_matches", "compartment_clause"]
+MAX_INCLUDE_ROUNDS = 4
+MAX_INCLUDED = 1000
 
 
 @dataclass
 class SearchResult:
+    """One page of a search: the matches, what `_include`/`_revinclude` added, and how to link on."""
+
     matches: list[StoredResource]
+    included: list[StoredResource]
     total: int | None
     parsed: ParsedSearch
+    path: str  # what the search was made on, relative to the base: `Patient`, ``, `Patient/1/Observation`
+    cutoff_us: int
+    extra_echo: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _int_param(name: str, value: str, lo: int, hi: int | None = None) -> int:
-    n = whole_number(value)
-    if n is None:
-        raise Invalid(f"Search parameter {name}={value!r} must be a whole number (at most 18 digits)")
-    if n < lo:
-        raise Invalid(f"Search parameter {name}={value} must be at least {lo}")
-    return min(n, hi) if hi is not None else n
+def compartment_clause(patient: str) -> ParamClause:
+    """Criteria clause: the resource lies in the compartment of `patient` (`Patient/1`)."""
+    return ParamClause("reference", COMPARTMENT, [RefTest((patient,))])
 
 
-def parse_search(rtype: str, params: list[tuple[str, str]], base_url: str, strict: bool) -> ParsedSearch:
-    q = SearchQuery(resource_type=rtype, count=DEFAULT_COUNT)
-    parsed = ParsedSearch(query=q)
-    if len(params) > MAX_PARAMS:
-        raise Invalid(f"A search takes at most {MAX_PARAMS} parameters, not {len(params)}")
-    for raw_name, value in params:
-        name, _, modifier = raw_name.partition(":")
-        if name == "_count":
-            q.count = _int_param("_count", value, 0, MAX_COUNT)
-        elif name == "_offset":
-            q.offset = _int_param("_offset", value, 0)
-            continue  # links add their own
-        elif name == "_sort":
-            if value not in ("_lastUpdated", "-_lastUpdated"):
-                raise Invalid(f"_sort={value} is not supported; use _lastUpdated or -_lastUpdated")
-            q.sort_desc = value.startswith("-")
-        elif name == "_summary":
-            if value == "count":
-                parsed.summary_count = True
-            elif value != "false":
-                _unsupported(parsed, strict, f"_summary={value}")
-                continue
-        elif name == "_total":
-            if value == "accurate":
-                parsed.total_accurate = True
-            elif value not in ("none", "estimate"):
-                raise Invalid(f"_total={value} is not one of none, estimate, accurate")
-        elif name in ("_format", "_pretty"):
-            continue
-        elif name == "_include":
-            parsed.includes.append(value)
-        elif name == "_id":
-            ids = [v for v in value.split(",") if v]
-            _check_or_count(ids)
-            for i in ids:
-                if not is_valid_id(i):
-                    raise Invalid(f"_id value '{i}' is not a valid resource id")
-            q.ids = ids if q.ids is None else [i for i in q.ids if i in ids]
-        elif name == "_lastUpdated":
-            prefix, rest = (value[:2], value[2:]) if value[:2] in PREFIXES else ("eq", value)
-            start, end = parse_fhir_datetime_range(rest)
-            q.updated.append((prefix, start, end))
-        elif name == "identifier" and has_param(rtype, "identifier"):
-            q.tokens.append(TokenFilter("identifier", [_token(v) for v in _split_or(value)]))
-        elif name in ("patient", "subject") and has_param(rtype, name):
-            q.refs.append(RefFilter(name, [_ref_target(name, modifier, v, base_url) for v in _split_or(value)]))
-        else:
-            _unsupported(parsed, strict, raw_name)
-            continue
-        parsed.echo.append((raw_name, value))
-    return parsed
-
-
-def _unsupported(parsed: ParsedSearch, strict: bool, name: str) -> None:
-    if strict:
-        raise Invalid(f"Search parameter '{name}' is not supported for {parsed.query.resource_type}")
-    parsed.ignored.append(name)
-
-
-def _split_or(value: str) -> list[str]:
-    parts = [p.replace("\\,", ",") for p in value.replace("\\,", "\x00").split(",")]
-    values = [p.replace("\x00", ",") for p in parts if p]
-    _check_or_count(values)
-    return values
-
-
-def _check_or_count(values: list[str]) -> None:
-    # Each value becomes one SQL condition; thousands of them exceed what a query may hold.
-    if len(values) > MAX_OR_VALUES:
-        raise Invalid(f"A search parameter takes at most {MAX_OR_VALUES} comma-separated values, not {len(values)}")
-
-
-def _token(value: str) -> tuple[str | None, str | None]:
-    if "|" not in value:
-        return None, value
-    system, _, code = value.partition("|")
-    return system, code or None  # "|code": no system (""), "sys|": any code
-
-
-def _ref_target(param: str, modifier: str, value: str, base_url: str) -> str:
-    ref = parse_reference(value, base_url)
-    if ref is not None:
-        return ref.relative
-    if is_valid_id(value):
-        if param == "patient" or modifier:
-            return f"{modifier or 'Patient'}/{value}"
-        raise Invalid(f"{param}={value}: give the type as well "
-                      f"(e.g. {param}=Patient/{value} or {param}:Patient={value})")
-    raise Invalid(f"{param}={value!r} is not a reference like Patient/123")
-
-
-def restrict_to_compartment(q: SearchQuery, targets: list[str]) -> None:
-    q.refs.append(RefFilter(COMPARTMENT, targets))
-
-
-def page_links(base_url: str, rtype: str, parsed: ParsedSearch, total: int | None, returned: int
-               ) -> list[tuple[str, str]]:
-    q = parsed.query
-    params = [(k, v) for k, v in parsed.echo if k not in ("_count",)]
-    has_next = returned == q.count and q.count > 0 and (total is None or q.offset + q.count < total)
-    return bundle_page_links(f"{base_url}/{rtype}", params, q.count, q.offset, has_next)
-
-
-async def conditional_matches(store: ResourceStore, conn: AsyncConnection, ctx: RequestContext, rtype: str,
-                              query_string: str, restriction: list[str] | None = None, limit: int = 2,
-                              visible: Callable[[dict[str, Any]], Awaitable[bool]] | None = None,
-                              ) -> list[StoredResource]:
-    """Up to `limit` resources matching the criteria of a conditional interaction (If-None-Exist,
-    conditional update/patch/delete, conditional reference), `visible` ones only.
-
-    Criteria are parsed strictly: an unsupported parameter raises Invalid, and so do criteria without
-    any filtering parameter, which would otherwise match every resource of the type.
-    """
-    params = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
-    if not any(name.partition(":")[0] not in RESULT_PARAMS for name, _ in params):
-        raise Invalid(f"The conditional criteria '{query_string}' have no search parameter that selects "
-                      f"{rtype} resources; give one, e.g. identifier=system|value")
-    parsed = parse_search(rtype, params, ctx.base_url, strict=True)
-    parsed.query.count = limit
-    parsed.query.offset = 0
-    if restriction is not None:
-        restrict_to_compartment(parsed.query, restriction)
-    matches = await store.search(conn, parsed.query)
-    if visible is None:
-        return matches
-    return [m for m in matches if m.content is None or await visible(m.content)]
-
-
-async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, ctx: RequestContext, rtype: str,
-                     params: list[tuple[str, str]]) -> SearchResult:
-    """The search interaction (FHIR R4 search.html) on `rtype` with the query's `params`: the matches the
-    caller may see, the total when asked for, and the parsed query. Forbidden without search scope."""
-    access.require(ctx, "search", rtype)
-    parsed = parse_search(rtype, params, ctx.base_url, ctx.handling_strict)
-    restriction = access.search_restriction(ctx, rtype)
-    if restriction is not None:
-        restrict_to_compartment(parsed.query, restriction)
+async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, ctx: RequestContext,
+                     rtype: str | None, params: list[tuple[str, str]], compartment: str | None = None
+                     ) -> SearchResult:
+    """Search `rtype` (None: every type, or those of `_type`), optionally within `compartment`
+    (`Patient/1`, for `Patient/1/Observation`). Raises Forbidden for a type the caller may not
+    search, Invalid for a malformed request."""
+    extra_echo: list[tuple[str, str]] = []
+    if rtype is None:
+        access.require(ctx, "search", None)
+        types = _system_types(access, ctx, params)
+        extra_echo = [(k, v) for k, v in params if k == "_type"]
+    else:
+        access.require(ctx, "search", rtype)
+        types = [rtype]
+    parsed = parse_search(types, params, ctx.base_url, ctx.handling_strict)
+    if compartment is not None:
+        parsed.criteria.clauses.append(compartment_clause(compartment))
+    restriction = access.query_restriction(ctx)
+    cutoff = now_us()
     async with db.read() as conn:
         total: int | None = None
-        if parsed.summary_count or parsed.total_accurate:
-            if access.hides_rows(ctx, rtype):
-                total = await _visible_count(store, access, ctx, conn, parsed.query)
-            else:
-                total = await store.count(conn, parsed.query)
-        matches = [] if parsed.summary_count else await store.search(conn, parsed.query)
-        matches = [m for m in matches
-                   if m.content is None or await access.can_see(ctx, conn, m.content, "search")]
-    return SearchResult(matches, total, parsed)
+        matches: list[StoredResource] = []
+        if parsed.summary != "count":
+            matches = await store.search(conn, parsed.criteria, restriction, parsed.sort, parsed.count,
+                                         parsed.offset, cutoff)
+        if parsed.summary == "count" or parsed.total in ("accurate", "estimate") or \
+                (parsed.count == 0 and parsed.total is None):  # _count=0 asks for nothing but the total
+            total = await store.count(conn, parsed.criteria, restriction, cutoff)
+        elif parsed.total is None and parsed.offset == 0 and len(matches) < parsed.count:
+            total = len(matches)  # the whole result is on this page
+        included = await _included(store, access, ctx, conn, matches, parsed, restriction)
+    path = rtype or ""
+    if compartment is not None:
+        path = f"{compartment}/{rtype}"
+    return SearchResult(matches, included, total, parsed, path, cutoff, extra_echo)
 
 
-async def _visible_count(store: ResourceStore, access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
-                         query: SearchQuery) -> int:
-    """The number of matches the caller may see, judged row by row (for types whose access is not
-    decided by the query alone, e.g. Binary's securityContext)."""
-    scan = dataclasses.replace(query, count=COUNT_SCAN, offset=0)
-    total = 0
-    while True:
-        rows = await store.search(conn, scan)
-        for row in rows:
-            if row.content is None or await access.can_see(ctx, conn, row.content, "search"):
-                total += 1
-        if len(rows) < COUNT_SCAN:
-            return total
-        scan.offset += COUNT_SCAN
+def _system_types(access: AccessPolicy, ctx: RequestContext, params: list[tuple[str, str]]) -> list[str]:
+    named = [t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()]
+    for t in named:
+        if t not in resource_types():
+            raise Invalid(f"_type: '{t}' is not an R4 resource type")
+    if named:
+        for t in named:
+            access.require(ctx, "search", t)
+        return sorted(set(named))
+    readable = []
+    for t in sorted(resource_types()):
+        try:
+            access.require(ctx, "search", t)
+        except Exception:  # noqa: BLE001 - a type the caller may not search is left out of a system search
+            continue
+        readable.append(t)
+    return readable
+
+
+async def _included(store: ResourceStore, access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
+                    matches: list[StoredResource], parsed: ParsedSearch, restriction: Restriction | None
+                    ) -> list[StoredResource]:
+    if not parsed.includes and not parsed.revincludes:
+        return []
+    seen = {(m.resource_type, m.id) for m in matches}
+    out: list[StoredResource] = []
+    current = matches
+    for round_no in range(MAX_INCLUDE_ROUNDS):
+        includes = [i for i in parsed.includes if round_no == 0 or i.iterate]
+        revincludes = [i for i in parsed.revincludes if round_no == 0 or i.iterate]
+        if not current or not (includes or revincludes):
+            break
+        found: list[StoredResource] = []
+        for inc in includes:
+            found += await _include_targets(store, conn, current, inc, restriction)
+        for inc in revincludes:
+            targets = [f"{m.resource_type}/{m.id}" for m in current]
+            found += await store.referencing(conn, inc.source_type, inc.param, targets, restriction)
+        new = []
+        for r in found:
+            key = (r.resource_type, r.id)
+            if key in seen or r.content is None:
+                continue
+            if not await access.can_see(ctx, conn, r.content, "read"):
+                continue
+            seen.add(key)
+            new.append(r)
+        out += new
+        current = new
+        if len(out) >= MAX_INCLUDED:
+            break
+    return out[:MAX_INCLUDED]
+
+
+async def _include_targets(store: ResourceStore, conn: AsyncConnection, current: list[StoredResource],
+                           inc: Include, restriction: Restriction | None) -> list[StoredResource]:
+    owners = [(m.resource_type, m.id) for m in current if inc.source_type in ("*", m.resource_type)]
+    rows = await store.references_from(conn, owners, [inc.param] if inc.param else None)
+    wanted: list[tuple[str, str]] = []
+    for _owner_type, _param, target in rows:
+        ref = parse_reference(target)
+        if ref is None or (inc.target_type and ref.resource_type != inc.target_type):
+            continue
+        wanted.append((ref.resource_type, ref.id))
+    return await store.get_many(conn, sorted(set(wanted)), restriction)
+
+
+# -- the searchset Bundle ---------------------------------------------------------------------------
+def _links(ctx: RequestContext, result: SearchResult, returned: int) -> list[tuple[str, str]]:
+    p = result.parsed
+    base = f"{ctx.base_url}/{result.path}" if result.path else ctx.base_url
+    echo = [*result.extra_echo, *[(k, v) for k, v in p.echo if k != "_count"]]
+    snapshot = ("_lastUpdated", f"le{to_instant(result.cutoff_us)}")
+
+    def link(offset: int, pinned: bool) -> str:
+        params = [*echo, ("_count", str(p.count))]
+        if pinned:
+            if snapshot not in echo:
+                params.append(snapshot)
+            params.append(("_offset", str(offset)))
+        return f"{base}?" + urlencode(params)
+
+    links = [("self", link(p.offset, p.offset > 0))]
+    has_next = returned == p.count and p.count > 0 and (result.total is None or p.offset + p.count < result.total)
+    if has_next and p.summary != "count":
+        links.append(("next", link(p.offset + p.count, True)))
+    if p.offset > 0:
+        links.append(("previous", link(max(0, p.offset - p.count), True)))
+    return links
+
+
+async def searchset(render: Render, ctx: RequestContext, result: SearchResult) -> dict[str, Any]:
+    """The searchset Bundle of `result`: matches (search.mode match), included resources (include), an
+    OperationOutcome entry (outcome) naming ignored parameters, paging links, total; resources rendered
+    through the read hooks and cut down by `_summary` / `_elements`."""
+    p = result.parsed
+    stored = [*result.matches, *result.included]
+    rendered = await render(ctx, [s.content for s in stored if s.content is not None])
+    entries: list[dict[str, Any]] = []
+    for i, r in enumerate(rendered):
+        mode = "match" if i < len(result.matches) else "include"
+        entries.append({"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}",
+                        "resource": subset(r, p.summary, p.elements), "search": {"mode": mode}})
+    if p.ignored:
+        entries.append({"resource": warnings(
+            [f"Search parameter '{n}' is not supported and was ignored" for n in p.ignored]),
+            "search": {"mode": "outcome"}})
+    return bundle("searchset", entries, total=result.total, links=_links(ctx, result, len(result.matches)),
+                  timestamp=to_instant(now_us()))
+
+
+# -- for other use cases ----------------------------------------------------------------------------
+async def matching_ids(store: ResourceStore, access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
+                       rtype: str, query: str | list[tuple[str, str]], limit: int | None = None) -> list[str]:
+    """Ids of the `rtype` resources the caller may read that match a search query string (`a=1&b=2`) or
+    parameter list, at most `limit`. Raises Invalid (400) for an unknown parameter and for criteria
+    without any filtering parameter (conditional interactions must never ignore criteria, nor match
+    every resource of the type). Runs on `conn`, so it sees the caller's own transaction."""
+    params = parse_qsl(query.lstrip("?"), keep_blank_values=True) if isinstance(query, str) else query
+    parsed = parse_search([rtype], params, ctx.base_url, strict=True)
+    if not parsed.criteria.clauses:
+        shown = query if isinstance(query, str) else urlencode(query)
+        raise Invalid(f"The criteria '{shown}' have no search parameter that selects {rtype} resources; "
+                      "give one, e.g. identifier=system|value")
+    found = await store.matching_ids(conn, parsed.criteria, access.query_restriction(ctx), limit)
+    return [rid for _t, rid in found]
+
+
+async def conditional_matches(store: ResourceStore, access: AccessPolicy, conn: AsyncConnection,
+                              ctx: RequestContext, rtype: str, criteria: str, limit: int = 2
+                              ) -> list[StoredResource]:
+    """Up to `limit` resources the caller may read that match the criteria of a conditional interaction
+    (If-None-Exist, conditional update/patch/delete, conditional reference; R4 http.html), found by the
+    search framework with its access rules inside the query. Raises Invalid as `matching_ids`."""
+    ids = await matching_ids(store, access, ctx, conn, rtype, criteria, limit)
+    return await store.get_many(conn, [(rtype, i) for i in ids])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,8 +10,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault import jsoncodec
-from fhirvault.fhir.indexing import COMPARTMENT, RefEntry, TokenEntry
-from fhirvault.store.schema import resource_versions, resources, search_refs, search_tokens
+from fhirvault.fhir.indexing import COMPARTMENT
+from fhirvault.fhir.search_index import IndexRows
+from fhirvault.store.schema import resource_versions, resources, search_refs
+from fhirvault.store.search_sql import Criteria, Restriction, SortKey, criteria_sql, restriction_sql, sort_columns
+from fhirvault.store.search_tables import delete_index, write_index
 
 
 class VersionConflict(Exception):
@@ -30,31 +33,7 @@ class StoredResource:
     method: str = "PUT"
 
 
-@dataclass
-class TokenFilter:
-    param: str
-    alternatives: list[tuple[str | None, str | None]]  # (system, value); None = any
-
-
-@dataclass
-class RefFilter:
-    param: str
-    targets: list[str]
-
-
-@dataclass
-class SearchQuery:
-    resource_type: str
-    ids: list[str] | None = None
-    updated: list[tuple[str, int, int]] = field(default_factory=list)  # (prefix, start_us, end_us)
-    tokens: list[TokenFilter] = field(default_factory=list)
-    refs: list[RefFilter] = field(default_factory=list)
-    sort_desc: bool | None = None  # None: stable default order
-    count: int = 20
-    offset: int = 0
-
-
-def _row_to_stored(row: Any, method: str | None = None) -> StoredResource:
+def row_to_stored(row: Any, method: str | None = None) -> StoredResource:
     content = jsoncodec.loads(row.content) if row.content is not None else None
     return StoredResource(
         resource_type=row.resource_type, id=row.id, version_id=row.version_id,
@@ -74,20 +53,21 @@ class ResourceStore:
         if for_update:
             stmt = stmt.with_for_update()
         row = (await conn.execute(stmt)).first()
-        return _row_to_stored(row) if row else None
+        return row_to_stored(row) if row else None
 
     async def get_version(self, conn: AsyncConnection, rtype: str, rid: str, vid: int) -> StoredResource | None:
         t = resource_versions
         row = (await conn.execute(
             sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid, t.c.version_id == vid)
         )).first()
-        return _row_to_stored(row) if row else None
+        return row_to_stored(row) if row else None
 
     async def write(
         self, conn: AsyncConnection, stored: StoredResource, previous_version: int | None,
-        tokens: set[TokenEntry], refs: set[RefEntry],
+        index: IndexRows | None,
     ) -> None:
-        """Write one new version. previous_version None means the resource must not exist yet.
+        """Write one new version and replace its search index rows with `index` (None: no rows, as for
+        a deletion). previous_version None means the resource must not exist yet.
         Raises VersionConflict when someone else wrote in between."""
         content = jsoncodec.dumps(stored.content).decode("utf-8") if stored.content is not None else None
         current = {
@@ -117,10 +97,9 @@ class ResourceStore:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} changed concurrently")
         await conn.execute(sa.insert(resource_versions).values(
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
-        await self._reindex(conn, stored.resource_type, stored.id, tokens, refs, fresh=previous_version is None)
+        await write_index(conn, stored.resource_type, stored.id, index, new=previous_version is None)
 
-    async def rewrite(self, conn: AsyncConnection, stored: StoredResource, tokens: set[TokenEntry],
-                      refs: set[RefEntry]) -> None:
+    async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:
         """Replace the content and search index of the version `stored` that this same transaction wrote
         (work deferred to the end of a transaction Bundle completes it); the version id stays."""
         content = jsoncodec.dumps(stored.content).decode("utf-8")
@@ -128,67 +107,96 @@ class ResourceStore:
             await conn.execute(sa.update(table).where(
                 table.c.resource_type == stored.resource_type, table.c.id == stored.id,
                 table.c.version_id == stored.version_id).values(content=content))
-        await self._reindex(conn, stored.resource_type, stored.id, tokens, refs)
+        await write_index(conn, stored.resource_type, stored.id, index)
 
-    async def _reindex(self, conn: AsyncConnection, rtype: str, rid: str,
-                       tokens: set[TokenEntry], refs: set[RefEntry], fresh: bool = False) -> None:
-        """Replaces the resource's index rows; `fresh`: it had no row before (so it has no index rows:
-        expunge removes them together with the resource)."""
-        for table in () if fresh else (search_tokens, search_refs):
-            await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
-        if tokens:
-            await conn.execute(sa.insert(search_tokens), [
-                {"resource_type": rtype, "id": rid, "param": t.param, "system": t.system, "value": t.value}
-                for t in tokens])
-        if refs:
-            await conn.execute(sa.insert(search_refs), [
-                {"resource_type": rtype, "id": rid, "param": r.param, "target": r.target} for r in refs])
-
-    def _search_where(self, q: SearchQuery) -> list[Any]:
+    def _select(self, criteria: Criteria, restriction: Restriction | None, cutoff_us: int | None) -> Any:
         t = resources
-        where: list[Any] = [t.c.resource_type == q.resource_type, t.c.deleted.is_(False)]
-        if q.ids is not None:
-            where.append(t.c.id.in_(q.ids))
-        for prefix, start, end in q.updated:
-            col = t.c.last_updated
-            where.append({
-                "eq": sa.and_(col >= start, col < end), "ne": sa.or_(col < start, col >= end),
-                "gt": col >= end, "ge": col >= start, "lt": col < start, "le": col < end,
-                "sa": col >= end, "eb": col < start,
-            }[prefix])
-        for tf in q.tokens:
-            st = search_tokens
-            alts = []
-            for system, value in tf.alternatives:
-                cond = [st.c.param == tf.param]
-                if value is not None:
-                    cond.append(st.c.value == value)
-                if system is not None:
-                    cond.append(st.c.system.is_(None) if system == "" else st.c.system == system)
-                alts.append(sa.and_(*cond))
-            where.append(sa.exists().where(
-                st.c.resource_type == t.c.resource_type, st.c.id == t.c.id, sa.or_(*alts)))
-        for rf in q.refs:
-            sr = search_refs
-            where.append(sa.exists().where(
-                sr.c.resource_type == t.c.resource_type, sr.c.id == t.c.id,
-                sr.c.param == rf.param, sr.c.target.in_(rf.targets)))
+        where = criteria_sql(criteria, t) + restriction_sql(restriction, t)
+        if cutoff_us is not None:
+            where.append(t.c.last_updated <= cutoff_us)
         return where
 
-    async def search(self, conn: AsyncConnection, q: SearchQuery) -> list[StoredResource]:
+    async def search(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
+                     sort: list[SortKey] | None = None, count: int = 20, offset: int = 0,
+                     cutoff_us: int | None = None) -> list[StoredResource]:
+        """One page of current resources matching `criteria` within `restriction`, ordered by `sort`
+        (then by type and id; by last update when no sort is given). `cutoff_us` leaves out resources
+        changed after that instant, so that later pages of one search see the same set."""
         t = resources
-        order = [t.c.last_updated.desc(), t.c.id.desc()] if q.sort_desc else [t.c.last_updated, t.c.id]
-        stmt = sa.select(t).where(*self._search_where(q)).order_by(*order).limit(q.count).offset(q.offset)
-        return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+        keys = sort if sort else [SortKey("_lastUpdated", "_lastUpdated")]
+        stmt = (sa.select(t).where(*self._select(criteria, restriction, cutoff_us))
+                .order_by(*sort_columns(keys, t)).limit(count).offset(offset))
+        return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
-    async def count(self, conn: AsyncConnection, q: SearchQuery) -> int:
-        stmt = sa.select(sa.func.count()).select_from(resources).where(*self._search_where(q))
+    async def count(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
+                    cutoff_us: int | None = None) -> int:
+        """How many current resources match (the same rules as `search`)."""
+        stmt = sa.select(sa.func.count()).select_from(resources).where(
+            *self._select(criteria, restriction, cutoff_us))
         return int((await conn.execute(stmt)).scalar() or 0)
+
+    async def matching_ids(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
+                           limit: int | None = None) -> list[tuple[str, str]]:
+        """(type, id) of current resources matching `criteria`, in id order, at most `limit`."""
+        t = resources
+        stmt = sa.select(t.c.resource_type, t.c.id).where(*self._select(criteria, restriction, None)).order_by(
+            t.c.resource_type, t.c.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return [(r[0], r[1]) for r in (await conn.execute(stmt)).all()]
+
+    async def get_many(self, conn: AsyncConnection, refs: list[tuple[str, str]],
+                       restriction: Restriction | None = None) -> list[StoredResource]:
+        """The current live rows of the given (type, id) pairs that `restriction` lets through."""
+        if not refs:
+            return []
+        t = resources
+        out: list[StoredResource] = []
+        for start in range(0, len(refs), 500):
+            chunk = refs[start:start + 500]
+            stmt = sa.select(t).where(
+                sa.tuple_(t.c.resource_type, t.c.id).in_(chunk), t.c.deleted.is_(False),
+                *restriction_sql(restriction, t))
+            out += [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+        return out
+
+    async def references_from(self, conn: AsyncConnection, owners: list[tuple[str, str]], params: list[str] | None
+                              ) -> list[tuple[str, str, str]]:
+        """(owner type, param, target) of the reference index rows of `owners`; `params` None for all."""
+        sr = search_refs
+        out: list[tuple[str, str, str]] = []
+        for start in range(0, len(owners), 500):
+            chunk = owners[start:start + 500]
+            where = [sa.tuple_(sr.c.resource_type, sr.c.id).in_(chunk), ~sr.c.param.startswith("_", autoescape=True)]
+            if params is not None:
+                where.append(sr.c.param.in_(params))
+            rows = await conn.execute(sa.select(sr.c.resource_type, sr.c.param, sr.c.target).where(*where))
+            out += [(r[0], r[1], r[2]) for r in rows.all()]
+        return out
+
+    async def referencing(self, conn: AsyncConnection, source_type: str, param: str | None, targets: list[str],
+                          restriction: Restriction | None = None) -> list[StoredResource]:
+        """Live resources of `source_type` whose `param` (None: any) references one of `targets`."""
+        t, sr = resources, search_refs
+        out: list[StoredResource] = []
+        for start in range(0, len(targets), 500):
+            where = [sr.c.resource_type == source_type, sr.c.target.in_(targets[start:start + 500]),
+                     ~sr.c.param.startswith("_", autoescape=True)]
+            if param is not None:
+                where.append(sr.c.param == param)
+            ids = sa.select(sr.c.id).where(*where)
+            stmt = sa.select(t).where(t.c.resource_type == source_type, t.c.id.in_(ids), t.c.deleted.is_(False),
+                                      *restriction_sql(restriction, t))
+            out += [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+        return out
 
     async def history(
         self, conn: AsyncConnection, rtype: str | None, rid: str | None, since_us: int | None,
-        count: int, offset: int,
+        count: int, offset: int, at: tuple[int, int] | None = None,
     ) -> tuple[list[StoredResource], int]:
+        """Versions newest first, and how many there are. `since_us`: changed at or after; `at`
+        ([start, end) in microseconds): versions that were current at some moment of that range
+        (FHIR R4 history `_at`)."""
         t = resource_versions
         where: list[Any] = []
         if rtype:
@@ -197,10 +205,16 @@ class ResourceStore:
             where.append(t.c.id == rid)
         if since_us is not None:
             where.append(t.c.last_updated >= since_us)
+        if at is not None:
+            later = resource_versions.alias()
+            replaced = (sa.select(sa.func.min(later.c.last_updated))
+                        .where(later.c.resource_type == t.c.resource_type, later.c.id == t.c.id,
+                               later.c.version_id > t.c.version_id).scalar_subquery())
+            where += [t.c.last_updated < at[1], sa.or_(replaced.is_(None), replaced > at[0])]
         total = int((await conn.execute(sa.select(sa.func.count()).select_from(t).where(*where))).scalar() or 0)
         stmt = (sa.select(t).where(*where)
                 .order_by(t.c.last_updated.desc(), t.c.version_id.desc()).limit(count).offset(offset))
-        return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()], total
+        return [row_to_stored(r) for r in (await conn.execute(stmt)).all()], total
 
     async def current_page(self, conn: AsyncConnection, rtype: str | None, after: tuple[str, str] | None,
                            limit: int) -> list[StoredResource]:
@@ -213,16 +227,17 @@ class ResourceStore:
         if after is not None:
             where.append(sa.tuple_(t.c.resource_type, t.c.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
         stmt = sa.select(t).where(*where).order_by(t.c.resource_type, t.c.id).limit(limit)
-        return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+        return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def versions_of(self, conn: AsyncConnection, rtype: str, rid: str) -> list[StoredResource]:
         t = resource_versions
         stmt = sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid).order_by(t.c.version_id)
-        return [_row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+        return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def expunge(self, conn: AsyncConnection, rtype: str, rid: str) -> None:
-        for table in (resources, resource_versions, search_tokens, search_refs):
+        for table in (resources, resource_versions):
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
+        await delete_index(conn, rtype, rid)
 
     async def last_deletion(self, conn: AsyncConnection, rtype: str, rid: str) -> int | None:
         """When rtype/rid was last deleted (microseconds), or None: what came before belongs to an earlier

@@ -1,0 +1,255 @@
+"""Search speed against read by id, index size against the resource table, and the cost of indexing a create.
+
+Generates N resources (Patients, Encounters, Observations, DocumentReferences, Media in proportions
+10/20/50/10/10 %, with realistic value distributions) through fhirvault's own write path (the same
+validation-free create use case and indexing as the REST API, in transactions of 500), then starts
+`fhirvault serve` on that data and times 12 typical searches and a read by id over HTTP.
+
+Run: .venv/bin/python bench/search.py [--resources 100000] [--repeats 40] [--backend sqlite,postgres]
+
+Prints, per backend: p50/p95 (ms) of each search and of a read by id measured in the same run, each
+search's p50 as a ratio to the read's p50 (target <= 5), the index tables' size against the resources
+table (target <= 2), and the time to create one Observation with and without indexing (target <= 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fhirvault.app import FhirVault  # noqa: E402
+from fhirvault.config import Settings  # noqa: E402
+from fhirvault.fhir import search_index as search_index_module  # noqa: E402
+from fhirvault.security.principal import SystemPrincipal  # noqa: E402
+from fhirvault.service.context import RequestContext  # noqa: E402
+from fhirvault.service.resources import UnitOfWork  # noqa: E402
+from fhirvault.store.schema import resources as resources_table  # noqa: E402
+from fhirvault.store.search_tables import INDEX_TABLES  # noqa: E402
+from tests.support.server import ServerProcess, postgres_available, postgres_database, settings_env  # noqa: E402
+
+FAMILIES = ["Smith", "Johnson", "Williams", "Brown", "Jones", "García", "Miller", "Davis", "Müller", "Martinez",
+            "Lopez", "Wilson", "Anderson", "Thomas", "Taylor", "Moore", "Jackson", "Martin", "Lee", "Pérez"]
+GIVEN = ["James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda", "Zoë", "Élodie"]
+LOINC = [("8867-4", "Heart rate", "/min"), ("29463-7", "Body weight", "kg"), ("8480-6", "Systolic BP", "mm[Hg]"),
+         ("2339-0", "Glucose", "mg/dL"), ("8310-5", "Body temperature", "Cel"), ("39156-5", "BMI", "kg/m2")]
+DOC_TYPES = [("application/pdf", "34133-9"), ("image/jpeg", "18748-4"), ("text/plain", "11506-3")]
+MEDIA_TYPES = ["image/png", "video/mp4", "audio/mpeg", "image/jpeg"]
+CTX = RequestContext("http://bench.invalid/fhir/R4", SystemPrincipal("benchmark"))
+
+
+def day(rng: random.Random) -> str:
+    return f"{rng.randint(2015, 2025)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+
+
+def patient(rng: random.Random, i: int) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": f"p{i}", "active": rng.random() < 0.9,
+            "identifier": [{"system": "urn:mrn", "value": f"MRN{i:07d}"}],
+            "name": [{"family": rng.choice(FAMILIES), "given": [rng.choice(GIVEN)]}],
+            "gender": rng.choice(["male", "female", "other"]), "birthDate": f"{rng.randint(1930, 2020)}-"
+            f"{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+            "address": [{"city": rng.choice(["Bern", "Zürich", "Genève", "Basel"]), "country": "CH"}]}
+
+
+def encounter(rng: random.Random, i: int, patients: int) -> dict[str, Any]:
+    start = day(rng)
+    return {"resourceType": "Encounter", "id": f"e{i}", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": rng.choice(["AMB", "IMP"])},
+            "subject": {"reference": f"Patient/p{rng.randrange(patients)}"},
+            "period": {"start": start, "end": start}}
+
+
+def observation(rng: random.Random, i: int, patients: int, encounters: int) -> dict[str, Any]:
+    code, text, unit = rng.choice(LOINC)
+    return {"resourceType": "Observation", "id": f"o{i}", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "vital-signs"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": text}], "text": text},
+            "subject": {"reference": f"Patient/p{rng.randrange(patients)}"},
+            "encounter": {"reference": f"Encounter/e{rng.randrange(max(1, encounters))}"},
+            "effectiveDateTime": f"{day(rng)}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z",
+            "valueQuantity": {"value": round(rng.uniform(30, 200), 1), "unit": unit,
+                              "system": "http://unitsofmeasure.org", "code": unit}}
+
+
+def document(rng: random.Random, i: int, patients: int) -> dict[str, Any]:
+    ctype, loinc = rng.choice(DOC_TYPES)
+    return {"resourceType": "DocumentReference", "id": f"d{i}", "status": "current",
+            "type": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+            "subject": {"reference": f"Patient/p{rng.randrange(patients)}"}, "date": f"{day(rng)}T12:00:00Z",
+            "content": [{"attachment": {"contentType": ctype, "size": rng.randint(1, 10**7),
+                                        "title": f"doc{i}"}}]}
+
+
+def media(rng: random.Random, i: int, patients: int) -> dict[str, Any]:
+    return {"resourceType": "Media", "id": f"m{i}", "status": "completed",
+            "subject": {"reference": f"Patient/p{rng.randrange(patients)}"}, "createdDateTime": day(rng),
+            "content": {"contentType": rng.choice(MEDIA_TYPES), "title": f"media{i}"}}
+
+
+def population(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    counts = {"p": n // 10, "e": n // 5, "o": n // 2, "d": n // 10}
+    counts["m"] = n - sum(counts.values())
+    out = [patient(rng, i) for i in range(counts["p"])]
+    out += [encounter(rng, i, counts["p"]) for i in range(counts["e"])]
+    out += [observation(rng, i, counts["p"], counts["e"]) for i in range(counts["o"])]
+    out += [document(rng, i, counts["p"]) for i in range(counts["d"])]
+    out += [media(rng, i, counts["p"]) for i in range(counts["m"])]
+    return out
+
+
+async def load(settings: Settings, items: list[dict[str, Any]]) -> float:
+    """Writes `items` through ResourceService (indexing included), 500 per transaction; seconds taken."""
+    vault = FhirVault(settings)
+    await vault.db.migrate()
+    start = time.perf_counter()
+    for at in range(0, len(items), 500):
+        chunk = items[at:at + 500]
+
+        async def work(uow: UnitOfWork, chunk: list[dict[str, Any]] = chunk) -> None:
+            for r in chunk:
+                await vault.resources.create_in(uow, CTX, r["resourceType"], r, rid=r["id"])
+
+        await vault.resources.in_transaction(CTX, work)
+    took = time.perf_counter() - start
+    await vault.stop()
+    return took
+
+
+async def create_cost(settings: Settings, count: int) -> tuple[float, float]:
+    """Seconds per create (one transaction each) of an Observation, with the index and without it."""
+    vault = FhirVault(settings)
+    await vault.db.migrate()
+    rng = random.Random(3)
+    body = observation(rng, 0, 1000, 1000)
+    body.pop("id")
+    real = search_index_module.search_index
+    out = []
+    try:
+        for indexing in (True, False, True, False):
+            # resources.py bound search_index at import; swap the name it calls
+            import fhirvault.service.resources as svc
+
+            svc.search_index = real if indexing else (lambda resource, base: None)  # type: ignore[assignment,return-value]
+            start = time.perf_counter()
+            for _ in range(count):
+                await vault.resources.create(CTX, "Observation", body)
+            out.append((indexing, (time.perf_counter() - start) / count))
+    finally:
+        import fhirvault.service.resources as svc
+
+        svc.search_index = real
+        await vault.stop()
+    with_index = min(t for i, t in out if i)
+    without = min(t for i, t in out if not i)
+    return with_index, without
+
+
+async def sizes(settings: Settings) -> tuple[int, int]:
+    """(bytes of the resources table with its indexes, bytes of all search index tables with theirs)."""
+    vault = FhirVault(settings)
+    try:
+        async with vault.db.read() as conn:
+            index_names = [t.name for t in INDEX_TABLES]
+            if vault.db.is_sqlite:
+                async def size(name: str) -> int:
+                    q = sa.text("SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name IN "
+                                "(SELECT name FROM sqlite_master WHERE tbl_name = :n)")
+                    return int((await conn.execute(q, {"n": name})).scalar() or 0)
+            else:
+                async def size(name: str) -> int:
+                    q = sa.text("SELECT pg_total_relation_size(CAST(:n AS regclass))")
+                    return int((await conn.execute(q, {"n": name})).scalar() or 0)
+            table = await size(resources_table.name)
+            index = sum([await size(n) for n in index_names])
+    finally:
+        await vault.stop()
+    return table, index
+
+
+def queries(n: int) -> list[tuple[str, str, dict[str, str]]]:
+    p = n // 10
+    return [
+        ("name", "/Patient", {"name": "garc"}),
+        ("identifier", "/Patient", {"identifier": f"urn:mrn|MRN{p // 2:07d}"}),
+        ("birthdate range", "/Patient", {"birthdate": "ge1990-01-01", "gender": "female", "_count": "20"}),
+        ("code+date", "/Observation", {"code": "http://loinc.org|29463-7", "date": "ge2024-06"}),
+        ("patient+code", "/Observation", {"patient": f"Patient/p{p // 3}", "code": "8867-4"}),
+        ("patient+type", "/DocumentReference", {"patient": f"p{p // 4}", "contenttype": "application/pdf"}),
+        ("value-quantity", "/Observation", {"code": "2339-0", "value-quantity": "gt190"}),
+        ("chained", "/Observation", {"subject:Patient.identifier": f"urn:mrn|MRN{p // 5:07d}"}),
+        ("_include", "/Observation", {"patient": f"Patient/p{p // 6}", "_include": "Observation:subject"}),
+        ("_sort", "/Encounter", {"class": "IMP", "_sort": "-date", "_count": "10"}),
+        ("_summary=count", "/Observation", {"code": "8310-5", "_summary": "count"}),
+        ("media type", "/Media", {"patient": f"Patient/p{p // 7}", "_sort": "-created"}),
+    ]
+
+
+def timed(client: httpx.Client, path: str, params: dict[str, str], repeats: int) -> tuple[float, float]:
+    client.get(path, params=params).raise_for_status()  # warm
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        r = client.get(path, params=params)
+        samples.append((time.perf_counter() - start) * 1000)
+        r.raise_for_status()
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+
+
+def run_backend(backend: str, n: int, repeats: int, create_samples: int) -> None:
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        env: dict[str, Any] = {"log_level": "warning"}
+        if backend == "postgres":
+            env["database_url"] = stack.enter_context(postgres_database())
+        settings = Settings(data_dir=Path(tmp), **{k: v for k, v in env.items() if k == "database_url"})
+        items = population(n)
+        took = asyncio.run(load(settings, items))
+        print(f"\n== {backend}: {len(items)} resources loaded in {took:.0f} s ({len(items) / took:.0f}/s)")
+        with_index, without = asyncio.run(create_cost(settings, create_samples))
+        table, index = asyncio.run(sizes(settings))
+        server = ServerProcess(Path(tmp), settings_env(**env)).start(timeout=600)
+        stack.callback(server.stop)
+        with httpx.Client(base_url=server.base, headers=server.auth_headers(), timeout=120) as client:
+            read_p50, read_p95 = timed(client, "/Patient/p1", {}, repeats)
+            print(f"{'read by id':22} p50 {read_p50:7.1f} ms  p95 {read_p95:7.1f} ms  (reference)")
+            ratios = []
+            for name, path, params in queries(n):
+                p50, p95 = timed(client, path, params, repeats)
+                ratios.append(p50 / read_p50)
+                print(f"{name:22} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  {p50 / read_p50:5.1f} x read")
+        print(f"typical search (median of the 12 p50s): {statistics.median(ratios):.1f} x read by id (target <= 5)")
+        print(f"index size {index / 2**20:.1f} MiB vs resources table {table / 2**20:.1f} MiB: "
+              f"{index / table:.2f} x (target <= 2)")
+        print(f"create with index {with_index * 1000:.2f} ms, without {without * 1000:.2f} ms: "
+              f"{with_index / without:.2f} x (target <= 1.3)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--resources", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--creates", type=int, default=300)
+    parser.add_argument("--backend", default="sqlite,postgres")
+    args = parser.parse_args()
+    for backend in args.backend.split(","):
+        if backend == "postgres" and not postgres_available():
+            print("PostgreSQL at 127.0.0.1:5432 is not reachable: skipped")
+            continue
+        run_backend(backend, args.resources, args.repeats, args.creates)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""The search index rows of a resource: every R4 SearchParameter's values, extracted with FHIRPath.
+
+Each parameter's expression is compiled once (fhirpathpy, R4 model) and cached. Values become typed
+rows, one kind per parameter type (FHIR R4 3.1.1.4), so that SQL can filter, sort and page:
+
+- string: (param, normalized, exact): normalized is case-folded with accents removed, for the default
+  starts-with and `:contains`; exact is kept for `:exact`.
+- token: (param, system, code). Derived rows make modifiers plain lookups: `param:text` string rows
+  hold CodeableConcept.text / Coding.display / Identifier.type.text; `param:of-type` token rows hold
+  an Identifier's type system and `typecode|value`.
+- reference: (param, target): `Type/id` for references on this server, else the reference text;
+  `param:identifier` token rows hold Reference.identifier.
+- date: (param, low, high) in microseconds, [low, high) by the value's precision; open Period ends are
+  MIN_US/MAX_US.
+- number and quantity: (param, [system, code,] low, high); a point value has low == high.
+- uri: (param, value).
+- composite: (param, system1, value1, system2, value2, low2, high2) per element and pair of component
+  values (two-component composites, which are all but four of R4's).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import cache
+from itertools import product
+from typing import Any
+
+from fhirpathpy import compile as fhirpath_compile
+from fhirpathpy.engine.nodes import ResourceNode
+from fhirpathpy.models import models
+
+from fhirvault.fhir.dates import MAX_US, MIN_US, date_range
+from fhirvault.fhir.indexing import COMPARTMENT, index_entries
+from fhirvault.fhir.references import parse_reference
+from fhirvault.fhir.search_params import ROW_PARAMS, SearchParam, params_of
+
+R4_MODEL = models["r4"]
+SECURITY_CONTEXT = "_securityContext"  # a Binary's securityContext, for access rules inside queries
+STRING_MAX = 255  # normalized strings are indexed; longer values keep their full text in `exact`
+TOKEN_MAX = 512
+_RESOLVE_IS = re.compile(r"resolve\(\) is ([A-Za-z]+)")
+
+
+def normalize(text: str) -> str:
+    """Case-folded text with accents removed (`Ève` -> `eve`), for FHIR's default string matching."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+@dataclass
+class IndexRows:
+    """All index rows of one resource, as tuples ready for the store (see the module docstring)."""
+
+    strings: set[tuple[str, str, str]] = field(default_factory=set)
+    tokens: set[tuple[str, str | None, str]] = field(default_factory=set)
+    refs: set[tuple[str, str]] = field(default_factory=set)
+    dates: set[tuple[str, int, int]] = field(default_factory=set)
+    numbers: set[tuple[str, float, float]] = field(default_factory=set)
+    quantities: set[tuple[str, str | None, str | None, float, float]] = field(default_factory=set)
+    uris: set[tuple[str, str]] = field(default_factory=set)
+    composites: set[tuple[str, str | None, str | None, str | None, str | None, float | None, float | None]] = \
+        field(default_factory=set)
+
+
+def fhirpath_of(expression: str) -> str:
+    """The expression as fhirpathpy can run it: `resolve() is T` (no resolution at index time) becomes a
+    test of the reference's text, which names the type for every reference this server can resolve."""
+    return _RESOLVE_IS.sub(lambda m: f"(reference.startsWith('{m.group(1)}/') or "
+                                     f"reference.contains('/{m.group(1)}/'))", expression)
+
+
+@cache
+def _compiled(expression: str) -> Callable[..., list[Any]]:
+    fn: Callable[..., list[Any]] = fhirpath_compile(fhirpath_of(expression), R4_MODEL)
+    return fn
+
+
+# The shapes that make up 97% of R4's expressions, read straight from the JSON: a dotted path whose
+# steps may be `as T` / `.as(T)` (choice type), `.where(k='v')`, `.where(resolve() is T)`.
+_STEP = re.compile(r"\.(?:as\((?P<as_fn>[a-zA-Z]+)\)|where\((?P<key>[a-z]+)='(?P<val>[^']*)'\)"
+                   r"|where\(resolve\(\) is (?P<rtype>[A-Za-z]+)\)|(?P<name>[a-zA-Z]+)(?![(\w]))")
+_PART = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)(?P<steps>(?:\.[a-zA-Z]+|\.as\(\w+\)|\.where\([^()]*\)"
+                   r"|\.where\(resolve\(\) is \w+\))*)(?:\s+as\s+(?P<as>[a-zA-Z]+))?$")
+Step = tuple[str, str, str]  # (kind, a, b): ("name", n, ""), ("as", T, ""), ("where", k, v), ("is", T, "")
+
+
+def _steps(text: str) -> list[Step] | None:
+    out: list[Step] = []
+    pos = 0
+    while pos < len(text):
+        m = _STEP.match(text, pos)
+        if not m:
+            return None
+        if m.group("name"):
+            out.append(("name", m.group("name"), ""))
+        elif m.group("as_fn"):
+            out.append(("as", m.group("as_fn"), ""))
+        elif m.group("key"):
+            out.append(("where", m.group("key"), m.group("val")))
+        else:
+            out.append(("is", m.group("rtype"), ""))
+        pos = m.end()
+    return out
+
+
+@cache
+def _fast_plan(expression: str) -> list[list[Step]] | None:
+    """Step lists for each `|` part, or None when some part needs the full FHIRPath engine."""
+    plans = []
+    for part in expression.split("|"):
+        part = part.strip()
+        if part.startswith("(") and part.endswith(")"):
+            part = part[1:-1]
+        m = _PART.match(part)
+        steps = _steps(m.group("steps")) if m else None
+        if m is None or steps is None:
+            return None
+        plan = steps + ([("as", m.group("as"), "")] if m.group("as") else [])
+        if not plan or plan[0][0] != "name":
+            return None
+        plans.append(plan)
+    return plans
+
+
+def _choice(node: dict[str, Any], name: str) -> list[Any]:
+    if name in node:
+        return [node[name]]
+    return [v for k, v in node.items() if k.startswith(name) and k[len(name):len(name) + 1].isupper()]
+
+
+def _run(nodes: list[Any], steps: list[Step]) -> list[Any]:
+    for i, (kind, a, b) in enumerate(steps):
+        if kind == "name":
+            nxt = []
+            as_type = steps[i + 1][1] if i + 1 < len(steps) and steps[i + 1][0] == "as" else None
+            for node in nodes:
+                if not isinstance(node, dict):
+                    continue
+                found = [node[a + as_type[0].upper() + as_type[1:]]] if as_type and (
+                    a + as_type[0].upper() + as_type[1:]) in node else ([] if as_type else _choice(node, a))
+                for v in found:
+                    nxt.extend(v if isinstance(v, list) else [v])
+            nodes = nxt
+        elif kind == "where":
+            nodes = [n for n in nodes if isinstance(n, dict) and n.get(a) == b]
+        elif kind == "is":
+            nodes = [n for n in nodes if isinstance(n, dict) and isinstance(n.get("reference"), str)
+                     and (n["reference"].startswith(a + "/") or f"/{a}/" in n["reference"])]
+    return nodes
+
+
+@cache
+def _stems(expression: str) -> frozenset[str]:
+    """Top-level elements an expression reads (`Patient.deceased.exists()` -> deceased)."""
+    return frozenset(re.findall(r"\b[A-Z][A-Za-z]+\.([a-zA-Z]+)", expression))
+
+
+def evaluate(param: SearchParam, resource: dict[str, Any]) -> list[Any]:
+    """The values `param`'s expression selects in `resource` (plain JSON values)."""
+    return evaluate_expression(param.expr, resource)
+
+
+def evaluate_expression(expression: str, resource: dict[str, Any]) -> list[Any]:
+    """`expression` (a SearchParameter's FHIRPath) on `resource`: simple paths are walked directly,
+    anything else runs through fhirpathpy, compiled once."""
+    if expression == resource.get("resourceType"):
+        return [resource]  # composites over the whole resource (Observation code-value-quantity)
+    plans = _fast_plan(expression)
+    if plans is None:
+        if not any(stem in resource or _choice(resource, stem) for stem in _stems(expression)):
+            return []
+        # fhirpathpy annotates what it reads (decimals become Decimal): give it a copy
+        return list(_compiled(expression)(copy.deepcopy(resource)))
+    out: list[Any] = []
+    for steps in plans:
+        if steps[0][1] in resource or _choice(resource, steps[0][1]):
+            out.extend(_run([resource], steps))
+    return out
+
+
+# -- values to typed keys ------------------------------------------------------------------------------
+def string_values(value: Any) -> Iterator[str]:
+    """The strings of a string-type value: a string, or the string parts of HumanName/Address."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("extension", "id", "use", "period"):
+                continue
+            for v in item if isinstance(item, list) else [item]:
+                if isinstance(v, str):
+                    yield v
+
+
+def token_values(value: Any) -> Iterator[tuple[str | None, str, str | None]]:
+    """(system, code, text) of a token-type value: code, boolean, string, uri, Coding, CodeableConcept,
+    Identifier, ContactPoint."""
+    if isinstance(value, bool):
+        yield None, "true" if value else "false", None
+    elif isinstance(value, str | int | Decimal):
+        yield None, str(value), None
+    elif isinstance(value, dict):
+        if "coding" in value or ("text" in value and "code" not in value and "value" not in value):
+            for coding in value.get("coding") or []:
+                if isinstance(coding, dict):
+                    yield from token_values(coding)
+            if isinstance(value.get("text"), str):
+                yield None, "", value["text"]
+        elif "code" in value or "display" in value:
+            code = value.get("code")
+            yield value.get("system"), code if isinstance(code, str) else "", value.get("display")
+        elif "value" in value:
+            yield value.get("system"), str(value["value"]), None
+
+
+def quantity_values(value: Any) -> Iterator[tuple[str | None, str | None, float, float]]:
+    """(system, code, low, high) of a Quantity, Money, Range or number."""
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        yield None, None, float(value), float(value)
+    elif isinstance(value, dict):
+        if "low" in value or "high" in value:
+            low, high = value.get("low") or {}, value.get("high") or {}
+            lo = float(low["value"]) if "value" in low else float("-inf")
+            hi = float(high["value"]) if "value" in high else float("inf")
+            ref = low if "value" in low else high
+            yield ref.get("system"), ref.get("code") or ref.get("unit"), lo, hi
+        elif "value" in value:
+            v = float(value["value"])
+            if "currency" in value:
+                yield "urn:iso:std:iso:4217", value["currency"], v, v
+            else:
+                yield value.get("system"), value.get("code") or value.get("unit"), v, v
+
+
+def date_values(value: Any) -> Iterator[tuple[int, int]]:
+    """[low, high) microsecond ranges of a date, dateTime, instant, Period or Timing."""
+    if isinstance(value, str):
+        try:
+            yield date_range(value)
+        except ValueError:
+            return
+    elif isinstance(value, dict):
+        if "start" in value or "end" in value:
+            low = next(date_values(value["start"]), (MIN_US, MIN_US))[0] if "start" in value else MIN_US
+            high = next(date_values(value["end"]), (MAX_US, MAX_US))[1] if "end" in value else MAX_US
+            yield low, high
+        for event in value.get("event") or []:
+            yield from date_values(event)
+        bounds = (value.get("repeat") or {}).get("boundsPeriod")
+        if bounds:
+            yield from date_values(bounds)
+
+
+def reference_values(value: Any, base_url: str) -> Iterator[tuple[str | None, tuple[str | None, str] | None]]:
+    """(target, identifier) of a Reference, canonical or uri value."""
+    if isinstance(value, str):
+        yield value.split("|", 1)[0], None
+    elif isinstance(value, dict):
+        ref = value.get("reference")
+        target = None
+        if isinstance(ref, str):
+            parsed = parse_reference(ref, base_url)
+            target = parsed.relative if parsed else ref
+        ident = value.get("identifier")
+        key = (ident.get("system"), str(ident["value"])) if isinstance(ident, dict) and "value" in ident else None
+        if target or key:
+            yield target, key
+
+
+# -- one parameter into rows -----------------------------------------------------------------------
+def _add(rows: IndexRows, param: SearchParam, values: Iterable[Any], base_url: str) -> None:
+    code, kind = param.code, param.type
+    for value in values:
+        if kind == "string":
+            for s in string_values(value):
+                rows.strings.add((code, normalize(s)[:STRING_MAX], s))
+        elif kind == "token":
+            _add_tokens(rows, code, value)
+        elif kind == "reference":
+            for target, ident in reference_values(value, base_url):
+                if target:
+                    rows.refs.add((code, target[:TOKEN_MAX]))
+                if ident:
+                    rows.tokens.add((f"{code}:identifier", ident[0], ident[1][:TOKEN_MAX]))
+        elif kind == "date":
+            for day_low, day_high in date_values(value):
+                rows.dates.add((code, day_low, day_high))
+        elif kind == "number":
+            for _s, _c, low, high in quantity_values(value):
+                rows.numbers.add((code, low, high))
+        elif kind == "quantity":
+            for system, unit, q_low, q_high in quantity_values(value):
+                rows.quantities.add((code, system, unit, q_low, q_high))
+        elif kind == "uri" and isinstance(value, str):
+            rows.uris.add((code, value[:TOKEN_MAX]))
+
+
+def _add_tokens(rows: IndexRows, code: str, value: Any) -> None:
+    for system, token, text in token_values(value):
+        if token:
+            rows.tokens.add((code, system, token[:TOKEN_MAX]))
+        if text:
+            rows.strings.add((f"{code}:text", normalize(text)[:STRING_MAX], text))
+    if isinstance(value, dict) and "value" in value and isinstance(value.get("type"), dict):
+        kind = value["type"]
+        for coding in kind.get("coding") or []:
+            if isinstance(coding, dict) and coding.get("code"):
+                rows.tokens.add((f"{code}:of-type", coding.get("system"),
+                                 f"{coding['code']}|{value['value']}"[:TOKEN_MAX]))
+        if isinstance(kind.get("text"), str):
+            rows.strings.add((f"{code}:text", normalize(kind["text"])[:STRING_MAX], kind["text"]))
+
+
+def composite_keys(kind: str, value: Any, base_url: str) -> list[tuple[str | None, str | None, float | None,
+                                                                         float | None]]:
+    """(system, value, low, high) keys of one composite component value, by the component's type."""
+    if kind == "token":
+        return [(s, c, None, None) for s, c, _t in token_values(value) if c]
+    if kind == "reference":
+        return [(None, t, None, None) for t, _i in reference_values(value, base_url) if t]
+    if kind == "string":
+        return [(None, normalize(s)[:STRING_MAX], None, None) for s in string_values(value)]
+    if kind in ("quantity", "number"):
+        return [(s, c, lo, hi) for s, c, lo, hi in quantity_values(value)]
+    if kind == "date":
+        return [(None, None, float(lo), float(hi)) for lo, hi in date_values(value)]
+    return []
+
+
+def _element_type(base_expr: str) -> str | None:
+    """The type path fhirpathpy needs to read choice elements inside a composite's element."""
+    path = base_expr.strip()
+    if "|" in path or "(" in path:
+        return None
+    mapped: str | None = R4_MODEL["path2Type"].get(path)
+    return path if mapped in (None, "BackboneElement") else mapped
+
+
+def _component_values(expression: str, element: Any, type_path: str | None) -> list[Any]:
+    relative = " | ".join(f"Element.{p.strip()}" for p in expression.split("|"))
+    if isinstance(element, dict) and _fast_plan(relative) is not None:
+        return evaluate_expression(relative, element)
+    element = copy.deepcopy(element)  # fhirpathpy annotates what it reads
+    node = ResourceNode.create_node(element, type_path) if type_path and isinstance(element, dict) else element
+    return list(_compiled(expression)(node))
+
+
+def _add_composite(rows: IndexRows, param: SearchParam, resource: dict[str, Any], base_url: str) -> None:
+    if len(param.components) != 2:
+        return
+    type_path = _element_type(param.expr)
+    for element in evaluate(param, resource):
+        keys = []
+        for comp in param.components:
+            values = _component_values(comp.expr, element, type_path)
+            keys.append([k for v in values for k in composite_keys(comp.type, v, base_url)])
+        for (s1, v1, _l, _h), (s2, v2, lo2, hi2) in product(*keys):
+            rows.composites.add((param.code, s1, v1, s2, v2, lo2, hi2))
+
+
+def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:
+    """Every index row of `resource` (a stored FHIR resource with its `resourceType`), including the
+    Patient-compartment reference rows (`_compartment`) that access rules use."""
+    rows = IndexRows()
+    rtype = resource["resourceType"]
+    for param in params_of(rtype).values():
+        if param.code in ROW_PARAMS:
+            continue
+        if param.type == "composite":
+            _add_composite(rows, param, resource, base_url)
+        else:
+            _add(rows, param, evaluate(param, resource), base_url)
+    _, compartment = index_entries(resource, base_url)
+    rows.refs.update((COMPARTMENT, r.target) for r in compartment if r.param == COMPARTMENT)
+    if rtype == "Binary":
+        for target, _ident in reference_values(resource.get("securityContext"), base_url):
+            if target:
+                rows.refs.add((SECURITY_CONTEXT, target[:TOKEN_MAX]))
+    return rows

@@ -1,0 +1,43 @@
+"""`_summary` and `_elements`: a resource cut down to some of its elements, tagged SUBSETTED (R4 3.1.1.5.8-9)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhirvault.fhir.search_params import summary_elements
+
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
+             "display": "subsetted"}
+_ALWAYS = ("resourceType", "id", "meta")
+
+
+def _stem_of(key: str, stems: frozenset[str]) -> bool:
+    """Whether JSON key `key` is element `stem` or one of its choice forms (`value` -> `valueQuantity`)."""
+    bare = key.lstrip("_")  # primitive extensions (`_birthDate`) go with their element
+    if bare in stems:
+        return True
+    return any(bare.startswith(s) and bare[len(s):len(s) + 1].isupper() for s in stems)
+
+
+def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | None) -> dict[str, Any]:
+    """A copy of `resource` holding only what `summary` (true | text | data; None: all) and `elements`
+    (top-level element names) ask for, with the SUBSETTED tag in meta. The resource itself when neither
+    asks for anything."""
+    if summary in (None, "false", "count") and not elements:
+        return resource
+    rtype = resource.get("resourceType", "")
+    flagged, mandatory = summary_elements(rtype)
+    if summary == "true":
+        keep = flagged
+    elif summary == "text":
+        keep = frozenset({"text"}) | mandatory
+    elif summary == "data":
+        keep = frozenset(k.lstrip("_") for k in resource if k != "text")
+    else:
+        keep = frozenset(elements or ())
+    out = {k: v for k, v in resource.items() if k in _ALWAYS or _stem_of(k, keep)}
+    meta = dict(out.get("meta") or {})
+    tags = [t for t in meta.get("tag") or [] if not (isinstance(t, dict) and t.get("code") == "SUBSETTED")]
+    meta["tag"] = [*tags, SUBSETTED]
+    out["meta"] = meta
+    return out

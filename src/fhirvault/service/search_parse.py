@@ -1,0 +1,427 @@
+"""Query parameters of a FHIR search turned into criteria, sort keys and result options (FHIR R4 3.1.1).
+
+Every name, modifier and value is checked here: an unknown parameter is ignored and reported (or
+refused with `Prefer: handling=strict`); an unsupported modifier or a malformed value is a 400 naming
+the parameter and the value."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+from fhirvault.errors import Invalid
+from fhirvault.fhir.dates import date_range
+from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
+from fhirvault.fhir.references import parse_reference
+from fhirvault.fhir.search_index import normalize
+from fhirvault.fhir.search_params import SearchParam, search_param
+from fhirvault.store.search_sql import (
+    ChainClause,
+    Clause,
+    CompositeTest,
+    Criteria,
+    HasClause,
+    IdClause,
+    MissingClause,
+    ParamClause,
+    RangeTest,
+    RefTest,
+    SortKey,
+    StringTest,
+    Test,
+    TokenTest,
+    UpdatedClause,
+    UriTest,
+)
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+MAX_OR_VALUES = 100
+MAX_PARAMS = 100  # each becomes SQL conditions; a query holds only so many
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+SUMMARY_MODES = ("true", "text", "data", "count", "false")
+# Result parameters (FHIR R4 3.1.1.5 and 3.1.1.6): they shape the answer rather than filter it.
+RESULT_PARAMS = {"_count", "_offset", "_sort", "_summary", "_elements", "_total", "_include", "_revinclude",
+                 "_format", "_pretty"}
+_MODIFIERS = {
+    "string": {"exact", "contains"},
+    "token": {"not", "text", "of-type"},
+    "uri": {"below", "above"},
+}
+
+
+class UnknownParameter(Exception):
+    """A parameter R4 does not define for the searched type(s), or one fhirvault does not index."""
+
+
+@dataclass(frozen=True)
+class Include:
+    """`_include` (source = the matches' type) or `_revinclude` (source = the including type)."""
+
+    source_type: str  # "*" for every type
+    param: str | None  # None: every reference parameter
+    target_type: str | None
+    iterate: bool
+
+
+@dataclass
+class ParsedSearch:
+    """A whole search request, checked and ready to run."""
+
+    criteria: Criteria
+    sort: list[SortKey] = field(default_factory=list)
+    count: int = DEFAULT_COUNT
+    offset: int = 0
+    summary: str | None = None
+    elements: list[str] | None = None
+    total: str | None = None
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    echo: list[tuple[str, str]] = field(default_factory=list)  # honoured parameters, for links
+
+
+# -- value syntax -----------------------------------------------------------------------------------
+def split_escaped(value: str, sep: str) -> list[str]:
+    """`value` split at `sep` not preceded by a backslash; `\\,` `\\|` `\\$` `\\\\` unescaped."""
+    parts, cur, i = [], [], 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            cur.append(ch + value[i + 1])
+            i += 2
+            continue
+        if ch == sep:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def unescape(value: str) -> str:
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def _or_values(name: str, value: str) -> list[str]:
+    values = split_escaped(value, ",")
+    if len(values) > MAX_OR_VALUES:
+        raise Invalid(f"Search parameter {name} has {len(values)} comma-separated values; at most "
+                      f"{MAX_OR_VALUES} are allowed")
+    if any(v == "" for v in values):
+        raise Invalid(f"Search parameter {name}={value!r} has an empty value")
+    return values
+
+
+def _prefixed(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in PREFIXES and not value[2].isalpha():
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _number_test(name: str, raw: str, system: str | None = None, code: str | None = None) -> RangeTest:
+    prefix, text = _prefixed(raw)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise Invalid(f"Search parameter {name}={raw!r}: '{text}' is not a number") from None
+    if not number.is_finite():
+        raise Invalid(f"Search parameter {name}={raw!r}: '{text}' is not a number")
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)
+    half = Decimal(5) * Decimal(10) ** (exponent - 1)  # the value's implied precision (3.1.1.4.1)
+    return RangeTest(prefix, float(number - half), float(number + half), float(number), system, code)
+
+
+def _date_test(name: str, raw: str) -> RangeTest:
+    prefix, text = _prefixed(raw)
+    try:
+        low, high = date_range(text)
+    except ValueError:
+        raise Invalid(f"Search parameter {name}={raw!r}: '{text}' is not a FHIR date "
+                      "(e.g. 2025, 2025-03, 2025-03-04 or 2025-03-04T10:00:00Z)") from None
+    if prefix == "ap":
+        # "approximately": 10% of the distance from now, at least the value's own width
+        now = time.time_ns() // 1000
+        margin = max(abs(now - low) // 10, high - low)
+        low, high = low - margin, high + margin
+    return RangeTest(prefix, float(low), float(high), float(low))
+
+
+def _quantity_test(name: str, raw: str) -> RangeTest:
+    parts = split_escaped(raw, "|")
+    if len(parts) not in (1, 3):
+        raise Invalid(f"Search parameter {name}={raw!r} is not a quantity like 5.4|http://unitsofmeasure.org|mg")
+    system = unescape(parts[1]) if len(parts) == 3 and parts[1] else None
+    code = unescape(parts[2]) if len(parts) == 3 and parts[2] else None
+    return _number_test(name, parts[0], system, code)
+
+
+def _token_test(raw: str) -> TokenTest:
+    parts = split_escaped(raw, "|")
+    if len(parts) == 1:
+        return TokenTest(None, unescape(raw))
+    system, code = unescape(parts[0]), unescape("|".join(parts[1:]))
+    return TokenTest(system, code or None)  # "|code": no system; "system|": any code
+
+
+def _ref_test(name: str, param: SearchParam, modifier: str, raw: str, base_url: str) -> RefTest:
+    value = unescape(raw)
+    ref = parse_reference(value, base_url)
+    if ref is not None:
+        if modifier and ref.resource_type != modifier:
+            raise Invalid(f"Search parameter {name}={raw!r} names a {ref.resource_type}, not a {modifier}")
+        return RefTest((ref.relative,))
+    if is_valid_id(value) and "/" not in value:
+        types = [modifier] if modifier else list(param.targets)
+        if not types:
+            raise Invalid(f"Search parameter {name}={raw!r}: give the type as well (e.g. Patient/{value})")
+        return RefTest(tuple(f"{t}/{value}" for t in types))
+    if "://" in value or value.startswith("urn:"):
+        return RefTest((value.split("|", 1)[0],))  # a reference to elsewhere, or a canonical URL
+    raise Invalid(f"Search parameter {name}={raw!r} is not a reference like Patient/123")
+
+
+def _string_test(modifier: str, raw: str) -> StringTest:
+    value = unescape(raw)
+    if modifier == "exact":
+        return StringTest("exact", value)
+    return StringTest("contains" if modifier == "contains" else "start", normalize(value))
+
+
+def _value_test(name: str, param: SearchParam, kind: str, modifier: str, raw: str, base_url: str) -> Test:
+    if kind == "string":
+        return _string_test(modifier, raw)
+    if kind == "token":
+        return _token_test(raw)
+    if kind == "reference":
+        return _ref_test(name, param, modifier, raw, base_url)
+    if kind == "date":
+        return _date_test(name, raw)
+    if kind == "number":
+        return _number_test(name, raw)
+    if kind == "quantity":
+        return _quantity_test(name, raw)
+    if kind == "uri":
+        return UriTest(modifier or "eq", unescape(raw))
+    raise Invalid(f"Search parameter {name} has a type ({kind}) that cannot be searched this way")
+
+
+def _composite_test(name: str, param: SearchParam, raw: str, base_url: str) -> CompositeTest:
+    parts = split_escaped(raw, "$")
+    if len(param.components) != 2:
+        raise UnknownParameter(name)
+    if len(parts) != 2:
+        raise Invalid(f"Search parameter {name}={raw!r} needs {len(param.components)} values joined by '$' "
+                      f"({' $ '.join(c.code for c in param.components)})")
+    first_kind, second_kind = param.components[0].type, param.components[1].type
+    first = _value_test(name, param, first_kind, "", parts[0], base_url)
+    second = _value_test(name, param, second_kind, "", parts[1], base_url)
+    assert isinstance(first, TokenTest | RefTest)
+    assert isinstance(second, TokenTest | RangeTest | StringTest | RefTest)
+    return CompositeTest(first, second, second_kind)
+
+
+# -- one criterion --------------------------------------------------------------------------------
+def _param_for(types: list[str], code: str) -> SearchParam:
+    found = [search_param(t, code) for t in types]
+    if not found or any(p is None for p in found):
+        raise UnknownParameter(code)
+    first = found[0]
+    assert first is not None
+    if any(p is not None and p.type != first.type for p in found):
+        raise UnknownParameter(code)
+    return first
+
+
+def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> Clause:
+    """One `name=value` filter on resources of `types`. Raises UnknownParameter or Invalid."""
+    if name.startswith("_has:"):
+        return _parse_has(types, name, value, base_url)
+    head, dot, rest = name.partition(".")
+    code, _, modifier = head.partition(":")
+    if code == "_id" and not dot:
+        if modifier:
+            raise Invalid(f"Search parameter {name}: _id takes no modifier")
+        ids = [unescape(v) for v in _or_values(name, value)]
+        bad = [i for i in ids if not is_valid_id(i)]
+        if bad:
+            raise Invalid(f"Search parameter _id={value!r}: '{bad[0]}' is not a valid resource id")
+        return IdClause(ids)
+    if code == "_lastUpdated" and not dot and modifier != "missing":
+        if modifier:
+            raise Invalid(f"Search parameter {name}: modifier '{modifier}' is not supported for a date")
+        return UpdatedClause([_date_test(name, v) for v in _or_values(name, value)])
+    param = _param_for(types, code)
+    kind = param.type
+    if dot:
+        return _parse_chain(types, name, param, modifier, rest, value, base_url)
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise Invalid(f"Search parameter {name}={value!r} must be true or false")
+        return MissingClause(kind, code, value == "true")
+    if modifier and not (modifier in _MODIFIERS.get(kind, set())
+                         or (kind == "reference" and (modifier == "identifier" or is_resource_type(modifier)))):
+        raise Invalid(f"Search parameter {name}: modifier '{modifier}' is not supported for a {kind} parameter")
+    if kind == "reference" and modifier and modifier != "identifier" and param.targets and \
+            modifier not in param.targets:
+        raise Invalid(f"Search parameter {name}: {code} does not refer to {modifier}")
+    values = _or_values(name, value)
+    if kind == "composite":
+        return ParamClause("composite", code, [_composite_test(name, param, v, base_url) for v in values])
+    if kind == "token" and modifier == "text":
+        return ParamClause("string", f"{code}:text", [_string_test("", v) for v in values])
+    if kind == "token" and modifier == "of-type":
+        tests: list[Test] = []
+        for v in values:
+            parts = split_escaped(v, "|")
+            if len(parts) != 3 or not all(parts):
+                raise Invalid(f"Search parameter {name}={v!r} must be typesystem|typecode|value")
+            tests.append(TokenTest(unescape(parts[0]), f"{unescape(parts[1])}|{unescape(parts[2])}"))
+        return ParamClause("token", f"{code}:of-type", tests)
+    if kind == "reference" and modifier == "identifier":
+        return ParamClause("token", f"{code}:identifier", [_token_test(v) for v in values])
+    tests = [_value_test(name, param, kind, modifier, v, base_url) for v in values]
+    return ParamClause(kind, code, tests, negate=modifier == "not")
+
+
+def _parse_chain(types: list[str], name: str, param: SearchParam, modifier: str, rest: str, value: str,
+                 base_url: str) -> Clause:
+    if param.type != "reference":
+        raise Invalid(f"Search parameter {name}: only reference parameters can be chained")
+    if name.count(".") > 2:
+        raise Invalid(f"Search parameter {name}: chains may be at most 3 parameters long")
+    if modifier:
+        if not is_resource_type(modifier):
+            raise Invalid(f"Search parameter {name}: '{modifier}' is not a resource type")
+        targets = [modifier]
+    else:
+        next_code = rest.partition(".")[0].partition(":")[0]
+        targets = [t for t in param.targets if search_param(t, next_code) is not None]
+        if not targets:
+            raise UnknownParameter(name)
+    inner = parse_criterion(targets, rest, value, base_url)
+    return ChainClause(param.code, targets, Criteria(targets, [inner]))
+
+
+def _parse_has(types: list[str], name: str, value: str, base_url: str) -> Clause:
+    # _has:Observation:patient:code=1234 (the rest may itself be a _has)
+    parts = name.split(":", 3)
+    if len(parts) < 4 or not is_resource_type(parts[1]):
+        raise Invalid(f"Search parameter {name} must look like _has:Type:reference:parameter")
+    source, ref_code, rest = parts[1], parts[2], parts[3]
+    ref = search_param(source, ref_code)
+    if ref is None or ref.type != "reference":
+        raise Invalid(f"Search parameter {name}: {source} has no reference parameter '{ref_code}'")
+    if ref.targets and not any(t in ref.targets for t in types):
+        raise Invalid(f"Search parameter {name}: {source}.{ref_code} does not refer to {', '.join(types)}")
+    inner = parse_criterion([source], rest, value, base_url)
+    return HasClause(source, ref_code, Criteria([source], [inner]))
+
+
+# -- result parameters -----------------------------------------------------------------------------
+def _int_param(name: str, value: str, lo: int, hi: int | None = None) -> int:
+    n = whole_number(value)
+    if n is None:
+        raise Invalid(f"Search parameter {name}={value!r} must be a whole number (at most 18 digits)")
+    if n < lo:
+        raise Invalid(f"Search parameter {name}={value} must be at least {lo}")
+    return min(n, hi) if hi is not None else n
+
+
+def _sort_keys(types: list[str], value: str) -> list[SortKey]:
+    keys = []
+    for item in value.split(","):
+        item = item.strip()
+        desc = item.startswith("-")
+        code = item.lstrip("-")
+        if code in ("_id", "_lastUpdated"):
+            keys.append(SortKey(code, code, desc))
+            continue
+        try:
+            param = _param_for(types, code)
+        except UnknownParameter:
+            raise Invalid(f"_sort={value}: '{code}' is not a search parameter of {', '.join(types)}") from None
+        keys.append(SortKey(param.type, code, desc))
+    return keys
+
+
+def _include(name: str, value: str, reverse: bool) -> Include:
+    _, _, modifier = name.partition(":")
+    if modifier not in ("", "iterate", "recurse"):
+        raise Invalid(f"{name}: modifier '{modifier}' is not supported (only :iterate)")
+    iterate = bool(modifier)
+    if value == "*":
+        if reverse:
+            raise Invalid(f"{name}=*: name the referring type and parameter (e.g. Observation:subject)")
+        return Include("*", None, None, iterate)
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not is_resource_type(parts[0]):
+        raise Invalid(f"{name}={value!r} must look like Type:parameter[:TargetType] or *")
+    source, code = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    if target is not None and not is_resource_type(target):
+        raise Invalid(f"{name}={value!r}: '{target}' is not a resource type")
+    if code == "*":
+        return Include(source, None, target, iterate)
+    param = search_param(source, code)
+    if param is None or param.type != "reference":
+        raise Invalid(f"{name}={value!r}: {source} has no reference parameter '{code}'")
+    return Include(source, code, target, iterate)
+
+
+def _result_param(parsed: ParsedSearch, types: list[str], name: str, value: str) -> bool:
+    """Apply one result parameter; False when it is not one (or is only ours, like _offset)."""
+    base = name.partition(":")[0]
+    if base == "_count":
+        parsed.count = _int_param("_count", value, 0, MAX_COUNT)
+    elif base == "_offset":
+        parsed.offset = _int_param("_offset", value, 0)
+    elif base == "_sort":
+        parsed.sort = _sort_keys(types, value)
+    elif base == "_summary":
+        if value not in SUMMARY_MODES:
+            raise Invalid(f"_summary={value!r} is not one of {', '.join(SUMMARY_MODES)}")
+        parsed.summary = None if value == "false" else value
+    elif base == "_elements":
+        parsed.elements = [e.strip() for e in value.split(",") if e.strip()]
+    elif base == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise Invalid(f"_total={value!r} is not one of none, estimate, accurate")
+        parsed.total = value
+    elif base == "_include":
+        parsed.includes.append(_include(name, value, reverse=False))
+    elif base == "_revinclude":
+        parsed.revincludes.append(_include(name, value, reverse=True))
+    else:
+        return base in ("_format", "_pretty")
+    return True
+
+
+def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str, strict: bool) -> ParsedSearch:
+    """All query parameters of a search on `types` (one type, or several for a system search).
+    Raises Invalid (400) for a malformed value, an unsupported modifier, or - when `strict` - an
+    unknown parameter; otherwise unknown parameters land in `ignored`."""
+    if len(params) > MAX_PARAMS:
+        raise Invalid(f"A search takes at most {MAX_PARAMS} parameters, not {len(params)}")
+    parsed = ParsedSearch(Criteria(list(types)))
+    for name, value in params:
+        if name == "_type":
+            continue  # decided by the caller (system search)
+        if _result_param(parsed, types, name, value):
+            if name not in ("_offset", "_format", "_pretty"):
+                parsed.echo.append((name, value))
+            continue
+        try:
+            parsed.criteria.clauses.append(parse_criterion(types, name, value, base_url))
+        except UnknownParameter:
+            if strict:
+                raise Invalid(f"Search parameter '{name}' is not supported for {', '.join(types)}") from None
+            parsed.ignored.append(name)
+            continue
+        parsed.echo.append((name, value))
+    return parsed

@@ -1,0 +1,146 @@
+"""Search index tables, one per value kind, and writing a resource's rows into them.
+
+Every table holds (resource_type, id, param, ...) rows of current resource versions only; a new
+version replaces its rows in the same transaction as the version itself. Tokens and references keep
+the tables of schema 0001 (`search_tokens`, `search_refs`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhirvault.fhir.search_index import IndexRows
+from fhirvault.store.schema import metadata, resources, search_refs, search_tokens
+
+
+def _table(name: str, *columns: sa.Column[Any], lookup: tuple[str, ...]) -> sa.Table:
+    return sa.Table(
+        name, metadata,
+        sa.Column("resource_type", sa.String(64), nullable=False),
+        sa.Column("id", sa.String(64), nullable=False),
+        sa.Column("param", sa.String(100), nullable=False),
+        *columns,
+        sa.Index(f"ix_{name}_lookup", "resource_type", "param", *lookup),
+        # (type, id, param): the correlated lookup of every EXISTS and sort key; without `param` here the
+        # planner may prefer the value index and scan a whole parameter once per candidate resource
+        sa.Index(f"ix_{name}_owner", "resource_type", "id", "param"),
+    )
+
+
+search_strings = _table(
+    "search_strings",
+    sa.Column("value", sa.String(255), nullable=False),  # normalized: case-folded, accents removed
+    sa.Column("exact", sa.Text, nullable=False),
+    lookup=("value",),
+)
+search_dates = _table(
+    "search_dates",
+    sa.Column("low", sa.BigInteger, nullable=False),  # microseconds since the epoch, inclusive
+    sa.Column("high", sa.BigInteger, nullable=False),  # exclusive
+    lookup=("low", "high"),
+)
+search_numbers = _table(
+    "search_numbers",
+    sa.Column("low", sa.Float, nullable=False),
+    sa.Column("high", sa.Float, nullable=False),
+    lookup=("low",),
+)
+search_quantities = _table(
+    "search_quantities",
+    sa.Column("system", sa.String(255), nullable=True),
+    sa.Column("code", sa.String(255), nullable=True),
+    sa.Column("low", sa.Float, nullable=False),
+    sa.Column("high", sa.Float, nullable=False),
+    lookup=("low",),
+)
+search_uris = _table(
+    "search_uris",
+    sa.Column("value", sa.String(512), nullable=False),
+    lookup=("value",),
+)
+search_composites = _table(
+    "search_composites",
+    sa.Column("system1", sa.String(255), nullable=True),
+    sa.Column("value1", sa.String(512), nullable=True),
+    sa.Column("system2", sa.String(255), nullable=True),
+    sa.Column("value2", sa.String(512), nullable=True),
+    sa.Column("low2", sa.Float, nullable=True),
+    sa.Column("high2", sa.Float, nullable=True),
+    lookup=("value1",),
+)
+
+# Resumable rebuild of the index: one row per resource type still to do, with the last id done.
+search_reindex = sa.Table(
+    "search_reindex", metadata,
+    sa.Column("resource_type", sa.String(64), primary_key=True),
+    sa.Column("after_id", sa.String(64), nullable=False, default=""),
+)
+
+INDEX_TABLES: tuple[sa.Table, ...] = (search_strings, search_tokens, search_refs, search_dates, search_numbers,
+                                      search_quantities, search_uris, search_composites)
+NEW_TABLES = (search_strings, search_dates, search_numbers, search_quantities, search_uris, search_composites,
+              search_reindex)
+
+# IndexRows field -> (table, its value columns in tuple order after `param`)
+_ROW_TABLES: dict[str, tuple[sa.Table, tuple[str, ...]]] = {
+    "strings": (search_strings, ("value", "exact")),
+    "tokens": (search_tokens, ("system", "value")),
+    "refs": (search_refs, ("target",)),
+    "dates": (search_dates, ("low", "high")),
+    "numbers": (search_numbers, ("low", "high")),
+    "quantities": (search_quantities, ("system", "code", "low", "high")),
+    "uris": (search_uris, ("value",)),
+    "composites": (search_composites, ("system1", "value1", "system2", "value2", "low2", "high2")),
+}
+_INF = 1e300  # open Range ends: finite, because PostgreSQL and SQLite differ on storing infinities
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and v in (float("inf"), float("-inf")):
+        return _INF if v > 0 else -_INF
+    return v
+
+
+async def delete_index(conn: AsyncConnection, rtype: str, rid: str) -> None:
+    """Remove every index row of rtype/rid."""
+    for table in INDEX_TABLES:
+        await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
+
+
+async def write_index(conn: AsyncConnection, rtype: str, rid: str, rows: IndexRows | None,
+                      new: bool = False) -> None:
+    """Replace the index rows of rtype/rid with `rows` (None: the resource is gone, no rows); `new`:
+    the resource has just been inserted, so there are no old rows to remove."""
+    if not new:
+        await delete_index(conn, rtype, rid)
+    if rows is None:
+        return
+    for name, (table, columns) in _ROW_TABLES.items():
+        values = getattr(rows, name)
+        if values:
+            await conn.execute(sa.insert(table), [
+                {"resource_type": rtype, "id": rid, "param": row[0],
+                 **{c: _finite(v) for c, v in zip(columns, row[1:], strict=True)}}
+                for row in values])
+
+
+# The same (type, id, param) lookup on the token and reference tables of schema 0001.
+OWNER_PARAM_INDEXES = (
+    sa.Index("ix_tokens_owner_param", search_tokens.c.resource_type, search_tokens.c.id, search_tokens.c.param),
+    sa.Index("ix_refs_owner_param", search_refs.c.resource_type, search_refs.c.id, search_refs.c.param),
+)
+
+
+async def create_search_tables(conn: AsyncConnection) -> None:
+    """Migration step: the new index tables, and every resource type marked for a rebuild of its index."""
+    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=list(NEW_TABLES)))
+    def create_indexes(sync: Any) -> None:
+        for index in OWNER_PARAM_INDEXES:
+            index.create(sync, checkfirst=True)
+
+    await conn.run_sync(create_indexes)
+    types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
+    if types:
+        await conn.execute(sa.insert(search_reindex), [{"resource_type": t, "after_id": ""} for t in types])

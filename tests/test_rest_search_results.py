@@ -1,0 +1,258 @@
+"""Search result parameters over real HTTP: _sort, paging under concurrent inserts, _total, _summary,
+_elements, _include/_revinclude, compartment search, Patient/$everything, access-filtered pages."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.security_support import bearer, client_token
+from tests.support.server import FhirApi, ServerProcess
+
+FHIR = {"Content-Type": "application/fhir+json"}
+
+
+def create(api: FhirApi | httpx.Client, resource: dict) -> dict:
+    r = api.post(f"/{resource['resourceType']}", json=resource, headers=FHIR)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def entries(bundle: dict, mode: str = "match") -> list[dict]:
+    return [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == mode]
+
+
+def link(bundle: dict, relation: str) -> str | None:
+    return next((lk["url"] for lk in bundle.get("link", []) if lk["relation"] == relation), None)
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def test_sort_by_several_keys_with_descending_and_id_ties(api: FhirApi) -> None:
+    t = tag()
+    made = []
+    for family, birth in (("b", "1990-01-01"), ("a", "1980-01-01"), ("b", "1970-01-01"), ("c", None), ("a", None)):
+        p = {"resourceType": "Patient", "identifier": [{"system": "urn:sort", "value": t}],
+             "name": [{"family": f"{family}{t}"}]}
+        if birth:
+            p["birthDate"] = birth
+        made.append(create(api, p))
+    q = {"identifier": f"urn:sort|{t}"}
+    got = [p["id"] for p in entries(api.get("/Patient", params={**q, "_sort": "family,-birthdate"}).json())]
+    expected = [made[1], made[4], made[0], made[2], made[3]]  # a(1980), a(none last), b(1990), b(1970), c
+    assert got == [p["id"] for p in expected]
+    by_birth = [p["id"] for p in entries(api.get("/Patient", params={**q, "_sort": "birthdate"}).json())]
+    assert by_birth[:3] == [made[2]["id"], made[1]["id"], made[0]["id"]]  # then the two without, by id
+    assert by_birth[3:] == sorted([made[3]["id"], made[4]["id"]])
+    by_id = [p["id"] for p in entries(api.get("/Patient", params={**q, "_sort": "-_id"}).json())]
+    assert by_id == sorted((m["id"] for m in made), reverse=True)
+
+
+def test_paging_stays_correct_while_resources_are_created(api: FhirApi) -> None:
+    t = tag()
+    made = {create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:page", "value": t}],
+                         "name": [{"family": f"m{i}{t}"}]})["id"] for i in range(7)}
+    q = {"identifier": f"urn:page|{t}", "_sort": "family", "_count": 3}
+    page = api.get("/Patient", params=q).json()
+    seen = [p["id"] for p in entries(page)]
+    # new resources that sort before everything on the next pages, created between page requests
+    for i in range(3):
+        create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:page", "value": t}],
+                     "name": [{"family": f"a{i}{t}"}]})
+    while (nxt := link(page, "next")) is not None:
+        page = api.get(nxt).json()
+        seen += [p["id"] for p in entries(page)]
+    assert len(seen) == len(set(seen)) == 7 and set(seen) == made
+
+
+def test_total_summary_and_elements(api: FhirApi) -> None:
+    t = tag()
+    p = create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:sum", "value": t}],
+                     "name": [{"family": f"Sum{t}"}], "gender": "female",
+                     "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+                     "contact": [{"name": {"family": "Kin"}}], "maritalStatus": {"text": "single"}})
+    q = {"identifier": f"urn:sum|{t}"}
+    count = api.get("/Patient", params={**q, "_summary": "count"}).json()
+    assert count["total"] == 1 and "entry" not in count
+    assert api.get("/Patient", params={**q, "_total": "accurate", "_count": 0}).json()["total"] == 1
+    summary = entries(api.get("/Patient", params={**q, "_summary": "true"}).json())[0]
+    assert summary["name"] and summary["gender"] == "female"
+    assert "contact" not in summary and "maritalStatus" not in summary and "text" not in summary
+    assert any(tg["code"] == "SUBSETTED" for tg in summary["meta"]["tag"])
+    data = entries(api.get("/Patient", params={**q, "_summary": "data"}).json())[0]
+    assert "text" not in data and data["contact"]
+    text = entries(api.get("/Patient", params={**q, "_summary": "text"}).json())[0]
+    assert text["text"]["status"] == "generated" and "name" not in text
+    elements = entries(api.get("/Patient", params={**q, "_elements": "gender"}).json())[0]
+    assert set(elements) == {"resourceType", "id", "meta", "gender"}
+    full = entries(api.get("/Patient", params=q).json())[0]
+    assert full["contact"] and not any(tg.get("code") == "SUBSETTED" for tg in full["meta"].get("tag", []))
+    read = api.get(f"/Patient/{p['id']}", params={"_summary": "true"}).json()
+    assert "contact" not in read and read["name"] and any(tg["code"] == "SUBSETTED" for tg in read["meta"]["tag"])
+    vread = api.get(f"/Patient/{p['id']}/_history/1", params={"_elements": "name"}).json()
+    assert set(vread) == {"resourceType", "id", "meta", "name"}
+    assert api.get(f"/Patient/{p['id']}", params={"_summary": "nope"}).status_code == 400
+
+
+def test_include_revinclude_iterate_and_wildcard(api: FhirApi) -> None:
+    t = tag()
+    org = create(api, {"resourceType": "Organization", "name": f"Org{t}"})
+    pat = create(api, {"resourceType": "Patient", "managingOrganization": {"reference": f"Organization/{org['id']}"}})
+    o = create(api, {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                     "identifier": [{"system": "urn:inc", "value": t}],
+                     "subject": {"reference": f"Patient/{pat['id']}"}})
+    q = {"identifier": f"urn:inc|{t}"}
+    b = api.get("/Observation", params={**q, "_include": "Observation:subject"}).json()
+    assert [r["id"] for r in entries(b)] == [o["id"]]
+    assert [r["id"] for r in entries(b, "include")] == [pat["id"]]
+    b = api.get("/Observation", params=[*q.items(), ("_include", "Observation:patient"),
+                                        ("_include:iterate", "Patient:organization")]).json()
+    assert sorted(r["id"] for r in entries(b, "include")) == sorted([pat["id"], org["id"]])
+    b = api.get("/Observation", params={**q, "_include": "*"}).json()
+    assert [r["id"] for r in entries(b, "include")] == [pat["id"]]
+    b = api.get("/Observation", params={**q, "_include": "Observation:subject:Group"}).json()
+    assert entries(b, "include") == []
+    b = api.get("/Patient", params={"_id": pat["id"], "_revinclude": "Observation:subject"}).json()
+    assert [r["id"] for r in entries(b)] == [pat["id"]] and [r["id"] for r in entries(b, "include")] == [o["id"]]
+    b = api.get("/Organization", params=[("_id", org["id"]), ("_revinclude", "Patient:organization"),
+                                         ("_revinclude:iterate", "Observation:patient")]).json()
+    assert sorted(r["id"] for r in entries(b, "include")) == sorted([pat["id"], o["id"]])
+
+
+def test_compartment_search_and_everything(api: FhirApi) -> None:
+    pat = create(api, {"resourceType": "Patient"})
+    other = create(api, {"resourceType": "Patient"})
+    ref = {"reference": f"Patient/{pat['id']}"}
+    o = create(api, {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": ref})
+    create(api, {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                 "subject": {"reference": f"Patient/{other['id']}"}})
+    doc = create(api, {"resourceType": "DocumentReference", "status": "current", "subject": ref,
+                       "content": [{"attachment": {"contentType": "application/pdf"}}]})
+    binary = create(api, {"resourceType": "Binary", "contentType": "text/plain", "securityContext": ref,
+                          "data": base64.b64encode(b"note").decode()})
+    got = api.get(f"/Patient/{pat['id']}/Observation").json()
+    assert [r["id"] for r in entries(got)] == [o["id"]]
+    assert link(got, "self").startswith(f"{api.base}/Patient/{pat['id']}/Observation")  # type: ignore[union-attr]
+    assert api.get(f"/Patient/{uuid.uuid4()}/Observation").status_code == 404
+    everything = api.get(f"/Patient/{pat['id']}/$everything").json()
+    ids = {(r["resourceType"], r["id"]) for r in entries(everything)}
+    assert ids == {("Patient", pat["id"]), ("Observation", o["id"]), ("DocumentReference", doc["id"]),
+                   ("Binary", binary["id"])}
+    typed = api.get(f"/Patient/{pat['id']}/$everything", params={"_type": "Observation,Binary"}).json()
+    assert {r["resourceType"] for r in entries(typed)} == {"Observation", "Binary"}
+    since = api.get(f"/Patient/{pat['id']}/$everything", params={"_since": doc["meta"]["lastUpdated"]}).json()
+    assert {r["id"] for r in entries(since)} == {doc["id"], binary["id"]}
+    paged = api.get(f"/Patient/{pat['id']}/$everything", params={"_count": 2}).json()
+    assert len(entries(paged)) == 2 and link(paged, "next")
+    assert api.get(f"/Patient/{pat['id']}/$everything", params={"start": "2020"}).status_code == 400
+
+
+def test_patient_context_client_gets_full_pages_and_right_totals(server: ServerProcess, api: FhirApi) -> None:
+    t = tag()
+    mine = create(api, {"resourceType": "Patient"})
+    theirs = create(api, {"resourceType": "Patient"})
+    my_obs = set()
+    for i in range(6):
+        # interleave: three of theirs, then one of mine, so an after-the-fact filter would leave pages short
+        for _ in range(3):
+            create(api, {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                         "identifier": [{"system": "urn:acc", "value": t}],
+                         "subject": {"reference": f"Patient/{theirs['id']}"}})
+        my_obs.add(create(api, {"resourceType": "Observation", "status": "final", "code": {"text": str(i)},
+                                "identifier": [{"system": "urn:acc", "value": t}],
+                                "subject": {"reference": f"Patient/{mine['id']}"}})["id"])
+    create(api, {"resourceType": "Binary", "contentType": "text/plain", "data": "eA==",
+                 "securityContext": {"reference": f"Patient/{theirs['id']}"}})
+    own_binary = create(api, {"resourceType": "Binary", "contentType": "text/plain", "data": "eA==",
+                              "securityContext": {"reference": f"Patient/{mine['id']}"}})
+    token = client_token(server, f"pc{t}", "patient/*.rs", f"Patient/{mine['id']}")
+    with httpx.Client(base_url=server.base, headers=bearer(token), timeout=60) as client:
+        q = {"identifier": f"urn:acc|{t}", "_count": 4, "_total": "accurate"}
+        page = client.get("/Observation", params=q).json()
+        assert page["total"] == 6 and len(entries(page)) == 4
+        seen = [r["id"] for r in entries(page)]
+        while (nxt := link(page, "next")) is not None:
+            page = client.get(nxt).json()
+            seen += [r["id"] for r in entries(page)]
+        assert set(seen) == my_obs and len(seen) == 6
+        count = client.get("/Observation", params={"identifier": f"urn:acc|{t}", "_summary": "count"}).json()
+        assert count["total"] == 6
+        theirs_search = client.get("/Observation", params={"subject": f"Patient/{theirs['id']}"}).json()
+        assert entries(theirs_search) == []
+        binaries = client.get("/Binary", params={"_total": "accurate"}).json()
+        assert [b["id"] for b in entries(binaries)] == [own_binary["id"]] and binaries["total"] == 1
+        inc = client.get("/Observation", params={"identifier": f"urn:acc|{t}", "_include": "Observation:subject",
+                                                 "_count": 1}).json()
+        assert [r["id"] for r in entries(inc, "include")] == [mine["id"]]
+        rev = client.get("/Patient", params={"_id": mine["id"], "_revinclude": "Observation:subject",
+                                             "_count": 100}).json()
+        assert {r["id"] for r in entries(rev, "include")} == my_obs
+
+
+def test_conditional_create_uses_search(api: FhirApi) -> None:
+    t = tag()
+    body = {"resourceType": "Patient", "name": [{"family": f"Cond{t}"}]}
+    first = api.post("/Patient", json=body, headers={**FHIR, "If-None-Exist": f"family=Cond{t}"})
+    assert first.status_code == 201
+    again = api.post("/Patient", json=body, headers={**FHIR, "If-None-Exist": f"family=cond{t}"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    bad = api.post("/Patient", json=body, headers={**FHIR, "If-None-Exist": "nonsense=1"})
+    assert bad.status_code == 400 and "nonsense" in bad.text
+
+
+def test_batch_search_entry_and_cli(server: ServerProcess, api: FhirApi) -> None:
+    t = tag()
+    p = create(api, {"resourceType": "Patient", "name": [{"family": f"Batch{t}"}]})
+    r = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Patient?family=batch{t}&nonsense=1"}}]})
+    inner = r.json()["entry"][0]["resource"]
+    assert [e["resource"]["id"] for e in inner["entry"] if e["search"]["mode"] == "match"] == [p["id"]]
+    assert any(e["search"]["mode"] == "outcome" for e in inner["entry"])
+    creds = json.loads((server.data_dir / "admin-client.json").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRVAULT_")}
+    env.update({"FHIRVAULT_URL": server.base, "FHIRVAULT_CLIENT_ID": creds["client_id"],
+                "FHIRVAULT_CLIENT_SECRET": creds["client_secret"]})
+    done = subprocess.run([sys.executable, "-m", "fhirvault.cli", "search", "Patient", f"family=batch{t}",
+                           "nonsense=1"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == [p["id"]]
+    assert "nonsense" in done.stderr and "warning" in done.stderr
+
+
+def test_reindex_command_rebuilds_the_index(server: ServerProcess, api: FhirApi) -> None:
+    t = tag()
+    p = create(api, {"resourceType": "Patient", "name": [{"family": f"Re{t}"}]})
+    done = server.cli("reindex", "Patient")
+    assert done.returncode == 0, done.stderr
+    assert "reindexed" in done.stdout
+    got: Any = api.get("/Patient", params={"family": f"re{t}"}).json()
+    assert [r["id"] for r in entries(got)] == [p["id"]]
+    assert server.cli("reindex", "Nope").returncode == 2
+
+
+def test_history_since_and_at(api: FhirApi) -> None:
+    v1 = create(api, {"resourceType": "Patient", "active": True})
+    pid = v1["id"]
+    v2 = api.put(f"/Patient/{pid}", json={**v1, "active": False}, headers=FHIR).json()
+    v3 = api.put(f"/Patient/{pid}", json={**v1, "gender": "other"}, headers=FHIR).json()
+
+    def versions(params: dict) -> list[str]:
+        r = api.get(f"/Patient/{pid}/_history", params=params)
+        assert r.status_code == 200, r.text
+        return [e["resource"]["meta"]["versionId"] for e in r.json().get("entry", [])]
+
+    assert versions({"_at": v1["meta"]["lastUpdated"]}) == ["1"]
+    assert versions({"_at": v2["meta"]["lastUpdated"]}) == ["2"]
+    assert versions({"_at": v3["meta"]["lastUpdated"][:4]}) == ["3", "2", "1"]
+    assert versions({"_at": "1999"}) == []
+    assert versions({"_since": v2["meta"]["lastUpdated"]}) == ["3", "2"]
+    assert api.get(f"/Patient/{pid}/_history", params={"_at": "soon"}).status_code == 400

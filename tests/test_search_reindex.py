@@ -1,0 +1,59 @@
+"""Rebuilding the search index of stored resources: batched, and resumed where a crash left it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from fhirvault.service.reindex import Reindexer
+from fhirvault.store.database import Database
+from fhirvault.store.resources import ResourceStore, StoredResource
+from fhirvault.store.search_tables import search_reindex, search_strings
+
+BASE = "http://fhirvault.invalid/fhir/R4"
+
+
+class Crash(Exception):
+    pass
+
+
+async def _scenario(path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await db.migrate()
+    store = ResourceStore()
+    async with db.write() as conn:
+        for i in range(5):
+            body = {"resourceType": "Patient", "id": f"p{i}", "name": [{"family": f"Family{i}"}]}
+            # as a release without the search index stored them: no index rows
+            await store.write(conn, StoredResource("Patient", f"p{i}", 1, 1, False, body), None, None)
+    reindexer = Reindexer(db, BASE)
+    assert await reindexer.mark() == ["Patient"]
+
+    def crash_after_first_batch(rtype: str, n: int) -> None:
+        raise Crash(f"{rtype}: {n}")
+
+    try:
+        await reindexer.run(batch=2, progress=crash_after_first_batch)
+        raise AssertionError("the crash did not happen")
+    except Crash:
+        pass
+    async with db.read() as conn:
+        state = (await conn.execute(sa.select(search_reindex))).all()
+        names = set((await conn.execute(sa.select(search_strings.c.exact).where(
+            search_strings.c.param == "family"))).scalars())
+    assert [(r.resource_type, r.after_id) for r in state] == [("Patient", "p1")]  # the first batch committed
+    assert names == {"Family0", "Family1"}
+    assert await reindexer.pending()
+    assert await reindexer.run(batch=2) == 3  # resumes after p1
+    async with db.read() as conn:
+        names = set((await conn.execute(sa.select(search_strings.c.exact).where(
+            search_strings.c.param == "family"))).scalars())
+    assert names == {f"Family{i}" for i in range(5)}
+    assert not await reindexer.pending()
+    await db.close()
+
+
+def test_reindex_is_batched_and_resumes_after_a_crash(tmp_path: Path) -> None:
+    asyncio.run(_scenario(tmp_path / "db.sqlite"))
