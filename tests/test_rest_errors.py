@@ -121,6 +121,10 @@ def test_nul_characters_are_400_and_change_nothing(api: FhirApi) -> None:
         assert r.status_code == 400 and "NUL" in outcome_text(r), (params, r.text)
     r = api.post("/Patient", json={"resourceType": "Patient"}, headers={**FHIR, "If-None-Exist": "identifier=a%00"})
     assert r.status_code == 400, r.text
+    for path in ("/Patient/_search", "/_search"):
+        r = api.post(path, content=b"_type=Patient&identifier=a%00",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400 and "NUL" in outcome_text(r), (path, r.text)
     batch = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": "Patient/x%00"}},
         {"request": {"method": "GET", "url": "Patient?identifier=a%00"}},
