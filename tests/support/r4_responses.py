@@ -18,6 +18,8 @@ CHECKED = [0]
 
 
 def check_response(response: httpx.Response) -> None:
+    if response.request.headers.get("X-Medplum", "").lower() == "extended":
+        return  # MedplumClient's extended mode asks for Medplum's non-R4 fields (Binary.url) on purpose
     ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/fhir+json", "application/json"):
         return
