@@ -23,8 +23,6 @@ def check_response(response: httpx.Response) -> None:
     ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/fhir+json", "application/json"):
         return
-    if response.request.headers.get("x-medplum", "").lower() == "extended":
-        return  # MedplumClient's extended mode asks for Medplum's additions to R4 (Binary.url), on purpose
     response.read()
     try:
         body: Any = json.loads(response.content)
