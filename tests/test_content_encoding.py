@@ -103,3 +103,20 @@ def test_zip_bombs_are_413_against_the_decoded_limits(server_factory: Callable[.
             assert r.status_code == 413, coding
         assert api.get("/Patient", params={"_summary": "count"}).json()["total"] == 0
         assert api.get("/Binary", params={"_summary": "count"}).json()["total"] == 0
+
+
+def test_gzip_members_are_all_decoded_and_bytes_after_the_end_refused(api: FhirApi) -> None:
+    """A gzip body of several members (RFC 1952 2.2: `cat a.gz b.gz`) is stored whole, not cut after the
+    first member; bytes after the end of a stream that are not another member are 400, and nothing is
+    stored (they used to be dropped silently)."""
+    first, second = bytes(range(256)) * 800, b"second member " * 20000  # each spans several body pieces
+    r = api.post("/Binary", content=gzip.compress(first) + gzip.compress(second),
+                 headers={"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"})
+    assert r.status_code == 201, r.text
+    assert api.get(f"/Binary/{r.json()['id']}").content == first + second
+    before = api.get("/Binary", params={"_summary": "count"}).json()["total"]
+    for coding, body in [("gzip", gzip.compress(b"hello") + b"junk"), ("deflate", zlib.compress(b"hello") + b"junk"),
+                         ("deflate", raw_deflate(b"hello") + b"junk"), ("gzip", gzip.compress(first) + bytes(1000))]:
+        r = api.post("/Binary", content=body, headers={"Content-Type": "text/plain", "Content-Encoding": coding})
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", (coding, r.text)
+    assert api.get("/Binary", params={"_summary": "count"}).json()["total"] == before

@@ -113,6 +113,7 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, str | None]:
             b'{"resourceType":"Patient","x":NaN}', b'{"resourceType":"Patient","a":1,"a":2}',
             b'{"resourceType":"Patient","x":' + b"[" * 3000 + b"]" * 3000 + b"}", b"\xff\xfe", b"{", b"[]", b'""',
             b'{"resourceType":"Binary","contentType":"text/plain","data":"####"}',
+            rb'{"resourceType":"Patient","id":"\ud800"}',
             b'{"resourceType":"Observation","valueInteger":' + b"9" * 5000 + b"}"])), FHIR_JSON
     return b"", None
 

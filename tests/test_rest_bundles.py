@@ -42,6 +42,7 @@ def test_transaction_resolves_urn_uuid_references(api: FhirApi) -> None:
 def test_transaction_is_all_or_nothing(api: FhirApi) -> None:
     marker = uuid.uuid4().hex
     existing = api.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR).json()
+    other = api.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR).json()
     bundle = {
         "resourceType": "Bundle", "type": "transaction",
         "entry": [
@@ -49,8 +50,8 @@ def test_transaction_is_all_or_nothing(api: FhirApi) -> None:
              "request": {"method": "POST", "url": "Patient"}},
             {"resource": {"resourceType": "Patient", "id": existing["id"], "active": True},
              "request": {"method": "PUT", "url": f"Patient/{existing['id']}"}},
-            {"resource": {"resourceType": "Patient", "id": existing["id"]},
-             "request": {"method": "PUT", "url": f"Patient/{existing['id']}", "ifMatch": 'W/"7"'}},
+            {"resource": {"resourceType": "Patient", "id": other["id"]},
+             "request": {"method": "PUT", "url": f"Patient/{other['id']}", "ifMatch": 'W/"7"'}},
         ],
     }
     r = api.post("", json=bundle, headers=FHIR)
@@ -58,6 +59,25 @@ def test_transaction_is_all_or_nothing(api: FhirApi) -> None:
     assert r.json()["resourceType"] == "OperationOutcome"
     assert "entry" not in api.get("/Patient", params={"identifier": f"urn:tx|{marker}"}).json()
     assert api.get(f"/Patient/{existing['id']}").json()["meta"]["versionId"] == "1"
+
+
+def test_transaction_acting_twice_on_one_resource_fails(api: FhirApi) -> None:
+    """R4 http.html#trules: identities that overlap, conditional ones resolved, fail the transaction (400,
+    nothing written); it used to apply both entries in turn. A batch has no such rule."""
+    pid = api.post("/Patient", json={"resourceType": "Patient", "identifier": [
+        {"system": "urn:overlap", "value": uuid.uuid4().hex}]}, headers=FHIR).json()
+    criteria = f"Patient?identifier=urn:overlap|{pid['identifier'][0]['value']}"
+    put = {"resource": {"resourceType": "Patient", "id": pid["id"], "active": True},
+           "request": {"method": "PUT", "url": f"Patient/{pid['id']}"}}
+    for second in [put, {"request": {"method": "DELETE", "url": f"Patient/{pid['id']}"}},
+                   {"request": {"method": "DELETE", "url": criteria}},
+                   {"resource": {"resourceType": "Patient", "active": False},
+                    "request": {"method": "PUT", "url": criteria}}]:
+        r = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [put, second]}, headers=FHIR)
+        assert r.status_code == 400 and "Bundle.entry[1]" in r.json()["issue"][0]["expression"], r.text
+    assert api.get(f"/Patient/{pid['id']}").json()["meta"]["versionId"] == "1"
+    r = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": [put, put]}, headers=FHIR)
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["200", "200"]
 
 
 def test_batch_entries_succeed_or_fail_independently(api: FhirApi) -> None:

@@ -84,6 +84,23 @@ def test_if_match(api: FhirApi) -> None:
     assert api.put(f"/Patient/{pid}", json=body, headers={**FHIR, "If-Match": 'W/"1"'}).status_code == 412
 
 
+def test_if_match_on_delete(api: FhirApi) -> None:
+    """DELETE with If-Match deletes only the version it names (RFC 9110 13.1.1), by URL and in a batch;
+    it used to delete whatever version was current."""
+    pid = create(api, {"resourceType": "Patient"}).json()["id"]
+    assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": True},
+                   headers=FHIR).status_code == 200
+    r = api.delete(f"/Patient/{pid}", headers={"If-Match": 'W/"1"'})
+    assert r.status_code == 412 and "current version 2" in r.json()["issue"][0]["diagnostics"]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "DELETE", "url": f"Patient/{pid}", "ifMatch": 'W/"1"'}}]}
+    assert api.post("", json=batch, headers=FHIR).json()["entry"][0]["response"]["status"].startswith("412")
+    assert api.get(f"/Patient/{pid}").json()["meta"]["versionId"] == "2"
+    assert api.delete(f"/Patient/{pid}", headers={"If-Match": 'W/"2"'}).status_code == 204
+    assert api.delete(f"/Patient/{pid}", headers={"If-Match": 'W/"2"'}).status_code == 412
+    assert api.get(f"/Patient/{pid}").status_code == 410
+
+
 def test_delete_is_logical_and_history_keeps_versions(api: FhirApi) -> None:
     pid = create(api, {"resourceType": "Patient", "gender": "female"}).json()["id"]
     assert api.delete(f"/Patient/{pid}").status_code == 204

@@ -25,6 +25,10 @@ def outcome_text(r: httpx.Response) -> str:
         ("/Patient", b'{"resourceType": "Observation"}', 400, "does not match"),
         ("/Patient", b'{"active": true}', 400, "resourceType"),
         ("/Patient", b"", 400, "empty"),
+        # a lone surrogate escape is no Unicode character; it used to be 500 and a dropped connection
+        ("/Patient", rb'{"resourceType": "Patient", "name": [{"family": "\ud800"}]}', 400, "surrogate"),
+        ("/Patient", rb'{"resourceType": "Patient", "\uDC00": 1}', 400, "surrogate"),
+        ("/Binary", rb'{"resourceType": "Binary", "contentType": "text/plain", "id": "\udfff"}', 400, "surrogate"),
         ("/Spaceship", b'{"resourceType": "Patient"}', 404, "Spaceship"),
     ],
 )
@@ -85,3 +89,48 @@ def test_invalid_if_match(api: FhirApi) -> None:
     r = api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid},
                 headers={**FHIR, "If-Match": "garbage"})
     assert r.status_code == 400
+
+
+def test_a_url_id_that_is_no_id_is_404_or_400_on_every_instance_path(api: FhirApi) -> None:
+    """A NUL byte (or any character R4 ids do not allow) where the id goes: 404 for what reads or changes
+    an instance, 400 for PUT. On PostgreSQL the NUL used to reach the query and answer 500."""
+    for rid in ("x%00", "%00", "a%20b", "%C3%A9"):
+        for method, path in [("GET", f"/Patient/{rid}"), ("DELETE", f"/Patient/{rid}"),
+                             ("GET", f"/Patient/{rid}/_history"), ("GET", f"/Patient/{rid}/_history/1"),
+                             ("GET", f"/Binary/{rid}"),
+                             ("GET", f"/Patient/{rid}/$validate"), ("GET", f"/Patient/{rid}/$ingestion-status"),
+                             ("GET", f"/Patient/{rid}/$binary-access-read?path=Patient.photo")]:
+            r = api.request(method, path)
+            assert r.status_code == 404 and "is not a resource id" in outcome_text(r), (method, path, r.text)
+        r = api.patch(f"/Patient/{rid}", content=b"[]", headers={"Content-Type": "application/json-patch+json"})
+        assert r.status_code == 404, r.text
+        r = api.put(f"/Patient/{rid}", json={"resourceType": "Patient", "id": "x"}, headers=FHIR)
+        assert r.status_code == 400 and "not a valid resource id" in outcome_text(r), r.text
+        r = api.put(f"/Binary/{rid}", content=b"bytes", headers={"Content-Type": "text/plain"})
+        assert r.status_code == 400, r.text
+
+
+def test_nul_characters_are_400_and_change_nothing(api: FhirApi) -> None:
+    """U+0000 in a JSON body, a query, conditional criteria or a Bundle entry's url: 400 (or 404 for an id
+    in a batch entry). PostgreSQL refuses NUL in text, so these used to answer 500 and drop the connection."""
+    before = api.get("/Patient", params={"_summary": "count"}).json()["total"]
+    patient = rb'{"resourceType": "Patient", "identifier": [{"system": "urn:nul", "value": "a\u0000b"}]}'
+    assert api.post("/Patient", content=patient, headers=FHIR).status_code == 400
+    for params in ({"identifier": "\x00"}, {"identifier": "urn:nul|a\x00b"}, {"_id": "a", "_filename": "\x00"}):
+        r = api.get("/Patient", params=params)
+        assert r.status_code == 400 and "NUL" in outcome_text(r), (params, r.text)
+    r = api.post("/Patient", json={"resourceType": "Patient"}, headers={**FHIR, "If-None-Exist": "identifier=a%00"})
+    assert r.status_code == 400, r.text
+    for path in ("/Patient/_search", "/_search"):
+        r = api.post(path, content=b"_type=Patient&identifier=a%00",
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400 and "NUL" in outcome_text(r), (path, r.text)
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/x%00"}},
+        {"request": {"method": "GET", "url": "Patient?identifier=a%00"}},
+        {"request": {"method": "DELETE", "url": "Patient/x%00"}},
+        {"request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=a%00"},
+         "resource": {"resourceType": "Patient"}}]}
+    r = api.post("", json=batch, headers=FHIR)
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["404", "400", "404", "400"], r.text
+    assert api.get("/Patient", params={"_summary": "count"}).json()["total"] == before

@@ -11,6 +11,8 @@ from fhirvault.service.reindex import Reindexer
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource
 from fhirvault.store.search_tables import search_reindex, search_strings
+from tests.conftest import require_postgres
+from tests.support.server import postgres_database
 
 BASE = "http://fhirvault.invalid/fhir/R4"
 
@@ -57,3 +59,28 @@ async def _scenario(path: Path) -> None:
 
 def test_reindex_is_batched_and_resumes_after_a_crash(tmp_path: Path) -> None:
     asyncio.run(_scenario(tmp_path / "db.sqlite"))
+
+
+async def _nul_scenario(url: str) -> None:
+    db = Database(url)
+    await db.migrate()
+    async with db.write() as conn:
+        body = {"resourceType": "Patient", "id": "nul", "name": [{"family": "Null\x00Byte"}],
+                "identifier": [{"system": "urn:x", "value": "a\x00b"}]}
+        await ResourceStore().write(conn, StoredResource("Patient", "nul", 1, 1, False, body), None, None)
+    reindexer = Reindexer(db, BASE)
+    await reindexer.mark()
+    assert await reindexer.run(batch=10) == 1
+    async with db.read() as conn:
+        names = set((await conn.execute(sa.select(search_strings.c.exact).where(
+            search_strings.c.param == "family"))).scalars())
+    assert names == {"Null\ufffdByte"}
+    await db.close()
+
+
+def test_reindex_keeps_going_past_a_nul_an_earlier_release_stored() -> None:
+    """A NUL character in a stored resource (earlier releases accepted one) is indexed as U+FFFD: on
+    PostgreSQL, whose text refuses NUL, the startup reindex used to fail and the server not start."""
+    require_postgres()
+    with postgres_database() as url:
+        asyncio.run(_nul_scenario(url))

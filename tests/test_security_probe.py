@@ -352,3 +352,20 @@ def test_access_token_in_the_query_is_redacted_in_the_log(probe_server: ServerPr
     assert r.status_code == 401
     log = probe_server.log_path.read_text()
     assert secret not in log and "access_token=REDACTED" in log
+
+
+# -- If-Match on another patient's resource -----------------------------------------------------------
+def test_if_match_on_another_patients_resource_is_404_not_412(probe_server: ServerProcess, api: FhirApi) -> None:
+    """A write with If-Match to a resource outside the caller's compartment answers 404 as if it did not
+    exist; it used to be 412 naming the resource's current version (update), or to ignore If-Match."""
+    mine, theirs = uid("pm"), uid("pt")
+    for p in (mine, theirs):
+        assert put(api, {"resourceType": "Patient", "id": p}).status_code == 201
+    with as_client(probe_server, "patient/*.cruds", f"Patient/{mine}") as patient:
+        for method in ("PUT", "DELETE"):
+            body = {"resourceType": "Patient", "id": theirs} if method == "PUT" else None
+            r = patient.request(method, f"/Patient/{theirs}", json=body, headers={"If-Match": 'W/"7"'})
+            assert r.status_code == 404 and "version" not in r.text, (method, r.text)
+        r = patient.put(f"/Patient/{mine}", json={"resourceType": "Patient", "id": mine}, headers={"If-Match": 'W/"7"'})
+        assert r.status_code == 412
+    assert api.get(f"/Patient/{theirs}").json()["meta"]["versionId"] == "1"

@@ -18,6 +18,10 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("unknown element", {"resourceType": "Patient", "nmae": [{"family": "Doe"}]}, "Patient.nmae"),
     ("bad date", {"resourceType": "Patient", "birthDate": "notadate"}, "Patient.birthDate"),
     ("impossible month", {"resourceType": "Patient", "birthDate": "2020-13-01"}, "Patient.birthDate"),
+    ("30 February", {"resourceType": "Patient", "birthDate": "2020-02-30"}, "Patient.birthDate"),
+    ("29 February of a common year", {**OBS, "effectiveDateTime": "1900-02-29T10:00:00Z"},
+     "Observation.effectiveDateTime"),
+    ("31 April", {**OBS, "issued": "2024-04-31T10:00:00Z"}, "Observation.issued"),
     ("bad dateTime", {**OBS, "effectiveDateTime": "2020-01-01T10:00"}, "Observation.effectiveDateTime"),
     ("bad instant", {**OBS, "issued": "2020-01-01"}, "Observation.issued"),
     ("bad time", {**OBS, "valueTime": "25:00:00"}, "Observation.valueTime"),
@@ -55,6 +59,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"resourceType": "Organization", "id": "o1", "active": "yes"}]}, "Patient.contained[0].active"),
     ("contained of no type", {"resourceType": "Patient", "contained": [{"resourceType": "Starship"}]},
      "Patient.contained[0].resourceType"),
+    ("null standing for nothing", {"resourceType": "Patient", "name": [{"given": ["Ann", None]}]},
+     "Patient.name[0].given[1]"),
+    ("null in both arrays", {"resourceType": "Patient", "name": [{"given": ["Ann", None],
+                                                               "_given": [None, None]}]}, "Patient.name[0].given[1]"),
+    ("primitive arrays of two lengths", {"resourceType": "Patient", "name": [{"given": ["Ann"], "_given": [
+        None, {"extension": [{"url": "http://example.org/q", "valueCode": "CL"}]}]}]}, "Patient.name[0].given"),
     ("reference shape", {"resourceType": "Patient", "managingOrganization": {"reference": "Organisation/1"}},
      "Patient.managingOrganization.reference"),
     ("bundle rule", {"resourceType": "Bundle", "type": "collection", "total": 2}, "Bundle"),
@@ -211,3 +221,12 @@ def test_attachment_size_r4_cannot_carry_is_left_out() -> None:
     assert attachment_size(2**31) == {}
     media = {"resourceType": "Media", "status": "completed", "content": {"contentType": "video/mp4", "size": 2**31}}
     assert [i.expression for i in validate_resource(media)] == ["Media.content.size"]
+
+
+def test_leap_days_are_valid_dates(api: FhirApi) -> None:
+    """29 February is refused only outside leap years (2000 is one, 1900 is not)."""
+    for day in ("2024-02-29", "2000-02-29"):
+        moment = f"{day}T10:00:00Z"
+        r = api.post("/Observation", json={**OBS, "effectiveDateTime": moment, "issued": moment}, headers=FHIR)
+        assert r.status_code == 201, r.text
+        assert api.post("/Patient", json={"resourceType": "Patient", "birthDate": day}, headers=FHIR).status_code == 201

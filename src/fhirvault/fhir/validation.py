@@ -27,6 +27,7 @@ from importlib import resources
 from typing import Any
 
 import jsonschema_rs
+import orjson
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
 
@@ -60,11 +61,20 @@ def _table() -> dict[str, Any]:
     return data
 
 
-def _primitive_schema(p: dict[str, Any], nullable: bool) -> dict[str, Any]:
+# R4 datatypes.html: "Dates SHALL be valid dates" (for date, dateTime and instant), which the spec's
+# regexes leave to the reader: no 30 or 31 February, no 31st of a 30-day month, 29 February only in leap
+# years (divisible by 4, centuries only by 400). Lookaheads put in front of the type's own regex.
+LEAP_YEAR = r"(?:\d\d(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
+CALENDAR_DATE = rf"(?!\d{{4}}-(?:02-3[01]|0[469]-31|11-31))(?!(?!{LEAP_YEAR}-)\d{{4}}-02-29)"
+CALENDAR_TYPES = ("date", "dateTime", "instant")
+
+
+def _primitive_schema(name: str, p: dict[str, Any], nullable: bool) -> dict[str, Any]:
     json_type = p["json"]
     schema: dict[str, Any] = {"type": [json_type, "null"] if nullable else json_type}
     if "regex" in p:
-        schema["pattern"] = f"^(?:{_ascii_spaces(p['regex'])})$"
+        calendar = CALENDAR_DATE if name in CALENDAR_TYPES else ""
+        schema["pattern"] = f"^{calendar}(?:{_ascii_spaces(p['regex'])})$"
     if json_type == "string":
         schema["minLength"] = 1
     if "min" in p:
@@ -114,8 +124,8 @@ def r4_schema() -> dict[str, Any]:
     prims, enums = table["primitives"], table["enums"]
     defs: dict[str, Any] = {}
     for name, p in prims.items():
-        defs[name] = _primitive_schema(p, nullable=False)
-        defs[name + "?"] = _primitive_schema(p, nullable=True)
+        defs[name] = _primitive_schema(name, p, nullable=False)
+        defs[name + "?"] = _primitive_schema(name, p, nullable=True)
     element = {"type": "object", "minProperties": 1, "additionalProperties": False,
                "properties": {"id": {"$ref": "#/definitions/string"},
                               "extension": {"type": "array", "minItems": 1,
@@ -196,9 +206,63 @@ def validate_resource(resource: Any) -> list[Issue]:
     if not validator.is_valid(resource):
         for error in validator.iter_errors(resource):
             issues.extend(_issues_of(resource, root, error))
+    # Only a body with a `null` somewhere needs the walk (orjson finds out in microseconds); where the
+    # schema already found a `null` out of place, that issue says it.
+    if b"null" in orjson.dumps(resource):
+        reported = {i.expression for i in issues}
+        issues.extend(i for i in placeholder_issues(resource, root) if i.expression not in reported)
     if root == "Bundle" and not issues:
         issues.extend(bundle_invariant_issues(resource))
     return list(dict.fromkeys(issues))
+
+
+def placeholder_issues(resource: Any, root: str) -> list[Issue]:
+    """The `null`s of repeating primitives that stand for nothing (R4 json.html#primitive): a `null` in
+    `given` holds the place of an item whose id or extensions are in `_given` at the same index, so the
+    two arrays have one length and no index is `null` in both (or in `_given` alone). A `null` where no
+    primitive may be is the schema's to report."""
+    issues: list[Issue] = []
+    _placeholders(resource, [], root, issues)
+    return issues
+
+
+def _placeholders(node: Any, path: list[str | int], root: str, issues: list[Issue]) -> None:
+    # The path is built as a list and formatted only for an issue: this walks every element of every
+    # resource written, and formatting each path would cost as much as the schema validation itself.
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            if isinstance(item, (dict, list)):
+                _placeholders(item, [*path, i], root, issues)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if isinstance(value, dict):
+            _placeholders(value, [*path, key], root, issues)
+            continue
+        if not isinstance(value, list):
+            continue
+        plain = key.lstrip("_")
+        values, extras = node.get(plain), node.get("_" + plain)
+        if key.startswith("_"):
+            if values is not None:
+                continue  # checked with the value array
+        else:
+            _placeholders(value, [*path, key], root, issues)
+            if extras is None and None not in value:
+                continue
+            if any(isinstance(item, (dict, list)) for item in value):
+                continue  # not a primitive array: the schema says what is wrong
+        name = _expression(root, [*path, plain])
+        if isinstance(values, list) and isinstance(extras, list) and len(values) != len(extras):
+            issues.append(Issue("error", "structure", name, f"{name} has {len(values)} items but _{plain} has "
+                                f"{len(extras)}; the two arrays must be the same length"))
+            continue
+        for i in range(len(value)):
+            if ((not isinstance(values, list) or values[i] is None)
+                    and (not isinstance(extras, list) or extras[i] is None)):
+                issues.append(Issue("error", "structure", f"{name}[{i}]", f"{name}[{i}] is null with no id or "
+                                    f"extension in _{plain}[{i}]; leave the item out instead"))
 
 
 @cache

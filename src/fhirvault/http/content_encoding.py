@@ -50,11 +50,18 @@ class ZlibDecoder:
             self._inflater = zlib.decompressobj(zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS)
         inflater = self._inflater
         try:
-            while data and not inflater.eof:
+            while data:
+                if inflater.eof:
+                    # Bytes after the end of the stream: a gzip body may be several members (RFC 1952 2.2,
+                    # what `cat a.gz b.gz` makes), decoded one after another; anything else is not of the
+                    # coding, and dropping it would store less than was sent.
+                    if self.coding == "deflate":
+                        raise Invalid("The deflate-encoded request body goes on after the end of its stream")
+                    inflater = self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 out = inflater.decompress(data, DECODED_PIECE)
                 if out:
                     yield out
-                data = inflater.unconsumed_tail
+                data = inflater.unconsumed_tail or inflater.unused_data
         except zlib.error as exc:
             raise Invalid(f"The {self.coding}-encoded request body cannot be decoded: {exc}") from None
 

@@ -182,7 +182,8 @@ async def _by_id_or_criteria(request: Request, interaction: str, read_body: Call
 
 async def delete(request: Request) -> Response:
     rtype = resource_type_of(request)
-    stored = await vault(request).resources.delete(context(request), rtype, request.path_params["rid"])
+    stored = await vault(request).resources.delete(context(request), rtype, request.path_params["rid"],
+                                                   if_match_version(request))
     headers = {"ETag": f'W/"{stored.version_id}"'} if stored else {}
     return Response(status_code=204, headers=headers)
 
@@ -207,6 +208,8 @@ async def search_params(request: Request) -> list[tuple[str, str]]:
         if ctype.startswith("application/x-www-form-urlencoded"):
             form = await request.form()
             params += [(k, str(val)) for k, val in form.multi_items()]
+            if any("\x00" in k or "\x00" in v for k, v in params):  # as in a query (see routes.py)
+                raise Invalid("The form body holds a NUL character (%00)")
         elif ctype:
             raise Unsupported("POST _search takes its parameters as application/x-www-form-urlencoded, "
                               f"not '{media_type(ctype)}'")

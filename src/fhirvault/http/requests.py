@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -89,7 +90,43 @@ def parse_json(raw: bytes) -> Any:
     except ValueError as exc:  # e.g. an integer literal over the int conversion limit
         raise Invalid(f"The request body holds a value that cannot be read: {exc}") from None
     _check_depth(value)
+    if LONE_SURROGATE_ESCAPE.search(raw):
+        _refuse_lone_surrogates(value)
+    if NUL_ESCAPE in raw and _holds_nul(value):
+        raise Invalid("The request body holds a NUL character (\\u0000) in a string: FHIR text cannot carry it")
     return value
+
+
+NUL_ESCAPE = b"\\u0000"  # how JSON spells U+0000 (unescaped control characters are not JSON at all)
+
+
+def _holds_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+# A `\uD800`-`\uDFFF` escape: JSON's only way to spell a UTF-16 surrogate, which outside a pair is no
+# Unicode character (RFC 8259 8.2) and cannot be stored or sent as UTF-8. Looked for in the raw bytes
+# first, so ordinary bodies are not walked.
+LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid("The request body holds a string with an unpaired UTF-16 surrogate escape (\\uD800-"
+                      "\\uDFFF): it is no Unicode character") from None
 
 
 async def read_fhir_json(request: Request, limit: int) -> Any:

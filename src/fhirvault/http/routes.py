@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fhirvault.errors import Invalid, NotFound
+from fhirvault.fhir.r4 import ID, is_valid_id
 from fhirvault.http import (
     binary_api,
     fhir_api,
@@ -115,9 +117,27 @@ def _interaction(name: str) -> Endpoint:
 def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" and "HEAD" not in handlers else request.method
+        _require_valid_id(request)
         return await handlers[method](request)
 
     return endpoint
+
+
+def _require_valid_id(request: Request) -> None:
+    """A path segment in an id's place that is no R4 id (R4 datatypes.html#id) names nothing: 404, or 400
+    for a PUT, which would create it. Answered here for every interaction and operation on an instance,
+    before a database sees it (PostgreSQL refuses a NUL byte in a query parameter outright)."""
+    # A NUL in the query or in conditional criteria can match nothing, and PostgreSQL refuses it in a
+    # query parameter: refused here for every endpoint.
+    for where, text in (("query", request.url.query), ("If-None-Exist header", request.headers.get("if-none-exist"))):
+        if text and ("%00" in text or "\x00" in text):
+            raise Invalid(f"The {where} holds a NUL character (%00)")
+    rid = request.path_params.get("rid")
+    if rid is None or is_valid_id(rid):
+        return
+    if request.method == "PUT":
+        raise Invalid(f"'{rid}' is not a valid resource id ({ID})")
+    raise NotFound(f"{request.path_params.get('rtype')}/{rid} is not known: '{rid}' is not a resource id")
 
 
 def routes() -> list[Route]:

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from fhirvault.errors import FhirVaultError, Invalid
+from fhirvault.errors import FhirVaultError, Invalid, NotFound
 from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
-from fhirvault.fhir.r4 import is_resource_type, whole_number
+from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
@@ -75,6 +75,11 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
         raise Invalid(f"{where}.request.url '{request['url']}' does not name a resource type",
                       expression=f"{where}.request.url")
     rid = parts[1] if len(parts) > 1 else None
+    if rid is not None and method != "POST" and not is_valid_id(rid):  # as for the same URL outside a Bundle
+        error = Invalid if method == "PUT" else NotFound
+        raise error(f"{where}.request.url: '{rid}' is not a resource id", expression=f"{where}.request.url")
+    if "%00" in split.query or "%00" in str(request.get("ifNoneExist")):
+        raise Invalid(f"{where}.request holds a NUL character (%00) in its criteria", expression=f"{where}.request")
     vid = parts[3] if len(parts) > 3 and parts[2] == "_history" else None
     if_match = None
     if request.get("ifMatch"):
@@ -148,6 +153,23 @@ def _replace_refs(node: Any, mapping: dict[str, str]) -> Any:
 
 def _status_line(code: int) -> str:
     return {200: "200 OK", 201: "201 Created", 204: "204 No Content"}.get(code, str(code))
+
+
+def refuse_overlaps(entries: list[EntryRequest]) -> None:
+    """Invalid (400) when two entries of a transaction write the same resource, once conditionals are
+    resolved: "If any resource identities (including resolved identities from conditional update/delete)
+    overlap in steps 1-3, then the transaction SHALL fail" (R4 http.html#trules). A conditional create
+    that found its match writes nothing."""
+    seen: dict[str, int] = {}
+    for e in entries:
+        if e.method not in INTERACTION or e.existing is not None:
+            continue
+        for rid in e.delete_ids if e.conditional and e.method == "DELETE" else [e.rid] if e.rid else []:
+            key = f"{e.rtype}/{rid}"
+            if key in seen:
+                raise Invalid(f"Bundle.entry[{e.index}] and Bundle.entry[{seen[key]}] both act on {key}; a "
+                              "transaction acts on each resource once", expression=f"Bundle.entry[{e.index}]")
+            seen[key] = e.index
 
 
 class BundleService:
@@ -234,6 +256,7 @@ class BundleService:
 
         async def work(uow: UnitOfWork) -> list[tuple[EntryRequest, Any]]:
             mapping = await self._prepare(uow, ctx, entries)
+            refuse_overlaps(entries)
             # What later entries will write: checks that need it (an Attachment naming a Binary of this
             # Bundle) wait for it, so the order of entries does not matter (R4 http.html#trules).
             uow.upcoming = {f"{e.rtype}/{e.rid}" for e in entries if e.method in ("POST", "PUT") and e.rid}
@@ -284,7 +307,7 @@ class BundleService:
             return await svc.update_in(uow, ctx, e.rtype, e.rid, body, e.if_match)
         if e.method == "PATCH":
             return await svc.patch_in(uow, ctx, e.rtype, e.rid, patch_document(e), e.if_match)
-        await svc.delete_in(uow, ctx, e.rtype, e.rid)
+        await svc.delete_in(uow, ctx, e.rtype, e.rid, e.if_match)
         return None
 
     async def _write_response(self, ctx: RequestContext, result: WriteResult | None) -> dict[str, Any]:

@@ -307,21 +307,37 @@ class ResourceService:
             raise Invalid(f"The body's id '{resource['id']}' does not match the URL's id '{rid}'",
                           expression=f"{rtype}.id")
         current = await self.store.get(uow.conn, rtype, rid, for_update=True)
-        if if_match is not None:
-            if current is None or current.deleted:
-                raise PreconditionFailed(f"If-Match W/\"{if_match}\" given but {rtype}/{rid} does not exist")
-            if current.version_id != if_match:
-                raise PreconditionFailed(
-                    f"If-Match W/\"{if_match}\" does not match the current version {current.version_id} "
-                    f"of {rtype}/{rid}")
+        await self._check_if_match(ctx, uow.conn, rtype, rid, current, if_match, "update")
         return await self._write(uow, ctx, rtype, rid, resource, current, method, blob_id)
 
-    async def delete(self, ctx: RequestContext, rtype: str, rid: str) -> StoredResource | None:
-        self.access.require(ctx, "delete", rtype)
-        return await self.in_transaction(ctx, lambda uow: self.delete_in(uow, ctx, rtype, rid))
+    async def _check_if_match(self, ctx: RequestContext, conn: AsyncConnection, rtype: str, rid: str,
+                              current: StoredResource | None, if_match: int | None, action: str) -> None:
+        """PreconditionFailed (412) unless `If-Match: W/"if_match"` names the current version (RFC 9110
+        13.1.1; a missing or deleted resource has none). The caller's rights are checked first, so a
+        resource it may not reach answers 404 (or 403) as everywhere, never a 412 telling that it exists
+        and which version it is at."""
+        if if_match is None:
+            return
+        if current is None or current.deleted:
+            raise PreconditionFailed(f"If-Match W/\"{if_match}\" given but {rtype}/{rid} does not exist")
+        if current.content is not None:
+            await self._check_change(ctx, conn, current.content, action)
+        if current.version_id != if_match:
+            raise PreconditionFailed(
+                f"If-Match W/\"{if_match}\" does not match the current version {current.version_id} "
+                f"of {rtype}/{rid}")
 
-    async def delete_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str) -> StoredResource | None:
+    async def delete(self, ctx: RequestContext, rtype: str, rid: str,
+                     if_match: int | None = None) -> StoredResource | None:
+        self.access.require(ctx, "delete", rtype)
+        return await self.in_transaction(ctx, lambda uow: self.delete_in(uow, ctx, rtype, rid, if_match))
+
+    async def delete_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str,
+                        if_match: int | None = None) -> StoredResource | None:
+        """Deletes `rtype/rid` (None when there is nothing to delete); with `if_match`, only that version
+        (PreconditionFailed otherwise, as for an update)."""
         current = await self.store.get(uow.conn, rtype, rid, for_update=True)
+        await self._check_if_match(ctx, uow.conn, rtype, rid, current, if_match, "delete")
         if current is None or current.deleted:
             return None
         if current.content is not None:

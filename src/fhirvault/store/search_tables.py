@@ -98,8 +98,12 @@ _INF = 1e300  # open Range ends: finite, because PostgreSQL and SQLite differ on
 
 
 def _finite(v: Any) -> Any:
+    """A value either database keeps: infinities made finite, and NUL characters (which PostgreSQL text
+    refuses, and which earlier releases let into stored resources; no query can hold one) replaced."""
     if isinstance(v, float) and v in (float("inf"), float("-inf")):
         return _INF if v > 0 else -_INF
+    if isinstance(v, str) and "\x00" in v:
+        return v.replace("\x00", "\ufffd")
     return v
 
 
