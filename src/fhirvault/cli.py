@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fhirvault.config import ENV_PREFIX, Settings, load_settings, settings_as_env
 
 if TYPE_CHECKING:  # the commands import their parts lazily, so `fhirvault --help` starts fast
+    from fhirvault.app import FhirVault
     from fhirvault.jobs.queue import Job
     from fhirvault.security.clients import Client, ClientStore
 
@@ -340,26 +341,33 @@ def _version() -> str:
     return __version__
 
 
-def cmd_expunge(args: argparse.Namespace) -> int:
-    """Remove a resource's whole history and the bytes its versions own; cannot be undone."""
-    import asyncio
-
+def _on_vault(args: argparse.Namespace, work: Callable[[FhirVault], Awaitable[T]]) -> T:
+    """Runs `work` on the server's parts built from the command's settings, the database migrated
+    first; the parts are stopped afterwards, also when migrating or the work fails."""
     from fhirvault.app import FhirVault
 
+    async def run() -> T:
+        vault = FhirVault(_server_settings(args))
+        try:
+            await vault.db.migrate()
+            return await work(vault)
+        finally:
+            await vault.stop()
+
+    return asyncio.run(run())
+
+
+def cmd_expunge(args: argparse.Namespace) -> int:
+    """Remove a resource's whole history and the bytes its versions own; cannot be undone."""
     rtype, _, rid = args.reference.partition("/")
     if not rtype or not rid:
         print(f"'{args.reference}' is not a reference like Binary/123", file=sys.stderr)
         return 2
 
-    async def run() -> int:
-        vault = FhirVault(_server_settings(args))
-        await vault.db.migrate()
-        try:
-            return await vault.binaries.expunge(rtype, rid)
-        finally:
-            await vault.stop()
+    async def expunge(vault: FhirVault) -> int:
+        return await vault.binaries.expunge(rtype, rid)
 
-    removed = asyncio.run(run())
+    removed = _on_vault(args, expunge)
     if not removed:
         print(f"{args.reference} is not known", file=sys.stderr)
         return 1
@@ -369,24 +377,18 @@ def cmd_expunge(args: argparse.Namespace) -> int:
 
 def cmd_reindex(args: argparse.Namespace) -> int:
     """Rebuild the search index of one resource type, or of all; resumable if interrupted."""
-    from fhirvault.app import FhirVault
     from fhirvault.fhir.r4 import is_resource_type
 
     if args.type is not None and not is_resource_type(args.type):
         print(f"'{args.type}' is not an R4 resource type", file=sys.stderr)
         return 2
 
-    async def run() -> int:
-        vault = FhirVault(_server_settings(args))
-        await vault.db.migrate()
-        try:
-            await vault.reindexer.mark(args.type)
-            return await vault.reindexer.run(
-                progress=lambda rtype, n: print(f"  {rtype}: {n} more", file=sys.stderr, flush=True))
-        finally:
-            await vault.stop()
+    async def reindex(vault: FhirVault) -> int:
+        await vault.reindexer.mark(args.type)
+        return await vault.reindexer.run(
+            progress=lambda rtype, n: print(f"  {rtype}: {n} more", file=sys.stderr, flush=True))
 
-    count = asyncio.run(run())
+    count = _on_vault(args, reindex)
     print(f"reindexed {count} resources")
     return 0
 
@@ -394,9 +396,6 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """List the stored resources that R4 validation would now refuse (stored before validation, or
     while VALIDATION_ENABLED was off); they stay readable. Exit status 1 when there is any."""
-    import asyncio
-
-    from fhirvault.app import FhirVault
     from fhirvault.fhir.r4 import is_resource_type
     from fhirvault.fhir.validation import validate_resource
 
@@ -404,29 +403,24 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"'{args.type}' is not an R4 resource type", file=sys.stderr)
         return 2
 
-    async def run() -> tuple[int, int]:
-        vault = FhirVault(_server_settings(args))
-        await vault.db.migrate()
+    async def check(vault: FhirVault) -> tuple[int, int]:
         checked = failing = 0
         after: tuple[str, str] | None = None
-        try:
-            while True:
-                async with vault.db.read() as conn:
-                    page = await vault.store.current_page(conn, args.type, after, 500)
-                if not page:
-                    return checked, failing
-                for stored in page:
-                    checked += 1
-                    errors = [i for i in validate_resource(stored.content) if i.severity == "error"]
-                    if errors:
-                        failing += 1
-                        for issue in errors:
-                            print(f"{stored.resource_type}/{stored.id}\t{issue.expression}\t{issue.message}")
-                after = (page[-1].resource_type, page[-1].id)
-        finally:
-            await vault.stop()
+        while True:
+            async with vault.db.read() as conn:
+                page = await vault.store.current_page(conn, args.type, after, 500)
+            if not page:
+                return checked, failing
+            for stored in page:
+                checked += 1
+                errors = [i for i in validate_resource(stored.content) if i.severity == "error"]
+                if errors:
+                    failing += 1
+                    for issue in errors:
+                        print(f"{stored.resource_type}/{stored.id}\t{issue.expression}\t{issue.message}")
+            after = (page[-1].resource_type, page[-1].id)
 
-    checked, failing = asyncio.run(run())
+    checked, failing = _on_vault(args, check)
     print(f"checked {checked} resources: {failing} would fail R4 validation", file=sys.stderr)
     return 1 if failing else 0
 
