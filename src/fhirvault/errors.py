@@ -53,6 +53,13 @@ class Gone(FhirVaultError):
     code = "deleted"
 
 
+class Locked(FhirVaultError):
+    """The resource exists but may not be served yet (e.g. content waiting for its malware scan; RFC 4918 423)."""
+
+    status = 423
+    code = "transient"
+
+
 class PreconditionFailed(FhirVaultError):
     status = 412
     code = "conflict"

@@ -110,6 +110,7 @@ class ResourceService:
                     uow = UnitOfWork(conn)
                     result = await work(uow)
                     await self._finish_deferred(ctx, uow)
+                    await self.write_pipeline.before_commit(ctx, uow)
                 break
             except BaseException as exc:
                 if uow is not None:
@@ -119,6 +120,8 @@ class ResourceService:
                 if attempt == MAX_RETRIES - 1:
                     raise Conflict("The resource is being changed by other requests; retry") from None
         assert uow is not None
+        for callback in uow.on_commit:
+            callback()
         await self.write_pipeline.committed(ctx, uow)
         return result
 
