@@ -21,8 +21,8 @@ from tests.support.clamd import (
     EICAR_SIGNATURE,
     TEST_FILE_SIGNATURE,
     Clamd,
-    require_clamd,
     malware_sample,
+    require_clamd,
 )
 from tests.support.server import FhirApi, ServerProcess, settings_env
 

@@ -88,8 +88,9 @@ class Clamd:
         ]))
         if self.socket_path.exists():
             self.socket_path.unlink()
-        self.proc = subprocess.Popen([binary, "--config-file", str(config)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.work_dir / "clamd.err", "ab"))
+        with open(self.work_dir / "clamd.err", "ab") as errors:
+            self.proc = subprocess.Popen([binary, "--config-file", str(config)], stdout=subprocess.DEVNULL,
+                                         stderr=errors)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -83,21 +83,16 @@ class ClamdScanner:
             sock.close()
 
     async def _open_socket(self) -> socket.socket:
+        """A connected non-blocking socket to clamd; ScannerUnavailable when it cannot be reached."""
         loop = asyncio.get_running_loop()
         try:
+            address: Any
             if self._unix is not None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.setblocking(False)
-                try:
-                    await loop.sock_connect(sock, self._unix)
-                except BaseException:
-                    sock.close()
-                    raise
-                return sock
-            assert self._tcp is not None
-            infos = await loop.getaddrinfo(*self._tcp, type=socket.SOCK_STREAM)
-            family, kind, proto, _, address = infos[0]
-            sock = socket.socket(family, kind, proto)
+                family, address = socket.AF_UNIX, self._unix
+            else:
+                assert self._tcp is not None
+                family, _, _, _, address = (await loop.getaddrinfo(*self._tcp, type=socket.SOCK_STREAM))[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setblocking(False)
             try:
                 await loop.sock_connect(sock, address)
