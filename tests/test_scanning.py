@@ -189,6 +189,20 @@ def test_block_mode_scans_once_and_holds_back_infected_content_on_every_path(
         assert _scan_status(api, clean_id)["status"] == "infected"
         _assert_outcome(api.get(f"/Binary/{clean_id}"), 403, "new version with infected content")
         assert api.get(f"/Binary/{clean_id}/_history/1").content == clean  # the old version stays clean
+
+        # An expunged id written again starts at version 1 with its own content's verdict, not the old one's.
+        reused = f"reused-{backend}"
+        assert api.put(f"/Binary/{reused}", content=malware,
+                       headers={"Content-Type": "application/octet-stream"}).status_code == 201
+        assert _scan_status(api, reused)["status"] == "infected"
+        expunged = server.cli("expunge", f"Binary/{reused}")
+        assert expunged.returncode == 0, expunged.stderr
+        fresh = os.urandom(80_000)
+        assert api.put(f"/Binary/{reused}", content=fresh,
+                       headers={"Content-Type": "application/octet-stream"}).status_code == 201
+        assert _scan_status(api, reused)["status"] in ("pending", "clean")
+        _wait_status(api, reused, "clean")
+        assert api.get(f"/Binary/{reused}").content == fresh
     jobs = server.cli("jobs", "list", "--kind", "scan", "--json", "--limit", "1000")
     assert jobs.returncode == 0, jobs.stderr
     subjects = [j["subject"] for j in json.loads(jobs.stdout)["jobs"]]
@@ -251,8 +265,17 @@ def test_scan_off_shows_nothing_and_lists_the_parameter(server_factory: Callable
         assert not [e for e in resource.get("meta", {}).get("extension", []) if e["url"].endswith(EXTENSION_PATH)]
         assert api.get(f"/Binary/{binary_id}").content == malware_sample()
         binary = next(r for r in api.get("/metadata").json()["rest"][0]["resource"] if r["type"] == "Binary")
-        assert {"name": "scan-status", "type": "token"}.items() <= next(
-            p for p in binary["searchParam"] if p["name"] == "scan-status").items()
+        listed = next(p for p in binary["searchParam"] if p["name"] == "scan-status")
+        assert listed["type"] == "token" and listed["definition"] == f"{api.base}/SearchParameter/Binary-scan-status"
+        # Both definitions resolve at their canonical URLs (and are valid R4: every response is checked).
+        param = api.get(listed["definition"])
+        assert param.status_code == 200 and param.json()["code"] == "scan-status"
+        assert param.json()["url"] == listed["definition"]
+        extension = api.get(f"{api.base}{EXTENSION_PATH}")
+        assert extension.status_code == 200 and extension.json()["url"] == f"{api.base}{EXTENSION_PATH}"
+        assert extension.json()["type"] == "Extension"
+        # Other ids of these types are read from storage as before.
+        assert api.get("/StructureDefinition/not-ours").status_code == 404
 
 
 def test_content_above_the_limits_is_skipped(tmp_path: Path, server_factory: Callable[..., ServerProcess]) -> None:

@@ -20,7 +20,7 @@ from fhirvault.blobs.factory import open_blob_store
 from fhirvault.clock import now_us
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
-from fhirvault.fhir import validation
+from fhirvault.fhir import scan_definitions, validation
 from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
@@ -49,7 +49,6 @@ from fhirvault.service.inline_data import InlineDataMover
 from fhirvault.service.pipelines import ReadPipeline, WritePipeline
 from fhirvault.service.reindex import Reindexer
 from fhirvault.service.resources import ResourceService
-from fhirvault.service.scans import EXTENSION_PATH as SCAN_EXTENSION_PATH
 from fhirvault.service.scans import JOB_KIND as SCAN_JOB
 from fhirvault.service.scans import ContentScans
 from fhirvault.service.search_parse import SCAN_STATUS_PARAM
@@ -172,6 +171,18 @@ class FhirVault:
         """The OperationDefinitions this server implements, by id (see fhir.operation_definitions)."""
         return builtin_operation_definitions(self.settings.fhir_base_url)
 
+    def builtin_resource(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """One of the server's own conformance resources (OperationDefinitions, the scan-status
+        StructureDefinition and SearchParameter), or None."""
+        base = self.settings.fhir_base_url
+        if rtype == "OperationDefinition":
+            return self.operation_definitions().get(rid)
+        if rtype == "StructureDefinition" and rid == scan_definitions.EXTENSION_ID:
+            return scan_definitions.scan_status_extension(base)
+        if rtype == "SearchParameter" and rid == scan_definitions.SEARCH_PARAMETER_ID:
+            return scan_definitions.scan_status_search_parameter(base)
+        return None
+
     def capability_statement_json(self) -> bytes:
         """The CapabilityStatement encoded once: it never changes while the process runs."""
         if self._capability_json is None:
@@ -206,11 +217,11 @@ class FhirVault:
                 type_documentation={"Media": media_doc} if media_doc else None,
                 conditional_delete_max=self.settings.conditional_delete_max,
                 custom_search_params={"Binary": [{
-                    "name": SCAN_STATUS_PARAM, "definition": f"{base}/SearchParameter/Binary-scan-status",
+                    "name": SCAN_STATUS_PARAM, "definition": scan_definitions.search_parameter_url(base),
                     "type": "token",
                     "documentation": "The malware scan verdict on the Binary's content: pending | clean | infected | "
-                                     "error | skipped (SCAN_MODE; the extension " f"{base}{SCAN_EXTENSION_PATH} "
-                                     "on Binary.meta shows it)"}]})
+                                     "error | skipped (SCAN_MODE; the extension "
+                                     f"{scan_definitions.extension_url(base)} on Binary.meta shows it)"}]})
         return self._capability
 
 

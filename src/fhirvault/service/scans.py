@@ -18,6 +18,7 @@ from fhirvault.clock import now_us
 from fhirvault.errors import Forbidden, Locked
 from fhirvault.fhir.attachments import iter_attachments
 from fhirvault.fhir.binary import decode_base64_strict
+from fhirvault.fhir.scan_definitions import CLEAN, ERROR, INFECTED, PENDING, SCAN_STATES, SKIPPED, extension_url
 from fhirvault.jobs.queue import Job, JobQueue
 from fhirvault.jobs.scanner import Scanner, ScannerUnavailable
 from fhirvault.jobs.worker import PermanentJobError
@@ -29,7 +30,7 @@ from fhirvault.store import scan_rows
 from fhirvault.store.blobs import COMMITTED, BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource
-from fhirvault.store.scan_rows import CLEAN, ERROR, INFECTED, PENDING, SKIPPED, ScanRecord
+from fhirvault.store.scan_rows import ScanRecord
 from fhirvault.store.schema import resource_versions
 from fhirvault.streams import one_chunk
 
@@ -37,8 +38,8 @@ log = logging.getLogger("fhirvault.scans")
 
 JOB_KIND = "scan"
 # The scan-status extension (on Binary.meta, since R4's Binary has no extension element of its own) is
-# defined under the server's FHIR base: {base}/StructureDefinition/scan-status.
-EXTENSION_PATH = "/StructureDefinition/scan-status"
+# defined under the server's FHIR base: {base}/StructureDefinition/scan-status (fhir/scan_definitions.py).
+EXTENSION_PATH = extension_url("")
 # The request header by which an administrative client asks for content the policy would refuse.
 OVERRIDE_HEADER = "X-Scan-Override"
 # Served in block mode: scanned clean, or deliberately not scanned (above SCAN_MAX_BYTES).
@@ -64,7 +65,7 @@ def scan_extension(base_url: str, record: ScanRecord | None) -> dict[str, Any]:
         parts.append({"url": "signature", "valueString": record.signature})
     if record is not None and record.scanned_at:
         parts.append({"url": "scanned", "valueInstant": to_instant(record.scanned_at)})
-    return {"url": base_url + EXTENSION_PATH, "extension": parts}
+    return {"url": extension_url(base_url), "extension": parts}
 
 
 def _sha256_hex(data: bytes) -> str:
@@ -111,7 +112,6 @@ class ContentScans:
         self.scanner = scanner
         self.mode = mode
         self.max_bytes = max_bytes
-        self.extension_url = fhir_base_url + EXTENSION_PATH
 
     @property
     def enabled(self) -> bool:
@@ -316,7 +316,7 @@ class ContentScans:
                         refs += [(rtype, rid, vid, sha) for sha in await self._contents_of(conn, stored)]
                 looked += len(page)
                 await scan_rows.add_refs(conn, refs, now_us())
-        states = scan_rows.SCAN_STATES if rescan_all else (PENDING, ERROR)
+        states = SCAN_STATES if rescan_all else (PENDING, ERROR)
         last = ""
         while True:
             async with self.db.write() as conn:

@@ -15,9 +15,9 @@ from fhirvault.errors import Invalid
 from fhirvault.fhir.dates import date_range
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.fhir.references import parse_reference
+from fhirvault.fhir.scan_definitions import SCAN_STATES
 from fhirvault.fhir.search_index import normalize
 from fhirvault.fhir.search_params import SearchParam, search_param
-from fhirvault.store.scan_rows import SCAN_STATES
 from fhirvault.store.search_sql import (
     ChainClause,
     Clause,

@@ -51,3 +51,7 @@ class Services(Protocol):
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
         """The server's own OperationDefinitions by id."""
         ...
+
+    def builtin_resource(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """One of the server's own conformance resources of type `rtype` and id `rid`, or None."""
+        ...

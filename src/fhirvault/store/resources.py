@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault import jsoncodec
 from fhirvault.fhir.indexing import COMPARTMENT
 from fhirvault.fhir.search_index import IndexRows
+from fhirvault.store.scan_rows import content_refs
 from fhirvault.store.schema import resource_versions, resources, search_refs
 from fhirvault.store.search_sql import Criteria, Restriction, SortKey, criteria_sql, restriction_sql, sort_columns
 from fhirvault.store.search_tables import delete_index, write_index
@@ -235,7 +236,9 @@ class ResourceStore:
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def expunge(self, conn: AsyncConnection, rtype: str, rid: str) -> None:
-        for table in (resources, resource_versions):
+        # content_refs too: a re-created id starts again at version 1, which must not inherit the old content's
+        # scan verdict (the verdicts themselves belong to the content and stay).
+        for table in (resources, resource_versions, content_refs):
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
         await delete_index(conn, rtype, rid)
 

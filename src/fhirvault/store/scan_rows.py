@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault.fhir.scan_definitions import CLEAN, ERROR, INFECTED, PENDING, SCAN_STATES, SKIPPED
 from fhirvault.store.schema import metadata
 
-PENDING, CLEAN, INFECTED, ERROR, SKIPPED = "pending", "clean", "infected", "error", "skipped"
-SCAN_STATES = (PENDING, CLEAN, INFECTED, ERROR, SKIPPED)
+__all__ = ["CLEAN", "ERROR", "INFECTED", "PENDING", "SCAN_STATES", "SKIPPED"]
 
 # One row per distinct content: identical bytes (in any Binary, version or Attachment) share one verdict
 # and are scanned once. A content without a row has never been seen by the scanner: it counts as pending.
@@ -44,7 +44,7 @@ content_refs = sa.Table(
 
 @dataclass(frozen=True)
 class ScanRecord:
-    """The verdict on one content: `state` one of SCAN_STATES, `signature` when infected."""
+    """The verdict on one content: `state` one of fhir.scan_definitions.SCAN_STATES, `signature` when infected."""
 
     sha256: str
     state: str
