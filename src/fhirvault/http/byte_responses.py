@@ -83,7 +83,10 @@ async def check_scan_policy(request: Request, content: BinaryContent) -> None:
     ctx = getattr(request.state, "ctx", None)
     principal = ctx.principal if isinstance(ctx, RequestContext) else None
     override = (request.headers.get(OVERRIDE_HEADER) or "").strip().lower() == "true"
-    await request.app.state.vault.scans.check_servable(content.sha256_hex, content.size, principal, override)
+    # A Binary's content is described by its id; an Attachment's inline data by "Type/id" of its resource.
+    rtype, _, rid = content.binary_id.rpartition("/")
+    holder = (rtype or "Binary", rid, content.version_id)
+    await request.app.state.vault.scans.check_servable(content.sha256_hex, content.size, holder, principal, override)
 
 
 async def serve_bytes(request: Request, content: BinaryContent, stream: ByteStream,

@@ -105,14 +105,16 @@ class JobQueue:
 
     async def enqueue_in(self, conn: AsyncConnection, kind: str, payload: dict[str, Any], *,
                          subject: str | None = None, dedupe_key: str | None = None,
-                         run_after_us: int | None = None) -> str:
+                         run_after_us: int | None = None, dedupe_states: tuple[str, ...] = ACTIVE) -> str:
         """`enqueue` inside the caller's write transaction `conn`: the job exists exactly when that
-        transaction commits. The caller calls `notify()` after the commit."""
+        transaction commits. The caller calls `notify()` after the commit. `dedupe_states`: the states of a
+        job with the same key that makes this one unneeded (`(PENDING,)` when a job already running may
+        have passed the point where it would have seen what this one is queued for)."""
         ts = now_us()
         if dedupe_key is not None:
             existing = (await conn.execute(
                 sa.select(jobs.c.id).where(jobs.c.kind == kind, jobs.c.dedupe_key == dedupe_key,
-                                           jobs.c.state.in_(ACTIVE)).limit(1))).scalar()
+                                           jobs.c.state.in_(dedupe_states)).limit(1))).scalar()
             if existing is not None:
                 return str(existing)
         job_id = str(uuid.uuid4())

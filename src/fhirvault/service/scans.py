@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,6 +21,7 @@ from fhirvault.errors import Forbidden, Locked
 from fhirvault.fhir.attachments import iter_attachments
 from fhirvault.fhir.binary import decode_base64_strict
 from fhirvault.fhir.scan_definitions import CLEAN, ERROR, INFECTED, PENDING, SCAN_STATES, SKIPPED, extension_url
+from fhirvault.jobs.queue import PENDING as JOB_PENDING
 from fhirvault.jobs.queue import Job, JobQueue
 from fhirvault.jobs.scanner import Scanner, ScannerUnavailable
 from fhirvault.jobs.worker import PermanentJobError
@@ -44,6 +47,10 @@ EXTENSION_PATH = extension_url("")
 OVERRIDE_HEADER = "X-Scan-Override"
 # Served in block mode: scanned clean, or deliberately not scanned (above SCAN_MAX_BYTES).
 SERVABLE = (CLEAN, SKIPPED)
+# Verdicts a later holding of the same content takes over without a new scan (until a rescan).
+FINAL = (CLEAN, INFECTED, SKIPPED)
+# Longest wait (seconds) of a later holding taking a verdict over (see `run`).
+MAX_TAKEOVER_WAIT = 300.0
 
 ScanMode = Literal["off", "record", "block"]
 
@@ -142,15 +149,18 @@ class ContentScans:
         return shas
 
     async def _record_and_queue(self, conn: AsyncConnection, refs: list[tuple[str, str, int, str]]) -> int:
-        """Record the holdings, then queue a job for each content without a verdict; returns how many
-        contents have a queued job."""
+        """Record the holdings (unchecked) and queue a job for each content, whatever its verdict: the job
+        checks the new holdings, scanning only content without a verdict. Returns how many contents."""
         await scan_rows.add_refs(conn, refs, now_us())
-        shas = {sha for *_, sha in refs}
-        states = await scan_rows.states_of(conn, shas)
-        wanted = {sha for sha in shas if sha not in states or states[sha].state in (PENDING, ERROR)}
-        for sha in sorted(wanted):
-            await self.jobs.enqueue_in(conn, JOB_KIND, {"sha256": sha}, subject=f"sha256:{sha}", dedupe_key=sha)
-        return len(wanted)
+        shas = sorted({sha for *_, sha in refs})
+        for sha in shas:
+            await self._enqueue(conn, sha, rescan=False)
+        return len(shas)
+
+    async def _enqueue(self, conn: AsyncConnection, sha: str, *, rescan: bool) -> None:
+        # A running job may already have checked the holdings it knew of: only a pending one covers new ones.
+        await self.jobs.enqueue_in(conn, JOB_KIND, {"sha256": sha, "rescan": rescan}, subject=f"sha256:{sha}",
+                                   dedupe_key=f"rescan:{sha}" if rescan else sha, dedupe_states=(JOB_PENDING,))
 
     # -- the scan job ---------------------------------------------------------------------------
     async def run(self, job: Job) -> dict[str, Any] | None:
@@ -159,6 +169,14 @@ class ContentScans:
         sha = str(job.payload.get("sha256") or "")
         if self.scanner is None:
             raise PermanentJobError("SCAN_MODE is off: no scanner is configured")
+        known = await self.verdict(sha)
+        if known is not None and known.state in FINAL and not job.payload.get("rescan"):
+            # Scanned before: the new holdings get that verdict without asking the scanner again, after as long
+            # as the scan took, so that the verdict arrives when it would for new content.
+            await asyncio.sleep(min(known.scan_seconds or 0.0, MAX_TAKEOVER_WAIT))
+            async with self.db.write() as conn:
+                await scan_rows.mark_checked(conn, sha)
+            return {"state": known.state, "scanned": False}
         source = await self.source(sha)
         if source is None:
             # Every version that held it was expunged: nothing is left to serve or scan.
@@ -174,6 +192,7 @@ class ContentScans:
                 digest.update(chunk)
                 yield chunk
 
+        started = time.monotonic()
         try:
             verdict = await self.scanner.scan(checked())
         except ScannerUnavailable as exc:
@@ -186,18 +205,20 @@ class ContentScans:
         if digest.hexdigest() != sha:
             await self._record(sha, ERROR, detail="the stored bytes no longer match their SHA-256", size=source.size)
             raise PermanentJobError(f"the stored bytes of content {sha} do not match their SHA-256")
+        took = time.monotonic() - started
         if verdict.infected:
             log.warning("content sha256:%s is infected: %s", sha, verdict.signature)
-            await self._record(sha, INFECTED, signature=verdict.signature, size=source.size)
+            await self._record(sha, INFECTED, signature=verdict.signature, size=source.size, scan_seconds=took)
             return {"state": INFECTED, "signature": verdict.signature}
-        await self._record(sha, CLEAN, size=source.size)
+        await self._record(sha, CLEAN, size=source.size, scan_seconds=took)
         return {"state": CLEAN}
 
     async def _record(self, sha: str, state: str, *, signature: str | None = None, detail: str | None = None,
-                      size: int | None = None) -> None:
+                      size: int | None = None, scan_seconds: float | None = None) -> None:
         async with self.db.write() as conn:
             await scan_rows.record_verdict(conn, sha, state, signature=signature, detail=detail, size=size,
-                                           now=now_us())
+                                           scan_seconds=scan_seconds, now=now_us())
+            await scan_rows.mark_checked(conn, sha)
 
     async def source(self, sha: str) -> ContentSource | None:
         """Some stored place holding the content with this SHA-256: a committed blob, or inline data of a
@@ -222,14 +243,19 @@ class ContentScans:
         async with self.db.read() as conn:
             return await scan_rows.get(conn, sha256)
 
-    async def check_servable(self, sha256: str, size: int, principal: Caller | None, override: bool) -> None:
-        """The blocking policy, asked by every path that serves stored bytes. In `block` mode content that
-        is not known clean (or skipped) is refused: Locked (423) while pending or in error, Forbidden (403)
-        when infected; an administrative client (`system/*.cruds`) that asks with `X-Scan-Override: true`
-        gets it anyway (logged). Empty content has nothing to scan. Other modes serve everything."""
+    async def check_servable(self, sha256: str, size: int, holder: tuple[str, str, int] | None,
+                             principal: Caller | None, override: bool) -> None:
+        """The blocking policy, asked by every path that serves stored bytes: `holder` (type, id, version) is
+        the version whose content is served. In `block` mode content that is not known clean (or skipped)
+        is refused: Locked (423) while pending (also while no scan job has checked this holding yet) or in
+        error, Forbidden (403) when infected; an administrative client (`system/*.cruds`) that asks with
+        `X-Scan-Override: true` gets it anyway (logged). Empty content has nothing to scan. Other modes
+        serve everything."""
         if self.mode != "block" or size == 0:
             return
-        record = await self.verdict(sha256)
+        async with self.db.read() as conn:
+            checked = await scan_rows.holding_checked(conn, *holder, sha256) if holder else None
+            record = await scan_rows.get(conn, sha256) if checked is not False else None
         state = record.state if record is not None else PENDING
         if state in SERVABLE:
             return
@@ -263,15 +289,16 @@ class ContentScans:
             if isinstance(r.get("id"), str) and version.isdigit():
                 keys.setdefault((r["id"], int(version)), []).append(r)
         async with self.db.read() as conn:
-            shas = await scan_rows.version_contents(conn, keys)
+            holdings = await scan_rows.version_contents(conn, keys)
             # Inline content recorded by no version yet (stored before scanning was on) is known by its data.
             own = {id(r): _sha256_hex(raw[0]) for r in binaries if (raw := _inline_contents(r))}
-            verdicts = await scan_rows.states_of(conn, [*shas.values(), *own.values()])
+            verdicts = await scan_rows.states_of(conn, [*(sha for sha, _ in holdings.values()), *own.values()])
         may_override = ctx.scan_override and _is_admin(ctx.principal)
         for key, found in keys.items():
             for r in found:
-                sha = shas.get(key) or own.get(id(r))
-                record = verdicts.get(sha) if sha else None
+                sha, checked = holdings.get(key) or (own.get(id(r)), True)
+                # Until a job checked this holding it is pending, whatever the content's verdict (see content_refs).
+                record = verdicts.get(sha) if sha and checked else None
                 meta = r.setdefault("meta", {})
                 meta["extension"] = [*meta.get("extension", []), scan_extension(ctx.base_url, record)]
                 held_back = record is None or record.state not in SERVABLE
@@ -295,7 +322,7 @@ class ContentScans:
         before scanning was on), and queue scans of every content without a verdict (pending, error);
         with `rescan_all`, of every content (after a signature update: a verdict stays until the new one
         lands). Returns counts: `versions` looked at, `queued` contents."""
-        looked = queued = 0
+        looked = 0
         after: tuple[str, str, int] = ("", "", 0)
         v = resource_versions
         while True:
@@ -316,20 +343,28 @@ class ContentScans:
                         refs += [(rtype, rid, vid, sha) for sha in await self._contents_of(conn, stored)]
                 looked += len(page)
                 await scan_rows.add_refs(conn, refs, now_us())
-        states = SCAN_STATES if rescan_all else (PENDING, ERROR)
-        last = ""
-        while True:
-            async with self.db.write() as conn:
-                shas = await scan_rows.shas_in_states(conn, states, after=last, limit=batch)
-                if not shas:
-                    break
-                last = shas[-1]
-                for sha in shas:
-                    await self.jobs.enqueue_in(conn, JOB_KIND, {"sha256": sha}, subject=f"sha256:{sha}",
-                                               dedupe_key=sha)
-                queued += len(shas)
+        # Contents with holdings not checked yet (just recorded, or left by a crash), those without a final
+        # verdict, and with `rescan_all` every content (scanned again, whatever it was found to be).
+        pages: list[tuple[Callable[[AsyncConnection, str], Awaitable[list[str]]], bool]] = [
+            (lambda conn, start: scan_rows.unchecked_shas(conn, after=start, limit=batch), False),
+            (lambda conn, start: scan_rows.shas_in_states(conn, (PENDING, ERROR), after=start, limit=batch), False)]
+        if rescan_all:
+            pages.append((lambda conn, start: scan_rows.shas_in_states(conn, SCAN_STATES, after=start, limit=batch),
+                          True))
+        queued_shas: set[str] = set()
+        for page_of, rescan in pages:
+            last = ""
+            while True:
+                async with self.db.write() as conn:
+                    shas = await page_of(conn, last)
+                    if not shas:
+                        break
+                    last = shas[-1]
+                    for sha in shas:
+                        await self._enqueue(conn, sha, rescan=rescan)
+                queued_shas.update(shas)
         self.jobs.notify()
-        return {"versions": looked, "queued": queued}
+        return {"versions": looked, "queued": len(queued_shas)}
 
 
 def _is_admin(principal: Caller | None) -> bool:
