@@ -365,3 +365,13 @@ def test_scan_command_scans_existing_content_and_rescans_after_a_signature_updat
     finally:
         scanning.stop()
         daemon.stop()
+
+
+def test_scan_settings_are_checked_at_start(tmp_path: Path) -> None:
+    """A SCAN_MODE or SCAN_CLAMD_URL that is not one is one clear line and exit status 2, before anything runs."""
+    from tests.test_cli_correctness import assert_one_clear_line, serve
+
+    assert_one_clear_line(serve(tmp_path, env={"FHIRVAULT_SCAN_MODE": "quarantine"}), 2, "SCAN_MODE", "'quarantine'")
+    assert_one_clear_line(serve(tmp_path, env={"FHIRVAULT_SCAN_MODE": "block",
+                                               "FHIRVAULT_SCAN_CLAMD_URL": "http://127.0.0.1:3310"}), 2,
+                          "SCAN_CLAMD_URL", "tcp://host:port")
