@@ -97,10 +97,12 @@ class BlobRecord:
     sha256: str | None
     sha1: str | None
     created: int
+    refs: int = 0  # resource versions referring to the blob
 
 
 def _record(row: Any) -> BlobRecord:
-    return BlobRecord(row.id, row.state, row.backend, row.storage_key, row.size, row.sha256, row.sha1, row.created)
+    return BlobRecord(row.id, row.state, row.backend, row.storage_key, row.size, row.sha256, row.sha1, row.created,
+                      int(row.refs or 0))
 
 
 class BlobRegistry:
