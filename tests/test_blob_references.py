@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from fhirvault.store.blobs import COMMITTED, RELEASED, BlobRegistry, ContentRace
 from fhirvault.store.database import Database
+from fhirvault.store.migrations import STEPS, apply_steps
 from tests.conftest import require_postgres
 from tests.support.server import postgres_database
 
@@ -120,3 +122,49 @@ def test_expunge_of_the_last_reference_and_a_new_reference_are_ordered_by_the_ro
             await db.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_upgrade_counts_the_references_of_blobs_stored_before(backend: str, tmp_path: Path) -> None:
+    """Migration 0009 on a database of the release before it: each blob's refs are the versions referring
+    to it, and one committed blob per content (the smallest id) becomes the one later uploads share."""
+    async def scenario(url: str) -> None:
+        db = Database(url)
+        try:
+            async with db.write() as conn:
+                await apply_steps(conn, postgres=not db.is_sqlite, steps=STEPS[:8])
+                # the blobs table as it was before 0009
+                for statement in ("DROP INDEX ux_blobs_content_key", "ALTER TABLE blobs DROP COLUMN content_key",
+                                  "ALTER TABLE blobs DROP COLUMN refs"):
+                    await conn.execute(sa.text(statement))
+                for blob_id, state, sha in (("a", "committed", SHA), ("b", "committed", SHA),
+                                            ("c", "committed", "0" * 64), ("d", "pending", None)):
+                    await conn.execute(sa.text(
+                        "INSERT INTO blobs (id, state, backend, storage_key, size, sha256, sha1, created) "
+                        "VALUES (:id, :state, 'filesystem', :id, :size, :sha, NULL, 1)"),
+                        {"id": blob_id, "state": state, "sha": sha, "size": 12 if sha else None})
+                for rid, version, blob_id in (("1", 1, "b"), ("1", 2, "b"), ("2", 1, "a"), ("3", 1, "c"),
+                                              ("3", 2, None)):
+                    await conn.execute(sa.text(
+                        "INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method, "
+                        "deleted, content, blob_id) VALUES ('Binary', :id, :v, 1, 'PUT', :deleted, '{}', :blob)"),
+                        {"id": rid, "v": version, "blob": blob_id, "deleted": False})
+            await db.migrate()
+            async with db.read() as conn:
+                rows = {r.id: (r.refs, r.content_key) for r in (await conn.execute(sa.text(
+                    "SELECT id, refs, content_key FROM blobs"))).all()}
+            assert rows == {"a": (1, f"{SHA}:12"), "b": (2, None), "c": (1, f"{'0' * 64}:12"), "d": (0, None)}
+            # and the upgraded table takes part in deduplication at once
+            registry = BlobRegistry()
+            await _pending(db, registry, "e")
+            async with db.write() as conn:
+                assert await registry.settle(conn, "e", 12, SHA, SHA1, dedup=True) == "a"
+        finally:
+            await db.close()
+
+    if backend == "postgres":
+        require_postgres()
+        with postgres_database() as url:
+            asyncio.run(scenario(url))
+    else:
+        asyncio.run(scenario(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"))

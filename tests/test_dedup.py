@@ -430,9 +430,10 @@ def test_dedup_disabled_keeps_separate_copies(server_factory: Callable[..., Serv
     assert len(stored_keys(server)) == 2
 
 
-def test_storage_stats_counts_blobs_and_bytes_saved(server_factory: Callable[..., ServerProcess],
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_storage_stats_counts_blobs_and_bytes_saved(database: str, server_factory: Callable[..., ServerProcess],
                                                    request: pytest.FixtureRequest) -> None:
-    server = server_factory("sqlite", **mode_settings(request, "database"))
+    server = server_factory(database, **mode_settings(request, "database"))
     assert (stats(server)["blobs"], stats(server)["bytes_saved"]) == (0, 0)
     data, other = os.urandom(100_000), os.urandom(70_000)
     with server.api() as api:
