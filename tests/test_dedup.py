@@ -449,3 +449,22 @@ def test_storage_stats_counts_blobs_and_bytes_saved(database: str, server_factor
     lines = {line[:15].strip(): line[15:].strip() for line in text.stdout.splitlines()}
     assert lines["blobs"] == "2" and lines["bytes stored"] == str(len(data) + len(other))
     assert lines["bytes saved"] == str(3 * len(data)) and lines["dedup enabled"] == "true"
+
+
+def test_content_stored_under_another_storage_mode_is_not_shared(server_factory: Callable[..., ServerProcess],
+                                                                 request: pytest.FixtureRequest) -> None:
+    """After STORAGE_MODE changes, equal content kept by the former backend is not referred to (this server
+    could not read it): the upload keeps its own copy and reads back."""
+    server = server_factory("sqlite", **mode_settings(request, "filesystem"))
+    data = os.urandom(150_000)
+    with server.api() as api:
+        upload(api, data)
+    server.stop()
+    server.env["FHIRVAULT_STORAGE_MODE"] = "database"
+    server.start()
+    with server.api() as api:
+        moved = upload(api, data).json()["id"]
+        assert api.get(f"/Binary/{moved}").content == data
+    backends = sorted(r[0] for r in _sql(server, "SELECT backend FROM blobs WHERE state = 'committed'"))
+    assert backends == ["database", "filesystem"]
+    assert_counts_consistent(server)

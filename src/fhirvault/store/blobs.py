@@ -89,6 +89,9 @@ def content_key(sha256_hex: str, size: int) -> str:
 
 @dataclass(frozen=True)
 class BlobRecord:
+    """One registry row: state, where the bytes are (`storage_key`), size in bytes, SHA-256 (hex), SHA-1
+    (base64), creation time (microseconds since the epoch) and how many versions refer to it."""
+
     id: str
     state: str
     backend: str
@@ -128,11 +131,18 @@ class BlobRegistry:
         first (the unique index decides, on PostgreSQL by waiting for that transaction): retry."""
         key = content_key(sha256, size) if dedup else None
         if key is not None:
-            existing = (await conn.execute(sa.select(blobs.c.id).where(blobs.c.content_key == key))).scalar()
-            if existing is not None and existing != blob_id:
+            rows = (await conn.execute(sa.select(blobs.c.id, blobs.c.backend).where(
+                sa.or_(blobs.c.content_key == key, blobs.c.id == blob_id)))).all()
+            own = next((r.backend for r in rows if r.id == blob_id), None)
+            existing = next((r for r in rows if r.id != blob_id), None)
+            if existing is not None and existing.backend == own:
                 if not await self.release_pending(conn, blob_id):
                     raise LookupError(f"blob {blob_id} is no longer pending")
-                return str(existing)
+                return str(existing.id)
+            if existing is not None:
+                # Equal content kept by another backend (stored before STORAGE_MODE changed): this server
+                # cannot read it, so the upload keeps its own copy, without the key the other one holds.
+                key = None
         update = sa.update(blobs).where(blobs.c.id == blob_id, blobs.c.state == PENDING).values(
             state=COMMITTED, size=size, sha256=sha256, sha1=sha1, content_key=key)
         try:
