@@ -71,8 +71,16 @@ async def _blob_references(conn: AsyncConnection) -> None:
         await conn.execute(sa.text("ALTER TABLE blobs ADD COLUMN refs INTEGER DEFAULT '0' NOT NULL"))
     if "content_key" not in columns:
         await conn.execute(sa.text("ALTER TABLE blobs ADD COLUMN content_key VARCHAR(96)"))
+    # Counted once by grouping into an indexed scratch table: resource_versions has no index on blob_id,
+    # and a count per blob would scan all versions once per blob.
+    await conn.execute(sa.text("DROP TABLE IF EXISTS blob_refs_0009"))
     await conn.execute(sa.text(
-        "UPDATE blobs SET refs = (SELECT count(*) FROM resource_versions v WHERE v.blob_id = blobs.id)"))
+        "CREATE TABLE blob_refs_0009 AS SELECT blob_id, count(*) AS n FROM resource_versions "
+        "WHERE blob_id IS NOT NULL GROUP BY blob_id"))
+    await conn.execute(sa.text("CREATE UNIQUE INDEX ux_blob_refs_0009 ON blob_refs_0009 (blob_id)"))
+    await conn.execute(sa.text(
+        "UPDATE blobs SET refs = coalesce((SELECT c.n FROM blob_refs_0009 c WHERE c.blob_id = blobs.id), 0)"))
+    await conn.execute(sa.text("DROP TABLE blob_refs_0009"))
     await conn.execute(sa.text(
         "UPDATE blobs SET content_key = sha256 || ':' || CAST(size AS VARCHAR(24)) "
         "WHERE content_key IS NULL AND id IN (SELECT min(b.id) FROM blobs b WHERE b.state = 'committed' "
