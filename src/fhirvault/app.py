@@ -20,7 +20,7 @@ from fhirvault.blobs.factory import open_blob_store
 from fhirvault.clock import now_us
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
-from fhirvault.fhir import validation
+from fhirvault.fhir import scan_definitions, validation
 from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
@@ -30,6 +30,7 @@ from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
 from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.formats import FhirFormatMiddleware
 from fhirvault.http.responses import error_response, outcome_response
+from fhirvault.jobs.clamd import ClamdScanner
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
 from fhirvault.security.clients import ClientStore
@@ -48,6 +49,9 @@ from fhirvault.service.inline_data import InlineDataMover
 from fhirvault.service.pipelines import ReadPipeline, WritePipeline
 from fhirvault.service.reindex import Reindexer
 from fhirvault.service.resources import ResourceService
+from fhirvault.service.scans import JOB_KIND as SCAN_JOB
+from fhirvault.service.scans import ContentScans
+from fhirvault.service.search_parse import SCAN_STATUS_PARAM
 from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import to_instant
@@ -86,6 +90,13 @@ class FhirVault:
                              backoff_seconds=settings.ingest_backoff_seconds,
                              lease_seconds=settings.job_lease_seconds)
         self.ingestion = AttachmentIngestion(self.resources, self.binaries, self.jobs, settings)
+        self.jobs.set_retry_policy(SCAN_JOB, max_attempts=settings.scan_max_attempts,
+                                   backoff_seconds=settings.scan_backoff_seconds)
+        self.scans = ContentScans(
+            self.db, self.store, self.blob_registry, self.blob_store, self.jobs,
+            ClamdScanner(settings.scan_clamd_url, settings.scan_timeout_seconds) if settings.scan_mode != "off"
+            else None,
+            mode=settings.scan_mode, max_bytes=settings.scan_max_bytes, fhir_base_url=settings.fhir_base_url)
         # The steps every resource passes; their order is fixed in service/pipelines.py.
         self.resources.write_pipeline = WritePipeline(
             validate=R4Validation() if settings.validation_enabled else None,
@@ -94,12 +105,15 @@ class FhirVault:
                                              remove_later=self.binaries.remove_later),
             normalize_attachment_urls=AttachmentNormalizer(
                 self.resources.access, UrlShapes(settings.fhir_base_url, self.signed_urls)),
+            record_content_scans=self.scans if settings.scan_mode != "off" else None,
             schedule_ingestion=self.ingestion.scheduler)
         self.resources.read_pipeline = ReadPipeline(
             sign_attachment_urls=AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls)
-            if settings.rewrite_attachment_urls else None)
+            if settings.rewrite_attachment_urls else None,
+            show_scan_status=self.scans)
         self.storage = StorageDownloads(self.binaries, self.blob_store, self.signed_urls, settings.fhir_base_url)
-        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers,
+        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run, SCAN_JOB: self.scans.run},
+                                  count=settings.job_workers,
                                   grace_seconds=settings.shutdown_timeout_seconds)
         self.readiness = Readiness(self.db, self.blob_store)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
@@ -159,6 +173,18 @@ class FhirVault:
         """The OperationDefinitions this server implements, by id (see fhir.operation_definitions)."""
         return builtin_operation_definitions(self.settings.fhir_base_url)
 
+    def builtin_resource(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """One of the server's own conformance resources (OperationDefinitions, the scan-status
+        StructureDefinition and SearchParameter), or None."""
+        base = self.settings.fhir_base_url
+        if rtype == "OperationDefinition":
+            return self.operation_definitions().get(rid)
+        if rtype == "StructureDefinition" and rid == scan_definitions.EXTENSION_ID:
+            return scan_definitions.scan_status_extension(base)
+        if rtype == "SearchParameter" and rid == scan_definitions.SEARCH_PARAMETER_ID:
+            return scan_definitions.scan_status_search_parameter(base)
+        return None
+
     def capability_statement_json(self) -> bytes:
         """The CapabilityStatement encoded once: it never changes while the process runs."""
         if self._capability_json is None:
@@ -191,7 +217,13 @@ class FhirVault:
                 }},
                 operations_by_type={rtype: operations for rtype in resource_types()},
                 type_documentation={"Media": media_doc} if media_doc else None,
-                conditional_delete_max=self.settings.conditional_delete_max)
+                conditional_delete_max=self.settings.conditional_delete_max,
+                custom_search_params={"Binary": [{
+                    "name": SCAN_STATUS_PARAM, "definition": scan_definitions.search_parameter_url(base),
+                    "type": "token",
+                    "documentation": "The malware scan verdict on the Binary's content: pending | clean | infected | "
+                                     "error | skipped (SCAN_MODE; the extension "
+                                     f"{scan_definitions.extension_url(base)} on Binary.meta shows it)"}]})
         return self._capability
 
 

@@ -111,6 +111,7 @@ class ResourceService:
                     uow = UnitOfWork(conn)
                     result = await work(uow)
                     await self._finish_deferred(ctx, uow)
+                    await self.write_pipeline.before_commit(ctx, uow)
                 break
             except BaseException as exc:
                 if uow is not None:

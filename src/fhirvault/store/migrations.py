@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault.clock import now_us
 from fhirvault.store.blobs import blob_chunks, blobs
 from fhirvault.store.job_rows import jobs
+from fhirvault.store.scan_rows import content_refs, content_scans
 from fhirvault.store.schema import (
     metadata,
     resource_versions,
@@ -101,6 +102,8 @@ STEPS: tuple[MigrationStep, ...] = (
     # Typed search index tables; every stored type is marked for a resumable rebuild of its index.
     MigrationStep("0008_search_index", create_search_tables),
     MigrationStep("0009_blob_references", _blob_references),
+    # Malware scan verdicts by content (SHA-256), and which resource versions hold each content.
+    MigrationStep("0010_content_scans", _create(content_scans, content_refs)),
 )
 
 

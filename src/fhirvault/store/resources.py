@@ -13,6 +13,7 @@ from fhirvault import jsoncodec
 from fhirvault.fhir.indexing import COMPARTMENT
 from fhirvault.fhir.search_index import IndexRows
 from fhirvault.store.blobs import BlobRecord, BlobRegistry
+from fhirvault.store.scan_rows import content_refs
 from fhirvault.store.schema import resource_versions, resources, search_refs
 from fhirvault.store.search_sql import Criteria, Restriction, SortKey, criteria_sql, restriction_sql, sort_columns
 from fhirvault.store.search_tables import delete_index, write_index
@@ -250,7 +251,9 @@ class ResourceStore:
         counts = {str(row[0]): int(row[1]) for row in (await conn.execute(
             sa.select(t.c.blob_id, sa.func.count()).where(t.c.resource_type == rtype, t.c.id == rid,
                                                           t.c.blob_id.is_not(None)).group_by(t.c.blob_id))).all()}
-        for table in (resources, resource_versions):
+        # content_refs too: a re-created id starts again at version 1, which must not inherit the old content's
+        # scan verdict (the verdicts themselves belong to the content and stay).
+        for table in (resources, resource_versions, content_refs):
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
         await delete_index(conn, rtype, rid)
         return await self.registry.drop_references(conn, counts)

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
+from fhirvault.store.scan_rows import scan_state_matches
 from fhirvault.store.schema import resources, search_refs, search_tokens
 from fhirvault.store.search_tables import (
     search_composites,
@@ -123,7 +124,14 @@ class UpdatedClause:
     tests: list[RangeTest]
 
 
-Clause = ParamClause | MissingClause | ChainClause | HasClause | IdClause | UpdatedClause
+@dataclass
+class ScanStatusClause:
+    """Binary's custom `scan-status`: the malware scan verdict on the version's content is one of `states`."""
+
+    states: list[str]
+
+
+Clause = ParamClause | MissingClause | ChainClause | HasClause | IdClause | UpdatedClause | ScanStatusClause
 
 
 @dataclass
@@ -265,6 +273,8 @@ def clause_sql(clause: Clause, owner: Any) -> ColumnElement[bool]:
     """One clause as a condition on `owner` (an alias of `resources`)."""
     if isinstance(clause, IdClause):
         return owner.c.id.in_(clause.ids)
+    if isinstance(clause, ScanStatusClause):
+        return scan_state_matches(owner, clause.states)
     if isinstance(clause, UpdatedClause):
         return sa.or_(*[_range(t.prefix, owner.c.last_updated, owner.c.last_updated + 1, t, False)
                         for t in clause.tests])
