@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.clock import now_us
 from fhirvault.store.blobs import blob_chunks, blobs
+from fhirvault.store.direct_uploads import direct_uploads
 from fhirvault.store.job_rows import jobs
 from fhirvault.store.schema import (
     metadata,
@@ -74,6 +75,8 @@ STEPS: tuple[MigrationStep, ...] = (
         "CREATE INDEX IF NOT EXISTS ix_blobs_storage_key ON blobs (storage_key)")),
     # Typed search index tables; every stored type is marked for a resumable rebuild of its index.
     MigrationStep("0008_search_index", create_search_tables),
+    # Uploads straight to the object store (Binary/$upload-url), each owning a pending blob.
+    MigrationStep("0012_direct_uploads", _create(direct_uploads)),
 )
 
 
