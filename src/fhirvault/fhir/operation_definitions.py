@@ -30,6 +30,8 @@ def _instance_operation(base_url: str, code: str, name: str, description: str, a
 
 
 def binary_access_read(base_url: str) -> dict[str, Any]:
+    """The OperationDefinition of $binary-access-read (HAPI FHIR's operation) with canonical URLs under
+    `base_url`."""
     return _instance_operation(
         base_url, "binary-access-read", "BinaryAccessRead",
         "Streams the bytes of the Attachment at `path` (inline data, or the Binary its url names) "
@@ -40,6 +42,8 @@ def binary_access_read(base_url: str) -> dict[str, Any]:
 
 
 def binary_access_write(base_url: str) -> dict[str, Any]:
+    """The OperationDefinition of $binary-access-write (HAPI FHIR's operation) with canonical URLs under
+    `base_url`."""
     return _instance_operation(
         base_url, "binary-access-write", "BinaryAccessWrite",
         "Stores the raw request body as the content of the existing Attachment at `path`: "
@@ -135,7 +139,9 @@ def upload_complete(base_url: str) -> dict[str, Any]:
 
 
 def builtin_operation_definitions(base_url: str, *, direct_uploads: bool = False) -> dict[str, dict[str, Any]]:
-    """The server's own OperationDefinitions by id; the direct upload ones only when offered (s3 mode)."""
+    """Every OperationDefinition this server implements, by id, with canonical URLs under `base_url` (served
+    at OperationDefinition/{id} and named in the CapabilityStatement); the direct upload ones only when
+    offered (s3 mode)."""
     found = [binary_access_read(base_url), binary_access_write(base_url), validate(base_url)]
     if direct_uploads:
         found += [upload_url(base_url), upload_complete(base_url)]
