@@ -65,6 +65,7 @@ class DirectUploadRows:
     """SQL access to `direct_uploads`; every method runs inside a transaction the caller owns."""
 
     async def add(self, conn: AsyncConnection, row: DirectUploadRow) -> None:
+        """Insert a new upload (its pending blob row must exist: the foreign key)."""
         await conn.execute(sa.insert(direct_uploads).values(**row.__dict__))
 
     async def get(self, conn: AsyncConnection, upload_id: str, client_id: str) -> DirectUploadRow | None:
@@ -106,4 +107,5 @@ class DirectUploadRows:
         return [_row(r) for r in (await conn.execute(stmt)).all()]
 
     async def remove(self, conn: AsyncConnection, upload_id: str) -> None:
+        """Forget an upload (its blob, if any is left, is the blob registry's business)."""
         await conn.execute(sa.delete(direct_uploads).where(direct_uploads.c.id == upload_id))
