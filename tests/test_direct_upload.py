@@ -180,6 +180,27 @@ def test_multipart_upload_with_httpx(s3_server_for) -> None:
         assert s3_keys(server) >= {key} and not any(k.startswith(key + " ") for k in s3_keys(server))
 
 
+def test_concurrent_completions_create_one_binary(s3_server_for) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = s3_server_for()
+    content = pseudo_random(11 * MiB, seed=33)
+    with server.api() as api:
+        ticket = begin(api, contentType="video/mp4", size=len(content))
+        offset = 0
+        for url, size, _ in ticket["parts"]:
+            assert httpx.put(url, content=content[offset:offset + size], timeout=60).status_code == 200
+            offset += size
+        before = binary_count(server)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: complete(api, ticket["upload"]), range(4)))
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses.count(201) == 1 and set(statuses) <= {200, 201, 409}, statuses
+        assert binary_count(server) == before + 1
+        ids = {a.json()["id"] for a in answers if a.status_code in (200, 201)}
+        assert len(ids) == 1 and api.get(f"/Binary/{ids.pop()}").content == content
+
+
 def test_small_content_is_kept_inline_like_a_raw_post(s3_server_for) -> None:
     server = s3_server_for()
     content = b"a short note"
@@ -200,7 +221,7 @@ def test_wrong_size_is_refused_and_removed(s3_server_for) -> None:
     server = s3_server_for()
     content = pseudo_random(200_000, seed=23)
     with server.api() as api:
-        ticket = begin(api, contentType="application/pdf", size=len(content))
+        ticket = begin(api, contentType="application/pdf", size=len(content), sha256=b64_sha256(content))
         url = ticket["parts"][0][0]
         # the store itself refuses other lengths: Content-Length is signed into the URL
         assert httpx.put(url, content=content[:-1], headers=ticket["headers"]).status_code == 403
@@ -249,11 +270,44 @@ def test_completion_before_the_put_is_409_and_the_upload_stays(s3_server_for) ->
     server = s3_server_for()
     content = pseudo_random(100_000, seed=26)
     with server.api() as api:
-        ticket = begin(api, contentType="image/png", size=len(content))
+        ticket = begin(api, contentType="image/png", size=len(content), sha256=b64_sha256(content))
         r = complete(api, ticket["upload"])
         assert r.status_code == 409 and "Nothing has been uploaded" in r.json()["issue"][0]["diagnostics"]
         assert httpx.put(ticket["parts"][0][0], content=content, headers=ticket["headers"]).status_code == 200
         assert complete(api, ticket["upload"]).status_code == 201
+
+
+def test_the_upload_urls_cannot_change_a_created_binary(s3_server_for) -> None:
+    """The URLs stay valid until they expire, also once the Binary exists: a single PUT is bound to the
+    declared SHA-256 (the store refuses other bytes), and without one the content goes as parts, whose
+    URLs die when completion joins them."""
+    server = s3_server_for()
+    content = pseudo_random(120_000, seed=31)
+    other = pseudo_random(120_000, seed=32)
+    with server.api() as api:
+        single = begin(api, contentType="image/png", size=len(content), sha256=b64_sha256(content))
+        parts = begin(api, contentType="image/png", size=len(content))
+        assert [p[2] for p in single["parts"]] == [None] and [p[2] for p in parts["parts"]] == [1]
+        assert parts["headers"] == {}
+        assert httpx.put(single["parts"][0][0], content=content, headers=single["headers"]).status_code == 200
+        assert httpx.put(parts["parts"][0][0], content=content).status_code == 200
+        ids = [complete(api, t["upload"]).json()["id"] for t in (single, parts)]
+        assert httpx.put(single["parts"][0][0], content=other, headers=single["headers"]).status_code == 400
+        assert httpx.put(single["parts"][0][0], content=other,
+                         headers={"Content-Type": "image/png"}).status_code == 403  # the checksum is signed
+        assert httpx.put(parts["parts"][0][0], content=other).status_code == 404  # NoSuchUpload
+        for rid in ids:
+            assert api.get(f"/Binary/{rid}").content == content
+
+
+def test_empty_content(s3_server_for) -> None:
+    server = s3_server_for()
+    with server.api() as api:
+        ticket = begin(api, contentType="text/plain", size=0)
+        assert ticket["headers"]["x-amz-checksum-sha256"] == b64_sha256(b"")  # one checked PUT
+        assert httpx.put(ticket["parts"][0][0], content=b"", headers=ticket["headers"]).status_code == 200
+        done = complete(api, ticket["upload"])
+        assert done.status_code == 201 and api.get(f"/Binary/{done.json()['id']}").content == b""
 
 
 def test_only_the_client_that_began_an_upload_completes_it(s3_server_for) -> None:

@@ -101,8 +101,9 @@ def upload_url(base_url: str) -> dict[str, Any]:
             _param("contentType", "in", "code", "The media type of the content (Binary.contentType)", 1),
             _param("size", "in", "decimal", "The exact size of the content in bytes, a whole number "
                    "(valueInteger is accepted too)", 1),
-            _param("sha256", "in", "base64Binary", "The SHA-256 of the content: the single PUT must then carry it "
-                   "as x-amz-checksum-sha256 (the store refuses other bytes), and completion checks it"),
+            _param("sha256", "in", "base64Binary", "The SHA-256 of the content, checked at completion. Content "
+                   "up to the part size then goes in one PUT that must carry it as x-amz-checksum-sha256 (the "
+                   "store refuses other bytes); without it the content always goes in parts (one when small)"),
             _param("securityContext", "in", "Reference", "Becomes Binary.securityContext"),
             _param("filename", "in", "string", "File name kept for downloads, as ?_filename= on POST /Binary"),
             _param("upload", "out", "string", "The upload's id, for $upload-complete", 1),

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import math
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -25,10 +27,15 @@ from fhirvault.store.direct_uploads import DirectUploadRow, DirectUploadRows
 
 log = logging.getLogger("fhirvault.direct_uploads")
 
+# The shape of the ids $upload-url hands out (uuid4().hex).
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+
 # S3's limits: at most 10,000 parts, each at least 5 MiB but the last; one PUT at most 5 GiB.
 MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
 MAX_SINGLE_PUT = 5 * 1024**3
+EMPTY_SHA256_HEX = hashlib.sha256(b"").hexdigest()
+EMPTY_SHA256_B64 = base64.b64encode(hashlib.sha256(b"").digest()).decode("ascii")
 # fhirvault's own bound on a part (S3 allows 5 GiB): every part size fits an R4 integer.
 MAX_PART = 1024**3
 
@@ -123,7 +130,11 @@ class DirectUploadService:
         if request.size > MAX_PARTS * MAX_PART:
             raise TooLarge(f"A direct upload takes at most {MAX_PARTS * MAX_PART} bytes ({MAX_PARTS} parts of "
                            f"{MAX_PART} bytes)")
-        sha256_hex = _sha256_hex(request.sha256_b64)
+        # Empty content has one SHA-256: known, it lets even an empty upload be one checked PUT.
+        sha256_b64 = request.sha256_b64 or (EMPTY_SHA256_B64 if request.size == 0 else None)
+        sha256_hex = _sha256_hex(sha256_b64)
+        if request.size == 0 and sha256_hex != EMPTY_SHA256_HEX:
+            raise Invalid("sha256 is not the SHA-256 of empty content, but size is 0", expression="sha256")
         # The Binary as it will be written: the same check as at completion, before any URL is handed out.
         planned: dict[str, object] = {"resourceType": "Binary", "contentType": content_type}
         if security_context:
@@ -136,7 +147,7 @@ class DirectUploadService:
 
         now = now_us()
         blob_id = uuid.uuid4().hex
-        part_size = self._part_size(request.size)
+        part_size = self._part_size(request.size, sha256_b64)
         multipart_id = await presigner.begin_parts(blob_id, content_type) if part_size else None
         row = DirectUploadRow(
             id=uuid.uuid4().hex, blob_id=blob_id, client_id=principal.client_id, content_type=content_type,
@@ -154,10 +165,10 @@ class DirectUploadService:
             raise
         headers = {"Content-Type": content_type}
         if part_size is None:
-            if request.sha256_b64:
-                headers["x-amz-checksum-sha256"] = request.sha256_b64
+            assert sha256_b64 is not None  # see _part_size
+            headers["x-amz-checksum-sha256"] = sha256_b64
             url = await presigner.presigned_put_url(blob_id, expires_in=self.ttl_seconds, content_type=content_type,
-                                                    size=request.size, sha256_b64=request.sha256_b64)
+                                                    size=request.size, sha256_b64=sha256_b64)
             return DirectUpload(row.id, row.expires, [UploadTarget(url, request.size)], headers)
         assert multipart_id is not None
         targets = []
@@ -168,10 +179,17 @@ class DirectUploadService:
         # The parts carry no headers of their own: the content type was given when the upload began.
         return DirectUpload(row.id, row.expires, targets, {})
 
-    def _part_size(self, size: int) -> int | None:
-        """The part size for an upload of `size` bytes; None when one PUT takes it."""
-        if size <= self.part_bytes and size <= MAX_SINGLE_PUT:
+    def _part_size(self, size: int, sha256_b64: str | None) -> int | None:
+        """The part size for an upload of `size` bytes; None when it is one PUT.
+
+        One PUT only with a declared SHA-256: its URL stays valid until it expires, also after the Binary
+        exists, and only the signed checksum keeps it from replacing the stored bytes with others (the
+        store refuses bytes with another SHA-256). Without one, even small content goes as a multipart
+        upload of one part, whose URL stops working once completion has joined the parts."""
+        if sha256_b64 and size <= self.part_bytes and size <= MAX_SINGLE_PUT:
             return None
+        if size <= self.part_bytes:
+            return max(size, 1)
         return max(self.part_bytes, math.ceil(size / MAX_PARTS))
 
     # -- $upload-complete -------------------------------------------------------------------------
@@ -184,6 +202,8 @@ class DirectUploadService:
         A repeated completion answers with the Binary the first one created."""
         presigner = self.require_offered()
         principal = _client(ctx)
+        if not UPLOAD_ID.fullmatch(upload_id):
+            raise NotFound(f"There is no direct upload {upload_id[:64]!r}: upload ids are 32 hex digits")
         now = now_us()
         async with self.db.write() as conn:
             row = await self.rows.get(conn, upload_id, principal.client_id)
