@@ -408,8 +408,12 @@ def test_capability_statement_offers_it_on_binary_only_in_s3_mode(s3_server_for)
         binary_ops = {op["name"]: op["definition"] for op in entries["Binary"]["operation"]}
         assert {"upload-url", "upload-complete", "binary-access-read"} <= set(binary_ops)
         assert "upload-url" not in {op["name"] for op in entries["Patient"]["operation"]}
-        definition = api.get("/OperationDefinition/upload-url").json()
-        assert definition["resource"] == ["Binary"] and binary_ops["upload-url"] == definition["url"]
+        from fhirclient.models.operationdefinition import OperationDefinition
+
+        for code in ("upload-url", "upload-complete"):
+            definition = api.get(f"/OperationDefinition/{code}").json()
+            assert definition["resource"] == ["Binary"] and binary_ops[code] == definition["url"]
+            assert OperationDefinition(definition, strict=True).code == code
 
 
 def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:

@@ -244,16 +244,20 @@ class S3BlobStore(BlobStore, PresignedUploads):
             params["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
     async def exists(self, key: str) -> bool:
+        return await self._head(key) is not None
+
+    async def _head(self, key: str, **extra: Any) -> dict[str, Any] | None:
+        """HeadObject's answer for `key`, None when there is no such object."""
         client = await self._s3()
         try:
-            await client.head_object(Bucket=self.bucket, Key=key)
+            head: dict[str, Any] = await client.head_object(Bucket=self.bucket, Key=key, **extra)
         except ClientError as exc:
             if _error_code(exc) in _NOT_FOUND_CODES - {"NoSuchBucket"}:
-                return False
+                return None
             raise self._failure("HeadObject", key, exc) from None
         except BotoCoreError as exc:
             raise self._failure("HeadObject", key, exc) from None
-        return True
+        return head
 
     async def presigned_get_url(self, key: str, *, expires_in: int, content_type: str,
                                 content_disposition: str | None) -> str | None:
@@ -331,16 +335,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
             params["PartNumberMarker"] = page["NextPartNumberMarker"]
 
     async def stat(self, key: str) -> StoredObject | None:
-        client = await self._s3()
-        try:
-            head = await client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except ClientError as exc:
-            if _error_code(exc) in _NOT_FOUND_CODES - {"NoSuchBucket"}:
-                return None
-            raise self._failure("HeadObject", key, exc) from None
-        except BotoCoreError as exc:
-            raise self._failure("HeadObject", key, exc) from None
-        return StoredObject(int(head["ContentLength"]), head.get("ChecksumSHA256") or None)
+        head = await self._head(key, ChecksumMode="ENABLED")
+        return None if head is None else StoredObject(int(head["ContentLength"]), head.get("ChecksumSHA256") or None)
 
     # -- errors -----------------------------------------------------------------------------------
 

@@ -86,18 +86,27 @@ def _param(name: str, use: str, ptype: str | None, doc: str, min_: int = 0, max_
     return out
 
 
+def _binary_type_operation(base_url: str, code: str, name: str, description: str,
+                           parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    """An operation on the Binary type (`Binary/$code`) that changes state."""
+    return {
+        "resourceType": "OperationDefinition", "id": code, "url": f"{base_url}/OperationDefinition/{code}",
+        "name": name, "status": "active", "kind": "operation", "code": code, "description": description,
+        "resource": ["Binary"], "system": False, "type": True, "instance": False, "affectsState": True,
+        "parameter": parameters,
+    }
+
+
 def upload_url(base_url: str) -> dict[str, Any]:
     """`Binary/$upload-url`: presigned URLs of the object store for a direct upload (s3 mode)."""
-    return {
-        "resourceType": "OperationDefinition", "id": "upload-url", "url": f"{base_url}/OperationDefinition/upload-url",
-        "name": "UploadUrl", "status": "active", "kind": "operation", "code": "upload-url",
-        "description": "Begins a direct upload to the object store: answers presigned URLs that take the "
-                       "content with a plain HTTP PUT (one URL, or one per part above DIRECT_UPLOAD_PART_BYTES), "
-                       "valid until `expires`. The bytes never pass through the FHIR server. Needs the rights "
-                       "of POST /Binary (create on Binary; update on the securityContext target). Complete "
-                       "the upload with Binary/$upload-complete.",
-        "resource": ["Binary"], "system": False, "type": True, "instance": False, "affectsState": True,
-        "parameter": [
+    return _binary_type_operation(
+        base_url, "upload-url", "UploadUrl",
+        "Begins a direct upload to the object store: answers presigned URLs that take the "
+        "content with a plain HTTP PUT (one URL, or one per part above DIRECT_UPLOAD_PART_BYTES), "
+        "valid until `expires`. The bytes never pass through the FHIR server. Needs the rights "
+        "of POST /Binary (create on Binary; update on the securityContext target). Complete "
+        "the upload with Binary/$upload-complete.",
+        [
             _param("contentType", "in", "code", "The media type of the content (Binary.contentType)", 1),
             _param("size", "in", "decimal", "The exact size of the content in bytes, a whole number "
                    "(valueInteger is accepted too)", 1),
@@ -116,27 +125,22 @@ def upload_url(base_url: str) -> dict[str, Any]:
                        _param("size", "out", "integer", "Exactly how many bytes the PUT sends", 1),
                        _param("number", "out", "positiveInt", "Part number of a multipart upload"),
                    ]),
-        ],
-    }
+        ])
 
 
 def upload_complete(base_url: str) -> dict[str, Any]:
     """`Binary/$upload-complete`: verify a direct upload and create its Binary (s3 mode)."""
-    return {
-        "resourceType": "OperationDefinition", "id": "upload-complete",
-        "url": f"{base_url}/OperationDefinition/upload-complete",
-        "name": "UploadComplete", "status": "active", "kind": "operation", "code": "upload-complete",
-        "description": "Completes a direct upload begun by the same client with Binary/$upload-url: joins the "
-                       "parts, checks the object's size and SHA-256 against what was declared (a mismatch: 422, "
-                       "the object removed, nothing stored), and creates the Binary exactly as POST /Binary "
-                       "would (201, Location, a signed URL in the Link header). Repeating it answers the same "
-                       "Binary (200) until the upload expires.",
-        "resource": ["Binary"], "system": False, "type": True, "instance": False, "affectsState": True,
-        "parameter": [
+    return _binary_type_operation(
+        base_url, "upload-complete", "UploadComplete",
+        "Completes a direct upload begun by the same client with Binary/$upload-url: joins the "
+        "parts, checks the object's size and SHA-256 against what was declared (a mismatch: 422, "
+        "the object removed, nothing stored), and creates the Binary exactly as POST /Binary "
+        "would (201, Location, a signed URL in the Link header). Repeating it answers the same "
+        "Binary (200) until the upload expires.",
+        [
             _param("upload", "in", "string", "The id $upload-url answered", 1),
             _param("return", "out", "Binary", "The created Binary (without data)", 1),
-        ],
-    }
+        ])
 
 
 def builtin_operation_definitions(base_url: str, *, direct_uploads: bool = False) -> dict[str, dict[str, Any]]:
