@@ -201,6 +201,21 @@ def test_concurrent_completions_create_one_binary(s3_server_for) -> None:
         assert len(ids) == 1 and api.get(f"/Binary/{ids.pop()}").content == content
 
 
+def test_an_upload_survives_a_server_restart(s3_server_for) -> None:
+    server = s3_server_for(direct_upload_ttl=600)  # a server of this test's own: it is restarted
+    content = pseudo_random(7 * MiB, seed=34)
+    with server.api() as api:
+        ticket = begin(api, contentType="application/dicom", size=len(content), sha256=b64_sha256(content))
+        first_url, first_size, _ = ticket["parts"][0]
+        assert httpx.put(first_url, content=content[:first_size], timeout=60).status_code == 200
+    server.stop()
+    server.start()
+    with server.api() as api:
+        assert httpx.put(ticket["parts"][1][0], content=content[first_size:], timeout=60).status_code == 200
+        done = complete(api, ticket["upload"])
+        assert done.status_code == 201 and api.get(f"/Binary/{done.json()['id']}").content == content
+
+
 def test_small_content_is_kept_inline_like_a_raw_post(s3_server_for) -> None:
     server = s3_server_for()
     content = b"a short note"

@@ -20,6 +20,9 @@ Resource = dict[str, Any]
 UPLOAD_URL = "upload-url"
 UPLOAD_COMPLETE = "upload-complete"
 _JSON_HEADERS = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+# The completion's timeout: at least this many seconds, and room for reading back at this many bytes/s.
+COMPLETION_TIMEOUT = 120.0
+READ_BACK_PACE = 10 * 1024 * 1024
 
 
 class DirectUploadNotOffered(FhirError):
@@ -120,8 +123,10 @@ def create_binary_direct(base: str, source: DirectSource, *, content_type: str |
         # Not to the FHIR base, so no token goes along (carries_token); the URL carries its own authority.
         yield Call("PUT", put.url, headers=dict(headers), upload=body, authenticated=False)
         offset += put.size
+    # The server reads the whole object back before it answers: allow for that at a slow store's pace.
     done = yield Call("POST", f"{base}/Binary/$upload-complete", headers=dict(_JSON_HEADERS),
-                      json={"resourceType": "Parameters", "parameter": [{"name": "upload", "valueString": upload_id}]})
+                      json={"resourceType": "Parameters", "parameter": [{"name": "upload", "valueString": upload_id}]},
+                      timeout=max(COMPLETION_TIMEOUT, source.size / READ_BACK_PACE))
     if not isinstance(done.body, dict) or done.body.get("resourceType") != "Binary":
         raise FhirError(done.status, simple_outcome("the server completed the upload without answering its Binary"))
     binary: Resource = done.body

@@ -224,7 +224,8 @@ class FhirClient:
             token = self._token() if carries_token(self.base_url, call, url) else None
             content: Iterable[bytes] | None = call.upload.chunks() if call.upload is not None else None
             with self._http.stream(call.method, url, headers=request_headers(call, token), json=call.json,
-                                   data=call.form, content=content) as resp:
+                                   data=call.form, content=content,
+                                   timeout=call.timeout or httpx.USE_CLIENT_DEFAULT) as resp:
                 next_url = redirect_target(call, resp.status_code, resp.headers, url)
                 if next_url is not None:
                     url = next_url
