@@ -374,6 +374,8 @@ def test_no_token_is_401(s3_server_for) -> None:
     (parameters(contentType="not a type", size=10), 400, "contentType"),
     (parameters(contentType="image/png", size=10, securityContext="nonsense"), 400, "securityContext"),
     (parameters(contentType="image/png", size=9 * 1024**3), 413, "MAX_BINARY_BYTES"),
+    (parameters(contentType="image/png", size=10, filename="a\u0001b.png"), 400, "control character"),
+    (parameters(contentType="image/png", size=-1), 400, "0 or more"),
     ({"resourceType": "Patient"}, 400, "Parameters"),
 ])
 def test_bad_input_is_refused_and_hands_out_nothing(s3_server_for, body: dict[str, Any], status: int,

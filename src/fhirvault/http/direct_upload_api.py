@@ -49,7 +49,7 @@ async def upload_url(request: Request) -> Response:
         size=_size(values["size"]),
         sha256_b64=_text(values["sha256"], "sha256") if "sha256" in values else None,
         security_context=_text(reference, "securityContext") if reference is not None else None,
-        filename=safe_filename(_text(values["filename"], "filename")) if "filename" in values else None))
+        filename=_filename(values["filename"]) if "filename" in values else None))
     return FhirJsonResponse(_answer(upload))
 
 
@@ -100,6 +100,15 @@ def _text(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Invalid(f"The parameter '{name}' must be a non-empty string", expression=name)
     return value.strip()
+
+
+def _filename(value: Any) -> str | None:
+    """The last path component of the `filename` parameter; Invalid for control characters (which no
+    file name holds, and which a database may refuse)."""
+    text = _text(value, "filename")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise Invalid("The parameter 'filename' holds a control character", expression="filename")
+    return safe_filename(text)
 
 
 def _size(value: Any) -> int:

@@ -20,11 +20,11 @@ direct_uploads = sa.Table(
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("blob_id", sa.String(64), sa.ForeignKey(blobs.c.id, ondelete="CASCADE"), nullable=False),
     sa.Column("client_id", sa.String(128), nullable=False),  # only this client may complete it
-    sa.Column("content_type", sa.String(255), nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=True),  # hex; declared by the client, checked at completion
     sa.Column("security_context", sa.String(160), nullable=True),
-    sa.Column("filename", sa.String(255), nullable=True),
+    sa.Column("filename", sa.Text, nullable=True),
     sa.Column("multipart_id", sa.String(1024), nullable=True),  # the object store's multipart upload id
     sa.Column("part_size", sa.BigInteger, nullable=True),
     sa.Column("created", sa.BigInteger, nullable=False),  # microseconds since the epoch
