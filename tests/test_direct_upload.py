@@ -406,6 +406,20 @@ def test_an_abandoned_upload_is_swept_when_it_expires(s3_server_for) -> None:
         assert complete(api, single["upload"]).status_code == 404
 
 
+def test_after_expiry_the_urls_and_the_completion_are_refused(s3_server_for) -> None:
+    import time
+
+    server = s3_server_for(direct_upload_ttl=2)  # the sweeper passes only every 300 s here
+    content = pseudo_random(70_000, seed=35)
+    with server.api() as api:
+        ticket = begin(api, contentType="image/png", size=len(content), sha256=b64_sha256(content))
+        time.sleep(3)  # not a timing assertion: waits out the URLs' lifetime
+        late = httpx.put(ticket["parts"][0][0], content=content, headers=ticket["headers"])
+        assert late.status_code == 403 and "expired" in late.text
+        r = complete(api, ticket["upload"])
+        assert r.status_code == 410 and "expired" in r.json()["issue"][0]["diagnostics"]
+
+
 def test_other_storage_modes_do_not_offer_it(server_factory: Callable[..., ServerProcess]) -> None:
     server = server_factory("sqlite", storage_mode="filesystem")
     with server.api() as api:
