@@ -236,8 +236,12 @@ class DirectUploadService:
             raise
         # Kept until it expires, so a repeated completion (a lost answer) gets the same Binary. Content kept
         # inline leaves its object to a pending blob, which the sweeper removes with the row.
-        async with self.db.write() as conn:
-            await self.rows.completed(conn, row.id, result.stored.id)
+        try:
+            async with self.db.write() as conn:
+                await self.rows.completed(conn, row.id, result.stored.id)
+        except Exception:  # noqa: BLE001 - the Binary exists; only the answer to a repeat is lost
+            log.warning("could not record that direct upload %s became Binary/%s", row.id, result.stored.id,
+                        exc_info=True)
         return Completion(result)
 
     async def _verified(self, presigner: PresignedUploads, row: DirectUploadRow) -> StagedContent:
