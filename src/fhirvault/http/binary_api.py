@@ -50,7 +50,7 @@ async def _write(request: Request, rid: str | None) -> Response:
             body = _binary_resource_in(raw)
             if body is not None:
                 result = await v.binaries.write_json(ctx, rid, body, if_match_version(request))
-                return await _written(request, result)
+                return await written(request, result)
             chunks = one_chunk(raw)  # any other JSON is content, like every other body
         else:
             declared = request.headers.get("content-length")
@@ -65,7 +65,7 @@ async def _write(request: Request, rid: str | None) -> Response:
     except ClientDisconnect:
         # Nothing was kept; there is nobody left to answer.
         return Response(status_code=400)
-    return await _written(request, result)
+    return await written(request, result)
 
 
 def _security_context(request: Request) -> str | None:
@@ -111,7 +111,7 @@ def _binary_resource_in(raw: bytes) -> dict[str, Any] | None:
     return None
 
 
-async def _written(request: Request, result: WriteResult) -> Response:
+async def written(request: Request, result: WriteResult) -> Response:
     """The answer to a Binary create or update: the Binary without `data`, valid R4. A signed URL of the new
     content goes in a `Link: <url>; rel="alternate"` header; as Medplum's server does, requests in
     MedplumClient's extended mode (`X-Medplum: extended`) also get it in a `url` element, which R4's Binary

@@ -313,6 +313,11 @@ class BinaryService:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
+    async def discard_pending(self, blob_id: str) -> None:
+        """Release a pending blob (one whose bytes arrived outside `stage`, e.g. a direct upload) and remove
+        its bytes and row now; a committed blob is left alone. What fails here is left to the sweeper."""
+        await self._discard(blob_id)
+
     async def _discard(self, blob_id: str) -> None:
         """Release this request's pending blob and remove its bytes; a blob committed meanwhile (the
         failure came after the commit) keeps them. What fails here is left to the sweeper."""

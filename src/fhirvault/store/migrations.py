@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.clock import now_us
 from fhirvault.store.blobs import blob_chunks, blobs
+from fhirvault.store.direct_uploads import direct_uploads
 from fhirvault.store.job_rows import jobs
 from fhirvault.store.scan_rows import content_refs, content_scans
 from fhirvault.store.schema import (
@@ -104,6 +105,8 @@ STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("0009_blob_references", _blob_references),
     # Malware scan verdicts by content (SHA-256), and which resource versions hold each content.
     MigrationStep("0010_content_scans", _create(content_scans, content_refs)),
+    # Uploads straight to the object store (Binary/$upload-url), each owning a pending blob.
+    MigrationStep("0012_direct_uploads", _create(direct_uploads)),
 )
 
 
