@@ -70,6 +70,19 @@ search_composites = _table(
     sa.Column("high2", sa.Float, nullable=True),
     lookup=("value1",),
 )
+# Composites of three or more components: a row per component value, numbered by the element it was
+# read from (`element`) and the component's position (`part`), so that one search value's parts must all
+# match within one element.
+search_composite_parts = _table(
+    "search_composite_parts",
+    sa.Column("element", sa.Integer, nullable=False),
+    sa.Column("part", sa.Integer, nullable=False),
+    sa.Column("system", sa.String(255), nullable=True),
+    sa.Column("value", sa.String(512), nullable=True),
+    sa.Column("low", sa.Float, nullable=True),
+    sa.Column("high", sa.Float, nullable=True),
+    lookup=("part", "value"),
+)
 
 # Resumable rebuild of the index: one row per resource type still to do, with the last id done.
 search_reindex = sa.Table(
@@ -79,7 +92,7 @@ search_reindex = sa.Table(
 )
 
 INDEX_TABLES: tuple[sa.Table, ...] = (search_strings, search_tokens, search_refs, search_dates, search_numbers,
-                                      search_quantities, search_uris, search_composites)
+                                      search_quantities, search_uris, search_composites, search_composite_parts)
 NEW_TABLES = (search_strings, search_dates, search_numbers, search_quantities, search_uris, search_composites,
               search_reindex)
 
@@ -93,6 +106,7 @@ _ROW_TABLES: dict[str, tuple[sa.Table, tuple[str, ...]]] = {
     "quantities": (search_quantities, ("system", "code", "low", "high")),
     "uris": (search_uris, ("value",)),
     "composites": (search_composites, ("system1", "value1", "system2", "value2", "low2", "high2")),
+    "composite_parts": (search_composite_parts, ("element", "part", "system", "value", "low", "high")),
 }
 _INF = 1e300  # open Range ends: finite, because PostgreSQL and SQLite differ on storing infinities
 
@@ -146,5 +160,15 @@ async def create_search_tables(conn: AsyncConnection) -> None:
 
     await conn.run_sync(create_indexes)
     types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
+    if types:
+        await conn.execute(sa.insert(search_reindex), [{"resource_type": t, "after_id": ""} for t in types])
+
+
+async def add_search_tables_0014(conn: AsyncConnection) -> None:
+    """Migration step: the table of composites with three or more components, and every stored resource
+    type marked for a rebuild of its index (those composites, `_text` and `_content` rows)."""
+    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[search_composite_parts]))
+    types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
+    await conn.execute(sa.delete(search_reindex))
     if types:
         await conn.execute(sa.insert(search_reindex), [{"resource_type": t, "after_id": ""} for t in types])
