@@ -15,7 +15,9 @@ rows, one kind per parameter type (FHIR R4 3.1.1.4), so that SQL can filter, sor
 - number and quantity: (param, [system, code,] low, high); a point value has low == high.
 - uri: (param, value).
 - composite: (param, system1, value1, system2, value2, low2, high2) per element and pair of component
-  values (two-component composites, which are all but four of R4's).
+  values for two-component composites (all but four of R4's); composites of three or more components
+  (MolecularSequence's coordinates) keep one row per component value, (param, element, part, system,
+  value, low, high), numbered by element so that a search matches every part within one element.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class IndexRows:
     quantities: set[tuple[str, str | None, str | None, float, float]] = field(default_factory=set)
     uris: set[tuple[str, str]] = field(default_factory=set)
     composites: set[tuple[str, str | None, str | None, str | None, str | None, float | None, float | None]] = \
+        field(default_factory=set)
+    composite_parts: set[tuple[str, int, int, str | None, str | None, float | None, float | None]] = \
         field(default_factory=set)
 
 
@@ -155,8 +159,11 @@ def _run(nodes: list[Any], steps: list[Step]) -> list[Any]:
 
 
 @cache
-def _stems(expression: str) -> frozenset[str]:
-    """Top-level elements an expression reads (`Patient.deceased.exists()` -> deceased)."""
+def _stems(expression: str) -> frozenset[str] | None:
+    """Top-level elements an expression reads (`Patient.deceased.exists()` -> deceased); None when some
+    part of it is the whole resource (`Observation | Observation.component`), which is always there."""
+    if any(re.fullmatch(r"\(?[A-Z][A-Za-z]+\)?", part.strip()) for part in expression.split("|")):
+        return None
     return frozenset(re.findall(r"\b[A-Z][A-Za-z]+\.([a-zA-Z]+)", expression))
 
 
@@ -172,7 +179,8 @@ def evaluate_expression(expression: str, resource: dict[str, Any]) -> list[Any]:
         return [resource]  # composites over the whole resource (Observation code-value-quantity)
     plans = _fast_plan(expression)
     if plans is None:
-        if not any(stem in resource or _choice(resource, stem) for stem in _stems(expression)):
+        stems = _stems(expression)
+        if stems is not None and not any(stem in resource or _choice(resource, stem) for stem in stems):
             return []
         # fhirpathpy annotates what it reads (decimals become Decimal): give it a copy
         return list(_compiled(expression)(copy.deepcopy(resource)))
@@ -341,7 +349,11 @@ def _element_type(base_expr: str) -> str | None:
     return path if mapped in (None, "BackboneElement") else mapped
 
 
-def _component_values(expression: str, element: Any, type_path: str | None) -> list[Any]:
+def _component_values(expression: str, element: Any, type_path: str | None, resource: dict[str, Any]
+                      ) -> list[Any]:
+    if expression.startswith("%resource."):
+        # a component read from the resource rather than the element (MolecularSequence's chromosome)
+        return evaluate_expression(f"{resource['resourceType']}.{expression.removeprefix('%resource.')}", resource)
     relative = " | ".join(f"Element.{p.strip()}" for p in expression.split("|"))
     if isinstance(element, dict) and _fast_plan(relative) is not None:
         return evaluate_expression(relative, element)
@@ -351,16 +363,19 @@ def _component_values(expression: str, element: Any, type_path: str | None) -> l
 
 
 def _add_composite(rows: IndexRows, param: SearchParam, resource: dict[str, Any], base_url: str) -> None:
-    if len(param.components) != 2:
-        return
     type_path = _element_type(param.expr)
-    for element in evaluate(param, resource):
+    for number, element in enumerate(evaluate(param, resource)):
         keys = []
         for comp in param.components:
-            values = _component_values(comp.expr, element, type_path)
+            values = _component_values(comp.expr, element, type_path, resource)
             keys.append([k for v in values for k in composite_keys(comp.type, v, base_url)])
-        for (s1, v1, _l, _h), (s2, v2, lo2, hi2) in product(*keys):
-            rows.composites.add((param.code, s1, v1, s2, v2, lo2, hi2))
+        if len(keys) == 2:
+            for (s1, v1, _l, _h), (s2, v2, lo2, hi2) in product(*keys):
+                rows.composites.add((param.code, s1, v1, s2, v2, lo2, hi2))
+            continue
+        for part, part_keys in enumerate(keys):
+            for system, value, low, high in part_keys:
+                rows.composite_parts.add((param.code, number, part, system, value, low, high))
 
 
 def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:

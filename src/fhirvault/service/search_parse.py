@@ -211,19 +211,25 @@ def _value_test(name: str, param: SearchParam, kind: str, modifier: str, raw: st
     raise Invalid(f"Search parameter {name} has a type ({kind}) that cannot be searched this way")
 
 
-def _composite_test(name: str, param: SearchParam, raw: str, base_url: str) -> CompositeTest:
+def composite_kind(param: SearchParam) -> str:
+    """The index a composite parameter lives in: `composite` (two components) or `composite-parts`."""
+    return "composite" if len(param.components) == 2 else "composite-parts"
+
+
+def _composite_test(types: list[str], name: str, param: SearchParam, raw: str, base_url: str) -> CompositeTest:
+    """`a$b[$c...]`: one value per component, each in its component's syntax, prefixes included
+    (R4 3.1.1.4.9; a `$` inside a value is escaped as `\\$`)."""
     parts = split_escaped(raw, "$")
-    if len(param.components) != 2:
-        raise UnknownParameter(name)
-    if len(parts) != 2:
+    if len(parts) != len(param.components):
         raise Invalid(f"Search parameter {name}={raw!r} needs {len(param.components)} values joined by '$' "
-                      f"({' $ '.join(c.code for c in param.components)})")
-    first_kind, second_kind = param.components[0].type, param.components[1].type
-    first = _value_test(name, param, first_kind, "", parts[0], base_url)
-    second = _value_test(name, param, second_kind, "", parts[1], base_url)
-    assert isinstance(first, TokenTest | RefTest)
-    assert isinstance(second, TokenTest | RangeTest | StringTest | RefTest)
-    return CompositeTest(first, second, second_kind)
+                      f"({'$'.join(c.code for c in param.components)})")
+    tests = []
+    for comp, part in zip(param.components, parts, strict=True):
+        if part == "":
+            raise Invalid(f"Search parameter {name}={raw!r} has no value for its component {comp.code}")
+        component = search_param(types[0], comp.code)  # its targets, for a reference component
+        tests.append(_value_test(name, component or param, comp.type, "", part, base_url))
+    return CompositeTest(tuple(tests), tuple(c.type for c in param.components))
 
 
 # -- one criterion --------------------------------------------------------------------------------
@@ -263,7 +269,7 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
     if modifier == "missing":
         if value not in ("true", "false"):
             raise Invalid(f"Search parameter {name}={value!r} must be true or false")
-        return MissingClause(kind, code, value == "true")
+        return MissingClause(composite_kind(param) if kind == "composite" else kind, code, value == "true")
     if modifier and not (modifier in _MODIFIERS.get(kind, set())
                          or (kind == "reference" and (modifier == "identifier" or is_resource_type(modifier)))):
         raise Invalid(f"Search parameter {name}: modifier '{modifier}' is not supported for a {kind} parameter")
@@ -272,7 +278,8 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         raise Invalid(f"Search parameter {name}: {code} does not refer to {modifier}")
     values = _or_values(name, value)
     if kind == "composite":
-        return ParamClause("composite", code, [_composite_test(name, param, v, base_url) for v in values])
+        return ParamClause(composite_kind(param), code, [_composite_test(types, name, param, v, base_url)
+                                                             for v in values])
     if kind == "token" and modifier == "text":
         return ParamClause("string", f"{code}:text", [_string_test("", v) for v in values])
     if kind == "token" and modifier == "of-type":
@@ -346,6 +353,9 @@ def _sort_keys(types: list[str], value: str) -> list[SortKey]:
             param = _param_for(types, code)
         except UnknownParameter:
             raise Invalid(f"_sort={value}: '{code}' is not a search parameter of {', '.join(types)}") from None
+        if param.type == "composite" and composite_kind(param) != "composite":
+            raise Invalid(f"_sort={value}: '{code}' is a composite of {len(param.components)} components, "
+                          "which has no order")
         keys.append(SortKey(param.type, code, desc))
     return keys
 

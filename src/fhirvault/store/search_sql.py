@@ -15,6 +15,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from fhirvault.store.schema import resources, search_refs, search_tokens
 from fhirvault.store.search_tables import (
+    search_composite_parts,
     search_composites,
     search_dates,
     search_numbers,
@@ -26,6 +27,7 @@ from fhirvault.store.search_tables import (
 TABLES: dict[str, sa.Table] = {
     "string": search_strings, "token": search_tokens, "reference": search_refs, "date": search_dates,
     "number": search_numbers, "quantity": search_quantities, "uri": search_uris, "composite": search_composites,
+    "composite-parts": search_composite_parts,
 }
 COMPARTMENT = "_compartment"
 SECURITY_CONTEXT = "_securityContext"
@@ -70,9 +72,12 @@ class RefTest:
 
 @dataclass(frozen=True)
 class CompositeTest:
-    first: TokenTest | RefTest
-    second: TokenTest | RangeTest | StringTest | RefTest
-    second_kind: str  # the second component's parameter type
+    """One `$`-joined composite value: a test per component, each of the component's type (`kinds`).
+    Two-component composites are searched in `search_composites` (the first part a token or reference),
+    longer ones in `search_composite_parts`."""
+
+    parts: tuple[Test, ...]
+    kinds: tuple[str, ...]
 
 
 Test = StringTest | TokenTest | RangeTest | UriTest | RefTest | CompositeTest
@@ -233,23 +238,45 @@ def _test(kind: str, table: Any, t: Test) -> ColumnElement[bool]:
     return _composite(c, t)
 
 
+def _part(system: Any, value: Any, low: Any, high: Any, kind: str, t: Test) -> ColumnElement[bool]:
+    """One composite component's test on the columns that hold that component's key."""
+    if isinstance(t, TokenTest):
+        return _token(system, value, t)
+    if isinstance(t, StringTest):
+        return _string(value, t, value)
+    if isinstance(t, RefTest):
+        return value.in_(t.targets)
+    if isinstance(t, UriTest):
+        return _uri(value, t)
+    if isinstance(t, RangeTest):
+        cond = _range(t.prefix, low, high, t, point_inclusive=kind != "date")
+        if t.system:
+            cond = sa.and_(cond, system == t.system)
+        if t.code:
+            cond = sa.and_(cond, value == t.code)
+        return cond
+    raise TypeError(f"no composite component test for {t!r}")
+
+
 def _composite(c: Any, t: CompositeTest) -> ColumnElement[bool]:
-    first = (_token(c.system1, c.value1, t.first) if isinstance(t.first, TokenTest)
-             else c.value1.in_(t.first.targets))
-    s = t.second
-    if isinstance(s, TokenTest):
-        second = _token(c.system2, c.value2, s)
-    elif isinstance(s, StringTest):
-        second = _string(c.value2, s, c.value2)
-    elif isinstance(s, RefTest):
-        second = c.value2.in_(s.targets)
-    else:
-        second = _range(s.prefix, c.low2, c.high2, s, point_inclusive=t.second_kind != "date")
-        if s.system:
-            second = sa.and_(second, c.system2 == s.system)
-        if s.code:
-            second = sa.and_(second, c.value2 == s.code)
+    first = _part(c.system1, c.value1, None, None, t.kinds[0], t.parts[0])
+    second = _part(c.system2, c.value2, c.low2, c.high2, t.kinds[1], t.parts[1])
     return sa.and_(first, second)
+
+
+def _composite_parts(owner: Any, param: str, t: CompositeTest) -> ColumnElement[bool]:
+    """Some element of `owner` has, for every component, a value matching that component's test."""
+    first: Any = search_composite_parts.alias()
+    conds: list[ColumnElement[bool]] = [*_owned(first, owner, param), first.c.part == 0,
+                                        _part(first.c.system, first.c.value, first.c.low, first.c.high,
+                                              t.kinds[0], t.parts[0])]
+    for number in range(1, len(t.parts)):
+        other: Any = search_composite_parts.alias()
+        conds.append(sa.exists().where(
+            other.c.resource_type == first.c.resource_type, other.c.id == first.c.id, other.c.param == param,
+            other.c.element == first.c.element, other.c.part == number,
+            _part(other.c.system, other.c.value, other.c.low, other.c.high, t.kinds[number], t.parts[number])))
+    return sa.exists().where(*conds)
 
 
 def _owned(table: Any, owner: Any, param: str) -> list[ColumnElement[bool]]:
@@ -284,6 +311,10 @@ def clause_sql(clause: Clause, owner: Any) -> ColumnElement[bool]:
         return sa.exists().where(
             refs.c.resource_type == clause.source_type, refs.c.param == clause.param, refs.c.target == _ref_to(owner),
             source.c.resource_type == refs.c.resource_type, source.c.id == refs.c.id, *inner)
+    if clause.kind == "composite-parts":
+        found = sa.or_(*[_composite_parts(owner, clause.param, t) for t in clause.tests
+                         if isinstance(t, CompositeTest)])
+        return sa.not_(found) if clause.negate else found
     table = TABLES[clause.kind].alias()
     match = sa.or_(*[_test(clause.kind, table, t) for t in clause.tests])
     exists = sa.exists().where(*_owned(table, owner, clause.param), match)
