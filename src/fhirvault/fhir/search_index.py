@@ -14,6 +14,11 @@ rows, one kind per parameter type (FHIR R4 3.1.1.4), so that SQL can filter, sor
   MIN_US/MAX_US.
 - number and quantity: (param, [system, code,] low, high); a point value has low == high.
 - uri: (param, value).
+- `_text` and `_content`: string rows (param, word, word), one per distinct normalized word of the
+  narrative (`text.div` without its markup) or of every string in the resource (base64 `data` left
+  out), so that a word search is an indexed prefix lookup.
+- Location `near`: number rows `near:latitude` and the position's unit vector `near:x|y|z` (see
+  store/search_sql.py: NearClause).
 - composite: (param, system1, value1, system2, value2, low2, high2) per element and pair of component
   values for two-component composites (all but four of R4's); composites of three or more components
   (MolecularSequence's coordinates) keep one row per component value, (param, element, part, system,
@@ -23,6 +28,8 @@ rows, one kind per parameter type (FHIR R4 3.1.1.4), so that SQL can filter, sor
 from __future__ import annotations
 
 import copy
+import html
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -378,6 +385,59 @@ def _add_composite(rows: IndexRows, param: SearchParam, resource: dict[str, Any]
                 rows.composite_parts.add((param.code, number, part, system, value, low, high))
 
 
+_TAG = re.compile(r"<[^>]*>")
+_WORD = re.compile(r"\w+")
+TEXT_PARAMS = ("_text", "_content")
+
+
+def words(text: str) -> set[str]:
+    """The distinct words of `text`, normalized (`Ève,  EVE-2` -> {eve, 2})."""
+    return {w[:STRING_MAX] for w in _WORD.findall(normalize(text))}
+
+
+def narrative_text(resource: dict[str, Any]) -> str:
+    """The narrative's text (`text.div` without markup, entities decoded); empty when there is none."""
+    text = resource.get("text")
+    div = text.get("div") if isinstance(text, dict) else None
+    return html.unescape(_TAG.sub(" ", div)) if isinstance(div, str) else ""
+
+
+def _strings(value: Any, key: str = "") -> Iterator[str]:
+    if isinstance(value, str):
+        if key == "div":
+            yield html.unescape(_TAG.sub(" ", value))
+        elif key != "data":  # base64 content is no text
+            yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v, key)
+
+
+def content_words(resource: dict[str, Any]) -> set[str]:
+    """The words of every string in `resource` (`_content`, R4 search.html#content)."""
+    out: set[str] = set()
+    for text in _strings(resource):
+        out |= words(text)
+    return out
+
+
+def _add_position(rows: IndexRows, resource: dict[str, Any]) -> None:
+    position = resource.get("position")
+    if not isinstance(position, dict):
+        return
+    lat, lon = position.get("latitude"), position.get("longitude")
+    if not isinstance(lat, int | float | Decimal) or not isinstance(lon, int | float | Decimal) \
+            or isinstance(lat, bool) or isinstance(lon, bool):
+        return
+    phi, lam = math.radians(float(lat)), math.radians(float(lon))
+    unit = (math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi))
+    for param, v in zip(("near:latitude", "near:x", "near:y", "near:z"), (float(lat), *unit), strict=True):
+        rows.numbers.add((param, v, v))
+
+
 def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:
     """Every index row of `resource` (a stored FHIR resource with its `resourceType`), including the
     Patient-compartment reference rows (`_compartment`) that access rules use."""
@@ -390,6 +450,10 @@ def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:
             _add_composite(rows, param, resource, base_url)
         else:
             _add(rows, param, evaluate(param, resource), base_url)
+    rows.strings.update(("_text", w, w) for w in words(narrative_text(resource)))
+    rows.strings.update(("_content", w, w) for w in content_words(resource))
+    if rtype == "Location":
+        _add_position(rows, resource)
     _, compartment = index_entries(resource, base_url)
     rows.refs.update((COMPARTMENT, r.target) for r in compartment if r.param == COMPARTMENT)
     if rtype == "Binary":

@@ -28,6 +28,7 @@ from fhirvault.service.search_parse import (
     ParsedSearch,
     parse_search,
 )
+from fhirvault.service.terminology import resolve_terms
 from fhirvault.service.timeutil import to_instant
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource
@@ -78,6 +79,7 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
     restriction = access.query_restriction(ctx)
     cutoff = now_us()
     async with db.read() as conn:
+        await resolve_terms(conn, store, parsed.criteria, ctx.base_url)
         total: int | None = None
         matches: list[StoredResource] = []
         if parsed.summary != "count":
@@ -219,6 +221,7 @@ async def matching_ids(store: ResourceStore, access: AccessPolicy, ctx: RequestC
         shown = query if isinstance(query, str) else urlencode(query)
         raise Invalid(f"The criteria '{shown}' have no search parameter that selects {rtype} resources; "
                       "give one, e.g. identifier=system|value")
+    await resolve_terms(conn, store, parsed.criteria, ctx.base_url)
     found = await store.matching_ids(conn, parsed.criteria, access.query_restriction(ctx), limit)
     return [rid for _t, rid in found]
 

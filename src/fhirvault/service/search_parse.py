@@ -6,6 +6,7 @@ the parameter and the value."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -15,21 +16,26 @@ from fhirvault.errors import Invalid
 from fhirvault.fhir.dates import date_range
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.fhir.references import parse_reference
-from fhirvault.fhir.search_index import normalize
+from fhirvault.fhir.search_index import normalize, words
 from fhirvault.fhir.search_params import SearchParam, search_param
 from fhirvault.store.search_sql import (
+    AllClause,
+    AnyClause,
     ChainClause,
     Clause,
     CompositeTest,
     Criteria,
     HasClause,
     IdClause,
+    ListClause,
     MissingClause,
+    NearClause,
     ParamClause,
     RangeTest,
     RefTest,
     SortKey,
     StringTest,
+    TermTest,
     Test,
     TokenTest,
     UpdatedClause,
@@ -47,9 +53,17 @@ RESULT_PARAMS = {"_count", "_offset", "_sort", "_summary", "_elements", "_total"
                  "_format", "_pretty"}
 _MODIFIERS = {
     "string": {"exact", "contains"},
-    "token": {"not", "text", "of-type"},
+    "token": {"not", "text", "of-type", "in", "not-in", "below", "above"},
     "uri": {"below", "above"},
 }
+
+
+# R4 resources that are not DomainResources, and so have no narrative to search with `_text` (resource.html).
+NOT_DOMAIN_RESOURCES = frozenset({"Binary", "Bundle", "Parameters"})
+# `near` distances: UCUM units of length and their kilometres (R4 location.html#positional; km by default).
+DISTANCE_UNITS = {"km": 1.0, "m": 0.001, "[mi_i]": 1.609344, "mi": 1.609344, "[mi_us]": 1.6093472,
+                  "[nmi_i]": 1.852}
+NEAR_DEFAULT_KM = 5.0  # the distance when `near` gives none: "the server can use its own discretion"
 
 
 class UnknownParameter(Exception):
@@ -244,12 +258,83 @@ def _param_for(types: list[str], code: str) -> SearchParam:
     return first
 
 
+def _any(clauses: list[Clause]) -> Clause:
+    return clauses[0] if len(clauses) == 1 else AnyClause(clauses)
+
+
+def _parse_words(types: list[str], name: str, code: str, modifier: str, value: str) -> Clause:
+    """`_text` / `_content` (R4 search.html#content): each value matches when every one of its words
+    starts a word of the narrative / of the resource's text, case and accents aside; commas are OR."""
+    if code == "_text" and any(t in NOT_DOMAIN_RESOURCES for t in types):
+        raise UnknownParameter(name)
+    if modifier:
+        raise Invalid(f"Search parameter {name}: {code} takes no modifier")
+    alternatives: list[Clause] = []
+    for v in _or_values(name, value):
+        found = sorted(words(unescape(v)))
+        if not found:
+            raise Invalid(f"Search parameter {name}={v!r} holds no word to search for")
+        clauses: list[Clause] = [ParamClause("string", code, [StringTest("start", w)]) for w in found]
+        alternatives.append(clauses[0] if len(clauses) == 1 else AllClause(clauses))
+    return _any(alternatives)
+
+
+def _parse_list(name: str, modifier: str, value: str, base_url: str) -> Clause:
+    """`_list=List/id` (or the bare id): the items of that List (R4 search.html#list)."""
+    if modifier:
+        raise Invalid(f"Search parameter {name}: _list takes no modifier")
+    ids = []
+    for v in _or_values(name, value):
+        v = unescape(v)
+        if v.startswith("$"):
+            raise Invalid(f"Search parameter _list={v!r}: functional lists ($current-...) are not supported")
+        ref = parse_reference(v, base_url)
+        if ref is not None and ref.resource_type != "List":
+            raise Invalid(f"Search parameter _list={v!r} names a {ref.resource_type}, not a List")
+        rid = ref.id if ref is not None else v
+        if not is_valid_id(rid):
+            raise Invalid(f"Search parameter _list={v!r} is not a List id or List/[id]")
+        ids.append(rid)
+    return ListClause(ids)
+
+
+def _parse_near(name: str, modifier: str, value: str) -> Clause:
+    """`near=latitude|longitude|distance|units` on Location (R4 location.html#positional)."""
+    if modifier:
+        raise Invalid(f"Search parameter {name}: near takes no modifier")
+    out: list[Clause] = []
+    for v in _or_values(name, value):
+        parts = [unescape(p) for p in split_escaped(v, "|")]
+        if not 2 <= len(parts) <= 4:
+            raise Invalid(f"Search parameter near={v!r} must be latitude|longitude[|distance[|units]]")
+        try:
+            lat, lon = float(Decimal(parts[0])), float(Decimal(parts[1]))
+            distance = float(Decimal(parts[2])) if len(parts) > 2 and parts[2] else NEAR_DEFAULT_KM
+        except InvalidOperation:
+            raise Invalid(f"Search parameter near={v!r}: latitude, longitude and distance must be numbers") \
+                from None
+        units = parts[3] if len(parts) > 3 and parts[3] else "km"
+        if units not in DISTANCE_UNITS:
+            raise Invalid(f"Search parameter near={v!r}: unit '{units}' is not one of {', '.join(DISTANCE_UNITS)}")
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180) or not distance >= 0 or math.isinf(distance):
+            raise Invalid(f"Search parameter near={v!r}: latitude must lie in [-90, 90], longitude in "
+                          "[-180, 180], and the distance must be a number of at least 0")
+        out.append(NearClause(lat, lon, distance * DISTANCE_UNITS[units]))
+    return _any(out)
+
+
 def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> Clause:
     """One `name=value` filter on resources of `types`. Raises UnknownParameter or Invalid."""
     if name.startswith("_has:"):
         return _parse_has(types, name, value, base_url)
     head, dot, rest = name.partition(".")
     code, _, modifier = head.partition(":")
+    if not dot and code in ("_text", "_content"):
+        return _parse_words(types, name, code, modifier, value)
+    if not dot and code == "_list":
+        return _parse_list(name, modifier, value, base_url)
+    if not dot and code == "near" and types == ["Location"]:
+        return _parse_near(name, modifier, value)
     if code == "_id" and not dot:
         if modifier:
             raise Invalid(f"Search parameter {name}: _id takes no modifier")
@@ -292,6 +377,13 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         return ParamClause("token", f"{code}:of-type", tests)
     if kind == "reference" and modifier == "identifier":
         return ParamClause("token", f"{code}:identifier", [_token_test(v) for v in values])
+    if kind == "token" and modifier in ("in", "not-in", "below", "above"):
+        if modifier in ("below", "above") and any(len(split_escaped(v, "|")) != 2 or not all(split_escaped(v, "|"))
+                                                  for v in values):
+            raise Invalid(f"Search parameter {name}={value!r}: give system|code, the code system's url and a code")
+        mode = "in" if modifier == "not-in" else modifier
+        return ParamClause("token", code, [TermTest(mode, unescape(v) if mode == "in" else v) for v in values],
+                           negate=modifier == "not-in")
     tests = [_value_test(name, param, kind, modifier, v, base_url) for v in values]
     return ParamClause(kind, code, tests, negate=modifier == "not")
 

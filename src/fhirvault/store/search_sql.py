@@ -7,6 +7,7 @@ checked every name, modifier and value."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +81,26 @@ class CompositeTest:
     kinds: tuple[str, ...]
 
 
-Test = StringTest | TokenTest | RangeTest | UriTest | RefTest | CompositeTest
+@dataclass(frozen=True)
+class CodeSetTest:
+    """A token in one of `codes` of `system` (a value set expanded, or a code and its subsumed or
+    subsuming codes): the resolved form of a TermTest."""
+
+    system: str
+    codes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TermTest:
+    """Token `:in` / `:not-in` (`value` names a ValueSet) or `:below` / `:above` (`value` is
+    `system|code`) before the service resolves it against the terminology stored on this server into
+    TokenTests and CodeSetTests (service/terminology.py); SQL is never built from an unresolved one."""
+
+    mode: str  # in | below | above (`:not-in` is `in` on a negated clause)
+    value: str
+
+
+Test = StringTest | TokenTest | RangeTest | UriTest | RefTest | CompositeTest | CodeSetTest | TermTest
 
 
 @dataclass
@@ -128,7 +148,46 @@ class UpdatedClause:
     tests: list[RangeTest]
 
 
-Clause = ParamClause | MissingClause | ChainClause | HasClause | IdClause | UpdatedClause
+@dataclass
+class AnyClause:
+    """At least one of `clauses` holds (OR; `_filter`'s `or`, `_text` values joined by commas)."""
+
+    clauses: list[Clause]
+
+
+@dataclass
+class AllClause:
+    """Every one of `clauses` holds (AND inside an OR, or under a NOT)."""
+
+    clauses: list[Clause]
+
+
+@dataclass
+class NotClause:
+    """`clause` does not hold (`_filter`'s `not`)."""
+
+    clause: Clause
+
+
+@dataclass
+class ListClause:
+    """The resource is an item of one of the Lists `list_ids` (`_list`, R4 search.html#list)."""
+
+    list_ids: list[str]
+
+
+@dataclass
+class NearClause:
+    """A Location whose position lies within `distance_km` of (`latitude`, `longitude`), by great-circle
+    distance (R4 location.html#positional)."""
+
+    latitude: float
+    longitude: float
+    distance_km: float
+
+
+Clause = (ParamClause | MissingClause | ChainClause | HasClause | IdClause | UpdatedClause | AnyClause | AllClause
+          | NotClause | ListClause | NearClause)
 
 
 @dataclass
@@ -217,6 +276,10 @@ def _uri(col: Any, t: UriTest) -> ColumnElement[bool]:
 
 def _test(kind: str, table: Any, t: Test) -> ColumnElement[bool]:
     c = table.c
+    if isinstance(t, CodeSetTest):
+        return sa.and_(c.system == t.system, c.value.in_(t.codes))
+    if isinstance(t, TermTest):
+        raise TypeError(f"unresolved terminology test {t!r}: resolve the criteria first")
     if isinstance(t, StringTest):
         return _string(c.value, t, c.exact)
     if isinstance(t, TokenTest):
@@ -295,6 +358,16 @@ def clause_sql(clause: Clause, owner: Any) -> ColumnElement[bool]:
     if isinstance(clause, UpdatedClause):
         return sa.or_(*[_range(t.prefix, owner.c.last_updated, owner.c.last_updated + 1, t, False)
                         for t in clause.tests])
+    if isinstance(clause, AnyClause):
+        return sa.or_(sa.false(), *[clause_sql(c, owner) for c in clause.clauses])
+    if isinstance(clause, AllClause):
+        return sa.and_(sa.true(), *[clause_sql(c, owner) for c in clause.clauses])
+    if isinstance(clause, NotClause):
+        return sa.not_(clause_sql(clause.clause, owner))
+    if isinstance(clause, ListClause):
+        return _in_lists(owner, clause.list_ids)
+    if isinstance(clause, NearClause):
+        return _near(owner, clause)
     if isinstance(clause, MissingClause):
         table: Any = TABLES[clause.kind]
         exists = sa.exists().where(*_owned(table, owner, clause.param))
@@ -319,6 +392,42 @@ def clause_sql(clause: Clause, owner: Any) -> ColumnElement[bool]:
     match = sa.or_(*[_test(clause.kind, table, t) for t in clause.tests])
     exists = sa.exists().where(*_owned(table, owner, clause.param), match)
     return sa.not_(exists) if clause.negate else exists
+
+
+def _in_lists(owner: Any, list_ids: list[str]) -> ColumnElement[bool]:
+    """Some live List of `list_ids` has the owner among its `entry.item` references."""
+    refs: Any = search_refs.alias()
+    lists: Any = resources.alias()
+    return sa.exists().where(
+        refs.c.resource_type == "List", refs.c.id.in_(list_ids), refs.c.param == "item",
+        refs.c.target == _ref_to(owner),
+        lists.c.resource_type == "List", lists.c.id == refs.c.id, lists.c.deleted.is_(False))
+
+
+EARTH_RADIUS_KM = 6371.0088  # the mean radius (IUGG); distances are great-circle distances on this sphere
+NEAR_PARAMS = ("near:latitude", "near:x", "near:y", "near:z")  # index rows of Location.position
+
+
+def unit_vector(latitude: float, longitude: float) -> tuple[float, float, float]:
+    """The point on the unit sphere at (`latitude`, `longitude`), in degrees."""
+    phi, lam = math.radians(latitude), math.radians(longitude)
+    return math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)
+
+
+def _near(owner: Any, clause: NearClause) -> ColumnElement[bool]:
+    """Latitude within the distance's band first (an index range), then the exact great-circle test:
+    the dot product of the stored unit vector with the search point's is at least cos(distance / R),
+    plain arithmetic that SQLite and PostgreSQL compute alike."""
+    angle = min(clause.distance_km / EARTH_RADIUS_KM, math.pi)
+    band = math.degrees(angle)
+    lat, x, y, z = (search_numbers.alias() for _ in NEAR_PARAMS)
+    px, py, pz = unit_vector(clause.latitude, clause.longitude)
+    conds: list[ColumnElement[bool]] = []
+    for row, param in zip((lat, x, y, z), NEAR_PARAMS, strict=True):
+        conds += _owned(row, owner, param)
+    conds += [lat.c.low >= clause.latitude - band, lat.c.low <= clause.latitude + band,
+              x.c.low * px + y.c.low * py + z.c.low * pz >= math.cos(angle) - 1e-12]
+    return sa.exists().where(*conds)
 
 
 def criteria_sql(criteria: Criteria, owner: Any) -> list[ColumnElement[bool]]:
