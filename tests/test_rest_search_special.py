@@ -180,3 +180,51 @@ def test_token_in_not_in_below_above_use_terminology_stored_here(api: FhirApi) -
     create(api, {"resourceType": "ValueSet", "status": "active", "url": f"urn:vs:{t}:regex", "compose": {
         "include": [{"system": cs_url, "filter": [{"property": "display", "op": "regex", "value": ".*"}]}]}})
     refused(api, "/Condition", {"code:in": f"urn:vs:{t}:regex"}, "regex", "not supported")
+
+
+def test_filter_maps_to_the_same_criteria_as_plain_parameters(api: FhirApi) -> None:
+    t = uuid.uuid4().hex[:10]
+    ident = {"system": "urn:flt", "value": t}
+    org = create(api, {"resourceType": "Organization", "name": f"Clinic {t}"})
+    peter = create(api, {"resourceType": "Patient", "identifier": [ident], "gender": "male",
+                         "name": [{"family": f"Péterson{t}", "given": ["Peter"]}], "birthDate": "2015-01-02",
+                         "managingOrganization": {"reference": f"Organization/{org['id']}"}})
+    anna = create(api, {"resourceType": "Patient", "identifier": [ident], "gender": "female",
+                        "name": [{"family": f"Annas{t}", "given": ["Anna"]}], "birthDate": "2010-05-06"})
+    nobody = create(api, {"resourceType": "Patient", "identifier": [ident], "gender": "other"})
+    q = {"identifier": f"urn:flt|{t}"}
+
+    def f(expr: str) -> list[str]:
+        return found(api, "/Patient", {**q, "_filter": expr})
+
+    assert f('name co "eter"') == [peter["id"]]
+    assert f(f'family eq "peterson{t}"') == [peter["id"]]  # eq: whole value, case and accents aside
+    assert f('family eq "peterson"') == []
+    assert f(f'family ew "SON{t}"') == [peter["id"]]
+    assert f('given sw "an"') == [anna["id"]]
+    assert f('given eq "peter" and birthdate ge 2014-10-10') == [peter["id"]]
+    assert f("birthdate lt 2014 or gender eq other") == sorted([anna["id"], nobody["id"]])
+    assert f("gender eq male or gender eq female and birthdate lt 2012") == sorted([peter["id"], anna["id"]])
+    assert f("(gender eq male or gender eq female) and birthdate lt 2012") == [anna["id"]]
+    assert f("not (gender eq male)") == sorted([anna["id"], nobody["id"]])
+    assert f("gender ne male") == sorted([anna["id"], nobody["id"]])
+    assert f("birthdate pr false") == [nobody["id"]]
+    assert f("birthdate pr true") == sorted([peter["id"], anna["id"]])
+    assert f("birthdate po 2015") == [peter["id"]]
+    assert f(f'organization.name co "clinic {t}"') == [peter["id"]]
+    assert f(f"organization re Organization/{org['id']}") == [peter["id"]]
+    assert f(f"_id eq {anna['id']}") == [anna["id"]]
+    assert f('name eq "a,b"') == []  # a comma inside a _filter string is no OR
+    both = found(api, "/Patient", [*q.items(), ("_filter", "gender ne other"), ("_filter", "birthdate gt 2012")])
+    assert both == [peter["id"]]  # repeated _filter: AND
+    r = api.post("/Patient/_search", data={**q, "_filter": "gender eq female"})
+    assert r.status_code == 200 and [e["resource"]["id"] for e in r.json()["entry"]] == [anna["id"]]
+    for expr, words in (("nonsense eq 1", ["nonsense", "not a search parameter"]),
+                        ("gender co m", ["gender", "token"]),
+                        ("birthdate co 2015", ["birthdate"]),
+                        ("name eq", ["_filter", "value"]),
+                        ("gender eq male and", ["_filter"]),
+                        ("link[type eq seealso].other pr true", ["[", "not supported"]),
+                        ("birthdate gt notadate", ["birthdate", "notadate"])):
+        # strict or not: an unknown parameter inside _filter is a 400, never silently dropped
+        refused(api, "/Patient", {"_filter": expr}, *words)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 
 from fhirvault.errors import Invalid
 from fhirvault.fhir.dates import date_range
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.fhir.references import parse_reference
+from fhirvault.fhir.search_filter import Comparison, Expression, FilterSyntaxError, Logical, parse_filter
 from fhirvault.fhir.search_index import normalize, words
 from fhirvault.fhir.search_params import SearchParam, search_param
 from fhirvault.store.search_sql import (
@@ -30,6 +31,7 @@ from fhirvault.store.search_sql import (
     ListClause,
     MissingClause,
     NearClause,
+    NotClause,
     ParamClause,
     RangeTest,
     RefTest,
@@ -335,6 +337,10 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         return _parse_list(name, modifier, value, base_url)
     if not dot and code == "near" and types == ["Location"]:
         return _parse_near(name, modifier, value)
+    if not dot and code == "_filter":
+        if modifier:
+            raise Invalid(f"Search parameter {name}: _filter takes no modifier")
+        return _parse_filter(types, value, base_url)
     if code == "_id" and not dot:
         if modifier:
             raise Invalid(f"Search parameter {name}: _id takes no modifier")
@@ -386,6 +392,93 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
                            negate=modifier == "not-in")
     tests = [_value_test(name, param, kind, modifier, v, base_url) for v in values]
     return ParamClause(kind, code, tests, negate=modifier == "not")
+
+
+# -- _filter (R4 search_filter.html) -------------------------------------------------------------------
+_RANGE_OPS = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+
+
+def _parse_filter(types: list[str], value: str, base_url: str) -> Clause:
+    """A `_filter` expression as criteria: the same clauses and SQL as the plain parameters. Every
+    parameter in it must exist (an unknown one is a 400 whatever the handling: ignoring part of a
+    logical expression would change its meaning)."""
+    try:
+        tree = parse_filter(value)
+    except FilterSyntaxError as exc:
+        raise Invalid(f"_filter={value!r}: {exc}") from None
+    return _filter_clause(types, tree, base_url)
+
+
+def _filter_clause(types: list[str], tree: Expression, base_url: str) -> Clause:
+    if isinstance(tree, Logical):
+        parts = [_filter_clause(types, p, base_url) for p in tree.parts]
+        return AllClause(parts) if tree.op == "and" else AnyClause(parts)
+    if not isinstance(tree, Comparison):
+        return NotClause(_filter_clause(types, tree.part, base_url))
+    if "[" in tree.path:
+        raise Invalid(f"_filter: the path '{tree.path}' filters inside a parameter ([...]), which is not supported")
+    head, dot, rest = tree.path.partition(".")
+    try:
+        if dot:
+            param = _param_for(types, head)
+            if param.type != "reference":
+                raise Invalid(f"_filter: '{head}' in '{tree.path}' is no reference parameter to chain through")
+            next_code = rest.partition(".")[0]
+            targets = [t for t in param.targets if search_param(t, next_code) is not None]
+            if not targets:
+                raise UnknownParameter(tree.path)
+            inner = _filter_clause(targets, Comparison(rest, tree.op, tree.value), base_url)
+            return ChainClause(param.code, targets, Criteria(targets, [inner]))
+        return _filter_leaf(types, tree, base_url)
+    except UnknownParameter:
+        raise Invalid(f"_filter: '{tree.path}' is not a search parameter of {', '.join(types)}") from None
+
+
+def _filter_leaf(types: list[str], c: Comparison, base_url: str) -> Clause:
+    """One `param op value` on `types` (no chain left), by the parameter's type (search_filter.html#ops)."""
+    code, op, raw = c.path, c.op, c.value
+    text = raw.replace("\\", "\\\\").replace(",", "\\,")  # literal: no OR, no escapes of our own
+    name = f"_filter {code} {op}"
+    if code in ("_id", "_list", "_text", "_content"):
+        if op == "ne":
+            return NotClause(_filter_leaf(types, Comparison(code, "eq", raw), base_url))
+        if op != "eq" and not (code in ("_text", "_content") and op in ("co", "sw")):
+            raise Invalid(f"{name}: the operator does not apply to {code}")
+        return parse_criterion(types, code, text, base_url)
+    kind = "date" if code == "_lastUpdated" else _param_for(types, code).type
+    if op == "pr":
+        if raw not in ("true", "false"):
+            raise Invalid(f"{name} {raw}: pr takes true or false")
+        if code == "_lastUpdated":  # every resource has one
+            return AllClause([]) if raw == "true" else NotClause(AllClause([]))
+        return parse_criterion(types, f"{code}:missing", "false" if raw == "true" else "true", base_url)
+    if kind in ("date", "number", "quantity"):
+        if op == "po" and kind == "date" and code != "_lastUpdated":
+            # "the period overlaps": a prefix of _filter only
+            return ParamClause("date", code, [replace(_date_test(name, raw), prefix="po")])
+        if op not in _RANGE_OPS:
+            raise Invalid(f"{name}: a {kind} parameter takes {', '.join(_RANGE_OPS)} or pr"
+                          f"{' or po' if kind == 'date' and code != '_lastUpdated' else ''}")
+        return parse_criterion(types, code, f"{op}{text}", base_url)
+    if op == "ne":
+        return NotClause(_filter_leaf(types, Comparison(code, "eq", raw), base_url))
+    if kind == "string":
+        mode = {"eq": "equal", "sw": "start", "co": "contains", "ew": "end"}.get(op)
+        if mode is None:
+            raise Invalid(f"{name}: a string parameter takes eq, ne, co, sw, ew or pr")
+        return ParamClause("string", code, [StringTest(mode, normalize(raw))])
+    if kind == "token":
+        modifier = {"eq": "", "in": ":in", "ni": ":not-in", "sb": ":below", "ss": ":above"}.get(op)
+        if modifier is None:
+            raise Invalid(f"{name}: a token parameter takes eq, ne, in, ni, sb, ss or pr")
+        return parse_criterion(types, code + modifier, text, base_url)
+    if kind == "reference" and op in ("eq", "re"):
+        return parse_criterion(types, code, text, base_url)
+    if kind == "uri" and op in ("eq", "sb", "ss"):
+        return parse_criterion(types, code + {"eq": "", "sb": ":below", "ss": ":above"}[op], text, base_url)
+    if kind == "composite" and op == "eq":
+        return parse_criterion(types, code, text, base_url)
+    raise Invalid(f"{name}: the operator does not apply to a {kind} parameter")
 
 
 def _parse_chain(types: list[str], name: str, param: SearchParam, modifier: str, rest: str, value: str,

@@ -37,8 +37,8 @@ SECURITY_CONTEXT = "_securityContext"
 # -- criteria -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StringTest:
-    mode: str  # start | exact | contains
-    value: str  # normalized for start/contains, as given for exact
+    mode: str  # start | exact | contains | equal | end (equal and end: _filter's eq and ew)
+    value: str  # normalized but for exact
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,8 @@ def _range(prefix: str, low: Any, high: Any, t: RangeTest, point_inclusive: bool
         return inside
     if prefix == "ne":
         return sa.not_(inside)
+    if point_inclusive and prefix == "po":
+        return sa.and_(low < e, high >= s)
     if point_inclusive:
         conds: dict[str, ColumnElement[bool]] = {
             "gt": high > v, "lt": low < v, "ge": high >= v, "le": low <= v, "sa": low > v, "eb": high < v,
@@ -237,6 +239,8 @@ def _range(prefix: str, low: Any, high: Any, t: RangeTest, point_inclusive: bool
         return conds[prefix]
     if prefix == "ap":
         return sa.and_(low < e, high > s)  # the service has widened [s, e) by the approximation margin
+    if prefix == "po":
+        return sa.and_(low < e, high > s)  # _filter's "overlaps"
     return {
         # ge / le: the target reaches into the search range or beyond it on that side (a period that
         # starts on 2025-01-10 is "le2025-01-10"), as HAPI and Blaze read R4 3.1.1.4.2's ranges
@@ -248,6 +252,10 @@ def _range(prefix: str, low: Any, high: Any, t: RangeTest, point_inclusive: bool
 def _string(col: Any, t: StringTest, exact_col: Any) -> ColumnElement[bool]:
     if t.mode == "exact":
         return exact_col == t.value
+    if t.mode == "equal":
+        return col == t.value
+    if t.mode == "end":
+        return col.endswith(t.value, autoescape=True)
     if t.mode == "contains":
         return col.contains(t.value, autoescape=True)
     return col.startswith(t.value, autoescape=True)
