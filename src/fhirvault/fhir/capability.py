@@ -24,7 +24,7 @@ def includes(rtype: str) -> tuple[list[str], list[str]]:
     """(searchInclude, searchRevInclude) of `rtype`: its reference parameters, and those of every type
     that may refer to it."""
     inc = ["*"] + [f"{rtype}:{c}" for c, p in sorted(params_of(rtype).items()) if p.type == "reference"]
-    rev = [f"{src}:{c}" for src in sorted(resource_types()) for c, p in sorted(params_of(src).items())
+    rev = ["*"] + [f"{src}:{c}" for src in sorted(resource_types()) for c, p in sorted(params_of(src).items())
            if p.type == "reference" and (not p.targets or rtype in p.targets) and not c.startswith("_")]
     return inc, rev
 

@@ -76,7 +76,7 @@ class UnknownParameter(Exception):
 class Include:
     """`_include` (source = the matches' type) or `_revinclude` (source = the including type)."""
 
-    source_type: str  # "*" for every type
+    source_type: str  # "*" for every type (`_include=*`, `_revinclude=*`)
     param: str | None  # None: every reference parameter
     target_type: str | None
     iterate: bool
@@ -551,8 +551,7 @@ def _include(name: str, value: str, reverse: bool) -> Include:
         raise Invalid(f"{name}: modifier '{modifier}' is not supported (only :iterate)")
     iterate = bool(modifier)
     if value == "*":
-        if reverse:
-            raise Invalid(f"{name}=*: name the referring type and parameter (e.g. Observation:subject)")
+        # every reference of the matches (_include), every resource referring to them (_revinclude)
         return Include("*", None, None, iterate)
     parts = value.split(":")
     if len(parts) not in (2, 3) or not is_resource_type(parts[0]):

@@ -174,19 +174,26 @@ class ResourceStore:
             out += [(r[0], r[1], r[2]) for r in rows.all()]
         return out
 
-    async def referencing(self, conn: AsyncConnection, source_type: str, param: str | None, targets: list[str],
-                          restriction: Restriction | None = None) -> list[StoredResource]:
-        """Live resources of `source_type` whose `param` (None: any) references one of `targets`."""
+    async def referencing(self, conn: AsyncConnection, source_type: str | None, param: str | None,
+                          targets: list[str], restriction: Restriction | None = None, limit: int | None = None
+                          ) -> list[StoredResource]:
+        """Live resources of `source_type` (None: of any type) whose `param` (None: any reference
+        parameter) references one of `targets`; at most `limit` (in type and id order) per 500 targets."""
         t, sr = resources, search_refs
         out: list[StoredResource] = []
         for start in range(0, len(targets), 500):
-            where = [sr.c.resource_type == source_type, sr.c.target.in_(targets[start:start + 500]),
-                     ~sr.c.param.startswith("_", autoescape=True)]
+            where = [sr.c.target.in_(targets[start:start + 500]), ~sr.c.param.startswith("_", autoescape=True),
+                     sr.c.resource_type == t.c.resource_type, sr.c.id == t.c.id]
+            if source_type is not None:
+                where.append(sr.c.resource_type == source_type)
             if param is not None:
                 where.append(sr.c.param == param)
-            ids = sa.select(sr.c.id).where(*where)
-            stmt = sa.select(t).where(t.c.resource_type == source_type, t.c.id.in_(ids), t.c.deleted.is_(False),
+            stmt = sa.select(t).where(sa.exists().where(*where), t.c.deleted.is_(False),
                                       *restriction_sql(restriction, t))
+            if source_type is not None:
+                stmt = stmt.where(t.c.resource_type == source_type)
+            if limit is not None:
+                stmt = stmt.order_by(t.c.resource_type, t.c.id).limit(limit)
             out += [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
         return out
 
