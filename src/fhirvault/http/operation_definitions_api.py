@@ -5,8 +5,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhirvault.fhir.subsetting import subset
 from fhirvault.http import fhir_api
-from fhirvault.http.fhir_api import vault
+from fhirvault.http.fhir_api import READ_PARAMS, check_query, subsetting_params, vault
 from fhirvault.http.responses import FhirJsonResponse
 
 
@@ -15,4 +16,6 @@ async def read(request: Request) -> Response:
     builtin = vault(request).operation_definitions().get(request.path_params["rid"])
     if builtin is None:
         return await fhir_api.read_resource(request, "OperationDefinition")
-    return FhirJsonResponse(builtin)
+    check_query(request, READ_PARAMS, "read")
+    summary, elements = subsetting_params(request)
+    return FhirJsonResponse(subset(builtin, summary, elements))
