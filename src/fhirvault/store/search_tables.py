@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.fhir.search_index import IndexRows
 from fhirvault.store.schema import metadata, resources, search_refs, search_tokens
+from fhirvault.store.version_access import version_access
 
 
 def _table(name: str, *columns: sa.Column[Any], lookup: tuple[str, ...]) -> sa.Table:
@@ -165,9 +166,10 @@ async def create_search_tables(conn: AsyncConnection) -> None:
 
 
 async def add_search_tables_0014(conn: AsyncConnection) -> None:
-    """Migration step: the table of composites with three or more components, and every stored resource
-    type marked for a rebuild of its index (those composites, `_text` and `_content` rows)."""
-    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[search_composite_parts]))
+    """Migration step: the table of composites with three or more components and the access rows of every
+    version (store/version_access.py), and every stored resource type marked for a rebuild of its index
+    (those composites, `_text`, `_content`, Location `near`, and the versions' access rows)."""
+    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[search_composite_parts, version_access]))
     types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
     await conn.execute(sa.delete(search_reindex))
     if types:
