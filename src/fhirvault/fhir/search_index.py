@@ -454,10 +454,17 @@ def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:
     rows.strings.update(("_content", w, w) for w in content_words(resource))
     if rtype == "Location":
         _add_position(rows, resource)
+    rows.refs.update(access_refs(resource, base_url))
+    return rows
+
+
+def access_refs(resource: dict[str, Any], base_url: str) -> set[tuple[str, str]]:
+    """The (param, target) rows access rules read: the Patient compartments the resource lies in
+    (`_compartment`) and a Binary's securityContext (`_securityContext`)."""
     _, compartment = index_entries(resource, base_url)
-    rows.refs.update((COMPARTMENT, r.target) for r in compartment if r.param == COMPARTMENT)
-    if rtype == "Binary":
+    out = {(COMPARTMENT, r.target) for r in compartment if r.param == COMPARTMENT}
+    if resource["resourceType"] == "Binary":
         for target, _ident in reference_values(resource.get("securityContext"), base_url):
             if target:
-                rows.refs.add((SECURITY_CONTEXT, target[:TOKEN_MAX]))
-    return rows
+                out.add((SECURITY_CONTEXT, target[:TOKEN_MAX]))
+    return out

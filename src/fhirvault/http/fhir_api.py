@@ -66,7 +66,8 @@ async def resource_response(request: Request, stored: StoredResource, status: in
 
 # Query parameters of the interactions that are no search (R4 http.html): anything else is not honoured.
 READ_PARAMS = ("_format", "_pretty", "_summary", "_elements")
-HISTORY_PARAMS = ("_format", "_pretty", "_count", "_offset", "_since", "_at", "_total")
+HISTORY_PARAMS = ("_format", "_pretty", "_count", "_offset", "_since", "_at", "_total", "_until", "_summary",
+                  "_elements")
 
 
 def check_query(request: Request, allowed: tuple[str, ...], interaction: str) -> None:
@@ -93,12 +94,14 @@ def raw_only(request: Request) -> None:
                       "the resource with Accept: application/fhir+json or _format=json")
 
 
-def subsetting_params(request: Request) -> tuple[str | None, list[str] | None]:
-    """`_summary` and `_elements` of a read or vread (FHIR R4 3.1.1.5.8-9); 400 for an unknown mode."""
+def subsetting_params(request: Request, modes: tuple[str, ...] = ("true", "text", "data", "false")
+                      ) -> tuple[str | None, list[str] | None]:
+    """`_summary` and `_elements` of a read or vread (FHIR R4 3.1.1.5.8-9), or of history with `modes`
+    including count; 400 for a mode not in `modes`."""
     q = request.query_params
     summary = q.get("_summary")
-    if summary is not None and summary not in ("true", "text", "data", "false"):
-        raise Invalid(f"_summary={summary!r} is not one of true, text, data, false")
+    if summary is not None and summary not in modes:
+        raise Invalid(f"_summary={summary!r} is not one of {', '.join(modes)}")
     elements = [e.strip() for e in q["_elements"].split(",") if e.strip()] if "_elements" in q else None
     return summary, elements
 
@@ -311,8 +314,10 @@ async def history(request: Request) -> Response:
     q = request.query_params
     count = _bounded_int(q.get("_count"), "_count", DEFAULT_COUNT)
     offset = _bounded_int(q.get("_offset"), "_offset", 0)
+    summary, elements = subsetting_params(request, ("true", "text", "data", "count", "false"))
     return FhirJsonResponse(await history_bundle(vault(request).resources, context(request), rtype, rid,
-                                                 q.get("_since"), count, offset, q.get("_at")))
+                                                 q.get("_since"), count, offset, q.get("_at"), q.get("_total"),
+                                                 q.get("_until"), summary, elements))
 
 
 def _bounded_int(value: str | None, name: str, default: int) -> int:

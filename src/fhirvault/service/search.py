@@ -19,7 +19,7 @@ from fhirvault.fhir.outcome import warnings
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.fhir.references import parse_reference
 from fhirvault.fhir.subsetting import subset
-from fhirvault.service.access import AccessPolicy
+from fhirvault.service.access import AccessPolicy, permitted_types
 from fhirvault.service.context import RequestContext
 from fhirvault.service.search_parse import (
     DEFAULT_COUNT,
@@ -109,14 +109,7 @@ def _system_types(access: AccessPolicy, ctx: RequestContext, params: list[tuple[
         for t in named:
             access.require(ctx, "search", t)
         return sorted(set(named))
-    readable = []
-    for t in sorted(resource_types()):
-        try:
-            access.require(ctx, "search", t)
-        except Exception:  # noqa: BLE001 - a type the caller may not search is left out of a system search
-            continue
-        readable.append(t)
-    return readable
+    return permitted_types(access, ctx, "search", sorted(resource_types()))
 
 
 async def _included(store: ResourceStore, access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,

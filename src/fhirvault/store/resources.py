@@ -10,11 +10,26 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault import jsoncodec
-from fhirvault.fhir.indexing import COMPARTMENT
 from fhirvault.fhir.search_index import IndexRows
 from fhirvault.store.schema import resource_versions, resources, search_refs
-from fhirvault.store.search_sql import Criteria, Restriction, SortKey, criteria_sql, restriction_sql, sort_columns
+from fhirvault.store.search_sql import (
+    COMPARTMENT,
+    SECURITY_CONTEXT,
+    Criteria,
+    Restriction,
+    SortKey,
+    criteria_sql,
+    restriction_sql,
+    sort_columns,
+    version_restriction_sql,
+)
 from fhirvault.store.search_tables import delete_index, write_index
+from fhirvault.store.version_access import delete_version_access, write_version_access
+
+
+def _access_of(index: IndexRows | None) -> set[tuple[str, str]] | None:
+    """The rows of a version's index that access rules read (see store/version_access.py)."""
+    return None if index is None else {r for r in index.refs if r[0] in (COMPARTMENT, SECURITY_CONTEXT)}
 
 
 class VersionConflict(Exception):
@@ -98,6 +113,7 @@ class ResourceStore:
         await conn.execute(sa.insert(resource_versions).values(
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
         await write_index(conn, stored.resource_type, stored.id, index, new=previous_version is None)
+        await write_version_access(conn, stored.resource_type, stored.id, stored.version_id, _access_of(index))
 
     async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:
         """Replace the content and search index of the version `stored` that this same transaction wrote
@@ -108,6 +124,8 @@ class ResourceStore:
                 table.c.resource_type == stored.resource_type, table.c.id == stored.id,
                 table.c.version_id == stored.version_id).values(content=content))
         await write_index(conn, stored.resource_type, stored.id, index)
+        await write_version_access(conn, stored.resource_type, stored.id, stored.version_id, _access_of(index),
+                                   replace=True)
 
     def _select(self, criteria: Criteria, restriction: Restriction | None, cutoff_us: int | None) -> Any:
         t = resources
@@ -199,28 +217,40 @@ class ResourceStore:
 
     async def history(
         self, conn: AsyncConnection, rtype: str | None, rid: str | None, since_us: int | None,
-        count: int, offset: int, at: tuple[int, int] | None = None,
-    ) -> tuple[list[StoredResource], int]:
-        """Versions newest first, and how many there are. `since_us`: changed at or after; `at`
-        ([start, end) in microseconds): versions that were current at some moment of that range
-        (FHIR R4 history `_at`)."""
+        count: int, offset: int, at: tuple[int, int] | None = None, restriction: Restriction | None = None,
+        types: list[str] | None = None, until_us: int | None = None, with_total: bool = True,
+    ) -> tuple[list[StoredResource], int | None]:
+        """Versions newest first, and how many there are (None unless `with_total`), all in SQL.
+        `since_us`: changed at or after; `until_us`: at or before (the snapshot later pages keep to);
+        `at` ([start, end) in microseconds): versions that were current at some moment of that range
+        (FHIR R4 history `_at`); `restriction`: the caller's access rules, judged by each version's
+        own content (a deletion by the version before it); `types`: the resource types the caller may see
+        (system history; None for all)."""
         t = resource_versions
         where: list[Any] = []
         if rtype:
             where.append(t.c.resource_type == rtype)
+        elif types is not None:
+            where.append(t.c.resource_type.in_(types))
         if rid:
             where.append(t.c.id == rid)
         if since_us is not None:
             where.append(t.c.last_updated >= since_us)
+        if until_us is not None:
+            where.append(t.c.last_updated <= until_us)
         if at is not None:
             later = resource_versions.alias()
             replaced = (sa.select(sa.func.min(later.c.last_updated))
                         .where(later.c.resource_type == t.c.resource_type, later.c.id == t.c.id,
                                later.c.version_id > t.c.version_id).scalar_subquery())
             where += [t.c.last_updated < at[1], sa.or_(replaced.is_(None), replaced > at[0])]
-        total = int((await conn.execute(sa.select(sa.func.count()).select_from(t).where(*where))).scalar() or 0)
+        where += version_restriction_sql(restriction, t)
+        total = None
+        if with_total:
+            total = int((await conn.execute(sa.select(sa.func.count()).select_from(t).where(*where))).scalar() or 0)
         stmt = (sa.select(t).where(*where)
-                .order_by(t.c.last_updated.desc(), t.c.version_id.desc()).limit(count).offset(offset))
+                .order_by(t.c.last_updated.desc(), t.c.resource_type, t.c.id, t.c.version_id.desc())
+                .limit(count).offset(offset))
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()], total
 
     async def current_page(self, conn: AsyncConnection, rtype: str | None, after: tuple[str, str] | None,
@@ -245,6 +275,7 @@ class ResourceStore:
         for table in (resources, resource_versions):
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
         await delete_index(conn, rtype, rid)
+        await delete_version_access(conn, rtype, rid)
 
     async def last_deletion(self, conn: AsyncConnection, rtype: str, rid: str) -> int | None:
         """When rtype/rid was last deleted (microseconds), or None: what came before belongs to an earlier

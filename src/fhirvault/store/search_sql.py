@@ -8,6 +8,7 @@ checked every name, modifier and value."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from fhirvault.store.search_tables import (
     search_strings,
     search_uris,
 )
+from fhirvault.store.version_access import version_access
 
 TABLES: dict[str, sa.Table] = {
     "string": search_strings, "token": search_tokens, "reference": search_refs, "date": search_dates,
@@ -455,27 +457,52 @@ def _in_compartment(owner: Any, patient: str) -> ColumnElement[bool]:
                              refs.c.param == COMPARTMENT, refs.c.target == patient)
 
 
+Has = Callable[..., ColumnElement[bool]]  # has(param, *conditions on the row's `target`)
+
+
+def _restriction(r: Restriction, rtype: Any, has: Has, target: Any) -> ColumnElement[bool]:
+    """The rules of `Restriction` over access rows that `has` finds (their `target` column given)."""
+    context_ok: list[ColumnElement[bool]] = []
+    if r.context_types is not None:
+        context_ok.append(sa.or_(sa.false(), *[target.startswith(f"{t}/") for t in sorted(r.context_types)]))
+    if r.compartment is not None:
+        current = resources.alias()
+        context_ok.append(sa.or_(
+            target == r.compartment,
+            target.in_(sa.select(_ref_to(current)).where(_in_compartment(current, r.compartment)))))
+    binary_ok = sa.or_(
+        has(SECURITY_CONTEXT, *context_ok),
+        sa.and_(sa.not_(has(SECURITY_CONTEXT)), sa.true() if r.binary_without_context else sa.false()),
+    )
+    other_ok = has(COMPARTMENT, target == r.compartment) if r.compartment is not None else sa.true()
+    return sa.or_(sa.and_(rtype == "Binary", binary_ok), sa.and_(rtype != "Binary", other_ok))
+
+
 def restriction_sql(r: Restriction | None, owner: Any) -> list[ColumnElement[bool]]:
-    """The caller's access rules as conditions on `owner` (see Restriction)."""
+    """The caller's access rules as conditions on `owner` (see Restriction), over the current index."""
     if r is None:
         return []
     ctx: Any = search_refs.alias()
-    context_ok: list[ColumnElement[bool]] = []
-    if r.context_types is not None:
-        context_ok.append(sa.or_(sa.false(), *[ctx.c.target.startswith(f"{t}/") for t in sorted(r.context_types)]))
-    if r.compartment is not None:
-        target = resources.alias()
-        context_ok.append(sa.or_(
-            ctx.c.target == r.compartment,
-            ctx.c.target.in_(sa.select(_ref_to(target)).where(_in_compartment(target, r.compartment)))))
-    has_context = sa.exists().where(*_owned(ctx, owner, SECURITY_CONTEXT))
-    binary_ok = sa.or_(
-        sa.exists().where(*_owned(ctx, owner, SECURITY_CONTEXT), *context_ok),
-        sa.and_(sa.not_(has_context), sa.true() if r.binary_without_context else sa.false()),
-    )
-    other_ok = _in_compartment(owner, r.compartment) if r.compartment is not None else sa.true()
-    return [sa.or_(sa.and_(owner.c.resource_type == "Binary", binary_ok),
-                   sa.and_(owner.c.resource_type != "Binary", other_ok))]
+
+    def has(param: str, *conds: ColumnElement[bool]) -> ColumnElement[bool]:
+        return sa.exists().where(*_owned(ctx, owner, param), *conds)
+
+    return [_restriction(r, owner.c.resource_type, has, ctx.c.target)]
+
+
+def version_restriction_sql(r: Restriction | None, version: Any) -> list[ColumnElement[bool]]:
+    """The same rules on a row of `resource_versions`, judged by what that version held (a deletion by
+    the version before it), so that history pages and totals hold only what the caller may see."""
+    if r is None:
+        return []
+    va: Any = version_access.alias()
+    judged = sa.case((version.c.deleted.is_(True), version.c.version_id - 1), else_=version.c.version_id)
+
+    def has(param: str, *conds: ColumnElement[bool]) -> ColumnElement[bool]:
+        return sa.exists().where(va.c.resource_type == version.c.resource_type, va.c.id == version.c.id,
+                                 va.c.version_id == judged, va.c.param == param, *conds)
+
+    return [_restriction(r, version.c.resource_type, has, va.c.target)]
 
 
 def sort_columns(keys: list[SortKey], owner: Any) -> list[Any]:
