@@ -228,3 +228,11 @@ def test_filter_maps_to_the_same_criteria_as_plain_parameters(api: FhirApi) -> N
                         ("birthdate gt notadate", ["birthdate", "notadate"])):
         # strict or not: an unknown parameter inside _filter is a 400, never silently dropped
         refused(api, "/Patient", {"_filter": expr}, *words)
+
+
+def test_missing_on_id_and_last_updated(api: FhirApi) -> None:
+    p = create(api, {"resourceType": "Patient"})
+    assert found(api, "/Patient", {"_id": p["id"], "_lastUpdated:missing": "true"}) == []
+    assert found(api, "/Patient", {"_id": p["id"], "_lastUpdated:missing": "false"}) == [p["id"]]
+    assert found(api, "/Patient", {"_id": p["id"], "_id:missing": "true"}) == []
+    refused(api, "/Patient", {"_id:missing": "maybe"}, "_id:missing")

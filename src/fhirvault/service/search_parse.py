@@ -18,7 +18,7 @@ from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.fhir.references import parse_reference
 from fhirvault.fhir.search_filter import Comparison, Expression, FilterSyntaxError, Logical, parse_filter
 from fhirvault.fhir.search_index import normalize, words
-from fhirvault.fhir.search_params import SearchParam, search_param
+from fhirvault.fhir.search_params import NOT_DOMAIN_RESOURCES, SearchParam, search_param
 from fhirvault.store.search_sql import (
     AllClause,
     AnyClause,
@@ -60,8 +60,6 @@ _MODIFIERS = {
 }
 
 
-# R4 resources that are not DomainResources, and so have no narrative to search with `_text` (resource.html).
-NOT_DOMAIN_RESOURCES = frozenset({"Binary", "Bundle", "Parameters"})
 # `near` distances: UCUM units of length and their kilometres (R4 location.html#positional; km by default).
 DISTANCE_UNITS = {"km": 1.0, "m": 0.001, "[mi_i]": 1.609344, "mi": 1.609344, "[mi_us]": 1.6093472,
                   "[nmi_i]": 1.852}
@@ -341,6 +339,11 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         if modifier:
             raise Invalid(f"Search parameter {name}: _filter takes no modifier")
         return _parse_filter(types, value, base_url)
+    if code in ("_id", "_lastUpdated") and not dot and modifier == "missing":
+        if value not in ("true", "false"):
+            raise Invalid(f"Search parameter {name}={value!r} must be true or false")
+        # every resource has an id and a lastUpdated: none is missing one
+        return NotClause(AllClause([])) if value == "true" else AllClause([])
     if code == "_id" and not dot:
         if modifier:
             raise Invalid(f"Search parameter {name}: _id takes no modifier")
