@@ -9,15 +9,8 @@ import uuid
 import httpx
 
 from tests.security_support import bearer, client_token
+from tests.support.searching import FHIR, create
 from tests.support.server import FhirApi, ServerProcess
-
-FHIR = {"Content-Type": "application/fhir+json"}
-
-
-def create(api: FhirApi | httpx.Client, resource: dict) -> dict:
-    r = api.post(f"/{resource['resourceType']}", json=resource, headers=FHIR)
-    assert r.status_code == 201, r.text
-    return r.json()
 
 
 def next_link(bundle: dict) -> str | None:

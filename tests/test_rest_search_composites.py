@@ -4,27 +4,11 @@ three components, prefixes on any value component, and composites matched within
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.fhir.search_params import params_of
+from tests.support.searching import LOINC, UCUM, create, found
 from tests.support.server import FhirApi
-
-FHIR = {"Content-Type": "application/fhir+json"}
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
-
-
-def create(api: FhirApi, resource: dict) -> dict:
-    r = api.post(f"/{resource['resourceType']}", json=resource, headers=FHIR)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def found(api: FhirApi, path: str, params: Any) -> list[str]:
-    r = api.get(path, params=params)
-    assert r.status_code == 200, r.text
-    return sorted(e["resource"]["id"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match")
 
 
 def test_every_composite_component_names_a_parameter_of_its_type_with_the_same_type() -> None:

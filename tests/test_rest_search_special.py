@@ -6,31 +6,9 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Any
 
+from tests.support.searching import FHIR, create, found, refused
 from tests.support.server import FhirApi
-
-FHIR = {"Content-Type": "application/fhir+json"}
-
-
-def create(api: FhirApi, resource: dict) -> dict:
-    r = api.post(f"/{resource['resourceType']}", json=resource, headers=FHIR)
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def found(api: FhirApi, path: str, params: Any) -> list[str]:
-    r = api.get(path, params=params)
-    assert r.status_code == 200, r.text
-    return sorted(e["resource"]["id"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match")
-
-
-def refused(api: FhirApi, path: str, params: Any, *words: str) -> None:
-    r = api.get(path, params=params)
-    assert r.status_code == 400, (params, r.text)
-    assert r.json()["resourceType"] == "OperationOutcome"
-    for w in words:
-        assert w in r.text, (w, r.text)
 
 
 def narrative(text: str) -> dict:
