@@ -165,11 +165,17 @@ async def create_search_tables(conn: AsyncConnection) -> None:
         await conn.execute(sa.insert(search_reindex), [{"resource_type": t, "after_id": ""} for t in types])
 
 
+# Who refers to a resource, whatever the referring type and parameter (`_revinclude=*`, `_list`).
+REFS_TARGET_INDEX = sa.Index("ix_refs_target", search_refs.c.target)
+
+
 async def add_search_tables_0014(conn: AsyncConnection) -> None:
-    """Migration step: the table of composites with three or more components and the access rows of every
-    version (store/version_access.py), and every stored resource type marked for a rebuild of its index
-    (those composites, `_text`, `_content`, Location `near`, and the versions' access rows)."""
+    """Migration step: the table of composites with three or more components, the access rows of every
+    version (store/version_access.py), an index of reference targets, and every stored resource type
+    marked for a rebuild of its index (those composites, `_text`, `_content`, Location `near`, and the
+    versions' access rows)."""
     await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[search_composite_parts, version_access]))
+    await conn.run_sync(lambda sync: REFS_TARGET_INDEX.create(sync, checkfirst=True))
     types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
     await conn.execute(sa.delete(search_reindex))
     if types:
