@@ -35,6 +35,7 @@ def test_text_and_content_match_words_case_and_accent_insensitively(api: FhirApi
     assert found(api, "/Condition", {**q, "_content": "bronch"}) == sorted([a["id"], b["id"]])
     assert found(api, "/Condition", {**q, "_content": "Patient"}) == sorted([a["id"], b["id"]])
     refused(api, "/Condition", {"_text": "&&"}, "_text", "no word")
+    refused(api, "/Condition", {"_text": " ".join(f"w{i}" for i in range(21))}, "_text", "21 words")
     refused(api, "/Condition", {"_text:exact": "x"}, "_text")
     # Binary has no narrative: _text is no parameter of it (strict: 400 naming it)
     r = api.get("/Binary", params={"_text": "x"}, headers={"Prefer": "handling=strict"})
@@ -195,6 +196,7 @@ def test_filter_maps_to_the_same_criteria_as_plain_parameters(api: FhirApi) -> N
     assert f('name eq "a,b"') == []  # a comma inside a _filter string is no OR
     both = found(api, "/Patient", [*q.items(), ("_filter", "gender ne other"), ("_filter", "birthdate gt 2012")])
     assert both == [peter["id"]]  # repeated _filter: AND
+    refused(api, "/Patient", {"_filter": " or ".join(["gender eq male"] * 101)}, "101 comparisons")
     r = api.post("/Patient/_search", data={**q, "_filter": "gender eq female"})
     assert r.status_code == 200 and [e["resource"]["id"] for e in r.json()["entry"]] == [anna["id"]]
     for expr, words in (("nonsense eq 1", ["nonsense", "not a search parameter"]),

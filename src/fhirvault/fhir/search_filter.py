@@ -168,3 +168,12 @@ def parse_filter(text: str) -> Expression:
     if rest is not None:
         raise FilterSyntaxError(f"unexpected '{rest.text}' at character {rest.pos + 1}")
     return tree
+
+
+def comparisons(tree: Expression) -> int:
+    """How many `param op value` comparisons `tree` holds."""
+    if isinstance(tree, Comparison):
+        return 1
+    if isinstance(tree, Negation):
+        return comparisons(tree.part)
+    return sum(comparisons(p) for p in tree.parts)

@@ -16,7 +16,14 @@ from fhirvault.errors import Invalid
 from fhirvault.fhir.dates import date_range
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.fhir.references import parse_reference
-from fhirvault.fhir.search_filter import Comparison, Expression, FilterSyntaxError, Logical, parse_filter
+from fhirvault.fhir.search_filter import (
+    Comparison,
+    Expression,
+    FilterSyntaxError,
+    Logical,
+    comparisons,
+    parse_filter,
+)
 from fhirvault.fhir.search_index import normalize, words
 from fhirvault.fhir.search_params import NOT_DOMAIN_RESOURCES, SearchParam, search_param
 from fhirvault.store.search_sql import (
@@ -47,7 +54,8 @@ from fhirvault.store.search_sql import (
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 MAX_OR_VALUES = 100
-MAX_PARAMS = 100  # each becomes SQL conditions; a query holds only so many
+MAX_PARAMS = 100  # each becomes SQL conditions; a query holds only so many (comparisons of a _filter too)
+MAX_WORDS = 20  # words of one _text / _content value
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
 # Result parameters (FHIR R4 3.1.1.5 and 3.1.1.6): they shape the answer rather than filter it.
@@ -274,6 +282,8 @@ def _parse_words(types: list[str], name: str, code: str, modifier: str, value: s
         found = sorted(words(unescape(v)))
         if not found:
             raise Invalid(f"Search parameter {name}={v!r} holds no word to search for")
+        if len(found) > MAX_WORDS:
+            raise Invalid(f"Search parameter {name}={v!r} has {len(found)} words; at most {MAX_WORDS} are searched for")
         clauses: list[Clause] = [ParamClause("string", code, [StringTest("start", w)]) for w in found]
         alternatives.append(clauses[0] if len(clauses) == 1 else AllClause(clauses))
     return _any(alternatives)
@@ -409,6 +419,8 @@ def _parse_filter(types: list[str], value: str, base_url: str) -> Clause:
         tree = parse_filter(value)
     except FilterSyntaxError as exc:
         raise Invalid(f"_filter={value!r}: {exc}") from None
+    if comparisons(tree) > MAX_PARAMS:
+        raise Invalid(f"_filter has {comparisons(tree)} comparisons; at most {MAX_PARAMS} are allowed")
     return _filter_clause(types, tree, base_url)
 
 

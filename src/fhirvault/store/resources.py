@@ -200,13 +200,14 @@ class ResourceStore:
         t, sr = resources, search_refs
         out: list[StoredResource] = []
         for start in range(0, len(targets), 500):
-            where = [sr.c.target.in_(targets[start:start + 500]), ~sr.c.param.startswith("_", autoescape=True),
-                     sr.c.resource_type == t.c.resource_type, sr.c.id == t.c.id]
+            where = [sr.c.target.in_(targets[start:start + 500]), ~sr.c.param.startswith("_", autoescape=True)]
             if source_type is not None:
                 where.append(sr.c.resource_type == source_type)
             if param is not None:
                 where.append(sr.c.param == param)
-            stmt = sa.select(t).where(sa.exists().where(*where), t.c.deleted.is_(False),
+            # driven from the reference rows (by target), never by a scan of the resources
+            owners = sa.select(sr.c.resource_type, sr.c.id).where(*where)
+            stmt = sa.select(t).where(sa.tuple_(t.c.resource_type, t.c.id).in_(owners), t.c.deleted.is_(False),
                                       *restriction_sql(restriction, t))
             if source_type is not None:
                 stmt = stmt.where(t.c.resource_type == source_type)
