@@ -14,7 +14,8 @@ _SEARCHABLE = ("number", "date", "string", "token", "reference", "quantity", "ur
 # The special parameters (no FHIRPath of their own) and how fhirvault answers them.
 _SPECIAL: tuple[tuple[str, str | None, str, str], ...] = (
     ("_content", "http://hl7.org/fhir/SearchParameter/Resource-content", "string",
-     "Words of any text in the resource: each word of a value must start a word of the resource, case and "
+     "Words of the resource's text (every string but ids, systems, urls, references, meta, content types, "
+     "languages, base64 data and dates): each word of a value must start a word of the resource, case and "
      "accents aside; commas are OR."),
     ("_text", "http://hl7.org/fhir/SearchParameter/DomainResource-text", "string",
      "Words of the narrative (text.div), matched as _content matches."),

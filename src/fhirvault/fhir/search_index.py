@@ -14,7 +14,7 @@ rows, one kind per parameter type (FHIR R4 3.1.1.4), so that SQL can filter, sor
   MIN_US/MAX_US.
 - number and quantity: (param, [system, code,] low, high); a point value has low == high.
 - uri: (param, value).
-- `_text` and `_content`: string rows (param, word, word), one per distinct normalized word of the
+- `_text` and `_content`: string rows (param, word, ""), one per distinct normalized word of the
   narrative (`text.div` without its markup) or of every string in the resource (base64 `data` left
   out), so that a word search is an indexed prefix lookup.
 - Location `near`: number rows `near:latitude` and the position's unit vector `near:x|y|z` (see
@@ -402,22 +402,33 @@ def narrative_text(resource: dict[str, Any]) -> str:
     return html.unescape(_TAG.sub(" ", div)) if isinstance(div, str) else ""
 
 
+# Elements whose strings are identifiers, addresses or bookkeeping rather than text a person searches for:
+# leaving them out of `_content` keeps its index a third of the size it would be (systems and urls alone
+# give most of the words of coded data).
+_DATE = re.compile(r"^\d{4}(-\d\d(-\d\d(T[\d:.]+(Z|[+-]\d\d:\d\d)?)?)?)?$")  # dates, times: no words
+_NOT_TEXT = frozenset({"data", "id", "system", "url", "reference", "resourceType", "meta", "profile",
+                       "valueSet", "contentType", "language"})
+
+
 def _strings(value: Any, key: str = "") -> Iterator[str]:
     if isinstance(value, str):
         if key == "div":
             yield html.unescape(_TAG.sub(" ", value))
-        elif key != "data":  # base64 content is no text
+        elif key not in _NOT_TEXT and not _DATE.match(value):
             yield value
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from _strings(v, k)
+            if k not in _NOT_TEXT:
+                yield from _strings(v, k)
     elif isinstance(value, list):
         for v in value:
             yield from _strings(v, key)
 
 
 def content_words(resource: dict[str, Any]) -> set[str]:
-    """The words of every string in `resource` (`_content`, R4 search.html#content)."""
+    """The words of the text of `resource` (`_content`, R4 search.html#content): every string but those of
+    ids, systems, urls, references, meta, content types, languages and base64 data (_NOT_TEXT), and
+    dates (searched by the date parameters)."""
     out: set[str] = set()
     for text in _strings(resource):
         out |= words(text)
@@ -450,8 +461,9 @@ def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:
             _add_composite(rows, param, resource, base_url)
         else:
             _add(rows, param, evaluate(param, resource), base_url)
-    rows.strings.update(("_text", w, w) for w in words(narrative_text(resource)))
-    rows.strings.update(("_content", w, w) for w in content_words(resource))
+    # word rows keep no `exact` copy: only prefix lookups read them
+    rows.strings.update(("_text", w, "") for w in words(narrative_text(resource)))
+    rows.strings.update(("_content", w, "") for w in content_words(resource))
     if rtype == "Location":
         _add_position(rows, resource)
     rows.refs.update(access_refs(resource, base_url))
