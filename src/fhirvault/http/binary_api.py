@@ -13,9 +13,19 @@ from starlette.responses import Response, StreamingResponse
 from fhirvault.errors import Invalid, TooLarge
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
 from fhirvault.fhir.r4 import whole_number
+from fhirvault.fhir.subsetting import subset
 from fhirvault.http.byte_responses import check_scan_policy, primed, serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
-from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
+from fhirvault.http.fhir_api import (
+    READ_PARAMS,
+    check_query,
+    context,
+    if_match_version,
+    raw_only,
+    subsetting_params,
+    vault,
+    version_headers,
+)
 from fhirvault.http.negotiation import add_vary, binary_wants_resource, is_fhir_json, parse_prefer
 from fhirvault.http.requests import parse_json
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
@@ -146,6 +156,7 @@ async def read(request: Request) -> Response:
     v = vault(request)
     ctx = context(request)
     p = request.path_params
+    check_query(request, READ_PARAMS, "vread" if "vid" in p else "read")
     if "vid" in p:
         stored = await v.resources.vread(ctx, "Binary", p["rid"], p["vid"])
     else:
@@ -153,6 +164,7 @@ async def read(request: Request) -> Response:
     if binary_wants_resource(request.query_params.get("_format"), request.headers.get("accept")):
         response = await _resource_response(request, stored)
     else:
+        raw_only(request)
         content = await v.binaries.describe(stored)
         response = await serve_bytes(request, content, lambda start, end: v.binaries.stream(content, start, end))
     add_vary(response.headers, "Accept")
@@ -160,22 +172,27 @@ async def read(request: Request) -> Response:
 
 
 async def _resource_response(request: Request, stored: StoredResource) -> Response:
-    """The Binary as R4 JSON with all of its bytes as base64 `data`, streamed in constant memory."""
+    """The Binary as R4 JSON with all of its bytes as base64 `data`, streamed in constant memory; cut down
+    by `_summary` / `_elements` (R4 3.1.1.5.8-9; `data` only when they keep it)."""
     v = vault(request)
     ctx = context(request)
     headers = version_headers(stored, ctx.base_url, with_location=False)
     assert stored.content is not None
     # The resource carries all the bytes as `data`: the same policy as the raw bytes.
     await check_scan_policy(request, await v.binaries.describe(stored))
-    if "data" in stored.content or not stored.blob_id:
-        rendered = (await v.resources.render(ctx, [stored.content]))[0]
+    summary, elements = subsetting_params(request)
+    keeps_data = "data" in subset({**stored.content, "data": ""}, summary, elements)
+    if "data" in stored.content or not stored.blob_id or not keeps_data:
+        rendered = subset((await v.resources.render(ctx, [stored.content]))[0], summary, elements)
+        if not keeps_data:
+            rendered.pop("data", None)
         response: Response = FhirJsonResponse(rendered, 200, headers)
         if request.method == "HEAD":
             headers["Content-Length"] = str(len(response.body))
             return Response(status_code=200, headers={**headers, "Content-Type": FHIR_CONTENT_TYPE})
         return response
     content = await v.binaries.describe(stored)
-    rendered = (await v.resources.render(ctx, [stored.content]))[0]
+    rendered = subset((await v.resources.render(ctx, [stored.content]))[0], summary, elements)
     text = json.dumps(rendered, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     prefix = text[:-1] + b',"data":"'
     suffix = b'"}'

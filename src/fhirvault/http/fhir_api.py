@@ -72,12 +72,44 @@ async def resource_response(request: Request, stored: StoredResource, status: in
     return FhirJsonResponse(subset(rendered, summary, elements), status, headers)
 
 
-def subsetting_params(request: Request) -> tuple[str | None, list[str] | None]:
-    """`_summary` and `_elements` of a read or vread (FHIR R4 3.1.1.5.8-9); 400 for an unknown mode."""
+# Query parameters of the interactions that are no search (R4 http.html): anything else is not honoured.
+READ_PARAMS = ("_format", "_pretty", "_summary", "_elements")
+HISTORY_PARAMS = ("_format", "_pretty", "_count", "_offset", "_since", "_at", "_total", "_until", "_summary",
+                  "_elements")
+
+
+def check_query(request: Request, allowed: tuple[str, ...], interaction: str) -> None:
+    """Refuses (400) a query parameter the interaction does not honour, naming it, and one given twice;
+    with `Prefer: handling=lenient` unknown ones are ignored as asked. A read's answer is the resource
+    itself, with no room for a warning, so the default is to refuse rather than ignore silently."""
+    names = [k for k, _ in request.query_params.multi_items()]
+    unknown = sorted({n for n in names if n not in allowed})
+    lenient = parse_prefer(request.headers.get("prefer")).get("handling") == "lenient"
+    if unknown and not lenient:
+        raise Invalid(f"The {interaction} interaction has no parameter {', '.join(repr(n) for n in unknown)} "
+                      f"(it takes {', '.join(allowed)}); send 'Prefer: handling=lenient' to have unknown "
+                      "parameters ignored")
+    repeated = sorted({n for n in names if n in allowed and names.count(n) > 1})
+    if repeated:
+        raise Invalid(f"The {interaction} parameter {repeated[0]!r} is given more than once")
+
+
+def raw_only(request: Request) -> None:
+    """400 for `_summary` / `_elements` on a read answered with raw bytes, which have no elements."""
+    asked = [n for n in ("_summary", "_elements") if n in request.query_params]
+    if asked:
+        raise Invalid(f"{asked[0]} applies to the FHIR resource, but this read answers the raw content; ask for "
+                      "the resource with Accept: application/fhir+json or _format=json")
+
+
+def subsetting_params(request: Request, modes: tuple[str, ...] = ("true", "text", "data", "false")
+                      ) -> tuple[str | None, list[str] | None]:
+    """`_summary` and `_elements` of a read or vread (FHIR R4 3.1.1.5.8-9), or of history with `modes`
+    including count; 400 for a mode not in `modes`."""
     q = request.query_params
     summary = q.get("_summary")
-    if summary is not None and summary not in ("true", "text", "data", "false"):
-        raise Invalid(f"_summary={summary!r} is not one of true, text, data, false")
+    if summary is not None and summary not in modes:
+        raise Invalid(f"_summary={summary!r} is not one of {', '.join(modes)}")
     elements = [e.strip() for e in q["_elements"].split(",") if e.strip()] if "_elements" in q else None
     return summary, elements
 
@@ -145,14 +177,17 @@ async def read(request: Request) -> Response:
     return await read_resource(request, resource_type_of(request))
 
 
-async def read_resource(request: Request, rtype: str) -> Response:
-    """The read interaction for a type known from the route rather than the URL's type segment."""
+async def read_resource(request: Request, rtype: str, extra_params: tuple[str, ...] = ()) -> Response:
+    """The read interaction for a type known from the route rather than the URL's type segment;
+    `extra_params`: query parameters the type's own read honours besides READ_PARAMS."""
+    check_query(request, READ_PARAMS + extra_params, "read")
     stored = await vault(request).resources.read(context(request), rtype, request.path_params["rid"])
     return await resource_response(request, stored)
 
 
 async def vread(request: Request) -> Response:
     rtype = resource_type_of(request)
+    check_query(request, READ_PARAMS, "vread")
     p = request.path_params
     stored = await vault(request).resources.vread(context(request), rtype, p["rid"], p["vid"])
     return await resource_response(request, stored)
@@ -283,11 +318,14 @@ async def history(request: Request) -> Response:
     if rtype is not None:
         rtype = resource_type_of(request)
     rid = request.path_params.get("rid")
+    check_query(request, HISTORY_PARAMS, "history")
     q = request.query_params
     count = _bounded_int(q.get("_count"), "_count", DEFAULT_COUNT)
     offset = _bounded_int(q.get("_offset"), "_offset", 0)
+    summary, elements = subsetting_params(request, ("true", "text", "data", "count", "false"))
     return FhirJsonResponse(await history_bundle(vault(request).resources, context(request), rtype, rid,
-                                                 q.get("_since"), count, offset, q.get("_at")))
+                                                 q.get("_since"), count, offset, q.get("_at"), q.get("_total"),
+                                                 q.get("_until"), summary, elements))
 
 
 def _bounded_int(value: str | None, name: str, default: int) -> int:

@@ -14,9 +14,9 @@ from fhirvault import jsoncodec
 from fhirvault.clock import now_us
 from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
 from fhirvault.fhir.patch import PatchDocument, PatchError, apply_patch
-from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id, whole_number
+from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id, resource_types, whole_number
 from fhirvault.fhir.search_index import search_index
-from fhirvault.service.access import AccessPolicy, AllowAll
+from fhirvault.service.access import AccessPolicy, AllowAll, permitted_types
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
 from fhirvault.service.search import SearchResult, conditional_matches, run_search, searchset
@@ -29,7 +29,6 @@ T = TypeVar("T")
 MAX_RETRIES = 8
 # Read-modify-write rounds before a resource that keeps changing is given up on.
 MODIFY_ATTEMPTS = 20
-HISTORY_SCAN = 500  # versions read at a time when a history is filtered row by row
 
 
 @dataclass
@@ -447,12 +446,17 @@ class ResourceService:
         return await searchset(self.render, ctx, result)
 
     async def history(self, ctx: RequestContext, rtype: str | None, rid: str | None, since_us: int | None,
-                      count: int, offset: int, at: tuple[int, int] | None = None
-                      ) -> tuple[list[StoredResource], int]:
+                      count: int, offset: int, at: tuple[int, int] | None = None, until_us: int | None = None,
+                      with_total: bool = True) -> tuple[list[StoredResource], int | None]:
         """History of one resource, a type, or the system (rtype/rid None): one page of versions newest
-        first and the total, both counting only versions the caller may see. `since_us`: `_since`;
-        `at`: `_at` as [start, end) microseconds. Raises Forbidden, NotFound."""
+        first and the total (None unless `with_total`), both counting only versions the caller may see,
+        with the access rules inside the query (each version judged by its own content). `since_us`:
+        `_since`; `at`: `_at` as [start, end) microseconds; `until_us`: the snapshot paging keeps to.
+        Raises Forbidden, NotFound."""
         self.access.require(ctx, "history", rtype)
+        types = None
+        if rtype is None:
+            types = permitted_types(self.access, ctx, "history", sorted(resource_types()))
         async with self.db.read() as conn:
             if rtype and rid:
                 current = await self.store.get(conn, rtype, rid)
@@ -460,36 +464,8 @@ class ResourceService:
                     raise NotFound(f"{rtype}/{rid} is not known")
                 if not current.deleted:
                     await self._visible(ctx, conn, rtype, rid, current, "history")
-            if not self._history_hides_rows(ctx, rtype):
-                return await self.store.history(conn, rtype, rid, since_us, count, offset, at)
-            # Some rows may be hidden from this caller: count the visible ones, so that the total and
-            # the pages agree with what the caller may see.
-            page: list[StoredResource] = []
-            total = 0
-            scanned = 0
-            while True:
-                rows, _ = await self.store.history(conn, rtype, rid, since_us, HISTORY_SCAN, scanned, at)
-                for row in rows:
-                    if await self._history_row_visible(ctx, conn, row):
-                        if offset <= total < offset + count:
-                            page.append(row)
-                        total += 1
-                scanned += len(rows)
-                if len(rows) < HISTORY_SCAN:
-                    return page, total
-
-    def _history_hides_rows(self, ctx: RequestContext, rtype: str | None) -> bool:
-        # Versions are not in the compartment index (only current ones are), so a restricted caller's
-        # history is always judged row by row.
-        restricted = rtype is not None and self.access.search_restriction(ctx, rtype) is not None
-        return restricted or self.access.hides_rows(ctx, rtype)
-
-    async def _history_row_visible(self, ctx: RequestContext, conn: AsyncConnection, row: StoredResource) -> bool:
-        content = row.content
-        if content is None:  # a deletion is judged by the version before it
-            before = await self.store.get_version(conn, row.resource_type, row.id, row.version_id - 1)
-            content = before.content if before else None
-        return content is None or await self.access.can_see(ctx, conn, content, "history")
+            return await self.store.history(conn, rtype, rid, since_us, count, offset, at,
+                                            self.access.query_restriction(ctx), types, until_us, with_total)
 
     async def render(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Copies of stored resources, passed through the read pipeline (for example URL signing)."""
