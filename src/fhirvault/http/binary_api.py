@@ -15,9 +15,9 @@ from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_ref
 from fhirvault.fhir.r4 import whole_number
 from fhirvault.http.byte_responses import primed, serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
-from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
+from fhirvault.http.fhir_api import context, refuse_create_precondition, vault, version_headers, write_precondition
 from fhirvault.http.negotiation import add_vary, binary_wants_resource, is_fhir_json, parse_prefer
-from fhirvault.http.requests import parse_json
+from fhirvault.http.requests import parse_json, require_utf8
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.services import StoredResource
@@ -41,6 +41,12 @@ async def update(request: Request) -> Response:
 async def _write(request: Request, rid: str | None) -> Response:
     v = vault(request)
     ctx = context(request)
+    if rid is None:
+        refuse_create_precondition(request)
+        if request.headers.get("if-none-exist") is not None:
+            # Refused rather than ignored: a raw upload would be stored whatever matched.
+            raise Invalid("A conditional create (If-None-Exist) is not supported for Binary; search "
+                          "Binary first, or PUT Binary/[id]", code="not-supported", expression="If-None-Exist")
     content_type = (request.headers.get("content-type") or "").strip() or DEFAULT_CONTENT_TYPE
     # Decoded already when sent with a Content-Encoding (ContentDecodingMiddleware).
     chunks: AsyncIterator[bytes] = request.stream()
@@ -49,7 +55,8 @@ async def _write(request: Request, rid: str | None) -> Response:
             raw = await _read_json_body(request, chunks, v.settings.max_json_bytes)
             body = _binary_resource_in(raw)
             if body is not None:
-                result = await v.binaries.write_json(ctx, rid, body, if_match_version(request))
+                require_utf8(content_type)  # the resource is FHIR JSON; other JSON is content, its type data
+                result = await v.binaries.write_json(ctx, rid, body, write_precondition(request))
                 return await _written(request, result)
             chunks = one_chunk(raw)  # any other JSON is content, like every other body
         else:
@@ -61,7 +68,7 @@ async def _write(request: Request, rid: str | None) -> Response:
             ctx, rid, chunks, content_type=content_type, security_context=_security_context(request),
             filename=safe_filename(request.query_params.get("_filename")) or filename_from(
                 request.headers.get("content-disposition")),
-            if_match=if_match_version(request))
+            if_match=write_precondition(request))
     except ClientDisconnect:
         # Nothing was kept; there is nobody left to answer.
         return Response(status_code=400)
