@@ -14,7 +14,9 @@ The schema adds to the official one what the spec says but the official schema l
 - contained and Bundle entry resources validated against their own type;
 - `null` inside a repeating primitive (kept as a placeholder when `_element` carries extensions).
 Bundle's invariants (`bdl-*`) are FHIRPath expressions from the Bundle StructureDefinition, run
-with fhirpathpy.
+with fhirpathpy. The other invariants of the StructureDefinitions that test which elements are present
+(ext-1, att-1, qty-3, pat-1, ...) are schema rules (fhir/invariants.py translates them), as is ele-1;
+the contained-resource rules (ref-1, dom-2..5) and the narrative's (txt-1, txt-2) are checked in code.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import jsonschema_rs
 import orjson
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
+
+from fhirvault.fhir.invariants import contained_issues, element_rule, narrative_issues, presence_rule
 
 ID = "[A-Za-z0-9\\-.]{1,64}"
 
@@ -117,6 +121,38 @@ def _choice_rules(choices: dict[str, list[str]], required: set[str]) -> list[dic
     return rules
 
 
+INVARIANT = "inv:"  # the prefix of the schema definitions that hold an invariant (see _issues_of)
+
+
+def _invariant_rules(name: str, spec: dict[str, Any], defs: dict[str, Any]) -> list[dict[str, Any]]:
+    """`$ref`s to the definitions of the type's invariants (table `invariants`: constraints of the
+    StructureDefinitions translated by fhir.invariants.presence_rule), and ele-1 on every element type
+    (not on resources, which are no elements). Each invariant is a definition of its own, named
+    `inv:Type:key`, so an error's schema path tells which one failed."""
+    out = []
+    choices = {base: names for base, names in spec.get("choices", {}).items()}
+    for key, _human, expression in _table()["invariants"].get(name, []):
+        ref = f"{INVARIANT}{name}:{key}"
+        defs[ref] = presence_rule(expression, choices)
+        out.append({"$ref": f"#/definitions/{ref}"})
+    if not spec.get("resource"):
+        defs.setdefault(f"{INVARIANT}ele-1", element_rule())
+        out.append({"$ref": f"#/definitions/{INVARIANT}ele-1"})
+    return out
+
+
+def _invariant_of(schema_path: list[Any]) -> tuple[str, str]:
+    """(key, human text) of the invariant an error's schema path runs through; ("", "") when none."""
+    for part in schema_path:
+        if isinstance(part, str) and part.startswith(INVARIANT):
+            name, _, key = part[len(INVARIANT):].rpartition(":")
+            if key == "ele-1":
+                return key, "All FHIR elements must have a @value or children"
+            human = next((h for k, h, _e in _table()["invariants"].get(name, []) if k == key), key)
+            return key, human
+    return "", ""
+
+
 @cache
 def r4_schema() -> dict[str, Any]:
     """The draft-07 JSON schema of every R4 resource; its root dispatches on `resourceType`."""
@@ -153,6 +189,7 @@ def r4_schema() -> dict[str, Any]:
         rules = [{"anyOf": [{"required": [r]}, {"required": ["_" + r]}]}
                  for r in sorted(required) if r in props and "_" + r in props]
         rules += _choice_rules(spec.get("choices", {}), required)
+        rules += _invariant_rules(name, spec, defs)
         if rules:
             schema["allOf"] = rules
         defs[name] = schema
@@ -208,12 +245,36 @@ def validate_resource(resource: Any) -> list[Issue]:
             issues.extend(_issues_of(resource, root, error))
     # Only a body with a `null` somewhere needs the walk (orjson finds out in microseconds); where the
     # schema already found a `null` out of place, that issue says it.
-    if b"null" in orjson.dumps(resource):
+    dumped = orjson.dumps(resource)
+    if b"null" in dumped:
         reported = {i.expression for i in issues}
         issues.extend(i for i in placeholder_issues(resource, root) if i.expression not in reported)
+    # The invariants that need code, each looked for only when its element is there at all.
+    if b'"div"' in dumped:
+        issues.extend(Issue("error", "invariant", where, f"{message} ({key})")
+                      for key, where, message in _narratives(resource, root))
+    if b'"contained"' in dumped or b'"reference":"#' in dumped:
+        issues.extend(Issue("error", "invariant", where, f"{message} ({key})")
+                      for key, where, message in contained_issues(resource, root))
     if root == "Bundle" and not issues:
         issues.extend(bundle_invariant_issues(resource))
     return list(dict.fromkeys(issues))
+
+
+def _narratives(resource: dict[str, Any], root: str) -> list[tuple[str, str, str]]:
+    """txt-1 and txt-2 of every Narrative in the resource (its own, its contained resources', a Bundle's
+    entries'): each object with a string `div` beside a `status`."""
+    out: list[tuple[str, str, str]] = []
+    stack: list[tuple[Any, list[str | int]]] = [(resource, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("div"), str) and "status" in node:
+                out.extend(narrative_issues(node["div"], _expression(root, [*path, "div"])))
+            stack.extend((v, [*path, k]) for k, v in node.items() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, [*path, i]) for i, v in enumerate(node) if isinstance(v, (dict, list)))
+    return sorted(out)
 
 
 def placeholder_issues(resource: Any, root: str) -> list[Issue]:
@@ -318,6 +379,9 @@ def _issues_of(resource: dict[str, Any], root: str, error: Any) -> list[Issue]:
     kind = error.kind
     name = type(kind).__name__
     expression = _expression(root, path)
+    key, human = _invariant_of(list(error.schema_path))
+    if key:
+        return [Issue("error", "invariant", expression, f"{expression}: {human} ({key})")]
     dtype, value = _locate(resource, path)
     if name == "AdditionalProperties":
         return [Issue("error", "structure", f"{expression}.{p}", f"Unknown element '{p}' in {dtype}")
