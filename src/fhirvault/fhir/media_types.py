@@ -16,10 +16,14 @@ PRODUCED_FORMATS = "application/fhir+json (also as application/json, json), fhir
 
 
 def media_type(content_type: str | None) -> str:
+    """The bare media type of a Content-Type or Accept value, lower case and without parameters ("" when
+    absent)."""
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def is_fhir_json(content_type: str | None) -> bool:
+    """Whether a Content-Type names FHIR JSON (application/fhir+json, application/json+fhir or
+    application/json)."""
     return media_type(content_type) in FHIR_JSON_TYPES
 
 

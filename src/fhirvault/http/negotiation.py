@@ -51,6 +51,8 @@ def names_other_fhir_format(header: str | None) -> bool:
 
 @dataclass(frozen=True)
 class AcceptItem:
+    """One Accept entry (RFC 9110 12.5.1): its media type, quality 0..1 and position in the header."""
+
     media_type: str
     q: float
     order: int
@@ -120,6 +122,8 @@ def add_vary(headers: MutableHeaders | dict[str, str], *names: str) -> None:
 
 
 def parse_prefer(header: str | None) -> dict[str, str]:
+    """The Prefer header's preferences (RFC 7240) as lower-case name -> lower-case value ("" for a bare
+    token), e.g. {"return": "minimal", "handling": "strict"}."""
     out: dict[str, str] = {}
     for part in (header or "").split(","):
         for token in part.split(";"):
