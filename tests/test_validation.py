@@ -296,3 +296,11 @@ def test_valid_narratives_contained_and_extensions_are_stored(api: FhirApi) -> N
                 "telecom": [{"system": "phone", "value": "555"}], "contact": [{"name": {"family": "Y"}}]}
     r = api.post("/Patient", json=resource, headers=FHIR)
     assert r.status_code == 201, r.text
+
+
+def test_a_number_beyond_64_bits_is_judged_not_a_500(api: FhirApi) -> None:
+    obs = {**OBS, "valueQuantity": {"value": 123456789012345678901234567890}}
+    r = api.post("/Observation", json=obs, headers=FHIR)
+    assert r.status_code == 201, r.text
+    r = api.post("/Observation", json={**OBS, "valueInteger": 123456789012345678901234567890}, headers=FHIR)
+    assert r.status_code == 400 and "out of range" in r.json()["issue"][0]["diagnostics"]

@@ -245,7 +245,7 @@ def validate_resource(resource: Any) -> list[Issue]:
             issues.extend(_issues_of(resource, root, error))
     # Only a body with a `null` somewhere needs the walk (orjson finds out in microseconds); where the
     # schema already found a `null` out of place, that issue says it.
-    dumped = orjson.dumps(resource)
+    dumped = _json_bytes(resource)
     if b"null" in dumped:
         reported = {i.expression for i in issues}
         issues.extend(i for i in placeholder_issues(resource, root) if i.expression not in reported)
@@ -259,6 +259,15 @@ def validate_resource(resource: Any) -> list[Issue]:
     if root == "Bundle" and not issues:
         issues.extend(bundle_invariant_issues(resource))
     return list(dict.fromkeys(issues))
+
+
+def _json_bytes(resource: dict[str, Any]) -> bytes:
+    """The resource as compact JSON, to look for an element's name in (orjson; the standard library for
+    what orjson refuses, such as an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(resource)
+    except TypeError:
+        return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 def _narratives(resource: dict[str, Any], root: str) -> list[tuple[str, str, str]]:
