@@ -212,3 +212,38 @@ def test_bundle_read_entries_answer_304(api: FhirApi) -> None:
         assert out[1]["response"]["status"].startswith("200") and out[1]["resource"]["id"] == p["id"]
         assert out[2]["response"]["status"].startswith("304")
         assert out[3]["response"]["status"].startswith("200")
+
+
+def test_if_none_exist_on_anything_but_a_create_is_refused(api: FhirApi) -> None:
+    p = new_patient(api)
+    url = f"/Patient/{p['id']}"
+    cond = {"If-None-Exist": "_id=x"}
+    assert api.put(url, json={**p, "active": True}, headers={**FHIR, **cond}).status_code == 400
+    assert api.patch(url, json={"active": True}, headers={**MERGE, **cond}).status_code == 400
+    assert api.delete(url, headers=cond).status_code == 400
+    assert api.delete(f"/Patient?_id={p['id']}", headers=cond).status_code == 400
+    b = api.post("/Binary", content=b"x", headers={"Content-Type": "text/plain"}).json()
+    put = api.put(f"/Binary/{b['id']}", content=b"y", headers={"Content-Type": "text/plain", **cond})
+    assert put.status_code == 400
+    assert api.get(url).json()["meta"]["versionId"] == "1"
+
+
+def test_a_post_entry_with_criteria_in_its_url_is_a_conditional_create(api: FhirApi) -> None:
+    """`POST Patient?identifier=...` in a Bundle (what fhirpy sends outside one) keeps its criteria."""
+    v = tag()
+    body = {"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": v}]}
+    entry = {"resource": body, "request": {"method": "POST", "url": f"Patient?identifier={SYSTEM}|{v}"}}
+    first = transaction(api, [entry])
+    assert first.status_code == 200 and first.json()["entry"][0]["response"]["status"].startswith("201")
+    again = transaction(api, [entry])
+    assert again.json()["entry"][0]["response"]["status"].startswith("200")
+    assert again.json()["entry"][0]["resource"]["id"] == first.json()["entry"][0]["resource"]["id"]
+    both = {"resource": body, "request": {"method": "POST", "url": f"Patient?identifier={SYSTEM}|{v}",
+                                          "ifNoneExist": f"identifier={SYSTEM}|{v}"}}
+    assert transaction(api, [both]).status_code == 400
+    # A conditional update entry with one match and a body without id (and _format=json, the Bundle's own).
+    url = f"Patient?identifier={SYSTEM}|{v}&_format=json"
+    updated = transaction(api, [{"resource": {**body, "active": True}, "request": {"method": "PUT", "url": url}}])
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["entry"][0]["resource"]["id"] == first.json()["entry"][0]["resource"]["id"]
+    assert updated.json()["entry"][0]["resource"]["active"] is True

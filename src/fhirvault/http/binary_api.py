@@ -15,7 +15,14 @@ from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_ref
 from fhirvault.fhir.r4 import whole_number
 from fhirvault.http.byte_responses import primed, serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
-from fhirvault.http.fhir_api import context, refuse_create_precondition, vault, version_headers, write_precondition
+from fhirvault.http.fhir_api import (
+    context,
+    refuse_create_precondition,
+    refuse_if_none_exist,
+    vault,
+    version_headers,
+    write_precondition,
+)
 from fhirvault.http.negotiation import add_vary, binary_wants_resource, is_fhir_json, parse_prefer
 from fhirvault.http.requests import parse_json, require_utf8
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
@@ -47,6 +54,8 @@ async def _write(request: Request, rid: str | None) -> Response:
             # Refused rather than ignored: a raw upload would be stored whatever matched.
             raise Invalid("A conditional create (If-None-Exist) is not supported for Binary; search "
                           "Binary first, or PUT Binary/[id]", code="not-supported", expression="If-None-Exist")
+    else:
+        refuse_if_none_exist(request, "update")
     content_type = (request.headers.get("content-type") or "").strip() or DEFAULT_CONTENT_TYPE
     # Decoded already when sent with a Content-Encoding (ContentDecodingMiddleware).
     chunks: AsyncIterator[bytes] = request.stream()

@@ -117,6 +117,14 @@ def write_precondition(request: Request) -> Precondition | None:
 if_match_version = write_precondition  # the older name
 
 
+def refuse_if_none_exist(request: Request, interaction: str) -> None:
+    """If-None-Exist belongs to a create (POST); on an update, patch or delete it is refused (400) rather
+    than ignored, which would write whatever it was meant to prevent."""
+    if request.headers.get("if-none-exist") is not None:
+        raise Invalid(f"If-None-Exist is for a create (POST [type]); a {interaction} does not take it (a "
+                      "conditional update is PUT [type]?criteria)", expression="If-None-Exist")
+
+
 def refuse_create_precondition(request: Request) -> None:
     """A create (POST) makes a new resource, which has no version to compare with: If-Match and the like
     are refused (400) rather than ignored; `If-None-Match: *` (create only) is what a create does anyway."""
@@ -182,6 +190,7 @@ async def _by_id_or_criteria(request: Request, interaction: str, read_body: Call
 
     `by_id` and `by_criteria` take (ctx, type, id or criteria, body, if_match)."""
     rtype = resource_type_of(request)
+    refuse_if_none_exist(request, interaction)
     rid = request.path_params.get("rid")
     target = rid if rid is not None else criteria_of(request, interaction)
     body = await read_body(request, vault(request).settings.max_json_bytes)
@@ -192,6 +201,7 @@ async def _by_id_or_criteria(request: Request, interaction: str, read_body: Call
 
 async def delete(request: Request) -> Response:
     rtype = resource_type_of(request)
+    refuse_if_none_exist(request, "delete")
     stored = await vault(request).resources.delete(context(request), rtype, request.path_params["rid"],
                                                    write_precondition(request))
     headers = {"ETag": f'W/"{stored.version_id}"'} if stored else {}
@@ -201,6 +211,7 @@ async def delete(request: Request) -> Response:
 async def conditional_delete(request: Request) -> Response:
     """DELETE [type]?criteria (R4 http.html#cdelete): 200 with an OperationOutcome naming what was deleted."""
     rtype = resource_type_of(request)
+    refuse_if_none_exist(request, "delete")
     deleted = await vault(request).resources.conditional_delete(context(request), rtype,
                                                                 criteria_of(request, "delete"),
                                                                 write_precondition(request))

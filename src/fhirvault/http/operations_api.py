@@ -62,6 +62,7 @@ async def binary_access_write(request: Request) -> Response:
     if is_fhir_json(ctype):
         raise Invalid("$binary-access-write takes the raw content, not FHIR JSON; send it with its own "
                       "Content-Type (e.g. image/jpeg)")
+    fhir_api.refuse_if_none_exist(request, "$binary-access-write")
     v = vault(request)
     ctx = context(request)
     result = await v.binary_access.write(ctx, rtype, request.path_params["rid"],

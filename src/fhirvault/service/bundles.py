@@ -7,7 +7,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fhirvault import jsoncodec
 from fhirvault.errors import FhirVaultError, Invalid, NotAcceptable, NotFound
@@ -53,10 +53,12 @@ class EntryRequest:
     create: bool = False  # a conditional update that creates
     delete_ids: list[str] = field(default_factory=list)
 
-    @property
-    def conditional(self) -> bool:
-        """PUT, PATCH or DELETE addressed by search criteria instead of an id."""
-        return self.rid is None and bool(self.query) and self.method in ("PUT", "PATCH", "DELETE")
+    # PUT, PATCH or DELETE addressed by search criteria instead of an id; fixed when the entry is read, as
+    # resolving the criteria fills in `rid`.
+    conditional: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.conditional = self.rid is None and bool(self.query) and self.method in ("PUT", "PATCH", "DELETE")
 
 
 def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
@@ -110,20 +112,31 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
         if reads and rid is None and conditions[name] is not None:
             raise Invalid(f"{where}.request.{name} applies to a read of one resource, not to a search",
                           expression=f"{where}.request.{name}")
-    _refuse_format_parameters(where, split.query)
-    parsed = EntryRequest(index, method, parts[0], rid, vid, split.query, entry.get("resource"),
-                          entry.get("fullUrl"), precondition, conditions["ifNoneExist"],
+    query = _refuse_format_parameters(where, split.query)
+    if_none_exist = conditions["ifNoneExist"]
+    if method == "POST" and query:
+        # `POST Patient?criteria` is a conditional create (as fhirpy sends it outside Bundles), never a
+        # create that drops its criteria.
+        if if_none_exist is not None:
+            raise Invalid(f"{where}.request: give the conditions of a conditional create once, in ifNoneExist "
+                          "or in the url", expression=f"{where}.request")
+        if_none_exist = query
+    parsed = EntryRequest(index, method, parts[0], rid, vid, query, entry.get("resource"),
+                          entry.get("fullUrl"), precondition, if_none_exist,
                           conditions["ifNoneMatch"] if reads else None, conditions["ifModifiedSince"])
     if method == "PATCH":
         parsed.patch = patch_document(parsed)
     return parsed
 
 
-def _refuse_format_parameters(where: str, query: str) -> None:
-    """`_format` and `_pretty` in an entry's url: a Bundle's entries are answered inside the one response,
-    in its format, so a format of their own cannot be honoured; refused (400) rather than ignored, except
-    when it asks for what the response is anyway (FHIR JSON, not pretty)."""
-    for name, value in parse_qsl(query, keep_blank_values=True):
+def _refuse_format_parameters(where: str, query: str) -> str:
+    """The query of an entry's url without `_format` and `_pretty`, which a Bundle's entries cannot have:
+    they are answered inside the one response, in its format, so a format of their own is refused (406 /
+    400) rather than ignored, unless it asks for what the response is anyway (FHIR JSON, not pretty)."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(name in ("_format", "_pretty") for name, _ in pairs):
+        return query
+    for name, value in pairs:
         if name == "_format" and not is_produced_format(value):
             raise NotAcceptable(f"{where}.request.url asks for _format={value!r}; entries are answered in the "
                                 "Bundle's own format, FHIR JSON", expression=f"{where}.request.url")
@@ -131,6 +144,7 @@ def _refuse_format_parameters(where: str, query: str) -> None:
             raise Invalid(f"{where}.request.url asks for _pretty={value!r}; entries are answered in the "
                           "Bundle's own layout (give _pretty on the Bundle's request)",
                           expression=f"{where}.request.url")
+    return urlencode([(name, value) for name, value in pairs if name not in ("_format", "_pretty")])
 
 
 def _processing_order(e: EntryRequest) -> tuple[int, bool, int]:
