@@ -104,12 +104,18 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         '<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="steal()">hi</p></div>'}}, "Patient.text.div"),
     ("txt-1: javascript link", {"resourceType": "Patient", "text": {"status": "generated", "div":
         '<div xmlns="http://www.w3.org/1999/xhtml"><a href=" JavaScript:x()">hi</a></div>'}}, "Patient.text.div"),
+    ("txt-1: data link", {"resourceType": "Patient", "text": {"status": "generated", "div":
+        '<div xmlns="http://www.w3.org/1999/xhtml"><a href="java\tscript:x()">a</a><a href="data:text/html,x">b</a>'
+        '</div>'}}, "Patient.text.div"),
     ("txt-1: not XHTML", {"resourceType": "Patient", "text": {"status": "generated", "div": "<div>hi"}},
      "Patient.text.div"),
     ("txt-1: no namespace", {"resourceType": "Patient", "text": {"status": "generated", "div": "<div>hi</div>"}},
      "Patient.text.div"),
     ("txt-1: form", {"resourceType": "Patient", "text": {"status": "generated", "div":
         '<div xmlns="http://www.w3.org/1999/xhtml">a<form><input name="x"/></form></div>'}}, "Patient.text.div"),
+    ("txt-1: entity expansion", {"resourceType": "Patient", "text": {"status": "generated", "div":
+        '<!DOCTYPE d [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        '<div xmlns="http://www.w3.org/1999/xhtml">&b;</div>'}}, "Patient.text.div"),
     ("txt-2: no text", {"resourceType": "Patient", "text": {"status": "generated", "div":
         '<div xmlns="http://www.w3.org/1999/xhtml"> <p/> </div>'}}, "Patient.text.div"),
     ("txt-1 in a contained resource", {"resourceType": "Patient", "managingOrganization": {"reference": "#o"},

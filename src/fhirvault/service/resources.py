@@ -210,7 +210,8 @@ class ResourceService:
     async def serialize_creates_in(self, uow: UnitOfWork, conditions: list[tuple[str, str]]) -> None:
         """Takes the conditional-create lock of each (type, criteria), keyed by the criteria in a normal
         form (parameters sorted), in one global order so that two transactions never wait on each other."""
-        keys = {f"conditional-create {rtype}?{urlencode(sorted(parse_qsl(criteria, keep_blank_values=True)))}"
+        keys = {f"conditional-create {rtype}?"
+                + urlencode(sorted(parse_qsl(criteria.lstrip("?"), keep_blank_values=True)))
                 for rtype, criteria in conditions}
         for key in sorted(keys):
             await self.db.serialize(uow.conn, key)
