@@ -310,3 +310,21 @@ def test_a_number_beyond_64_bits_is_judged_not_a_500(api: FhirApi) -> None:
     assert r.status_code == 201, r.text
     r = api.post("/Observation", json={**OBS, "valueInteger": 123456789012345678901234567890}, headers=FHIR)
     assert r.status_code == 400 and "out of range" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_resources_inside_a_bundle_are_judged_as_their_own_roots(api: FhirApi) -> None:
+    """ref-1 and dom-3 of an entry's resource look at its own contained resources, not the Bundle's; a
+    contained resource may reference its siblings."""
+    patient = {"resourceType": "Patient",
+               "contained": [{"resourceType": "Organization", "id": "o", "name": "x"},
+                             {"resourceType": "Practitioner", "id": "p", "name": [{"family": "x"}],
+                              "extension": [{"url": "http://example.org/org", "valueReference": {"reference": "#o"}}]}],
+               "managingOrganization": {"reference": "#o"}, "generalPractitioner": [{"reference": "#p"}]}
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"fullUrl": "urn:uuid:0b6c2d7e-4a4c-4b0a-9d65-4c3b0f7c6a01", "resource": patient}]}
+    assert api.post("/Bundle", json=bundle, headers=FHIR).status_code == 201
+    broken = {**patient, "generalPractitioner": [{"reference": "#q"}]}
+    r = api.post("/Bundle", json={**bundle, "entry": [{**bundle["entry"][0], "resource": broken}]}, headers=FHIR)
+    assert r.status_code == 400
+    assert {"Bundle.entry[0].resource.generalPractitioner[0]", "Bundle.entry[0].resource.contained[1]"} <= set(
+        issue_expressions(r))

@@ -146,12 +146,16 @@ def contained_issues(resource: dict[str, Any], root: str) -> list[tuple[str, str
 
 
 def _strings(node: Any) -> list[tuple[str, str, str]]:
-    """Every string value in `node` as (path of its parent, key, value); the path like `.contained[0].code`."""
+    """Every string value of the resource `node` and its contained resources as (path of its parent, key,
+    value), the path like `.contained[0].code`; resources inside it otherwise (a Bundle's entries, a
+    Parameters' values) are resources of their own, their strings are not its."""
     out: list[tuple[str, str, str]] = []
     stack: list[tuple[Any, str, str]] = [(node, "", "")]
     while stack:
         item, at, key = stack.pop()
         if isinstance(item, dict):
+            if at and "resourceType" in item and not (at.startswith(".contained[") and at.count(".") == 1):
+                continue
             for k, value in item.items():
                 if isinstance(value, str):
                     out.append((at, k, value))

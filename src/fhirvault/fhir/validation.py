@@ -250,12 +250,14 @@ def validate_resource(resource: Any) -> list[Issue]:
         reported = {i.expression for i in issues}
         issues.extend(i for i in placeholder_issues(resource, root) if i.expression not in reported)
     # The invariants that need code, each looked for only when its element is there at all.
-    if b'"div"' in dumped:
-        issues.extend(Issue("error", "invariant", where, f"{message} ({key})")
-                      for key, where, message in _narratives(resource, root))
-    if b'"contained"' in dumped or b'"reference":"#' in dumped:
-        issues.extend(Issue("error", "invariant", where, f"{message} ({key})")
-                      for key, where, message in contained_issues(resource, root))
+    narrative = b'"div"' in dumped
+    contained = b'"contained"' in dumped or b'"reference":"#' in dumped
+    if narrative or contained:
+        for inner, at in resources_within(resource, root):
+            found = narrative_issues(inner["text"].get("div"), f"{at}.text.div") \
+                if narrative and isinstance(inner.get("text"), dict) else []
+            found += contained_issues(inner, at) if contained and ".contained[" not in at[len(root):] else []
+            issues.extend(Issue("error", "invariant", where, f"{message} ({key})") for key, where, message in found)
     if root == "Bundle" and not issues:
         issues.extend(bundle_invariant_issues(resource))
     return list(dict.fromkeys(issues))
@@ -270,20 +272,37 @@ def _json_bytes(resource: dict[str, Any]) -> bytes:
         return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
-def _narratives(resource: dict[str, Any], root: str) -> list[tuple[str, str, str]]:
-    """txt-1 and txt-2 of every Narrative in the resource (its own, its contained resources', a Bundle's
-    entries'): each object with a string `div` beside a `status`."""
-    out: list[tuple[str, str, str]] = []
-    stack: list[tuple[Any, list[str | int]]] = [(resource, [])]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            if isinstance(node.get("div"), str) and "status" in node:
-                out.extend(narrative_issues(node["div"], _expression(root, [*path, "div"])))
-            stack.extend((v, [*path, k]) for k, v in node.items() if isinstance(v, (dict, list)))
-        elif isinstance(node, list):
-            stack.extend((v, [*path, i]) for i, v in enumerate(node) if isinstance(v, (dict, list)))
-    return sorted(out)
+def resources_within(resource: dict[str, Any], root: str) -> list[tuple[dict[str, Any], str]]:
+    """The resource and every resource inside it, with its FHIRPath: contained resources, a Bundle's
+    `entry.resource` and `entry.response.outcome`, a Parameters' `parameter(.part).resource`, at any depth.
+    Where R4 puts resources, found without walking every element."""
+    out: list[tuple[dict[str, Any], str]] = []
+    todo: list[tuple[Any, str]] = [(resource, root)]
+    while todo:
+        node, at = todo.pop()
+        if not isinstance(node, dict):
+            continue
+        out.append((node, at))
+        todo.extend(_items(node, "contained", at, lambda item, where: [(item, where)]))
+        todo.extend(_items(node, "entry", at, lambda item, where: [
+            (item.get("resource"), f"{where}.resource"),
+            ((item.get("response") or {}).get("outcome") if isinstance(item.get("response"), dict) else None,
+             f"{where}.response.outcome")]))
+        params: list[tuple[Any, str]] = list(_items(node, "parameter", at, lambda item, where: [(item, where)]))
+        while params:
+            param, where = params.pop()
+            todo.append((param.get("resource"), f"{where}.resource"))
+            params.extend(_items(param, "part", where, lambda item, inner: [(item, inner)]))
+    return out
+
+
+def _items(node: dict[str, Any], name: str, at: str, pick: Any) -> list[tuple[Any, str]]:
+    """`pick(item, path)` of each object in the array `node[name]`, flattened."""
+    values = node.get(name)
+    if not isinstance(values, list):
+        return []
+    return [found for i, item in enumerate(values) if isinstance(item, dict)
+            for found in pick(item, f"{at}.{name}[{i}]") if isinstance(found[0], dict)]
 
 
 def placeholder_issues(resource: Any, root: str) -> list[Issue]:
