@@ -161,3 +161,12 @@ def test_a_charset_other_than_utf8_is_415_on_every_body(api: FhirApi, charset: s
                    headers={"Content-Type": f"text/plain; charset={charset}"})
     assert raw.status_code == 201, raw.text
     assert raw.json()["contentType"] == f"text/plain; charset={charset}"
+
+
+def test_a_body_in_utf16_or_utf32_is_refused_and_a_utf8_bom_is_ignored(api: FhirApi) -> None:
+    text = '{"resourceType": "Patient", "name": [{"family": "Zoë"}]}'
+    for encoding in ("utf-16", "utf-16-le", "utf-32"):
+        r = api.post("/Patient", content=text.encode(encoding), headers=FHIR)
+        assert r.status_code == 400, (encoding, r.text)
+    r = api.post("/Patient", content=text.encode("utf-8-sig"), headers=FHIR)
+    assert r.status_code == 201 and r.json()["name"][0]["family"] == "Zoë"

@@ -81,7 +81,9 @@ def loads_strict(raw: bytes) -> Any:
     conversion limit, or nesting deeper than MAX_JSON_DEPTH. Nothing that could not be written back out
     as valid JSON gets in."""
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float,
+        # Decoded here, as UTF-8 (RFC 8259 8.1; a UTF-8 byte order mark is ignored, as it allows):
+        # json.loads on bytes would guess UTF-16 or UTF-32 from the first bytes and take those too.
+        value = json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant, parse_float=_finite_float,
                             object_pairs_hook=_no_duplicate_keys)
     except UnicodeDecodeError:
         raise StrictJsonError("The request body is not UTF-8 text") from None
