@@ -247,3 +247,9 @@ def test_a_post_entry_with_criteria_in_its_url_is_a_conditional_create(api: Fhir
     assert updated.status_code == 200, updated.text
     assert updated.json()["entry"][0]["resource"]["id"] == first.json()["entry"][0]["resource"]["id"]
     assert updated.json()["entry"][0]["resource"]["active"] is True
+
+
+def test_conditions_on_the_bundles_own_request_are_refused(api: FhirApi) -> None:
+    for header in ({"If-Match": 'W/"1"'}, {"If-None-Match": "*"}, {"If-None-Exist": "_id=x"}):
+        r = api.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": []}, headers={**FHIR, **header})
+        assert r.status_code == 400 and "entry" in r.json()["issue"][0]["diagnostics"], r.text

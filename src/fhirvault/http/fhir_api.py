@@ -316,6 +316,12 @@ def _bounded_int(value: str | None, name: str, default: int) -> int:
 
 # -- system level -------------------------------------------------------------------------------
 async def batch(request: Request) -> Response:
+    """POST [base]: a batch or transaction Bundle. Conditions belong to its entries (`request.ifMatch`,
+    `ifNoneExist`, ...); the same headers on the Bundle's own request are refused (400), not ignored."""
+    for header in ("if-match", "if-none-match", "if-none-exist", "if-unmodified-since"):
+        if request.headers.get(header) is not None:
+            raise Invalid(f"{header.title()} on a batch or transaction applies to nothing; give the condition in "
+                          "the entry's request (ifMatch, ifNoneMatch, ifNoneExist)", expression=header.title())
     v = vault(request)
     body = await read_fhir_json(request, v.settings.max_json_bytes)
     return FhirJsonResponse(await v.bundles.process(context(request), body))
