@@ -5,15 +5,21 @@ that need code: contained resources and their references (ref-1, dom-2..5) and t
 An invariant whose FHIRPath is a boolean combination of element presence tests (`a.exists()`,
 `a.empty()`, `a.hasValue()`, `.not()`, joined by one of `or`, `and`, `implies`, `xor`, `!=`, `=`) is
 translated to JSON schema by `presence_rule`; `ele-1` (an element has a value or children) by
-`element_rule`. Comparisons (`start <= end`), string functions and terminology are not translated:
-scripts/gen_fhir_validation.py lists which invariants the table carries.
+`element_rule`; the order rules per-1 (Period) and rng-2 (Range) by custom keywords (ORDER_RULES).
+Other comparisons, string functions and terminology are not translated: scripts/gen_fhir_validation.py
+lists which invariants the table carries and which it leaves out.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
+
+from fhirvault.fhir.dates import date_range
+
+if TYPE_CHECKING:
+    from jsonschema_rs import KeywordValidator
 
 # -- presence invariants -> JSON schema -------------------------------------------------------------
 _TOKEN = re.compile(r"\s*(\(|\)(?:\.not\(\))?|[a-z][A-Za-z0-9]*(?:\.(?:exists|empty|hasValue|not)\(\))+|or|and"
@@ -102,6 +108,59 @@ def _term(tokens: list[str], choices: dict[str, list[str]]) -> tuple[dict[str, A
             raise NotTranslatable(tokens[0])
         negated = not negated
     return ({"not": rule} if negated else rule), tokens[1:]
+
+
+# -- order invariants: custom schema keywords run by the Rust validator where the type occurs ---------
+class PeriodOrder:
+    """per-1 (`start <= end`) as the schema keyword `fhirPeriodOrder`: refused only when `start` lies
+    wholly after `end` at their precisions (`2020-01-02` after `2020-01-01`); values of different
+    precision that overlap are, as FHIRPath's comparison of them, not a failure."""
+
+    def __init__(self, _parent: Any, _value: Any, _path: Any) -> None:
+        pass
+
+    def validate(self, instance: Any) -> None:
+        """Raises ValueError when the Period's start is after its end; anything it cannot read (a
+        malformed date) is left to the datatype's own rule."""
+        if not isinstance(instance, dict):
+            return
+        start, end = instance.get("start"), instance.get("end")
+        if not isinstance(start, str) or not isinstance(end, str):
+            return
+        try:
+            if date_range(start)[0] >= date_range(end)[1]:
+                raise ValueError(f"start {start} is after end {end}")
+        except ValueError as exc:
+            if str(exc).startswith("start "):
+                raise
+
+
+class RangeOrder:
+    """rng-2 (`low <= high`) as the schema keyword `fhirRangeOrder`: refused when both values are given in
+    the same unit (same code and system, or the same unit text, or neither) and low is above high."""
+
+    def __init__(self, _parent: Any, _value: Any, _path: Any) -> None:
+        pass
+
+    def validate(self, instance: Any) -> None:
+        """Raises ValueError when the Range's low is above its high in one unit."""
+        if not isinstance(instance, dict):
+            return
+        low, high = instance.get("low"), instance.get("high")
+        if not isinstance(low, dict) or not isinstance(high, dict):
+            return
+        a, b = low.get("value"), high.get("value")
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or isinstance(a, bool) or isinstance(
+                b, bool):
+            return
+        same_unit = ((low.get("system"), low.get("code")) == (high.get("system"), high.get("code"))
+                     and (low.get("code") is not None or low.get("unit") == high.get("unit")))
+        if same_unit and a > b:
+            raise ValueError(f"low {a} is above high {b}")
+
+
+ORDER_KEYWORDS: dict[str, type[KeywordValidator]] = {"fhirPeriodOrder": PeriodOrder, "fhirRangeOrder": RangeOrder}
+ORDER_RULES = {"per-1": {"fhirPeriodOrder": True}, "rng-2": {"fhirRangeOrder": True}}  # by invariant key
 
 
 def element_rule() -> dict[str, Any]:

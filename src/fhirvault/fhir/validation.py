@@ -33,7 +33,14 @@ import orjson
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
 
-from fhirvault.fhir.invariants import contained_issues, element_rule, narrative_issues, presence_rule
+from fhirvault.fhir.invariants import (
+    ORDER_KEYWORDS,
+    ORDER_RULES,
+    contained_issues,
+    element_rule,
+    narrative_issues,
+    presence_rule,
+)
 
 ID = "[A-Za-z0-9\\-.]{1,64}"
 
@@ -133,7 +140,7 @@ def _invariant_rules(name: str, spec: dict[str, Any], defs: dict[str, Any]) -> l
     choices = {base: names for base, names in spec.get("choices", {}).items()}
     for key, _human, expression in _table()["invariants"].get(name, []):
         ref = f"{INVARIANT}{name}:{key}"
-        defs[ref] = presence_rule(expression, choices)
+        defs[ref] = ORDER_RULES[key] if key in ORDER_RULES else presence_rule(expression, choices)
         out.append({"$ref": f"#/definitions/{ref}"})
     if not spec.get("resource"):
         defs.setdefault(f"{INVARIANT}ele-1", element_rule())
@@ -220,7 +227,7 @@ def attachment_size(size: int) -> dict[str, int]:
 
 @cache
 def _validator() -> Any:
-    return jsonschema_rs.validator_for(r4_schema())
+    return jsonschema_rs.validator_for(r4_schema(), keywords=ORDER_KEYWORDS)
 
 
 def warm_up() -> None:
