@@ -270,6 +270,7 @@ def test_capability_statement_declares_patch_and_conditionals(api: FhirApi) -> N
     assert "patch" in {i.code for i in patient.interaction}
     assert patient.conditionalCreate is True and patient.conditionalUpdate is True
     assert (patient.conditionalDelete, patient.conditionalRead) == ("single", "full-support")
+    assert patient.versioning == "versioned-update"  # If-Match / If-None-Match honoured on every write
     assert {"application/json-patch+json", "application/merge-patch+json", "application/fhir+json"} \
         <= set(cs.patchFormat)
     assert cs.format == ["application/fhir+json", "json"]
