@@ -391,3 +391,14 @@ def test_format_in_an_entry_url_is_refused_unless_it_is_the_bundles_own(api: Fhi
     put = transaction(api, {"resource": p, "request": {"method": "PUT", "url": f"Patient/{p['id']}?_format=xml"}})
     assert put.status_code == 406
     assert api.get(f"/Patient/{p['id']}").json()["meta"]["versionId"] == "1"
+
+
+def test_if_none_exist_may_start_with_the_type_or_a_question_mark(api: FhirApi) -> None:
+    v = tag()
+    first = api.post("/Patient", json=patient(v), headers={**FHIR, "If-None-Exist": f"Patient?identifier={SYSTEM}|{v}"})
+    assert first.status_code == 201, first.text
+    for criteria in (f"?identifier={SYSTEM}|{v}", f"Patient?identifier={SYSTEM}|{v}"):
+        again = api.post("/Patient", json=patient(v), headers={**FHIR, "If-None-Exist": criteria})
+        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    other = api.post("/Patient", json=patient(v), headers={**FHIR, "If-None-Exist": f"Observation?code={v}"})
+    assert other.status_code == 400 and "Observation?code" in other.text

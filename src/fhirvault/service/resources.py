@@ -189,7 +189,9 @@ class ResourceService:
 
     async def conditional_target_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
                                     what: str) -> StoredResource | None:
-        """The one resource matching `criteria`, or None; several matches raise PreconditionFailed (412)."""
+        """The one resource matching `criteria`, or None; several matches raise PreconditionFailed (412).
+        Criteria may start with `?` or with `{rtype}?` (as HAPI's client writes If-None-Exist)."""
+        criteria = criteria.removeprefix(f"{rtype}?")
         try:
             matches = await self.matches_in(uow, ctx, rtype, criteria, 2)
         except Invalid as exc:
@@ -211,7 +213,7 @@ class ResourceService:
         """Takes the conditional-create lock of each (type, criteria), keyed by the criteria in a normal
         form (parameters sorted), in one global order so that two transactions never wait on each other."""
         keys = {f"conditional-create {rtype}?"
-                + urlencode(sorted(parse_qsl(criteria.lstrip("?"), keep_blank_values=True)))
+                + urlencode(sorted(parse_qsl(criteria.removeprefix(f"{rtype}?").lstrip("?"), keep_blank_values=True)))
                 for rtype, criteria in conditions}
         for key in sorted(keys):
             await self.db.serialize(uow.conn, key)
