@@ -72,7 +72,7 @@ def capability_statement(base_url: str, software_version: str, instant: str,
         entry: dict[str, Any] = {
             "type": rtype,
             "interaction": interactions,
-            "versioning": "versioned",
+            "versioning": "versioned-update",  # If-Match is honoured on every write
             "readHistory": True,
             "updateCreate": True,
             "conditionalCreate": True,

@@ -20,14 +20,16 @@ from fhirvault.http.fhir_api import (
     READ_PARAMS,
     check_query,
     context,
-    if_match_version,
     raw_only,
+    refuse_create_precondition,
+    refuse_if_none_exist,
     subsetting_params,
     vault,
     version_headers,
+    write_precondition,
 )
 from fhirvault.http.negotiation import add_vary, binary_wants_resource, is_fhir_json, parse_prefer
-from fhirvault.http.requests import parse_json
+from fhirvault.http.requests import parse_json, require_utf8
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.services import StoredResource
@@ -51,6 +53,14 @@ async def update(request: Request) -> Response:
 async def _write(request: Request, rid: str | None) -> Response:
     v = vault(request)
     ctx = context(request)
+    if rid is None:
+        refuse_create_precondition(request)
+        if request.headers.get("if-none-exist") is not None:
+            # Refused rather than ignored: a raw upload would be stored whatever matched.
+            raise Invalid("A conditional create (If-None-Exist) is not supported for Binary; search "
+                          "Binary first, or PUT Binary/[id]", code="not-supported", expression="If-None-Exist")
+    else:
+        refuse_if_none_exist(request, "update")
     content_type = (request.headers.get("content-type") or "").strip() or DEFAULT_CONTENT_TYPE
     # Decoded already when sent with a Content-Encoding (ContentDecodingMiddleware).
     chunks: AsyncIterator[bytes] = request.stream()
@@ -59,7 +69,8 @@ async def _write(request: Request, rid: str | None) -> Response:
             raw = await _read_json_body(request, chunks, v.settings.max_json_bytes)
             body = _binary_resource_in(raw)
             if body is not None:
-                result = await v.binaries.write_json(ctx, rid, body, if_match_version(request))
+                require_utf8(content_type)  # the resource is FHIR JSON; other JSON is content, its type data
+                result = await v.binaries.write_json(ctx, rid, body, write_precondition(request))
                 return await written(request, result)
             chunks = one_chunk(raw)  # any other JSON is content, like every other body
         else:
@@ -71,7 +82,7 @@ async def _write(request: Request, rid: str | None) -> Response:
             ctx, rid, chunks, content_type=content_type, security_context=_security_context(request),
             filename=safe_filename(request.query_params.get("_filename")) or filename_from(
                 request.headers.get("content-disposition")),
-            if_match=if_match_version(request))
+            if_match=write_precondition(request))
     except ClientDisconnect:
         # Nothing was kept; there is nobody left to answer.
         return Response(status_code=400)
