@@ -25,7 +25,7 @@ from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import routes as http_routes
-from fhirvault.http import storage_api
+from fhirvault.http.access_log import RedactSignatures
 from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
 from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.formats import FhirFormatMiddleware
@@ -211,8 +211,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def build_app(settings: Settings) -> Starlette:
     vault = FhirVault(settings)
     access_log = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, storage_api.RedactSignatures) for f in access_log.filters):
-        access_log.addFilter(storage_api.RedactSignatures())
+    if not any(isinstance(f, RedactSignatures) for f in access_log.filters):
+        access_log.addFilter(RedactSignatures())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -4,7 +4,8 @@ uvicorn's httptools protocol, extended: a client that sends headers larger than 
 431, one that takes longer than HEADER_TIMEOUT_SECONDS to send its request line and headers gets 408,
 and a request body that goes BODY_IDLE_TIMEOUT_SECONDS without a byte arriving has its connection
 closed (the request sees a client disconnect, so an upload leaves nothing behind). A trickling client
-(1 byte per second) can therefore hold a connection only for a bounded time.
+(1 byte per second) can therefore hold a connection only for a bounded time. Its access log lines are
+written by `access_log.AccessLog`, the cheaper stand-in for uvicorn's access logger.
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fhirvault.config import Settings
 from fhirvault.fhir.outcome import operation_outcome
+from fhirvault.http.access_log import AccessLog
 
 log = logging.getLogger("fhirvault.http")
+
+
+@functools.lru_cache(maxsize=1)
+def _access_log() -> AccessLog:
+    """One per process, made once uvicorn has configured logging (protocols exist only after that)."""
+    return AccessLog(logging.getLogger("uvicorn.access"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,6 +43,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.access_logger = _access_log()  # type: ignore[assignment]
         self.max_header_bytes, self.header_timeout, self.body_idle_timeout = _limits()
         self._awaiting_headers = True
         self._header_bytes = 0        # bytes received since the request began, while its headers last
