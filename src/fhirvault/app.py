@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -105,6 +106,7 @@ class FhirVault:
         self.reindexer = Reindexer(self.db, settings.fhir_base_url)
         self._capability: dict[str, Any] | None = None
         self._capability_json: bytes | None = None
+        self._capability_gzip: bytes | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -158,6 +160,12 @@ class FhirVault:
         if self._capability_json is None:
             self._capability_json = jsoncodec.dumps(self.capability_statement())
         return self._capability_json
+
+    def capability_statement_gzip(self) -> bytes:
+        """The encoded CapabilityStatement compressed once (about 750 KB of JSON become about 40 KB)."""
+        if self._capability_gzip is None:
+            self._capability_gzip = gzip.compress(self.capability_statement_json(), compresslevel=9, mtime=0)
+        return self._capability_gzip
 
     def capability_statement(self) -> dict[str, Any]:
         if self._capability is None:

@@ -5,7 +5,8 @@ uvicorn's httptools protocol, extended: a client that sends headers larger than 
 and a request body that goes BODY_IDLE_TIMEOUT_SECONDS without a byte arriving has its connection
 closed (the request sees a client disconnect, so an upload leaves nothing behind). A trickling client
 (1 byte per second) can therefore hold a connection only for a bounded time. Its access log lines are
-written by `access_log.AccessLog`, the cheaper stand-in for uvicorn's access logger.
+written by `access_log.AccessLog`, the cheaper stand-in for uvicorn's access logger, and the head of an
+answer leaves together with the start of its body (`HeadWithBody`).
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._rejected = True  # answered by data_received once the parser returns
             return
         super().on_headers_complete()
+        if self.cycle is not None and not isinstance(self.cycle.transport, HeadWithBody):
+            self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
         self._last_body_at = self.loop.time()
         self._body_timer = self.loop.call_later(self.body_idle_timeout, self._check_body_idle)
 
@@ -158,3 +161,45 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._header_timer = self._body_timer = None
+
+
+class HeadWithBody:
+    """The transport as one request's answer sees it: its first write (the status line and headers) is held
+    until the next write (the body, or its first chunk), and both go out in one system call, instead of a
+    packet and a wake-up of the client each. A head that no write follows in the same turn of the event
+    loop (a streamed body whose first chunk is not ready) goes out at the end of that turn."""
+
+    __slots__ = ("_transport", "_loop", "_held", "_first")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            self._held = data
+            self._loop.call_soon(self._flush)
+            return
+        held, self._held = self._held, None
+        if held is None:
+            self._transport.write(data)
+        else:
+            self._transport.writelines((held, data))
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
