@@ -18,6 +18,9 @@ BEYOND_R4 = {
 }
 
 
+Site = tuple[str | int, ...]  # keys and list indexes from a resource down to one element
+
+
 @dataclass(frozen=True)
 class R4Model:
     """The parts of fhirpathpy's R4 model that the walk needs."""
@@ -112,11 +115,10 @@ class AttachmentWalk:
                         return lowered if lowered in self._primitives else option
         return None
 
-    def walk(self, node: dict[str, Any], owner: str, path: str | None
-             ) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    def walk(self, node: dict[str, Any], owner: str, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """(path, Attachment) for every Attachment under `node`, an element of model path/type `owner`.
-        `path` is the FHIRPath-like path of `node` (`DocumentReference.content[1]`); with None no path is
-        built (the cheaper walk of the read path) and every path yielded is None."""
+        `path` is the FHIRPath-like path of `node` (`DocumentReference.content[1]`); `collect` is the same
+        walk without paths."""
         children = self._children.get(owner)
         if children is None:
             children = self._children[owner] = {}
@@ -128,11 +130,11 @@ class AttachmentWalk:
                 continue
             what, name = step
             # A primitive's id and extensions (`_birthDate`): FHIRPath names them without the underscore.
-            base = None if path is None else f"{path}.{key[1:] if key.startswith('_') else key}"
+            base = f"{path}.{key[1:] if key.startswith('_') else key}"
             for i, item in enumerate(_items(value)):
                 if not isinstance(item, dict):
                     continue
-                child = None if base is None else _index(base, value, i)
+                child = _index(base, value, i)
                 if what == "backbone":
                     yield from self.walk(item, name, child)
                 elif name == "Resource":
@@ -143,6 +145,64 @@ class AttachmentWalk:
                     if name == "Attachment":
                         yield child, item
                     yield from self.walk(item, name, child)
+
+    def collect(self, node: dict[str, Any], owner: str, out: list[dict[str, Any]]) -> None:
+        """Appends to `out` every Attachment under `node`, in `walk`'s order: the same walk without paths,
+        by plain recursion (nested generators cost several times more, and every read of a resource with
+        Binary URLs walks it)."""
+        children = self._children.get(owner)
+        if children is None:
+            children = self._children[owner] = {}
+        for key, value in node.items():
+            step = children.get(key)
+            if step is None:
+                step = children[key] = self._step(owner, key)
+            if step is _SKIP or value is None:
+                continue
+            what, name = step
+            for item in value if isinstance(value, list) else (value,):
+                if not isinstance(item, dict):
+                    continue
+                if what == "backbone":
+                    self.collect(item, name, out)
+                elif name == "Resource":
+                    inner = item.get("resourceType")
+                    if isinstance(inner, str):
+                        self.collect(item, inner, out)
+                else:
+                    if name == "Attachment":
+                        out.append(item)
+                    self.collect(item, name, out)
+
+    def collect_sites(self, node: dict[str, Any], owner: str, site: Site, out: list[tuple[Site, dict[str, Any]]]
+                      ) -> None:
+        """`collect`, with the site of each Attachment: the keys and list indexes that lead to it from
+        the resource (`("content", 1, "attachment")`)."""
+        children = self._children.get(owner)
+        if children is None:
+            children = self._children[owner] = {}
+        for key, value in node.items():
+            step = children.get(key)
+            if step is None:
+                step = children[key] = self._step(owner, key)
+            if step is _SKIP or value is None:
+                continue
+            what, name = step
+            listed = isinstance(value, list)
+            for i, item in enumerate(value if listed else (value,)):
+                if not isinstance(item, dict):
+                    continue
+                here = (*site, key, i) if listed else (*site, key)
+                if what == "backbone":
+                    self.collect_sites(item, name, here, out)
+                elif name == "Resource":
+                    inner = item.get("resourceType")
+                    if isinstance(inner, str):
+                        self.collect_sites(item, inner, here, out)
+                else:
+                    if name == "Attachment":
+                        out.append((here, item))
+                    self.collect_sites(item, name, here, out)
 
     def _step(self, owner: str, key: str) -> tuple[str, str]:
         if key == "resourceType":
@@ -170,18 +230,36 @@ def iter_attachments(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, 
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         return
-    for path, attachment in _walker().walk(resource, rtype, rtype):
-        assert path is not None
-        yield path, attachment
+    yield from _walker().walk(resource, rtype, rtype)
 
 
-def attachment_objects(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def attachment_objects(resource: dict[str, Any]) -> list[dict[str, Any]]:
     """The Attachments of `iter_attachments` without their paths (the same walk, building no paths)."""
     rtype = resource.get("resourceType")
-    if not isinstance(rtype, str):
-        return
-    for _, attachment in _walker().walk(resource, rtype, None):
-        yield attachment
+    out: list[dict[str, Any]] = []
+    if isinstance(rtype, str):
+        _walker().collect(resource, rtype, out)
+    return out
+
+
+def attachment_sites(resource: dict[str, Any]) -> list[tuple[Site, dict[str, Any]]]:
+    """The Attachments of `attachment_objects`, each with its site (see `AttachmentWalk.collect_sites`)."""
+    rtype = resource.get("resourceType")
+    out: list[tuple[Site, dict[str, Any]]] = []
+    if isinstance(rtype, str):
+        _walker().collect_sites(resource, rtype, (), out)
+    return out
+
+
+def at_site(resource: dict[str, Any], site: Site) -> Any:
+    """What lies at `site` in `resource` (None when the path leads nowhere)."""
+    node: Any = resource
+    for step in site:
+        try:
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
 
 
 def is_attachment_element(resource_type: str, element: str) -> bool:

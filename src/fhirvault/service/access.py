@@ -26,6 +26,12 @@ class AccessPolicy(Protocol):
     async def can_see(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any],
                       interaction: str = "read") -> bool: ...
 
+    async def can_see_each(self, ctx: RequestContext, conn: AsyncConnection, resources: list[dict[str, Any]],
+                           interaction: str = "read") -> list[bool]:
+        """`can_see` for each of `resources` (same decisions, same order), in a number of queries that
+        does not grow with the number of resources."""
+        ...
+
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
         """Compartment targets (`Patient/1`) a search must stay within; None for no restriction."""
         ...
@@ -51,6 +57,10 @@ class AllowAll:
     async def can_see(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any],
                       interaction: str = "read") -> bool:
         return True
+
+    async def can_see_each(self, ctx: RequestContext, conn: AsyncConnection, resources: list[dict[str, Any]],
+                           interaction: str = "read") -> list[bool]:
+        return [True] * len(resources)
 
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
         return None

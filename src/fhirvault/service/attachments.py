@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.errors import FhirVaultError, Invalid
-from fhirvault.fhir.attachments import attachment_objects, iter_attachments
+from fhirvault.fhir.attachments import Site, at_site, attachment_sites, iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
 from fhirvault.fhir.references import Reference, parse_reference
 from fhirvault.fhir.validation import attachment_size
@@ -22,14 +23,10 @@ from fhirvault.store.binary_rows import BinaryRow, binary_versions, current_bina
 from fhirvault.store.database import Database
 
 
-async def may_read(access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
-                   binary: dict[str, Any]) -> bool:
-    """Whether the caller may read this Binary (its securityContext rules)."""
-    return await access.can_see(ctx, conn, binary, "read")
-
-
+@functools.lru_cache(maxsize=8192)
 def binary_reference(url: str, fhir_base_url: str) -> Reference | None:
-    """`Binary/{id}` or `Binary/{id}/_history/{vid}`, relative or on our FHIR base; None otherwise."""
+    """`Binary/{id}` or `Binary/{id}/_history/{vid}`, relative or on our FHIR base; None otherwise.
+    Remembered for the most recent URLs: every read of a resource with attachments parses them again."""
     ref = parse_reference(url, fhir_base_url)
     if ref is None or ref.resource_type != "Binary":
         return None
@@ -98,12 +95,14 @@ async def readable_binaries(access: AccessPolicy, ctx: RequestContext, conn: Asy
     may read, by reference; `options` as for `current_binaries`."""
     current = await current_binaries(conn, {r.id for r in refs if not r.version_id}, **options)
     named = await binary_versions(conn, {(r.id, int(r.version_id)) for r in refs if r.version_id}, **options)
-    out: dict[Reference, BinaryRow] = {}
+    found: list[tuple[Reference, BinaryRow]] = []
     for ref in refs:
         row = named.get((ref.id, int(ref.version_id))) if ref.version_id else current.get(ref.id)
-        if row is not None and await may_read(access, ctx, conn, row.resource):
-            out[ref] = row
-    return out
+        if row is not None:
+            found.append((ref, row))
+    # One access decision for all of them: no query per Binary, even when securityContexts must be looked up.
+    readable = await access.can_see_each(ctx, conn, [row.resource for _, row in found], "read")
+    return {ref: row for (ref, row), ok in zip(found, readable, strict=True) if ok}
 
 
 Named = tuple[str, dict[str, Any], Reference]  # (path of the Attachment, the Attachment, the Binary it names)
@@ -164,6 +163,55 @@ def check_measures(path: str, attachment: dict[str, Any], holder: str, m: Binary
                       expression=f"{path}.hash")
 
 
+VersionKey = tuple[str, str, str, str]
+
+
+class BinaryUrlSites:
+    """Where the Attachments whose url names one of our Binaries (`Binary/...`) lie in a stored version,
+    remembered per version (type, id, versionId, lastUpdated): a version never changes, so a read of it
+    finds them without walking the resource by its R4 types again. What is found at a remembered site is
+    checked (the same url); anything else is walked."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._sites: dict[VersionKey, tuple[tuple[Site, str, Reference], ...]] = {}
+
+    def of(self, resource: dict[str, Any]) -> list[tuple[dict[str, Any], Reference]]:
+        """(Attachment, the Binary its url names) for each such Attachment of `resource`."""
+        key = _version_key(resource)
+        remembered = self._sites.get(key) if key is not None else None
+        if remembered is not None:
+            out = []
+            for site, url, ref in remembered:
+                attachment = at_site(resource, site)
+                if not isinstance(attachment, dict) or attachment.get("url") != url:
+                    break
+                out.append((attachment, ref))
+            else:
+                return out
+        found: list[tuple[dict[str, Any], Reference]] = []
+        sites: list[tuple[Site, str, Reference]] = []
+        for site, attachment in attachment_sites(resource):
+            text = attachment.get("url")
+            named = binary_reference(text, "") if isinstance(text, str) and text.startswith("Binary/") else None
+            if named is not None:
+                found.append((attachment, named))
+                sites.append((site, str(text), named))
+        if key is not None:
+            if len(self._sites) >= self.size:
+                self._sites.clear()
+            self._sites[key] = tuple(sites)
+        return found
+
+
+def _version_key(resource: dict[str, Any]) -> VersionKey | None:
+    meta = resource.get("meta")
+    if not isinstance(meta, dict):
+        return None
+    key = (resource.get("resourceType"), resource.get("id"), meta.get("versionId"), meta.get("lastUpdated"))
+    return key if all(isinstance(k, str) for k in key) else None  # type: ignore[return-value]
+
+
 class AttachmentUrlSigner:
     """ReadStep (`ReadPipeline.sign_attachment_urls`): each `Binary/{id}` (or `Binary/{id}/_history/{vid}`)
     Attachment url the caller may read becomes a signed storage URL of that Binary's current (or named)
@@ -173,16 +221,13 @@ class AttachmentUrlSigner:
         self.db = db
         self.access = access
         self.signer = signer
+        self.sites = BinaryUrlSites()
 
-    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
+    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]],
+                         conn: AsyncConnection | None = None) -> None:
         targets: list[tuple[dict[str, Any], Reference]] = []
         for resource in resources:
-            for attachment in attachment_objects(resource):
-                url = attachment.get("url")
-                if isinstance(url, str) and url.startswith("Binary/"):
-                    ref = binary_reference(url, "")
-                    if ref is not None:
-                        targets.append((attachment, ref))
+            targets += self.sites.of(resource)
         if not targets:
             return
         access = self.access
@@ -190,8 +235,12 @@ class AttachmentUrlSigner:
             access.require(ctx, "read", "Binary")
         except FhirVaultError:
             return  # no Binary scope: every url stays `Binary/{id}`
-        async with self.db.read() as conn:
-            rows = await readable_binaries(access, ctx, conn, {ref for _, ref in targets}, access_fields_only=True)
+        refs = {ref for _, ref in targets}
+        if conn is not None:
+            rows = await readable_binaries(access, ctx, conn, refs, access_fields_only=True)
+        else:
+            async with self.db.read() as own:
+                rows = await readable_binaries(access, ctx, own, refs, access_fields_only=True)
         if not rows:
             return
         key = await self.signer.signing_key()
