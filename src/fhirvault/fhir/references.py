@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fhirvault.fhir.r4 import ID
 
 _REL = re.compile(rf"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>{ID})(/_history/(?P<vid>[0-9]{{1,18}}))?\Z")
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):
+    """`Type/id` or `Type/id/_history/vid`. A named tuple, so that hashing one (references key many
+    look-ups on the read path) runs no Python code."""
+
     resource_type: str
     id: str
     version_id: str | None = None

@@ -19,7 +19,7 @@ from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
-from fhirvault.store.binary_rows import BinaryRow, binary_versions, current_binaries
+from fhirvault.store.binary_rows import BinaryRow, binary_versions, current_binaries, current_versions
 from fhirvault.store.database import Database
 
 
@@ -92,7 +92,11 @@ def sha1_base64(raw: bytes) -> str:
 async def readable_binaries(access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
                             refs: set[Reference], **options: bool) -> dict[Reference, BinaryRow]:
     """The rows of the named Binaries (current version, or the named one) that exist and that the caller
-    may read, by reference; `options` as for `current_binaries`."""
+    may read, by reference; `options` as for `current_binaries`. When the caller may read every Binary
+    whatever its securityContext (the policy hides no Binary rows from it), no content is read."""
+    reads_all = not access.hides_rows(ctx, "Binary") and "with_blobs" not in options
+    if reads_all:
+        options = {"versions_only": True}
     current = await current_binaries(conn, {r.id for r in refs if not r.version_id}, **options)
     named = await binary_versions(conn, {(r.id, int(r.version_id)) for r in refs if r.version_id}, **options)
     found: list[tuple[Reference, BinaryRow]] = []
@@ -100,6 +104,8 @@ async def readable_binaries(access: AccessPolicy, ctx: RequestContext, conn: Asy
         row = named.get((ref.id, int(ref.version_id))) if ref.version_id else current.get(ref.id)
         if row is not None:
             found.append((ref, row))
+    if reads_all:
+        return dict(found)
     # One access decision for all of them: no query per Binary, even when securityContexts must be looked up.
     readable = await access.can_see_each(ctx, conn, [row.resource for _, row in found], "read")
     return {ref: row for (ref, row), ok in zip(found, readable, strict=True) if ok}
@@ -206,10 +212,13 @@ class BinaryUrlSites:
 
 def _version_key(resource: dict[str, Any]) -> VersionKey | None:
     meta = resource.get("meta")
-    if not isinstance(meta, dict):
+    if type(meta) is not dict:
         return None
-    key = (resource.get("resourceType"), resource.get("id"), meta.get("versionId"), meta.get("lastUpdated"))
-    return key if all(isinstance(k, str) for k in key) else None  # type: ignore[return-value]
+    rtype, rid, vid, stamp = resource.get("resourceType"), resource.get("id"), meta.get("versionId"), \
+        meta.get("lastUpdated")
+    if type(rtype) is str and type(rid) is str and type(vid) is str and type(stamp) is str:
+        return rtype, rid, vid, stamp
+    return None
 
 
 class AttachmentUrlSigner:
@@ -237,18 +246,32 @@ class AttachmentUrlSigner:
             return  # no Binary scope: every url stays `Binary/{id}`
         refs = {ref for _, ref in targets}
         if conn is not None:
-            rows = await readable_binaries(access, ctx, conn, refs, access_fields_only=True)
+            versions = await self._readable_versions(ctx, conn, refs)
         else:
             async with self.db.read() as own:
-                rows = await readable_binaries(access, ctx, own, refs, access_fields_only=True)
-        if not rows:
+                versions = await self._readable_versions(ctx, own, refs)
+        if not versions:
             return
         key = await self.signer.signing_key()
+        expires = self.signer.expiry()
         minted: dict[Reference, str] = {}
         for attachment, ref in targets:
-            row = rows.get(ref)
-            if row is None:
-                continue
-            if ref not in minted:
-                minted[ref] = self.signer.mint_with(key, ref.id, row.version_id, pinned=bool(ref.version_id))
-            attachment["url"] = minted[ref]
+            url = minted.get(ref)
+            if url is None:
+                version = versions.get(ref)
+                if version is None:
+                    continue
+                url = minted[ref] = self.signer.mint_with(key, ref.id, version, pinned=bool(ref.version_id),
+                                                          expires=expires)
+            attachment["url"] = url
+
+    async def _readable_versions(self, ctx: RequestContext, conn: AsyncConnection, refs: set[Reference]
+                                 ) -> dict[Reference, int]:
+        """The version each reference stands for, of the Binaries that exist and that the caller may read."""
+        if not self.access.hides_rows(ctx, "Binary") and not any(r.version_id for r in refs):
+            # The caller may read every Binary, whatever its securityContext: existence decides, and
+            # no content is read.
+            current = await current_versions(conn, {r.id for r in refs})
+            return {r: current[r.id] for r in refs if r.id in current}
+        rows = await readable_binaries(self.access, ctx, conn, refs, access_fields_only=True)
+        return {ref: row.version_id for ref, row in rows.items()}

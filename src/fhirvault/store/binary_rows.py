@@ -30,14 +30,15 @@ class BinaryRow:
 
 
 async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: bool = False,
-                           access_fields_only: bool = False) -> dict[str, BinaryRow]:
+                           access_fields_only: bool = False, versions_only: bool = False) -> dict[str, BinaryRow]:
     """The current versions of the given Binaries that exist and are not deleted, by id; one statement
     per IDS_PER_QUERY ids. `with_blobs` adds the blob's size and SHA-1 (an outer join);
     `access_fields_only` gives each resource as just what access decisions read (type, id,
-    securityContext), which spares parsing inline content on the read path."""
+    securityContext), which spares parsing inline content on the read path; `versions_only` reads no
+    content at all (each resource is just its type and id)."""
     if not ids:
         return {}
-    stmt = _current_statement(conn.dialect.name, with_blobs, access_fields_only)
+    stmt = _current_statement(conn.dialect.name, with_blobs, access_fields_only, versions_only)
     ordered = sorted(ids)
     out: dict[str, BinaryRow] = {}
     for start in range(0, len(ordered), IDS_PER_LIST):
@@ -45,20 +46,34 @@ async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: 
         value: Any = jsoncodec.dumps(chunk).decode("utf-8") if conn.dialect.name == "sqlite" else chunk
         for rid, version_id, content, size, sha1 in (await conn.execute(stmt, {"ids": value})).all():
             if content is not None:
-                out[rid] = BinaryRow(rid, version_id, _resource(rid, content, access_fields_only), size, sha1)
+                out[rid] = BinaryRow(rid, version_id, _resource(rid, content, access_fields_only or versions_only),
+                                     size, sha1)
+    return out
+
+
+async def current_versions(conn: AsyncConnection, ids: set[str]) -> dict[str, int]:
+    """The current version id of each of the given Binaries that exists and is not deleted (what
+    `current_binaries` finds, without reading any content)."""
+    stmt = _current_statement(conn.dialect.name, False, False, True)
+    ordered = sorted(ids)
+    out: dict[str, int] = {}
+    for start in range(0, len(ordered), IDS_PER_LIST):
+        chunk = ordered[start:start + IDS_PER_LIST]
+        value: Any = jsoncodec.dumps(chunk).decode("utf-8") if conn.dialect.name == "sqlite" else chunk
+        out.update((rid, version_id) for rid, version_id, *_ in (await conn.execute(stmt, {"ids": value})).all())
     return out
 
 
 # Ids per statement when they travel as one list parameter (a JSON array on SQLite, an array on PostgreSQL).
 IDS_PER_LIST = 5000
-_CURRENT: dict[tuple[str, bool, bool], Any] = {}
+_CURRENT: dict[tuple[str, bool, bool, bool], Any] = {}
 
 
-def _current_statement(dialect: str, with_blobs: bool, access_fields_only: bool) -> Any:
+def _current_statement(dialect: str, with_blobs: bool, access_fields_only: bool, versions_only: bool) -> Any:
     """The statement of `current_binaries`, built once per shape: the ids are one bound list, so the
     statement's text and compiled form are the same whatever their number (a long IN list is compiled
     and bound anew each time, which cost more than the query)."""
-    key = (dialect, with_blobs, access_fields_only)
+    key = (dialect, with_blobs, access_fields_only, versions_only)
     stmt = _CURRENT.get(key)
     if stmt is None:
         t = resources
@@ -70,13 +85,14 @@ def _current_statement(dialect: str, with_blobs: bool, access_fields_only: bool)
         else:
             matching = t.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.String)))
         stmt = _select(t, [t.c.resource_type == "Binary", matching, t.c.deleted.is_(False)], with_blobs,
-                       access_fields_only)
+                       access_fields_only, versions_only)
         _CURRENT[key] = stmt
     return stmt
 
 
 async def binary_versions(conn: AsyncConnection, keys: set[tuple[str, int]], *, with_blobs: bool = False,
-                          access_fields_only: bool = False) -> dict[tuple[str, int], BinaryRow]:
+                          access_fields_only: bool = False, versions_only: bool = False
+                          ) -> dict[tuple[str, int], BinaryRow]:
     """The named versions (id, version) of Binaries that exist and are not deletions, by (id, version),
     like `current_binaries` (one statement per IDS_PER_QUERY versions)."""
     v = resource_versions
@@ -84,25 +100,30 @@ async def binary_versions(conn: AsyncConnection, keys: set[tuple[str, int]], *, 
     def where(chunk: list[tuple[str, int]]) -> Any:
         return sa.or_(*(sa.and_(v.c.id == rid, v.c.version_id == vid) for rid, vid in chunk))
 
-    rows = await _binary_rows(conn, v, sorted(keys), where, with_blobs, access_fields_only)
+    rows = await _binary_rows(conn, v, sorted(keys), where, with_blobs, access_fields_only, versions_only)
     return {(row.id, row.version_id): row for row in rows}
 
 
 async def _binary_rows(conn: AsyncConnection, table: sa.Table, keys: list[Any], matching: Any,
-                       with_blobs: bool, access_fields_only: bool) -> list[BinaryRow]:
+                       with_blobs: bool, access_fields_only: bool, versions_only: bool) -> list[BinaryRow]:
     out: list[BinaryRow] = []
     for start in range(0, len(keys), IDS_PER_QUERY):
         where = [table.c.resource_type == "Binary", matching(keys[start:start + IDS_PER_QUERY]),
                  table.c.deleted.is_(False)]
-        stmt = _select(table, where, with_blobs, access_fields_only)
+        stmt = _select(table, where, with_blobs, access_fields_only, versions_only)
         for rid, version_id, content, size, sha1 in (await conn.execute(stmt)).all():
             if content is not None:
-                out.append(BinaryRow(rid, version_id, _resource(rid, content, access_fields_only), size, sha1))
+                out.append(BinaryRow(rid, version_id, _resource(rid, content, access_fields_only or versions_only),
+                                     size, sha1))
     return out
 
 
-def _select(table: sa.Table, where: list[Any], with_blobs: bool, access_fields_only: bool) -> Any:
+def _select(table: sa.Table, where: list[Any], with_blobs: bool, access_fields_only: bool,
+            versions_only: bool = False) -> Any:
     """id, version_id, content, blob size, blob SHA-1 of the rows of `table` matching `where`."""
+    if versions_only:
+        return sa.select(table.c.id, table.c.version_id, sa.literal("").label("content"), sa.null().label("size"),
+                         sa.null().label("sha1")).where(*where)
     if with_blobs:
         return (sa.select(table.c.id, table.c.version_id, table.c.content, blobs.c.size, blobs.c.sha1)
                 .select_from(table.outerjoin(blobs, blobs.c.id == table.c.blob_id)).where(*where))
