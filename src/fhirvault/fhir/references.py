@@ -11,8 +11,9 @@ _REL = re.compile(rf"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>{ID})(/_history/(?P<vid>[0
 
 
 class Reference(NamedTuple):
-    """`Type/id` or `Type/id/_history/vid`. A named tuple, so that hashing one (references key many
-    look-ups on the read path) runs no Python code."""
+    """A literal reference to a resource on this server: type, id and, for a versioned reference, the version
+    id. A named tuple, so that hashing one (references key many look-ups on the read path) runs no Python
+    code."""
 
     resource_type: str
     id: str
@@ -20,6 +21,7 @@ class Reference(NamedTuple):
 
     @property
     def relative(self) -> str:
+        """"Type/id", without any version."""
         return f"{self.resource_type}/{self.id}"
 
 
