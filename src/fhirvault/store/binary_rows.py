@@ -32,10 +32,10 @@ class BinaryRow:
 async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: bool = False,
                            access_fields_only: bool = False, versions_only: bool = False) -> dict[str, BinaryRow]:
     """The current versions of the given Binaries that exist and are not deleted, by id; one statement
-    per IDS_PER_QUERY ids. `with_blobs` adds the blob's size and SHA-1 (an outer join);
-    `access_fields_only` gives each resource as just what access decisions read (type, id,
-    securityContext), which spares parsing inline content on the read path; `versions_only` reads no
-    content at all (each resource is just its type and id)."""
+    per IDS_PER_LIST ids (they travel as one list parameter). `with_blobs` adds the blob's size and
+    SHA-1 (an outer join); `access_fields_only` gives each resource as just what access decisions read
+    (type, id, securityContext, meta.lastUpdated), which spares parsing inline content on the read path;
+    `versions_only` reads no content at all (each resource is just its type and id)."""
     if not ids:
         return {}
     stmt = _current_statement(conn.dialect.name, with_blobs, access_fields_only, versions_only)
@@ -146,5 +146,11 @@ def _resource(rid: str, content: str, access_fields_only: bool) -> dict[str, Any
         return {"resourceType": "Binary", "id": rid}
     resource: dict[str, Any] = jsoncodec.loads(content)
     if access_fields_only:
-        return {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
+        # meta.lastUpdated too: a securityContext resource deleted since the Binary was written is judged
+        # as it was then (security/policy.py), which needs the time of writing.
+        fields = {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
+        meta = resource.get("meta")
+        if isinstance(meta, dict) and "lastUpdated" in meta:
+            fields["meta"] = {"lastUpdated": meta["lastUpdated"]}
+        return fields
     return resource
