@@ -148,7 +148,7 @@ def _resource(rid: str, content: str, access_fields_only: bool) -> dict[str, Any
     if access_fields_only:
         # meta.lastUpdated too: a securityContext resource deleted since the Binary was written is judged
         # as it was then (security/policy.py), which needs the time of writing.
-        fields = {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
+        fields: dict[str, Any] = {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
         meta = resource.get("meta")
         if isinstance(meta, dict) and "lastUpdated" in meta:
             fields["meta"] = {"lastUpdated": meta["lastUpdated"]}
