@@ -59,14 +59,6 @@ def _is_primitive(type_name: str) -> bool:
     return type_name.startswith("System.") or type_name[:1].islower()
 
 
-def _index(path: str, container: Any, i: int) -> str:
-    return f"{path}[{i}]" if isinstance(container, list) else path
-
-
-def _items(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
 class AttachmentWalk:
     """Walks JSON by element type; `iter_attachments` and `attachment_objects` are its public faces."""
 
@@ -117,69 +109,12 @@ class AttachmentWalk:
                         return lowered if lowered in self._primitives else option
         return None
 
-    def walk(self, node: dict[str, Any], owner: str, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(path, Attachment) for every Attachment under `node`, an element of model path/type `owner`.
-        `path` is the FHIRPath-like path of `node` (`DocumentReference.content[1]`); `collect` is the same
-        walk without paths."""
-        children = self._children.get(owner)
-        if children is None:
-            children = self._children[owner] = {}
-        for key, value in node.items():
-            step = children.get(key)
-            if step is None:
-                step = children[key] = self._step(owner, key)
-            if step is _SKIP or value is None:
-                continue
-            what, name = step
-            # A primitive's id and extensions (`_birthDate`): FHIRPath names them without the underscore.
-            base = f"{path}.{key[1:] if key.startswith('_') else key}"
-            for i, item in enumerate(_items(value)):
-                if not isinstance(item, dict):
-                    continue
-                child = _index(base, value, i)
-                if what == "backbone":
-                    yield from self.walk(item, name, child)
-                elif name == "Resource":
-                    inner = item.get("resourceType")
-                    if isinstance(inner, str):
-                        yield from self.walk(item, inner, child)
-                else:
-                    if name == "Attachment":
-                        yield child, item
-                    yield from self.walk(item, name, child)
-
-    def collect(self, node: dict[str, Any], owner: str, out: list[dict[str, Any]]) -> None:
-        """Appends to `out` every Attachment under `node`, in `walk`'s order: the same walk without paths,
-        by plain recursion (nested generators cost several times more, and every read of a resource with
-        Binary URLs walks it)."""
-        children = self._children.get(owner)
-        if children is None:
-            children = self._children[owner] = {}
-        for key, value in node.items():
-            step = children.get(key)
-            if step is None:
-                step = children[key] = self._step(owner, key)
-            if step is _SKIP or value is None:
-                continue
-            what, name = step
-            for item in value if isinstance(value, list) else (value,):
-                if not isinstance(item, dict):
-                    continue
-                if what == "backbone":
-                    self.collect(item, name, out)
-                elif name == "Resource":
-                    inner = item.get("resourceType")
-                    if isinstance(inner, str):
-                        self.collect(item, inner, out)
-                else:
-                    if name == "Attachment":
-                        out.append(item)
-                    self.collect(item, name, out)
-
     def collect_sites(self, node: dict[str, Any], owner: str, site: Site, out: list[tuple[Site, dict[str, Any]]]
                       ) -> None:
-        """`collect`, with the site of each Attachment: the keys and list indexes that lead to it from
-        the resource (`("content", 1, "attachment")`)."""
+        """Appends to `out` (site, Attachment) for every Attachment under `node`, an element of model
+        path/type `owner` found at `site`: the keys and list indexes that lead to it from the resource
+        (`("content", 1, "attachment")`). Plain recursion: nested generators cost several times more, and
+        every read of a resource with Binary URLs walks it once."""
         children = self._children.get(owner)
         if children is None:
             children = self._children[owner] = {}
@@ -232,16 +167,25 @@ def iter_attachments(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, 
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         return
-    yield from _walker().walk(resource, rtype, rtype)
+    for site, attachment in attachment_sites(resource):
+        yield fhirpath_of(rtype, site), attachment
+
+
+def fhirpath_of(resource_type: str, site: Site) -> str:
+    """The FHIRPath-like path of a site: `DocumentReference.content[1].attachment`; a primitive's id and
+    extensions (`_birthDate`) are named without the underscore, as FHIRPath does."""
+    parts = [resource_type]
+    for step in site:
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        else:
+            parts.append("." + (step[1:] if step.startswith("_") else step))
+    return "".join(parts)
 
 
 def attachment_objects(resource: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Attachments of `iter_attachments` without their paths (the same walk, building no paths)."""
-    rtype = resource.get("resourceType")
-    out: list[dict[str, Any]] = []
-    if isinstance(rtype, str):
-        _walker().collect(resource, rtype, out)
-    return out
+    """The Attachments of `iter_attachments` without their paths."""
+    return [attachment for _, attachment in attachment_sites(resource)]
 
 
 def attachment_sites(resource: dict[str, Any]) -> list[tuple[Site, dict[str, Any]]]:

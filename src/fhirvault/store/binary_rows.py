@@ -36,18 +36,12 @@ async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: 
     SHA-1 (an outer join); `access_fields_only` gives each resource as just what access decisions read
     (type, id, securityContext, meta.lastUpdated), which spares parsing inline content on the read path;
     `versions_only` reads no content at all (each resource is just its type and id)."""
-    if not ids:
-        return {}
     stmt = _current_statement(conn.dialect.name, with_blobs, access_fields_only, versions_only)
-    ordered = sorted(ids)
     out: dict[str, BinaryRow] = {}
-    for start in range(0, len(ordered), IDS_PER_LIST):
-        chunk = ordered[start:start + IDS_PER_LIST]
-        value: Any = jsoncodec.dumps(chunk).decode("utf-8") if conn.dialect.name == "sqlite" else chunk
-        for rid, version_id, content, size, sha1 in (await conn.execute(stmt, {"ids": value})).all():
-            if content is not None:
-                out[rid] = BinaryRow(rid, version_id, _resource(rid, content, access_fields_only or versions_only),
-                                     size, sha1)
+    for rid, version_id, content, size, sha1 in await _current_rows(conn, stmt, ids):
+        if content is not None:
+            out[rid] = BinaryRow(rid, version_id, _resource(rid, content, access_fields_only or versions_only),
+                                 size, sha1)
     return out
 
 
@@ -55,13 +49,18 @@ async def current_versions(conn: AsyncConnection, ids: set[str]) -> dict[str, in
     """The current version id of each of the given Binaries that exists and is not deleted (what
     `current_binaries` finds, without reading any content)."""
     stmt = _current_statement(conn.dialect.name, False, False, True)
+    return {rid: version_id for rid, version_id, *_ in await _current_rows(conn, stmt, ids)}
+
+
+async def _current_rows(conn: AsyncConnection, stmt: Any, ids: set[str]) -> list[Any]:
+    """The rows of a `_current_statement` for `ids`, IDS_PER_LIST ids per execution."""
     ordered = sorted(ids)
-    out: dict[str, int] = {}
+    rows: list[Any] = []
     for start in range(0, len(ordered), IDS_PER_LIST):
         chunk = ordered[start:start + IDS_PER_LIST]
         value: Any = jsoncodec.dumps(chunk).decode("utf-8") if conn.dialect.name == "sqlite" else chunk
-        out.update((rid, version_id) for rid, version_id, *_ in (await conn.execute(stmt, {"ids": value})).all())
-    return out
+        rows += (await conn.execute(stmt, {"ids": value})).all()
+    return rows
 
 
 # Ids per statement when they travel as one list parameter (a JSON array on SQLite, an array on PostgreSQL).
