@@ -36,6 +36,7 @@ class RedactSignatures(logging.Filter):
     that go through the logging machinery (see `redact`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redacts the record's string arguments in place; always keeps the record."""
         if isinstance(record.args, tuple):
             record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
         return True
@@ -66,9 +67,12 @@ class AccessLog:
             logger.addFilter(RedactSignatures())
 
     def hasHandlers(self) -> bool:  # noqa: N802 - logging's name, asked by uvicorn
+        """Whether the access logger has somewhere to write (uvicorn logs nothing otherwise)."""
         return self.logger.hasHandlers()
 
     def info(self, msg: str, *args: Any) -> None:
+        """One access log line: `args` are uvicorn's (client "host:port", method, path with query, HTTP
+        version, status code); written at once, or handed to the logger under another logging set-up."""
         handler = self._handler
         if handler is None or len(args) != 5 or not self.logger.isEnabledFor(logging.INFO):
             self.logger.info(msg, *args)  # someone else's logging set-up: its own formatting and filters

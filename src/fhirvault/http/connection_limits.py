@@ -189,6 +189,7 @@ class HeadWithBody:
         self._first = True
 
     def write(self, data: bytes) -> None:
+        """Holds the first write (the head); sends it along with the next one."""
         if self._first:
             self._first = False
             self._held = data
@@ -206,10 +207,12 @@ class HeadWithBody:
             self._transport.write(held)
 
     def close(self) -> None:
+        """Sends a head still held, then closes the connection."""
         self._flush()
         self._transport.close()
 
     def is_closing(self) -> bool:
+        """Whether the connection is closing or closed."""
         return self._transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:

@@ -66,6 +66,7 @@ class AllowAll:
 
     async def can_see_each(self, ctx: RequestContext, conn: AsyncConnection, resources: list[dict[str, Any]],
                            interaction: str = "read") -> list[bool]:
+        """Every resource may be seen."""
         return [True] * len(resources)
 
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:

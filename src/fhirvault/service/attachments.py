@@ -234,6 +234,8 @@ class AttachmentUrlSigner:
 
     async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]],
                          conn: AsyncConnection | None = None) -> None:
+        """Signs the Binary URLs of `resources` in place: one look-up of all the Binaries they name (on
+        `conn` when given), one access decision for all of them, one URL per Binary version."""
         targets: list[tuple[dict[str, Any], Reference]] = []
         for resource in resources:
             targets += self.sites.of(resource)

@@ -60,31 +60,38 @@ class OneTripCursor:
         return None
 
     async def execute(self, sql: str, parameters: Any = None) -> OneTripCursor:
+        """Runs `sql` (and a pending BEGIN) and keeps all of its rows, in one trip."""
         self.description, self._rows, self.rowcount, self.lastrowid = \
             await self._connection.run(sql, parameters, many=False)
         return self
 
     async def executemany(self, sql: str, parameters: Sequence[Any]) -> OneTripCursor:
+        """Runs `sql` once per parameter set, in one trip."""
         self.description, self._rows, self.rowcount, self.lastrowid = \
             await self._connection.run(sql, parameters, many=True)
         return self
 
     async def fetchall(self) -> Rows:
+        """The rows not yet handed out."""
         rows, self._rows = self._rows, []
         return rows
 
     async def fetchone(self) -> Any:
+        """The next row, or None."""
         return self._rows.pop(0) if self._rows else None
 
     async def fetchmany(self, size: int | None = None) -> Rows:
+        """The next `size` rows (arraysize when None)."""
         size = self.arraysize if size is None else size
         rows, self._rows = self._rows[:size], self._rows[size:]
         return rows
 
     async def setinputsizes(self, *sizes: Any) -> None:
+        """Nothing to do (DB-API allows a no-op)."""
         return None
 
     async def close(self) -> None:
+        """Nothing to release: the sqlite3 cursor was closed in its trip."""
         return None
 
 
@@ -103,20 +110,24 @@ class OneTripConnection(aiosqlite.Connection):
         self._pending_begin = statement
 
     async def run(self, sql: str, parameters: Any, many: bool) -> Outcome:
+        """One statement with a pending BEGIN, on the connection's thread: (description, rows, rowcount, lastrowid)."""
         begin, self._pending_begin = self._pending_begin, None
         outcome: Outcome = await self._execute(_run, self._conn, begin, sql, parameters, many)
         return outcome
 
     def cursor(self) -> OneTripCursor:  # type: ignore[override]
+        """A cursor that makes one trip per statement."""
         return OneTripCursor(self)
 
     async def commit(self) -> None:
+        """COMMIT; nothing when the transaction never ran a statement."""
         if self._pending_begin is not None:
             self._pending_begin = None  # an empty transaction: nothing began, nothing to commit
             return
         await super().commit()
 
     async def rollback(self) -> None:
+        """ROLLBACK; nothing when the transaction never ran a statement."""
         if self._pending_begin is not None:
             self._pending_begin = None
             return
