@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhirvault import __version__, jsoncodec
+from fhirvault.blobs.database import DatabaseBlobStore
 from fhirvault.blobs.factory import open_blob_store
 from fhirvault.clock import now_us
 from fhirvault.config import Settings
@@ -51,6 +52,7 @@ from fhirvault.service.resources import ResourceService
 from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import to_instant
+from fhirvault.service.uploads import UploadService
 from fhirvault.service.validate_operation import ValidateOperation
 from fhirvault.service.validation import R4Validation
 from fhirvault.store.blobs import BlobRegistry
@@ -76,10 +78,16 @@ class FhirVault:
         self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
         self.blob_registry = BlobRegistry()
+        # Resumable uploads stage their bytes in the blob store; in inline mode, which has none, in the
+        # database's chunk table, until the finished content goes into its resource.
+        staging_store = self.blob_store or DatabaseBlobStore(self.db)
         self.binaries = BinaryService(
             self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
-            pending_grace_seconds=settings.pending_blob_grace_seconds)
+            pending_grace_seconds=settings.pending_blob_grace_seconds, staging_store=staging_store)
+        self.uploads = UploadService(self.db, self.binaries, staging_store, self.blob_registry,
+                                     max_bytes=settings.max_binary_bytes,
+                                     expiry_seconds=settings.upload_expiry_seconds)
         self.signed_urls = SignedUrl(self.db, settings.storage_base_url, settings.signed_url_ttl,
                                      settings.signed_url_window, also_accepted=(settings.public_base_url,))
         self.jobs = JobQueue(self.db, max_attempts=settings.ingest_max_attempts,
@@ -133,11 +141,15 @@ class FhirVault:
     async def _sweep_pending_blobs(self) -> None:
         """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent):
         stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS."""
-        interval = max(1.0, min(300.0, self.settings.pending_blob_grace_seconds / 4))
+        interval = max(1.0, min(300.0, self.settings.pending_blob_grace_seconds / 4,
+                                self.settings.upload_expiry_seconds / 4))
         last_scan = float("-inf")
         loop = asyncio.get_running_loop()
         while True:
             try:
+                expired = await self.uploads.sweep_expired()
+                if expired:
+                    log.info("removed %d expired resumable uploads", expired)
                 removed = await self.binaries.sweep()
                 if removed:
                     log.info("swept %d released or stale pending blobs", removed)

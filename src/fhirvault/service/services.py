@@ -15,6 +15,7 @@ from fhirvault.service.health import Readiness
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.resources import ResourceService
 from fhirvault.service.storage_downloads import StorageDownloads
+from fhirvault.service.uploads import UploadService
 from fhirvault.service.validate_operation import ValidateOperation
 from fhirvault.store.resources import StoredResource as StoredResource  # what reads and writes return
 
@@ -31,6 +32,7 @@ class Services(Protocol):
     validate: ValidateOperation
     binaries: BinaryService
     binary_access: BinaryAccess
+    uploads: UploadService
     storage: StorageDownloads
     ingestion: AttachmentIngestion
     clients: ClientStore

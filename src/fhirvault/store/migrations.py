@@ -26,6 +26,7 @@ from fhirvault.store.schema import (
 )
 from fhirvault.store.search_tables import create_search_tables
 from fhirvault.store.security import auth_failures, clients, signing_keys
+from fhirvault.store.uploads import uploads
 from fhirvault.store.url_signing_keys import insert_key, new_key, url_signing_keys
 
 # Any fixed number: the PostgreSQL advisory lock that serializes concurrent starts of several nodes.
@@ -74,6 +75,8 @@ STEPS: tuple[MigrationStep, ...] = (
         "CREATE INDEX IF NOT EXISTS ix_blobs_storage_key ON blobs (storage_key)")),
     # Typed search index tables; every stored type is marked for a resumable rebuild of its index.
     MigrationStep("0008_search_index", create_search_tables),
+    # Resumable (tus) uploads: their offsets survive restarts and are shared by every node.
+    MigrationStep("0011_uploads", _create(uploads)),
 )
 
 
