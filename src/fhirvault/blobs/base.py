@@ -52,9 +52,11 @@ class BlobStore(ABC):
         `offset` with `staging` stays intact. errors.StorageFailure for backend errors."""
         raise NotImplementedError(f"the {self.name} store cannot stage resumable uploads")
 
-    async def drop_staging(self, key: str, staging: dict[str, Any], keep: dict[str, Any]) -> None:  # noqa: B027
-        """Remove what `staging` holds that `keep` does not (a superseded tail, or the pieces of an
-        append whose result is not recorded). Best effort: what remains, `delete(key)` removes."""
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any],  # noqa: B027
+                           keep: dict[str, Any]) -> None:
+        """Remove what is staged past `offset` and what `staging` holds that `keep` does not (a superseded
+        tail, or the pieces of an append whose result is not recorded), so that refused bytes are not
+        kept. Best effort: what remains, the next append or `delete(key)` removes."""
 
     async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
         """Make the staged `size` bytes the immutable blob `key`, readable by `get` (the last append

@@ -84,6 +84,19 @@ class DatabaseBlobStore(BlobStore):
             raise StorageFailure(f"Cannot stage blob {key} in the database") from exc
         return staging
 
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        seq, keep_bytes = divmod(offset, CHUNK_BYTES)
+        async with self.db.write() as conn:
+            await conn.execute(sa.delete(blob_chunks).where(
+                blob_chunks.c.blob_key == key, blob_chunks.c.seq >= (seq + 1 if keep_bytes else seq)))
+            if keep_bytes:
+                row = (await conn.execute(sa.select(blob_chunks.c.data).where(
+                    blob_chunks.c.blob_key == key, blob_chunks.c.seq == seq))).first()
+                if row is not None and len(row.data) > keep_bytes:
+                    await conn.execute(sa.update(blob_chunks).where(
+                        blob_chunks.c.blob_key == key, blob_chunks.c.seq == seq,
+                    ).values(data=bytes(row.data)[:keep_bytes]))
+
     async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
         """The chunk rows are the blob already; an empty blob gets its one empty row."""
         if size == 0 and not await self.exists(key):

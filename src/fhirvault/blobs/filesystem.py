@@ -89,6 +89,12 @@ class FilesystemBlobStore(BlobStore):
             await asyncio.to_thread(fh.close)
         return staging
 
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(_cut, self.staging_path(key), offset)
+        except OSError as exc:
+            raise _write_failure(key, exc) from exc
+
     async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
         path = self.staging_path(key)
         try:
@@ -216,6 +222,13 @@ def _open_for_append(path: Path, offset: int) -> BinaryIO:
     fh.truncate(offset)
     fh.seek(offset)
     return fh
+
+
+def _cut(path: Path, offset: int) -> None:
+    with contextlib.suppress(FileNotFoundError), open(path, "r+b") as fh:
+        if os.fstat(fh.fileno()).st_size > offset:
+            fh.truncate(offset)
+            os.fsync(fh.fileno())
 
 
 def _sync(fh: BinaryIO) -> None:

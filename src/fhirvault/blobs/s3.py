@@ -240,7 +240,7 @@ class S3BlobStore(BlobStore):
         await asyncio.to_thread(spool.seek, 0)
         await asyncio.to_thread(spool.truncate, 0)
 
-    async def drop_staging(self, key: str, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
         if staging.get("tail") and staging["tail"] != keep.get("tail"):
             with contextlib.suppress(Exception):
                 await (await self._s3()).delete_object(Bucket=self.bucket, Key=staging["tail"])

@@ -123,7 +123,7 @@ async def head(request: Request) -> Response:
     """HEAD: how far the upload has come (its offset), and the Binary once complete."""
     try:
         _require_tus(request)
-        upload = await vault(request).uploads.status(context(request), request.path_params["upload_id"])
+        upload = await vault(request).uploads.settled_status(context(request), request.path_params["upload_id"])
     except FhirVaultError as exc:
         response = _failed(request, exc)
         return Response(status_code=response.status_code, headers=dict(response.headers))

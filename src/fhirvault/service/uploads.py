@@ -138,16 +138,31 @@ class UploadService:
                                 "(that needs update rights on it)")
 
     # -- status -----------------------------------------------------------------------------------
+    async def settled_status(self, ctx: RequestContext, upload_id: str) -> UploadRow:
+        """`status` once no PATCH is writing (waiting up to LEASE_WAIT_SECONDS): a client that lost its
+        connection asks for the offset at once, and must get the bytes the cut PATCH still stored."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEASE_WAIT_SECONDS
+        while True:
+            upload, leased = await self._status(ctx, upload_id)
+            if not leased or loop.time() >= deadline:
+                return upload
+            await asyncio.sleep(0.1)
+
     async def status(self, ctx: RequestContext, upload_id: str) -> UploadRow:
         """The caller's own upload; NotFound for an unknown one or another client's, Gone once expired."""
+        return (await self._status(ctx, upload_id))[0]
+
+    async def _status(self, ctx: RequestContext, upload_id: str) -> tuple[UploadRow, bool]:
         self.binaries.resources.require(ctx, "create", "Binary")
         async with self.db.read() as conn:
             upload = await self.rows.get(conn, upload_id)
+            leased = upload is not None and await self.rows.is_leased(conn, upload_id, now_us())
         if upload is None or upload.owner != owner_of(ctx):
             raise NotFound(f"There is no upload {upload_id}")
         if upload.expires < now_us():
             raise Gone(f"The upload {upload_id} has expired")
-        return upload
+        return upload, leased
 
     # -- append -----------------------------------------------------------------------------------
     async def append(self, ctx: RequestContext, upload_id: str, offset: int, chunks: AsyncIterator[bytes], *,
@@ -201,7 +216,7 @@ class UploadService:
         staging = await self.store.append(upload.blob_id, upload.offset, stream, upload.staging,
                                           length=upload.length)
         if checksum is not None and (body.received != declared or body.digest() != checksum.digest):
-            await self.store.drop_staging(upload.blob_id, staging, keep=upload.staging)
+            await self.store.drop_staging(upload.blob_id, upload.offset, staging, keep=upload.staging)
             if body.received != declared:
                 # The client went away mid-body: nothing to verify, nobody to answer.
                 return AppendResult(upload)
@@ -212,9 +227,10 @@ class UploadService:
         async with self.db.write() as conn:
             recorded = await self.rows.advance(conn, upload.id, lease, new_offset, staging, expires)
         if not recorded:
-            await self.store.drop_staging(upload.blob_id, staging, keep=upload.staging)
+            # Another request holds the upload now: its bytes past our offset must stay.
             raise Conflict(f"The upload {upload.id} was changed by another request meanwhile; ask for its offset")
-        await self.store.drop_staging(upload.blob_id, upload.staging, keep=staging)
+        if staging != upload.staging:
+            await self.store.drop_staging(upload.blob_id, new_offset, upload.staging, keep=staging)
         advanced = replace(upload, offset=new_offset, staging=staging, expires=expires)
         if meter is not None:
             self._digests[upload.id] = (new_offset, meter)

@@ -94,6 +94,12 @@ class UploadRows:
         ).values(lease=token, lease_until=until))
         return bool(result.rowcount == 1)
 
+    async def is_leased(self, conn: AsyncConnection, upload_id: str, now: int) -> bool:
+        """Whether a request holds the upload's write lease at `now`."""
+        row = (await conn.execute(sa.select(uploads.c.lease_until).where(
+            uploads.c.id == upload_id, uploads.c.lease.is_not(None), uploads.c.lease_until >= now))).first()
+        return row is not None
+
     async def release_lease(self, conn: AsyncConnection, upload_id: str, token: str) -> None:
         await conn.execute(sa.update(uploads).where(uploads.c.id == upload_id, uploads.c.lease == token)
                            .values(lease=None, lease_until=None))
