@@ -39,6 +39,11 @@ def add_client_commands(sub: Any) -> None:
     up.add_argument("--attach-to", metavar="REF", help="add the upload as an Attachment to this resource")
     up.add_argument("--element", default="photo", help="the Attachment element of --attach-to (default: photo)")
     up.add_argument("--json", action="store_true", help="print the created Binary as JSON")
+    up.add_argument("--resumable", action="store_true",
+                    help="upload with tus (Binary/$upload); run again after an interruption to go on where it "
+                         "stopped (state in ~/.cache/fhirvault/uploads)")
+    up.add_argument("--chunk-size", type=int, metavar="BYTES", help="with --resumable: bytes per request "
+                    "(default: all in one)")
     up.set_defaults(func=cmd_upload)
 
     down = sub.add_parser("download", parents=[conn], help="download a Binary or a signed URL")
@@ -108,12 +113,21 @@ def cmd_upload(args: argparse.Namespace) -> int:
             client.read_resource(*target)  # it must exist (and be readable) before anything is uploaded
             security_context = security_context or "/".join(target)
         with transfer_progress(f"upload {filename}") as on_progress:
-            body = UploadBody(args.file, on_progress)
-            binary = client.create_binary(body, content_type=args.content_type, filename=filename,
-                                          security_context=security_context)
+            if args.resumable:
+                binary = client.create_binary(args.file, content_type=args.content_type, filename=filename,
+                                              security_context=security_context, on_progress=on_progress,
+                                              resumable=True, chunk_size=args.chunk_size)
+                # The server fills in size and hash from the Binary when the Attachment is written.
+                attachment = {"contentType": binary.get("contentType"), "url": f"Binary/{binary['id']}",
+                              "title": filename}
+            else:
+                body = UploadBody(args.file, on_progress)
+                binary = client.create_binary(body, content_type=args.content_type, filename=filename,
+                                              security_context=security_context)
+                attachment = attachment_for(binary, body, filename)
         if target is not None:
             try:
-                attach(client, args.attach_to, args.element, attachment_for(binary, body, filename))
+                attach(client, args.attach_to, args.element, attachment)
             except BaseException:
                 _remove_orphan(client, binary)
                 raise
