@@ -17,17 +17,13 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
 from fhirvault.client.errors import FhirError, GoneError, NotFoundError, simple_outcome
 from fhirvault.client.exchange import FHIR_JSON, Call, Operation, Reply
 from fhirvault.client.transfer import ProgressCallback, UploadBody, guess_content_type
-
-if TYPE_CHECKING:
-    from fhirvault.client.async_client import AsyncFhirClient
-    from fhirvault.client.sync_client import FhirClient
 
 TUS = {"Tus-Resumable": "1.0.0"}
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "fhirvault" / "uploads"
@@ -40,6 +36,23 @@ MAX_PAUSE = 10.0
 READ_CHUNK = 1024 * 1024
 
 Resource = dict[str, Any]
+
+
+class FhirClient(Protocol):
+    """What a resumable upload needs of fhirvault.client.FhirClient (its driver, which applies the
+    token, redirect and error rules)."""
+
+    base_url: str
+
+    def _exchange(self, call: Call) -> Reply: ...
+
+
+class AsyncFhirClient(Protocol):
+    """What a resumable upload needs of fhirvault.client.AsyncFhirClient."""
+
+    base_url: str
+
+    async def _exchange(self, call: Call) -> Reply: ...
 
 
 class UploadState:

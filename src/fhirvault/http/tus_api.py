@@ -24,8 +24,7 @@ from fhirvault.http.disposition import safe_filename
 from fhirvault.http.fhir_api import context
 from fhirvault.http.responses import error_response
 from fhirvault.http.state import vault
-from fhirvault.service.uploads import CHECKSUM_ALGORITHMS, AppendResult, Checksum
-from fhirvault.store.uploads import UploadRow
+from fhirvault.service.uploads import CHECKSUM_ALGORITHMS, AppendResult, Checksum, UploadRow
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"

@@ -39,7 +39,8 @@ from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import WriteResult
 from fhirvault.store.blobs import BlobRegistry
 from fhirvault.store.database import Database
-from fhirvault.store.uploads import UploadRow, UploadRows
+from fhirvault.store.uploads import UploadRow as UploadRow  # what the use cases return
+from fhirvault.store.uploads import UploadRows
 
 log = logging.getLogger("fhirvault.uploads")
 
