@@ -109,6 +109,10 @@ def test_options_discovery_needs_no_token(fs_server: ServerProcess) -> None:
         "creation", "creation-with-upload", "expiration", "checksum", "termination"}
     assert int(r.headers["tus-max-size"]) == 8 * 1024**3
     assert set(r.headers["tus-checksum-algorithm"].split(",")) == {"sha1", "sha256"}
+    # The CapabilityStatement says where resumable uploads go.
+    statement = httpx.get(f"{fs_server.base}/metadata").json()
+    (binary,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "Binary"]
+    assert f"{fs_server.base}/Binary/$upload" in binary["documentation"]
 
 
 @pytest.mark.parametrize("mode", ["filesystem", "database", "inline"])

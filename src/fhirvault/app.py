@@ -200,7 +200,11 @@ class FhirVault:
                                    "required everywhere but /metadata, the token endpoint and signed /storage URLs.",
                 }},
                 operations_by_type={rtype: operations for rtype in resource_types()},
-                type_documentation={"Media": media_doc} if media_doc else None,
+                type_documentation={**({"Media": media_doc} if media_doc else {}), "Binary": (
+                    f"Resumable uploads: tus 1.0 (Core, creation, creation-with-upload, expiration, checksum "
+                    f"sha1/sha256, termination) at {base}/Binary/$upload, with the token and scopes of a Binary "
+                    "create; Upload-Metadata keys contentType, filename, securityContext. The finished "
+                    "upload's Binary id is in the X-Binary-Id header.")},
                 conditional_delete_max=self.settings.conditional_delete_max)
         return self._capability
 
