@@ -213,6 +213,8 @@ class S3BlobStore(BlobStore):
                     if spooled == part_size:
                         await self._send_part(client, key, state, spool, spooled)
                         spooled = 0
+            if position == offset and position != length:
+                return staging  # nothing new: the recorded tail stays as it is
             state["tail"], state["tail_size"] = None, 0
             if position == length and spooled:
                 await self._send_part(client, key, state, spool, spooled)  # the last part may be small

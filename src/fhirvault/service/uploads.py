@@ -186,17 +186,12 @@ class UploadService:
             raise Invalid(f"Checksum algorithm '{checksum.algorithm}' is not supported; use one of "
                           + ", ".join(CHECKSUM_ALGORITHMS))
         lease = uuid.uuid4().hex
-        await self._take_lease(upload_id, lease)
+        # Leased only at this offset: the row read above is then current (staging changes with the offset).
+        await self._take_lease(upload_id, lease, offset)
         done = False
         try:
-            async with self.db.read() as conn:
-                current = await self.rows.get(conn, upload_id)
-            if current is None:
-                raise NotFound(f"There is no upload {upload_id}")
-            if current.offset != offset:
-                raise Conflict(f"Upload-Offset {offset} is not the upload's offset {current.offset}")
-            result = await self._append_leased(ctx, current, lease, chunks, declared, checksum)
-            done = result.written is not None
+            result = await self._append_leased(ctx, upload, lease, chunks, declared, checksum)
+            done = True  # recording the bytes (or the Binary) let the lease go
             return result
         finally:
             if not done:
@@ -220,13 +215,17 @@ class UploadService:
             await self.store.drop_staging(upload.blob_id, upload.offset, staging, keep=upload.staging)
             if body.received != declared:
                 # The client went away mid-body: nothing to verify, nobody to answer.
+                async with self.db.write() as conn:
+                    await self.rows.release_lease(conn, upload.id, lease)
                 return AppendResult(upload)
             raise ChecksumMismatch(f"The {checksum.algorithm} checksum of the {body.received} bytes sent does not "
                                    "match Upload-Checksum; none of them was kept")
         new_offset = upload.offset + body.received
         expires = now_us() + self.expiry_us
         async with self.db.write() as conn:
-            recorded = await self.rows.advance(conn, upload.id, lease, new_offset, staging, expires)
+            # The last bytes keep the lease until the Binary is made (mark_complete lets it go).
+            recorded = await self.rows.advance(conn, upload.id, lease, new_offset, staging, expires,
+                                               release=new_offset != upload.length)
         if not recorded:
             # Another request holds the upload now: its bytes past our offset must stay.
             raise Conflict(f"The upload {upload.id} was changed by another request meanwhile; ask for its offset")
@@ -243,14 +242,21 @@ class UploadService:
             return AppendResult(final or advanced, written)
         return AppendResult(advanced)
 
-    async def _take_lease(self, upload_id: str, lease: str) -> None:
+    async def _take_lease(self, upload_id: str, lease: str, offset: int | None = None) -> None:
+        """The upload's write lease (at `offset` when given: Conflict once it has another); Locked when
+        another request still holds it after LEASE_WAIT_SECONDS; NotFound when the upload went."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LEASE_WAIT_SECONDS
         while True:
             now = now_us()
             async with self.db.write() as conn:
-                if await self.rows.lease(conn, upload_id, lease, now, now + LEASE_SECONDS * 1_000_000):
+                if await self.rows.lease(conn, upload_id, lease, now, now + LEASE_SECONDS * 1_000_000, offset):
                     return
+                current = await self.rows.get(conn, upload_id)
+            if current is None:
+                raise NotFound(f"There is no upload {upload_id}")
+            if offset is not None and current.offset != offset:
+                raise Conflict(f"Upload-Offset {offset} is not the upload's offset {current.offset}")
             if loop.time() >= deadline:
                 raise Locked(f"Another request is writing to upload {upload_id}; retry shortly")
             await asyncio.sleep(0.2)

@@ -86,12 +86,15 @@ class UploadRows:
         row = (await conn.execute(sa.select(uploads).where(uploads.c.id == upload_id))).first()
         return _row(row) if row else None
 
-    async def lease(self, conn: AsyncConnection, upload_id: str, token: str, now: int, until: int) -> bool:
-        """Take the upload's write lease (free, expired, or already ours); False while another holds it."""
-        result = await conn.execute(sa.update(uploads).where(
-            uploads.c.id == upload_id,
-            sa.or_(uploads.c.lease.is_(None), uploads.c.lease_until < now, uploads.c.lease == token),
-        ).values(lease=token, lease_until=until))
+    async def lease(self, conn: AsyncConnection, upload_id: str, token: str, now: int, until: int,
+                    offset: int | None = None) -> bool:
+        """Take the upload's write lease (free, expired, or already ours), only while its offset is
+        `offset` when given; False while another holds it (or the offset differs)."""
+        where = [uploads.c.id == upload_id,
+                 sa.or_(uploads.c.lease.is_(None), uploads.c.lease_until < now, uploads.c.lease == token)]
+        if offset is not None:
+            where.append(uploads.c.received == offset)
+        result = await conn.execute(sa.update(uploads).where(*where).values(lease=token, lease_until=until))
         return bool(result.rowcount == 1)
 
     async def is_leased(self, conn: AsyncConnection, upload_id: str, now: int) -> bool:
@@ -105,10 +108,14 @@ class UploadRows:
                            .values(lease=None, lease_until=None))
 
     async def advance(self, conn: AsyncConnection, upload_id: str, token: str, offset: int,
-                      staging: dict[str, Any], expires: int) -> bool:
-        """Record bytes staged up to `offset` under the lease `token`; False when the lease was lost."""
+                      staging: dict[str, Any], expires: int, release: bool) -> bool:
+        """Record bytes staged up to `offset` under the lease `token` (letting the lease go when `release`);
+        False when the lease was lost."""
+        values: dict[str, Any] = {"received": offset, "staging": json.dumps(staging), "expires": expires}
+        if release:
+            values.update(lease=None, lease_until=None)
         result = await conn.execute(sa.update(uploads).where(uploads.c.id == upload_id, uploads.c.lease == token)
-                                    .values(received=offset, staging=json.dumps(staging), expires=expires))
+                                    .values(**values))
         return bool(result.rowcount == 1)
 
     async def mark_complete(self, conn: AsyncConnection, upload_id: str, binary_id: str, version: int) -> None:
