@@ -95,7 +95,7 @@ def patch(server: ServerProcess, url: str, offset: int, body: bytes, **headers: 
 
 
 def meta(**values: str) -> str:
-    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" if v else k for k, v in values.items())
 
 
 # -- discovery and the whole protocol with tuspy ---------------------------------------------------
@@ -378,3 +378,48 @@ def test_s3_parts_tails_and_two_nodes_on_postgres(start: Callable[..., ServerPro
     assert patch(first, url, MiB, part[MiB:], **{"Upload-Checksum": f"sha1 {bad}"}).status_code == 460
     assert patch(first, url, MiB, part[MiB:]).status_code == 204
     assert binary_of(first, url)[1] == part
+
+
+# -- hostile inputs ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_odd_upload_ids_name_nothing(start: Callable[..., ServerProcess], backend: str) -> None:
+    server = start(backend=backend)
+    h = {**server.auth_headers(), **TUS}
+    for odd in ("%00", "abc", "..%2F..%2Fetc", "A" * 32, "0" * 300, "%C3%A9" * 16):
+        url = f"{server.base}/Binary/$upload/{odd}"
+        assert httpx.head(url, headers=h).status_code == 404, odd
+        r = httpx.patch(url, content=b"x", headers={**h, **OCTETS, "Upload-Offset": "0"})
+        assert r.status_code == 404, (odd, r.text)
+        assert httpx.delete(url, headers=h).status_code == 404, odd
+    # Long metadata values are kept (PostgreSQL too), a file name reduced to its last part.
+    long_name = "x" * 1000 + ".bin"
+    r = create(server, 3, meta(filename="/a/b/" + long_name, securityContext=""), body=b"abc")
+    assert r.status_code == 201, r.text
+    _, content, resource = binary_of(server, r.headers["location"])
+    assert content == b"abc" and resource["meta"]["extension"][0]["valueString"] == long_name
+
+
+def test_patient_context_clients(fs_server: ServerProcess) -> None:
+    with fs_server.api() as api:
+        patient = api.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+    client = fs_server.create_client("tus-patient", "patient/Binary.cru patient/Patient.ru", f"Patient/{patient}")
+    h = {"Authorization": f"Bearer {fs_server.token(client['client_id'], client['client_secret'])}"}
+    # Refused before any byte is sent: a Binary outside the patient's compartment.
+    assert create(fs_server, 3, headers=h).status_code == 403
+    r = create(fs_server, 3, meta(securityContext=f"Patient/{patient}"), headers=h, body=b"abc")
+    assert r.status_code == 201, r.text
+    assert "x-binary-id" in r.headers
+
+
+def test_concurrent_patches_to_one_upload(fs_server: ServerProcess) -> None:
+    import concurrent.futures
+
+    data = os.urandom(4 * MiB)
+    url = create(fs_server, len(data)).headers["location"]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: patch(fs_server, url, 0, data), range(4)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses.count(204) == 1, statuses
+    assert set(statuses) <= {204, 409, 423}, statuses
+    assert binary_of(fs_server, url)[1] == data

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import AsyncIterator
 from email.utils import formatdate
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from fhirvault.errors import FhirVaultError, Invalid, PreconditionFailed, Unsupported
+from fhirvault.errors import FhirVaultError, Invalid, NotFound, PreconditionFailed, Unsupported
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, check_reference
 from fhirvault.fhir.r4 import whole_number
 from fhirvault.http.disposition import safe_filename
@@ -29,6 +30,7 @@ from fhirvault.service.uploads import CHECKSUM_ALGORITHMS, AppendResult, Checksu
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 # Upload-Metadata keys and what they set; tus clients name the type and the file name differently
 # (tus-js-client examples use filetype/filename, Uppy sends type/name as well), so each has aliases.
 CONTENT_TYPE_KEYS = ("contentType", "filetype", "type")
@@ -39,8 +41,7 @@ EXPOSED_HEADERS = ("Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus
                    "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, Location, "
                    "Content-Location, X-Binary-Id, Link")
 ALLOWED_HEADERS = ("Authorization, Content-Type, Tus-Resumable, Upload-Length, Upload-Metadata, "
-                   "Upload-Offset, Upload-Checksum, Upload-Defer-Length, Upload-Concat, X-HTTP-Method-Override, "
-                   "X-Requested-With")
+                   "Upload-Offset, Upload-Checksum, Upload-Defer-Length, Upload-Concat, X-Requested-With")
 
 
 def _base_headers(request: Request) -> dict[str, str]:
@@ -118,11 +119,19 @@ async def create(request: Request) -> Response:
         return _failed(request, exc, {"Location": upload_url(request, upload.id)} if upload else None)
 
 
+def _upload_id(request: Request) -> str:
+    """The upload id of the path: fhirvault's ids are 32 hex digits, anything else names no upload."""
+    upload_id = str(request.path_params["upload_id"])
+    if not UPLOAD_ID.fullmatch(upload_id):
+        raise NotFound(f"There is no upload {upload_id[:40]!r}")
+    return upload_id
+
+
 async def head(request: Request) -> Response:
     """HEAD: how far the upload has come (its offset), and the Binary once complete."""
     try:
         _require_tus(request)
-        upload = await vault(request).uploads.settled_status(context(request), request.path_params["upload_id"])
+        upload = await vault(request).uploads.settled_status(context(request), _upload_id(request))
     except FhirVaultError as exc:
         response = _failed(request, exc)
         return Response(status_code=response.status_code, headers=dict(response.headers))
@@ -142,7 +151,7 @@ async def patch(request: Request) -> Response:
         offset = _whole(request.headers.get("upload-offset"), "Upload-Offset")
         checksum = _checksum(request)
         result = await vault(request).uploads.append(
-            context(request), request.path_params["upload_id"], offset, _until_gone(request),
+            context(request), _upload_id(request), offset, _until_gone(request),
             declared=_body_length(request), checksum=checksum)
     except FhirVaultError as exc:
         return _failed(request, exc)
@@ -154,7 +163,7 @@ async def delete(request: Request) -> Response:
     """DELETE: the upload and its bytes go (Termination); a finished upload's Binary stays."""
     try:
         _require_tus(request)
-        await vault(request).uploads.terminate(context(request), request.path_params["upload_id"])
+        await vault(request).uploads.terminate(context(request), _upload_id(request))
     except FhirVaultError as exc:
         return _failed(request, exc)
     return Response(status_code=204, headers=_base_headers(request))

@@ -115,8 +115,9 @@ class UploadService:
             content_type = check_content_type(content_type, "The contentType of Upload-Metadata")
         except ValueError as exc:
             raise Invalid(str(exc), expression="Binary.contentType") from None
-        if security_context is not None:
-            await self._check_security_context(ctx, security_context)
+        # The Binary this upload will make must be one the caller may create (a securityContext needs
+        # update rights on what it names; a patient-context client's Binary must stay in its compartment).
+        await self._check_may_create(ctx, security_context)
         now = now_us()
         upload = UploadRow(
             id=uuid.uuid4().hex, owner=owner_of(ctx), blob_id=uuid.uuid4().hex, length=length, offset=0,
@@ -130,13 +131,18 @@ class UploadService:
         self._trim_digests()
         return upload
 
-    async def _check_security_context(self, ctx: RequestContext, reference: str) -> None:
+    async def _check_may_create(self, ctx: RequestContext, security_context: str | None) -> None:
         access = self.binaries.resources.access
-        probe: dict[str, Any] = {"resourceType": "Binary", "securityContext": {"reference": reference}}
+        probe: dict[str, Any] = {"resourceType": "Binary"}
+        if security_context is not None:
+            probe["securityContext"] = {"reference": security_context}
         async with self.db.read() as conn:
-            if not await access.can_see(ctx, conn, probe, "create"):
-                raise Forbidden(f"This client may not create a Binary whose securityContext is {reference} "
-                                "(that needs update rights on it)")
+            if await access.can_see(ctx, conn, probe, "create"):
+                return
+        if security_context is None:
+            raise Forbidden("This client may not create a Binary without a securityContext")
+        raise Forbidden(f"This client may not create a Binary whose securityContext is {security_context} "
+                        "(that needs update rights on it)")
 
     # -- status -----------------------------------------------------------------------------------
     async def settled_status(self, ctx: RequestContext, upload_id: str) -> UploadRow:
