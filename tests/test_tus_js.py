@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -18,6 +17,7 @@ import pytest
 from tests.conftest import IN_CI
 from tests.support.cut_proxy import CutProxy, cut_proxy
 from tests.support.server import ServerProcess, free_port, settings_env
+from tests.test_interop_medplum import node_or_skip as medplum_node_or_skip
 from tests.test_storage_browser import Page, require_tool, run_browser, wait_for
 from tests.test_storage_browser import page_server as page_server  # noqa: F401 - the fixture
 
@@ -28,18 +28,13 @@ MiB = 1024 * 1024
 
 
 def node_or_skip() -> str:
-    problem = None
-    node = shutil.which("node")
-    if node is None:
-        problem = "node is not installed"
-    elif not TUS_JS.exists():
-        problem = "tus-js-client is not installed: run `npm install` in tests/js"
-    if problem is None:
-        assert node is not None
-        return node
-    if IN_CI:
-        pytest.fail(f"{problem}, and CI=true requires it")
-    pytest.skip(problem)
+    """node with tests/js installed (the MedplumClient tests' check), and tus-js-client among it."""
+    node = medplum_node_or_skip()
+    if not TUS_JS.exists():
+        if IN_CI:
+            pytest.fail("tus-js-client is not installed (npm install in tests/js), and CI=true requires it")
+        pytest.skip("tus-js-client is not installed: run `npm install` in tests/js")
+    return node
 
 
 @pytest.fixture(scope="module")

@@ -292,10 +292,11 @@ def proxied_server(start: Callable[..., ServerProcess], stack: ExitStack, **sett
     return server, proxy
 
 
-@pytest.mark.parametrize("mode", ["filesystem", "database"])
+@pytest.mark.parametrize("mode", ["filesystem", "database", "s3"])
 def test_tuspy_resumes_after_a_cut_connection(start: Callable[..., ServerProcess], stack: ExitStack,
-                                              tmp_path: Path, mode: str) -> None:
-    server, proxy = proxied_server(start, stack, storage_mode=mode)
+                                              tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> None:
+    settings = request.getfixturevalue("s3_settings") if mode == "s3" else {"storage_mode": mode}
+    server, proxy = proxied_server(start, stack, **settings)
     size = 12 * MiB
     data = write_file(tmp_path / "video.bin", size)
     proxy.cut_after(int(size * 0.9))

@@ -174,20 +174,16 @@ def _path_of(data: object) -> Path:
 
 def run_sync(client: FhirClient, op: Operation[Resource]) -> Resource:
     """Drive a resumable upload on the synchronous client, throwing recoverable failures into it."""
-    failures = 0
+    failures, pause = 0, 0.0
     try:
         call = next(op)
         while True:
+            time.sleep(pause)
             try:
-                reply = client._exchange(call)
+                outcome: Reply | Exception = client._exchange(call)
             except (FhirError, httpx.TransportError) as exc:
-                failures = _count_failure(exc, failures)
-                time.sleep(_pause(failures))
-                call = op.throw(exc)
-                continue
-            if call.method == "PATCH":
-                failures = 0
-            call = op.send(reply)
+                outcome = exc
+            call, failures, pause = _advance(op, call, outcome, failures)
     except StopIteration as done:
         result: Resource = done.value
         return result
@@ -195,23 +191,29 @@ def run_sync(client: FhirClient, op: Operation[Resource]) -> Resource:
 
 async def run_async(client: AsyncFhirClient, op: Operation[Resource]) -> Resource:
     """As run_sync, on the asynchronous client."""
-    failures = 0
+    failures, pause = 0, 0.0
     try:
         call = next(op)
         while True:
+            await asyncio.sleep(pause)
             try:
-                reply = await client._exchange(call)
+                outcome: Reply | Exception = await client._exchange(call)
             except (FhirError, httpx.TransportError) as exc:
-                failures = _count_failure(exc, failures)
-                await asyncio.sleep(_pause(failures))
-                call = op.throw(exc)
-                continue
-            if call.method == "PATCH":
-                failures = 0
-            call = op.send(reply)
+                outcome = exc
+            call, failures, pause = _advance(op, call, outcome, failures)
     except StopIteration as done:
         result: Resource = done.value
         return result
+
+
+def _advance(op: Operation[Resource], call: Call, outcome: Reply | Exception,
+             failures: int) -> tuple[Call, int, float]:
+    """The operation's next call, the failures in a row so far and the pause before that call. A failure
+    it cannot recover from (or too many in a row) is raised; a PATCH that got through resets the count."""
+    if isinstance(outcome, Exception):
+        failures = _count_failure(outcome, failures)
+        return op.throw(outcome), failures, _pause(failures)
+    return op.send(outcome), 0 if call.method == "PATCH" else failures, 0.0
 
 
 def _count_failure(exc: Exception, failures: int) -> int:
