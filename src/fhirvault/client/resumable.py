@@ -92,6 +92,8 @@ def resumable_upload(base: str, path: Path, state: UploadState, *, content_type:
     """Upload the file at `path` with tus and return the Binary the server made of it. Failures the
     driver throws in (RETRY_STATUSES, connection errors) make it ask the server for the offset and go
     on from there; `chunk_size` bytes per PATCH (None: all that remain in one)."""
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError("chunk_size must be a positive number of bytes")
     size = state.size
     filename = filename or path.name
     content_type = content_type or guess_content_type(filename)
