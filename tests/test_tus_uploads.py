@@ -424,3 +424,16 @@ def test_concurrent_patches_to_one_upload(fs_server: ServerProcess) -> None:
     assert statuses.count(204) == 1, statuses
     assert set(statuses) <= {204, 409, 423}, statuses
     assert binary_of(fs_server, url)[1] == data
+
+
+@pytest.mark.parametrize("header", [{"Upload-Complete": "?0"}, {"Upload-Incomplete": "?1"}])
+def test_a_partial_upload_of_the_ietf_draft_makes_no_binary(fs_server: ServerProcess, header: dict[str, str]) -> None:
+    with fs_server.api() as api:
+        before = api.get("/Binary", params={"_summary": "count"}).json()["total"]
+        r = api.post("/Binary", content=b"part of a file", headers={"Content-Type": "text/plain", **header})
+        assert r.status_code == 400 and "Binary/$upload" in r.text
+        assert api.get("/Binary", params={"_summary": "count"}).json()["total"] == before
+        # A request that says it is complete is a plain upload.
+        done = api.post("/Binary", content=b"all of it",
+                        headers={"Content-Type": "text/plain", "Upload-Complete": "?1"})
+        assert done.status_code == 201
