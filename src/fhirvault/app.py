@@ -68,7 +68,8 @@ class FhirVault:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
-        self.store = ResourceStore()
+        self.blob_registry = BlobRegistry()
+        self.store = ResourceStore(self.blob_registry)
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
@@ -77,14 +78,14 @@ class FhirVault:
         self.bundles = BundleService(self.resources)
         self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
-        self.blob_registry = BlobRegistry()
         # Resumable uploads stage their bytes in the blob store; in inline mode, which has none, in the
         # database's chunk table, until the finished content goes into its resource.
         staging_store = self.blob_store or DatabaseBlobStore(self.db)
         self.binaries = BinaryService(
             self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
-            pending_grace_seconds=settings.pending_blob_grace_seconds, staging_store=staging_store)
+            pending_grace_seconds=settings.pending_blob_grace_seconds, dedup=settings.dedup_enabled,
+            staging_store=staging_store)
         self.uploads = UploadService(self.db, self.binaries, staging_store, self.blob_registry,
                                      max_bytes=settings.max_binary_bytes,
                                      expiry_seconds=settings.upload_expiry_seconds)
@@ -98,7 +99,8 @@ class FhirVault:
         self.resources.write_pipeline = WritePipeline(
             validate=R4Validation() if settings.validation_enabled else None,
             move_inline_data=InlineDataMover(self.resources, self.blob_store, self.blob_registry,
-                                             settings.inline_max_bytes),
+                                             settings.inline_max_bytes, dedup=settings.dedup_enabled,
+                                             remove_later=self.binaries.remove_later),
             normalize_attachment_urls=AttachmentNormalizer(
                 self.resources.access, UrlShapes(settings.fhir_base_url, self.signed_urls)),
             schedule_ingestion=self.ingestion.scheduler)
@@ -133,6 +135,7 @@ class FhirVault:
         """Running jobs get the shutdown timeout to finish; those that do not are handed back to the queue."""
         self.readiness.stopping = True
         await self.workers.stop()
+        await self.binaries.settled()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import inspect
 import json
@@ -378,6 +379,27 @@ def cmd_expunge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_stats(args: argparse.Namespace) -> int:
+    """Print what the blob store holds: committed blobs, bytes stored, bytes deduplication saved."""
+    async def stats(vault: FhirVault) -> dict[str, Any]:
+        async with vault.db.read() as conn:
+            found = await vault.blob_registry.stats(conn)
+        return {"storage_mode": vault.settings.storage_mode, "dedup_enabled": vault.settings.dedup_enabled,
+                **dataclasses.asdict(found)}
+
+    figures = _on_vault(args, stats)
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    labels = {"storage_mode": "storage mode", "dedup_enabled": "dedup enabled", "blobs": "blobs",
+              "bytes_stored": "bytes stored", "bytes_saved": "bytes saved", "references": "references",
+              "pending": "pending blobs", "released": "released blobs"}
+    for key, label in labels.items():
+        value = figures[key]
+        print(f"{label:<15} {str(value).lower() if isinstance(value, bool) else value}")
+    return 0
+
+
 def cmd_reindex(args: argparse.Namespace) -> int:
     """Rebuild the search index of one resource type, or of all; resumable if interrupted."""
     from fhirvault.fhir.r4 import is_resource_type
@@ -458,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     expunge.add_argument("reference", help="Type/id, e.g. Binary/123")
     _add_server_options(expunge)
     expunge.set_defaults(func=cmd_expunge)
+    storage = sub.add_parser("storage", help="blob storage").add_subparsers(dest="action", required=True)
+    storage_stats = storage.add_parser("stats", help="print blobs, bytes stored and bytes saved by deduplication")
+    storage_stats.add_argument("--json", action="store_true", help="one JSON object")
+    _add_server_options(storage_stats)
+    storage_stats.set_defaults(func=cmd_storage_stats)
     clients = sub.add_parser("clients", help="manage OAuth2 clients").add_subparsers(dest="action", required=True)
     create = clients.add_parser("create", help="create a client and print its id and secret once")
     create.add_argument("--name", required=True)

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     s3_access_key: str = ""
     s3_secret_key: str = ""
     s3_redirect_downloads: bool = False
+    # Content equal to a committed blob's (SHA-256 and size) refers to that blob instead of being stored
+    # again (store/blobs.py BlobRegistry.settle); off: every upload keeps its own copy.
+    dedup_enabled: bool = True
 
     # Attachments and signed URLs
     rewrite_attachment_urls: bool = True

@@ -35,6 +35,11 @@ class BlobStore(ABC):
         outside the database and cannot (the caller then uses `put`, and removes them on rollback)."""
         return False
 
+    async def delete_in_transaction(self, conn: AsyncConnection, key: str) -> bool:
+        """Remove, inside the caller's open transaction `conn`, bytes `put_in_transaction` stored there.
+        True when done; False when this backend keeps its bytes outside the database."""
+        return False
+
     # -- resumable staging: a blob written by several appends, possibly from several nodes ----------
     # The caller (service/uploads.py) records after each append how many bytes are staged and the
     # backend's JSON `staging` state; the backend keeps nothing between calls in memory.

@@ -52,6 +52,10 @@ class DatabaseBlobStore(BlobStore):
                 blob_key=key, seq=seq, data=data[offset:offset + CHUNK_BYTES]))
         return True
 
+    async def delete_in_transaction(self, conn: AsyncConnection, key: str) -> bool:
+        await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
+        return True
+
     async def append(self, key: str, offset: int, chunks: AsyncIterator[bytes], staging: dict[str, Any],
                      *, length: int) -> dict[str, Any]:
         """Appends chunk rows (each in its own short transaction); a partial last chunk is rewritten whole,

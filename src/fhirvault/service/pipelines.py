@@ -27,8 +27,9 @@ Finish = Callable[[], Awaitable[None]]
 
 @dataclass
 class UnitOfWork:
-    """One write transaction (`conn`), the resources it wrote (for the after-commit steps), and the undo
-    actions for work done outside the database (bytes put in a blob store), awaited if it rolls back.
+    """One write transaction (`conn`), the resources it wrote (for the after-commit steps), the undo
+    actions for work done outside the database (bytes put in a blob store), awaited if it rolls back, and
+    `on_commit` actions (plain calls, e.g. starting a background removal), run once it has committed.
 
     A transaction Bundle writes its entries one after another, yet R4 says their order does not matter
     (http.html#trules). `upcoming` holds the references (`Binary/123`) the unit is still going to write;
@@ -38,6 +39,7 @@ class UnitOfWork:
     conn: AsyncConnection
     committed: list[dict[str, Any]] = field(default_factory=list)
     on_rollback: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
     upcoming: set[str] = field(default_factory=set)
     written: list[StoredResource] = field(default_factory=list)
     deferred: list[tuple[dict[str, Any], Finish]] = field(default_factory=list)

@@ -21,6 +21,7 @@ from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
 from fhirvault.service.search import SearchResult, conditional_matches, run_search, searchset
 from fhirvault.service.timeutil import to_instant
+from fhirvault.store.blobs import ContentRace
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
 
@@ -114,11 +115,13 @@ class ResourceService:
             except BaseException as exc:
                 if uow is not None:
                     await uow.rolled_back()
-                if not isinstance(exc, VersionConflict):
+                if not isinstance(exc, (VersionConflict, ContentRace)):
                     raise
                 if attempt == MAX_RETRIES - 1:
                     raise Conflict("The resource is being changed by other requests; retry") from None
         assert uow is not None
+        for action in uow.on_commit:
+            action()
         await self.write_pipeline.committed(ctx, uow)
         return result
 

@@ -63,6 +63,32 @@ async def _create_url_signing_keys(conn: AsyncConnection) -> None:
     await insert_key(conn, new_key(now_us()))
 
 
+async def _blob_references(conn: AsyncConnection) -> None:
+    """Content deduplication: each blob counts the versions referring to it (`refs`, counted now from
+    resource_versions), and one committed blob per content (the smallest id) gets the content key that later
+    equal uploads share; copies stored before keep their bytes (and their own row) until expunged."""
+    columns = await conn.run_sync(lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("blobs")})
+    if "refs" not in columns:  # a database made by 0003 before these columns were part of the table
+        await conn.execute(sa.text("ALTER TABLE blobs ADD COLUMN refs INTEGER DEFAULT '0' NOT NULL"))
+    if "content_key" not in columns:
+        await conn.execute(sa.text("ALTER TABLE blobs ADD COLUMN content_key VARCHAR(96)"))
+    # Counted once by grouping into an indexed scratch table: resource_versions has no index on blob_id,
+    # and a count per blob would scan all versions once per blob.
+    await conn.execute(sa.text("DROP TABLE IF EXISTS blob_refs_0009"))
+    await conn.execute(sa.text(
+        "CREATE TABLE blob_refs_0009 AS SELECT blob_id, count(*) AS n FROM resource_versions "
+        "WHERE blob_id IS NOT NULL GROUP BY blob_id"))
+    await conn.execute(sa.text("CREATE UNIQUE INDEX ux_blob_refs_0009 ON blob_refs_0009 (blob_id)"))
+    await conn.execute(sa.text(
+        "UPDATE blobs SET refs = coalesce((SELECT c.n FROM blob_refs_0009 c WHERE c.blob_id = blobs.id), 0)"))
+    await conn.execute(sa.text("DROP TABLE blob_refs_0009"))
+    await conn.execute(sa.text(
+        "UPDATE blobs SET content_key = sha256 || ':' || CAST(size AS VARCHAR(24)) "
+        "WHERE content_key IS NULL AND id IN (SELECT min(b.id) FROM blobs b WHERE b.state = 'committed' "
+        "AND b.sha256 IS NOT NULL AND b.size IS NOT NULL GROUP BY b.sha256, b.size)"))
+    await conn.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS ux_blobs_content_key ON blobs (content_key)"))
+
+
 STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("0001_resources", _create(resources, resource_versions, search_tokens, search_refs)),
     MigrationStep("0002_security", _create(clients, signing_keys)),
@@ -75,6 +101,7 @@ STEPS: tuple[MigrationStep, ...] = (
         "CREATE INDEX IF NOT EXISTS ix_blobs_storage_key ON blobs (storage_key)")),
     # Typed search index tables; every stored type is marked for a resumable rebuild of its index.
     MigrationStep("0008_search_index", create_search_tables),
+    MigrationStep("0009_blob_references", _blob_references),
     # Resumable (tus) uploads: their offsets survive restarts and are shared by every node.
     MigrationStep("0011_uploads", _create(uploads)),
 )

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault import jsoncodec
 from fhirvault.fhir.indexing import COMPARTMENT
 from fhirvault.fhir.search_index import IndexRows
+from fhirvault.store.blobs import BlobRecord, BlobRegistry
 from fhirvault.store.schema import resource_versions, resources, search_refs
 from fhirvault.store.search_sql import Criteria, Restriction, SortKey, criteria_sql, restriction_sql, sort_columns
 from fhirvault.store.search_tables import delete_index, write_index
@@ -43,7 +44,12 @@ def row_to_stored(row: Any, method: str | None = None) -> StoredResource:
 
 
 class ResourceStore:
-    """SQL access for resources; every method runs inside a transaction the caller owns."""
+    """SQL access for resources; every method runs inside a transaction the caller owns. A version that
+    refers to a blob counts as one reference to it (BlobRegistry `refs`), taken where the version is
+    inserted (`write`) and given back where it is removed (`expunge`), so no other path can forget it."""
+
+    def __init__(self, registry: BlobRegistry | None = None) -> None:
+        self.registry = registry or BlobRegistry()
 
     async def get(self, conn: AsyncConnection, rtype: str, rid: str, for_update: bool = False
                   ) -> StoredResource | None:
@@ -97,6 +103,8 @@ class ResourceStore:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} changed concurrently")
         await conn.execute(sa.insert(resource_versions).values(
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
+        if stored.blob_id is not None:
+            await self.registry.add_reference(conn, stored.blob_id)
         await write_index(conn, stored.resource_type, stored.id, index, new=previous_version is None)
 
     async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:
@@ -234,10 +242,18 @@ class ResourceStore:
         stmt = sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid).order_by(t.c.version_id)
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
-    async def expunge(self, conn: AsyncConnection, rtype: str, rid: str) -> None:
+    async def expunge(self, conn: AsyncConnection, rtype: str, rid: str) -> list[BlobRecord]:
+        """Remove every version of rtype/rid and its search index; returns the blobs whose last reference
+        went with them (released in this transaction; the caller removes their bytes after the commit).
+        Blobs that versions of other resources (or of nothing else) still refer to keep their bytes."""
+        t = resource_versions
+        counts = {str(row[0]): int(row[1]) for row in (await conn.execute(
+            sa.select(t.c.blob_id, sa.func.count()).where(t.c.resource_type == rtype, t.c.id == rid,
+                                                          t.c.blob_id.is_not(None)).group_by(t.c.blob_id))).all()}
         for table in (resources, resource_versions):
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
         await delete_index(conn, rtype, rid)
+        return await self.registry.drop_references(conn, counts)
 
     async def last_deletion(self, conn: AsyncConnection, rtype: str, rid: str) -> int | None:
         """When rtype/rid was last deleted (microseconds), or None: what came before belongs to an earlier
