@@ -437,3 +437,23 @@ def test_a_partial_upload_of_the_ietf_draft_makes_no_binary(fs_server: ServerPro
         done = api.post("/Binary", content=b"all of it",
                         headers={"Content-Type": "text/plain", "Upload-Complete": "?1"})
         assert done.status_code == 201
+
+
+def test_identical_tus_uploads_share_their_bytes(fs_server: ServerProcess) -> None:
+    """The tus commit goes through the raw-create commit path, so deduplication applies to it as well."""
+    def stored_files() -> set[Path]:
+        return {p for p in (fs_server.data_dir / "blobs").rglob("*") if p.is_file() and not p.name.startswith(".")}
+
+    data = os.urandom(MiB + 1)
+    before = stored_files()
+    urls = []
+    for _ in range(2):
+        url = create(fs_server, len(data), meta(contentType="application/pdf")).headers["location"]
+        assert patch(fs_server, url, 0, data).status_code == 204
+        urls.append(url)
+    ids = [binary_of(fs_server, url)[0] for url in urls]
+    assert ids[0] != ids[1] and all(binary_of(fs_server, url)[1] == data for url in urls)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(stored_files() - before) != 1:
+        time.sleep(0.2)
+    assert len(stored_files() - before) == 1
