@@ -21,9 +21,9 @@ from fhirvault.blobs.factory import open_blob_store
 from fhirvault.clock import now_us
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
-from fhirvault.fhir import validation
+from fhirvault.fhir import scan_definitions, validation
 from fhirvault.fhir.capability import capability_statement
-from fhirvault.fhir.operation_definitions import builtin_operation_definitions
+from fhirvault.fhir.operation_definitions import applies_to, builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import routes as http_routes
 from fhirvault.http import storage_api
@@ -31,6 +31,7 @@ from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
 from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.formats import FhirFormatMiddleware
 from fhirvault.http.responses import error_response, outcome_response
+from fhirvault.jobs.clamd import ClamdScanner
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
 from fhirvault.security.clients import ClientStore
@@ -42,6 +43,7 @@ from fhirvault.service.attachments import AttachmentNormalizer, AttachmentUrlSig
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.binary_access import BinaryAccess
 from fhirvault.service.bundles import BundleService
+from fhirvault.service.direct_uploads import DirectUploadService
 from fhirvault.service.health import Readiness
 from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
 from fhirvault.service.ingestion import AttachmentIngestion
@@ -49,6 +51,9 @@ from fhirvault.service.inline_data import InlineDataMover
 from fhirvault.service.pipelines import ReadPipeline, WritePipeline
 from fhirvault.service.reindex import Reindexer
 from fhirvault.service.resources import ResourceService
+from fhirvault.service.scans import JOB_KIND as SCAN_JOB
+from fhirvault.service.scans import ContentScans
+from fhirvault.service.search_parse import SCAN_STATUS_PARAM
 from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import to_instant
@@ -89,12 +94,22 @@ class FhirVault:
         self.uploads = UploadService(self.db, self.binaries, staging_store, self.blob_registry,
                                      max_bytes=settings.max_binary_bytes,
                                      expiry_seconds=settings.upload_expiry_seconds)
+        self.direct_uploads = DirectUploadService(
+            self.db, self.binaries, self.blob_store, self.blob_registry, ttl_seconds=settings.direct_upload_ttl,
+            part_bytes=settings.direct_upload_part_bytes, grace_seconds=settings.pending_blob_grace_seconds)
         self.signed_urls = SignedUrl(self.db, settings.storage_base_url, settings.signed_url_ttl,
                                      settings.signed_url_window, also_accepted=(settings.public_base_url,))
         self.jobs = JobQueue(self.db, max_attempts=settings.ingest_max_attempts,
                              backoff_seconds=settings.ingest_backoff_seconds,
                              lease_seconds=settings.job_lease_seconds)
         self.ingestion = AttachmentIngestion(self.resources, self.binaries, self.jobs, settings)
+        self.jobs.set_retry_policy(SCAN_JOB, max_attempts=settings.scan_max_attempts,
+                                   backoff_seconds=settings.scan_backoff_seconds)
+        self.scans = ContentScans(
+            self.db, self.store, self.blob_registry, self.blob_store, self.jobs,
+            ClamdScanner(settings.scan_clamd_url, settings.scan_timeout_seconds) if settings.scan_mode != "off"
+            else None,
+            mode=settings.scan_mode, max_bytes=settings.scan_max_bytes, fhir_base_url=settings.fhir_base_url)
         # The steps every resource passes; their order is fixed in service/pipelines.py.
         self.resources.write_pipeline = WritePipeline(
             validate=R4Validation() if settings.validation_enabled else None,
@@ -103,12 +118,15 @@ class FhirVault:
                                              remove_later=self.binaries.remove_later),
             normalize_attachment_urls=AttachmentNormalizer(
                 self.resources.access, UrlShapes(settings.fhir_base_url, self.signed_urls)),
+            record_content_scans=self.scans if settings.scan_mode != "off" else None,
             schedule_ingestion=self.ingestion.scheduler)
         self.resources.read_pipeline = ReadPipeline(
             sign_attachment_urls=AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls)
-            if settings.rewrite_attachment_urls else None)
+            if settings.rewrite_attachment_urls else None,
+            show_scan_status=self.scans)
         self.storage = StorageDownloads(self.binaries, self.blob_store, self.signed_urls, settings.fhir_base_url)
-        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers,
+        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run, SCAN_JOB: self.scans.run},
+                                  count=settings.job_workers,
                                   grace_seconds=settings.shutdown_timeout_seconds)
         self.readiness = Readiness(self.db, self.blob_store)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
@@ -156,6 +174,9 @@ class FhirVault:
                 expired = await self.uploads.sweep_expired()
                 if expired:
                     log.info("removed %d expired resumable uploads", expired)
+                removed = await self.direct_uploads.sweep()
+                if removed:
+                    log.info("removed %d expired direct uploads", removed)
                 removed = await self.binaries.sweep()
                 if removed:
                     log.info("swept %d released or stale pending blobs", removed)
@@ -170,7 +191,20 @@ class FhirVault:
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
         """The OperationDefinitions this server implements, by id (see fhir.operation_definitions)."""
-        return builtin_operation_definitions(self.settings.fhir_base_url)
+        return builtin_operation_definitions(self.settings.fhir_base_url,
+                                             direct_uploads=self.direct_uploads.offered)
+
+    def builtin_resource(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """One of the server's own conformance resources (OperationDefinitions, the scan-status
+        StructureDefinition and SearchParameter), or None."""
+        base = self.settings.fhir_base_url
+        if rtype == "OperationDefinition":
+            return self.operation_definitions().get(rid)
+        if rtype == "StructureDefinition" and rid == scan_definitions.EXTENSION_ID:
+            return scan_definitions.scan_status_extension(base)
+        if rtype == "SearchParameter" and rid == scan_definitions.SEARCH_PARAMETER_ID:
+            return scan_definitions.scan_status_search_parameter(base)
+        return None
 
     def capability_statement_json(self) -> bytes:
         """The CapabilityStatement encoded once: it never changes while the process runs."""
@@ -184,7 +218,7 @@ class FhirVault:
         per process."""
         if self._capability is None:
             base = self.settings.fhir_base_url
-            operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
+            definitions = list(self.operation_definitions().values())
             media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
                          "Media.content.contentType or with _output=data; an Accept that admits FHIR JSON gives the "
                          "resource, any other 406."
@@ -202,13 +236,20 @@ class FhirVault:
                     "description": "OAuth2 client credentials (SMART backend services scopes); bearer token "
                                    "required everywhere but /metadata, the token endpoint and signed /storage URLs.",
                 }},
-                operations_by_type={rtype: operations for rtype in resource_types()},
+                operations_by_type={rtype: [{"name": d["code"], "definition": d["url"]} for d in definitions
+                                            if applies_to(d, rtype)] for rtype in resource_types()},
                 type_documentation={**({"Media": media_doc} if media_doc else {}), "Binary": (
                     f"Resumable uploads: tus 1.0 (Core, creation, creation-with-upload, expiration, checksum "
                     f"sha1/sha256, termination) at {base}/Binary/$upload, with the token and scopes of a Binary "
                     "create; Upload-Metadata keys contentType, filename, securityContext. The finished "
                     "upload's Binary id is in the X-Binary-Id header.")},
-                conditional_delete_max=self.settings.conditional_delete_max)
+                conditional_delete_max=self.settings.conditional_delete_max,
+                custom_search_params={"Binary": [{
+                    "name": SCAN_STATUS_PARAM, "definition": scan_definitions.search_parameter_url(base),
+                    "type": "token",
+                    "documentation": "The malware scan verdict on the Binary's content: pending | clean | infected | "
+                                     "error | skipped (SCAN_MODE; the extension "
+                                     f"{scan_definitions.extension_url(base)} on Binary.meta shows it)"}]})
         return self._capability
 
 

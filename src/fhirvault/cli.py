@@ -418,6 +418,23 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Queue malware scans of stored content: content never scanned (stored before scanning was on, or
+    in error), or with --rescan-all every content (after a signature update). The jobs run in the
+    servers' (or `fhirvault worker`'s) job loops."""
+    settings = _server_settings(args)
+    if settings.scan_mode == "off":
+        print("SCAN_MODE is off: set it to record or block (and SCAN_CLAMD_URL) to scan content", file=sys.stderr)
+        return 2
+
+    async def queue(vault: FhirVault) -> dict[str, int]:
+        return await vault.scans.queue_existing(rescan_all=args.rescan_all)
+
+    counts = _on_vault(args, queue)
+    print(f"looked at {counts['versions']} stored versions; queued {counts['queued']} scans")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """List the stored resources that R4 validation would now refuse (stored before validation, or
     while VALIDATION_ENABLED was off); they stay readable. Exit status 1 when there is any."""
@@ -476,6 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("type", nargs="?", help="only resources of this type")
     _add_server_options(check)
     check.set_defaults(func=cmd_check)
+    scan = sub.add_parser("scan", help="queue malware scans of stored content (SCAN_MODE record or block)")
+    scan.add_argument("--rescan-all", action="store_true",
+                      help="scan every content again, e.g. after a signature update (verdicts stay until replaced)")
+    _add_server_options(scan)
+    scan.set_defaults(func=cmd_scan)
     expunge = sub.add_parser("expunge", help="remove a resource's history and content for good")
     expunge.add_argument("reference", help="Type/id, e.g. Binary/123")
     _add_server_options(expunge)

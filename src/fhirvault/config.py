@@ -6,11 +6,13 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 StorageMode = Literal["inline", "database", "filesystem", "s3"]
+ScanMode = Literal["off", "record", "block"]
 
 ENV_PREFIX = "FHIRVAULT_"
 # The database drivers fhirvault ships with (SQLite embedded, PostgreSQL).
@@ -54,6 +56,12 @@ class Settings(BaseSettings):
     # Content equal to a committed blob's (SHA-256 and size) refers to that blob instead of being stored
     # again (store/blobs.py BlobRegistry.settle); off: every upload keeps its own copy.
     dedup_enabled: bool = True
+    # Direct uploads to the object store (s3 mode, Binary/$upload-url): how long the presigned URLs live
+    # (at most half of PENDING_BLOB_GRACE_SECONDS, so a completion begun in time always has as long
+    # again before the grace sweep), and above which size the upload goes in parts of this size.
+    direct_upload_ttl: int = Field(default=900, ge=1, description="seconds a presigned upload URL is valid")
+    direct_upload_part_bytes: int = Field(default=64 * 1024**2, ge=5 * 1024**2, le=1024**3,
+                                          description="uploads above this size go in parts of this size")
 
     # Attachments and signed URLs
     rewrite_attachment_urls: bool = True
@@ -93,6 +101,18 @@ class Settings(BaseSettings):
     job_workers: int = Field(default=1, description="background job loops per server process")
     job_lease_seconds: float = 60.0  # a job whose worker stopped renewing this long is run again
 
+    # Malware scanning (see README 'Malware scanning'): off, record (scan and show the verdict) or block
+    # (also refuse to serve content that is not known clean). Off by default: scanning needs a clamd.
+    scan_mode: ScanMode = "off"
+    # Where clamd listens: tcp://host:port or unix:///path/to/clamd.ctl
+    scan_clamd_url: str = "tcp://127.0.0.1:3310"
+    # Content above this many bytes is not sent to clamd and recorded as skipped; keep it at or below
+    # clamd's StreamMaxLength (Debian's default: 25 MiB), or clamd refuses the stream (also `skipped`).
+    scan_max_bytes: int = Field(default=25 * 1024**2, ge=0, description="largest content scanned, in bytes")
+    scan_timeout_seconds: float = Field(default=120.0, gt=0, description="one scan, connection to verdict")
+    scan_max_attempts: int = Field(default=8, ge=1, description="attempts of one scan job while clamd fails")
+    scan_backoff_seconds: float = Field(default=5.0, ge=0, description="delay before attempt n+1: base x 2^(n-1)")
+
     # Connections and shutdown (see README 'Operating')
     shutdown_timeout_seconds: float = Field(
         default=30.0, ge=0, description="on SIGTERM, how long in-flight requests and jobs may take to finish")
@@ -109,6 +129,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with {' or '.join(DATABASE_SCHEMES)}")
         return url
 
+    @field_validator("scan_clamd_url")
+    @classmethod
+    def _clamd_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if not ((parts.scheme == "tcp" and parts.hostname and parts.port) or (parts.scheme == "unix" and parts.path)):
+            raise ValueError("must be tcp://host:port or unix:///path/to/clamd.socket")
+        return url
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
         if not self.database_url:
@@ -119,6 +147,8 @@ class Settings(BaseSettings):
             self.public_base_url = f"http://{self.host}:{self.port}"
         self.public_base_url = self.public_base_url.rstrip("/")
         self.storage_public_base_url = self.storage_public_base_url.rstrip("/")
+        if self.direct_upload_ttl > self.pending_blob_grace_seconds // 2:
+            self.direct_upload_ttl = max(1, self.pending_blob_grace_seconds // 2)
         if self.signed_url_window > self.signed_url_ttl // 6:
             self.signed_url_window = max(1, self.signed_url_ttl // 6)
         return self

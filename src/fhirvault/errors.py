@@ -70,6 +70,13 @@ class Gone(FhirVaultError):
     code = "deleted"
 
 
+class Locked(FhirVaultError):
+    """The resource exists but may not be served yet (e.g. content waiting for its malware scan; RFC 4918 423)."""
+
+    status = 423
+    code = "transient"
+
+
 class PreconditionFailed(FhirVaultError):
     """An HTTP precondition (`If-Match`, `If-None-Match`) or a conditional interaction's criteria did not
     hold (R4 3.1.0.8, several matches on conditional update or create): 412."""
@@ -103,6 +110,14 @@ class Unsupported(FhirVaultError):
     """A request body in a media type, charset or content coding the endpoint does not take: 415."""
 
     status = 415
+    code = "not-supported"
+
+
+class Unimplemented(FhirVaultError):
+    """The server, as configured, does not offer what was asked for (e.g. an operation of another storage
+    mode); HTTP 501, not a client mistake to be fixed by other input."""
+
+    status = 501
     code = "not-supported"
 
 
@@ -141,10 +156,3 @@ class ChecksumMismatch(FhirVaultError):
 
     status = 460
     code = "invalid"
-
-
-class Locked(FhirVaultError):
-    """Another request is writing to the same resumable upload (RFC 4918 423); retry shortly."""
-
-    status = 423
-    code = "lock-error"

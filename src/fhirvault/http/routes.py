@@ -21,6 +21,7 @@ from fhirvault.errors import Invalid, NotFound
 from fhirvault.fhir.r4 import ID, is_valid_id
 from fhirvault.http import (
     binary_api,
+    direct_upload_api,
     fhir_api,
     health_api,
     ingestion_api,
@@ -62,7 +63,8 @@ register_url_convertor("id", IdConvertor())
 # Handlers of one resource type's interactions, instead of the generic ones in fhir_api.
 TYPE_HANDLERS: dict[str, dict[str, Endpoint]] = {
     "create": {"Binary": binary_api.create},
-    "read": {"Binary": binary_api.read, "Media": media_api.read, "OperationDefinition": operation_definitions_api.read},
+    "read": {"Binary": binary_api.read, "Media": media_api.read, "OperationDefinition": operation_definitions_api.read,
+             "StructureDefinition": operation_definitions_api.read, "SearchParameter": operation_definitions_api.read},
     "vread": {"Binary": binary_api.read},
     "update": {"Binary": binary_api.update},
 }
@@ -97,6 +99,8 @@ URL_MAP: list[tuple[str, dict[str, Endpoint | str]]] = [
      {"GET": operations_api.binary_access_read, "POST": operations_api.binary_access_read}),
     (FHIR_PREFIX + INSTANCE + "/$binary-access-write", {"POST": operations_api.binary_access_write}),
     (FHIR_PREFIX + "/{rtype:type}/$validate", {"POST": operations_api.validate}),
+    (FHIR_PREFIX + "/Binary/$upload-url", {"POST": direct_upload_api.upload_url}),
+    (FHIR_PREFIX + "/Binary/$upload-complete", {"POST": direct_upload_api.upload_complete}),
     (FHIR_PREFIX + INSTANCE + "/$validate", {"GET": operations_api.validate, "POST": operations_api.validate}),
     (FHIR_PREFIX + INSTANCE + "/$ingestion-status", {"GET": ingestion_api.ingestion_status}),
     (FHIR_PREFIX + UPLOAD_PATH, {"POST": tus_api.create, "OPTIONS": tus_api.options}),

@@ -11,9 +11,11 @@ from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.binary_access import BinaryAccess
 from fhirvault.service.bundles import BundleService
+from fhirvault.service.direct_uploads import DirectUploadService
 from fhirvault.service.health import Readiness
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.resources import ResourceService
+from fhirvault.service.scans import ContentScans
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.uploads import UploadService
 from fhirvault.service.validate_operation import ValidateOperation
@@ -33,12 +35,14 @@ class Services(Protocol):
     binaries: BinaryService
     binary_access: BinaryAccess
     uploads: UploadService
+    direct_uploads: DirectUploadService
     storage: StorageDownloads
     ingestion: AttachmentIngestion
     clients: ClientStore
     tokens: TokenService
     signed_urls: SignedUrl
     readiness: Readiness
+    scans: ContentScans
 
     def capability_statement(self) -> dict[str, Any]:
         """The CapabilityStatement served at /metadata (FHIR R4 capabilitystatement.html)."""
@@ -50,4 +54,8 @@ class Services(Protocol):
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
         """The server's own OperationDefinitions by id."""
+        ...
+
+    def builtin_resource(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """One of the server's own conformance resources of type `rtype` and id `rid`, or None."""
         ...

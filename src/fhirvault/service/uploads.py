@@ -308,7 +308,7 @@ class UploadService:
         finally:
             self._digests.pop(upload.id, None)
         if inline:
-            await self.binaries.discard(key)
+            await self.binaries.discard_pending(key)
         return written
 
     async def _forget(self, upload_id: str, blob_id: str) -> None:
@@ -319,7 +319,7 @@ class UploadService:
         except Exception:  # noqa: BLE001 - the expiry sweep removes it later
             log.warning("could not remove upload %s now; it expires later", upload_id, exc_info=True)
             return
-        await self.binaries.discard(blob_id)
+        await self.binaries.discard_pending(blob_id)
 
     # -- termination and expiry -------------------------------------------------------------------
     async def terminate(self, ctx: RequestContext, upload_id: str) -> None:
@@ -345,7 +345,7 @@ class UploadService:
                     if not await self.rows.remove_expired(conn, upload.id, now):
                         continue
                 # Pending: released and removed; committed (the upload finished): kept.
-                await self.binaries.discard(upload.blob_id)
+                await self.binaries.discard_pending(upload.blob_id)
                 self._digests.pop(upload.id, None)
                 removed += 1
 
