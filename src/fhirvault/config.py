@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     pending_blob_grace_seconds: int = 3600
     # How often each node lists its blob store for bytes no blob row owns (older than the grace period).
     leftover_scan_seconds: int = Field(default=3600, ge=1, description="seconds between scans for ownerless bytes")
+    # tus resumable uploads (POST {FHIR base}/Binary/$upload): an unfinished upload with no PATCH for this
+    # long expires, and its bytes are swept; a finished one keeps answering HEAD with its Binary until then.
+    upload_expiry_seconds: int = Field(default=86400, ge=1, description="seconds an idle resumable upload lives")
+    # Access-Control-Allow-Origin of the tus upload route, for browser tus clients on another origin
+    # (tus-js-client, Uppy); empty: no CORS headers.
+    upload_cors_origin: str = ""
     s3_endpoint: str = ""
     s3_bucket: str = ""
     s3_region: str = "us-east-1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -54,6 +55,57 @@ class DatabaseBlobStore(BlobStore):
     async def delete_in_transaction(self, conn: AsyncConnection, key: str) -> bool:
         await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
         return True
+
+    async def append(self, key: str, offset: int, chunks: AsyncIterator[bytes], staging: dict[str, Any],
+                     *, length: int) -> dict[str, Any]:
+        """Appends chunk rows (each in its own short transaction); a partial last chunk is rewritten whole,
+        so every chunk but the last keeps exactly CHUNK_BYTES and offsets still map to chunk numbers."""
+        seq, keep = divmod(offset, CHUNK_BYTES)
+        try:
+            async with self.db.write() as conn:
+                # Rows past the recorded offset belong to an append whose result was never recorded.
+                await conn.execute(sa.delete(blob_chunks).where(
+                    blob_chunks.c.blob_key == key, blob_chunks.c.seq >= (seq + 1 if keep else seq)))
+                row = (await conn.execute(sa.select(blob_chunks.c.data).where(
+                    blob_chunks.c.blob_key == key, blob_chunks.c.seq == seq))).first() if keep else None
+            head = bytes(row.data)[:keep] if row is not None else b""
+            if len(head) != keep:
+                raise StorageFailure(f"The staged bytes of blob {key} end before offset {offset}")
+
+            async def from_head() -> AsyncIterator[bytes]:
+                if head:
+                    yield head
+                async for chunk in chunks:
+                    yield chunk
+
+            async for chunk in _fixed_chunks(from_head()):
+                async with self.db.write() as conn:
+                    await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key,
+                                                                    blob_chunks.c.seq == seq))
+                    await conn.execute(sa.insert(blob_chunks).values(blob_key=key, seq=seq, data=chunk))
+                seq += 1
+        except SQLAlchemyError as exc:
+            raise StorageFailure(f"Cannot stage blob {key} in the database") from exc
+        return staging
+
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        seq, keep_bytes = divmod(offset, CHUNK_BYTES)
+        async with self.db.write() as conn:
+            await conn.execute(sa.delete(blob_chunks).where(
+                blob_chunks.c.blob_key == key, blob_chunks.c.seq >= (seq + 1 if keep_bytes else seq)))
+            if keep_bytes:
+                row = (await conn.execute(sa.select(blob_chunks.c.data).where(
+                    blob_chunks.c.blob_key == key, blob_chunks.c.seq == seq))).first()
+                if row is not None and len(row.data) > keep_bytes:
+                    await conn.execute(sa.update(blob_chunks).where(
+                        blob_chunks.c.blob_key == key, blob_chunks.c.seq == seq,
+                    ).values(data=bytes(row.data)[:keep_bytes]))
+
+    async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
+        """The chunk rows are the blob already; an empty blob gets its one empty row."""
+        if size == 0 and not await self.exists(key):
+            async with self.db.write() as conn:
+                await conn.execute(sa.insert(blob_chunks).values(blob_key=key, seq=0, data=b""))
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         if end is not None and end <= start and not await self.exists(key):

@@ -9,7 +9,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from fhirvault.blobs.base import OWN_KEY, BlobStore
 from fhirvault.errors import InsufficientStorage, StorageFailure
@@ -59,6 +59,48 @@ class FilesystemBlobStore(BlobStore):
             if isinstance(exc, OSError):
                 raise _write_failure(key, exc) from exc
             raise
+
+    def staging_path(self, key: str) -> Path:
+        """The file a resumable upload appends to: `.<key>.upload.tmp` beside the blob's final place (the
+        temporary-file shape, so the sweeper and `delete` know its owner)."""
+        final = self.path_of(key)
+        return final.with_name(f".{key}.upload.tmp")
+
+    async def append(self, key: str, offset: int, chunks: AsyncIterator[bytes], staging: dict[str, Any],
+                     *, length: int) -> dict[str, Any]:
+        """Appends to the staging file from `offset` (cut there first), fsync'd before returning."""
+        path = self.staging_path(key)
+        try:
+            fh = await asyncio.to_thread(_open_for_append, path, offset)
+        except OSError as exc:
+            raise _write_failure(key, exc) from exc
+        writer = InOrderWorker(fh.write)
+        try:
+            try:
+                async for piece in pieces(chunks, WRITE_CHUNK):
+                    await writer.submit(piece)
+                await writer.drain()
+            finally:
+                await writer.settle()
+            await asyncio.to_thread(_sync, fh)
+        except OSError as exc:
+            raise _write_failure(key, exc) from exc
+        finally:
+            await asyncio.to_thread(fh.close)
+        return staging
+
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(_cut, self.staging_path(key), offset)
+        except OSError as exc:
+            raise _write_failure(key, exc) from exc
+
+    async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
+        path = self.staging_path(key)
+        try:
+            await asyncio.to_thread(_promote, path, self.path_of(key), size)
+        except OSError as exc:
+            raise _write_failure(key, exc) from exc
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         path = self.path_of(key)
@@ -170,6 +212,40 @@ def _finish(fh: BinaryIO, temp: Path, final: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _open_for_append(path: Path, offset: int) -> BinaryIO:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fh = os.fdopen(fd, "r+b")
+    # Bytes past the recorded offset belong to an append whose result was never recorded.
+    fh.truncate(offset)
+    fh.seek(offset)
+    return fh
+
+
+def _cut(path: Path, offset: int) -> None:
+    with contextlib.suppress(FileNotFoundError), open(path, "r+b") as fh:
+        if os.fstat(fh.fileno()).st_size > offset:
+            fh.truncate(offset)
+            os.fsync(fh.fileno())
+
+
+def _sync(fh: BinaryIO) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _promote(staged: Path, final: Path, size: int) -> None:
+    """The staging file, cut to `size` and made durable, becomes the blob (an empty blob needs no append)."""
+    if not staged.exists():
+        if final.is_file() and final.stat().st_size == size:
+            return  # promoted already by an attempt whose database commit did not follow
+        if size == 0:
+            _open_for_append(staged, 0).close()
+    with open(staged, "r+b") as fh:
+        fh.truncate(size)
+        _finish(fh, staged, final)
 
 
 def _discard(fh: BinaryIO, temp: Path) -> None:

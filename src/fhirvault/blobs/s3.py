@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from aiobotocore.session import get_session
 from botocore.config import Config
@@ -18,6 +20,12 @@ from fhirvault.errors import StorageFailure
 PART_SIZE = 8 * 1024 * 1024
 # Reads are handed on in pieces of at most this size, so a download never holds more than this.
 READ_CHUNK = 1024 * 1024
+
+# S3's bounds on multipart uploads: parts but the last of at least 5 MiB, at most 10,000 parts.
+MIN_PART = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+# Bytes moved between a spool file and the network or the request at a time.
+SPOOL_CHUNK = 1024 * 1024
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
@@ -164,6 +172,123 @@ class S3BlobStore(BlobStore, PresignedUploads):
         with contextlib.suppress(Exception):
             await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
 
+    # -- resumable staging --------------------------------------------------------------------------
+    # A resumable blob is one multipart upload under its key. Appends send full parts (of `part_size`,
+    # at least S3's 5 MiB, chosen at the start so that the whole length fits in 10,000 parts); bytes that
+    # do not yet fill a part (a small PATCH, or the end of a cut one) are kept in a small object
+    # `<key>.tail.<n>` beside it, so that another node can go on. Part bodies are gathered in a temporary
+    # file on local disk, never in memory. Part numbers follow from the offset, so a part sent by an
+    # append whose result was not recorded is simply sent again.
+
+    def begin_staging(self, length: int) -> dict[str, Any]:
+        part_size = max(MIN_PART, -(-length // MAX_PARTS))
+        return {"part_size": part_size, "upload_id": None, "parts": [], "tail": None, "tail_size": 0}
+
+    async def append(self, key: str, offset: int, chunks: AsyncIterator[bytes], staging: dict[str, Any],
+                     *, length: int) -> dict[str, Any]:
+        client = await self._s3()
+        state = {**staging, "parts": list(staging["parts"])}
+        part_size: int = state["part_size"]
+        if offset != len(state["parts"]) * part_size + state["tail_size"]:
+            raise StorageFailure(f"The staging state of blob {key} does not match offset {offset}")
+        spool: BinaryIO = await asyncio.to_thread(tempfile.TemporaryFile)
+        try:
+            spooled = 0
+            if state["tail"]:
+                async for piece in self.get(state["tail"]):
+                    await asyncio.to_thread(spool.write, piece)
+                    spooled += len(piece)
+                if spooled != state["tail_size"]:
+                    raise StorageFailure(f"The staged tail of blob {key} is damaged")
+            position = offset
+            async for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    room = part_size - spooled
+                    await asyncio.to_thread(spool.write, view[:room])
+                    taken = min(room, len(view))
+                    view = view[taken:]
+                    spooled += taken
+                    position += taken
+                    if spooled == part_size:
+                        await self._send_part(client, key, state, spool, spooled)
+                        spooled = 0
+            if position == offset and position != length:
+                return staging  # nothing new: the recorded tail stays as it is
+            state["tail"], state["tail_size"] = None, 0
+            if position == length and spooled:
+                await self._send_part(client, key, state, spool, spooled)  # the last part may be small
+            elif spooled:
+                tail = f"{key}.tail.{uuid.uuid4().hex[:12]}"
+                await asyncio.to_thread(spool.seek, 0)
+                with self._translated("PutObject", tail):
+                    await client.put_object(Bucket=self.bucket, Key=tail, Body=spool, ContentLength=spooled)
+                state["tail"], state["tail_size"] = tail, spooled
+        finally:
+            await asyncio.to_thread(spool.close)
+        return state
+
+    async def _send_part(self, client: Any, key: str, state: dict[str, Any], spool: BinaryIO, size: int) -> None:
+        if state["upload_id"] is None:
+            with self._translated("CreateMultipartUpload", key):
+                started = await client.create_multipart_upload(Bucket=self.bucket, Key=key)
+            state["upload_id"] = started["UploadId"]
+        await asyncio.to_thread(spool.seek, 0)
+        number = len(state["parts"]) + 1
+        with self._translated("UploadPart", key):
+            answer = await client.upload_part(Bucket=self.bucket, Key=key, UploadId=state["upload_id"],
+                                              PartNumber=number, Body=spool, ContentLength=size)
+        state["parts"].append(answer["ETag"])
+        await asyncio.to_thread(spool.seek, 0)
+        await asyncio.to_thread(spool.truncate, 0)
+
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        if staging.get("tail") and staging["tail"] != keep.get("tail"):
+            with contextlib.suppress(Exception):
+                await (await self._s3()).delete_object(Bucket=self.bucket, Key=staging["tail"])
+
+    async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
+        client = await self._s3()
+        if not staging["parts"]:
+            with self._translated("PutObject", key):
+                await client.put_object(Bucket=self.bucket, Key=key, Body=b"")
+        else:
+            parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(staging["parts"], start=1)]
+            try:
+                await client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=staging["upload_id"],
+                                                       MultipartUpload={"Parts": parts})
+            except (ClientError, BotoCoreError) as exc:
+                # Completed already by an attempt whose database commit did not follow?
+                if not await self._has_size(key, size):
+                    raise self._failure("CompleteMultipartUpload", key, exc) from None
+        await self._remove_staging_leftovers(key, keep_upload=None)
+
+    async def _has_size(self, key: str, size: int) -> bool:
+        client = await self._s3()
+        try:
+            head = await client.head_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError):
+            return False
+        return bool(head.get("ContentLength") == size)
+
+    async def _remove_staging_leftovers(self, key: str, keep_upload: str | None) -> None:
+        """Tail objects of the key, and multipart uploads of it other than `keep_upload`."""
+        client = await self._s3()
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": f"{key}."}
+        while True:
+            with self._translated("ListObjectsV2", None):
+                page = await client.list_objects_v2(**params)
+            for item in page.get("Contents", []):
+                with self._translated("DeleteObject", item["Key"]):
+                    await client.delete_object(Bucket=self.bucket, Key=item["Key"])
+            if not page.get("IsTruncated"):
+                break
+            params["ContinuationToken"] = page["NextContinuationToken"]
+        async for upload in self._multipart_uploads(prefix=key):
+            if upload["Key"] == key and upload["UploadId"] != keep_upload:
+                with self._translated("AbortMultipartUpload", key):
+                    await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         if start < 0 or (end is not None and end < start):
             raise ValueError(f"invalid byte range [{start}, {end})")
@@ -205,11 +330,9 @@ class S3BlobStore(BlobStore, PresignedUploads):
                 raise self._failure("DeleteObject", key, exc) from None
         except BotoCoreError as exc:
             raise self._failure("DeleteObject", key, exc) from None
-        # A process killed mid-upload leaves its multipart upload open (and its parts billed).
-        async for upload in self._multipart_uploads(prefix=key):
-            if upload["Key"] == key:
-                with self._translated("AbortMultipartUpload", key):
-                    await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+        # A process killed mid-upload leaves its multipart upload open (and its parts billed); a resumable
+        # upload also leaves the objects holding its tail.
+        await self._remove_staging_leftovers(key, keep_upload=None)
 
     async def stored_keys(self, changed_before: float) -> AsyncIterator[str]:
         """Keys of objects and of incomplete multipart uploads last changed (initiated) before the time."""

@@ -51,6 +51,7 @@ async def update(request: Request) -> Response:
 
 
 async def _write(request: Request, rid: str | None) -> Response:
+    _refuse_partial_upload(request)
     v = vault(request)
     ctx = context(request)
     if rid is None:
@@ -87,6 +88,16 @@ async def _write(request: Request, rid: str | None) -> Response:
         # Nothing was kept; there is nobody left to answer.
         return Response(status_code=400)
     return await written(request, result)
+
+
+def _refuse_partial_upload(request: Request) -> None:
+    """A request of the IETF resumable upload draft that says its body is only part of the content
+    (`Upload-Complete: ?0`, or `Upload-Incomplete: ?1` of its early versions) must not become a Binary of
+    that part: the draft is not offered (use tus at Binary/$upload). A complete one is a plain upload."""
+    if (request.headers.get("upload-complete") or "").strip() == "?0" or \
+            (request.headers.get("upload-incomplete") or "").strip() == "?1":
+        raise Invalid("This server does not offer the IETF resumable upload draft, and the body is marked as "
+                      "incomplete: send the whole content, or upload resumably with tus at Binary/$upload")
 
 
 def _security_context(request: Request) -> str | None:

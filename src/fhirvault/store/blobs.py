@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.store.schema import metadata
+from fhirvault.store.uploads import uploads
 
 PENDING = "pending"
 COMMITTED = "committed"
@@ -210,9 +211,13 @@ class BlobRegistry:
 
     async def sweepable(self, conn: AsyncConnection, created_before: int, limit: int = 100,
                         excluding: frozenset[str] = frozenset()) -> list[BlobRecord]:
-        """Released blobs, and pending ones created before `created_before` (microseconds), oldest first."""
+        """Released blobs, and pending ones created before `created_before` (microseconds), oldest first.
+        A pending blob a resumable upload owns is left out: it lives as long as the upload (the upload
+        sweeper releases it when the upload expires)."""
+        owned_by_upload = sa.exists().where(uploads.c.blob_id == blobs.c.id)
         where = [sa.or_(blobs.c.state == RELEASED,
-                        sa.and_(blobs.c.state == PENDING, blobs.c.created < created_before))]
+                        sa.and_(blobs.c.state == PENDING, blobs.c.created < created_before,
+                                sa.not_(owned_by_upload)))]
         if excluding:
             where.append(blobs.c.id.not_in(sorted(excluding)))
         stmt = sa.select(blobs).where(*where).order_by(blobs.c.created).limit(limit)
