@@ -87,7 +87,9 @@ class BlobStore(ABC):
         return _nothing()
 
     @abstractmethod
-    async def exists(self, key: str) -> bool: ...
+    async def exists(self, key: str) -> bool:
+        """Whether a whole blob is stored under `key` (pieces of an unfinished write do not count); raises
+        errors.StorageFailure when the store does not answer."""
 
     async def probe(self) -> None:
         """One cheap round trip that proves the store answers; raises errors.StorageFailure when not.

@@ -28,6 +28,8 @@ class DatabaseBlobStore(BlobStore):
         self.db = db
 
     async def put(self, key: str, chunks: AsyncIterator[bytes]) -> None:
+        """As BlobStore.put: the chunks as fixed-size chunk rows, in transactions of their own; a failure
+        removes the rows written."""
         seq = 0
         try:
             async for chunk in _fixed_chunks(chunks):
@@ -53,6 +55,8 @@ class DatabaseBlobStore(BlobStore):
         return True
 
     async def delete_in_transaction(self, conn: AsyncConnection, key: str) -> bool:
+        """Deletes the chunk rows of `key` inside the caller's transaction `conn`, so the bytes go exactly
+        when it commits; True (this store can)."""
         await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
         return True
 
@@ -89,6 +93,7 @@ class DatabaseBlobStore(BlobStore):
         return staging
 
     async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        """As BlobStore.drop_staging: deletes the chunk rows staged past `offset`."""
         seq, keep_bytes = divmod(offset, CHUNK_BYTES)
         async with self.db.write() as conn:
             await conn.execute(sa.delete(blob_chunks).where(
@@ -108,6 +113,7 @@ class DatabaseBlobStore(BlobStore):
                 await conn.execute(sa.insert(blob_chunks).values(blob_key=key, seq=0, data=b""))
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """As BlobStore.get: reads only the chunk rows that overlap [start, end), a few at a time."""
         if end is not None and end <= start and not await self.exists(key):
             # An empty range reads no chunk, yet a missing blob must still be reported.
             raise StorageFailure(f"The bytes of blob {key} are missing from the database")
@@ -134,6 +140,7 @@ class DatabaseBlobStore(BlobStore):
             first = False
 
     async def delete(self, key: str) -> None:
+        """As BlobStore.delete: removes every chunk row of `key`."""
         async with self.db.write() as conn:
             await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
 
@@ -154,6 +161,7 @@ class DatabaseBlobStore(BlobStore):
             after = keys[-1]
 
     async def exists(self, key: str) -> bool:
+        """As BlobStore.exists: whether `key` has chunk rows."""
         async with self.db.read() as conn:
             row = (await conn.execute(sa.select(blob_chunks.c.seq).where(
                 blob_chunks.c.blob_key == key).limit(1))).first()

@@ -36,11 +36,15 @@ class FilesystemBlobStore(BlobStore):
             self.root.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, key: str) -> Path:
+        """The file of blob `key`: `<root>/<k[0:2]>/<k[2:4]>/<key>`. Raises StorageFailure for a key that
+        could leave the directory or name a hidden file."""
         if not key or "/" in key or key.startswith("."):
             raise StorageFailure(f"'{key}' is not a valid blob key")
         return self.root / key[0:2] / key[2:4] / key
 
     async def put(self, key: str, chunks: AsyncIterator[bytes]) -> None:
+        """As BlobStore.put: written to a hidden temporary file in the blob's directory, fsynced, then renamed
+        into place, so a blob file is always whole; a failure removes the temporary file."""
         final = self.path_of(key)
         temp = final.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
         try:
@@ -90,12 +94,15 @@ class FilesystemBlobStore(BlobStore):
         return staging
 
     async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        """As BlobStore.drop_staging: truncates the staging file to `offset` bytes."""
         try:
             await asyncio.to_thread(_cut, self.staging_path(key), offset)
         except OSError as exc:
             raise _write_failure(key, exc) from exc
 
     async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
+        """As BlobStore.finish_staging: checks the staging file holds `size` bytes, fsyncs it and renames it
+        to the blob's file."""
         path = self.staging_path(key)
         try:
             await asyncio.to_thread(_promote, path, self.path_of(key), size)
@@ -103,6 +110,7 @@ class FilesystemBlobStore(BlobStore):
             raise _write_failure(key, exc) from exc
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """As BlobStore.get: reads the file from `start`, in chunks, in a worker thread."""
         path = self.path_of(key)
         try:
             fh = await asyncio.to_thread(_open_for_read, path, start)
@@ -124,6 +132,8 @@ class FilesystemBlobStore(BlobStore):
             fh.close()
 
     async def delete(self, key: str) -> None:
+        """As BlobStore.delete: removes the blob's file, its staging file and any temporary files of
+        unfinished writes."""
         try:
             await asyncio.to_thread(_unlink_all, self.path_of(key))
         except OSError as exc:
@@ -141,6 +151,7 @@ class FilesystemBlobStore(BlobStore):
                 yield key
 
     async def exists(self, key: str) -> bool:
+        """As BlobStore.exists: whether the blob's file exists."""
         return await asyncio.to_thread(self.path_of(key).is_file)
 
 

@@ -106,6 +106,7 @@ class S3BlobStore(BlobStore, PresignedUploads):
             raise self._failure("CreateBucket", None, exc) from None
 
     async def close(self) -> None:
+        """Closes the S3 client and its connections."""
         cm, self._client_cm, self._client = self._client_cm, None, None
         self._bucket_ready = False
         if cm is not None:
@@ -115,6 +116,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
     # -- BlobStore --------------------------------------------------------------------------------
 
     async def put(self, key: str, chunks: AsyncIterator[bytes]) -> None:
+        """As BlobStore.put: a multipart upload of parts gathered in a bounded buffer (never the whole blob in
+        memory), aborted on any failure so nothing is left under `key`."""
         client = await self._s3()
         # At most one part is held: chunks gather until they reach a part's size, are joined into the
         # part's body (the chunks then let go) and sent before the next chunk is read.
@@ -181,11 +184,16 @@ class S3BlobStore(BlobStore, PresignedUploads):
     # append whose result was not recorded is simply sent again.
 
     def begin_staging(self, length: int) -> dict[str, Any]:
+        """As BlobStore.begin_staging: the part size for a blob of `length` bytes (at least 5 MiB, at most
+        10,000 parts); the multipart upload begins with the first append."""
         part_size = max(MIN_PART, -(-length // MAX_PARTS))
         return {"part_size": part_size, "upload_id": None, "parts": [], "tail": None, "tail_size": 0}
 
     async def append(self, key: str, offset: int, chunks: AsyncIterator[bytes], staging: dict[str, Any],
                      *, length: int) -> dict[str, Any]:
+        """As BlobStore.append: whole parts go to the multipart upload, each spooled in a temporary file on
+        local disk; a tail shorter than a part is kept as a small object in the bucket, so any node
+        can go on with the upload."""
         client = await self._s3()
         state = {**staging, "parts": list(staging["parts"])}
         part_size: int = state["part_size"]
@@ -243,11 +251,16 @@ class S3BlobStore(BlobStore, PresignedUploads):
         await asyncio.to_thread(spool.truncate, 0)
 
     async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        """As BlobStore.drop_staging: removes the tail object that `keep` does not record (best effort;
+        parts past `offset` are replaced by the next append, or go with `delete(key)`)."""
         if staging.get("tail") and staging["tail"] != keep.get("tail"):
             with contextlib.suppress(Exception):
                 await (await self._s3()).delete_object(Bucket=self.bucket, Key=staging["tail"])
 
     async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
+        """As BlobStore.finish_staging: completes the multipart upload from the staged parts (an empty blob is
+        one empty PutObject; a completion that already happened is recognised by the object's size), then
+        removes tail objects and other multipart uploads of `key`."""
         client = await self._s3()
         if not staging["parts"]:
             with self._translated("PutObject", key):
@@ -290,6 +303,7 @@ class S3BlobStore(BlobStore, PresignedUploads):
                     await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """As BlobStore.get: a ranged GetObject streamed in chunks."""
         if start < 0 or (end is not None and end < start):
             raise ValueError(f"invalid byte range [{start}, {end})")
         client = await self._s3()
@@ -322,6 +336,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
                 await body.aclose()
 
     async def delete(self, key: str) -> None:
+        """As BlobStore.delete: removes the object, its staging tails and aborts unfinished multipart uploads
+        under `key`."""
         client = await self._s3()
         try:
             await client.delete_object(Bucket=self.bucket, Key=key)
@@ -367,6 +383,7 @@ class S3BlobStore(BlobStore, PresignedUploads):
             params["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
     async def exists(self, key: str) -> bool:
+        """As BlobStore.exists: a HeadObject."""
         return await self._head(key) is not None
 
     async def _head(self, key: str, **extra: Any) -> dict[str, Any] | None:
@@ -384,6 +401,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
 
     async def presigned_get_url(self, key: str, *, expires_in: int, content_type: str,
                                 content_disposition: str | None) -> str | None:
+        """As BlobStore.presigned_get_url: a SigV4 presigned GetObject URL answering with `content_type` and
+        the given disposition."""
         client = await self._s3()
         params = {"Bucket": self.bucket, "Key": key, "ResponseContentType": content_type}
         if content_disposition:
@@ -396,6 +415,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
 
     async def presigned_put_url(self, key: str, *, expires_in: int, content_type: str, size: int,
                                 sha256_b64: str | None) -> str:
+        """As PresignedUploads.presigned_put_url: a SigV4 presigned PutObject URL bound to the key, Content-
+        Type, Content-Length and, when given, the x-amz-checksum-sha256 the store verifies."""
         client = await self._s3()
         # Content-Type and Content-Length are signed headers of the URL (SigV4), and so is the checksum:
         # a PUT with other values fails the store's signature check; the store also checks the checksum
@@ -409,6 +430,7 @@ class S3BlobStore(BlobStore, PresignedUploads):
         return url
 
     async def begin_parts(self, key: str, content_type: str) -> str:
+        """As PresignedUploads.begin_parts: CreateMultipartUpload; returns its upload id."""
         client = await self._s3()
         with self._translated("CreateMultipartUpload", key):
             started = await client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
@@ -416,6 +438,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
 
     async def presigned_part_url(self, key: str, upload_id: str, number: int, *, size: int,
                                  expires_in: int) -> str:
+        """As PresignedUploads.presigned_part_url: a SigV4 presigned UploadPart URL bound to the part's exact
+        size."""
         client = await self._s3()
         params = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number,
                   "ContentLength": size}
@@ -424,10 +448,12 @@ class S3BlobStore(BlobStore, PresignedUploads):
         return url
 
     async def uploaded_parts(self, key: str, upload_id: str) -> dict[int, int] | None:
+        """As PresignedUploads.uploaded_parts: from ListParts."""
         listed = await self._listed_parts(key, upload_id)
         return None if listed is None else {int(p["PartNumber"]): int(p["Size"]) for p in listed}
 
     async def join_parts(self, key: str, upload_id: str, numbers: list[int]) -> None:
+        """As PresignedUploads.join_parts: CompleteMultipartUpload with the listed parts' ETags."""
         client = await self._s3()
         etags = {int(p["PartNumber"]): p["ETag"] for p in await self._listed_parts(key, upload_id) or []}
         missing = [n for n in numbers if n not in etags]
@@ -458,6 +484,7 @@ class S3BlobStore(BlobStore, PresignedUploads):
             params["PartNumberMarker"] = page["NextPartNumberMarker"]
 
     async def stat(self, key: str) -> StoredObject | None:
+        """As PresignedUploads.stat: a HeadObject with checksum mode on."""
         head = await self._head(key, ChecksumMode="ENABLED")
         return None if head is None else StoredObject(int(head["ContentLength"]), head.get("ChecksumSHA256") or None)
 

@@ -63,6 +63,7 @@ class UploadRow:
 
     @property
     def complete(self) -> bool:
+        """Whether the upload has become a Binary (the last byte arrived and the Binary was created)."""
         return self.binary_id is not None
 
 
@@ -76,6 +77,7 @@ class UploadRows:
     """SQL access to the uploads table; every method runs inside a transaction the caller owns."""
 
     async def add(self, conn: AsyncConnection, upload: UploadRow) -> None:
+        """Inserts a new upload row (offset 0, no lease) in the caller's transaction."""
         await conn.execute(sa.insert(uploads).values(
             id=upload.id, owner=upload.owner, blob_id=upload.blob_id, length=upload.length, received=upload.offset,
             content_type=upload.content_type, filename=upload.filename,
@@ -83,6 +85,7 @@ class UploadRows:
             staging=json.dumps(upload.staging), created=upload.created, expires=upload.expires))
 
     async def get(self, conn: AsyncConnection, upload_id: str) -> UploadRow | None:
+        """The upload with id `upload_id`, or None."""
         row = (await conn.execute(sa.select(uploads).where(uploads.c.id == upload_id))).first()
         return _row(row) if row else None
 
@@ -104,6 +107,7 @@ class UploadRows:
         return row is not None
 
     async def release_lease(self, conn: AsyncConnection, upload_id: str, token: str) -> None:
+        """Lets go of the write lease when `token` still holds it (no-op otherwise)."""
         await conn.execute(sa.update(uploads).where(uploads.c.id == upload_id, uploads.c.lease == token)
                            .values(lease=None, lease_until=None))
 
@@ -119,10 +123,12 @@ class UploadRows:
         return bool(result.rowcount == 1)
 
     async def mark_complete(self, conn: AsyncConnection, upload_id: str, binary_id: str, version: int) -> None:
+        """Records the Binary (id, version) the upload became and lets go of its lease."""
         await conn.execute(sa.update(uploads).where(uploads.c.id == upload_id).values(
             binary_id=binary_id, binary_version=version, lease=None, lease_until=None))
 
     async def remove(self, conn: AsyncConnection, upload_id: str) -> bool:
+        """Deletes the upload row; False when it was gone already."""
         result = await conn.execute(sa.delete(uploads).where(uploads.c.id == upload_id))
         return bool(result.rowcount == 1)
 
