@@ -165,6 +165,7 @@ class Settings(BaseSettings):
 
     @property
     def fhir_base_url(self) -> str:
+        """The FHIR base URL clients use: PUBLIC_BASE_URL + "/fhir/R4"."""
         return f"{self.public_base_url}/fhir/R4"
 
     @property
@@ -174,18 +175,24 @@ class Settings(BaseSettings):
 
     @property
     def inline_types(self) -> frozenset[str]:
+        """INLINE_CONTENT_TYPES as a set of lower-case media types (stored bytes of these types are served
+        inline, others as attachments)."""
         return frozenset(t.strip().lower() for t in self.inline_content_types.split(",") if t.strip())
 
     @property
     def is_sqlite(self) -> bool:
+        """Whether DATABASE_URL names SQLite."""
         return self.database_url.startswith("sqlite")
 
     @property
     def ingest_allowed_hosts(self) -> set[str]:
+        """INGEST_ALLOW_HOSTS as a set of lower-case host names or addresses that ingestion may fetch from
+        even when internal."""
         return {h.strip().lower() for h in self.ingest_allow_hosts.split(",") if h.strip()}
 
     @property
     def ingest_allowed_prefixes(self) -> list[str]:
+        """INGEST_ALLOW_PREFIXES as a list of URL prefixes ingestion may fetch from."""
         return [p.strip() for p in self.ingest_allow_prefixes.split(",") if p.strip()]
 
 

@@ -70,6 +70,7 @@ class ContentMeter:
         self._sha1 = hashlib.sha1()
 
     def update(self, chunk: bytes) -> None:
+        """Counts and hashes one chunk; raises TooLarge once the total passes the limit."""
         self.count(chunk)
         self.hash(chunk)
 
@@ -104,10 +105,12 @@ class ContentMeter:
 
     @property
     def sha256_hex(self) -> str:
+        """The SHA-256 of the bytes so far, in hex."""
         return self._sha256.hexdigest()
 
     @property
     def sha1_b64(self) -> str:
+        """The SHA-1 of the bytes so far, base64 (as R4's Attachment.hash)."""
         return base64.b64encode(self._sha1.digest()).decode("ascii")
 
 
@@ -131,6 +134,7 @@ AfterWrite = Callable[[UnitOfWork, WriteResult], Awaitable[None]]
 
 
 def measure(data: bytes) -> ContentMeter:
+    """A ContentMeter that has counted and hashed `data` (bytes already in memory)."""
     meter = ContentMeter(len(data))
     meter.update(data)
     return meter
@@ -164,6 +168,9 @@ class BinaryService:
     async def create_from_stream(self, ctx: RequestContext, chunks: AsyncIterator[bytes], *,
                                  content_type: str, security_context: str | None = None,
                                  filename: str | None = None) -> WriteResult:
+        """Creates a Binary from streamed bytes, as raw POST /Binary (R4 Binary; the bytes streamed, never
+        held whole): staged, then committed with version 1 in one transaction. Raises TooLarge over
+        MAX_BINARY_BYTES, StorageFailure when the store fails; nothing is left behind on failure."""
         return await self.write_from_stream(ctx, None, chunks, content_type=content_type,
                                             security_context=security_context, filename=filename)
 
