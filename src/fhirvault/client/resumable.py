@@ -76,12 +76,14 @@ class UploadState:
         return url if isinstance(url, str) else None
 
     def save(self, url: str) -> None:
+        """Remembers `url` as this file's upload (written atomically, in a directory only the user can read)."""
         self.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temp = self.file.with_suffix(".tmp")
         temp.write_text(json.dumps({"url": url, "path": str(self.path.resolve()), "size": self.size}))
         os.replace(temp, self.file)
 
     def clear(self) -> None:
+        """Forgets the upload (the Binary exists, or the server no longer knows the upload)."""
         self.file.unlink(missing_ok=True)
 
 

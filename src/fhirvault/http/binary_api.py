@@ -43,10 +43,14 @@ BASE64_PIECE = 3 * 256 * 1024
 
 # -- uploads ------------------------------------------------------------------------------------
 async def create(request: Request) -> Response:
+    """POST /Binary: raw bytes of any Content-Type (streamed), or a FHIR JSON Binary with base64 `data`; 201
+    with Location."""
     return await _write(request, None)
 
 
 async def update(request: Request) -> Response:
+    """PUT /Binary/{id}: raw bytes or a FHIR JSON Binary as a new version (or the first, update as create);
+    write preconditions honoured."""
     return await _write(request, request.path_params["rid"])
 
 

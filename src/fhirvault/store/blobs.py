@@ -114,6 +114,8 @@ class BlobRegistry:
 
     async def add_pending(self, conn: AsyncConnection, blob_id: str, backend: str, storage_key: str,
                           created: int) -> None:
+        """Inserts a pending blob row for `storage_key` in `backend` (created: microseconds since the epoch);
+        committed before the first byte is stored, so the sweeper can find what a crash leaves."""
         await conn.execute(sa.insert(blobs).values(
             id=blob_id, state=PENDING, backend=backend, storage_key=storage_key, created=created))
 
@@ -202,6 +204,7 @@ class BlobRegistry:
         return bool(result.rowcount == 1)
 
     async def get(self, conn: AsyncConnection, blob_id: str) -> BlobRecord | None:
+        """The blob row with id `blob_id`, or None."""
         row = (await conn.execute(sa.select(blobs).where(blobs.c.id == blob_id))).first()
         return _record(row) if row else None
 
