@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.fhir.search_index import IndexRows
+from fhirvault.store.driver_batch import DriverStatement, run_batch
 from fhirvault.store.schema import metadata, resources, search_refs, search_tokens
 
 
@@ -107,27 +108,36 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def _insert_sql(table: sa.Table, columns: tuple[str, ...]) -> str:
+    names = ("resource_type", "id", "param", *columns)
+    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+
+
+_INSERTS: dict[str, str] = {name: _insert_sql(table, columns) for name, (table, columns) in _ROW_TABLES.items()}
+_DELETES: tuple[str, ...] = tuple(f"DELETE FROM {t.name} WHERE resource_type = ? AND id = ?" for t in INDEX_TABLES)
+
+
+def _delete_statements(rtype: str, rid: str) -> list[DriverStatement]:
+    return [DriverStatement(sql, [(rtype, rid)]) for sql in _DELETES]
+
+
 async def delete_index(conn: AsyncConnection, rtype: str, rid: str) -> None:
     """Remove every index row of rtype/rid."""
-    for table in INDEX_TABLES:
-        await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
+    await run_batch(conn, _delete_statements(rtype, rid))
 
 
 async def write_index(conn: AsyncConnection, rtype: str, rid: str, rows: IndexRows | None,
                       new: bool = False) -> None:
     """Replace the index rows of rtype/rid with `rows` (None: the resource is gone, no rows); `new`:
-    the resource has just been inserted, so there are no old rows to remove."""
-    if not new:
-        await delete_index(conn, rtype, rid)
-    if rows is None:
-        return
-    for name, (table, columns) in _ROW_TABLES.items():
-        values = getattr(rows, name)
-        if values:
-            await conn.execute(sa.insert(table), [
-                {"resource_type": rtype, "id": rid, "param": row[0],
-                 **{c: _finite(v) for c, v in zip(columns, row[1:], strict=True)}}
-                for row in values])
+    the resource has just been inserted, so there are no old rows to remove. One batch of driver
+    statements (store/driver_batch.py): a delete per table unless `new`, an insert per table with rows."""
+    statements = [] if new else _delete_statements(rtype, rid)
+    if rows is not None:
+        for name, sql in _INSERTS.items():
+            values = getattr(rows, name)
+            if values:
+                statements.append(DriverStatement(sql, [(rtype, rid, *map(_finite, row)) for row in values]))
+    await run_batch(conn, statements)
 
 
 # The same (type, id, param) lookup on the token and reference tables of schema 0001.
@@ -148,3 +158,4 @@ async def create_search_tables(conn: AsyncConnection) -> None:
     types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
     if types:
         await conn.execute(sa.insert(search_reindex), [{"resource_type": t, "after_id": ""} for t in types])
+
