@@ -39,6 +39,7 @@ from fhirvault.fhir.dates import MAX_US, MIN_US, date_range
 from fhirvault.fhir.indexing import COMPARTMENT, index_entries
 from fhirvault.fhir.references import parse_reference
 from fhirvault.fhir.search_params import ROW_PARAMS, SearchParam, params_of
+from fhirvault.fhir.search_storage import stored_as
 
 R4_MODEL = models["r4"]
 SECURITY_CONTEXT = "_securityContext"  # a Binary's securityContext, for access rules inside queries
@@ -497,11 +498,20 @@ def _add_composite(rows: IndexRows, param: SearchParam, resource: dict[str, Any]
 
 @cache
 def _indexed_params(rtype: str) -> tuple[tuple[SearchParam, frozenset[str] | None, bool], ...]:
-    """The parameters of `rtype` that have index rows, each with the top-level elements its expression
-    reads (None: the expression reads the whole resource, as composites over `Observation` do) and
-    whether only its `:identifier` rows are written (never, here)."""
-    return tuple((p, None if _reads_whole(p.expr, rtype) else _stems(p.expr) or None, False)
-                 for p in params_of(rtype).values() if p.code not in ROW_PARAMS)
+    """The parameters of `rtype` that have index rows of their own (fhir/search_storage.py), each with
+    the top-level elements its expression reads (None: the expression reads the whole resource, as
+    composites over `Observation` do) and whether only its `:identifier` rows are its own."""
+    out = []
+    for p in params_of(rtype).values():
+        if p.code in ROW_PARAMS:
+            continue
+        stored = stored_as(rtype, p.code)
+        stems = None if _reads_whole(p.expr, rtype) else _stems(p.expr) or None
+        if stored.params == (p.code,):
+            out.append((p, stems, False))
+        elif p.type == "reference" and stored.target_type is not None:
+            out.append((p, stems, True))
+    return tuple(out)
 
 
 def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:

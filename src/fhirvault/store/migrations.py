@@ -24,7 +24,7 @@ from fhirvault.store.schema import (
     search_refs,
     search_tokens,
 )
-from fhirvault.store.search_tables import create_search_tables
+from fhirvault.store.search_tables import create_search_tables, lean_search_index
 from fhirvault.store.security import auth_failures, clients, signing_keys
 from fhirvault.store.url_signing_keys import insert_key, new_key, url_signing_keys
 
@@ -74,6 +74,8 @@ STEPS: tuple[MigrationStep, ...] = (
         "CREATE INDEX IF NOT EXISTS ix_blobs_storage_key ON blobs (storage_key)")),
     # Typed search index tables; every stored type is marked for a resumable rebuild of its index.
     MigrationStep("0008_search_index", create_search_tables),
+    # Parameters stored as the rows of others lose their own rows; two redundant indexes go.
+    MigrationStep("0013_search_index_lean", lean_search_index),
 )
 
 

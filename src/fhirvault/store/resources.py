@@ -13,7 +13,15 @@ from fhirvault import jsoncodec
 from fhirvault.fhir.indexing import COMPARTMENT
 from fhirvault.fhir.search_index import IndexRows
 from fhirvault.store.schema import resource_versions, resources, search_refs
-from fhirvault.store.search_sql import Criteria, Restriction, SortKey, criteria_sql, restriction_sql, sort_columns
+from fhirvault.store.search_sql import (
+    Criteria,
+    Restriction,
+    SortKey,
+    criteria_sql,
+    param_rows,
+    restriction_sql,
+    sort_columns,
+)
 from fhirvault.store.search_tables import delete_index, write_index
 
 
@@ -125,7 +133,7 @@ class ResourceStore:
         t = resources
         keys = sort if sort else [SortKey("_lastUpdated", "_lastUpdated")]
         stmt = (sa.select(t).where(*self._select(criteria, restriction, cutoff_us))
-                .order_by(*sort_columns(keys, t)).limit(count).offset(offset))
+                .order_by(*sort_columns(keys, t, criteria.types)).limit(count).offset(offset))
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def count(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
@@ -162,14 +170,17 @@ class ResourceStore:
 
     async def references_from(self, conn: AsyncConnection, owners: list[tuple[str, str]], params: list[str] | None
                               ) -> list[tuple[str, str, str]]:
-        """(owner type, param, target) of the reference index rows of `owners`; `params` None for all."""
+        """(owner type, param, target) of the reference index rows of `owners`; `params` None for all. The
+        param is the one whose rows hold the target (`subject` for Observation `patient`: see
+        fhir/search_storage.py)."""
         sr = search_refs
         out: list[tuple[str, str, str]] = []
         for start in range(0, len(owners), 500):
             chunk = owners[start:start + 500]
             where = [sa.tuple_(sr.c.resource_type, sr.c.id).in_(chunk), ~sr.c.param.startswith("_", autoescape=True)]
             if params is not None:
-                where.append(sr.c.param.in_(params))
+                types = sorted({rtype for rtype, _ in chunk})
+                where.append(sa.or_(*[param_rows(sr, sr.c.resource_type, types, p) for p in params]))
             rows = await conn.execute(sa.select(sr.c.resource_type, sr.c.param, sr.c.target).where(*where))
             out += [(r[0], r[1], r[2]) for r in rows.all()]
         return out
@@ -183,7 +194,7 @@ class ResourceStore:
             where = [sr.c.resource_type == source_type, sr.c.target.in_(targets[start:start + 500]),
                      ~sr.c.param.startswith("_", autoescape=True)]
             if param is not None:
-                where.append(sr.c.param == param)
+                where.append(param_rows(sr, sr.c.resource_type, [source_type], param))
             ids = sa.select(sr.c.id).where(*where)
             stmt = sa.select(t).where(t.c.resource_type == source_type, t.c.id.in_(ids), t.c.deleted.is_(False),
                                       *restriction_sql(restriction, t))

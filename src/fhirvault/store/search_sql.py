@@ -7,12 +7,14 @@ checked every name, modifier and value."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
+from fhirvault.fhir.search_storage import StoredAs, stored_as
 from fhirvault.store.schema import resources, search_refs, search_tokens
 from fhirvault.store.search_tables import (
     search_composites,
@@ -252,8 +254,34 @@ def _composite(c: Any, t: CompositeTest) -> ColumnElement[bool]:
     return sa.and_(first, second)
 
 
-def _owned(table: Any, owner: Any, param: str) -> list[ColumnElement[bool]]:
-    return [table.c.resource_type == owner.c.resource_type, table.c.id == owner.c.id, table.c.param == param]
+def _stored_rows(table: Any, rtype: str, param: str) -> ColumnElement[bool]:
+    """The index rows of `param` of `rtype` in `table` (fhir/search_storage.py: a parameter may be
+    stored as the rows of others, restricted to one reference target type)."""
+    stored = stored_as(rtype, param)
+    cond = table.c.param == stored.params[0] if len(stored.params) == 1 else table.c.param.in_(stored.params)
+    if stored.target_type is not None:
+        t = stored.target_type
+        cond = sa.and_(cond, sa.or_(table.c.target.startswith(f"{t}/", autoescape=True),
+                                    table.c.target.contains(f"/{t}/", autoescape=True)))
+    return cond
+
+
+def param_rows(table: Any, owner_type: Any, types: Sequence[str], param: str) -> ColumnElement[bool]:
+    """The rows of `param` in `table` for owners of any of `types` (`owner_type`: the owner's
+    resource_type column): one condition when the types store `param` alike, else one per type."""
+    if not types:
+        return sa.false()
+    groups: dict[StoredAs, list[str]] = {}
+    for t in types:
+        groups.setdefault(stored_as(t, param), []).append(t)
+    if len(groups) == 1:
+        return _stored_rows(table, types[0], param)
+    return sa.or_(*[sa.and_(owner_type.in_(ts), _stored_rows(table, ts[0], param)) for ts in groups.values()])
+
+
+def _owned(table: Any, owner: Any, param: str, types: Sequence[str]) -> list[ColumnElement[bool]]:
+    return [table.c.resource_type == owner.c.resource_type, table.c.id == owner.c.id,
+            param_rows(table, owner.c.resource_type, types, param)]
 
 
 def _ref_to(owner: Any) -> ColumnElement[Any]:
@@ -261,8 +289,8 @@ def _ref_to(owner: Any) -> ColumnElement[Any]:
     return owner.c.resource_type + sa.literal("/") + owner.c.id
 
 
-def clause_sql(clause: Clause, owner: Any) -> ColumnElement[bool]:
-    """One clause as a condition on `owner` (an alias of `resources`)."""
+def clause_sql(clause: Clause, owner: Any, types: Sequence[str]) -> ColumnElement[bool]:
+    """One clause as a condition on `owner` (an alias of `resources` holding resources of `types`)."""
     if isinstance(clause, IdClause):
         return owner.c.id.in_(clause.ids)
     if isinstance(clause, UpdatedClause):
@@ -270,23 +298,24 @@ def clause_sql(clause: Clause, owner: Any) -> ColumnElement[bool]:
                         for t in clause.tests])
     if isinstance(clause, MissingClause):
         table: Any = TABLES[clause.kind]
-        exists = sa.exists().where(*_owned(table, owner, clause.param))
+        exists = sa.exists().where(*_owned(table, owner, clause.param, types))
         return sa.not_(exists) if clause.missing else exists
     if isinstance(clause, ChainClause):
         target = resources.alias()
         inner = criteria_sql(clause.criteria, target)
         targets = sa.select(_ref_to(target)).where(target.c.resource_type.in_(clause.target_types), *inner)
-        return sa.exists().where(*_owned(search_refs, owner, clause.param), search_refs.c.target.in_(targets))
+        return sa.exists().where(*_owned(search_refs, owner, clause.param, types), search_refs.c.target.in_(targets))
     if isinstance(clause, HasClause):
         source = resources.alias()
         refs = search_refs.alias()
         inner = criteria_sql(clause.criteria, source)
         return sa.exists().where(
-            refs.c.resource_type == clause.source_type, refs.c.param == clause.param, refs.c.target == _ref_to(owner),
+            refs.c.resource_type == clause.source_type, _stored_rows(refs, clause.source_type, clause.param),
+            refs.c.target == _ref_to(owner),
             source.c.resource_type == refs.c.resource_type, source.c.id == refs.c.id, *inner)
     table = TABLES[clause.kind].alias()
     match = sa.or_(*[_test(clause.kind, table, t) for t in clause.tests])
-    exists = sa.exists().where(*_owned(table, owner, clause.param), match)
+    exists = sa.exists().where(*_owned(table, owner, clause.param, types), match)
     return sa.not_(exists) if clause.negate else exists
 
 
@@ -297,7 +326,7 @@ def criteria_sql(criteria: Criteria, owner: Any) -> list[ColumnElement[bool]]:
         where.append(owner.c.resource_type == criteria.types[0])
     else:
         where.append(owner.c.resource_type.in_(criteria.types))
-    where += [clause_sql(c, owner) for c in criteria.clauses]
+    where += [clause_sql(c, owner, criteria.types) for c in criteria.clauses]
     return where
 
 
@@ -320,9 +349,9 @@ def restriction_sql(r: Restriction | None, owner: Any) -> list[ColumnElement[boo
         context_ok.append(sa.or_(
             ctx.c.target == r.compartment,
             ctx.c.target.in_(sa.select(_ref_to(target)).where(_in_compartment(target, r.compartment)))))
-    has_context = sa.exists().where(*_owned(ctx, owner, SECURITY_CONTEXT))
+    has_context = sa.exists().where(*_owned(ctx, owner, SECURITY_CONTEXT, ["Binary"]))
     binary_ok = sa.or_(
-        sa.exists().where(*_owned(ctx, owner, SECURITY_CONTEXT), *context_ok),
+        sa.exists().where(*_owned(ctx, owner, SECURITY_CONTEXT, ["Binary"]), *context_ok),
         sa.and_(sa.not_(has_context), sa.true() if r.binary_without_context else sa.false()),
     )
     other_ok = _in_compartment(owner, r.compartment) if r.compartment is not None else sa.true()
@@ -330,8 +359,9 @@ def restriction_sql(r: Restriction | None, owner: Any) -> list[ColumnElement[boo
                    sa.and_(owner.c.resource_type != "Binary", other_ok))]
 
 
-def sort_columns(keys: list[SortKey], owner: Any) -> list[Any]:
-    """ORDER BY terms: each key (missing values last), then type and id so that pages are stable."""
+def sort_columns(keys: list[SortKey], owner: Any, types: Sequence[str]) -> list[Any]:
+    """ORDER BY terms: each key (missing values last), then type and id so that pages are stable;
+    `types`: the resource types searched."""
     order: list[Any] = []
     for key in keys:
         if key.kind == "_id":
@@ -347,7 +377,7 @@ def sort_columns(keys: list[SortKey], owner: Any) -> list[Any]:
                 agg = sa.func.max(column) if key.descending else sa.func.min(column)
             else:
                 agg = sa.func.max(table.c[value]) if key.descending else sa.func.min(table.c[value])
-            col = sa.select(agg).where(*_owned(table, owner, key.param)).scalar_subquery()
+            col = sa.select(agg).where(*_owned(table, owner, key.param, types)).scalar_subquery()
             order.append(sa.case((col.is_(None), 1), else_=0))
         order.append(col.desc() if key.descending else col.asc())
     order += [owner.c.resource_type, owner.c.id]

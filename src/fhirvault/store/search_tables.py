@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.fhir.search_index import IndexRows
+from fhirvault.fhir.search_storage import aliased_codes, stored_as
 from fhirvault.store.driver_batch import DriverStatement, run_batch
 from fhirvault.store.schema import metadata, resources, search_refs, search_tokens
 
@@ -159,3 +160,25 @@ async def create_search_tables(conn: AsyncConnection) -> None:
     if types:
         await conn.execute(sa.insert(search_reindex), [{"resource_type": t, "after_id": ""} for t in types])
 
+
+# Schema 0001's (type, id) indexes on tokens and references: a prefix of the (type, id, param) ones above.
+_REDUNDANT_INDEXES = ("ix_tokens_owner", "ix_refs_owner")
+
+
+async def lean_search_index(conn: AsyncConnection) -> None:
+    """Migration step: drop the index rows of parameters stored as the rows of others
+    (fhir/search_storage.py) and the two indexes the owner indexes make redundant."""
+    for name in _REDUNDANT_INDEXES:
+        await conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
+    types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
+    for rtype in types:
+        for code in aliased_codes(rtype):
+            if stored_as(rtype, code).target_type is not None:
+                # only the reference rows: `code:identifier` rows stay the parameter's own
+                await conn.execute(sa.delete(search_refs).where(
+                    search_refs.c.resource_type == rtype, search_refs.c.param == code))
+                continue
+            for table in INDEX_TABLES:
+                await conn.execute(sa.delete(table).where(
+                    table.c.resource_type == rtype,
+                    sa.or_(table.c.param == code, table.c.param.startswith(f"{code}:", autoescape=True))))
