@@ -108,6 +108,9 @@ class FhirVault:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Starts the server's parts in one process: warms the validator, migrates the database, indexes
+        resources the search index lacks, loads the key rings, and starts the job workers and the
+        blob sweeper. Raises what the database or the store raise when they are not available."""
         if self.settings.validation_enabled:
             # Compiling the R4 schema takes about a second: done at start, not on the first write.
             await asyncio.to_thread(validation.warm_up)
@@ -151,6 +154,7 @@ class FhirVault:
             await asyncio.sleep(interval)
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
+        """The OperationDefinitions this server implements, by id (see fhir.operation_definitions)."""
         return builtin_operation_definitions(self.settings.fhir_base_url)
 
     def capability_statement_json(self) -> bytes:
@@ -160,6 +164,9 @@ class FhirVault:
         return self._capability_json
 
     def capability_statement(self) -> dict[str, Any]:
+        """The server's CapabilityStatement (R4 CapabilityStatement, kind instance): every resource type with
+        its interactions, search parameters, operations and the OAuth2 security service; built once
+        per process."""
         if self._capability is None:
             base = self.settings.fhir_base_url
             operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
@@ -209,6 +216,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 def build_app(settings: Settings) -> Starlette:
+    """The ASGI application for `settings`: the FhirVault parts, the routes of http.routes, the middleware
+    (content codings, formats, limits) and the error handlers that turn every failure into an
+    OperationOutcome."""
     vault = FhirVault(settings)
     access_log = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, storage_api.RedactSignatures) for f in access_log.filters):

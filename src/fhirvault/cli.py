@@ -210,6 +210,8 @@ def _client_json(client: Client, secret: str | None = None) -> dict[str, Any]:
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
+    """`fhirvault clients ...`: create, list, disable OAuth2 clients and rotate their secrets, on the
+    configured database; returns the exit status (2 for a usage mistake)."""
     from fhirvault.errors import FhirVaultError
 
     settings = _server_settings(args)
@@ -293,6 +295,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
+    """`fhirvault jobs list`: the durable jobs, newest first, as JSON lines; returns the exit status."""
     import asyncio
     import json
 
@@ -431,6 +434,7 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every `fhirvault` command and its options."""
     parser = argparse.ArgumentParser(prog="fhirvault", description="A FHIR R4 server built for binary data")
     parser.add_argument("--version", action="version", version=f"fhirvault {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -496,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `fhirvault` entry point: parses `argv` (None: sys.argv) and runs the command; returns the process
+    exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -24,36 +24,56 @@ class FhirVaultError(Exception):
 
 
 class Invalid(FhirVaultError):
+    """The request or resource breaks a FHIR or HTTP rule (a malformed body, an unknown parameter, an
+    R4 validation error): 400, issue code `invalid` (or the more precise code given)."""
+
     status = 400
     code = "invalid"
 
 
 class Unauthorized(FhirVaultError):
+    """No valid bearer token (missing, expired, revoked, wrong signature): 401 with `WWW-Authenticate`.
+    The message never repeats the token."""
+
     status = 401
     code = "login"
 
 
 class Forbidden(FhirVaultError):
+    """The caller is known but its scopes, patient context or a `Binary.securityContext` do not allow
+    the interaction: 403, issue code `forbidden`."""
+
     status = 403
     code = "forbidden"
 
 
 class NotFound(FhirVaultError):
+    """No such resource, version, route or job for this caller (also what a caller gets for a resource
+    its access rules hide, so hiding leaks nothing): 404."""
+
     status = 404
     code = "not-found"
 
 
 class Conflict(FhirVaultError):
+    """The request disagrees with the current state (an id in the body that is not the URL's, a version
+    that changed meanwhile, several matches for a conditional interaction where the spec says 409): 409."""
+
     status = 409
     code = "conflict"
 
 
 class Gone(FhirVaultError):
+    """The resource existed and was deleted (FHIR R4 RESTful API, read of a deleted resource): 410."""
+
     status = 410
     code = "deleted"
 
 
 class PreconditionFailed(FhirVaultError):
+    """An HTTP precondition (`If-Match`, `If-None-Match`) or a conditional interaction's criteria did not
+    hold (R4 3.1.0.8, several matches on conditional update or create): 412."""
+
     status = 412
     code = "conflict"
 
@@ -73,11 +93,15 @@ class NotAcceptable(FhirVaultError):
 
 
 class TooLarge(FhirVaultError):
+    """A body, a decoded body or a Bundle larger than the configured limit (bytes): 413."""
+
     status = 413
     code = "too-costly"
 
 
 class Unsupported(FhirVaultError):
+    """A request body in a media type, charset or content coding the endpoint does not take: 415."""
+
     status = 415
     code = "not-supported"
 

@@ -43,6 +43,7 @@ class AsyncFhirClient:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
 
     async def aclose(self) -> None:
+        """Closes the HTTP connections; the client is unusable afterwards."""
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncFhirClient:
@@ -54,21 +55,28 @@ class AsyncFhirClient:
 
     # -- resources (see FhirClient for each method's contract) -------------------------------
     async def create_resource(self, resource: Resource) -> Resource:
+        """As FhirClient.create_resource: POST the resource, return it as stored."""
         return await self._run(ops.create_resource(self.base_url, resource))
 
     async def read_resource(self, resource_type: str, resource_id: str) -> Resource:
+        """As FhirClient.read_resource: the current version of [type]/[id]."""
         return await self._run(ops.read_resource(self.base_url, resource_type, resource_id))
 
     async def vread(self, resource_type: str, resource_id: str, version_id: str | int) -> Resource:
+        """As FhirClient.vread: one version of [type]/[id]."""
         return await self._run(ops.vread(self.base_url, resource_type, resource_id, version_id))
 
     async def update_resource(self, resource: Resource, if_match: str | int | None = None) -> Resource:
+        """As FhirClient.update_resource: PUT the resource (If-Match with `if_match`), return the stored
+        version."""
         return await self._run(ops.update_resource(self.base_url, resource, if_match))
 
     async def delete_resource(self, resource_type: str, resource_id: str) -> None:
+        """As FhirClient.delete_resource: DELETE [type]/[id]."""
         await self._run(ops.delete_resource(self.base_url, resource_type, resource_id))
 
     async def search(self, resource_type: str | None, params: SearchParams = None) -> AsyncIterator[Resource]:
+        """As FhirClient.search: every matching resource, following `next` links page by page."""
         call: Call | None = ops.search_call(self.base_url, resource_type, params)
         while call is not None:
             page = await self._run(ops.fetch_page(call))
@@ -78,6 +86,7 @@ class AsyncFhirClient:
 
     async def history(self, resource_type: str | None = None, resource_id: str | None = None,
                       params: SearchParams = None) -> AsyncIterator[Resource]:
+        """As FhirClient.history: every history entry (Bundle entry dicts), page by page."""
         call: Call | None = ops.history_call(self.base_url, resource_type, resource_id, params)
         while call is not None:
             page = await self._run(ops.fetch_page(call))
@@ -86,6 +95,7 @@ class AsyncFhirClient:
             call = ops.next_page(page)
 
     async def transaction(self, bundle: Resource) -> Resource:
+        """As FhirClient.transaction: POST a batch or transaction Bundle, return the response Bundle."""
         return await self._run(ops.transaction(self.base_url, bundle))
 
     # -- binaries ----------------------------------------------------------------------------
@@ -101,6 +111,7 @@ class AsyncFhirClient:
     async def create_attachment(self, data: UploadData, *, content_type: str | None = None,
                                 filename: str | None = None, security_context: str | None = None,
                                 on_progress: ProgressCallback | None = None) -> Resource:
+        """As FhirClient.create_attachment: upload as a Binary, return an Attachment pointing at it."""
         return await self._run(ops.create_attachment(self.base_url, _body(data, on_progress),
                                                      content_type=content_type, filename=filename,
                                                      security_context=security_context))
@@ -108,6 +119,7 @@ class AsyncFhirClient:
     async def create_media(self, data: UploadData, *, content_type: str | None = None, filename: str | None = None,
                            security_context: str | None = None, on_progress: ProgressCallback | None = None,
                            media: Resource | None = None) -> Resource:
+        """As FhirClient.create_media: upload as a Binary and create a Media holding it."""
         return await self._run(ops.create_media(self.base_url, _body(data, on_progress),
                                                 content_type=content_type, filename=filename,
                                                 security_context=security_context, media=media))
@@ -116,6 +128,8 @@ class AsyncFhirClient:
                                         filename: str | None = None, security_context: str | None = None,
                                         on_progress: ProgressCallback | None = None,
                                         document: Resource | None = None) -> Resource:
+        """As FhirClient.create_document_reference: upload as a Binary and create a DocumentReference holding
+        it."""
         return await self._run(ops.create_document_reference(self.base_url, _body(data, on_progress),
                                                              content_type=content_type, filename=filename,
                                                              security_context=security_context,
@@ -124,16 +138,19 @@ class AsyncFhirClient:
     async def download(self, target: Resource | str, dest: Destination = None, *,
                        byte_range: tuple[int, int | None] | None = None,
                        on_progress: ProgressCallback | None = None) -> bytes | None:
+        """As FhirClient.download: stream a Binary's, an Attachment's or a URL's bytes into `dest` or memory."""
         return await self._run(ops.download(self.base_url, target, dest, byte_range=byte_range,
                                             on_progress=on_progress))
 
     async def binary_access_write(self, reference: str, path: str | None, data: UploadData, content_type: str, *,
                                   on_progress: ProgressCallback | None = None) -> Resource:
+        """As FhirClient.binary_access_write: $binary-access-write the bytes into the Attachment at `path`."""
         return await self._run(ops.binary_access_write(self.base_url, reference, path,
                                                        _body(data, on_progress), content_type))
 
     async def binary_access_read(self, reference: str, path: str | None = None, dest: Destination = None, *,
                                  on_progress: ProgressCallback | None = None) -> bytes | None:
+        """As FhirClient.binary_access_read: $binary-access-read the bytes of the Attachment at `path`."""
         return await self._run(ops.binary_access_read(self.base_url, reference, path, dest,
                                                       on_progress=on_progress))
 

@@ -33,13 +33,16 @@ class FixedToken:
         self._token = token
 
     def current(self) -> str | None:
+        """The given token."""
         return self._token
 
     def fetch(self, fhir_base: str) -> Operation[str]:
+        """The given token, without any request."""
         return self._token
         yield  # pragma: no cover - makes this a generator
 
     def invalidate(self) -> bool:
+        """False: a fixed token cannot be replaced, so a 401 is final."""
         return False
 
 
@@ -60,15 +63,20 @@ class ClientCredentials:
         self.fetch_count = 0
 
     def current(self) -> str | None:
+        """The cached token while it is not due for renewal, else None."""
         if self._token is not None and self._clock() < self._renew_at:
             return self._token
         return None
 
     def invalidate(self) -> bool:
+        """Forgets the cached token (the server refused it); True, since `fetch` can get another."""
         self._token = None
         return True
 
     def fetch(self, fhir_base: str) -> Operation[str]:
+        """Gets a new token from the token endpoint (discovered from .well-known/smart-configuration when no
+        token_url was given) by the client credentials grant, caches it until shortly before it
+        expires and returns it. Raises FhirError when discovery or the grant fails."""
         if self.token_url is None:
             reply = yield Call("GET", f"{fhir_base}/.well-known/smart-configuration", authenticated=False)
             endpoint = reply.body.get("token_endpoint") if isinstance(reply.body, dict) else None

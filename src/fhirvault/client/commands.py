@@ -57,6 +57,8 @@ def add_client_commands(sub: Any) -> None:
 
 
 def connect(args: argparse.Namespace) -> FhirClient:
+    """A FhirClient for the server, credentials and profile that the command line and the client settings
+    (FHIRVAULT_* variables, the profile file) name."""
     from fhirvault.config import load_client_settings
 
     settings = load_client_settings(args.profile, url=args.url, client_id=args.client_id,
@@ -169,6 +171,8 @@ def attach(client: FhirClient, reference: str, element: str, attachment: dict[st
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    """`fhirvault download TARGET [-o FILE]`: streams a Binary's or Attachment's bytes to FILE or standard
+    output with a progress bar on standard error; returns the exit status."""
     def run(client: FhirClient) -> None:
         with transfer_progress(f"download {args.target}") as on_progress:
             if args.output is not None:
@@ -181,6 +185,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    """`fhirvault get Type/id[/_history/vid]`: prints the resource as JSON; returns the exit status."""
     def run(client: FhirClient) -> None:
         parts = args.reference.strip("/").split("/")
         if len(parts) == 2:
@@ -195,6 +200,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    """`fhirvault search Type key=value...`: prints every matching resource as JSON, following pages; returns
+    the exit status."""
     def run(client: FhirClient) -> None:
         params: list[tuple[str, str]] = []
         for item in args.params:

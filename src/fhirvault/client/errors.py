@@ -68,6 +68,8 @@ def outcome_message(outcome: dict[str, Any]) -> str:
 
 
 def simple_outcome(message: str, code: str = "processing") -> dict[str, Any]:
+    """An OperationOutcome with one error issue, for failures the client finds itself (no server answer to
+    quote)."""
     return {"resourceType": "OperationOutcome",
             "issue": [{"severity": "error", "code": code, "diagnostics": message}]}
 

@@ -38,6 +38,7 @@ class Call:
     authenticated: bool = True
 
     def full_url(self) -> str:
+        """The URL with the query parameters appended, as it will be requested."""
         return str(httpx.URL(self.url, params=list(self.params))) if self.params else self.url
 
     @property
@@ -70,6 +71,7 @@ def redirect_target(call: Call, status: int, headers: Mapping[str, str], url: st
 
 
 def parse_body(content: bytes) -> Any:
+    """A reply body as JSON, or None when it is empty or not JSON (e.g. raw bytes or an HTML error page)."""
     if not content.strip():
         return None
     try:
@@ -79,6 +81,8 @@ def parse_body(content: bytes) -> Any:
 
 
 def request_headers(call: Call, token: str | None) -> dict[str, str]:
+    """The headers to send for `call`: its own, Content-Length for an upload of known size (instead of
+    chunked), and the bearer token when given."""
     headers = dict(call.headers)
     if call.upload is not None and call.upload.total is not None:
         # A known length goes up as Content-Length rather than chunked encoding.

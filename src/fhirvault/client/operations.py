@@ -44,22 +44,30 @@ def etag_for(version: str | int) -> str:
 
 # -- resources ---------------------------------------------------------------------------------
 def create_resource(base: str, resource: Resource) -> Operation[Resource]:
+    """POST [base]/[type] (R4 3.1.0.7 create) asking for the stored representation; returns the created
+    resource with its id and meta. The server's refusal arrives as a FhirError subclass from the
+    runner."""
     rtype, _ = _type_and_id(resource)
     reply = yield Call("POST", f"{base}/{rtype}", json=resource, headers=dict(WRITE_HEADERS))
     return _body(reply.body, "the create")
 
 
 def read_resource(base: str, rtype: str, rid: str) -> Operation[Resource]:
+    """GET [base]/[type]/[id] (R4 read); returns the resource."""
     reply = yield Call("GET", f"{base}/{rtype}/{rid}", headers=dict(JSON_HEADERS))
     return _body(reply.body, "the read")
 
 
 def vread(base: str, rtype: str, rid: str, version_id: str | int) -> Operation[Resource]:
+    """GET [base]/[type]/[id]/_history/[vid] (R4 vread); returns that version."""
     reply = yield Call("GET", f"{base}/{rtype}/{rid}/_history/{version_id}", headers=dict(JSON_HEADERS))
     return _body(reply.body, "the vread")
 
 
 def update_resource(base: str, resource: Resource, if_match: str | int | None = None) -> Operation[Resource]:
+    """PUT [base]/[type]/[id] (R4 update), with `If-Match` for the given version when `if_match` is set (a 412
+    then means someone else changed it); returns the stored version. ValueError when the resource has
+    no id."""
     rtype, rid = _type_and_id(resource)
     if rid is None:
         raise ValueError("update_resource needs a resource with an id")
@@ -71,11 +79,14 @@ def update_resource(base: str, resource: Resource, if_match: str | int | None = 
 
 
 def delete_resource(base: str, rtype: str, rid: str) -> Operation[None]:
+    """DELETE [base]/[type]/[id] (R4 delete)."""
     yield Call("DELETE", f"{base}/{rtype}/{rid}", headers=dict(JSON_HEADERS))
     return None
 
 
 def transaction(base: str, bundle: Resource) -> Operation[Resource]:
+    """POST [base] with a batch or transaction Bundle (R4 3.1.0.11); returns the response Bundle. ValueError
+    when `bundle` is not a Bundle."""
     if bundle.get("resourceType") != "Bundle":
         raise ValueError("transaction needs a Bundle")
     reply = yield Call("POST", base, json=bundle, headers=dict(JSON_HEADERS))
@@ -96,21 +107,26 @@ def search_params(params: SearchParams) -> list[tuple[str, str]]:
 
 
 def search_call(base: str, rtype: str | None, params: SearchParams) -> Call:
+    """The GET of the first page of a search of `rtype` (None: the whole system) with `params`."""
     url = f"{base}/{rtype}" if rtype else base
     return Call("GET", url, params=search_params(params), headers=dict(JSON_HEADERS))
 
 
 def history_call(base: str, rtype: str | None, rid: str | None, params: SearchParams) -> Call:
+    """The GET of the first page of a history: of the system, of a type (`rtype`), or of one resource (`rtype`
+    and `rid`)."""
     parts = [base] + ([rtype] if rtype else []) + ([rid] if rtype and rid else []) + ["_history"]
     return Call("GET", "/".join(parts), params=search_params(params), headers=dict(JSON_HEADERS))
 
 
 def fetch_page(call: Call) -> Operation[Resource]:
+    """Fetches one searchset or history page; returns the Bundle."""
     reply = yield call
     return _body(reply.body, "the search")
 
 
 def next_page(bundle: Resource) -> Call | None:
+    """The GET of the page a Bundle's `next` link names, or None on the last page."""
     for link in bundle.get("link") or []:
         if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
             return Call("GET", str(link["url"]), headers=dict(JSON_HEADERS))
@@ -133,12 +149,17 @@ def outcomes(bundle: Resource) -> Iterator[Resource]:
 
 
 def entries(bundle: Resource) -> Iterator[Resource]:
+    """Every entry of a Bundle, as the entry dicts (with fullUrl, search, request, response as present)."""
     yield from bundle.get("entry") or []
 
 
 # -- binaries ---------------------------------------------------------------------------------
 def create_binary(base: str, body: UploadBody, *, content_type: str | None = None, filename: str | None = None,
                   security_context: str | None = None) -> Operation[Resource]:
+    """POST [base]/Binary with the raw bytes of `body` streamed as the request body (Content-Type: the given
+    type or one guessed from the file name; the file name as `_filename`; the securityContext as
+    `X-Security-Context`); returns the created Binary (without data), rebuilt from Location when the
+    server sends no body."""
     filename = filename or body.name
     content_type = content_type or guess_content_type(filename)
     headers = {"Content-Type": content_type, "Accept": FHIR_JSON}
@@ -177,6 +198,8 @@ def attachment_for(binary: Resource, body: UploadBody, filename: str | None) -> 
 
 def create_attachment(base: str, body: UploadBody, *, content_type: str | None = None, filename: str | None = None,
                       security_context: str | None = None) -> Operation[Resource]:
+    """Uploads the bytes as a Binary and returns an Attachment pointing at it (`url` Binary/id, contentType,
+    title, size and SHA-1 hash of the bytes sent)."""
     binary = yield from create_binary(base, body, content_type=content_type, filename=filename,
                                       security_context=security_context)
     return attachment_for(binary, body, filename)
@@ -184,6 +207,8 @@ def create_attachment(base: str, body: UploadBody, *, content_type: str | None =
 
 def create_media(base: str, body: UploadBody, *, content_type: str | None = None, filename: str | None = None,
                  security_context: str | None = None, media: Resource | None = None) -> Operation[Resource]:
+    """Uploads the bytes as a Binary and creates a Media (status completed, plus the fields of `media`) whose
+    content is that Attachment; returns the created Media."""
     attachment = yield from create_attachment(base, body, content_type=content_type, filename=filename,
                                               security_context=security_context)
     resource: Resource = {"resourceType": "Media", "status": "completed", **(media or {}), "content": attachment}
@@ -193,6 +218,8 @@ def create_media(base: str, body: UploadBody, *, content_type: str | None = None
 def create_document_reference(base: str, body: UploadBody, *, content_type: str | None = None,
                               filename: str | None = None, security_context: str | None = None,
                               document: Resource | None = None) -> Operation[Resource]:
+    """Uploads the bytes as a Binary and creates a DocumentReference (status current, plus the fields of
+    `document`) with that Attachment as its one content; returns the created DocumentReference."""
     attachment = yield from create_attachment(base, body, content_type=content_type, filename=filename,
                                               security_context=security_context)
     resource: Resource = {"resourceType": "DocumentReference", "status": "current", **(document or {}),
@@ -220,6 +247,10 @@ def resolve_url(base: str, url: str) -> str:
 def download(base: str, target: Resource | str, dest: Destination = None, *,
              byte_range: tuple[int, int | None] | None = None,
              on_progress: ProgressCallback | None = None) -> Operation[bytes | None]:
+    """Downloads the bytes of a Binary, an Attachment (by url, or its inline data), or a URL, into `dest`
+    (None: returned as bytes), streaming, optionally one `byte_range` (start, stop exclusive). Size and
+    hash given by an Attachment are checked; a mismatch raises an error. Returns the bytes or None when
+    written to `dest`."""
     size: int | None = None
     sha1: str | None = None
     accept = "*/*"
@@ -266,6 +297,8 @@ def _inline(data: str, dest: Destination, size: int | None, sha1: str | None,
 # -- HAPI-style $binary-access operations ---------------------------------------------------------
 def binary_access_write(base: str, reference: str, path: str | None, body: UploadBody,
                         content_type: str) -> Operation[Resource]:
+    """POST [reference]/$binary-access-write (HAPI FHIR) with the raw bytes of `body` for the Attachment at
+    element `path`; returns the updated resource."""
     params = [("path", path)] if path else []
     headers = {"Content-Type": content_type, "Accept": FHIR_JSON}
     reply = yield Call("POST", f"{base}/{reference.strip('/')}/$binary-access-write", params=params,
@@ -275,6 +308,8 @@ def binary_access_write(base: str, reference: str, path: str | None, body: Uploa
 
 def binary_access_read(base: str, reference: str, path: str | None, dest: Destination = None, *,
                        on_progress: ProgressCallback | None = None) -> Operation[bytes | None]:
+    """GET [reference]/$binary-access-read (HAPI FHIR): the raw bytes of the Attachment at element `path`,
+    streamed into `dest` (None: returned as bytes)."""
     params = [("path", path)] if path else []
     sink = DownloadSink(dest, on_progress=on_progress)
     yield Call("GET", f"{base}/{reference.strip('/')}/$binary-access-read", params=params,

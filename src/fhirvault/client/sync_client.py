@@ -49,6 +49,7 @@ class FhirClient:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
+        """Closes the HTTP connections; the client is unusable afterwards."""
         self._http.close()
 
     def __enter__(self) -> FhirClient:

@@ -67,6 +67,7 @@ class UploadBody:
 
     @property
     def is_async(self) -> bool:
+        """Whether the data is an async iterable (only the async client can send it)."""
         return isinstance(self._data, AsyncIterable)
 
     def _passed(self, chunk: bytes) -> bytes:
@@ -186,6 +187,9 @@ class DownloadSink:
             self._file = self._dest
 
     def write(self, chunk: bytes) -> None:
+        """Takes the next piece of the response body: skips what precedes a requested range when the server
+        sent the whole representation, hashes and counts it, reports progress and writes it to the
+        destination."""
         if self._skip:
             dropped = min(self._skip, len(chunk))
             chunk = chunk[dropped:]

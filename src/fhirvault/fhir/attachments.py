@@ -36,6 +36,8 @@ def _load(name: str) -> Any:
 
 @cache
 def r4_model() -> R4Model:
+    """The R4 model tables the Attachment walk needs (element path -> type, backbone elements, repeating
+    elements), loaded once."""
     types: dict[str, str] = dict(_load("path2Type.json"))
     types.update(BEYOND_R4)
     backbones = set()

@@ -39,6 +39,7 @@ def decode_base64_strict(text: Any, where: str) -> bytes:
 
 
 def filename_of(binary: dict[str, Any]) -> str | None:
+    """The file name kept in a Binary's meta extension (FILENAME_EXTENSION_URL), or None."""
     for ext in (binary.get("meta") or {}).get("extension") or []:
         if isinstance(ext, dict) and ext.get("url") == FILENAME_EXTENSION_URL:
             value = ext.get("valueString")
@@ -64,6 +65,7 @@ def set_filename(binary: dict[str, Any], filename: str | None) -> None:
 
 
 def security_context_of(binary: dict[str, Any]) -> str | None:
+    """The reference string of `Binary.securityContext` (R4 Binary), or None when absent."""
     ref = binary.get("securityContext")
     if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
         return str(ref["reference"])

@@ -15,12 +15,17 @@ class PathError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
+    """One step of an element path: an element name and, for a repeating element, the index (0-based) or None."""
+
     name: str
     index: int | None = None
 
 
 @dataclass(frozen=True)
 class ElementPath:
+    """A path to one element of a resource, as FHIRPath writes it (`DocumentReference.content[0].attachment`):
+    the resource type and the steps below it."""
+
     resource_type: str
     steps: tuple[Step, ...]
 

@@ -29,6 +29,8 @@ def _instance_operation(base_url: str, code: str, name: str, description: str, a
 
 
 def binary_access_read(base_url: str) -> dict[str, Any]:
+    """The OperationDefinition of $binary-access-read (HAPI FHIR's operation) with canonical URLs under
+    `base_url`."""
     return _instance_operation(
         base_url, "binary-access-read", "BinaryAccessRead",
         "Streams the bytes of the Attachment at `path` (inline data, or the Binary its url names) "
@@ -39,6 +41,8 @@ def binary_access_read(base_url: str) -> dict[str, Any]:
 
 
 def binary_access_write(base_url: str) -> dict[str, Any]:
+    """The OperationDefinition of $binary-access-write (HAPI FHIR's operation) with canonical URLs under
+    `base_url`."""
     return _instance_operation(
         base_url, "binary-access-write", "BinaryAccessWrite",
         "Stores the raw request body as the content of the existing Attachment at `path`: "
@@ -72,4 +76,6 @@ def validate(base_url: str) -> dict[str, Any]:
 
 
 def builtin_operation_definitions(base_url: str) -> dict[str, dict[str, Any]]:
+    """Every OperationDefinition this server implements, by id, with canonical URLs under `base_url` (served
+    at OperationDefinition/{id} and named in the CapabilityStatement)."""
     return {d["id"]: d for d in (binary_access_read(base_url), binary_access_write(base_url), validate(base_url))}

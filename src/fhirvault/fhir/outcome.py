@@ -8,6 +8,8 @@ from typing import Any
 def operation_outcome(
     message: str, *, code: str = "processing", severity: str = "error", expression: str | None = None
 ) -> dict[str, Any]:
+    """An OperationOutcome (R4) with one issue: `message` as diagnostics and details.text, the issue `code`
+    and `severity`, and the FHIRPath `expression` of the element concerned when given."""
     issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": message}
     issue["details"] = {"text": message}
     if expression:
@@ -16,6 +18,7 @@ def operation_outcome(
 
 
 def informational(messages: list[str]) -> dict[str, Any]:
+    """An OperationOutcome of informational issues, one per message (e.g. the outcome of a successful delete)."""
     return {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "information", "code": "informational", "diagnostics": m} for m in messages],

@@ -27,14 +27,17 @@ def _tables() -> dict[str, Any]:
 
 @cache
 def resource_types() -> frozenset[str]:
+    """The names of every R4 (4.0.1) resource type, from the generated table."""
     return frozenset(_tables()["resourceTypes"])
 
 
 def is_resource_type(name: str) -> bool:
+    """Whether `name` is an R4 resource type (case-sensitive, e.g. "Patient")."""
     return name in resource_types()
 
 
 def is_valid_id(value: Any) -> bool:
+    """Whether `value` is a string matching the R4 id datatype (1-64 of [A-Za-z0-9-.]; R4 2.24.0.1)."""
     return isinstance(value, str) and bool(ID_PATTERN.match(value))
 
 
@@ -50,6 +53,7 @@ def param_paths(resource_type: str, code: str) -> list[dict[str, str]]:
 
 
 def has_param(resource_type: str, code: str) -> bool:
+    """Whether R4 defines search parameter `code` on `resource_type` in the generated path table."""
     return bool(param_paths(resource_type, code))
 
 

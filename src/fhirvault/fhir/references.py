@@ -12,12 +12,16 @@ _REL = re.compile(rf"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>{ID})(/_history/(?P<vid>[0
 
 @dataclass(frozen=True)
 class Reference:
+    """A literal reference to a resource on this server: type, id and, for a versioned reference, the version
+    id."""
+
     resource_type: str
     id: str
     version_id: str | None = None
 
     @property
     def relative(self) -> str:
+        """"Type/id", without any version."""
         return f"{self.resource_type}/{self.id}"
 
 

@@ -46,14 +46,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     # -- connection ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """A new connection: the header timer starts, so a client that never sends a request line is dropped."""
         super().connection_made(transport)
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The connection closed: stop both timers before uvicorn tears the protocol down."""
         self._cancel_timers()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """Counts the bytes of a request whose headers are still arriving and answers 431 once they exceed
+        MAX_HEADER_BYTES, before the parser buffers more."""
         if self._rejected:
             return
         if self._awaiting_headers:
@@ -65,6 +69,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     # -- parser callbacks ---------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        """A request begins: its header size starts at zero and the header timer runs."""
         super().on_message_begin()
         self._awaiting_headers = True
         self._header_size = 0
@@ -72,14 +77,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._arm_header_timer()
 
     def on_url(self, url: bytes) -> None:
+        """Counts the request target toward the header limit."""
         self._header_size += len(url)
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """Counts one header line (name, value and separators) toward the header limit."""
         self._header_size += len(name) + len(value) + 4
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        """Headers done: stop the header timer, refuse with 431 when they were too large, otherwise hand the
+        request on and start the body idle timer (BODY_IDLE_TIMEOUT seconds between body pieces)."""
         self._awaiting_headers = False
         self._header_bytes = 0
         if self._header_timer is not None:
@@ -93,12 +102,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._body_timer = self.loop.call_later(self.body_idle_timeout, self._check_body_idle)
 
     def on_body(self, body: bytes) -> None:
+        """A body piece arrived: the idle timer restarts from now."""
         if self._rejected:
             return
         self._last_body_at = self.loop.time()
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        """The body is complete: the idle timer stops."""
         if self._rejected:
             return
         if self._body_timer is not None:

@@ -23,7 +23,9 @@ class Decoder(Protocol):
     """One content coding's decoder (RFC 9110 8.4.1): decoded bytes come out in pieces of at most
     DECODED_PIECE; Invalid for input that is not of that coding or ends too soon."""
 
-    def feed(self, data: bytes) -> Iterator[bytes]: ...
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Decodes the next piece of the encoded body, yielding decoded pieces; raises Invalid for input that
+        is not of this coding."""
 
     def finish(self) -> None:
         """Invalid unless the whole encoded stream has been fed."""
@@ -41,6 +43,9 @@ class ZlibDecoder:
         self._head = b""
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        """Decodes the next piece of a gzip or deflate body (several gzip members one after another allowed),
+        yielding decoded pieces of at most DECODED_PIECE bytes; raises Invalid for a corrupt stream
+        or bytes after a deflate stream's end."""
         if self._inflater is None:
             self._head += data
             if len(self._head) < 2:
@@ -66,6 +71,7 @@ class ZlibDecoder:
             raise Invalid(f"The {self.coding}-encoded request body cannot be decoded: {exc}") from None
 
     def finish(self) -> None:
+        """Raises Invalid unless the stream ended properly (a truncated body would otherwise be stored short)."""
         if self._inflater is None or not self._inflater.eof:
             raise Invalid(f"The {self.coding}-encoded request body is truncated")
 
@@ -78,6 +84,7 @@ class BrotliDecoder:
         self._decompressor = brotli.Decompressor()
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        """Decodes the next piece of a br body, yielding decoded pieces; raises Invalid for a corrupt stream."""
         d = self._decompressor
         try:
             out = d.process(data, output_buffer_limit=DECODED_PIECE)
@@ -93,11 +100,14 @@ class BrotliDecoder:
             raise Invalid(f"The br-encoded request body cannot be decoded: {exc}") from None
 
     def finish(self) -> None:
+        """Raises Invalid unless the brotli stream ended properly."""
         if not self._decompressor.is_finished():
             raise Invalid("The br-encoded request body is truncated")
 
 
 def decoder_for(coding: str) -> Decoder:
+    """A fresh decoder for one content coding (gzip, x-gzip, deflate or br; the caller has already refused
+    others with 415)."""
     return BrotliDecoder() if coding == "br" else ZlibDecoder("gzip" if coding == "x-gzip" else coding)
 
 

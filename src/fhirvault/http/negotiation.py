@@ -21,10 +21,14 @@ PRODUCED_FORMATS = "application/fhir+json (also as application/json, json), fhir
 
 
 def media_type(content_type: str | None) -> str:
+    """The bare media type of a Content-Type or Accept value, lower case and without parameters ("" when
+    absent)."""
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def is_fhir_json(content_type: str | None) -> bool:
+    """Whether a Content-Type names FHIR JSON (application/fhir+json, application/json+fhir or
+    application/json)."""
     return media_type(content_type) in FHIR_JSON_TYPES
 
 
@@ -76,6 +80,8 @@ def names_other_fhir_format(header: str | None) -> bool:
 
 @dataclass(frozen=True)
 class AcceptItem:
+    """One Accept entry (RFC 9110 12.5.1): its media type, quality 0..1 and position in the header."""
+
     media_type: str
     q: float
     order: int
@@ -145,6 +151,8 @@ def add_vary(headers: MutableHeaders | dict[str, str], *names: str) -> None:
 
 
 def parse_prefer(header: str | None) -> dict[str, str]:
+    """The Prefer header's preferences (RFC 7240) as lower-case name -> lower-case value ("" for a bare
+    token), e.g. {"return": "minimal", "handling": "strict"}."""
     out: dict[str, str] = {}
     for part in (header or "").split(","):
         for token in part.split(";"):

@@ -38,6 +38,7 @@ class OAuthError(Exception):
         self.headers = headers or {}
 
     def response(self) -> Response:
+        """The RFC 6749 5.2 error response: JSON `error` and `error_description`, never cached."""
         return JSONResponse({"error": self.error, "error_description": self.description}, self.status,
                             {**NO_STORE, **self.headers})
 
@@ -100,6 +101,9 @@ def _granted_scopes(client: Client, requested: str | None) -> ScopeSet:
 
 
 async def token(request: Request) -> Response:
+    """The token endpoint (RFC 6749 4.4, client credentials; client authentication by HTTP Basic or form
+    fields): a bearer token for the requested scopes, at most the client's. Errors are RFC 6749 5.2
+    JSON (400/401, 429 when throttled); the secret never appears in an answer or a log."""
     try:
         form = await _form(request)
         grant_type = form.get("grant_type")
@@ -131,6 +135,8 @@ async def token(request: Request) -> Response:
 
 
 async def smart_configuration(request: Request) -> Response:
+    """/.well-known/smart-configuration (SMART App Launch 2.0 discovery): token endpoint, grant types, scopes
+    and capabilities; needs no token."""
     base = vault(request).settings.public_base_url
     return JSONResponse({
         "issuer": base,

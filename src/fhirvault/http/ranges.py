@@ -23,9 +23,12 @@ class ByteRange:
 
     @property
     def length(self) -> int:
+        """The number of bytes in the range."""
         return self.end - self.start
 
     def content_range(self, size: int) -> str:
+        """The Content-Range value for this range of a representation of `size` bytes (RFC 9110 14.4), e.g.
+        "bytes 0-99/1000"."""
         return f"bytes {self.start}-{self.end - 1}/{size}"
 
 
@@ -149,6 +152,7 @@ PART_END = b"\r\n"
 
 
 def closing_delimiter(boundary: str) -> bytes:
+    """The line that ends a multipart/byteranges body (RFC 2046 5.1.1)."""
     return f"--{boundary}--\r\n".encode("latin-1")
 
 

@@ -19,6 +19,9 @@ MERGE_PATCH_TYPE = "application/merge-patch+json"
 
 
 async def read_body_bounded(request: Request, limit: int, what: str) -> bytes:
+    """The whole request body (already decoded from its content coding), refusing with TooLarge as soon as a
+    declared Content-Length or the bytes received exceed `limit` bytes; `what` names the body in the
+    message."""
     declared = request.headers.get("content-length")
     if declared and (whole_number(declared) or 0) > limit:
         raise TooLarge(f"{what} of {declared} bytes is over the limit of {limit} bytes")

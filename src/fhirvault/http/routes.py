@@ -41,9 +41,11 @@ class ResourceTypeConvertor(Convertor[str]):
     regex = "[A-Z][A-Za-z]*"
 
     def convert(self, value: str) -> str:
+        """The segment as it is (Starlette's convertor API)."""
         return value
 
     def to_string(self, value: str) -> str:
+        """The segment as it is (Starlette's convertor API, for url_path_for)."""
         return value
 
 

@@ -18,6 +18,9 @@ class GracefulServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
+        """While serving in the main thread, SIGINT and SIGTERM start the graceful shutdown instead of uvicorn
+        re-raising them, and the original handlers come back afterwards; elsewhere nothing is
+        captured."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return

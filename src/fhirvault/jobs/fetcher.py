@@ -54,6 +54,8 @@ def forbidden_reason(ip: IPAddress) -> str | None:
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to for TCP on `port`, by the system resolver, duplicates removed, in its
+    order."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
@@ -106,6 +108,9 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        """Connects to the first reachable address of `host` that passed the internal-address check (the check
+        and the connection use the same resolved address, so DNS rebinding cannot slip through);
+        raises FetchRefused for an internal address, or the last connect error."""
         addresses = await self.checked_addresses(host, port, timeout)
         last: Exception | None = None
         for address in addresses:
@@ -119,14 +124,19 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        """Always raises FetchRefused: ingestion never talks to local sockets."""
         raise FetchRefused("unix sockets are never fetched from")
 
     async def sleep(self, seconds: float) -> None:
+        """Sleeps `seconds` through the wrapped backend."""
         await self.inner.sleep(seconds)
 
 
 @dataclass(frozen=True)
 class FetchLimits:
+    """The bounds of one external fetch: `max_bytes` of body, redirects followed, and timeouts in seconds
+    (connect, between reads, whole fetch)."""
+
     max_bytes: int
     max_redirects: int = 5
     connect_timeout: float = 10.0
@@ -145,6 +155,8 @@ class FetchedResponse:
     _max_bytes: int
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The body in chunks; raises FetchFailed as soon as more than the byte limit arrived or the stream
+        breaks."""
         size = 0
         try:
             async for chunk in self._stream:

@@ -21,6 +21,10 @@ ACTIVE = (PENDING, RUNNING)
 
 @dataclass(frozen=True)
 class Job:
+    """One durable job row: `kind` names its handler, `subject` what it works on (e.g. "Binary/123"), `state`
+    pending/running/done/failed, `attempts` counted per claim; times in microseconds since the epoch;
+    `claim_token` identifies the current lease holder."""
+
     id: str
     kind: str
     subject: str | None
@@ -36,6 +40,7 @@ class Job:
     updated_at: int
 
     def as_json(self) -> dict[str, Any]:
+        """The job as the job status endpoint shows it (JSON-ready; times in microseconds, no claim token)."""
         return {"id": self.id, "kind": self.kind, "subject": self.subject, "payload": self.payload,
                 "state": self.state, "attempts": self.attempts, "run_after_us": self.run_after,
                 "error": self.last_error, "result": self.result,
@@ -140,6 +145,8 @@ class JobQueue:
         return bool(result.rowcount == 1)
 
     async def complete(self, job: Job, result: dict[str, Any] | None = None) -> bool:
+        """Ends a job the caller still holds as done with `result`; False when the lease was lost meanwhile
+        (another worker took the job over), and nothing changed."""
         return await self._finish(job, state=DONE, result=json.dumps(result) if result is not None else None)
 
     async def fail(self, job: Job, error: str) -> bool:
@@ -170,6 +177,7 @@ class JobQueue:
         return [jobs.c.id == job.id, jobs.c.state == RUNNING, jobs.c.claim_token == job.claim_token]
 
     async def get(self, job_id: str) -> Job | None:
+        """The job with id `job_id`, or None."""
         async with self.db.read() as conn:
             row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
         return _job(row) if row else None

@@ -40,6 +40,7 @@ class JobWorkers:
         queue.on_enqueue(self._wake.set)
 
     def start(self) -> None:
+        """Starts `count` worker tasks on the running event loop; each claims and runs jobs until `stop`."""
         for n in range(self.count):
             self._tasks.append(asyncio.create_task(self._loop(), name=f"fhirvault-job-worker-{n}"))
 

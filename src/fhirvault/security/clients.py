@@ -24,6 +24,9 @@ from fhirvault.store.security import auth_failures, clients
 
 @dataclass(frozen=True)
 class Client:
+    """One OAuth2 client as stored (never its secret): `scopes` parsed SMART scopes, `patient` a "Patient/id"
+    launch context or None, times in microseconds since the epoch."""
+
     client_id: str
     name: str
     scopes: ScopeSet
@@ -90,6 +93,9 @@ class ClientStore:
 
     async def create(self, name: str, scope_text: str, patient: str | None = None,
                      conn: AsyncConnection | None = None) -> NewClient:
+        """Creates an enabled client and returns it with its new secret (shown once, stored only hashed);
+        inside `conn` when given, else in its own transaction. Raises Invalid for bad scopes or
+        patient context."""
         scopes, patient = check_client_scopes(scope_text, patient)
         secret = new_secret()
         hashed = await asyncio.to_thread(hash_secret, secret)
@@ -105,19 +111,23 @@ class ClientStore:
         return NewClient(client, secret)
 
     async def count(self, conn: AsyncConnection) -> int:
+        """The number of clients, enabled or not, in the caller's transaction `conn` (0 means a first start)."""
         return int((await conn.execute(sa.select(sa.func.count()).select_from(clients))).scalar() or 0)
 
     async def get(self, client_id: str) -> Client | None:
+        """The client with id `client_id`, or None."""
         async with self.db.read() as conn:
             row = (await conn.execute(sa.select(clients).where(clients.c.client_id == client_id))).first()
         return _client(row) if row else None
 
     async def all(self) -> list[Client]:
+        """Every client, oldest first."""
         async with self.db.read() as conn:
             rows = (await conn.execute(sa.select(clients).order_by(clients.c.created_at))).all()
         return [_client(r) for r in rows]
 
     async def disable(self, client_id: str) -> None:
+        """Disables a client so its tokens and secret stop working; raises NotFound for an unknown id."""
         async with self.db.write() as conn:
             result = await conn.execute(
                 sa.update(clients).where(clients.c.client_id == client_id).values(enabled=False))
@@ -125,6 +135,8 @@ class ClientStore:
             raise NotFound(f"no client with id {client_id}")
 
     async def rotate_secret(self, client_id: str) -> str:
+        """Replaces a client's secret and clears its failure count; returns the new secret (shown once).
+        Raises NotFound for an unknown id."""
         secret = new_secret()
         hashed = await asyncio.to_thread(hash_secret, secret)
         async with self.db.write() as conn:

@@ -11,10 +11,12 @@ class HasKid(Protocol):
     """A key of a ring: its id, and when it was created (microseconds since the epoch)."""
 
     @property
-    def kid(self) -> str: ...
+    def kid(self) -> str:
+        """The key id, as written in the `kid` header of what the key signs."""
 
     @property
-    def created_at(self) -> int: ...
+    def created_at(self) -> int:
+        """When the key was created, in microseconds since the epoch."""
 
 
 K = TypeVar("K", bound=HasKid)

@@ -44,6 +44,8 @@ def _last_updated_us(resource: dict[str, Any]) -> int | None:
 
 
 def letter_of(interaction: str) -> str:
+    """The SMART v2 permission letter ("c", "r", "u", "d" or "s") an interaction name needs; raises ValueError
+    for an interaction this server does not know."""
     try:
         return INTERACTION_LETTER[interaction]
     except KeyError:
@@ -62,6 +64,9 @@ class ScopePolicy:
         self.store = store
 
     def require(self, ctx: CallerContext, interaction: str, resource_type: str | None) -> None:
+        """Checks that the caller's scopes allow `interaction` on `resource_type` (None: the whole server)
+        before anything is looked up; raises Forbidden naming the scope needed. System callers
+        pass."""
         p = _principal(ctx)
         if p is None:
             return
@@ -74,6 +79,10 @@ class ScopePolicy:
 
     async def can_see(self, ctx: CallerContext, conn: AsyncConnection, resource: dict[str, Any],
                       interaction: str = "read") -> bool:
+        """Whether the caller may do `interaction` on this particular resource (a dict as stored): scopes, the
+        patient compartment for patient-context clients (a change must keep the resource in the
+        caller's compartment only), and for a Binary its securityContext. Runs its lookups on
+        `conn`."""
         p = _principal(ctx)
         if p is None:
             return True
@@ -123,10 +132,14 @@ class ScopePolicy:
 
     @staticmethod
     def in_patient_compartment(ctx: CallerContext, resource: dict[str, Any], patient: str) -> bool:
+        """Whether `resource` is in the R4 patient compartment of `patient` ("Patient/id"), by the compartment
+        definition's reference parameters."""
         _, refs = index_entries(resource, ctx.base_url)
         return RefEntry(COMPARTMENT, patient) in refs
 
     def search_restriction(self, ctx: CallerContext, resource_type: str) -> list[str] | None:
+        """The patient references a search of `resource_type` must stay inside (a one-element list for a
+        patient-context client), or None when unrestricted."""
         p = _principal(ctx)
         return [p.patient] if p is not None and p.patient else None
 
@@ -145,6 +158,9 @@ class ScopePolicy:
                            binary_without_context=p.patient is None)
 
     def hides_rows(self, ctx: CallerContext, resource_type: str | None) -> bool:
+        """Whether some rows of `resource_type` (None: every type) may be invisible to this caller in ways the
+        compartment restriction alone does not express, so a total or a page must apply the row
+        rules in SQL."""
         p = _principal(ctx)
         if p is None or resource_type not in (None, "Binary"):
             return False  # other types: the scope check and the compartment restriction are exact

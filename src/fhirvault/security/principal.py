@@ -42,7 +42,10 @@ class CallerContext(Protocol):
     relative references are resolved against (e.g. https://host/fhir/R4)."""
 
     @property
-    def principal(self) -> Caller: ...
+    def principal(self) -> Caller:
+        """Who is asking: an authenticated client's Principal, or a named SystemPrincipal for the server's own
+        work."""
 
     @property
-    def base_url(self) -> str: ...
+    def base_url(self) -> str:
+        """The FHIR base URL without a trailing slash, e.g. https://host/fhir/R4."""

@@ -25,18 +25,26 @@ class ScopeError(ValueError):
 
 @dataclass(frozen=True)
 class Scope:
+    """One SMART resource scope (SMART App Launch 2.0, scopes for FHIR resources): `context/Type.letters`,
+    with v1 suffixes already turned into v2 letters."""
+
     context: str  # "system" or "patient"
     resource_type: str  # a resource type or "*"
     letters: str  # a subset of "cruds", in that order
     text: str  # as written
 
     def covers(self, letter: str, resource_type: str | None) -> bool:
+        """Whether this scope grants interaction `letter` (one of "cruds") on `resource_type` (None: on some
+        type)."""
         if letter not in self.letters:
             return False
         return resource_type is None or self.resource_type in ("*", resource_type)
 
 
 def parse_scope(text: str) -> Scope:
+    """Parses one scope string (v2 `system/Patient.rs` or v1 `patient/*.read`) into a Scope. Raises ScopeError
+    naming what is wrong: query parameters, an unknown context, a type that is not an R4 resource type,
+    letters out of order."""
     if "?" in text:
         raise ScopeError(f"scope '{text}': query parameters in scopes are not supported")
     m = _SCOPE.match(text)
@@ -66,14 +74,17 @@ class ScopeSet:
 
     @classmethod
     def parse(cls, text: str) -> ScopeSet:
+        """Parses a space-separated scope list; raises ScopeError for the first bad scope."""
         return cls(tuple(parse_scope(s) for s in text.split()))
 
     @property
     def text(self) -> str:
+        """The scopes as written, space-separated (the OAuth2 `scope` value)."""
         return " ".join(s.text for s in self.scopes)
 
     @property
     def contexts(self) -> set[str]:
+        """The launch contexts the scopes use: a subset of {"system", "patient"}."""
         return {s.context for s in self.scopes}
 
     def allows(self, letter: str, resource_type: str | None) -> bool:

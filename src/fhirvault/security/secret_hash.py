@@ -14,6 +14,7 @@ _DKLEN = 32
 
 
 def new_secret() -> str:
+    """A new client secret: 32 random bytes, URL-safe base64 (43 characters)."""
     return secrets.token_urlsafe(32)
 
 
@@ -33,6 +34,8 @@ def hash_secret(secret: str) -> str:
 
 
 def verify_secret(secret: str, stored: str) -> bool:
+    """Whether `secret` matches a `stored` hash from hash_secret; compares digests in constant time and
+    answers False (never raises) for a malformed or foreign hash."""
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt":

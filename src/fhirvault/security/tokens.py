@@ -39,6 +39,9 @@ class InvalidToken(Unauthorized):
 
 @dataclass(frozen=True)
 class IssuedToken:
+    """An access token as the token endpoint returns it: the signed JWT, its lifetime in seconds, the granted
+    scopes (space-separated) and the patient id of a patient-context client."""
+
     access_token: str
     expires_in: int
     scope: str
@@ -46,6 +49,10 @@ class IssuedToken:
 
 
 class TokenService:
+    """Issues and verifies the server's access tokens: JWTs signed with the newest key of the token key ring,
+    checked against every key of the ring, the issuer, the audience and the client's current state.
+    `lifetime` is in seconds."""
+
     def __init__(self, keys: KeyRing, clients: ClientStore, issuer: str, audience: str, lifetime: int) -> None:
         self.keys = keys
         self.clients = clients
@@ -56,6 +63,9 @@ class TokenService:
         self._verified: dict[bytes, tuple[float, dict[str, Any]]] = {}  # sha256(token) -> (exp, claims)
 
     async def issue(self, client: Client, scopes: ScopeSet) -> IssuedToken:
+        """A new access token for `client` with the granted `scopes` (already checked against the client's),
+        signed with the current signing key; `patient` carries the launch context (SMART App Launch
+        2.0)."""
         key = await self.keys.signing_key()
         now = int(time.time())
         claims: dict[str, Any] = {

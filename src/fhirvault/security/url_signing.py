@@ -112,6 +112,9 @@ class SignedUrl:
 
     # -- minting --------------------------------------------------------------------------------
     async def mint(self, binary_id: str, version_id: int) -> str:
+        """The signed storage URL for one version of a Binary with the current signing key; valid until the
+        end of the current window (TTL rounded up to the window, seconds), so repeated reads get
+        the same URL."""
         return self.mint_with(await self.signing_key(), binary_id, version_id)
 
     def mint_with(self, key: UrlSigningKey, binary_id: str, version_id: int, pinned: bool = False) -> str:

@@ -21,10 +21,14 @@ class AccessPolicy(Protocol):
     service answers a resource the caller may not read with 404, and one it may read but not change
     with 403."""
 
-    def require(self, ctx: RequestContext, interaction: str, resource_type: str | None) -> None: ...
+    def require(self, ctx: RequestContext, interaction: str, resource_type: str | None) -> None:
+        """Raises Forbidden unless the caller's scopes allow `interaction` on `resource_type` (None: the whole
+        server)."""
 
     async def can_see(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any],
-                      interaction: str = "read") -> bool: ...
+                      interaction: str = "read") -> bool:
+        """Whether the caller may do `interaction` on this resource (a dict as stored), looking up what it
+        needs on `conn`."""
 
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
         """Compartment targets (`Patient/1`) a search must stay within; None for no restriction."""
@@ -46,17 +50,22 @@ class AllowAll:
     """Trusted internal callers (background jobs, command line)."""
 
     def require(self, ctx: RequestContext, interaction: str, resource_type: str | None) -> None:
+        """Never refuses."""
         return None
 
     async def can_see(self, ctx: RequestContext, conn: AsyncConnection, resource: dict[str, Any],
                       interaction: str = "read") -> bool:
+        """Always True."""
         return True
 
     def search_restriction(self, ctx: RequestContext, resource_type: str) -> list[str] | None:
+        """None: no compartment restriction."""
         return None
 
     def query_restriction(self, ctx: RequestContext) -> Restriction | None:
+        """None: no restriction inside queries."""
         return None
 
     def hides_rows(self, ctx: RequestContext, resource_type: str | None) -> bool:
+        """False: every row is visible."""
         return False

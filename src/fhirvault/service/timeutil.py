@@ -10,10 +10,14 @@ from fhirvault.fhir.dates import date_range
 
 
 def to_instant(us: int) -> str:
+    """A time in microseconds since the epoch as a FHIR instant (R4 2.24.0.1), in UTC with microseconds, e.g.
+    2026-11-30T11:00:00.123456+00:00."""
     return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="microseconds")
 
 
 def to_http_date(us: int) -> str:
+    """A time in microseconds since the epoch as an HTTP date (RFC 9110 5.6.7, whole seconds), e.g. Mon, 30
+    Nov 2026 11:00:00 GMT."""
     return format_datetime(datetime.fromtimestamp(us // 1_000_000, UTC), usegmt=True)
 
 

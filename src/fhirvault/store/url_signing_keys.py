@@ -23,16 +23,21 @@ url_signing_keys = sa.Table(
 
 @dataclass(frozen=True)
 class UrlSigningKey:
+    """One key of the URL signing ring: a short kid carried in signed URLs, a 32-byte HMAC secret, and its
+    creation time (microseconds since the epoch)."""
+
     kid: str
     secret: bytes
     created_at: int
 
 
 def new_key(created_at: int) -> UrlSigningKey:
+    """A new random URL signing key created at `created_at` (microseconds since the epoch)."""
     return UrlSigningKey(secrets.token_hex(6), secrets.token_bytes(32), created_at)
 
 
 async def insert_key(conn: AsyncConnection, key: UrlSigningKey) -> None:
+    """Stores `key` in the caller's transaction `conn` (the secret base64-encoded)."""
     await conn.execute(sa.insert(url_signing_keys).values(
         kid=key.kid, secret=base64.urlsafe_b64encode(key.secret).decode("ascii"), created_at=key.created_at))
 
@@ -45,6 +50,7 @@ async def all_keys(conn: AsyncConnection) -> list[UrlSigningKey]:
 
 
 async def remove_keys(conn: AsyncConnection, kids: list[str]) -> None:
+    """Deletes the keys named in `kids` in the caller's transaction `conn`; an empty list does nothing."""
     if kids:
         await conn.execute(sa.delete(url_signing_keys).where(url_signing_keys.c.kid.in_(kids)))
 

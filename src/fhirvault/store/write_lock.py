@@ -49,10 +49,12 @@ class FileWriteLock:
             raise
 
     def release(self) -> None:
+        """Releases the lock held by this process (a no-op when the file is not open)."""
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
+        """Closes the lock file; the lock, if held, goes with it."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
