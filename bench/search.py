@@ -160,12 +160,15 @@ async def create_cost(settings: Settings, count: int) -> tuple[float, float, flo
 
 
 async def analyze(settings: Settings) -> None:
-    """Planner statistics after the bulk load, as a database in service has them (PostgreSQL's
-    autovacuum; on SQLite the server's periodic `PRAGMA optimize`)."""
+    """Planner statistics after the bulk load, as a database in service has them: PostgreSQL's autovacuum
+    gathers them, on SQLite the server does at start and hourly (Database.refresh_statistics)."""
     vault = FhirVault(settings)
     try:
-        async with vault.db.write() as conn:
-            await conn.execute(sa.text("ANALYZE"))
+        if vault.db.is_sqlite:
+            await vault.db.refresh_statistics()
+        else:
+            async with vault.db.write() as conn:
+                await conn.execute(sa.text("ANALYZE"))
     finally:
         await vault.stop()
 

@@ -58,6 +58,8 @@ from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore
 
 log = logging.getLogger("fhirvault")
+# How often the SQLite query planner's statistics are gathered again (store/database.py refresh_statistics).
+STATISTICS_SECONDS = 3600
 
 
 class FhirVault:
@@ -118,6 +120,7 @@ class FhirVault:
         # Resources stored before the search index existed (or marked by `fhirvault reindex`) are
         # indexed before the first request, so that no search answers from a partial index.
         await self.reindexer.run()
+        await self.db.refresh_statistics()
         self._sweeper = asyncio.create_task(self._sweep_pending_blobs())
         self.workers.start()
 
@@ -135,12 +138,17 @@ class FhirVault:
 
     async def _sweep_pending_blobs(self) -> None:
         """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent):
-        stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS."""
+        stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS.
+        SQLite's planner statistics are refreshed every STATISTICS_SECONDS as the data grows."""
         interval = max(1.0, min(300.0, self.settings.pending_blob_grace_seconds / 4))
         last_scan = float("-inf")
         loop = asyncio.get_running_loop()
+        last_statistics = loop.time()
         while True:
             try:
+                if loop.time() - last_statistics >= STATISTICS_SECONDS:
+                    last_statistics = loop.time()
+                    await self.db.refresh_statistics()
                 removed = await self.binaries.sweep()
                 if removed:
                     log.info("swept %d released or stale pending blobs", removed)
