@@ -48,6 +48,7 @@ TOKEN_MAX = 512
 _RESOLVE_IS = re.compile(r"resolve\(\) is ([A-Za-z]+)")
 
 
+@lru_cache(maxsize=16384)  # names, cities, code texts: the same few strings on most writes
 def normalize(text: str) -> str:
     """Case-folded text with accents removed (`Ève` -> `eve`), for FHIR's default string matching."""
     decomposed = unicodedata.normalize("NFKD", text)
