@@ -26,6 +26,7 @@ CLI_ENTRY_POINTS = [
     ["keys", "rotate"],
     ["jobs", "list"],
     ["expunge", "Binary/no-such-binary"],
+    ["storage", "stats"],
 ]
 
 

@@ -20,7 +20,7 @@ from fhirvault.blobs.factory import open_blob_store
 from fhirvault.clock import now_us
 from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
-from fhirvault.fhir import validation
+from fhirvault.fhir import scan_definitions, validation
 from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
@@ -30,6 +30,7 @@ from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
 from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.formats import FhirFormatMiddleware
 from fhirvault.http.responses import error_response, outcome_response
+from fhirvault.jobs.clamd import ClamdScanner
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
 from fhirvault.security.clients import ClientStore
@@ -48,6 +49,9 @@ from fhirvault.service.inline_data import InlineDataMover
 from fhirvault.service.pipelines import ReadPipeline, WritePipeline
 from fhirvault.service.reindex import Reindexer
 from fhirvault.service.resources import ResourceService
+from fhirvault.service.scans import JOB_KIND as SCAN_JOB
+from fhirvault.service.scans import ContentScans
+from fhirvault.service.search_parse import SCAN_STATUS_PARAM
 from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import to_instant
@@ -68,7 +72,8 @@ class FhirVault:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
-        self.store = ResourceStore()
+        self.blob_registry = BlobRegistry()
+        self.store = ResourceStore(self.blob_registry)
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
@@ -77,30 +82,40 @@ class FhirVault:
         self.bundles = BundleService(self.resources)
         self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
-        self.blob_registry = BlobRegistry()
         self.binaries = BinaryService(
             self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
-            pending_grace_seconds=settings.pending_blob_grace_seconds)
+            pending_grace_seconds=settings.pending_blob_grace_seconds, dedup=settings.dedup_enabled)
         self.signed_urls = SignedUrl(self.db, settings.storage_base_url, settings.signed_url_ttl,
                                      settings.signed_url_window, also_accepted=(settings.public_base_url,))
         self.jobs = JobQueue(self.db, max_attempts=settings.ingest_max_attempts,
                              backoff_seconds=settings.ingest_backoff_seconds,
                              lease_seconds=settings.job_lease_seconds)
         self.ingestion = AttachmentIngestion(self.resources, self.binaries, self.jobs, settings)
+        self.jobs.set_retry_policy(SCAN_JOB, max_attempts=settings.scan_max_attempts,
+                                   backoff_seconds=settings.scan_backoff_seconds)
+        self.scans = ContentScans(
+            self.db, self.store, self.blob_registry, self.blob_store, self.jobs,
+            ClamdScanner(settings.scan_clamd_url, settings.scan_timeout_seconds) if settings.scan_mode != "off"
+            else None,
+            mode=settings.scan_mode, max_bytes=settings.scan_max_bytes, fhir_base_url=settings.fhir_base_url)
         # The steps every resource passes; their order is fixed in service/pipelines.py.
         self.resources.write_pipeline = WritePipeline(
             validate=R4Validation() if settings.validation_enabled else None,
             move_inline_data=InlineDataMover(self.resources, self.blob_store, self.blob_registry,
-                                             settings.inline_max_bytes),
+                                             settings.inline_max_bytes, dedup=settings.dedup_enabled,
+                                             remove_later=self.binaries.remove_later),
             normalize_attachment_urls=AttachmentNormalizer(
                 self.resources.access, UrlShapes(settings.fhir_base_url, self.signed_urls)),
+            record_content_scans=self.scans if settings.scan_mode != "off" else None,
             schedule_ingestion=self.ingestion.scheduler)
         self.resources.read_pipeline = ReadPipeline(
             sign_attachment_urls=AttachmentUrlSigner(self.db, self.resources.access, self.signed_urls)
-            if settings.rewrite_attachment_urls else None)
+            if settings.rewrite_attachment_urls else None,
+            show_scan_status=self.scans)
         self.storage = StorageDownloads(self.binaries, self.blob_store, self.signed_urls, settings.fhir_base_url)
-        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run}, count=settings.job_workers,
+        self.workers = JobWorkers(self.jobs, {INGEST_JOB: self.ingestion.run, SCAN_JOB: self.scans.run},
+                                  count=settings.job_workers,
                                   grace_seconds=settings.shutdown_timeout_seconds)
         self.readiness = Readiness(self.db, self.blob_store)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
@@ -128,6 +143,7 @@ class FhirVault:
         """Running jobs get the shutdown timeout to finish; those that do not are handed back to the queue."""
         self.readiness.stopping = True
         await self.workers.stop()
+        await self.binaries.settled()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -165,6 +181,18 @@ class FhirVault:
         """The OperationDefinitions this server implements, by id (see fhir.operation_definitions)."""
         return builtin_operation_definitions(self.settings.fhir_base_url)
 
+    def builtin_resource(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """One of the server's own conformance resources (OperationDefinitions, the scan-status
+        StructureDefinition and SearchParameter), or None."""
+        base = self.settings.fhir_base_url
+        if rtype == "OperationDefinition":
+            return self.operation_definitions().get(rid)
+        if rtype == "StructureDefinition" and rid == scan_definitions.EXTENSION_ID:
+            return scan_definitions.scan_status_extension(base)
+        if rtype == "SearchParameter" and rid == scan_definitions.SEARCH_PARAMETER_ID:
+            return scan_definitions.scan_status_search_parameter(base)
+        return None
+
     def capability_statement_json(self) -> bytes:
         """The CapabilityStatement encoded once: it never changes while the process runs."""
         if self._capability_json is None:
@@ -197,7 +225,13 @@ class FhirVault:
                 }},
                 operations_by_type={rtype: operations for rtype in resource_types()},
                 type_documentation={"Media": media_doc} if media_doc else None,
-                conditional_delete_max=self.settings.conditional_delete_max)
+                conditional_delete_max=self.settings.conditional_delete_max,
+                custom_search_params={"Binary": [{
+                    "name": SCAN_STATUS_PARAM, "definition": scan_definitions.search_parameter_url(base),
+                    "type": "token",
+                    "documentation": "The malware scan verdict on the Binary's content: pending | clean | infected | "
+                                     "error | skipped (SCAN_MODE; the extension "
+                                     f"{scan_definitions.extension_url(base)} on Binary.meta shows it)"}]})
         return self._capability
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import inspect
 import json
@@ -378,6 +379,27 @@ def cmd_expunge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_stats(args: argparse.Namespace) -> int:
+    """Print what the blob store holds: committed blobs, bytes stored, bytes deduplication saved."""
+    async def stats(vault: FhirVault) -> dict[str, Any]:
+        async with vault.db.read() as conn:
+            found = await vault.blob_registry.stats(conn)
+        return {"storage_mode": vault.settings.storage_mode, "dedup_enabled": vault.settings.dedup_enabled,
+                **dataclasses.asdict(found)}
+
+    figures = _on_vault(args, stats)
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    labels = {"storage_mode": "storage mode", "dedup_enabled": "dedup enabled", "blobs": "blobs",
+              "bytes_stored": "bytes stored", "bytes_saved": "bytes saved", "references": "references",
+              "pending": "pending blobs", "released": "released blobs"}
+    for key, label in labels.items():
+        value = figures[key]
+        print(f"{label:<15} {str(value).lower() if isinstance(value, bool) else value}")
+    return 0
+
+
 def cmd_reindex(args: argparse.Namespace) -> int:
     """Rebuild the search index of one resource type, or of all; resumable if interrupted."""
     from fhirvault.fhir.r4 import is_resource_type
@@ -393,6 +415,23 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
     count = _on_vault(args, reindex)
     print(f"reindexed {count} resources")
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Queue malware scans of stored content: content never scanned (stored before scanning was on, or
+    in error), or with --rescan-all every content (after a signature update). The jobs run in the
+    servers' (or `fhirvault worker`'s) job loops."""
+    settings = _server_settings(args)
+    if settings.scan_mode == "off":
+        print("SCAN_MODE is off: set it to record or block (and SCAN_CLAMD_URL) to scan content", file=sys.stderr)
+        return 2
+
+    async def queue(vault: FhirVault) -> dict[str, int]:
+        return await vault.scans.queue_existing(rescan_all=args.rescan_all)
+
+    counts = _on_vault(args, queue)
+    print(f"looked at {counts['versions']} stored versions; queued {counts['queued']} scans")
     return 0
 
 
@@ -454,10 +493,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("type", nargs="?", help="only resources of this type")
     _add_server_options(check)
     check.set_defaults(func=cmd_check)
+    scan = sub.add_parser("scan", help="queue malware scans of stored content (SCAN_MODE record or block)")
+    scan.add_argument("--rescan-all", action="store_true",
+                      help="scan every content again, e.g. after a signature update (verdicts stay until replaced)")
+    _add_server_options(scan)
+    scan.set_defaults(func=cmd_scan)
     expunge = sub.add_parser("expunge", help="remove a resource's history and content for good")
     expunge.add_argument("reference", help="Type/id, e.g. Binary/123")
     _add_server_options(expunge)
     expunge.set_defaults(func=cmd_expunge)
+    storage = sub.add_parser("storage", help="blob storage").add_subparsers(dest="action", required=True)
+    storage_stats = storage.add_parser("stats", help="print blobs, bytes stored and bytes saved by deduplication")
+    storage_stats.add_argument("--json", action="store_true", help="one JSON object")
+    _add_server_options(storage_stats)
+    storage_stats.set_defaults(func=cmd_storage_stats)
     clients = sub.add_parser("clients", help="manage OAuth2 clients").add_subparsers(dest="action", required=True)
     create = clients.add_parser("create", help="create a client and print its id and secret once")
     create.add_argument("--name", required=True)

@@ -6,11 +6,13 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 StorageMode = Literal["inline", "database", "filesystem", "s3"]
+ScanMode = Literal["off", "record", "block"]
 
 ENV_PREFIX = "FHIRVAULT_"
 # The database drivers fhirvault ships with (SQLite embedded, PostgreSQL).
@@ -45,6 +47,9 @@ class Settings(BaseSettings):
     s3_access_key: str = ""
     s3_secret_key: str = ""
     s3_redirect_downloads: bool = False
+    # Content equal to a committed blob's (SHA-256 and size) refers to that blob instead of being stored
+    # again (store/blobs.py BlobRegistry.settle); off: every upload keeps its own copy.
+    dedup_enabled: bool = True
 
     # Attachments and signed URLs
     rewrite_attachment_urls: bool = True
@@ -84,6 +89,18 @@ class Settings(BaseSettings):
     job_workers: int = Field(default=1, description="background job loops per server process")
     job_lease_seconds: float = 60.0  # a job whose worker stopped renewing this long is run again
 
+    # Malware scanning (see README 'Malware scanning'): off, record (scan and show the verdict) or block
+    # (also refuse to serve content that is not known clean). Off by default: scanning needs a clamd.
+    scan_mode: ScanMode = "off"
+    # Where clamd listens: tcp://host:port or unix:///path/to/clamd.ctl
+    scan_clamd_url: str = "tcp://127.0.0.1:3310"
+    # Content above this many bytes is not sent to clamd and recorded as skipped; keep it at or below
+    # clamd's StreamMaxLength (Debian's default: 25 MiB), or clamd refuses the stream (also `skipped`).
+    scan_max_bytes: int = Field(default=25 * 1024**2, ge=0, description="largest content scanned, in bytes")
+    scan_timeout_seconds: float = Field(default=120.0, gt=0, description="one scan, connection to verdict")
+    scan_max_attempts: int = Field(default=8, ge=1, description="attempts of one scan job while clamd fails")
+    scan_backoff_seconds: float = Field(default=5.0, ge=0, description="delay before attempt n+1: base x 2^(n-1)")
+
     # Connections and shutdown (see README 'Operating')
     shutdown_timeout_seconds: float = Field(
         default=30.0, ge=0, description="on SIGTERM, how long in-flight requests and jobs may take to finish")
@@ -98,6 +115,14 @@ class Settings(BaseSettings):
     def _supported_database(cls, url: str) -> str:
         if url and not url.startswith(DATABASE_SCHEMES):
             raise ValueError(f"must start with {' or '.join(DATABASE_SCHEMES)}")
+        return url
+
+    @field_validator("scan_clamd_url")
+    @classmethod
+    def _clamd_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if not ((parts.scheme == "tcp" and parts.hostname and parts.port) or (parts.scheme == "unix" and parts.path)):
+            raise ValueError("must be tcp://host:port or unix:///path/to/clamd.socket")
         return url
 
     @model_validator(mode="after")

@@ -70,6 +70,13 @@ class Gone(FhirVaultError):
     code = "deleted"
 
 
+class Locked(FhirVaultError):
+    """The resource exists but may not be served yet (e.g. content waiting for its malware scan; RFC 4918 423)."""
+
+    status = 423
+    code = "transient"
+
+
 class PreconditionFailed(FhirVaultError):
     """An HTTP precondition (`If-Match`, `If-None-Match`) or a conditional interaction's criteria did not
     hold (R4 3.1.0.8, several matches on conditional update or create): 412."""

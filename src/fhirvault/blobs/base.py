@@ -34,6 +34,11 @@ class BlobStore(ABC):
         outside the database and cannot (the caller then uses `put`, and removes them on rollback)."""
         return False
 
+    async def delete_in_transaction(self, conn: AsyncConnection, key: str) -> bool:
+        """Remove, inside the caller's open transaction `conn`, bytes `put_in_transaction` stored there.
+        True when done; False when this backend keeps its bytes outside the database."""
+        return False
+
     @abstractmethod
     def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield the bytes [start, end) of the blob (end None: to the end), in chunks.

@@ -51,6 +51,10 @@ class DatabaseBlobStore(BlobStore):
                 blob_key=key, seq=seq, data=data[offset:offset + CHUNK_BYTES]))
         return True
 
+    async def delete_in_transaction(self, conn: AsyncConnection, key: str) -> bool:
+        await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
+        return True
+
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         if end is not None and end <= start and not await self.exists(key):
             # An empty range reads no chunk, yet a missing blob must still be reported.

@@ -33,9 +33,11 @@ def capability_statement(base_url: str, software_version: str, instant: str,
                          extra_rest: dict[str, Any] | None = None,
                          operations_by_type: dict[str, list[dict[str, str]]] | None = None,
                          type_documentation: dict[str, str] | None = None,
-                         conditional_delete_max: int = 1) -> dict[str, Any]:
+                         conditional_delete_max: int = 1,
+                         custom_search_params: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """The server's CapabilityStatement (R4 capabilitystatement.html); `conditional_delete_max` > 1 declares
-    conditional deletes of several resources."""
+    conditional deletes of several resources; `custom_search_params` adds searchParam entries (name,
+    definition, type, documentation) of the server's own parameters, by resource type."""
     interactions = [{"code": c} for c in
                     ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                      "search-type")]
@@ -54,7 +56,7 @@ def capability_statement(base_url: str, software_version: str, instant: str,
             "conditionalDelete": "multiple" if conditional_delete_max > 1 else "single",
             "searchInclude": search_include,
             "searchRevInclude": search_rev_include,
-            "searchParam": search_params(rtype),
+            "searchParam": search_params(rtype) + list((custom_search_params or {}).get(rtype, [])),
         }
         if type_documentation and rtype in type_documentation:
             entry["documentation"] = type_documentation[rtype]

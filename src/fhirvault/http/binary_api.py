@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from fhirvault.errors import Invalid, TooLarge
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
 from fhirvault.fhir.r4 import whole_number
-from fhirvault.http.byte_responses import primed, serve_bytes
+from fhirvault.http.byte_responses import check_scan_policy, primed, serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
 from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
 from fhirvault.http.negotiation import add_vary, binary_wants_resource, is_fhir_json, parse_prefer
@@ -165,6 +165,8 @@ async def _resource_response(request: Request, stored: StoredResource) -> Respon
     ctx = context(request)
     headers = version_headers(stored, ctx.base_url, with_location=False)
     assert stored.content is not None
+    # The resource carries all the bytes as `data`: the same policy as the raw bytes.
+    await check_scan_policy(request, await v.binaries.describe(stored))
     if "data" in stored.content or not stored.blob_id:
         rendered = (await v.resources.render(ctx, [stored.content]))[0]
         response: Response = FhirJsonResponse(rendered, 200, headers)

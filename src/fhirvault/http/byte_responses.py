@@ -13,6 +13,8 @@ from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, is_media_type, is_refere
 from fhirvault.http import ranges
 from fhirvault.http.disposition import content_disposition
 from fhirvault.service.binaries import BinaryContent
+from fhirvault.service.context import RequestContext
+from fhirvault.service.scans import OVERRIDE_HEADER
 from fhirvault.service.timeutil import to_http_date
 
 ByteStream = Callable[[int, int | None], AsyncIterator[bytes]]
@@ -75,10 +77,24 @@ def content_headers(content: BinaryContent, extra_headers: dict[str, str] | None
     return headers
 
 
+async def check_scan_policy(request: Request, content: BinaryContent) -> None:
+    """The malware scan policy (SCAN_MODE=block) for serving these bytes to this request: Locked (423) or
+    Forbidden (403) when they are held back. Signed storage URLs carry no caller, so no override."""
+    ctx = getattr(request.state, "ctx", None)
+    principal = ctx.principal if isinstance(ctx, RequestContext) else None
+    override = (request.headers.get(OVERRIDE_HEADER) or "").strip().lower() == "true"
+    # A Binary's content is described by its id; an Attachment's inline data by "Type/id" of its resource.
+    rtype, _, rid = content.binary_id.rpartition("/")
+    holder = (rtype or "Binary", rid, content.version_id)
+    await request.app.state.vault.scans.check_servable(content.sha256_hex, content.size, holder, principal, override)
+
+
 async def serve_bytes(request: Request, content: BinaryContent, stream: ByteStream,
                       extra_headers: dict[str, str] | None = None) -> Response:
     """The answer to GET or HEAD for these bytes: 200, 206 (one range or multipart/byteranges), 304 or 416.
-    Every answer carries STORED_BYTES_HEADERS; active types come as attachments (download_disposition)."""
+    Every answer carries STORED_BYTES_HEADERS; active types come as attachments (download_disposition).
+    Bytes the malware scan policy holds back are never served (check_scan_policy), whoever asks."""
+    await check_scan_policy(request, content)
     content = dataclasses.replace(content, content_type=servable_type(content.content_type))
     headers = content_headers(content, extra_headers, request.app.state.vault.settings.inline_types)
     is_head = request.method == "HEAD"

@@ -22,6 +22,7 @@ from fhirvault.service.bundles import parse_etag
 from fhirvault.service.context import RequestContext
 from fhirvault.service.history import history_bundle
 from fhirvault.service.resources import WriteResult
+from fhirvault.service.scans import OVERRIDE_HEADER
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
 from fhirvault.service.services import StoredResource
 from fhirvault.service.timeutil import parse_http_date, to_http_date
@@ -34,7 +35,14 @@ def context(request: Request) -> RequestContext:
         raise Unauthorized("This request needs an access token", code="login")
     prefer = parse_prefer(request.headers.get("prefer"))
     ctx.handling_strict = prefer.get("handling") == "strict"
+    ctx.scan_override = scan_override_asked(request)
     return ctx
+
+
+def scan_override_asked(request: Request) -> bool:
+    """Whether the request asks for content the malware scan policy would hold back (`X-Scan-Override:
+    true`); the policy decides whether the caller may (service/scans.py)."""
+    return (request.headers.get(OVERRIDE_HEADER) or "").strip().lower() == "true"
 
 
 def resource_type_of(request: Request) -> str:

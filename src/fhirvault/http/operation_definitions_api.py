@@ -1,4 +1,5 @@
-"""HTTP edge of OperationDefinition reads: the server's own definitions come from code, others from storage."""
+"""HTTP edge of conformance resource reads (OperationDefinition, StructureDefinition, SearchParameter): the
+server's own definitions come from code, others from storage."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from fhirvault.http.responses import FhirJsonResponse
 
 
 async def read(request: Request) -> Response:
-    """GET /OperationDefinition/{id}: one of the server's own definitions, else a stored one."""
-    builtin = vault(request).operation_definitions().get(request.path_params["rid"])
+    """GET /{type}/{id} of a conformance type: one of the server's own definitions, else a stored one."""
+    rtype = request.path_params["rtype"]
+    builtin = vault(request).builtin_resource(rtype, request.path_params["rid"])
     if builtin is None:
-        return await fhir_api.read_resource(request, "OperationDefinition")
+        return await fhir_api.read_resource(request, rtype)
     return FhirJsonResponse(builtin)

@@ -61,7 +61,8 @@ register_url_convertor("id", IdConvertor())
 # Handlers of one resource type's interactions, instead of the generic ones in fhir_api.
 TYPE_HANDLERS: dict[str, dict[str, Endpoint]] = {
     "create": {"Binary": binary_api.create},
-    "read": {"Binary": binary_api.read, "Media": media_api.read, "OperationDefinition": operation_definitions_api.read},
+    "read": {"Binary": binary_api.read, "Media": media_api.read, "OperationDefinition": operation_definitions_api.read,
+             "StructureDefinition": operation_definitions_api.read, "SearchParameter": operation_definitions_api.read},
     "vread": {"Binary": binary_api.read},
     "update": {"Binary": binary_api.update},
 }

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhirvault.errors import FhirVaultError, NotFound
-from fhirvault.http.byte_responses import download_disposition, serve_bytes
+from fhirvault.http.byte_responses import check_scan_policy, download_disposition, serve_bytes
 from fhirvault.http.responses import error_response
 from fhirvault.http.state import vault
 from fhirvault.security.url_signing import parts_from
@@ -53,6 +53,7 @@ async def download(request: Request) -> Response:
         content, left = await v.storage.open(parts)
         headers = {**cors, "Cache-Control": f"private, max-age={left}"}
         if v.settings.s3_redirect_downloads:
+            await check_scan_policy(request, content)  # the object store's URL would bypass serve_bytes
             disposition = download_disposition(content.content_type, content.filename, v.settings.inline_types)
             target = await v.storage.redirect_url(content, left, disposition)
             if target is not None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.clock import now_us
 from fhirvault.store.database import Database
@@ -74,30 +75,53 @@ class JobQueue:
         self.backoff_seconds = backoff_seconds
         self.lease_seconds = lease_seconds
         self._listeners: list[Callable[[], None]] = []
+        self._policies: dict[str, tuple[int, float]] = {}
 
     def on_enqueue(self, callback: Callable[[], None]) -> None:
         """`callback()` runs after a job was queued by this process (wakes idle local workers)."""
         self._listeners.append(callback)
 
+    def set_retry_policy(self, kind: str, *, max_attempts: int, backoff_seconds: float) -> None:
+        """Jobs of `kind` get their own attempts and backoff base (seconds) instead of the queue's."""
+        self._policies[kind] = (max(1, max_attempts), backoff_seconds)
+
+    def _policy(self, kind: str) -> tuple[int, float]:
+        return self._policies.get(kind, (self.max_attempts, self.backoff_seconds))
+
+    def notify(self) -> None:
+        """Wake this process's idle workers (after jobs were queued in a caller's transaction)."""
+        for callback in self._listeners:
+            callback()
+
     async def enqueue(self, kind: str, payload: dict[str, Any], *, subject: str | None = None,
                       dedupe_key: str | None = None, run_after_us: int | None = None) -> str:
         """Queue a job and return its id; with `dedupe_key`, an active job of the same kind and key is
         returned instead of queueing a second one."""
-        ts = now_us()
         async with self.db.write() as conn:
-            if dedupe_key is not None:
-                existing = (await conn.execute(
-                    sa.select(jobs.c.id).where(jobs.c.kind == kind, jobs.c.dedupe_key == dedupe_key,
-                                               jobs.c.state.in_(ACTIVE)).limit(1))).scalar()
-                if existing is not None:
-                    return str(existing)
-            job_id = str(uuid.uuid4())
-            await conn.execute(sa.insert(jobs).values(
-                id=job_id, kind=kind, subject=subject, dedupe_key=dedupe_key,
-                payload=json.dumps(payload, separators=(",", ":")), state=PENDING, attempts=0,
-                run_after=run_after_us if run_after_us is not None else ts, created_at=ts, updated_at=ts))
-        for callback in self._listeners:
-            callback()
+            job_id = await self.enqueue_in(conn, kind, payload, subject=subject, dedupe_key=dedupe_key,
+                                           run_after_us=run_after_us)
+        self.notify()
+        return job_id
+
+    async def enqueue_in(self, conn: AsyncConnection, kind: str, payload: dict[str, Any], *,
+                         subject: str | None = None, dedupe_key: str | None = None,
+                         run_after_us: int | None = None, dedupe_states: tuple[str, ...] = ACTIVE) -> str:
+        """`enqueue` inside the caller's write transaction `conn`: the job exists exactly when that
+        transaction commits. The caller calls `notify()` after the commit. `dedupe_states`: the states of a
+        job with the same key that makes this one unneeded (`(PENDING,)` when a job already running may
+        have passed the point where it would have seen what this one is queued for)."""
+        ts = now_us()
+        if dedupe_key is not None:
+            existing = (await conn.execute(
+                sa.select(jobs.c.id).where(jobs.c.kind == kind, jobs.c.dedupe_key == dedupe_key,
+                                           jobs.c.state.in_(dedupe_states)).limit(1))).scalar()
+            if existing is not None:
+                return str(existing)
+        job_id = str(uuid.uuid4())
+        await conn.execute(sa.insert(jobs).values(
+            id=job_id, kind=kind, subject=subject, dedupe_key=dedupe_key,
+            payload=json.dumps(payload, separators=(",", ":")), state=PENDING, attempts=0,
+            run_after=run_after_us if run_after_us is not None else ts, created_at=ts, updated_at=ts))
         return job_id
 
     async def claim(self, kinds: list[str] | None = None) -> Job | None:
@@ -121,7 +145,7 @@ class JobQueue:
                 row = (await conn.execute(stmt)).first()
                 if row is None:
                     return None
-                if row.state == RUNNING and row.attempts >= self.max_attempts:
+                if row.state == RUNNING and row.attempts >= self._policy(row.kind)[0]:
                     # Its last attempt died with its worker: no attempt is left.
                     await conn.execute(sa.update(jobs).where(jobs.c.id == row.id).values(
                         state=FAILED, lease_until=None, claim_token=None, updated_at=ts,
@@ -155,9 +179,10 @@ class JobQueue:
 
     async def retry(self, job: Job, error: str) -> bool:
         """Give the job back for another attempt after a backoff, or fail it when no attempt is left."""
-        if job.attempts >= self.max_attempts:
+        max_attempts, backoff_seconds = self._policy(job.kind)
+        if job.attempts >= max_attempts:
             return await self.fail(job, error)
-        delay = self.backoff_seconds * (2 ** (job.attempts - 1))
+        delay = backoff_seconds * (2 ** (job.attempts - 1))
         return await self._finish(job, state=PENDING, last_error=_clip(error),
                                   run_after=now_us() + int(delay * 1_000_000))
 

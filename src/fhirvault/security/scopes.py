@@ -87,6 +87,12 @@ class ScopeSet:
         """The launch contexts the scopes use: a subset of {"system", "patient"}."""
         return {s.context for s in self.scopes}
 
+    @property
+    def is_admin(self) -> bool:
+        """Whether a scope grants every interaction on every type at system level (`system/*.cruds`,
+        `system/*.*`): what the administrative client holds."""
+        return any(s.context == "system" and s.resource_type == "*" and s.letters == LETTERS for s in self.scopes)
+
     def allows(self, letter: str, resource_type: str | None) -> bool:
         """Whether some scope grants `letter` on `resource_type` (None: on any type)."""
         return any(s.covers(letter, resource_type) for s in self.scopes)

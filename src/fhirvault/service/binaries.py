@@ -113,7 +113,9 @@ class ContentMeter:
 @dataclass
 class StagedContent:
     """Bytes received and measured, not yet part of any resource: either small enough to stay inline in
-    the resource, or in blob storage under a pending (or, when reused, an already committed) blob."""
+    the resource, or in blob storage under a pending (or, when reused, an already committed) blob.
+    Staging never looks at other content: whether equal content is already stored is decided only when
+    the version commits (BlobRegistry.settle), after every byte was received, stored and hashed."""
 
     size: int
     sha256_hex: str
@@ -132,11 +134,14 @@ def measure(data: bytes) -> ContentMeter:
 class BinaryService:
     """Binary use cases: streaming content in (staged inline or into a pending blob, committed with the
     version) and out, sweeping leftovers of failed uploads, expunging. `rows` is the SQL of resources,
-    used inside this service's own transactions; `store` None means inline mode."""
+    used inside this service's own transactions; `store` None means inline mode. With `dedup`, content
+    equal to a committed blob's refers to that blob and the upload's own copy is discarded."""
 
     def __init__(self, db: Database, resources: ResourceService, rows: ResourceStore, store: BlobStore | None,
                  registry: BlobRegistry, *, inline_max_bytes: int, max_binary_bytes: int,
-                 pending_grace_seconds: int) -> None:
+                 pending_grace_seconds: int, dedup: bool = True) -> None:
+        self.dedup = dedup
+        self._background: set[asyncio.Task[None]] = set()
         self.db = db
         self.resources = resources
         self.rows = rows
@@ -258,29 +263,55 @@ class BinaryService:
         resource.pop("data", None)
         if staged.inline:
             resource["data"] = base64.b64encode(staged.inline).decode("ascii")
+        own_blob = staged.blob_id if staged.blob_id and not staged.reused else None
+        chosen: list[str | None] = [staged.blob_id]
 
         async def work(uow: UnitOfWork) -> WriteResult:
-            if rid is None:
-                result = await self.resources.create_in(uow, ctx, "Binary", resource, blob_id=staged.blob_id)
-            else:
-                body = {**resource, "id": rid}
-                result = await self.resources.update_in(uow, ctx, "Binary", rid, body, if_match,
-                                                        blob_id=staged.blob_id)
-            if staged.blob_id and not staged.reused:
+            blob_id = staged.blob_id
+            if own_blob is not None:
                 try:
-                    await self.registry.commit(uow.conn, staged.blob_id, staged.size, staged.sha256_hex,
-                                               staged.sha1_b64)
+                    blob_id = await self.registry.settle(uow.conn, own_blob, staged.size, staged.sha256_hex,
+                                                         staged.sha1_b64, dedup=self.dedup)
                 except LookupError:
                     raise StorageFailure("The upload took longer than the pending blob grace period; retry") \
                         from None
-            return result
+            chosen[0] = blob_id
+            if rid is None:
+                return await self.resources.create_in(uow, ctx, "Binary", resource, blob_id=blob_id)
+            body = {**resource, "id": rid}
+            return await self.resources.update_in(uow, ctx, "Binary", rid, body, if_match, blob_id=blob_id)
 
         try:
-            return await self.resources.in_transaction(ctx, work)
+            result = await self.resources.in_transaction(ctx, work)
         except BaseException:
-            if staged.blob_id and not staged.reused:
-                await self._discard(staged.blob_id)
+            if own_blob is not None:
+                await self._discard(own_blob)
             raise
+        if own_blob is not None and chosen[0] != own_blob:
+            # Equal content was already stored: this upload's copy was released with the commit. Its bytes
+            # go in the background, so that the answer to a duplicate leaves as soon as the answer to new
+            # content would (what someone else stored must not show in the uploader's timing); a crash
+            # before they are gone leaves a released row the sweeper finishes.
+            self.remove_later(own_blob, own_blob)
+        return result
+
+    def remove_later(self, blob_id: str, storage_key: str) -> None:
+        """Remove the bytes and row of a released blob in a background task (errors logged: the sweeper
+        retries released blobs)."""
+        async def remove() -> None:
+            try:
+                await self._remove_blob(blob_id, storage_key)
+            except Exception:
+                log.warning("could not remove released blob %s now; the sweeper will", blob_id, exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(remove())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def settled(self) -> None:
+        """Wait for the background removals started so far (used before the event loop ends)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def _discard(self, blob_id: str) -> None:
         """Release this request's pending blob and remove its bytes; a blob committed meanwhile (the
@@ -420,16 +451,13 @@ class BinaryService:
 
     # -- expunge --------------------------------------------------------------------------------
     async def expunge(self, rtype: str, rid: str) -> int:
-        """Remove every version of a resource and the bytes they own; returns how many versions went."""
+        """Remove every version of a resource, and the bytes of the blobs no other version refers to any
+        more (shared content stays for the others); returns how many versions went."""
         async with self.db.write() as conn:
             versions = await self.rows.versions_of(conn, rtype, rid)
-            blob_ids = {v.blob_id for v in versions if v.blob_id}
-            records = [r for r in [await self.registry.get(conn, b) for b in blob_ids] if r is not None]
-            await self.rows.expunge(conn, rtype, rid)
             # Released in the same transaction: a crash before the bytes go leaves rows the sweeper finds.
-            for record in records:
-                await self.registry.release(conn, record.id)
-        for record in records:
+            released = await self.rows.expunge(conn, rtype, rid)
+        for record in released:
             try:
                 await self._remove_blob(record.id, record.storage_key)
             except FhirVaultError:

@@ -11,8 +11,12 @@ from fhirvault.security.principal import Caller
 class RequestContext:
     """`base_url` is the FHIR base (e.g. https://host/fhir/R4); `principal` the caller, a `SystemPrincipal`
     for work on the server's own authority; `handling_strict` is `Prefer: handling=strict` (FHIR R4
-    http.html#prefer): unknown search parameters are an error instead of being ignored."""
+    http.html#prefer): unknown search parameters are an error instead of being ignored; `scan_override`
+    whether the request asked to be served content the malware scan policy holds back."""
 
     base_url: str
     principal: Caller
     handling_strict: bool = False
+    # The request asked, with `X-Scan-Override: true`, for content the scan policy would refuse; honoured
+    # only for administrative clients (service/scans.py).
+    scan_override: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fhirvault.blobs.base import BlobStore
@@ -30,7 +31,10 @@ class InlineDataMover:
     transaction, leaving `url: Binary/{id}`, size, hash, contentType and title."""
 
     def __init__(self, resources: ResourceService, store: BlobStore | None, registry: BlobRegistry,
-                 inline_max_bytes: int) -> None:
+                 inline_max_bytes: int, *, dedup: bool = True,
+                 remove_later: Callable[[str, str], None] | None = None) -> None:
+        self.dedup = dedup
+        self.remove_later = remove_later
         self.resources = resources
         self.store = store
         self.registry = registry
@@ -63,16 +67,26 @@ class InlineDataMover:
         assert store is not None
         conn = uow.conn
         blob_id = uuid.uuid4().hex
-        if not await store.put_in_transaction(conn, blob_id, raw):
+        # The bytes are stored whether or not equal content exists, as for a streamed upload: the time a
+        # write takes must not tell whether someone else stored the same content.
+        in_transaction = await store.put_in_transaction(conn, blob_id, raw)
+        if not in_transaction:
             await store.put(blob_id, one_chunk(raw))
             uow.on_rollback.append(lambda: _delete_quietly(store, blob_id))
         meter = measure(raw)
         await self.registry.add_pending(conn, blob_id, store.name, blob_id, now_us())
-        await self.registry.commit(conn, blob_id, meter.size, meter.sha256_hex, meter.sha1_b64)
+        chosen = await self.registry.settle(conn, blob_id, meter.size, meter.sha256_hex, meter.sha1_b64,
+                                            dedup=self.dedup)
+        if chosen != blob_id:  # equal content is stored already: this copy goes
+            if in_transaction and await store.delete_in_transaction(conn, blob_id):
+                await self.registry.remove(conn, blob_id)
+            elif self.remove_later is not None:
+                remove_later = self.remove_later
+                uow.on_commit.append(lambda: remove_later(blob_id, blob_id))
         binary = {"resourceType": "Binary",
                   "contentType": attachment.get("contentType") or DEFAULT_CONTENT_TYPE,
                   "securityContext": {"reference": owner}}
-        result = await self.resources.create_in(uow, ctx, "Binary", binary, blob_id=blob_id)
+        result = await self.resources.create_in(uow, ctx, "Binary", binary, blob_id=chosen)
         return result.stored.id
 
 

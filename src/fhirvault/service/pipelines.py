@@ -27,8 +27,9 @@ Finish = Callable[[], Awaitable[None]]
 
 @dataclass
 class UnitOfWork:
-    """One write transaction (`conn`), the resources it wrote (for the after-commit steps), and the undo
-    actions for work done outside the database (bytes put in a blob store), awaited if it rolls back.
+    """One write transaction (`conn`), the resources it wrote (for the after-commit steps), the undo
+    actions for work done outside the database (bytes put in a blob store), awaited if it rolls back, and
+    `on_commit` actions (plain calls, e.g. starting a background removal), run once it has committed.
 
     A transaction Bundle writes its entries one after another, yet R4 says their order does not matter
     (http.html#trules). `upcoming` holds the references (`Binary/123`) the unit is still going to write;
@@ -38,6 +39,7 @@ class UnitOfWork:
     conn: AsyncConnection
     committed: list[dict[str, Any]] = field(default_factory=list)
     on_rollback: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
     upcoming: set[str] = field(default_factory=set)
     written: list[StoredResource] = field(default_factory=list)
     deferred: list[tuple[dict[str, Any], Finish]] = field(default_factory=list)
@@ -65,6 +67,13 @@ class WriteStep(Protocol):
     async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None: ...
 
 
+class BeforeCommitStep(Protocol):
+    """Runs once per write transaction, after its last write and deferred work, before it commits: sees every
+    version the unit stored (`uow.written`, blobs committed) and may write rows of its own in `uow.conn`."""
+
+    async def before_commit(self, ctx: RequestContext, uow: UnitOfWork) -> None: ...
+
+
 class AfterCommitStep(Protocol):
     """Runs after a write transaction committed, once per resource written (e.g. to schedule jobs)."""
 
@@ -89,6 +98,9 @@ class WritePipeline:
     # Our Binary URLs in Attachment.url become `Binary/{id}`; runs after the move, so the URLs it
     # left are checked and filled in like any other.
     normalize_attachment_urls: WriteStep | None = None
+    # Before commit: the content of every version written (Binary content, inline Attachment data) is
+    # recorded by SHA-256 and, when it has no verdict yet, queued for a malware scan (SCAN_MODE).
+    record_content_scans: BeforeCommitStep | None = None
     # After commit: Attachment urls pointing outside become background ingestion jobs.
     schedule_ingestion: AfterCommitStep | None = None
 
@@ -96,6 +108,15 @@ class WritePipeline:
         """The steps before the version is stored, in order."""
         slots = (self.validate, self.move_inline_data, self.normalize_attachment_urls)
         return [step for step in slots if step is not None]
+
+    def before_commit_steps(self) -> list[BeforeCommitStep]:
+        """The steps run once per unit before it commits, in order."""
+        return [step for step in (self.record_content_scans,) if step is not None]
+
+    async def before_commit(self, ctx: RequestContext, uow: UnitOfWork) -> None:
+        """Pass the unit through every before-commit step, in order."""
+        for step in self.before_commit_steps():
+            await step.before_commit(ctx, uow)
 
     def after_commit_steps(self) -> list[AfterCommitStep]:
         """The steps after the transaction committed, in order."""
@@ -120,10 +141,12 @@ class ReadPipeline:
 
     # `Binary/{id}` Attachment URLs the caller may read become short-lived signed storage URLs.
     sign_attachment_urls: ReadStep | None = None
+    # Each Binary shows the malware scan verdict on its content as an extension of Binary.meta.
+    show_scan_status: ReadStep | None = None
 
     def read_steps(self) -> list[ReadStep]:
         """The steps on the way out, in order."""
-        return [step for step in (self.sign_attachment_urls,) if step is not None]
+        return [step for step in (self.sign_attachment_urls, self.show_scan_status) if step is not None]
 
     async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
         """Pass the copies in `resources` through every read step, in order."""

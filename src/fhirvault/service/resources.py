@@ -21,6 +21,7 @@ from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
 from fhirvault.service.search import SearchResult, conditional_matches, run_search, searchset
 from fhirvault.service.timeutil import to_instant
+from fhirvault.store.blobs import ContentRace
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource, VersionConflict
 
@@ -110,15 +111,18 @@ class ResourceService:
                     uow = UnitOfWork(conn)
                     result = await work(uow)
                     await self._finish_deferred(ctx, uow)
+                    await self.write_pipeline.before_commit(ctx, uow)
                 break
             except BaseException as exc:
                 if uow is not None:
                     await uow.rolled_back()
-                if not isinstance(exc, VersionConflict):
+                if not isinstance(exc, (VersionConflict, ContentRace)):
                     raise
                 if attempt == MAX_RETRIES - 1:
                     raise Conflict("The resource is being changed by other requests; retry") from None
         assert uow is not None
+        for action in uow.on_commit:
+            action()
         await self.write_pipeline.committed(ctx, uow)
         return result
 

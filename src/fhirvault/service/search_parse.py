@@ -15,6 +15,7 @@ from fhirvault.errors import Invalid
 from fhirvault.fhir.dates import date_range
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.fhir.references import parse_reference
+from fhirvault.fhir.scan_definitions import SCAN_STATES
 from fhirvault.fhir.search_index import normalize
 from fhirvault.fhir.search_params import SearchParam, search_param
 from fhirvault.store.search_sql import (
@@ -28,6 +29,7 @@ from fhirvault.store.search_sql import (
     ParamClause,
     RangeTest,
     RefTest,
+    ScanStatusClause,
     SortKey,
     StringTest,
     Test,
@@ -36,6 +38,8 @@ from fhirvault.store.search_sql import (
     UriTest,
 )
 
+# Binary's custom search parameter: the malware scan verdict on its content (service/scans.py).
+SCAN_STATUS_PARAM = "scan-status"
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 MAX_OR_VALUES = 100
@@ -252,6 +256,8 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         if bad:
             raise Invalid(f"Search parameter _id={value!r}: '{bad[0]}' is not a valid resource id")
         return IdClause(ids)
+    if code == SCAN_STATUS_PARAM and types == ["Binary"] and not dot:
+        return _scan_status(name, modifier, value)
     if code == "_lastUpdated" and not dot and modifier != "missing":
         if modifier:
             raise Invalid(f"Search parameter {name}: modifier '{modifier}' is not supported for a date")
@@ -287,6 +293,18 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         return ParamClause("token", f"{code}:identifier", [_token_test(v) for v in values])
     tests = [_value_test(name, param, kind, modifier, v, base_url) for v in values]
     return ParamClause(kind, code, tests, negate=modifier == "not")
+
+
+def _scan_status(name: str, modifier: str, value: str) -> ScanStatusClause:
+    """Binary's custom token parameter `scan-status` (codes of SCAN_STATES; no system, no modifier)."""
+    if modifier:
+        raise Invalid(f"Search parameter {name}: {SCAN_STATUS_PARAM} takes no modifier")
+    states = [unescape(v) for v in _or_values(name, value)]
+    bad = [s for s in states if s not in SCAN_STATES]
+    if bad:
+        raise Invalid(f"Search parameter {name}={value!r}: '{bad[0]}' is not a scan status; use one of "
+                      f"{', '.join(SCAN_STATES)}")
+    return ScanStatusClause(states)
 
 
 def _parse_chain(types: list[str], name: str, param: SearchParam, modifier: str, rest: str, value: str,

@@ -14,6 +14,7 @@ from fhirvault.service.bundles import BundleService
 from fhirvault.service.health import Readiness
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.resources import ResourceService
+from fhirvault.service.scans import ContentScans
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.validate_operation import ValidateOperation
 from fhirvault.store.resources import StoredResource as StoredResource  # what reads and writes return
@@ -37,6 +38,7 @@ class Services(Protocol):
     tokens: TokenService
     signed_urls: SignedUrl
     readiness: Readiness
+    scans: ContentScans
 
     def capability_statement(self) -> dict[str, Any]:
         """The CapabilityStatement served at /metadata (FHIR R4 capabilitystatement.html)."""
@@ -48,4 +50,8 @@ class Services(Protocol):
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
         """The server's own OperationDefinitions by id."""
+        ...
+
+    def builtin_resource(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """One of the server's own conformance resources of type `rtype` and id `rid`, or None."""
         ...

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault.clock import now_us
 from fhirvault.store.blobs import blob_chunks, blobs
 from fhirvault.store.job_rows import jobs
+from fhirvault.store.scan_rows import content_refs, content_scans
 from fhirvault.store.schema import (
     metadata,
     resource_versions,
@@ -62,6 +63,32 @@ async def _create_url_signing_keys(conn: AsyncConnection) -> None:
     await insert_key(conn, new_key(now_us()))
 
 
+async def _blob_references(conn: AsyncConnection) -> None:
+    """Content deduplication: each blob counts the versions referring to it (`refs`, counted now from
+    resource_versions), and one committed blob per content (the smallest id) gets the content key that later
+    equal uploads share; copies stored before keep their bytes (and their own row) until expunged."""
+    columns = await conn.run_sync(lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("blobs")})
+    if "refs" not in columns:  # a database made by 0003 before these columns were part of the table
+        await conn.execute(sa.text("ALTER TABLE blobs ADD COLUMN refs INTEGER DEFAULT '0' NOT NULL"))
+    if "content_key" not in columns:
+        await conn.execute(sa.text("ALTER TABLE blobs ADD COLUMN content_key VARCHAR(96)"))
+    # Counted once by grouping into an indexed scratch table: resource_versions has no index on blob_id,
+    # and a count per blob would scan all versions once per blob.
+    await conn.execute(sa.text("DROP TABLE IF EXISTS blob_refs_0009"))
+    await conn.execute(sa.text(
+        "CREATE TABLE blob_refs_0009 AS SELECT blob_id, count(*) AS n FROM resource_versions "
+        "WHERE blob_id IS NOT NULL GROUP BY blob_id"))
+    await conn.execute(sa.text("CREATE UNIQUE INDEX ux_blob_refs_0009 ON blob_refs_0009 (blob_id)"))
+    await conn.execute(sa.text(
+        "UPDATE blobs SET refs = coalesce((SELECT c.n FROM blob_refs_0009 c WHERE c.blob_id = blobs.id), 0)"))
+    await conn.execute(sa.text("DROP TABLE blob_refs_0009"))
+    await conn.execute(sa.text(
+        "UPDATE blobs SET content_key = sha256 || ':' || CAST(size AS VARCHAR(24)) "
+        "WHERE content_key IS NULL AND id IN (SELECT min(b.id) FROM blobs b WHERE b.state = 'committed' "
+        "AND b.sha256 IS NOT NULL AND b.size IS NOT NULL GROUP BY b.sha256, b.size)"))
+    await conn.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS ux_blobs_content_key ON blobs (content_key)"))
+
+
 STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("0001_resources", _create(resources, resource_versions, search_tokens, search_refs)),
     MigrationStep("0002_security", _create(clients, signing_keys)),
@@ -74,6 +101,9 @@ STEPS: tuple[MigrationStep, ...] = (
         "CREATE INDEX IF NOT EXISTS ix_blobs_storage_key ON blobs (storage_key)")),
     # Typed search index tables; every stored type is marked for a resumable rebuild of its index.
     MigrationStep("0008_search_index", create_search_tables),
+    MigrationStep("0009_blob_references", _blob_references),
+    # Malware scan verdicts by content (SHA-256), and which resource versions hold each content.
+    MigrationStep("0010_content_scans", _create(content_scans, content_refs)),
     # Parameters stored as the rows of others lose their own rows; two redundant indexes go.
     MigrationStep("0013_search_index_lean", lean_search_index),
 )

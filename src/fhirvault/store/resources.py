@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault import jsoncodec
 from fhirvault.fhir.indexing import COMPARTMENT
 from fhirvault.fhir.search_index import IndexRows
+from fhirvault.store.blobs import BlobRecord, BlobRegistry
+from fhirvault.store.scan_rows import content_refs
 from fhirvault.store.schema import resource_versions, resources, search_refs
 from fhirvault.store.search_sql import (
     Criteria,
@@ -51,7 +53,12 @@ def row_to_stored(row: Any, method: str | None = None) -> StoredResource:
 
 
 class ResourceStore:
-    """SQL access for resources; every method runs inside a transaction the caller owns."""
+    """SQL access for resources; every method runs inside a transaction the caller owns. A version that
+    refers to a blob counts as one reference to it (BlobRegistry `refs`), taken where the version is
+    inserted (`write`) and given back where it is removed (`expunge`), so no other path can forget it."""
+
+    def __init__(self, registry: BlobRegistry | None = None) -> None:
+        self.registry = registry or BlobRegistry()
 
     async def get(self, conn: AsyncConnection, rtype: str, rid: str, for_update: bool = False
                   ) -> StoredResource | None:
@@ -105,6 +112,8 @@ class ResourceStore:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} changed concurrently")
         await conn.execute(sa.insert(resource_versions).values(
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
+        if stored.blob_id is not None:
+            await self.registry.add_reference(conn, stored.blob_id)
         await write_index(conn, stored.resource_type, stored.id, index, new=previous_version is None)
 
     async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:
@@ -245,10 +254,20 @@ class ResourceStore:
         stmt = sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid).order_by(t.c.version_id)
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
-    async def expunge(self, conn: AsyncConnection, rtype: str, rid: str) -> None:
-        for table in (resources, resource_versions):
+    async def expunge(self, conn: AsyncConnection, rtype: str, rid: str) -> list[BlobRecord]:
+        """Remove every version of rtype/rid and its search index; returns the blobs whose last reference
+        went with them (released in this transaction; the caller removes their bytes after the commit).
+        Blobs that versions of other resources (or of nothing else) still refer to keep their bytes."""
+        t = resource_versions
+        counts = {str(row[0]): int(row[1]) for row in (await conn.execute(
+            sa.select(t.c.blob_id, sa.func.count()).where(t.c.resource_type == rtype, t.c.id == rid,
+                                                          t.c.blob_id.is_not(None)).group_by(t.c.blob_id))).all()}
+        # content_refs too: a re-created id starts again at version 1, which must not inherit the old content's
+        # scan verdict (the verdicts themselves belong to the content and stay).
+        for table in (resources, resource_versions, content_refs):
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
         await delete_index(conn, rtype, rid)
+        return await self.registry.drop_references(conn, counts)
 
     async def last_deletion(self, conn: AsyncConnection, rtype: str, rid: str) -> int | None:
         """When rtype/rid was last deleted (microseconds), or None: what came before belongs to an earlier

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
 from fhirvault.fhir.search_storage import StoredAs, stored_as
+from fhirvault.store.scan_rows import scan_state_matches
 from fhirvault.store.schema import resources, search_refs, search_tokens
 from fhirvault.store.search_tables import (
     search_composites,
@@ -125,7 +126,14 @@ class UpdatedClause:
     tests: list[RangeTest]
 
 
-Clause = ParamClause | MissingClause | ChainClause | HasClause | IdClause | UpdatedClause
+@dataclass
+class ScanStatusClause:
+    """Binary's custom `scan-status`: the malware scan verdict on the version's content is one of `states`."""
+
+    states: list[str]
+
+
+Clause = ParamClause | MissingClause | ChainClause | HasClause | IdClause | UpdatedClause | ScanStatusClause
 
 
 @dataclass
@@ -307,6 +315,8 @@ def clause_sql(clause: Clause, owner: Any, types: Sequence[str]) -> ColumnElemen
     """One clause as a condition on `owner` (an alias of `resources` holding resources of `types`)."""
     if isinstance(clause, IdClause):
         return owner.c.id.in_(clause.ids)
+    if isinstance(clause, ScanStatusClause):
+        return scan_state_matches(owner, clause.states)
     if isinstance(clause, UpdatedClause):
         return sa.or_(*[_range(t.prefix, owner.c.last_updated, owner.c.last_updated + 1, t, False)
                         for t in clause.tests])
