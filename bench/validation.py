@@ -30,6 +30,11 @@ COMPONENT = {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"
              "valueQuantity": {"value": 107, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
 
 
+NARRATIVE = ('<div xmlns="http://www.w3.org/1999/xhtml"><p>Blood pressure <b>107/60 mmHg</b>, sitting, '
+             'left arm</p><table><tr><th>Systolic</th><td>107 mmHg</td></tr><tr><th>Diastolic</th>'
+             '<td>60 mmHg</td></tr></table></div>')
+
+
 def observation(target_bytes: int = 2048) -> dict[str, Any]:
     """A blood-pressure Observation grown with components to about `target_bytes` of JSON."""
     obs: dict[str, Any] = {
@@ -142,7 +147,12 @@ def main() -> None:
     assert validate_resource(bundle) == []
     whole = best_seconds(lambda: validate_resource(bundle), args.rounds)
     invariants = best_seconds(lambda: bundle_invariant_issues(bundle), args.rounds)
+    narrated = {**obs, "text": {"status": "generated", "div": NARRATIVE}}
+    assert validate_resource(narrated) == []
+    per_narrated = best_seconds(lambda: [validate_resource(narrated) for _ in range(1000)], args.rounds) / 1000
     print(f"validate one {len(json.dumps(obs))} B Observation: {per_obs * 1e6:.0f} us")
+    print(f"validate it with a {len(NARRATIVE)} B narrative: {per_narrated * 1e6:.0f} us "
+          f"(txt-1/txt-2 add {(per_narrated - per_obs) * 1e6:.0f} us)")
     print(f"validate one {len(json.dumps(bundle)) / 1024 / 1024:.2f} MiB Bundle ({len(bundle['entry'])} entries): "
           f"{whole * 1e3:.0f} ms, of which the bdl-* FHIRPath invariants {invariants * 1e3:.0f} ms "
           f"(= {invariants / whole:.2f} of it); per entry {whole / len(bundle['entry']) * 1e6:.0f} us "

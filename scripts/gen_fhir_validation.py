@@ -17,7 +17,11 @@ What comes from where:
 - each primitive type's regex: the `regex` extension on its `value` element in the
   StructureDefinitions; the minimum of `integer`, `unsignedInt` and `positiveInt` is the least of
   0, 1 or -2^31 their regex admits (their 32-bit maximum is in the spec's datatypes page);
-- the Bundle invariants (`bdl-*`, FHIRPath): the Bundle StructureDefinition's constraints.
+- the Bundle invariants (`bdl-*`, FHIRPath): the Bundle StructureDefinition's constraints;
+- every other error-severity constraint on a type, a resource or a backbone element whose FHIRPath is a
+  combination of presence tests (`invariants`, translated to schema rules by fhirvault.fhir.invariants),
+  and per-1 / rng-2, which fhirvault.fhir.invariants checks with custom schema keywords;
+  the rest is printed on standard error (not checked).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from fhirvault.fhir.invariants import ORDER_RULES, NotTranslatable, presence_rule
 
 REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
 TYPE_NAME_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-explicit-type-name"
@@ -202,6 +208,51 @@ def bundle_invariants(sds: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
+# Checked in code rather than by a schema rule (fhirvault.fhir.invariants and validation.py): the Bundle's
+# FHIRPath rules, the contained-resource and narrative rules, and ele-1 (one schema rule for every type).
+IN_CODE = ("bdl-", "ref-1", "dom-2", "dom-3", "dom-4", "dom-5", "txt-1", "txt-2", "ele-1")
+
+
+def invariants(sds: list[dict[str, Any]], schema_defs: dict[str, Any], types: dict[str, Any]
+               ) -> tuple[dict[str, list[list[str]]], list[str]]:
+    """Schema definition name -> [key, human, expression] of each error-severity constraint on a type's or
+    resource's root or on a backbone element that `presence_rule` can translate; and `key (Type): expression`
+    of every other one, which stays unchecked (or is checked in code: IN_CODE)."""
+    out: dict[str, list[list[str]]] = {}
+    left: set[str] = set()
+    for sd in sds:
+        elements = sd.get("snapshot", {}).get("element", [])
+        children: dict[str, set[str]] = {}
+        for el in elements:
+            if "." in el["path"]:
+                parent, name = el["path"].rsplit(".", 1)
+                codes = [t["code"] for t in el.get("type", [])]
+                children.setdefault(parent, set()).update(
+                    {name[:-3] + cap(c) for c in codes} if name.endswith("[x]") else {name})
+        for el in elements:
+            path = el["path"]
+            if path == sd["id"]:
+                targets = [sd["id"]] if sd["id"] in types else []
+            elif path in children and any(t["code"] in ("BackboneElement", "Element") for t in el.get("type", [])):
+                targets = [d for d in _definitions_of(sd["id"], children[path], schema_defs) if d in types]
+            else:
+                continue
+            for c in el.get("constraint", []):
+                if c.get("severity") != "error" or c["key"].startswith(IN_CODE):
+                    continue
+                for target in targets:
+                    try:
+                        if c["key"] not in ORDER_RULES:
+                            presence_rule(c["expression"], types[target].get("choices", {}))
+                    except NotTranslatable:
+                        left.add(f"{c['key']} ({path}): {c['expression']}")
+                        continue
+                    rules = out.setdefault(target, [])
+                    if c["key"] not in {r[0] for r in rules}:
+                        rules.append([c["key"], c["human"], c["expression"]])
+    return out, sorted(left)
+
+
 def main(src: Path, dest: Path) -> None:
     schema = json.loads((src / "fhir.schema.json").read_text())
     schema_defs = schema["definitions"]
@@ -223,6 +274,11 @@ def main(src: Path, dest: Path) -> None:
         "enums": enums,
         "bundleInvariants": bundle_invariants(sds),
     }
+    table["invariants"], unchecked = invariants(sds, schema_defs, types)
+    print(f"{sum(len(v) for v in table['invariants'].values())} invariants as schema rules; "
+          f"{len(unchecked)} left to FHIRPath (not checked):", file=sys.stderr)
+    for line in unchecked:
+        print("  " + line, file=sys.stderr)
     dest.write_text(json.dumps(table, separators=(",", ":"), sort_keys=True) + "\n")
 
 

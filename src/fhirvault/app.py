@@ -22,7 +22,7 @@ from fhirvault.config import Settings
 from fhirvault.errors import FhirVaultError
 from fhirvault.fhir import scan_definitions, validation
 from fhirvault.fhir.capability import capability_statement
-from fhirvault.fhir.operation_definitions import builtin_operation_definitions
+from fhirvault.fhir.operation_definitions import applies_to, builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import routes as http_routes
 from fhirvault.http import storage_api
@@ -42,6 +42,7 @@ from fhirvault.service.attachments import AttachmentNormalizer, AttachmentUrlSig
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.binary_access import BinaryAccess
 from fhirvault.service.bundles import BundleService
+from fhirvault.service.direct_uploads import DirectUploadService
 from fhirvault.service.health import Readiness
 from fhirvault.service.ingestion import JOB_KIND as INGEST_JOB
 from fhirvault.service.ingestion import AttachmentIngestion
@@ -86,6 +87,9 @@ class FhirVault:
             self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
             pending_grace_seconds=settings.pending_blob_grace_seconds, dedup=settings.dedup_enabled)
+        self.direct_uploads = DirectUploadService(
+            self.db, self.binaries, self.blob_store, self.blob_registry, ttl_seconds=settings.direct_upload_ttl,
+            part_bytes=settings.direct_upload_part_bytes, grace_seconds=settings.pending_blob_grace_seconds)
         self.signed_urls = SignedUrl(self.db, settings.storage_base_url, settings.signed_url_ttl,
                                      settings.signed_url_window, also_accepted=(settings.public_base_url,))
         self.jobs = JobQueue(self.db, max_attempts=settings.ingest_max_attempts,
@@ -165,6 +169,9 @@ class FhirVault:
                 if loop.time() - last_statistics >= STATISTICS_SECONDS:
                     last_statistics = loop.time()
                     await self.db.refresh_statistics()
+                removed = await self.direct_uploads.sweep()
+                if removed:
+                    log.info("removed %d expired direct uploads", removed)
                 removed = await self.binaries.sweep()
                 if removed:
                     log.info("swept %d released or stale pending blobs", removed)
@@ -179,7 +186,8 @@ class FhirVault:
 
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
         """The OperationDefinitions this server implements, by id (see fhir.operation_definitions)."""
-        return builtin_operation_definitions(self.settings.fhir_base_url)
+        return builtin_operation_definitions(self.settings.fhir_base_url,
+                                             direct_uploads=self.direct_uploads.offered)
 
     def builtin_resource(self, rtype: str, rid: str) -> dict[str, Any] | None:
         """One of the server's own conformance resources (OperationDefinitions, the scan-status
@@ -205,7 +213,7 @@ class FhirVault:
         per process."""
         if self._capability is None:
             base = self.settings.fhir_base_url
-            operations = [{"name": d["code"], "definition": d["url"]} for d in self.operation_definitions().values()]
+            definitions = list(self.operation_definitions().values())
             media_doc = ("GET /Media/{id} returns the raw content (with ranges) when Accept equals "
                          "Media.content.contentType or with _output=data; an Accept that admits FHIR JSON gives the "
                          "resource, any other 406."
@@ -223,7 +231,8 @@ class FhirVault:
                     "description": "OAuth2 client credentials (SMART backend services scopes); bearer token "
                                    "required everywhere but /metadata, the token endpoint and signed /storage URLs.",
                 }},
-                operations_by_type={rtype: operations for rtype in resource_types()},
+                operations_by_type={rtype: [{"name": d["code"], "definition": d["url"]} for d in definitions
+                                            if applies_to(d, rtype)] for rtype in resource_types()},
                 type_documentation={"Media": media_doc} if media_doc else None,
                 conditional_delete_max=self.settings.conditional_delete_max,
                 custom_search_params={"Binary": [{

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     # Content equal to a committed blob's (SHA-256 and size) refers to that blob instead of being stored
     # again (store/blobs.py BlobRegistry.settle); off: every upload keeps its own copy.
     dedup_enabled: bool = True
+    # Direct uploads to the object store (s3 mode, Binary/$upload-url): how long the presigned URLs live
+    # (at most half of PENDING_BLOB_GRACE_SECONDS, so a completion begun in time always has as long
+    # again before the grace sweep), and above which size the upload goes in parts of this size.
+    direct_upload_ttl: int = Field(default=900, ge=1, description="seconds a presigned upload URL is valid")
+    direct_upload_part_bytes: int = Field(default=64 * 1024**2, ge=5 * 1024**2, le=1024**3,
+                                          description="uploads above this size go in parts of this size")
 
     # Attachments and signed URLs
     rewrite_attachment_urls: bool = True
@@ -135,6 +141,8 @@ class Settings(BaseSettings):
             self.public_base_url = f"http://{self.host}:{self.port}"
         self.public_base_url = self.public_base_url.rstrip("/")
         self.storage_public_base_url = self.storage_public_base_url.rstrip("/")
+        if self.direct_upload_ttl > self.pending_blob_grace_seconds // 2:
+            self.direct_upload_ttl = max(1, self.pending_blob_grace_seconds // 2)
         if self.signed_url_window > self.signed_url_ttl // 6:
             self.signed_url_window = max(1, self.signed_url_ttl // 6)
         return self

@@ -113,6 +113,14 @@ class Unsupported(FhirVaultError):
     code = "not-supported"
 
 
+class Unimplemented(FhirVaultError):
+    """The server, as configured, does not offer what was asked for (e.g. an operation of another storage
+    mode); HTTP 501, not a client mistake to be fixed by other input."""
+
+    status = 501
+    code = "not-supported"
+
+
 class StorageFailure(FhirVaultError):
     """The bytes could not be stored or read back; never the client's fault. Answered 503 with
     `Retry-After`: the usual cause is a blob store that is away for a while."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import orjson
@@ -26,3 +28,109 @@ def loads(text: bytes | str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
+
+
+class StrictJsonError(ValueError):
+    """JSON a client sent that the server does not take in (see `loads_strict`); the message says why."""
+
+
+# Deeper than any FHIR resource nests (Questionnaire items, Bundles in Bundles stay far below), and far
+# below what the recursive walks over a resource (copying, indexing, rendering) can take.
+MAX_JSON_DEPTH = 128
+
+
+def _refuse_constant(name: str) -> Any:
+    raise StrictJsonError(f"The request body holds {name}, which is not a JSON number (RFC 8259); "
+                          "FHIR has no such value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise StrictJsonError(f"The number {text[:40]}{'...' if len(text) > 40 else ''} is too large to be kept")
+    return value
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise StrictJsonError(f"The request body has the property '{key}' twice in one object")
+            seen.add(key)
+    return obj
+
+
+def _check_depth(value: Any) -> None:
+    """Invalid when arrays and objects nest deeper than MAX_JSON_DEPTH (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise StrictJsonError(f"The request body nests deeper than {MAX_JSON_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def loads_strict(raw: bytes) -> Any:
+    """The JSON value of a request body, strictly (RFC 8259): StrictJsonError for bytes that are not UTF-8, bad
+    syntax, NaN/Infinity, a property given twice in one object, integers over Python's 4,300-digit
+    conversion limit, or nesting deeper than MAX_JSON_DEPTH. Nothing that could not be written back out
+    as valid JSON gets in."""
+    try:
+        # Decoded here, as UTF-8 (RFC 8259 8.1; a UTF-8 byte order mark is ignored, as it allows):
+        # json.loads on bytes would guess UTF-16 or UTF-32 from the first bytes and take those too.
+        value = json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant, parse_float=_finite_float,
+                            object_pairs_hook=_no_duplicate_keys)
+    except UnicodeDecodeError:
+        raise StrictJsonError("The request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise StrictJsonError(f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                              f"column {exc.colno}") from None
+    except RecursionError:
+        raise StrictJsonError(f"The request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except StrictJsonError:
+        raise
+    except ValueError as exc:  # e.g. an integer literal over the int conversion limit
+        raise StrictJsonError(f"The request body holds a value that cannot be read: {exc}") from None
+    _check_depth(value)
+    if LONE_SURROGATE_ESCAPE.search(raw):
+        _refuse_lone_surrogates(value)
+    if NUL_ESCAPE in raw and _holds_nul(value):
+        raise StrictJsonError("The request body holds a NUL character (\\u0000) in a string: FHIR text cannot carry it")
+    return value
+
+
+NUL_ESCAPE = b"\\u0000"  # how JSON spells U+0000 (unescaped control characters are not JSON at all)
+
+
+def _holds_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+# A `\uD800`-`\uDFFF` escape: JSON's only way to spell a UTF-16 surrogate, which outside a pair is no
+# Unicode character (RFC 8259 8.2) and cannot be stored or sent as UTF-8. Looked for in the raw bytes
+# first, so ordinary bodies are not walked.
+LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise StrictJsonError("The request body holds a string with an unpaired UTF-16 surrogate escape (\\uD800-"
+                      "\\uDFFF): it is no Unicode character") from None

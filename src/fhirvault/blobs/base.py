@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -71,6 +72,48 @@ class BlobStore(ABC):
 
     async def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release connections."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What the store says of a stored object: its size in bytes and, when the store verified one on
+    upload, the base64 SHA-256 checksum it keeps (S3 `x-amz-checksum-sha256`)."""
+
+    size: int
+    sha256_b64: str | None
+
+
+class PresignedUploads(ABC):
+    """A store clients can upload to directly, with URLs the store itself checks (S3 presigned URLs):
+    the bytes never pass through fhirvault. Every URL is bound to one key, one size and an expiry."""
+
+    @abstractmethod
+    async def presigned_put_url(self, key: str, *, expires_in: int, content_type: str, size: int,
+                                sha256_b64: str | None) -> str:
+        """A URL for one `PUT` of exactly `size` bytes with `Content-Type: content_type` (and, when
+        `sha256_b64` is given, `x-amz-checksum-sha256: sha256_b64`, which the store checks against
+        the bytes); valid for `expires_in` seconds."""
+
+    @abstractmethod
+    async def begin_parts(self, key: str, content_type: str) -> str:
+        """Begin a multipart upload under `key`; returns the store's upload id."""
+
+    @abstractmethod
+    async def presigned_part_url(self, key: str, upload_id: str, number: int, *, size: int,
+                                 expires_in: int) -> str:
+        """A URL for one `PUT` of part `number` (1-based) of exactly `size` bytes."""
+
+    @abstractmethod
+    async def uploaded_parts(self, key: str, upload_id: str) -> dict[int, int] | None:
+        """Part number -> size of the parts uploaded so far; None when the multipart upload is gone."""
+
+    @abstractmethod
+    async def join_parts(self, key: str, upload_id: str, numbers: list[int]) -> None:
+        """Complete the multipart upload from the parts `numbers` (in that order) into one object."""
+
+    @abstractmethod
+    async def stat(self, key: str) -> StoredObject | None:
+        """Size (and stored checksum) of the object under `key`; None when there is none."""
 
 
 async def _nothing() -> AsyncIterator[str]:

@@ -11,7 +11,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fhirvault.blobs.base import OWN_KEY, BlobStore
+from fhirvault.blobs.base import OWN_KEY, BlobStore, PresignedUploads, StoredObject
 from fhirvault.errors import StorageFailure
 
 # S3 wants every part but the last to be at least 5 MiB; 8 MiB keeps memory small and requests few.
@@ -22,7 +22,7 @@ READ_CHUNK = 1024 * 1024
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
 
-class S3BlobStore(BlobStore):
+class S3BlobStore(BlobStore, PresignedUploads):
     """Blobs as objects under their key in one bucket, spoken to in plain S3 with path-style addressing."""
 
     name = "s3"
@@ -244,16 +244,20 @@ class S3BlobStore(BlobStore):
             params["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
     async def exists(self, key: str) -> bool:
+        return await self._head(key) is not None
+
+    async def _head(self, key: str, **extra: Any) -> dict[str, Any] | None:
+        """HeadObject's answer for `key`, None when there is no such object."""
         client = await self._s3()
         try:
-            await client.head_object(Bucket=self.bucket, Key=key)
+            head: dict[str, Any] = await client.head_object(Bucket=self.bucket, Key=key, **extra)
         except ClientError as exc:
             if _error_code(exc) in _NOT_FOUND_CODES - {"NoSuchBucket"}:
-                return False
+                return None
             raise self._failure("HeadObject", key, exc) from None
         except BotoCoreError as exc:
             raise self._failure("HeadObject", key, exc) from None
-        return True
+        return head
 
     async def presigned_get_url(self, key: str, *, expires_in: int, content_type: str,
                                 content_disposition: str | None) -> str | None:
@@ -264,6 +268,75 @@ class S3BlobStore(BlobStore):
         with self._translated("presign GetObject", key):
             url: str = await client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
         return url
+
+    # -- PresignedUploads: direct uploads by clients ------------------------------------------------
+
+    async def presigned_put_url(self, key: str, *, expires_in: int, content_type: str, size: int,
+                                sha256_b64: str | None) -> str:
+        client = await self._s3()
+        # Content-Type and Content-Length are signed headers of the URL (SigV4), and so is the checksum:
+        # a PUT with other values fails the store's signature check; the store also checks the checksum
+        # against the bytes it receives.
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ContentType": content_type,
+                                  "ContentLength": size}
+        if sha256_b64:
+            params["ChecksumSHA256"] = sha256_b64
+        with self._translated("presign PutObject", key):
+            url: str = await client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_in)
+        return url
+
+    async def begin_parts(self, key: str, content_type: str) -> str:
+        client = await self._s3()
+        with self._translated("CreateMultipartUpload", key):
+            started = await client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
+        return str(started["UploadId"])
+
+    async def presigned_part_url(self, key: str, upload_id: str, number: int, *, size: int,
+                                 expires_in: int) -> str:
+        client = await self._s3()
+        params = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number,
+                  "ContentLength": size}
+        with self._translated("presign UploadPart", key):
+            url: str = await client.generate_presigned_url("upload_part", Params=params, ExpiresIn=expires_in)
+        return url
+
+    async def uploaded_parts(self, key: str, upload_id: str) -> dict[int, int] | None:
+        listed = await self._listed_parts(key, upload_id)
+        return None if listed is None else {int(p["PartNumber"]): int(p["Size"]) for p in listed}
+
+    async def join_parts(self, key: str, upload_id: str, numbers: list[int]) -> None:
+        client = await self._s3()
+        etags = {int(p["PartNumber"]): p["ETag"] for p in await self._listed_parts(key, upload_id) or []}
+        missing = [n for n in numbers if n not in etags]
+        if missing:
+            raise StorageFailure(f"parts {missing} of blob {key} are not in bucket {self.bucket}")
+        parts = [{"PartNumber": n, "ETag": etags[n]} for n in numbers]
+        with self._translated("CompleteMultipartUpload", key):
+            await client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                   MultipartUpload={"Parts": parts})
+
+    async def _listed_parts(self, key: str, upload_id: str) -> list[dict[str, Any]] | None:
+        """Every part of the multipart upload (ListParts, all pages); None when the upload is gone."""
+        client = await self._s3()
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id}
+        parts: list[dict[str, Any]] = []
+        while True:
+            try:
+                page = await client.list_parts(**params)
+            except ClientError as exc:
+                if _error_code(exc) in {"NoSuchUpload", "404", "NotFound"}:
+                    return None
+                raise self._failure("ListParts", key, exc) from None
+            except BotoCoreError as exc:
+                raise self._failure("ListParts", key, exc) from None
+            parts.extend(page.get("Parts", []))
+            if not page.get("IsTruncated"):
+                return parts
+            params["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+    async def stat(self, key: str) -> StoredObject | None:
+        head = await self._head(key, ChecksumMode="ENABLED")
+        return None if head is None else StoredObject(int(head["ContentLength"]), head.get("ChecksumSHA256") or None)
 
     # -- errors -----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ and applies the same rules (token only to the FHIR base, redirects, one token re
 
 from fhirvault.client.async_client import AsyncFhirClient
 from fhirvault.client.auth import ClientCredentials, FixedToken, TokenSource
+from fhirvault.client.direct_upload import DirectUploadNotOffered
 from fhirvault.client.errors import (
     ConflictError,
     FhirError,
@@ -27,7 +28,8 @@ from fhirvault.client.errors import (
 from fhirvault.client.sync_client import FhirClient
 
 __all__ = [
-    "AsyncFhirClient", "ClientCredentials", "ConflictError", "FhirClient", "FhirError", "FixedToken",
+    "AsyncFhirClient", "ClientCredentials", "ConflictError", "DirectUploadNotOffered", "FhirClient", "FhirError",
+    "FixedToken",
     "ForbiddenError", "GoneError", "IntegrityError", "InvalidError", "NotFoundError", "PreconditionFailedError",
     "TokenSource", "UnauthorizedError",
 ]

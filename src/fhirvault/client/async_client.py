@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -11,6 +12,7 @@ import httpx
 
 from fhirvault.client import operations as ops
 from fhirvault.client.auth import TokenSource, token_source
+from fhirvault.client.direct_upload import DirectSource, create_binary_direct
 from fhirvault.client.errors import FhirError, error_for, simple_outcome
 from fhirvault.client.exchange import (
     MAX_REDIRECTS,
@@ -108,6 +110,15 @@ class AsyncFhirClient:
                                                  content_type=content_type, filename=filename,
                                                  security_context=security_context))
 
+    async def create_binary_direct(self, data: Path | bytes | DirectSource, *, content_type: str | None = None,
+                                   filename: str | None = None, security_context: str | None = None,
+                                   on_progress: ProgressCallback | None = None) -> Resource:
+        """As FhirClient.create_binary_direct; hashing a file before the upload runs in a worker thread."""
+        source = data if isinstance(data, DirectSource) else await asyncio.to_thread(DirectSource, data)
+        return await self._run(create_binary_direct(self.base_url, source, content_type=content_type,
+                                                    filename=filename, security_context=security_context,
+                                                    on_progress=on_progress))
+
     async def create_attachment(self, data: UploadData, *, content_type: str | None = None,
                                 filename: str | None = None, security_context: str | None = None,
                                 on_progress: ProgressCallback | None = None) -> Resource:
@@ -177,7 +188,8 @@ class AsyncFhirClient:
             token = await self._token() if carries_token(self.base_url, call, url) else None
             content: AsyncIterable[bytes] | None = call.upload.achunks() if call.upload is not None else None
             async with self._http.stream(call.method, url, headers=request_headers(call, token), json=call.json,
-                                         data=call.form, content=content) as resp:
+                                         data=call.form, content=content,
+                                         timeout=call.timeout or httpx.USE_CLIENT_DEFAULT) as resp:
                 next_url = redirect_target(call, resp.status_code, resp.headers, url)
                 if next_url is not None:
                     url = next_url

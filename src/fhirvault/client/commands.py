@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from fhirvault.client.direct_upload import DirectSource, direct_attachment
 from fhirvault.client.errors import FhirError
 from fhirvault.client.operations import attachment_for
 from fhirvault.client.sync_client import FhirClient
@@ -38,6 +39,8 @@ def add_client_commands(sub: Any) -> None:
     up.add_argument("--security-context", help="e.g. Patient/123")
     up.add_argument("--attach-to", metavar="REF", help="add the upload as an Attachment to this resource")
     up.add_argument("--element", default="photo", help="the Attachment element of --attach-to (default: photo)")
+    up.add_argument("--direct", action="store_true",
+                    help="upload straight to the server's object store (s3 mode; an error where not offered)")
     up.add_argument("--json", action="store_true", help="print the created Binary as JSON")
     up.set_defaults(func=cmd_upload)
 
@@ -109,13 +112,21 @@ def cmd_upload(args: argparse.Namespace) -> int:
         if target is not None:
             client.read_resource(*target)  # it must exist (and be readable) before anything is uploaded
             security_context = security_context or "/".join(target)
-        with transfer_progress(f"upload {filename}") as on_progress:
-            body = UploadBody(args.file, on_progress)
-            binary = client.create_binary(body, content_type=args.content_type, filename=filename,
-                                          security_context=security_context)
+        if args.direct:
+            source = DirectSource(args.file)  # read once for its hashes, before the progress bar
+            with transfer_progress(f"upload {filename} (direct)") as on_progress:
+                binary = client.create_binary_direct(source, content_type=args.content_type, filename=filename,
+                                                     security_context=security_context, on_progress=on_progress)
+            attachment = direct_attachment(binary, source, filename)
+        else:
+            with transfer_progress(f"upload {filename}") as on_progress:
+                body = UploadBody(args.file, on_progress)
+                binary = client.create_binary(body, content_type=args.content_type, filename=filename,
+                                              security_context=security_context)
+            attachment = attachment_for(binary, body, filename)
         if target is not None:
             try:
-                attach(client, args.attach_to, args.element, attachment_for(binary, body, filename))
+                attach(client, args.attach_to, args.element, attachment)
             except BaseException:
                 _remove_orphan(client, binary)
                 raise

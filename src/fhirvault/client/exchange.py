@@ -36,6 +36,9 @@ class Call:
     download: DownloadSink | None = None
     # Whether the bearer token goes along; even then only to URLs under the FHIR base (see carries_token).
     authenticated: bool = True
+    # Seconds to wait for the answer, when the call may take longer than the client's timeout (the
+    # server reading back a large upload); None: the client's own.
+    timeout: float | None = None
 
     def full_url(self) -> str:
         """The URL with the query parameters appended, as it will be requested."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -11,6 +12,7 @@ import httpx
 
 from fhirvault.client import operations as ops
 from fhirvault.client.auth import TokenSource, token_source
+from fhirvault.client.direct_upload import DirectSource, create_binary_direct
 from fhirvault.client.errors import FhirError, error_for, simple_outcome
 from fhirvault.client.exchange import (
     MAX_REDIRECTS,
@@ -127,6 +129,19 @@ class FhirClient:
         return self._run(ops.create_binary(self.base_url, body, content_type=content_type, filename=filename,
                                            security_context=security_context))
 
+    def create_binary_direct(self, data: Path | bytes | DirectSource, *, content_type: str | None = None,
+                             filename: str | None = None, security_context: str | None = None,
+                             on_progress: ProgressCallback | None = None) -> Resource:
+        """Upload a file (`pathlib.Path`) or bytes straight to the server's object store, where the server
+        offers it (fhirvault in s3 mode: `Binary/$upload-url`, found in its CapabilityStatement), and return
+        the Binary it created, as `create_binary` does. The file is read once for its SHA-256 first (the
+        store checks it), then PUT to presigned URLs (in parts when large); the bytes never pass through
+        the FHIR server. Raises DirectUploadNotOffered, before sending anything, when the server does not
+        offer direct uploads."""
+        source = data if isinstance(data, DirectSource) else DirectSource(data)
+        return self._run(create_binary_direct(self.base_url, source, content_type=content_type, filename=filename,
+                                              security_context=security_context, on_progress=on_progress))
+
     def create_attachment(self, data: UploadData, *, content_type: str | None = None, filename: str | None = None,
                           security_context: str | None = None, on_progress: ProgressCallback | None = None) -> Resource:
         """Upload like `create_binary` and return an Attachment (`contentType`, `url` = `Binary/{id}`,
@@ -209,7 +224,8 @@ class FhirClient:
             token = self._token() if carries_token(self.base_url, call, url) else None
             content: Iterable[bytes] | None = call.upload.chunks() if call.upload is not None else None
             with self._http.stream(call.method, url, headers=request_headers(call, token), json=call.json,
-                                   data=call.form, content=content) as resp:
+                                   data=call.form, content=content,
+                                   timeout=call.timeout or httpx.USE_CLIENT_DEFAULT) as resp:
                 next_url = redirect_target(call, resp.status_code, resp.headers, url)
                 if next_url is not None:
                     url = next_url

@@ -5,18 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 from fhirvault.fhir.r4 import FHIR_VERSION, resource_types
-from fhirvault.fhir.search_params import params_of
+from fhirvault.fhir.search_params import NOT_DOMAIN_RESOURCES, params_of
 
 ID_PARAM_URL = "http://hl7.org/fhir/SearchParameter/Resource-id"
 _SEARCHABLE = ("number", "date", "string", "token", "reference", "quantity", "uri")
 
 
+# The special parameters (no FHIRPath of their own) and how fhirvault answers them.
+_SPECIAL: tuple[tuple[str, str | None, str, str], ...] = (
+    ("_content", "http://hl7.org/fhir/SearchParameter/Resource-content", "string",
+     "Words of the resource's text (every string but ids, systems, urls, references, meta, content types, "
+     "languages, base64 data and dates): each word of a value must start a word of the resource, case and "
+     "accents aside; commas are OR."),
+    ("_text", "http://hl7.org/fhir/SearchParameter/DomainResource-text", "string",
+     "Words of the narrative (text.div), matched as _content matches."),
+    ("_list", None, "special", "_list=List/[id] (or the id): the items of that List. Functional lists are not "
+                               "supported."),
+    ("_filter", None, "special", "The R4 _filter syntax (search_filter.html): and, or, not, parentheses, chains, "
+                                 "every operator but filters inside a path ([...]); and binds tighter than or."),
+)
+_NEAR = {"name": "near", "definition": "http://hl7.org/fhir/SearchParameter/Location-near", "type": "special",
+         "documentation": "latitude|longitude|distance|units: great-circle distance, km by default (also m, "
+                          "[mi_i], [mi_us], [nmi_i]); 5 km when no distance is given."}
+
+
 def search_params(rtype: str) -> list[dict[str, Any]]:
-    """CapabilityStatement.rest.resource.searchParam of `rtype`: every R4 parameter fhirvault indexes."""
+    """CapabilityStatement.rest.resource.searchParam of `rtype`: every R4 parameter fhirvault indexes, and
+    the special ones it answers (`_content`, `_text`, `_list`, `_filter`, Location `near`)."""
     out = []
     for code, p in sorted(params_of(rtype).items()):
-        if p.type in _SEARCHABLE or (p.type == "composite" and len(p.components) == 2):
+        if p.type in _SEARCHABLE or p.type == "composite":
             out.append({"name": code, "definition": p.url, "type": p.type})
+    for code, url, kind, doc in _SPECIAL:
+        if code == "_text" and rtype in NOT_DOMAIN_RESOURCES:
+            continue
+        out.append({"name": code, **({"definition": url} if url else {}), "type": kind, "documentation": doc})
+    if rtype == "Location":
+        out.append(dict(_NEAR))
     return out
 
 
@@ -24,7 +49,7 @@ def includes(rtype: str) -> tuple[list[str], list[str]]:
     """(searchInclude, searchRevInclude) of `rtype`: its reference parameters, and those of every type
     that may refer to it."""
     inc = ["*"] + [f"{rtype}:{c}" for c, p in sorted(params_of(rtype).items()) if p.type == "reference"]
-    rev = [f"{src}:{c}" for src in sorted(resource_types()) for c, p in sorted(params_of(src).items())
+    rev = ["*"] + [f"{src}:{c}" for src in sorted(resource_types()) for c, p in sorted(params_of(src).items())
            if p.type == "reference" and (not p.targets or rtype in p.targets) and not c.startswith("_")]
     return inc, rev
 
@@ -47,7 +72,7 @@ def capability_statement(base_url: str, software_version: str, instant: str,
         entry: dict[str, Any] = {
             "type": rtype,
             "interaction": interactions,
-            "versioning": "versioned",
+            "versioning": "versioned-update",  # If-Match is honoured on every write
             "readHistory": True,
             "updateCreate": True,
             "conditionalCreate": True,

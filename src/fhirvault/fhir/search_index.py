@@ -14,14 +14,23 @@ rows, one kind per parameter type (FHIR R4 3.1.1.4), so that SQL can filter, sor
   MIN_US/MAX_US.
 - number and quantity: (param, [system, code,] low, high); a point value has low == high.
 - uri: (param, value).
+- `_text` and `_content`: string rows (param, word, ""), one per distinct normalized word of the
+  narrative (`text.div` without its markup) or of every string in the resource (base64 `data` left
+  out), so that a word search is an indexed prefix lookup.
+- Location `near`: number rows `near:latitude` and the position's unit vector `near:x|y|z` (see
+  store/search_sql.py: NearClause).
 - composite: (param, system1, value1, system2, value2, low2, high2) per element and pair of component
-  values (two-component composites, which are all but four of R4's).
+  values for two-component composites (all but four of R4's); composites of three or more components
+  (MolecularSequence's coordinates) keep one row per component value, (param, element, part, system,
+  value, low, high), numbered by element so that a search matches every part within one element.
 """
 
 from __future__ import annotations
 
 import copy
+import html
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -67,6 +76,8 @@ class IndexRows:
     quantities: set[tuple[str, str | None, str | None, float, float]] = field(default_factory=set)
     uris: set[tuple[str, str]] = field(default_factory=set)
     composites: set[tuple[str, str | None, str | None, str | None, str | None, float | None, float | None]] = \
+        field(default_factory=set)
+    composite_parts: set[tuple[str, int, int, str | None, str | None, float | None, float | None]] = \
         field(default_factory=set)
 
 
@@ -223,7 +234,8 @@ def _run(nodes: list[Any], steps: list[Step]) -> list[Any]:
 
 @cache
 def _stems(expression: str) -> frozenset[str]:
-    """Top-level elements an expression reads (`Patient.deceased.exists()` -> deceased)."""
+    """Top-level elements an expression reads (`Patient.deceased.exists()` -> deceased); see _reads_whole
+    for expressions that name the resource itself."""
     return frozenset(re.findall(r"\b[A-Z][A-Za-z]+\.([a-zA-Z]+)", expression))
 
 
@@ -473,7 +485,11 @@ def _relative_plan(type_path: str, expression: str) -> list[list[Step]] | None:
     return None if plans is None else [plan[skip:] for plan in plans]
 
 
-def _component_values(expression: str, element: Any, type_path: str | None) -> list[Any]:
+def _component_values(expression: str, element: Any, type_path: str | None, resource: dict[str, Any]
+                      ) -> list[Any]:
+    if expression.startswith("%resource."):
+        # a component read from the resource rather than the element (MolecularSequence's chromosome)
+        return evaluate_expression(f"{resource['resourceType']}.{expression.removeprefix('%resource.')}", resource)
     plans = _relative_plan(type_path, expression) if type_path and isinstance(element, dict) else None
     if plans is not None:
         out = [v for steps in plans for v in _run([element], steps)]
@@ -484,17 +500,84 @@ def _component_values(expression: str, element: Any, type_path: str | None) -> l
 
 
 def _add_composite(rows: IndexRows, param: SearchParam, resource: dict[str, Any], base_url: str) -> None:
-    if len(param.components) != 2:
-        return
     own_type, type_path = _element_types(param.expr)
-    for found in evaluate(param, resource):
+    for number, found in enumerate(evaluate(param, resource)):
         element_type = own_type if found is resource else type_path
         keys = []
         for comp in param.components:
-            values = _component_values(comp.expr, found, element_type)
+            values = _component_values(comp.expr, found, element_type, resource)
             keys.append([k for v in values for k in composite_keys(comp.type, v, base_url)])
-        for (s1, v1, _l, _h), (s2, v2, lo2, hi2) in product(*keys):
-            rows.composites.add((param.code, s1, v1, s2, v2, lo2, hi2))
+        if len(keys) == 2:
+            for (s1, v1, _l, _h), (s2, v2, lo2, hi2) in product(*keys):
+                rows.composites.add((param.code, s1, v1, s2, v2, lo2, hi2))
+            continue
+        for part, part_keys in enumerate(keys):
+            for system, value, low, high in part_keys:
+                rows.composite_parts.add((param.code, number, part, system, value, low, high))
+
+
+_TAG = re.compile(r"<[^>]*>")
+_WORD = re.compile(r"\w+")
+TEXT_PARAMS = ("_text", "_content")
+
+
+def words(text: str) -> set[str]:
+    """The distinct words of `text`, normalized (`Ève,  EVE-2` -> {eve, 2})."""
+    return {w[:STRING_MAX] for w in _WORD.findall(normalize(text))}
+
+
+def narrative_text(resource: dict[str, Any]) -> str:
+    """The narrative's text (`text.div` without markup, entities decoded); empty when there is none."""
+    text = resource.get("text")
+    div = text.get("div") if isinstance(text, dict) else None
+    return html.unescape(_TAG.sub(" ", div)) if isinstance(div, str) else ""
+
+
+# Elements whose strings are identifiers, addresses or bookkeeping rather than text a person searches for:
+# leaving them out of `_content` keeps its index a third of the size it would be (systems and urls alone
+# give most of the words of coded data).
+_DATE = re.compile(r"^\d{4}(-\d\d(-\d\d(T[\d:.]+(Z|[+-]\d\d:\d\d)?)?)?)?$")  # dates, times: no words
+_NOT_TEXT = frozenset({"data", "id", "system", "url", "reference", "resourceType", "meta", "profile",
+                       "valueSet", "contentType", "language"})
+
+
+def _strings(value: Any, key: str = "") -> Iterator[str]:
+    if isinstance(value, str):
+        if key == "div":
+            yield html.unescape(_TAG.sub(" ", value))
+        elif key not in _NOT_TEXT and not _DATE.match(value):
+            yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if k not in _NOT_TEXT:
+                yield from _strings(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v, key)
+
+
+def content_words(resource: dict[str, Any]) -> set[str]:
+    """The words of the text of `resource` (`_content`, R4 search.html#content): every string but those of
+    ids, systems, urls, references, meta, content types, languages and base64 data (_NOT_TEXT), and
+    dates (searched by the date parameters)."""
+    out: set[str] = set()
+    for text in _strings(resource):
+        out |= words(text)
+    return out
+
+
+def _add_position(rows: IndexRows, resource: dict[str, Any]) -> None:
+    position = resource.get("position")
+    if not isinstance(position, dict):
+        return
+    lat, lon = position.get("latitude"), position.get("longitude")
+    if not isinstance(lat, int | float | Decimal) or not isinstance(lon, int | float | Decimal) \
+            or isinstance(lat, bool) or isinstance(lon, bool):
+        return
+    phi, lam = math.radians(float(lat)), math.radians(float(lon))
+    unit = (math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi))
+    for param, v in zip(("near:latitude", "near:x", "near:y", "near:z"), (float(lat), *unit), strict=True):
+        rows.numbers.add((param, v, v))
 
 
 @cache
@@ -528,10 +611,22 @@ def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:
             _add_composite(rows, param, resource, base_url)
         else:
             _add(rows, param, evaluate_expression(param.expr, resource, present), base_url, identifiers_only)
+    # word rows keep no `exact` copy: only prefix lookups read them
+    rows.strings.update(("_text", w, "") for w in words(narrative_text(resource)))
+    rows.strings.update(("_content", w, "") for w in content_words(resource))
+    if rtype == "Location":
+        _add_position(rows, resource)
+    rows.refs.update(access_refs(resource, base_url))
+    return rows
+
+
+def access_refs(resource: dict[str, Any], base_url: str) -> set[tuple[str, str]]:
+    """The (param, target) rows access rules read: the Patient compartments the resource lies in
+    (`_compartment`) and a Binary's securityContext (`_securityContext`)."""
     _, compartment = index_entries(resource, base_url)
-    rows.refs.update((COMPARTMENT, r.target) for r in compartment if r.param == COMPARTMENT)
-    if rtype == "Binary":
+    out = {(COMPARTMENT, r.target) for r in compartment if r.param == COMPARTMENT}
+    if resource["resourceType"] == "Binary":
         for target, _ident in reference_values(resource.get("securityContext"), base_url):
             if target:
-                rows.refs.add((SECURITY_CONTEXT, target[:TOKEN_MAX]))
-    return rows
+                out.add((SECURITY_CONTEXT, target[:TOKEN_MAX]))
+    return out

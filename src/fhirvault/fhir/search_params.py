@@ -12,6 +12,8 @@ from typing import Any
 # Parameters every resource type has (FHIR R4 3.1.1.2 "Parameters for all resources"). `_id` and
 # `_lastUpdated` are answered from the resource row itself, the others from index rows.
 ROW_PARAMS = ("_id", "_lastUpdated")
+# R4 resources that are not DomainResources, and so have no narrative for `_text` (R4 resource.html).
+NOT_DOMAIN_RESOURCES = frozenset({"Binary", "Bundle", "Parameters"})
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ def _stem_of(key: str, stems: frozenset[str]) -> bool:
 
 def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | None) -> dict[str, Any]:
     """A copy of `resource` holding only what `summary` (true | text | data; None: all) and `elements`
-    (top-level element names) ask for, with the SUBSETTED tag in meta. The resource itself when neither
-    asks for anything."""
+    (top-level element names, and the mandatory ones) ask for, with the SUBSETTED tag in meta. The
+    resource itself when neither asks for anything."""
     if summary in (None, "false", "count") and not elements:
         return resource
     rtype = resource.get("resourceType", "")
@@ -34,7 +34,8 @@ def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | 
     elif summary == "data":
         keep = frozenset(k.lstrip("_") for k in resource if k != "text")
     else:
-        keep = frozenset(elements or ())
+        # "Servers SHOULD always return mandatory elements whether they are requested or not" (3.1.1.5.9)
+        keep = frozenset(elements or ()) | mandatory
     out = {k: v for k, v in resource.items() if k in _ALWAYS or _stem_of(k, keep)}
     meta = dict(out.get("meta") or {})
     tags = [t for t in meta.get("tag") or [] if not (isinstance(t, dict) and t.get("code") == "SUBSETTED")]

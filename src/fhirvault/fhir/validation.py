@@ -14,7 +14,9 @@ The schema adds to the official one what the spec says but the official schema l
 - contained and Bundle entry resources validated against their own type;
 - `null` inside a repeating primitive (kept as a placeholder when `_element` carries extensions).
 Bundle's invariants (`bdl-*`) are FHIRPath expressions from the Bundle StructureDefinition, run
-with fhirpathpy.
+with fhirpathpy. The other invariants of the StructureDefinitions that test which elements are present
+(ext-1, att-1, qty-3, pat-1, ...) are schema rules (fhir/invariants.py translates them), as is ele-1;
+the contained-resource rules (ref-1, dom-2..5) and the narrative's (txt-1, txt-2) are checked in code.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ import jsonschema_rs
 import orjson
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
+
+from fhirvault.fhir.invariants import (
+    ORDER_KEYWORDS,
+    ORDER_RULES,
+    contained_issues,
+    element_rule,
+    narrative_issues,
+    presence_rule,
+)
 
 ID = "[A-Za-z0-9\\-.]{1,64}"
 
@@ -117,6 +128,38 @@ def _choice_rules(choices: dict[str, list[str]], required: set[str]) -> list[dic
     return rules
 
 
+INVARIANT = "inv:"  # the prefix of the schema definitions that hold an invariant (see _issues_of)
+
+
+def _invariant_rules(name: str, spec: dict[str, Any], defs: dict[str, Any]) -> list[dict[str, Any]]:
+    """`$ref`s to the definitions of the type's invariants (table `invariants`: constraints of the
+    StructureDefinitions translated by fhir.invariants.presence_rule), and ele-1 on every element type
+    (not on resources, which are no elements). Each invariant is a definition of its own, named
+    `inv:Type:key`, so an error's schema path tells which one failed."""
+    out = []
+    choices = {base: names for base, names in spec.get("choices", {}).items()}
+    for key, _human, expression in _table()["invariants"].get(name, []):
+        ref = f"{INVARIANT}{name}:{key}"
+        defs[ref] = ORDER_RULES[key] if key in ORDER_RULES else presence_rule(expression, choices)
+        out.append({"$ref": f"#/definitions/{ref}"})
+    if not spec.get("resource"):
+        defs.setdefault(f"{INVARIANT}ele-1", element_rule())
+        out.append({"$ref": f"#/definitions/{INVARIANT}ele-1"})
+    return out
+
+
+def _invariant_of(schema_path: list[Any]) -> tuple[str, str]:
+    """(key, human text) of the invariant an error's schema path runs through; ("", "") when none."""
+    for part in schema_path:
+        if isinstance(part, str) and part.startswith(INVARIANT):
+            name, _, key = part[len(INVARIANT):].rpartition(":")
+            if key == "ele-1":
+                return key, "All FHIR elements must have a @value or children"
+            human = next((h for k, h, _e in _table()["invariants"].get(name, []) if k == key), key)
+            return key, human
+    return "", ""
+
+
 @cache
 def r4_schema() -> dict[str, Any]:
     """The draft-07 JSON schema of every R4 resource; its root dispatches on `resourceType`."""
@@ -153,6 +196,7 @@ def r4_schema() -> dict[str, Any]:
         rules = [{"anyOf": [{"required": [r]}, {"required": ["_" + r]}]}
                  for r in sorted(required) if r in props and "_" + r in props]
         rules += _choice_rules(spec.get("choices", {}), required)
+        rules += _invariant_rules(name, spec, defs)
         if rules:
             schema["allOf"] = rules
         defs[name] = schema
@@ -183,7 +227,7 @@ def attachment_size(size: int) -> dict[str, int]:
 
 @cache
 def _validator() -> Any:
-    return jsonschema_rs.validator_for(r4_schema())
+    return jsonschema_rs.validator_for(r4_schema(), keywords=ORDER_KEYWORDS)
 
 
 def warm_up() -> None:
@@ -208,12 +252,64 @@ def validate_resource(resource: Any) -> list[Issue]:
             issues.extend(_issues_of(resource, root, error))
     # Only a body with a `null` somewhere needs the walk (orjson finds out in microseconds); where the
     # schema already found a `null` out of place, that issue says it.
-    if b"null" in orjson.dumps(resource):
+    dumped = _json_bytes(resource)
+    if b"null" in dumped:
         reported = {i.expression for i in issues}
         issues.extend(i for i in placeholder_issues(resource, root) if i.expression not in reported)
+    # The invariants that need code, each looked for only when its element is there at all.
+    narrative = b'"div"' in dumped
+    contained = b'"contained"' in dumped or b'"reference":"#' in dumped
+    if narrative or contained:
+        for inner, at in resources_within(resource, root):
+            found = narrative_issues(inner["text"].get("div"), f"{at}.text.div") \
+                if narrative and isinstance(inner.get("text"), dict) else []
+            found += contained_issues(inner, at) if contained and ".contained[" not in at[len(root):] else []
+            issues.extend(Issue("error", "invariant", where, f"{message} ({key})") for key, where, message in found)
     if root == "Bundle" and not issues:
         issues.extend(bundle_invariant_issues(resource))
     return list(dict.fromkeys(issues))
+
+
+def _json_bytes(resource: dict[str, Any]) -> bytes:
+    """The resource as compact JSON, to look for an element's name in (orjson; the standard library for
+    what orjson refuses, such as an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(resource)
+    except TypeError:
+        return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def resources_within(resource: dict[str, Any], root: str) -> list[tuple[dict[str, Any], str]]:
+    """The resource and every resource inside it, with its FHIRPath: contained resources, a Bundle's
+    `entry.resource` and `entry.response.outcome`, a Parameters' `parameter(.part).resource`, at any depth.
+    Where R4 puts resources, found without walking every element."""
+    out: list[tuple[dict[str, Any], str]] = []
+    todo: list[tuple[Any, str]] = [(resource, root)]
+    while todo:
+        node, at = todo.pop()
+        if not isinstance(node, dict):
+            continue
+        out.append((node, at))
+        todo.extend(_items(node, "contained", at, lambda item, where: [(item, where)]))
+        todo.extend(_items(node, "entry", at, lambda item, where: [
+            (item.get("resource"), f"{where}.resource"),
+            ((item.get("response") or {}).get("outcome") if isinstance(item.get("response"), dict) else None,
+             f"{where}.response.outcome")]))
+        params: list[tuple[Any, str]] = list(_items(node, "parameter", at, lambda item, where: [(item, where)]))
+        while params:
+            param, where = params.pop()
+            todo.append((param.get("resource"), f"{where}.resource"))
+            params.extend(_items(param, "part", where, lambda item, inner: [(item, inner)]))
+    return out
+
+
+def _items(node: dict[str, Any], name: str, at: str, pick: Any) -> list[tuple[Any, str]]:
+    """`pick(item, path)` of each object in the array `node[name]`, flattened."""
+    values = node.get(name)
+    if not isinstance(values, list):
+        return []
+    return [found for i, item in enumerate(values) if isinstance(item, dict)
+            for found in pick(item, f"{at}.{name}[{i}]") if isinstance(found[0], dict)]
 
 
 def placeholder_issues(resource: Any, root: str) -> list[Issue]:
@@ -318,6 +414,9 @@ def _issues_of(resource: dict[str, Any], root: str, error: Any) -> list[Issue]:
     kind = error.kind
     name = type(kind).__name__
     expression = _expression(root, path)
+    key, human = _invariant_of(list(error.schema_path))
+    if key:
+        return [Issue("error", "invariant", expression, f"{expression}: {human} ({key})")]
     dtype, value = _locate(resource, path)
     if name == "AdditionalProperties":
         return [Issue("error", "structure", f"{expression}.{p}", f"Unknown element '{p}' in {dtype}")

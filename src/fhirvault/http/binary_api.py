@@ -13,11 +13,23 @@ from starlette.responses import Response, StreamingResponse
 from fhirvault.errors import Invalid, TooLarge
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
 from fhirvault.fhir.r4 import whole_number
+from fhirvault.fhir.subsetting import subset
 from fhirvault.http.byte_responses import check_scan_policy, primed, serve_bytes
 from fhirvault.http.disposition import filename_from, safe_filename
-from fhirvault.http.fhir_api import context, if_match_version, vault, version_headers
+from fhirvault.http.fhir_api import (
+    READ_PARAMS,
+    check_query,
+    context,
+    raw_only,
+    refuse_create_precondition,
+    refuse_if_none_exist,
+    subsetting_params,
+    vault,
+    version_headers,
+    write_precondition,
+)
 from fhirvault.http.negotiation import add_vary, binary_wants_resource, is_fhir_json, parse_prefer
-from fhirvault.http.requests import parse_json
+from fhirvault.http.requests import parse_json, require_utf8
 from fhirvault.http.responses import FHIR_CONTENT_TYPE, FhirJsonResponse
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.services import StoredResource
@@ -41,6 +53,14 @@ async def update(request: Request) -> Response:
 async def _write(request: Request, rid: str | None) -> Response:
     v = vault(request)
     ctx = context(request)
+    if rid is None:
+        refuse_create_precondition(request)
+        if request.headers.get("if-none-exist") is not None:
+            # Refused rather than ignored: a raw upload would be stored whatever matched.
+            raise Invalid("A conditional create (If-None-Exist) is not supported for Binary; search "
+                          "Binary first, or PUT Binary/[id]", code="not-supported", expression="If-None-Exist")
+    else:
+        refuse_if_none_exist(request, "update")
     content_type = (request.headers.get("content-type") or "").strip() or DEFAULT_CONTENT_TYPE
     # Decoded already when sent with a Content-Encoding (ContentDecodingMiddleware).
     chunks: AsyncIterator[bytes] = request.stream()
@@ -49,8 +69,9 @@ async def _write(request: Request, rid: str | None) -> Response:
             raw = await _read_json_body(request, chunks, v.settings.max_json_bytes)
             body = _binary_resource_in(raw)
             if body is not None:
-                result = await v.binaries.write_json(ctx, rid, body, if_match_version(request))
-                return await _written(request, result)
+                require_utf8(content_type)  # the resource is FHIR JSON; other JSON is content, its type data
+                result = await v.binaries.write_json(ctx, rid, body, write_precondition(request))
+                return await written(request, result)
             chunks = one_chunk(raw)  # any other JSON is content, like every other body
         else:
             declared = request.headers.get("content-length")
@@ -61,11 +82,11 @@ async def _write(request: Request, rid: str | None) -> Response:
             ctx, rid, chunks, content_type=content_type, security_context=_security_context(request),
             filename=safe_filename(request.query_params.get("_filename")) or filename_from(
                 request.headers.get("content-disposition")),
-            if_match=if_match_version(request))
+            if_match=write_precondition(request))
     except ClientDisconnect:
         # Nothing was kept; there is nobody left to answer.
         return Response(status_code=400)
-    return await _written(request, result)
+    return await written(request, result)
 
 
 def _security_context(request: Request) -> str | None:
@@ -111,7 +132,7 @@ def _binary_resource_in(raw: bytes) -> dict[str, Any] | None:
     return None
 
 
-async def _written(request: Request, result: WriteResult) -> Response:
+async def written(request: Request, result: WriteResult) -> Response:
     """The answer to a Binary create or update: the Binary without `data`, valid R4. A signed URL of the new
     content goes in a `Link: <url>; rel="alternate"` header; as Medplum's server does, requests in
     MedplumClient's extended mode (`X-Medplum: extended`) also get it in a `url` element, which R4's Binary
@@ -146,6 +167,7 @@ async def read(request: Request) -> Response:
     v = vault(request)
     ctx = context(request)
     p = request.path_params
+    check_query(request, READ_PARAMS, "vread" if "vid" in p else "read")
     if "vid" in p:
         stored = await v.resources.vread(ctx, "Binary", p["rid"], p["vid"])
     else:
@@ -153,6 +175,7 @@ async def read(request: Request) -> Response:
     if binary_wants_resource(request.query_params.get("_format"), request.headers.get("accept")):
         response = await _resource_response(request, stored)
     else:
+        raw_only(request)
         content = await v.binaries.describe(stored)
         response = await serve_bytes(request, content, lambda start, end: v.binaries.stream(content, start, end))
     add_vary(response.headers, "Accept")
@@ -160,22 +183,27 @@ async def read(request: Request) -> Response:
 
 
 async def _resource_response(request: Request, stored: StoredResource) -> Response:
-    """The Binary as R4 JSON with all of its bytes as base64 `data`, streamed in constant memory."""
+    """The Binary as R4 JSON with all of its bytes as base64 `data`, streamed in constant memory; cut down
+    by `_summary` / `_elements` (R4 3.1.1.5.8-9; `data` only when they keep it)."""
     v = vault(request)
     ctx = context(request)
     headers = version_headers(stored, ctx.base_url, with_location=False)
     assert stored.content is not None
     # The resource carries all the bytes as `data`: the same policy as the raw bytes.
     await check_scan_policy(request, await v.binaries.describe(stored))
-    if "data" in stored.content or not stored.blob_id:
-        rendered = (await v.resources.render(ctx, [stored.content]))[0]
+    summary, elements = subsetting_params(request)
+    keeps_data = "data" in subset({**stored.content, "data": ""}, summary, elements)
+    if "data" in stored.content or not stored.blob_id or not keeps_data:
+        rendered = subset((await v.resources.render(ctx, [stored.content]))[0], summary, elements)
+        if not keeps_data:
+            rendered.pop("data", None)
         response: Response = FhirJsonResponse(rendered, 200, headers)
         if request.method == "HEAD":
             headers["Content-Length"] = str(len(response.body))
             return Response(status_code=200, headers={**headers, "Content-Type": FHIR_CONTENT_TYPE})
         return response
     content = await v.binaries.describe(stored)
-    rendered = (await v.resources.render(ctx, [stored.content]))[0]
+    rendered = subset((await v.resources.render(ctx, [stored.content]))[0], summary, elements)
     text = json.dumps(rendered, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     prefix = text[:-1] + b',"data":"'
     suffix = b'"}'

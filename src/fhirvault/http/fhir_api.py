@@ -14,18 +14,19 @@ from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type, whole_number
 from fhirvault.fhir.subsetting import subset
 from fhirvault.http.negotiation import media_type, parse_prefer
-from fhirvault.http.requests import read_fhir_json, read_patch_document
+from fhirvault.http.requests import read_fhir_json, read_patch_document, require_utf8
 from fhirvault.http.responses import FhirJsonResponse
 from fhirvault.http.state import vault
 from fhirvault.security.principal import Principal
-from fhirvault.service.bundles import parse_etag
 from fhirvault.service.context import RequestContext
 from fhirvault.service.history import history_bundle
+from fhirvault.service.preconditions import Precondition
+from fhirvault.service.preconditions import not_modified as current_not_modified
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.scans import OVERRIDE_HEADER
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
 from fhirvault.service.services import StoredResource
-from fhirvault.service.timeutil import parse_http_date, to_http_date
+from fhirvault.service.timeutil import to_http_date
 
 
 def context(request: Request) -> RequestContext:
@@ -72,12 +73,44 @@ async def resource_response(request: Request, stored: StoredResource, status: in
     return FhirJsonResponse(subset(rendered, summary, elements), status, headers)
 
 
-def subsetting_params(request: Request) -> tuple[str | None, list[str] | None]:
-    """`_summary` and `_elements` of a read or vread (FHIR R4 3.1.1.5.8-9); 400 for an unknown mode."""
+# Query parameters of the interactions that are no search (R4 http.html): anything else is not honoured.
+READ_PARAMS = ("_format", "_pretty", "_summary", "_elements")
+HISTORY_PARAMS = ("_format", "_pretty", "_count", "_offset", "_since", "_at", "_total", "_until", "_summary",
+                  "_elements")
+
+
+def check_query(request: Request, allowed: tuple[str, ...], interaction: str) -> None:
+    """Refuses (400) a query parameter the interaction does not honour, naming it, and one given twice;
+    with `Prefer: handling=lenient` unknown ones are ignored as asked. A read's answer is the resource
+    itself, with no room for a warning, so the default is to refuse rather than ignore silently."""
+    names = [k for k, _ in request.query_params.multi_items()]
+    unknown = sorted({n for n in names if n not in allowed})
+    lenient = parse_prefer(request.headers.get("prefer")).get("handling") == "lenient"
+    if unknown and not lenient:
+        raise Invalid(f"The {interaction} interaction has no parameter {', '.join(repr(n) for n in unknown)} "
+                      f"(it takes {', '.join(allowed)}); send 'Prefer: handling=lenient' to have unknown "
+                      "parameters ignored")
+    repeated = sorted({n for n in names if n in allowed and names.count(n) > 1})
+    if repeated:
+        raise Invalid(f"The {interaction} parameter {repeated[0]!r} is given more than once")
+
+
+def raw_only(request: Request) -> None:
+    """400 for `_summary` / `_elements` on a read answered with raw bytes, which have no elements."""
+    asked = [n for n in ("_summary", "_elements") if n in request.query_params]
+    if asked:
+        raise Invalid(f"{asked[0]} applies to the FHIR resource, but this read answers the raw content; ask for "
+                      "the resource with Accept: application/fhir+json or _format=json")
+
+
+def subsetting_params(request: Request, modes: tuple[str, ...] = ("true", "text", "data", "false")
+                      ) -> tuple[str | None, list[str] | None]:
+    """`_summary` and `_elements` of a read or vread (FHIR R4 3.1.1.5.8-9), or of history with `modes`
+    including count; 400 for a mode not in `modes`."""
     q = request.query_params
     summary = q.get("_summary")
-    if summary is not None and summary not in ("true", "text", "data", "false"):
-        raise Invalid(f"_summary={summary!r} is not one of true, text, data, false")
+    if summary is not None and summary not in modes:
+        raise Invalid(f"_summary={summary!r} is not one of {', '.join(modes)}")
     elements = [e.strip() for e in q["_elements"].split(",") if e.strip()] if "_elements" in q else None
     return summary, elements
 
@@ -98,15 +131,7 @@ async def write_response(request: Request, result: WriteResult) -> Response:
 
 def not_modified(request: Request, stored: StoredResource) -> bool:
     """Conditional read (R4 http.html#cread, RFC 9110 13.1): If-None-Match, else If-Modified-Since."""
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None:
-        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-        return "*" in tags or f'"{stored.version_id}"' in tags
-    since = request.headers.get("if-modified-since")
-    if since is None:
-        return False
-    since_us = parse_http_date(since)
-    return since_us is not None and stored.last_updated // 1_000_000 * 1_000_000 <= since_us
+    return current_not_modified(stored, request.headers.get("if-none-match"), request.headers.get("if-modified-since"))
 
 
 FORMAT_PARAMS = ("_format", "_pretty")  # parameters of the HTTP exchange, not of a condition
@@ -121,9 +146,33 @@ def criteria_of(request: Request, interaction: str) -> str:
     return query
 
 
-def if_match_version(request: Request) -> int | None:
-    value = request.headers.get("if-match")
-    return parse_etag(value) if value else None
+def write_precondition(request: Request) -> Precondition | None:
+    """The precondition of a write (PUT, PATCH, DELETE, $binary-access-write): If-Match, If-None-Match and
+    If-Unmodified-Since (RFC 9110 13.1, R4 http.html#concurrency); checked inside the write's transaction,
+    412 when it fails. Invalid (400) for an ETag that is not a version like W/"3"."""
+    h = request.headers
+    return Precondition.parse(h.get("if-match"), h.get("if-none-match"), h.get("if-unmodified-since"))
+
+
+if_match_version = write_precondition  # the older name
+
+
+def refuse_if_none_exist(request: Request, interaction: str) -> None:
+    """If-None-Exist belongs to a create (POST); on an update, patch or delete it is refused (400) rather
+    than ignored, which would write whatever it was meant to prevent."""
+    if request.headers.get("if-none-exist") is not None:
+        raise Invalid(f"If-None-Exist is for a create (POST [type]); a {interaction} does not take it (a "
+                      "conditional update is PUT [type]?criteria)", expression="If-None-Exist")
+
+
+def refuse_create_precondition(request: Request) -> None:
+    """A create (POST) makes a new resource, which has no version to compare with: If-Match and the like
+    are refused (400) rather than ignored; `If-None-Match: *` (create only) is what a create does anyway."""
+    precondition = write_precondition(request)
+    if precondition is not None and precondition.asks_existing:
+        raise Invalid("If-Match, If-None-Match with an ETag and If-Unmodified-Since apply to an existing "
+                      "resource; a create (POST) has none. Use If-None-Exist for a conditional create, or PUT "
+                      "to an id", code="not-supported")
 
 
 # -- instance and type level -------------------------------------------------------------------
@@ -132,6 +181,7 @@ async def create(request: Request) -> Response:
     URL's query (`POST [type]?criteria`, what fhirpy's `get_or_create` and `create(**criteria)` send)."""
     rtype = resource_type_of(request)
     v = vault(request)
+    refuse_create_precondition(request)
     if_none_exist = request.headers.get("if-none-exist")
     in_url = [(k, val) for k, val in request.query_params.multi_items() if k not in FORMAT_PARAMS]
     if in_url and if_none_exist is not None:
@@ -145,14 +195,17 @@ async def read(request: Request) -> Response:
     return await read_resource(request, resource_type_of(request))
 
 
-async def read_resource(request: Request, rtype: str) -> Response:
-    """The read interaction for a type known from the route rather than the URL's type segment."""
+async def read_resource(request: Request, rtype: str, extra_params: tuple[str, ...] = ()) -> Response:
+    """The read interaction for a type known from the route rather than the URL's type segment;
+    `extra_params`: query parameters the type's own read honours besides READ_PARAMS."""
+    check_query(request, READ_PARAMS + extra_params, "read")
     stored = await vault(request).resources.read(context(request), rtype, request.path_params["rid"])
     return await resource_response(request, stored)
 
 
 async def vread(request: Request) -> Response:
     rtype = resource_type_of(request)
+    check_query(request, READ_PARAMS, "vread")
     p = request.path_params
     stored = await vault(request).resources.vread(context(request), rtype, p["rid"], p["vid"])
     return await resource_response(request, stored)
@@ -180,18 +233,20 @@ async def _by_id_or_criteria(request: Request, interaction: str, read_body: Call
 
     `by_id` and `by_criteria` take (ctx, type, id or criteria, body, if_match)."""
     rtype = resource_type_of(request)
+    refuse_if_none_exist(request, interaction)
     rid = request.path_params.get("rid")
     target = rid if rid is not None else criteria_of(request, interaction)
     body = await read_body(request, vault(request).settings.max_json_bytes)
     write = by_id if rid is not None else by_criteria
-    result = await write(context(request), rtype, target, body, if_match_version(request))
+    result = await write(context(request), rtype, target, body, write_precondition(request))
     return await write_response(request, result)
 
 
 async def delete(request: Request) -> Response:
     rtype = resource_type_of(request)
+    refuse_if_none_exist(request, "delete")
     stored = await vault(request).resources.delete(context(request), rtype, request.path_params["rid"],
-                                                   if_match_version(request))
+                                                   write_precondition(request))
     headers = {"ETag": f'W/"{stored.version_id}"'} if stored else {}
     return Response(status_code=204, headers=headers)
 
@@ -199,8 +254,10 @@ async def delete(request: Request) -> Response:
 async def conditional_delete(request: Request) -> Response:
     """DELETE [type]?criteria (R4 http.html#cdelete): 200 with an OperationOutcome naming what was deleted."""
     rtype = resource_type_of(request)
+    refuse_if_none_exist(request, "delete")
     deleted = await vault(request).resources.conditional_delete(context(request), rtype,
-                                                                criteria_of(request, "delete"))
+                                                                criteria_of(request, "delete"),
+                                                                write_precondition(request))
     if not deleted:
         return FhirJsonResponse(informational([f"No {rtype} matched; nothing was deleted"]))
     headers = {"ETag": f'W/"{deleted[0].version_id}"'} if len(deleted) == 1 else {}
@@ -214,6 +271,7 @@ async def search_params(request: Request) -> list[tuple[str, str]]:
     if request.method == "POST":
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("application/x-www-form-urlencoded"):
+            require_utf8(ctype)
             form = await request.form()
             params += [(k, str(val)) for k, val in form.multi_items()]
             if any("\x00" in k or "\x00" in v for k, v in params):  # as in a query (see routes.py)
@@ -283,11 +341,14 @@ async def history(request: Request) -> Response:
     if rtype is not None:
         rtype = resource_type_of(request)
     rid = request.path_params.get("rid")
+    check_query(request, HISTORY_PARAMS, "history")
     q = request.query_params
     count = _bounded_int(q.get("_count"), "_count", DEFAULT_COUNT)
     offset = _bounded_int(q.get("_offset"), "_offset", 0)
+    summary, elements = subsetting_params(request, ("true", "text", "data", "count", "false"))
     return FhirJsonResponse(await history_bundle(vault(request).resources, context(request), rtype, rid,
-                                                 q.get("_since"), count, offset, q.get("_at")))
+                                                 q.get("_since"), count, offset, q.get("_at"), q.get("_total"),
+                                                 q.get("_until"), summary, elements))
 
 
 def _bounded_int(value: str | None, name: str, default: int) -> int:
@@ -301,6 +362,12 @@ def _bounded_int(value: str | None, name: str, default: int) -> int:
 
 # -- system level -------------------------------------------------------------------------------
 async def batch(request: Request) -> Response:
+    """POST [base]: a batch or transaction Bundle. Conditions belong to its entries (`request.ifMatch`,
+    `ifNoneExist`, ...); the same headers on the Bundle's own request are refused (400), not ignored."""
+    for header in ("if-match", "if-none-match", "if-none-exist", "if-unmodified-since"):
+        if request.headers.get(header) is not None:
+            raise Invalid(f"{header.title()} on a batch or transaction applies to nothing; give the condition in "
+                          "the entry's request (ifMatch, ifNoneMatch, ifNoneExist)", expression=header.title())
     v = vault(request)
     body = await read_fhir_json(request, v.settings.max_json_bytes)
     return FhirJsonResponse(await v.bundles.process(context(request), body))

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from fhirvault.errors import TooLarge
-from fhirvault.http.negotiation import media_type
+from fhirvault.http.negotiation import charset_is_utf8, media_type
 from fhirvault.http.requests import read_body_bounded
 from fhirvault.http.state import vault
 from fhirvault.security.clients import AuthFailure, Client
@@ -46,6 +46,8 @@ class OAuthError(Exception):
 async def _form(request: Request) -> dict[str, str]:
     if media_type(request.headers.get("content-type", "")) != "application/x-www-form-urlencoded":
         raise OAuthError("invalid_request", "The token request must be application/x-www-form-urlencoded")
+    if not charset_is_utf8(request.headers.get("content-type")):
+        raise OAuthError("invalid_request", "The token request must be UTF-8 (charset=utf-8 or none)")
     try:
         raw = await read_body_bounded(request, MAX_FORM_BYTES, "The token request")
         pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhirvault.fhir.subsetting import subset
 from fhirvault.http import fhir_api
-from fhirvault.http.fhir_api import vault
+from fhirvault.http.fhir_api import READ_PARAMS, check_query, subsetting_params, vault
 from fhirvault.http.responses import FhirJsonResponse
 
 
@@ -17,4 +18,6 @@ async def read(request: Request) -> Response:
     builtin = vault(request).builtin_resource(rtype, request.path_params["rid"])
     if builtin is None:
         return await fhir_api.read_resource(request, rtype)
-    return FhirJsonResponse(builtin)
+    check_query(request, READ_PARAMS, "read")
+    summary, elements = subsetting_params(request)
+    return FhirJsonResponse(subset(builtin, summary, elements))

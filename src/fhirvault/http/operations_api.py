@@ -10,9 +10,9 @@ from starlette.responses import Response
 from fhirvault.errors import Invalid
 from fhirvault.http import fhir_api
 from fhirvault.http.byte_responses import serve_bytes
-from fhirvault.http.fhir_api import context, if_match_version, resource_type_of, vault
+from fhirvault.http.fhir_api import context, resource_type_of, vault, write_precondition
 from fhirvault.http.negotiation import is_fhir_json, media_type
-from fhirvault.http.requests import parse_json, read_body_bounded, read_fhir_json
+from fhirvault.http.requests import parse_json, read_body_bounded, read_fhir_json, require_utf8
 from fhirvault.http.responses import FhirJsonResponse
 from fhirvault.service.validate_operation import validate_arguments
 
@@ -25,6 +25,7 @@ async def _path_parameter(request: Request) -> str | None:
     if path is not None or request.method != "POST":
         return path
     ctype = media_type(request.headers.get("content-type"))
+    require_utf8(request.headers.get("content-type"))
     if ctype == "application/x-www-form-urlencoded":
         form = await request.form()
         value = form.get("path")
@@ -61,11 +62,12 @@ async def binary_access_write(request: Request) -> Response:
     if is_fhir_json(ctype):
         raise Invalid("$binary-access-write takes the raw content, not FHIR JSON; send it with its own "
                       "Content-Type (e.g. image/jpeg)")
+    fhir_api.refuse_if_none_exist(request, "$binary-access-write")
     v = vault(request)
     ctx = context(request)
     result = await v.binary_access.write(ctx, rtype, request.path_params["rid"],
                                          request.query_params.get("path"), request.stream(),
-                                         ctype.strip(), if_match_version(request))
+                                         ctype.strip(), write_precondition(request))
     return await fhir_api.resource_response(request, result.stored, 200)
 
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from typing import Any
 
 from starlette.requests import Request
 
+from fhirvault import jsoncodec
 from fhirvault.errors import Invalid, TooLarge, Unsupported
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
 from fhirvault.fhir.r4 import whole_number
-from fhirvault.http.negotiation import is_fhir_json, media_type, speaks_fhir_version
+from fhirvault.http.negotiation import charset_is_utf8, is_fhir_json, media_type, speaks_fhir_version
 
 JSON_PATCH_TYPE = "application/json-patch+json"
 MERGE_PATCH_TYPE = "application/merge-patch+json"
@@ -35,101 +33,14 @@ async def read_body_bounded(request: Request, limit: int, what: str) -> bytes:
     return b"".join(chunks)
 
 
-# Deeper than any FHIR resource nests (Questionnaire items, Bundles in Bundles stay far below), and far
-# below what the recursive walks over a resource (copying, indexing, rendering) can take.
-MAX_JSON_DEPTH = 128
-
-
-def _refuse_constant(name: str) -> Any:
-    raise Invalid(f"The request body holds {name}, which is not a JSON number (RFC 8259); FHIR has no such value")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise Invalid(f"The number {text[:40]}{'...' if len(text) > 40 else ''} is too large to be kept")
-    return value
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise Invalid(f"The request body has the property '{key}' twice in one object")
-            seen.add(key)
-    return obj
-
-
-def _check_depth(value: Any) -> None:
-    """Invalid when arrays and objects nest deeper than MAX_JSON_DEPTH (checked without recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > MAX_JSON_DEPTH:
-            raise Invalid(f"The request body nests deeper than {MAX_JSON_DEPTH} levels")
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-
-
 def parse_json(raw: bytes) -> Any:
-    """The JSON value of a request body, strictly (RFC 8259): Invalid for bytes that are not UTF-8, bad
-    syntax, NaN/Infinity, a property given twice in one object, integers over Python's 4,300-digit
-    conversion limit, or nesting deeper than MAX_JSON_DEPTH. Nothing that could not be written back out
-    as valid JSON gets in."""
+    """The JSON value of a request body, strictly (see `jsoncodec.loads_strict`); Invalid (400) for
+    anything that could not be written back out as valid JSON: not UTF-8, bad syntax, NaN/Infinity, a
+    property given twice in one object, over-deep nesting, lone surrogates, NUL characters."""
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float,
-                            object_pairs_hook=_no_duplicate_keys)
-    except UnicodeDecodeError:
-        raise Invalid("The request body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise Invalid(f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") \
-            from None
-    except RecursionError:
-        raise Invalid(f"The request body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError as exc:  # e.g. an integer literal over the int conversion limit
-        raise Invalid(f"The request body holds a value that cannot be read: {exc}") from None
-    _check_depth(value)
-    if LONE_SURROGATE_ESCAPE.search(raw):
-        _refuse_lone_surrogates(value)
-    if NUL_ESCAPE in raw and _holds_nul(value):
-        raise Invalid("The request body holds a NUL character (\\u0000) in a string: FHIR text cannot carry it")
-    return value
-
-
-NUL_ESCAPE = b"\\u0000"  # how JSON spells U+0000 (unescaped control characters are not JSON at all)
-
-
-def _holds_nul(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-# A `\uD800`-`\uDFFF` escape: JSON's only way to spell a UTF-16 surrogate, which outside a pair is no
-# Unicode character (RFC 8259 8.2) and cannot be stored or sent as UTF-8. Looked for in the raw bytes
-# first, so ordinary bodies are not walked.
-LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _refuse_lone_surrogates(value: Any) -> None:
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise Invalid("The request body holds a string with an unpaired UTF-16 surrogate escape (\\uD800-"
-                      "\\uDFFF): it is no Unicode character") from None
+        return jsoncodec.loads_strict(raw)
+    except jsoncodec.StrictJsonError as exc:
+        raise Invalid(str(exc)) from None
 
 
 async def read_fhir_json(request: Request, limit: int) -> Any:
@@ -145,6 +56,16 @@ async def read_fhir_json(request: Request, limit: int) -> Any:
 def _check_fhir_version(ctype: str | None) -> None:
     if not speaks_fhir_version(ctype):
         raise Unsupported(f"Content-Type '{ctype}' names another FHIR version; this server speaks fhirVersion=4.0")
+    require_utf8(ctype)
+
+
+def require_utf8(ctype: str | None) -> None:
+    """Unsupported (415) for a text body (FHIR JSON, a patch, a form) whose Content-Type names a charset
+    other than UTF-8: FHIR JSON is UTF-8 (R4 http.html#mime-type, RFC 8259 8.1), and reading such a body as
+    UTF-8 anyway would store other text than was sent. Raw content (Binary) keeps its type as data instead."""
+    if not charset_is_utf8(ctype):
+        raise Unsupported(f"Content-Type '{ctype}' names a charset other than UTF-8; send the body as UTF-8 "
+                          "(charset=utf-8, or no charset)")
 
 
 async def _read_json(request: Request, limit: int) -> Any:

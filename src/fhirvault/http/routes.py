@@ -21,6 +21,7 @@ from fhirvault.errors import Invalid, NotFound
 from fhirvault.fhir.r4 import ID, is_valid_id
 from fhirvault.http import (
     binary_api,
+    direct_upload_api,
     fhir_api,
     health_api,
     ingestion_api,
@@ -97,6 +98,8 @@ URL_MAP: list[tuple[str, dict[str, Endpoint | str]]] = [
      {"GET": operations_api.binary_access_read, "POST": operations_api.binary_access_read}),
     (FHIR_PREFIX + INSTANCE + "/$binary-access-write", {"POST": operations_api.binary_access_write}),
     (FHIR_PREFIX + "/{rtype:type}/$validate", {"POST": operations_api.validate}),
+    (FHIR_PREFIX + "/Binary/$upload-url", {"POST": direct_upload_api.upload_url}),
+    (FHIR_PREFIX + "/Binary/$upload-complete", {"POST": direct_upload_api.upload_complete}),
     (FHIR_PREFIX + INSTANCE + "/$validate", {"GET": operations_api.validate, "POST": operations_api.validate}),
     (FHIR_PREFIX + INSTANCE + "/$ingestion-status", {"GET": ingestion_api.ingestion_status}),
 ]

@@ -157,14 +157,3 @@ class ScopePolicy:
         return Restriction(compartment=p.patient, context_types=context_types,
                            binary_without_context=p.patient is None)
 
-    def hides_rows(self, ctx: CallerContext, resource_type: str | None) -> bool:
-        """Whether some rows of `resource_type` (None: every type) may be invisible to this caller in ways the
-        compartment restriction alone does not express, so a total or a page must apply the row
-        rules in SQL."""
-        p = _principal(ctx)
-        if p is None or resource_type not in (None, "Binary"):
-            return False  # other types: the scope check and the compartment restriction are exact
-        # A Binary's securityContext, or the system history's mix of types, is judged row by row,
-        # unless the client may read and search every type outside any patient context.
-        sees_all = any(s.resource_type == "*" and "r" in s.letters and "s" in s.letters for s in p.scopes.scopes)
-        return p.patient is not None or not sees_all

@@ -6,6 +6,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault.errors import Forbidden
 from fhirvault.service.context import RequestContext
 from fhirvault.store.search_sql import Restriction
 
@@ -35,14 +36,11 @@ class AccessPolicy(Protocol):
         ...
 
     def query_restriction(self, ctx: RequestContext) -> Restriction | None:
-        """The caller's read rules as a Restriction applied inside search queries (so that pages are
-        full and totals count only what the caller may read); None for no restriction. It must agree
-        with `can_see(..., "search")` for every resource of a type the caller may search."""
-        ...
-
-    def hides_rows(self, ctx: RequestContext, resource_type: str | None) -> bool:
-        """Whether `can_see` may refuse rows of `resource_type` (None: of any type) that
-        `search_restriction` lets through; then history totals must be counted row by row."""
+        """The caller's read rules as a Restriction applied inside search and history queries (so that
+        pages are full and totals count only what the caller may read); None for no restriction. It must
+        agree with `can_see(..., "search")` for every resource of a type the caller may search, and with
+        `can_see(..., "history")` for every version (judged by its own content) of a type it may read
+        the history of."""
         ...
 
 
@@ -66,6 +64,15 @@ class AllowAll:
         """None: no restriction inside queries."""
         return None
 
-    def hides_rows(self, ctx: RequestContext, resource_type: str | None) -> bool:
-        """False: every row is visible."""
-        return False
+
+def permitted_types(access: AccessPolicy, ctx: RequestContext, interaction: str, among: list[str]) -> list[str]:
+    """The types of `among` on which the caller's scopes allow `interaction` (those `require` lets pass),
+    for interactions over many types at once (system search, system history)."""
+    out = []
+    for rtype in among:
+        try:
+            access.require(ctx, interaction, rtype)
+        except Forbidden:
+            continue
+        out.append(rtype)
+    return out

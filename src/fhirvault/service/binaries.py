@@ -24,6 +24,7 @@ from fhirvault.fhir.binary import (
 )
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
+from fhirvault.service.preconditions import Precondition
 from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.blobs import RELEASED, BlobRegistry
 from fhirvault.store.database import Database
@@ -161,7 +162,7 @@ class BinaryService:
 
     async def write_from_stream(self, ctx: RequestContext, rid: str | None, chunks: AsyncIterator[bytes], *,
                                 content_type: str, security_context: str | None = None,
-                                filename: str | None = None, if_match: int | None = None) -> WriteResult:
+                                filename: str | None = None, if_match: Precondition | int | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with the streamed bytes as its content."""
         self.resources.require(ctx, "create" if rid is None else "update", "Binary")
         content_type = _content_type(content_type or DEFAULT_CONTENT_TYPE, "Content-Type")  # before any byte
@@ -171,7 +172,7 @@ class BinaryService:
 
     async def write_staged(self, ctx: RequestContext, rid: str | None, staged: StagedContent, *,
                            content_type: str, security_context: str | None = None,
-                           filename: str | None = None, if_match: int | None = None) -> WriteResult:
+                           filename: str | None = None, if_match: Precondition | int | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with content `stage` took in. Forbidden without Binary
         create/update scope, Invalid for a content type that is not a media type; on that or any other
         failure the staged blob is discarded."""
@@ -189,7 +190,7 @@ class BinaryService:
         return await self._commit(ctx, rid, resource, staged, if_match)
 
     async def write_json(self, ctx: RequestContext, rid: str | None, body: dict[str, Any],
-                         if_match: int | None = None) -> WriteResult:
+                         if_match: Precondition | int | None = None) -> WriteResult:
         """Create or update from a FHIR JSON Binary; an update without `data` keeps the current bytes
         (and their blob: a metadata-only change copies nothing)."""
         self.resources.require(ctx, "create" if rid is None else "update", "Binary")
@@ -259,7 +260,7 @@ class BinaryService:
         return StagedContent(meter.size, meter.sha256_hex, meter.sha1_b64, blob_id=blob_id)
 
     async def _commit(self, ctx: RequestContext, rid: str | None, resource: dict[str, Any],
-                      staged: StagedContent, if_match: int | None) -> WriteResult:
+                      staged: StagedContent, if_match: Precondition | int | None) -> WriteResult:
         resource.pop("data", None)
         if staged.inline:
             resource["data"] = base64.b64encode(staged.inline).decode("ascii")
@@ -312,6 +313,11 @@ class BinaryService:
         """Wait for the background removals started so far (used before the event loop ends)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def discard_pending(self, blob_id: str) -> None:
+        """Release a pending blob (one whose bytes arrived outside `stage`, e.g. a direct upload) and remove
+        its bytes and row now; a committed blob is left alone. What fails here is left to the sweeper."""
+        await self._discard(blob_id)
 
     async def _discard(self, blob_id: str) -> None:
         """Release this request's pending blob and remove its bytes; a blob committed meanwhile (the

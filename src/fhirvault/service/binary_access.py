@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fhirvault.errors import Invalid, NotFound, PreconditionFailed
+from fhirvault.errors import Invalid, NotFound
 from fhirvault.fhir.attachments import attachment_objects
 from fhirvault.fhir.binary import (
     DEFAULT_CONTENT_TYPE,
@@ -22,6 +22,7 @@ from fhirvault.fhir.validation import attachment_size
 from fhirvault.service.attachments import binary_reference
 from fhirvault.service.binaries import BinaryContent, BinaryService, measure
 from fhirvault.service.context import RequestContext
+from fhirvault.service.preconditions import Precondition, as_precondition
 from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.resources import StoredResource
 from fhirvault.streams import one_chunk
@@ -117,7 +118,8 @@ class BinaryAccess:
 
     # -- write ----------------------------------------------------------------------------------
     async def write(self, ctx: RequestContext, rtype: str, rid: str, path_text: str | None,
-                    chunks: AsyncIterator[bytes], content_type: str, if_match: int | None) -> WriteResult:
+                    chunks: AsyncIterator[bytes], content_type: str,
+                    if_match: Precondition | int | None) -> WriteResult:
         self.resources.require(ctx, "update", rtype)
         try:
             content_type = check_content_type(content_type, "Content-Type")
@@ -132,9 +134,9 @@ class BinaryAccess:
         path = _parse_path(rtype, path_text)
         current = await self.resources.read(ctx, rtype, rid)
         assert current.content is not None
-        if if_match is not None and current.version_id != if_match:
-            raise PreconditionFailed(f"If-Match W/\"{if_match}\" does not match the current version "
-                                     f"{current.version_id} of {rtype}/{rid}")
+        precondition = as_precondition(if_match)
+        if precondition is not None:
+            precondition.check(rtype, rid, current)  # refuse before any byte is stored
         _attachment_at(current.content, path)  # refuse before any byte is stored
         new_fields, new_binary = await self._store_bytes(ctx, rtype, rid, chunks, content_type)
         try:
@@ -156,7 +158,7 @@ class BinaryAccess:
                  "hash": staged.sha1_b64}, result.stored.id)
 
     async def _apply(self, ctx: RequestContext, rtype: str, rid: str, path: ElementPath,
-                     fields: dict[str, Any], if_match: int | None) -> WriteResult:
+                     fields: dict[str, Any], if_match: Precondition | int | None) -> WriteResult:
         """Set the new content on the attachment of the current version; a concurrent edit elsewhere in the
         resource is re-read and kept (unless the client pinned a version with If-Match)."""
         def change(resource: dict[str, Any]) -> bool:

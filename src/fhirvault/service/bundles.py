@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from fhirvault.errors import FhirVaultError, Invalid, NotFound
+from fhirvault import jsoncodec
+from fhirvault.errors import FhirVaultError, Invalid, NotAcceptable, NotFound
 from fhirvault.fhir.bundle import bundle as make_bundle
+from fhirvault.fhir.media_types import is_produced_format
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
-from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
+from fhirvault.fhir.r4 import is_resource_type, is_valid_id
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
+from fhirvault.service.preconditions import Precondition, not_modified
 from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
 from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import to_instant
@@ -41,17 +43,22 @@ class EntryRequest:
     query: str
     resource: Any
     full_url: str | None
-    if_match: int | None
+    if_match: Precondition | None  # request.ifMatch / ifNoneMatch of a write
     if_none_exist: str | None
+    if_none_match: str | None = None  # of a read: 304 when it matches
+    if_modified_since: str | None = None  # of a read
+    patch: PatchDocument | None = None  # of a PATCH entry, decoded (references in it are replaced too)
     # Filled in before any entry is processed: conditionals resolved to the ids they act on.
     existing: StoredResource | None = None  # conditional create that found its match
     create: bool = False  # a conditional update that creates
     delete_ids: list[str] = field(default_factory=list)
 
-    @property
-    def conditional(self) -> bool:
-        """PUT, PATCH or DELETE addressed by search criteria instead of an id."""
-        return self.rid is None and bool(self.query) and self.method in ("PUT", "PATCH", "DELETE")
+    # PUT, PATCH or DELETE addressed by search criteria instead of an id; fixed when the entry is read, as
+    # resolving the criteria fills in `rid`.
+    conditional: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.conditional = self.rid is None and bool(self.query) and self.method in ("PUT", "PATCH", "DELETE")
 
 
 def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
@@ -81,27 +88,69 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     if "%00" in split.query or "%00" in str(request.get("ifNoneExist")):
         raise Invalid(f"{where}.request holds a NUL character (%00) in its criteria", expression=f"{where}.request")
     vid = parts[3] if len(parts) > 3 and parts[2] == "_history" else None
-    if_match = None
-    if request.get("ifMatch"):
-        if_match = parse_etag(request["ifMatch"])
-    return EntryRequest(index, method, parts[0], rid, vid, split.query, entry.get("resource"),
-                        entry.get("fullUrl"), if_match, request.get("ifNoneExist"))
+    conditions = {name: request.get(name) for name in ("ifMatch", "ifNoneMatch", "ifNoneExist", "ifModifiedSince")}
+    for name, value in conditions.items():
+        if value is not None and not isinstance(value, str):
+            raise Invalid(f"{where}.request.{name} must be a string", expression=f"{where}.request.{name}")
+    if conditions["ifNoneExist"] is not None and method != "POST":
+        raise Invalid(f"{where}.request.ifNoneExist is for a create (POST), not {method}",
+                      expression=f"{where}.request.ifNoneExist")
+    reads = method in ("GET", "HEAD")
+    if conditions["ifModifiedSince"] is not None and not reads:
+        raise Invalid(f"{where}.request.ifModifiedSince is for a read (GET), not {method}",
+                      expression=f"{where}.request.ifModifiedSince")
+    if reads and conditions["ifMatch"] is not None:
+        raise Invalid(f"{where}.request.ifMatch is for a write, not {method}", expression=f"{where}.request.ifMatch")
+    try:
+        precondition = None if reads else Precondition.parse(conditions["ifMatch"], conditions["ifNoneMatch"])
+    except Invalid as exc:
+        raise Invalid(f"{where}.request: {exc.message}", expression=f"{where}.request") from None
+    if method == "POST" and precondition is not None and precondition.asks_existing:
+        raise Invalid(f"{where}.request: ifMatch and ifNoneMatch with an ETag apply to an existing resource; a "
+                      "create (POST) has none (use ifNoneExist)", expression=f"{where}.request")
+    for name in ("ifNoneMatch", "ifModifiedSince"):
+        if reads and rid is None and conditions[name] is not None:
+            raise Invalid(f"{where}.request.{name} applies to a read of one resource, not to a search",
+                          expression=f"{where}.request.{name}")
+    query = _refuse_format_parameters(where, split.query)
+    if_none_exist = conditions["ifNoneExist"]
+    if method == "POST" and query:
+        # `POST Patient?criteria` is a conditional create (as fhirpy sends it outside Bundles), never a
+        # create that drops its criteria.
+        if if_none_exist is not None:
+            raise Invalid(f"{where}.request: give the conditions of a conditional create once, in ifNoneExist "
+                          "or in the url", expression=f"{where}.request")
+        if_none_exist = query
+    parsed = EntryRequest(index, method, parts[0], rid, vid, query, entry.get("resource"),
+                          entry.get("fullUrl"), precondition, if_none_exist,
+                          conditions["ifNoneMatch"] if reads else None, conditions["ifModifiedSince"])
+    if method == "PATCH":
+        parsed.patch = patch_document(parsed)
+    return parsed
+
+
+def _refuse_format_parameters(where: str, query: str) -> str:
+    """The query of an entry's url without `_format` and `_pretty`, which a Bundle's entries cannot have:
+    they are answered inside the one response, in its format, so a format of their own is refused (406 /
+    400) rather than ignored, unless it asks for what the response is anyway (FHIR JSON, not pretty)."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(name in ("_format", "_pretty") for name, _ in pairs):
+        return query
+    for name, value in pairs:
+        if name == "_format" and not is_produced_format(value):
+            raise NotAcceptable(f"{where}.request.url asks for _format={value!r}; entries are answered in the "
+                                "Bundle's own format, FHIR JSON", expression=f"{where}.request.url")
+        if name == "_pretty" and value not in ("false", ""):
+            raise Invalid(f"{where}.request.url asks for _pretty={value!r}; entries are answered in the "
+                          "Bundle's own layout (give _pretty on the Bundle's request)",
+                          expression=f"{where}.request.url")
+    return urlencode([(name, value) for name, value in pairs if name not in ("_format", "_pretty")])
 
 
 def _processing_order(e: EntryRequest) -> tuple[int, bool, int]:
     """FHIR's order of methods; within one method Binaries last, so that a Binary whose securityContext
     names a resource of the same Bundle finds it written (the access check reads it), then Bundle order."""
     return METHOD_ORDER[e.method], e.rtype == "Binary", e.index
-
-
-def parse_etag(value: str) -> int:
-    v = value.strip()
-    if v.startswith("W/"):
-        v = v[2:]
-    version = whole_number(v.strip('"'))
-    if version is None:
-        raise Invalid(f"If-Match '{value}' is not a version ETag like W/\"3\"")
-    return version
 
 
 def patch_document(e: EntryRequest) -> PatchDocument:
@@ -119,10 +168,20 @@ def patch_document(e: EntryRequest) -> PatchDocument:
         raise Invalid(f"{where}.contentType must be one of {', '.join(BINARY_PATCH_TYPES)}",
                       expression=f"{where}.contentType")
     try:
-        body = json.loads(base64.b64decode(str(resource.get("data", "")), validate=True))
+        raw = base64.b64decode(str(resource.get("data", "")), validate=True)
     except (binascii.Error, ValueError):
         raise Invalid(f"{where}.data must be base64 of a JSON patch document", expression=f"{where}.data") from None
+    try:
+        body = jsoncodec.loads_strict(raw)  # as strictly as a PATCH request's own body
+    except jsoncodec.StrictJsonError as exc:
+        raise Invalid(f"{where}.data: {str(exc).replace('The request body', 'the patch')}",
+                      expression=f"{where}.data") from None
     return PatchDocument(kind, body)
+
+
+def _is_conditional_reference(value: Any) -> bool:
+    m = CONDITIONAL_REFERENCE.match(value) if isinstance(value, str) else None
+    return m is not None and is_resource_type(m.group(1))
 
 
 def conditional_references(node: Any, out: set[str]) -> set[str]:
@@ -130,8 +189,7 @@ def conditional_references(node: Any, out: set[str]) -> set[str]:
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
-                m = CONDITIONAL_REFERENCE.match(value)
-                if m and is_resource_type(m.group(1)):
+                if _is_conditional_reference(value):
                     out.add(value)
             else:
                 conditional_references(value, out)
@@ -141,14 +199,56 @@ def conditional_references(node: Any, out: set[str]) -> set[str]:
     return out
 
 
-def _replace_refs(node: Any, mapping: dict[str, str]) -> Any:
+def patch_references(document: PatchDocument) -> set[str]:
+    """The conditional references a patch would write: `reference` members of any value it adds, and a
+    value written to a `reference` element itself (JSON Patch `path` ending in `/reference`; FHIRPath Patch
+    `path` ending in `.reference` or `name` `reference`)."""
+    out = conditional_references(document.body, set())
+    if document.kind == JSON_PATCH and isinstance(document.body, list):
+        for op in document.body:
+            if isinstance(op, dict) and str(op.get("path", "")).endswith("/reference") \
+                    and _is_conditional_reference(op.get("value")):
+                out.add(op["value"])
+    elif document.kind == FHIRPATH_PATCH and isinstance(document.body, dict):
+        for op in document.body.get("parameter") or []:
+            parts = {p.get("name"): p for p in (op.get("part") or []) if isinstance(p, dict)} \
+                if isinstance(op, dict) else {}
+            at_reference = str(parts.get("path", {}).get("valueString", "")).endswith(".reference") \
+                or parts.get("name", {}).get("valueString") == "reference"
+            value = next((v for k, v in parts.get("value", {}).items() if k.startswith("value")), None)
+            if at_reference and _is_conditional_reference(value):
+                out.add(str(value))
+    return out
+
+
+# `href` and `src` attributes of the narrative (R4 http.html#trules: links in `<a href>` and `<img src>`
+# are replaced like references).
+NARRATIVE_LINK = re.compile(r'\b(href|src)\s*=\s*(["\'])(.*?)\2')
+
+
+def _replace_refs(node: Any, mapping: dict[str, str], key: str | None = None) -> Any:
+    """`node` with every string equal to a key of `mapping` (a fullUrl, a conditional reference) replaced
+    by its value, wherever it sits (references, uri/url elements, patch documents), and the narrative's
+    `href`/`src` attributes likewise (R4 http.html#trules)."""
     if isinstance(node, dict):
-        return {k: _replace_refs(v, mapping) for k, v in node.items()}
+        return {k: _replace_refs(v, mapping, k) for k, v in node.items()}
     if isinstance(node, list):
-        return [_replace_refs(v, mapping) for v in node]
-    if isinstance(node, str) and node in mapping:
-        return mapping[node]
+        return [_replace_refs(v, mapping, key) for v in node]
+    if isinstance(node, str):
+        if node in mapping:
+            return mapping[node]
+        if key == "div" and ("href" in node or "src" in node):
+            return NARRATIVE_LINK.sub(lambda m: f"{m.group(1)}={m.group(2)}"
+                                      f"{mapping.get(m.group(3), m.group(3))}{m.group(2)}", node)
     return node
+
+
+def _replace_entry_refs(e: EntryRequest, mapping: dict[str, str]) -> None:
+    """Resolves the references of an entry's resource and of its patch document (R4 http.html#trules)."""
+    if e.resource is not None:
+        e.resource = _replace_refs(e.resource, mapping)
+    if e.patch is not None:
+        e.patch = PatchDocument(e.patch.kind, _replace_refs(e.patch.body, mapping))
 
 
 def _status_line(code: int) -> str:
@@ -213,8 +313,7 @@ class BundleService:
 
         async def work(uow: UnitOfWork) -> WriteResult | None:
             mapping = await self._prepare(uow, ctx, [entry])
-            if entry.resource is not None:
-                entry.resource = _replace_refs(entry.resource, mapping)
+            _replace_entry_refs(entry, mapping)
             return await self._write_entry(uow, ctx, entry)
 
         return await self.resources.in_transaction(ctx, work)
@@ -224,12 +323,17 @@ class BundleService:
         fullUrl -> `Type/id` of the resource the entry writes, `Type?criteria` -> the one match."""
         svc = self.resources
         mapping: dict[str, str] = {}
+        # Every conditional create's lock first, in one order (see ResourceService.serialize_creates_in).
+        creating = [(e.rtype, e.if_none_exist) for e in entries if e.method == "POST" and e.if_none_exist]
+        creating += [(e.rtype, e.query) for e in entries if e.conditional and e.method == "PUT"]
+        await svc.serialize_creates_in(uow, creating)
         for e in entries:
             if e.method == "POST":
                 if e.rid:
                     raise Invalid(f"Bundle.entry[{e.index}]: POST goes to a type, not to {e.rtype}/{e.rid}")
-                if e.if_none_exist:
-                    e.existing = await svc.conditional_target_in(uow, ctx, e.rtype, e.if_none_exist, "If-None-Exist")
+                if e.if_none_exist is not None:
+                    e.existing = await svc.conditional_create_target_in(uow, ctx, e.rtype, e.if_none_exist,
+                                                                        "If-None-Exist")
                 e.rid = e.existing.id if e.existing else new_id()
             elif e.conditional and e.method == "PUT":
                 resource = check_resource_body(e.resource, e.rtype)
@@ -238,10 +342,11 @@ class BundleService:
                 e.rid = await svc.conditional_patch_id_in(uow, ctx, e.rtype, e.query)
             elif e.conditional:
                 e.delete_ids = await svc.conditional_delete_ids_in(uow, ctx, e.rtype, e.query)
-            if e.full_url and e.rid and e.method in ("POST", "PUT"):
+            if e.full_url and e.rid and e.method in ("POST", "PUT", "PATCH"):
                 mapping[e.full_url] = f"{e.rtype}/{e.rid}"
         for e in entries:
-            for ref in sorted(conditional_references(e.resource, set()) - set(mapping)):
+            found = conditional_references(e.resource, set()) | (patch_references(e.patch) if e.patch else set())
+            for ref in sorted(found - set(mapping)):
                 rtype, _, criteria = ref.partition("?")
                 match = await svc.conditional_target_in(uow, ctx, rtype, criteria, "The conditional reference")
                 if match is None:
@@ -262,8 +367,7 @@ class BundleService:
             uow.upcoming = {f"{e.rtype}/{e.rid}" for e in entries if e.method in ("POST", "PUT") and e.rid}
             results: list[tuple[EntryRequest, Any]] = []
             for e in sorted(entries, key=_processing_order):
-                if e.resource is not None:
-                    e.resource = _replace_refs(e.resource, mapping)
+                _replace_entry_refs(e, mapping)
                 if e.method in ("GET", "HEAD"):
                     continue
                 results.append((e, await self._write_entry(uow, ctx, e)))
@@ -293,20 +397,23 @@ class BundleService:
                 return WriteResult(e.existing, created=False, existing=True)
             return await svc.create_in(uow, ctx, e.rtype, e.resource, rid=e.rid)
         if e.method == "DELETE" and e.conditional:
+            if not e.delete_ids and e.if_match is not None:
+                e.if_match.check(e.rtype, f"?{e.query}", None)
             for rid in e.delete_ids:
-                await svc.delete_in(uow, ctx, e.rtype, rid)
+                await svc.delete_in(uow, ctx, e.rtype, rid, e.if_match)
             return None
         if not e.rid:
             raise Invalid(f"Bundle.entry[{e.index}]: {e.method} needs a url like {e.rtype}/[id] "
                           f"or {e.rtype}?[criteria]")
         if e.method == "PUT":
             if e.create:
-                return await svc.create_in(uow, ctx, e.rtype, e.resource, rid=e.rid)
+                return await svc.create_in(uow, ctx, e.rtype, e.resource, rid=e.rid, precondition=e.if_match)
             resource = check_resource_body(e.resource, e.rtype)
             body = {**resource, "id": e.rid} if e.conditional else resource
             return await svc.update_in(uow, ctx, e.rtype, e.rid, body, e.if_match)
         if e.method == "PATCH":
-            return await svc.patch_in(uow, ctx, e.rtype, e.rid, patch_document(e), e.if_match)
+            assert e.patch is not None
+            return await svc.patch_in(uow, ctx, e.rtype, e.rid, e.patch, e.if_match)
         await svc.delete_in(uow, ctx, e.rtype, e.rid, e.if_match)
         return None
 
@@ -338,6 +445,9 @@ class BundleService:
             else:
                 stored = await self.resources.read(ctx, e.rtype, e.rid)
             assert stored.content is not None
+            if not_modified(stored, e.if_none_match, e.if_modified_since):
+                return {"response": {"status": "304 Not Modified", "etag": f'W/"{stored.version_id}"',
+                                     "lastModified": to_instant(stored.last_updated)}}
             return {
                 "fullUrl": f"{ctx.base_url}/{e.rtype}/{e.rid}",
                 "resource": (await self.resources.render(ctx, [stored.content]))[0],

@@ -6,12 +6,14 @@ import logging
 from collections.abc import Callable
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fhirvault.fhir.search_index import search_index
+from fhirvault.fhir.search_index import access_refs, search_index
 from fhirvault.store.database import Database
 from fhirvault.store.resources import row_to_stored
-from fhirvault.store.schema import resources
+from fhirvault.store.schema import resource_versions, resources
 from fhirvault.store.search_tables import search_reindex, write_index
+from fhirvault.store.version_access import version_access, write_version_access
 
 log = logging.getLogger("fhirvault.reindex")
 BATCH = 500
@@ -38,6 +40,20 @@ class Reindexer:
                 await conn.execute(sa.insert(search_reindex).values(resource_type=t, after_id=""))
         return types
 
+    async def _version_access(self, conn: AsyncConnection, rtype: str, ids: list[str]) -> None:
+        """The access rows of every version of `ids` (history's rules in SQL), computed again."""
+        if not ids:
+            return
+        v = resource_versions
+        versions = (await conn.execute(sa.select(v).where(v.c.resource_type == rtype, v.c.id.in_(ids)))).all()
+        await conn.execute(sa.delete(version_access).where(version_access.c.resource_type == rtype,
+                                                           version_access.c.id.in_(ids)))
+        for row in versions:
+            stored = row_to_stored(row)
+            if stored.content is not None and not stored.deleted:
+                await write_version_access(conn, rtype, stored.id, stored.version_id,
+                                           access_refs(stored.content, self.base_url))
+
     async def pending(self) -> bool:
         async with self.db.read() as conn:
             return (await conn.execute(sa.select(search_reindex.c.resource_type).limit(1))).first() is not None
@@ -61,6 +77,7 @@ class Reindexer:
                     index = None if stored.deleted or stored.content is None else search_index(
                         stored.content, self.base_url)
                     await write_index(conn, rtype, stored.id, index)
+                await self._version_access(conn, rtype, [r.id for r in rows])
                 where = search_reindex.c.resource_type == rtype
                 if len(rows) < batch:
                     await conn.execute(sa.delete(search_reindex).where(where))

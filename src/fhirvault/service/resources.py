@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,11 +15,12 @@ from fhirvault import jsoncodec
 from fhirvault.clock import now_us
 from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, PreconditionFailed, Unprocessable
 from fhirvault.fhir.patch import PatchDocument, PatchError, apply_patch
-from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id, whole_number
+from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id, resource_types, whole_number
 from fhirvault.fhir.search_index import search_index
-from fhirvault.service.access import AccessPolicy, AllowAll
+from fhirvault.service.access import AccessPolicy, AllowAll, permitted_types
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
+from fhirvault.service.preconditions import Precondition, as_precondition
 from fhirvault.service.search import SearchResult, conditional_matches, run_search, searchset
 from fhirvault.service.timeutil import to_instant
 from fhirvault.store.blobs import ContentRace
@@ -29,7 +31,6 @@ T = TypeVar("T")
 MAX_RETRIES = 8
 # Read-modify-write rounds before a resource that keeps changing is given up on.
 MODIFY_ATTEMPTS = 20
-HISTORY_SCAN = 500  # versions read at a time when a history is filtered row by row
 
 
 @dataclass
@@ -142,31 +143,39 @@ class ResourceService:
         return await self.in_transaction(ctx, lambda uow: self.create_in(uow, ctx, rtype, body, if_none_exist))
 
     async def modify(self, ctx: RequestContext, rtype: str, rid: str, change: Callable[[dict[str, Any]], bool],
-                     if_match: int | None = None) -> WriteResult | None:
+                     if_match: Precondition | int | None = None) -> WriteResult | None:
         """Read-modify-write of `rtype/rid`'s current version: `change` edits a copy in place and returns
         False when there is nothing to change (then nothing is written and None returned). The update is
         conditional on the version read, so a concurrent change is read again and changed again (at most
         MODIFY_ATTEMPTS rounds, then Conflict). With `if_match`, only that version may be changed
-        (PreconditionFailed otherwise, FHIR R4 http.html#concurrency). NotFound/Gone/Forbidden as `read`."""
+        (PreconditionFailed otherwise, FHIR R4 http.html#concurrency); any Precondition is checked against each
+        version read. NotFound/Gone/Forbidden as `read`."""
+        precondition = as_precondition(if_match)
         for _ in range(MODIFY_ATTEMPTS):
             current = await self.read(ctx, rtype, rid)
             assert current.content is not None
+            if precondition is not None:
+                precondition.check(rtype, rid, current)  # checked again on the version each round reads
             body = copy.deepcopy(current.content)
             if not change(body):
                 return None
             try:
-                return await self.update(ctx, rtype, rid, body, current.version_id if if_match is None else if_match)
+                return await self.update(ctx, rtype, rid, body, current.version_id)
             except (PreconditionFailed, Conflict):
-                if if_match is not None:
-                    raise
+                continue
         raise Conflict(f"{rtype}/{rid} kept changing while it was being updated; retry")
 
     async def create_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, body: Any,
                         if_none_exist: str | None = None, rid: str | None = None,
-                        blob_id: str | None = None) -> WriteResult:
+                        blob_id: str | None = None, precondition: Precondition | None = None) -> WriteResult:
+        """Creates a resource (id `rid`, else a new one); with `if_none_exist`, only when nothing matches
+        those criteria (the match is kept, R4 http.html#ccreate). `precondition` is judged as for a
+        resource that does not exist (If-Match: 412), for a conditional update that creates."""
         resource = check_resource_body(body, rtype)
-        if if_none_exist:
-            match = await self.conditional_target_in(uow, ctx, rtype, if_none_exist, "If-None-Exist")
+        if precondition is not None:
+            precondition.check(rtype, rid or "(new)", None)
+        if if_none_exist is not None:  # an empty one is refused (matches_in), never taken as "no condition"
+            match = await self.conditional_create_target_in(uow, ctx, rtype, if_none_exist, "If-None-Exist")
             if match is not None:
                 return WriteResult(match, created=False, existing=True)
         return await self._write(uow, ctx, rtype, rid or new_id(), resource, None, "POST", blob_id)
@@ -183,26 +192,49 @@ class ResourceService:
 
     async def conditional_target_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
                                     what: str) -> StoredResource | None:
-        """The one resource matching `criteria`, or None; several matches raise PreconditionFailed (412)."""
-        matches = await self.matches_in(uow, ctx, rtype, criteria, 2)
+        """The one resource matching `criteria`, or None; several matches raise PreconditionFailed (412).
+        Criteria may start with `?` or with `{rtype}?` (as HAPI's client writes If-None-Exist)."""
+        criteria = criteria.removeprefix(f"{rtype}?")
+        try:
+            matches = await self.matches_in(uow, ctx, rtype, criteria, 2)
+        except Invalid as exc:
+            raise Invalid(f"{what}: {exc.message}", code=exc.code, expression=exc.expression or what) from None
         if len(matches) > 1:
             raise PreconditionFailed(f"{what} '{criteria}' matches more than one {rtype}; it must match at most one")
         return matches[0] if matches else None
 
+    async def conditional_create_target_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
+                                           what: str) -> StoredResource | None:
+        """As `conditional_target_in`, for an interaction that creates when nothing matches (If-None-Exist,
+        conditional update): the search and the create it leads to are atomic, because every such
+        transaction with the same type and criteria first takes one lock (`serialize_creates_in`); the
+        second of two racing requests finds what the first created."""
+        await self.serialize_creates_in(uow, [(rtype, criteria)])
+        return await self.conditional_target_in(uow, ctx, rtype, criteria, what)
+
+    async def serialize_creates_in(self, uow: UnitOfWork, conditions: list[tuple[str, str]]) -> None:
+        """Takes the conditional-create lock of each (type, criteria), keyed by the criteria in a normal
+        form (parameters sorted), in one global order so that two transactions never wait on each other."""
+        keys = {f"conditional-create {rtype}?"
+                + urlencode(sorted(parse_qsl(criteria.removeprefix(f"{rtype}?").lstrip("?"), keep_blank_values=True)))
+                for rtype, criteria in conditions}
+        for key in sorted(keys):
+            await self.db.serialize(uow.conn, key)
+
     async def conditional_update(self, ctx: RequestContext, rtype: str, criteria: str, body: Any,
-                                 if_match: int | None = None) -> WriteResult:
+                                 if_match: Precondition | int | None = None) -> WriteResult:
         """`PUT [type]?criteria`: 0 matches create, 1 updates it, several -> 412."""
         self.access.require(ctx, "update", rtype)
         return await self.in_transaction(
             ctx, lambda uow: self.conditional_update_in(uow, ctx, rtype, criteria, body, if_match))
 
     async def conditional_update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
-                                    body: Any, if_match: int | None = None) -> WriteResult:
+                                    body: Any, if_match: Precondition | int | None = None) -> WriteResult:
         """Conditional update inside a unit of work (see `conditional_update`)."""
         resource = check_resource_body(body, rtype)
         rid, create = await self.conditional_update_target_in(uow, ctx, rtype, criteria, resource)
         if create:
-            return await self.create_in(uow, ctx, rtype, resource, rid=rid)
+            return await self.create_in(uow, ctx, rtype, resource, rid=rid, precondition=as_precondition(if_match))
         return await self.update_in(uow, ctx, rtype, rid, {**resource, "id": rid}, if_match)
 
     async def conditional_update_target_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
@@ -212,7 +244,7 @@ class ResourceService:
         Several matches raise PreconditionFailed; no match and a body id naming an existing resource
         too (the criteria did not select it, so it is not overwritten).
         """
-        match = await self.conditional_target_in(uow, ctx, rtype, criteria, "The conditional update")
+        match = await self.conditional_create_target_in(uow, ctx, rtype, criteria, "The conditional update")
         target = conditional_update_id(rtype, criteria, resource, match)
         if target is None:
             self.access.require(ctx, "create", rtype)
@@ -224,16 +256,22 @@ class ResourceService:
                                          "body exists; a conditional update does not overwrite it")
         return target, False
 
-    async def conditional_delete(self, ctx: RequestContext, rtype: str, criteria: str) -> list[StoredResource]:
-        """`DELETE [type]?criteria`: deletes every match, at most `conditional_delete_max` (more -> 412)."""
+    async def conditional_delete(self, ctx: RequestContext, rtype: str, criteria: str,
+                                 if_match: Precondition | int | None = None) -> list[StoredResource]:
+        """`DELETE [type]?criteria`: deletes every match, at most `conditional_delete_max` (more -> 412);
+        a precondition (If-Match, ...) is checked on each match, and with no match If-Match fails (412)."""
         self.access.require(ctx, "delete", rtype)
-        return await self.in_transaction(ctx, lambda uow: self.conditional_delete_in(uow, ctx, rtype, criteria))
+        return await self.in_transaction(
+            ctx, lambda uow: self.conditional_delete_in(uow, ctx, rtype, criteria, if_match))
 
-    async def conditional_delete_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
-                                    criteria: str) -> list[StoredResource]:
+    async def conditional_delete_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, criteria: str,
+                                    if_match: Precondition | int | None = None) -> list[StoredResource]:
         """Conditional delete inside a unit of work; the deletion rows written."""
-        deleted = [await self.delete_in(uow, ctx, rtype, rid)
-                   for rid in await self.conditional_delete_ids_in(uow, ctx, rtype, criteria)]
+        ids = await self.conditional_delete_ids_in(uow, ctx, rtype, criteria)
+        precondition = as_precondition(if_match)
+        if not ids and precondition is not None:
+            precondition.check(rtype, f"?{criteria}", None)
+        deleted = [await self.delete_in(uow, ctx, rtype, rid, precondition) for rid in ids]
         return [d for d in deleted if d is not None]
 
     async def conditional_delete_ids_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str,
@@ -256,13 +294,13 @@ class ResourceService:
 
     # -- patch (R4 http.html#patch) ---------------------------------------------------------------------
     async def patch(self, ctx: RequestContext, rtype: str, rid: str, document: PatchDocument,
-                    if_match: int | None = None) -> WriteResult:
+                    if_match: Precondition | int | None = None) -> WriteResult:
         """PATCH [type]/[id]: the patch applied to the current version and written as an update."""
         self.access.require(ctx, "update", rtype)
         return await self.in_transaction(ctx, lambda uow: self.patch_in(uow, ctx, rtype, rid, document, if_match))
 
     async def conditional_patch(self, ctx: RequestContext, rtype: str, criteria: str, document: PatchDocument,
-                                if_match: int | None = None) -> WriteResult:
+                                if_match: Precondition | int | None = None) -> WriteResult:
         """PATCH [type]?criteria: the one match patched; none -> 404, several -> 412."""
         self.access.require(ctx, "update", rtype)
 
@@ -273,7 +311,7 @@ class ResourceService:
         return await self.in_transaction(ctx, work)
 
     async def patch_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str, document: PatchDocument,
-                       if_match: int | None = None) -> WriteResult:
+                       if_match: Precondition | int | None = None) -> WriteResult:
         """Applies `document` to the current version; the result goes through `update_in` like any update.
 
         Raises NotFound/Gone, PreconditionFailed (If-Match), Invalid (malformed patch, 400),
@@ -284,9 +322,7 @@ class ResourceService:
         current = await self.store.get(uow.conn, rtype, rid, for_update=True)
         current = await self._visible(ctx, uow.conn, rtype, rid, current, "read")
         assert current.content is not None
-        if if_match is not None and current.version_id != if_match:
-            raise PreconditionFailed(f"If-Match W/\"{if_match}\" does not match the current version "
-                                     f"{current.version_id} of {rtype}/{rid}")
+        await self._check_if_match(ctx, uow.conn, rtype, rid, current, if_match, "update")
         try:
             patched = apply_patch(current.content, document)
         except PatchError as exc:
@@ -295,12 +331,12 @@ class ResourceService:
         return await self.update_in(uow, ctx, rtype, rid, patched, current.version_id, method="PATCH")
 
     async def update(self, ctx: RequestContext, rtype: str, rid: str, body: Any,
-                     if_match: int | None = None) -> WriteResult:
+                     if_match: Precondition | int | None = None) -> WriteResult:
         self.access.require(ctx, "update", rtype)
         return await self.in_transaction(ctx, lambda uow: self.update_in(uow, ctx, rtype, rid, body, if_match))
 
     async def update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str, body: Any,
-                        if_match: int | None = None, blob_id: str | None = None,
+                        if_match: Precondition | int | None = None, blob_id: str | None = None,
                         method: str = "PUT") -> WriteResult:
         resource = check_resource_body(body, rtype)
         if not is_valid_id(rid):
@@ -315,29 +351,26 @@ class ResourceService:
         return await self._write(uow, ctx, rtype, rid, resource, current, method, blob_id)
 
     async def _check_if_match(self, ctx: RequestContext, conn: AsyncConnection, rtype: str, rid: str,
-                              current: StoredResource | None, if_match: int | None, action: str) -> None:
-        """PreconditionFailed (412) unless `If-Match: W/"if_match"` names the current version (RFC 9110
-        13.1.1; a missing or deleted resource has none). The caller's rights are checked first, so a
-        resource it may not reach answers 404 (or 403) as everywhere, never a 412 telling that it exists
-        and which version it is at."""
-        if if_match is None:
+                              current: StoredResource | None, if_match: Precondition | int | None,
+                              action: str) -> None:
+        """PreconditionFailed (412) unless the current version (a missing or deleted resource has none)
+        satisfies the precondition (If-Match, If-None-Match, If-Unmodified-Since; RFC 9110 13.1). The
+        caller's rights are checked first, so a resource it may not reach answers 404 (or 403) as
+        everywhere, never a 412 telling that it exists and which version it is at."""
+        precondition = as_precondition(if_match)
+        if precondition is None:
             return
-        if current is None or current.deleted:
-            raise PreconditionFailed(f"If-Match W/\"{if_match}\" given but {rtype}/{rid} does not exist")
-        if current.content is not None:
+        if current is not None and not current.deleted and current.content is not None:
             await self._check_change(ctx, conn, current.content, action)
-        if current.version_id != if_match:
-            raise PreconditionFailed(
-                f"If-Match W/\"{if_match}\" does not match the current version {current.version_id} "
-                f"of {rtype}/{rid}")
+        precondition.check(rtype, rid, current)
 
     async def delete(self, ctx: RequestContext, rtype: str, rid: str,
-                     if_match: int | None = None) -> StoredResource | None:
+                     if_match: Precondition | int | None = None) -> StoredResource | None:
         self.access.require(ctx, "delete", rtype)
         return await self.in_transaction(ctx, lambda uow: self.delete_in(uow, ctx, rtype, rid, if_match))
 
     async def delete_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str,
-                        if_match: int | None = None) -> StoredResource | None:
+                        if_match: Precondition | int | None = None) -> StoredResource | None:
         """Deletes `rtype/rid` (None when there is nothing to delete); with `if_match`, only that version
         (PreconditionFailed otherwise, as for an update)."""
         current = await self.store.get(uow.conn, rtype, rid, for_update=True)
@@ -447,12 +480,17 @@ class ResourceService:
         return await searchset(self.render, ctx, result)
 
     async def history(self, ctx: RequestContext, rtype: str | None, rid: str | None, since_us: int | None,
-                      count: int, offset: int, at: tuple[int, int] | None = None
-                      ) -> tuple[list[StoredResource], int]:
+                      count: int, offset: int, at: tuple[int, int] | None = None, until_us: int | None = None,
+                      with_total: bool = True) -> tuple[list[StoredResource], int | None]:
         """History of one resource, a type, or the system (rtype/rid None): one page of versions newest
-        first and the total, both counting only versions the caller may see. `since_us`: `_since`;
-        `at`: `_at` as [start, end) microseconds. Raises Forbidden, NotFound."""
+        first and the total (None unless `with_total`), both counting only versions the caller may see,
+        with the access rules inside the query (each version judged by its own content). `since_us`:
+        `_since`; `at`: `_at` as [start, end) microseconds; `until_us`: the snapshot paging keeps to.
+        Raises Forbidden, NotFound."""
         self.access.require(ctx, "history", rtype)
+        types = None
+        if rtype is None:
+            types = permitted_types(self.access, ctx, "history", sorted(resource_types()))
         async with self.db.read() as conn:
             if rtype and rid:
                 current = await self.store.get(conn, rtype, rid)
@@ -460,36 +498,8 @@ class ResourceService:
                     raise NotFound(f"{rtype}/{rid} is not known")
                 if not current.deleted:
                     await self._visible(ctx, conn, rtype, rid, current, "history")
-            if not self._history_hides_rows(ctx, rtype):
-                return await self.store.history(conn, rtype, rid, since_us, count, offset, at)
-            # Some rows may be hidden from this caller: count the visible ones, so that the total and
-            # the pages agree with what the caller may see.
-            page: list[StoredResource] = []
-            total = 0
-            scanned = 0
-            while True:
-                rows, _ = await self.store.history(conn, rtype, rid, since_us, HISTORY_SCAN, scanned, at)
-                for row in rows:
-                    if await self._history_row_visible(ctx, conn, row):
-                        if offset <= total < offset + count:
-                            page.append(row)
-                        total += 1
-                scanned += len(rows)
-                if len(rows) < HISTORY_SCAN:
-                    return page, total
-
-    def _history_hides_rows(self, ctx: RequestContext, rtype: str | None) -> bool:
-        # Versions are not in the compartment index (only current ones are), so a restricted caller's
-        # history is always judged row by row.
-        restricted = rtype is not None and self.access.search_restriction(ctx, rtype) is not None
-        return restricted or self.access.hides_rows(ctx, rtype)
-
-    async def _history_row_visible(self, ctx: RequestContext, conn: AsyncConnection, row: StoredResource) -> bool:
-        content = row.content
-        if content is None:  # a deletion is judged by the version before it
-            before = await self.store.get_version(conn, row.resource_type, row.id, row.version_id - 1)
-            content = before.content if before else None
-        return content is None or await self.access.can_see(ctx, conn, content, "history")
+            return await self.store.history(conn, rtype, rid, since_us, count, offset, at,
+                                            self.access.query_restriction(ctx), types, until_us, with_total)
 
     async def render(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Copies of stored resources, passed through the read pipeline (for example URL signing)."""

@@ -19,7 +19,7 @@ from fhirvault.fhir.outcome import warnings
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.fhir.references import parse_reference
 from fhirvault.fhir.subsetting import subset
-from fhirvault.service.access import AccessPolicy
+from fhirvault.service.access import AccessPolicy, permitted_types
 from fhirvault.service.context import RequestContext
 from fhirvault.service.search_parse import (
     DEFAULT_COUNT,
@@ -28,6 +28,7 @@ from fhirvault.service.search_parse import (
     ParsedSearch,
     parse_search,
 )
+from fhirvault.service.terminology import resolve_terms
 from fhirvault.service.timeutil import to_instant
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource
@@ -51,6 +52,7 @@ class SearchResult:
     path: str  # what the search was made on, relative to the base: `Patient`, ``, `Patient/1/Observation`
     cutoff_us: int
     extra_echo: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # for the outcome entry, besides ignored parameters
 
 
 def compartment_clause(patient: str) -> ParamClause:
@@ -78,6 +80,7 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
     restriction = access.query_restriction(ctx)
     cutoff = now_us()
     async with db.read() as conn:
+        await resolve_terms(conn, store, parsed.criteria, ctx.base_url)
         total: int | None = None
         matches: list[StoredResource] = []
         if parsed.summary != "count":
@@ -88,11 +91,13 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
             total = await store.count(conn, parsed.criteria, restriction, cutoff)
         elif parsed.total is None and parsed.offset == 0 and len(matches) < parsed.count:
             total = len(matches)  # the whole result is on this page
-        included = await _included(store, access, ctx, conn, matches, parsed, restriction)
+        included, complete = await _included(store, access, ctx, conn, matches, parsed, restriction)
     path = rtype or ""
     if compartment is not None:
         path = f"{compartment}/{rtype}"
-    return SearchResult(matches, included, total, parsed, path, cutoff, extra_echo)
+    notes = [] if complete else [f"_include/_revinclude found more than {MAX_INCLUDED} resources; only the "
+                                 f"first {MAX_INCLUDED} are included (ask for a smaller _count)"]
+    return SearchResult(matches, included, total, parsed, path, cutoff, extra_echo, notes)
 
 
 def _system_types(access: AccessPolicy, ctx: RequestContext, params: list[tuple[str, str]]) -> list[str]:
@@ -104,21 +109,17 @@ def _system_types(access: AccessPolicy, ctx: RequestContext, params: list[tuple[
         for t in named:
             access.require(ctx, "search", t)
         return sorted(set(named))
-    readable = []
-    for t in sorted(resource_types()):
-        try:
-            access.require(ctx, "search", t)
-        except Exception:  # noqa: BLE001 - a type the caller may not search is left out of a system search
-            continue
-        readable.append(t)
-    return readable
+    return permitted_types(access, ctx, "search", sorted(resource_types()))
 
 
 async def _included(store: ResourceStore, access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
                     matches: list[StoredResource], parsed: ParsedSearch, restriction: Restriction | None
-                    ) -> list[StoredResource]:
+                    ) -> tuple[list[StoredResource], bool]:
+    """The resources `_include` and `_revinclude` add to `matches` (`:iterate` ones applied again to what
+    was added, MAX_INCLUDE_ROUNDS times at most), and whether that is all of them (False when more than
+    MAX_INCLUDED were found and the rest left out)."""
     if not parsed.includes and not parsed.revincludes:
-        return []
+        return [], True
     seen = {(m.resource_type, m.id) for m in matches}
     out: list[StoredResource] = []
     current = matches
@@ -132,7 +133,8 @@ async def _included(store: ResourceStore, access: AccessPolicy, ctx: RequestCont
             found += await _include_targets(store, conn, current, inc, restriction)
         for inc in revincludes:
             targets = [f"{m.resource_type}/{m.id}" for m in current]
-            found += await store.referencing(conn, inc.source_type, inc.param, targets, restriction)
+            source = None if inc.source_type == "*" else inc.source_type
+            found += await store.referencing(conn, source, inc.param, targets, restriction, MAX_INCLUDED + 1)
         new = []
         for r in found:
             key = (r.resource_type, r.id)
@@ -144,9 +146,9 @@ async def _included(store: ResourceStore, access: AccessPolicy, ctx: RequestCont
             new.append(r)
         out += new
         current = new
-        if len(out) >= MAX_INCLUDED:
-            break
-    return out[:MAX_INCLUDED]
+        if len(out) > MAX_INCLUDED:
+            return out[:MAX_INCLUDED], False
+    return out, True
 
 
 async def _include_targets(store: ResourceStore, conn: AsyncConnection, current: list[StoredResource],
@@ -198,10 +200,9 @@ async def searchset(render: Render, ctx: RequestContext, result: SearchResult) -
         mode = "match" if i < len(result.matches) else "include"
         entries.append({"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}",
                         "resource": subset(r, p.summary, p.elements), "search": {"mode": mode}})
-    if p.ignored:
-        entries.append({"resource": warnings(
-            [f"Search parameter '{n}' is not supported and was ignored" for n in p.ignored]),
-            "search": {"mode": "outcome"}})
+    notes = [f"Search parameter '{n}' is not supported and was ignored" for n in p.ignored] + result.warnings
+    if notes:
+        entries.append({"resource": warnings(notes), "search": {"mode": "outcome"}})
     return bundle("searchset", entries, total=result.total, links=_links(ctx, result, len(result.matches)),
                   timestamp=to_instant(now_us()))
 
@@ -219,6 +220,7 @@ async def matching_ids(store: ResourceStore, access: AccessPolicy, ctx: RequestC
         shown = query if isinstance(query, str) else urlencode(query)
         raise Invalid(f"The criteria '{shown}' have no search parameter that selects {rtype} resources; "
                       "give one, e.g. identifier=system|value")
+    await resolve_terms(conn, store, parsed.criteria, ctx.base_url)
     found = await store.matching_ids(conn, parsed.criteria, access.query_restriction(ctx), limit)
     return [rid for _t, rid in found]
 

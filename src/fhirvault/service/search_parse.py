@@ -6,9 +6,10 @@ the parameter and the value."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 
 from fhirvault.errors import Invalid
@@ -16,22 +17,36 @@ from fhirvault.fhir.dates import date_range
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.fhir.references import parse_reference
 from fhirvault.fhir.scan_definitions import SCAN_STATES
-from fhirvault.fhir.search_index import normalize
-from fhirvault.fhir.search_params import SearchParam, search_param
+from fhirvault.fhir.search_filter import (
+    Comparison,
+    Expression,
+    FilterSyntaxError,
+    Logical,
+    comparisons,
+    parse_filter,
+)
+from fhirvault.fhir.search_index import normalize, words
+from fhirvault.fhir.search_params import NOT_DOMAIN_RESOURCES, SearchParam, search_param
 from fhirvault.store.search_sql import (
+    AllClause,
+    AnyClause,
     ChainClause,
     Clause,
     CompositeTest,
     Criteria,
     HasClause,
     IdClause,
+    ListClause,
     MissingClause,
+    NearClause,
+    NotClause,
     ParamClause,
     RangeTest,
     RefTest,
     ScanStatusClause,
     SortKey,
     StringTest,
+    TermTest,
     Test,
     TokenTest,
     UpdatedClause,
@@ -43,7 +58,8 @@ SCAN_STATUS_PARAM = "scan-status"
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 MAX_OR_VALUES = 100
-MAX_PARAMS = 100  # each becomes SQL conditions; a query holds only so many
+MAX_PARAMS = 100  # each becomes SQL conditions; a query holds only so many (comparisons of a _filter too)
+MAX_WORDS = 20  # words of one _text / _content value
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
 # Result parameters (FHIR R4 3.1.1.5 and 3.1.1.6): they shape the answer rather than filter it.
@@ -51,9 +67,15 @@ RESULT_PARAMS = {"_count", "_offset", "_sort", "_summary", "_elements", "_total"
                  "_format", "_pretty"}
 _MODIFIERS = {
     "string": {"exact", "contains"},
-    "token": {"not", "text", "of-type"},
+    "token": {"not", "text", "of-type", "in", "not-in", "below", "above"},
     "uri": {"below", "above"},
 }
+
+
+# `near` distances: UCUM units of length and their kilometres (R4 location.html#positional; km by default).
+DISTANCE_UNITS = {"km": 1.0, "m": 0.001, "[mi_i]": 1.609344, "mi": 1.609344, "[mi_us]": 1.6093472,
+                  "[nmi_i]": 1.852}
+NEAR_DEFAULT_KM = 5.0  # the distance when `near` gives none: "the server can use its own discretion"
 
 
 class UnknownParameter(Exception):
@@ -64,7 +86,7 @@ class UnknownParameter(Exception):
 class Include:
     """`_include` (source = the matches' type) or `_revinclude` (source = the including type)."""
 
-    source_type: str  # "*" for every type
+    source_type: str  # "*" for every type (`_include=*`, `_revinclude=*`)
     param: str | None  # None: every reference parameter
     target_type: str | None
     iterate: bool
@@ -215,19 +237,25 @@ def _value_test(name: str, param: SearchParam, kind: str, modifier: str, raw: st
     raise Invalid(f"Search parameter {name} has a type ({kind}) that cannot be searched this way")
 
 
-def _composite_test(name: str, param: SearchParam, raw: str, base_url: str) -> CompositeTest:
+def composite_kind(param: SearchParam) -> str:
+    """The index a composite parameter lives in: `composite` (two components) or `composite-parts`."""
+    return "composite" if len(param.components) == 2 else "composite-parts"
+
+
+def _composite_test(types: list[str], name: str, param: SearchParam, raw: str, base_url: str) -> CompositeTest:
+    """`a$b[$c...]`: one value per component, each in its component's syntax, prefixes included
+    (R4 3.1.1.4.9; a `$` inside a value is escaped as `\\$`)."""
     parts = split_escaped(raw, "$")
-    if len(param.components) != 2:
-        raise UnknownParameter(name)
-    if len(parts) != 2:
+    if len(parts) != len(param.components):
         raise Invalid(f"Search parameter {name}={raw!r} needs {len(param.components)} values joined by '$' "
-                      f"({' $ '.join(c.code for c in param.components)})")
-    first_kind, second_kind = param.components[0].type, param.components[1].type
-    first = _value_test(name, param, first_kind, "", parts[0], base_url)
-    second = _value_test(name, param, second_kind, "", parts[1], base_url)
-    assert isinstance(first, TokenTest | RefTest)
-    assert isinstance(second, TokenTest | RangeTest | StringTest | RefTest)
-    return CompositeTest(first, second, second_kind)
+                      f"({'$'.join(c.code for c in param.components)})")
+    tests = []
+    for comp, part in zip(param.components, parts, strict=True):
+        if part == "":
+            raise Invalid(f"Search parameter {name}={raw!r} has no value for its component {comp.code}")
+        component = search_param(types[0], comp.code)  # its targets, for a reference component
+        tests.append(_value_test(name, component or param, comp.type, "", part, base_url))
+    return CompositeTest(tuple(tests), tuple(c.type for c in param.components))
 
 
 # -- one criterion --------------------------------------------------------------------------------
@@ -242,12 +270,94 @@ def _param_for(types: list[str], code: str) -> SearchParam:
     return first
 
 
+def _any(clauses: list[Clause]) -> Clause:
+    return clauses[0] if len(clauses) == 1 else AnyClause(clauses)
+
+
+def _parse_words(types: list[str], name: str, code: str, modifier: str, value: str) -> Clause:
+    """`_text` / `_content` (R4 search.html#content): each value matches when every one of its words
+    starts a word of the narrative / of the resource's text, case and accents aside; commas are OR."""
+    if code == "_text" and any(t in NOT_DOMAIN_RESOURCES for t in types):
+        raise UnknownParameter(name)
+    if modifier:
+        raise Invalid(f"Search parameter {name}: {code} takes no modifier")
+    alternatives: list[Clause] = []
+    for v in _or_values(name, value):
+        found = sorted(words(unescape(v)))
+        if not found:
+            raise Invalid(f"Search parameter {name}={v!r} holds no word to search for")
+        if len(found) > MAX_WORDS:
+            raise Invalid(f"Search parameter {name}={v!r} has {len(found)} words; at most {MAX_WORDS} are searched for")
+        clauses: list[Clause] = [ParamClause("string", code, [StringTest("start", w)]) for w in found]
+        alternatives.append(clauses[0] if len(clauses) == 1 else AllClause(clauses))
+    return _any(alternatives)
+
+
+def _parse_list(name: str, modifier: str, value: str, base_url: str) -> Clause:
+    """`_list=List/id` (or the bare id): the items of that List (R4 search.html#list)."""
+    if modifier:
+        raise Invalid(f"Search parameter {name}: _list takes no modifier")
+    ids = []
+    for v in _or_values(name, value):
+        v = unescape(v)
+        if v.startswith("$"):
+            raise Invalid(f"Search parameter _list={v!r}: functional lists ($current-...) are not supported")
+        ref = parse_reference(v, base_url)
+        if ref is not None and ref.resource_type != "List":
+            raise Invalid(f"Search parameter _list={v!r} names a {ref.resource_type}, not a List")
+        rid = ref.id if ref is not None else v
+        if not is_valid_id(rid):
+            raise Invalid(f"Search parameter _list={v!r} is not a List id or List/[id]")
+        ids.append(rid)
+    return ListClause(ids)
+
+
+def _parse_near(name: str, modifier: str, value: str) -> Clause:
+    """`near=latitude|longitude|distance|units` on Location (R4 location.html#positional)."""
+    if modifier:
+        raise Invalid(f"Search parameter {name}: near takes no modifier")
+    out: list[Clause] = []
+    for v in _or_values(name, value):
+        parts = [unescape(p) for p in split_escaped(v, "|")]
+        if not 2 <= len(parts) <= 4:
+            raise Invalid(f"Search parameter near={v!r} must be latitude|longitude[|distance[|units]]")
+        try:
+            lat, lon = float(Decimal(parts[0])), float(Decimal(parts[1]))
+            distance = float(Decimal(parts[2])) if len(parts) > 2 and parts[2] else NEAR_DEFAULT_KM
+        except InvalidOperation:
+            raise Invalid(f"Search parameter near={v!r}: latitude, longitude and distance must be numbers") \
+                from None
+        units = parts[3] if len(parts) > 3 and parts[3] else "km"
+        if units not in DISTANCE_UNITS:
+            raise Invalid(f"Search parameter near={v!r}: unit '{units}' is not one of {', '.join(DISTANCE_UNITS)}")
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180) or not distance >= 0 or math.isinf(distance):
+            raise Invalid(f"Search parameter near={v!r}: latitude must lie in [-90, 90], longitude in "
+                          "[-180, 180], and the distance must be a number of at least 0")
+        out.append(NearClause(lat, lon, distance * DISTANCE_UNITS[units]))
+    return _any(out)
+
+
 def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> Clause:
     """One `name=value` filter on resources of `types`. Raises UnknownParameter or Invalid."""
     if name.startswith("_has:"):
         return _parse_has(types, name, value, base_url)
     head, dot, rest = name.partition(".")
     code, _, modifier = head.partition(":")
+    if not dot and code in ("_text", "_content"):
+        return _parse_words(types, name, code, modifier, value)
+    if not dot and code == "_list":
+        return _parse_list(name, modifier, value, base_url)
+    if not dot and code == "near" and types == ["Location"]:
+        return _parse_near(name, modifier, value)
+    if not dot and code == "_filter":
+        if modifier:
+            raise Invalid(f"Search parameter {name}: _filter takes no modifier")
+        return _parse_filter(types, value, base_url)
+    if code in ("_id", "_lastUpdated") and not dot and modifier == "missing":
+        if value not in ("true", "false"):
+            raise Invalid(f"Search parameter {name}={value!r} must be true or false")
+        # every resource has an id and a lastUpdated: none is missing one
+        return NotClause(AllClause([])) if value == "true" else AllClause([])
     if code == "_id" and not dot:
         if modifier:
             raise Invalid(f"Search parameter {name}: _id takes no modifier")
@@ -269,7 +379,7 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
     if modifier == "missing":
         if value not in ("true", "false"):
             raise Invalid(f"Search parameter {name}={value!r} must be true or false")
-        return MissingClause(kind, code, value == "true")
+        return MissingClause(composite_kind(param) if kind == "composite" else kind, code, value == "true")
     if modifier and not (modifier in _MODIFIERS.get(kind, set())
                          or (kind == "reference" and (modifier == "identifier" or is_resource_type(modifier)))):
         raise Invalid(f"Search parameter {name}: modifier '{modifier}' is not supported for a {kind} parameter")
@@ -278,7 +388,8 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         raise Invalid(f"Search parameter {name}: {code} does not refer to {modifier}")
     values = _or_values(name, value)
     if kind == "composite":
-        return ParamClause("composite", code, [_composite_test(name, param, v, base_url) for v in values])
+        return ParamClause(composite_kind(param), code, [_composite_test(types, name, param, v, base_url)
+                                                             for v in values])
     if kind == "token" and modifier == "text":
         return ParamClause("string", f"{code}:text", [_string_test("", v) for v in values])
     if kind == "token" and modifier == "of-type":
@@ -291,6 +402,13 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         return ParamClause("token", f"{code}:of-type", tests)
     if kind == "reference" and modifier == "identifier":
         return ParamClause("token", f"{code}:identifier", [_token_test(v) for v in values])
+    if kind == "token" and modifier in ("in", "not-in", "below", "above"):
+        if modifier in ("below", "above") and any(len(split_escaped(v, "|")) != 2 or not all(split_escaped(v, "|"))
+                                                  for v in values):
+            raise Invalid(f"Search parameter {name}={value!r}: give system|code, the code system's url and a code")
+        mode = "in" if modifier == "not-in" else modifier
+        return ParamClause("token", code, [TermTest(mode, unescape(v) if mode == "in" else v) for v in values],
+                           negate=modifier == "not-in")
     tests = [_value_test(name, param, kind, modifier, v, base_url) for v in values]
     return ParamClause(kind, code, tests, negate=modifier == "not")
 
@@ -305,6 +423,95 @@ def _scan_status(name: str, modifier: str, value: str) -> ScanStatusClause:
         raise Invalid(f"Search parameter {name}={value!r}: '{bad[0]}' is not a scan status; use one of "
                       f"{', '.join(SCAN_STATES)}")
     return ScanStatusClause(states)
+
+
+# -- _filter (R4 search_filter.html) -------------------------------------------------------------------
+_RANGE_OPS = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+
+
+def _parse_filter(types: list[str], value: str, base_url: str) -> Clause:
+    """A `_filter` expression as criteria: the same clauses and SQL as the plain parameters. Every
+    parameter in it must exist (an unknown one is a 400 whatever the handling: ignoring part of a
+    logical expression would change its meaning)."""
+    try:
+        tree = parse_filter(value)
+    except FilterSyntaxError as exc:
+        raise Invalid(f"_filter={value!r}: {exc}") from None
+    if comparisons(tree) > MAX_PARAMS:
+        raise Invalid(f"_filter has {comparisons(tree)} comparisons; at most {MAX_PARAMS} are allowed")
+    return _filter_clause(types, tree, base_url)
+
+
+def _filter_clause(types: list[str], tree: Expression, base_url: str) -> Clause:
+    if isinstance(tree, Logical):
+        parts = [_filter_clause(types, p, base_url) for p in tree.parts]
+        return AllClause(parts) if tree.op == "and" else AnyClause(parts)
+    if not isinstance(tree, Comparison):
+        return NotClause(_filter_clause(types, tree.part, base_url))
+    if "[" in tree.path:
+        raise Invalid(f"_filter: the path '{tree.path}' filters inside a parameter ([...]), which is not supported")
+    head, dot, rest = tree.path.partition(".")
+    try:
+        if dot:
+            param = _param_for(types, head)
+            if param.type != "reference":
+                raise Invalid(f"_filter: '{head}' in '{tree.path}' is no reference parameter to chain through")
+            next_code = rest.partition(".")[0]
+            targets = [t for t in param.targets if search_param(t, next_code) is not None]
+            if not targets:
+                raise UnknownParameter(tree.path)
+            inner = _filter_clause(targets, Comparison(rest, tree.op, tree.value), base_url)
+            return ChainClause(param.code, targets, Criteria(targets, [inner]))
+        return _filter_leaf(types, tree, base_url)
+    except UnknownParameter:
+        raise Invalid(f"_filter: '{tree.path}' is not a search parameter of {', '.join(types)}") from None
+
+
+def _filter_leaf(types: list[str], c: Comparison, base_url: str) -> Clause:
+    """One `param op value` on `types` (no chain left), by the parameter's type (search_filter.html#ops)."""
+    code, op, raw = c.path, c.op, c.value
+    text = raw.replace("\\", "\\\\").replace(",", "\\,")  # literal: no OR, no escapes of our own
+    name = f"_filter {code} {op}"
+    if code in ("_id", "_list", "_text", "_content"):
+        if op == "ne":
+            return NotClause(_filter_leaf(types, Comparison(code, "eq", raw), base_url))
+        if op != "eq" and not (code in ("_text", "_content") and op in ("co", "sw")):
+            raise Invalid(f"{name}: the operator does not apply to {code}")
+        return parse_criterion(types, code, text, base_url)
+    kind = "date" if code == "_lastUpdated" else _param_for(types, code).type
+    if op == "pr":
+        if raw not in ("true", "false"):
+            raise Invalid(f"{name} {raw}: pr takes true or false")
+        if code == "_lastUpdated":  # every resource has one
+            return AllClause([]) if raw == "true" else NotClause(AllClause([]))
+        return parse_criterion(types, f"{code}:missing", "false" if raw == "true" else "true", base_url)
+    if kind in ("date", "number", "quantity"):
+        if op == "po" and kind == "date" and code != "_lastUpdated":
+            # "the period overlaps": a prefix of _filter only
+            return ParamClause("date", code, [replace(_date_test(name, raw), prefix="po")])
+        if op not in _RANGE_OPS:
+            raise Invalid(f"{name}: a {kind} parameter takes {', '.join(_RANGE_OPS)} or pr"
+                          f"{' or po' if kind == 'date' and code != '_lastUpdated' else ''}")
+        return parse_criterion(types, code, f"{op}{text}", base_url)
+    if op == "ne":
+        return NotClause(_filter_leaf(types, Comparison(code, "eq", raw), base_url))
+    if kind == "string":
+        mode = {"eq": "equal", "sw": "start", "co": "contains", "ew": "end"}.get(op)
+        if mode is None:
+            raise Invalid(f"{name}: a string parameter takes eq, ne, co, sw, ew or pr")
+        return ParamClause("string", code, [StringTest(mode, normalize(raw))])
+    if kind == "token":
+        modifier = {"eq": "", "in": ":in", "ni": ":not-in", "sb": ":below", "ss": ":above"}.get(op)
+        if modifier is None:
+            raise Invalid(f"{name}: a token parameter takes eq, ne, in, ni, sb, ss or pr")
+        return parse_criterion(types, code + modifier, text, base_url)
+    if kind == "reference" and op in ("eq", "re"):
+        return parse_criterion(types, code, text, base_url)
+    if kind == "uri" and op in ("eq", "sb", "ss"):
+        return parse_criterion(types, code + {"eq": "", "sb": ":below", "ss": ":above"}[op], text, base_url)
+    if kind == "composite" and op == "eq":
+        return parse_criterion(types, code, text, base_url)
+    raise Invalid(f"{name}: the operator does not apply to a {kind} parameter")
 
 
 def _parse_chain(types: list[str], name: str, param: SearchParam, modifier: str, rest: str, value: str,
@@ -364,6 +571,9 @@ def _sort_keys(types: list[str], value: str) -> list[SortKey]:
             param = _param_for(types, code)
         except UnknownParameter:
             raise Invalid(f"_sort={value}: '{code}' is not a search parameter of {', '.join(types)}") from None
+        if param.type == "composite" and composite_kind(param) != "composite":
+            raise Invalid(f"_sort={value}: '{code}' is a composite of {len(param.components)} components, "
+                          "which has no order")
         keys.append(SortKey(param.type, code, desc))
     return keys
 
@@ -374,8 +584,7 @@ def _include(name: str, value: str, reverse: bool) -> Include:
         raise Invalid(f"{name}: modifier '{modifier}' is not supported (only :iterate)")
     iterate = bool(modifier)
     if value == "*":
-        if reverse:
-            raise Invalid(f"{name}=*: name the referring type and parameter (e.g. Observation:subject)")
+        # every reference of the matches (_include), every resource referring to them (_revinclude)
         return Include("*", None, None, iterate)
     parts = value.split(":")
     if len(parts) not in (2, 3) or not is_resource_type(parts[0]):

@@ -11,6 +11,7 @@ from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.binaries import BinaryService
 from fhirvault.service.binary_access import BinaryAccess
 from fhirvault.service.bundles import BundleService
+from fhirvault.service.direct_uploads import DirectUploadService
 from fhirvault.service.health import Readiness
 from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.resources import ResourceService
@@ -32,6 +33,7 @@ class Services(Protocol):
     validate: ValidateOperation
     binaries: BinaryService
     binary_access: BinaryAccess
+    direct_uploads: DirectUploadService
     storage: StorageDownloads
     ingestion: AttachmentIngestion
     clients: ClientStore

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -95,6 +96,17 @@ class Database:
             else:
                 async with self.engine.begin() as conn:
                     yield conn
+
+    async def serialize(self, conn: AsyncConnection, key: str) -> None:
+        """Makes the write transaction on `conn` the only one holding `key` until it ends: a transaction
+        that asks for the same key waits until this one has committed or rolled back. PostgreSQL: a
+        transaction-scoped advisory lock on a 64-bit hash of the key; SQLite: nothing to do, a write
+        transaction already holds the database's one write lock (BEGIN IMMEDIATE, FileWriteLock)."""
+        if self.is_sqlite:
+            return
+        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                           {"key": int.from_bytes(digest, "big", signed=True)})
 
     @asynccontextmanager
     async def _across_processes(self) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.clock import now_us
 from fhirvault.store.blobs import blob_chunks, blobs
+from fhirvault.store.direct_uploads import direct_uploads
 from fhirvault.store.job_rows import jobs
 from fhirvault.store.scan_rows import content_refs, content_scans
 from fhirvault.store.schema import (
@@ -25,7 +26,7 @@ from fhirvault.store.schema import (
     search_refs,
     search_tokens,
 )
-from fhirvault.store.search_tables import create_search_tables, lean_search_index
+from fhirvault.store.search_tables import add_search_tables_0014, create_search_tables, lean_search_index
 from fhirvault.store.security import auth_failures, clients, signing_keys
 from fhirvault.store.url_signing_keys import insert_key, new_key, url_signing_keys
 
@@ -104,8 +105,13 @@ STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("0009_blob_references", _blob_references),
     # Malware scan verdicts by content (SHA-256), and which resource versions hold each content.
     MigrationStep("0010_content_scans", _create(content_scans, content_refs)),
+    # Uploads straight to the object store (Binary/$upload-url), each owning a pending blob.
+    MigrationStep("0012_direct_uploads", _create(direct_uploads)),
     # Parameters stored as the rows of others lose their own rows; two redundant indexes go.
     MigrationStep("0013_search_index_lean", lean_search_index),
+    # Composites of 3+ components, version access rows, reference targets; every type reindexed for them,
+    # _text, _content and Location near.
+    MigrationStep("0014_search_semantics", add_search_tables_0014),
 )
 
 

@@ -10,12 +10,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault import jsoncodec
-from fhirvault.fhir.indexing import COMPARTMENT
 from fhirvault.fhir.search_index import IndexRows
 from fhirvault.store.blobs import BlobRecord, BlobRegistry
 from fhirvault.store.scan_rows import content_refs
 from fhirvault.store.schema import resource_versions, resources, search_refs
 from fhirvault.store.search_sql import (
+    COMPARTMENT,
+    SECURITY_CONTEXT,
     Criteria,
     Restriction,
     SortKey,
@@ -23,8 +24,15 @@ from fhirvault.store.search_sql import (
     param_rows,
     restriction_sql,
     sort_columns,
+    version_restriction_sql,
 )
 from fhirvault.store.search_tables import delete_index, write_index
+from fhirvault.store.version_access import delete_version_access, write_version_access
+
+
+def _access_of(index: IndexRows | None) -> set[tuple[str, str]] | None:
+    """The rows of a version's index that access rules read (see store/version_access.py)."""
+    return None if index is None else {r for r in index.refs if r[0] in (COMPARTMENT, SECURITY_CONTEXT)}
 
 
 class VersionConflict(Exception):
@@ -115,6 +123,7 @@ class ResourceStore:
         if stored.blob_id is not None:
             await self.registry.add_reference(conn, stored.blob_id)
         await write_index(conn, stored.resource_type, stored.id, index, new=previous_version is None)
+        await write_version_access(conn, stored.resource_type, stored.id, stored.version_id, _access_of(index))
 
     async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:
         """Replace the content and search index of the version `stored` that this same transaction wrote
@@ -125,6 +134,8 @@ class ResourceStore:
                 table.c.resource_type == stored.resource_type, table.c.id == stored.id,
                 table.c.version_id == stored.version_id).values(content=content))
         await write_index(conn, stored.resource_type, stored.id, index)
+        await write_version_access(conn, stored.resource_type, stored.id, stored.version_id, _access_of(index),
+                                   replace=True)
 
     def _select(self, criteria: Criteria, restriction: Restriction | None, cutoff_us: int | None) -> Any:
         t = resources
@@ -194,46 +205,68 @@ class ResourceStore:
             out += [(r[0], r[1], r[2]) for r in rows.all()]
         return out
 
-    async def referencing(self, conn: AsyncConnection, source_type: str, param: str | None, targets: list[str],
-                          restriction: Restriction | None = None) -> list[StoredResource]:
-        """Live resources of `source_type` whose `param` (None: any) references one of `targets`."""
+    async def referencing(self, conn: AsyncConnection, source_type: str | None, param: str | None,
+                          targets: list[str], restriction: Restriction | None = None, limit: int | None = None
+                          ) -> list[StoredResource]:
+        """Live resources of `source_type` (None: of any type) whose `param` (None: any reference
+        parameter) references one of `targets`; at most `limit` (in type and id order) per 500 targets."""
         t, sr = resources, search_refs
         out: list[StoredResource] = []
         for start in range(0, len(targets), 500):
-            where = [sr.c.resource_type == source_type, sr.c.target.in_(targets[start:start + 500]),
-                     ~sr.c.param.startswith("_", autoescape=True)]
+            where = [sr.c.target.in_(targets[start:start + 500]), ~sr.c.param.startswith("_", autoescape=True)]
+            if source_type is not None:
+                where.append(sr.c.resource_type == source_type)
             if param is not None:
-                where.append(param_rows(sr, sr.c.resource_type, [source_type], param))
-            ids = sa.select(sr.c.id).where(*where)
-            stmt = sa.select(t).where(t.c.resource_type == source_type, t.c.id.in_(ids), t.c.deleted.is_(False),
+                # the rows that hold `param` (fhir/search_storage.py); without a source type, no parameter is named
+                where.append(param_rows(sr, sr.c.resource_type, [source_type], param) if source_type is not None
+                             else sr.c.param == param)
+            # driven from the reference rows (by target), never by a scan of the resources
+            owners = sa.select(sr.c.resource_type, sr.c.id).where(*where)
+            stmt = sa.select(t).where(sa.tuple_(t.c.resource_type, t.c.id).in_(owners), t.c.deleted.is_(False),
                                       *restriction_sql(restriction, t))
+            if source_type is not None:
+                stmt = stmt.where(t.c.resource_type == source_type)
+            if limit is not None:
+                stmt = stmt.order_by(t.c.resource_type, t.c.id).limit(limit)
             out += [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
         return out
 
     async def history(
         self, conn: AsyncConnection, rtype: str | None, rid: str | None, since_us: int | None,
-        count: int, offset: int, at: tuple[int, int] | None = None,
-    ) -> tuple[list[StoredResource], int]:
-        """Versions newest first, and how many there are. `since_us`: changed at or after; `at`
-        ([start, end) in microseconds): versions that were current at some moment of that range
-        (FHIR R4 history `_at`)."""
+        count: int, offset: int, at: tuple[int, int] | None = None, restriction: Restriction | None = None,
+        types: list[str] | None = None, until_us: int | None = None, with_total: bool = True,
+    ) -> tuple[list[StoredResource], int | None]:
+        """Versions newest first, and how many there are (None unless `with_total`), all in SQL.
+        `since_us`: changed at or after; `until_us`: at or before (the snapshot later pages keep to);
+        `at` ([start, end) in microseconds): versions that were current at some moment of that range
+        (FHIR R4 history `_at`); `restriction`: the caller's access rules, judged by each version's
+        own content (a deletion by the version before it); `types`: the resource types the caller may see
+        (system history; None for all)."""
         t = resource_versions
         where: list[Any] = []
         if rtype:
             where.append(t.c.resource_type == rtype)
+        elif types is not None:
+            where.append(t.c.resource_type.in_(types))
         if rid:
             where.append(t.c.id == rid)
         if since_us is not None:
             where.append(t.c.last_updated >= since_us)
+        if until_us is not None:
+            where.append(t.c.last_updated <= until_us)
         if at is not None:
             later = resource_versions.alias()
             replaced = (sa.select(sa.func.min(later.c.last_updated))
                         .where(later.c.resource_type == t.c.resource_type, later.c.id == t.c.id,
                                later.c.version_id > t.c.version_id).scalar_subquery())
             where += [t.c.last_updated < at[1], sa.or_(replaced.is_(None), replaced > at[0])]
-        total = int((await conn.execute(sa.select(sa.func.count()).select_from(t).where(*where))).scalar() or 0)
+        where += version_restriction_sql(restriction, t)
+        total = None
+        if with_total:
+            total = int((await conn.execute(sa.select(sa.func.count()).select_from(t).where(*where))).scalar() or 0)
         stmt = (sa.select(t).where(*where)
-                .order_by(t.c.last_updated.desc(), t.c.version_id.desc()).limit(count).offset(offset))
+                .order_by(t.c.last_updated.desc(), t.c.resource_type, t.c.id, t.c.version_id.desc())
+                .limit(count).offset(offset))
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()], total
 
     async def current_page(self, conn: AsyncConnection, rtype: str | None, after: tuple[str, str] | None,
@@ -267,6 +300,7 @@ class ResourceStore:
         for table in (resources, resource_versions, content_refs):
             await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
         await delete_index(conn, rtype, rid)
+        await delete_version_access(conn, rtype, rid)
         return await self.registry.drop_references(conn, counts)
 
     async def last_deletion(self, conn: AsyncConnection, rtype: str, rid: str) -> int | None:

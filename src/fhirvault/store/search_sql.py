@@ -7,7 +7,8 @@ checked every name, modifier and value."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from fhirvault.fhir.search_storage import StoredAs, stored_as
 from fhirvault.store.scan_rows import scan_state_matches
 from fhirvault.store.schema import resources, search_refs, search_tokens
 from fhirvault.store.search_tables import (
+    search_composite_parts,
     search_composites,
     search_dates,
     search_numbers,
@@ -25,10 +27,12 @@ from fhirvault.store.search_tables import (
     search_strings,
     search_uris,
 )
+from fhirvault.store.version_access import version_access
 
 TABLES: dict[str, sa.Table] = {
     "string": search_strings, "token": search_tokens, "reference": search_refs, "date": search_dates,
     "number": search_numbers, "quantity": search_quantities, "uri": search_uris, "composite": search_composites,
+    "composite-parts": search_composite_parts,
 }
 COMPARTMENT = "_compartment"
 SECURITY_CONTEXT = "_securityContext"
@@ -37,8 +41,8 @@ SECURITY_CONTEXT = "_securityContext"
 # -- criteria -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StringTest:
-    mode: str  # start | exact | contains
-    value: str  # normalized for start/contains, as given for exact
+    mode: str  # start | exact | contains | equal | end (equal and end: _filter's eq and ew)
+    value: str  # normalized but for exact
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,34 @@ class RefTest:
 
 @dataclass(frozen=True)
 class CompositeTest:
-    first: TokenTest | RefTest
-    second: TokenTest | RangeTest | StringTest | RefTest
-    second_kind: str  # the second component's parameter type
+    """One `$`-joined composite value: a test per component, each of the component's type (`kinds`).
+    Two-component composites are searched in `search_composites` (the first part a token or reference),
+    longer ones in `search_composite_parts`."""
+
+    parts: tuple[Test, ...]
+    kinds: tuple[str, ...]
 
 
-Test = StringTest | TokenTest | RangeTest | UriTest | RefTest | CompositeTest
+@dataclass(frozen=True)
+class CodeSetTest:
+    """A token in one of `codes` of `system` (a value set expanded, or a code and its subsumed or
+    subsuming codes): the resolved form of a TermTest."""
+
+    system: str
+    codes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TermTest:
+    """Token `:in` / `:not-in` (`value` names a ValueSet) or `:below` / `:above` (`value` is
+    `system|code`) before the service resolves it against the terminology stored on this server into
+    TokenTests and CodeSetTests (service/terminology.py); SQL is never built from an unresolved one."""
+
+    mode: str  # in | below | above (`:not-in` is `in` on a negated clause)
+    value: str
+
+
+Test = StringTest | TokenTest | RangeTest | UriTest | RefTest | CompositeTest | CodeSetTest | TermTest
 
 
 @dataclass
@@ -133,7 +159,46 @@ class ScanStatusClause:
     states: list[str]
 
 
-Clause = ParamClause | MissingClause | ChainClause | HasClause | IdClause | UpdatedClause | ScanStatusClause
+@dataclass
+class AnyClause:
+    """At least one of `clauses` holds (OR; `_filter`'s `or`, `_text` values joined by commas)."""
+
+    clauses: list[Clause]
+
+
+@dataclass
+class AllClause:
+    """Every one of `clauses` holds (AND inside an OR, or under a NOT)."""
+
+    clauses: list[Clause]
+
+
+@dataclass
+class NotClause:
+    """`clause` does not hold (`_filter`'s `not`)."""
+
+    clause: Clause
+
+
+@dataclass
+class ListClause:
+    """The resource is an item of one of the Lists `list_ids` (`_list`, R4 search.html#list)."""
+
+    list_ids: list[str]
+
+
+@dataclass
+class NearClause:
+    """A Location whose position lies within `distance_km` of (`latitude`, `longitude`), by great-circle
+    distance (R4 location.html#positional)."""
+
+    latitude: float
+    longitude: float
+    distance_km: float
+
+
+Clause = (ParamClause | MissingClause | ChainClause | HasClause | IdClause | UpdatedClause | AnyClause | AllClause
+          | NotClause | ListClause | NearClause | ScanStatusClause)
 
 
 @dataclass
@@ -173,6 +238,8 @@ def _range(prefix: str, low: Any, high: Any, t: RangeTest, point_inclusive: bool
         return inside
     if prefix == "ne":
         return sa.not_(inside)
+    if point_inclusive and prefix == "po":
+        return sa.and_(low < e, high >= s)
     if point_inclusive:
         conds: dict[str, ColumnElement[bool]] = {
             "gt": high > v, "lt": low < v, "ge": high >= v, "le": low <= v, "sa": low > v, "eb": high < v,
@@ -183,6 +250,8 @@ def _range(prefix: str, low: Any, high: Any, t: RangeTest, point_inclusive: bool
         return conds[prefix]
     if prefix == "ap":
         return sa.and_(low < e, high > s)  # the service has widened [s, e) by the approximation margin
+    if prefix == "po":
+        return sa.and_(low < e, high > s)  # _filter's "overlaps"
     return {
         # ge / le: the target reaches into the search range or beyond it on that side (a period that
         # starts on 2025-01-10 is "le2025-01-10"), as HAPI and Blaze read R4 3.1.1.4.2's ranges
@@ -194,6 +263,10 @@ def _range(prefix: str, low: Any, high: Any, t: RangeTest, point_inclusive: bool
 def _string(col: Any, t: StringTest, exact_col: Any) -> ColumnElement[bool]:
     if t.mode == "exact":
         return exact_col == t.value
+    if t.mode == "equal":
+        return col == t.value
+    if t.mode == "end":
+        return col.endswith(t.value, autoescape=True)
     if t.mode == "contains":
         return col.contains(t.value, autoescape=True)
     return col.startswith(t.value, autoescape=True)
@@ -222,6 +295,10 @@ def _uri(col: Any, t: UriTest) -> ColumnElement[bool]:
 
 def _test(kind: str, table: Any, t: Test) -> ColumnElement[bool]:
     c = table.c
+    if isinstance(t, CodeSetTest):
+        return sa.and_(c.system == t.system, c.value.in_(t.codes))
+    if isinstance(t, TermTest):
+        raise TypeError(f"unresolved terminology test {t!r}: resolve the criteria first")
     if isinstance(t, StringTest):
         return _string(c.value, t, c.exact)
     if isinstance(t, TokenTest):
@@ -243,22 +320,29 @@ def _test(kind: str, table: Any, t: Test) -> ColumnElement[bool]:
     return _composite(c, t)
 
 
+def _part(system: Any, value: Any, low: Any, high: Any, kind: str, t: Test) -> ColumnElement[bool]:
+    """One composite component's test on the columns that hold that component's key."""
+    if isinstance(t, TokenTest):
+        return _token(system, value, t)
+    if isinstance(t, StringTest):
+        return _string(value, t, value)
+    if isinstance(t, RefTest):
+        return value.in_(t.targets)
+    if isinstance(t, UriTest):
+        return _uri(value, t)
+    if isinstance(t, RangeTest):
+        cond = _range(t.prefix, low, high, t, point_inclusive=kind != "date")
+        if t.system:
+            cond = sa.and_(cond, system == t.system)
+        if t.code:
+            cond = sa.and_(cond, value == t.code)
+        return cond
+    raise TypeError(f"no composite component test for {t!r}")
+
+
 def _composite(c: Any, t: CompositeTest) -> ColumnElement[bool]:
-    first = (_token(c.system1, c.value1, t.first) if isinstance(t.first, TokenTest)
-             else c.value1.in_(t.first.targets))
-    s = t.second
-    if isinstance(s, TokenTest):
-        second = _token(c.system2, c.value2, s)
-    elif isinstance(s, StringTest):
-        second = _string(c.value2, s, c.value2)
-    elif isinstance(s, RefTest):
-        second = c.value2.in_(s.targets)
-    else:
-        second = _range(s.prefix, c.low2, c.high2, s, point_inclusive=t.second_kind != "date")
-        if s.system:
-            second = sa.and_(second, c.system2 == s.system)
-        if s.code:
-            second = sa.and_(second, c.value2 == s.code)
+    first = _part(c.system1, c.value1, None, None, t.kinds[0], t.parts[0])
+    second = _part(c.system2, c.value2, c.low2, c.high2, t.kinds[1], t.parts[1])
     return sa.and_(first, second)
 
 
@@ -306,6 +390,22 @@ def _has_rows(table: Any, owner: Any, types: Sequence[str], param: str, *match: 
     return sa.tuple_(owner.c.resource_type, owner.c.id).in_(pairs)
 
 
+def _composite_parts(owner: Any, types: Sequence[str], param: str, t: CompositeTest) -> ColumnElement[bool]:
+    """Some element of `owner` has, for every component, a value matching that component's test: a row of
+    part 0 among the rows of `param` (param_rows), and one of every other part with the same parameter
+    and element number (element numbers count the elements of one parameter)."""
+    first: Any = search_composite_parts.alias()
+    conds: list[ColumnElement[bool]] = [
+        first.c.part == 0, _part(first.c.system, first.c.value, first.c.low, first.c.high, t.kinds[0], t.parts[0])]
+    for number in range(1, len(t.parts)):
+        other: Any = search_composite_parts.alias()
+        conds.append(sa.exists().where(
+            other.c.resource_type == first.c.resource_type, other.c.id == first.c.id, other.c.param == first.c.param,
+            other.c.element == first.c.element, other.c.part == number,
+            _part(other.c.system, other.c.value, other.c.low, other.c.high, t.kinds[number], t.parts[number])))
+    return _has_rows(first, owner, types, param, *conds)
+
+
 def _ref_to(owner: Any) -> ColumnElement[Any]:
     """`Type/id` of the owner row, as SQL."""
     return owner.c.resource_type + sa.literal("/") + owner.c.id
@@ -320,6 +420,16 @@ def clause_sql(clause: Clause, owner: Any, types: Sequence[str]) -> ColumnElemen
     if isinstance(clause, UpdatedClause):
         return sa.or_(*[_range(t.prefix, owner.c.last_updated, owner.c.last_updated + 1, t, False)
                         for t in clause.tests])
+    if isinstance(clause, AnyClause):
+        return sa.or_(sa.false(), *[clause_sql(c, owner, types) for c in clause.clauses])
+    if isinstance(clause, AllClause):
+        return sa.and_(sa.true(), *[clause_sql(c, owner, types) for c in clause.clauses])
+    if isinstance(clause, NotClause):
+        return sa.not_(clause_sql(clause.clause, owner, types))
+    if isinstance(clause, ListClause):
+        return _in_lists(owner, clause.list_ids)
+    if isinstance(clause, NearClause):
+        return _near(owner, types, clause)
     if isinstance(clause, MissingClause):
         table: Any = TABLES[clause.kind].alias()
         exists = _has_rows(table, owner, types, clause.param)
@@ -338,10 +448,50 @@ def clause_sql(clause: Clause, owner: Any, types: Sequence[str]) -> ColumnElemen
             refs.c.resource_type == clause.source_type, _stored_rows(refs, clause.source_type, clause.param),
             refs.c.target == _ref_to(owner),
             source.c.resource_type == refs.c.resource_type, source.c.id == refs.c.id, *inner)
+    if clause.kind == "composite-parts":
+        found = sa.or_(*[_composite_parts(owner, types, clause.param, t) for t in clause.tests
+                         if isinstance(t, CompositeTest)])
+        return sa.not_(found) if clause.negate else found
     table = TABLES[clause.kind].alias()
     match = sa.or_(*[_test(clause.kind, table, t) for t in clause.tests])
     exists = _has_rows(table, owner, types, clause.param, match)
     return sa.not_(exists) if clause.negate else exists
+
+
+def _in_lists(owner: Any, list_ids: list[str]) -> ColumnElement[bool]:
+    """Some live List of `list_ids` has the owner among its `entry.item` references."""
+    refs: Any = search_refs.alias()
+    lists: Any = resources.alias()
+    return sa.exists().where(
+        refs.c.resource_type == "List", refs.c.id.in_(list_ids), _stored_rows(refs, "List", "item"),
+        refs.c.target == _ref_to(owner),
+        lists.c.resource_type == "List", lists.c.id == refs.c.id, lists.c.deleted.is_(False))
+
+
+EARTH_RADIUS_KM = 6371.0088  # the mean radius (IUGG); distances are great-circle distances on this sphere
+NEAR_PARAMS = ("near:latitude", "near:x", "near:y", "near:z")  # index rows of Location.position
+
+
+def unit_vector(latitude: float, longitude: float) -> tuple[float, float, float]:
+    """The point on the unit sphere at (`latitude`, `longitude`), in degrees."""
+    phi, lam = math.radians(latitude), math.radians(longitude)
+    return math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)
+
+
+def _near(owner: Any, types: Sequence[str], clause: NearClause) -> ColumnElement[bool]:
+    """Latitude within the distance's band first (an index range), then the exact great-circle test:
+    the dot product of the stored unit vector with the search point's is at least cos(distance / R),
+    plain arithmetic that SQLite and PostgreSQL compute alike."""
+    angle = min(clause.distance_km / EARTH_RADIUS_KM, math.pi)
+    band = math.degrees(angle)
+    lat, x, y, z = (search_numbers.alias() for _ in NEAR_PARAMS)
+    px, py, pz = unit_vector(clause.latitude, clause.longitude)
+    conds: list[ColumnElement[bool]] = []
+    for row, param in zip((lat, x, y, z), NEAR_PARAMS, strict=True):
+        conds += _owned(row, owner, param, types)
+    conds += [lat.c.low >= clause.latitude - band, lat.c.low <= clause.latitude + band,
+              x.c.low * px + y.c.low * py + z.c.low * pz >= math.cos(angle) - 1e-12]
+    return sa.exists().where(*conds)
 
 
 def criteria_sql(criteria: Criteria, owner: Any) -> list[ColumnElement[bool]]:
@@ -361,27 +511,54 @@ def _in_compartment(owner: Any, patient: str) -> ColumnElement[bool]:
                              refs.c.param == COMPARTMENT, refs.c.target == patient)
 
 
+Has = Callable[..., ColumnElement[bool]]  # has(param, *conditions on the row's `target`)
+
+
+def _restriction(r: Restriction, rtype: Any, has: Has, target: Any) -> ColumnElement[bool]:
+    """The rules of `Restriction` over access rows that `has` finds (their `target` column given)."""
+    context_ok: list[ColumnElement[bool]] = []
+    if r.context_types is not None:
+        context_ok.append(sa.or_(sa.false(), *[target.startswith(f"{t}/") for t in sorted(r.context_types)]))
+    if r.compartment is not None:
+        current = resources.alias()
+        context_ok.append(sa.or_(
+            target == r.compartment,
+            target.in_(sa.select(_ref_to(current)).where(_in_compartment(current, r.compartment)))))
+    binary_ok = sa.or_(
+        has(SECURITY_CONTEXT, *context_ok),
+        sa.and_(sa.not_(has(SECURITY_CONTEXT)), sa.true() if r.binary_without_context else sa.false()),
+    )
+    other_ok = has(COMPARTMENT, target == r.compartment) if r.compartment is not None else sa.true()
+    return sa.or_(sa.and_(rtype == "Binary", binary_ok), sa.and_(rtype != "Binary", other_ok))
+
+
 def restriction_sql(r: Restriction | None, owner: Any) -> list[ColumnElement[bool]]:
-    """The caller's access rules as conditions on `owner` (see Restriction)."""
+    """The caller's access rules as conditions on `owner` (see Restriction), over the current index."""
     if r is None:
         return []
     ctx: Any = search_refs.alias()
-    context_ok: list[ColumnElement[bool]] = []
-    if r.context_types is not None:
-        context_ok.append(sa.or_(sa.false(), *[ctx.c.target.startswith(f"{t}/") for t in sorted(r.context_types)]))
-    if r.compartment is not None:
-        target = resources.alias()
-        context_ok.append(sa.or_(
-            ctx.c.target == r.compartment,
-            ctx.c.target.in_(sa.select(_ref_to(target)).where(_in_compartment(target, r.compartment)))))
-    has_context = sa.exists().where(*_owned(ctx, owner, SECURITY_CONTEXT, ["Binary"]))
-    binary_ok = sa.or_(
-        sa.exists().where(*_owned(ctx, owner, SECURITY_CONTEXT, ["Binary"]), *context_ok),
-        sa.and_(sa.not_(has_context), sa.true() if r.binary_without_context else sa.false()),
-    )
-    other_ok = _in_compartment(owner, r.compartment) if r.compartment is not None else sa.true()
-    return [sa.or_(sa.and_(owner.c.resource_type == "Binary", binary_ok),
-                   sa.and_(owner.c.resource_type != "Binary", other_ok))]
+
+    def has(param: str, *conds: ColumnElement[bool]) -> ColumnElement[bool]:
+        # access rows (`_compartment`, `_securityContext`) are always their own (fhir/search_storage.py)
+        return sa.exists().where(ctx.c.resource_type == owner.c.resource_type, ctx.c.id == owner.c.id,
+                                 ctx.c.param == param, *conds)
+
+    return [_restriction(r, owner.c.resource_type, has, ctx.c.target)]
+
+
+def version_restriction_sql(r: Restriction | None, version: Any) -> list[ColumnElement[bool]]:
+    """The same rules on a row of `resource_versions`, judged by what that version held (a deletion by
+    the version before it), so that history pages and totals hold only what the caller may see."""
+    if r is None:
+        return []
+    va: Any = version_access.alias()
+    judged = sa.case((version.c.deleted.is_(True), version.c.version_id - 1), else_=version.c.version_id)
+
+    def has(param: str, *conds: ColumnElement[bool]) -> ColumnElement[bool]:
+        return sa.exists().where(va.c.resource_type == version.c.resource_type, va.c.id == version.c.id,
+                                 va.c.version_id == judged, va.c.param == param, *conds)
+
+    return [_restriction(r, version.c.resource_type, has, va.c.target)]
 
 
 def sort_columns(keys: list[SortKey], owner: Any, types: Sequence[str]) -> list[Any]:

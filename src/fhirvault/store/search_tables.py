@@ -15,6 +15,7 @@ from fhirvault.fhir.search_index import IndexRows
 from fhirvault.fhir.search_storage import aliased_codes, stored_as
 from fhirvault.store.driver_batch import DriverStatement, run_batch
 from fhirvault.store.schema import metadata, resources, search_refs, search_tokens
+from fhirvault.store.version_access import version_access
 
 
 def _table(name: str, *columns: sa.Column[Any], lookup: tuple[str, ...]) -> sa.Table:
@@ -72,6 +73,19 @@ search_composites = _table(
     sa.Column("high2", sa.Float, nullable=True),
     lookup=("value1",),
 )
+# Composites of three or more components: a row per component value, numbered by the element it was
+# read from (`element`) and the component's position (`part`), so that one search value's parts must all
+# match within one element.
+search_composite_parts = _table(
+    "search_composite_parts",
+    sa.Column("element", sa.Integer, nullable=False),
+    sa.Column("part", sa.Integer, nullable=False),
+    sa.Column("system", sa.String(255), nullable=True),
+    sa.Column("value", sa.String(512), nullable=True),
+    sa.Column("low", sa.Float, nullable=True),
+    sa.Column("high", sa.Float, nullable=True),
+    lookup=("part", "value"),
+)
 
 # Resumable rebuild of the index: one row per resource type still to do, with the last id done.
 search_reindex = sa.Table(
@@ -81,7 +95,7 @@ search_reindex = sa.Table(
 )
 
 INDEX_TABLES: tuple[sa.Table, ...] = (search_strings, search_tokens, search_refs, search_dates, search_numbers,
-                                      search_quantities, search_uris, search_composites)
+                                      search_quantities, search_uris, search_composites, search_composite_parts)
 NEW_TABLES = (search_strings, search_dates, search_numbers, search_quantities, search_uris, search_composites,
               search_reindex)
 
@@ -95,6 +109,7 @@ _ROW_TABLES: dict[str, tuple[sa.Table, tuple[str, ...]]] = {
     "quantities": (search_quantities, ("system", "code", "low", "high")),
     "uris": (search_uris, ("value",)),
     "composites": (search_composites, ("system1", "value1", "system2", "value2", "low2", "high2")),
+    "composite_parts": (search_composite_parts, ("element", "part", "system", "value", "low", "high")),
 }
 _INF = 1e300  # open Range ends: finite, because PostgreSQL and SQLite differ on storing infinities
 
@@ -163,6 +178,9 @@ async def create_search_tables(conn: AsyncConnection) -> None:
 
 # Schema 0001's (type, id) indexes on tokens and references: a prefix of the (type, id, param) ones above.
 _REDUNDANT_INDEXES = ("ix_tokens_owner", "ix_refs_owner")
+# The index tables there are when step 0013 runs (step 0014 adds the composite parts, and rebuilds every
+# type's rows without those of parameters stored as others).
+_TABLES_0013 = tuple(t for t in INDEX_TABLES if t is not search_composite_parts)
 
 
 async def lean_search_index(conn: AsyncConnection) -> None:
@@ -178,7 +196,24 @@ async def lean_search_index(conn: AsyncConnection) -> None:
                 await conn.execute(sa.delete(search_refs).where(
                     search_refs.c.resource_type == rtype, search_refs.c.param == code))
                 continue
-            for table in INDEX_TABLES:
+            for table in _TABLES_0013:
                 await conn.execute(sa.delete(table).where(
                     table.c.resource_type == rtype,
                     sa.or_(table.c.param == code, table.c.param.startswith(f"{code}:", autoescape=True))))
+
+
+# Who refers to a resource, whatever the referring type and parameter (`_revinclude=*`, `_list`).
+REFS_TARGET_INDEX = sa.Index("ix_refs_target", search_refs.c.target)
+
+
+async def add_search_tables_0014(conn: AsyncConnection) -> None:
+    """Migration step: the table of composites with three or more components, the access rows of every
+    version (store/version_access.py), an index of reference targets, and every stored resource type
+    marked for a rebuild of its index (those composites, `_text`, `_content`, Location `near`, and the
+    versions' access rows)."""
+    await conn.run_sync(lambda sync: metadata.create_all(sync, tables=[search_composite_parts, version_access]))
+    await conn.run_sync(lambda sync: REFS_TARGET_INDEX.create(sync, checkfirst=True))
+    types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
+    await conn.execute(sa.delete(search_reindex))
+    if types:
+        await conn.execute(sa.insert(search_reindex), [{"resource_type": t, "after_id": ""} for t in types])

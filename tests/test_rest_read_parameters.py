@@ -1,0 +1,81 @@
+"""Query parameters of reads, vreads and history over real HTTP (SQLite and PostgreSQL): `_summary` and
+`_elements` honoured on every read path (Binary, Media, OperationDefinition included) or refused where
+the answer is raw bytes; any other parameter refused with a 400 naming it unless the client asks for
+lenient handling; the search's unknown parameters reported as R4 says."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from tests.support.server import FhirApi
+
+FHIR = {"Content-Type": "application/fhir+json"}
+JSON = {"Accept": "application/fhir+json"}
+
+
+def test_binary_json_read_honours_summary_and_elements(api: FhirApi) -> None:
+    raw = b"x" * 70_000  # above the inline limit: the bytes live in the blob store
+    r = api.post("/Binary", content=raw, headers={"Content-Type": "application/pdf"})
+    assert r.status_code == 201, r.text
+    bid = r.json()["id"]
+    full = api.get(f"/Binary/{bid}", headers=JSON).json()
+    assert base64.b64decode(full["data"]) == raw
+    for params in ({"_summary": "true"}, {"_elements": "contentType"}, {"_summary": "text"}):
+        got = api.get(f"/Binary/{bid}", params=params, headers=JSON)
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert "data" not in body and body["contentType"] == "application/pdf"
+        assert any(t["code"] == "SUBSETTED" for t in body["meta"]["tag"])
+        assert int(got.headers["content-length"]) < 2000  # the bytes were not streamed along
+    with_data = api.get(f"/Binary/{bid}", params={"_elements": "data"}, headers=JSON).json()
+    assert base64.b64decode(with_data["data"]) == raw
+    assert set(with_data) == {"resourceType", "id", "meta", "contentType", "data"}
+    assert with_data["contentType"] == "application/pdf"  # mandatory: always kept (R4 3.1.1.5.9)
+    vread = api.get(f"/Binary/{bid}/_history/1", params={"_summary": "true", "_format": "json"}).json()
+    assert "data" not in vread and vread["contentType"] == "application/pdf"
+    small = api.post("/Binary", content=b"tiny", headers={"Content-Type": "text/plain"}).json()["id"]
+    inline = api.get(f"/Binary/{small}", params={"_elements": "contentType"}, headers=JSON).json()
+    assert "data" not in inline
+    # the raw bytes have no elements: refused, not ignored
+    r = api.get(f"/Binary/{bid}", params={"_summary": "true"})
+    assert r.status_code == 400 and "_summary" in r.text and "raw content" in r.text
+    assert api.get(f"/Binary/{bid}", params={"_summary": "count"}, headers=JSON).status_code == 400
+
+
+def test_unknown_read_parameters_are_refused_unless_lenient(api: FhirApi) -> None:
+    p = api.post("/Patient", json={"resourceType": "Patient", "gender": "male"}, headers=FHIR).json()
+    for path in (f"/Patient/{p['id']}", f"/Patient/{p['id']}/_history/1", f"/Patient/{p['id']}/_history",
+                 "/Patient/_history", "/_history"):
+        r = api.get(path, params={"foo": "1"})
+        assert r.status_code == 400, (path, r.text)
+        assert "'foo'" in r.text and r.json()["resourceType"] == "OperationOutcome"
+        ok = api.get(path, params={"foo": "1"}, headers={"Prefer": "handling=lenient"})
+        assert ok.status_code == 200, (path, ok.text)
+    assert api.get(f"/Patient/{p['id']}", params=[("_summary", "true"), ("_summary", "false")]).status_code == 400
+    assert api.get(f"/Patient/{p['id']}/_history", params={"_list": "x"}).status_code == 400
+    binary = api.post("/Binary", content=b"abc", headers={"Content-Type": "text/plain"}).json()["id"]
+    r = api.get(f"/Binary/{binary}", params={"download": "1"})
+    assert r.status_code == 400 and "'download'" in r.text
+    builtin = api.get("/OperationDefinition/binary-access-read", params={"_elements": "code"})
+    assert builtin.status_code == 200
+    assert "code" in builtin.json() and "parameter" not in builtin.json() and "description" not in builtin.json()
+    assert api.get("/OperationDefinition/binary-access-read", params={"x": "1"}).status_code == 400
+
+
+@pytest.mark.parametrize("handling, status", [(None, 200), ("lenient", 200), ("strict", 400)])
+def test_unknown_search_parameters_follow_prefer_handling(api: FhirApi, handling: str | None, status: int) -> None:
+    headers = {"Prefer": f"handling={handling}"} if handling else {}
+    for path, params in (("/Patient", {"nonsense": "1"}), ("/", {"_type": "Patient", "nonsense": "1"}),
+                         ("/Patient", {"_contained": "true"}), ("/Patient", {"general-practitioner.nonsense": "x"})):
+        r = api.get(path, params=params, headers=headers)
+        assert r.status_code == status, (path, params, r.text)
+        if status == 200:
+            outcome = [e for e in r.json()["entry"] if e["search"]["mode"] == "outcome"]
+            name = next(k for k in params if k != "_type")
+            assert outcome and name in outcome[0]["resource"]["issue"][0]["diagnostics"], r.text
+            self_link = next(lk["url"] for lk in r.json()["link"] if lk["relation"] == "self")
+            assert name not in self_link
+        else:
+            assert next(k for k in params if k != "_type") in r.text
