@@ -88,7 +88,9 @@ def component_mismatches(resource: dict[str, Any]) -> list[str]:
         for element in evaluate_expression(param.expr, resource):
             element_type = own_type if element is resource else type_path
             for comp in param.components:
-                got = [plain(v) for v in _component_values(comp.expr, element, element_type)]
+                if comp.expr.startswith("%resource."):
+                    continue  # read from the resource by evaluate_expression, which mismatches() compares
+                got = [plain(v) for v in _component_values(comp.expr, element, element_type, resource)]
                 node = copy.deepcopy(element)
                 if element_type and isinstance(node, dict):
                     node = ResourceNode.create_node(node, element_type)

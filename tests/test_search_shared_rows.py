@@ -4,6 +4,7 @@ over real HTTP on SQLite and PostgreSQL, and on a database migrated from rows wr
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -12,9 +13,10 @@ from fhirvault.fhir.search_index import search_index
 from fhirvault.fhir.search_storage import StoredAs, aliased_codes, stored_as
 from fhirvault.store.database import Database
 from fhirvault.store.migrations import STEPS, apply_steps
-from fhirvault.store.resources import ResourceStore, StoredResource
+from fhirvault.store.resources import ResourceStore
+from fhirvault.store.schema import resources
 from fhirvault.store.search_sql import Criteria, ParamClause, RefTest, TokenTest
-from fhirvault.store.search_tables import INDEX_TABLES, search_refs, search_tokens
+from fhirvault.store.search_tables import INDEX_TABLES, search_refs, search_tokens, write_index
 from tests.support.server import FhirApi
 from tests.test_rest_search_params import LOINC, create, found, obs, tag
 
@@ -90,7 +92,10 @@ async def _migrated(path: Path) -> dict[str, int]:
     body = {"resourceType": "Observation", "id": "o1", "status": "final",
             "code": {"coding": [{"system": LOINC, "code": "X"}]}, "subject": {"reference": "Patient/p1"}}
     async with db.write() as conn:
-        await store.write(conn, StoredResource("Observation", "o1", 1, 1, False, body), None, search_index(body, BASE))
+        # the resource and its rows as written before step 0014 (whose version access rows store.write adds)
+        await conn.execute(sa.insert(resources).values(resource_type="Observation", id="o1", version_id=1,
+                                                       last_updated=1, deleted=False, content=json.dumps(body)))
+        await write_index(conn, "Observation", "o1", search_index(body, BASE), new=True)
         # as the index wrote them before: own rows for the parameters now stored as others
         await conn.execute(sa.insert(search_refs).values(resource_type="Observation", id="o1", param="patient",
                                                          target="Patient/p1"))
