@@ -173,6 +173,8 @@ def seed(server: ServerProcess, work: Path) -> list[Row]:
         Row("create", "create of a 1 KiB Binary", f"{server.base}/Binary",
             script=post_script(work, "create", os.urandom(KiB), create_headers)),
         Row("metadata", "GET /metadata (static)", f"{server.base}/metadata"),
+        Row("metadata-gz", "GET /metadata, Accept-Encoding: gzip", f"{server.base}/metadata",
+            {"Accept-Encoding": "gzip"}),
         Row("patient", "Patient read", f"{server.base}/Patient/{patient.json()['id']}", auth),
         Row("search", "search page, 20 entries with a photo each",
             f"{server.base}/Patient?_count=20&_sort=-_lastUpdated", auth),
@@ -296,7 +298,8 @@ def main() -> None:
     parser.add_argument("--skip-rewrite", action="store_true")
     parser.add_argument("--rewrite-reads", type=int, default=200,
                         help="sequential reads of bench/signed_urls.py's rewriting measure")
-    parser.add_argument("--only", help="comma-separated row keys: read,create,metadata,patient,search,signed")
+    parser.add_argument("--only", help="comma-separated row keys: read,create,metadata,metadata-gz,patient,search,"
+                                       "signed")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     if args.database == "postgres" and not postgres_available():

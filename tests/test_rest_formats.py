@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 
@@ -111,6 +112,33 @@ def test_pretty(api: FhirApi) -> None:
     assert b"\n" not in api.get(f"/Patient/{rid}", params={"_pretty": "false"}).content
     bad = api.get(f"/Patient/{rid}", params={"_pretty": "yes"})
     assert bad.status_code == 400 and "_pretty" in bad.text
+
+
+@pytest.mark.parametrize("accept_encoding, compressed", [
+    ("gzip", True), ("gzip, deflate, br", True), ("br;q=1, gzip;q=0.5", True), ("*", True), ("x-gzip", True),
+    ("identity", False), ("gzip;q=0", False), ("*, gzip;q=0", False), ("br", False), ("", False)])
+def test_metadata_is_gzip_compressed_for_clients_that_accept_it(api: FhirApi, accept_encoding: str,
+                                                                compressed: bool) -> None:
+    """The CapabilityStatement (hundreds of KB of JSON) goes out gzip-compressed when Accept-Encoding admits
+    gzip (RFC 9110 12.5.3), as the same JSON otherwise; both say `Vary: Accept-Encoding`."""
+    def sent(encoding: str) -> tuple[httpx.Response, bytes]:
+        """The answer and its body as sent (httpx decodes `.content`)."""
+        with httpx.stream("GET", f"{api.base}/metadata", headers={"Accept-Encoding": encoding}) as r:
+            return r, b"".join(r.iter_raw())
+
+    r, body = sent(accept_encoding)
+    plain, plain_body = sent("identity")
+    assert r.status_code == 200 and "accept-encoding" in r.headers["Vary"].lower()
+    assert int(r.headers["Content-Length"]) == len(body)
+    if compressed:
+        assert r.headers["Content-Encoding"] == "gzip" and len(body) < len(plain_body) / 5
+        assert json.loads(gzip.decompress(body)) == json.loads(plain_body)
+    else:
+        assert "Content-Encoding" not in r.headers and body == plain_body
+    assert "Content-Encoding" not in plain.headers
+    assert json.loads(plain_body)["resourceType"] == "CapabilityStatement"
+    pretty = api.get("/metadata", params={"_pretty": "true"}, headers={"Accept-Encoding": "gzip"})
+    assert b'\n  "resourceType": "CapabilityStatement"' in pretty.content and pretty.json() == json.loads(plain_body)
 
 
 def test_binary_keeps_its_own_negotiation(api: FhirApi) -> None:

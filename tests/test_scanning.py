@@ -145,6 +145,11 @@ def test_block_mode_scans_once_and_holds_back_infected_content_on_every_path(
         assert clean_id not in _found(api, {"scan-status": "infected"})
         assert clean_id in _found(api, {"scan-status": "clean,skipped"})
         assert not _found(api, {"scan-status": "pending", "_id": clean_id})
+        assert clean_id in _found(api, {"scan-status:not": "infected"})
+        assert malware_id not in _found(api, {"scan-status:not": "infected"})
+        assert clean_id in _found(api, {"scan-status:missing": "false"})
+        assert clean_id not in _found(api, {"scan-status:missing": "true"})
+        assert api.get("/Binary", params={"scan-status:exact": "clean"}).status_code == 400
         bad = api.get("/Binary", params={"scan-status": "dirty"})
         assert bad.status_code == 400 and "dirty" in bad.text
         assert api.get("/Patient", params={"scan-status": "clean"},

@@ -4,6 +4,7 @@ needs update rights on that resource."""
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -121,3 +122,63 @@ def test_patient_cannot_create_a_binary_for_another_patient(scene: Scene) -> Non
         assert mine.status_code == 201
     with scene.as_(scene.token_a) as c:
         assert c.get(f"/Binary/{mine.json()['id']}").status_code == 404
+
+
+def test_a_search_page_signs_exactly_the_binaries_each_caller_may_read(scene: Scene, api: FhirApi) -> None:
+    """Attachment URLs on a search page are signed after one access decision for the whole page (no query
+    per Binary): it must agree, Binary by Binary, with what the caller's own read of each Binary gives,
+    the rule for a securityContext resource deleted since the Binary was written included."""
+    a, b = scene.patient_a, scene.patient_b
+    with server_api(scene) as admin:
+        def binary(context: str | None) -> str:
+            body = _binary(context) if context else {k: v for k, v in _binary("x").items() if k != "securityContext"}
+            r = admin.post("/Binary", json=body)
+            assert r.status_code == 201, r.text
+            return str(r.json()["id"])
+
+        def doc(patient: str, urls: list[str] | None = None, rid: str | None = None) -> str:
+            body = {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": patient},
+                    "content": [{"attachment": {"url": u}} for u in urls or []]
+                    or [{"attachment": {"contentType": "text/plain"}}]}
+            r = admin.put(f"/DocumentReference/{rid}", json={**body, "id": rid}) if rid else \
+                admin.post("/DocumentReference", json=body)
+            assert r.status_code in (200, 201), r.text
+            return str(r.json()["id"])
+
+        about_a, about_b = doc(f"Patient/{a}"), doc(f"Patient/{b}")
+        rebound = doc(f"Patient/{a}")
+        binaries = {
+            "patient a": binary(f"Patient/{a}"), "patient b": binary(f"Patient/{b}"),
+            "doc about a": binary(f"DocumentReference/{about_a}"),
+            "doc about b": binary(f"DocumentReference/{about_b}"),
+            "rebound doc": binary(f"DocumentReference/{rebound}"), "no context": binary(None),
+        }
+        # The document the last Binary names is deleted, then re-created about patient B: the Binary stays
+        # bound to the document as it was (about A).
+        assert admin.delete(f"/DocumentReference/{rebound}").status_code in (200, 204)
+        doc(f"Patient/{b}", rid=rebound)
+        urls = [f"Binary/{bid}" for bid in binaries.values()]
+        tag = uuid.uuid4().hex
+        for patient in (a, b):
+            r = admin.post("/DocumentReference", json={
+                "resourceType": "DocumentReference", "status": "current",
+                "subject": {"reference": f"Patient/{patient}"},
+                "identifier": [{"system": "urn:page", "value": tag}],
+                "content": [{"attachment": {"url": u}} for u in urls]})
+            assert r.status_code == 201, r.text
+    expected = {scene.token_a: {"patient a", "doc about a", "rebound doc"},
+                scene.token_b: {"patient b", "doc about b"}}
+    for token, readable in expected.items():
+        with scene.as_(token) as c:
+            page = c.get("/DocumentReference", params={"identifier": f"urn:page|{tag}"}).json()
+            assert len(page["entry"]) == 1
+            attachments = [x["attachment"]["url"] for x in page["entry"][0]["resource"]["content"]]
+            signed = {name for name, url in zip(binaries, attachments, strict=True) if "/storage/" in url}
+            direct = {name for name, bid in binaries.items() if c.get(f"/Binary/{bid}").status_code == 200}
+            assert signed == direct == readable, (signed, direct)
+            unsigned = [url for url in attachments if "/storage/" not in url]
+            assert all(url.startswith("Binary/") for url in unsigned)
+
+
+def server_api(scene: Scene) -> FhirApi:
+    return scene.server.api(headers=FHIR)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import applies_to, builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.http import routes as http_routes
-from fhirvault.http import storage_api
+from fhirvault.http.access_log import RedactSignatures
 from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
 from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.formats import FhirFormatMiddleware
@@ -126,6 +127,7 @@ class FhirVault:
         self.reindexer = Reindexer(self.db, settings.fhir_base_url)
         self._capability: dict[str, Any] | None = None
         self._capability_json: bytes | None = None
+        self._capability_gzip: bytes | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -207,6 +209,12 @@ class FhirVault:
             self._capability_json = jsoncodec.dumps(self.capability_statement())
         return self._capability_json
 
+    def capability_statement_gzip(self) -> bytes:
+        """The encoded CapabilityStatement compressed once (about 750 KB of JSON become about 40 KB)."""
+        if self._capability_gzip is None:
+            self._capability_gzip = gzip.compress(self.capability_statement_json(), compresslevel=9, mtime=0)
+        return self._capability_gzip
+
     def capability_statement(self) -> dict[str, Any]:
         """The server's CapabilityStatement (R4 CapabilityStatement, kind instance): every resource type with
         its interactions, search parameters, operations and the OAuth2 security service; built once
@@ -272,8 +280,8 @@ def build_app(settings: Settings) -> Starlette:
     OperationOutcome."""
     vault = FhirVault(settings)
     access_log = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, storage_api.RedactSignatures) for f in access_log.filters):
-        access_log.addFilter(storage_api.RedactSignatures())
+    if not any(isinstance(f, RedactSignatures) for f in access_log.filters):
+        access_log.addFilter(RedactSignatures())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -18,6 +18,9 @@ BEYOND_R4 = {
 }
 
 
+Site = tuple[str | int, ...]  # keys and list indexes from a resource down to one element
+
+
 @dataclass(frozen=True)
 class R4Model:
     """The parts of fhirpathpy's R4 model that the walk needs."""
@@ -54,14 +57,6 @@ def r4_model() -> R4Model:
 def _is_primitive(type_name: str) -> bool:
     # The tables spell primitives in lower case (`string`, `url`) or as `System.String`.
     return type_name.startswith("System.") or type_name[:1].islower()
-
-
-def _index(path: str, container: Any, i: int) -> str:
-    return f"{path}[{i}]" if isinstance(container, list) else path
-
-
-def _items(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
 
 
 class AttachmentWalk:
@@ -114,11 +109,12 @@ class AttachmentWalk:
                         return lowered if lowered in self._primitives else option
         return None
 
-    def walk(self, node: dict[str, Any], owner: str, path: str | None
-             ) -> Iterator[tuple[str | None, dict[str, Any]]]:
-        """(path, Attachment) for every Attachment under `node`, an element of model path/type `owner`.
-        `path` is the FHIRPath-like path of `node` (`DocumentReference.content[1]`); with None no path is
-        built (the cheaper walk of the read path) and every path yielded is None."""
+    def collect_sites(self, node: dict[str, Any], owner: str, site: Site, out: list[tuple[Site, dict[str, Any]]]
+                      ) -> None:
+        """Appends to `out` (site, Attachment) for every Attachment under `node`, an element of model
+        path/type `owner` found at `site`: the keys and list indexes that lead to it from the resource
+        (`("content", 1, "attachment")`). Plain recursion: nested generators cost several times more, and
+        every read of a resource with Binary URLs walks it once."""
         children = self._children.get(owner)
         if children is None:
             children = self._children[owner] = {}
@@ -129,22 +125,21 @@ class AttachmentWalk:
             if step is _SKIP or value is None:
                 continue
             what, name = step
-            # A primitive's id and extensions (`_birthDate`): FHIRPath names them without the underscore.
-            base = None if path is None else f"{path}.{key[1:] if key.startswith('_') else key}"
-            for i, item in enumerate(_items(value)):
+            listed = isinstance(value, list)
+            for i, item in enumerate(value if listed else (value,)):
                 if not isinstance(item, dict):
                     continue
-                child = None if base is None else _index(base, value, i)
+                here = (*site, key, i) if listed else (*site, key)
                 if what == "backbone":
-                    yield from self.walk(item, name, child)
+                    self.collect_sites(item, name, here, out)
                 elif name == "Resource":
                     inner = item.get("resourceType")
                     if isinstance(inner, str):
-                        yield from self.walk(item, inner, child)
+                        self.collect_sites(item, inner, here, out)
                 else:
                     if name == "Attachment":
-                        yield child, item
-                    yield from self.walk(item, name, child)
+                        out.append((here, item))
+                    self.collect_sites(item, name, here, out)
 
     def _step(self, owner: str, key: str) -> tuple[str, str]:
         if key == "resourceType":
@@ -172,18 +167,45 @@ def iter_attachments(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, 
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         return
-    for path, attachment in _walker().walk(resource, rtype, rtype):
-        assert path is not None
-        yield path, attachment
+    for site, attachment in attachment_sites(resource):
+        yield fhirpath_of(rtype, site), attachment
 
 
-def attachment_objects(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The Attachments of `iter_attachments` without their paths (the same walk, building no paths)."""
+def fhirpath_of(resource_type: str, site: Site) -> str:
+    """The FHIRPath-like path of a site: `DocumentReference.content[1].attachment`; a primitive's id and
+    extensions (`_birthDate`) are named without the underscore, as FHIRPath does."""
+    parts = [resource_type]
+    for step in site:
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        else:
+            parts.append("." + (step[1:] if step.startswith("_") else step))
+    return "".join(parts)
+
+
+def attachment_objects(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Attachments of `iter_attachments` without their paths."""
+    return [attachment for _, attachment in attachment_sites(resource)]
+
+
+def attachment_sites(resource: dict[str, Any]) -> list[tuple[Site, dict[str, Any]]]:
+    """The Attachments of `attachment_objects`, each with its site (see `AttachmentWalk.collect_sites`)."""
     rtype = resource.get("resourceType")
-    if not isinstance(rtype, str):
-        return
-    for _, attachment in _walker().walk(resource, rtype, None):
-        yield attachment
+    out: list[tuple[Site, dict[str, Any]]] = []
+    if isinstance(rtype, str):
+        _walker().collect_sites(resource, rtype, (), out)
+    return out
+
+
+def at_site(resource: dict[str, Any], site: Site) -> Any:
+    """What lies at `site` in `resource` (None when the path leads nowhere)."""
+    node: Any = resource
+    for step in site:
+        try:
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
 
 
 def is_attachment_element(resource_type: str, element: str) -> bool:

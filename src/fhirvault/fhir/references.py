@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fhirvault.fhir.r4 import ID
 
 _REL = re.compile(rf"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>{ID})(/_history/(?P<vid>[0-9]{{1,18}}))?\Z")
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):
     """A literal reference to a resource on this server: type, id and, for a versioned reference, the version
-    id."""
+    id. A named tuple, so that hashing one (references key many look-ups on the read path) runs no Python
+    code."""
 
     resource_type: str
     id: str

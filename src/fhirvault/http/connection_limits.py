@@ -4,7 +4,9 @@ uvicorn's httptools protocol, extended: a client that sends headers larger than 
 431, one that takes longer than HEADER_TIMEOUT_SECONDS to send its request line and headers gets 408,
 and a request body that goes BODY_IDLE_TIMEOUT_SECONDS without a byte arriving has its connection
 closed (the request sees a client disconnect, so an upload leaves nothing behind). A trickling client
-(1 byte per second) can therefore hold a connection only for a bounded time.
+(1 byte per second) can therefore hold a connection only for a bounded time. Its access log lines are
+written by `access_log.AccessLog`, the cheaper stand-in for uvicorn's access logger, and the head of an
+answer leaves together with the start of its body (`HeadWithBody`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fhirvault.config import Settings
 from fhirvault.fhir.outcome import operation_outcome
+from fhirvault.http.access_log import AccessLog
 
 log = logging.getLogger("fhirvault.http")
+
+
+@functools.lru_cache(maxsize=1)
+def _access_log() -> AccessLog:
+    """One per process, made once uvicorn has configured logging (protocols exist only after that)."""
+    return AccessLog(logging.getLogger("uvicorn.access"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,6 +44,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.access_logger = _access_log()  # type: ignore[assignment]
         self.max_header_bytes, self.header_timeout, self.body_idle_timeout = _limits()
         self._awaiting_headers = True
         self._header_bytes = 0        # bytes received since the request began, while its headers last
@@ -98,6 +108,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._rejected = True  # answered by data_received once the parser returns
             return
         super().on_headers_complete()
+        if self.cycle is not None and not isinstance(self.cycle.transport, HeadWithBody):
+            self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
         self._last_body_at = self.loop.time()
         self._body_timer = self.loop.call_later(self.body_idle_timeout, self._check_body_idle)
 
@@ -160,3 +172,48 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._header_timer = self._body_timer = None
+
+
+class HeadWithBody:
+    """The transport as one request's answer sees it: its first write (the status line and headers) is held
+    until the next write (the body, or its first chunk), and both go out in one system call, instead of a
+    packet and a wake-up of the client each. A head that no write follows in the same turn of the event
+    loop (a streamed body whose first chunk is not ready) goes out at the end of that turn."""
+
+    __slots__ = ("_transport", "_loop", "_held", "_first")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._first = True
+
+    def write(self, data: bytes) -> None:
+        """Holds the first write (the head); sends it along with the next one."""
+        if self._first:
+            self._first = False
+            self._held = data
+            self._loop.call_soon(self._flush)
+            return
+        held, self._held = self._held, None
+        if held is None:
+            self._transport.write(data)
+        else:
+            self._transport.writelines((held, data))
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        """Sends a head still held, then closes the connection."""
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        """Whether the connection is closing or closed."""
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

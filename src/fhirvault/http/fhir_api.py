@@ -13,7 +13,7 @@ from fhirvault.errors import Invalid, NotFound, Unauthorized, Unsupported
 from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type, whole_number
 from fhirvault.fhir.subsetting import subset
-from fhirvault.http.negotiation import media_type, parse_prefer
+from fhirvault.http.negotiation import accepts_gzip, media_type, parse_prefer
 from fhirvault.http.requests import read_fhir_json, read_patch_document, require_utf8
 from fhirvault.http.responses import FhirJsonResponse
 from fhirvault.http.state import vault
@@ -374,4 +374,10 @@ async def batch(request: Request) -> Response:
 
 
 async def metadata(request: Request) -> Response:
-    return FhirJsonResponse(vault(request).capability_statement_json())
+    """The CapabilityStatement, encoded once; gzip-compressed (once) for clients that accept it, which
+    nearly all do: it is about 750 KB of JSON. `_pretty=true` gets the plain JSON, to be indented."""
+    v = vault(request)
+    headers = {"Vary": "Accept-Encoding"}
+    if request.query_params.get("_pretty") != "true" and accepts_gzip(request.headers.get("accept-encoding")):
+        return FhirJsonResponse(v.capability_statement_gzip(), headers={**headers, "Content-Encoding": "gzip"})
+    return FhirJsonResponse(v.capability_statement_json(), headers=headers)

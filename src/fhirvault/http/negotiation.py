@@ -84,6 +84,30 @@ def parse_accept(header: str | None) -> list[AcceptItem]:
     return sorted((i for i in items if i.q > 0), key=lambda i: (-i.q, -specificity(i), i.order))
 
 
+def accepts_gzip(header: str | None) -> bool:
+    """Whether `Accept-Encoding` admits gzip (RFC 9110 12.5.3): `gzip` (or `x-gzip`) listed with a q above
+    0, or `*` above 0 with gzip not refused by name. No header: False (send the identity coding)."""
+    named: float | None = None
+    star: float | None = None
+    for part in (header or "").split(","):
+        coding, *params = (f.strip() for f in part.split(";"))
+        q = 1.0
+        for param in params:
+            if param.lower().startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        coding = coding.lower()
+        if coding in ("gzip", "x-gzip"):
+            named = q if named is None else max(named, q)
+        elif coding == "*":
+            star = q
+    if named is not None:
+        return named > 0
+    return star is not None and star > 0
+
+
 def prefers_fhir_json(header: str | None) -> bool:
     """True when the client's most preferred type is a FHIR JSON type."""
     items = parse_accept(header)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import re
-
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,22 +14,6 @@ from fhirvault.security.url_signing import parts_from
 EXPOSED = "Content-Range, Accept-Ranges, Content-Length, ETag, Last-Modified, Content-Disposition"
 # MedplumClient's download() sends its bearer token along; a cross-origin fetch with it needs a preflight.
 ALLOWED_REQUEST_HEADERS = "Range, If-Range, If-None-Match, If-Modified-Since, Authorization"
-
-
-# Query parameters that are bearer credentials: storage URL signatures and (refused, but still
-# sent by some clients) access tokens. Matched case-insensitively, also percent-encoded names aside.
-_SECRET_PARAM = re.compile(r"([?&](?:sig|access_token)=)[^&\s]*", re.IGNORECASE)
-
-
-class RedactSignatures(logging.Filter):
-    """Keeps bearer credentials in URLs (storage URL signatures, `access_token=`) out of access logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, str) and _SECRET_PARAM.search(a)
-                                                  for a in record.args):
-            record.args = tuple(_SECRET_PARAM.sub(r"\1REDACTED", a) if isinstance(a, str) else a
-                                for a in record.args)
-        return True
 
 
 def cors_headers(request: Request) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.errors import Forbidden
 from fhirvault.fhir.indexing import COMPARTMENT, RefEntry, index_entries
-from fhirvault.fhir.references import parse_reference
+from fhirvault.fhir.references import Reference, parse_reference
 from fhirvault.security.principal import CallerContext, Principal, SystemPrincipal
 from fhirvault.security.scopes import INTERACTION_LETTER
 from fhirvault.store.resources import ResourceStore
@@ -41,6 +42,23 @@ def _last_updated_us(resource: dict[str, Any]) -> int | None:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     return (stamp - EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class ContextCheck:
+    """A Binary decision that needs the database: whether `ref` (its securityContext) lies in the caller's
+    compartment, as it was when the Binary was written at `written_at` (microseconds; None: as it is now)."""
+
+    ref: Reference
+    written_at: int | None
+
+
+def _first_deletion_after(deletions: list[tuple[int, int]], after_us: int | None) -> int | None:
+    """The version id of the first of `deletions` (version id, microseconds; oldest first) later than
+    `after_us`; None when there is none or `after_us` is None."""
+    if after_us is None:
+        return None
+    return next((version for version, at in deletions if at > after_us), None)
 
 
 def letter_of(interaction: str) -> str:
@@ -86,12 +104,48 @@ class ScopePolicy:
         p = _principal(ctx)
         if p is None:
             return True
-        rtype = resource.get("resourceType")
+        decision = self._decide(ctx, p, resource, letter_of(interaction))
+        if isinstance(decision, ContextCheck):
+            return await self._context_allows(ctx, conn, p, decision)
+        return decision
+
+    async def can_see_each(self, ctx: CallerContext, conn: AsyncConnection, resources: list[dict[str, Any]],
+                           interaction: str = "read") -> list[bool]:
+        """`can_see` for each of `resources`, with the same decisions, in a few statements whatever their
+        number (a page of Binaries whose securityContext must be looked up costs no query per Binary)."""
+        p = _principal(ctx)
+        if p is None:
+            return [True] * len(resources)
         letter = letter_of(interaction)
+        decisions = [self._decide(ctx, p, r, letter) for r in resources]
+        checks = [d for d in decisions if isinstance(d, ContextCheck)]
+        if not checks:
+            return [d is True for d in decisions]
+        assert p.patient is not None  # only a patient-context client's decisions need the database
+        refs = sorted({(c.ref.resource_type, c.ref.id) for c in checks})
+        deletions = await self.store.deletions_of(conn, refs)
+        in_compartment = await self.store.in_compartment_of(conn, refs, p.patient)
+        out = []
+        for d in decisions:
+            if not isinstance(d, ContextCheck):
+                out.append(d)
+                continue
+            key = (d.ref.resource_type, d.ref.id)
+            deletion = _first_deletion_after(deletions.get(key, []), d.written_at)
+            if deletion is not None:
+                out.append(await self._in_compartment_before(ctx, conn, p.patient, d, deletion))
+            else:
+                out.append(key in in_compartment)
+        return out
+
+    def _decide(self, ctx: CallerContext, p: Principal, resource: dict[str, Any], letter: str) -> bool | ContextCheck:
+        """The decision for one resource as far as the resource and the token tell; a ContextCheck when a
+        Binary's securityContext resource must be looked up."""
+        rtype = resource.get("resourceType")
         if not isinstance(rtype, str) or not p.scopes.allows(letter, rtype):
             return False
         if rtype == "Binary":
-            return await self._binary_allowed(ctx, conn, p, resource, letter)
+            return self._binary_rule(ctx, p, resource, letter)
         if p.patient is None:
             return True
         _, refs = index_entries(resource, ctx.base_url)
@@ -102,8 +156,8 @@ class ScopePolicy:
             return compartments == {p.patient}
         return p.patient in compartments
 
-    async def _binary_allowed(self, ctx: CallerContext, conn: AsyncConnection, p: Principal,
-                              binary: dict[str, Any], letter: str) -> bool:
+    def _binary_rule(self, ctx: CallerContext, p: Principal, binary: dict[str, Any], letter: str
+                     ) -> bool | ContextCheck:
         context = binary.get("securityContext")
         ref_text = context.get("reference") if isinstance(context, dict) else None
         ref = parse_reference(ref_text, ctx.base_url) if isinstance(ref_text, str) else None
@@ -118,17 +172,27 @@ class ScopePolicy:
             return False
         if p.patient is None or ref.relative == p.patient:
             return True
-        written_at = _last_updated_us(binary) if reading else None
-        if written_at is not None:
-            # A Binary stays bound to the securityContext resource as it was when the Binary was written:
-            # when that resource was deleted since, the last version before the deletion decides, and
-            # whoever re-creates the id later gains nothing.
-            deletion = await self.store.first_deletion_after(conn, ref.resource_type, ref.id, written_at)
+        return ContextCheck(ref, _last_updated_us(binary) if reading else None)
+
+    async def _context_allows(self, ctx: CallerContext, conn: AsyncConnection, p: Principal,
+                              check: ContextCheck) -> bool:
+        """Whether the securityContext resource of `check` lies in the caller's patient compartment."""
+        assert p.patient is not None
+        ref = check.ref
+        if check.written_at is not None:
+            deletion = await self.store.first_deletion_after(conn, ref.resource_type, ref.id, check.written_at)
             if deletion is not None:
-                before = await self.store.get_version(conn, ref.resource_type, ref.id, deletion - 1)
-                return before is not None and before.content is not None \
-                    and self.in_patient_compartment(ctx, before.content, p.patient)
+                return await self._in_compartment_before(ctx, conn, p.patient, check, deletion)
         return await self.store.in_compartment(conn, ref.resource_type, ref.id, p.patient)
+
+    async def _in_compartment_before(self, ctx: CallerContext, conn: AsyncConnection, patient: str,
+                                     check: ContextCheck, deletion: int) -> bool:
+        # A Binary stays bound to the securityContext resource as it was when the Binary was written:
+        # when that resource was deleted since, the last version before the deletion decides, and
+        # whoever re-creates the id later gains nothing.
+        before = await self.store.get_version(conn, check.ref.resource_type, check.ref.id, deletion - 1)
+        return before is not None and before.content is not None \
+            and self.in_patient_compartment(ctx, before.content, patient)
 
     @staticmethod
     def in_patient_compartment(ctx: CallerContext, resource: dict[str, Any], patient: str) -> bool:
@@ -142,6 +206,14 @@ class ScopePolicy:
         patient-context client), or None when unrestricted."""
         p = _principal(ctx)
         return [p.patient] if p is not None and p.patient else None
+
+    def reads_every_binary(self, ctx: CallerContext) -> bool:
+        """Whether the caller may read every Binary whatever its securityContext: no patient context, and a
+        scope that reads every type (so read rights on any securityContext target, and on Binary)."""
+        p = _principal(ctx)
+        if p is None:
+            return True
+        return p.patient is None and any(s.resource_type == "*" and "r" in s.letters for s in p.scopes.scopes)
 
     def query_restriction(self, ctx: CallerContext) -> Restriction | None:
         """The rules of `can_see` for reads, as SQL conditions: the patient compartment for a

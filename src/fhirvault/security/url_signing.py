@@ -117,10 +117,17 @@ class SignedUrl:
         the same URL."""
         return self.mint_with(await self.signing_key(), binary_id, version_id)
 
-    def mint_with(self, key: UrlSigningKey, binary_id: str, version_id: int, pinned: bool = False) -> str:
+    def expiry(self) -> int:
+        """The expiry (seconds since the epoch) of a URL minted now: now + TTL, rounded up to the window."""
+        return rounded_expiry(self.clock(), self.ttl, self.window)
+
+    def mint_with(self, key: UrlSigningKey, binary_id: str, version_id: int, pinned: bool = False,
+                  expires: int | None = None) -> str:
         """The URL for one version with a key already at hand (minting many without awaiting each).
-        `pinned` marks a URL that stands for `Binary/{id}/_history/{version}` rather than `Binary/{id}`."""
-        expires = rounded_expiry(self.clock(), self.ttl, self.window)
+        `pinned` marks a URL that stands for `Binary/{id}/_history/{version}` rather than `Binary/{id}`;
+        `expires` is `expiry()` taken once for a batch (None: taken now)."""
+        if expires is None:
+            expires = self.expiry()
         memo = (key.kid, binary_id, version_id, expires, pinned)
         url = self._minted.get(memo)
         if url is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.errors import FhirVaultError, Invalid
-from fhirvault.fhir.attachments import attachment_objects, iter_attachments
+from fhirvault.fhir.attachments import Site, at_site, attachment_sites, iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
 from fhirvault.fhir.references import Reference, parse_reference
 from fhirvault.fhir.validation import attachment_size
@@ -18,18 +19,14 @@ from fhirvault.security.url_signing import SignedUrl
 from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
-from fhirvault.store.binary_rows import BinaryRow, binary_versions, current_binaries
+from fhirvault.store.binary_rows import BinaryRow, binary_versions, current_binaries, current_versions
 from fhirvault.store.database import Database
 
 
-async def may_read(access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
-                   binary: dict[str, Any]) -> bool:
-    """Whether the caller may read this Binary (its securityContext rules)."""
-    return await access.can_see(ctx, conn, binary, "read")
-
-
+@functools.lru_cache(maxsize=8192)
 def binary_reference(url: str, fhir_base_url: str) -> Reference | None:
-    """`Binary/{id}` or `Binary/{id}/_history/{vid}`, relative or on our FHIR base; None otherwise."""
+    """`Binary/{id}` or `Binary/{id}/_history/{vid}`, relative or on our FHIR base; None otherwise.
+    Remembered for the most recent URLs: every read of a resource with attachments parses them again."""
     ref = parse_reference(url, fhir_base_url)
     if ref is None or ref.resource_type != "Binary":
         return None
@@ -95,15 +92,23 @@ def sha1_base64(raw: bytes) -> str:
 async def readable_binaries(access: AccessPolicy, ctx: RequestContext, conn: AsyncConnection,
                             refs: set[Reference], **options: bool) -> dict[Reference, BinaryRow]:
     """The rows of the named Binaries (current version, or the named one) that exist and that the caller
-    may read, by reference; `options` as for `current_binaries`."""
+    may read, by reference; `options` as for `current_binaries`. When the caller may read every Binary
+    whatever its securityContext (the policy hides no Binary rows from it), no content is read."""
+    reads_all = access.reads_every_binary(ctx) and "with_blobs" not in options
+    if reads_all:
+        options = {"versions_only": True}
     current = await current_binaries(conn, {r.id for r in refs if not r.version_id}, **options)
     named = await binary_versions(conn, {(r.id, int(r.version_id)) for r in refs if r.version_id}, **options)
-    out: dict[Reference, BinaryRow] = {}
+    found: list[tuple[Reference, BinaryRow]] = []
     for ref in refs:
         row = named.get((ref.id, int(ref.version_id))) if ref.version_id else current.get(ref.id)
-        if row is not None and await may_read(access, ctx, conn, row.resource):
-            out[ref] = row
-    return out
+        if row is not None:
+            found.append((ref, row))
+    if reads_all:
+        return dict(found)
+    # One access decision for all of them: no query per Binary, even when securityContexts must be looked up.
+    readable = await access.can_see_each(ctx, conn, [row.resource for _, row in found], "read")
+    return {ref: row for (ref, row), ok in zip(found, readable, strict=True) if ok}
 
 
 Named = tuple[str, dict[str, Any], Reference]  # (path of the Attachment, the Attachment, the Binary it names)
@@ -164,6 +169,58 @@ def check_measures(path: str, attachment: dict[str, Any], holder: str, m: Binary
                       expression=f"{path}.hash")
 
 
+VersionKey = tuple[str, str, str, str]
+
+
+class BinaryUrlSites:
+    """Where the Attachments whose url names one of our Binaries (`Binary/...`) lie in a stored version,
+    remembered per version (type, id, versionId, lastUpdated): a version never changes, so a read of it
+    finds them without walking the resource by its R4 types again. What is found at a remembered site is
+    checked (the same url); anything else is walked."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._sites: dict[VersionKey, tuple[tuple[Site, str, Reference], ...]] = {}
+
+    def of(self, resource: dict[str, Any]) -> list[tuple[dict[str, Any], Reference]]:
+        """(Attachment, the Binary its url names) for each such Attachment of `resource`."""
+        key = _version_key(resource)
+        remembered = self._sites.get(key) if key is not None else None
+        if remembered is not None:
+            out = []
+            for site, url, ref in remembered:
+                attachment = at_site(resource, site)
+                if not isinstance(attachment, dict) or attachment.get("url") != url:
+                    break
+                out.append((attachment, ref))
+            else:
+                return out
+        found: list[tuple[dict[str, Any], Reference]] = []
+        sites: list[tuple[Site, str, Reference]] = []
+        for site, attachment in attachment_sites(resource):
+            text = attachment.get("url")
+            named = binary_reference(text, "") if isinstance(text, str) and text.startswith("Binary/") else None
+            if named is not None:
+                found.append((attachment, named))
+                sites.append((site, str(text), named))
+        if key is not None:
+            if len(self._sites) >= self.size:
+                self._sites.clear()
+            self._sites[key] = tuple(sites)
+        return found
+
+
+def _version_key(resource: dict[str, Any]) -> VersionKey | None:
+    meta = resource.get("meta")
+    if type(meta) is not dict:
+        return None
+    rtype, rid, vid, stamp = resource.get("resourceType"), resource.get("id"), meta.get("versionId"), \
+        meta.get("lastUpdated")
+    if type(rtype) is str and type(rid) is str and type(vid) is str and type(stamp) is str:
+        return rtype, rid, vid, stamp
+    return None
+
+
 class AttachmentUrlSigner:
     """ReadStep (`ReadPipeline.sign_attachment_urls`): each `Binary/{id}` (or `Binary/{id}/_history/{vid}`)
     Attachment url the caller may read becomes a signed storage URL of that Binary's current (or named)
@@ -173,16 +230,15 @@ class AttachmentUrlSigner:
         self.db = db
         self.access = access
         self.signer = signer
+        self.sites = BinaryUrlSites()
 
-    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
+    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]],
+                         conn: AsyncConnection | None = None) -> None:
+        """Signs the Binary URLs of `resources` in place: one look-up of all the Binaries they name (on
+        `conn` when given), one access decision for all of them, one URL per Binary version."""
         targets: list[tuple[dict[str, Any], Reference]] = []
         for resource in resources:
-            for attachment in attachment_objects(resource):
-                url = attachment.get("url")
-                if isinstance(url, str) and url.startswith("Binary/"):
-                    ref = binary_reference(url, "")
-                    if ref is not None:
-                        targets.append((attachment, ref))
+            targets += self.sites.of(resource)
         if not targets:
             return
         access = self.access
@@ -190,16 +246,34 @@ class AttachmentUrlSigner:
             access.require(ctx, "read", "Binary")
         except FhirVaultError:
             return  # no Binary scope: every url stays `Binary/{id}`
-        async with self.db.read() as conn:
-            rows = await readable_binaries(access, ctx, conn, {ref for _, ref in targets}, access_fields_only=True)
-        if not rows:
+        refs = {ref for _, ref in targets}
+        if conn is not None:
+            versions = await self._readable_versions(ctx, conn, refs)
+        else:
+            async with self.db.read() as own:
+                versions = await self._readable_versions(ctx, own, refs)
+        if not versions:
             return
         key = await self.signer.signing_key()
+        expires = self.signer.expiry()
         minted: dict[Reference, str] = {}
         for attachment, ref in targets:
-            row = rows.get(ref)
-            if row is None:
-                continue
-            if ref not in minted:
-                minted[ref] = self.signer.mint_with(key, ref.id, row.version_id, pinned=bool(ref.version_id))
-            attachment["url"] = minted[ref]
+            url = minted.get(ref)
+            if url is None:
+                version = versions.get(ref)
+                if version is None:
+                    continue
+                url = minted[ref] = self.signer.mint_with(key, ref.id, version, pinned=bool(ref.version_id),
+                                                          expires=expires)
+            attachment["url"] = url
+
+    async def _readable_versions(self, ctx: RequestContext, conn: AsyncConnection, refs: set[Reference]
+                                 ) -> dict[Reference, int]:
+        """The version each reference stands for, of the Binaries that exist and that the caller may read."""
+        if self.access.reads_every_binary(ctx) and not any(r.version_id for r in refs):
+            # The caller may read every Binary, whatever its securityContext: existence decides, and
+            # no content is read.
+            current = await current_versions(conn, {r.id for r in refs})
+            return {r: current[r.id] for r in refs if r.id in current}
+        rows = await readable_binaries(self.access, ctx, conn, refs, access_fields_only=True)
+        return {ref: row.version_id for ref, row in rows.items()}

@@ -81,9 +81,11 @@ class AfterCommitStep(Protocol):
 
 
 class ReadStep(Protocol):
-    """Rewrites copies of stored resources on their way out (never the stored rows)."""
+    """Rewrites copies of stored resources on their way out (never the stored rows). `conn`, when given, is
+    the open connection the resources were read on (a search page's), for the step's own look-ups."""
 
-    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None: ...
+    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]],
+                         conn: AsyncConnection | None = None) -> None: ...
 
 
 @dataclass
@@ -148,7 +150,8 @@ class ReadPipeline:
         """The steps on the way out, in order."""
         return [step for step in (self.sign_attachment_urls, self.show_scan_status) if step is not None]
 
-    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
-        """Pass the copies in `resources` through every read step, in order."""
+    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]],
+                         conn: AsyncConnection | None = None) -> None:
+        """Pass the copies in `resources` through every read step, in order (`conn`: see ReadStep)."""
         for step in self.read_steps():
-            await step.after_read(ctx, resources)
+            await step.after_read(ctx, resources, conn)

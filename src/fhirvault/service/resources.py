@@ -473,7 +473,7 @@ class ResourceService:
                      compartment: str | None = None) -> SearchResult:
         """The search interaction on `rtype` (None: system search), optionally within the compartment
         of `compartment` (`Patient/1`); see `fhirvault.service.search.run_search`."""
-        return await run_search(self.db, self.store, self.access, ctx, rtype, params, compartment)
+        return await run_search(self.db, self.store, self.access, ctx, rtype, params, compartment, self.render)
 
     async def searchset(self, ctx: RequestContext, result: SearchResult) -> dict[str, Any]:
         """The searchset Bundle of a search result, resources rendered through the read pipeline."""
@@ -501,9 +501,11 @@ class ResourceService:
             return await self.store.history(conn, rtype, rid, since_us, count, offset, at,
                                             self.access.query_restriction(ctx), types, until_us, with_total)
 
-    async def render(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Copies of stored resources, passed through the read pipeline (for example URL signing)."""
+    async def render(self, ctx: RequestContext, resources: list[dict[str, Any]],
+                     conn: AsyncConnection | None = None) -> list[dict[str, Any]]:
+        """Copies of stored resources, passed through the read pipeline (for example URL signing); `conn`,
+        when given, is the open connection they were read on, which the pipeline's look-ups then use."""
         # A JSON round trip copies plain JSON data several times faster than deepcopy.
         out = [jsoncodec.loads(jsoncodec.dumps(r)) for r in resources]
-        await self.read_pipeline.after_read(ctx, out)
+        await self.read_pipeline.after_read(ctx, out, conn)
         return out

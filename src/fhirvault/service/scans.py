@@ -273,7 +273,16 @@ class ContentScans:
         raise Locked(f"The content {what} (scan status {state}) and is not served until it is found clean; "
                      f"retry later{hint}")
 
-    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]]) -> None:
+    @staticmethod
+    async def _verdicts(conn: AsyncConnection, keys: dict[tuple[str, int], list[dict[str, Any]]],
+                        own: dict[int, str]) -> tuple[dict[tuple[str, int], tuple[str, bool]], dict[str, ScanRecord]]:
+        """What each (Binary id, version) holds, and the verdicts of those contents and of `own` ones."""
+        holdings = await scan_rows.version_contents(conn, keys)
+        verdicts = await scan_rows.states_of(conn, [*(sha for sha, _ in holdings.values()), *own.values()])
+        return holdings, verdicts
+
+    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]],
+                         conn: AsyncConnection | None = None) -> None:
         """ReadStep: each Binary gets the scan-status extension of its content on `meta` (any stored copy of
         it is replaced, so the verdict shown is always the current one); none when SCAN_MODE is off. In
         `block` mode a Binary whose content is held back is rendered without its inline `data` (in search
@@ -288,11 +297,13 @@ class ContentScans:
             version = str((r.get("meta") or {}).get("versionId") or "")
             if isinstance(r.get("id"), str) and version.isdigit():
                 keys.setdefault((r["id"], int(version)), []).append(r)
-        async with self.db.read() as conn:
-            holdings = await scan_rows.version_contents(conn, keys)
-            # Inline content recorded by no version yet (stored before scanning was on) is known by its data.
-            own = {id(r): _sha256_hex(raw[0]) for r in binaries if (raw := _inline_contents(r))}
-            verdicts = await scan_rows.states_of(conn, [*(sha for sha, _ in holdings.values()), *own.values()])
+        # Inline content recorded by no version yet (stored before scanning was on) is known by its data.
+        own = {id(r): _sha256_hex(raw[0]) for r in binaries if (raw := _inline_contents(r))}
+        if conn is not None:  # the read's own connection (a search page): no second one
+            holdings, verdicts = await self._verdicts(conn, keys, own)
+        else:
+            async with self.db.read() as own_conn:
+                holdings, verdicts = await self._verdicts(own_conn, keys, own)
         may_override = ctx.scan_override and _is_admin(ctx.principal)
         for key, found in keys.items():
             for r in found:

@@ -35,6 +35,8 @@ from fhirvault.store.resources import ResourceStore, StoredResource
 from fhirvault.store.search_sql import COMPARTMENT, ParamClause, RefTest, Restriction
 
 Render = Callable[[RequestContext, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+# A Render that may use the open connection of the search (see ResourceService.render).
+RenderOn = Callable[[RequestContext, list[dict[str, Any]], AsyncConnection], Awaitable[list[dict[str, Any]]]]
 __all__ = ["DEFAULT_COUNT", "MAX_COUNT", "SearchResult", "run_search", "searchset", "matching_ids",
            "conditional_matches", "compartment_clause"]
 MAX_INCLUDE_ROUNDS = 4
@@ -53,6 +55,9 @@ class SearchResult:
     cutoff_us: int
     extra_echo: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # for the outcome entry, besides ignored parameters
+    # The matches and included resources rendered (in that order) on the search's own connection, when
+    # the search was given a renderer; else `searchset` renders them.
+    rendered: list[dict[str, Any]] | None = None
 
 
 def compartment_clause(patient: str) -> ParamClause:
@@ -61,11 +66,13 @@ def compartment_clause(patient: str) -> ParamClause:
 
 
 async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, ctx: RequestContext,
-                     rtype: str | None, params: list[tuple[str, str]], compartment: str | None = None
-                     ) -> SearchResult:
+                     rtype: str | None, params: list[tuple[str, str]], compartment: str | None = None,
+                     render: RenderOn | None = None) -> SearchResult:
     """Search `rtype` (None: every type, or those of `_type`), optionally within `compartment`
-    (`Patient/1`, for `Patient/1/Observation`). Raises Forbidden for a type the caller may not
-    search, Invalid for a malformed request."""
+    (`Patient/1`, for `Patient/1/Observation`). With `render`, the page is rendered on the search's
+    connection (the read pipeline's look-ups, such as the Binaries behind attachment URLs, take no
+    connection of their own). Raises Forbidden for a type the caller may not search, Invalid for a
+    malformed request."""
     extra_echo: list[tuple[str, str]] = []
     if rtype is None:
         access.require(ctx, "search", None)
@@ -92,12 +99,16 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
         elif parsed.total is None and parsed.offset == 0 and len(matches) < parsed.count:
             total = len(matches)  # the whole result is on this page
         included, complete = await _included(store, access, ctx, conn, matches, parsed, restriction)
+        rendered = None
+        if render is not None:
+            rendered = await render(ctx, [s.content for s in (*matches, *included) if s.content is not None], conn)
     path = rtype or ""
     if compartment is not None:
         path = f"{compartment}/{rtype}"
     notes = [] if complete else [f"_include/_revinclude found more than {MAX_INCLUDED} resources; only the "
                                  f"first {MAX_INCLUDED} are included (ask for a smaller _count)"]
-    return SearchResult(matches, included, total, parsed, path, cutoff, extra_echo, notes)
+    return SearchResult(matches, included, total, parsed, path, cutoff, extra_echo, warnings=notes,
+                        rendered=rendered)
 
 
 def _system_types(access: AccessPolicy, ctx: RequestContext, params: list[tuple[str, str]]) -> list[str]:
@@ -135,15 +146,14 @@ async def _included(store: ResourceStore, access: AccessPolicy, ctx: RequestCont
             targets = [f"{m.resource_type}/{m.id}" for m in current]
             source = None if inc.source_type == "*" else inc.source_type
             found += await store.referencing(conn, source, inc.param, targets, restriction, MAX_INCLUDED + 1)
-        new = []
+        candidates = []
         for r in found:
             key = (r.resource_type, r.id)
-            if key in seen or r.content is None:
-                continue
-            if not await access.can_see(ctx, conn, r.content, "read"):
-                continue
-            seen.add(key)
-            new.append(r)
+            if key not in seen and r.content is not None:
+                seen.add(key)
+                candidates.append(r)
+        readable = await access.can_see_each(ctx, conn, [r.content for r in candidates if r.content is not None])
+        new = [r for r, ok in zip(candidates, readable, strict=True) if ok]
         out += new
         current = new
         if len(out) > MAX_INCLUDED:
@@ -193,8 +203,10 @@ async def searchset(render: Render, ctx: RequestContext, result: SearchResult) -
     OperationOutcome entry (outcome) naming ignored parameters, paging links, total; resources rendered
     through the read hooks and cut down by `_summary` / `_elements`."""
     p = result.parsed
-    stored = [*result.matches, *result.included]
-    rendered = await render(ctx, [s.content for s in stored if s.content is not None])
+    rendered = result.rendered
+    if rendered is None:
+        stored = [*result.matches, *result.included]
+        rendered = await render(ctx, [s.content for s in stored if s.content is not None])
     entries: list[dict[str, Any]] = []
     for i, r in enumerate(rendered):
         mode = "match" if i < len(result.matches) else "include"

@@ -413,16 +413,23 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
     return ParamClause(kind, code, tests, negate=modifier == "not")
 
 
-def _scan_status(name: str, modifier: str, value: str) -> ScanStatusClause:
-    """Binary's custom token parameter `scan-status` (codes of SCAN_STATES; no system, no modifier)."""
-    if modifier:
-        raise Invalid(f"Search parameter {name}: {SCAN_STATUS_PARAM} takes no modifier")
+def _scan_status(name: str, modifier: str, value: str) -> Clause:
+    """Binary's custom token parameter `scan-status` (codes of SCAN_STATES, no system), with the token
+    modifiers that apply to a code without a system: `:not` (none of the states) and `:missing` (true: the
+    Binary holds no content that is scanned, e.g. an empty one)."""
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise Invalid(f"Search parameter {name}={value!r}: :missing takes true or false")
+        return ScanStatusClause([], missing=value == "true")
+    if modifier not in ("", "not"):
+        raise Invalid(f"Search parameter {name}: {SCAN_STATUS_PARAM} takes no modifier but :not and :missing")
     states = [unescape(v) for v in _or_values(name, value)]
     bad = [s for s in states if s not in SCAN_STATES]
     if bad:
         raise Invalid(f"Search parameter {name}={value!r}: '{bad[0]}' is not a scan status; use one of "
                       f"{', '.join(SCAN_STATES)}")
-    return ScanStatusClause(states)
+    clause = ScanStatusClause(states)
+    return NotClause(clause) if modifier == "not" else clause
 
 
 # -- _filter (R4 search_filter.html) -------------------------------------------------------------------

@@ -50,6 +50,10 @@ class Services(Protocol):
         """The same CapabilityStatement as UTF-8 JSON, encoded once per process."""
         ...
 
+    def capability_statement_gzip(self) -> bytes:
+        """`capability_statement_json` compressed with gzip (RFC 1952), once per process."""
+        ...
+
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
         """The server's own OperationDefinitions by id."""
         ...

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault import jsoncodec
@@ -29,18 +30,68 @@ class BinaryRow:
 
 
 async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: bool = False,
-                           access_fields_only: bool = False) -> dict[str, BinaryRow]:
+                           access_fields_only: bool = False, versions_only: bool = False) -> dict[str, BinaryRow]:
     """The current versions of the given Binaries that exist and are not deleted, by id; one statement
-    per IDS_PER_QUERY ids. `with_blobs` adds the blob's size and SHA-1 (an outer join);
-    `access_fields_only` gives each resource as just what access decisions read (type, id,
-    securityContext), which spares parsing inline content on the read path."""
-    rows = await _binary_rows(conn, resources, sorted(ids), lambda chunk: resources.c.id.in_(chunk),
-                              with_blobs, access_fields_only)
-    return {row.id: row for row in rows}
+    per IDS_PER_LIST ids (they travel as one list parameter). `with_blobs` adds the blob's size and
+    SHA-1 (an outer join); `access_fields_only` gives each resource as just what access decisions read
+    (type, id, securityContext, meta.lastUpdated), which spares parsing inline content on the read path;
+    `versions_only` reads no content at all (each resource is just its type and id)."""
+    stmt = _current_statement(conn.dialect.name, with_blobs, access_fields_only, versions_only)
+    out: dict[str, BinaryRow] = {}
+    for rid, version_id, content, size, sha1 in await _current_rows(conn, stmt, ids):
+        if content is not None:
+            out[rid] = BinaryRow(rid, version_id, _resource(rid, content, access_fields_only or versions_only),
+                                 size, sha1)
+    return out
+
+
+async def current_versions(conn: AsyncConnection, ids: set[str]) -> dict[str, int]:
+    """The current version id of each of the given Binaries that exists and is not deleted (what
+    `current_binaries` finds, without reading any content)."""
+    stmt = _current_statement(conn.dialect.name, False, False, True)
+    return {rid: version_id for rid, version_id, *_ in await _current_rows(conn, stmt, ids)}
+
+
+async def _current_rows(conn: AsyncConnection, stmt: Any, ids: set[str]) -> list[Any]:
+    """The rows of a `_current_statement` for `ids`, IDS_PER_LIST ids per execution."""
+    ordered = sorted(ids)
+    rows: list[Any] = []
+    for start in range(0, len(ordered), IDS_PER_LIST):
+        chunk = ordered[start:start + IDS_PER_LIST]
+        value: Any = jsoncodec.dumps(chunk).decode("utf-8") if conn.dialect.name == "sqlite" else chunk
+        rows += (await conn.execute(stmt, {"ids": value})).all()
+    return rows
+
+
+# Ids per statement when they travel as one list parameter (a JSON array on SQLite, an array on PostgreSQL).
+IDS_PER_LIST = 5000
+_CURRENT: dict[tuple[str, bool, bool, bool], Any] = {}
+
+
+def _current_statement(dialect: str, with_blobs: bool, access_fields_only: bool, versions_only: bool) -> Any:
+    """The statement of `current_binaries`, built once per shape: the ids are one bound list, so the
+    statement's text and compiled form are the same whatever their number (a long IN list is compiled
+    and bound anew each time, which cost more than the query)."""
+    key = (dialect, with_blobs, access_fields_only, versions_only)
+    stmt = _CURRENT.get(key)
+    if stmt is None:
+        t = resources
+        matching: sa.ColumnElement[bool]
+        if dialect == "sqlite":
+            ids = sa.func.json_each(sa.bindparam("ids", type_=sa.String))
+            listed: Any = sa.select(sa.column("value")).select_from(ids)
+            matching = t.c.id.in_(listed.scalar_subquery())
+        else:
+            matching = t.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.String)))
+        stmt = _select(t, [t.c.resource_type == "Binary", matching, t.c.deleted.is_(False)], with_blobs,
+                       access_fields_only, versions_only)
+        _CURRENT[key] = stmt
+    return stmt
 
 
 async def binary_versions(conn: AsyncConnection, keys: set[tuple[str, int]], *, with_blobs: bool = False,
-                          access_fields_only: bool = False) -> dict[tuple[str, int], BinaryRow]:
+                          access_fields_only: bool = False, versions_only: bool = False
+                          ) -> dict[tuple[str, int], BinaryRow]:
     """The named versions (id, version) of Binaries that exist and are not deletions, by (id, version),
     like `current_binaries` (one statement per IDS_PER_QUERY versions)."""
     v = resource_versions
@@ -48,35 +99,42 @@ async def binary_versions(conn: AsyncConnection, keys: set[tuple[str, int]], *, 
     def where(chunk: list[tuple[str, int]]) -> Any:
         return sa.or_(*(sa.and_(v.c.id == rid, v.c.version_id == vid) for rid, vid in chunk))
 
-    rows = await _binary_rows(conn, v, sorted(keys), where, with_blobs, access_fields_only)
+    rows = await _binary_rows(conn, v, sorted(keys), where, with_blobs, access_fields_only, versions_only)
     return {(row.id, row.version_id): row for row in rows}
 
 
 async def _binary_rows(conn: AsyncConnection, table: sa.Table, keys: list[Any], matching: Any,
-                       with_blobs: bool, access_fields_only: bool) -> list[BinaryRow]:
+                       with_blobs: bool, access_fields_only: bool, versions_only: bool) -> list[BinaryRow]:
     out: list[BinaryRow] = []
     for start in range(0, len(keys), IDS_PER_QUERY):
         where = [table.c.resource_type == "Binary", matching(keys[start:start + IDS_PER_QUERY]),
                  table.c.deleted.is_(False)]
-        if with_blobs:
-            stmt = (sa.select(table.c.id, table.c.version_id, table.c.content, blobs.c.size, blobs.c.sha1)
-                    .select_from(table.outerjoin(blobs, blobs.c.id == table.c.blob_id)).where(*where))
-        elif access_fields_only:
-            # Only a resource that names a securityContext is sent back: the others' content (perhaps
-            # tens of KiB of inline base64 each) is not what an access decision reads.
-            has_context = table.c.content.like(f"%{SECURITY_CONTEXT}%")
-            content = sa.case((has_context, table.c.content), else_="").label("content")
-            stmt = sa.select(table.c.id, table.c.version_id, content, sa.null().label("size"),
-                             sa.null().label("sha1")).where(*where)
-        else:
-            stmt = sa.select(table.c.id, table.c.version_id, table.c.content, sa.null().label("size"),
-                             sa.null().label("sha1")).where(*where)
-        for row in (await conn.execute(stmt)).all():
-            if row.content is None:
-                continue
-            out.append(BinaryRow(row.id, row.version_id, _resource(row.id, row.content, access_fields_only),
-                                 row.size, row.sha1))
+        stmt = _select(table, where, with_blobs, access_fields_only, versions_only)
+        for rid, version_id, content, size, sha1 in (await conn.execute(stmt)).all():
+            if content is not None:
+                out.append(BinaryRow(rid, version_id, _resource(rid, content, access_fields_only or versions_only),
+                                     size, sha1))
     return out
+
+
+def _select(table: sa.Table, where: list[Any], with_blobs: bool, access_fields_only: bool,
+            versions_only: bool = False) -> Any:
+    """id, version_id, content, blob size, blob SHA-1 of the rows of `table` matching `where`."""
+    if versions_only:
+        return sa.select(table.c.id, table.c.version_id, sa.literal("").label("content"), sa.null().label("size"),
+                         sa.null().label("sha1")).where(*where)
+    if with_blobs:
+        return (sa.select(table.c.id, table.c.version_id, table.c.content, blobs.c.size, blobs.c.sha1)
+                .select_from(table.outerjoin(blobs, blobs.c.id == table.c.blob_id)).where(*where))
+    if access_fields_only:
+        # Only a resource that names a securityContext is sent back: the others' content (perhaps
+        # tens of KiB of inline base64 each) is not what an access decision reads.
+        has_context = table.c.content.like(f"%{SECURITY_CONTEXT}%")
+        content = sa.case((has_context, table.c.content), else_="").label("content")
+        return sa.select(table.c.id, table.c.version_id, content, sa.null().label("size"),
+                         sa.null().label("sha1")).where(*where)
+    return sa.select(table.c.id, table.c.version_id, table.c.content, sa.null().label("size"),
+                     sa.null().label("sha1")).where(*where)
 
 
 SECURITY_CONTEXT = '"securityContext"'
@@ -87,5 +145,11 @@ def _resource(rid: str, content: str, access_fields_only: bool) -> dict[str, Any
         return {"resourceType": "Binary", "id": rid}
     resource: dict[str, Any] = jsoncodec.loads(content)
     if access_fields_only:
-        return {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
+        # meta.lastUpdated too: a securityContext resource deleted since the Binary was written is judged
+        # as it was then (security/policy.py), which needs the time of writing.
+        fields: dict[str, Any] = {k: resource[k] for k in ("resourceType", "id", "securityContext") if k in resource}
+        meta = resource.get("meta")
+        if isinstance(meta, dict) and "lastUpdated" in meta:
+            fields["meta"] = {"lastUpdated": meta["lastUpdated"]}
+        return fields
     return resource

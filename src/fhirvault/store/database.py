@@ -11,12 +11,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from fhirvault.errors import InsufficientStorage, Unavailable
-from fhirvault.store import migrations
+from fhirvault.store import migrations, sqlite_driver
 from fhirvault.store.write_lock import FileWriteLock
 
 # Seconds a new PostgreSQL connection may take before the database counts as away; and how long a
@@ -53,7 +55,10 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self._file_lock = FileWriteLock(Path(path + "-writelock"))
-            kwargs["connect_args"] = {"timeout": 30}
+            # One trip to the connection's thread per statement (see sqlite_driver), with the options
+            # SQLAlchemy's aiosqlite dialect derives from the URL.
+            cargs, options = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
+            kwargs["async_creator"] = sqlite_driver.connector(*cargs, **{**options, "timeout": 30})
         else:
             kwargs["pool_size"] = 10
             kwargs["max_overflow"] = 20
@@ -81,7 +86,12 @@ class Database:
         @event.listens_for(sync_engine, "begin")
         def _on_begin(conn: Any) -> None:
             immediate = conn.get_execution_options().get("fhirvault_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            statement = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+            driver = conn.connection.driver_connection
+            if isinstance(driver, sqlite_driver.OneTripConnection):
+                driver.begin_with_next(statement)  # sent with the transaction's first statement
+            else:
+                conn.exec_driver_sql(statement)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

@@ -163,13 +163,18 @@ async def shas_in_states(conn: AsyncConnection, states: Iterable[str], after: st
     return list((await conn.execute(stmt)).scalars())
 
 
-def scan_state_matches(owner: Any, states: list[str]) -> sa.ColumnElement[bool]:
+def scan_state_matches(owner: Any, states: list[str], missing: bool | None = None) -> sa.ColumnElement[bool]:
     """SQL: the version of `owner` (a `resources` row) holds content whose verdict is one of `states`; a
-    holding not checked yet, or a content without a verdict row, counts as pending."""
+    holding not checked yet, or a content without a verdict row, counts as pending. With `missing` given,
+    instead: the version holds no content at all (True) or some content (False), whatever its verdict."""
+    holding = (content_refs.c.resource_type == owner.c.resource_type, content_refs.c.id == owner.c.id,
+               content_refs.c.version_id == owner.c.version_id)
+    if missing is not None:
+        held = sa.exists(sa.select(content_refs.c.sha256).where(*holding))
+        return sa.not_(held) if missing else held
     state = sa.case((content_refs.c.checked.is_(True), sa.func.coalesce(content_scans.c.state, PENDING)),
                     else_=PENDING)
     return sa.exists(
         sa.select(content_refs.c.sha256)
         .select_from(content_refs.outerjoin(content_scans, content_scans.c.sha256 == content_refs.c.sha256))
-        .where(content_refs.c.resource_type == owner.c.resource_type, content_refs.c.id == owner.c.id,
-               content_refs.c.version_id == owner.c.version_id, state.in_(states)))
+        .where(*holding, state.in_(states)))

@@ -154,9 +154,11 @@ class UpdatedClause:
 
 @dataclass
 class ScanStatusClause:
-    """Binary's custom `scan-status`: the malware scan verdict on the version's content is one of `states`."""
+    """Binary's custom `scan-status`: the malware scan verdict on the version's content is one of `states`;
+    with `missing` set, instead whether the version holds no scanned content at all (True) or some (False)."""
 
     states: list[str]
+    missing: bool | None = None
 
 
 @dataclass
@@ -416,7 +418,7 @@ def clause_sql(clause: Clause, owner: Any, types: Sequence[str]) -> ColumnElemen
     if isinstance(clause, IdClause):
         return owner.c.id.in_(clause.ids)
     if isinstance(clause, ScanStatusClause):
-        return scan_state_matches(owner, clause.states)
+        return scan_state_matches(owner, clause.states, clause.missing)
     if isinstance(clause, UpdatedClause):
         return sa.or_(*[_range(t.prefix, owner.c.last_updated, owner.c.last_updated + 1, t, False)
                         for t in clause.tests])
