@@ -4,10 +4,10 @@ Search index rows are written on every create and update: up to eight statements
 rows. Through SQLAlchemy's async layer a statement costs about 0.3 ms of CPU (statement cache key,
 parameter processing, a greenlet switch, the driver adapter) against 0.06 ms for aiosqlite's own
 `executemany`, which made that layer most of the cost of indexing (bench/search.py). This module sends
-such statements to the driver connection of the caller's transaction: aiosqlite runs them one after
-them in one call into its thread (one thread hop instead of one per statement: 0.08 against 0.4 ms
-of CPU for six statements, and a quarter of the wall time on a loaded machine); psycopg sends them in
-one pipeline (one round trip for all of them).
+such statements to the driver connection of the caller's transaction: SQLite's connection
+(store/sqlite_driver.py) runs them in one call into its thread (one thread hop instead of one per
+statement: 0.08 against 0.4 ms of CPU for six statements, and a quarter of the wall time on a loaded
+machine); psycopg sends them in one pipeline (one round trip for all of them).
 
 Driver errors are re-raised as SQLAlchemy's DBAPIError subclasses (OperationalError, IntegrityError,
 ...), so that callers see the same errors as from `AsyncConnection.execute` (store/database.py turns
@@ -15,12 +15,15 @@ lost connections into 503 and a full disk into 507)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhirvault.store.sqlite_driver import OneTripConnection
 
 
 @dataclass(frozen=True)
@@ -52,16 +55,15 @@ async def run_batch(conn: AsyncConnection, statements: Sequence[DriverStatement]
             async with raw.pipeline(), raw.cursor() as cur:
                 for current in todo:
                     await cur.executemany(_driver_sql(current.sql, dialect), current.rows)
-        elif callable(getattr(raw, "_execute", None)):
-            # aiosqlite has no public way to run several statements per thread hop; `_execute(fn)` (the
-            # method behind all its public ones) queues `fn` on the connection's thread, where `_conn` is
-            # the sqlite3 connection. Without it (a later aiosqlite), one hop per statement, as below.
-            def run_all() -> None:
+        elif isinstance(raw, OneTripConnection):
+            # every statement in one call into the connection's thread, after the transaction's BEGIN
+            # when that is still held back (store/sqlite_driver.py)
+            def run_all(sqlite: sqlite3.Connection) -> None:
                 nonlocal current
                 for current in todo:
-                    raw._conn.executemany(current.sql, current.rows)
+                    sqlite.executemany(current.sql, current.rows)
 
-            await raw._execute(run_all)
+            await raw.run_in_transaction(run_all)
         else:
             for current in todo:
                 await raw.executemany(current.sql, current.rows)
