@@ -75,7 +75,7 @@ class FhirVault:
         self.settings = settings
         self.db = Database(settings.database_url)
         self.blob_registry = BlobRegistry()
-        self.store = ResourceStore(self.blob_registry)
+        self.store = ResourceStore(self.blob_registry, text_index=settings.search_text_index)
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
@@ -124,7 +124,7 @@ class FhirVault:
                                   grace_seconds=settings.shutdown_timeout_seconds)
         self.readiness = Readiness(self.db, self.blob_store)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
-        self.reindexer = Reindexer(self.db, settings.fhir_base_url)
+        self.reindexer = Reindexer(self.db, settings.fhir_base_url, text=settings.search_text_index)
         self._capability: dict[str, Any] | None = None
         self._capability_json: bytes | None = None
         self._capability_gzip: bytes | None = None
@@ -243,6 +243,7 @@ class FhirVault:
                                             if applies_to(d, rtype)] for rtype in resource_types()},
                 type_documentation={"Media": media_doc} if media_doc else None,
                 conditional_delete_max=self.settings.conditional_delete_max,
+                text_search=self.settings.search_text_index,
                 custom_search_params={"Binary": [{
                     "name": SCAN_STATUS_PARAM, "definition": scan_definitions.search_parameter_url(base),
                     "type": "token",

@@ -598,9 +598,10 @@ def _indexed_params(rtype: str) -> tuple[tuple[SearchParam, frozenset[str] | Non
     return tuple(out)
 
 
-def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:
+def search_index(resource: dict[str, Any], base_url: str, text: bool = True) -> IndexRows:
     """Every index row of `resource` (a stored FHIR resource with its `resourceType`), including the
-    Patient-compartment reference rows (`_compartment`) that access rules use."""
+    Patient-compartment reference rows (`_compartment`) that access rules use; `text`: with the word rows
+    of `_text` and `_content` (the server's SEARCH_TEXT_INDEX)."""
     rows = IndexRows()
     rtype = resource["resourceType"]
     present = present_stems(resource)
@@ -611,9 +612,10 @@ def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:
             _add_composite(rows, param, resource, base_url)
         else:
             _add(rows, param, evaluate_expression(param.expr, resource, present), base_url, identifiers_only)
-    # word rows keep no `exact` copy: only prefix lookups read them
-    rows.strings.update(("_text", w, "") for w in words(narrative_text(resource)))
-    rows.strings.update(("_content", w, "") for w in content_words(resource))
+    if text:
+        # word rows keep no `exact` copy: only prefix lookups read them
+        rows.strings.update(("_text", w, "") for w in words(narrative_text(resource)))
+        rows.strings.update(("_content", w, "") for w in content_words(resource))
     if rtype == "Location":
         _add_position(rows, resource)
     rows.refs.update(access_refs(resource, base_url))

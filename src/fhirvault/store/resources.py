@@ -65,8 +65,11 @@ class ResourceStore:
     refers to a blob counts as one reference to it (BlobRegistry `refs`), taken where the version is
     inserted (`write`) and given back where it is removed (`expunge`), so no other path can forget it."""
 
-    def __init__(self, registry: BlobRegistry | None = None) -> None:
+    def __init__(self, registry: BlobRegistry | None = None, text_index: bool = True) -> None:
         self.registry = registry or BlobRegistry()
+        # whether the index holds the word rows of `_text` and `_content` (the server's SEARCH_TEXT_INDEX):
+        # writers index them only then, and searches refuse those parameters otherwise
+        self.text_index = text_index
 
     async def get(self, conn: AsyncConnection, rtype: str, rid: str, for_update: bool = False
                   ) -> StoredResource | None:
