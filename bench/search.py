@@ -248,8 +248,9 @@ def run_backend(backend: str, n: int, repeats: int, create_samples: int, text_in
               f"{took:.0f} s ({len(items) / took:.0f}/s); "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         asyncio.run(analyze(settings))
-        with_index, without, cpu_with, cpu_without = asyncio.run(create_cost(settings, create_samples))
+        # sizes of the loaded population alone, before create_cost adds its Observations
         table, index, rows, words = asyncio.run(sizes(settings))
+        with_index, without, cpu_with, cpu_without = asyncio.run(create_cost(settings, create_samples))
         server = ServerProcess(Path(tmp), settings_env(**env)).start(timeout=600)
         stack.callback(server.stop)
         with httpx.Client(base_url=server.base, headers=server.auth_headers(), timeout=120) as client:
