@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhirvault import __version__, jsoncodec
+from fhirvault.blobs.database import DatabaseBlobStore
 from fhirvault.blobs.factory import open_blob_store
 from fhirvault.clock import now_us
 from fhirvault.config import Settings
@@ -57,6 +58,7 @@ from fhirvault.service.search_parse import SCAN_STATUS_PARAM
 from fhirvault.service.services import Services
 from fhirvault.service.storage_downloads import StorageDownloads
 from fhirvault.service.timeutil import to_instant
+from fhirvault.service.uploads import UploadService
 from fhirvault.service.validate_operation import ValidateOperation
 from fhirvault.service.validation import R4Validation
 from fhirvault.store.blobs import BlobRegistry
@@ -84,10 +86,17 @@ class FhirVault:
         self.bundles = BundleService(self.resources)
         self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
+        # Resumable uploads stage their bytes in the blob store; in inline mode, which has none, in the
+        # database's chunk table, until the finished content goes into its resource.
+        staging_store = self.blob_store or DatabaseBlobStore(self.db)
         self.binaries = BinaryService(
             self.db, self.resources, self.store, self.blob_store, self.blob_registry,
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
-            pending_grace_seconds=settings.pending_blob_grace_seconds, dedup=settings.dedup_enabled)
+            pending_grace_seconds=settings.pending_blob_grace_seconds, dedup=settings.dedup_enabled,
+            staging_store=staging_store)
+        self.uploads = UploadService(self.db, self.binaries, staging_store, self.blob_registry,
+                                     max_bytes=settings.max_binary_bytes,
+                                     expiry_seconds=settings.upload_expiry_seconds)
         self.direct_uploads = DirectUploadService(
             self.db, self.binaries, self.blob_store, self.blob_registry, ttl_seconds=settings.direct_upload_ttl,
             part_bytes=settings.direct_upload_part_bytes, grace_seconds=settings.pending_blob_grace_seconds)
@@ -162,7 +171,8 @@ class FhirVault:
         """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent):
         stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS.
         SQLite's planner statistics are refreshed every STATISTICS_SECONDS as the data grows."""
-        interval = max(1.0, min(300.0, self.settings.pending_blob_grace_seconds / 4))
+        interval = max(1.0, min(300.0, self.settings.pending_blob_grace_seconds / 4,
+                                self.settings.upload_expiry_seconds / 4))
         last_scan = float("-inf")
         loop = asyncio.get_running_loop()
         last_statistics = loop.time()
@@ -171,6 +181,9 @@ class FhirVault:
                 if loop.time() - last_statistics >= STATISTICS_SECONDS:
                     last_statistics = loop.time()
                     await self.db.refresh_statistics()
+                expired = await self.uploads.sweep_expired()
+                if expired:
+                    log.info("removed %d expired resumable uploads", expired)
                 removed = await self.direct_uploads.sweep()
                 if removed:
                     log.info("removed %d expired direct uploads", removed)
@@ -241,7 +254,11 @@ class FhirVault:
                 }},
                 operations_by_type={rtype: [{"name": d["code"], "definition": d["url"]} for d in definitions
                                             if applies_to(d, rtype)] for rtype in resource_types()},
-                type_documentation={"Media": media_doc} if media_doc else None,
+                type_documentation={**({"Media": media_doc} if media_doc else {}), "Binary": (
+                    f"Resumable uploads: tus 1.0 (Core, creation, creation-with-upload, expiration, checksum "
+                    f"sha1/sha256, termination) at {base}/Binary/$upload, with the token and scopes of a Binary "
+                    "create; Upload-Metadata keys contentType, filename, securityContext. The finished "
+                    "upload's Binary id is in the X-Binary-Id header.")},
                 conditional_delete_max=self.settings.conditional_delete_max,
                 text_search=self.settings.search_text_index,
                 custom_search_params={"Binary": [{

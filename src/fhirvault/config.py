@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     pending_blob_grace_seconds: int = 3600
     # How often each node lists its blob store for bytes no blob row owns (older than the grace period).
     leftover_scan_seconds: int = Field(default=3600, ge=1, description="seconds between scans for ownerless bytes")
+    # tus resumable uploads (POST {FHIR base}/Binary/$upload): an unfinished upload with no PATCH for this
+    # long expires, and its bytes are swept; a finished one keeps answering HEAD with its Binary until then.
+    upload_expiry_seconds: int = Field(default=86400, ge=1, description="seconds an idle resumable upload lives")
+    # Access-Control-Allow-Origin of the tus upload route, for browser tus clients on another origin
+    # (tus-js-client, Uppy); empty: no CORS headers.
+    upload_cors_origin: str = ""
     s3_endpoint: str = ""
     s3_bucket: str = ""
     s3_region: str = "us-east-1"
@@ -163,6 +169,7 @@ class Settings(BaseSettings):
 
     @property
     def fhir_base_url(self) -> str:
+        """The FHIR base URL clients use: PUBLIC_BASE_URL + "/fhir/R4"."""
         return f"{self.public_base_url}/fhir/R4"
 
     @property
@@ -172,18 +179,24 @@ class Settings(BaseSettings):
 
     @property
     def inline_types(self) -> frozenset[str]:
+        """INLINE_CONTENT_TYPES as a set of lower-case media types (stored bytes of these types are served
+        inline, others as attachments)."""
         return frozenset(t.strip().lower() for t in self.inline_content_types.split(",") if t.strip())
 
     @property
     def is_sqlite(self) -> bool:
+        """Whether DATABASE_URL names SQLite."""
         return self.database_url.startswith("sqlite")
 
     @property
     def ingest_allowed_hosts(self) -> set[str]:
+        """INGEST_ALLOW_HOSTS as a set of lower-case host names or addresses that ingestion may fetch from
+        even when internal."""
         return {h.strip().lower() for h in self.ingest_allow_hosts.split(",") if h.strip()}
 
     @property
     def ingest_allowed_prefixes(self) -> list[str]:
+        """INGEST_ALLOW_PREFIXES as a list of URL prefixes ingestion may fetch from."""
         return [p.strip() for p in self.ingest_allow_prefixes.split(",") if p.strip()]
 
 

@@ -148,3 +148,11 @@ class InsufficientStorage(FhirVaultError):
 
     status = 507
     code = "transient"
+
+
+class ChecksumMismatch(FhirVaultError):
+    """The bytes of a resumable upload's PATCH do not have the checksum the client sent (tus 1.0
+    Checksum extension: 460 Checksum Mismatch); none of them was kept."""
+
+    status = 460
+    code = "invalid"

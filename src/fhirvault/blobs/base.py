@@ -6,6 +6,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -40,6 +41,34 @@ class BlobStore(ABC):
         True when done; False when this backend keeps its bytes outside the database."""
         return False
 
+    # -- resumable staging: a blob written by several appends, possibly from several nodes ----------
+    # The caller (service/uploads.py) records after each append how many bytes are staged and the
+    # backend's JSON `staging` state; the backend keeps nothing between calls in memory.
+
+    def begin_staging(self, length: int) -> dict[str, Any]:
+        """The staging state of a new resumable blob of `length` bytes (nothing is stored yet)."""
+        return {}
+
+    async def append(self, key: str, offset: int, chunks: AsyncIterator[bytes], staging: dict[str, Any],
+                     *, length: int) -> dict[str, Any]:
+        """Stage the chunks as the bytes of blob `key` from `offset` on (what the store held past `offset`
+        is dropped first) and return the new staging state. Every byte the iterator yielded before it
+        ended is durable when this returns; `length` is the blob's final size, so the backend knows the
+        last bytes when it sees them. When the iterator or the backend raises, what was staged at
+        `offset` with `staging` stays intact. errors.StorageFailure for backend errors."""
+        raise NotImplementedError(f"the {self.name} store cannot stage resumable uploads")
+
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any],  # noqa: B027
+                           keep: dict[str, Any]) -> None:
+        """Remove what is staged past `offset` and what `staging` holds that `keep` does not (a superseded
+        tail, or the pieces of an append whose result is not recorded), so that refused bytes are not
+        kept. Best effort: what remains, the next append or `delete(key)` removes."""
+
+    async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
+        """Make the staged `size` bytes the immutable blob `key`, readable by `get` (the last append
+        brought the staged bytes to `size`)."""
+        raise NotImplementedError(f"the {self.name} store cannot stage resumable uploads")
+
     @abstractmethod
     def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield the bytes [start, end) of the blob (end None: to the end), in chunks.
@@ -58,7 +87,9 @@ class BlobStore(ABC):
         return _nothing()
 
     @abstractmethod
-    async def exists(self, key: str) -> bool: ...
+    async def exists(self, key: str) -> bool:
+        """Whether a whole blob is stored under `key` (pieces of an unfinished write do not count); raises
+        errors.StorageFailure when the store does not answer."""
 
     async def probe(self) -> None:
         """One cheap round trip that proves the store answers; raises errors.StorageFailure when not.

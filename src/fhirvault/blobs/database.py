@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +28,8 @@ class DatabaseBlobStore(BlobStore):
         self.db = db
 
     async def put(self, key: str, chunks: AsyncIterator[bytes]) -> None:
+        """As BlobStore.put: the chunks as fixed-size chunk rows, in transactions of their own; a failure
+        removes the rows written."""
         seq = 0
         try:
             async for chunk in _fixed_chunks(chunks):
@@ -52,10 +55,65 @@ class DatabaseBlobStore(BlobStore):
         return True
 
     async def delete_in_transaction(self, conn: AsyncConnection, key: str) -> bool:
+        """Deletes the chunk rows of `key` inside the caller's transaction `conn`, so the bytes go exactly
+        when it commits; True (this store can)."""
         await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
         return True
 
+    async def append(self, key: str, offset: int, chunks: AsyncIterator[bytes], staging: dict[str, Any],
+                     *, length: int) -> dict[str, Any]:
+        """Appends chunk rows (each in its own short transaction); a partial last chunk is rewritten whole,
+        so every chunk but the last keeps exactly CHUNK_BYTES and offsets still map to chunk numbers."""
+        seq, keep = divmod(offset, CHUNK_BYTES)
+        try:
+            async with self.db.write() as conn:
+                # Rows past the recorded offset belong to an append whose result was never recorded.
+                await conn.execute(sa.delete(blob_chunks).where(
+                    blob_chunks.c.blob_key == key, blob_chunks.c.seq >= (seq + 1 if keep else seq)))
+                row = (await conn.execute(sa.select(blob_chunks.c.data).where(
+                    blob_chunks.c.blob_key == key, blob_chunks.c.seq == seq))).first() if keep else None
+            head = bytes(row.data)[:keep] if row is not None else b""
+            if len(head) != keep:
+                raise StorageFailure(f"The staged bytes of blob {key} end before offset {offset}")
+
+            async def from_head() -> AsyncIterator[bytes]:
+                if head:
+                    yield head
+                async for chunk in chunks:
+                    yield chunk
+
+            async for chunk in _fixed_chunks(from_head()):
+                async with self.db.write() as conn:
+                    await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key,
+                                                                    blob_chunks.c.seq == seq))
+                    await conn.execute(sa.insert(blob_chunks).values(blob_key=key, seq=seq, data=chunk))
+                seq += 1
+        except SQLAlchemyError as exc:
+            raise StorageFailure(f"Cannot stage blob {key} in the database") from exc
+        return staging
+
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        """As BlobStore.drop_staging: deletes the chunk rows staged past `offset`."""
+        seq, keep_bytes = divmod(offset, CHUNK_BYTES)
+        async with self.db.write() as conn:
+            await conn.execute(sa.delete(blob_chunks).where(
+                blob_chunks.c.blob_key == key, blob_chunks.c.seq >= (seq + 1 if keep_bytes else seq)))
+            if keep_bytes:
+                row = (await conn.execute(sa.select(blob_chunks.c.data).where(
+                    blob_chunks.c.blob_key == key, blob_chunks.c.seq == seq))).first()
+                if row is not None and len(row.data) > keep_bytes:
+                    await conn.execute(sa.update(blob_chunks).where(
+                        blob_chunks.c.blob_key == key, blob_chunks.c.seq == seq,
+                    ).values(data=bytes(row.data)[:keep_bytes]))
+
+    async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
+        """The chunk rows are the blob already; an empty blob gets its one empty row."""
+        if size == 0 and not await self.exists(key):
+            async with self.db.write() as conn:
+                await conn.execute(sa.insert(blob_chunks).values(blob_key=key, seq=0, data=b""))
+
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """As BlobStore.get: reads only the chunk rows that overlap [start, end), a few at a time."""
         if end is not None and end <= start and not await self.exists(key):
             # An empty range reads no chunk, yet a missing blob must still be reported.
             raise StorageFailure(f"The bytes of blob {key} are missing from the database")
@@ -82,6 +140,7 @@ class DatabaseBlobStore(BlobStore):
             first = False
 
     async def delete(self, key: str) -> None:
+        """As BlobStore.delete: removes every chunk row of `key`."""
         async with self.db.write() as conn:
             await conn.execute(sa.delete(blob_chunks).where(blob_chunks.c.blob_key == key))
 
@@ -102,6 +161,7 @@ class DatabaseBlobStore(BlobStore):
             after = keys[-1]
 
     async def exists(self, key: str) -> bool:
+        """As BlobStore.exists: whether `key` has chunk rows."""
         async with self.db.read() as conn:
             row = (await conn.execute(sa.select(blob_chunks.c.seq).where(
                 blob_chunks.c.blob_key == key).limit(1))).first()

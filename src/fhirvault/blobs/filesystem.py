@@ -9,7 +9,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from fhirvault.blobs.base import OWN_KEY, BlobStore
 from fhirvault.errors import InsufficientStorage, StorageFailure
@@ -36,11 +36,15 @@ class FilesystemBlobStore(BlobStore):
             self.root.mkdir(parents=True, exist_ok=True)
 
     def path_of(self, key: str) -> Path:
+        """The file of blob `key`: `<root>/<k[0:2]>/<k[2:4]>/<key>`. Raises StorageFailure for a key that
+        could leave the directory or name a hidden file."""
         if not key or "/" in key or key.startswith("."):
             raise StorageFailure(f"'{key}' is not a valid blob key")
         return self.root / key[0:2] / key[2:4] / key
 
     async def put(self, key: str, chunks: AsyncIterator[bytes]) -> None:
+        """As BlobStore.put: written to a hidden temporary file in the blob's directory, fsynced, then renamed
+        into place, so a blob file is always whole; a failure removes the temporary file."""
         final = self.path_of(key)
         temp = final.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
         try:
@@ -60,7 +64,53 @@ class FilesystemBlobStore(BlobStore):
                 raise _write_failure(key, exc) from exc
             raise
 
+    def staging_path(self, key: str) -> Path:
+        """The file a resumable upload appends to: `.<key>.upload.tmp` beside the blob's final place (the
+        temporary-file shape, so the sweeper and `delete` know its owner)."""
+        final = self.path_of(key)
+        return final.with_name(f".{key}.upload.tmp")
+
+    async def append(self, key: str, offset: int, chunks: AsyncIterator[bytes], staging: dict[str, Any],
+                     *, length: int) -> dict[str, Any]:
+        """Appends to the staging file from `offset` (cut there first), fsync'd before returning."""
+        path = self.staging_path(key)
+        try:
+            fh = await asyncio.to_thread(_open_for_append, path, offset)
+        except OSError as exc:
+            raise _write_failure(key, exc) from exc
+        writer = InOrderWorker(fh.write)
+        try:
+            try:
+                async for piece in pieces(chunks, WRITE_CHUNK):
+                    await writer.submit(piece)
+                await writer.drain()
+            finally:
+                await writer.settle()
+            await asyncio.to_thread(_sync, fh)
+        except OSError as exc:
+            raise _write_failure(key, exc) from exc
+        finally:
+            await asyncio.to_thread(fh.close)
+        return staging
+
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        """As BlobStore.drop_staging: truncates the staging file to `offset` bytes."""
+        try:
+            await asyncio.to_thread(_cut, self.staging_path(key), offset)
+        except OSError as exc:
+            raise _write_failure(key, exc) from exc
+
+    async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
+        """As BlobStore.finish_staging: checks the staging file holds `size` bytes, fsyncs it and renames it
+        to the blob's file."""
+        path = self.staging_path(key)
+        try:
+            await asyncio.to_thread(_promote, path, self.path_of(key), size)
+        except OSError as exc:
+            raise _write_failure(key, exc) from exc
+
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """As BlobStore.get: reads the file from `start`, in chunks, in a worker thread."""
         path = self.path_of(key)
         try:
             fh = await asyncio.to_thread(_open_for_read, path, start)
@@ -82,6 +132,8 @@ class FilesystemBlobStore(BlobStore):
             fh.close()
 
     async def delete(self, key: str) -> None:
+        """As BlobStore.delete: removes the blob's file, its staging file and any temporary files of
+        unfinished writes."""
         try:
             await asyncio.to_thread(_unlink_all, self.path_of(key))
         except OSError as exc:
@@ -99,6 +151,7 @@ class FilesystemBlobStore(BlobStore):
                 yield key
 
     async def exists(self, key: str) -> bool:
+        """As BlobStore.exists: whether the blob's file exists."""
         return await asyncio.to_thread(self.path_of(key).is_file)
 
 
@@ -170,6 +223,40 @@ def _finish(fh: BinaryIO, temp: Path, final: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _open_for_append(path: Path, offset: int) -> BinaryIO:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fh = os.fdopen(fd, "r+b")
+    # Bytes past the recorded offset belong to an append whose result was never recorded.
+    fh.truncate(offset)
+    fh.seek(offset)
+    return fh
+
+
+def _cut(path: Path, offset: int) -> None:
+    with contextlib.suppress(FileNotFoundError), open(path, "r+b") as fh:
+        if os.fstat(fh.fileno()).st_size > offset:
+            fh.truncate(offset)
+            os.fsync(fh.fileno())
+
+
+def _sync(fh: BinaryIO) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _promote(staged: Path, final: Path, size: int) -> None:
+    """The staging file, cut to `size` and made durable, becomes the blob (an empty blob needs no append)."""
+    if not staged.exists():
+        if final.is_file() and final.stat().st_size == size:
+            return  # promoted already by an attempt whose database commit did not follow
+        if size == 0:
+            _open_for_append(staged, 0).close()
+    with open(staged, "r+b") as fh:
+        fh.truncate(size)
+        _finish(fh, staged, final)
 
 
 def _discard(fh: BinaryIO, temp: Path) -> None:

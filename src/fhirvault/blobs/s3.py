@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from aiobotocore.session import get_session
 from botocore.config import Config
@@ -18,6 +20,12 @@ from fhirvault.errors import StorageFailure
 PART_SIZE = 8 * 1024 * 1024
 # Reads are handed on in pieces of at most this size, so a download never holds more than this.
 READ_CHUNK = 1024 * 1024
+
+# S3's bounds on multipart uploads: parts but the last of at least 5 MiB, at most 10,000 parts.
+MIN_PART = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+# Bytes moved between a spool file and the network or the request at a time.
+SPOOL_CHUNK = 1024 * 1024
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
@@ -98,6 +106,7 @@ class S3BlobStore(BlobStore, PresignedUploads):
             raise self._failure("CreateBucket", None, exc) from None
 
     async def close(self) -> None:
+        """Closes the S3 client and its connections."""
         cm, self._client_cm, self._client = self._client_cm, None, None
         self._bucket_ready = False
         if cm is not None:
@@ -107,6 +116,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
     # -- BlobStore --------------------------------------------------------------------------------
 
     async def put(self, key: str, chunks: AsyncIterator[bytes]) -> None:
+        """As BlobStore.put: a multipart upload of parts gathered in a bounded buffer (never the whole blob in
+        memory), aborted on any failure so nothing is left under `key`."""
         client = await self._s3()
         # At most one part is held: chunks gather until they reach a part's size, are joined into the
         # part's body (the chunks then let go) and sent before the next chunk is read.
@@ -164,7 +175,135 @@ class S3BlobStore(BlobStore, PresignedUploads):
         with contextlib.suppress(Exception):
             await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
 
+    # -- resumable staging --------------------------------------------------------------------------
+    # A resumable blob is one multipart upload under its key. Appends send full parts (of `part_size`,
+    # at least S3's 5 MiB, chosen at the start so that the whole length fits in 10,000 parts); bytes that
+    # do not yet fill a part (a small PATCH, or the end of a cut one) are kept in a small object
+    # `<key>.tail.<n>` beside it, so that another node can go on. Part bodies are gathered in a temporary
+    # file on local disk, never in memory. Part numbers follow from the offset, so a part sent by an
+    # append whose result was not recorded is simply sent again.
+
+    def begin_staging(self, length: int) -> dict[str, Any]:
+        """As BlobStore.begin_staging: the part size for a blob of `length` bytes (at least 5 MiB, at most
+        10,000 parts); the multipart upload begins with the first append."""
+        part_size = max(MIN_PART, -(-length // MAX_PARTS))
+        return {"part_size": part_size, "upload_id": None, "parts": [], "tail": None, "tail_size": 0}
+
+    async def append(self, key: str, offset: int, chunks: AsyncIterator[bytes], staging: dict[str, Any],
+                     *, length: int) -> dict[str, Any]:
+        """As BlobStore.append: whole parts go to the multipart upload, each spooled in a temporary file on
+        local disk; a tail shorter than a part is kept as a small object in the bucket, so any node
+        can go on with the upload."""
+        client = await self._s3()
+        state = {**staging, "parts": list(staging["parts"])}
+        part_size: int = state["part_size"]
+        if offset != len(state["parts"]) * part_size + state["tail_size"]:
+            raise StorageFailure(f"The staging state of blob {key} does not match offset {offset}")
+        spool: BinaryIO = await asyncio.to_thread(tempfile.TemporaryFile)
+        try:
+            spooled = 0
+            if state["tail"]:
+                async for piece in self.get(state["tail"]):
+                    await asyncio.to_thread(spool.write, piece)
+                    spooled += len(piece)
+                if spooled != state["tail_size"]:
+                    raise StorageFailure(f"The staged tail of blob {key} is damaged")
+            position = offset
+            async for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    room = part_size - spooled
+                    await asyncio.to_thread(spool.write, view[:room])
+                    taken = min(room, len(view))
+                    view = view[taken:]
+                    spooled += taken
+                    position += taken
+                    if spooled == part_size:
+                        await self._send_part(client, key, state, spool, spooled)
+                        spooled = 0
+            if position == offset and position != length:
+                return staging  # nothing new: the recorded tail stays as it is
+            state["tail"], state["tail_size"] = None, 0
+            if position == length and spooled:
+                await self._send_part(client, key, state, spool, spooled)  # the last part may be small
+            elif spooled:
+                tail = f"{key}.tail.{uuid.uuid4().hex[:12]}"
+                await asyncio.to_thread(spool.seek, 0)
+                with self._translated("PutObject", tail):
+                    await client.put_object(Bucket=self.bucket, Key=tail, Body=spool, ContentLength=spooled)
+                state["tail"], state["tail_size"] = tail, spooled
+        finally:
+            await asyncio.to_thread(spool.close)
+        return state
+
+    async def _send_part(self, client: Any, key: str, state: dict[str, Any], spool: BinaryIO, size: int) -> None:
+        if state["upload_id"] is None:
+            with self._translated("CreateMultipartUpload", key):
+                started = await client.create_multipart_upload(Bucket=self.bucket, Key=key)
+            state["upload_id"] = started["UploadId"]
+        await asyncio.to_thread(spool.seek, 0)
+        number = len(state["parts"]) + 1
+        with self._translated("UploadPart", key):
+            answer = await client.upload_part(Bucket=self.bucket, Key=key, UploadId=state["upload_id"],
+                                              PartNumber=number, Body=spool, ContentLength=size)
+        state["parts"].append(answer["ETag"])
+        await asyncio.to_thread(spool.seek, 0)
+        await asyncio.to_thread(spool.truncate, 0)
+
+    async def drop_staging(self, key: str, offset: int, staging: dict[str, Any], keep: dict[str, Any]) -> None:
+        """As BlobStore.drop_staging: removes the tail object that `keep` does not record (best effort;
+        parts past `offset` are replaced by the next append, or go with `delete(key)`)."""
+        if staging.get("tail") and staging["tail"] != keep.get("tail"):
+            with contextlib.suppress(Exception):
+                await (await self._s3()).delete_object(Bucket=self.bucket, Key=staging["tail"])
+
+    async def finish_staging(self, key: str, staging: dict[str, Any], size: int) -> None:
+        """As BlobStore.finish_staging: completes the multipart upload from the staged parts (an empty blob is
+        one empty PutObject; a completion that already happened is recognised by the object's size), then
+        removes tail objects and other multipart uploads of `key`."""
+        client = await self._s3()
+        if not staging["parts"]:
+            with self._translated("PutObject", key):
+                await client.put_object(Bucket=self.bucket, Key=key, Body=b"")
+        else:
+            parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(staging["parts"], start=1)]
+            try:
+                await client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=staging["upload_id"],
+                                                       MultipartUpload={"Parts": parts})
+            except (ClientError, BotoCoreError) as exc:
+                # Completed already by an attempt whose database commit did not follow?
+                if not await self._has_size(key, size):
+                    raise self._failure("CompleteMultipartUpload", key, exc) from None
+        await self._remove_staging_leftovers(key, keep_upload=None)
+
+    async def _has_size(self, key: str, size: int) -> bool:
+        client = await self._s3()
+        try:
+            head = await client.head_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError):
+            return False
+        return bool(head.get("ContentLength") == size)
+
+    async def _remove_staging_leftovers(self, key: str, keep_upload: str | None) -> None:
+        """Tail objects of the key, and multipart uploads of it other than `keep_upload`."""
+        client = await self._s3()
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": f"{key}."}
+        while True:
+            with self._translated("ListObjectsV2", None):
+                page = await client.list_objects_v2(**params)
+            for item in page.get("Contents", []):
+                with self._translated("DeleteObject", item["Key"]):
+                    await client.delete_object(Bucket=self.bucket, Key=item["Key"])
+            if not page.get("IsTruncated"):
+                break
+            params["ContinuationToken"] = page["NextContinuationToken"]
+        async for upload in self._multipart_uploads(prefix=key):
+            if upload["Key"] == key and upload["UploadId"] != keep_upload:
+                with self._translated("AbortMultipartUpload", key):
+                    await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+
     async def get(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """As BlobStore.get: a ranged GetObject streamed in chunks."""
         if start < 0 or (end is not None and end < start):
             raise ValueError(f"invalid byte range [{start}, {end})")
         client = await self._s3()
@@ -197,6 +336,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
                 await body.aclose()
 
     async def delete(self, key: str) -> None:
+        """As BlobStore.delete: removes the object, its staging tails and aborts unfinished multipart uploads
+        under `key`."""
         client = await self._s3()
         try:
             await client.delete_object(Bucket=self.bucket, Key=key)
@@ -205,11 +346,9 @@ class S3BlobStore(BlobStore, PresignedUploads):
                 raise self._failure("DeleteObject", key, exc) from None
         except BotoCoreError as exc:
             raise self._failure("DeleteObject", key, exc) from None
-        # A process killed mid-upload leaves its multipart upload open (and its parts billed).
-        async for upload in self._multipart_uploads(prefix=key):
-            if upload["Key"] == key:
-                with self._translated("AbortMultipartUpload", key):
-                    await client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+        # A process killed mid-upload leaves its multipart upload open (and its parts billed); a resumable
+        # upload also leaves the objects holding its tail.
+        await self._remove_staging_leftovers(key, keep_upload=None)
 
     async def stored_keys(self, changed_before: float) -> AsyncIterator[str]:
         """Keys of objects and of incomplete multipart uploads last changed (initiated) before the time."""
@@ -244,6 +383,7 @@ class S3BlobStore(BlobStore, PresignedUploads):
             params["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
     async def exists(self, key: str) -> bool:
+        """As BlobStore.exists: a HeadObject."""
         return await self._head(key) is not None
 
     async def _head(self, key: str, **extra: Any) -> dict[str, Any] | None:
@@ -261,6 +401,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
 
     async def presigned_get_url(self, key: str, *, expires_in: int, content_type: str,
                                 content_disposition: str | None) -> str | None:
+        """As BlobStore.presigned_get_url: a SigV4 presigned GetObject URL answering with `content_type` and
+        the given disposition."""
         client = await self._s3()
         params = {"Bucket": self.bucket, "Key": key, "ResponseContentType": content_type}
         if content_disposition:
@@ -273,6 +415,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
 
     async def presigned_put_url(self, key: str, *, expires_in: int, content_type: str, size: int,
                                 sha256_b64: str | None) -> str:
+        """As PresignedUploads.presigned_put_url: a SigV4 presigned PutObject URL bound to the key, Content-
+        Type, Content-Length and, when given, the x-amz-checksum-sha256 the store verifies."""
         client = await self._s3()
         # Content-Type and Content-Length are signed headers of the URL (SigV4), and so is the checksum:
         # a PUT with other values fails the store's signature check; the store also checks the checksum
@@ -286,6 +430,7 @@ class S3BlobStore(BlobStore, PresignedUploads):
         return url
 
     async def begin_parts(self, key: str, content_type: str) -> str:
+        """As PresignedUploads.begin_parts: CreateMultipartUpload; returns its upload id."""
         client = await self._s3()
         with self._translated("CreateMultipartUpload", key):
             started = await client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
@@ -293,6 +438,8 @@ class S3BlobStore(BlobStore, PresignedUploads):
 
     async def presigned_part_url(self, key: str, upload_id: str, number: int, *, size: int,
                                  expires_in: int) -> str:
+        """As PresignedUploads.presigned_part_url: a SigV4 presigned UploadPart URL bound to the part's exact
+        size."""
         client = await self._s3()
         params = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number,
                   "ContentLength": size}
@@ -301,10 +448,12 @@ class S3BlobStore(BlobStore, PresignedUploads):
         return url
 
     async def uploaded_parts(self, key: str, upload_id: str) -> dict[int, int] | None:
+        """As PresignedUploads.uploaded_parts: from ListParts."""
         listed = await self._listed_parts(key, upload_id)
         return None if listed is None else {int(p["PartNumber"]): int(p["Size"]) for p in listed}
 
     async def join_parts(self, key: str, upload_id: str, numbers: list[int]) -> None:
+        """As PresignedUploads.join_parts: CompleteMultipartUpload with the listed parts' ETags."""
         client = await self._s3()
         etags = {int(p["PartNumber"]): p["ETag"] for p in await self._listed_parts(key, upload_id) or []}
         missing = [n for n in numbers if n not in etags]
@@ -335,6 +484,7 @@ class S3BlobStore(BlobStore, PresignedUploads):
             params["PartNumberMarker"] = page["NextPartNumberMarker"]
 
     async def stat(self, key: str) -> StoredObject | None:
+        """As PresignedUploads.stat: a HeadObject with checksum mode on."""
         head = await self._head(key, ChecksumMode="ENABLED")
         return None if head is None else StoredObject(int(head["ContentLength"]), head.get("ChecksumSHA256") or None)
 

@@ -25,6 +25,7 @@ from fhirvault.client.exchange import (
     request_headers,
 )
 from fhirvault.client.operations import Resource, SearchParams
+from fhirvault.client.resumable import resumable_upload_async
 from fhirvault.client.transfer import Destination, ProgressCallback, UploadBody, UploadData
 
 T = TypeVar("T")
@@ -103,9 +104,15 @@ class AsyncFhirClient:
     # -- binaries ----------------------------------------------------------------------------
     async def create_binary(self, data: UploadData, *, content_type: str | None = None,
                             filename: str | None = None, security_context: str | None = None,
-                            on_progress: ProgressCallback | None = None) -> Resource:
+                            on_progress: ProgressCallback | None = None, resumable: bool = False,
+                            state_dir: Path | None = None, chunk_size: int | None = None) -> Resource:
         """As FhirClient.create_binary (a str is sent as UTF-8: decode base64 text first); `data`
-        may also be an async iterator of bytes."""
+        may also be an async iterator of bytes. `resumable=True`: a tus upload of a Path that resumes
+        where an earlier attempt stopped, as in FhirClient.create_binary."""
+        if resumable:
+            return await resumable_upload_async(self, data, content_type=content_type, filename=filename,
+                                                security_context=security_context, on_progress=on_progress,
+                                                state_dir=state_dir, chunk_size=chunk_size)
         return await self._run(ops.create_binary(self.base_url, _body(data, on_progress),
                                                  content_type=content_type, filename=filename,
                                                  security_context=security_context))

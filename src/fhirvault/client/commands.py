@@ -42,6 +42,11 @@ def add_client_commands(sub: Any) -> None:
     up.add_argument("--direct", action="store_true",
                     help="upload straight to the server's object store (s3 mode; an error where not offered)")
     up.add_argument("--json", action="store_true", help="print the created Binary as JSON")
+    up.add_argument("--resumable", action="store_true",
+                    help="upload with tus (Binary/$upload); run again after an interruption to go on where it "
+                         "stopped (state in ~/.cache/fhirvault/uploads)")
+    up.add_argument("--chunk-size", type=int, metavar="BYTES", help="with --resumable: bytes per request "
+                    "(default: all in one)")
     up.set_defaults(func=cmd_upload)
 
     down = sub.add_parser("download", parents=[conn], help="download a Binary or a signed URL")
@@ -118,6 +123,14 @@ def cmd_upload(args: argparse.Namespace) -> int:
                 binary = client.create_binary_direct(source, content_type=args.content_type, filename=filename,
                                                      security_context=security_context, on_progress=on_progress)
             attachment = direct_attachment(binary, source, filename)
+        elif args.resumable:
+            with transfer_progress(f"upload {filename}") as on_progress:
+                binary = client.create_binary(args.file, content_type=args.content_type, filename=filename,
+                                              security_context=security_context, on_progress=on_progress,
+                                              resumable=True, chunk_size=args.chunk_size)
+            # The server fills in size and hash from the Binary when the Attachment is written.
+            attachment = {"contentType": binary.get("contentType"), "url": f"Binary/{binary['id']}",
+                          "title": filename}
         else:
             with transfer_progress(f"upload {filename}") as on_progress:
                 body = UploadBody(args.file, on_progress)

@@ -25,6 +25,7 @@ from fhirvault.client.exchange import (
     request_headers,
 )
 from fhirvault.client.operations import Resource, SearchParams
+from fhirvault.client.resumable import resumable_upload_sync
 from fhirvault.client.transfer import Destination, ProgressCallback, UploadBody, UploadData
 
 T = TypeVar("T")
@@ -115,7 +116,9 @@ class FhirClient:
 
     # -- binaries ----------------------------------------------------------------------------
     def create_binary(self, data: UploadData, *, content_type: str | None = None, filename: str | None = None,
-                      security_context: str | None = None, on_progress: ProgressCallback | None = None) -> Resource:
+                      security_context: str | None = None, on_progress: ProgressCallback | None = None,
+                      resumable: bool = False, state_dir: Path | None = None,
+                      chunk_size: int | None = None) -> Resource:
         """Upload bytes as a Binary and return the Binary resource (without `data`).
 
         `data` is bytes; a str (sent as its UTF-8 bytes — base64 text is NOT decoded: decode it
@@ -124,7 +127,16 @@ class FhirClient:
         never read whole. `content_type` defaults to a guess from `filename` (or the Path's name),
         else `application/octet-stream`. `filename` is kept by the server for downloads.
         `security_context` (e.g. `Patient/123`) becomes Binary.securityContext. `on_progress(sent,
-        total)` is called as bytes go out (`total` is None when the length is unknown)."""
+        total)` is called as bytes go out (`total` is None when the length is unknown).
+
+        `resumable=True` (`data` must then be a Path) uploads with tus to `Binary/$upload`: an upload
+        that breaks off (here, or in an earlier process) goes on from the server's offset, and
+        `on_progress` starts there. Its state is kept in `state_dir` (default
+        `~/.cache/fhirvault/uploads`); `chunk_size` bytes go per request (None: all in one)."""
+        if resumable:
+            return resumable_upload_sync(self, data, content_type=content_type, filename=filename,
+                                         security_context=security_context, on_progress=on_progress,
+                                         state_dir=state_dir, chunk_size=chunk_size)
         body = self._body(data, on_progress)
         return self._run(ops.create_binary(self.base_url, body, content_type=content_type, filename=filename,
                                            security_context=security_context))

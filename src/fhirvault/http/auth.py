@@ -14,15 +14,19 @@ from fhirvault.service.context import RequestContext
 
 FHIR_PREFIX = "/fhir/R4"
 SMART_CONFIGURATION = "/.well-known/smart-configuration"
+# Resumable (tus) uploads, under the FHIR base (http/tus_api.py).
+UPLOAD_PATH = "/Binary/$upload"
 
 
 def is_public(method: str, path: str) -> bool:
-    """The paths that need no token: the CapabilityStatement, SMART discovery, the token endpoint
-    signed storage URLs (which carry their own authority) and the health checks."""
+    """The paths that need no token: the CapabilityStatement, SMART discovery, the token endpoint, tus
+    discovery (OPTIONS), signed storage URLs (which carry their own authority) and the health checks."""
     if path.startswith("/storage/") or path in (SMART_CONFIGURATION, FHIR_PREFIX + SMART_CONFIGURATION):
         return True
     if path == "/oauth2/token" or path in HEALTH_PATHS:
         return True
+    if method == "OPTIONS" and path.startswith(FHIR_PREFIX + UPLOAD_PATH):
+        return True  # tus discovery and browsers' CORS preflight, which carry no token
     return method in ("GET", "HEAD") and path in (f"{FHIR_PREFIX}/metadata", f"{FHIR_PREFIX}/metadata/")
 
 

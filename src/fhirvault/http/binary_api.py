@@ -43,14 +43,19 @@ BASE64_PIECE = 3 * 256 * 1024
 
 # -- uploads ------------------------------------------------------------------------------------
 async def create(request: Request) -> Response:
+    """POST /Binary: raw bytes of any Content-Type (streamed), or a FHIR JSON Binary with base64 `data`; 201
+    with Location."""
     return await _write(request, None)
 
 
 async def update(request: Request) -> Response:
+    """PUT /Binary/{id}: raw bytes or a FHIR JSON Binary as a new version (or the first, update as create);
+    write preconditions honoured."""
     return await _write(request, request.path_params["rid"])
 
 
 async def _write(request: Request, rid: str | None) -> Response:
+    _refuse_partial_upload(request)
     v = vault(request)
     ctx = context(request)
     if rid is None:
@@ -87,6 +92,16 @@ async def _write(request: Request, rid: str | None) -> Response:
         # Nothing was kept; there is nobody left to answer.
         return Response(status_code=400)
     return await written(request, result)
+
+
+def _refuse_partial_upload(request: Request) -> None:
+    """A request of the IETF resumable upload draft that says its body is only part of the content
+    (`Upload-Complete: ?0`, or `Upload-Incomplete: ?1` of its early versions) must not become a Binary of
+    that part: the draft is not offered (use tus at Binary/$upload). A complete one is a plain upload."""
+    if (request.headers.get("upload-complete") or "").strip() == "?0" or \
+            (request.headers.get("upload-incomplete") or "").strip() == "?1":
+        raise Invalid("This server does not offer the IETF resumable upload draft, and the body is marked as "
+                      "incomplete: send the whole content, or upload resumably with tus at Binary/$upload")
 
 
 def _security_context(request: Request) -> str | None:

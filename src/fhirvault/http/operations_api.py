@@ -47,6 +47,8 @@ async def _path_parameter(request: Request) -> str | None:
 
 
 async def binary_access_read(request: Request) -> Response:
+    """GET or POST [type]/[id](/_history/[vid])/$binary-access-read?path=...: the Attachment's raw bytes, with
+    ranges, validators and the scan policy as on a raw Binary read."""
     rtype = resource_type_of(request)
     p = request.path_params
     readable = await vault(request).binary_access.read(
@@ -55,6 +57,8 @@ async def binary_access_read(request: Request) -> Response:
 
 
 async def binary_access_write(request: Request) -> Response:
+    """POST [type]/[id]/$binary-access-write?path=...: the request body's raw bytes (any Content-Type) become
+    the Attachment's content; answers the updated resource."""
     rtype = resource_type_of(request)
     ctype = request.headers.get("content-type")
     if not ctype:

@@ -30,8 +30,9 @@ from fhirvault.http import (
     operation_definitions_api,
     operations_api,
     storage_api,
+    tus_api,
 )
-from fhirvault.http.auth import FHIR_PREFIX
+from fhirvault.http.auth import FHIR_PREFIX, UPLOAD_PATH
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -102,6 +103,9 @@ URL_MAP: list[tuple[str, dict[str, Endpoint | str]]] = [
     (FHIR_PREFIX + "/Binary/$upload-complete", {"POST": direct_upload_api.upload_complete}),
     (FHIR_PREFIX + INSTANCE + "/$validate", {"GET": operations_api.validate, "POST": operations_api.validate}),
     (FHIR_PREFIX + INSTANCE + "/$ingestion-status", {"GET": ingestion_api.ingestion_status}),
+    (FHIR_PREFIX + UPLOAD_PATH, {"POST": tus_api.create, "OPTIONS": tus_api.options}),
+    (FHIR_PREFIX + UPLOAD_PATH + "/{upload_id}", {"HEAD": tus_api.head, "PATCH": tus_api.patch,
+                                                  "DELETE": tus_api.delete, "OPTIONS": tus_api.options}),
 ]
 
 GENERIC: dict[str, Endpoint] = {

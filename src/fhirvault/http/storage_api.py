@@ -17,6 +17,8 @@ ALLOWED_REQUEST_HEADERS = "Range, If-Range, If-None-Match, If-Modified-Since, Au
 
 
 def cors_headers(request: Request) -> dict[str, str]:
+    """The CORS headers every signed storage URL answer carries (STORAGE_CORS_ORIGIN, and the headers a
+    browser may read: ranges, validators, disposition)."""
     return {"Access-Control-Allow-Origin": vault(request).settings.storage_cors_origin,
             "Access-Control-Expose-Headers": EXPOSED}
 
@@ -48,6 +50,8 @@ async def download(request: Request) -> Response:
 
 
 async def preflight(request: Request) -> Response:
+    """OPTIONS on a signed storage URL: the CORS preflight answer (GET and HEAD, the range and validator
+    headers and Authorization allowed), with no token needed."""
     return Response(status_code=204, headers={
         "Access-Control-Allow-Origin": vault(request).settings.storage_cors_origin,
         "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",

@@ -27,7 +27,9 @@ class Scanner(Protocol):
 
     name: str
 
-    async def scan(self, chunks: AsyncIterator[bytes]) -> Verdict: ...
+    async def scan(self, chunks: AsyncIterator[bytes]) -> Verdict:
+        """Scans the bytes of `chunks` (consumed in order) and returns the verdict; raises ScannerUnavailable
+        when the scanner is away or fails."""
 
     async def ping(self) -> None:
         """Raises ScannerUnavailable unless the scanner answers."""

@@ -67,12 +67,17 @@ class UrlShapes:
 
 @dataclass(frozen=True)
 class BinaryMeasures:
+    """What an Attachment pointing at a Binary is filled in with: the Binary's contentType, its size in bytes
+    and its SHA-1 (base64)."""
+
     content_type: str | None  # None: nothing to fill in (an Attachment's own data has no other type)
     size: int
     sha1_b64: str
 
 
 def measures_of(row: BinaryRow) -> BinaryMeasures:
+    """The measures of a Binary row: from its blob when the content is in blob storage, else from its inline
+    data."""
     content_type = str(row.resource.get("contentType") or DEFAULT_CONTENT_TYPE)
     if row.blob_size is not None and row.blob_sha1 is not None:
         return BinaryMeasures(content_type, row.blob_size, row.blob_sha1)
@@ -126,6 +131,9 @@ class AttachmentNormalizer:
         self.shapes = shapes
 
     async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
+        """WriteStep: turns every Attachment URL that names a Binary of this server (absolute, relative, or a
+        signed storage URL) into `Binary/{id}`, checks the caller may read that Binary, and fills
+        in or checks size, hash and contentType (400 naming the element when they disagree)."""
         if resource.get("resourceType") == "Binary":
             return
         now: list[Named] = []

@@ -7,7 +7,7 @@ import base64
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ class ContentMeter:
         self._sha1 = hashlib.sha1()
 
     def update(self, chunk: bytes) -> None:
+        """Counts and hashes one chunk; raises TooLarge once the total passes the limit."""
         self.count(chunk)
         self.hash(chunk)
 
@@ -104,10 +105,12 @@ class ContentMeter:
 
     @property
     def sha256_hex(self) -> str:
+        """The SHA-256 of the bytes so far, in hex."""
         return self._sha256.hexdigest()
 
     @property
     def sha1_b64(self) -> str:
+        """The SHA-1 of the bytes so far, base64 (as R4's Attachment.hash)."""
         return base64.b64encode(self._sha1.digest()).decode("ascii")
 
 
@@ -126,7 +129,12 @@ class StagedContent:
     reused: bool = False
 
 
+# Work done inside a Binary's write transaction once its version is written.
+AfterWrite = Callable[[UnitOfWork, WriteResult], Awaitable[None]]
+
+
 def measure(data: bytes) -> ContentMeter:
+    """A ContentMeter that has counted and hashed `data` (bytes already in memory)."""
     meter = ContentMeter(len(data))
     meter.update(data)
     return meter
@@ -140,13 +148,16 @@ class BinaryService:
 
     def __init__(self, db: Database, resources: ResourceService, rows: ResourceStore, store: BlobStore | None,
                  registry: BlobRegistry, *, inline_max_bytes: int, max_binary_bytes: int,
-                 pending_grace_seconds: int, dedup: bool = True) -> None:
+                 pending_grace_seconds: int, dedup: bool = True, staging_store: BlobStore | None = None) -> None:
         self.dedup = dedup
         self._background: set[asyncio.Task[None]] = set()
         self.db = db
         self.resources = resources
         self.rows = rows
         self.store = store
+        # Where the bytes of pending blobs live: the store, or in inline mode the store that stages
+        # resumable uploads until their content goes into the resource (see service/uploads.py).
+        self.staging_store = store if store is not None else staging_store
         self.registry = registry
         self.max_binary_bytes = max_binary_bytes
         # In inline mode every content stays in its resource, whatever its size.
@@ -157,6 +168,9 @@ class BinaryService:
     async def create_from_stream(self, ctx: RequestContext, chunks: AsyncIterator[bytes], *,
                                  content_type: str, security_context: str | None = None,
                                  filename: str | None = None) -> WriteResult:
+        """Creates a Binary from streamed bytes, as raw POST /Binary (R4 Binary; the bytes streamed, never
+        held whole): staged, then committed with version 1 in one transaction. Raises TooLarge over
+        MAX_BINARY_BYTES, StorageFailure when the store fails; nothing is left behind on failure."""
         return await self.write_from_stream(ctx, None, chunks, content_type=content_type,
                                             security_context=security_context, filename=filename)
 
@@ -172,10 +186,12 @@ class BinaryService:
 
     async def write_staged(self, ctx: RequestContext, rid: str | None, staged: StagedContent, *,
                            content_type: str, security_context: str | None = None,
-                           filename: str | None = None, if_match: Precondition | int | None = None) -> WriteResult:
+                           filename: str | None = None, if_match: Precondition | int | None = None,
+                           then: AfterWrite | None = None) -> WriteResult:
         """Create (rid None) or update Binary `rid` with content `stage` took in. Forbidden without Binary
         create/update scope, Invalid for a content type that is not a media type; on that or any other
-        failure the staged blob is discarded."""
+        failure the staged blob is discarded. `then` runs inside the write transaction, after the
+        version is written (a resumable upload records its Binary there)."""
         try:
             self.resources.require(ctx, "create" if rid is None else "update", "Binary")
             content_type = _content_type(content_type or DEFAULT_CONTENT_TYPE, "Content-Type")
@@ -187,7 +203,7 @@ class BinaryService:
         if security_context:
             resource["securityContext"] = {"reference": security_context}
         set_filename(resource, filename)
-        return await self._commit(ctx, rid, resource, staged, if_match)
+        return await self._commit(ctx, rid, resource, staged, if_match, then)
 
     async def write_json(self, ctx: RequestContext, rid: str | None, body: dict[str, Any],
                          if_match: Precondition | int | None = None) -> WriteResult:
@@ -260,7 +276,8 @@ class BinaryService:
         return StagedContent(meter.size, meter.sha256_hex, meter.sha1_b64, blob_id=blob_id)
 
     async def _commit(self, ctx: RequestContext, rid: str | None, resource: dict[str, Any],
-                      staged: StagedContent, if_match: Precondition | int | None) -> WriteResult:
+                      staged: StagedContent, if_match: Precondition | int | None,
+                      then: AfterWrite | None = None) -> WriteResult:
         resource.pop("data", None)
         if staged.inline:
             resource["data"] = base64.b64encode(staged.inline).decode("ascii")
@@ -278,9 +295,13 @@ class BinaryService:
                         from None
             chosen[0] = blob_id
             if rid is None:
-                return await self.resources.create_in(uow, ctx, "Binary", resource, blob_id=blob_id)
-            body = {**resource, "id": rid}
-            return await self.resources.update_in(uow, ctx, "Binary", rid, body, if_match, blob_id=blob_id)
+                result = await self.resources.create_in(uow, ctx, "Binary", resource, blob_id=blob_id)
+            else:
+                body = {**resource, "id": rid}
+                result = await self.resources.update_in(uow, ctx, "Binary", rid, body, if_match, blob_id=blob_id)
+            if then is not None:
+                await then(uow, result)
+            return result
 
         try:
             result = await self.resources.in_transaction(ctx, work)
@@ -339,8 +360,8 @@ class BinaryService:
 
     async def _remove_blob(self, blob_id: str, storage_key: str) -> None:
         """Bytes first, then the row of a released blob: a crash in between leaves a row the sweeper finds."""
-        if self.store is not None:
-            await self.store.delete(storage_key)
+        if self.staging_store is not None:
+            await self.staging_store.delete(storage_key)
         async with self.db.write() as conn:
             await self.registry.remove(conn, blob_id)
 

@@ -69,6 +69,9 @@ def _is_binary_itself(rtype: str, path_text: str | None) -> bool:
 
 
 class BinaryAccess:
+    """$binary-access-read and $binary-access-write (HAPI FHIR's operations): the bytes of the Attachment at
+    an element path of a resource, or of a Binary itself."""
+
     def __init__(self, resources: ResourceService, binaries: BinaryService) -> None:
         self.resources = resources
         self.binaries = binaries
@@ -76,6 +79,9 @@ class BinaryAccess:
     # -- read -----------------------------------------------------------------------------------
     async def read(self, ctx: RequestContext, rtype: str, rid: str, vid: str | None, path_text: str | None
                    ) -> ReadableContent:
+        """The bytes the Attachment at `path_text` of [rtype]/[rid] (version `vid`, else the current) refers
+        to, or a Binary's own bytes; checks read rights on the resource and on the Binary. Raises
+        NotFound for a missing resource, element or Binary, Invalid for a bad path."""
         if _is_binary_itself(rtype, path_text):
             version = whole_number(vid) if vid else None
             if vid and version is None:
@@ -120,6 +126,10 @@ class BinaryAccess:
     async def write(self, ctx: RequestContext, rtype: str, rid: str, path_text: str | None,
                     chunks: AsyncIterator[bytes], content_type: str,
                     if_match: Precondition | int | None) -> WriteResult:
+        """Streams the bytes into a new Binary and points the Attachment at `path_text` of [rtype]/[rid] at it
+        (size, hash, contentType filled in) in a new version of the resource, or writes a new
+        version of a Binary itself; `if_match` is the write precondition. Needs update rights;
+        nothing is stored when any step fails."""
         self.resources.require(ctx, "update", rtype)
         try:
             content_type = check_content_type(content_type, "Content-Type")

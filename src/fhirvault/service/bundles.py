@@ -35,6 +35,9 @@ CONDITIONAL_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)\?(.+)$")
 
 @dataclass
 class EntryRequest:
+    """One Bundle entry's request, parsed: its position, method, target type, id and version, query string
+    (criteria or search parameters), resource body and fullUrl."""
+
     index: int
     method: str
     rtype: str
@@ -273,10 +276,18 @@ def refuse_overlaps(entries: list[EntryRequest]) -> None:
 
 
 class BundleService:
+    """Processes batch and transaction Bundles (R4 3.1.0.11-12): entries in the spec's order (DELETE, POST,
+    PUT/PATCH, GET), urn:uuid and conditional references resolved, a transaction in one database
+    transaction that either applies every entry or none."""
+
     def __init__(self, resources: ResourceService) -> None:
         self.resources = resources
 
     async def process(self, ctx: RequestContext, bundle: Any) -> dict[str, Any]:
+        """Runs a POSTed Bundle and returns the batch-response or transaction-response Bundle. Raises Invalid
+        for anything but a batch or transaction Bundle and, in a transaction, for the first entry
+        that fails (nothing applied); a batch answers failed entries with their own
+        OperationOutcome."""
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise Invalid("POST to the FHIR base takes a Bundle of type batch or transaction")
         kind = bundle.get("type")

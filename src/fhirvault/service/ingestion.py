@@ -45,10 +45,12 @@ class BinaryWriter(Protocol):
 
     async def create_from_stream(self, ctx: RequestContext, chunks: AsyncIterator[bytes], *, content_type: str,
                                  security_context: str | None = None, filename: str | None = None
-                                 ) -> WriteResult: ...
+                                 ) -> WriteResult:
+        """Creates a Binary from streamed bytes of `content_type`, as a raw POST /Binary does."""
 
     async def content(self, ctx: RequestContext, binary_id: str, version_id: int | None = None
-                      ) -> BinaryContent: ...
+                      ) -> BinaryContent:
+        """The stored content of a Binary (current version, or `version_id`), for reading its bytes."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class IngestionRules:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestionRules:
+        """The rules of INGEST_ENABLED, INGEST_ALLOW_HOSTS and INGEST_ALLOW_PREFIXES, with this server's own
+        FHIR and storage prefixes (never fetched: they are references already)."""
         base = settings.public_base_url.lower()
         hosts = frozenset(h.strip("[]") for h in settings.ingest_allowed_hosts)
         return cls(settings.ingest_enabled, hosts, tuple(settings.ingest_allowed_prefixes),
@@ -93,6 +97,8 @@ class IngestionScheduler:
         self.rules = rules
 
     async def after_commit(self, ctx: RequestContext, resource: dict[str, Any]) -> None:
+        """AfterCommitStep: queues one durable fetch job per Attachment URL of `resource` that the rules want
+        fetched; nothing for a job's own update (its failed URLs stay as they are)."""
         if not self.rules.enabled or isinstance(ctx, JobContext):
             return  # a job's own update must not schedule again the URLs it left (failed ones)
         ref = f"{resource.get('resourceType')}/{resource.get('id')}"
@@ -128,6 +134,10 @@ class AttachmentIngestion:
             settings.ingest_allowed_hosts, allowed_prefixes=settings.ingest_allowed_prefixes)
 
     async def run(self, job: Job) -> dict[str, Any]:
+        """Runs one fetch job: fetches the URL (SSRF-guarded, within the limits), stores the bytes as a Binary
+        and points the Attachment at it in a new version of the resource, unless that Attachment
+        changed meanwhile. Returns the job's result (the Binary reference); raises
+        PermanentJobError for what retrying cannot fix."""
         ctx = job_context(self.base_url)
         ref, url = str(job.payload["resource"]), str(job.payload["url"])
         rtype, _, rid = ref.partition("/")

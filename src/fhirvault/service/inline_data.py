@@ -41,6 +41,8 @@ class InlineDataMover:
         self.inline_max_bytes = inline_max_bytes
 
     async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
+        """WriteStep: checks the base64, size and hash of inline data and moves large Attachment data into
+        Binaries (see the class)."""
         rtype = resource.get("resourceType")
         if rtype == "Binary":
             if "data" in resource:

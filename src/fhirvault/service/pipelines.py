@@ -64,20 +64,24 @@ class WriteStep(Protocol):
     """Runs inside the write transaction, before the version is stored; may change `resource` in place
     (never its id or meta) and may raise a domain error to refuse the write (nothing is stored)."""
 
-    async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None: ...
+    async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
+        """Checks or rewrites `resource` inside the write transaction `uow.conn`; raises a domain error to
+        refuse."""
 
 
 class BeforeCommitStep(Protocol):
     """Runs once per write transaction, after its last write and deferred work, before it commits: sees every
     version the unit stored (`uow.written`, blobs committed) and may write rows of its own in `uow.conn`."""
 
-    async def before_commit(self, ctx: RequestContext, uow: UnitOfWork) -> None: ...
+    async def before_commit(self, ctx: RequestContext, uow: UnitOfWork) -> None:
+        """Sees the unit's written versions and may write its own rows before the commit."""
 
 
 class AfterCommitStep(Protocol):
     """Runs after a write transaction committed, once per resource written (e.g. to schedule jobs)."""
 
-    async def after_commit(self, ctx: RequestContext, resource: dict[str, Any]) -> None: ...
+    async def after_commit(self, ctx: RequestContext, resource: dict[str, Any]) -> None:
+        """Acts on one committed resource (its stored form)."""
 
 
 class ReadStep(Protocol):
@@ -85,7 +89,8 @@ class ReadStep(Protocol):
     the open connection the resources were read on (a search page's), for the step's own look-ups."""
 
     async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]],
-                         conn: AsyncConnection | None = None) -> None: ...
+                         conn: AsyncConnection | None = None) -> None:
+        """Rewrites `resources` (copies) in place before they are answered."""
 
 
 @dataclass

@@ -122,6 +122,7 @@ class ContentScans:
 
     @property
     def enabled(self) -> bool:
+        """Whether SCAN_MODE is record or block."""
         return self.mode != "off"
 
     # -- write side -----------------------------------------------------------------------------
@@ -240,6 +241,7 @@ class ContentScans:
 
     # -- read side ------------------------------------------------------------------------------
     async def verdict(self, sha256: str) -> ScanRecord | None:
+        """The recorded verdict on the content with this SHA-256 (hex), or None."""
         async with self.db.read() as conn:
             return await scan_rows.get(conn, sha256)
 

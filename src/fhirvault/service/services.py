@@ -17,6 +17,7 @@ from fhirvault.service.ingestion import AttachmentIngestion
 from fhirvault.service.resources import ResourceService
 from fhirvault.service.scans import ContentScans
 from fhirvault.service.storage_downloads import StorageDownloads
+from fhirvault.service.uploads import UploadService
 from fhirvault.service.validate_operation import ValidateOperation
 from fhirvault.store.resources import StoredResource as StoredResource  # what reads and writes return
 
@@ -33,6 +34,7 @@ class Services(Protocol):
     validate: ValidateOperation
     binaries: BinaryService
     binary_access: BinaryAccess
+    uploads: UploadService
     direct_uploads: DirectUploadService
     storage: StorageDownloads
     ingestion: AttachmentIngestion

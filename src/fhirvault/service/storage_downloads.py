@@ -30,6 +30,7 @@ class StorageDownloads:
         return content, left
 
     def stream(self, content: BinaryContent, start: int, end: int | None) -> AsyncIterator[bytes]:
+        """The bytes [start, end) of the content (end None: to the end), in chunks."""
         return self.binaries.stream(content, start, end)
 
     async def redirect_url(self, content: BinaryContent, seconds_left: int, disposition: str | None) -> str | None:

@@ -35,6 +35,8 @@ class R4Validation:
     not valid R4 before anything of it is stored."""
 
     async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
+        """WriteStep: raises Invalid, with one OperationOutcome issue per problem, unless `resource` is valid
+        R4."""
         require_valid(resource)
 
 

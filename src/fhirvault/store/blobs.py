@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.store.schema import metadata
+from fhirvault.store.uploads import uploads
 
 PENDING = "pending"
 COMMITTED = "committed"
@@ -113,6 +114,8 @@ class BlobRegistry:
 
     async def add_pending(self, conn: AsyncConnection, blob_id: str, backend: str, storage_key: str,
                           created: int) -> None:
+        """Inserts a pending blob row for `storage_key` in `backend` (created: microseconds since the epoch);
+        committed before the first byte is stored, so the sweeper can find what a crash leaves."""
         await conn.execute(sa.insert(blobs).values(
             id=blob_id, state=PENDING, backend=backend, storage_key=storage_key, created=created))
 
@@ -201,6 +204,7 @@ class BlobRegistry:
         return bool(result.rowcount == 1)
 
     async def get(self, conn: AsyncConnection, blob_id: str) -> BlobRecord | None:
+        """The blob row with id `blob_id`, or None."""
         row = (await conn.execute(sa.select(blobs).where(blobs.c.id == blob_id))).first()
         return _record(row) if row else None
 
@@ -210,9 +214,13 @@ class BlobRegistry:
 
     async def sweepable(self, conn: AsyncConnection, created_before: int, limit: int = 100,
                         excluding: frozenset[str] = frozenset()) -> list[BlobRecord]:
-        """Released blobs, and pending ones created before `created_before` (microseconds), oldest first."""
+        """Released blobs, and pending ones created before `created_before` (microseconds), oldest first.
+        A pending blob a resumable upload owns is left out: it lives as long as the upload (the upload
+        sweeper releases it when the upload expires)."""
+        owned_by_upload = sa.exists().where(uploads.c.blob_id == blobs.c.id)
         where = [sa.or_(blobs.c.state == RELEASED,
-                        sa.and_(blobs.c.state == PENDING, blobs.c.created < created_before))]
+                        sa.and_(blobs.c.state == PENDING, blobs.c.created < created_before,
+                                sa.not_(owned_by_upload)))]
         if excluding:
             where.append(blobs.c.id.not_in(sorted(excluding)))
         stmt = sa.select(blobs).where(*where).order_by(blobs.c.created).limit(limit)

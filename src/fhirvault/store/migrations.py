@@ -28,6 +28,7 @@ from fhirvault.store.schema import (
 )
 from fhirvault.store.search_tables import add_search_tables_0014, create_search_tables, lean_search_index
 from fhirvault.store.security import auth_failures, clients, signing_keys
+from fhirvault.store.uploads import uploads
 from fhirvault.store.url_signing_keys import insert_key, new_key, url_signing_keys
 
 # Any fixed number: the PostgreSQL advisory lock that serializes concurrent starts of several nodes.
@@ -105,6 +106,8 @@ STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("0009_blob_references", _blob_references),
     # Malware scan verdicts by content (SHA-256), and which resource versions hold each content.
     MigrationStep("0010_content_scans", _create(content_scans, content_refs)),
+    # Resumable (tus) uploads: their offsets survive restarts and are shared by every node.
+    MigrationStep("0011_uploads", _create(uploads)),
     # Uploads straight to the object store (Binary/$upload-url), each owning a pending blob.
     MigrationStep("0012_direct_uploads", _create(direct_uploads)),
     # Parameters stored as the rows of others lose their own rows; two redundant indexes go.

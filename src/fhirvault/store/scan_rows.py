@@ -85,6 +85,7 @@ async def add_refs(conn: AsyncConnection, refs: Iterable[tuple[str, str, int, st
 
 
 async def get(conn: AsyncConnection, sha256: str) -> ScanRecord | None:
+    """The verdict recorded for the content with this SHA-256 (hex), or None."""
     row = (await conn.execute(sa.select(content_scans).where(content_scans.c.sha256 == sha256))).first()
     return _record(row) if row else None
 

@@ -1,0 +1,265 @@
+"""Resumable Binary uploads with tus 1.0 (`{FHIR base}/Binary/$upload`) for both clients.
+
+An upload is remembered in a small state file (by default under `~/.cache/fhirvault/uploads/`), keyed
+by the server, the file's absolute path, size and modification time; an interrupted upload (a cut
+connection, a killed process) resumes from the offset the server reports, and the progress callback
+starts from there. The protocol steps are written once, as an operation (see exchange.py) that also
+receives the failures it can recover from; `run_sync` / `run_async` drive it on either client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from fhirvault.client.errors import FhirError, GoneError, NotFoundError, simple_outcome
+from fhirvault.client.exchange import FHIR_JSON, Call, Operation, Reply
+from fhirvault.client.transfer import ProgressCallback, UploadBody, guess_content_type
+
+TUS = {"Tus-Resumable": "1.0.0"}
+DEFAULT_STATE_DIR = Path.home() / ".cache" / "fhirvault" / "uploads"
+# Answers after which the upload goes on from the server's offset: a conflict on the offset (409), a
+# PATCH still finishing on the server (423), and the server or a proxy briefly away (5xx).
+RETRY_STATUSES = frozenset({409, 423, 500, 502, 503, 504})
+# Failures in a row, without progress, before giving up; the pause grows with each, up to MAX_PAUSE.
+MAX_FAILURES = 8
+MAX_PAUSE = 10.0
+READ_CHUNK = 1024 * 1024
+
+Resource = dict[str, Any]
+
+
+class FhirClient(Protocol):
+    """What a resumable upload needs of fhirvault.client.FhirClient (its driver, which applies the
+    token, redirect and error rules)."""
+
+    base_url: str
+
+    def _exchange(self, call: Call) -> Reply: ...
+
+
+class AsyncFhirClient(Protocol):
+    """What a resumable upload needs of fhirvault.client.AsyncFhirClient."""
+
+    base_url: str
+
+    async def _exchange(self, call: Call) -> Reply: ...
+
+
+class UploadState:
+    """Where one file's unfinished upload is remembered: a JSON file named by a hash of the server's
+    FHIR base, the file's absolute path, size and modification time (a changed file starts anew)."""
+
+    def __init__(self, base_url: str, path: Path, state_dir: Path | None = None) -> None:
+        stat = path.stat()
+        self.size = stat.st_size
+        key = "\n".join([base_url, str(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns)])
+        self.file = (state_dir or DEFAULT_STATE_DIR) / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+        self.path = path
+
+    def load(self) -> str | None:
+        """The upload URL of an earlier attempt, if any."""
+        try:
+            data = json.loads(self.file.read_text())
+        except (OSError, ValueError):
+            return None
+        url = data.get("url") if isinstance(data, dict) else None
+        return url if isinstance(url, str) else None
+
+    def save(self, url: str) -> None:
+        """Remembers `url` as this file's upload (written atomically, in a directory only the user can read)."""
+        self.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temp = self.file.with_suffix(".tmp")
+        temp.write_text(json.dumps({"url": url, "path": str(self.path.resolve()), "size": self.size}))
+        os.replace(temp, self.file)
+
+    def clear(self) -> None:
+        """Forgets the upload (the Binary exists, or the server no longer knows the upload)."""
+        self.file.unlink(missing_ok=True)
+
+
+def resumable_upload(base: str, path: Path, state: UploadState, *, content_type: str | None = None,
+                     filename: str | None = None, security_context: str | None = None,
+                     chunk_size: int | None = None,
+                     on_progress: ProgressCallback | None = None) -> Operation[Resource]:
+    """Upload the file at `path` with tus and return the Binary the server made of it. Failures the
+    driver throws in (RETRY_STATUSES, connection errors) make it ask the server for the offset and go
+    on from there; `chunk_size` bytes per PATCH (None: all that remain in one)."""
+    if chunk_size is not None and chunk_size <= 0:
+        raise ValueError("chunk_size must be a positive number of bytes")
+    size = state.size
+    filename = filename or path.name
+    content_type = content_type or guess_content_type(filename)
+    url = state.load()
+    offset = 0
+    binary_id: str | None = None
+    if url is not None:
+        try:
+            reply = yield Call("HEAD", url, headers=dict(TUS))
+            offset, binary_id = _progress_of(reply)
+            if int(reply.headers.get("upload-length", -1)) != size:
+                url = None
+        except (NotFoundError, GoneError):
+            url = None  # expired or removed on the server: start anew
+    if url is None:
+        metadata = {"contentType": content_type, "filename": filename}
+        if security_context:
+            metadata["securityContext"] = security_context
+        reply = yield Call("POST", f"{base}/Binary/$upload", headers={
+            **TUS, "Upload-Length": str(size), "Upload-Metadata": _metadata(metadata)})
+        url = reply.headers.get("location")
+        if not url:
+            raise FhirError(reply.status, simple_outcome("the server created the upload but gave no Location"))
+        url = str(httpx.URL(base).join(url))
+        state.save(url)
+        offset, binary_id = _progress_of(reply)
+    if on_progress is not None:
+        on_progress(offset, size)
+    ask = False
+    while binary_id is None:
+        if ask:
+            try:
+                reply = yield Call("HEAD", url, headers=dict(TUS))
+            except (FhirError, httpx.TransportError):
+                continue  # the driver counts the failures and pauses
+            ask = False
+            offset, binary_id = _progress_of(reply)
+            continue
+        if offset >= size and size > 0:
+            raise FhirError(0, simple_outcome(f"the upload reached {offset} of {size} bytes but the server "
+                                              "did not name the Binary it made"))
+        length = size - offset if chunk_size is None else min(chunk_size, size - offset)
+        body = UploadBody(_file_slice(path, offset, length), _shifted(on_progress, offset, size))
+        try:
+            reply = yield Call("PATCH", url, upload=body, headers={
+                **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset),
+                "Content-Length": str(length)})
+        except (FhirError, httpx.TransportError):
+            ask = True  # how far did it get? the server says
+            continue
+        offset, binary_id = _progress_of(reply)
+    state.clear()
+    reply = yield Call("GET", f"{base}/Binary/{binary_id}", headers={"Accept": FHIR_JSON})
+    if not isinstance(reply.body, dict):
+        raise FhirError(reply.status, simple_outcome("the server answered the Binary read without FHIR JSON"))
+    return reply.body
+
+
+def resumable_upload_sync(client: FhirClient, data: object, *, state_dir: Path | None = None,
+                          **options: Any) -> Resource:
+    """FhirClient.create_binary(..., resumable=True): TypeError unless `data` is a Path."""
+    path = _path_of(data)
+    state = UploadState(client.base_url, path, state_dir)
+    return run_sync(client, resumable_upload(client.base_url, path, state, **options))
+
+
+async def resumable_upload_async(client: AsyncFhirClient, data: object, *, state_dir: Path | None = None,
+                                 **options: Any) -> Resource:
+    """AsyncFhirClient.create_binary(..., resumable=True): TypeError unless `data` is a Path."""
+    path = _path_of(data)
+    state = UploadState(client.base_url, path, state_dir)
+    return await run_async(client, resumable_upload(client.base_url, path, state, **options))
+
+
+def _path_of(data: object) -> Path:
+    if not isinstance(data, Path):
+        raise TypeError("a resumable upload needs the file as a pathlib.Path (its state is kept by path)")
+    return data
+
+
+def run_sync(client: FhirClient, op: Operation[Resource]) -> Resource:
+    """Drive a resumable upload on the synchronous client, throwing recoverable failures into it."""
+    failures, pause = 0, 0.0
+    try:
+        call = next(op)
+        while True:
+            time.sleep(pause)
+            try:
+                outcome: Reply | Exception = client._exchange(call)
+            except (FhirError, httpx.TransportError) as exc:
+                outcome = exc
+            call, failures, pause = _advance(op, call, outcome, failures)
+    except StopIteration as done:
+        result: Resource = done.value
+        return result
+
+
+async def run_async(client: AsyncFhirClient, op: Operation[Resource]) -> Resource:
+    """As run_sync, on the asynchronous client."""
+    failures, pause = 0, 0.0
+    try:
+        call = next(op)
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                outcome: Reply | Exception = await client._exchange(call)
+            except (FhirError, httpx.TransportError) as exc:
+                outcome = exc
+            call, failures, pause = _advance(op, call, outcome, failures)
+    except StopIteration as done:
+        result: Resource = done.value
+        return result
+
+
+def _advance(op: Operation[Resource], call: Call, outcome: Reply | Exception,
+             failures: int) -> tuple[Call, int, float]:
+    """The operation's next call, the failures in a row so far and the pause before that call. A failure
+    it cannot recover from (or too many in a row) is raised; a PATCH that got through resets the count."""
+    if isinstance(outcome, Exception):
+        failures = _count_failure(outcome, failures)
+        return op.throw(outcome), failures, _pause(failures)
+    return op.send(outcome), 0 if call.method == "PATCH" else failures, 0.0
+
+
+def _count_failure(exc: Exception, failures: int) -> int:
+    """Failures so far; re-raises what cannot be recovered from by asking for the offset again."""
+    if isinstance(exc, FhirError) and exc.status not in RETRY_STATUSES:
+        raise exc
+    if failures + 1 >= MAX_FAILURES:
+        raise exc
+    return failures + 1
+
+
+def _pause(failures: int) -> float:
+    return 0.0 if failures <= 1 else min(MAX_PAUSE, 0.5 * 2 ** (failures - 2))
+
+
+def _progress_of(reply: Reply) -> tuple[int, str | None]:
+    offset = reply.headers.get("upload-offset")
+    return (int(offset) if offset is not None else 0), reply.headers.get("x-binary-id")
+
+
+def _metadata(values: dict[str, str]) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode('utf-8')).decode('ascii')}" for k, v in values.items())
+
+
+def _file_slice(path: Path, offset: int, length: int) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        left = length
+        while left > 0:
+            chunk = fh.read(min(READ_CHUNK, left))
+            if not chunk:
+                raise OSError(f"{path} became shorter during the upload")
+            left -= len(chunk)
+            yield chunk
+
+
+def _shifted(on_progress: ProgressCallback | None, offset: int, size: int) -> ProgressCallback | None:
+    if on_progress is None:
+        return None
+    callback = on_progress
+
+    def report(sent: int, _total: int | None) -> None:
+        callback(offset + sent, size)
+
+    return report
