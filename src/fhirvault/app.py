@@ -75,7 +75,8 @@ class FhirVault:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, pool_size=settings.database_pool_size,
+                           max_overflow=settings.database_max_overflow)
         self.blob_registry = BlobRegistry()
         self.store = ResourceStore(self.blob_registry, text_index=settings.search_text_index)
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     workers: int = Field(default=0, ge=0, description="server processes; 0: one per CPU core this process may use")
     data_dir: Path = Path("./fhirvault-data")
     database_url: str = ""
+    # PostgreSQL connections each server process keeps open (pool size) and may open beyond them under
+    # load (overflow, closed when returned): a cluster of N processes needs N x (size + overflow) of the
+    # server's max_connections at peak. SQLite ignores both.
+    database_pool_size: int = Field(default=10, ge=1, le=1000, description="PostgreSQL connections kept per process")
+    database_max_overflow: int = Field(default=20, ge=0, le=1000,
+                                       description="PostgreSQL connections opened beyond the pool under load")
     public_base_url: str = ""
     log_level: str = "info"
 
