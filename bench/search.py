@@ -6,16 +6,21 @@ validation-free create use case and indexing as the REST API, in transactions of
 `fhirvault serve` on that data and times 12 typical searches and a read by id over HTTP.
 
 Run: .venv/bin/python bench/search.py [--resources 100000] [--repeats 40] [--backend sqlite,postgres]
+                                     [--text-index on,off]
+(`--text-index off`: the server's SEARCH_TEXT_INDEX=false, no word rows for `_text` / `_content`; each value
+given is a run of its own.)
 
 Prints, per backend: p50/p95 (ms) of each search and of a read by id measured in the same run, each
 search's p50 as a ratio to the read's p50 (target <= 5), the index tables' size against the resources
-table (target <= 2), and the time to create one Observation with and without indexing (target <= 1.3).
+table (target <= 2) with the number of index rows (and of word rows among them), and the time to create
+one Observation with and without indexing (target <= 1.3).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -32,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fhirvault.app import FhirVault  # noqa: E402
 from fhirvault.config import Settings  # noqa: E402
 from fhirvault.fhir import search_index as search_index_module  # noqa: E402
+from fhirvault.fhir.search_index import TEXT_PARAMS  # noqa: E402
 from fhirvault.security.principal import SystemPrincipal  # noqa: E402
 from fhirvault.service.context import RequestContext  # noqa: E402
 from fhirvault.service.resources import UnitOfWork  # noqa: E402
 from fhirvault.store.schema import resources as resources_table  # noqa: E402
-from fhirvault.store.search_tables import INDEX_TABLES  # noqa: E402
+from fhirvault.store.search_tables import INDEX_TABLES, search_strings  # noqa: E402
 from tests.support.server import ServerProcess, postgres_available, postgres_database, settings_env  # noqa: E402
 
 FAMILIES = ["Smith", "Johnson", "Williams", "Brown", "Jones", "García", "Miller", "Davis", "Müller", "Martinez",
@@ -128,8 +134,10 @@ async def load(settings: Settings, items: list[dict[str, Any]]) -> float:
     return took
 
 
-async def create_cost(settings: Settings, count: int) -> tuple[float, float]:
-    """Seconds per create (one transaction each) of an Observation, with the index and without it."""
+async def create_cost(settings: Settings, count: int) -> tuple[float, float, float, float]:
+    """Seconds per create (one transaction each) of an Observation, with the index and without it: wall
+    time, then this process's CPU time (on SQLite all of the work; on PostgreSQL the client side only).
+    Each is the best of two alternating rounds, so that other load on the machine counts least."""
     vault = FhirVault(settings)
     await vault.db.migrate()
     rng = random.Random(3)
@@ -142,23 +150,37 @@ async def create_cost(settings: Settings, count: int) -> tuple[float, float]:
             # resources.py bound search_index at import; swap the name it calls
             import fhirvault.service.resources as svc
 
-            svc.search_index = real if indexing else (lambda resource, base: None)  # type: ignore[assignment,return-value]
-            start = time.perf_counter()
+            svc.search_index = real if indexing else (lambda *args: None)  # type: ignore[assignment,return-value]
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in range(count):
                 await vault.resources.create(CTX, "Observation", body)
-            out.append((indexing, (time.perf_counter() - start) / count))
+            out.append((indexing, (time.perf_counter() - start) / count, (time.process_time() - cpu) / count))
     finally:
         import fhirvault.service.resources as svc
 
         svc.search_index = real
         await vault.stop()
-    with_index = min(t for i, t in out if i)
-    without = min(t for i, t in out if not i)
-    return with_index, without
+    return (min(t for i, t, _c in out if i), min(t for i, t, _c in out if not i),
+            min(c for i, _t, c in out if i), min(c for i, _t, c in out if not i))
 
 
-async def sizes(settings: Settings) -> tuple[int, int]:
-    """(bytes of the resources table with its indexes, bytes of all search index tables with theirs)."""
+async def analyze(settings: Settings) -> None:
+    """Planner statistics after the bulk load, as a database in service has them: PostgreSQL's autovacuum
+    gathers them, on SQLite the server does at start and hourly (Database.refresh_statistics)."""
+    vault = FhirVault(settings)
+    try:
+        if vault.db.is_sqlite:
+            await vault.db.refresh_statistics()
+        else:
+            async with vault.db.write() as conn:
+                await conn.execute(sa.text("ANALYZE"))
+    finally:
+        await vault.stop()
+
+
+async def sizes(settings: Settings) -> tuple[int, int, int, int]:
+    """(bytes of the resources table with its indexes, bytes of all search index tables with theirs,
+    rows of the index tables, word rows of `_text` / `_content` among them)."""
     vault = FhirVault(settings)
     try:
         async with vault.db.read() as conn:
@@ -174,9 +196,14 @@ async def sizes(settings: Settings) -> tuple[int, int]:
                     return int((await conn.execute(q, {"n": name})).scalar() or 0)
             table = await size(resources_table.name)
             index = sum([await size(n) for n in index_names])
+            rows = 0
+            for t in INDEX_TABLES:
+                rows += int((await conn.execute(sa.select(sa.func.count()).select_from(t))).scalar() or 0)
+            words = int((await conn.execute(sa.select(sa.func.count()).select_from(search_strings).where(
+                search_strings.c.param.in_(TEXT_PARAMS)))).scalar() or 0)
     finally:
         await vault.stop()
-    return table, index
+    return table, index, rows, words
 
 
 def queries(n: int) -> list[tuple[str, str, dict[str, str]]]:
@@ -209,17 +236,21 @@ def timed(client: httpx.Client, path: str, params: dict[str, str], repeats: int)
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.95))]
 
 
-def run_backend(backend: str, n: int, repeats: int, create_samples: int) -> None:
+def run_backend(backend: str, n: int, repeats: int, create_samples: int, text_index: bool = True) -> None:
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
-        env: dict[str, Any] = {"log_level": "warning"}
+        env: dict[str, Any] = {"log_level": "warning", "search_text_index": text_index}
         if backend == "postgres":
             env["database_url"] = stack.enter_context(postgres_database())
-        settings = Settings(data_dir=Path(tmp), **{k: v for k, v in env.items() if k == "database_url"})
+        settings = Settings(data_dir=Path(tmp), **{k: v for k, v in env.items() if k != "log_level"})
         items = population(n)
         took = asyncio.run(load(settings, items))
-        print(f"\n== {backend}: {len(items)} resources loaded in {took:.0f} s ({len(items) / took:.0f}/s)")
-        with_index, without = asyncio.run(create_cost(settings, create_samples))
-        table, index = asyncio.run(sizes(settings))
+        print(f"\n== {backend}, text index {'on' if text_index else 'off'}: {len(items)} resources loaded in "
+              f"{took:.0f} s ({len(items) / took:.0f}/s); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        asyncio.run(analyze(settings))
+        # sizes of the loaded population alone, before create_cost adds its Observations
+        table, index, rows, words = asyncio.run(sizes(settings))
+        with_index, without, cpu_with, cpu_without = asyncio.run(create_cost(settings, create_samples))
         server = ServerProcess(Path(tmp), settings_env(**env)).start(timeout=600)
         stack.callback(server.stop)
         with httpx.Client(base_url=server.base, headers=server.auth_headers(), timeout=120) as client:
@@ -232,9 +263,13 @@ def run_backend(backend: str, n: int, repeats: int, create_samples: int) -> None
                 print(f"{name:22} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  {p50 / read_p50:5.1f} x read")
         print(f"typical search (median of the 12 p50s): {statistics.median(ratios):.1f} x read by id (target <= 5)")
         print(f"index size {index / 2**20:.1f} MiB vs resources table {table / 2**20:.1f} MiB: "
-              f"{index / table:.2f} x (target <= 2)")
+              f"{index / table:.2f} x (target <= 2); {rows} index rows, {words} of them words of _text/_content")
         print(f"create with index {with_index * 1000:.2f} ms, without {without * 1000:.2f} ms: "
               f"{with_index / without:.2f} x (target <= 1.3)")
+        side = "" if backend == "sqlite" else ", client side only"
+        print(f"create CPU with index {cpu_with * 1000:.2f} ms, without {cpu_without * 1000:.2f} ms{side}: "
+              f"{cpu_with / cpu_without:.2f} x")
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -243,12 +278,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--creates", type=int, default=300)
     parser.add_argument("--backend", default="sqlite,postgres")
+    parser.add_argument("--text-index", default="on", help="on, off or on,off: SEARCH_TEXT_INDEX of each run")
     args = parser.parse_args()
     for backend in args.backend.split(","):
         if backend == "postgres" and not postgres_available():
             print("PostgreSQL at 127.0.0.1:5432 is not reachable: skipped")
             continue
-        run_backend(backend, args.resources, args.repeats, args.creates)
+        for text in args.text_index.split(","):
+            if text not in ("on", "off"):
+                parser.error(f"--text-index takes on, off or on,off, not {text!r}")
+            run_backend(backend, args.resources, args.repeats, args.creates, text == "on")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def test_three_component_composites_on_molecular_sequence(api: FhirApi) -> None:
     t = uuid.uuid4().hex[:10]
     seq = create(api, {"resourceType": "MolecularSequence", "coordinateSystem": 0,
                        "identifier": [{"system": "urn:seq", "value": t}],
-                       "referenceSeq": {"chromosome": {"coding": [{"system": "urn:chr", "code": f"c{t}"}]},
+                       "referenceSeq": {"genomeBuild": "GRCh38",  # msq-5: with the chromosome
+                                        "chromosome": {"coding": [{"system": "urn:chr", "code": f"c{t}"}]},
                                         "referenceSeqId": {"coding": [{"system": "urn:ref", "code": f"r{t}"}]},
                                         "windowStart": 100, "windowEnd": 500},
                        "variant": [{"start": 120, "end": 130}, {"start": 400, "end": 410}]})

@@ -380,3 +380,130 @@ def test_scan_settings_are_checked_at_start(tmp_path: Path) -> None:
     assert_one_clear_line(serve(tmp_path, env={"FHIRVAULT_SCAN_MODE": "block",
                                                "FHIRVAULT_SCAN_CLAMD_URL": "http://127.0.0.1:3310"}), 2,
                           "SCAN_CLAMD_URL", "tcp://host:port")
+
+
+def _attachments_with_status(body: Any, base: str) -> list[tuple[dict[str, Any], str]]:
+    """Every Attachment-like object in a JSON answer that carries the scan-status extension, with its status."""
+    found: list[tuple[dict[str, Any], str]] = []
+    if isinstance(body, dict):
+        for ext in body.get("extension", []) if isinstance(body.get("extension"), list) else []:
+            if isinstance(ext, dict) and ext.get("url") == base + EXTENSION_PATH:
+                found.append((body, next(p["valueCode"] for p in ext["extension"] if p["url"] == "status")))
+        for value in body.values():
+            found += _attachments_with_status(value, base)
+    elif isinstance(body, list):
+        for value in body:
+            found += _attachments_with_status(value, base)
+    return found
+
+
+def test_block_mode_leaves_held_back_inline_attachment_data_out_of_every_json_answer(
+        clamd: Clamd, server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory("sqlite", scan_mode="block", scan_clamd_url=clamd.unix_url, **FAST_RETRIES)
+    reader = server.create_client("attachment-reader", "system/*.rs")
+    reader_headers = {"Authorization": f"Bearer {server.token(reader['client_id'], reader['client_secret'])}"}
+    eicar_b64 = base64.b64encode(EICAR).decode()
+    clean = b"an ordinary letter, nothing to see"
+    clean_b64 = base64.b64encode(clean).decode()
+    with server.api() as api, FhirApi(server.base, headers=reader_headers) as other:
+        patient = api.post("/Patient", json={"resourceType": "Patient", "photo": [
+            {"contentType": "text/plain", "data": eicar_b64}]})
+        assert patient.status_code == 201, patient.text
+        pid = patient.json()["id"]
+        # The answer of a write (return=representation) goes through the same read step: the content is
+        # still pending then, so its data is left out there too.
+        doc = api.post("/DocumentReference", headers={"Prefer": "return=representation"}, json={
+            "resourceType": "DocumentReference", "status": "current", "subject": {"reference": f"Patient/{pid}"},
+            "content": [{"attachment": {"contentType": "text/plain", "title": "bad", "data": eicar_b64}},
+                        {"attachment": {"contentType": "text/plain", "data": clean_b64}}]})
+        assert doc.status_code == 201, doc.text
+        doc_id = doc.json()["id"]
+        echoed = doc.json()["content"][0]["attachment"]
+        assert "data" not in echoed and echoed["size"] == len(EICAR), echoed
+        assert [s for _, s in _attachments_with_status(doc.json(), api.base)][0] == "pending"
+        media = api.post("/Media", json={"resourceType": "Media", "status": "completed",
+                                         "subject": {"reference": f"Patient/{pid}"},
+                                         "content": {"contentType": "text/plain", "data": eicar_b64}})
+        assert media.status_code == 201, media.text
+        media_id = media.json()["id"]
+
+        def doc_status() -> list[str]:
+            return [s for _, s in _attachments_with_status(api.get(f"/DocumentReference/{doc_id}").json(), api.base)]
+
+        deadline = time.monotonic() + 60
+        while doc_status() != ["infected", "clean"]:
+            assert time.monotonic() < deadline, doc_status()
+            time.sleep(0.1)
+
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": f"DocumentReference/{doc_id}"}},
+            {"request": {"method": "GET", "url": f"Media?_id={media_id}"}}]}
+        reads: dict[str, Callable[[dict[str, str]], httpx.Response]] = {
+            "read": lambda h: api.get(f"/DocumentReference/{doc_id}", headers=h),
+            "vread": lambda h: api.get(f"/DocumentReference/{doc_id}/_history/1", headers=h),
+            "history": lambda h: api.get(f"/DocumentReference/{doc_id}/_history", headers=h),
+            "type history": lambda h: api.get("/DocumentReference/_history", headers=h),
+            "search _id": lambda h: api.get("/DocumentReference", params={"_id": doc_id}, headers=h),
+            "search _include": lambda h: api.get("/DocumentReference", headers=h, params={
+                "_id": doc_id, "_include": "DocumentReference:subject"}),
+            "Media search": lambda h: api.get("/Media", params={"_id": media_id}, headers=h),
+            "Media JSON read": lambda h: api.get(f"/Media/{media_id}", headers={"Accept": FHIR_JSON, **h}),
+            "Patient read": lambda h: api.get(f"/Patient/{pid}", headers=h),
+            "$everything": lambda h: api.get(f"/Patient/{pid}/$everything", headers=h),
+            "batch": lambda h: api.post("", json=batch, headers=h),
+        }
+        for what, read in reads.items():
+            r = read({})
+            assert r.status_code == 200, f"{what}: {r.status_code} {r.text[:300]}"
+            assert eicar_b64 not in r.text, f"{what} served the infected data"
+            marked = _attachments_with_status(r.json(), api.base)
+            infected = [a for a, s in marked if s == "infected"]
+            assert infected, f"{what}: no Attachment says why its data is missing: {r.text[:500]}"
+            for att in infected:
+                assert "data" not in att and att["size"] == len(EICAR) and att["contentType"] == "text/plain", what
+                assert base64.b64decode(att["hash"]) == hashlib.sha1(EICAR).digest(), what
+            # Explicit "false" is no override; a non-admin asking gets nothing either.
+            assert eicar_b64 not in read({"X-Scan-Override": "false"}).text, what
+            # The administrative client that asks explicitly gets the data.
+            shown = read({"X-Scan-Override": "true"})
+            assert shown.status_code == 200 and eicar_b64 in shown.text, f"{what} with override"
+        for path in (f"/DocumentReference/{doc_id}", f"/Media/{media_id}"):
+            r = other.get(path, headers={"Accept": FHIR_JSON, "X-Scan-Override": "true"})
+            assert r.status_code == 200 and eicar_b64 not in r.text, f"non-admin override of {path}"
+        # Clean inline data is served, with its verdict.
+        got = api.get(f"/DocumentReference/{doc_id}").json()["content"][1]["attachment"]
+        assert got["data"] == clean_b64
+        # A forged scan-status extension sent in a write is not kept: the verdict shown is the server's.
+        forged = {"url": api.base + EXTENSION_PATH, "extension": [{"url": "status", "valueCode": "clean"}]}
+        sent = api.get(f"/DocumentReference/{doc_id}", headers={"X-Scan-Override": "true"}).json()
+        sent["content"][0]["attachment"]["extension"] = [forged]
+        put = api.put(f"/DocumentReference/{doc_id}", json=sent)
+        assert put.status_code == 200, put.text
+        assert eicar_b64 not in put.text
+        again = api.get(f"/DocumentReference/{doc_id}").json()["content"][0]["attachment"]
+        assert "data" not in again and len(again["extension"]) == 1, again
+        # A transaction's answers go through the same step.
+        tx = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:5b8e8a9e-0f6c-4f7b-9d55-1d7c2f1b0a11",
+             "resource": {"resourceType": "Media", "status": "completed",
+                          "content": {"contentType": "text/plain", "data": eicar_b64}},
+             "request": {"method": "POST", "url": "Media"}}]}, headers={"Prefer": "return=representation"})
+        assert tx.status_code == 200, tx.text
+        assert eicar_b64 not in tx.text
+
+
+@pytest.mark.parametrize("value", ["1", "yes", "no", "", "true, true"])
+def test_scan_override_header_other_than_true_or_false_is_400(
+        value: str, server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory("sqlite", scan_mode="block", job_workers=0)
+    with server.api() as api:
+        binary_id, url = _upload(api, b"some bytes")
+        for what, r in (("JSON search", api.get("/Binary", params={"_id": binary_id},
+                                                headers={"X-Scan-Override": value})),
+                        ("raw read", api.get(f"/Binary/{binary_id}", headers={"X-Scan-Override": value})),
+                        ("signed URL", httpx.get(url, headers={"X-Scan-Override": value}))):
+            _assert_outcome(r, 400, f"{what} with X-Scan-Override: {value!r}")
+            assert "X-Scan-Override" in r.text, what
+        for ok in ("false", "FALSE", "true"):
+            r = api.get("/Binary", params={"_id": binary_id}, headers={"X-Scan-Override": ok})
+            assert r.status_code == 200, (ok, r.text)

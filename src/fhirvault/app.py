@@ -66,6 +66,8 @@ from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore
 
 log = logging.getLogger("fhirvault")
+# How often the SQLite query planner's statistics are gathered again (store/database.py refresh_statistics).
+STATISTICS_SECONDS = 3600
 
 
 class FhirVault:
@@ -73,9 +75,10 @@ class FhirVault:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, pool_size=settings.database_pool_size,
+                           max_overflow=settings.database_max_overflow)
         self.blob_registry = BlobRegistry()
-        self.store = ResourceStore(self.blob_registry)
+        self.store = ResourceStore(self.blob_registry, text_index=settings.search_text_index)
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
@@ -131,7 +134,7 @@ class FhirVault:
                                   grace_seconds=settings.shutdown_timeout_seconds)
         self.readiness = Readiness(self.db, self.blob_store)
         self.binary_access = BinaryAccess(self.resources, self.binaries)
-        self.reindexer = Reindexer(self.db, settings.fhir_base_url)
+        self.reindexer = Reindexer(self.db, settings.fhir_base_url, text=settings.search_text_index)
         self._capability: dict[str, Any] | None = None
         self._capability_json: bytes | None = None
         self._capability_gzip: bytes | None = None
@@ -148,6 +151,7 @@ class FhirVault:
         # Resources stored before the search index existed (or marked by `fhirvault reindex`) are
         # indexed before the first request, so that no search answers from a partial index.
         await self.reindexer.run()
+        await self.db.refresh_statistics()
         self._sweeper = asyncio.create_task(self._sweep_pending_blobs())
         self.workers.start()
 
@@ -166,13 +170,18 @@ class FhirVault:
 
     async def _sweep_pending_blobs(self) -> None:
         """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent):
-        stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS."""
+        stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS.
+        SQLite's planner statistics are refreshed every STATISTICS_SECONDS as the data grows."""
         interval = max(1.0, min(300.0, self.settings.pending_blob_grace_seconds / 4,
                                 self.settings.upload_expiry_seconds / 4))
         last_scan = float("-inf")
         loop = asyncio.get_running_loop()
+        last_statistics = loop.time()
         while True:
             try:
+                if loop.time() - last_statistics >= STATISTICS_SECONDS:
+                    last_statistics = loop.time()
+                    await self.db.refresh_statistics()
                 expired = await self.uploads.sweep_expired()
                 if expired:
                     log.info("removed %d expired resumable uploads", expired)
@@ -252,6 +261,7 @@ class FhirVault:
                     "create; Upload-Metadata keys contentType, filename, securityContext. The finished "
                     "upload's Binary id is in the X-Binary-Id header.")},
                 conditional_delete_max=self.settings.conditional_delete_max,
+                text_search=self.settings.search_text_index,
                 custom_search_params={"Binary": [{
                     "name": SCAN_STATUS_PARAM, "definition": scan_definitions.search_parameter_url(base),
                     "type": "token",

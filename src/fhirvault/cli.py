@@ -98,7 +98,8 @@ def _run_with_clients(settings: Settings, work: Callable[[ClientStore], Awaitabl
     from fhirvault.store.database import Database
 
     async def run() -> T:
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, pool_size=settings.database_pool_size,
+                      max_overflow=settings.database_max_overflow)
         try:
             try:
                 await db.migrate()
@@ -307,7 +308,8 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     settings = _server_settings(args)
 
     async def fetch() -> tuple[list[Job], dict[str, int]]:
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, pool_size=settings.database_pool_size,
+                      max_overflow=settings.database_max_overflow)
         try:
             await db.migrate()
             queue = JobQueue(db)

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     workers: int = Field(default=0, ge=0, description="server processes; 0: one per CPU core this process may use")
     data_dir: Path = Path("./fhirvault-data")
     database_url: str = ""
+    # PostgreSQL connections each server process keeps open (pool size) and may open beyond them under
+    # load (overflow, closed when returned): a cluster of N processes needs N x (size + overflow) of the
+    # server's max_connections at peak. SQLite ignores both.
+    database_pool_size: int = Field(default=10, ge=1, le=1000, description="PostgreSQL connections kept per process")
+    database_max_overflow: int = Field(default=20, ge=0, le=1000,
+                                       description="PostgreSQL connections opened beyond the pool under load")
     public_base_url: str = ""
     log_level: str = "info"
 
@@ -82,6 +88,10 @@ class Settings(BaseSettings):
     # Every resource written is validated against the R4 base definitions (fhir/validation.py);
     # turning this off stores whatever JSON object a client sends (for bulk loads of trusted data).
     validation_enabled: bool = True
+    # Search: the word index behind `_text` and `_content` (a row per distinct word of each resource's
+    # text, about a third of all index rows). Off: no word rows are written and both parameters are
+    # refused (400) and left out of the CapabilityStatement; turning it on later needs `fhirvault reindex`.
+    search_text_index: bool = True
 
     # Security
     token_lifetime: int = Field(default=3600, ge=0, description="seconds an access token is valid")

@@ -96,6 +96,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 120) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRVAULT_")}
+        # The suite keeps dozens of servers alive at once against one PostgreSQL (max_connections 100 by
+        # default): each keeps few idle connections, and opens more only while it is busy.
+        env.update({"FHIRVAULT_DATABASE_POOL_SIZE": "2", "FHIRVAULT_DATABASE_MAX_OVERFLOW": "10"})
         env.update(self.env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

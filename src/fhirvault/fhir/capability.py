@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhirvault.fhir.r4 import FHIR_VERSION, resource_types
+from fhirvault.fhir.search_index import TEXT_PARAMS
 from fhirvault.fhir.search_params import NOT_DOMAIN_RESOURCES, params_of
 
 ID_PARAM_URL = "http://hl7.org/fhir/SearchParameter/Resource-id"
@@ -29,15 +30,16 @@ _NEAR = {"name": "near", "definition": "http://hl7.org/fhir/SearchParameter/Loca
                           "[mi_i], [mi_us], [nmi_i]); 5 km when no distance is given."}
 
 
-def search_params(rtype: str) -> list[dict[str, Any]]:
+def search_params(rtype: str, text_search: bool = True) -> list[dict[str, Any]]:
     """CapabilityStatement.rest.resource.searchParam of `rtype`: every R4 parameter fhirvault indexes, and
-    the special ones it answers (`_content`, `_text`, `_list`, `_filter`, Location `near`)."""
+    the special ones it answers (`_content` and `_text` unless `text_search` is off, `_list`, `_filter`,
+    Location `near`)."""
     out = []
     for code, p in sorted(params_of(rtype).items()):
         if p.type in _SEARCHABLE or p.type == "composite":
             out.append({"name": code, "definition": p.url, "type": p.type})
     for code, url, kind, doc in _SPECIAL:
-        if code == "_text" and rtype in NOT_DOMAIN_RESOURCES:
+        if code in TEXT_PARAMS and not text_search or code == "_text" and rtype in NOT_DOMAIN_RESOURCES:
             continue
         out.append({"name": code, **({"definition": url} if url else {}), "type": kind, "documentation": doc})
     if rtype == "Location":
@@ -59,9 +61,11 @@ def capability_statement(base_url: str, software_version: str, instant: str,
                          operations_by_type: dict[str, list[dict[str, str]]] | None = None,
                          type_documentation: dict[str, str] | None = None,
                          conditional_delete_max: int = 1,
-                         custom_search_params: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+                         custom_search_params: dict[str, list[dict[str, Any]]] | None = None,
+                         text_search: bool = True) -> dict[str, Any]:
     """The server's CapabilityStatement (R4 capabilitystatement.html); `conditional_delete_max` > 1 declares
-    conditional deletes of several resources; `custom_search_params` adds searchParam entries (name,
+    conditional deletes of several resources; `text_search` False leaves `_text` and `_content` out (the
+    server's SEARCH_TEXT_INDEX); `custom_search_params` adds searchParam entries (name,
     definition, type, documentation) of the server's own parameters, by resource type."""
     interactions = [{"code": c} for c in
                     ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
@@ -81,7 +85,7 @@ def capability_statement(base_url: str, software_version: str, instant: str,
             "conditionalDelete": "multiple" if conditional_delete_max > 1 else "single",
             "searchInclude": search_include,
             "searchRevInclude": search_rev_include,
-            "searchParam": search_params(rtype) + list((custom_search_params or {}).get(rtype, [])),
+            "searchParam": search_params(rtype, text_search) + list((custom_search_params or {}).get(rtype, [])),
         }
         if type_documentation and rtype in type_documentation:
             entry["documentation"] = type_documentation[rtype]

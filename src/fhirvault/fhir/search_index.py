@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import copy
 import html
+import json
 import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from itertools import product
 from typing import Any
 
@@ -47,6 +48,7 @@ from fhirvault.fhir.dates import MAX_US, MIN_US, date_range
 from fhirvault.fhir.indexing import COMPARTMENT, index_entries
 from fhirvault.fhir.references import parse_reference
 from fhirvault.fhir.search_params import ROW_PARAMS, SearchParam, params_of
+from fhirvault.fhir.search_storage import stored_as
 
 R4_MODEL = models["r4"]
 SECURITY_CONTEXT = "_securityContext"  # a Binary's securityContext, for access rules inside queries
@@ -55,6 +57,7 @@ TOKEN_MAX = 512
 _RESOLVE_IS = re.compile(r"resolve\(\) is ([A-Za-z]+)")
 
 
+@lru_cache(maxsize=16384)  # names, cities, code texts: the same few strings on most writes
 def normalize(text: str) -> str:
     """Case-folded text with accents removed (`Ève` -> `eve`), for FHIR's default string matching."""
     decomposed = unicodedata.normalize("NFKD", text)
@@ -91,12 +94,14 @@ def _compiled(expression: str) -> Callable[..., list[Any]]:
     return fn
 
 
-# The shapes that make up 97% of R4's expressions, read straight from the JSON: a dotted path whose
-# steps may be `as T` / `.as(T)` (choice type), `.where(k='v')`, `.where(resolve() is T)`.
+# The shapes that make up all but three of R4's expressions, read straight from the JSON: a dotted path
+# whose steps may be `as T` / `.as(T)` (choice type), `.where(k='v')`, `.where(resolve() is T)`, and
+# `(path as T).more.steps`. tests/test_search_fast_path.py proves the walk equal to fhirpathpy.
 _STEP = re.compile(r"\.(?:as\((?P<as_fn>[a-zA-Z]+)\)|where\((?P<key>[a-z]+)='(?P<val>[^']*)'\)"
                    r"|where\(resolve\(\) is (?P<rtype>[A-Za-z]+)\)|(?P<name>[a-zA-Z]+)(?![(\w]))")
 _PART = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)(?P<steps>(?:\.[a-zA-Z]+|\.as\(\w+\)|\.where\([^()]*\)"
                    r"|\.where\(resolve\(\) is \w+\))*)(?:\s+as\s+(?P<as>[a-zA-Z]+))?$")
+_WRAPPED = re.compile(r"^\((?P<inner>[^()]+)\)(?P<rest>(?:\.[a-zA-Z]+)*)$")  # (Type.x as T).y.z
 Step = tuple[str, str, str]  # (kind, a, b): ("name", n, ""), ("as", T, ""), ("where", k, v), ("is", T, "")
 
 
@@ -119,43 +124,105 @@ def _steps(text: str) -> list[Step] | None:
     return out
 
 
+def _part_plan(part: str) -> list[Step] | None:
+    if re.fullmatch(r"[A-Z][A-Za-z]+", part):
+        return [("self", part, "")]  # the resource itself (`Observation | Observation.component`)
+    rest: list[Step] = []
+    wrapped = _WRAPPED.match(part)
+    if wrapped:
+        part = wrapped.group("inner").strip()
+        rest = [("name", name, "") for name in wrapped.group("rest").split(".") if name]
+    m = _PART.match(part)
+    steps = _steps(m.group("steps")) if m else None
+    if m is None or steps is None:
+        return None
+    plan = steps + ([("as", m.group("as"), "")] if m.group("as") else []) + rest
+    if not plan or plan[0][0] != "name":
+        return None
+    return _typed(m.group("type"), plan)
+
+
+def _is_a(choice_type: str, wanted: str) -> bool:
+    """Whether a choice element's type (`Canonical`, as the model spells it in choice paths) is the
+    FHIRPath type `wanted` (`uri`, `Quantity`) or one derived from it (R4 model type2Parent)."""
+    parents = R4_MODEL["type2Parent"]
+    wanted = wanted.lower()
+    t: str | None = choice_type if choice_type in parents else choice_type[0].lower() + choice_type[1:]
+    while t is not None:
+        if t.lower() == wanted:
+            return True
+        t = parents.get(t)
+    return False
+
+
+def _is_backbone(path: str) -> bool:
+    prefix = path + "."
+    return any(p.startswith(prefix) for p in R4_MODEL["path2Type"])
+
+
+def _typed(rtype: str, plan: list[Step]) -> list[Step] | None:
+    """`plan` with each name step marked, from the R4 model, as a choice element (b: its type suffixes,
+    `|`-joined) or a plain one (b: ""), so that `value` reads valueQuantity but `version` never reads
+    versionNeeded. None when the model does not know a step's type (fhirpathpy then reads the path)."""
+    path2type, choices = R4_MODEL["path2Type"], R4_MODEL["choiceTypePaths"]
+    elsewhere = R4_MODEL["pathsDefinedElsewhere"]
+    current: str | None = rtype
+    out: list[Step] = []
+    for i, (kind, a, b) in enumerate(plan):
+        if kind != "name":
+            if kind == "as" and (not out or out[-1][0] != "name" or not out[-1][2]):
+                return None  # `as` on a plain element: a type test the walk does not make
+            if kind == "as":
+                # FHIRPath `as` keeps subtypes too: `as uri` reads sourceCanonical, `as Quantity` valueAge
+                _, element, suffixes = out[-1]
+                kept = [t for t in suffixes.split("|") if _is_a(t, a)]
+                out[-1] = ("name", element, "|".join(kept) or "-")  # "-": no key can match
+                current = a[0].upper() + a[1:]
+            out.append((kind, a, b))
+            continue
+        if current is None:
+            return None
+        path = f"{current}.{a}"
+        path = elsewhere.get(path, path)
+        if path in choices:
+            out.append(("name", a, "|".join(choices[path])))
+            following = plan[i + 1] if i + 1 < len(plan) else None
+            current = None if following is None or following[0] != "as" else current
+        elif path in path2type:
+            out.append(("name", a, ""))
+            current = path2type[path]
+        elif _is_backbone(path):
+            out.append(("name", a, ""))
+            current = path
+        else:
+            return None
+    return out
+
+
 @cache
 def _fast_plan(expression: str) -> list[list[Step]] | None:
     """Step lists for each `|` part, or None when some part needs the full FHIRPath engine."""
     plans = []
     for part in expression.split("|"):
-        part = part.strip()
-        if part.startswith("(") and part.endswith(")"):
-            part = part[1:-1]
-        m = _PART.match(part)
-        steps = _steps(m.group("steps")) if m else None
-        if m is None or steps is None:
-            return None
-        plan = steps + ([("as", m.group("as"), "")] if m.group("as") else [])
-        if not plan or plan[0][0] != "name":
+        plan = _part_plan(part.strip())
+        if plan is None:
             return None
         plans.append(plan)
     return plans
 
 
-def _choice(node: dict[str, Any], name: str) -> list[Any]:
-    if name in node:
-        return [node[name]]
-    return [v for k, v in node.items() if k.startswith(name) and k[len(name):len(name) + 1].isupper()]
-
-
 def _run(nodes: list[Any], steps: list[Step]) -> list[Any]:
-    for i, (kind, a, b) in enumerate(steps):
+    for kind, a, b in steps:
         if kind == "name":
-            nxt = []
-            as_type = steps[i + 1][1] if i + 1 < len(steps) and steps[i + 1][0] == "as" else None
+            keys = [a + t for t in b.split("|")] if b else [a]  # a choice element: `a` + one of its types
+            nxt: list[Any] = []
             for node in nodes:
                 if not isinstance(node, dict):
                     continue
-                found = [node[a + as_type[0].upper() + as_type[1:]]] if as_type and (
-                    a + as_type[0].upper() + as_type[1:]) in node else ([] if as_type else _choice(node, a))
-                for v in found:
-                    nxt.extend(v if isinstance(v, list) else [v])
+                for key in keys:
+                    v = node.get(key)
+                    if v is not None:
+                        nxt.extend(v if isinstance(v, list) else [v])
             nodes = nxt
         elif kind == "where":
             nodes = [n for n in nodes if isinstance(n, dict) and n.get(a) == b]
@@ -166,12 +233,32 @@ def _run(nodes: list[Any], steps: list[Step]) -> list[Any]:
 
 
 @cache
-def _stems(expression: str) -> frozenset[str] | None:
-    """Top-level elements an expression reads (`Patient.deceased.exists()` -> deceased); None when some
-    part of it is the whole resource (`Observation | Observation.component`), which is always there."""
-    if any(re.fullmatch(r"\(?[A-Z][A-Za-z]+\)?", part.strip()) for part in expression.split("|")):
-        return None
+def _stems(expression: str) -> frozenset[str]:
+    """Top-level elements an expression reads (`Patient.deceased.exists()` -> deceased); see _reads_whole
+    for expressions that name the resource itself."""
     return frozenset(re.findall(r"\b[A-Z][A-Za-z]+\.([a-zA-Z]+)", expression))
+
+
+def present_stems(resource: dict[str, Any]) -> frozenset[str]:
+    """The names under which `resource`'s top-level elements can be read: each key, and for a key that may
+    be a choice element (`valueQuantity`, `effectiveDateTime`) its stem (`value`, `effective`) too."""
+    out = set(resource)
+    for key in resource:
+        out.update(_key_stems(key))
+    return frozenset(out)
+
+
+@lru_cache(maxsize=8192)  # element names: a bounded vocabulary in practice, bounded here in any case
+def _key_stems(key: str) -> tuple[str, ...]:
+    """Every prefix of `key` that ends before a capital: `onsetDateTime` -> onset, onsetDate."""
+    return tuple(key[:cut] for cut in range(1, len(key)) if key[cut].isupper())
+
+
+@cache
+def _reads_whole(expression: str, rtype: Any) -> bool:
+    """Whether `expression` names the resource itself (`Observation | Observation.component`), not only
+    elements under it."""
+    return isinstance(rtype, str) and re.search(rf"\b{re.escape(rtype)}\b(?!\.)", expression) is not None
 
 
 def evaluate(param: SearchParam, resource: dict[str, Any]) -> list[Any]:
@@ -179,22 +266,43 @@ def evaluate(param: SearchParam, resource: dict[str, Any]) -> list[Any]:
     return evaluate_expression(param.expr, resource)
 
 
-def evaluate_expression(expression: str, resource: dict[str, Any]) -> list[Any]:
+def evaluate_expression(expression: str, resource: dict[str, Any], present: frozenset[str] | None = None) -> list[Any]:
     """`expression` (a SearchParameter's FHIRPath) on `resource`: simple paths are walked directly,
-    anything else runs through fhirpathpy, compiled once."""
+    anything else runs through fhirpathpy, compiled once. `present`: present_stems(resource), when the
+    caller has it already."""
     if expression == resource.get("resourceType"):
         return [resource]  # composites over the whole resource (Observation code-value-quantity)
+    if present is None:
+        present = present_stems(resource)
     plans = _fast_plan(expression)
     if plans is None:
-        stems = _stems(expression)
-        if stems is not None and not any(stem in resource or _choice(resource, stem) for stem in stems):
-            return []
-        # fhirpathpy annotates what it reads (decimals become Decimal): give it a copy
-        return list(_compiled(expression)(copy.deepcopy(resource)))
+        # Never skipped: such an expression may have values when its elements are absent (`deceased`
+        # gives false). fhirpathpy annotates what it reads (decimals become Decimal): it gets a copy of
+        # the elements the expression names, which are all it can read from the resource.
+        read = resource if _reads_whole(expression, resource.get("resourceType")) else {
+            k: v for k, v in resource.items()
+            if k == "resourceType" or k in _stems(expression) or not _stems(expression).isdisjoint(_key_stems(k))}
+        return list(_compiled(expression)(copy.deepcopy(read)))
     out: list[Any] = []
     for steps in plans:
-        if steps[0][1] in resource or _choice(resource, steps[0][1]):
+        if steps[0][0] == "self":
+            if steps[0][1] == resource.get("resourceType"):
+                out.append(resource)
+        elif steps[0][1] in present:
             out.extend(_run([resource], steps))
+    return _distinct(out) if len(plans) > 1 and len(out) > 1 else out
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    """`values` without repeats, in order: FHIRPath's `|` is a union, distinct over its whole result
+    (FHIRPath 6.5.1)."""
+    seen: set[str] = set()
+    out = []
+    for v in values:
+        key = json.dumps(v, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
     return out
 
 
@@ -288,7 +396,8 @@ def reference_values(value: Any, base_url: str) -> Iterator[tuple[str | None, tu
 
 
 # -- one parameter into rows -----------------------------------------------------------------------
-def _add(rows: IndexRows, param: SearchParam, values: Iterable[Any], base_url: str) -> None:
+def _add(rows: IndexRows, param: SearchParam, values: Iterable[Any], base_url: str,
+         identifiers_only: bool = False) -> None:
     code, kind = param.code, param.type
     for value in values:
         if kind == "string":
@@ -298,7 +407,7 @@ def _add(rows: IndexRows, param: SearchParam, values: Iterable[Any], base_url: s
             _add_tokens(rows, code, value)
         elif kind == "reference":
             for target, ident in reference_values(value, base_url):
-                if target:
+                if target and not identifiers_only:
                     rows.refs.add((code, target[:TOKEN_MAX]))
                 if ident:
                     rows.tokens.add((f"{code}:identifier", ident[0], ident[1][:TOKEN_MAX]))
@@ -356,25 +465,47 @@ def _element_type(base_expr: str) -> str | None:
     return path if mapped in (None, "BackboneElement") else mapped
 
 
+@cache
+def _element_types(base_expr: str) -> tuple[str | None, str | None]:
+    """(type path of the resource itself, type path of other elements) of a composite whose expression
+    is a union of the resource and one path (`Observation | Observation.component`); otherwise both are
+    _element_type's answer."""
+    parts = [p.strip() for p in base_expr.split("|")]
+    if len(parts) == 2 and re.fullmatch(r"[A-Z][A-Za-z]+", parts[0]):
+        return parts[0], _element_type(parts[1])
+    return _element_type(base_expr), _element_type(base_expr)
+
+
+@cache
+def _relative_plan(type_path: str, expression: str) -> list[list[Step]] | None:
+    """Step lists of `expression` read from an element whose type path is `type_path`
+    (`Observation.component`): planned from the full path, then without the steps to the element."""
+    plans = _fast_plan(" | ".join(f"{type_path}.{p.strip()}" for p in expression.split("|")))
+    skip = type_path.count(".")
+    return None if plans is None else [plan[skip:] for plan in plans]
+
+
 def _component_values(expression: str, element: Any, type_path: str | None, resource: dict[str, Any]
                       ) -> list[Any]:
     if expression.startswith("%resource."):
         # a component read from the resource rather than the element (MolecularSequence's chromosome)
         return evaluate_expression(f"{resource['resourceType']}.{expression.removeprefix('%resource.')}", resource)
-    relative = " | ".join(f"Element.{p.strip()}" for p in expression.split("|"))
-    if isinstance(element, dict) and _fast_plan(relative) is not None:
-        return evaluate_expression(relative, element)
+    plans = _relative_plan(type_path, expression) if type_path and isinstance(element, dict) else None
+    if plans is not None:
+        out = [v for steps in plans for v in _run([element], steps)]
+        return _distinct(out) if len(plans) > 1 and len(out) > 1 else out
     element = copy.deepcopy(element)  # fhirpathpy annotates what it reads
     node = ResourceNode.create_node(element, type_path) if type_path and isinstance(element, dict) else element
     return list(_compiled(expression)(node))
 
 
 def _add_composite(rows: IndexRows, param: SearchParam, resource: dict[str, Any], base_url: str) -> None:
-    type_path = _element_type(param.expr)
-    for number, element in enumerate(evaluate(param, resource)):
+    own_type, type_path = _element_types(param.expr)
+    for number, found in enumerate(evaluate(param, resource)):
+        element_type = own_type if found is resource else type_path
         keys = []
         for comp in param.components:
-            values = _component_values(comp.expr, element, type_path, resource)
+            values = _component_values(comp.expr, found, element_type, resource)
             keys.append([k for v in values for k in composite_keys(comp.type, v, base_url)])
         if len(keys) == 2:
             for (s1, v1, _l, _h), (s2, v2, lo2, hi2) in product(*keys):
@@ -449,21 +580,42 @@ def _add_position(rows: IndexRows, resource: dict[str, Any]) -> None:
         rows.numbers.add((param, v, v))
 
 
-def search_index(resource: dict[str, Any], base_url: str) -> IndexRows:
+@cache
+def _indexed_params(rtype: str) -> tuple[tuple[SearchParam, frozenset[str] | None, bool], ...]:
+    """The parameters of `rtype` that have index rows of their own (fhir/search_storage.py), each with
+    the top-level elements its expression reads (None: the expression reads the whole resource, as
+    composites over `Observation` do) and whether only its `:identifier` rows are its own."""
+    out = []
+    for p in params_of(rtype).values():
+        if p.code in ROW_PARAMS:
+            continue
+        stored = stored_as(rtype, p.code)
+        stems = None if _reads_whole(p.expr, rtype) else _stems(p.expr) or None
+        if stored.params == (p.code,):
+            out.append((p, stems, False))
+        elif p.type == "reference" and stored.target_type is not None:
+            out.append((p, stems, True))
+    return tuple(out)
+
+
+def search_index(resource: dict[str, Any], base_url: str, text: bool = True) -> IndexRows:
     """Every index row of `resource` (a stored FHIR resource with its `resourceType`), including the
-    Patient-compartment reference rows (`_compartment`) that access rules use."""
+    Patient-compartment reference rows (`_compartment`) that access rules use; `text`: with the word rows
+    of `_text` and `_content` (the server's SEARCH_TEXT_INDEX)."""
     rows = IndexRows()
     rtype = resource["resourceType"]
-    for param in params_of(rtype).values():
-        if param.code in ROW_PARAMS:
-            continue
+    present = present_stems(resource)
+    for param, stems, identifiers_only in _indexed_params(rtype):
+        if stems is not None and present.isdisjoint(stems) and _fast_plan(param.expr) is not None:
+            continue  # nothing the path reads is in the resource
         if param.type == "composite":
             _add_composite(rows, param, resource, base_url)
         else:
-            _add(rows, param, evaluate(param, resource), base_url)
-    # word rows keep no `exact` copy: only prefix lookups read them
-    rows.strings.update(("_text", w, "") for w in words(narrative_text(resource)))
-    rows.strings.update(("_content", w, "") for w in content_words(resource))
+            _add(rows, param, evaluate_expression(param.expr, resource, present), base_url, identifiers_only)
+    if text:
+        # word rows keep no `exact` copy: only prefix lookups read them
+        rows.strings.update(("_text", w, "") for w in words(narrative_text(resource)))
+        rows.strings.update(("_content", w, "") for w in content_words(resource))
     if rtype == "Location":
         _add_position(rows, resource)
     rows.refs.update(access_refs(resource, base_url))

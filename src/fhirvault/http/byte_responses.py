@@ -14,7 +14,7 @@ from fhirvault.http import ranges
 from fhirvault.http.disposition import content_disposition
 from fhirvault.service.binaries import BinaryContent
 from fhirvault.service.context import RequestContext
-from fhirvault.service.scans import OVERRIDE_HEADER
+from fhirvault.service.scans import OVERRIDE_HEADER, parse_override
 from fhirvault.service.timeutil import to_http_date
 
 ByteStream = Callable[[int, int | None], AsyncIterator[bytes]]
@@ -79,10 +79,11 @@ def content_headers(content: BinaryContent, extra_headers: dict[str, str] | None
 
 async def check_scan_policy(request: Request, content: BinaryContent) -> None:
     """The malware scan policy (SCAN_MODE=block) for serving these bytes to this request: Locked (423) or
-    Forbidden (403) when they are held back. Signed storage URLs carry no caller, so no override."""
+    Forbidden (403) when they are held back; Invalid (400) for an X-Scan-Override other than true or false.
+    Signed storage URLs carry no caller, so no override."""
     ctx = getattr(request.state, "ctx", None)
     principal = ctx.principal if isinstance(ctx, RequestContext) else None
-    override = (request.headers.get(OVERRIDE_HEADER) or "").strip().lower() == "true"
+    override = parse_override(request.headers.get(OVERRIDE_HEADER))  # 400 for a value other than true/false
     # A Binary's content is described by its id; an Attachment's inline data by "Type/id" of its resource.
     rtype, _, rid = content.binary_id.rpartition("/")
     holder = (rtype or "Binary", rid, content.version_id)

@@ -23,7 +23,7 @@ from fhirvault.service.history import history_bundle
 from fhirvault.service.preconditions import Precondition
 from fhirvault.service.preconditions import not_modified as current_not_modified
 from fhirvault.service.resources import WriteResult
-from fhirvault.service.scans import OVERRIDE_HEADER
+from fhirvault.service.scans import OVERRIDE_HEADER, parse_override
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
 from fhirvault.service.services import StoredResource
 from fhirvault.service.timeutil import to_http_date
@@ -42,8 +42,9 @@ def context(request: Request) -> RequestContext:
 
 def scan_override_asked(request: Request) -> bool:
     """Whether the request asks for content the malware scan policy would hold back (`X-Scan-Override:
-    true`); the policy decides whether the caller may (service/scans.py)."""
-    return (request.headers.get(OVERRIDE_HEADER) or "").strip().lower() == "true"
+    true`); the policy decides whether the caller may (service/scans.py). Any value other than true or
+    false is Invalid (400)."""
+    return parse_override(request.headers.get(OVERRIDE_HEADER))
 
 
 def resource_type_of(request: Request) -> str:

@@ -24,9 +24,10 @@ class Reindexer:
     id done, so that a crash resumes where the last committed batch ended. Migration 0008 marks every
     stored type; `mark` marks more (the `fhirvault reindex [TYPE]` command)."""
 
-    def __init__(self, db: Database, base_url: str) -> None:
+    def __init__(self, db: Database, base_url: str, text: bool = True) -> None:
         self.db = db
         self.base_url = base_url  # absolute references on this base are indexed as relative ones
+        self.text = text  # with the word rows of `_text` and `_content` (SEARCH_TEXT_INDEX)
 
     async def mark(self, rtype: str | None = None) -> list[str]:
         """Mark `rtype` (None: every stored type) for a rebuild from the start; returns the types marked."""
@@ -75,7 +76,7 @@ class Reindexer:
                 for r in rows:
                     stored = row_to_stored(r)
                     index = None if stored.deleted or stored.content is None else search_index(
-                        stored.content, self.base_url)
+                        stored.content, self.base_url, self.text)
                     await write_index(conn, rtype, stored.id, index)
                 await self._version_access(conn, rtype, [r.id for r in rows])
                 where = search_reindex.c.resource_type == rtype

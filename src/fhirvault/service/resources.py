@@ -134,7 +134,7 @@ class ResourceService:
             resource, finish = uow.deferred.pop(0)
             await finish()
             stored = next(s for s in reversed(uow.written) if s.content is resource)
-            await self.store.rewrite(uow.conn, stored, search_index(resource, ctx.base_url))
+            await self.store.rewrite(uow.conn, stored, search_index(resource, ctx.base_url, self.store.text_index))
 
     # -- writes ---------------------------------------------------------------------------------
     async def create(self, ctx: RequestContext, rtype: str, body: Any,
@@ -408,7 +408,7 @@ class ResourceService:
         resource["meta"] = meta
         stored = StoredResource(rtype, rid, version, ts, False, resource, blob_id, method)
         await self.store.write(uow.conn, stored, current.version_id if current else None,
-                               search_index(resource, ctx.base_url))
+                               search_index(resource, ctx.base_url, self.store.text_index))
         uow.committed.append(resource)
         uow.written.append(stored)
         return WriteResult(stored, created=current is None or current.deleted)

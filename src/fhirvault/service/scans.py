@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import logging
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.blobs.base import BlobStore
 from fhirvault.clock import now_us
-from fhirvault.errors import Forbidden, Locked
+from fhirvault.errors import Forbidden, Invalid, Locked
 from fhirvault.fhir.attachments import iter_attachments
 from fhirvault.fhir.binary import decode_base64_strict
 from fhirvault.fhir.scan_definitions import CLEAN, ERROR, INFECTED, PENDING, SCAN_STATES, SKIPPED, extension_url
@@ -277,57 +278,75 @@ class ContentScans:
 
     @staticmethod
     async def _verdicts(conn: AsyncConnection, keys: dict[tuple[str, int], list[dict[str, Any]]],
-                        own: dict[int, str]) -> tuple[dict[tuple[str, int], tuple[str, bool]], dict[str, ScanRecord]]:
-        """What each (Binary id, version) holds, and the verdicts of those contents and of `own` ones."""
-        holdings = await scan_rows.version_contents(conn, keys)
-        verdicts = await scan_rows.states_of(conn, [*(sha for sha, _ in holdings.values()), *own.values()])
+                        own: dict[int, str], inline: list[tuple[dict[str, Any], dict[str, Any], bytes, str]]
+                        ) -> tuple[dict[tuple[str, int], tuple[str, bool]], dict[str, ScanRecord]]:
+        """What each (Binary id, version) holds, and the verdicts of those contents, of `own` ones and of the
+        `inline` Attachment data."""
+        holdings = await scan_rows.version_contents(conn, keys) if keys else {}
+        verdicts = await scan_rows.states_of(conn, [*(sha for sha, _ in holdings.values()), *own.values(),
+                                                    *(sha for *_, sha in inline)])
         return holdings, verdicts
 
     async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]],
                          conn: AsyncConnection | None = None) -> None:
-        """ReadStep: each Binary gets the scan-status extension of its content on `meta` (any stored copy of
-        it is replaced, so the verdict shown is always the current one); none when SCAN_MODE is off. In
-        `block` mode a Binary whose content is held back is rendered without its inline `data` (in search
-        results, history and Bundles alike), unless an administrative client asked for it."""
+        """ReadStep: each Binary gets the scan-status extension of its content on `meta`, and each Attachment
+        with inline `data` (in any other resource, at any depth: fhir/attachments.iter_attachments) the one of
+        its data on its own `extension`; any stored copy is replaced, so the verdict shown is always the
+        current one; none when SCAN_MODE is off. In `block` mode content held back (pending, error, infected)
+        is rendered without its inline `data` (read, vread, history, search, Bundles, write answers alike;
+        an Attachment keeps contentType and gets `size` and `hash` when it had none), unless an
+        administrative client asked with X-Scan-Override: true."""
         binaries = [r for r in resources if r.get("resourceType") == "Binary"]
         for r in binaries:
-            self._strip(r)
-        if not self.enabled or not binaries:
+            meta = r.get("meta")
+            if isinstance(meta, dict):
+                _strip(meta)
+        attachments = [(r, att) for r in resources if r.get("resourceType") != "Binary"
+                       for _, att in iter_attachments(r)]
+        for _, att in attachments:
+            _strip(att)
+        if not self.enabled or not (binaries or attachments):
             return
         keys: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for r in binaries:
-            version = str((r.get("meta") or {}).get("versionId") or "")
-            if isinstance(r.get("id"), str) and version.isdigit():
-                keys.setdefault((r["id"], int(version)), []).append(r)
+            version = _version_of(r)
+            if isinstance(r.get("id"), str) and version is not None:
+                keys.setdefault((r["id"], version), []).append(r)
         # Inline content recorded by no version yet (stored before scanning was on) is known by its data.
         own = {id(r): _sha256_hex(raw[0]) for r in binaries if (raw := _inline_contents(r))}
+        inline = _inline_attachments(attachments)
+        holders = [(str(r["resourceType"]), str(r["id"]), v, sha) for r, _, _, sha in inline
+                   if isinstance(r.get("id"), str) and (v := _version_of(r)) is not None]
         if conn is not None:  # the read's own connection (a search page): no second one
-            holdings, verdicts = await self._verdicts(conn, keys, own)
+            holdings, verdicts = await self._verdicts(conn, keys, own, inline)
+            checked = await scan_rows.holdings_checked(conn, holders) if holders else {}
         else:
             async with self.db.read() as own_conn:
-                holdings, verdicts = await self._verdicts(own_conn, keys, own)
+                holdings, verdicts = await self._verdicts(own_conn, keys, own, inline)
+                checked = await scan_rows.holdings_checked(own_conn, holders) if holders else {}
         may_override = ctx.scan_override and _is_admin(ctx.principal)
         for key, found in keys.items():
             for r in found:
-                sha, checked = holdings.get(key) or (own.get(id(r)), True)
+                sha, was_checked = holdings.get(key) or (own.get(id(r)), True)
                 # Until a job checked this holding it is pending, whatever the content's verdict (see content_refs).
-                record = verdicts.get(sha) if sha and checked else None
+                record = verdicts.get(sha) if sha and was_checked else None
                 meta = r.setdefault("meta", {})
                 meta["extension"] = [*meta.get("extension", []), scan_extension(ctx.base_url, record)]
                 held_back = record is None or record.state not in SERVABLE
                 if self.mode == "block" and "data" in r and held_back and not may_override:
                     del r["data"]
-
-    def _strip(self, resource: dict[str, Any]) -> None:
-        meta = resource.get("meta")
-        if not isinstance(meta, dict) or not isinstance(meta.get("extension"), list):
-            return
-        kept = [e for e in meta["extension"]
-                if not (isinstance(e, dict) and str(e.get("url", "")).endswith(EXTENSION_PATH))]
-        if kept:
-            meta["extension"] = kept
-        else:
-            del meta["extension"]
+        for r, att, content, sha in inline:
+            version = _version_of(r)
+            holding = (str(r.get("resourceType")), str(r.get("id")), version, sha) if version is not None else None
+            # No holding recorded (stored before scanning was on, or no version): the content's verdict counts.
+            record = verdicts.get(sha) if holding is None or checked.get(holding, True) else None
+            att["extension"] = [*att.get("extension", []), scan_extension(ctx.base_url, record)]
+            held_back = record is None or record.state not in SERVABLE
+            if self.mode == "block" and held_back and not may_override:
+                del att["data"]
+                # Say what was left out: its size and SHA-1 (R4 Attachment.size, .hash) unless already given.
+                att.setdefault("size", len(content))
+                att.setdefault("hash", base64.b64encode(hashlib.sha1(content).digest()).decode("ascii"))
 
     # -- the command line -----------------------------------------------------------------------
     async def queue_existing(self, rescan_all: bool = False, batch: int = 200) -> dict[str, int]:
@@ -378,6 +397,53 @@ class ContentScans:
                 queued_shas.update(shas)
         self.jobs.notify()
         return {"versions": looked, "queued": len(queued_shas)}
+
+
+def _strip(element: dict[str, Any]) -> None:
+    """Remove any scan-status extension from `element`'s `extension` (a stored copy, possibly forged)."""
+    if not isinstance(element.get("extension"), list):
+        return
+    kept = [e for e in element["extension"]
+            if not (isinstance(e, dict) and str(e.get("url", "")).endswith(EXTENSION_PATH))]
+    if kept:
+        element["extension"] = kept
+    else:
+        del element["extension"]
+
+
+def _version_of(resource: dict[str, Any]) -> int | None:
+    """The resource's meta.versionId as a number, None when it has none."""
+    version = str((resource.get("meta") or {}).get("versionId") or "")
+    return int(version) if version.isdigit() else None
+
+
+def _inline_attachments(attachments: list[tuple[dict[str, Any], dict[str, Any]]]
+                        ) -> list[tuple[dict[str, Any], dict[str, Any], bytes, str]]:
+    """(resource, Attachment, decoded bytes, SHA-256 hex) of each Attachment with non-empty inline base64 `data`
+    (data that is no valid base64, stored before it was checked, is left as it is)."""
+    out = []
+    for r, att in attachments:
+        value = att.get("data")
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            raw = decode_base64_strict(value, "data")
+        except ValueError:
+            continue
+        if raw:
+            out.append((r, att, raw, _sha256_hex(raw)))
+    return out
+
+
+def parse_override(value: str | None) -> bool:
+    """The X-Scan-Override header's meaning: absent or `false` no override, `true` an override (the policy
+    decides whether the caller may); any other value is Invalid (400), never silently ignored."""
+    if value is None:
+        return False
+    word = value.strip().lower()
+    if word in ("true", "false"):
+        return word == "true"
+    raise Invalid(f"The header {OVERRIDE_HEADER} must be 'true' or 'false', not '{value[:40]}'")
 
 
 def _is_admin(principal: Caller | None) -> bool:

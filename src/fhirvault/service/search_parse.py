@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 
@@ -25,7 +26,7 @@ from fhirvault.fhir.search_filter import (
     comparisons,
     parse_filter,
 )
-from fhirvault.fhir.search_index import normalize, words
+from fhirvault.fhir.search_index import TEXT_PARAMS, normalize, words
 from fhirvault.fhir.search_params import NOT_DOMAIN_RESOURCES, SearchParam, search_param
 from fhirvault.store.search_sql import (
     AllClause,
@@ -636,9 +637,24 @@ def _result_param(parsed: ParsedSearch, types: list[str], name: str, value: str)
     return True
 
 
-def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str, strict: bool) -> ParsedSearch:
+def _word_params(clauses: list[Clause]) -> Iterator[str]:
+    """The `_text` / `_content` parameters among `clauses`, however deeply nested (_filter, chains, _has)."""
+    for c in clauses:
+        if isinstance(c, ParamClause) and c.param in TEXT_PARAMS:
+            yield c.param
+        elif isinstance(c, AnyClause | AllClause):
+            yield from _word_params(c.clauses)
+        elif isinstance(c, NotClause):
+            yield from _word_params([c.clause])
+        elif isinstance(c, ChainClause | HasClause):
+            yield from _word_params(c.criteria.clauses)
+
+
+def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str, strict: bool,
+                 text_search: bool = True) -> ParsedSearch:
     """All query parameters of a search on `types` (one type, or several for a system search).
-    Raises Invalid (400) for a malformed value, an unsupported modifier, or - when `strict` - an
+    Raises Invalid (400) for a malformed value, an unsupported modifier, `_text` or `_content` when
+    `text_search` is off (the server keeps no word index: SEARCH_TEXT_INDEX), or - when `strict` - an
     unknown parameter; otherwise unknown parameters land in `ignored`."""
     if len(params) > MAX_PARAMS:
         raise Invalid(f"A search takes at most {MAX_PARAMS} parameters, not {len(params)}")
@@ -658,4 +674,9 @@ def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str,
             parsed.ignored.append(name)
             continue
         parsed.echo.append((name, value))
+    if not text_search:
+        used = sorted(set(_word_params(parsed.criteria.clauses)))
+        if used:
+            raise Invalid(f"This server has text search off: {' and '.join(used)} cannot be searched "
+                          "(it keeps no word index; SEARCH_TEXT_INDEX=false)")
     return parsed

@@ -45,7 +45,10 @@ class Database:
     processes on the same database (see FileWriteLock) and BEGIN IMMEDIATE, so that concurrent writers
     queue instead of failing with 'database is locked'."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 20) -> None:
+        """`url`: a SQLAlchemy async URL (sqlite+aiosqlite or postgresql+psycopg). `pool_size` and
+        `max_overflow` bound the PostgreSQL connections of this process (kept, and opened beyond them
+        under load); SQLite ignores them."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
@@ -60,8 +63,8 @@ class Database:
             cargs, options = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
             kwargs["async_creator"] = sqlite_driver.connector(*cargs, **{**options, "timeout": 30})
         else:
-            kwargs["pool_size"] = 10
-            kwargs["max_overflow"] = 20
+            kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = max_overflow
             kwargs["pool_pre_ping"] = True
             kwargs["pool_timeout"] = POOL_TIMEOUT
             kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
@@ -139,6 +142,17 @@ class Database:
         """One round trip to the database; errors.Unavailable when it does not answer."""
         async with self.read() as conn:
             await conn.execute(sa.text("SELECT 1"))
+
+    async def refresh_statistics(self) -> None:
+        """SQLite: gather the query planner's statistics (ANALYZE, sampling at most 1000 rows per index so
+        that it takes milliseconds at any size). With them SQLite reads a search's few matching ids from
+        the index tables and then the resources; without them it reads every resource of the type.
+        PostgreSQL's autovacuum keeps its statistics itself: nothing to do there."""
+        if not self.is_sqlite:
+            return
+        async with self.write() as conn:
+            await conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+            await conn.exec_driver_sql("ANALYZE")
 
     async def migrate(self) -> int:
         """Apply every migration step of `fhirvault.store.migrations.STEPS` not yet applied, in one write

@@ -26,7 +26,7 @@ from fhirvault.store.schema import (
     search_refs,
     search_tokens,
 )
-from fhirvault.store.search_tables import add_search_tables_0014, create_search_tables
+from fhirvault.store.search_tables import add_search_tables_0014, create_search_tables, lean_search_index
 from fhirvault.store.security import auth_failures, clients, signing_keys
 from fhirvault.store.uploads import uploads
 from fhirvault.store.url_signing_keys import insert_key, new_key, url_signing_keys
@@ -110,6 +110,8 @@ STEPS: tuple[MigrationStep, ...] = (
     MigrationStep("0011_uploads", _create(uploads)),
     # Uploads straight to the object store (Binary/$upload-url), each owning a pending blob.
     MigrationStep("0012_direct_uploads", _create(direct_uploads)),
+    # Parameters stored as the rows of others lose their own rows; two redundant indexes go.
+    MigrationStep("0013_search_index_lean", lean_search_index),
     # Composites of 3+ components, version access rows, reference targets; every type reindexed for them,
     # _text, _content and Location near.
     MigrationStep("0014_search_semantics", add_search_tables_0014),

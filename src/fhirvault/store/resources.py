@@ -21,6 +21,7 @@ from fhirvault.store.search_sql import (
     Restriction,
     SortKey,
     criteria_sql,
+    param_rows,
     restriction_sql,
     sort_columns,
     version_restriction_sql,
@@ -64,8 +65,11 @@ class ResourceStore:
     refers to a blob counts as one reference to it (BlobRegistry `refs`), taken where the version is
     inserted (`write`) and given back where it is removed (`expunge`), so no other path can forget it."""
 
-    def __init__(self, registry: BlobRegistry | None = None) -> None:
+    def __init__(self, registry: BlobRegistry | None = None, text_index: bool = True) -> None:
         self.registry = registry or BlobRegistry()
+        # whether the index holds the word rows of `_text` and `_content` (the server's SEARCH_TEXT_INDEX):
+        # writers index them only then, and searches refuse those parameters otherwise
+        self.text_index = text_index
 
     async def get(self, conn: AsyncConnection, rtype: str, rid: str, for_update: bool = False
                   ) -> StoredResource | None:
@@ -152,7 +156,7 @@ class ResourceStore:
         t = resources
         keys = sort if sort else [SortKey("_lastUpdated", "_lastUpdated")]
         stmt = (sa.select(t).where(*self._select(criteria, restriction, cutoff_us))
-                .order_by(*sort_columns(keys, t)).limit(count).offset(offset))
+                .order_by(*sort_columns(keys, t, criteria.types)).limit(count).offset(offset))
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def count(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
@@ -189,14 +193,17 @@ class ResourceStore:
 
     async def references_from(self, conn: AsyncConnection, owners: list[tuple[str, str]], params: list[str] | None
                               ) -> list[tuple[str, str, str]]:
-        """(owner type, param, target) of the reference index rows of `owners`; `params` None for all."""
+        """(owner type, param, target) of the reference index rows of `owners`; `params` None for all. The
+        param is the one whose rows hold the target (`subject` for Observation `patient`: see
+        fhir/search_storage.py)."""
         sr = search_refs
         out: list[tuple[str, str, str]] = []
         for start in range(0, len(owners), 500):
             chunk = owners[start:start + 500]
             where = [sa.tuple_(sr.c.resource_type, sr.c.id).in_(chunk), ~sr.c.param.startswith("_", autoescape=True)]
             if params is not None:
-                where.append(sr.c.param.in_(params))
+                types = sorted({rtype for rtype, _ in chunk})
+                where.append(sa.or_(*[param_rows(sr, sr.c.resource_type, types, p) for p in params]))
             rows = await conn.execute(sa.select(sr.c.resource_type, sr.c.param, sr.c.target).where(*where))
             out += [(r[0], r[1], r[2]) for r in rows.all()]
         return out
@@ -213,7 +220,9 @@ class ResourceStore:
             if source_type is not None:
                 where.append(sr.c.resource_type == source_type)
             if param is not None:
-                where.append(sr.c.param == param)
+                # the rows that hold `param` (fhir/search_storage.py); without a source type, no parameter is named
+                where.append(param_rows(sr, sr.c.resource_type, [source_type], param) if source_type is not None
+                             else sr.c.param == param)
             # driven from the reference rows (by target), never by a scan of the resources
             owners = sa.select(sr.c.resource_type, sr.c.id).where(*where)
             stmt = sa.select(t).where(sa.tuple_(t.c.resource_type, t.c.id).in_(owners), t.c.deleted.is_(False),

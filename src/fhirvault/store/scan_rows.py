@@ -115,6 +115,21 @@ async def version_contents(conn: AsyncConnection, keys: Iterable[tuple[str, int]
     return out
 
 
+async def holdings_checked(conn: AsyncConnection, keys: Iterable[tuple[str, str, int, str]]
+                           ) -> dict[tuple[str, str, int, str], bool]:
+    """Whether a scan job has checked each of these holdings (resource type, id, version, SHA-256 hex) of a
+    content, as recorded; holdings not recorded (stored before scanning was on) are absent."""
+    wanted = sorted(set(keys))
+    out: dict[tuple[str, str, int, str], bool] = {}
+    c = content_refs.c
+    for start in range(0, len(wanted), 200):
+        chunk = wanted[start:start + 200]
+        stmt = sa.select(c.resource_type, c.id, c.version_id, c.sha256, c.checked).where(sa.or_(*(
+            sa.and_(c.resource_type == t, c.id == i, c.version_id == v, c.sha256 == h) for t, i, v, h in chunk)))
+        out.update({(r.resource_type, r.id, r.version_id, r.sha256): bool(r.checked) for r in await conn.execute(stmt)})
+    return out
+
+
 async def holding_checked(conn: AsyncConnection, rtype: str, rid: str, version: int, sha256: str) -> bool | None:
     """Whether a scan job has checked this version's holding of the content; None when none is recorded."""
     c = content_refs.c

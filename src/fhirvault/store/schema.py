@@ -49,7 +49,7 @@ search_tokens = sa.Table(
     sa.Column("system", sa.String(512), nullable=True),
     sa.Column("value", sa.String(512), nullable=False),
     sa.Index("ix_tokens_lookup", "resource_type", "param", "value"),
-    sa.Index("ix_tokens_owner", "resource_type", "id"),
+    sa.Index("ix_tokens_owner", "resource_type", "id"),  # as step 0001 made it; step 0013 drops it
 )
 
 search_refs = sa.Table(
@@ -59,5 +59,5 @@ search_refs = sa.Table(
     sa.Column("param", sa.String(64), nullable=False),
     sa.Column("target", sa.String(160), nullable=False),
     sa.Index("ix_refs_lookup", "resource_type", "param", "target"),
-    sa.Index("ix_refs_owner", "resource_type", "id"),
+    sa.Index("ix_refs_owner", "resource_type", "id"),  # as step 0001 made it; step 0013 drops it
 )

@@ -8,13 +8,14 @@ checked every name, modifier and value."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
+from fhirvault.fhir.search_storage import StoredAs, stored_as
 from fhirvault.store.scan_rows import scan_state_matches
 from fhirvault.store.schema import resources, search_refs, search_tokens
 from fhirvault.store.search_tables import (
@@ -347,23 +348,64 @@ def _composite(c: Any, t: CompositeTest) -> ColumnElement[bool]:
     return sa.and_(first, second)
 
 
-def _composite_parts(owner: Any, param: str, t: CompositeTest) -> ColumnElement[bool]:
-    """Some element of `owner` has, for every component, a value matching that component's test."""
+def _stored_rows(table: Any, rtype: str, param: str) -> ColumnElement[bool]:
+    """The index rows of `param` of `rtype` in `table` (fhir/search_storage.py: a parameter may be
+    stored as the rows of others, restricted to one reference target type)."""
+    stored = stored_as(rtype, param)
+    cond = table.c.param == stored.params[0] if len(stored.params) == 1 else table.c.param.in_(stored.params)
+    if stored.target_type is not None:
+        t = stored.target_type
+        cond = sa.and_(cond, sa.or_(table.c.target.startswith(f"{t}/", autoescape=True),
+                                    table.c.target.contains(f"/{t}/", autoescape=True)))
+    return cond
+
+
+def param_rows(table: Any, owner_type: Any, types: Sequence[str], param: str) -> ColumnElement[bool]:
+    """The rows of `param` in `table` for owners of any of `types` (`owner_type`: the owner's
+    resource_type column): one condition when the types store `param` alike, else one per type."""
+    if not types:
+        return sa.false()
+    groups: dict[StoredAs, list[str]] = {}
+    for t in types:
+        groups.setdefault(stored_as(t, param), []).append(t)
+    if len(groups) == 1:
+        return _stored_rows(table, types[0], param)
+    return sa.or_(*[sa.and_(owner_type.in_(ts), _stored_rows(table, ts[0], param)) for ts in groups.values()])
+
+
+def _owned(table: Any, owner: Any, param: str, types: Sequence[str]) -> list[ColumnElement[bool]]:
+    return [table.c.resource_type == owner.c.resource_type, table.c.id == owner.c.id,
+            param_rows(table, owner.c.resource_type, types, param)]
+
+
+def _has_rows(table: Any, owner: Any, types: Sequence[str], param: str, *match: Any) -> ColumnElement[bool]:
+    """`owner` has a row of `param` in `table` that meets `match`, as `id IN (SELECT id ...)`: a subquery
+    that does not depend on the owner, so that both databases read it from the (type, param, value)
+    index and, with planner statistics, go from its few ids to the resources (a correlated EXISTS is
+    run once per resource of the type on SQLite, whatever the statistics)."""
+    if len(types) == 1:  # criteria_sql has already held the owner to this type
+        ids = sa.select(table.c.id).where(table.c.resource_type == types[0], _stored_rows(table, types[0], param),
+                                          *match)
+        return owner.c.id.in_(ids)
+    pairs = sa.select(table.c.resource_type, table.c.id).where(
+        table.c.resource_type.in_(types), param_rows(table, table.c.resource_type, types, param), *match)
+    return sa.tuple_(owner.c.resource_type, owner.c.id).in_(pairs)
+
+
+def _composite_parts(owner: Any, types: Sequence[str], param: str, t: CompositeTest) -> ColumnElement[bool]:
+    """Some element of `owner` has, for every component, a value matching that component's test: a row of
+    part 0 among the rows of `param` (param_rows), and one of every other part with the same parameter
+    and element number (element numbers count the elements of one parameter)."""
     first: Any = search_composite_parts.alias()
-    conds: list[ColumnElement[bool]] = [*_owned(first, owner, param), first.c.part == 0,
-                                        _part(first.c.system, first.c.value, first.c.low, first.c.high,
-                                              t.kinds[0], t.parts[0])]
+    conds: list[ColumnElement[bool]] = [
+        first.c.part == 0, _part(first.c.system, first.c.value, first.c.low, first.c.high, t.kinds[0], t.parts[0])]
     for number in range(1, len(t.parts)):
         other: Any = search_composite_parts.alias()
         conds.append(sa.exists().where(
-            other.c.resource_type == first.c.resource_type, other.c.id == first.c.id, other.c.param == param,
+            other.c.resource_type == first.c.resource_type, other.c.id == first.c.id, other.c.param == first.c.param,
             other.c.element == first.c.element, other.c.part == number,
             _part(other.c.system, other.c.value, other.c.low, other.c.high, t.kinds[number], t.parts[number])))
-    return sa.exists().where(*conds)
-
-
-def _owned(table: Any, owner: Any, param: str) -> list[ColumnElement[bool]]:
-    return [table.c.resource_type == owner.c.resource_type, table.c.id == owner.c.id, table.c.param == param]
+    return _has_rows(first, owner, types, param, *conds)
 
 
 def _ref_to(owner: Any) -> ColumnElement[Any]:
@@ -371,8 +413,8 @@ def _ref_to(owner: Any) -> ColumnElement[Any]:
     return owner.c.resource_type + sa.literal("/") + owner.c.id
 
 
-def clause_sql(clause: Clause, owner: Any) -> ColumnElement[bool]:
-    """One clause as a condition on `owner` (an alias of `resources`)."""
+def clause_sql(clause: Clause, owner: Any, types: Sequence[str]) -> ColumnElement[bool]:
+    """One clause as a condition on `owner` (an alias of `resources` holding resources of `types`)."""
     if isinstance(clause, IdClause):
         return owner.c.id.in_(clause.ids)
     if isinstance(clause, ScanStatusClause):
@@ -381,38 +423,40 @@ def clause_sql(clause: Clause, owner: Any) -> ColumnElement[bool]:
         return sa.or_(*[_range(t.prefix, owner.c.last_updated, owner.c.last_updated + 1, t, False)
                         for t in clause.tests])
     if isinstance(clause, AnyClause):
-        return sa.or_(sa.false(), *[clause_sql(c, owner) for c in clause.clauses])
+        return sa.or_(sa.false(), *[clause_sql(c, owner, types) for c in clause.clauses])
     if isinstance(clause, AllClause):
-        return sa.and_(sa.true(), *[clause_sql(c, owner) for c in clause.clauses])
+        return sa.and_(sa.true(), *[clause_sql(c, owner, types) for c in clause.clauses])
     if isinstance(clause, NotClause):
-        return sa.not_(clause_sql(clause.clause, owner))
+        return sa.not_(clause_sql(clause.clause, owner, types))
     if isinstance(clause, ListClause):
         return _in_lists(owner, clause.list_ids)
     if isinstance(clause, NearClause):
-        return _near(owner, clause)
+        return _near(owner, types, clause)
     if isinstance(clause, MissingClause):
-        table: Any = TABLES[clause.kind]
-        exists = sa.exists().where(*_owned(table, owner, clause.param))
+        table: Any = TABLES[clause.kind].alias()
+        exists = _has_rows(table, owner, types, clause.param)
         return sa.not_(exists) if clause.missing else exists
     if isinstance(clause, ChainClause):
         target = resources.alias()
         inner = criteria_sql(clause.criteria, target)
         targets = sa.select(_ref_to(target)).where(target.c.resource_type.in_(clause.target_types), *inner)
-        return sa.exists().where(*_owned(search_refs, owner, clause.param), search_refs.c.target.in_(targets))
+        refs = search_refs.alias()
+        return _has_rows(refs, owner, types, clause.param, refs.c.target.in_(targets))
     if isinstance(clause, HasClause):
         source = resources.alias()
         refs = search_refs.alias()
         inner = criteria_sql(clause.criteria, source)
         return sa.exists().where(
-            refs.c.resource_type == clause.source_type, refs.c.param == clause.param, refs.c.target == _ref_to(owner),
+            refs.c.resource_type == clause.source_type, _stored_rows(refs, clause.source_type, clause.param),
+            refs.c.target == _ref_to(owner),
             source.c.resource_type == refs.c.resource_type, source.c.id == refs.c.id, *inner)
     if clause.kind == "composite-parts":
-        found = sa.or_(*[_composite_parts(owner, clause.param, t) for t in clause.tests
+        found = sa.or_(*[_composite_parts(owner, types, clause.param, t) for t in clause.tests
                          if isinstance(t, CompositeTest)])
         return sa.not_(found) if clause.negate else found
     table = TABLES[clause.kind].alias()
     match = sa.or_(*[_test(clause.kind, table, t) for t in clause.tests])
-    exists = sa.exists().where(*_owned(table, owner, clause.param), match)
+    exists = _has_rows(table, owner, types, clause.param, match)
     return sa.not_(exists) if clause.negate else exists
 
 
@@ -421,7 +465,7 @@ def _in_lists(owner: Any, list_ids: list[str]) -> ColumnElement[bool]:
     refs: Any = search_refs.alias()
     lists: Any = resources.alias()
     return sa.exists().where(
-        refs.c.resource_type == "List", refs.c.id.in_(list_ids), refs.c.param == "item",
+        refs.c.resource_type == "List", refs.c.id.in_(list_ids), _stored_rows(refs, "List", "item"),
         refs.c.target == _ref_to(owner),
         lists.c.resource_type == "List", lists.c.id == refs.c.id, lists.c.deleted.is_(False))
 
@@ -436,7 +480,7 @@ def unit_vector(latitude: float, longitude: float) -> tuple[float, float, float]
     return math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)
 
 
-def _near(owner: Any, clause: NearClause) -> ColumnElement[bool]:
+def _near(owner: Any, types: Sequence[str], clause: NearClause) -> ColumnElement[bool]:
     """Latitude within the distance's band first (an index range), then the exact great-circle test:
     the dot product of the stored unit vector with the search point's is at least cos(distance / R),
     plain arithmetic that SQLite and PostgreSQL compute alike."""
@@ -446,7 +490,7 @@ def _near(owner: Any, clause: NearClause) -> ColumnElement[bool]:
     px, py, pz = unit_vector(clause.latitude, clause.longitude)
     conds: list[ColumnElement[bool]] = []
     for row, param in zip((lat, x, y, z), NEAR_PARAMS, strict=True):
-        conds += _owned(row, owner, param)
+        conds += _owned(row, owner, param, types)
     conds += [lat.c.low >= clause.latitude - band, lat.c.low <= clause.latitude + band,
               x.c.low * px + y.c.low * py + z.c.low * pz >= math.cos(angle) - 1e-12]
     return sa.exists().where(*conds)
@@ -459,7 +503,7 @@ def criteria_sql(criteria: Criteria, owner: Any) -> list[ColumnElement[bool]]:
         where.append(owner.c.resource_type == criteria.types[0])
     else:
         where.append(owner.c.resource_type.in_(criteria.types))
-    where += [clause_sql(c, owner) for c in criteria.clauses]
+    where += [clause_sql(c, owner, criteria.types) for c in criteria.clauses]
     return where
 
 
@@ -497,7 +541,9 @@ def restriction_sql(r: Restriction | None, owner: Any) -> list[ColumnElement[boo
     ctx: Any = search_refs.alias()
 
     def has(param: str, *conds: ColumnElement[bool]) -> ColumnElement[bool]:
-        return sa.exists().where(*_owned(ctx, owner, param), *conds)
+        # access rows (`_compartment`, `_securityContext`) are always their own (fhir/search_storage.py)
+        return sa.exists().where(ctx.c.resource_type == owner.c.resource_type, ctx.c.id == owner.c.id,
+                                 ctx.c.param == param, *conds)
 
     return [_restriction(r, owner.c.resource_type, has, ctx.c.target)]
 
@@ -517,8 +563,9 @@ def version_restriction_sql(r: Restriction | None, version: Any) -> list[ColumnE
     return [_restriction(r, version.c.resource_type, has, va.c.target)]
 
 
-def sort_columns(keys: list[SortKey], owner: Any) -> list[Any]:
-    """ORDER BY terms: each key (missing values last), then type and id so that pages are stable."""
+def sort_columns(keys: list[SortKey], owner: Any, types: Sequence[str]) -> list[Any]:
+    """ORDER BY terms: each key (missing values last), then type and id so that pages are stable;
+    `types`: the resource types searched."""
     order: list[Any] = []
     for key in keys:
         if key.kind == "_id":
@@ -534,7 +581,7 @@ def sort_columns(keys: list[SortKey], owner: Any) -> list[Any]:
                 agg = sa.func.max(column) if key.descending else sa.func.min(column)
             else:
                 agg = sa.func.max(table.c[value]) if key.descending else sa.func.min(table.c[value])
-            col = sa.select(agg).where(*_owned(table, owner, key.param)).scalar_subquery()
+            col = sa.select(agg).where(*_owned(table, owner, key.param, types)).scalar_subquery()
             order.append(sa.case((col.is_(None), 1), else_=0))
         order.append(col.desc() if key.descending else col.asc())
     order += [owner.c.resource_type, owner.c.id]

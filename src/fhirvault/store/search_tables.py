@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.fhir.search_index import IndexRows
+from fhirvault.fhir.search_storage import aliased_codes, stored_as
+from fhirvault.store.driver_batch import DriverStatement, run_batch
 from fhirvault.store.schema import metadata, resources, search_refs, search_tokens
 from fhirvault.store.version_access import version_access
 
@@ -122,27 +124,36 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def _insert_sql(table: sa.Table, columns: tuple[str, ...]) -> str:
+    names = ("resource_type", "id", "param", *columns)
+    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+
+
+_INSERTS: dict[str, str] = {name: _insert_sql(table, columns) for name, (table, columns) in _ROW_TABLES.items()}
+_DELETES: tuple[str, ...] = tuple(f"DELETE FROM {t.name} WHERE resource_type = ? AND id = ?" for t in INDEX_TABLES)
+
+
+def _delete_statements(rtype: str, rid: str) -> list[DriverStatement]:
+    return [DriverStatement(sql, [(rtype, rid)]) for sql in _DELETES]
+
+
 async def delete_index(conn: AsyncConnection, rtype: str, rid: str) -> None:
     """Remove every index row of rtype/rid."""
-    for table in INDEX_TABLES:
-        await conn.execute(sa.delete(table).where(table.c.resource_type == rtype, table.c.id == rid))
+    await run_batch(conn, _delete_statements(rtype, rid))
 
 
 async def write_index(conn: AsyncConnection, rtype: str, rid: str, rows: IndexRows | None,
                       new: bool = False) -> None:
     """Replace the index rows of rtype/rid with `rows` (None: the resource is gone, no rows); `new`:
-    the resource has just been inserted, so there are no old rows to remove."""
-    if not new:
-        await delete_index(conn, rtype, rid)
-    if rows is None:
-        return
-    for name, (table, columns) in _ROW_TABLES.items():
-        values = getattr(rows, name)
-        if values:
-            await conn.execute(sa.insert(table), [
-                {"resource_type": rtype, "id": rid, "param": row[0],
-                 **{c: _finite(v) for c, v in zip(columns, row[1:], strict=True)}}
-                for row in values])
+    the resource has just been inserted, so there are no old rows to remove. One batch of driver
+    statements (store/driver_batch.py): a delete per table unless `new`, an insert per table with rows."""
+    statements = [] if new else _delete_statements(rtype, rid)
+    if rows is not None:
+        for name, sql in _INSERTS.items():
+            values = getattr(rows, name)
+            if values:
+                statements.append(DriverStatement(sql, [(rtype, rid, *map(_finite, row)) for row in values]))
+    await run_batch(conn, statements)
 
 
 # The same (type, id, param) lookup on the token and reference tables of schema 0001.
@@ -163,6 +174,32 @@ async def create_search_tables(conn: AsyncConnection) -> None:
     types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
     if types:
         await conn.execute(sa.insert(search_reindex), [{"resource_type": t, "after_id": ""} for t in types])
+
+
+# Schema 0001's (type, id) indexes on tokens and references: a prefix of the (type, id, param) ones above.
+_REDUNDANT_INDEXES = ("ix_tokens_owner", "ix_refs_owner")
+# The index tables there are when step 0013 runs (step 0014 adds the composite parts, and rebuilds every
+# type's rows without those of parameters stored as others).
+_TABLES_0013 = tuple(t for t in INDEX_TABLES if t is not search_composite_parts)
+
+
+async def lean_search_index(conn: AsyncConnection) -> None:
+    """Migration step: drop the index rows of parameters stored as the rows of others
+    (fhir/search_storage.py) and the two indexes the owner indexes make redundant."""
+    for name in _REDUNDANT_INDEXES:
+        await conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
+    types = (await conn.execute(sa.select(resources.c.resource_type).distinct())).scalars().all()
+    for rtype in types:
+        for code in aliased_codes(rtype):
+            if stored_as(rtype, code).target_type is not None:
+                # only the reference rows: `code:identifier` rows stay the parameter's own
+                await conn.execute(sa.delete(search_refs).where(
+                    search_refs.c.resource_type == rtype, search_refs.c.param == code))
+                continue
+            for table in _TABLES_0013:
+                await conn.execute(sa.delete(table).where(
+                    table.c.resource_type == rtype,
+                    sa.or_(table.c.param == code, table.c.param.startswith(f"{code}:", autoescape=True))))
 
 
 # Who refers to a resource, whatever the referring type and parameter (`_revinclude=*`, `_list`).

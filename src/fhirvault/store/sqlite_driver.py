@@ -115,6 +115,18 @@ class OneTripConnection(aiosqlite.Connection):
         outcome: Outcome = await self._execute(_run, self._conn, begin, sql, parameters, many)
         return outcome
 
+    async def run_in_transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
+        """`work` on the sqlite3 connection, on the connection's thread, after a pending BEGIN: several
+        statements in one trip (store/driver_batch.py). Errors of sqlite3 propagate."""
+        begin, self._pending_begin = self._pending_begin, None
+
+        def run() -> None:
+            if begin is not None:
+                self._conn.execute(begin)
+            work(self._conn)
+
+        await self._execute(run)
+
     def cursor(self) -> OneTripCursor:  # type: ignore[override]
         """A cursor that makes one trip per statement."""
         return OneTripCursor(self)
