@@ -163,6 +163,10 @@ def test_empty_upload_is_an_empty_binary(fs_server: ServerProcess) -> None:
     r = create(fs_server, 0, meta(contentType="text/plain"))
     assert r.status_code == 201, r.text
     binary_id, content, resource = binary_of(fs_server, r.headers["location"])
+    # The answer names the Binary it made, as the last PATCH of any other upload does.
+    assert r.headers["x-binary-id"] == binary_id
+    assert r.headers["content-location"] == f"{fs_server.base}/Binary/{binary_id}/_history/1"
+    assert r.headers["upload-offset"] == "0"
     assert content == b""
     assert resource["contentType"] == "text/plain"
 
@@ -225,11 +229,82 @@ def test_creation_refusals(fs_server: ServerProcess) -> None:
         r = httpx.post(url, headers={**h, **headers})
         assert r.status_code == status, (headers, r.text)
         assert says.lower() in r.json()["issue"][0]["diagnostics"].lower(), r.text
+    # A securityContext naming no R4 resource type is refused at creation, as X-Security-Context is on a
+    # raw POST /Binary: 400, and no upload made whose last PATCH would then fail.
+    before = set(staged_files(fs_server))
+    for context in ("Foo/abc", "patient/abc"):
+        r = httpx.post(url, headers={**h, **TUS, "Upload-Length": "5",
+                                     "Upload-Metadata": meta(securityContext=context)})
+        assert r.status_code == 400, r.text
+        assert "location" not in r.headers
+        assert context in r.json()["issue"][0]["diagnostics"], r.text
+        raw = httpx.post(f"{fs_server.base}/Binary", content=b"hello",
+                         headers={**h, "Content-Type": "text/plain", "X-Security-Context": context})
+        assert raw.status_code == 400, raw.text
+        assert r.json()["issue"][0]["diagnostics"].replace("securityContext", "X-Security-Context") == \
+            raw.json()["issue"][0]["diagnostics"]
+    assert set(staged_files(fs_server)) == before
     # A body past the Upload-Length is refused and nothing is kept.
     loc = create(fs_server, 4).headers["location"]
     r = patch(fs_server, loc, 0, b"too long")
     assert r.status_code == 400
     assert httpx.head(loc, headers={**h, **TUS}).headers["upload-offset"] == "0"
+
+
+def binary_count(server: ServerProcess) -> int:
+    with server.api() as api:
+        total: int = api.get("/Binary", params={"_summary": "count"}).json()["total"]
+    return total
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_creation_body_past_the_upload_length_creates_nothing(fs_server: ServerProcess, chunked: bool) -> None:
+    """Creation With Upload whose body overflows Upload-Length: 400, no Location, no upload, no bytes kept,
+    whether the overflow is seen from Content-Length or only while a chunked body arrives."""
+    before_files, before_binaries = set(staged_files(fs_server)), binary_count(fs_server)
+    body = os.urandom(2 * MiB)
+
+    def pieces() -> Iterator[bytes]:
+        yield body[:MiB]
+        yield body[MiB:]
+
+    r = httpx.post(f"{fs_server.base}/Binary/$upload", content=pieces() if chunked else body,
+                   headers={**fs_server.auth_headers(), **OCTETS, "Upload-Length": str(MiB + 10)})
+    assert r.status_code == 400, r.text
+    assert "Upload-Length" in r.json()["issue"][0]["diagnostics"]
+    assert "location" not in r.headers
+    assert set(staged_files(fs_server)) == before_files
+    assert binary_count(fs_server) == before_binaries
+
+
+@pytest.mark.parametrize(("method", "name", "values"), [
+    ("POST", "Upload-Length", ("5", "6")),
+    ("POST", "Upload-Length", ("5", "5")),
+    ("POST", "Upload-Metadata", ("contentType dGV4dC9wbGFpbg==", "filename YS50eHQ=")),
+    ("POST", "Tus-Resumable", ("1.0.0", "1.0.0")),
+    ("PATCH", "Upload-Offset", ("0", "3")),
+    ("PATCH", "Upload-Checksum", ("sha1 " + base64.b64encode(hashlib.sha1(b"abcde").digest()).decode(),) * 2),
+    ("PATCH", "Tus-Resumable", ("1.0.0", "1.0.0")),
+    ("HEAD", "Tus-Resumable", ("1.0.0", "1.0.0")),
+    ("DELETE", "Tus-Resumable", ("1.0.0", "1.0.0")),
+])
+def test_a_repeated_tus_header_is_refused(fs_server: ServerProcess, method: str, name: str,
+                                         values: tuple[str, ...]) -> None:
+    url = create(fs_server, 5).headers["location"]
+    before_files = set(staged_files(fs_server))
+    base = {"POST": {**TUS, "Upload-Length": "5"}, "PATCH": {**OCTETS, "Upload-Offset": "0"}}.get(method, TUS)
+    headers = [(k, v) for k, v in {**fs_server.auth_headers(), **base}.items() if k.lower() != name.lower()]
+    headers += [(name, value) for value in values]
+    target = f"{fs_server.base}/Binary/$upload" if method == "POST" else url
+    r = httpx.request(method, target, headers=headers, content=b"abcde" if method == "PATCH" else None)
+    assert r.status_code == 400, r.text
+    assert "location" not in r.headers
+    if method != "HEAD":
+        assert name in r.json()["issue"][0]["diagnostics"]
+    # Nothing changed: the upload is where it was, and no other was made.
+    head = httpx.head(url, headers={**fs_server.auth_headers(), **TUS})
+    assert head.status_code == 200 and head.headers["upload-offset"] == "0"
+    assert set(staged_files(fs_server)) == before_files
 
 
 def test_termination_removes_the_bytes(fs_server: ServerProcess) -> None:

@@ -24,6 +24,7 @@ class CutProxy:
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self.sent = 0          # bytes from clients to the server, in total
+        self.received = 0      # bytes from the server to clients, in total
         self._cut_at: int | None = None
         self.cuts = 0
         self._stopped = False
@@ -75,6 +76,9 @@ class CutProxy:
                         with contextlib.suppress(OSError):
                             target.sendall(data)
                         break
+                else:
+                    with self._lock:
+                        self.received += len(data)
                 target.sendall(data)
         except OSError:
             pass

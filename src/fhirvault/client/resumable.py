@@ -35,7 +35,17 @@ MAX_FAILURES = 8
 MAX_PAUSE = 10.0
 READ_CHUNK = 1024 * 1024
 
+# What the read after the last PATCH asks for: the Binary's description, without its bytes.
+DESCRIBING_ELEMENTS = "id,meta,contentType,securityContext"
+# The meta extension in which fhirvault keeps a Binary's file name (fhirvault.fhir.binary).
+FILENAME_EXTENSION_URL = "urn:fhirvault:binary-filename"
+
 Resource = dict[str, Any]
+
+
+class FinalRead(Call):
+    """The read of the Binary once it exists: every failure of it goes back into the operation (which
+    then answers with the Binary it knows), never out of the upload."""
 
 
 class FhirClient(Protocol):
@@ -76,10 +86,17 @@ class UploadState:
         return url if isinstance(url, str) else None
 
     def save(self, url: str) -> None:
-        """Remembers `url` as this file's upload (written atomically, in a directory only the user can read)."""
+        """Remembers `url` as this file's upload: written atomically, mode 0600 (it names the server and
+        the file) in a directory made 0700, whatever the umask."""
         self.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temp = self.file.with_suffix(".tmp")
-        temp.write_text(json.dumps({"url": url, "path": str(self.path.resolve()), "size": self.size}))
+        text = json.dumps({"url": url, "path": str(self.path.resolve()), "size": self.size})
+        # Created 0600 from the start (never readable by others, even for a moment); a leftover temp
+        # file of a killed process is replaced, and fchmod fixes its mode too.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(text)
         os.replace(temp, self.file)
 
     def clear(self) -> None:
@@ -102,10 +119,11 @@ def resumable_upload(base: str, path: Path, state: UploadState, *, content_type:
     url = state.load()
     offset = 0
     binary_id: str | None = None
+    version_url: str | None = None
     if url is not None:
         try:
             reply = yield Call("HEAD", url, headers=dict(TUS))
-            offset, binary_id = _progress_of(reply)
+            offset, binary_id, version_url = _progress_of(reply, base)
             if int(reply.headers.get("upload-length", -1)) != size:
                 url = None
         except (NotFoundError, GoneError):
@@ -121,7 +139,7 @@ def resumable_upload(base: str, path: Path, state: UploadState, *, content_type:
             raise FhirError(reply.status, simple_outcome("the server created the upload but gave no Location"))
         url = str(httpx.URL(base).join(url))
         state.save(url)
-        offset, binary_id = _progress_of(reply)
+        offset, binary_id, version_url = _progress_of(reply, base)
     if on_progress is not None:
         on_progress(offset, size)
     ask = False
@@ -132,7 +150,7 @@ def resumable_upload(base: str, path: Path, state: UploadState, *, content_type:
             except (FhirError, httpx.TransportError):
                 continue  # the driver counts the failures and pauses
             ask = False
-            offset, binary_id = _progress_of(reply)
+            offset, binary_id, version_url = _progress_of(reply, base)
             continue
         if offset >= size and size > 0:
             raise FhirError(0, simple_outcome(f"the upload reached {offset} of {size} bytes but the server "
@@ -146,12 +164,23 @@ def resumable_upload(base: str, path: Path, state: UploadState, *, content_type:
         except (FhirError, httpx.TransportError):
             ask = True  # how far did it get? the server says
             continue
-        offset, binary_id = _progress_of(reply)
+        offset, binary_id, version_url = _progress_of(reply, base)
     state.clear()
-    reply = yield Call("GET", f"{base}/Binary/{binary_id}", headers={"Accept": FHIR_JSON})
-    if not isinstance(reply.body, dict):
-        raise FhirError(reply.status, simple_outcome("the server answered the Binary read without FHIR JSON"))
-    return reply.body
+    made = _binary_without_data(binary_id, version_url, content_type, filename, security_context)
+    # The Binary exists: read its description (never its bytes, which would come as base64 `data`, and
+    # which SCAN_MODE=block holds back while the scan is pending). Whatever this read meets, the upload
+    # succeeded: the Binary as the uploads' answers described it is returned then.
+    read_url = version_url or f"{base}/Binary/{binary_id}"
+    try:
+        reply = yield FinalRead("GET", read_url, params=[("_elements", DESCRIBING_ELEMENTS)],
+                                headers={"Accept": FHIR_JSON})
+    except (FhirError, httpx.TransportError):
+        return made
+    body = reply.body
+    if not isinstance(body, dict) or body.get("resourceType") != "Binary" or body.get("id") != binary_id:
+        return made
+    body.pop("data", None)
+    return _unsubsetted(body)
 
 
 def resumable_upload_sync(client: FhirClient, data: object, *, state_dir: Path | None = None,
@@ -215,6 +244,8 @@ def _advance(op: Operation[Resource], call: Call, outcome: Reply | Exception,
     """The operation's next call, the failures in a row so far and the pause before that call. A failure
     it cannot recover from (or too many in a row) is raised; a PATCH that got through resets the count."""
     if isinstance(outcome, Exception):
+        if isinstance(call, FinalRead):
+            return op.throw(outcome), failures, 0.0
         failures = _count_failure(outcome, failures)
         return op.throw(outcome), failures, _pause(failures)
     return op.send(outcome), 0 if call.method == "PATCH" else failures, 0.0
@@ -233,9 +264,40 @@ def _pause(failures: int) -> float:
     return 0.0 if failures <= 1 else min(MAX_PAUSE, 0.5 * 2 ** (failures - 2))
 
 
-def _progress_of(reply: Reply) -> tuple[int, str | None]:
+def _progress_of(reply: Reply, base: str) -> tuple[int, str | None, str | None]:
+    """Upload-Offset, and once the upload is complete the Binary's id (X-Binary-Id) and version URL
+    (Content-Location, absolute), from a tus answer."""
     offset = reply.headers.get("upload-offset")
-    return (int(offset) if offset is not None else 0), reply.headers.get("x-binary-id")
+    location = reply.headers.get("content-location")
+    version_url = str(httpx.URL(base).join(location)) if location else None
+    return (int(offset) if offset is not None else 0), reply.headers.get("x-binary-id"), version_url
+
+
+def _binary_without_data(binary_id: str, version_url: str | None, content_type: str, filename: str,
+                         security_context: str | None) -> Resource:
+    """The Binary a finished upload made, as its tus answers and the upload's own metadata describe it
+    (id, meta.versionId from the Content-Location `.../_history/{vid}`, contentType, securityContext, the
+    file name extension): what create_binary returns when the server's description cannot be read."""
+    meta: dict[str, Any] = {"extension": [{"url": FILENAME_EXTENSION_URL, "valueString": filename}]}
+    if version_url and "/_history/" in version_url:
+        meta["versionId"] = version_url.rsplit("/_history/", 1)[1]
+    resource: Resource = {"resourceType": "Binary", "id": binary_id, "meta": meta, "contentType": content_type}
+    if security_context:
+        resource["securityContext"] = {"reference": security_context.strip()}
+    return resource
+
+
+def _unsubsetted(resource: Resource) -> Resource:
+    """`resource` without the SUBSETTED tag `_elements` adds: only `data` was left out, and create_binary
+    promises the Binary without `data` (as a plain `POST /Binary` answers it)."""
+    meta = resource.get("meta")
+    if isinstance(meta, dict) and isinstance(meta.get("tag"), list):
+        tags = [t for t in meta["tag"] if not (isinstance(t, dict) and t.get("code") == "SUBSETTED")]
+        if tags:
+            meta["tag"] = tags
+        else:
+            del meta["tag"]
+    return resource
 
 
 def _metadata(values: dict[str, str]) -> str:

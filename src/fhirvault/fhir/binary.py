@@ -7,7 +7,7 @@ import binascii
 import re
 from typing import Any
 
-from fhirvault.fhir.r4 import ID
+from fhirvault.fhir.r4 import ID, is_resource_type
 
 # R4's Binary has no `extension` of its own; Meta (an Element) does, so the file name lives there.
 FILENAME_EXTENSION_URL = "urn:fhirvault:binary-filename"
@@ -78,10 +78,16 @@ def is_reference_text(value: str) -> bool:
 
 
 def check_reference(value: str, where: str) -> str:
-    """A relative literal reference `Type/id`; ValueError otherwise."""
+    """`value` stripped, when it is a relative literal reference `Type/id` whose Type is an R4 resource
+    type (R4 references.html#literal); ValueError naming `where` otherwise. Every way of giving a Binary
+    its securityContext (X-Security-Context, tus Upload-Metadata, direct uploads) checks it here, before
+    any byte is staged, so an unknown type cannot fail the write only at its end."""
     value = value.strip()
     if not _REFERENCE.match(value):
-        raise ValueError(f"{where} '{value}' is not a reference like Patient/123")
+        raise ValueError(f"{where} '{value[:80]}' is not a reference like Patient/123")
+    resource_type = value.split("/", 1)[0]
+    if not is_resource_type(resource_type):
+        raise ValueError(f"{where} '{value}' names '{resource_type}', which is not an R4 resource type")
     return value
 
 

@@ -204,10 +204,13 @@ async def _resource_response(request: Request, stored: StoredResource) -> Respon
     ctx = context(request)
     headers = version_headers(stored, ctx.base_url, with_location=False)
     assert stored.content is not None
-    # The resource carries all the bytes as `data`: the same policy as the raw bytes.
-    await check_scan_policy(request, await v.binaries.describe(stored))
     summary, elements = subsetting_params(request)
     keeps_data = "data" in subset({**stored.content, "data": ""}, summary, elements)
+    if keeps_data:
+        # The resource carries all the bytes as `data`: the same policy as the raw bytes. Without `data`
+        # (`_elements=id,meta,contentType`, `_summary=true`) it serves none of them, so the policy does
+        # not hold it back: a resumable client reads what it made while the scan is pending.
+        await check_scan_policy(request, await v.binaries.describe(stored))
     if "data" in stored.content or not stored.blob_id or not keeps_data:
         rendered = subset((await v.resources.render(ctx, [stored.content]))[0], summary, elements)
         if not keeps_data:

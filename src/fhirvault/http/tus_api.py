@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from email.utils import formatdate
@@ -80,7 +81,6 @@ async def options(request: Request) -> Response:
 
 async def create(request: Request) -> Response:
     """POST: a new upload (Creation); with a body, its first bytes too (Creation With Upload)."""
-    upload: UploadRow | None = None
     try:
         _require_tus(request)
         if request.headers.get("upload-defer-length") is not None:
@@ -102,6 +102,8 @@ async def create(request: Request) -> Response:
         declared = _body_length(request)
         if declared != 0:
             _require_offset_stream(request)
+        if declared is not None and declared > length:
+            raise Invalid(f"The body of {declared} bytes goes past the Upload-Length of {length}")
         checksum = _checksum(request)
         v = vault(request)
         ctx = context(request)
@@ -111,12 +113,25 @@ async def create(request: Request) -> Response:
                    "Upload-Expires": _http_date(upload.expires)}
         if declared == 0 and length != 0:
             return Response(status_code=201, headers=headers)
-        result = await v.uploads.append(ctx, upload.id, 0, _until_gone(request), declared=declared,
-                                        checksum=checksum)
+        try:
+            result = await v.uploads.append(ctx, upload.id, 0, _until_gone(request), declared=declared,
+                                            checksum=checksum)
+        except FhirVaultError:
+            # The body of the creation request was refused (a chunked body past Upload-Length, a checksum
+            # that does not match...): the request leaves nothing behind, and its answer names no upload.
+            await _abandon(request, upload.id)
+            raise
         headers.update(await _progress_headers(request, result))
         return Response(status_code=201, headers=headers)
     except FhirVaultError as exc:
-        return _failed(request, exc, {"Location": upload_url(request, upload.id)} if upload else None)
+        return _failed(request, exc)
+
+
+async def _abandon(request: Request, upload_id: str) -> None:
+    """Remove the upload a failed creation request made, with its bytes (gone already when completing it
+    failed: see UploadService._complete)."""
+    with contextlib.suppress(NotFound):
+        await vault(request).uploads.terminate(context(request), upload_id)
 
 
 def _upload_id(request: Request) -> str:
@@ -191,7 +206,18 @@ def parse_metadata(header: str) -> dict[str, str]:
     return values
 
 
+# The tus request headers, each of which must come at most once: two Upload-Length (or Upload-Offset)
+# values would leave the server choosing one, so they are refused rather than one silently kept.
+SINGLE_HEADERS = ("Tus-Resumable", "Upload-Length", "Upload-Offset", "Upload-Checksum", "Upload-Metadata",
+                  "Upload-Defer-Length", "Upload-Concat")
+
+
 def _require_tus(request: Request) -> None:
+    """Every tus request: `Tus-Resumable: 1.0.0` (PreconditionFailed otherwise) and none of the tus
+    headers more than once (Invalid naming it)."""
+    for name in SINGLE_HEADERS:
+        if len(request.headers.getlist(name)) > 1:
+            raise Invalid(f"The header {name} is sent more than once; send it once")
     version = request.headers.get("tus-resumable")
     if version != TUS_VERSION:
         raise PreconditionFailed(f"This endpoint speaks tus {TUS_VERSION}: send 'Tus-Resumable: {TUS_VERSION}'"

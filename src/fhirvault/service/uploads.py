@@ -209,8 +209,9 @@ class UploadService:
         cached = self._digests.pop(upload.id, None)
         meter = cached[1] if cached is not None and cached[0] == upload.offset else None
         if upload.offset == upload.length:
-            # Every byte is staged, but the Binary was not made (the process died in between): make it.
-            return AppendResult(upload, await self._complete(ctx, upload, meter))
+            # Every byte is staged (or there are none), but the Binary was not made yet (an empty upload,
+            # or the process died in between): make it.
+            return await self._completed(ctx, upload, meter)
         body = _Body(self, upload, lease, checksum)
         stream = body.read(chunks)
         if meter is not None:
@@ -242,11 +243,15 @@ class UploadService:
             self._digests[upload.id] = (new_offset, meter)
             self._trim_digests()
         if new_offset == upload.length:
-            written = await self._complete(ctx, advanced, meter)
-            async with self.db.read() as conn:
-                final = await self.rows.get(conn, upload.id)
-            return AppendResult(final or advanced, written)
+            return await self._completed(ctx, advanced, meter)
         return AppendResult(advanced)
+
+    async def _completed(self, ctx: RequestContext, upload: UploadRow, meter: ContentMeter | None) -> AppendResult:
+        """The upload made into its Binary (see `_complete`), with the Binary's id and version recorded in
+        the row returned, as `mark_complete` recorded them: the answer names the Binary it made."""
+        written = await self._complete(ctx, upload, meter)
+        made = replace(upload, binary_id=written.stored.id, binary_version=written.stored.version_id)
+        return AppendResult(made, written)
 
     async def _take_lease(self, upload_id: str, lease: str, offset: int | None = None) -> None:
         """The upload's write lease (at `offset` when given: Conflict once it has another); Locked when
