@@ -133,7 +133,7 @@ def test_resource_is_stored_as_submitted_and_only_external_urls_get_jobs(allowed
             {"attachment": {"url": f"Binary/{ours['id']}"}},
             {"attachment": {"url": f"{allowed_server.base}/Binary/{ours['id']}"}},
             {"attachment": {"url": signed_url_of(created)}},
-            {"attachment": {"url": "https://127.0.0.1:1/x.png", "data": "aGk="}},
+            {"attachment": {"url": "https://127.0.0.1:1/x.png", "contentType": "image/png", "data": "aGk="}},
             {"attachment": {"url": "http://files.other.example/x.png"}},
         ]})
         assert [c["attachment"]["url"] for c in doc["content"]][3:] == [
