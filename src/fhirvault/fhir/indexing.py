@@ -14,6 +14,9 @@ COMPARTMENT = "_compartment"
 
 @dataclass(frozen=True)
 class TokenEntry:
+    """One identifier token of a resource, for the access rules: the parameter, the identifier's system (None
+    when absent) and value."""
+
     param: str
     system: str | None
     value: str
@@ -21,11 +24,17 @@ class TokenEntry:
 
 @dataclass(frozen=True)
 class RefEntry:
+    """One reference of a resource that the access rules use (patient, subject, or the patient compartment),
+    to "Type/id"."""
+
     param: str
     target: str  # "Type/id"
 
 
 def index_entries(resource: dict[str, Any], base_url: str) -> tuple[set[TokenEntry], set[RefEntry]]:
+    """The identifier tokens and the patient/subject/compartment references of `resource` (R4
+    CompartmentDefinition patient), with references resolved against `base_url`; what the access policy
+    judges compartments by."""
     rtype = resource["resourceType"]
     tokens: set[TokenEntry] = set()
     refs: set[RefEntry] = set()

@@ -21,6 +21,7 @@ def extension_url(base_url: str) -> str:
 
 
 def search_parameter_url(base_url: str) -> str:
+    """The canonical URL of the `scan-status` SearchParameter under this server's FHIR base."""
     return f"{base_url}/SearchParameter/{SEARCH_PARAMETER_ID}"
 
 

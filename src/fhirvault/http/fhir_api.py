@@ -30,6 +30,9 @@ from fhirvault.service.timeutil import to_http_date
 
 
 def context(request: Request) -> RequestContext:
+    """The request's RequestContext (the caller set by the auth middleware), with the Prefer handling and the
+    scan override of this request; raises Unauthorized when no authenticated client is attached, so no
+    handler ever runs as a trusted caller."""
     ctx: RequestContext | None = getattr(request.state, "ctx", None)
     if ctx is None or not isinstance(ctx.principal, Principal):
         # The auth middleware sets the caller on every non-public path; never run as "trusted" here.
@@ -48,6 +51,7 @@ def scan_override_asked(request: Request) -> bool:
 
 
 def resource_type_of(request: Request) -> str:
+    """The route's resource type segment; raises NotFound for a name that is not an R4 resource type."""
     rtype: str = request.path_params["rtype"]
     if not is_resource_type(rtype):
         raise NotFound(f"'{rtype}' is not a resource type this server knows (R4)")
@@ -55,6 +59,8 @@ def resource_type_of(request: Request) -> str:
 
 
 def version_headers(stored: StoredResource, base_url: str, with_location: bool) -> dict[str, str]:
+    """ETag (weak, the version id) and Last-Modified of a stored version, and its versioned Location when
+    `with_location` (R4 3.1.0.7)."""
     headers = {"ETag": f'W/"{stored.version_id}"', "Last-Modified": to_http_date(stored.last_updated)}
     if with_location:
         headers["Location"] = f"{base_url}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"
@@ -63,6 +69,8 @@ def version_headers(stored: StoredResource, base_url: str, with_location: bool) 
 
 async def resource_response(request: Request, stored: StoredResource, status: int = 200,
                             with_location: bool = False) -> Response:
+    """The answer for one stored resource on a read: 304 when the request's validators match, else the
+    rendered resource (read pipeline, `_summary`/`_elements`) with version headers."""
     v = vault(request)
     ctx = context(request)
     headers = version_headers(stored, ctx.base_url, with_location)
@@ -117,6 +125,9 @@ def subsetting_params(request: Request, modes: tuple[str, ...] = ("true", "text"
 
 
 async def write_response(request: Request, result: WriteResult) -> Response:
+    """The answer of a create, update or patch (R4 3.1.0.7-8): 201 for a create, 200 otherwise (also for an
+    If-None-Exist match), version headers with Location, and the body Prefer: return asks for
+    (representation by default, minimal, or OperationOutcome)."""
     ctx = context(request)
     status = 200 if result.existing else (201 if result.created else 200)
     headers = version_headers(result.stored, ctx.base_url, with_location=True)
@@ -193,6 +204,7 @@ async def create(request: Request) -> Response:
 
 
 async def read(request: Request) -> Response:
+    """GET [type]/[id] (R4 read)."""
     return await read_resource(request, resource_type_of(request))
 
 
@@ -205,6 +217,7 @@ async def read_resource(request: Request, rtype: str, extra_params: tuple[str, .
 
 
 async def vread(request: Request) -> Response:
+    """GET [type]/[id]/_history/[vid] (R4 vread)."""
     rtype = resource_type_of(request)
     check_query(request, READ_PARAMS, "vread")
     p = request.path_params
@@ -244,6 +257,8 @@ async def _by_id_or_criteria(request: Request, interaction: str, read_body: Call
 
 
 async def delete(request: Request) -> Response:
+    """DELETE [type]/[id] (R4 delete), with write preconditions: 204, with the deletion's version as ETag
+    (none when there was nothing to delete)."""
     rtype = resource_type_of(request)
     refuse_if_none_exist(request, "delete")
     stored = await vault(request).resources.delete(context(request), rtype, request.path_params["rid"],
@@ -338,6 +353,8 @@ async def everything(request: Request) -> Response:
 
 # -- history ------------------------------------------------------------------------------------
 async def history(request: Request) -> Response:
+    """GET [base]/_history, [type]/_history or [type]/[id]/_history (R4 history): a history Bundle, newest
+    first, access rules inside the query."""
     rtype = request.path_params.get("rtype")
     if rtype is not None:
         rtype = resource_type_of(request)

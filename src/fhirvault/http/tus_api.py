@@ -63,6 +63,7 @@ def _failed(request: Request, exc: FhirVaultError, extra: dict[str, str] | None 
 
 
 def upload_url(request: Request, upload_id: str) -> str:
+    """The URL of one tus upload, `{FHIR base}/Binary/$upload/{id}` (the Location of its creation)."""
     return f"{context(request).base_url}/Binary/$upload/{upload_id}"
 
 

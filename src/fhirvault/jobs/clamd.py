@@ -43,6 +43,7 @@ class ClamdScanner:
         self.timeout = timeout
 
     async def ping(self) -> None:
+        """Sends clamd's PING; raises ScannerUnavailable unless it answers PONG within the timeout."""
         reply = await self._bounded(self._command(b"zPING\0"))
         if reply != "PONG":
             raise ScannerUnavailable(f"clamd at {self.url} answered PING with {reply!r}")

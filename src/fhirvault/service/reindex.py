@@ -56,6 +56,7 @@ class Reindexer:
                                            access_refs(stored.content, self.base_url))
 
     async def pending(self) -> bool:
+        """Whether some resource type is still marked for an index rebuild."""
         async with self.db.read() as conn:
             return (await conn.execute(sa.select(search_reindex.c.resource_type).limit(1))).first() is not None
 

@@ -35,17 +35,23 @@ MODIFY_ATTEMPTS = 20
 
 @dataclass
 class WriteResult:
+    """What a write did: the version stored (or, for a conditional create that matched, the existing resource
+    with `existing` set), and whether it created the resource."""
+
     stored: StoredResource
     created: bool
     existing: bool = False  # conditional create found a match; nothing was written
 
     @property
     def resource(self) -> dict[str, Any]:
+        """The written (or matched) resource's content."""
         assert self.stored.content is not None
         return self.stored.content
 
 
 def check_resource_body(body: Any, rtype: str | None) -> dict[str, Any]:
+    """`body` as a resource of type `rtype` (None: any type): a JSON object whose resourceType is an R4 type
+    matching the URL's, with an object `meta`. Raises Invalid naming what is wrong."""
     if not isinstance(body, dict):
         raise Invalid("The request body must be a JSON object holding a FHIR resource")
     declared = body.get("resourceType")
@@ -81,6 +87,7 @@ def conditional_update_id(rtype: str, criteria: str, resource: dict[str, Any],
 
 
 def new_id() -> str:
+    """A new server-assigned resource id (a UUID4: valid R4 id, unguessable)."""
     return str(uuid.uuid4())
 
 
@@ -139,6 +146,10 @@ class ResourceService:
     # -- writes ---------------------------------------------------------------------------------
     async def create(self, ctx: RequestContext, rtype: str, body: Any,
                      if_none_exist: str | None = None) -> WriteResult:
+        """R4 create (http.html#create), conditional when `if_none_exist` is given (http.html#ccreate: 0
+        matches create, 1 returns it, several are 412). Checks create rights first; validation and
+        the other write steps run in one transaction. Raises Invalid, Forbidden,
+        PreconditionFailed."""
         self.access.require(ctx, "create", rtype)
         return await self.in_transaction(ctx, lambda uow: self.create_in(uow, ctx, rtype, body, if_none_exist))
 
@@ -332,12 +343,16 @@ class ResourceService:
 
     async def update(self, ctx: RequestContext, rtype: str, rid: str, body: Any,
                      if_match: Precondition | int | None = None) -> WriteResult:
+        """R4 update (http.html#update; update as create for an unknown id), with the write precondition
+        `if_match`. Raises Invalid (body, id mismatch), Forbidden, PreconditionFailed, Conflict."""
         self.access.require(ctx, "update", rtype)
         return await self.in_transaction(ctx, lambda uow: self.update_in(uow, ctx, rtype, rid, body, if_match))
 
     async def update_in(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str, body: Any,
                         if_match: Precondition | int | None = None, blob_id: str | None = None,
                         method: str = "PUT") -> WriteResult:
+        """The update inside an open unit of work `uow` (a transaction or Bundle); `blob_id` attaches staged
+        Binary content, `method` names the interaction for history."""
         resource = check_resource_body(body, rtype)
         if not is_valid_id(rid):
             raise Invalid(f"'{rid}' is not a valid resource id ({ID})")
@@ -366,6 +381,8 @@ class ResourceService:
 
     async def delete(self, ctx: RequestContext, rtype: str, rid: str,
                      if_match: Precondition | int | None = None) -> StoredResource | None:
+        """R4 delete (http.html#delete) with the write precondition `if_match`: a deletion version, or None
+        when there was nothing to delete. Raises Forbidden, PreconditionFailed."""
         self.access.require(ctx, "delete", rtype)
         return await self.in_transaction(ctx, lambda uow: self.delete_in(uow, ctx, rtype, rid, if_match))
 
@@ -426,12 +443,15 @@ class ResourceService:
 
     # -- reads ----------------------------------------------------------------------------------
     async def read(self, ctx: RequestContext, rtype: str, rid: str) -> StoredResource:
+        """R4 read (http.html#read): the current version. Raises NotFound (unknown, or hidden from this
+        caller) or Gone (deleted)."""
         self.access.require(ctx, "read", rtype)
         async with self.db.read() as conn:
             stored = await self.store.get(conn, rtype, rid)
             return await self._visible(ctx, conn, rtype, rid, stored, "read")
 
     async def vread(self, ctx: RequestContext, rtype: str, rid: str, vid: str) -> StoredResource:
+        """R4 vread (http.html#vread): version `vid`. Raises NotFound for an unknown or hidden version."""
         self.access.require(ctx, "vread", rtype)
         version = whole_number(vid)
         if version is None:

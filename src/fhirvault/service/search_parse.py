@@ -131,6 +131,7 @@ def split_escaped(value: str, sep: str) -> list[str]:
 
 
 def unescape(value: str) -> str:
+    r"""A search value with its backslash escapes (R4 search 3.1.1.8: `\,`, `\$`, `\|`, `\\`) undone."""
     return re.sub(r"\\(.)", r"\1", value)
 
 

@@ -162,6 +162,7 @@ class Database:
         return migrations.schema_version()
 
     async def close(self) -> None:
+        """Closes every pooled connection and the SQLite lock file."""
         await self.engine.dispose()
         if self._file_lock is not None:
             self._file_lock.close()

@@ -41,6 +41,10 @@ class VersionConflict(Exception):
 
 @dataclass
 class StoredResource:
+    """One stored version: type, id, version id, when it was written (microseconds since the epoch), whether
+    it is a deletion (then `content` is None), the content as stored, the blob holding a Binary's
+    bytes, and the HTTP method that wrote it (for history entries)."""
+
     resource_type: str
     id: str
     version_id: int
@@ -52,6 +56,7 @@ class StoredResource:
 
 
 def row_to_stored(row: Any, method: str | None = None) -> StoredResource:
+    """A StoredResource from a `resources` or `resource_versions` row (content decoded from its JSON text)."""
     content = jsoncodec.loads(row.content) if row.content is not None else None
     return StoredResource(
         resource_type=row.resource_type, id=row.id, version_id=row.version_id,
@@ -82,6 +87,7 @@ class ResourceStore:
         return row_to_stored(row) if row else None
 
     async def get_version(self, conn: AsyncConnection, rtype: str, rid: str, vid: int) -> StoredResource | None:
+        """Version `vid` of [rtype]/[rid] (a deletion included), or None."""
         t = resource_versions
         row = (await conn.execute(
             sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid, t.c.version_id == vid)
@@ -286,6 +292,7 @@ class ResourceStore:
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
 
     async def versions_of(self, conn: AsyncConnection, rtype: str, rid: str) -> list[StoredResource]:
+        """Every version of [rtype]/[rid], oldest first."""
         t = resource_versions
         stmt = sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid).order_by(t.c.version_id)
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]

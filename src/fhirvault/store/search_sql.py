@@ -41,12 +41,18 @@ SECURITY_CONTEXT = "_securityContext"
 # -- criteria -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StringTest:
+    """One string search value (R4 search 3.1.1.5.3): starts-with by default, `:exact`, `:contains`, and
+    `_filter`'s eq and ew."""
+
     mode: str  # start | exact | contains | equal | end (equal and end: _filter's eq and ew)
     value: str  # normalized but for exact
 
 
 @dataclass(frozen=True)
 class TokenTest:
+    """One token search value (R4 search 3.1.1.5.6): `system|code`, `|code` (system ""), `system|` (code
+    None), or a bare code (system None)."""
+
     system: str | None  # None: any system; "": no system
     code: str | None  # None: any code
 
@@ -66,12 +72,17 @@ class RangeTest:
 
 @dataclass(frozen=True)
 class UriTest:
+    """One uri search value (R4 search 3.1.1.5.8): equal, `:below` (a prefix of the stored uri) or `:above`."""
+
     mode: str  # eq | below | above
     value: str
 
 
 @dataclass(frozen=True)
 class RefTest:
+    """One reference search value (R4 search 3.1.1.5.10): the targets it may name (`Type/id` for each possible
+    type, or the literal text of a logical or absolute reference)."""
+
     targets: tuple[str, ...]  # `Type/id` or a literal reference text
 
 
@@ -119,6 +130,8 @@ class ParamClause:
 
 @dataclass
 class MissingClause:
+    """`param:missing=true|false` (R4 search 3.1.1.6): whether the resource has no index row of `param`."""
+
     kind: str
     param: str
     missing: bool
@@ -144,11 +157,15 @@ class HasClause:
 
 @dataclass
 class IdClause:
+    """`_id`: the resource's id is one of `ids`."""
+
     ids: list[str]
 
 
 @dataclass
 class UpdatedClause:
+    """`_lastUpdated`: the last update satisfies one of the prefixed date tests (values joined by commas: OR)."""
+
     tests: list[RangeTest]
 
 
@@ -226,6 +243,8 @@ class Criteria:
 
 @dataclass
 class SortKey:
+    """One `_sort` key (R4 search 3.1.1.7.1): the parameter's kind and code, and its direction."""
+
     kind: str  # key of TABLES, or "_id" / "_lastUpdated"
     param: str
     descending: bool = False
