@@ -13,7 +13,7 @@ from typing import Any
 
 from fhirvault.client.errors import FhirError, simple_outcome
 from fhirvault.client.exchange import FHIR_JSON, Call, Operation
-from fhirvault.client.transfer import CHUNK_SIZE, ProgressCallback, UploadBody, guess_content_type
+from fhirvault.client.transfer import CHUNK_SIZE, ProgressCallback, UploadBody, guess_content_type, shifted_progress
 
 Resource = dict[str, Any]
 
@@ -118,7 +118,7 @@ def create_binary_direct(base: str, source: DirectSource, *, content_type: str |
     upload_id, headers, puts = _ticket(reply.body)
     offset = 0
     for put in puts:
-        body = UploadBody(source.chunks(offset, put.size), _shifted(on_progress, offset, source.size))
+        body = UploadBody(source.chunks(offset, put.size), shifted_progress(on_progress, offset, source.size))
         body.total = put.size
         # Not to the FHIR base, so no token goes along (carries_token); the URL carries its own authority.
         yield Call("PUT", put.url, headers=dict(headers), upload=body, authenticated=False)
@@ -165,15 +165,3 @@ def _ticket(body: Any) -> tuple[str, dict[str, str], list[_Put]]:
     if not upload_id or not puts:
         raise FhirError(0, simple_outcome("the server's $upload-url answer has no upload id or no URL"))
     return upload_id, headers, sorted(puts, key=lambda put: put.number)
-
-
-def _shifted(on_progress: ProgressCallback | None, before: int, total: int) -> ProgressCallback | None:
-    """Progress of one PUT reported as progress of the whole content (`before` bytes already sent)."""
-    if on_progress is None:
-        return None
-    callback = on_progress
-
-    def report(sent: int, _: int | None) -> None:
-        callback(before + sent, total)
-
-    return report

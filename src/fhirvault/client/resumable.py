@@ -23,7 +23,7 @@ import httpx
 
 from fhirvault.client.errors import FhirError, GoneError, NotFoundError, simple_outcome
 from fhirvault.client.exchange import FHIR_JSON, Call, Operation, Reply
-from fhirvault.client.transfer import ProgressCallback, UploadBody, guess_content_type
+from fhirvault.client.transfer import ProgressCallback, UploadBody, guess_content_type, shifted_progress
 
 TUS = {"Tus-Resumable": "1.0.0"}
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "fhirvault" / "uploads"
@@ -156,7 +156,7 @@ def resumable_upload(base: str, path: Path, state: UploadState, *, content_type:
             raise FhirError(0, simple_outcome(f"the upload reached {offset} of {size} bytes but the server "
                                               "did not name the Binary it made"))
         length = size - offset if chunk_size is None else min(chunk_size, size - offset)
-        body = UploadBody(_file_slice(path, offset, length), _shifted(on_progress, offset, size))
+        body = UploadBody(_file_slice(path, offset, length), shifted_progress(on_progress, offset, size))
         try:
             reply = yield Call("PATCH", url, upload=body, headers={
                 **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset),
@@ -314,14 +314,3 @@ def _file_slice(path: Path, offset: int, length: int) -> Iterator[bytes]:
                 raise OSError(f"{path} became shorter during the upload")
             left -= len(chunk)
             yield chunk
-
-
-def _shifted(on_progress: ProgressCallback | None, offset: int, size: int) -> ProgressCallback | None:
-    if on_progress is None:
-        return None
-    callback = on_progress
-
-    def report(sent: int, _total: int | None) -> None:
-        callback(offset + sent, size)
-
-    return report

@@ -236,3 +236,16 @@ class DownloadSink:
                 raise IntegrityError(0, simple_outcome(
                     f"downloaded bytes have SHA-1 {got} but the Attachment's hash is {self._expected_hash}",
                     "integrity"))
+
+
+def shifted_progress(on_progress: ProgressCallback | None, before: int, total: int) -> ProgressCallback | None:
+    """Progress of one piece of an upload (a PUT part, a PATCH) reported as progress of the whole content:
+    `before` bytes were sent before this piece, `total` is the content's size in bytes."""
+    if on_progress is None:
+        return None
+    callback = on_progress
+
+    def report(sent: int, _: int | None) -> None:
+        callback(before + sent, total)
+
+    return report
