@@ -13,7 +13,14 @@ from typing import Any
 
 from fhirvault.client.errors import FhirError, simple_outcome
 from fhirvault.client.exchange import FHIR_JSON, Call, Operation
-from fhirvault.client.transfer import CHUNK_SIZE, ProgressCallback, UploadBody, guess_content_type, shifted_progress
+from fhirvault.client.transfer import (
+    CHUNK_SIZE,
+    ProgressCallback,
+    UploadBody,
+    file_slice,
+    guess_content_type,
+    shifted_progress,
+)
 
 Resource = dict[str, Any]
 
@@ -61,15 +68,7 @@ class DirectSource:
                 yield bytes(view[start:min(start + CHUNK_SIZE, offset + length)])
             return
         assert self.path is not None
-        with self.path.open("rb") as fh:
-            fh.seek(offset)
-            left = length
-            while left > 0:
-                chunk = fh.read(min(CHUNK_SIZE, left))
-                if not chunk:
-                    raise OSError(f"{self.path} became shorter while it was uploaded")
-                left -= len(chunk)
-                yield chunk
+        yield from file_slice(self.path, offset, length)
 
 
 @dataclass(frozen=True)

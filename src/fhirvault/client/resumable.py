@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +22,7 @@ import httpx
 
 from fhirvault.client.errors import FhirError, GoneError, NotFoundError, simple_outcome
 from fhirvault.client.exchange import FHIR_JSON, Call, Operation, Reply
-from fhirvault.client.transfer import ProgressCallback, UploadBody, guess_content_type, shifted_progress
+from fhirvault.client.transfer import ProgressCallback, UploadBody, file_slice, guess_content_type, shifted_progress
 
 TUS = {"Tus-Resumable": "1.0.0"}
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "fhirvault" / "uploads"
@@ -156,7 +155,7 @@ def resumable_upload(base: str, path: Path, state: UploadState, *, content_type:
             raise FhirError(0, simple_outcome(f"the upload reached {offset} of {size} bytes but the server "
                                               "did not name the Binary it made"))
         length = size - offset if chunk_size is None else min(chunk_size, size - offset)
-        body = UploadBody(_file_slice(path, offset, length), shifted_progress(on_progress, offset, size))
+        body = UploadBody(file_slice(path, offset, length, READ_CHUNK), shifted_progress(on_progress, offset, size))
         try:
             reply = yield Call("PATCH", url, upload=body, headers={
                 **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset),
@@ -302,15 +301,3 @@ def _unsubsetted(resource: Resource) -> Resource:
 
 def _metadata(values: dict[str, str]) -> str:
     return ",".join(f"{k} {base64.b64encode(v.encode('utf-8')).decode('ascii')}" for k, v in values.items())
-
-
-def _file_slice(path: Path, offset: int, length: int) -> Iterator[bytes]:
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        left = length
-        while left > 0:
-            chunk = fh.read(min(READ_CHUNK, left))
-            if not chunk:
-                raise OSError(f"{path} became shorter during the upload")
-            left -= len(chunk)
-            yield chunk

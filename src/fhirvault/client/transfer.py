@@ -249,3 +249,17 @@ def shifted_progress(on_progress: ProgressCallback | None, before: int, total: i
         callback(before + sent, total)
 
     return report
+
+
+def file_slice(path: Path, offset: int, length: int, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """The bytes [offset, offset + length) of the file at `path`, in chunks of at most `chunk_size` bytes;
+    OSError when the file turns out shorter (it changed while it was uploaded)."""
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        left = length
+        while left > 0:
+            chunk = fh.read(min(chunk_size, left))
+            if not chunk:
+                raise OSError(f"{path} became shorter while it was uploaded")
+            left -= len(chunk)
+            yield chunk
