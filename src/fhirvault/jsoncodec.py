@@ -61,12 +61,13 @@ def _with_fragments(value: Any) -> Any:
     return value
 
 
-def dumps(value: Any, indent: bool = False) -> bytes:
-    """Compact UTF-8 JSON (no ASCII escaping), as bytes; `indent`: two spaces per level (`_pretty`).
+def dumps(value: Any, indent: bool = False, sort_keys: bool = False) -> bytes:
+    """Compact UTF-8 JSON (no ASCII escaping), as bytes; `indent`: two spaces per level (`_pretty`);
+    `sort_keys`: object members in key order (one text per JSON value, for comparing values).
     Decimals are written as they were read. orjson does this several times faster than the standard
     library; integers beyond 64 bits take a slower path, and non-string keys the standard library's.
     Raises TypeError / ValueError for what no JSON can hold."""
-    option = orjson.OPT_INDENT_2 if indent else 0
+    option = (orjson.OPT_INDENT_2 if indent else 0) | (orjson.OPT_SORT_KEYS if sort_keys else 0)
     try:
         return orjson.dumps(value, default=_fragment, option=option)
     except TypeError:
@@ -74,7 +75,7 @@ def dumps(value: Any, indent: bool = False) -> bytes:
     try:
         return orjson.dumps(_with_fragments(value), default=_fragment, option=option)
     except TypeError:
-        return json.dumps(value, ensure_ascii=False, indent=2 if indent else None,
+        return json.dumps(value, ensure_ascii=False, indent=2 if indent else None, sort_keys=sort_keys,
                           separators=None if indent else (",", ":")).encode("utf-8")
 
 
@@ -83,12 +84,11 @@ def dumps(value: Any, indent: bool = False) -> bytes:
 # digits (beyond what a double holds exactly). Looked for in the raw text so that ordinary
 # resources keep orjson's speed; a match inside a string only costs the slower parse.
 _TEXT_KEEPING_NUMBER = re.compile(
-    rb"[:,\[]-?(?:[0-9]+\.[0-9]+0[,}\]\s]|[0-9]+(?:\.[0-9]+)?[eE]|0\.0000|[0-9.]{17})")
+    rb"[:,\[]\s*-?(?:[0-9]+\.[0-9]+0[,}\]\s]|[0-9]+(?:\.[0-9]+)?[eE]|0\.0000|[0-9.]{17})")
 
 
 def may_hold_decimal(raw: bytes) -> bool:
-    """Whether compact JSON text the server wrote (`dumps`) may hold a number kept as a `Decimal`; False
-    means it surely does not."""
+    """Whether the JSON text `raw` may hold a number kept as a `Decimal`; False means it surely does not."""
     return _TEXT_KEEPING_NUMBER.search(raw) is not None
 
 
