@@ -126,3 +126,22 @@ def test_numbers_inside_strings_are_left_alone(api: FhirApi) -> None:
     read: dict[str, Any] = api.get(f"/Observation/{r.json()['id']}").json()
     assert read["note"][0]["text"] == "dose:1.50," and read["issued"] == "2024-01-02T03:04:05.120Z"
     assert quantity_value(api.get(f"/Observation/{r.json()['id']}").text) == "1.5"
+
+
+def test_an_integer_beyond_any_double_is_refused_not_a_server_error(api: FhirApi) -> None:
+    """A 400-digit number is a valid JSON number but no double holds it: the search index, comparisons and
+    every client's JSON library would fail on it, so it is refused with 400 on create and in a patch, as a
+    number of that size with a fraction is; a 300-digit one still fits and is kept as written."""
+    huge = "9" * 400
+    r = api.post("/Observation", content=observation_text(uuid.uuid4().hex, huge), headers=FHIR)
+    assert r.status_code == 400, r.text
+    assert "too large" in r.text
+    rid, _ = create(api, "1.50")
+    r = api.patch(f"/Observation/{rid}", headers={"Content-Type": "application/json-patch+json"},
+                  content=f'[{{"op":"replace","path":"/valueQuantity/value","value":{huge}}}]')
+    assert r.status_code == 400, r.text
+    assert quantity_value(api.get(f"/Observation/{rid}").text) == "1.50"
+    large = "9" * 300
+    r = api.post("/Observation", content=observation_text(uuid.uuid4().hex, large), headers=FHIR)
+    assert r.status_code == 201, r.text
+    assert quantity_value(api.get(f"/Observation/{r.json()['id']}").text) == large

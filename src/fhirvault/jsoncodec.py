@@ -173,11 +173,38 @@ def loads_strict(raw: bytes) -> Any:
     except ValueError as exc:  # e.g. an integer literal over the int conversion limit
         raise StrictJsonError(f"The request body holds a value that cannot be read: {exc}") from None
     _check_depth(value)
+    if LONG_DIGIT_RUN.search(raw):
+        _refuse_integers_beyond_float(value)
     if LONE_SURROGATE_ESCAPE.search(raw):
         _refuse_lone_surrogates(value)
     if NUL_ESCAPE in raw and _holds_nul(value):
         raise StrictJsonError("The request body holds a NUL character (\\u0000) in a string: FHIR text cannot carry it")
     return value
+
+
+# The fewest digits of an integer that a float cannot hold (the largest double, ~1.8e308, has 309):
+# looked for in the raw bytes first, so ordinary bodies are not walked.
+LONG_DIGIT_RUN = re.compile(rb"[0-9]{309}")
+
+
+def _refuse_integers_beyond_float(value: Any) -> None:
+    """Invalid when an integer is beyond the largest float: the search index, comparisons and every
+    client's JSON library see numbers as doubles, so it would be refused at the first use (as a number
+    with a fraction of that size already is, in `_finite_number`)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            try:
+                float(item)
+            except OverflowError:
+                text = str(item)
+                raise StrictJsonError(f"The number {text[:40]}... ({len(text)} digits) is too large to be kept") \
+                    from None
 
 
 NUL_ESCAPE = b"\\u0000"  # how JSON spells U+0000 (unescaped control characters are not JSON at all)
