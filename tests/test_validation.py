@@ -31,6 +31,13 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("code with spaces", {"resourceType": "Patient", "language": " en"}, "Patient.language"),
     ("decimal as string", {**OBS, "valueQuantity": {"value": "1.5"}}, "Observation.valueQuantity.value"),
     ("integer with fraction", {**OBS, "valueInteger": 1.5}, "Observation.valueInteger"),
+    ("integer with a zero fraction", {**OBS, "valueInteger": 1.0}, "Observation.valueInteger"),
+    ("positiveInt with a zero fraction", {"resourceType": "Patient", "multipleBirthInteger": 2.0},
+     "Patient.multipleBirthInteger"),
+    ("unsignedInt with a zero fraction in a contained resource", {
+        "resourceType": "Patient", "managingOrganization": {"reference": "#m"}, "contained": [
+            {"resourceType": "Media", "id": "m", "status": "completed", "content": {"contentType": "text/plain"},
+             "frames": 1.0}]}, "Patient.contained[0].frames"),
     ("integer over 32 bits", {**OBS, "valueInteger": 2**31}, "Observation.valueInteger"),
     ("negative unsignedInt", {"resourceType": "Media", "status": "completed",
                               "content": {"contentType": "image/png", "size": -5}}, "Media.content.size"),
@@ -359,3 +366,34 @@ def test_an_html_entity_in_the_narrative_is_refused_saying_what_to_write(api: Fh
     r = api.post("/Patient", json={"resourceType": "Patient", "text": {"status": "generated", "div": numeric}},
                  headers=FHIR)
     assert r.status_code == 201, r.text
+
+
+def test_integer_written_with_an_exponent_is_refused_everywhere(api: FhirApi) -> None:
+    """R4's integer regex `-?([0]|([1-9][0-9]*))` has no fraction or exponent; JSON schema's "integer" would
+    take `1e2`. Refused in an extension, a Bundle entry and a patch result; decimals may use either."""
+    ext = ('{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1e2},'
+           '"extension":[{"url":"http://example.org/n","valueInteger":1e2}]}')
+    r = api.post("/Observation", content=ext, headers=FHIR)
+    assert r.status_code == 400, r.text
+    assert issue_expressions(r) == ["Observation.extension[0].valueInteger"]
+    assert "1e2" in r.json()["issue"][0]["diagnostics"]
+    bundle = ('{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient",'
+              '"multipleBirthInteger":2E0},"request":{"method":"POST","url":"Patient"}}]}')
+    r = api.post("", content=bundle, headers=FHIR)
+    assert r.status_code == 400, r.text
+    assert "Bundle.entry[0].resource.multipleBirthInteger" in issue_expressions(r)
+    r = api.post("/Patient", json={"resourceType": "Patient", "multipleBirthInteger": 2}, headers=FHIR)
+    rid = r.json()["id"]
+    r = api.patch(f"/Patient/{rid}", content='[{"op":"replace","path":"/multipleBirthInteger","value":3.0}]',
+                  headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code in (400, 422), r.text
+    assert api.get(f"/Patient/{rid}").json()["meta"]["versionId"] == "1"
+
+
+def test_an_issue_inside_a_primitive_extension_names_the_datatype(api: FhirApi) -> None:
+    r = api.post("/Patient", json={"resourceType": "Patient", "_birthDate": {"extension": [
+        {"url": "http://example.org/x", "valueDecimal": "1"}]}}, headers=FHIR)
+    assert r.status_code == 400, r.text
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["Patient._birthDate.extension[0].valueDecimal"]
+    assert "not a valid decimal" in issue["diagnostics"], issue

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -267,9 +268,44 @@ def validate_resource(resource: Any) -> list[Issue]:
                 if narrative and isinstance(inner.get("text"), dict) else []
             found += contained_issues(inner, at) if contained and ".contained[" not in at[len(root):] else []
             issues.extend(Issue("error", "invariant", where, f"{message} ({key})") for key, where, message in found)
+    if MAY_HOLD_INTEGRAL_FLOAT.search(dumped):
+        reported = {i.expression for i in issues}
+        issues.extend(i for i in integral_float_issues(resource, root) if i.expression not in reported)
     if root == "Bundle" and not issues:
         issues.extend(bundle_invariant_issues(resource))
     return list(dict.fromkeys(issues))
+
+
+# A number with a fraction of zeros or an exponent (`1.0`, `3.00`, `1e2`): JSON schema's "integer"
+# takes it (draft 6 on: a number whose fraction is zero), R4's integer regex `-?([0]|([1-9][0-9]*))`
+# does not, and other servers' parsers refuse it (HAPI: "Invalid integer representation"). Looked for
+# in the raw text first, so that most resources are not walked; a match inside a string only costs the walk.
+MAY_HOLD_INTEGRAL_FLOAT = re.compile(rb"[0-9](?:\.0+[,}\]\s]|[eE])")
+INTEGER_TYPES = ("integer", "unsignedInt", "positiveInt")
+
+
+def integral_float_issues(resource: dict[str, Any], root: str) -> list[Issue]:
+    """One issue for each integer, unsignedInt or positiveInt element written with a fraction or an
+    exponent (R4 datatypes.html: the integer's lexical form has neither), wherever it is in `resource`."""
+    found: list[list[str | int]] = []
+    stack: list[tuple[Any, list[str | int]]] = [(resource, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((v, [*path, k]) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, [*path, i]) for i, v in enumerate(node))
+        elif isinstance(node, float) and node.is_integer():
+            found.append(path)
+    issues = []
+    for path in sorted(found, key=str):
+        dtype, value = _locate(resource, path)
+        if dtype in INTEGER_TYPES:
+            expression = _expression(root, path)
+            written = value.text if isinstance(value, jsoncodec.Decimal) else repr(value)
+            issues.append(Issue("error", "value", expression, f"{written} is not a valid {dtype}: an {dtype} is "
+                                f"written without a fraction or exponent ({int(value)})"))
+    return issues
 
 
 def _json_bytes(resource: dict[str, Any]) -> bytes:
@@ -493,6 +529,10 @@ def _expression(root: str, path: list[str | int]) -> str:
     return out
 
 
+# The elements of a primitive's `_element` (R4 json.html#primitive): its id and extensions.
+PRIMITIVE_EXTENSION_ELEMENTS = {"id": ["string", False], "extension": ["Extension", True]}
+
+
 def _locate(resource: dict[str, Any], path: list[str | int]) -> tuple[str, Any]:
     """The datatype (or `Type.element` for a pattern on an element) and the value at `path`."""
     types = _table()["types"]
@@ -502,7 +542,8 @@ def _locate(resource: dict[str, Any], path: list[str | int]) -> tuple[str, Any]:
         node = _child(node, part)
         if isinstance(part, int):
             continue
-        row = types.get(dtype, {}).get("elements", {}).get(part.lstrip("_"))
+        elements = PRIMITIVE_EXTENSION_ELEMENTS if dtype == "Element" else types.get(dtype, {}).get("elements", {})
+        row = elements.get(part.lstrip("_"))
         if part.startswith("_"):
             dtype = "Element"
         elif row is None:
