@@ -14,7 +14,8 @@ from tests.support.server import FhirApi
 FHIR = {"Content-Type": "application/fhir+json"}
 
 # Written as text: each number here is one a float would write back differently.
-NUMBERS = ["1.50", "0.10", "1e2", "2.5E-3", "0.00001", "123456789.123456789012345", "1.000"]
+NUMBERS = ["1.50", "0.10", "1e2", "2.5E-3", "0.00001", "123456789.123456789012345", "1.000",
+           "1.5e-07", "1e-05", "1e+16"]
 
 
 def observation_text(identifier: str, value: str, extra: str = "") -> str:

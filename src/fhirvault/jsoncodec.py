@@ -28,9 +28,11 @@ class Decimal(float):
 
 def number(text: str) -> float:
     """The value of a JSON number literal with a fraction or exponent: a plain float where the float
-    writes back as the same text, else a `Decimal` that remembers the text."""
+    writes back as the same text, else a `Decimal` that remembers the text. A literal with an exponent
+    is always a Decimal: Python and orjson spell exponents differently (`1e-05` / `0.00001`,
+    `1.5e-07` / `1.5e-7`), so a float would not write it back as it came."""
     value = float(text)
-    return value if repr(value) == text else Decimal(text)
+    return value if repr(value) == text and "e" not in text and "E" not in text else Decimal(text)
 
 
 def plain(value: Any) -> Any:
