@@ -81,6 +81,23 @@ def test_json_patch_failures_change_nothing(api: FhirApi, ops: Any, status: int)
     assert_unchanged(api, before)
 
 
+def test_failed_json_patch_test_says_what_it_found_in_json_terms(api: FhirApi) -> None:
+    """The message names the operation, its path and both values as JSON (`true`, not Python's `True
+    (<class 'bool'>)`), the value as the operations before it left it; RFC 6902 4.6: true is not 1."""
+    before = new_patient(api)
+    r = patch(api, before["id"], [{"op": "replace", "path": "/gender", "value": "male"},
+                                  {"op": "test", "path": "/active", "value": 1},
+                                  {"op": "test", "path": "/gender", "value": "female"}])
+    assert r.status_code == 422, r.text
+    diagnostics = r.json()["issue"][0]["diagnostics"]
+    assert diagnostics == "JSON Patch test failed (operation 1): /active is true, not 1", diagnostics
+    r = patch(api, before["id"], [{"op": "replace", "path": "/gender", "value": "male"},
+                                  {"op": "test", "path": "/gender", "value": "female"}])
+    assert r.json()["issue"][0]["diagnostics"] == \
+        'JSON Patch test failed (operation 1): /gender is "male", not "female"', r.text
+    assert_unchanged(api, before)
+
+
 def test_patch_making_the_resource_invalid_names_the_element(api: FhirApi) -> None:
     before = new_patient(api)
     r = patch(api, before["id"], [{"op": "replace", "path": "/gender", "value": "xyz"}])

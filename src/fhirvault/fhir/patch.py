@@ -12,6 +12,7 @@ import jsonpointer
 from fhirpathpy import evaluate as fhirpath_evaluate
 from fhirpathpy.models import models as fhirpath_models
 
+from fhirvault import jsoncodec
 from fhirvault.fhir.r4 import is_repeating
 
 JSON_PATCH = "json-patch"  # RFC 6902, application/json-patch+json
@@ -75,7 +76,7 @@ def apply_json_patch(resource: dict[str, Any], operations: Any) -> dict[str, Any
         patch = jsonpatch.JsonPatch(operations)
         result = patch.apply(resource, in_place=False)
     except jsonpatch.JsonPatchTestFailed as exc:
-        raise PatchError(f"JSON Patch test failed: {exc}", malformed=False) from None
+        raise PatchError(_test_failure(resource, operations, exc), malformed=False) from None
     except jsonpatch.InvalidJsonPatch as exc:
         raise PatchError(f"The JSON Patch is not valid: {exc}", malformed=True) from None
     except (jsonpatch.JsonPatchConflict, jsonpointer.JsonPointerException) as exc:
@@ -84,6 +85,31 @@ def apply_json_patch(resource: dict[str, Any], operations: Any) -> dict[str, Any
         raise PatchError("The JSON Patch replaced the whole resource with something that is not an object",
                          malformed=False)
     return result
+
+
+def _shown(value: Any) -> str:
+    """`value` as JSON text (a decimal as written), cut to a readable length."""
+    text = jsoncodec.dumps(value).decode("utf-8")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _test_failure(resource: dict[str, Any], operations: list[Any], exc: Any) -> str:
+    """What a failed `test` operation found, in JSON terms (the library's message shows Python's
+    `True (<class 'bool'>)`). The value is looked up again in the patched copy the failure came from:
+    the operations before the failed one are replayed on a copy."""
+    op = getattr(exc, "op", None)
+    operation = getattr(op, "operation", None)
+    index = next((i for i, o in enumerate(operations) if o is operation), None)
+    if index is None or not isinstance(operation, dict):
+        return f"JSON Patch test failed: {exc}"
+    path = operation.get("path")
+    try:
+        before = jsonpatch.JsonPatch(operations[:index]).apply(resource, in_place=False)
+        found = jsonpointer.resolve_pointer(before, path)
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException):
+        return f"JSON Patch test failed (operation {index}): {path} is not in the resource"
+    return (f"JSON Patch test failed (operation {index}): {path} is {_shown(found)}, not "
+            f"{_shown(operation.get('value'))}")
 
 
 # -- JSON Merge Patch (RFC 7386) -----------------------------------------------------------------------
