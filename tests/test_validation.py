@@ -397,3 +397,11 @@ def test_an_issue_inside_a_primitive_extension_names_the_datatype(api: FhirApi) 
     issue = r.json()["issue"][0]
     assert issue["expression"] == ["Patient._birthDate.extension[0].valueDecimal"]
     assert "not a valid decimal" in issue["diagnostics"], issue
+
+
+def test_a_contained_resource_without_id_is_refused_with_a_message_saying_so(api: FhirApi) -> None:
+    r = api.post("/Patient", json={"resourceType": "Patient", "contained": [
+        {"resourceType": "Organization", "name": "Clinic"}]}, headers=FHIR)
+    assert r.status_code == 400, r.text
+    issue = next(i for i in r.json()["issue"] if i["expression"] == ["Patient.contained[0]"])
+    assert "has no id" in issue["diagnostics"] and "None" not in issue["diagnostics"], issue

@@ -199,8 +199,10 @@ def contained_issues(resource: dict[str, Any], root: str) -> list[tuple[str, str
         inner = {value for where, _key, value in strings if where.startswith(f".contained[{i}]")}
         named = {f"#{item.get('id')}", item.get("url")} & outside
         if not named and "#" not in inner:
-            out.append(("dom-3", at, f"The contained resource '{item.get('id')}' is not referenced from the "
-                        "resource, and does not reference it ('#')"))
+            out.append(("dom-3", at, f"The contained resource '{item['id']}' is not referenced from the "
+                        "resource, and does not reference it ('#')" if isinstance(item.get("id"), str) else
+                        "The contained resource has no id, so the resource cannot reference it ('#id'), and it "
+                        "does not reference the resource ('#')"))
     return out
 
 
