@@ -114,3 +114,20 @@ def test_decimals_keep_their_precision_through_the_client(fhir: Any, server: Ser
         assert updated["meta"]["versionId"] == "2"
         stored = api.get(f"/Observation/{rid}")
         assert isinstance(stored, httpx.Response) and '"value":1.50' in stored.text
+
+
+def test_a_python_decimal_is_sent_with_its_precision(fhir: Any, server: ServerProcess) -> None:
+    """`decimal.Decimal("1.50")`, the standard library's way to write a precise decimal, is sent as 1.50
+    (not refused as "not JSON serializable"); a NaN is refused before anything is sent."""
+    import decimal
+
+    created = fhir.create_resource({"resourceType": "Observation", "status": "final", "code": {"text": "w"},
+                                    "valueQuantity": {"value": decimal.Decimal("1.50")},
+                                    "component": [{"code": {"text": "c"},
+                                                   "valueQuantity": {"value": decimal.Decimal("1E+2")}}]})
+    with server.api() as api:
+        stored = api.get(f"/Observation/{created['id']}").text
+        assert '"valueQuantity":{"value":1.50}' in stored and '"value":1E+2' in stored, stored
+    with pytest.raises(ValueError):
+        fhir.create_resource({"resourceType": "Observation", "status": "final", "code": {"text": "w"},
+                              "valueQuantity": {"value": decimal.Decimal("NaN")}})

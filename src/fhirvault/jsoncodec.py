@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 import re
@@ -46,9 +47,15 @@ def plain(value: Any) -> Any:
 
 
 def _fragment(value: Any) -> Any:
-    """orjson's hook for what it does not write itself: a Decimal as its own text."""
+    """orjson's hook for what it does not write itself: a Decimal as its own text, and the standard
+    library's `decimal.Decimal` (how Python code spells a precise decimal, `decimal.Decimal("1.50")`) as
+    its text too. Raises TypeError for anything else, ValueError for a non-finite `decimal.Decimal`."""
     if isinstance(value, Decimal):
         return orjson.Fragment(value.text)
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a number JSON can carry")
+        return orjson.Fragment(str(value))
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
@@ -72,8 +79,9 @@ def dumps(value: Any, indent: bool = False, sort_keys: bool = False) -> bytes:
     option = (orjson.OPT_INDENT_2 if indent else 0) | (orjson.OPT_SORT_KEYS if sort_keys else 0)
     try:
         return orjson.dumps(value, default=_fragment, option=option)
-    except TypeError:
-        pass
+    except TypeError as exc:
+        if isinstance(exc.__cause__, ValueError):  # orjson wraps what `_fragment` raised
+            raise exc.__cause__ from None
     try:
         return orjson.dumps(_with_fragments(value), default=_fragment, option=option)
     except TypeError:
