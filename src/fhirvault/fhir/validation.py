@@ -279,8 +279,9 @@ def validate_resource(resource: Any) -> list[Issue]:
 # A number with a fraction of zeros or an exponent (`1.0`, `3.00`, `1e2`): JSON schema's "integer"
 # takes it (draft 6 on: a number whose fraction is zero), R4's integer regex `-?([0]|([1-9][0-9]*))`
 # does not, and other servers' parsers refuse it (HAPI: "Invalid integer representation"). Looked for
-# in the raw text first, so that most resources are not walked; a match inside a string only costs the walk.
-MAY_HOLD_INTEGRAL_FLOAT = re.compile(rb"[0-9](?:\.0+[,}\]\s]|[eE])")
+# in the compact text first (a number right after `:`, `,` or `[`), so that most resources are not walked;
+# a match inside a string only costs the walk.
+MAY_HOLD_INTEGRAL_FLOAT = re.compile(rb"[:,\[]-?[0-9]+(?:\.0+[,}\]]|(?:\.[0-9]+)?[eE])")
 INTEGER_TYPES = ("integer", "unsignedInt", "positiveInt")
 
 
@@ -288,17 +289,9 @@ def integral_float_issues(resource: dict[str, Any], root: str) -> list[Issue]:
     """One issue for each integer, unsignedInt or positiveInt element written with a fraction or an
     exponent (R4 datatypes.html: the integer's lexical form has neither), wherever it is in `resource`."""
     found: list[list[str | int]] = []
-    stack: list[tuple[Any, list[str | int]]] = [(resource, [])]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            stack.extend((v, [*path, k]) for k, v in node.items())
-        elif isinstance(node, list):
-            stack.extend((v, [*path, i]) for i, v in enumerate(node))
-        elif isinstance(node, float) and node.is_integer():
-            found.append(path)
+    _integral_floats(resource, [], found)
     issues = []
-    for path in sorted(found, key=str):
+    for path in found:  # document order
         dtype, value = _locate(resource, path)
         if dtype in INTEGER_TYPES:
             expression = _expression(root, path)
@@ -527,6 +520,19 @@ def _expression(root: str, path: list[str | int]) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
     return out
+
+
+def _integral_floats(node: Any, path: list[str | int], found: list[list[str | int]]) -> None:
+    """Appends to `found` the path of each float with a zero fraction under `node` (recursion is bounded
+    by the parser's MAX_JSON_DEPTH; one shared path list keeps the walk cheap)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if isinstance(value, (dict, list)):
+            path.append(key)
+            _integral_floats(value, path, found)
+            path.pop()
+        elif isinstance(value, float) and value.is_integer():
+            found.append([*path, key])
 
 
 # The elements of a primitive's `_element` (R4 json.html#primitive): its id and extensions.
