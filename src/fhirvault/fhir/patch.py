@@ -102,7 +102,7 @@ def _test_failure(resource: dict[str, Any], operations: list[Any], exc: Any) -> 
     index = next((i for i, o in enumerate(operations) if o is operation), None)
     if index is None or not isinstance(operation, dict):
         return f"JSON Patch test failed: {exc}"
-    path = operation.get("path")
+    path = str(operation.get("path"))  # checked to be a string before the patch was applied
     try:
         before = jsonpatch.JsonPatch(operations[:index]).apply(resource, in_place=False)
         found = jsonpointer.resolve_pointer(before, path)

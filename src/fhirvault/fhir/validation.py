@@ -536,7 +536,7 @@ def _integral_floats(node: Any, path: list[str | int], found: list[list[str | in
 
 
 # The elements of a primitive's `_element` (R4 json.html#primitive): its id and extensions.
-PRIMITIVE_EXTENSION_ELEMENTS = {"id": ["string", False], "extension": ["Extension", True]}
+PRIMITIVE_EXTENSION_ELEMENTS: dict[str, list[Any]] = {"id": ["string", False], "extension": ["Extension", True]}
 
 
 def _locate(resource: dict[str, Any], path: list[str | int]) -> tuple[str, Any]:
@@ -548,7 +548,8 @@ def _locate(resource: dict[str, Any], path: list[str | int]) -> tuple[str, Any]:
         node = _child(node, part)
         if isinstance(part, int):
             continue
-        elements = PRIMITIVE_EXTENSION_ELEMENTS if dtype == "Element" else types.get(dtype, {}).get("elements", {})
+        elements: dict[str, list[Any]] = PRIMITIVE_EXTENSION_ELEMENTS if dtype == "Element" \
+            else types.get(dtype, {}).get("elements", {})
         row = elements.get(part.lstrip("_"))
         if part.startswith("_"):
             dtype = "Element"
@@ -558,7 +559,7 @@ def _locate(resource: dict[str, Any], path: list[str | int]) -> tuple[str, Any]:
             target = _child(node, path[i + 1]) if i + 1 < len(path) else node
             dtype = str(target.get("resourceType")) if isinstance(target, dict) else "Resource"
         else:
-            dtype = "Reference.reference" if (dtype, part) == ("Reference", "reference") else row[0]
+            dtype = "Reference.reference" if (dtype, part) == ("Reference", "reference") else str(row[0])
     return dtype, node
 
 
