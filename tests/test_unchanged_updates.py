@@ -77,3 +77,21 @@ def test_unchanged_entries_in_a_transaction_keep_their_version(api: FhirApi) -> 
     assert r.status_code == 200, r.text
     assert r.json()["entry"][0]["response"]["etag"] == 'W/"1"'
     assert history_total(api, p["id"]) == 1
+
+
+def test_a_binary_put_of_the_same_bytes_keeps_the_version(api: FhirApi) -> None:
+    """Small content (kept inline) and large content (a deduplicated blob) alike: the same bytes and type
+    are no change; other bytes or another contentType are."""
+    for content in (b"hello unchanged", uuid.uuid4().bytes * 20000):
+        octets = {"Content-Type": "application/octet-stream"}
+        r = api.post("/Binary", content=content, headers=octets)
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+        same = api.put(f"/Binary/{rid}", content=content, headers=octets)
+        assert same.status_code == 200 and same.headers["ETag"] == 'W/"1"', same.text
+        changed = api.put(f"/Binary/{rid}", content=content + b"!", headers=octets)
+        assert changed.headers["ETag"] == 'W/"2"'
+        retyped = api.put(f"/Binary/{rid}", content=content + b"!", headers={"Content-Type": "text/plain"})
+        assert retyped.headers["ETag"] == 'W/"3"'
+        assert api.get(f"/Binary/{rid}/_history").json()["total"] == 3
+        assert api.get(f"/Binary/{rid}", headers={"Accept": "*/*"}).content == content + b"!"

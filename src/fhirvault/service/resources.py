@@ -430,12 +430,15 @@ class ResourceService:
         if not await self.access.can_see(ctx, uow.conn, resource, "create" if method == "POST" else "update"):
             raise Forbidden(f"{rtype}/{rid} as sent would be outside what this client may change "
                             "(another patient's compartment, or a securityContext it may not update)")
-        if rtype != "Binary" and current is not None and not current.deleted and current.content is not None \
-                and blob_id is None \
+        if current is not None and not current.deleted and current.content is not None \
+                and blob_id == current.blob_id \
                 and not any(pending is resource for pending, _ in uow.deferred) \
                 and same_content(resource, current.content):
             # Nothing changes: no new version (as HAPI FHIR and Medplum answer an unchanged update); the
-            # answer is the current version, so history lists only real changes.
+            # answer is the current version, so history lists only real changes. A Binary's bytes are the
+            # same when the upload settled on the blob the current version holds (equal SHA-256 and size,
+            # store.blobs.settle) or are inline in both; the blob's reference is counted only when a
+            # version is inserted, so none is left over.
             return WriteResult(current, created=False)
         version = 1 if current is None else current.version_id + 1
         ts = now_us()
