@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault import jsoncodec
 from fhirvault.fhir.search_index import IndexRows
 from fhirvault.store.blobs import BlobRecord, BlobRegistry
+from fhirvault.store.driver_batch import run_batch
 from fhirvault.store.scan_rows import content_refs
 from fhirvault.store.schema import resource_versions, resources, search_refs
 from fhirvault.store.search_sql import (
@@ -26,8 +27,8 @@ from fhirvault.store.search_sql import (
     sort_columns,
     version_restriction_sql,
 )
-from fhirvault.store.search_tables import delete_index, write_index
-from fhirvault.store.version_access import delete_version_access, write_version_access
+from fhirvault.store.search_tables import delete_index, index_statements, write_index
+from fhirvault.store.version_access import access_statements, delete_version_access, write_version_access
 
 
 def _access_of(index: IndexRows | None) -> set[tuple[str, str]] | None:
@@ -131,8 +132,10 @@ class ResourceStore:
             resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
         if stored.blob_id is not None:
             await self.registry.add_reference(conn, stored.blob_id)
-        await write_index(conn, stored.resource_type, stored.id, index, new=previous_version is None)
-        await write_version_access(conn, stored.resource_type, stored.id, stored.version_id, _access_of(index))
+        # the index rows and the version's access rows in one batch: one trip to the driver
+        await run_batch(conn, index_statements(conn.dialect.name, stored.resource_type, stored.id, index,
+                                               new=previous_version is None)
+                        + access_statements(stored.resource_type, stored.id, stored.version_id, _access_of(index)))
 
     async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:
         """Replace the content and search index of the version `stored` that this same transaction wrote
