@@ -68,7 +68,7 @@ async def _write(db_file: Path, steps: int, legacy: bool, items: list[dict[str, 
                     continue
                 await store.write(conn, stored, None, None)
                 access = {row for row in rows.refs if row[0].startswith("_")}
-                await run_batch(conn, index_statements("legacy", r["resourceType"], r["id"], rows, new=True)
+                await run_batch(conn, index_statements(r["resourceType"], r["id"], rows, new=True)
                                 + access_statements(r["resourceType"], r["id"], 1, access))
     finally:
         await db.close()

@@ -27,7 +27,7 @@ from fhirvault.store.search_sql import (
     sort_columns,
     version_restriction_sql,
 )
-from fhirvault.store.search_tables import delete_index, index_statements, write_index
+from fhirvault.store.search_tables import delete_index, index_statements, numbered, write_index
 from fhirvault.store.version_access import access_statements, delete_version_access, write_version_access
 
 
@@ -133,8 +133,8 @@ class ResourceStore:
         if stored.blob_id is not None:
             await self.registry.add_reference(conn, stored.blob_id)
         # the index rows and the version's access rows in one batch: one trip to the driver
-        await run_batch(conn, index_statements(conn.dialect.name, stored.resource_type, stored.id, index,
-                                               new=previous_version is None)
+        await run_batch(conn, index_statements(stored.resource_type, stored.id, index, new=previous_version is None,
+                                               numbered=numbered(conn))
                         + access_statements(stored.resource_type, stored.id, stored.version_id, _access_of(index)))
 
     async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:

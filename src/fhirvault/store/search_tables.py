@@ -147,15 +147,20 @@ async def delete_index(conn: AsyncConnection, rtype: str, rid: str) -> None:
     await run_batch(conn, _delete_statements(rtype, rid))
 
 
-def index_statements(dialect: str, rtype: str, rid: str, rows: IndexRows | None,
-                     new: bool = False) -> list[DriverStatement]:
+def numbered(conn: AsyncConnection) -> bool:
+    """Whether the index tables of `conn`'s database number each resource's rows (SQLite's layout,
+    store/sqlite_index_layout.py; every SQLite database has it once migrated)."""
+    return conn.dialect.name == "sqlite"
+
+
+def index_statements(rtype: str, rid: str, rows: IndexRows | None, *, new: bool = False,
+                     numbered: bool = False) -> list[DriverStatement]:
     """The driver statements (store/driver_batch.py) that replace the index rows of rtype/rid with `rows`
-    (None: the resource is gone, no rows) on a database of `dialect` (SQLAlchemy's dialect name); `new`:
-    the resource has just been inserted, so there are no old rows to remove. A delete per table unless
+    (None: the resource is gone, no rows); `new`: the resource has just been inserted, so there are no old
+    rows to remove; `numbered`: rows get their number `n` (see `numbered()`). A delete per table unless
     `new`, an insert per table with rows."""
     statements = [] if new else _delete_statements(rtype, rid)
     if rows is not None:
-        numbered = dialect == "sqlite"
         for name, sql in _INSERTS[numbered].items():
             values = getattr(rows, name)
             if not values:
@@ -172,7 +177,7 @@ async def write_index(conn: AsyncConnection, rtype: str, rid: str, rows: IndexRo
                       new: bool = False) -> None:
     """Replace the index rows of rtype/rid with `rows` (see index_statements), in one batch of driver
     statements (store/driver_batch.py)."""
-    await run_batch(conn, index_statements(conn.dialect.name, rtype, rid, rows, new))
+    await run_batch(conn, index_statements(rtype, rid, rows, new=new, numbered=numbered(conn)))
 
 
 # The same (type, id, param) lookup on the token and reference tables of schema 0001.
