@@ -66,6 +66,16 @@ def row_to_stored(row: Any, method: str | None = None) -> StoredResource:
     )
 
 
+def _owned_by(table: Any, owners: list[tuple[str, str]]) -> Any:
+    """The rows of `table` owned by one of `owners` ((type, id) pairs): `type = ? AND id IN (...)` per type,
+    which both databases look up by the owner key; SQLite reads a row-value `IN (VALUES ...)` over the
+    reference rows by scanning them all (_include took tens of milliseconds at 100,000 resources)."""
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in owners:
+        by_type.setdefault(rtype, []).append(rid)
+    return sa.or_(*[sa.and_(table.c.resource_type == rtype, table.c.id.in_(ids)) for rtype, ids in by_type.items()])
+
+
 class ResourceStore:
     """SQL access for resources; every method runs inside a transaction the caller owns. A version that
     refers to a blob counts as one reference to it (BlobRegistry `refs`), taken where the version is
@@ -209,7 +219,7 @@ class ResourceStore:
         out: list[tuple[str, str, str]] = []
         for start in range(0, len(owners), 500):
             chunk = owners[start:start + 500]
-            where = [sa.tuple_(sr.c.resource_type, sr.c.id).in_(chunk), ~sr.c.param.startswith("_", autoescape=True)]
+            where = [_owned_by(sr, chunk), ~sr.c.param.startswith("_", autoescape=True)]
             if params is not None:
                 types = sorted({rtype for rtype, _ in chunk})
                 where.append(sa.or_(*[param_rows(sr, sr.c.resource_type, types, p) for p in params]))
