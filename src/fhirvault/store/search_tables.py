@@ -2,7 +2,9 @@
 
 Every table holds (resource_type, id, param, ...) rows of current resource versions only; a new
 version replaces its rows in the same transaction as the version itself. Tokens and references keep
-the tables of schema 0001 (`search_tokens`, `search_refs`)."""
+the tables of schema 0001 (`search_tokens`, `search_refs`). The tables and indexes defined here are
+PostgreSQL's layout (and SQLite's up to schema 0014); on SQLite, migration 0015 rebuilds them keyed by
+owner with one lookup index each, and numbers each resource's rows (store/sqlite_index_layout.py)."""
 
 from __future__ import annotations
 
