@@ -74,6 +74,27 @@ def test_paging_stays_correct_while_resources_are_created(api: FhirApi) -> None:
     assert len(seen) == len(set(seen)) == 7 and set(seen) == made
 
 
+def test_paging_skips_nothing_when_a_returned_resource_is_updated(api: FhirApi) -> None:
+    """An update between page requests to a resource already returned must not shift the later pages:
+    every resource left unchanged is returned exactly once, with the default order and with `_sort`."""
+    t = tag()
+    made = [create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:upd", "value": t}],
+                         "birthDate": f"19{50 + i}-01-01"}) for i in range(7)]
+    for sort in ({}, {"_sort": "birthdate"}, {"_sort": "-birthdate,gender"}):
+        page = api.get("/Patient", params={"identifier": f"urn:upd|{t}", "_count": 3, **sort}).json()
+        first = entries(page)
+        changed = first[0]
+        changed["gender"] = "male" if changed.get("gender") != "male" else "female"
+        assert api.put(f"/Patient/{changed['id']}", json=changed, headers=FHIR).status_code == 200
+        seen = [p["id"] for p in first]
+        while (nxt := link(page, "next")) is not None:
+            page = api.get(nxt).json()
+            seen += [p["id"] for p in entries(page)]
+        unchanged = {m["id"] for m in made} - {changed["id"]}
+        assert len(seen) == len(set(seen)), sort
+        assert unchanged <= set(seen), (sort, [m["birthDate"] for m in made if m["id"] not in seen])
+
+
 def test_total_summary_and_elements(api: FhirApi) -> None:
     t = tag()
     p = create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:sum", "value": t}],

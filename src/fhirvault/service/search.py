@@ -26,6 +26,7 @@ from fhirvault.service.search_parse import (
     MAX_COUNT,
     Include,
     ParsedSearch,
+    encode_cursor,
     parse_search,
 )
 from fhirvault.service.terminology import resolve_terms
@@ -58,6 +59,8 @@ class SearchResult:
     # The matches and included resources rendered (in that order) on the search's own connection, when
     # the search was given a renderer; else `searchset` renders them.
     rendered: list[dict[str, Any]] | None = None
+    # `_cursor` of the next page: the sort values of this page's last match (None: no next page)
+    next_cursor: str | None = None
 
 
 def compartment_clause(patient: str) -> ParamClause:
@@ -91,13 +94,19 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
         total: int | None = None
         matches: list[StoredResource] = []
         if parsed.summary != "count":
+            # after a cursor, `_offset` only numbers the page (for the previous link and the total)
             matches = await store.search(conn, parsed.criteria, restriction, parsed.sort, parsed.count,
-                                         parsed.offset, cutoff)
+                                         0 if parsed.after is not None else parsed.offset, cutoff, parsed.after)
         if parsed.summary == "count" or parsed.total in ("accurate", "estimate") or \
                 (parsed.count == 0 and parsed.total is None):  # _count=0 asks for nothing but the total
             total = await store.count(conn, parsed.criteria, restriction, cutoff)
         elif parsed.total is None and parsed.offset == 0 and len(matches) < parsed.count:
             total = len(matches)  # the whole result is on this page
+        next_cursor = None
+        if matches and len(matches) == parsed.count:
+            last = matches[-1]
+            next_cursor = encode_cursor(await store.sort_values(conn, parsed.criteria.types, parsed.sort,
+                                                                last.resource_type, last.id))
         included, complete = await _included(store, access, ctx, conn, matches, parsed, restriction)
         rendered = None
         if render is not None:
@@ -108,7 +117,7 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
     notes = [] if complete else [f"_include/_revinclude found more than {MAX_INCLUDED} resources; only the "
                                  f"first {MAX_INCLUDED} are included (ask for a smaller _count)"]
     return SearchResult(matches, included, total, parsed, path, cutoff, extra_echo, warnings=notes,
-                        rendered=rendered)
+                        rendered=rendered, next_cursor=next_cursor)
 
 
 def _system_types(access: AccessPolicy, ctx: RequestContext, params: list[tuple[str, str]]) -> list[str]:
@@ -181,18 +190,23 @@ def _links(ctx: RequestContext, result: SearchResult, returned: int) -> list[tup
     echo = [*result.extra_echo, *[(k, v) for k, v in p.echo if k != "_count"]]
     snapshot = ("_lastUpdated", f"le{to_instant(result.cutoff_us)}")
 
-    def link(offset: int, pinned: bool) -> str:
+    def link(offset: int, pinned: bool, cursor: str | None = None) -> str:
         params = [*echo, ("_count", str(p.count))]
         if pinned:
             if snapshot not in echo:
                 params.append(snapshot)
             params.append(("_offset", str(offset)))
+        if cursor is not None:
+            params.append(("_cursor", cursor))
         return f"{base}?" + urlencode(params)
 
-    links = [("self", link(p.offset, p.offset > 0))]
+    self_cursor = encode_cursor(p.after) if p.after is not None else None
+    links = [("self", link(p.offset, p.offset > 0 or self_cursor is not None, self_cursor))]
     has_next = returned == p.count and p.count > 0 and (result.total is None or p.offset + p.count < result.total)
-    if has_next and p.summary != "count":
-        links.append(("next", link(p.offset + p.count, True)))
+    if has_next and p.summary != "count" and result.next_cursor is not None:
+        # the next page starts after this page's last match (keyset), not at an offset: resources that
+        # leave the pinned set between requests (updated or deleted) shift nothing
+        links.append(("next", link(p.offset + p.count, True, result.next_cursor)))
     if p.offset > 0:
         links.append(("previous", link(max(0, p.offset - p.count), True)))
     return links

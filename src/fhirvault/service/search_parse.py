@@ -6,12 +6,15 @@ the parameter and the value."""
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from fhirvault.errors import Invalid
 from fhirvault.fhir.dates import date_range
@@ -64,7 +67,7 @@ MAX_WORDS = 20  # words of one _text / _content value
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
 # Result parameters (FHIR R4 3.1.1.5 and 3.1.1.6): they shape the answer rather than filter it.
-RESULT_PARAMS = {"_count", "_offset", "_sort", "_summary", "_elements", "_total", "_include", "_revinclude",
+RESULT_PARAMS = {"_count", "_offset", "_cursor", "_sort", "_summary", "_elements", "_total", "_include", "_revinclude",
                  "_format", "_pretty"}
 _MODIFIERS = {
     "string": {"exact", "contains"},
@@ -101,6 +104,7 @@ class ParsedSearch:
     sort: list[SortKey] = field(default_factory=list)
     count: int = DEFAULT_COUNT
     offset: int = 0
+    after: list[Any] | None = None  # `_cursor`: the sort values of the previous page's last resource
     summary: str | None = None
     elements: list[str] | None = None
     total: str | None = None
@@ -610,6 +614,24 @@ def _include(name: str, value: str, reverse: bool) -> Include:
     return Include(source, code, target, iterate)
 
 
+def encode_cursor(values: list[Any]) -> str:
+    """The `_cursor` of paging links: a resource's sort values (see ResourceStore.sort_values) as
+    base64url JSON."""
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(value: str) -> list[Any]:
+    """The sort values a `_cursor` holds. Raises Invalid for anything `encode_cursor` did not make."""
+    try:
+        values = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        values = None
+    if not isinstance(values, list) or not values or \
+            not all(v is None or isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
+        raise Invalid(f"_cursor={value!r} is not a paging cursor of this server (follow the next link as given)")
+    return values
+
+
 def _result_param(parsed: ParsedSearch, types: list[str], name: str, value: str) -> bool:
     """Apply one result parameter; False when it is not one (or is only ours, like _offset)."""
     base = name.partition(":")[0]
@@ -617,6 +639,8 @@ def _result_param(parsed: ParsedSearch, types: list[str], name: str, value: str)
         parsed.count = _int_param("_count", value, 0, MAX_COUNT)
     elif base == "_offset":
         parsed.offset = _int_param("_offset", value, 0)
+    elif base == "_cursor":
+        parsed.after = decode_cursor(value)
     elif base == "_sort":
         parsed.sort = _sort_keys(types, value)
     elif base == "_summary":
@@ -664,7 +688,7 @@ def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str,
         if name == "_type":
             continue  # decided by the caller (system search)
         if _result_param(parsed, types, name, value):
-            if name not in ("_offset", "_format", "_pretty"):
+            if name not in ("_offset", "_cursor", "_format", "_pretty"):
                 parsed.echo.append((name, value))
             continue
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,12 @@ from fhirvault.store.search_sql import (
     Criteria,
     Restriction,
     SortKey,
+    after_sql,
     criteria_sql,
     param_rows,
     restriction_sql,
     sort_columns,
+    sort_terms,
     version_restriction_sql,
 )
 from fhirvault.store.search_tables import delete_index, index_statements, numbered, write_index
@@ -168,15 +171,34 @@ class ResourceStore:
 
     async def search(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
                      sort: list[SortKey] | None = None, count: int = 20, offset: int = 0,
-                     cutoff_us: int | None = None) -> list[StoredResource]:
+                     cutoff_us: int | None = None, after: Sequence[Any] | None = None) -> list[StoredResource]:
         """One page of current resources matching `criteria` within `restriction`, ordered by `sort`
         (then by type and id; by last update when no sort is given). `cutoff_us` leaves out resources
-        changed after that instant, so that later pages of one search see the same set."""
+        changed after that instant, so that later pages of one search see the same set. `after`: the
+        sort values (see `sort_values`) of the last resource of the previous page; the page starts after
+        it (and `offset` entries further)."""
         t = resources
-        keys = sort if sort else [SortKey("_lastUpdated", "_lastUpdated")]
-        stmt = (sa.select(t).where(*self._select(criteria, restriction, cutoff_us))
-                .order_by(*sort_columns(keys, t, criteria.types)).limit(count).offset(offset))
+        terms = sort_terms(self._keys(sort), t, criteria.types)
+        where = self._select(criteria, restriction, cutoff_us)
+        if after is not None:
+            where.append(after_sql(terms, after))
+        stmt = (sa.select(t).where(*where)
+                .order_by(*sort_columns(self._keys(sort), t, criteria.types)).limit(count).offset(offset))
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+
+    @staticmethod
+    def _keys(sort: list[SortKey] | None) -> list[SortKey]:
+        return sort if sort else [SortKey("_lastUpdated", "_lastUpdated")]
+
+    async def sort_values(self, conn: AsyncConnection, types: Sequence[str], sort: list[SortKey] | None,
+                          resource_type: str, rid: str) -> list[Any]:
+        """The values resource `resource_type/rid` has for each ORDER BY term of a search on `types` sorted
+        by `sort` (None for a missing value; numbers, strings, microseconds), for `search(after=...)`."""
+        t = resources
+        terms = sort_terms(self._keys(sort), t, types)
+        row = (await conn.execute(sa.select(*[term.expr for term in terms]).where(
+            t.c.resource_type == resource_type, t.c.id == rid))).one()
+        return list(row)
 
     async def count(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
                     cutoff_us: int | None = None) -> int:

@@ -582,29 +582,65 @@ def version_restriction_sql(r: Restriction | None, version: Any) -> list[ColumnE
     return [_restriction(r, version.c.resource_type, has, va.c.target)]
 
 
+@dataclass(frozen=True)
+class SortTerm:
+    """One ORDER BY term of a search: its SQL expression, its direction, and whether it may be NULL (a
+    parameter key: resources without a value for it sort last, in both directions)."""
+
+    expr: Any
+    descending: bool
+    nullable: bool
+
+
+def sort_terms(keys: list[SortKey], owner: Any, types: Sequence[str]) -> list[SortTerm]:
+    """The ORDER BY terms of `keys`, then type and id so that pages are stable (every result has a place of
+    its own); `types`: the resource types searched."""
+    terms: list[SortTerm] = []
+    for key in keys:
+        if key.kind == "_id":
+            terms.append(SortTerm(owner.c.id, key.descending, False))
+            continue
+        if key.kind == "_lastUpdated":
+            terms.append(SortTerm(owner.c.last_updated, key.descending, False))
+            continue
+        table: Any = TABLES[key.kind].alias()
+        value = {"string": "value", "token": "value", "reference": "target", "uri": "value",
+                 "composite": "value1"}.get(key.kind)
+        if value is None:
+            column = table.c.high if key.descending else table.c.low
+            agg = sa.func.max(column) if key.descending else sa.func.min(column)
+        else:
+            agg = sa.func.max(table.c[value]) if key.descending else sa.func.min(table.c[value])
+        col = sa.select(agg).where(*_owned(table, owner, key.param, types)).scalar_subquery()
+        terms.append(SortTerm(col, key.descending, True))
+    return [*terms, SortTerm(owner.c.resource_type, False, False), SortTerm(owner.c.id, False, False)]
+
+
 def sort_columns(keys: list[SortKey], owner: Any, types: Sequence[str]) -> list[Any]:
     """ORDER BY terms: each key (resources without a value for it last), then type and id so that pages are stable;
     `types`: the resource types searched."""
     order: list[Any] = []
-    for key in keys:
-        if key.kind == "_id":
-            col: Any = owner.c.id
-        elif key.kind == "_lastUpdated":
-            col = owner.c.last_updated
-        else:
-            table: Any = TABLES[key.kind].alias()
-            value = {"string": "value", "token": "value", "reference": "target", "uri": "value",
-                     "composite": "value1"}.get(key.kind)
-            if value is None:
-                column = table.c.high if key.descending else table.c.low
-                agg = sa.func.max(column) if key.descending else sa.func.min(column)
-            else:
-                agg = sa.func.max(table.c[value]) if key.descending else sa.func.min(table.c[value])
-            col = sa.select(agg).where(*_owned(table, owner, key.param, types)).scalar_subquery()
-            # NULLS LAST rather than a CASE on the key ahead of it: the key's subquery runs once per
-            # candidate instead of twice (SQLite evaluates each occurrence; both databases know NULLS LAST)
-            order.append((col.desc() if key.descending else col.asc()).nulls_last())
-            continue
-        order.append(col.desc() if key.descending else col.asc())
-    order += [owner.c.resource_type, owner.c.id]
+    for term in sort_terms(keys, owner, types):
+        col = term.expr.desc() if term.descending else term.expr.asc()
+        # NULLS LAST rather than a CASE on the key ahead of it: the key's subquery runs once per
+        # candidate instead of twice (SQLite evaluates each occurrence; both databases know NULLS LAST)
+        order.append(col.nulls_last() if term.nullable else col)
     return order
+
+
+def after_sql(terms: list[SortTerm], values: Sequence[Any]) -> ColumnElement[bool]:
+    """Keyset paging: the resources that come after the one whose sort values (one per term of
+    `terms`, in order; None for a missing value) are `values`, in the order of `terms` (NULLS LAST).
+    Unlike an offset, this does not shift when resources ahead of that point leave the result."""
+    def same(term: SortTerm, v: Any) -> ColumnElement[bool]:
+        return term.expr.is_(None) if v is None else term.expr == v
+
+    def beyond(term: SortTerm, v: Any) -> ColumnElement[bool]:
+        if v is None:
+            return sa.false()  # nothing sorts after a missing value but other missing values
+        later = term.expr < v if term.descending else term.expr > v
+        return sa.or_(later, term.expr.is_(None)) if term.nullable else later
+
+    alternatives = [sa.and_(*[same(t, v) for t, v in zip(terms[:i], values[:i], strict=True)],
+                            beyond(terms[i], values[i])) for i in range(len(terms))]
+    return sa.or_(*alternatives)
