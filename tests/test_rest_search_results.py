@@ -235,6 +235,38 @@ def test_patient_context_client_gets_full_pages_and_right_totals(server: ServerP
         assert {r["id"] for r in entries(rev_all, "include")} == my_obs
 
 
+def test_chains_and_has_see_only_what_the_caller_may_read(server: ServerProcess, api: FhirApi) -> None:
+    """A chain or `_has` must not tell what resources the caller may not read hold: without an Observation
+    scope `_has:Observation` is a 403, and for a patient-context client the other patient's resources
+    (reachable from its own Patient through `link`) make no chain or `_has` match."""
+    t = tag()
+    sick = create(api, {"resourceType": "Patient", "name": [{"family": f"S{t}"}]})
+    create(api, {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{sick['id']}"},
+                 "code": {"coding": [{"system": "urn:dx", "code": f"hiv{t}"}]}})
+    token = client_token(server, f"po{t}", "system/Patient.rs")
+    with httpx.Client(base_url=server.base, headers=bearer(token), timeout=60) as client:
+        assert client.get("/Patient", params={"_id": sick["id"]}).json()["total"] == 1
+        probe = client.get("/Patient", params={"_has:Observation:subject:code": f"urn:dx|hiv{t}"})
+        assert probe.status_code == 403, probe.text
+        assert "Observation" in probe.json()["issue"][0]["diagnostics"]
+    mine = create(api, {"resourceType": "Patient", "name": [{"family": f"M{t}"}]})
+    # the other patient links to mine, so it lies in my compartment; its Observation does not
+    other = create(api, {"resourceType": "Patient", "name": [{"family": f"O{t}"}],
+                         "link": [{"other": {"reference": f"Patient/{mine['id']}"}, "type": "seealso"}]})
+    create(api, {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{other['id']}"},
+                 "code": {"coding": [{"system": "urn:dx", "code": f"flu{t}"}]}})
+    token = client_token(server, f"pl{t}", "patient/*.rs", f"Patient/{mine['id']}")
+    with httpx.Client(base_url=server.base, headers=bearer(token), timeout=60) as client:
+        assert client.get("/Patient", params={"_id": other["id"]}).json()["total"] == 1  # readable: in my compartment
+        assert client.get("/Observation", params={"code": f"urn:dx|flu{t}"}).json()["total"] == 0
+        has = client.get("/Patient", params={"_has:Observation:subject:code": f"urn:dx|flu{t}"}).json()
+        assert has["total"] == 0, has
+        flt = client.get("/Patient", params={"_filter": f"_id eq {other['id']}"}).json()
+        assert flt["total"] == 1
+    admin_has = api.get("/Patient", params={"_has:Observation:subject:code": f"urn:dx|flu{t}"}).json()
+    assert [p["id"] for p in entries(admin_has)] == [other["id"]]
+
+
 def test_conditional_create_uses_search(api: FhirApi) -> None:
     t = tag()
     body = {"resourceType": "Patient", "name": [{"family": f"Cond{t}"}]}

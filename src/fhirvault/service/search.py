@@ -33,13 +33,24 @@ from fhirvault.service.terminology import resolve_terms
 from fhirvault.service.timeutil import to_instant
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource
-from fhirvault.store.search_sql import COMPARTMENT, ParamClause, RefTest, Restriction
+from fhirvault.store.search_sql import (
+    COMPARTMENT,
+    AllClause,
+    AnyClause,
+    ChainClause,
+    Clause,
+    HasClause,
+    NotClause,
+    ParamClause,
+    RefTest,
+    Restriction,
+)
 
 Render = Callable[[RequestContext, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 # A Render that may use the open connection of the search (see ResourceService.render).
 RenderOn = Callable[[RequestContext, list[dict[str, Any]], AsyncConnection], Awaitable[list[dict[str, Any]]]]
 __all__ = ["DEFAULT_COUNT", "MAX_COUNT", "SearchResult", "run_search", "searchset", "matching_ids",
-           "conditional_matches", "compartment_clause"]
+           "conditional_matches", "compartment_clause", "guard_links"]
 MAX_INCLUDE_ROUNDS = 4
 MAX_INCLUDED = 1000
 
@@ -88,6 +99,7 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
     if compartment is not None:
         parsed.criteria.clauses.append(compartment_clause(compartment))
     restriction = access.query_restriction(ctx)
+    guard_links(access, ctx, parsed.criteria.clauses, restriction)
     cutoff = now_us()
     async with db.read() as conn:
         await resolve_terms(conn, store, parsed.criteria, ctx.base_url)
@@ -118,6 +130,33 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
                                  f"first {MAX_INCLUDED} are included (ask for a smaller _count)"]
     return SearchResult(matches, included, total, parsed, path, cutoff, extra_echo, warnings=notes,
                         rendered=rendered, next_cursor=next_cursor)
+
+
+def guard_links(access: AccessPolicy, ctx: RequestContext, clauses: list[Clause],
+                restriction: Restriction | None) -> None:
+    """Hold chains and `_has` (at any depth, inside `_filter`'s `or`/`not` too) to what the caller may
+    read: a chain follows references only to types the caller may search (an explicit `:Type` it may not
+    search, or no such type at all, raises Forbidden naming the scope), `_has` needs the scope of its
+    source type, and the resources either one tests must meet the caller's `restriction`. Otherwise a
+    search on a readable type would tell what unreadable resources hold (`Patient?_has:Observation:
+    subject:code=...` without any Observation scope). Changes the clauses in place."""
+    for clause in clauses:
+        if isinstance(clause, ChainClause):
+            allowed = permitted_types(access, ctx, "search", clause.target_types)
+            if not allowed:
+                access.require(ctx, "search", clause.target_types[0])  # raises Forbidden, naming the scope
+            clause.target_types = allowed
+            clause.criteria.types = allowed
+            clause.restriction = restriction
+            guard_links(access, ctx, clause.criteria.clauses, restriction)
+        elif isinstance(clause, HasClause):
+            access.require(ctx, "search", clause.source_type)
+            clause.restriction = restriction
+            guard_links(access, ctx, clause.criteria.clauses, restriction)
+        elif isinstance(clause, AnyClause | AllClause):
+            guard_links(access, ctx, clause.clauses, restriction)
+        elif isinstance(clause, NotClause):
+            guard_links(access, ctx, [clause.clause], restriction)
 
 
 def _system_types(access: AccessPolicy, ctx: RequestContext, params: list[tuple[str, str]]) -> list[str]:
@@ -246,8 +285,10 @@ async def matching_ids(store: ResourceStore, access: AccessPolicy, ctx: RequestC
         shown = query if isinstance(query, str) else urlencode(query)
         raise Invalid(f"The criteria '{shown}' have no search parameter that selects {rtype} resources; "
                       "give one, e.g. identifier=system|value")
+    restriction = access.query_restriction(ctx)
+    guard_links(access, ctx, parsed.criteria.clauses, restriction)
     await resolve_terms(conn, store, parsed.criteria, ctx.base_url)
-    found = await store.matching_ids(conn, parsed.criteria, access.query_restriction(ctx), limit)
+    found = await store.matching_ids(conn, parsed.criteria, restriction, limit)
     return [rid for _t, rid in found]
 
 

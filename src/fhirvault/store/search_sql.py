@@ -144,6 +144,8 @@ class ChainClause:
     param: str
     target_types: list[str]
     criteria: Criteria
+    # the caller's access rules, which the referenced resources must meet too (set by the service)
+    restriction: Restriction | None = None
 
 
 @dataclass
@@ -153,6 +155,8 @@ class HasClause:
     source_type: str
     param: str
     criteria: Criteria
+    # the caller's access rules, which the referring resources must meet too (set by the service)
+    restriction: Restriction | None = None
 
 
 @dataclass
@@ -457,14 +461,15 @@ def clause_sql(clause: Clause, owner: Any, types: Sequence[str]) -> ColumnElemen
         return sa.not_(exists) if clause.missing else exists
     if isinstance(clause, ChainClause):
         target = resources.alias()
-        inner = criteria_sql(clause.criteria, target)
+        # only resources the caller may read can make a chain match (else it tells what they hold)
+        inner = criteria_sql(clause.criteria, target) + restriction_sql(clause.restriction, target)
         targets = sa.select(_ref_to(target)).where(target.c.resource_type.in_(clause.target_types), *inner)
         refs = search_refs.alias()
         return _has_rows(refs, owner, types, clause.param, refs.c.target.in_(targets))
     if isinstance(clause, HasClause):
         source = resources.alias()
         refs = search_refs.alias()
-        inner = criteria_sql(clause.criteria, source)
+        inner = criteria_sql(clause.criteria, source) + restriction_sql(clause.restriction, source)
         return sa.exists().where(
             refs.c.resource_type == clause.source_type, _stored_rows(refs, clause.source_type, clause.param),
             refs.c.target == _ref_to(owner),
