@@ -93,6 +93,11 @@ def test_paging_skips_nothing_when_a_returned_resource_is_updated(api: FhirApi) 
         unchanged = {m["id"] for m in made} - {changed["id"]}
         assert len(seen) == len(set(seen)), sort
         assert unchanged <= set(seen), (sort, [m["birthDate"] for m in made if m["id"] not in seen])
+    # a cursor the server did not make is a 400 naming it, never a 500
+    wrong_kind = base64.urlsafe_b64encode(json.dumps(["x", "Patient", "y"]).encode()).decode()
+    for cursor in ("garbage!", wrong_kind, base64.urlsafe_b64encode(b"[1]").decode()):
+        bad = api.get("/Patient", params={"identifier": f"urn:upd|{t}", "_cursor": cursor})
+        assert bad.status_code == 400 and "_cursor" in bad.json()["issue"][0]["diagnostics"], bad.text
 
 
 def test_total_summary_and_elements(api: FhirApi) -> None:

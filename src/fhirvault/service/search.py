@@ -107,6 +107,11 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
         matches: list[StoredResource] = []
         if parsed.summary != "count":
             # after a cursor, `_offset` only numbers the page (for the previous link and the total)
+            if parsed.after is not None:
+                try:
+                    store.check_after(parsed.criteria.types, parsed.sort, parsed.after)
+                except ValueError as e:  # a _cursor that is not one of this search's
+                    raise Invalid(f"_cursor: {e}; follow the next link as given") from None
             matches = await store.search(conn, parsed.criteria, restriction, parsed.sort, parsed.count,
                                          0 if parsed.after is not None else parsed.offset, cutoff, parsed.after)
         if parsed.summary == "count" or parsed.total in ("accurate", "estimate") or \

@@ -23,6 +23,7 @@ from fhirvault.store.search_sql import (
     Restriction,
     SortKey,
     after_sql,
+    check_after,
     criteria_sql,
     param_rows,
     restriction_sql,
@@ -185,6 +186,10 @@ class ResourceStore:
         stmt = (sa.select(t).where(*where)
                 .order_by(*sort_columns(self._keys(sort), t, criteria.types)).limit(count).offset(offset))
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]
+
+    def check_after(self, types: Sequence[str], sort: list[SortKey] | None, after: Sequence[Any]) -> None:
+        """Raises ValueError unless `after` could be the sort values of a search on `types` by `sort`."""
+        check_after(sort_terms(self._keys(sort), resources, types), after)
 
     @staticmethod
     def _keys(sort: list[SortKey] | None) -> list[SortKey]:

@@ -636,7 +636,10 @@ def sort_columns(keys: list[SortKey], owner: Any, types: Sequence[str]) -> list[
 def after_sql(terms: list[SortTerm], values: Sequence[Any]) -> ColumnElement[bool]:
     """Keyset paging: the resources that come after the one whose sort values (one per term of
     `terms`, in order; None for a missing value) are `values`, in the order of `terms` (NULLS LAST).
-    Unlike an offset, this does not shift when resources ahead of that point leave the result."""
+    Unlike an offset, this does not shift when resources ahead of that point leave the result.
+    Raises ValueError when `values` do not fit `terms` (see check_after)."""
+    check_after(terms, values)
+
     def same(term: SortTerm, v: Any) -> ColumnElement[bool]:
         return term.expr.is_(None) if v is None else term.expr == v
 
@@ -649,3 +652,17 @@ def after_sql(terms: list[SortTerm], values: Sequence[Any]) -> ColumnElement[boo
     alternatives = [sa.and_(*[same(t, v) for t, v in zip(terms[:i], values[:i], strict=True)],
                             beyond(terms[i], values[i])) for i in range(len(terms))]
     return sa.or_(*alternatives)
+
+
+def check_after(terms: list[SortTerm], values: Sequence[Any]) -> None:
+    """Raises ValueError unless `values` fit `terms`: one per term, each None (where a term may lack a
+    value) or of the term's kind (str for text, int for microseconds, int or float for numbers)."""
+    if len(values) != len(terms):
+        raise ValueError(f"{len(values)} sort values for {len(terms)} sort keys")
+    for term, v in zip(terms, values, strict=True):
+        if v is None and term.nullable:
+            continue
+        want: tuple[type, ...] = (str,) if isinstance(term.expr.type, sa.String) else \
+            (int,) if isinstance(term.expr.type, sa.Integer) else (int, float)
+        if isinstance(v, bool) or not isinstance(v, want):
+            raise ValueError(f"sort value {v!r} does not fit its key")
