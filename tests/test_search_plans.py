@@ -15,6 +15,7 @@ from bench.search import population
 from fhirvault.fhir.search_index import search_index
 from fhirvault.service.search_parse import parse_search
 from fhirvault.store.database import Database
+from fhirvault.store.postgres_index_layout import owner_index
 from fhirvault.store.resources import ResourceStore, StoredResource
 from fhirvault.store.schema import resources
 from fhirvault.store.search_sql import SortKey, criteria_sql, sort_columns
@@ -22,6 +23,8 @@ from tests.conftest import require_postgres
 from tests.support.server import postgres_database
 
 BASE = "http://fhirvault.invalid/fhir/R4"
+# the index of reference rows by owner: SQLite's, PostgreSQL's (store/postgres_index_layout.py)
+OWNER_REFS = ("ix_refs_owner_param", owner_index("search_refs"))
 # (type, query) -> the index its matches must be read from
 SEARCHES = [
     ("Patient", [("identifier", "urn:mrn|MRN0000050")], "ix_tokens_lookup"),
@@ -30,15 +33,17 @@ SEARCHES = [
     # from the matching Patients to their references: by (type, param, target) or by target alone
     ("Observation", [("subject:Patient.identifier", "urn:mrn|MRN0000020")], ("ix_refs_lookup", "ix_refs_target")),
     ("DocumentReference", [("contenttype", "application/pdf"), ("patient", "p25")], "_lookup"),
+    # a string's starts-with: the prefix's range of the lookup index (on PostgreSQL its pattern operators)
+    ("Patient", [("name", "garc")], "ix_search_strings_lookup"),
     # chains through the shared `subject` rows of Observation `patient`, alone and after another criterion
     ("Observation", [("patient.identifier", "urn:mrn|MRN0000020")], ("ix_refs_lookup", "ix_refs_target")),
     ("Observation", [("code", "http://loinc.org|8867-4"), ("patient.identifier", "urn:mrn|MRN0000021")],
-     ("ix_refs_lookup", "ix_refs_target", "ix_refs_owner_param")),
+     ("ix_refs_lookup", "ix_refs_target", *OWNER_REFS)),
     # two levels: Observation -> Encounter -> Patient
     ("Observation", [("encounter.patient.identifier", "urn:mrn|MRN0000022")], ("ix_refs_lookup", "ix_refs_target")),
     # reverse chains, to a parameter with rows of its own and to one stored as `subject` rows
-    ("Patient", [("_has:Encounter:patient:_id", "e40")], "ix_refs_owner_param"),
-    ("Patient", [("_has:Observation:patient:_id", "o41")], "ix_refs_owner_param"),
+    ("Patient", [("_has:Encounter:patient:_id", "e40")], OWNER_REFS),
+    ("Patient", [("_has:Observation:patient:_id", "o41")], OWNER_REFS),
 ]
 # Patients written and analyzed first: the statistics a young database has (autovacuum, or the server's
 # own refresh at start), by far out of date once the rest of the population is written.
@@ -94,6 +99,8 @@ def _check(plans: list[str], sqlite: bool) -> None:
             # from the matching ids to the resources by primary key, not a pass over every resource
             assert "SEARCH resources USING INDEX sqlite_autoindex_resources_1" in plan, f"{rtype}?{query}:\n{plan}"
             continue
+        if ("name", "garc") in query:
+            assert "~>=~ 'garc'" in plan, f"{rtype}?{query}: the prefix is no index condition\n{plan}"
         nodes = _nodes(json.loads(plan)[0]["Plan"])
         for node in nodes:
             where = f"{rtype}?{query}: {node['Node Type']} on {node.get('Relation Name')}\n{plan}"
