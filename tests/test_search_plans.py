@@ -50,6 +50,22 @@ SEARCHES = [
 EARLY = 150
 
 
+async def _counted(db: Database, written: int) -> None:
+    """Waits until PostgreSQL's shared statistics counters show the `written` resources (a backend
+    reports its counts when it goes idle, at most once a second, so they may come a moment after the
+    commit); refresh_statistics judges staleness by them."""
+    if db.is_sqlite:
+        return
+    for _ in range(150):
+        async with db.read() as conn:
+            counted = (await conn.execute(sa.text(
+                "SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = 'resources'"))).scalar()
+        if (counted or 0) >= written:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"PostgreSQL counted {counted} of {written} resources written")
+
+
 async def _plans(url: str) -> list[str]:
     db = Database(url)
     await db.migrate()
@@ -60,7 +76,8 @@ async def _plans(url: str) -> list[str]:
             for r in batch:
                 await store.write(conn, StoredResource(r["resourceType"], r["id"], 1, 1, False, r), None,
                                   search_index(r, BASE))
-        if batch is items[:EARLY] and not db.is_sqlite:
+        await _counted(db, len(batch))
+        if len(batch) == EARLY and not db.is_sqlite:
             async with db.write() as conn:
                 await conn.execute(sa.text("ANALYZE"))  # as autovacuum does in a young database
         await db.refresh_statistics()  # as the server does at start and as the data grows
@@ -120,3 +137,33 @@ def test_postgres_searches_use_the_lookup_indexes() -> None:
     require_postgres()
     with postgres_database() as url:
         _check(asyncio.run(_plans(url)), sqlite=False)
+
+
+async def _analyzed_after_writes(url: str) -> tuple[set[str], set[str]]:
+    """Tables analyzed by a refresh after a bulk write, and those analyzed again by a second refresh."""
+    db = Database(url)
+    await db.migrate()
+    store = ResourceStore()
+    async with db.write() as conn:
+        for r in population(600, seed=3):
+            await store.write(conn, StoredResource(r["resourceType"], r["id"], 1, 1, False, r), None,
+                              search_index(r, BASE))
+    await _counted(db, 600)
+    seen: list[dict[str, int]] = []
+    for _ in range(2):
+        await db.refresh_statistics()
+        async with db.read() as conn:
+            rows = (await conn.execute(sa.text("SELECT relname, analyze_count FROM pg_stat_user_tables"))).all()
+        seen.append({name: count for name, count in rows if count})
+    await db.close()
+    return set(seen[0]), {name for name in seen[1] if seen[1][name] > seen[0].get(name, 0)}
+
+
+def test_postgres_statistics_follow_the_writes() -> None:
+    """The server analyzes the tables a bulk write changed (whatever autovacuum does), and only those."""
+    require_postgres()
+    with postgres_database() as url:
+        first, second = asyncio.run(_analyzed_after_writes(url))
+    assert {"resources", "search_strings", "search_tokens", "search_refs", "search_dates"} <= first, first
+    assert "clients" not in first, first  # untouched tables are left alone
+    assert not second, second  # nothing changed since: nothing analyzed again
