@@ -15,10 +15,12 @@ from bench.search import population
 from fhirvault.fhir.search_index import search_index
 from fhirvault.service.search_parse import parse_search
 from fhirvault.store.database import Database
+from fhirvault.store.migrations import STEPS, apply_steps
 from fhirvault.store.postgres_index_layout import owner_index
 from fhirvault.store.resources import ResourceStore, StoredResource
 from fhirvault.store.schema import resources
 from fhirvault.store.search_sql import SortKey, criteria_sql, sort_columns
+from fhirvault.store.search_tables import INDEX_TABLES
 from tests.conftest import require_postgres
 from tests.support.server import postgres_database
 
@@ -167,3 +169,29 @@ def test_postgres_statistics_follow_the_writes() -> None:
     assert {"resources", "search_strings", "search_tokens", "search_refs", "search_dates"} <= first, first
     assert "clients" not in first, first  # untouched tables are left alone
     assert not second, second  # nothing changed since: nothing analyzed again
+
+
+async def _indexes_after_upgrade(url: str) -> dict[str, str]:
+    """A PostgreSQL database at step 0014 upgraded to the current schema: its index tables' indexes."""
+    db = Database(url)
+    async with db.write() as conn:
+        await apply_steps(conn, postgres=True, steps=[s for s in STEPS if s.id < "0015"])
+    await db.migrate()
+    async with db.read() as conn:
+        rows = (await conn.execute(sa.text(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename LIKE 'search\\_%'"))).all()
+    await db.close()
+    return {name: definition for name, definition in rows}
+
+
+def test_postgres_index_layout_after_upgrade() -> None:
+    """Step 0016 on a database made before it: owner indexes on (type, id), prefix lookups by pattern."""
+    require_postgres()
+    with postgres_database() as url:
+        indexes = asyncio.run(_indexes_after_upgrade(url))
+    for table in INDEX_TABLES:
+        assert indexes[owner_index(table.name)].endswith("(resource_type, id)"), indexes
+    replaced = [n for n in indexes if n.endswith(("_owner", "_owner_param")) and not n.endswith("_by_owner")]
+    assert not replaced, indexes
+    assert "varchar_pattern_ops" in indexes["ix_search_strings_lookup"], indexes
+    assert "varchar_pattern_ops" in indexes["ix_search_uris_lookup"], indexes
