@@ -1,9 +1,11 @@
 """The search queries of store/search_sql.py read the index tables through the indexes kept for them, on
-SQLite and PostgreSQL, once the planner has statistics (Database.refresh_statistics; autovacuum)."""
+SQLite and PostgreSQL, once the server has gathered the planner's statistics (Database.refresh_statistics),
+also when the data grew by far after an earlier analysis (the statistics of a young database)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,19 @@ from bench.search import population
 from fhirvault.fhir.search_index import search_index
 from fhirvault.service.search_parse import parse_search
 from fhirvault.store.database import Database
+from fhirvault.store.migrations import STEPS, apply_steps
+from fhirvault.store.postgres_index_layout import owner_index
 from fhirvault.store.resources import ResourceStore, StoredResource
 from fhirvault.store.schema import resources
 from fhirvault.store.search_sql import SortKey, criteria_sql, sort_columns
+from fhirvault.store.search_tables import INDEX_TABLES
 from tests.conftest import require_postgres
 from tests.support.server import postgres_database
 
 BASE = "http://fhirvault.invalid/fhir/R4"
+# reference rows by owner: SQLite's owner-keyed table (store/sqlite_index_layout.py), PostgreSQL's owner
+# index (store/postgres_index_layout.py)
+OWNER_REFS = ("search_refs_1 USING PRIMARY KEY (resource_type=? AND id=?", owner_index("search_refs"))
 # (type, query) -> the index its matches must be read from
 SEARCHES = [
     ("Patient", [("identifier", "urn:mrn|MRN0000050")], "ix_tokens_lookup"),
@@ -29,7 +37,37 @@ SEARCHES = [
     # from the matching Patients to their references: by (type, param, target) or by target alone
     ("Observation", [("subject:Patient.identifier", "urn:mrn|MRN0000020")], ("ix_refs_lookup", "ix_refs_target")),
     ("DocumentReference", [("contenttype", "application/pdf"), ("patient", "p25")], "_lookup"),
+    # a string's starts-with: the prefix's range of the lookup index (on PostgreSQL its pattern operators)
+    ("Patient", [("name", "garc")], "ix_search_strings_lookup"),
+    # chains through the shared `subject` rows of Observation `patient`, alone and after another criterion
+    ("Observation", [("patient.identifier", "urn:mrn|MRN0000020")], ("ix_refs_lookup", "ix_refs_target")),
+    ("Observation", [("code", "http://loinc.org|8867-4"), ("patient.identifier", "urn:mrn|MRN0000021")],
+     ("ix_refs_lookup", "ix_refs_target", *OWNER_REFS)),
+    # two levels: Observation -> Encounter -> Patient
+    ("Observation", [("encounter.patient.identifier", "urn:mrn|MRN0000022")], ("ix_refs_lookup", "ix_refs_target")),
+    # reverse chains, to a parameter with rows of its own and to one stored as `subject` rows
+    ("Patient", [("_has:Encounter:patient:_id", "e40")], OWNER_REFS),
+    ("Patient", [("_has:Observation:patient:_id", "o41")], OWNER_REFS),
 ]
+# Patients written and analyzed first: the statistics a young database has (autovacuum, or the server's
+# own refresh at start), by far out of date once the rest of the population is written.
+EARLY = 150
+
+
+async def _counted(db: Database, written: int) -> None:
+    """Waits until PostgreSQL's shared statistics counters show the `written` resources (a backend
+    reports its counts when it goes idle, at most once a second, so they may come a moment after the
+    commit); refresh_statistics judges staleness by them."""
+    if db.is_sqlite:
+        return
+    for _ in range(150):
+        async with db.read() as conn:
+            counted = (await conn.execute(sa.text(
+                "SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = 'resources'"))).scalar()
+        if (counted or 0) >= written:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"PostgreSQL counted {counted} of {written} resources written")
 
 
 # SQLite (store/sqlite_index_layout.py): unselective searches, each with what its plan must hold
@@ -54,14 +92,17 @@ async def _plans(url: str, searches: list[tuple[str, list[tuple[str, str]], Any]
     db = Database(url)
     await db.migrate()
     store = ResourceStore()
-    async with db.write() as conn:
-        for r in population(3000, seed=5):
-            await store.write(conn, StoredResource(r["resourceType"], r["id"], 1, 1, False, r), None,
-                              search_index(r, BASE))
-    await db.refresh_statistics()
-    if not db.is_sqlite:
+    items = population(3000, seed=5)
+    for batch in (items[:EARLY], items[EARLY:]):
         async with db.write() as conn:
-            await conn.execute(sa.text("ANALYZE"))  # what autovacuum does after a bulk load
+            for r in batch:
+                await store.write(conn, StoredResource(r["resourceType"], r["id"], 1, 1, False, r), None,
+                                  search_index(r, BASE))
+        await _counted(db, len(batch))
+        if len(batch) == EARLY and not db.is_sqlite:
+            async with db.write() as conn:
+                await conn.execute(sa.text("ANALYZE"))  # as autovacuum does in a young database
+        await db.refresh_statistics()  # as the server does at start and as the data grows
     out = []
     async with db.read() as conn:
         for rtype, query, _index in searches:
@@ -74,10 +115,23 @@ async def _plans(url: str, searches: list[tuple[str, list[tuple[str, str]], Any]
                 stmt = (sa.select(resources.c.id).where(*criteria_sql(parsed.criteria, resources))
                         .order_by(*sort_columns(keys, resources, [rtype])).limit(20))
             sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-            explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
-            rows = (await conn.exec_driver_sql(explain + sql)).all()
-            out.append("\n".join(str(row[-1]) for row in rows))
+            if db.is_sqlite:
+                rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)).all()
+                out.append("\n".join(str(row[-1]) for row in rows))
+            else:
+                plan = (await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql)).scalar()
+                out.append(json.dumps(plan if not isinstance(plan, str) else json.loads(plan)))
     await db.close()
+    return out
+
+
+def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [node]
+    for child in node.get("Plans", []):
+        out += _nodes(child)
+    for value in node.values():  # subplans of init and correlated subqueries are children too
+        if isinstance(value, dict) and "Node Type" in value:
+            out += _nodes(value)
     return out
 
 
@@ -89,8 +143,18 @@ def _check(plans: list[str], sqlite: bool) -> None:
             # (or by the resources' owner index of store/sqlite_index_layout.py, which starts with the key)
             by_key = r"(sqlite_autoindex_resources_1|ix_resources_owner_updated) \(resource_type=\? AND id=\?\)"
             assert re.search(r"SEARCH resources USING (COVERING )?INDEX " + by_key, plan), f"{rtype}?{query}:\n{plan}"
-        else:
-            assert "Seq Scan on resources" not in plan, f"{rtype}?{query}:\n{plan}"
+            continue
+        if ("name", "garc") in query:
+            assert "~>=~ 'garc'" in plan, f"{rtype}?{query}: the prefix is no index condition\n{plan}"
+        nodes = _nodes(json.loads(plan)[0]["Plan"])
+        for node in nodes:
+            where = f"{rtype}?{query}: {node['Node Type']} on {node.get('Relation Name')}\n{plan}"
+            # no table read whole, and no index read whole: each index is entered by its leading columns
+            assert node["Node Type"] != "Seq Scan", where
+            if node.get("Relation Name") == "resources":
+                # a resource is read by its (type, id) key, never by scanning every resource of its type
+                assert node.get("Index Name") == "resources_pkey", where
+                assert "(id)::text = " in node.get("Index Cond", ""), where
 
 
 def test_sqlite_searches_use_the_lookup_indexes(tmp_path: Path) -> None:
@@ -116,3 +180,59 @@ def test_postgres_searches_use_the_lookup_indexes() -> None:
     require_postgres()
     with postgres_database() as url:
         _check(asyncio.run(_plans(url)), sqlite=False)
+
+
+async def _analyzed_after_writes(url: str) -> tuple[set[str], set[str]]:
+    """Tables analyzed by a refresh after a bulk write, and those analyzed again by a second refresh."""
+    db = Database(url)
+    await db.migrate()
+    store = ResourceStore()
+    async with db.write() as conn:
+        for r in population(600, seed=3):
+            await store.write(conn, StoredResource(r["resourceType"], r["id"], 1, 1, False, r), None,
+                              search_index(r, BASE))
+    await _counted(db, 600)
+    seen: list[dict[str, int]] = []
+    for _ in range(2):
+        await db.refresh_statistics()
+        async with db.read() as conn:
+            rows = (await conn.execute(sa.text("SELECT relname, analyze_count FROM pg_stat_user_tables"))).all()
+        seen.append({name: count for name, count in rows if count})
+    await db.close()
+    return set(seen[0]), {name for name in seen[1] if seen[1][name] > seen[0].get(name, 0)}
+
+
+def test_postgres_statistics_follow_the_writes() -> None:
+    """The server analyzes the tables a bulk write changed (whatever autovacuum does), and only those."""
+    require_postgres()
+    with postgres_database() as url:
+        first, second = asyncio.run(_analyzed_after_writes(url))
+    assert {"resources", "search_strings", "search_tokens", "search_refs", "search_dates"} <= first, first
+    assert "clients" not in first, first  # untouched tables are left alone
+    assert not second, second  # nothing changed since: nothing analyzed again
+
+
+async def _indexes_after_upgrade(url: str) -> dict[str, str]:
+    """A PostgreSQL database at step 0014 upgraded to the current schema: its index tables' indexes."""
+    db = Database(url)
+    async with db.write() as conn:
+        await apply_steps(conn, postgres=True, steps=[s for s in STEPS if s.id < "0015"])
+    await db.migrate()
+    async with db.read() as conn:
+        rows = (await conn.execute(sa.text(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename LIKE 'search\\_%'"))).all()
+    await db.close()
+    return {name: definition for name, definition in rows}
+
+
+def test_postgres_index_layout_after_upgrade() -> None:
+    """Step 0016 on a database made before it: owner indexes on (type, id), prefix lookups by pattern."""
+    require_postgres()
+    with postgres_database() as url:
+        indexes = asyncio.run(_indexes_after_upgrade(url))
+    for table in INDEX_TABLES:
+        assert indexes[owner_index(table.name)].endswith("(resource_type, id)"), indexes
+    replaced = [n for n in indexes if n.endswith(("_owner", "_owner_param")) and not n.endswith("_by_owner")]
+    assert not replaced, indexes
+    assert "varchar_pattern_ops" in indexes["ix_search_strings_lookup"], indexes
+    assert "varchar_pattern_ops" in indexes["ix_search_uris_lookup"], indexes

@@ -12,12 +12,18 @@ from typing import Any
 import psycopg
 import pytest
 
+from fhirvault.config import Settings
 from fhirvault.fhir.search_index import search_index
 from tests.support.searching import FHIR, create, found, refused
 from tests.support.server import FhirApi, ServerProcess
 
 BASE = "http://fhirvault.invalid/fhir/R4"
 NARRATIVE = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml"><p>Severe bronchitis</p></div>'}
+
+
+def test_the_word_index_is_off_unless_asked_for() -> None:
+    """The documented default (README "Configuration"): `fhirvault serve` writes no word rows."""
+    assert Settings.model_fields["search_text_index"].default is False
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

@@ -66,8 +66,6 @@ from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore
 
 log = logging.getLogger("fhirvault")
-# How often the SQLite query planner's statistics are gathered again (store/database.py refresh_statistics).
-STATISTICS_SECONDS = 3600
 
 
 class FhirVault:
@@ -139,6 +137,7 @@ class FhirVault:
         self._capability_json: bytes | None = None
         self._capability_gzip: bytes | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._statistician: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Starts the server's parts in one process: warms the validator, migrates the database, indexes
@@ -153,6 +152,7 @@ class FhirVault:
         await self.reindexer.run()
         await self.db.refresh_statistics()
         self._sweeper = asyncio.create_task(self._sweep_pending_blobs())
+        self._statistician = asyncio.create_task(self._keep_statistics())
         self.workers.start()
 
     async def stop(self) -> None:
@@ -160,28 +160,34 @@ class FhirVault:
         self.readiness.stopping = True
         await self.workers.stop()
         await self.binaries.settled()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._statistician):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.blob_store is not None:
             await self.blob_store.close()
         await self.db.close()
 
+    async def _keep_statistics(self) -> None:
+        """The query planner's statistics follow the data as it grows: refreshed every
+        Database.statistics_seconds (searches are planned from them; see refresh_statistics)."""
+        while True:
+            await asyncio.sleep(self.db.statistics_seconds)
+            try:
+                await self.db.refresh_statistics()
+            except Exception as exc:  # noqa: BLE001 - the database is away; the next round retries
+                log.warning("refreshing the planner's statistics failed (%s); will retry", exc)
+
     async def _sweep_pending_blobs(self) -> None:
         """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent):
-        stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS.
-        SQLite's planner statistics are refreshed every STATISTICS_SECONDS as the data grows."""
+        stale pending and released blobs each pass, ownerless bytes in the store every LEFTOVER_SCAN_SECONDS."""
         interval = max(1.0, min(300.0, self.settings.pending_blob_grace_seconds / 4,
                                 self.settings.upload_expiry_seconds / 4))
         last_scan = float("-inf")
         loop = asyncio.get_running_loop()
-        last_statistics = loop.time()
         while True:
             try:
-                if loop.time() - last_statistics >= STATISTICS_SECONDS:
-                    last_statistics = loop.time()
-                    await self.db.refresh_statistics()
                 expired = await self.uploads.sweep_expired()
                 if expired:
                     log.info("removed %d expired resumable uploads", expired)

@@ -89,9 +89,11 @@ class Settings(BaseSettings):
     # turning this off stores whatever JSON object a client sends (for bulk loads of trusted data).
     validation_enabled: bool = True
     # Search: the word index behind `_text` and `_content` (a row per distinct word of each resource's
-    # text, about a third of all index rows). Off: no word rows are written and both parameters are
-    # refused (400) and left out of the CapabilityStatement; turning it on later needs `fhirvault reindex`.
-    search_text_index: bool = True
+    # text, about a third of all index rows). Off by default, as full-text search is an add-on in other
+    # FHIR servers too: it costs a third more index bytes and writes. Off: no word rows are written and
+    # both parameters are refused (400) and left out of the CapabilityStatement; turning it on later
+    # needs `fhirvault reindex`.
+    search_text_index: bool = False
 
     # Security
     token_lifetime: int = Field(default=3600, ge=0, description="seconds an access token is valid")

@@ -99,6 +99,9 @@ class ServerProcess:
         # The suite keeps dozens of servers alive at once against one PostgreSQL (max_connections 100 by
         # default): each keeps few idle connections, and opens more only while it is busy.
         env.update({"FHIRVAULT_DATABASE_POOL_SIZE": "2", "FHIRVAULT_DATABASE_MAX_OVERFLOW": "10"})
+        # The suite covers every search parameter, `_text` and `_content` included (off by default;
+        # tests/test_search_text_index_off.py covers the default).
+        env["FHIRVAULT_SEARCH_TEXT_INDEX"] = "true"
         env.update(self.env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

@@ -17,6 +17,7 @@ from fhirvault.clock import now_us
 from fhirvault.store.blobs import blob_chunks, blobs
 from fhirvault.store.direct_uploads import direct_uploads
 from fhirvault.store.job_rows import jobs
+from fhirvault.store.postgres_index_layout import postgres_index_layout_0016
 from fhirvault.store.scan_rows import content_refs, content_scans
 from fhirvault.store.schema import (
     metadata,
@@ -119,6 +120,9 @@ STEPS: tuple[MigrationStep, ...] = (
     # SQLite: index tables keyed by owner (WITHOUT ROWID) with one covering lookup index each
     # (store/sqlite_index_layout.py); nothing on PostgreSQL.
     MigrationStep("0015_sqlite_index_layout", sqlite_index_layout_0015),
+    # PostgreSQL: owner indexes on (type, id), prefix lookups with pattern operators
+    # (store/postgres_index_layout.py); nothing on SQLite.
+    MigrationStep("0016_postgres_index_layout", postgres_index_layout_0016),
 )
 
 

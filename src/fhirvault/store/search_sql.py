@@ -371,29 +371,49 @@ def _composite(c: Any, t: CompositeTest) -> ColumnElement[bool]:
     return sa.and_(first, second)
 
 
-def _stored_rows(table: Any, rtype: str, param: str) -> ColumnElement[bool]:
+def _stored_rows(table: Any, rtype: str, param: str, typed: bool = False) -> ColumnElement[bool]:
     """The index rows of `param` of `rtype` in `table` (fhir/search_storage.py: a parameter may be
-    stored as the rows of others, restricted to one reference target type)."""
+    stored as the rows of others, restricted to one reference target type). `typed`: the caller's own
+    condition already holds the rows to targets of that type (see target_type), so the pattern test
+    of the target text is left out: besides costing a test per row, its guessed selectivity made the
+    PostgreSQL planner expect no rows, and nest loops over them."""
     stored = stored_as(rtype, param)
     cond = table.c.param == stored.params[0] if len(stored.params) == 1 else table.c.param.in_(stored.params)
-    if stored.target_type is not None:
+    if stored.target_type is not None and not typed:
         t = stored.target_type
         cond = sa.and_(cond, sa.or_(table.c.target.startswith(f"{t}/", autoescape=True),
                                     table.c.target.contains(f"/{t}/", autoescape=True)))
     return cond
 
 
-def param_rows(table: Any, owner_type: Any, types: Sequence[str], param: str) -> ColumnElement[bool]:
+def target_type(types: Sequence[str], param: str) -> str | None:
+    """The one target type every owner type of `types` restricts the rows of `param` to (Observation
+    `patient`: Patient), or None when some type keeps rows of its own or the types differ."""
+    found = {stored_as(t, param).target_type for t in types}
+    only = found.pop() if len(found) == 1 else None
+    return only
+
+
+def of_type(target: str, rtype: str) -> bool:
+    """Whether the reference text `target` names a resource of `rtype`, as the index rows' pattern test
+    reads it (FHIRPath `resolve() is T`: `T/id`, or `/T/` inside an absolute reference)."""
+    return target.startswith(f"{rtype}/") or f"/{rtype}/" in target
+
+
+def param_rows(table: Any, owner_type: Any, types: Sequence[str], param: str,
+               typed: bool = False) -> ColumnElement[bool]:
     """The rows of `param` in `table` for owners of any of `types` (`owner_type`: the owner's
-    resource_type column): one condition when the types store `param` alike, else one per type."""
+    resource_type column): one condition when the types store `param` alike, else one per type.
+    `typed`: as for _stored_rows."""
     if not types:
         return sa.false()
     groups: dict[StoredAs, list[str]] = {}
     for t in types:
         groups.setdefault(stored_as(t, param), []).append(t)
     if len(groups) == 1:
-        return _stored_rows(table, types[0], param)
-    return sa.or_(*[sa.and_(owner_type.in_(ts), _stored_rows(table, ts[0], param)) for ts in groups.values()])
+        return _stored_rows(table, types[0], param, typed)
+    return sa.or_(*[sa.and_(owner_type.in_(ts), _stored_rows(table, ts[0], param, typed))
+                    for ts in groups.values()])
 
 
 def _owned(table: Any, owner: Any, param: str, types: Sequence[str]) -> list[ColumnElement[bool]]:
@@ -401,17 +421,19 @@ def _owned(table: Any, owner: Any, param: str, types: Sequence[str]) -> list[Col
             param_rows(table, owner.c.resource_type, types, param)]
 
 
-def _has_rows(table: Any, owner: Any, types: Sequence[str], param: str, *match: Any) -> ColumnElement[bool]:
+def _has_rows(table: Any, owner: Any, types: Sequence[str], param: str, *match: Any,
+              typed: bool = False) -> ColumnElement[bool]:
     """`owner` has a row of `param` in `table` that meets `match`, as `id IN (SELECT id ...)`: a subquery
     that does not depend on the owner, so that both databases read it from the (type, param, value)
     index and, with planner statistics, go from its few ids to the resources (a correlated EXISTS is
-    run once per resource of the type on SQLite, whatever the statistics)."""
+    run once per resource of the type on SQLite, whatever the statistics). `typed`: `match` holds the
+    rows to targets of the parameter's target type (see _stored_rows)."""
     if len(types) == 1:  # criteria_sql has already held the owner to this type
-        ids = sa.select(table.c.id).where(table.c.resource_type == types[0], _stored_rows(table, types[0], param),
-                                          *match)
+        ids = sa.select(table.c.id).where(table.c.resource_type == types[0],
+                                          _stored_rows(table, types[0], param, typed), *match)
         return owner.c.id.in_(ids)
     pairs = sa.select(table.c.resource_type, table.c.id).where(
-        table.c.resource_type.in_(types), param_rows(table, table.c.resource_type, types, param), *match)
+        table.c.resource_type.in_(types), param_rows(table, table.c.resource_type, types, param, typed), *match)
     return sa.tuple_(owner.c.resource_type, owner.c.id).in_(pairs)
 
 
@@ -463,25 +485,61 @@ def clause_sql(clause: Clause, owner: Any, types: Sequence[str]) -> ColumnElemen
         target = resources.alias()
         # only resources the caller may read can make a chain match (else it tells what they hold)
         inner = criteria_sql(clause.criteria, target) + restriction_sql(clause.restriction, target)
-        targets = sa.select(_ref_to(target)).where(target.c.resource_type.in_(clause.target_types), *inner)
+        wanted, implied = clause.target_types, target_type(types, clause.param)
+        if implied is not None:
+            # targets are `T/id` texts: of the implied type exactly when T is that type
+            wanted = [t for t in wanted if t == implied]
+            if not wanted:
+                return sa.false()
+        targets = sa.select(_ref_to(target)).where(target.c.resource_type.in_(wanted), *inner)
         refs = search_refs.alias()
-        return _has_rows(refs, owner, types, clause.param, refs.c.target.in_(targets))
+        return _has_rows(refs, owner, types, clause.param, refs.c.target.in_(targets), typed=implied is not None)
     if isinstance(clause, HasClause):
-        source = resources.alias()
-        refs = search_refs.alias()
-        inner = criteria_sql(clause.criteria, source) + restriction_sql(clause.restriction, source)
-        return sa.exists().where(
-            refs.c.resource_type == clause.source_type, _stored_rows(refs, clause.source_type, clause.param),
-            refs.c.target == _ref_to(owner),
-            source.c.resource_type == refs.c.resource_type, source.c.id == refs.c.id, *inner)
+        return _has_clause(clause, owner, types)
     if clause.kind == "composite-parts":
         found = sa.or_(*[_composite_parts(owner, types, clause.param, t) for t in clause.tests
                          if isinstance(t, CompositeTest)])
         return sa.not_(found) if clause.negate else found
     table = TABLES[clause.kind].alias()
-    match = sa.or_(*[_test(clause.kind, table, t) for t in clause.tests])
-    exists = _has_rows(table, owner, types, clause.param, match)
+    tests: list[Test] = list(clause.tests)
+    typed = False
+    implied = target_type(types, clause.param) if clause.kind == "reference" else None
+    refs_only = [t for t in tests if isinstance(t, RefTest)]
+    if implied is not None and len(refs_only) == len(tests):
+        # the pattern test of the rows' targets, done here on the few texts searched for
+        kept = [RefTest(tuple(x for x in t.targets if of_type(x, implied))) for t in refs_only]
+        tests = [t for t in kept if t.targets]
+        typed = True
+    match = sa.or_(sa.false(), *[_test(clause.kind, table, t) for t in tests])
+    exists = _has_rows(table, owner, types, clause.param, match, typed=typed) if tests else sa.false()
     return sa.not_(exists) if clause.negate else exists
+
+
+def _has_clause(clause: HasClause, owner: Any, types: Sequence[str]) -> ColumnElement[bool]:
+    """`_has`: the owner's id is among the ids named by the references of the matching sources, for each
+    owner type the parameter may name: `owner.id IN (SELECT the id part of the target ...)`, a subquery
+    that does not depend on the owner, so that both databases go from the matching sources (their own
+    criteria) by the owner index of their reference rows to the owners by primary key, instead of asking
+    the question once per resource of the owner's type. A target names an owner of type O exactly when
+    it is `O/` followed by the owner's id (compared by substr, not LIKE, which SQLite folds in case)."""
+    implied = stored_as(clause.source_type, clause.param).target_type
+    alternatives: list[ColumnElement[bool]] = []
+    for rtype in types:
+        if implied is not None and rtype != implied:
+            continue  # the parameter names only resources of the implied type
+        source = resources.alias()
+        refs = search_refs.alias()
+        prefix = f"{rtype}/"
+        named = sa.select(sa.func.substr(refs.c.target, len(prefix) + 1)).where(
+            refs.c.resource_type == clause.source_type,
+            _stored_rows(refs, clause.source_type, clause.param, typed=True),
+            sa.func.substr(refs.c.target, 1, len(prefix)) == prefix,
+            source.c.resource_type == refs.c.resource_type, source.c.id == refs.c.id,
+            # only sources the caller may read can make `_has` match (else it tells what they hold)
+            *criteria_sql(clause.criteria, source), *restriction_sql(clause.restriction, source))
+        cond = owner.c.id.in_(named)
+        alternatives.append(cond if len(types) == 1 else sa.and_(owner.c.resource_type == rtype, cond))
+    return sa.or_(sa.false(), *alternatives)
 
 
 def _in_lists(owner: Any, list_ids: list[str]) -> ColumnElement[bool]:

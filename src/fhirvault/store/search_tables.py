@@ -29,7 +29,9 @@ def _table(name: str, *columns: sa.Column[Any], lookup: tuple[str, ...]) -> sa.T
         *columns,
         sa.Index(f"ix_{name}_lookup", "resource_type", "param", *lookup),
         # (type, id, param): the correlated lookup of every EXISTS and sort key; without `param` here the
-        # planner may prefer the value index and scan a whole parameter once per candidate resource
+        # planner may prefer the value index and scan a whole parameter once per candidate resource.
+        # PostgreSQL, with its statistics kept (Database.refresh_statistics), has (type, id) instead: step
+        # 0016, store/postgres_index_layout.py
         sa.Index(f"ix_{name}_owner", "resource_type", "id", "param"),
     )
 
