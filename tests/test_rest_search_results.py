@@ -189,6 +189,13 @@ def test_compartment_search_and_everything(api: FhirApi) -> None:
     assert {r["id"] for r in entries(since)} == {doc["id"], binary["id"]}
     paged = api.get(f"/Patient/{pat['id']}/$everything", params={"_count": 2}).json()
     assert len(entries(paged)) == 2 and link(paged, "next")
+    everything_paged = [(r["resourceType"], r["id"]) for r in entries(paged)]
+    while (nxt := link(paged, "next")) is not None:  # the operation's own paging links work
+        answer = api.get(nxt)
+        assert answer.status_code == 200, answer.text
+        paged = answer.json()
+        everything_paged += [(r["resourceType"], r["id"]) for r in entries(paged)]
+    assert len(everything_paged) == 4 and set(everything_paged) == ids
     assert api.get(f"/Patient/{pat['id']}/$everything", params={"start": "2020"}).status_code == 400
 
 

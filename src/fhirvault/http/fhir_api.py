@@ -340,6 +340,9 @@ async def everything(request: Request) -> Response:
             params.append(("_lastUpdated", f"ge{value}"))
         elif name in ("_type", "_count", "_offset", "_format", "_pretty"):
             params.append((name, value))
+        elif name in ("_sort", "_lastUpdated", "_cursor"):
+            # what the operation's own paging links carry (its order, the first page's moment, the cursor)
+            params.append((name, value))
         elif name in ("start", "end"):
             raise Invalid(f"$everything parameter '{name}' is not supported; use _since")
         else:
