@@ -248,9 +248,10 @@ def test_patient_context_client_gets_full_pages_and_right_totals(server: ServerP
 
 
 def test_chains_and_has_see_only_what_the_caller_may_read(server: ServerProcess, api: FhirApi) -> None:
-    """A chain or `_has` must not tell what resources the caller may not read hold: without an Observation
-    scope `_has:Observation` is a 403, and for a patient-context client the other patient's resources
-    (reachable from its own Patient through `link`) make no chain or `_has` match."""
+    """A chain, `_has` or `_list` must not tell what resources the caller may not read hold: without an
+    Observation scope `_has:Observation` is a 403 (without a List scope `_list` too), and for a
+    patient-context client the other patient's resources (reachable from its own Patient through `link`)
+    make no chain, `_has` or `_list` match."""
     t = tag()
     sick = create(api, {"resourceType": "Patient", "name": [{"family": f"S{t}"}]})
     create(api, {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{sick['id']}"},
@@ -261,12 +262,21 @@ def test_chains_and_has_see_only_what_the_caller_may_read(server: ServerProcess,
         probe = client.get("/Patient", params={"_has:Observation:subject:code": f"urn:dx|hiv{t}"})
         assert probe.status_code == 403, probe.text
         assert "Observation" in probe.json()["issue"][0]["diagnostics"]
+        listed = create(api, {"resourceType": "List", "status": "current", "mode": "working",
+                              "entry": [{"item": {"reference": f"Patient/{sick['id']}"}}]})
+        assert client.get("/Patient", params={"_list": listed["id"]}).status_code == 403  # no List scope
     mine = create(api, {"resourceType": "Patient", "name": [{"family": f"M{t}"}]})
     # the other patient links to mine, so it lies in my compartment; its Observation does not
     other = create(api, {"resourceType": "Patient", "name": [{"family": f"O{t}"}],
                          "link": [{"other": {"reference": f"Patient/{mine['id']}"}, "type": "seealso"}]})
     create(api, {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{other['id']}"},
                  "code": {"coding": [{"system": "urn:dx", "code": f"flu{t}"}]}})
+    their_list = create(api, {"resourceType": "List", "status": "current", "mode": "working",
+                              "subject": {"reference": f"Patient/{sick['id']}"},
+                              "entry": [{"item": {"reference": f"Patient/{mine['id']}"}}]})
+    my_list = create(api, {"resourceType": "List", "status": "current", "mode": "working",
+                           "subject": {"reference": f"Patient/{mine['id']}"},
+                           "entry": [{"item": {"reference": f"Patient/{mine['id']}"}}]})
     token = client_token(server, f"pl{t}", "patient/*.rs", f"Patient/{mine['id']}")
     with httpx.Client(base_url=server.base, headers=bearer(token), timeout=60) as client:
         assert client.get("/Patient", params={"_id": other["id"]}).json()["total"] == 1  # readable: in my compartment
@@ -275,6 +285,9 @@ def test_chains_and_has_see_only_what_the_caller_may_read(server: ServerProcess,
         assert has["total"] == 0, has
         flt = client.get("/Patient", params={"_filter": f"_id eq {other['id']}"}).json()
         assert flt["total"] == 1
+        # the other patient's List naming my Patient is not mine to read, so `_list` finds nothing through it
+        assert client.get("/Patient", params={"_list": their_list["id"]}).json()["total"] == 0
+        assert client.get("/Patient", params={"_list": my_list["id"]}).json()["total"] == 1
     admin_has = api.get("/Patient", params={"_has:Observation:subject:code": f"urn:dx|flu{t}"}).json()
     assert [p["id"] for p in entries(admin_has)] == [other["id"]]
 

@@ -40,6 +40,7 @@ from fhirvault.store.search_sql import (
     ChainClause,
     Clause,
     HasClause,
+    ListClause,
     NotClause,
     ParamClause,
     RefTest,
@@ -139,10 +140,10 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
 
 def guard_links(access: AccessPolicy, ctx: RequestContext, clauses: list[Clause],
                 restriction: Restriction | None) -> None:
-    """Hold chains and `_has` (at any depth, inside `_filter`'s `or`/`not` too) to what the caller may
+    """Hold chains, `_has` and `_list` (at any depth, inside `_filter`'s `or`/`not` too) to what the caller may
     read: a chain follows references only to types the caller may search (an explicit `:Type` it may not
     search, or no such type at all, raises Forbidden naming the scope), `_has` needs the scope of its
-    source type, and the resources either one tests must meet the caller's `restriction`. Otherwise a
+    source type and `_list` List's, and the resources each one tests must meet the caller's `restriction`. Otherwise a
     search on a readable type would tell what unreadable resources hold (`Patient?_has:Observation:
     subject:code=...` without any Observation scope). Changes the clauses in place."""
     for clause in clauses:
@@ -158,6 +159,9 @@ def guard_links(access: AccessPolicy, ctx: RequestContext, clauses: list[Clause]
             access.require(ctx, "search", clause.source_type)
             clause.restriction = restriction
             guard_links(access, ctx, clause.criteria.clauses, restriction)
+        elif isinstance(clause, ListClause):
+            access.require(ctx, "search", "List")  # `_list` tells what a List holds
+            clause.restriction = restriction
         elif isinstance(clause, AnyClause | AllClause):
             guard_links(access, ctx, clause.clauses, restriction)
         elif isinstance(clause, NotClause):

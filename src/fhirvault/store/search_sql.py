@@ -208,6 +208,8 @@ class ListClause:
     """The resource is an item of one of the Lists `list_ids` (`_list`, R4 search.html#list)."""
 
     list_ids: list[str]
+    # the caller's access rules, which the Lists must meet too (set by the service)
+    restriction: Restriction | None = None
 
 
 @dataclass
@@ -474,7 +476,7 @@ def clause_sql(clause: Clause, owner: Any, types: Sequence[str]) -> ColumnElemen
     if isinstance(clause, NotClause):
         return sa.not_(clause_sql(clause.clause, owner, types))
     if isinstance(clause, ListClause):
-        return _in_lists(owner, clause.list_ids)
+        return _in_lists(owner, clause.list_ids, clause.restriction)
     if isinstance(clause, NearClause):
         return _near(owner, types, clause)
     if isinstance(clause, MissingClause):
@@ -542,14 +544,16 @@ def _has_clause(clause: HasClause, owner: Any, types: Sequence[str]) -> ColumnEl
     return sa.or_(sa.false(), *alternatives)
 
 
-def _in_lists(owner: Any, list_ids: list[str]) -> ColumnElement[bool]:
-    """Some live List of `list_ids` has the owner among its `entry.item` references."""
+def _in_lists(owner: Any, list_ids: list[str], restriction: Restriction | None) -> ColumnElement[bool]:
+    """Some live List of `list_ids` that `restriction` lets the caller read has the owner among its
+    `entry.item` references."""
     refs: Any = search_refs.alias()
     lists: Any = resources.alias()
     return sa.exists().where(
         refs.c.resource_type == "List", refs.c.id.in_(list_ids), _stored_rows(refs, "List", "item"),
         refs.c.target == _ref_to(owner),
-        lists.c.resource_type == "List", lists.c.id == refs.c.id, lists.c.deleted.is_(False))
+        lists.c.resource_type == "List", lists.c.id == refs.c.id, lists.c.deleted.is_(False),
+        *restriction_sql(restriction, lists))
 
 
 EARTH_RADIUS_KM = 6371.0088  # the mean radius (IUGG); distances are great-circle distances on this sphere
