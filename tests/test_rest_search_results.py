@@ -78,8 +78,12 @@ def test_paging_skips_nothing_when_a_returned_resource_is_updated(api: FhirApi) 
     """An update between page requests to a resource already returned must not shift the later pages:
     every resource left unchanged is returned exactly once, with the default order and with `_sort`."""
     t = tag()
-    made = [create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:upd", "value": t}],
-                         "birthDate": f"19{50 + i}-01-01"}) for i in range(7)]
+    made = []
+    for i in range(8):  # the last three without a birth date: sorted last, across a page boundary
+        patient = {"resourceType": "Patient", "identifier": [{"system": "urn:upd", "value": t}]}
+        if i < 5:
+            patient["birthDate"] = f"19{50 + i}-01-01"
+        made.append(create(api, patient))
     for sort in ({}, {"_sort": "birthdate"}, {"_sort": "-birthdate,gender"}):
         page = api.get("/Patient", params={"identifier": f"urn:upd|{t}", "_count": 3, **sort}).json()
         first = entries(page)
@@ -92,7 +96,19 @@ def test_paging_skips_nothing_when_a_returned_resource_is_updated(api: FhirApi) 
             seen += [p["id"] for p in entries(page)]
         unchanged = {m["id"] for m in made} - {changed["id"]}
         assert len(seen) == len(set(seen)), sort
-        assert unchanged <= set(seen), (sort, [m["birthDate"] for m in made if m["id"] not in seen])
+        assert unchanged <= set(seen), (sort, [m.get("birthDate") for m in made if m["id"] not in seen])
+    # pages in a row give the order of one page, missing values last in both directions
+    for order in ("birthdate", "-birthdate", "-birthdate,-_id"):
+        q = {"identifier": f"urn:upd|{t}", "_sort": order}
+        whole = [p["id"] for p in entries(api.get("/Patient", params={**q, "_count": 100}).json())]
+        page = api.get("/Patient", params={**q, "_count": 2}).json()
+        paged = [p["id"] for p in entries(page)]
+        while (nxt := link(page, "next")) is not None:
+            page = api.get(nxt).json()
+            paged += [p["id"] for p in entries(page)]
+        assert paged == whole and len(whole) == 8, order
+        births = [p.get("birthDate") for p in entries(api.get("/Patient", params={**q, "_count": 100}).json())]
+        assert births[5:] == [None, None, None], order
     # a cursor the server did not make is a 400 naming it, never a 500
     wrong_kind = base64.urlsafe_b64encode(json.dumps(["x", "Patient", "y"]).encode()).decode()
     for cursor in ("garbage!", wrong_kind, base64.urlsafe_b64encode(b"[1]").decode()):

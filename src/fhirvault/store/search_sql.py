@@ -709,11 +709,23 @@ def after_sql(terms: list[SortTerm], values: Sequence[Any]) -> ColumnElement[boo
         if v is None:
             return sa.false()  # nothing sorts after a missing value but other missing values
         later = term.expr < v if term.descending else term.expr > v
-        return sa.or_(later, term.expr.is_(None)) if term.nullable else later
+        # a missing value sorts last: NULL > v counts as true (one occurrence of a key's subquery, not two)
+        return sa.func.coalesce(later, sa.true()) if term.nullable else later
 
-    alternatives = [sa.and_(*[same(t, v) for t, v in zip(terms[:i], values[:i], strict=True)],
-                            beyond(terms[i], values[i])) for i in range(len(terms))]
-    return sa.or_(*alternatives)
+    def after(i: int) -> ColumnElement[bool]:
+        # nested rather than a flat OR of prefixes, so that each key's expression occurs twice, not once per
+        # later key (SQLite evaluates every occurrence of a key's subquery)
+        if i == len(terms) - 1:
+            return beyond(terms[i], values[i])
+        return sa.or_(beyond(terms[i], values[i]), sa.and_(same(terms[i], values[i]), after(i + 1)))
+
+    condition = after(0)
+    first, v0 = terms[0], values[0]
+    if first.nullable or v0 is None:
+        return condition
+    # the same condition's bound on the first key alone, which an index on it can start from (PostgreSQL
+    # walks `_lastUpdated` order from the cursor instead of from the first resource of the type)
+    return sa.and_(first.expr <= v0 if first.descending else first.expr >= v0, condition)
 
 
 def check_after(terms: list[SortTerm], values: Sequence[Any]) -> None:
