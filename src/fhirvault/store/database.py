@@ -25,6 +25,12 @@ from fhirvault.store.write_lock import FileWriteLock
 # request waits for a pooled connection. Both bound the time to a 503 during an outage.
 CONNECT_TIMEOUT = 5
 POOL_TIMEOUT = 10
+# SQLite connections each process keeps open, and opens beyond them under load. Each is a sqlite3
+# connection and its aiosqlite thread: idle ones cost no CPU, while one opened and closed per request
+# (SQLAlchemy's default keeps 5) costs a thread start, the connection's PRAGMAs and its functions,
+# more than the read it serves.
+SQLITE_POOL_SIZE = 32
+SQLITE_MAX_OVERFLOW = 32
 
 
 @asynccontextmanager
@@ -62,6 +68,9 @@ class Database:
             # SQLAlchemy's aiosqlite dialect derives from the URL.
             cargs, options = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
             kwargs["async_creator"] = sqlite_driver.connector(*cargs, **{**options, "timeout": 30})
+            if path and path != ":memory:":  # an in-memory database has one connection (a StaticPool)
+                kwargs["pool_size"] = SQLITE_POOL_SIZE
+                kwargs["max_overflow"] = SQLITE_MAX_OVERFLOW
         else:
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = max_overflow
