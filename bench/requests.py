@@ -31,6 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.binary import Nginx, make_file, parse_size, transfer  # noqa: E402
+from fhirvault.config import Settings  # noqa: E402
 from tests.support.server import (  # noqa: E402
     ServerProcess,
     postgres_available,
@@ -264,20 +265,28 @@ def rewrite_bench(base: Path, settings: dict[str, object], seconds: int, connect
                         "content": [{"attachment": {"url": f"Binary/{ids[3 * n + k]}"}} for k in range(3)]},
                     ).raise_for_status()
         rps: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
         errors = {False: 0, True: 0}
-        for _ in range(rounds):
-            for rewrite, server in servers.items():
+        for n in range(rounds):
+            # alternate which server goes first, so that a change of machine load mid-round touches both alike
+            for rewrite, server in sorted(servers.items(), reverse=n % 2 == 1):
                 assert server.proc is not None
                 got = run_wrk(f"{server.base}/DocumentReference?_count=100", seconds, connections, None,
                               server.auth_headers(), server.proc.pid)
                 rps[rewrite].append(got.rps)
+                if got.cpu_per_1000 is not None:
+                    cpu[rewrite].append(got.cpu_per_1000)
                 errors[rewrite] += got.errors
         off, on = median(rps[False]), median(rps[True])
+        cpu_off, cpu_on = median(cpu[False]), median(cpu[True])
         if off and on:
+            # req/s move with whatever else the machine runs; the server's CPU seconds per page do much less
+            cpu_overhead = f"{100 * (cpu_on / cpu_off - 1):+.1f} %" if cpu_off and cpu_on else "-"
             print(f"search page of 100 resources x 3 attachments, wrk -c{connections} -d{seconds}s, median of "
                   f"{rounds} alternating rounds, one process each: rewriting off {off:.1f} req/s, on {on:.1f} "
-                  f"req/s, overhead {100 * (off / on - 1):+.1f} % (errors or timeouts: off {errors[False]}, "
-                  f"on {errors[True]})", flush=True)
+                  f"req/s, overhead {100 * (off / on - 1):+.1f} %; server CPU per page off {fmt(cpu_off, 2)} ms, "
+                  f"on {fmt(cpu_on, 2)} ms, overhead {cpu_overhead} (errors or timeouts: off {errors[False]}, "
+                  f"on {errors[True]}; load average {os.getloadavg()[0]:.2f})", flush=True)
     finally:
         for server in servers.values():
             server.stop()
@@ -313,7 +322,10 @@ def main() -> None:
         make_file(files / "small.bin", KiB)
         nginx = Nginx(files, base / "nginx").start()
         stack.callback(nginx.stop)
-        settings: dict[str, object] = {}  # the defaults of `fhirvault serve`, access log included
+        # The defaults of `fhirvault serve`, access log included; the test harness's small PostgreSQL pool
+        # (two kept connections, for suites of many servers) is set back to serve's own.
+        settings: dict[str, object] = {name: Settings.model_fields[name].default
+                                       for name in ("database_pool_size", "database_max_overflow")}
         if args.database == "postgres":
             settings["database_url"] = stack.enter_context(postgres_database())
         server = ServerProcess(base / "server", settings_env(**settings), workers=args.workers)
