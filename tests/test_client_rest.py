@@ -98,3 +98,19 @@ def test_transaction_creates_all_entries(fhir: Any) -> None:
     patient_id = locations[0].split("/")[1]
     obs = fhir.read_resource("Observation", locations[1].split("/")[1])
     assert obs["subject"]["reference"] == f"Patient/{patient_id}"
+
+
+def test_decimals_keep_their_precision_through_the_client(fhir: Any, server: ServerProcess) -> None:
+    """A value read as 1.50 goes back as 1.50 when the resource is updated (R4 datatypes.html#decimal)."""
+    import httpx
+
+    with server.api() as api:
+        text = ('{"resourceType":"Observation","status":"final","code":{"text":"w"},'
+                '"valueQuantity":{"value":1.50}}')
+        rid = api.post("/Observation", content=text, headers={"Content-Type": "application/fhir+json"}).json()["id"]
+        read = fhir.read_resource("Observation", rid)
+        assert read["valueQuantity"]["value"] == 1.5
+        updated = fhir.update_resource({**read, "status": "amended"})
+        assert updated["meta"]["versionId"] == "2"
+        stored = api.get(f"/Observation/{rid}")
+        assert isinstance(stored, httpx.Response) and '"value":1.50' in stored.text

@@ -23,10 +23,11 @@ LAYER = {
 # Stricter than the layer order: FHIR knowledge is pure; the HTTP edge never touches SQL, files or jobs
 # (it goes through the services; `security` is the authentication face it needs before any use case);
 # the client library is a separate program that shares only the settings loader and pure FHIR knowledge.
+# Both may use the JSON codec: it knows no layer, and FHIR decimals keep their precision through it.
 MAY_IMPORT_ONLY = {
-    "fhir": {"fhir"},
+    "fhir": {"fhir", "jsoncodec"},
     "http": {"http", "service", "security", "fhir", "errors", "config", "clock", "streams", "jsoncodec", "fhirvault"},
-    "client": {"client", "config", "fhir"},
+    "client": {"client", "config", "fhir", "jsoncodec"},
     "errors": {"errors"},
     "config": {"config"},
     "clock": {"clock"},

@@ -30,7 +30,8 @@ def test_history_pages_stay_put_while_versions_are_written(api: FhirApi) -> None
     seen = versions(page)
     while (nxt := next_link(page)) is not None:
         # newer versions arrive between page requests: they would push older ones onto the next page
-        assert api.put(f"/Patient/{p['id']}", json={**p, "gender": "female"}, headers=FHIR).status_code == 200
+        changed = {**p, "gender": "female", "birthDate": f"201{len(seen)}-01-01"}
+        assert api.put(f"/Patient/{p['id']}", json=changed, headers=FHIR).status_code == 200
         page = httpx.get(nxt, headers=api.headers).json()
         seen += versions(page)
     assert [etag for _, etag in seen] == [f'W/"{v}"' for v in range(7, 0, -1)]

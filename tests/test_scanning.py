@@ -507,3 +507,47 @@ def test_scan_override_header_other_than_true_or_false_is_400(
         for ok in ("false", "FALSE", "true"):
             r = api.get("/Binary", params={"_id": binary_id}, headers={"X-Scan-Override": ok})
             assert r.status_code == 200, (ok, r.text)
+
+
+def test_block_mode_holds_back_the_data_of_binaries_inside_other_resources(
+        clamd: Clamd, server_factory: Callable[..., ServerProcess]) -> None:
+    """A Binary in a stored Bundle's entries or contained in a resource holds content as much as an
+    Attachment does: scanned, and its data left out while held back, with the verdict on its meta."""
+    server = server_factory("sqlite", scan_mode="block", scan_clamd_url=clamd.unix_url, **FAST_RETRIES)
+    eicar_b64 = base64.b64encode(EICAR).decode()
+    clean_b64 = base64.b64encode(b"a clean letter inside a Bundle").decode()
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:7d3c1a52-2f2e-4f57-9a43-0b8a3f0c9e01",
+         "resource": {"resourceType": "Binary", "contentType": "text/plain", "data": eicar_b64}},
+        {"fullUrl": "urn:uuid:7d3c1a52-2f2e-4f57-9a43-0b8a3f0c9e02",
+         "resource": {"resourceType": "Binary", "contentType": "text/plain", "data": clean_b64}}]}
+    contained = {"resourceType": "Patient",
+                 "contained": [{"resourceType": "Binary", "id": "b", "contentType": "text/plain", "data": eicar_b64}],
+                 "extension": [{"url": "http://example.org/letter", "valueReference": {"reference": "#b"}}]}
+    with server.api() as api:
+        stored = api.post("/Bundle", json=bundle, headers={"Prefer": "return=representation"})
+        assert stored.status_code == 201, stored.text
+        assert eicar_b64 not in stored.text  # pending while the scan runs: held back already
+        bundle_id = stored.json()["id"]
+        patient = api.post("/Patient", json=contained)
+        assert patient.status_code == 201, patient.text
+        pid = patient.json()["id"]
+
+        def statuses(body: dict[str, Any]) -> list[str]:
+            return [s for _, s in _attachments_with_status(body, api.base)]
+
+        deadline = time.monotonic() + 60
+        while statuses(api.get(f"/Bundle/{bundle_id}").json()) != ["infected", "clean"]:
+            assert time.monotonic() < deadline, api.get(f"/Bundle/{bundle_id}").text[:500]
+            time.sleep(0.1)
+        for what, r in {"read": api.get(f"/Bundle/{bundle_id}"),
+                        "search": api.get("/Bundle", params={"_id": bundle_id}),
+                        "history": api.get(f"/Bundle/{bundle_id}/_history"),
+                        "contained": api.get(f"/Patient/{pid}"),
+                        "contained search": api.get("/Patient", params={"_id": pid})}.items():
+            assert r.status_code == 200 and eicar_b64 not in r.text, f"{what} served the infected data"
+            assert "infected" in statuses(r.json()), f"{what}: no verdict says why the data is missing"
+        kept = api.get(f"/Bundle/{bundle_id}").json()["entry"][1]["resource"]
+        assert kept["data"] == clean_b64
+        shown = api.get(f"/Bundle/{bundle_id}", headers={"X-Scan-Override": "true"})
+        assert eicar_b64 in shown.text

@@ -345,3 +345,17 @@ def test_order_invariants_leave_what_they_cannot_compare(api: FhirApi) -> None:
                   {"valueRange": {"low": {"value": 3}, "high": {"value": 3}}}):
         r = api.post("/Observation", json={**OBS, **value}, headers=FHIR)
         assert r.status_code == 201, (value, r.text)
+
+
+def test_an_html_entity_in_the_narrative_is_refused_saying_what_to_write(api: FhirApi) -> None:
+    """R4 narrative.html#xhtml: XHTML in FHIR is XML, with no HTML entities; &#160; stands for &nbsp;."""
+    div = '<div xmlns="http://www.w3.org/1999/xhtml">a&nbsp;b</div>'
+    r = api.post("/Patient", json={"resourceType": "Patient", "text": {"status": "generated", "div": div}},
+                 headers=FHIR)
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["expression"] == ["Patient.text.div"]
+    assert "&#160;" in r.json()["issue"][0]["diagnostics"]
+    numeric = div.replace("&nbsp;", "&#160;")
+    r = api.post("/Patient", json={"resourceType": "Patient", "text": {"status": "generated", "div": numeric}},
+                 headers=FHIR)
+    assert r.status_code == 201, r.text

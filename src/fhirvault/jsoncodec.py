@@ -10,24 +10,100 @@ from typing import Any
 import orjson
 
 
-def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON (no ASCII escaping), as bytes. orjson does this several times faster than the
-    standard library; it refuses integers beyond 64 bits and non-string keys, which then go the slow
-    way. Raises TypeError / ValueError for what no JSON can hold."""
+class Decimal(float):
+    """A JSON number kept as it was written (`text`) where a float would lose its form: `1.50`, `1e2`,
+    more significant digits than a double holds. FHIR's decimal keeps its precision ("the precision of
+    the decimal value has significance": R4 datatypes.html#decimal), so a value sent as `1.50` is stored
+    and answered as `1.50`. Arithmetic and comparisons see the float; `dumps` writes `text` back."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> Decimal:
+        """The number of the JSON number literal `text` (as RFC 8259 spells it)."""
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def number(text: str) -> float:
+    """The value of a JSON number literal with a fraction or exponent: a plain float where the float
+    writes back as the same text, else a `Decimal` that remembers the text."""
+    value = float(text)
+    return value if repr(value) == text else Decimal(text)
+
+
+def plain(value: Any) -> Any:
+    """A copy of the JSON value `value` with each `Decimal` made a plain float, for libraries that take
+    only the exact built-in types (the JSON-schema validator)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return float(value) if isinstance(value, Decimal) else value
+
+
+def _fragment(value: Any) -> Any:
+    """orjson's hook for what it does not write itself: a Decimal as its own text."""
+    if isinstance(value, Decimal):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def _with_fragments(value: Any) -> Any:
+    """`value` with integers beyond 64 bits (which orjson refuses) made into their literal text."""
+    if isinstance(value, dict):
+        return {k: _with_fragments(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_fragments(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
+        return orjson.Fragment(str(value))
+    return value
+
+
+def dumps(value: Any, indent: bool = False, sort_keys: bool = False) -> bytes:
+    """Compact UTF-8 JSON (no ASCII escaping), as bytes; `indent`: two spaces per level (`_pretty`);
+    `sort_keys`: object members in key order (one text per JSON value, for comparing values).
+    Decimals are written as they were read. orjson does this several times faster than the standard
+    library; integers beyond 64 bits take a slower path, and non-string keys the standard library's.
+    Raises TypeError / ValueError for what no JSON can hold."""
+    option = (orjson.OPT_INDENT_2 if indent else 0) | (orjson.OPT_SORT_KEYS if sort_keys else 0)
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, default=_fragment, option=option)
     except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        pass
+    try:
+        return orjson.dumps(_with_fragments(value), default=_fragment, option=option)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, indent=2 if indent else None, sort_keys=sort_keys,
+                          separators=None if indent else (",", ":")).encode("utf-8")
+
+
+# A number in JSON the server wrote whose float would not write back the same: more than one fraction
+# digit ending in 0, an exponent, below 0.0001 (a float writes those with an exponent), or 16 and more
+# digits (beyond what a double holds exactly). Looked for in the raw text so that ordinary
+# resources keep orjson's speed; a match inside a string only costs the slower parse.
+_TEXT_KEEPING_NUMBER = re.compile(
+    rb"[:,\[]\s*-?(?:[0-9]+\.[0-9]+0[,}\]\s]|[0-9]+(?:\.[0-9]+)?[eE]|0\.0000|[0-9.]{17})")
+
+
+def may_hold_decimal(raw: bytes) -> bool:
+    """Whether the JSON text `raw` may hold a number kept as a `Decimal`; False means it surely does not."""
+    return _TEXT_KEEPING_NUMBER.search(raw) is not None
 
 
 def loads(text: bytes | str) -> Any:
-    """Parses JSON the server wrote itself (stored resources, rows). orjson refuses some JSON the standard
-    library writes and reads back (integers beyond 64 bits, NaN): those are parsed the slow way.
+    """Parses JSON the server wrote itself (stored resources, rows), decimals with their written form
+    (see `Decimal`). orjson refuses some JSON the standard library writes and reads back (integers
+    beyond 64 bits, NaN): those are parsed the slow way.
     Raises json.JSONDecodeError (orjson's is a subclass) for text that is not JSON."""
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    if may_hold_decimal(raw):
+        return json.loads(raw, parse_float=number)
     try:
-        return orjson.loads(text)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return json.loads(text)
+        return json.loads(raw, parse_float=number)
 
 
 class StrictJsonError(ValueError):
@@ -44,8 +120,8 @@ def _refuse_constant(name: str) -> Any:
                           "FHIR has no such value")
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
+def _finite_number(text: str) -> float:
+    value = number(text)
     if math.isinf(value):
         raise StrictJsonError(f"The number {text[:40]}{'...' if len(text) > 40 else ''} is too large to be kept")
     return value
@@ -79,11 +155,11 @@ def loads_strict(raw: bytes) -> Any:
     """The JSON value of a request body, strictly (RFC 8259): StrictJsonError for bytes that are not UTF-8, bad
     syntax, NaN/Infinity, a property given twice in one object, integers over Python's 4,300-digit
     conversion limit, or nesting deeper than MAX_JSON_DEPTH. Nothing that could not be written back out
-    as valid JSON gets in."""
+    as valid JSON gets in. Numbers with a fraction or exponent keep their written form (see `Decimal`)."""
     try:
         # Decoded here, as UTF-8 (RFC 8259 8.1; a UTF-8 byte order mark is ignored, as it allows):
         # json.loads on bytes would guess UTF-16 or UTF-32 from the first bytes and take those too.
-        value = json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant, parse_float=_finite_float,
+        value = json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant, parse_float=_finite_number,
                             object_pairs_hook=_no_duplicate_keys)
     except UnicodeDecodeError:
         raise StrictJsonError("The request body is not UTF-8 text") from None

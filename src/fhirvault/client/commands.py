@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from fhirvault import jsoncodec
 from fhirvault.client.direct_upload import DirectSource, direct_attachment
 from fhirvault.client.errors import FhirError
 from fhirvault.client.operations import attachment_for
@@ -144,7 +144,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
                 _remove_orphan(client, binary)
                 raise
         if args.json:
-            print(json.dumps(binary, indent=2))
+            print(jsoncodec.dumps(binary, indent=True).decode())
         else:
             print(f"Binary/{binary['id']}")
             if args.attach_to:
@@ -218,7 +218,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             resource = client.vread(parts[0], parts[1], parts[3])
         else:
             raise ValueError(f"REF must be Type/id or Type/id/_history/version, got {args.reference!r}")
-        print(json.dumps(resource, indent=2))
+        print(jsoncodec.dumps(resource, indent=True).decode())
 
     return _guarded(args, run)
 
@@ -243,7 +243,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     print(text, file=sys.stderr)
 
         for resource in client.search(args.resource_type, params, on_outcome=warn):
-            print(json.dumps(resource, separators=(",", ":")))
+            print(jsoncodec.dumps(resource).decode())
 
     return _guarded(args, run)
 

@@ -4,13 +4,13 @@ the synchronous or the asynchronous driver; plus the pure rules both drivers app
 
 from __future__ import annotations
 
-import json
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 
+from fhirvault import jsoncodec
 from fhirvault.client.transfer import DownloadSink, UploadBody
 
 T = TypeVar("T")
@@ -78,15 +78,23 @@ def parse_body(content: bytes) -> Any:
     if not content.strip():
         return None
     try:
-        return json.loads(content)
+        return jsoncodec.loads(content)
     except ValueError:
         return None
+
+
+def json_content(call: Call) -> bytes | None:
+    """The JSON body of `call` as bytes (None without one): written by the server's own codec, so that
+    decimals read from the server go back with the precision they came with (R4 datatypes.html#decimal)."""
+    return None if call.json is None else jsoncodec.dumps(call.json)
 
 
 def request_headers(call: Call, token: str | None) -> dict[str, str]:
     """The headers to send for `call`: its own, Content-Length for an upload of known size (instead of
     chunked), and the bearer token when given."""
     headers = dict(call.headers)
+    if call.json is not None and not any(k.lower() == "content-type" for k in headers):
+        headers["Content-Type"] = "application/fhir+json"
     if call.upload is not None and call.upload.total is not None:
         # A known length goes up as Content-Length rather than chunked encoding.
         headers["Content-Length"] = str(call.upload.total)

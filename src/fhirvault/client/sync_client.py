@@ -20,6 +20,7 @@ from fhirvault.client.exchange import (
     Operation,
     Reply,
     carries_token,
+    json_content,
     parse_body,
     redirect_target,
     request_headers,
@@ -234,8 +235,9 @@ class FhirClient:
         may_renew = True
         for _ in range(MAX_REDIRECTS + 2):
             token = self._token() if carries_token(self.base_url, call, url) else None
-            content: Iterable[bytes] | None = call.upload.chunks() if call.upload is not None else None
-            with self._http.stream(call.method, url, headers=request_headers(call, token), json=call.json,
+            content: Iterable[bytes] | bytes | None = call.upload.chunks() \
+                if call.upload is not None else json_content(call)
+            with self._http.stream(call.method, url, headers=request_headers(call, token),
                                    data=call.form, content=content,
                                    timeout=call.timeout or httpx.USE_CLIENT_DEFAULT) as resp:
                 next_url = redirect_target(call, resp.status_code, resp.headers, url)

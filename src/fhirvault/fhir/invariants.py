@@ -275,6 +275,10 @@ def narrative_issues(div: Any, expression: str) -> list[tuple[str, str, str]]:
     try:
         root = ElementTree.fromstring(div)
     except ElementTree.ParseError as exc:
+        if "undefined entity" in str(exc):
+            # R4 narrative.html#xhtml: the narrative is XML, which has no HTML entities (&nbsp;, &copy;)
+            return [("txt-1", expression, f"The narrative uses an HTML entity, which XHTML in FHIR does not have "
+                     f"({exc}): write the character itself or a numeric reference (&#160; for &nbsp;)")]
         return [("txt-1", expression, f"The narrative is not well-formed XHTML: {exc}")]
     out: list[tuple[str, str, str]] = []
     if root.tag != f"{{{XHTML}}}div":

@@ -29,10 +29,10 @@ from importlib import resources
 from typing import Any
 
 import jsonschema_rs
-import orjson
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
 
+from fhirvault import jsoncodec
 from fhirvault.fhir.invariants import (
     ORDER_KEYWORDS,
     ORDER_RULES,
@@ -247,12 +247,14 @@ def validate_resource(resource: Any) -> list[Issue]:
     declared = resource.get("resourceType")
     root = declared if isinstance(declared, str) else "Resource"
     issues: list[Issue] = []
-    if not validator.is_valid(resource):
-        for error in validator.iter_errors(resource):
-            issues.extend(_issues_of(resource, root, error))
+    dumped = _json_bytes(resource)
+    # The validator takes only built-in types: a resource with a Decimal is checked as plain numbers.
+    checked = jsoncodec.plain(resource) if jsoncodec.may_hold_decimal(dumped) else resource
+    if not validator.is_valid(checked):
+        for error in validator.iter_errors(checked):
+            issues.extend(_issues_of(checked, root, error))
     # Only a body with a `null` somewhere needs the walk (orjson finds out in microseconds); where the
     # schema already found a `null` out of place, that issue says it.
-    dumped = _json_bytes(resource)
     if b"null" in dumped:
         reported = {i.expression for i in issues}
         issues.extend(i for i in placeholder_issues(resource, root) if i.expression not in reported)
@@ -271,12 +273,8 @@ def validate_resource(resource: Any) -> list[Issue]:
 
 
 def _json_bytes(resource: dict[str, Any]) -> bytes:
-    """The resource as compact JSON, to look for an element's name in (orjson; the standard library for
-    what orjson refuses, such as an integer beyond 64 bits)."""
-    try:
-        return orjson.dumps(resource)
-    except TypeError:
-        return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    """The resource as compact JSON, to look for an element's name in."""
+    return jsoncodec.dumps(resource)
 
 
 def resources_within(resource: dict[str, Any], root: str) -> list[tuple[dict[str, Any], str]]:

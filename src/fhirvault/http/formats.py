@@ -8,11 +8,11 @@ steps in when the answer would be FHIR JSON that the client's Accept does not ad
 
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhirvault import jsoncodec
 from fhirvault.http.negotiation import (
     FHIR_JSON_TYPES,
     PRODUCED_FORMATS,
@@ -132,7 +132,7 @@ class _FormattedSend:
             return
         body = b"".join(self.chunks)
         if body:
-            body = json.dumps(json.loads(body), ensure_ascii=False, indent=2).encode("utf-8")
+            body = jsoncodec.dumps(jsoncodec.loads(body), indent=True)
         headers = [(k, v) for k, v in self.start.get("headers", []) if k != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         await self.send({**self.start, "headers": headers})

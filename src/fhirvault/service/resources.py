@@ -86,6 +86,19 @@ def conditional_update_id(rtype: str, criteria: str, resource: dict[str, Any],
     return match.id
 
 
+def same_content(resource: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """Whether `resource` as it would be stored says the same as the `stored` version, apart from the
+    `meta.versionId` and `meta.lastUpdated` a write sets: same elements, same values, decimals with the
+    same precision (key order aside)."""
+    return _comparable(resource) == _comparable(stored)
+
+
+def _comparable(resource: dict[str, Any]) -> bytes:
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    rest = {k: v for k, v in resource.items() if k != "meta"}
+    return jsoncodec.dumps({**rest, "meta": meta} if meta else rest, sort_keys=True)
+
+
 def new_id() -> str:
     """A new server-assigned resource id (a UUID4: valid R4 id, unguessable)."""
     return str(uuid.uuid4())
@@ -417,6 +430,13 @@ class ResourceService:
         if not await self.access.can_see(ctx, uow.conn, resource, "create" if method == "POST" else "update"):
             raise Forbidden(f"{rtype}/{rid} as sent would be outside what this client may change "
                             "(another patient's compartment, or a securityContext it may not update)")
+        if rtype != "Binary" and current is not None and not current.deleted and current.content is not None \
+                and blob_id is None \
+                and not any(pending is resource for pending, _ in uow.deferred) \
+                and same_content(resource, current.content):
+            # Nothing changes: no new version (as HAPI FHIR and Medplum answer an unchanged update); the
+            # answer is the current version, so history lists only real changes.
+            return WriteResult(current, created=False)
         version = 1 if current is None else current.version_id + 1
         ts = now_us()
         meta = dict(resource.get("meta") or {})

@@ -22,6 +22,7 @@ from fhirvault.errors import Forbidden, Invalid, Locked
 from fhirvault.fhir.attachments import iter_attachments
 from fhirvault.fhir.binary import decode_base64_strict
 from fhirvault.fhir.scan_definitions import CLEAN, ERROR, INFECTED, PENDING, SCAN_STATES, SKIPPED, extension_url
+from fhirvault.fhir.validation import resources_within
 from fhirvault.jobs.queue import PENDING as JOB_PENDING
 from fhirvault.jobs.queue import Job, JobQueue
 from fhirvault.jobs.scanner import Scanner, ScannerUnavailable
@@ -80,13 +81,25 @@ def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def nested_binaries(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Binaries inside `resource` (contained, in a Bundle's entries, in a Parameters), at any depth:
+    their `data` is content the resource holds, scanned and held back like an Attachment's."""
+    root = resource.get("resourceType")
+    if not isinstance(root, str):
+        return []
+    return [inner for inner, _ in resources_within(resource, root)
+            if inner is not resource and inner.get("resourceType") == "Binary"]
+
+
 def _inline_contents(resource: dict[str, Any]) -> list[bytes]:
-    """The inline bytes a resource holds: a Binary's `data`, or every Attachment's `data`."""
+    """The inline bytes a resource holds: a Binary's `data`, or every Attachment's `data`, and the `data`
+    of the Binaries inside it."""
     if resource.get("resourceType") == "Binary":
         data = resource.get("data")
         values = [data] if isinstance(data, str) and data else []
     else:
         values = [a["data"] for _, a in iter_attachments(resource) if isinstance(a.get("data"), str) and a["data"]]
+    values += [b["data"] for b in nested_binaries(resource) if isinstance(b.get("data"), str) and b["data"]]
     out = []
     for value in values:
         try:
@@ -305,7 +318,12 @@ class ContentScans:
                        for _, att in iter_attachments(r)]
         for _, att in attachments:
             _strip(att)
-        if not self.enabled or not (binaries or attachments):
+        # A Binary inside another resource carries its verdict on its own meta, as a stored Binary does.
+        inner = [(r, b) for r in resources for b in nested_binaries(r)]
+        for _, b in inner:
+            if isinstance(b.get("meta"), dict):
+                _strip(b["meta"])
+        if not self.enabled or not (binaries or attachments or inner):
             return
         keys: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for r in binaries:
@@ -315,14 +333,15 @@ class ContentScans:
         # Inline content recorded by no version yet (stored before scanning was on) is known by its data.
         own = {id(r): _sha256_hex(raw[0]) for r in binaries if (raw := _inline_contents(r))}
         inline = _inline_attachments(attachments)
-        holders = [(str(r["resourceType"]), str(r["id"]), v, sha) for r, _, _, sha in inline
+        inline_binaries = _inline_attachments(inner)
+        holders = [(str(r["resourceType"]), str(r["id"]), v, sha) for r, _, _, sha in [*inline, *inline_binaries]
                    if isinstance(r.get("id"), str) and (v := _version_of(r)) is not None]
         if conn is not None:  # the read's own connection (a search page): no second one
-            holdings, verdicts = await self._verdicts(conn, keys, own, inline)
+            holdings, verdicts = await self._verdicts(conn, keys, own, [*inline, *inline_binaries])
             checked = await scan_rows.holdings_checked(conn, holders) if holders else {}
         else:
             async with self.db.read() as own_conn:
-                holdings, verdicts = await self._verdicts(own_conn, keys, own, inline)
+                holdings, verdicts = await self._verdicts(own_conn, keys, own, [*inline, *inline_binaries])
                 checked = await scan_rows.holdings_checked(own_conn, holders) if holders else {}
         may_override = ctx.scan_override and _is_admin(ctx.principal)
         for key, found in keys.items():
@@ -347,6 +366,14 @@ class ContentScans:
                 # Say what was left out: its size and SHA-1 (R4 Attachment.size, .hash) unless already given.
                 att.setdefault("size", len(content))
                 att.setdefault("hash", base64.b64encode(hashlib.sha1(content).digest()).decode("ascii"))
+        for r, b, _, sha in inline_binaries:
+            version = _version_of(r)
+            holding = (str(r.get("resourceType")), str(r.get("id")), version, sha) if version is not None else None
+            record = verdicts.get(sha) if holding is None or checked.get(holding, True) else None
+            meta = b.setdefault("meta", {})
+            meta["extension"] = [*meta.get("extension", []), scan_extension(ctx.base_url, record)]
+            if self.mode == "block" and (record is None or record.state not in SERVABLE) and not may_override:
+                del b["data"]
 
     # -- the command line -----------------------------------------------------------------------
     async def queue_existing(self, rescan_all: bool = False, batch: int = 200) -> dict[str, int]:
