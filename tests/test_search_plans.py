@@ -4,7 +4,9 @@ SQLite and PostgreSQL, once the planner has statistics (Database.refresh_statist
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -30,7 +32,25 @@ SEARCHES = [
 ]
 
 
-async def _plans(url: str) -> list[str]:
+# SQLite (store/sqlite_index_layout.py): unselective searches, each with what its plan must hold
+SQLITE_SEARCHES = [
+    # both value tests read from covering indexes, the candidates' flags and dates from the resources' owner index
+    ("Observation", [("code", "2339-0"), ("value-quantity", "gt190")],
+     ("COVERING INDEX ix_tokens_lookup", "COVERING INDEX ix_search_quantities_lookup",
+      "COVERING INDEX ix_resources_owner_updated")),
+    ("Observation", [("code", "http://loinc.org|29463-7"), ("date", "ge2024-06")],
+     ("COVERING INDEX ix_tokens_lookup", "COVERING INDEX ix_search_dates_lookup")),
+    # the sort key: one lookup per candidate, in the owner-keyed table
+    ("Encounter", [("class", "IMP"), ("_sort", "-date"), ("_count", "10")],
+     ("COVERING INDEX ix_tokens_lookup", "search_dates_1 USING PRIMARY KEY (resource_type=? AND id=? AND param=?)")),
+    ("Patient", [("name", "garc")], ("COVERING INDEX ix_search_strings_lookup",)),
+    ("Observation", [("patient", "Patient/p30"), ("code", "8867-4")],
+     ("COVERING INDEX ix_refs_lookup", "COVERING INDEX ix_tokens_lookup")),
+]
+
+
+async def _plans(url: str, searches: list[tuple[str, list[tuple[str, str]], Any]] = SEARCHES,
+                 count: bool = False) -> list[str]:
     db = Database(url)
     await db.migrate()
     store = ResourceStore()
@@ -44,11 +64,15 @@ async def _plans(url: str) -> list[str]:
             await conn.execute(sa.text("ANALYZE"))  # what autovacuum does after a bulk load
     out = []
     async with db.read() as conn:
-        for rtype, query, _index in SEARCHES:
+        for rtype, query, _index in searches:
             parsed = parse_search([rtype], query, BASE, strict=True)
-            stmt = (sa.select(resources.c.id).where(*criteria_sql(parsed.criteria, resources))
-                    .order_by(*sort_columns([SortKey("_lastUpdated", "_lastUpdated")], resources, [rtype]))
-                    .limit(20))
+            if count:
+                stmt = sa.select(sa.func.count()).select_from(resources).where(
+                    *criteria_sql(parsed.criteria, resources))
+            else:
+                keys = parsed.sort or [SortKey("_lastUpdated", "_lastUpdated")]
+                stmt = (sa.select(resources.c.id).where(*criteria_sql(parsed.criteria, resources))
+                        .order_by(*sort_columns(keys, resources, [rtype])).limit(20))
             sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
             explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
             rows = (await conn.exec_driver_sql(explain + sql)).all()
@@ -62,13 +86,30 @@ def _check(plans: list[str], sqlite: bool) -> None:
         assert any(i in plan for i in ((index,) if isinstance(index, str) else index)), f"{rtype}?{query}:\n{plan}"
         if sqlite:
             # from the matching ids to the resources by primary key, not a pass over every resource
-            assert "SEARCH resources USING INDEX sqlite_autoindex_resources_1" in plan, f"{rtype}?{query}:\n{plan}"
+            # (or by the resources' owner index of store/sqlite_index_layout.py, which starts with the key)
+            by_key = r"(sqlite_autoindex_resources_1|ix_resources_owner_updated) \(resource_type=\? AND id=\?\)"
+            assert re.search(r"SEARCH resources USING (COVERING )?INDEX " + by_key, plan), f"{rtype}?{query}:\n{plan}"
         else:
             assert "Seq Scan on resources" not in plan, f"{rtype}?{query}:\n{plan}"
 
 
 def test_sqlite_searches_use_the_lookup_indexes(tmp_path: Path) -> None:
     _check(asyncio.run(_plans(f"sqlite+aiosqlite:///{tmp_path}/db.sqlite")), sqlite=True)
+
+
+def test_sqlite_unselective_searches_read_indexes_only(tmp_path: Path) -> None:
+    """On SQLite the index subqueries of searches that match thousands of rows read covering indexes (no
+    index table row, no resource row per candidate), a sort key is looked up once per candidate, and a
+    count reads no resource row at all."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"
+    plans = asyncio.run(_plans(url, SQLITE_SEARCHES))
+    for (rtype, query, wanted), plan in zip(SQLITE_SEARCHES, plans, strict=True):
+        for part in wanted:
+            assert part in plan, f"{rtype}?{query}: {part}\n{plan}"
+        assert plan.count("CORRELATED SCALAR SUBQUERY") <= 1, f"{rtype}?{query}:\n{plan}"
+        assert "SCAN" not in plan, f"{rtype}?{query}:\n{plan}"
+    counts = asyncio.run(_plans(f"sqlite+aiosqlite:///{tmp_path}/count.sqlite", SQLITE_SEARCHES[:1], count=True))
+    assert "SEARCH resources USING COVERING INDEX ix_resources_owner_updated" in counts[0], counts[0]
 
 
 def test_postgres_searches_use_the_lookup_indexes() -> None:

@@ -22,6 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from fhirvault.config import Settings
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.http.access_log import AccessLog
+from fhirvault.http.response_date import ResponseDate
 
 log = logging.getLogger("fhirvault.http")
 
@@ -110,6 +111,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None and not isinstance(self.cycle.transport, HeadWithBody):
             self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
+        if self.cycle is not None:
+            self.cycle.default_headers = ResponseDate(self.cycle.default_headers)
         self._last_body_at = self.loop.time()
         self._body_timer = self.loop.call_later(self.body_idle_timeout, self._check_body_idle)
 

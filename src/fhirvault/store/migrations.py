@@ -28,6 +28,7 @@ from fhirvault.store.schema import (
 )
 from fhirvault.store.search_tables import add_search_tables_0014, create_search_tables, lean_search_index
 from fhirvault.store.security import auth_failures, clients, signing_keys
+from fhirvault.store.sqlite_index_layout import sqlite_index_layout_0015
 from fhirvault.store.uploads import uploads
 from fhirvault.store.url_signing_keys import insert_key, new_key, url_signing_keys
 
@@ -115,6 +116,9 @@ STEPS: tuple[MigrationStep, ...] = (
     # Composites of 3+ components, version access rows, reference targets; every type reindexed for them,
     # _text, _content and Location near.
     MigrationStep("0014_search_semantics", add_search_tables_0014),
+    # SQLite: index tables keyed by owner (WITHOUT ROWID) with one covering lookup index each
+    # (store/sqlite_index_layout.py); nothing on PostgreSQL.
+    MigrationStep("0015_sqlite_index_layout", sqlite_index_layout_0015),
 )
 
 

@@ -583,7 +583,7 @@ def version_restriction_sql(r: Restriction | None, version: Any) -> list[ColumnE
 
 
 def sort_columns(keys: list[SortKey], owner: Any, types: Sequence[str]) -> list[Any]:
-    """ORDER BY terms: each key (missing values last), then type and id so that pages are stable;
+    """ORDER BY terms: each key (resources without a value for it last), then type and id so that pages are stable;
     `types`: the resource types searched."""
     order: list[Any] = []
     for key in keys:
@@ -601,7 +601,10 @@ def sort_columns(keys: list[SortKey], owner: Any, types: Sequence[str]) -> list[
             else:
                 agg = sa.func.max(table.c[value]) if key.descending else sa.func.min(table.c[value])
             col = sa.select(agg).where(*_owned(table, owner, key.param, types)).scalar_subquery()
-            order.append(sa.case((col.is_(None), 1), else_=0))
+            # NULLS LAST rather than a CASE on the key ahead of it: the key's subquery runs once per
+            # candidate instead of twice (SQLite evaluates each occurrence; both databases know NULLS LAST)
+            order.append((col.desc() if key.descending else col.asc()).nulls_last())
+            continue
         order.append(col.desc() if key.descending else col.asc())
     order += [owner.c.resource_type, owner.c.id]
     return order

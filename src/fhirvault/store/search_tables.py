@@ -2,7 +2,9 @@
 
 Every table holds (resource_type, id, param, ...) rows of current resource versions only; a new
 version replaces its rows in the same transaction as the version itself. Tokens and references keep
-the tables of schema 0001 (`search_tokens`, `search_refs`)."""
+the tables of schema 0001 (`search_tokens`, `search_refs`). The tables and indexes defined here are
+PostgreSQL's layout (and SQLite's up to schema 0014); on SQLite, migration 0015 rebuilds them keyed by
+owner with one lookup index each, and numbers each resource's rows (store/sqlite_index_layout.py)."""
 
 from __future__ import annotations
 
@@ -111,6 +113,8 @@ _ROW_TABLES: dict[str, tuple[sa.Table, tuple[str, ...]]] = {
     "composites": (search_composites, ("system1", "value1", "system2", "value2", "low2", "high2")),
     "composite_parts": (search_composite_parts, ("element", "part", "system", "value", "low", "high")),
 }
+# SQLite only (store/sqlite_index_layout.py): the number of a row among its resource's rows in one table
+ROW_NUMBER = "n"
 _INF = 1e300  # open Range ends: finite, because PostgreSQL and SQLite differ on storing infinities
 
 
@@ -124,12 +128,15 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def _insert_sql(table: sa.Table, columns: tuple[str, ...]) -> str:
-    names = ("resource_type", "id", "param", *columns)
+def _insert_sql(table: sa.Table, columns: tuple[str, ...], numbered: bool) -> str:
+    names = ("resource_type", "id", "param", *((ROW_NUMBER,) if numbered else ()), *columns)
     return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
 
 
-_INSERTS: dict[str, str] = {name: _insert_sql(table, columns) for name, (table, columns) in _ROW_TABLES.items()}
+# by "numbered": SQLite's tables (store/sqlite_index_layout.py) number each resource's rows
+_INSERTS: dict[bool, dict[str, str]] = {
+    numbered: {name: _insert_sql(table, columns, numbered) for name, (table, columns) in _ROW_TABLES.items()}
+    for numbered in (False, True)}
 _DELETES: tuple[str, ...] = tuple(f"DELETE FROM {t.name} WHERE resource_type = ? AND id = ?" for t in INDEX_TABLES)
 
 
@@ -142,18 +149,37 @@ async def delete_index(conn: AsyncConnection, rtype: str, rid: str) -> None:
     await run_batch(conn, _delete_statements(rtype, rid))
 
 
-async def write_index(conn: AsyncConnection, rtype: str, rid: str, rows: IndexRows | None,
-                      new: bool = False) -> None:
-    """Replace the index rows of rtype/rid with `rows` (None: the resource is gone, no rows); `new`:
-    the resource has just been inserted, so there are no old rows to remove. One batch of driver
-    statements (store/driver_batch.py): a delete per table unless `new`, an insert per table with rows."""
+def numbered(conn: AsyncConnection) -> bool:
+    """Whether the index tables of `conn`'s database number each resource's rows (SQLite's layout,
+    store/sqlite_index_layout.py; every SQLite database has it once migrated)."""
+    return conn.dialect.name == "sqlite"
+
+
+def index_statements(rtype: str, rid: str, rows: IndexRows | None, *, new: bool = False,
+                     numbered: bool = False) -> list[DriverStatement]:
+    """The driver statements (store/driver_batch.py) that replace the index rows of rtype/rid with `rows`
+    (None: the resource is gone, no rows); `new`: the resource has just been inserted, so there are no old
+    rows to remove; `numbered`: rows get their number `n` (see `numbered()`). A delete per table unless
+    `new`, an insert per table with rows."""
     statements = [] if new else _delete_statements(rtype, rid)
     if rows is not None:
-        for name, sql in _INSERTS.items():
+        for name, sql in _INSERTS[numbered].items():
             values = getattr(rows, name)
-            if values:
-                statements.append(DriverStatement(sql, [(rtype, rid, *map(_finite, row)) for row in values]))
-    await run_batch(conn, statements)
+            if not values:
+                continue
+            if numbered:
+                data = [(rtype, rid, row[0], n, *map(_finite, row[1:])) for n, row in enumerate(values)]
+            else:
+                data = [(rtype, rid, *map(_finite, row)) for row in values]
+            statements.append(DriverStatement(sql, data))
+    return statements
+
+
+async def write_index(conn: AsyncConnection, rtype: str, rid: str, rows: IndexRows | None,
+                      new: bool = False) -> None:
+    """Replace the index rows of rtype/rid with `rows` (see index_statements), in one batch of driver
+    statements (store/driver_batch.py)."""
+    await run_batch(conn, index_statements(rtype, rid, rows, new=new, numbered=numbered(conn)))
 
 
 # The same (type, id, param) lookup on the token and reference tables of schema 0001.
