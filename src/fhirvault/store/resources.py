@@ -66,6 +66,16 @@ def row_to_stored(row: Any, method: str | None = None) -> StoredResource:
     )
 
 
+# The statements of every read, built once with bound parameters: building one per call, and computing its
+# cache key, cost more than running it on a small row.
+_CURRENT = sa.select(resources).where(resources.c.resource_type == sa.bindparam("rtype"),
+                                      resources.c.id == sa.bindparam("rid"))
+_CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
+_VERSION = sa.select(resource_versions).where(resource_versions.c.resource_type == sa.bindparam("rtype"),
+                                              resource_versions.c.id == sa.bindparam("rid"),
+                                              resource_versions.c.version_id == sa.bindparam("vid"))
+
+
 def _owned_by(table: Any, owners: list[tuple[str, str]]) -> Any:
     """The rows of `table` owned by one of `owners` ((type, id) pairs): `type = ? AND id IN (...)` per type,
     which both databases look up by the owner key; SQLite reads a row-value `IN (VALUES ...)` over the
@@ -90,19 +100,13 @@ class ResourceStore:
     async def get(self, conn: AsyncConnection, rtype: str, rid: str, for_update: bool = False
                   ) -> StoredResource | None:
         """The current row; `for_update` locks it (PostgreSQL) so that concurrent writers queue."""
-        t = resources
-        stmt = sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid)
-        if for_update:
-            stmt = stmt.with_for_update()
-        row = (await conn.execute(stmt)).first()
+        stmt = _CURRENT_FOR_UPDATE if for_update else _CURRENT
+        row = (await conn.execute(stmt, {"rtype": rtype, "rid": rid})).first()
         return row_to_stored(row) if row else None
 
     async def get_version(self, conn: AsyncConnection, rtype: str, rid: str, vid: int) -> StoredResource | None:
         """Version `vid` of [rtype]/[rid] (a deletion included), or None."""
-        t = resource_versions
-        row = (await conn.execute(
-            sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid, t.c.version_id == vid)
-        )).first()
+        row = (await conn.execute(_VERSION, {"rtype": rtype, "rid": rid, "vid": vid})).first()
         return row_to_stored(row) if row else None
 
     async def write(
