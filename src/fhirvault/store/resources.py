@@ -116,7 +116,7 @@ class ResourceStore:
         """Write one new version and replace its search index rows with `index` (None: no rows, as for
         a deletion). previous_version None means the resource must not exist yet.
         Raises VersionConflict when someone else wrote in between."""
-        content = jsoncodec.dumps(stored.content).decode("utf-8") if stored.content is not None else None
+        content = jsoncodec.dumps_stored(stored.content).decode("utf-8") if stored.content is not None else None
         current = {
             "version_id": stored.version_id, "last_updated": stored.last_updated,
             "deleted": stored.deleted, "content": content, "blob_id": stored.blob_id,
@@ -154,7 +154,7 @@ class ResourceStore:
     async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:
         """Replace the content and search index of the version `stored` that this same transaction wrote
         (work deferred to the end of a transaction Bundle completes it); the version id stays."""
-        content = jsoncodec.dumps(stored.content).decode("utf-8")
+        content = jsoncodec.dumps_stored(stored.content).decode("utf-8")
         for table in (resources, resource_versions):
             await conn.execute(sa.update(table).where(
                 table.c.resource_type == stored.resource_type, table.c.id == stored.id,
