@@ -9,7 +9,12 @@ figure is the median of the rounds. Asserts nothing.
 
 Run: .venv/bin/python bench/requests.py [--database sqlite|postgres] [--workers N] [--seconds 10]
                                         [--connections 16] [--rounds 3] [--upload-size 1G] [--skip-upload]
-                                        [--skip-rewrite] [--only read,create,...]
+                                        [--skip-rewrite] [--only read,create,...] [--baseline PYTHON]
+
+With `--baseline PYTHON` (the interpreter of another checkout, e.g. ../main/.venv/bin/python) a second
+server runs that checkout's fhirvault, seeded alike, and every row is driven against both in each round
+(the order alternating from round to round); a last table gives both servers' CPU seconds per 1,000
+requests and their ratio, the figure that other load on the machine disturbs least.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.binary import Nginx, make_file, parse_size, transfer  # noqa: E402
+from fhirvault.config import Settings  # noqa: E402
 from tests.support.server import (  # noqa: E402
     ServerProcess,
     postgres_available,
@@ -210,6 +216,30 @@ def print_table(nginx: list[WrkRun], rows: list[Row], title: str) -> None:
               f"{fmt(median(row.ratios), 4):>7} | {sum(r.errors for r in runs):>6}")
 
 
+def _baseline_run(baseline: ServerProcess, row: Row, args: argparse.Namespace) -> None:
+    assert baseline.proc is not None
+    got = run_wrk(row.url, args.seconds, args.connections, row.script, row.headers, baseline.proc.pid)
+    row.runs.append(got)
+    print(f"  baseline {row.title:35} {got.rps:8.0f} req/s  CPU {fmt(got.cpu_per_1000, 3)} s/1k"
+          f"{f'  ERRORS {got.errors}' if got.errors else ''}", flush=True)
+
+
+def print_comparison(rows: list[Row], baseline_rows: list[Row], baseline: str) -> None:
+    """Both servers' median CPU seconds per 1,000 requests and req/s, row by row, and the load average."""
+    print()
+    print(f"Against the baseline {baseline} (same rounds, alternating order); load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    head = f"{'work':44} | {'base s/1k':>9} {'this s/1k':>9} {'ratio':>6} | {'base req/s':>10} {'this req/s':>10}"
+    print(head)
+    print("-" * len(head))
+    for row, base in zip(rows, baseline_rows, strict=True):
+        ours = median([r.cpu_per_1000 for r in row.runs if r.cpu_per_1000 is not None])
+        theirs = median([r.cpu_per_1000 for r in base.runs if r.cpu_per_1000 is not None])
+        ratio = ours / theirs if ours and theirs else None
+        print(f"{row.title:44} | {fmt(theirs, 3):>9} {fmt(ours, 3):>9} {fmt(ratio, 2):>6} | "
+              f"{fmt(median([r.rps for r in base.runs])):>10} {fmt(median([r.rps for r in row.runs])):>10}")
+
+
 # -- the large upload ------------------------------------------------------------------------------
 
 def upload_bench(server: ServerProcess, nginx: Nginx, path: Path, rounds: int) -> None:
@@ -245,39 +275,55 @@ def upload_bench(server: ServerProcess, nginx: Nginx, path: Path, rounds: int) -
 
 # -- rewriting overhead ----------------------------------------------------------------------------
 
-def rewrite_bench(base: Path, settings: dict[str, object], seconds: int, connections: int, rounds: int) -> None:
+def rewrite_bench(base: Path, settings: dict[str, object], seconds: int, connections: int, rounds: int,
+                  pythons: dict[str, str | None] | None = None) -> None:
     """The search page of 100 DocumentReferences x 3 attachments, from two servers alike but for
     REWRITE_ATTACHMENT_URLS, driven by wrk in alternating rounds (so machine load touches both alike);
-    the overhead is the on/off ratio of the median time per page (req/s read the other way round)."""
-    servers: dict[bool, ServerProcess] = {}
+    the overhead is the on/off ratio of the median time per page (req/s read the other way round) and of
+    the server's CPU per page. `pythons` names the checkouts to measure (label -> interpreter, None for
+    this one); all of their servers take turns in every round."""
+    pythons = pythons or {"": None}
+    servers: dict[tuple[str, bool], ServerProcess] = {}
     try:
-        for rewrite in (False, True):
-            server = ServerProcess(base / f"rewrite-{rewrite}", settings_env(
-                **settings, rewrite_attachment_urls=rewrite), workers=1).start()
-            servers[rewrite] = server
-            with server.api() as api:
-                ids = [api.post("/Binary", content=f"attachment {i}".encode() * 20,
-                                headers={"Content-Type": "image/png"}).json()["id"] for i in range(300)]
-                for n in range(100):
-                    api.post("/DocumentReference", json={
-                        "resourceType": "DocumentReference", "status": "current",
-                        "content": [{"attachment": {"url": f"Binary/{ids[3 * n + k]}"}} for k in range(3)]},
-                    ).raise_for_status()
-        rps: dict[bool, list[float]] = {False: [], True: []}
-        errors = {False: 0, True: 0}
-        for _ in range(rounds):
-            for rewrite, server in servers.items():
+        for label, python in pythons.items():
+            for rewrite in (False, True):
+                server = ServerProcess(base / f"rewrite-{label or 'this'}-{rewrite}", settings_env(
+                    **settings, rewrite_attachment_urls=rewrite), workers=1, python=python).start()
+                servers[label, rewrite] = server
+                with server.api() as api:
+                    ids = [api.post("/Binary", content=f"attachment {i}".encode() * 20,
+                                    headers={"Content-Type": "image/png"}).json()["id"] for i in range(300)]
+                    for n in range(100):
+                        api.post("/DocumentReference", json={
+                            "resourceType": "DocumentReference", "status": "current",
+                            "content": [{"attachment": {"url": f"Binary/{ids[3 * n + k]}"}} for k in range(3)]},
+                        ).raise_for_status()
+        rps: dict[tuple[str, bool], list[float]] = {key: [] for key in servers}
+        cpu: dict[tuple[str, bool], list[float]] = {key: [] for key in servers}
+        errors = dict.fromkeys(servers, 0)
+        for n in range(rounds):
+            # alternate the order, so that a change of machine load mid-round touches every server alike
+            for key, server in sorted(servers.items(), reverse=n % 2 == 1):
                 assert server.proc is not None
                 got = run_wrk(f"{server.base}/DocumentReference?_count=100", seconds, connections, None,
                               server.auth_headers(), server.proc.pid)
-                rps[rewrite].append(got.rps)
-                errors[rewrite] += got.errors
-        off, on = median(rps[False]), median(rps[True])
-        if off and on:
-            print(f"search page of 100 resources x 3 attachments, wrk -c{connections} -d{seconds}s, median of "
-                  f"{rounds} alternating rounds, one process each: rewriting off {off:.1f} req/s, on {on:.1f} "
-                  f"req/s, overhead {100 * (off / on - 1):+.1f} % (errors or timeouts: off {errors[False]}, "
-                  f"on {errors[True]})", flush=True)
+                rps[key].append(got.rps)
+                if got.cpu_per_1000 is not None:
+                    cpu[key].append(got.cpu_per_1000)
+                errors[key] += got.errors
+        for label in pythons:
+            off, on = median(rps[label, False]), median(rps[label, True])
+            cpu_off, cpu_on = median(cpu[label, False]), median(cpu[label, True])
+            if not (off and on):
+                continue
+            # req/s move with whatever else the machine runs; the server's CPU seconds per page do much less
+            cpu_overhead = f"{100 * (cpu_on / cpu_off - 1):+.1f} %" if cpu_off and cpu_on else "-"
+            print(f"{label + ': ' if label else ''}search page of 100 resources x 3 attachments, wrk -c{connections} "
+                  f"-d{seconds}s, median of {rounds} alternating rounds, one process each: rewriting off {off:.1f} "
+                  f"req/s, on {on:.1f} req/s, overhead {100 * (off / on - 1):+.1f} %; server CPU per page off "
+                  f"{fmt(cpu_off, 2)} ms, on {fmt(cpu_on, 2)} ms, overhead {cpu_overhead} (errors or timeouts: "
+                  f"off {errors[label, False]}, on {errors[label, True]}; load average "
+                  f"{os.getloadavg()[0]:.2f})", flush=True)
     finally:
         for server in servers.values():
             server.stop()
@@ -301,6 +347,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated row keys: read,create,metadata,metadata-gz,patient,search,"
                                        "signed")
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--baseline", help="python of another checkout whose fhirvault runs beside this one")
     args = parser.parse_args()
     if args.database == "postgres" and not postgres_available():
         parser.error("PostgreSQL at 127.0.0.1:5432 is not reachable")
@@ -313,7 +360,10 @@ def main() -> None:
         make_file(files / "small.bin", KiB)
         nginx = Nginx(files, base / "nginx").start()
         stack.callback(nginx.stop)
-        settings: dict[str, object] = {}  # the defaults of `fhirvault serve`, access log included
+        # The defaults of `fhirvault serve`, access log included; the test harness's small PostgreSQL pool
+        # (two kept connections, for suites of many servers) is set back to serve's own.
+        settings: dict[str, object] = {name: Settings.model_fields[name].default
+                                       for name in ("database_pool_size", "database_max_overflow")}
         if args.database == "postgres":
             settings["database_url"] = stack.enter_context(postgres_database())
         server = ServerProcess(base / "server", settings_env(**settings), workers=args.workers)
@@ -321,26 +371,44 @@ def main() -> None:
         stack.callback(server.stop)
         assert server.proc is not None
         rows = seed(server, base)
+        baseline: ServerProcess | None = None
+        baseline_rows: list[Row] = []
+        if args.baseline:
+            if args.database == "postgres":
+                settings["database_url"] = stack.enter_context(postgres_database())
+            baseline = ServerProcess(base / "baseline", settings_env(**settings), workers=args.workers,
+                                     python=args.baseline)
+            baseline.start()
+            stack.callback(baseline.stop)
+            (base / "baseline-scripts").mkdir()
+            baseline_rows = seed(baseline, base / "baseline-scripts")
         if args.only:
             keys = set(args.only.split(","))
             rows = [r for r in rows if r.key in keys]
+            baseline_rows = [r for r in baseline_rows if r.key in keys]
         nginx_runs: list[WrkRun] = []
         nginx_pid = nginx.proc.pid if nginx.proc else None
         for n in range(args.rounds):
             reference = run_wrk(f"{nginx.url}/small.bin", args.seconds, args.connections, None, {}, nginx_pid)
             nginx_runs.append(reference)
             print(f"round {n + 1}: nginx {reference.rps:.0f} req/s", flush=True)
-            for row in rows:
+            for i, row in enumerate(rows):
+                if baseline is not None and n % 2 == 0:
+                    _baseline_run(baseline, baseline_rows[i], args)
                 got = run_wrk(row.url, args.seconds, args.connections, row.script, row.headers, server.proc.pid)
                 row.runs.append(got)
                 row.ratios.append(got.rps / reference.rps)
                 print(f"  {row.title:44} {got.rps:8.0f} req/s  p50 {got.p50_ms:6.2f} ms  p99 {got.p99_ms:7.2f} ms  "
                       f"CPU {fmt(got.cpu_per_1000, 3)} s/1k  x nginx {got.rps / reference.rps:.4f}"
                       f"{f'  ERRORS {got.errors}' if got.errors else ''}", flush=True)
+                if baseline is not None and n % 2 == 1:
+                    _baseline_run(baseline, baseline_rows[i], args)
         workers = args.workers or "default"
         print_table(nginx_runs, rows, f"Small requests, database {args.database}, fhirvault serve workers={workers}; "
                     f"wrk -t2 -c{args.connections} -d{args.seconds}s, median of {args.rounds} rounds; "
                     f"CPU s/1k = server CPU seconds per 1,000 requests")
+        if baseline is not None:
+            print_comparison(rows, baseline_rows, args.baseline)
         if not args.skip_upload:
             upload_bench(server, nginx, make_file(files / "upload.bin", args.upload_size), args.upload_rounds)
             (files / "upload.bin").unlink()
@@ -350,7 +418,8 @@ def main() -> None:
         print()
         with tempfile.TemporaryDirectory(prefix="fv-bench-rewrite-", dir=args.workdir,
                                          ignore_cleanup_errors=True) as tmp:
-            rewrite_bench(Path(tmp), {}, args.seconds, args.connections, args.rounds)  # on SQLite
+            pythons: dict[str, str | None] = {"this": None, "baseline": args.baseline} if args.baseline else {"": None}
+            rewrite_bench(Path(tmp), {}, args.seconds, args.connections, args.rounds, pythons)  # on SQLite
         search_bench(args.rewrite_reads)
 
 

@@ -149,6 +149,26 @@ def test_postgres_stopped_under_load_answers_503_and_recovers(
     assert restarted > stopped
 
 
+def test_postgres_restarted_while_idle_costs_no_request(
+        private_cluster: PrivateCluster, server_factory: Callable[..., ServerProcess]) -> None:
+    """Pooled connections are no longer pinged on every use (store/database.py PING_AFTER_IDLE_SECONDS):
+    after a database restart during a quiet moment, the requests that follow still find working
+    connections instead of answering 503."""
+    server = server_factory("postgres", database_url=private_cluster.url, storage_mode="filesystem")
+    with server.api(timeout=30) as api:
+        created = api.post("/Patient", json=_patient("before"))
+        assert created.status_code == 201
+        # several pooled connections, all of them dead after the restart
+        with Load(server) as load:
+            _until(lambda: len(load.acknowledged) >= 20, "the load to run")
+        private_cluster.stop("fast")
+        private_cluster.start()
+        time.sleep(1.5)  # longer than PING_AFTER_IDLE_SECONDS
+        for _ in range(12):  # more requests than the pool holds connections
+            assert api.get(created.headers["Location"]).status_code == 200
+        assert api.post("/Patient", json=_patient("after")).status_code == 201
+
+
 @pytest.fixture
 def own_gateway(tmp_path: Path) -> Iterator[SeaweedS3]:
     if weed_binary() is None:

@@ -295,6 +295,15 @@ def test_scan_off_shows_nothing_and_lists_the_parameter(server_factory: Callable
         assert extension.json()["type"] == "Extension"
         # Other ids of these types are read from storage as before.
         assert api.get("/StructureDefinition/not-ours").status_code == 404
+        # A copy of the extension sent in a write is never shown as a verdict, with scanning off too.
+        forged = {"url": api.base + EXTENSION_PATH, "extension": [{"url": "status", "valueCode": "clean"}]}
+        doc = api.post("/DocumentReference", json={"resourceType": "DocumentReference", "status": "current",
+                                                   "content": [{"attachment": {"url": f"Binary/{binary_id}",
+                                                                               "extension": [forged]}}]})
+        assert doc.status_code == 201, doc.text
+        for r in (api.get(f"/DocumentReference/{doc.json()['id']}"),
+                  api.get("/DocumentReference", params={"_id": doc.json()["id"]})):
+            assert EXTENSION_PATH not in r.text, r.text
 
 
 def test_content_above_the_limits_is_skipped(tmp_path: Path, server_factory: Callable[..., ServerProcess]) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 import sqlalchemy as sa
 
@@ -92,6 +94,51 @@ def test_many_concurrent_transactions_on_one_pool(tmp_path: Path) -> None:
         counts = await asyncio.gather(*[write(n) for n in range(40)], *[_count(db) for _ in range(40)])
         assert all(0 <= c <= 40 for c in counts[40:])
         assert await _count(db) == 40
+        await db.close()
+
+    run(check())
+
+
+def test_a_read_costs_one_trip_and_its_end_releases_the_snapshot(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """BEGIN and the SELECT travel together; the transaction, which wrote nothing, ends without a trip of
+    its own. Ended it is: the next read on the same pooled connection sees what was committed since."""
+    trips: list[object] = []
+    trip = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(fn)
+        return await trip(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+
+    async def check() -> None:
+        db = await _db(tmp_path)
+        async with db.read() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            trips.clear()
+            assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar_one() == 0
+        assert len(trips) == 1
+        assert not raw._conn.in_transaction
+        async with db.write() as writer:
+            await writer.execute(sa.text("INSERT INTO t (n) VALUES (1)"))
+        async with db.read() as conn:
+            assert (await conn.get_raw_connection()).driver_connection is raw  # the same pooled connection
+            assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar_one() == 1
+        await db.close()
+
+    run(check())
+
+
+def test_a_change_made_on_a_read_connection_is_rolled_back(tmp_path: Path) -> None:
+    """A transaction that did write (here through a read connection, which never commits) is rolled back
+    on the connection's thread, and what it wrote is gone."""
+
+    async def check() -> None:
+        db = await _db(tmp_path)
+        async with db.read() as conn:
+            await conn.execute(sa.text("INSERT INTO t (n) VALUES (7)"))
+        assert await _count(db) == 0
         await db.close()
 
     run(check())

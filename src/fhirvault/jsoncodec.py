@@ -89,31 +89,62 @@ def dumps(value: Any, indent: bool = False, sort_keys: bool = False) -> bytes:
                           separators=None if indent else (",", ":")).encode("utf-8")
 
 
-# A number in JSON the server wrote whose float would not write back the same: more than one fraction
-# digit ending in 0, an exponent, below 0.0001 (a float writes those with an exponent), or 16 and more
-# digits (beyond what a double holds exactly). Looked for in the raw text so that ordinary
-# resources keep orjson's speed; a match inside a string only costs the slower parse.
-_TEXT_KEEPING_NUMBER = re.compile(
-    rb"[:,\[]\s*-?(?:[0-9]+\.[0-9]+0[,}\]\s]|[0-9]+(?:\.[0-9]+)?[eE]|0\.0000|[0-9.]{17})")
+# Stored JSON that holds a number kept from its text (a Decimal, or an integer beyond 64 bits) starts with
+# this one space (JSON allows whitespace before a value; orjson never writes it): `loads` then reads the
+# numbers with their written form, and every other stored text keeps orjson's speed without a scan.
+EXACT_MARK = b" "
 
 
-def may_hold_decimal(raw: bytes) -> bool:
-    """Whether the JSON text `raw` may hold a number kept as a `Decimal`; False means it surely does not."""
-    return _TEXT_KEEPING_NUMBER.search(raw) is not None
+class _Exact:
+    """orjson's `default` hook for `dumps_stored`, remembering whether it wrote a number from its text."""
+
+    __slots__ = ("used",)
+
+    def __init__(self) -> None:
+        self.used = False
+
+    def __call__(self, value: Any) -> Any:
+        fragment = _fragment(value)
+        self.used = True
+        return fragment
+
+
+def dumps_stored(value: Any) -> bytes:
+    """`dumps(value)` for the database: with EXACT_MARK in front when the text holds a number that a float
+    would not write back the same (see `loads`). Raises as `dumps` does."""
+    hook = _Exact()
+    try:
+        text = orjson.dumps(value, default=hook)
+    except TypeError as exc:
+        if isinstance(exc.__cause__, ValueError):  # orjson wraps what `_fragment` raised
+            raise exc.__cause__ from None
+        return EXACT_MARK + dumps(value)  # integers beyond 64 bits, or what `dumps` refuses (it raises)
+    return EXACT_MARK + text if hook.used else text
+
+
+def is_exact(raw: bytes) -> bool:
+    """Whether `raw`, written by `dumps_stored`, holds numbers kept from their text."""
+    return raw[:1] == EXACT_MARK
 
 
 def loads(text: bytes | str) -> Any:
-    """Parses JSON the server wrote itself (stored resources, rows), decimals with their written form
-    (see `Decimal`). orjson refuses some JSON the standard library writes and reads back (integers
-    beyond 64 bits, NaN): those are parsed the slow way.
+    """Parses JSON the server wrote itself (stored resources, rows): text marked by `dumps_stored` with its
+    numbers in their written form (see `Decimal`), any other with orjson. orjson refuses some JSON the
+    standard library writes and reads back (integers beyond 64 bits, NaN): those are parsed the slow way.
     Raises json.JSONDecodeError (orjson's is a subclass) for text that is not JSON."""
     raw = text.encode("utf-8") if isinstance(text, str) else text
-    if may_hold_decimal(raw):
+    if raw[:1] == EXACT_MARK:
         return json.loads(raw, parse_float=number)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return json.loads(raw, parse_float=number)
+
+
+def loads_exact(text: bytes | str) -> Any:
+    """Parses any JSON text (an answer's body, a file) with its numbers in their written form (see
+    `Decimal`), at the standard library's speed. Raises json.JSONDecodeError for text that is not JSON."""
+    return json.loads(text, parse_float=number)
 
 
 class StrictJsonError(ValueError):

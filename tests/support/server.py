@@ -78,7 +78,10 @@ class ServerProcess:
     covers several processes."""
 
     def __init__(self, data_dir: Path, env: dict[str, str], port: int | None = None,
-                 workers: int | None = 1) -> None:
+                 workers: int | None = 1, python: str | None = None) -> None:
+        # `python`: the interpreter whose fhirvault is started (another checkout's, for a benchmark's
+        # baseline); this one's by default
+        self.python = python or sys.executable
         self.data_dir = data_dir
         self.port = port or free_port()
         self.env = env if workers is None or "FHIRVAULT_WORKERS" in env else {**env, "FHIRVAULT_WORKERS": str(workers)}
@@ -106,7 +109,7 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fhirvault.cli", "serve", "--port", str(self.port),
+                [self.python, "-m", "fhirvault.cli", "serve", "--port", str(self.port),
                  "--data-dir", str(self.data_dir)],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )
@@ -148,7 +151,7 @@ class ServerProcess:
         """Runs a `fhirvault` command against this server's database and data dir."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRVAULT_")}
         env.update(self.env)
-        return subprocess.run([sys.executable, "-m", "fhirvault.cli", *args, "--data-dir", str(self.data_dir)],
+        return subprocess.run([self.python, "-m", "fhirvault.cli", *args, "--data-dir", str(self.data_dir)],
                               env=env, capture_output=True, text=True, timeout=120)
 
     def create_client(self, name: str, scope: str, patient: str | None = None) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def parse_body(content: bytes) -> Any:
     if not content.strip():
         return None
     try:
-        return jsoncodec.loads(content)
+        return jsoncodec.loads_exact(content)
     except ValueError:
         return None
 

@@ -250,7 +250,7 @@ def validate_resource(resource: Any) -> list[Issue]:
     issues: list[Issue] = []
     dumped = _json_bytes(resource)
     # The validator takes only built-in types: a resource with a Decimal is checked as plain numbers.
-    checked = jsoncodec.plain(resource) if jsoncodec.may_hold_decimal(dumped) else resource
+    checked = jsoncodec.plain(resource) if jsoncodec.is_exact(dumped) else resource
     if not validator.is_valid(checked):
         for error in validator.iter_errors(checked):
             issues.extend(_issues_of(checked, root, error))
@@ -302,8 +302,9 @@ def integral_float_issues(resource: dict[str, Any], root: str) -> list[Issue]:
 
 
 def _json_bytes(resource: dict[str, Any]) -> bytes:
-    """The resource as compact JSON, to look for an element's name in."""
-    return jsoncodec.dumps(resource)
+    """The resource as compact JSON, to look for an element's name in (marked when it holds a number
+    kept from its text: jsoncodec.is_exact)."""
+    return jsoncodec.dumps_stored(resource)
 
 
 def resources_within(resource: dict[str, Any], root: str) -> list[tuple[dict[str, Any], str]]:

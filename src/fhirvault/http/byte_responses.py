@@ -108,25 +108,34 @@ async def serve_bytes(request: Request, content: BinaryContent, stream: ByteStre
     if decision.status == 416:
         headers["Content-Range"] = ranges.unsatisfied_range(content.size)
         return Response(status_code=416, headers=headers)
+    # Bytes already in memory (an inline Binary) go out as one body: a stream costs a task, a generator
+    # chain and a send per chunk, more than a small answer itself.
+    whole = content.inline
     if decision.status == 206 and len(decision.ranges) == 1:
         r = decision.ranges[0]
         headers["Content-Range"] = r.content_range(content.size)
-        body = None if is_head else await primed(stream(r.start, r.end))
+        body: AsyncIterator[bytes] | bytes | None = None
+        if not is_head:
+            body = whole[r.start:r.end] if whole is not None else await primed(stream(r.start, r.end))
         return _body(206, content.content_type, r.length, headers, body)
     if decision.status == 206:
         boundary = secrets.token_hex(16)
         length = ranges.multipart_length(boundary, content.content_type, decision.ranges, content.size)
         body = None if is_head else _multipart(boundary, content, decision.ranges, stream)
         return _body(206, f"multipart/byteranges; boundary={boundary}", length, headers, body)
+    if is_head:
+        return _body(200, content.content_type, content.size, headers, None)
     return _body(200, content.content_type, content.size, headers,
-                 None if is_head else await primed(stream(0, None)))
+                 whole if whole is not None else await primed(stream(0, None)))
 
 
 def _body(status: int, media_type: str, length: int, headers: dict[str, str],
-          body: AsyncIterator[bytes] | None) -> Response:
+          body: AsyncIterator[bytes] | bytes | None) -> Response:
     headers = {**headers, "Content-Length": str(length), "Content-Type": media_type}
     if body is None:  # HEAD: the same headers, no body
         return Response(status_code=status, headers=headers)
+    if isinstance(body, bytes):
+        return Response(body, status_code=status, headers=headers)
     return StreamingResponse(body, status_code=status, headers=headers)
 
 

@@ -132,7 +132,7 @@ class _FormattedSend:
             return
         body = b"".join(self.chunks)
         if body:
-            body = jsoncodec.dumps(jsoncodec.loads(body), indent=True)
+            body = jsoncodec.dumps(jsoncodec.loads_exact(body), indent=True)
         headers = [(k, v) for k, v in self.start.get("headers", []) if k != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         await self.send({**self.start, "headers": headers})

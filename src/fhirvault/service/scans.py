@@ -16,6 +16,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.blobs.base import BlobStore
 from fhirvault.clock import now_us
 from fhirvault.errors import Forbidden, Invalid, Locked
@@ -45,6 +46,8 @@ JOB_KIND = "scan"
 # The scan-status extension (on Binary.meta, since R4's Binary has no extension element of its own) is
 # defined under the server's FHIR base: {base}/StructureDefinition/scan-status (fhir/scan_definitions.py).
 EXTENSION_PATH = extension_url("")
+# How any copy of the extension's url looks in a resource's JSON text (whatever the base it names).
+_EXTENSION_TEXT = EXTENSION_PATH.encode()
 # The request header by which an administrative client asks for content the policy would refuse.
 OVERRIDE_HEADER = "X-Scan-Override"
 # Served in block mode: scanned clean, or deliberately not scanned (above SCAN_MAX_BYTES).
@@ -309,6 +312,12 @@ class ContentScans:
         is rendered without its inline `data` (read, vread, history, search, Bundles, write answers alike;
         an Attachment keeps contentType and gets `size` and `hash` when it had none), unless an
         administrative client asked with X-Scan-Override: true."""
+        if not self.enabled:
+            # Nothing to show: only stored copies of the extension (sent in a write) are taken out, and a
+            # resource's JSON text tells at once whether it has one, without walking its Attachments.
+            resources = [r for r in resources if _EXTENSION_TEXT in jsoncodec.dumps(r)]
+            if not resources:
+                return
         binaries = [r for r in resources if r.get("resourceType") == "Binary"]
         for r in binaries:
             meta = r.get("meta")

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault import jsoncodec
 from fhirvault.store.blobs import blobs
+from fhirvault.store.driver_batch import fetch_rows
 from fhirvault.store.schema import resource_versions, resources
 
 # Ids per statement: well below the bound parameter limits of SQLite and PostgreSQL.
@@ -48,8 +49,26 @@ async def current_binaries(conn: AsyncConnection, ids: set[str], *, with_blobs: 
 async def current_versions(conn: AsyncConnection, ids: set[str]) -> dict[str, int]:
     """The current version id of each of the given Binaries that exists and is not deleted (what
     `current_binaries` finds, without reading any content)."""
-    stmt = _current_statement(conn.dialect.name, False, False, True)
-    return {rid: version_id for rid, version_id, *_ in await _current_rows(conn, stmt, ids)}
+    # Rewriting a search page's Attachment urls asks this for every Binary the page names: the query goes
+    # straight to the driver (store/driver_batch.py), whose rows cost a tenth of SQLAlchemy's.
+    sqlite = conn.dialect.name == "sqlite"
+    ordered = sorted(ids)
+    found: dict[str, int] = {}
+    for start in range(0, len(ordered), IDS_PER_LIST):
+        chunk = ordered[start:start + IDS_PER_LIST]
+        value: Any = jsoncodec.dumps(chunk).decode("utf-8") if sqlite else chunk
+        found.update(await fetch_rows(conn, _CURRENT_VERSIONS_SQLITE if sqlite else _CURRENT_VERSIONS_POSTGRES,
+                                      (value,)))
+    return found
+
+
+# current_versions' query: the ids are one list parameter (a JSON array on SQLite, an array on PostgreSQL),
+# so its text is the same whatever their number. `deleted IS 0` / `IS false` as SQLAlchemy writes it, so
+# the same index serves it.
+_CURRENT_VERSIONS_SQLITE = ("SELECT id, version_id FROM resources WHERE resource_type = 'Binary' "
+                            "AND id IN (SELECT value FROM json_each(?)) AND deleted IS 0")
+_CURRENT_VERSIONS_POSTGRES = ("SELECT id, version_id FROM resources WHERE resource_type = 'Binary' "
+                              "AND id = ANY (?::VARCHAR[]) AND deleted IS false")
 
 
 async def _current_rows(conn: AsyncConnection, stmt: Any, ids: set[str]) -> list[Any]:

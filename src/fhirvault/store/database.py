@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -29,6 +30,17 @@ POOL_TIMEOUT = 10
 # live rows have changed since its last ANALYZE (autovacuum_analyze_threshold and _scale_factor's defaults).
 STALE_ROWS = 50
 STALE_SHARE = 0.1
+# SQLite connections each process keeps open, and opens beyond them under load. Each is a sqlite3
+# connection and its aiosqlite thread: idle ones cost no CPU, while one opened and closed per request
+# (SQLAlchemy's default keeps 5) costs a thread start, the connection's PRAGMAs and its functions,
+# more than the read it serves.
+SQLITE_POOL_SIZE = 32
+# A pooled PostgreSQL connection that sat unused this many seconds is pinged before use (a server restart
+# or an idle timeout may have closed it). One used more recently is not: a ping on every checkout was a
+# round trip per request. A connection that died in between fails its statement (503); the pool then
+# drops every connection as old as it, and the next request gets a fresh one.
+PING_AFTER_IDLE_SECONDS = 1.0
+SQLITE_MAX_OVERFLOW = 32
 
 
 @asynccontextmanager
@@ -66,16 +78,39 @@ class Database:
             # SQLAlchemy's aiosqlite dialect derives from the URL.
             cargs, options = SQLiteDialect_aiosqlite().create_connect_args(make_url(url))
             kwargs["async_creator"] = sqlite_driver.connector(*cargs, **{**options, "timeout": 30})
+            if path and path != ":memory:":  # an in-memory database has one connection (a StaticPool)
+                kwargs["pool_size"] = SQLITE_POOL_SIZE
+                kwargs["max_overflow"] = SQLITE_MAX_OVERFLOW
         else:
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = max_overflow
-            kwargs["pool_pre_ping"] = True
             kwargs["pool_timeout"] = POOL_TIMEOUT
             kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self._write_lock = asyncio.Lock()
         if self.is_sqlite:
             self._configure_sqlite()
+        else:
+            self._ping_idle_connections()
+
+    def _ping_idle_connections(self) -> None:
+        sync_engine = self.engine.sync_engine
+
+        @event.listens_for(sync_engine, "checkin")
+        def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+            record.info["fhirvault_idle_since"] = time.monotonic()
+
+        @event.listens_for(sync_engine, "checkout")
+        def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+            since = record.info.get("fhirvault_idle_since")
+            if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+                return  # new, or in use a moment ago
+            try:
+                sync_engine.dialect.do_ping(dbapi_conn)
+            except Exception as exc:  # noqa: BLE001 - any failure means: not this connection
+                # the pool discards this connection and checks out another (SQLAlchemy's pessimistic
+                # disconnect handling)
+                raise DisconnectionError() from exc
 
     def _configure_sqlite(self) -> None:
         sync_engine = self.engine.sync_engine

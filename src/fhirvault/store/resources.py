@@ -70,6 +70,16 @@ def row_to_stored(row: Any, method: str | None = None) -> StoredResource:
     )
 
 
+# The statements of every read, built once with bound parameters: building one per call, and computing its
+# cache key, cost more than running it on a small row.
+_CURRENT = sa.select(resources).where(resources.c.resource_type == sa.bindparam("rtype"),
+                                      resources.c.id == sa.bindparam("rid"))
+_CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
+_VERSION = sa.select(resource_versions).where(resource_versions.c.resource_type == sa.bindparam("rtype"),
+                                              resource_versions.c.id == sa.bindparam("rid"),
+                                              resource_versions.c.version_id == sa.bindparam("vid"))
+
+
 def _owned_by(table: Any, owners: list[tuple[str, str]]) -> Any:
     """The rows of `table` owned by one of `owners` ((type, id) pairs): `type = ? AND id IN (...)` per type,
     which both databases look up by the owner key; SQLite reads a row-value `IN (VALUES ...)` over the
@@ -94,19 +104,13 @@ class ResourceStore:
     async def get(self, conn: AsyncConnection, rtype: str, rid: str, for_update: bool = False
                   ) -> StoredResource | None:
         """The current row; `for_update` locks it (PostgreSQL) so that concurrent writers queue."""
-        t = resources
-        stmt = sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid)
-        if for_update:
-            stmt = stmt.with_for_update()
-        row = (await conn.execute(stmt)).first()
+        stmt = _CURRENT_FOR_UPDATE if for_update else _CURRENT
+        row = (await conn.execute(stmt, {"rtype": rtype, "rid": rid})).first()
         return row_to_stored(row) if row else None
 
     async def get_version(self, conn: AsyncConnection, rtype: str, rid: str, vid: int) -> StoredResource | None:
         """Version `vid` of [rtype]/[rid] (a deletion included), or None."""
-        t = resource_versions
-        row = (await conn.execute(
-            sa.select(t).where(t.c.resource_type == rtype, t.c.id == rid, t.c.version_id == vid)
-        )).first()
+        row = (await conn.execute(_VERSION, {"rtype": rtype, "rid": rid, "vid": vid})).first()
         return row_to_stored(row) if row else None
 
     async def write(
@@ -116,7 +120,7 @@ class ResourceStore:
         """Write one new version and replace its search index rows with `index` (None: no rows, as for
         a deletion). previous_version None means the resource must not exist yet.
         Raises VersionConflict when someone else wrote in between."""
-        content = jsoncodec.dumps(stored.content).decode("utf-8") if stored.content is not None else None
+        content = jsoncodec.dumps_stored(stored.content).decode("utf-8") if stored.content is not None else None
         current = {
             "version_id": stored.version_id, "last_updated": stored.last_updated,
             "deleted": stored.deleted, "content": content, "blob_id": stored.blob_id,
@@ -154,7 +158,7 @@ class ResourceStore:
     async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:
         """Replace the content and search index of the version `stored` that this same transaction wrote
         (work deferred to the end of a transaction Bundle completes it); the version id stays."""
-        content = jsoncodec.dumps(stored.content).decode("utf-8")
+        content = jsoncodec.dumps_stored(stored.content).decode("utf-8")
         for table in (resources, resource_versions):
             await conn.execute(sa.update(table).where(
                 table.c.resource_type == stored.resource_type, table.c.id == stored.id,

@@ -5,8 +5,10 @@ statement run, its rows fetched and the cursor closed in four trips, and the `BE
 costs four more. Each trip wakes the thread and then the event loop again (about 30 µs of CPU on a
 small machine), which made the trips the largest cost of a small read. `OneTripConnection` keeps
 aiosqlite's thread (the event loop never waits for SQLite) but runs a statement with its fetch in one
-trip, and sends a transaction's `BEGIN` along with its first statement: a read on SQLite costs two trips
-(`BEGIN` + `SELECT`, then the `ROLLBACK` that ends it) instead of nine.
+trip, and sends a transaction's `BEGIN` along with its first statement. The `ROLLBACK` that ends a
+transaction which changed nothing (every read) runs on the caller's thread when the connection's thread
+is idle: ending a WAL read transaction only releases its read mark, no disk I/O, cheaper than a trip. A
+read on SQLite thus costs one trip (`BEGIN` + `SELECT`) instead of nine.
 """
 
 from __future__ import annotations
@@ -103,6 +105,28 @@ class OneTripConnection(aiosqlite.Connection):
         super().__init__(connector, iter_chunk_size=64)
         self._thread.daemon = True  # as SQLAlchemy makes aiosqlite's: a stuck query never blocks exit
         self._pending_begin: str | None = None
+        # Trips queued (counted on the event loop's thread) and finished (counted on the connection's
+        # thread): equal when no sqlite3 call is queued or running, even after an awaiting task was
+        # cancelled while its statement still ran.
+        self._trips = 0
+        self._finished = 0
+        # sqlite3's total_changes when the current transaction began: unchanged at its end means the
+        # transaction wrote nothing.
+        self._changes_at_begin: int | None = None
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """aiosqlite's trip to the connection's thread, counted (see `_idle`)."""
+        def counted() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._finished += 1
+
+        self._trips += 1
+        return await super()._execute(counted)
+
+    def _idle(self) -> bool:
+        return self._trips == self._finished
 
     def begin_with_next(self, statement: str) -> None:
         """Send `statement` (BEGIN, BEGIN IMMEDIATE) together with the next one; a transaction that ends
@@ -111,14 +135,23 @@ class OneTripConnection(aiosqlite.Connection):
 
     async def run(self, sql: str, parameters: Any, many: bool) -> Outcome:
         """One statement with a pending BEGIN, on the connection's thread: (description, rows, rowcount, lastrowid)."""
-        begin, self._pending_begin = self._pending_begin, None
+        begin = self._take_begin()
         outcome: Outcome = await self._execute(_run, self._conn, begin, sql, parameters, many)
         return outcome
+
+    def _take_begin(self) -> str | None:
+        """The pending BEGIN, now to be sent; notes the changes made so far to tell a read-only transaction."""
+        begin, self._pending_begin = self._pending_begin, None
+        if begin is not None:
+            # total_changes reads a counter of the sqlite3 handle: safe while its thread is idle, as it is
+            # between the awaited trips of the one task that holds this connection.
+            self._changes_at_begin = self._conn.total_changes if self._idle() else None
+        return begin
 
     async def run_in_transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
         """`work` on the sqlite3 connection, on the connection's thread, after a pending BEGIN: several
         statements in one trip (store/driver_batch.py). Errors of sqlite3 propagate."""
-        begin, self._pending_begin = self._pending_begin, None
+        begin = self._take_begin()
 
         def run() -> None:
             if begin is not None:
@@ -136,12 +169,21 @@ class OneTripConnection(aiosqlite.Connection):
         if self._pending_begin is not None:
             self._pending_begin = None  # an empty transaction: nothing began, nothing to commit
             return
+        self._changes_at_begin = None
         await super().commit()
 
     async def rollback(self) -> None:
         """ROLLBACK; nothing when the transaction never ran a statement."""
         if self._pending_begin is not None:
             self._pending_begin = None
+            return
+        began, self._changes_at_begin = self._changes_at_begin, None
+        if self._idle() and not self._conn.in_transaction:
+            return  # statements ran without a transaction (none began): sqlite3's rollback does nothing
+        if began is not None and self._idle() and self._conn.total_changes == began:
+            # Nothing was written: ending the transaction releases its WAL read mark, a few memory
+            # operations (and at most a non-blocking unlock), so it is done here instead of by a trip.
+            self._conn.rollback()
             return
         await super().rollback()
 
