@@ -78,6 +78,13 @@ _CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
 _VERSION = sa.select(resource_versions).where(resource_versions.c.resource_type == sa.bindparam("rtype"),
                                               resource_versions.c.id == sa.bindparam("rid"),
                                               resource_versions.c.version_id == sa.bindparam("vid"))
+# ... and of every write of a version (the current row inserted or moved on, the version row added).
+_INSERT_CURRENT = sa.insert(resources)
+_UPDATE_CURRENT = sa.update(resources).where(
+    resources.c.resource_type == sa.bindparam("b_rtype"), resources.c.id == sa.bindparam("b_rid"),
+    resources.c.version_id == sa.bindparam("b_previous"),
+).values({name: sa.bindparam(f"v_{name}") for name in ("version_id", "last_updated", "deleted", "content", "blob_id")})
+_INSERT_VERSION = sa.insert(resource_versions)
 
 
 def _owned_by(table: Any, owners: list[tuple[str, str]]) -> Any:
@@ -125,29 +132,25 @@ class ResourceStore:
             "version_id": stored.version_id, "last_updated": stored.last_updated,
             "deleted": stored.deleted, "content": content, "blob_id": stored.blob_id,
         }
+        row = {"resource_type": stored.resource_type, "id": stored.id, **current}
         if previous_version is None:
-            insert = sa.insert(resources).values(resource_type=stored.resource_type, id=stored.id, **current)
             try:
                 if conn.dialect.name == "sqlite":
                     # A failed statement leaves an SQLite transaction usable: no savepoint needed (two
                     # round trips fewer); PostgreSQL aborts the whole transaction without one.
-                    await conn.execute(insert)
+                    await conn.execute(_INSERT_CURRENT, row)
                 else:
                     async with conn.begin_nested():
-                        await conn.execute(insert)
+                        await conn.execute(_INSERT_CURRENT, row)
             except IntegrityError as exc:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} was created concurrently") from exc
         else:
-            result = await conn.execute(
-                sa.update(resources)
-                .where(resources.c.resource_type == stored.resource_type, resources.c.id == stored.id,
-                       resources.c.version_id == previous_version)
-                .values(**current)
-            )
+            result = await conn.execute(_UPDATE_CURRENT, {
+                "b_rtype": stored.resource_type, "b_rid": stored.id, "b_previous": previous_version,
+                **{f"v_{k}": v for k, v in current.items()}})
             if result.rowcount != 1:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} changed concurrently")
-        await conn.execute(sa.insert(resource_versions).values(
-            resource_type=stored.resource_type, id=stored.id, method=stored.method, **current))
+        await conn.execute(_INSERT_VERSION, {**row, "method": stored.method})
         if stored.blob_id is not None:
             await self.registry.add_reference(conn, stored.blob_id)
         # the index rows and the version's access rows in one batch: one trip to the driver
