@@ -16,6 +16,7 @@ from tests.support.server import FhirApi, ServerProcess
 
 WRITERS = 50
 ROUNDS = 3  # rounds of WRITERS concurrent conditional writes, each against the version current at its start
+UNCONDITIONAL = 10_000  # the first number of the unconditional writers
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +100,12 @@ def test_if_match_updates_from_two_nodes(two_nodes: tuple[ServerProcess, ServerP
         return client.put(f"/Patient/{pid}", headers=headers,
                           json={"resourceType": "Patient", "id": pid, "name": [{"family": f"writer-{n}"}]})
 
-    # Unconditional: every update wins a version of its own, none is lost.
-    answers = _round(lambda client, n: put(client, n, None), clients)
+    # Unconditional: every update wins a version of its own, none is lost. Their writers are numbered apart
+    # from the conditional rounds' (from UNCONDITIONAL), so that no conditional write sends what is already
+    # stored: that one would change nothing and answer 200 with the version it matched, without a write.
+    answers = _round(lambda client, n: put(client, UNCONDITIONAL + n, None), clients)
     assert {a.status_code for a in answers.values()} == {200}
-    plain = {_version(a): n for n, a in answers.items()}
+    plain = {_version(a): UNCONDITIONAL + n for n, a in answers.items()}
     assert sorted(plain) == list(range(2, WRITERS + 2))
     # Conditional: one winner per version, the others 412.
     winners = _conditional_rounds(lambda: _version(clients[0].get(f"/Patient/{pid}")),
