@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from fhirvault.errors import Invalid
@@ -29,7 +30,7 @@ from fhirvault.fhir.search_filter import (
     comparisons,
     parse_filter,
 )
-from fhirvault.fhir.search_index import TEXT_PARAMS, normalize, words
+from fhirvault.fhir.search_index import TEXT_PARAMS, component_value_types, normalize, value_types, words
 from fhirvault.fhir.search_params import NOT_DOMAIN_RESOURCES, SearchParam, search_param
 from fhirvault.store.search_sql import (
     AllClause,
@@ -74,6 +75,17 @@ _MODIFIERS = {
     "token": {"not", "text", "of-type", "in", "not-in", "below", "above"},
     "uri": {"below", "above"},
 }
+# What a token modifier needs among the types of the elements a parameter reaches (search_index.value_types;
+# R4 search.html#token): `:text` reads CodeableConcept.text, Coding.display or Identifier.type.text;
+# `:of-type` an Identifier's type; `:in`, `:not-in`, `:below` and `:above` judge codes of a code system.
+_TOKEN_MODIFIER_TYPES = {
+    "text": (frozenset({"CodeableConcept", "Coding", "Identifier"}),
+             "searches the text of a CodeableConcept, a Coding's display or an Identifier's type"),
+    "of-type": (frozenset({"Identifier"}), "applies only to identifiers"),
+    **{m: (frozenset({"code", "Coding", "CodeableConcept"}), "applies only to coded values")
+       for m in ("in", "not-in", "below", "above")},
+}
+BOOLEAN_CODES = ("true", "false")
 
 
 # `near` distances: UCUM units of length and their kilometres (R4 location.html#positional; km by default).
@@ -201,6 +213,50 @@ def _token_test(raw: str) -> TokenTest:
     return TokenTest(system, code or None)  # "|code": no system; "system|": any code
 
 
+@lru_cache(maxsize=4096)
+def token_types(types: tuple[str, ...], code: str) -> frozenset[str] | None:
+    """The element types the token parameter `code` reaches on `types` (search_index.value_types, joined
+    over the types of a system search); None when some expression is beyond the R4 model walk. Cached:
+    each (types, code) is worked out once per process."""
+    out: set[str] = set()
+    for rtype in types:
+        param = search_param(rtype, code)
+        reached = value_types(param.expr) if param is not None and param.type == "token" else None
+        if reached is None:
+            return None
+        out |= reached
+    return frozenset(out)
+
+
+def _check_token_modifier(name: str, modifier: str, reached: frozenset[str] | None) -> None:
+    """400 for a token modifier that cannot apply to the elements the parameter reaches (R4 search.html#token:
+    `:of-type` "only for identifier", `:text` on text that booleans or codes do not have)."""
+    needed = _TOKEN_MODIFIER_TYPES.get(modifier)
+    if needed is None or reached is None or reached & needed[0]:
+        return
+    raise Invalid(f"Search parameter {name}: modifier '{modifier}' {needed[1]}; {name.partition(':')[0]} "
+                  f"searches {_type_list(reached)}")
+
+
+def _type_list(reached: frozenset[str]) -> str:
+    return " or ".join(sorted(reached)) + " values"
+
+
+def _boolean_token_test(name: str, raw: str, reached: frozenset[str] | None) -> TokenTest:
+    """A token value of a parameter whose elements are all booleans: `true` or `false`, with no system
+    (`|true` is accepted: no system). Anything else could never match, so it is a 400 rather than an
+    empty answer (R4 search.html#token: a boolean is searched as `true` or `false`)."""
+    test = _token_test(raw)
+    if reached != frozenset({"boolean"}):
+        return test
+    if test.code not in BOOLEAN_CODES:
+        raise Invalid(f"Search parameter {name}={raw!r}: '{test.code or ''}' is not a boolean; "
+                      f"{name.partition(':')[0]} searches a boolean element: use true or false")
+    if test.system:
+        raise Invalid(f"Search parameter {name}={raw!r}: a boolean has no code system; use true or false")
+    return test
+
+
 def _ref_test(name: str, param: SearchParam, modifier: str, raw: str, base_url: str) -> RefTest:
     value = unescape(raw)
     ref = parse_reference(value, base_url)
@@ -225,11 +281,13 @@ def _string_test(modifier: str, raw: str) -> StringTest:
     return StringTest("contains" if modifier == "contains" else "start", normalize(value))
 
 
-def _value_test(name: str, param: SearchParam, kind: str, modifier: str, raw: str, base_url: str) -> Test:
+def _value_test(name: str, param: SearchParam, kind: str, modifier: str, raw: str, base_url: str,
+                reached: frozenset[str] | None = None) -> Test:
+    """One value in the syntax of `kind`; `reached`: for a token, the element types it searches."""
     if kind == "string":
         return _string_test(modifier, raw)
     if kind == "token":
-        return _token_test(raw)
+        return _boolean_token_test(name, raw, reached)
     if kind == "reference":
         return _ref_test(name, param, modifier, raw, base_url)
     if kind == "date":
@@ -260,7 +318,9 @@ def _composite_test(types: list[str], name: str, param: SearchParam, raw: str, b
         if part == "":
             raise Invalid(f"Search parameter {name}={raw!r} has no value for its component {comp.code}")
         component = search_param(types[0], comp.code)  # its targets, for a reference component
-        tests.append(_value_test(name, component or param, comp.type, "", part, base_url))
+        reached = component_value_types(param, comp) if comp.type == "token" else None
+        tests.append(_value_test(f"{name} ({comp.code})", component or param, comp.type, "", part, base_url,
+                                 reached))
     return CompositeTest(tuple(tests), tuple(c.type for c in param.components))
 
 
@@ -392,6 +452,9 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
     if kind == "reference" and modifier and modifier != "identifier" and param.targets and \
             modifier not in param.targets:
         raise Invalid(f"Search parameter {name}: {code} does not refer to {modifier}")
+    reached = token_types(tuple(types), code) if kind == "token" else None
+    if kind == "token":
+        _check_token_modifier(name, modifier, reached)
     values = _or_values(name, value)
     if kind == "composite":
         return ParamClause(composite_kind(param), code, [_composite_test(types, name, param, v, base_url)
@@ -415,7 +478,7 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         mode = "in" if modifier == "not-in" else modifier
         return ParamClause("token", code, [TermTest(mode, unescape(v) if mode == "in" else v) for v in values],
                            negate=modifier == "not-in")
-    tests = [_value_test(name, param, kind, modifier, v, base_url) for v in values]
+    tests = [_value_test(name, param, kind, modifier, v, base_url, reached) for v in values]
     return ParamClause(kind, code, tests, negate=modifier == "not")
 
 
@@ -693,6 +756,12 @@ def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str,
             continue
         try:
             parsed.criteria.clauses.append(parse_criterion(types, name, value, base_url))
+        except Invalid as exc:
+            if name in exc.message:
+                raise
+            # a chain, `_has` or `_filter` names the inner parameter: the client sees the one it sent too
+            raise Invalid(f"{exc.message} (in the search parameter {name}={value!r})", code=exc.code,
+                          expression=exc.expression, issues=exc.issues) from None
         except UnknownParameter:
             if strict:
                 raise Invalid(f"Search parameter '{name}' is not supported for {', '.join(types)}") from None
