@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from fhirvault.fhir.r4 import resource_types
-from fhirvault.fhir.search_index import value_types
+from fhirvault.fhir.search_index import code_systems, value_types
 from fhirvault.fhir.search_params import params_of
 from tests.support.server import FhirApi
 
@@ -130,6 +130,67 @@ def test_token_modifiers_that_cannot_apply_to_the_elements_are_refused(api: Fhir
     assert found(api, "/Patient", {"identifier": f"urn:tt|{t}", "active:missing": "false"}) == [p["id"]]
 
 
+def test_a_code_is_searched_with_the_system_its_required_binding_implies(api: FhirApi) -> None:
+    """A `code` carries no system; its required binding implies one (R4 datatypes.html#code), so
+    `gender=http://hl7.org/fhir/administrative-gender|female` finds female patients, and a system the binding
+    does not draw from could never match: a 400."""
+    t = uuid.uuid4().hex[:12]
+    gender, address_use = "http://hl7.org/fhir/administrative-gender", "http://hl7.org/fhir/address-use"
+    p = create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:tt", "value": t}], "gender": "female",
+                     "address": [{"use": "home", "city": "Lyon"}]})
+    o = create(api, {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                     "identifier": [{"system": "urn:tt", "value": t}], "subject": {"reference": f"Patient/{p['id']}"}})
+    mine = {"identifier": f"urn:tt|{t}"}
+    assert found(api, "/Patient", {**mine, "gender": f"{gender}|female"}) == [p["id"]]
+    assert found(api, "/Patient", {**mine, "gender": f"{gender}|"}) == [p["id"]]
+    assert found(api, "/Patient", {**mine, "gender": f"{gender}|male"}) == []
+    assert found(api, "/Patient", {**mine, "gender:not": f"{gender}|male"}) == [p["id"]]
+    assert found(api, "/Patient", {**mine, "address-use": f"{address_use}|home"}) == [p["id"]]  # Address.use
+    assert found(api, "/Observation", {**mine, "status": "http://hl7.org/fhir/observation-status|final"}) == [o["id"]]
+    assert found(api, "/Observation", {**mine, "subject:Patient.gender": f"{gender}|female"}) == [o["id"]]
+    assert found(api, "/Patient", {**mine, "_filter": f"gender eq {gender}|female"}) == [p["id"]]
+    # the forms that worked before still do
+    assert found(api, "/Patient", {**mine, "gender": "female"}) == [p["id"]]
+    assert found(api, "/Patient", {**mine, "gender": "|female"}) == [p["id"]]
+    refused(api, "/Patient", {"gender": "urn:x|female"}, "gender", "urn:x|female", gender)
+    refused(api, "/Observation", {"subject:Patient.gender": "urn:x|female"}, "subject:Patient.gender", "urn:x|female")
+    # a composite's code component: DocumentReference relationship = relatesto $ relation
+    doc = {"resourceType": "DocumentReference", "status": "current",
+           "content": [{"attachment": {"contentType": "text/plain", "title": t}}]}
+    first = create(api, doc)
+    second = create(api, {**doc, "relatesTo": [{"code": "replaces",
+                                                "target": {"reference": f"DocumentReference/{first['id']}"}}]})
+    relation = "http://hl7.org/fhir/document-relationship-type"
+    assert found(api, "/DocumentReference", {"relationship": f"DocumentReference/{first['id']}${relation}|replaces"}) \
+        == [second["id"]]
+    refused(api, "/DocumentReference", {"relationship": f"DocumentReference/{first['id']}$urn:x|replaces"},
+            "relationship", "urn:x|replaces")
+
+
+def test_terminology_modifiers_on_codes_use_the_system_their_binding_implies(api: FhirApi) -> None:
+    """`gender:in` a value set of administrative-gender codes finds the patients with one of those codes,
+    though a `code` is stored without a system; `:not-in` the others."""
+    t = uuid.uuid4().hex[:12]
+    gender = "http://hl7.org/fhir/administrative-gender"
+    female = create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:tt", "value": t}],
+                          "gender": "female"})
+    male = create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:tt", "value": t}], "gender": "male"})
+    vs_url = f"http://example.org/{t}/ValueSet/female-or-other"
+    create(api, {"resourceType": "ValueSet", "status": "active", "url": vs_url, "compose": {"include": [
+        {"system": gender, "concept": [{"code": "female"}, {"code": "other"}]}]}})
+    whole_url = f"http://example.org/{t}/ValueSet/any-gender"
+    create(api, {"resourceType": "ValueSet", "status": "active", "url": whole_url,
+                 "compose": {"include": [{"system": gender}]}})
+    other_url = f"http://example.org/{t}/ValueSet/elsewhere"
+    create(api, {"resourceType": "ValueSet", "status": "active", "url": other_url, "compose": {"include": [
+        {"system": "urn:elsewhere", "concept": [{"code": "female"}]}]}})
+    mine = {"identifier": f"urn:tt|{t}"}
+    assert found(api, "/Patient", {**mine, "gender:in": vs_url}) == [female["id"]]
+    assert found(api, "/Patient", {**mine, "gender:not-in": vs_url}) == [male["id"]]
+    assert found(api, "/Patient", {**mine, "gender:in": whole_url}) == sorted([female["id"], male["id"]])
+    assert found(api, "/Patient", {**mine, "gender:in": other_url}) == []  # the same code of another system
+    refused(api, "/Patient", {"gender:below": "urn:x|female"}, "gender:below", "urn:x|female")
+
 def test_the_boolean_only_token_parameters_are_worked_out_from_the_r4_model() -> None:
     """The table behind the rule: every token parameter of every R4 type, its element types from the model;
     the boolean-only ones are exactly R4's boolean token parameters, and only expressions beyond the model
@@ -157,3 +218,6 @@ def test_the_boolean_only_token_parameters_are_worked_out_from_the_r4_model() ->
     assert value_types(params_of("Group")["value"].expr) == {"CodeableConcept", "boolean"}  # not boolean-only
     assert value_types(params_of("Patient")["identifier"].expr) == {"Identifier"}
     assert value_types(params_of("Patient")["gender"].expr) == {"code"}
+    assert code_systems(params_of("Patient")["gender"].expr) == {"http://hl7.org/fhir/administrative-gender"}
+    assert code_systems(params_of("Patient")["address-use"].expr) == {"http://hl7.org/fhir/address-use"}
+    assert code_systems(params_of("CodeSystem")["code"].expr) is None  # a concept's code: no binding
