@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import gc
-import os
 
 # The youngest generation is collected after this many allocations (CPython's default: 700). A search page of
 # 100 resources allocates tens of thousands of objects that live for the request; at 700 the collector ran
 # several times per page, scanning the same page objects each time and pushing them into older generations.
-YOUNG_THRESHOLD = int(os.environ.get("FHIRVAULT_GC_YOUNG_THRESHOLD", "50000"))
+YOUNG_THRESHOLD = 50_000
 
 
 def settle_heap() -> None:
