@@ -340,7 +340,7 @@ async def everything(request: Request) -> Response:
             params.append(("_lastUpdated", f"ge{value}"))
         elif name in ("_type", "_count", "_offset", "_format", "_pretty"):
             params.append((name, value))
-        elif name in ("_sort", "_lastUpdated", "_cursor"):
+        elif name in ("_sort", "_lastUpdated", "_cursor", "_before"):
             # what the operation's own paging links carry (its order, the first page's moment, the cursor)
             params.append((name, value))
         elif name in ("start", "end"):

@@ -73,6 +73,12 @@ class SearchResult:
     rendered: list[dict[str, Any]] | None = None
     # `_cursor` of the next page: the sort values of this page's last match (None: no next page)
     next_cursor: str | None = None
+    # `next` is the first page: a page reached backwards that nothing is left before
+    next_is_first: bool = False
+    # the `previous` link: its `_offset` (a page number) and the cursor parameter it carries (`_before`; None:
+    # none, the first page or an older `_offset` link), or None for no previous page
+    previous: tuple[int, tuple[str, str] | None] | None = None
+    page_offset: int = 0  # the page number `_offset` of this page (0 once a page reached backwards is the first)
 
 
 def compartment_clause(patient: str) -> ParamClause:
@@ -106,25 +112,36 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
         await resolve_terms(conn, store, parsed.criteria, ctx.base_url)
         total: int | None = None
         matches: list[StoredResource] = []
+        more = False  # whether the result goes on after this page
+        before_start = parsed.offset > 0  # whether it has matches before this page (see below)
         if parsed.summary != "count":
-            # after a cursor, `_offset` only numbers the page (for the previous link and the total)
-            if parsed.after is not None:
-                try:
-                    store.check_after(parsed.criteria.types, parsed.sort, parsed.after)
-                except ValueError as e:  # a _cursor that is not one of this search's
-                    raise Invalid(f"_cursor: {e}; follow the next link as given") from None
-            matches = await store.search(conn, parsed.criteria, restriction, parsed.sort, parsed.count,
-                                         0 if parsed.after is not None else parsed.offset, cutoff, parsed.after)
+            for name, values in (("_cursor", parsed.after), ("_before", parsed.before)):
+                if values is not None:
+                    try:
+                        store.check_after(parsed.criteria.types, parsed.sort, values)
+                    except ValueError as e:  # a cursor that is not one of this search's
+                        raise Invalid(f"{name}: {e}; follow the paging links as given") from None
+            if parsed.count > 0:
+                # one match more than the page, to know whether there is a page after it (or before it)
+                if parsed.before is not None:
+                    rows = await store.search(conn, parsed.criteria, restriction, parsed.sort, parsed.count + 1,
+                                              0, cutoff, before=parsed.before)
+                    before_start = len(rows) > parsed.count
+                    matches = rows[1:] if before_start else rows
+                    more = True  # the page the `previous` link was taken from
+                else:
+                    # after a cursor, `_offset` only numbers the page (for the previous link and the total)
+                    rows = await store.search(conn, parsed.criteria, restriction, parsed.sort, parsed.count + 1,
+                                              0 if parsed.after is not None else parsed.offset, cutoff, parsed.after)
+                    more = len(rows) > parsed.count
+                    matches = rows[:parsed.count]
         if parsed.summary == "count" or parsed.total in ("accurate", "estimate") or \
                 (parsed.count == 0 and parsed.total is None):  # _count=0 asks for nothing but the total
             total = await store.count(conn, parsed.criteria, restriction, cutoff)
-        elif parsed.total is None and parsed.offset == 0 and len(matches) < parsed.count:
+        elif parsed.total is None and parsed.offset == 0 and parsed.after is None and parsed.before is None \
+                and len(matches) < parsed.count:
             total = len(matches)  # the whole result is on this page
-        next_cursor = None
-        if matches and len(matches) == parsed.count:
-            last = matches[-1]
-            next_cursor = encode_cursor(await store.sort_values(conn, parsed.criteria.types, parsed.sort,
-                                                                last.resource_type, last.id))
+        links = await _page_links(store, conn, parsed, matches, more, before_start, restriction, cutoff)
         included, complete = await _included(store, access, ctx, conn, matches, parsed, restriction)
         rendered = None
         if render is not None:
@@ -135,7 +152,55 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
     notes = [] if complete else [f"_include/_revinclude found more than {MAX_INCLUDED} resources; only the "
                                  f"first {MAX_INCLUDED} are included (ask for a smaller _count)"]
     return SearchResult(matches, included, total, parsed, path, cutoff, extra_echo, warnings=notes,
-                        rendered=rendered, next_cursor=next_cursor)
+                        rendered=rendered, next_cursor=links.next_cursor, next_is_first=links.next_is_first,
+                        previous=links.previous, page_offset=links.page_offset)
+
+
+@dataclass
+class _PageLinks:
+    next_cursor: str | None = None
+    next_is_first: bool = False
+    previous: tuple[int, tuple[str, str] | None] | None = None
+    page_offset: int = 0
+
+
+async def _page_links(store: ResourceStore, conn: AsyncConnection, parsed: ParsedSearch,
+                      matches: list[StoredResource], more: bool, before_start: bool,
+                      restriction: Restriction | None, cutoff: int) -> _PageLinks:
+    """Where the `next` and `previous` links of a page lead (FHIR R4 http.html#paging), both keyset: `next`
+    after the page's last match (`_cursor`), `previous` to the `_count` matches just before its first one
+    (`_before`), so that resources that leave the pinned result between requests shift neither. `more`:
+    the result goes on after the page; `before_start`: it has matches before the page. `_offset` only
+    numbers the pages (the first is 0), as the older links that carried nothing else did."""
+    out = _PageLinks(page_offset=parsed.offset)
+    if parsed.before is not None and not before_start:
+        out.page_offset = 0  # the page reached the start of the result: it is the first page
+    if matches and more:
+        last = matches[-1]
+        out.next_cursor = encode_cursor(await store.sort_values(conn, parsed.criteria.types, parsed.sort,
+                                                                last.resource_type, last.id))
+    elif parsed.before is not None and parsed.summary != "count" and parsed.count > 0:
+        out.next_is_first = True  # nothing is left before the page it came from: that one starts the result
+    back = max(0, out.page_offset - parsed.count)
+    if matches and before_start:
+        first = matches[0]
+        out.previous = (back, ("_before", encode_cursor(await store.sort_values(
+            conn, parsed.criteria.types, parsed.sort, first.resource_type, first.id))))
+    elif not matches and parsed.after is not None and parsed.offset > 0 and parsed.summary != "count" \
+            and parsed.count > 0:
+        # an empty page after a cursor (what came after it has left the result): the page before it ends with
+        # the cursor's resource itself, so it is the page after the `_count` + 1-th match up to that one
+        rows = await store.search(conn, parsed.criteria, restriction, parsed.sort, parsed.count + 1, 0, cutoff,
+                                  before=parsed.after, inclusive=True)
+        if len(rows) > parsed.count:
+            first = rows[0]
+            out.previous = (back, ("_cursor", encode_cursor(await store.sort_values(
+                conn, parsed.criteria.types, parsed.sort, first.resource_type, first.id))))
+        elif rows:
+            out.previous = (0, None)  # the first page
+    elif not matches and parsed.offset > 0 and parsed.before is None:
+        out.previous = (back, None)  # a page of the older `_offset` links, or `_summary=count`: by number
+    return out
 
 
 def guard_links(access: AccessPolicy, ctx: RequestContext, clauses: list[Clause],
@@ -232,31 +297,33 @@ async def _include_targets(store: ResourceStore, conn: AsyncConnection, current:
 
 
 # -- the searchset Bundle ---------------------------------------------------------------------------
-def _links(ctx: RequestContext, result: SearchResult, returned: int) -> list[tuple[str, str]]:
+def _links(ctx: RequestContext, result: SearchResult) -> list[tuple[str, str]]:
     p = result.parsed
     base = f"{ctx.base_url}/{result.path}" if result.path else ctx.base_url
     echo = [*result.extra_echo, *[(k, v) for k, v in p.echo if k != "_count"]]
     snapshot = ("_lastUpdated", f"le{to_instant(result.cutoff_us)}")
 
-    def link(offset: int, pinned: bool, cursor: str | None = None) -> str:
+    def link(offset: int, pinned: bool, cursor: tuple[str, str] | None = None) -> str:
         params = [*echo, ("_count", str(p.count))]
         if pinned:
             if snapshot not in echo:
                 params.append(snapshot)
             params.append(("_offset", str(offset)))
         if cursor is not None:
-            params.append(("_cursor", cursor))
+            params.append(cursor)
         return f"{base}?" + urlencode(params)
 
-    self_cursor = encode_cursor(p.after) if p.after is not None else None
+    self_cursor = ("_cursor", encode_cursor(p.after)) if p.after is not None else \
+        ("_before", encode_cursor(p.before)) if p.before is not None else None
     links = [("self", link(p.offset, p.offset > 0 or self_cursor is not None, self_cursor))]
-    has_next = returned == p.count and p.count > 0 and (result.total is None or p.offset + p.count < result.total)
-    if has_next and p.summary != "count" and result.next_cursor is not None:
-        # the next page starts after this page's last match (keyset), not at an offset: resources that
-        # leave the pinned set between requests (updated or deleted) shift nothing
-        links.append(("next", link(p.offset + p.count, True, result.next_cursor)))
-    if p.offset > 0:
-        links.append(("previous", link(max(0, p.offset - p.count), True)))
+    # keyset both ways (see _page_links): resources that leave the pinned set between requests (updated or
+    # deleted) shift nothing
+    if result.next_cursor is not None:
+        links.append(("next", link(result.page_offset + p.count, True, ("_cursor", result.next_cursor))))
+    elif result.next_is_first:
+        links.append(("next", link(0, True)))
+    if result.previous is not None:
+        links.append(("previous", link(result.previous[0], True, result.previous[1])))
     return links
 
 
@@ -277,7 +344,7 @@ async def searchset(render: Render, ctx: RequestContext, result: SearchResult) -
     notes = [f"Search parameter '{n}' is not supported and was ignored" for n in p.ignored] + result.warnings
     if notes:
         entries.append({"resource": warnings(notes), "search": {"mode": "outcome"}})
-    return bundle("searchset", entries, total=result.total, links=_links(ctx, result, len(result.matches)),
+    return bundle("searchset", entries, total=result.total, links=_links(ctx, result),
                   timestamp=to_instant(now_us()))
 
 

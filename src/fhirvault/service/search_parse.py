@@ -75,8 +75,8 @@ MAX_WORDS = 20  # words of one _text / _content value
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
 # Result parameters (FHIR R4 3.1.1.5 and 3.1.1.6): they shape the answer rather than filter it.
-RESULT_PARAMS = {"_count", "_offset", "_cursor", "_sort", "_summary", "_elements", "_total", "_include", "_revinclude",
-                 "_format", "_pretty"}
+RESULT_PARAMS = {"_count", "_offset", "_cursor", "_before", "_sort", "_summary", "_elements", "_total", "_include",
+                 "_revinclude", "_format", "_pretty"}
 _MODIFIERS = {
     "string": {"exact", "contains"},
     "token": {"not", "text", "of-type", "in", "not-in", "below", "above"},
@@ -124,6 +124,7 @@ class ParsedSearch:
     count: int = DEFAULT_COUNT
     offset: int = 0
     after: list[Any] | None = None  # `_cursor`: the sort values of the previous page's last resource
+    before: list[Any] | None = None  # `_before`: the sort values of the next page's first resource
     summary: str | None = None
     elements: list[str] | None = None
     total: str | None = None
@@ -712,20 +713,21 @@ def _include(name: str, value: str, reverse: bool) -> Include:
 
 
 def encode_cursor(values: list[Any]) -> str:
-    """The `_cursor` of paging links: a resource's sort values (see ResourceStore.sort_values) as
-    base64url JSON."""
+    """The `_cursor` (or `_before`) of paging links: a resource's sort values (see
+    ResourceStore.sort_values) as base64url JSON."""
     return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_cursor(value: str) -> list[Any]:
-    """The sort values a `_cursor` holds. Raises Invalid for anything `encode_cursor` did not make."""
+def decode_cursor(value: str, name: str = "_cursor") -> list[Any]:
+    """The sort values a `_cursor` (or `_before`: `name`) holds. Raises Invalid, naming `name`, for
+    anything `encode_cursor` did not make."""
     try:
         values = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
     except (ValueError, UnicodeDecodeError):
         values = None
     if not isinstance(values, list) or not values or \
             not all(v is None or isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
-        raise Invalid(f"_cursor={value!r} is not a paging cursor of this server (follow the next link as given)")
+        raise Invalid(f"{name}={value!r} is not a paging cursor of this server (follow the paging links as given)")
     return values
 
 
@@ -738,6 +740,8 @@ def _result_param(parsed: ParsedSearch, types: list[str], name: str, value: str)
         parsed.offset = _int_param("_offset", value, 0)
     elif base == "_cursor":
         parsed.after = decode_cursor(value)
+    elif base == "_before":
+        parsed.before = decode_cursor(value, "_before")
     elif base == "_sort":
         parsed.sort = _sort_keys(types, value)
     elif base == "_summary":
@@ -785,7 +789,7 @@ def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str,
         if name == "_type":
             continue  # decided by the caller (system search)
         if _result_param(parsed, types, name, value):
-            if name not in ("_offset", "_cursor", "_format", "_pretty"):
+            if name not in ("_offset", "_cursor", "_before", "_format", "_pretty"):
                 parsed.echo.append((name, value))
             continue
         try:
@@ -802,6 +806,9 @@ def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str,
             parsed.ignored.append(name)
             continue
         parsed.echo.append((name, value))
+    if parsed.after is not None and parsed.before is not None:
+        raise Invalid("_before and _cursor page in opposite directions; give one of them (follow the paging "
+                      "links as given)")
     if not text_search:
         used = sorted(set(_word_params(parsed.criteria.clauses)))
         if used:

@@ -23,6 +23,7 @@ from fhirvault.store.search_sql import (
     Restriction,
     SortKey,
     after_sql,
+    before_sql,
     check_after,
     criteria_sql,
     param_rows,
@@ -183,17 +184,27 @@ class ResourceStore:
 
     async def search(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
                      sort: list[SortKey] | None = None, count: int = 20, offset: int = 0,
-                     cutoff_us: int | None = None, after: Sequence[Any] | None = None) -> list[StoredResource]:
+                     cutoff_us: int | None = None, after: Sequence[Any] | None = None,
+                     before: Sequence[Any] | None = None, inclusive: bool = False) -> list[StoredResource]:
         """One page of current resources matching `criteria` within `restriction`, ordered by `sort`
         (then by type and id; by last update when no sort is given). `cutoff_us` leaves out resources
         changed after that instant, so that later pages of one search see the same set. `after`: the
         sort values (see `sort_values`) of the last resource of the previous page; the page starts after
-        it (and `offset` entries further)."""
+        it (and `offset` entries further). `before` (instead of `after`): the sort values of the first
+        resource of the next page; the page is the `count` resources just before it (that one too when
+        `inclusive`), still in the search's order, fewer only when the result starts sooner (FHIR R4
+        http.html#paging, the `previous` link)."""
         t = resources
         terms = sort_terms(self._keys(sort), t, criteria.types)
         where = self._select(criteria, restriction, cutoff_us)
         if after is not None:
             where.append(after_sql(terms, after))
+        if before is not None:
+            # walked in the reverse order from that point, then turned round: LIMIT keeps the nearest ones
+            where.append(before_sql(terms, before, inclusive))
+            stmt = (sa.select(t).where(*where)
+                    .order_by(*sort_columns(self._keys(sort), t, criteria.types, reverse=True)).limit(count))
+            return [row_to_stored(r) for r in reversed((await conn.execute(stmt)).all())]
         stmt = (sa.select(t).where(*where)
                 .order_by(*sort_columns(self._keys(sort), t, criteria.types)).limit(count).offset(offset))
         return [row_to_stored(r) for r in (await conn.execute(stmt)).all()]

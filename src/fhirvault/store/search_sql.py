@@ -686,15 +686,18 @@ def sort_terms(keys: list[SortKey], owner: Any, types: Sequence[str]) -> list[So
     return [*terms, SortTerm(owner.c.resource_type, False, False), SortTerm(owner.c.id, False, False)]
 
 
-def sort_columns(keys: list[SortKey], owner: Any, types: Sequence[str]) -> list[Any]:
+def sort_columns(keys: list[SortKey], owner: Any, types: Sequence[str], reverse: bool = False) -> list[Any]:
     """ORDER BY terms: each key (resources without a value for it last), then type and id so that pages are stable;
-    `types`: the resource types searched."""
+    `types`: the resource types searched. `reverse`: the exact reverse of that order (each term the other
+    way, resources without a value first), for the page that ends before a point (see before_sql)."""
     order: list[Any] = []
     for term in sort_terms(keys, owner, types):
-        col = term.expr.desc() if term.descending else term.expr.asc()
+        col = term.expr.desc() if term.descending != reverse else term.expr.asc()
         # NULLS LAST rather than a CASE on the key ahead of it: the key's subquery runs once per
         # candidate instead of twice (SQLite evaluates each occurrence; both databases know NULLS LAST)
-        order.append(col.nulls_last() if term.nullable else col)
+        if term.nullable:
+            col = col.nulls_first() if reverse else col.nulls_last()
+        order.append(col)
     return order
 
 
@@ -729,6 +732,40 @@ def after_sql(terms: list[SortTerm], values: Sequence[Any]) -> ColumnElement[boo
     # the same condition's bound on the first key alone, which an index on it can start from (PostgreSQL
     # walks `_lastUpdated` order from the cursor instead of from the first resource of the type)
     return sa.and_(first.expr <= v0 if first.descending else first.expr >= v0, condition)
+
+
+def before_sql(terms: list[SortTerm], values: Sequence[Any], inclusive: bool = False) -> ColumnElement[bool]:
+    """Keyset paging backwards: the resources that come before the one whose sort values are `values` (as
+    for after_sql), in the order of `terms` (NULLS LAST), and that one too when `inclusive`. The mirror
+    of after_sql: before a missing value come every present value and the missing ones that sort
+    ahead on the later terms; before a present value, no missing value. Raises ValueError when
+    `values` do not fit `terms` (see check_after)."""
+    check_after(terms, values)
+
+    def same(term: SortTerm, v: Any) -> ColumnElement[bool]:
+        return term.expr.is_(None) if v is None else term.expr == v
+
+    def ahead(term: SortTerm, v: Any, or_same: bool) -> ColumnElement[bool]:
+        if v is None:  # every present value sorts ahead of a missing one
+            return sa.true() if or_same else term.expr.is_not(None)
+        if or_same:
+            return term.expr >= v if term.descending else term.expr <= v
+        # a missing value sorts last, never ahead of a present one: NULL < v is NULL, which selects
+        # nothing (no NOT above it), so no COALESCE is needed
+        return term.expr > v if term.descending else term.expr < v
+
+    def before(i: int) -> ColumnElement[bool]:
+        # nested as in after_sql: each key's expression occurs twice, not once per later key
+        if i == len(terms) - 1:
+            return ahead(terms[i], values[i], inclusive)
+        return sa.or_(ahead(terms[i], values[i], False), sa.and_(same(terms[i], values[i]), before(i + 1)))
+
+    condition = before(0)
+    first, v0 = terms[0], values[0]
+    if first.nullable or v0 is None:
+        return condition
+    # the condition's bound on the first key alone, which an index on it can start from (walked backwards)
+    return sa.and_(first.expr >= v0 if first.descending else first.expr <= v0, condition)
 
 
 def check_after(terms: list[SortTerm], values: Sequence[Any]) -> None:
