@@ -162,6 +162,22 @@ def test_previous_link_of_an_offset_page_and_forged_before(api: FhirApi) -> None
     assert keys(back) == whole[3:6]
     first = get(api, link(back, "previous"))  # type: ignore[arg-type]
     assert keys(first) == whole[2:3] and link(first, "previous") is None
+    # a `next` link whose page has emptied meanwhile (all after it left the result): `previous` from the empty
+    # page is the page that ended where it starts, and from there back to the first
+    whole = keys(get(api, "/Patient", {**q, "_count": 100}))  # what is left, the one updated in its new place
+    assert len(whole) >= 5
+    page = get(api, "/Patient", {**q, "_count": 2})
+    page = get(api, link(page, "next"))  # type: ignore[arg-type]
+    assert keys(page) == whole[2:4]
+    nxt = link(page, "next")
+    for key in whole[4:]:
+        assert api.delete(f"/{key}").status_code in (200, 204)
+    empty = get(api, nxt)  # type: ignore[arg-type]
+    assert keys(empty) == [] and link(empty, "next") is None
+    again = get(api, link(empty, "previous"))  # type: ignore[arg-type]
+    assert keys(again) == whole[2:4]
+    first = get(api, link(again, "previous"))  # type: ignore[arg-type]
+    assert keys(first) == whole[:2] and link(first, "previous") is None
     # a `_before` the server did not make is a 400 naming it, never a 500 nor an ignored parameter
     wrong_kind = base64.urlsafe_b64encode(json.dumps(["x", "Patient", "y"]).encode()).decode()
     for cursor in ("garbage!", wrong_kind, base64.urlsafe_b64encode(b"[1]").decode()):
