@@ -11,6 +11,8 @@ import json
 import uuid
 from typing import Any
 
+import httpx
+
 from tests.support.server import FhirApi
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -187,3 +189,22 @@ def test_previous_link_of_an_offset_page_and_forged_before(api: FhirApi) -> None
     cursor = link(get(api, "/Patient", {**q, "_count": 2}), "next").split("_cursor=")[1]  # type: ignore[union-attr]
     both = api.get("/Patient", params={**q, "_cursor": cursor, "_before": cursor})
     assert both.status_code == 400 and "_before" in both.json()["issue"][0]["diagnostics"], both.text
+
+
+def test_paging_links_keep_one_moment_however_far_they_are_followed(api: FhirApi) -> None:
+    """Each page's links pin the first page's moment once: a page reached through a link adds no
+    `_lastUpdated` of its own, so links do not grow page by page (past 100 parameters, a 400)."""
+    t = uuid.uuid4().hex[:12]
+    make_patients(api, t, 6)
+    q = {"identifier": f"urn:prev|{t}", "_sort": "birthdate", "_lastUpdated": "le2999-01-01"}
+    page = get(api, "/Patient", {**q, "_count": 1})
+    pins = set()
+    for relation in ("next",) * 5 + ("previous",) * 5:
+        url = link(page, relation)
+        assert url is not None, relation
+        moments = [v for k, v in httpx.URL(url).params.multi_items() if k == "_lastUpdated"]
+        # the search's own `le2999-01-01` (a date, kept) and one instant: the first page's
+        assert len(moments) == 2 and "le2999-01-01" in moments, moments
+        pins.update(m for m in moments if m != "le2999-01-01")
+        page = get(api, url)
+    assert len(pins) == 1 and keys(page) == keys(get(api, "/Patient", {**q, "_count": 1}))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -302,11 +303,15 @@ def _links(ctx: RequestContext, result: SearchResult) -> list[tuple[str, str]]:
     base = f"{ctx.base_url}/{result.path}" if result.path else ctx.base_url
     echo = [*result.extra_echo, *[(k, v) for k, v in p.echo if k != "_count"]]
     snapshot = ("_lastUpdated", f"le{to_instant(result.cutoff_us)}")
+    # a page reached through a link already holds the first page's moment: pinning again at this page's
+    # moment would change nothing but add a parameter per page (until the link exceeds MAX_PARAMS)
+    pinned_before = any(_instant_at_or_before(v[2:], result.cutoff_us)
+                        for k, v in echo if k == "_lastUpdated" and v.startswith("le"))
 
     def link(offset: int, pinned: bool, cursor: tuple[str, str] | None = None) -> str:
         params = [*echo, ("_count", str(p.count))]
         if pinned:
-            if snapshot not in echo:
+            if not pinned_before:
                 params.append(snapshot)
             params.append(("_offset", str(offset)))
         if cursor is not None:
@@ -325,6 +330,16 @@ def _links(ctx: RequestContext, result: SearchResult) -> list[tuple[str, str]]:
     if result.previous is not None:
         links.append(("previous", link(result.previous[0], True, result.previous[1])))
     return links
+
+
+def _instant_at_or_before(value: str, us: int) -> bool:
+    """Whether `value` is a full instant (as `to_instant` writes them, with a zone) at or before `us`
+    microseconds since the epoch; False for anything else (a date, a time without a zone)."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return moment.tzinfo is not None and moment <= datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
 
 async def searchset(render: Render, ctx: RequestContext, result: SearchResult) -> dict[str, Any]:
