@@ -198,7 +198,7 @@ def test_paging_links_keep_one_moment_however_far_they_are_followed(api: FhirApi
     make_patients(api, t, 6)
     q = {"identifier": f"urn:prev|{t}", "_sort": "birthdate", "_lastUpdated": "le2999-01-01"}
     page = get(api, "/Patient", {**q, "_count": 1})
-    pins = set()
+    pins: set[str] = set()
     for relation in ("next",) * 5 + ("previous",) * 5:
         url = link(page, relation)
         assert url is not None, relation
