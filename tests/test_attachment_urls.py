@@ -191,6 +191,31 @@ def test_every_read_path_signs_the_current_version(server: ServerProcess, api: F
     assert is_signed_for(url_in(out["entry"][1]["resource"]), server, bid, 2)
 
 
+def test_only_attachment_urls_are_signed_whatever_else_reads_alike(server: ServerProcess, api: FhirApi) -> None:
+    """Signing replaces Attachment urls in the stored JSON text; an extension whose url reads
+    `Binary/{id}` too must stay as it is, on every read and on the reads after the first."""
+    first, second = upload(api)["id"], upload(api)["id"]
+    r = create(api, {"resourceType": "Patient",
+                     "extension": [{"url": f"Binary/{first}", "valueString": "not an attachment"}],
+                     "photo": [{"url": f"Binary/{first}"}, {"url": f"Binary/{first}/_history/1"},
+                               {"url": f"Binary/{second}"}, {"url": f"Binary/{first}"}]})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    doc = create(api, doc_ref(f"Binary/{second}", f"Binary/{first}"))
+    assert doc.status_code == 201, doc.text
+    for _ in range(2):
+        for body in (api.get(f"/Patient/{pid}").json(),
+                     api.get("/Patient", params={"_id": pid}).json()["entry"][0]["resource"]):
+            assert body["extension"][0] == {"url": f"Binary/{first}", "valueString": "not an attachment"}
+            photos = [p["url"] for p in body["photo"]]
+            assert is_signed_for(photos[0], server, first, 1) and photos[3] == photos[0]
+            assert is_signed_for(photos[1], server, first, 1) and "pinned=1" in photos[1]
+            assert is_signed_for(photos[2], server, second, 1)
+        page = api.get("/DocumentReference", params={"_id": doc.json()["id"]}).json()
+        urls = [c["attachment"]["url"] for c in page["entry"][0]["resource"]["content"]]
+        assert is_signed_for(urls[0], server, second, 1) and is_signed_for(urls[1], server, first, 1)
+
+
 def test_binary_answers_are_plain_r4_the_signed_url_in_a_link_header(api: FhirApi) -> None:
     """Create and update answers, raw or JSON, and reads carry no `url` (not an R4 Binary element); the
     signed URL of the version written is in `Link`, and works without a token."""

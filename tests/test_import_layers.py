@@ -18,7 +18,7 @@ LAYER = {
     "cli": 7, "app": 6, "client": 6, "http": 5, "service": 4,
     "security": 3, "blobs": 3, "jobs": 3,
     "store": 2, "fhir": 1,
-    "errors": 0, "config": 0, "clock": 0, "streams": 0, "jsoncodec": 0, "fhirvault": 0,
+    "errors": 0, "config": 0, "clock": 0, "streams": 0, "jsoncodec": 0, "heap": 0, "fhirvault": 0,
 }
 # Stricter than the layer order: FHIR knowledge is pure; the HTTP edge never touches SQL, files or jobs
 # (it goes through the services; `security` is the authentication face it needs before any use case);
@@ -33,6 +33,7 @@ MAY_IMPORT_ONLY = {
     "clock": {"clock"},
     "streams": {"streams"},
     "jsoncodec": {"jsoncodec"},
+    "heap": {"heap"},
 }
 
 

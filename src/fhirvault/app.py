@@ -26,6 +26,7 @@ from fhirvault.fhir import scan_definitions, validation
 from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import applies_to, builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
+from fhirvault.heap import settle_heap
 from fhirvault.http import routes as http_routes
 from fhirvault.http.access_log import RedactSignatures
 from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
@@ -311,6 +312,7 @@ def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await vault.start()
+        settle_heap()
         try:
             yield
         finally:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache, lru_cache
+from importlib import resources
 from itertools import product
 from typing import Any
 
@@ -47,7 +48,7 @@ from fhirpathpy.models import models
 from fhirvault.fhir.dates import MAX_US, MIN_US, date_range
 from fhirvault.fhir.indexing import COMPARTMENT, index_entries
 from fhirvault.fhir.references import parse_reference
-from fhirvault.fhir.search_params import ROW_PARAMS, SearchParam, params_of
+from fhirvault.fhir.search_params import ROW_PARAMS, Component, SearchParam, params_of
 from fhirvault.fhir.search_storage import stored_as
 
 R4_MODEL = models["r4"]
@@ -209,6 +210,107 @@ def _fast_plan(expression: str) -> list[list[Step]] | None:
             return None
         plans.append(plan)
     return plans
+
+
+# -- the element types an expression reaches ---------------------------------------------------------
+# FHIR primitive type names (`boolean`, `code`, ...): choice suffixes spell them capitalized (`Boolean`).
+_PRIMITIVES = frozenset(t for t in R4_MODEL["type2Parent"] if t[0].islower())
+# FHIRPath operators whose result is always a Boolean (FHIRPath 6.5 "Boolean logic").
+_BOOLEAN_OPERATOR = re.compile(r"\s(?:and|or|xor|implies)\s")
+
+
+def _fhir_type(name: str) -> str:
+    """`Boolean` (a choice suffix) -> `boolean`; `System.String` -> `string`; complex types unchanged."""
+    name = name.removeprefix("System.")
+    low = name[0].lower() + name[1:]
+    return low if low in _PRIMITIVES else name
+
+
+def _top_level(expression: str) -> str:
+    """`expression` with parenthesized and quoted text blanked, so that only its top-level operators remain."""
+    out, depth, quoted = [], 0, False
+    for ch in expression:
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch == "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+        out.append(ch if depth == 0 and not quoted and ch not in "()'" else " ")
+    return "".join(out)
+
+
+def _part_reach(part: str) -> tuple[frozenset[str], str | None] | None:
+    """(types, element path) of the values one `|` part selects: the path (`Patient.gender`, `Address.use`)
+    when a plain element ends the walk, None after a choice element. None when the walk cannot plan it."""
+    plan = _part_plan(part)
+    if plan is None:
+        return None
+    if plan[0][0] == "self":
+        return frozenset({plan[0][1]}), None
+    found = re.match(r"\(?\s*([A-Z][A-Za-z]+)", part)
+    assert found is not None  # _part_plan only plans parts that start with a type
+    path2type, elsewhere = R4_MODEL["path2Type"], R4_MODEL["pathsDefinedElsewhere"]
+    current: str | None = found.group(1)
+    reached: frozenset[str] = frozenset()
+    element: str | None = None
+    for kind, a, b in plan:  # typed by _typed: each name is a known element, b its choice suffixes
+        if kind == "name" and b:
+            reached = frozenset(_fhir_type(t) for t in b.split("|") if t != "-")
+            current = element = None
+        elif kind == "name":
+            element = path = elsewhere.get(f"{current}.{a}", f"{current}.{a}")
+            mapped = path2type.get(path)
+            current = path if mapped in (None, "BackboneElement") else mapped
+            reached = frozenset({"BackboneElement" if current == path else _fhir_type(mapped)})
+        elif kind == "as":
+            current = a[0].upper() + a[1:]
+    return reached, element
+
+
+@cache
+def value_types(expression: str) -> frozenset[str] | None:
+    """The FHIR types of the values a SearchParameter's FHIRPath `expression` (each `|` part starting at a
+    resource type, as params_of gives them) selects, from the R4 model the index walks with:
+    `Patient.active` -> {boolean}, `Observation.value.as(CodeableConcept) | Group.characteristic.value`
+    -> {CodeableConcept, Quantity, boolean, ...}; choice suffixes as primitive names (`boolean`), else
+    the complex type (`Identifier`). An expression whose top-level operator is `and`, `or`, `xor` or
+    `implies` gives {boolean} (Patient `deceased`). None when some part is beyond the model walk (the
+    caller then assumes nothing)."""
+    if _BOOLEAN_OPERATOR.search(_top_level(expression)):
+        return frozenset({"boolean"})
+    out: set[str] = set()
+    for part in expression.split("|"):
+        reached = _part_reach(part.strip())
+        if reached is None:
+            return None
+        out |= reached[0]
+    return frozenset(out)
+
+
+@cache
+def _code_system_table() -> dict[str, list[str]]:
+    text = resources.files("fhirvault.fhir").joinpath("data/r4_code_systems.json").read_text()
+    table: dict[str, list[str]] = json.loads(text)["systems"]
+    return table
+
+
+@cache
+def code_systems(expression: str) -> frozenset[str] | None:
+    """The code systems of the `code` elements `expression` selects, implied by their required bindings
+    (R4 datatypes.html#code; table generated by scripts/gen_code_systems.py): `Patient.gender` ->
+    {http://hl7.org/fhir/administrative-gender}. None unless every value is such a `code`."""
+    if value_types(expression) != frozenset({"code"}):
+        return None
+    table = _code_system_table()
+    out: set[str] = set()
+    for part in expression.split("|"):
+        reached = _part_reach(part.strip())
+        systems = table.get(reached[1]) if reached is not None and reached[1] is not None else None
+        if not systems:
+            return None
+        out.update(systems)
+    return frozenset(out)
 
 
 def _run(nodes: list[Any], steps: list[Step]) -> list[Any]:
@@ -474,6 +576,20 @@ def _element_types(base_expr: str) -> tuple[str | None, str | None]:
     if len(parts) == 2 and re.fullmatch(r"[A-Z][A-Za-z]+", parts[0]):
         return parts[0], _element_type(parts[1])
     return _element_type(base_expr), _element_type(base_expr)
+
+
+def component_expression(param: SearchParam, component: Component) -> str | None:
+    """One component of the composite `param` as an expression from its resource type, for value_types and
+    code_systems: its expression read from the composite's element(s) (`Observation |
+    Observation.component` reads `code` from both), or from the resource for a `%resource.` component.
+    None when the element's type path is not known."""
+    if component.expr.startswith("%resource."):
+        return f"{param.expr.split('.')[0].strip()}.{component.expr.removeprefix('%resource.')}"
+    paths = set(_element_types(param.expr))
+    if None in paths:
+        return None
+    return " | ".join(f"{path}.{part.strip()}" for path in sorted(p for p in paths if p)
+                      for part in component.expr.split("|"))
 
 
 @cache

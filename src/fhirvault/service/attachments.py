@@ -10,12 +10,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhirvault import jsoncodec
 from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.attachments import Site, at_site, attachment_sites, iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
 from fhirvault.fhir.references import Reference, parse_reference
 from fhirvault.fhir.validation import attachment_size
-from fhirvault.security.url_signing import SignedUrl
+from fhirvault.security.url_signing import MINTED_CACHE_SIZE, SignedUrl
 from fhirvault.service.access import AccessPolicy
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
@@ -179,42 +180,75 @@ def check_measures(path: str, attachment: dict[str, Any], holder: str, m: Binary
 
 VersionKey = tuple[str, str, str, str]
 
+# How an Attachment url naming one of our Binaries starts in a JSON text that `dumps_stored` wrote (compact).
+# Ids and version ids hold no character JSON escapes, so `"url":"Binary/{id}"` is the url's whole text.
+_STORED_URL = b'"url":"Binary/'
+_URL_KEY = b'"url":'
+
+
+def stored_url_text(url: str) -> bytes:
+    """The text of an Attachment url `Binary/...` in a stored resource's JSON: `"url":"Binary/..."`."""
+    return _URL_KEY + jsoncodec.dumps(url)
+
+
+def _signing_key(ref: Reference) -> str:
+    """How signing names what a Binary reference stands for: the id (its current version), or
+    `{id}/_history/{vid}` (that version). Plain strings hash once, so the look-ups of a page cost little."""
+    return f"{ref.id}/_history/{ref.version_id}" if ref.version_id else ref.id
+
+
+@dataclass(frozen=True)
+class UrlSite:
+    """One Attachment whose url names one of our Binaries: where it lies, its url, the url's text in the
+    version's JSON (`stored_url_text`), the Binary it names and that Binary's `_signing_key`."""
+
+    site: Site
+    url: str
+    text: bytes
+    ref: Reference
+    key: str
+
+
+@dataclass(frozen=True)
+class UrlSites:
+    """The Binary urls of one stored version. `current`: the ids of the Binaries named without a version;
+    `pinned`: the references that name a version; `by_text`: whether every `"url":"Binary/...` in the
+    version's JSON is one of `sites`, so that signing can replace them in the text without parsing it."""
+
+    sites: tuple[UrlSite, ...]
+    current: frozenset[str]
+    pinned: frozenset[Reference]
+    by_text: bool
+
 
 class BinaryUrlSites:
-    """Where the Attachments whose url names one of our Binaries (`Binary/...`) lie in a stored version,
-    remembered per version (type, id, versionId, lastUpdated): a version never changes, so a read of it
-    finds them without walking the resource by its R4 types again. What is found at a remembered site is
-    checked (the same url); anything else is walked."""
+    """The UrlSites of stored versions, remembered per version (type, id, versionId, lastUpdated): a version
+    never changes, so a read of it finds its Binary urls without walking the resource by its R4 types again."""
 
     def __init__(self, size: int = 20_000) -> None:
         self.size = size
-        self._sites: dict[VersionKey, tuple[tuple[Site, str, Reference], ...]] = {}
+        self._sites: dict[VersionKey, UrlSites] = {}
 
-    def of(self, resource: dict[str, Any]) -> list[tuple[dict[str, Any], Reference]]:
-        """(Attachment, the Binary its url names) for each such Attachment of `resource`."""
+    def of(self, resource: dict[str, Any], text: bytes) -> UrlSites:
+        """The UrlSites of `resource`, whose JSON text (`dumps_stored`) is `text`."""
         key = _version_key(resource)
-        remembered = self._sites.get(key) if key is not None else None
-        if remembered is not None:
-            out = []
-            for site, url, ref in remembered:
-                attachment = at_site(resource, site)
-                if not isinstance(attachment, dict) or attachment.get("url") != url:
-                    break
-                out.append((attachment, ref))
-            else:
-                return out
-        found: list[tuple[dict[str, Any], Reference]] = []
-        sites: list[tuple[Site, str, Reference]] = []
+        known = self._sites.get(key) if key is not None else None
+        if known is not None:
+            return known
+        sites: list[UrlSite] = []
         for site, attachment in attachment_sites(resource):
-            text = attachment.get("url")
-            named = binary_reference(text, "") if isinstance(text, str) and text.startswith("Binary/") else None
-            if named is not None:
-                found.append((attachment, named))
-                sites.append((site, str(text), named))
+            url = attachment.get("url")
+            if isinstance(url, str) and url.startswith("Binary/"):
+                named = binary_reference(url, "")
+                if named is not None:
+                    sites.append(UrlSite(site, url, stored_url_text(url), named, _signing_key(named)))
+        by_text = text.count(_STORED_URL) == len(sites) and all(s.text in text for s in sites)
+        found = UrlSites(tuple(sites), frozenset(s.ref.id for s in sites if not s.ref.version_id),
+                         frozenset(s.ref for s in sites if s.ref.version_id), by_text)
         if key is not None:
             if len(self._sites) >= self.size:
                 self._sites.clear()
-            self._sites[key] = tuple(sites)
+            self._sites[key] = found
         return found
 
 
@@ -230,7 +264,7 @@ def _version_key(resource: dict[str, Any]) -> VersionKey | None:
 
 
 class AttachmentUrlSigner:
-    """ReadStep (`ReadPipeline.sign_attachment_urls`): each `Binary/{id}` (or `Binary/{id}/_history/{vid}`)
+    """TextReadStep (`ReadPipeline.sign_attachment_urls`): each `Binary/{id}` (or `Binary/{id}/_history/{vid}`)
     Attachment url the caller may read becomes a signed storage URL of that Binary's current (or named)
     version; others stay as they are. One query per batch of resources (two when versions are named)."""
 
@@ -239,49 +273,84 @@ class AttachmentUrlSigner:
         self.access = access
         self.signer = signer
         self.sites = BinaryUrlSites()
+        self._texts: dict[str, tuple[int, bytes]] = {}
+        self._window: tuple[str, int] | None = None
 
-    async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]],
-                         conn: AsyncConnection | None = None) -> None:
-        """Signs the Binary URLs of `resources` in place: one look-up of all the Binaries they name (on
-        `conn` when given), one access decision for all of them, one URL per Binary version."""
-        targets: list[tuple[dict[str, Any], Reference]] = []
-        for resource in resources:
-            targets += self.sites.of(resource)
-        if not targets:
-            return
-        access = self.access
+    async def rewrite_texts(self, ctx: RequestContext, resources: list[dict[str, Any]], texts: list[bytes],
+                            conn: AsyncConnection | None = None) -> list[bytes]:
+        """The JSON texts (`dumps_stored`) of `resources` with their Binary urls signed: one look-up of all
+        the Binaries they name (on `conn` when given), one access decision for all of them, one URL per
+        Binary version. The urls are replaced in the text, which is not parsed, unless something else in
+        the resource reads `"url":"Binary/..."` too; that resource is parsed and changed at its sites."""
+        found = [self.sites.of(resource, text) for resource, text in zip(resources, texts, strict=True)]
+        current: set[str] = set()
+        pinned: set[Reference] = set()
+        for sites in found:
+            current |= sites.current
+            if sites.pinned:
+                pinned |= sites.pinned
+        if not (current or pinned):
+            return texts
         try:
-            access.require(ctx, "read", "Binary")
+            self.access.require(ctx, "read", "Binary")
         except FhirVaultError:
-            return  # no Binary scope: every url stays `Binary/{id}`
-        refs = {ref for _, ref in targets}
+            return texts  # no Binary scope: every url stays `Binary/{id}`
         if conn is not None:
-            versions = await self._readable_versions(ctx, conn, refs)
+            versions = await self._readable_versions(ctx, conn, current, pinned)
         else:
             async with self.db.read() as own:
-                versions = await self._readable_versions(ctx, own, refs)
+                versions = await self._readable_versions(ctx, own, current, pinned)
         if not versions:
-            return
+            return texts
+        signed = await self._signed_texts(versions)
+        out: list[bytes] = []
+        for text, sites in zip(texts, found, strict=True):
+            if not sites.sites:
+                out.append(text)
+            elif sites.by_text and text.count(_STORED_URL) == len(sites.sites):
+                for site in sites.sites:
+                    new = signed.get(site.key)
+                    if new is not None:
+                        text = text.replace(site.text, new)
+                out.append(text)
+            else:
+                # Not every `"url":"Binary/…` is one of the Attachment urls (or the text is not the one the
+                # sites were found in): the urls are changed at their sites only.
+                copy = jsoncodec.loads(text)
+                for site in sites.sites:
+                    attachment = at_site(copy, site.site)
+                    if isinstance(attachment, dict) and attachment.get("url") == site.url and site.key in signed:
+                        attachment["url"] = jsoncodec.loads(signed[site.key][len(_URL_KEY):])
+                out.append(jsoncodec.dumps_stored(copy))
+        return out
+
+    async def _signed_texts(self, versions: dict[str, int]) -> dict[str, bytes]:
+        """`"url":"{signed URL}"` (JSON text) by `_signing_key`, for the version each stands for. A signed URL
+        is the same for a whole window and key, so these texts are remembered until either moves on."""
         key = await self.signer.signing_key()
         expires = self.signer.expiry()
-        minted: dict[Reference, str] = {}
-        for attachment, ref in targets:
-            url = minted.get(ref)
-            if url is None:
-                version = versions.get(ref)
-                if version is None:
-                    continue
-                url = minted[ref] = self.signer.mint_with(key, ref.id, version, pinned=bool(ref.version_id),
-                                                          expires=expires)
-            attachment["url"] = url
+        if self._window != (key.kid, expires) or len(self._texts) >= MINTED_CACHE_SIZE:
+            self._texts.clear()
+            self._window = (key.kid, expires)
+        memo = self._texts
+        out: dict[str, bytes] = {}
+        for name, version in versions.items():
+            known = memo.get(name)
+            if known is None or known[0] != version:
+                binary_id, _, pinned = name.partition("/_history/")
+                url = self.signer.mint_with(key, binary_id, version, pinned=bool(pinned), expires=expires)
+                known = memo[name] = (version, _URL_KEY + jsoncodec.dumps(url))
+            out[name] = known[1]
+        return out
 
-    async def _readable_versions(self, ctx: RequestContext, conn: AsyncConnection, refs: set[Reference]
-                                 ) -> dict[Reference, int]:
-        """The version each reference stands for, of the Binaries that exist and that the caller may read."""
-        if self.access.reads_every_binary(ctx) and not any(r.version_id for r in refs):
+    async def _readable_versions(self, ctx: RequestContext, conn: AsyncConnection, current: set[str],
+                                 pinned: set[Reference]) -> dict[str, int]:
+        """The version each `_signing_key` stands for, of the Binaries that exist and that the caller may read:
+        `current` ids (their current versions) and `pinned` references."""
+        if self.access.reads_every_binary(ctx) and not pinned:
             # The caller may read every Binary, whatever its securityContext: existence decides, and
             # no content is read.
-            current = await current_versions(conn, {r.id for r in refs})
-            return {r: current[r.id] for r in refs if r.id in current}
+            return await current_versions(conn, current)
+        refs = {Reference("Binary", rid) for rid in current} | pinned
         rows = await readable_binaries(self.access, ctx, conn, refs, access_fields_only=True)
-        return {ref: row.version_id for ref, row in rows.items()}
+        return {_signing_key(ref): row.version_id for ref, row in rows.items()}

@@ -304,7 +304,7 @@ class ContentScans:
         return holdings, verdicts
 
     async def after_read(self, ctx: RequestContext, resources: list[dict[str, Any]],
-                         conn: AsyncConnection | None = None) -> None:
+                         conn: AsyncConnection | None = None, texts: list[bytes] | None = None) -> None:
         """ReadStep: each Binary gets the scan-status extension of its content on `meta`, and each Attachment
         with inline `data` (in any other resource, at any depth: fhir/attachments.iter_attachments) the one of
         its data on its own `extension`; any stored copy is replaced, so the verdict shown is always the
@@ -315,7 +315,9 @@ class ContentScans:
         if not self.enabled:
             # Nothing to show: only stored copies of the extension (sent in a write) are taken out, and a
             # resource's JSON text tells at once whether it has one, without walking its Attachments.
-            resources = [r for r in resources if _EXTENSION_TEXT in jsoncodec.dumps(r)]
+            if texts is None:
+                texts = [jsoncodec.dumps(r) for r in resources]
+            resources = [r for r, text in zip(resources, texts, strict=True) if _EXTENSION_TEXT in text]
             if not resources:
                 return
         binaries = [r for r in resources if r.get("resourceType") == "Binary"]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from fhirvault.errors import Invalid
@@ -29,7 +30,14 @@ from fhirvault.fhir.search_filter import (
     comparisons,
     parse_filter,
 )
-from fhirvault.fhir.search_index import TEXT_PARAMS, normalize, words
+from fhirvault.fhir.search_index import (
+    TEXT_PARAMS,
+    code_systems,
+    component_expression,
+    normalize,
+    value_types,
+    words,
+)
 from fhirvault.fhir.search_params import NOT_DOMAIN_RESOURCES, SearchParam, search_param
 from fhirvault.store.search_sql import (
     AllClause,
@@ -74,6 +82,17 @@ _MODIFIERS = {
     "token": {"not", "text", "of-type", "in", "not-in", "below", "above"},
     "uri": {"below", "above"},
 }
+# What a token modifier needs among the types of the elements a parameter reaches (search_index.value_types;
+# R4 search.html#token): `:text` reads CodeableConcept.text, Coding.display or Identifier.type.text;
+# `:of-type` an Identifier's type; `:in`, `:not-in`, `:below` and `:above` judge codes of a code system.
+_TOKEN_MODIFIER_TYPES = {
+    "text": (frozenset({"CodeableConcept", "Coding", "Identifier"}),
+             "searches the text of a CodeableConcept, a Coding's display or an Identifier's type"),
+    "of-type": (frozenset({"Identifier"}), "applies only to identifiers"),
+    **{m: (frozenset({"code", "Coding", "CodeableConcept"}), "applies only to coded values")
+       for m in ("in", "not-in", "below", "above")},
+}
+BOOLEAN_CODES = ("true", "false")
 
 
 # `near` distances: UCUM units of length and their kilometres (R4 location.html#positional; km by default).
@@ -201,6 +220,71 @@ def _token_test(raw: str) -> TokenTest:
     return TokenTest(system, code or None)  # "|code": no system; "system|": any code
 
 
+@dataclass(frozen=True)
+class TokenReach:
+    """What the elements of a token parameter hold: their FHIR types (search_index.value_types) and, when
+    all are `code`s with a required binding, the code systems implied (search_index.code_systems). None:
+    not known, nothing is judged."""
+
+    types: frozenset[str] | None
+    systems: frozenset[str] | None = None
+
+    @staticmethod
+    def of(expressions: list[str | None]) -> TokenReach:
+        """The reach of values selected by any of `expressions` (one per searched type)."""
+        types: set[str] = set()
+        systems: set[str] | None = set()
+        for expr in expressions:
+            reached = value_types(expr) if expr is not None else None
+            if reached is None:
+                return TokenReach(None)
+            types |= reached
+            implied = code_systems(expr) if expr is not None else None
+            systems = None if implied is None or systems is None else systems | implied
+        return TokenReach(frozenset(types), frozenset(systems) if systems else None)
+
+
+@lru_cache(maxsize=4096)
+def token_reach(types: tuple[str, ...], code: str) -> TokenReach:
+    """The TokenReach of the token parameter `code` on `types` (joined over the types of a system search).
+    Cached: each (types, code) is worked out once per process."""
+    params = [search_param(rtype, code) for rtype in types]
+    return TokenReach.of([p.expr if p is not None and p.type == "token" else None for p in params])
+
+
+def _check_token_modifier(name: str, modifier: str, reach: TokenReach) -> None:
+    """400 for a token modifier that cannot apply to the elements the parameter reaches (R4 search.html#token:
+    `:of-type` "only for identifier", `:text` on text that booleans or codes do not have)."""
+    needed = _TOKEN_MODIFIER_TYPES.get(modifier)
+    if needed is None or reach.types is None or reach.types & needed[0]:
+        return
+    raise Invalid(f"Search parameter {name}: modifier '{modifier}' {needed[1]}; {name.partition(':')[0]} "
+                  f"searches {' or '.join(sorted(reach.types))} values")
+
+
+def _judged_token_test(name: str, raw: str, reach: TokenReach) -> TokenTest:
+    """A token value judged by what the parameter's elements hold (R4 search.html#token); a value that could
+    never match is a 400 rather than an empty answer:
+    - booleans only: `true` or `false`, with no system (`|true` is accepted: no system);
+    - `code`s only, with required bindings: a code carries no system of its own, its binding implies it
+      (datatypes.html#code), so `http://hl7.org/fhir/administrative-gender|female` searches the code
+      `female` (as `|female` does), and a system the bindings do not draw from is refused."""
+    test = _token_test(raw)
+    param = name.partition(":")[0]
+    if reach.types == frozenset({"boolean"}):
+        if test.code not in BOOLEAN_CODES:
+            raise Invalid(f"Search parameter {name}={raw!r}: '{test.code or ''}' is not a boolean; "
+                          f"{param} searches a boolean element: use true or false")
+        if test.system:
+            raise Invalid(f"Search parameter {name}={raw!r}: a boolean has no code system; use true or false")
+    elif reach.systems and test.system:
+        if test.system not in reach.systems:
+            raise Invalid(f"Search parameter {name}={raw!r}: {param} searches codes of "
+                          f"{' or '.join(sorted(reach.systems))}, not of {test.system}")
+        return TokenTest("", test.code)  # stored without a system: the binding's is implied
+    return test
+
+
 def _ref_test(name: str, param: SearchParam, modifier: str, raw: str, base_url: str) -> RefTest:
     value = unescape(raw)
     ref = parse_reference(value, base_url)
@@ -225,11 +309,13 @@ def _string_test(modifier: str, raw: str) -> StringTest:
     return StringTest("contains" if modifier == "contains" else "start", normalize(value))
 
 
-def _value_test(name: str, param: SearchParam, kind: str, modifier: str, raw: str, base_url: str) -> Test:
+def _value_test(name: str, param: SearchParam, kind: str, modifier: str, raw: str, base_url: str,
+                reach: TokenReach | None = None) -> Test:
+    """One value in the syntax of `kind`; `reach`: for a token, what its elements hold."""
     if kind == "string":
         return _string_test(modifier, raw)
     if kind == "token":
-        return _token_test(raw)
+        return _judged_token_test(name, raw, reach or TokenReach(None))
     if kind == "reference":
         return _ref_test(name, param, modifier, raw, base_url)
     if kind == "date":
@@ -260,7 +346,9 @@ def _composite_test(types: list[str], name: str, param: SearchParam, raw: str, b
         if part == "":
             raise Invalid(f"Search parameter {name}={raw!r} has no value for its component {comp.code}")
         component = search_param(types[0], comp.code)  # its targets, for a reference component
-        tests.append(_value_test(name, component or param, comp.type, "", part, base_url))
+        reach = TokenReach.of([component_expression(param, comp)]) if comp.type == "token" else None
+        tests.append(_value_test(f"{name} ({comp.code})", component or param, comp.type, "", part, base_url,
+                                 reach))
     return CompositeTest(tuple(tests), tuple(c.type for c in param.components))
 
 
@@ -392,6 +480,9 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
     if kind == "reference" and modifier and modifier != "identifier" and param.targets and \
             modifier not in param.targets:
         raise Invalid(f"Search parameter {name}: {code} does not refer to {modifier}")
+    reach = token_reach(tuple(types), code) if kind == "token" else None
+    if reach is not None:
+        _check_token_modifier(name, modifier, reach)
     values = _or_values(name, value)
     if kind == "composite":
         return ParamClause(composite_kind(param), code, [_composite_test(types, name, param, v, base_url)
@@ -413,9 +504,15 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
                                                   for v in values):
             raise Invalid(f"Search parameter {name}={value!r}: give system|code, the code system's url and a code")
         mode = "in" if modifier == "not-in" else modifier
-        return ParamClause("token", code, [TermTest(mode, unescape(v) if mode == "in" else v) for v in values],
-                           negate=modifier == "not-in")
-    tests = [_value_test(name, param, kind, modifier, v, base_url) for v in values]
+        implied = tuple(sorted(reach.systems)) if reach is not None and reach.systems else ()
+        if mode != "in" and implied:
+            foreign = [v for v in values if unescape(split_escaped(v, "|")[0]) not in implied]
+            if foreign:
+                raise Invalid(f"Search parameter {name}={foreign[0]!r}: {code} searches codes of "
+                              f"{' or '.join(implied)}, not of {unescape(split_escaped(foreign[0], '|')[0])}")
+        return ParamClause("token", code, [TermTest(mode, unescape(v) if mode == "in" else v, implied)
+                                           for v in values], negate=modifier == "not-in")
+    tests = [_value_test(name, param, kind, modifier, v, base_url, reach) for v in values]
     return ParamClause(kind, code, tests, negate=modifier == "not")
 
 
@@ -693,6 +790,12 @@ def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str,
             continue
         try:
             parsed.criteria.clauses.append(parse_criterion(types, name, value, base_url))
+        except Invalid as exc:
+            if name in exc.message:
+                raise
+            # a chain, `_has` or `_filter` names the inner parameter: the client sees the one it sent too
+            raise Invalid(f"{exc.message} (in the search parameter {name}={value!r})", code=exc.code,
+                          expression=exc.expression, issues=exc.issues) from None
         except UnknownParameter:
             if strict:
                 raise Invalid(f"Search parameter '{name}' is not supported for {', '.join(types)}") from None

@@ -90,11 +90,14 @@ class Terminology:
         self.base_url = base_url
 
     async def tests(self, t: TermTest) -> list[Test]:
-        """The token tests `t` stands for."""
+        """The token tests `t` stands for; codes of a system in `t.implied` are searched without a system
+        (`code` elements store none: their binding implies it)."""
         if t.mode == "in":
-            return _as_tests(await self.expand(t.value, 0))
-        system, code = t.value.split("|", 1)
-        return _as_tests({(system, c) for c in await self.related(system, code, t.mode)})
+            codes = await self.expand(t.value, 0)
+        else:
+            system, code = t.value.split("|", 1)
+            codes = {(system, c) for c in await self.related(system, code, t.mode)}
+        return _as_tests({("" if system in t.implied else system, code) for system, code in codes})
 
     async def _find(self, rtype: str, canonical: str) -> dict[str, Any] | None:
         """The live `rtype` resource whose canonical `url` (with `|version`: and version) is `canonical`,

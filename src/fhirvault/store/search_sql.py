@@ -99,7 +99,8 @@ class CompositeTest:
 @dataclass(frozen=True)
 class CodeSetTest:
     """A token in one of `codes` of `system` (a value set expanded, or a code and its subsumed or
-    subsuming codes): the resolved form of a TermTest."""
+    subsuming codes): the resolved form of a TermTest. `system` "": codes stored without a system (`code`
+    elements, whose system their binding implies)."""
 
     system: str
     codes: tuple[str, ...]
@@ -113,6 +114,8 @@ class TermTest:
 
     mode: str  # in | below | above (`:not-in` is `in` on a negated clause)
     value: str
+    # code systems implied by the searched `code` elements' bindings: their codes are stored without one
+    implied: tuple[str, ...] = ()
 
 
 Test = StringTest | TokenTest | RangeTest | UriTest | RefTest | CompositeTest | CodeSetTest | TermTest
@@ -323,7 +326,7 @@ def _uri(col: Any, t: UriTest) -> ColumnElement[bool]:
 def _test(kind: str, table: Any, t: Test) -> ColumnElement[bool]:
     c = table.c
     if isinstance(t, CodeSetTest):
-        return sa.and_(c.system == t.system, c.value.in_(t.codes))
+        return sa.and_(c.system.is_(None) if t.system == "" else c.system == t.system, c.value.in_(t.codes))
     if isinstance(t, TermTest):
         raise TypeError(f"unresolved terminology test {t!r}: resolve the criteria first")
     if isinstance(t, StringTest):
