@@ -236,3 +236,15 @@ def test_postgres_index_layout_after_upgrade() -> None:
     assert not replaced, indexes
     assert "varchar_pattern_ops" in indexes["ix_search_strings_lookup"], indexes
     assert "varchar_pattern_ops" in indexes["ix_search_uris_lookup"], indexes
+
+
+def test_postgres_reference_rows_have_one_value_index_after_upgrade() -> None:
+    """Step 0017 on a database made before it: the reference rows' value index is led by the target and
+    the target-only index is gone (store/postgres_index_layout.py)."""
+    require_postgres()
+    with postgres_database() as url:
+        indexes = asyncio.run(_indexes_after_upgrade(url))
+    assert indexes["ix_refs_lookup"].endswith("(target, resource_type, param)"), indexes
+    assert "ix_refs_target" not in indexes, indexes
+    refs = [n for n, d in indexes.items() if " ON public.search_refs " in d]
+    assert sorted(refs) == ["ix_refs_lookup", owner_index("search_refs")], indexes

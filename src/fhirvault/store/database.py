@@ -41,6 +41,14 @@ SQLITE_POOL_SIZE = 32
 # drops every connection as old as it, and the next request gets a fresh one.
 PING_AFTER_IDLE_SECONDS = 1.0
 SQLITE_MAX_OVERFLOW = 32
+# WAL frames after which a commit copies the WAL back into the database (SQLite's default: 1000 pages,
+# 4 MiB). A create with its search index dirties some 40 pages of a dozen B-trees (the index tables and
+# their lookup indexes, bench/search.py), so at the default every ~25th create ran a checkpoint: two
+# fsyncs, and the WAL's pages read back and written to the database. Ten times the window checkpoints a
+# tenth as often, and pages dirtied again within it (the B-trees' upper levels) are copied once: per
+# indexed create, 90 % fewer fsyncs, 77 % fewer page reads, 8 % fewer page writes (strace, 20,000
+# resources). The WAL file grows to about 40 MiB before it is reused.
+SQLITE_WAL_AUTOCHECKPOINT = 10_000
 
 
 @asynccontextmanager
@@ -121,6 +129,7 @@ class Database:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT}")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
@@ -173,8 +182,13 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads; errors.Unavailable when the database is away."""
+        """A connection for reads; errors.Unavailable when the database is away. On PostgreSQL it runs each
+        statement on its own (autocommit): at READ COMMITTED every statement takes its own snapshot inside a
+        transaction too, so a transaction around reads bought no consistency, only a BEGIN and a ROLLBACK
+        (two more round trips to the server for a read by id)."""
         async with _translated_outages(), self.engine.connect() as conn:
+            if not self.is_sqlite:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
     async def ping(self) -> None:

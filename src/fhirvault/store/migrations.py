@@ -17,7 +17,7 @@ from fhirvault.clock import now_us
 from fhirvault.store.blobs import blob_chunks, blobs
 from fhirvault.store.direct_uploads import direct_uploads
 from fhirvault.store.job_rows import jobs
-from fhirvault.store.postgres_index_layout import postgres_index_layout_0016
+from fhirvault.store.postgres_index_layout import postgres_index_layout_0016, postgres_refs_by_target_0017
 from fhirvault.store.scan_rows import content_refs, content_scans
 from fhirvault.store.schema import (
     metadata,
@@ -123,6 +123,9 @@ STEPS: tuple[MigrationStep, ...] = (
     # PostgreSQL: owner indexes on (type, id), prefix lookups with pattern operators
     # (store/postgres_index_layout.py); nothing on SQLite.
     MigrationStep("0016_postgres_index_layout", postgres_index_layout_0016),
+    # PostgreSQL: one value index of reference rows, led by the target (store/postgres_index_layout.py);
+    # nothing on SQLite.
+    MigrationStep("0017_postgres_refs_by_target", postgres_refs_by_target_0017),
 )
 
 

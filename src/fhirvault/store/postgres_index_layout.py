@@ -10,10 +10,18 @@
   `:below`). A B-tree under a database's linguistic collation (anything but "C") cannot answer that, so
   the lookup read every value of the parameter; with the `varchar_pattern_ops` operator class it reads
   the prefix's range. Equality still uses it; nothing orders by these columns through the index.
+
+Step 0017: reference rows have one value index, led by the target (target, resource_type, param), as on
+SQLite (store/sqlite_index_layout.py), instead of two: (resource_type, param, target) and (target). Every
+search of reference rows by value names the target (`subject=Patient/1`, a chain's `target IN (...)`,
+`_revinclude`, `_list`, access rules' `_compartment`), so the one index serves them all, and the second
+index, about a tenth of the index tables' size (bench/search.py), is gone. Rows of one parameter are never
+read through it without their target: `:missing`, sorts, `_include` and `_has` go by owner.
 """
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.store.search_tables import INDEX_TABLES
@@ -44,3 +52,25 @@ async def postgres_index_layout_0016(conn: AsyncConnection) -> None:
         await conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index}")
         await conn.exec_driver_sql(
             f"CREATE INDEX {index} ON {table_name} (resource_type, param, {column} varchar_pattern_ops)")
+
+
+# the value index of reference rows from step 0017 on, and the target-only index it replaces
+REFS_LOOKUP = "ix_refs_lookup"
+_REFS_TARGET_ONLY = "ix_refs_target"
+REFS_LOOKUP_COLUMNS = "(target, resource_type, param)"
+
+
+async def postgres_refs_by_target_0017(conn: AsyncConnection) -> None:
+    """Migration step: on PostgreSQL, the reference rows' value index led by the target replaces both
+    (resource_type, param, target) and (target) (see the module docstring); on SQLite nothing (its layout
+    has it since step 0015). Within the migration's transaction: a crash leaves the old indexes whole and
+    the step runs again; an index that already has the new columns is kept."""
+    if conn.dialect.name != "postgresql":
+        return
+    definition = (await conn.execute(sa.text(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND indexname = :n"),
+        {"n": REFS_LOOKUP})).scalar()
+    if not (isinstance(definition, str) and definition.endswith(REFS_LOOKUP_COLUMNS)):
+        await conn.exec_driver_sql(f"DROP INDEX IF EXISTS {REFS_LOOKUP}")
+        await conn.exec_driver_sql(f"CREATE INDEX {REFS_LOOKUP} ON search_refs {REFS_LOOKUP_COLUMNS}")
+    await conn.exec_driver_sql(f"DROP INDEX IF EXISTS {_REFS_TARGET_ONLY}")
