@@ -20,7 +20,7 @@ from fhirvault.store.migrations import STEPS, apply_steps
 from fhirvault.store.postgres_index_layout import owner_index
 from fhirvault.store.resources import ResourceStore, StoredResource
 from fhirvault.store.schema import resources
-from fhirvault.store.search_sql import SortKey, criteria_sql, sort_columns
+from fhirvault.store.search_sql import SortKey, after_sql, before_sql, criteria_sql, sort_columns, sort_terms
 from fhirvault.store.search_tables import INDEX_TABLES
 from tests.conftest import require_postgres
 from tests.support.server import postgres_database
@@ -248,3 +248,48 @@ def test_postgres_reference_rows_have_one_value_index_after_upgrade() -> None:
     assert "ix_refs_target" not in indexes, indexes
     refs = [n for n, d in indexes.items() if " ON public.search_refs " in d]
     assert sorted(refs) == ["ix_refs_lookup", owner_index("search_refs")], indexes
+
+
+async def _keyset_plans(url: str) -> dict[str, str]:
+    """The plans of a page after and a page before the middle resource of 1500 Observations in the default
+    `_lastUpdated` order (ResourceStore.search with `after` / `before`), by direction."""
+    db = Database(url)
+    await db.migrate()
+    store = ResourceStore()
+    items = [r for r in population(3000, seed=5) if r["resourceType"] == "Observation"]
+    async with db.write() as conn:
+        for i, r in enumerate(items):
+            await store.write(conn, StoredResource(r["resourceType"], r["id"], 1, 1_700_000_000_000_000 + i, False, r),
+                              None, search_index(r, BASE))
+    await _counted(db, len(items))
+    await db.refresh_statistics()
+    keys = [SortKey("_lastUpdated", "_lastUpdated")]
+    terms = sort_terms(keys, resources, ["Observation"])
+    middle = items[len(items) // 2]
+    values = [1_700_000_000_000_000 + len(items) // 2, "Observation", middle["id"]]
+    out = {}
+    async with db.read() as conn:
+        for name, condition, reverse in (("after", after_sql(terms, values), False),
+                                         ("before", before_sql(terms, values), True)):
+            stmt = (sa.select(resources.c.id).where(resources.c.resource_type == "Observation", condition)
+                    .order_by(*sort_columns(keys, resources, ["Observation"], reverse=reverse)).limit(21))
+            sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+            explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
+            out[name] = "\n".join(str(row[-1]) for row in (await conn.exec_driver_sql(explain + sql)).all())
+    await db.close()
+    return out
+
+
+def test_keyset_pages_start_from_the_cursor_in_both_directions(tmp_path: Path) -> None:
+    """A `next` page (after_sql) and a `previous` page (before_sql) in `_lastUpdated` order enter the
+    (type, last_updated) index at the cursor, forwards and backwards, rather than read the type's resources
+    from its first one: the bound on the first key alone is an index condition, on SQLite and PostgreSQL."""
+    plans = asyncio.run(_keyset_plans(f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"))
+    assert "USING INDEX ix_resources_type_updated (resource_type=? AND last_updated>?)" in plans["after"], plans
+    assert "USING INDEX ix_resources_type_updated (resource_type=? AND last_updated<?)" in plans["before"], plans
+    require_postgres()
+    with postgres_database() as url:
+        plans = asyncio.run(_keyset_plans(url))
+    assert re.search(r"Index Scan using ix_resources_type_updated.*\n.*last_updated >= ", plans["after"]), plans
+    assert re.search(r"Index Scan Backward using ix_resources_type_updated.*\n.*last_updated <= ", plans["before"]), \
+        plans
