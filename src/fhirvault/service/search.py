@@ -176,17 +176,18 @@ async def _page_links(store: ResourceStore, conn: AsyncConnection, parsed: Parse
     out = _PageLinks(page_offset=parsed.offset)
     if parsed.before is not None and not before_start:
         out.page_offset = 0  # the page reached the start of the result: it is the first page
+    # the cursors of the page's first and last match, in one query
+    ends = [m for m, wanted in ((matches[0], before_start), (matches[-1], more)) if wanted] if matches else []
+    values = iter(await store.sort_values_of(conn, parsed.criteria.types, parsed.sort,
+                                             [(m.resource_type, m.id) for m in ends]))
+    first_values = next(values) if matches and before_start else None
     if matches and more:
-        last = matches[-1]
-        out.next_cursor = encode_cursor(await store.sort_values(conn, parsed.criteria.types, parsed.sort,
-                                                                last.resource_type, last.id))
+        out.next_cursor = encode_cursor(next(values))
     elif parsed.before is not None and parsed.summary != "count" and parsed.count > 0:
         out.next_is_first = True  # nothing is left before the page it came from: that one starts the result
     back = max(0, out.page_offset - parsed.count)
-    if matches and before_start:
-        first = matches[0]
-        out.previous = (back, ("_before", encode_cursor(await store.sort_values(
-            conn, parsed.criteria.types, parsed.sort, first.resource_type, first.id))))
+    if first_values is not None:
+        out.previous = (back, ("_before", encode_cursor(first_values)))
     elif not matches and parsed.after is not None and parsed.offset > 0 and parsed.summary != "count" \
             and parsed.count > 0:
         # an empty page after a cursor (what came after it has left the result): the page before it ends with

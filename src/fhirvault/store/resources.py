@@ -227,6 +227,19 @@ class ResourceStore:
             t.c.resource_type == resource_type, t.c.id == rid))).one()
         return list(row)
 
+    async def sort_values_of(self, conn: AsyncConnection, types: Sequence[str], sort: list[SortKey] | None,
+                             refs: list[tuple[str, str]]) -> list[list[Any]]:
+        """`sort_values` of each of `refs` ((type, id) pairs of existing resources, in that order), in one
+        query: the cursors of a page's first and last match."""
+        if not refs:
+            return []
+        t = resources
+        terms = sort_terms(self._keys(sort), t, types)
+        rows = (await conn.execute(sa.select(t.c.resource_type, t.c.id, *[term.expr for term in terms]).where(
+            sa.tuple_(t.c.resource_type, t.c.id).in_(sorted(set(refs)))))).all()
+        found = {(r[0], r[1]): list(r[2:]) for r in rows}
+        return [found[ref] for ref in refs]
+
     async def count(self, conn: AsyncConnection, criteria: Criteria, restriction: Restriction | None = None,
                     cutoff_us: int | None = None) -> int:
         """How many current resources match (the same rules as `search`)."""
