@@ -64,9 +64,9 @@ def walk_forward(api: FhirApi, page: dict) -> tuple[list[str], dict]:
 def walk_back_changing(api: FhirApi, last: dict, order: list[str], count: int, keep: str = "") -> None:
     """From the page `last` (whose matches end `order`, the whole result), follow `previous` to the first
     page; before each step, take two resources that come before the current page out of the result (the
-    one just before it and the first of all, but not `keep`). The pages read backwards must hold, in order, exactly the
-    resources that stayed in the result, each a full page but the first; `next` from the first page then
-    walks them forward again."""
+    one just before it and the first of all, but not `keep`). The pages read backwards must hold, in
+    order, exactly the resources that stayed in the result, each a full page but the first; `next` from
+    the first page then walks them forward again."""
     changed: set[str] = set()
     page = last
     back = [keys(page)]
