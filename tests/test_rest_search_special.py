@@ -219,3 +219,12 @@ def test_missing_on_id_and_last_updated(api: FhirApi) -> None:
     assert found(api, "/Patient", {"_id": p["id"], "_lastUpdated:missing": "false"}) == [p["id"]]
     assert found(api, "/Patient", {"_id": p["id"], "_id:missing": "true"}) == []
     refused(api, "/Patient", {"_id:missing": "maybe"}, "_id:missing")
+
+
+def test_not_on_id(api: FhirApi) -> None:
+    """`_id` is a token (R4 search.html#id), so `:not` applies: every resource but the named ones."""
+    family = f"notid{uuid.uuid4().hex[:8]}"
+    a, b, c = (create(api, {"resourceType": "Patient", "name": [{"family": family}]}) for _ in range(3))
+    assert sorted(found(api, "/Patient", {"family": family, "_id:not": a["id"]})) == sorted([b["id"], c["id"]])
+    assert found(api, "/Patient", {"family": family, "_id:not": f"{a['id']},{b['id']}"}) == [c["id"]]
+    refused(api, "/Patient", {"_id:exact": a["id"]}, "_id", "exact")

@@ -454,13 +454,16 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         # every resource has an id and a lastUpdated: none is missing one
         return NotClause(AllClause([])) if value == "true" else AllClause([])
     if code == "_id" and not dot:
-        if modifier:
-            raise Invalid(f"Search parameter {name}: _id takes no modifier")
+        # _id is a token (R4 search.html#id): of the token modifiers, only :not (and :missing, above) can
+        # apply to a bare id
+        if modifier and modifier != "not":
+            raise Invalid(f"Search parameter {name}: modifier '{modifier}' is not supported for _id "
+                          "(it takes :not and :missing)")
         ids = [unescape(v) for v in _or_values(name, value)]
         bad = [i for i in ids if not is_valid_id(i)]
         if bad:
-            raise Invalid(f"Search parameter _id={value!r}: '{bad[0]}' is not a valid resource id")
-        return IdClause(ids)
+            raise Invalid(f"Search parameter {name}={value!r}: '{bad[0]}' is not a valid resource id")
+        return NotClause(IdClause(ids)) if modifier == "not" else IdClause(ids)
     if code == SCAN_STATUS_PARAM and types == ["Binary"] and not dot:
         return _scan_status(name, modifier, value)
     if code == "_lastUpdated" and not dot and modifier != "missing":
