@@ -540,7 +540,7 @@ class ResourceService:
         types = None
         if rtype is None:
             types = permitted_types(self.access, ctx, "history", sorted(resource_types()))
-        async with self.db.read() as conn:
+        async with self.db.read(snapshot=True) as conn:
             if rtype and rid:
                 current = await self.store.get(conn, rtype, rid)
                 if current is None:

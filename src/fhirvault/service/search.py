@@ -111,7 +111,7 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
     restriction = access.query_restriction(ctx)
     guard_links(access, ctx, parsed.criteria.clauses, restriction)
     cutoff = now_us()
-    async with (nullcontext(conn) if conn is not None else db.read()) as conn:
+    async with (nullcontext(conn) if conn is not None else db.read(snapshot=True)) as conn:
         await resolve_terms(conn, store, parsed.criteria, ctx.base_url)
         total: int | None = None
         matches: list[StoredResource] = []

@@ -181,14 +181,20 @@ class Database:
             self._file_lock.release()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads; errors.Unavailable when the database is away. On PostgreSQL it runs each
-        statement on its own (autocommit): at READ COMMITTED every statement takes its own snapshot inside a
-        transaction too, so a transaction around reads bought no consistency, only a BEGIN and a ROLLBACK
-        (two more round trips to the server for a read by id)."""
+    async def read(self, snapshot: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; errors.Unavailable when the database is away. `snapshot`: every statement
+        sees the database as of the first one, so that the parts of one answer agree (a search page and its
+        total, its included resources); SQLite's read transaction always does. Without it, PostgreSQL runs
+        each statement on its own (autocommit): for a read of one row a transaction would add a BEGIN and a
+        ROLLBACK, two more round trips to the server. With it, PostgreSQL takes a REPEATABLE READ, READ ONLY
+        transaction (at READ COMMITTED each statement takes its own snapshot, and a total counted while
+        others write could disagree with the page beside it)."""
         async with _translated_outages(), self.engine.connect() as conn:
             if not self.is_sqlite:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                if snapshot:
+                    await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+                else:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
     async def ping(self) -> None:
