@@ -114,3 +114,88 @@ def test_metadata_parses_with_strict_r4_models(api: FhirApi) -> None:
     assert cs.fhirVersion == "4.0.1"
     types = {r.type for r in cs.rest[0].resource}
     assert {"Patient", "Binary", "DocumentReference", "Media"} <= types
+
+
+def test_transaction_fails_with_a_failing_read_entry(api: FhirApi) -> None:
+    """R4 http.html#transaction: all actions succeed or none; a GET entry that fails (400, 404) used to
+    leave the other entries committed with a 200 transaction-response. A batch keeps per-entry statuses."""
+    marker = uuid.uuid4().hex
+    post = {"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:txf", "value": marker}]},
+            "request": {"method": "POST", "url": "Patient"}}
+    for failing, status in (({"request": {"method": "GET", "url": "Patient?active=yes"}}, 400),
+                            ({"request": {"method": "GET", "url": "Patient/doesnotexist"}}, 404)):
+        r = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [post, failing]},
+                     headers=FHIR)
+        assert r.status_code == status, r.text
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert "Bundle.entry[1]" in r.json()["issue"][0]["diagnostics"]
+    assert "entry" not in api.get("/Patient", params={"identifier": f"urn:txf|{marker}"}).json()
+    # reads that succeed see the transaction's own writes
+    ok = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {**post, "fullUrl": f"urn:uuid:{uuid.uuid4()}"},
+        {"request": {"method": "GET", "url": f"Patient?identifier=urn:txf|{marker}"}}]}, headers=FHIR)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["entry"][1]["resource"]["total"] == 1
+    batch = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient?active=yes"}},
+        {"request": {"method": "GET", "url": "Patient/doesnotexist"}}]}, headers=FHIR)
+    assert [e["response"]["status"][:3] for e in batch.json()["entry"]] == ["400", "404"]
+
+
+def test_transaction_conditional_creates_with_the_same_criteria_create_once(api: FhirApi) -> None:
+    """Two `POST Patient` entries with the same ifNoneExist used to create two Patients; the second now
+    resolves to the first's (200 OK, its location, its fullUrl mapped there)."""
+    marker = uuid.uuid4().hex
+    urns = [f"urn:uuid:{uuid.uuid4()}" for _ in range(2)]
+    entries = [{"fullUrl": urn, "resource": {"resourceType": "Patient",
+                                             "identifier": [{"system": "urn:dup", "value": marker}]},
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": criteria}}
+               for urn, criteria in zip(urns, [f"identifier=urn:dup|{marker}",
+                                                f"Patient?identifier=urn:dup|{marker}"], strict=True)]
+    entries.append({"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                 "subject": {"reference": urns[1]}},
+                    "request": {"method": "POST", "url": "Observation"}})
+    r = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}, headers=FHIR)
+    assert r.status_code == 200, r.text
+    out = r.json()["entry"]
+    assert [e["response"]["status"] for e in out] == ["201 Created", "200 OK", "201 Created"]
+    assert out[0]["response"]["location"] == out[1]["response"]["location"]
+    found = api.get("/Patient", params={"identifier": f"urn:dup|{marker}"}).json()
+    assert len(found["entry"]) == 1
+    pid = found["entry"][0]["resource"]["id"]
+    assert out[2]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+
+
+def test_transaction_conditional_create_matching_another_entry_fails(api: FhirApi) -> None:
+    """An ifNoneExist that would match what another entry of the same transaction creates (other criteria
+    text, or a plain create): 400 naming both entries, nothing written."""
+    marker = uuid.uuid4().hex
+    patient = {"resourceType": "Patient", "active": True, "identifier": [{"system": "urn:dup2", "value": marker}]}
+    for first_request in ({"method": "POST", "url": "Patient"},
+                          {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier=urn:dup2|{marker}"}):
+        r = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": patient, "request": first_request},
+            {"resource": patient, "request": {"method": "POST", "url": "Patient",
+                                              "ifNoneExist": f"identifier=urn:dup2|{marker}&active=true"}}]},
+            headers=FHIR)
+        assert r.status_code == 400, r.text
+        text = r.json()["issue"][0]["diagnostics"]
+        assert "Bundle.entry[0]" in text and "Bundle.entry[1]" in text, text
+    assert "entry" not in api.get("/Patient", params={"identifier": f"urn:dup2|{marker}"}).json()
+
+
+def test_duplicate_or_malformed_full_urls_are_refused(api: FhirApi) -> None:
+    """R4 bdl-7: fullUrl is unique in a Bundle; two POSTs with one fullUrl used to both be created, and
+    references silently went to the second. A urn:uuid: that is not a UUID is refused too."""
+    marker = uuid.uuid4().hex
+    entry = {"fullUrl": "urn:uuid:6f7a1a30-0000-0000-0000-000000000001",
+             "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:fu", "value": marker}]},
+             "request": {"method": "POST", "url": "Patient"}}
+    for kind in ("transaction", "batch"):
+        r = api.post("", json={"resourceType": "Bundle", "type": kind, "entry": [entry, entry]}, headers=FHIR)
+        assert r.status_code == 400, r.text
+        assert "urn:uuid:6f7a1a30-0000-0000-0000-000000000001" in r.json()["issue"][0]["diagnostics"]
+        r = api.post("", json={"resourceType": "Bundle", "type": kind,
+                               "entry": [{**entry, "fullUrl": "urn:uuid:1"}]}, headers=FHIR)
+        assert r.status_code == 400 and "urn:uuid:1" in r.json()["issue"][0]["diagnostics"], r.text
+    assert "entry" not in api.get("/Patient", params={"identifier": f"urn:fu|{marker}"}).json()

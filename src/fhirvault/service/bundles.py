@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from fhirvault import jsoncodec
 from fhirvault.errors import FhirVaultError, Invalid, NotAcceptable, NotFound
 from fhirvault.fhir.bundle import bundle as make_bundle
@@ -31,6 +33,8 @@ INTERACTION = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "
 # The media types a Binary may carry a patch in (R4 http.html#transaction: PATCH entries).
 BINARY_PATCH_TYPES = {"application/json-patch+json": JSON_PATCH, "application/merge-patch+json": MERGE_PATCH}
 CONDITIONAL_REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)\?(.+)$")
+# R4 datatypes.html#uuid (hex digits taken in either case, as clients write them).
+URN_UUID = re.compile(r"^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 @dataclass
@@ -53,6 +57,9 @@ class EntryRequest:
     patch: PatchDocument | None = None  # of a PATCH entry, decoded (references in it are replaced too)
     # Filled in before any entry is processed: conditionals resolved to the ids they act on.
     existing: StoredResource | None = None  # conditional create that found its match
+    # A conditional create with the same type and criteria as an earlier entry of the transaction that
+    # creates: it resolves to what that entry creates (no duplicate), as a conditional create that matched.
+    same_as: EntryRequest | None = None
     create: bool = False  # a conditional update that creates
     delete_ids: list[str] = field(default_factory=list)
 
@@ -254,6 +261,46 @@ def _replace_entry_refs(e: EntryRequest, mapping: dict[str, str]) -> None:
         e.patch = PatchDocument(e.patch.kind, _replace_refs(e.patch.body, mapping))
 
 
+def refuse_duplicate_full_urls(raw_entries: list[Any]) -> None:
+    """Invalid (400) naming the fullUrl when two entries have the same one and the same
+    `resource.meta.versionId` (R4 bundle.html invariant bdl-7; only history Bundles, which are never
+    POSTed here, may repeat one), and for a `urn:uuid:` fullUrl that is not a UUID (R4 datatypes.html#uuid):
+    references to it would otherwise go to whichever entry happened to come last."""
+    seen: dict[tuple[str, Any], int] = {}
+    for i, entry in enumerate(raw_entries):
+        url = entry.get("fullUrl") if isinstance(entry, dict) else None
+        if not isinstance(url, str):
+            continue
+        where = f"Bundle.entry[{i}].fullUrl"
+        if url.lower().startswith("urn:uuid:") and not URN_UUID.match(url):
+            raise Invalid(f"{where} '{url}' is not a urn:uuid: followed by a UUID", expression=where)
+        resource = entry.get("resource")
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        key = (url, version if isinstance(version, str) else None)
+        if key in seen:
+            raise Invalid(f"Bundle.entry[{seen[key]}] and Bundle.entry[{i}] have the same fullUrl '{url}'; a "
+                          "fullUrl must be unique in a Bundle (bdl-7)", expression=where)
+        seen[key] = i
+
+
+def _criteria_key(rtype: str, criteria: str) -> str:
+    """Conditional criteria in a normal form (parameters sorted, `Type?` or `?` prefix dropped), so that
+    two entries asking the same in different order are seen as the same condition."""
+    return f"{rtype}?" + urlencode(sorted(parse_qsl(criteria.removeprefix(f"{rtype}?").lstrip("?"),
+                                                    keep_blank_values=True)))
+
+
+def _in_entry(exc: FhirVaultError, e: EntryRequest) -> FhirVaultError:
+    """`exc` raised by a read entry of a transaction, its message and expression naming the entry."""
+    where = f"Bundle.entry[{e.index}]"
+    exc.message = f"{where} ({e.method} {e.rtype}{'/' + e.rid if e.rid else ''}"\
+                  f"{'?' + e.query if e.rid is None and e.query else ''}): {exc.message}"
+    exc.args = (exc.message,)
+    exc.expression = exc.expression or f"{where}.request.url"
+    return exc
+
+
 def _status_line(code: int) -> str:
     return {200: "200 OK", 201: "201 Created", 204: "204 No Content"}.get(code, str(code))
 
@@ -262,10 +309,10 @@ def refuse_overlaps(entries: list[EntryRequest]) -> None:
     """Invalid (400) when two entries of a transaction write the same resource, once conditionals are
     resolved: "If any resource identities (including resolved identities from conditional update/delete)
     overlap in steps 1-3, then the transaction SHALL fail" (R4 http.html#trules). A conditional create
-    that found its match writes nothing."""
+    that found its match writes nothing, nor does one resolved to an earlier entry's create (`same_as`)."""
     seen: dict[str, int] = {}
     for e in entries:
-        if e.method not in INTERACTION or e.existing is not None:
+        if e.method not in INTERACTION or e.existing is not None or e.same_as is not None:
             continue
         for rid in e.delete_ids if e.conditional and e.method == "DELETE" else [e.rid] if e.rid else []:
             key = f"{e.rtype}/{rid}"
@@ -296,6 +343,7 @@ class BundleService:
         raw_entries = bundle.get("entry") or []
         if not isinstance(raw_entries, list):
             raise Invalid("Bundle.entry must be a list", expression="Bundle.entry")
+        refuse_duplicate_full_urls(raw_entries)
         if kind == "transaction":
             entries = [_parse_entry(i, e, ctx.base_url) for i, e in enumerate(raw_entries)]
             responses = await self._transaction(ctx, entries)
@@ -338,14 +386,20 @@ class BundleService:
         creating = [(e.rtype, e.if_none_exist) for e in entries if e.method == "POST" and e.if_none_exist]
         creating += [(e.rtype, e.query) for e in entries if e.conditional and e.method == "PUT"]
         await svc.serialize_creates_in(uow, creating)
+        creators: dict[str, EntryRequest] = {}  # criteria -> the entry that creates when they match nothing
         for e in entries:
             if e.method == "POST":
                 if e.rid:
                     raise Invalid(f"Bundle.entry[{e.index}]: POST goes to a type, not to {e.rtype}/{e.rid}")
                 if e.if_none_exist is not None:
-                    e.existing = await svc.conditional_create_target_in(uow, ctx, e.rtype, e.if_none_exist,
-                                                                        "If-None-Exist")
-                e.rid = e.existing.id if e.existing else new_id()
+                    key = _criteria_key(e.rtype, e.if_none_exist)
+                    e.same_as = creators.get(key)
+                    if e.same_as is None:
+                        e.existing = await svc.conditional_create_target_in(uow, ctx, e.rtype, e.if_none_exist,
+                                                                            "If-None-Exist")
+                        if e.existing is None:
+                            creators[key] = e
+                e.rid = e.same_as.rid if e.same_as else e.existing.id if e.existing else new_id()
             elif e.conditional and e.method == "PUT":
                 resource = check_resource_body(e.resource, e.rtype)
                 e.rid, e.create = await svc.conditional_update_target_in(uow, ctx, e.rtype, e.query, resource)
@@ -370,29 +424,66 @@ class BundleService:
             if e.method in INTERACTION:
                 self.resources.require(ctx, INTERACTION[e.method], e.rtype)
 
-        async def work(uow: UnitOfWork) -> list[tuple[EntryRequest, Any]]:
+        async def work(uow: UnitOfWork) -> tuple[dict[int, WriteResult | None], dict[int, dict[str, Any]]]:
             mapping = await self._prepare(uow, ctx, entries)
             refuse_overlaps(entries)
             # What later entries will write: checks that need it (an Attachment naming a Binary of this
             # Bundle) wait for it, so the order of entries does not matter (R4 http.html#trules).
             uow.upcoming = {f"{e.rtype}/{e.rid}" for e in entries if e.method in ("POST", "PUT") and e.rid}
-            results: list[tuple[EntryRequest, Any]] = []
-            for e in sorted(entries, key=_processing_order):
+            results: dict[int, WriteResult | None] = {}
+            reads: dict[int, dict[str, Any]] = {}
+            ordered = sorted(entries, key=_processing_order)
+            for e in ordered:
                 _replace_entry_refs(e, mapping)
                 if e.method in ("GET", "HEAD"):
                     continue
-                results.append((e, await self._write_entry(uow, ctx, e)))
+                if e.same_as is not None:
+                    first = results[e.same_as.index]  # same type and method: written before this one
+                    assert first is not None
+                    results[e.index] = WriteResult(first.stored, created=False, existing=True)
+                    continue
+                results[e.index] = await self._write_entry(uow, ctx, e)
                 uow.upcoming.discard(f"{e.rtype}/{e.rid}")
-            return results
+            await self.resources.finish_deferred(ctx, uow)
+            await self._refuse_created_duplicates(uow, ctx, entries)
+            # Reads last, in this transaction: they see its writes, and one that fails (404, 400, 410, 403)
+            # fails the whole transaction like a failing write (R4 http.html#transaction: all or nothing).
+            for e in ordered:
+                if e.method in ("GET", "HEAD"):
+                    try:
+                        reads[e.index] = await self._read_entry_on(ctx, e, uow.conn)
+                    except FhirVaultError as exc:
+                        raise _in_entry(exc, e) from None
+            return results, reads
 
-        written = dict((e.index, r) for e, r in await self.resources.in_transaction(ctx, work))
-        out: list[dict[str, Any]] = []
+        written, reads = await self.resources.in_transaction(ctx, work)
+        return [reads[e.index] if e.method in ("GET", "HEAD") else await self._write_response(ctx, written[e.index])
+                for e in entries]
+
+    async def _refuse_created_duplicates(self, uow: UnitOfWork, ctx: RequestContext,
+                                         entries: list[EntryRequest]) -> None:
+        """Invalid (400) naming both entries when an entry that created because its criteria matched nothing
+        (a conditional create, a conditional update that creates) now matches a resource another entry of
+        the transaction wrote: the two would be the duplicates the condition is there to prevent, and which
+        of them "exists first" is not defined (R4 http.html#trules: order does not matter). Entries with
+        the same criteria do not get here: the later resolves to the earlier (`same_as`)."""
+        writers = {f"{e.rtype}/{e.rid}": e.index for e in entries
+                   if e.method in ("POST", "PUT", "PATCH") and e.rid and e.existing is None and e.same_as is None}
         for e in entries:
-            if e.method in ("GET", "HEAD"):
-                out.append(await self._read_entry(ctx, e))
+            if e.method == "POST" and e.if_none_exist is not None and e.existing is None and e.same_as is None:
+                criteria = e.if_none_exist
+            elif e.method == "PUT" and e.conditional and e.create:
+                criteria = e.query
             else:
-                out.append(await self._write_response(ctx, written[e.index]))
-        return out
+                continue
+            criteria = criteria.removeprefix(f"{e.rtype}?").lstrip("?")
+            for match in await self.resources.matches_in(uow, ctx, e.rtype, criteria, 3):
+                other = writers.get(f"{match.resource_type}/{match.id}")
+                if other is not None and other != e.index:
+                    raise Invalid(f"Bundle.entry[{e.index}] creates {e.rtype} because '{criteria}' matched nothing, "
+                                  f"but Bundle.entry[{other}] writes {match.resource_type}/{match.id}, which "
+                                  "matches it: the transaction would create the duplicate the condition prevents",
+                                  expression=f"Bundle.entry[{e.index}].request")
 
     async def _write_entry(self, uow: UnitOfWork, ctx: RequestContext, e: EntryRequest) -> WriteResult | None:
         try:
@@ -446,26 +537,33 @@ class BundleService:
         }
 
     async def _read_entry(self, ctx: RequestContext, e: EntryRequest) -> dict[str, Any]:
+        """A batch's read entry: its response, or its failure as the entry's status and OperationOutcome."""
         try:
-            if e.rid is None:
-                params = parse_qsl(e.query, keep_blank_values=True)
-                inner = await searchset_bundle(self.resources, ctx, e.rtype, params)
-                return {"resource": inner, "response": {"status": "200 OK"}}
-            if e.vid:
-                stored = await self.resources.vread(ctx, e.rtype, e.rid, e.vid)
-            else:
-                stored = await self.resources.read(ctx, e.rtype, e.rid)
-            assert stored.content is not None
-            if not_modified(stored, e.if_none_match, e.if_modified_since):
-                return {"response": {"status": "304 Not Modified", "etag": f'W/"{stored.version_id}"',
-                                     "lastModified": to_instant(stored.last_updated)}}
-            return {
-                "fullUrl": f"{ctx.base_url}/{e.rtype}/{e.rid}",
-                "resource": (await self.resources.render(ctx, [stored.content]))[0],
-                "response": {"status": "200 OK", "etag": f'W/"{stored.version_id}"',
-                             "lastModified": to_instant(stored.last_updated)},
-            }
+            return await self._read_entry_on(ctx, e, None)
         except FhirVaultError as exc:
             return {"response": {"status": str(exc.status), "outcome": operation_outcome(exc.message, code=exc.code)}}
+
+    async def _read_entry_on(self, ctx: RequestContext, e: EntryRequest,
+                             conn: AsyncConnection | None) -> dict[str, Any]:
+        """The response entry of a GET/HEAD entry (read, vread or search), read on `conn` when given (a
+        transaction's own connection). Raises what the read raises (NotFound, Gone, Invalid, Forbidden)."""
+        if e.rid is None:
+            params = parse_qsl(e.query, keep_blank_values=True)
+            inner = await searchset_bundle(self.resources, ctx, e.rtype, params, conn=conn)
+            return {"resource": inner, "response": {"status": "200 OK"}}
+        if e.vid:
+            stored = await self.resources.vread(ctx, e.rtype, e.rid, e.vid, conn)
+        else:
+            stored = await self.resources.read(ctx, e.rtype, e.rid, conn)
+        assert stored.content is not None
+        if not_modified(stored, e.if_none_match, e.if_modified_since):
+            return {"response": {"status": "304 Not Modified", "etag": f'W/"{stored.version_id}"',
+                                 "lastModified": to_instant(stored.last_updated)}}
+        return {
+            "fullUrl": f"{ctx.base_url}/{e.rtype}/{e.rid}",
+            "resource": (await self.resources.render(ctx, [stored.content], conn))[0],
+            "response": {"status": "200 OK", "etag": f'W/"{stored.version_id}"',
+                         "lastModified": to_instant(stored.last_updated)},
+        }
 
 

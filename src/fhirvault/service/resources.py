@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
@@ -131,7 +132,7 @@ class ResourceService:
                 async with self.db.write() as conn:
                     uow = UnitOfWork(conn)
                     result = await work(uow)
-                    await self._finish_deferred(ctx, uow)
+                    await self.finish_deferred(ctx, uow)
                     await self.write_pipeline.before_commit(ctx, uow)
                 break
             except BaseException as exc:
@@ -147,9 +148,10 @@ class ResourceService:
         await self.write_pipeline.committed(ctx, uow)
         return result
 
-    async def _finish_deferred(self, ctx: RequestContext, uow: UnitOfWork) -> None:
+    async def finish_deferred(self, ctx: RequestContext, uow: UnitOfWork) -> None:
         """The deferred work of write steps, each followed by storing its resource's changed content as the
-        same version (content and search index); see UnitOfWork."""
+        same version (content and search index); see UnitOfWork. Run before the commit; earlier by a unit
+        that reads what it wrote (a transaction Bundle's GET entries)."""
         while uow.deferred:
             resource, finish = uow.deferred.pop(0)
             await finish()
@@ -465,21 +467,24 @@ class ResourceService:
         raise NotFound(f"{ref} is not known")
 
     # -- reads ----------------------------------------------------------------------------------
-    async def read(self, ctx: RequestContext, rtype: str, rid: str) -> StoredResource:
-        """R4 read (http.html#read): the current version. Raises NotFound (unknown, or hidden from this
-        caller) or Gone (deleted)."""
+    async def read(self, ctx: RequestContext, rtype: str, rid: str,
+                   conn: AsyncConnection | None = None) -> StoredResource:
+        """R4 read (http.html#read): the current version, on `conn` when given (a write transaction reading
+        what it wrote). Raises NotFound (unknown, or hidden from this caller) or Gone (deleted)."""
         self.access.require(ctx, "read", rtype)
-        async with self.db.read() as conn:
+        async with (nullcontext(conn) if conn is not None else self.db.read()) as conn:
             stored = await self.store.get(conn, rtype, rid)
             return await self._visible(ctx, conn, rtype, rid, stored, "read")
 
-    async def vread(self, ctx: RequestContext, rtype: str, rid: str, vid: str) -> StoredResource:
-        """R4 vread (http.html#vread): version `vid`. Raises NotFound for an unknown or hidden version."""
+    async def vread(self, ctx: RequestContext, rtype: str, rid: str, vid: str,
+                    conn: AsyncConnection | None = None) -> StoredResource:
+        """R4 vread (http.html#vread): version `vid`, on `conn` when given. Raises NotFound for an unknown
+        or hidden version."""
         self.access.require(ctx, "vread", rtype)
         version = whole_number(vid)
         if version is None:
             raise NotFound(f"{rtype}/{rid} has no version '{vid}'")
-        async with self.db.read() as conn:
+        async with (nullcontext(conn) if conn is not None else self.db.read()) as conn:
             stored = await self.store.get_version(conn, rtype, rid, version)
             if stored is None:
                 raise NotFound(f"{rtype}/{rid} has no version {vid}")
@@ -513,10 +518,11 @@ class ResourceService:
         return stored
 
     async def search(self, ctx: RequestContext, rtype: str | None, params: list[tuple[str, str]],
-                     compartment: str | None = None) -> SearchResult:
+                     compartment: str | None = None, conn: AsyncConnection | None = None) -> SearchResult:
         """The search interaction on `rtype` (None: system search), optionally within the compartment
-        of `compartment` (`Patient/1`); see `fhirvault.service.search.run_search`."""
-        return await run_search(self.db, self.store, self.access, ctx, rtype, params, compartment, self.render)
+        of `compartment` (`Patient/1`), on `conn` when given; see `fhirvault.service.search.run_search`."""
+        return await run_search(self.db, self.store, self.access, ctx, rtype, params, compartment, self.render,
+                                conn)
 
     async def searchset(self, ctx: RequestContext, result: SearchResult) -> dict[str, Any]:
         """The searchset Bundle of a search result, resources rendered through the read pipeline."""

@@ -6,6 +6,7 @@ exist and totals count only what the caller may read; included resources obey th
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,12 +90,13 @@ def compartment_clause(patient: str) -> ParamClause:
 
 async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, ctx: RequestContext,
                      rtype: str | None, params: list[tuple[str, str]], compartment: str | None = None,
-                     render: RenderOn | None = None) -> SearchResult:
+                     render: RenderOn | None = None, conn: AsyncConnection | None = None) -> SearchResult:
     """Search `rtype` (None: every type, or those of `_type`), optionally within `compartment`
     (`Patient/1`, for `Patient/1/Observation`). With `render`, the page is rendered on the search's
     connection (the read pipeline's look-ups, such as the Binaries behind attachment URLs, take no
-    connection of their own). Raises Forbidden for a type the caller may not search, Invalid for a
-    malformed request."""
+    connection of their own). `conn`: an open connection to search on (a transaction Bundle's GET entries
+    see what its writes wrote); otherwise a read connection of its own. Raises Forbidden for a type the
+    caller may not search, Invalid for a malformed request."""
     extra_echo: list[tuple[str, str]] = []
     if rtype is None:
         access.require(ctx, "search", None)
@@ -109,7 +111,7 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
     restriction = access.query_restriction(ctx)
     guard_links(access, ctx, parsed.criteria.clauses, restriction)
     cutoff = now_us()
-    async with db.read(snapshot=True) as conn:
+    async with (nullcontext(conn) if conn is not None else db.read(snapshot=True)) as conn:
         await resolve_terms(conn, store, parsed.criteria, ctx.base_url)
         total: int | None = None
         matches: list[StoredResource] = []
