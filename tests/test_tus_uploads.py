@@ -90,8 +90,10 @@ def create(server: ServerProcess, length: int, metadata: str = "", headers: dict
 
 
 def patch(server: ServerProcess, url: str, offset: int, body: bytes, **headers: str) -> httpx.Response:
+    # A PATCH that completes an upload answers after the Binary is committed (hashed, fsynced); on a loaded
+    # machine that can take longer than httpx's default 5 s, which is no limit of the protocol.
     return httpx.patch(url, content=body, headers={**server.auth_headers(), **OCTETS,
-                                                   "Upload-Offset": str(offset), **headers})
+                                                   "Upload-Offset": str(offset), **headers}, timeout=60)
 
 
 def meta(**values: str) -> str:
