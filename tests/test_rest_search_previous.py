@@ -13,15 +13,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.searching import FHIR, create
 from tests.support.server import FhirApi
-
-FHIR = {"Content-Type": "application/fhir+json"}
-
-
-def create(api: FhirApi, resource: dict) -> dict:
-    r = api.post(f"/{resource['resourceType']}", json=resource, headers=FHIR)
-    assert r.status_code == 201, r.text
-    return r.json()
 
 
 def keys(bundle: dict) -> list[str]:

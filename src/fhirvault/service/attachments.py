@@ -273,7 +273,7 @@ class AttachmentUrlSigner:
         self.access = access
         self.signer = signer
         self.sites = BinaryUrlSites()
-        self._texts: dict[str, tuple[int, bytes]] = {}
+        self._texts: dict[str, tuple[int, str, bytes]] = {}
         self._window: tuple[str, int] | None = None
 
     async def rewrite_texts(self, ctx: RequestContext, resources: list[dict[str, Any]], texts: list[bytes],
@@ -311,7 +311,7 @@ class AttachmentUrlSigner:
                 for site in sites.sites:
                     new = signed.get(site.key)
                     if new is not None:
-                        text = text.replace(site.text, new)
+                        text = text.replace(site.text, new[1])
                 out.append(text)
             else:
                 # Not every `"url":"Binary/…` is one of the Attachment urls (or the text is not the one the
@@ -320,27 +320,28 @@ class AttachmentUrlSigner:
                 for site in sites.sites:
                     attachment = at_site(copy, site.site)
                     if isinstance(attachment, dict) and attachment.get("url") == site.url and site.key in signed:
-                        attachment["url"] = jsoncodec.loads(signed[site.key][len(_URL_KEY):])
+                        attachment["url"] = signed[site.key][0]
                 out.append(jsoncodec.dumps_stored(copy))
         return out
 
-    async def _signed_texts(self, versions: dict[str, int]) -> dict[str, bytes]:
-        """`"url":"{signed URL}"` (JSON text) by `_signing_key`, for the version each stands for. A signed URL
-        is the same for a whole window and key, so these texts are remembered until either moves on."""
+    async def _signed_texts(self, versions: dict[str, int]) -> dict[str, tuple[str, bytes]]:
+        """The signed URL and its `"url":"{signed URL}"` JSON text, by `_signing_key`, for the version each
+        stands for. A signed URL is the same for a whole window and key, so both are remembered until either
+        moves on."""
         key = await self.signer.signing_key()
         expires = self.signer.expiry()
         if self._window != (key.kid, expires) or len(self._texts) >= MINTED_CACHE_SIZE:
             self._texts.clear()
             self._window = (key.kid, expires)
         memo = self._texts
-        out: dict[str, bytes] = {}
+        out: dict[str, tuple[str, bytes]] = {}
         for name, version in versions.items():
             known = memo.get(name)
             if known is None or known[0] != version:
                 binary_id, _, pinned = name.partition("/_history/")
                 url = self.signer.mint_with(key, binary_id, version, pinned=bool(pinned), expires=expires)
-                known = memo[name] = (version, _URL_KEY + jsoncodec.dumps(url))
-            out[name] = known[1]
+                known = memo[name] = (version, url, _URL_KEY + jsoncodec.dumps(url))
+            out[name] = known[1:]
         return out
 
     async def _readable_versions(self, ctx: RequestContext, conn: AsyncConnection, current: set[str],

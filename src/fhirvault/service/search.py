@@ -198,8 +198,9 @@ async def _page_links(store: ResourceStore, conn: AsyncConnection, parsed: Parse
                                   before=parsed.after, inclusive=True)
         if len(rows) > parsed.count:
             first = rows[0]
-            out.previous = (back, ("_cursor", encode_cursor(await store.sort_values(
-                conn, parsed.criteria.types, parsed.sort, first.resource_type, first.id))))
+            [first_values] = await store.sort_values_of(conn, parsed.criteria.types, parsed.sort,
+                                                        [(first.resource_type, first.id)])
+            out.previous = (back, ("_cursor", encode_cursor(first_values)))
         elif rows:
             out.previous = (0, None)  # the first page
     elif not matches and parsed.offset > 0 and parsed.before is None:

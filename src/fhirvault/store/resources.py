@@ -217,20 +217,12 @@ class ResourceStore:
     def _keys(sort: list[SortKey] | None) -> list[SortKey]:
         return sort if sort else [SortKey("_lastUpdated", "_lastUpdated")]
 
-    async def sort_values(self, conn: AsyncConnection, types: Sequence[str], sort: list[SortKey] | None,
-                          resource_type: str, rid: str) -> list[Any]:
-        """The values resource `resource_type/rid` has for each ORDER BY term of a search on `types` sorted
-        by `sort` (None for a missing value; numbers, strings, microseconds), for `search(after=...)`."""
-        t = resources
-        terms = sort_terms(self._keys(sort), t, types)
-        row = (await conn.execute(sa.select(*[term.expr for term in terms]).where(
-            t.c.resource_type == resource_type, t.c.id == rid))).one()
-        return list(row)
-
     async def sort_values_of(self, conn: AsyncConnection, types: Sequence[str], sort: list[SortKey] | None,
                              refs: list[tuple[str, str]]) -> list[list[Any]]:
-        """`sort_values` of each of `refs` ((type, id) pairs of existing resources, in that order), in one
-        query: the cursors of a page's first and last match."""
+        """The values each of `refs` ((type, id) pairs of existing resources) has for each ORDER BY term of a
+        search on `types` sorted by `sort` (None for a missing value; numbers, strings, microseconds), in the
+        order of `refs`, in one query: the cursors of a page's first and last match, for
+        `search(after=...)` and `search(before=...)`."""
         if not refs:
             return []
         t = resources

@@ -701,15 +701,17 @@ def sort_columns(keys: list[SortKey], owner: Any, types: Sequence[str], reverse:
     return order
 
 
+def _same(term: SortTerm, v: Any) -> ColumnElement[bool]:
+    """The term's value is `v` (missing when `v` is None): the tie of keyset paging on one key."""
+    return term.expr.is_(None) if v is None else term.expr == v
+
+
 def after_sql(terms: list[SortTerm], values: Sequence[Any]) -> ColumnElement[bool]:
     """Keyset paging: the resources that come after the one whose sort values (one per term of
     `terms`, in order; None for a missing value) are `values`, in the order of `terms` (NULLS LAST).
     Unlike an offset, this does not shift when resources ahead of that point leave the result.
     Raises ValueError when `values` do not fit `terms` (see check_after)."""
     check_after(terms, values)
-
-    def same(term: SortTerm, v: Any) -> ColumnElement[bool]:
-        return term.expr.is_(None) if v is None else term.expr == v
 
     def beyond(term: SortTerm, v: Any) -> ColumnElement[bool]:
         if v is None:
@@ -723,7 +725,7 @@ def after_sql(terms: list[SortTerm], values: Sequence[Any]) -> ColumnElement[boo
         # later key (SQLite evaluates every occurrence of a key's subquery)
         if i == len(terms) - 1:
             return beyond(terms[i], values[i])
-        return sa.or_(beyond(terms[i], values[i]), sa.and_(same(terms[i], values[i]), after(i + 1)))
+        return sa.or_(beyond(terms[i], values[i]), sa.and_(_same(terms[i], values[i]), after(i + 1)))
 
     condition = after(0)
     first, v0 = terms[0], values[0]
@@ -742,9 +744,6 @@ def before_sql(terms: list[SortTerm], values: Sequence[Any], inclusive: bool = F
     `values` do not fit `terms` (see check_after)."""
     check_after(terms, values)
 
-    def same(term: SortTerm, v: Any) -> ColumnElement[bool]:
-        return term.expr.is_(None) if v is None else term.expr == v
-
     def ahead(term: SortTerm, v: Any, or_same: bool) -> ColumnElement[bool]:
         if v is None:  # every present value sorts ahead of a missing one
             return sa.true() if or_same else term.expr.is_not(None)
@@ -758,7 +757,7 @@ def before_sql(terms: list[SortTerm], values: Sequence[Any], inclusive: bool = F
         # nested as in after_sql: each key's expression occurs twice, not once per later key
         if i == len(terms) - 1:
             return ahead(terms[i], values[i], inclusive)
-        return sa.or_(ahead(terms[i], values[i], False), sa.and_(same(terms[i], values[i]), before(i + 1)))
+        return sa.or_(ahead(terms[i], values[i], False), sa.and_(_same(terms[i], values[i]), before(i + 1)))
 
     condition = before(0)
     first, v0 = terms[0], values[0]
