@@ -67,6 +67,9 @@ from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore
 
 log = logging.getLogger("fhirvault")
+# Least seconds between two refreshes of the planner's statistics, however fast writes make them due: each
+# is a catalog query, and an ANALYZE of what changed.
+STATISTICS_GAP_SECONDS = 1.0
 
 
 class FhirVault:
@@ -172,13 +175,16 @@ class FhirVault:
 
     async def _keep_statistics(self) -> None:
         """The query planner's statistics follow the data as it grows: refreshed every
-        Database.statistics_seconds (searches are planned from them; see refresh_statistics)."""
+        Database.statistics_seconds, or as soon as enough writes made them due (Database.statistics_due),
+        at most once per STATISTICS_GAP_SECONDS (searches are planned from them; see refresh_statistics)."""
         while True:
-            await asyncio.sleep(self.db.statistics_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.db.statistics_due.wait(), timeout=self.db.statistics_seconds)
             try:
                 await self.db.refresh_statistics()
             except Exception as exc:  # noqa: BLE001 - the database is away; the next round retries
                 log.warning("refreshing the planner's statistics failed (%s); will retry", exc)
+            await asyncio.sleep(STATISTICS_GAP_SECONDS)
 
     async def _sweep_pending_blobs(self) -> None:
         """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent):

@@ -30,6 +30,10 @@ POOL_TIMEOUT = 10
 # live rows have changed since its last ANALYZE (autovacuum_analyze_threshold and _scale_factor's defaults).
 STALE_ROWS = 50
 STALE_SHARE = 0.1
+# PostgreSQL write transactions of this process after which the statistics are checked at once rather than
+# at the next minute: STALE_ROWS plus STALE_SHARE of all it wrote before (Database.statistics_due). A young
+# database that takes its first few hundred resources within a minute is otherwise planned as if empty:
+# nested loops rescanning whole index tables per candidate, a chained search running for minutes.
 # SQLite connections each process keeps open, and opens beyond them under load. Each is a sqlite3
 # connection and its aiosqlite thread: idle ones cost no CPU, while one opened and closed per request
 # (SQLAlchemy's default keeps 5) costs a thread start, the connection's PRAGMAs and its functions,
@@ -96,6 +100,10 @@ class Database:
             kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self._write_lock = asyncio.Lock()
+        # Set once enough PostgreSQL writes have committed since the last statistics check (see STALE_ROWS).
+        self.statistics_due = asyncio.Event()
+        self._writes = 0  # write transactions this process committed
+        self._writes_at_check = 0  # ... as of the last refresh_statistics
         if self.is_sqlite:
             self._configure_sqlite()
         else:
@@ -157,6 +165,14 @@ class Database:
             else:
                 async with self.engine.begin() as conn:
                     yield conn
+                self._count_write()
+
+    def _count_write(self) -> None:
+        """One more committed PostgreSQL write transaction; sets `statistics_due` once STALE_ROWS plus
+        STALE_SHARE of the writes before the last check have committed since it."""
+        self._writes += 1
+        if self._writes - self._writes_at_check >= STALE_ROWS + STALE_SHARE * self._writes_at_check:
+            self.statistics_due.set()
 
     async def serialize(self, conn: AsyncConnection, key: str) -> None:
         """Makes the write transaction on `conn` the only one holding `key` until it ends: a transaction
@@ -206,7 +222,7 @@ class Database:
     def statistics_seconds(self) -> float:
         """How often the server should call refresh_statistics: hourly on SQLite (it gathers every table
         again), every minute on PostgreSQL (one catalog query; tables are analyzed only once they have
-        changed enough)."""
+        changed enough), and on PostgreSQL sooner once `statistics_due` is set."""
         return 3600.0 if self.is_sqlite else 60.0
 
     async def refresh_statistics(self) -> None:
@@ -220,6 +236,8 @@ class Database:
         since its last analysis (autovacuum's own rule, which this does not rely on: autovacuum may be
         off, and it wakes only once a minute per database); SKIP_LOCKED leaves a table another session
         is analyzing. Raises errors.Unavailable when the database is away."""
+        self.statistics_due.clear()
+        self._writes_at_check = self._writes
         async with self.write() as conn:
             if self.is_sqlite:
                 await conn.exec_driver_sql("PRAGMA analysis_limit=1000")
