@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from fhirvault.fhir.r4 import resource_types
-from fhirvault.fhir.search_index import code_systems, value_types
+from fhirvault.fhir.search_index import code_systems, code_values, value_types
 from fhirvault.fhir.search_params import params_of
 from tests.support.server import FhirApi
 
@@ -221,3 +221,43 @@ def test_the_boolean_only_token_parameters_are_worked_out_from_the_r4_model() ->
     assert code_systems(params_of("Patient")["gender"].expr) == {"http://hl7.org/fhir/administrative-gender"}
     assert code_systems(params_of("Patient")["address-use"].expr) == {"http://hl7.org/fhir/address-use"}
     assert code_systems(params_of("CodeSystem")["code"].expr) is None  # a concept's code: no binding
+
+
+def test_a_code_outside_its_required_value_set_is_a_400(api: FhirApi) -> None:
+    """`gender=males` names no code of administrative-gender: validation never stores it, so the search
+    could only ever answer an empty page; it is a 400 naming the parameter, the value and the codes the
+    value set has, with or without the implied system, in OR lists, under `:not`, in chains and composites
+    of codes, on every type whose parameter reaches such codes (R4 terminologies.html#required)."""
+    t = uuid.uuid4().hex[:12]
+    gender = "http://hl7.org/fhir/administrative-gender"
+    p = create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:tt", "value": t}], "gender": "male"})
+    o = create(api, {"resourceType": "Observation", "status": "final", "code": {"text": t},
+                     "subject": {"reference": f"Patient/{p['id']}"}})
+    mine = {"identifier": f"urn:tt|{t}"}
+    text = refused(api, "/Patient", {"gender": "males"}, "gender", "males", "female", "male", "other", "unknown")
+    assert "required" in text
+    refused(api, "/Patient", {"gender": "males"}, "gender", "males", headers=LENIENT)
+    refused(api, "/Patient", {"gender": f"{gender}|males"}, "gender", "males")
+    refused(api, "/Patient", {"gender": "|Male"}, "gender", "Male")  # codes are case-sensitive
+    refused(api, "/Patient", {"gender": "female,males"}, "gender", "males")
+    refused(api, "/Patient", {"gender:not": "males"}, "gender:not", "males")
+    refused(api, "/Practitioner", {"gender": "males"}, "gender", "males")
+    refused(api, "/Observation", {"subject:Patient.gender": "males"}, "subject:Patient.gender", "males")
+    refused(api, "/Observation", {"status": "done"}, "status", "done", "final")
+    refused(api, "/DocumentReference", {"status": "final"}, "status", "final", "current")
+    # every code of the value set is still searched as before
+    assert found(api, "/Patient", {**mine, "gender": "male"}) == [p["id"]]
+    assert found(api, "/Patient", {**mine, "gender": "female,other,unknown"}) == []
+    assert found(api, "/Patient", {**mine, "gender:not": "female"}) == [p["id"]]
+    assert found(api, "/Observation", {"code:text": t, "subject:Patient.gender": "male"}) == [o["id"]]
+    assert found(api, "/Observation", {"code:text": t, "status": "final"}) == [o["id"]]
+    # a token over codes without an enumerated value set (a concept's code, a language) is not judged
+    assert found(api, "/Patient", {**mine, "language": "xx-unknown"}) == []
+
+
+def test_the_codes_of_required_value_sets_come_from_the_validation_table() -> None:
+    assert code_values(params_of("Patient")["gender"].expr) == {"male", "female", "other", "unknown"}
+    assert code_values(params_of("Patient")["address-use"].expr) == {"home", "work", "temp", "old", "billing"}
+    assert code_values(params_of("Patient")["identifier"].expr) is None
+    assert code_values(params_of("CodeSystem")["code"].expr) is None
+    assert code_values(params_of("Patient")["language"].expr) is None

@@ -50,6 +50,7 @@ from fhirvault.fhir.indexing import COMPARTMENT, index_entries
 from fhirvault.fhir.references import parse_reference
 from fhirvault.fhir.search_params import ROW_PARAMS, Component, SearchParam, params_of
 from fhirvault.fhir.search_storage import stored_as
+from fhirvault.fhir.validation import required_codes
 
 R4_MODEL = models["r4"]
 SECURITY_CONTEXT = "_securityContext"  # a Binary's securityContext, for access rules inside queries
@@ -310,6 +311,23 @@ def code_systems(expression: str) -> frozenset[str] | None:
         if not systems:
             return None
         out.update(systems)
+    return frozenset(out)
+
+
+@cache
+def code_values(expression: str) -> frozenset[str] | None:
+    """The codes the `code` elements `expression` selects may hold under their required bindings, as
+    validation accepts them (validation.required_codes): `Patient.gender` -> {male, female, other, unknown}.
+    None unless every value is such a `code` with an enumerated value set."""
+    if value_types(expression) != frozenset({"code"}):
+        return None
+    out: set[str] = set()
+    for part in expression.split("|"):
+        reached = _part_reach(part.strip())
+        codes = required_codes(reached[1]) if reached is not None and reached[1] is not None else None
+        if codes is None:
+            return None
+        out.update(codes)
     return frozenset(out)
 
 

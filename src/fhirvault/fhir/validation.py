@@ -73,6 +73,26 @@ def _table() -> dict[str, Any]:
     return data
 
 
+@cache
+def required_codes(path: str) -> frozenset[str] | None:
+    """The codes a `code` element may hold under its required binding, as validation accepts them (R4
+    terminologies.html#required): `Patient.gender` or `Patient.contact.gender` -> {male, female, other,
+    unknown}; an element path as the R4 StructureDefinitions name it. None when the element has no such
+    list (no required binding, a value set too large to enumerate, or a path the table does not know)."""
+    table = _table()
+    types, names = table["types"], path.split(".")
+    current = names[0]
+    for name in names[1:-1]:
+        row = types.get(current, {}).get("elements", {}).get(name)
+        if row is None:
+            return None
+        current = row[0]
+    row = types.get(current, {}).get("elements", {}).get(names[-1]) if len(names) > 1 else None
+    if row is None or len(row) < 3:
+        return None
+    return frozenset(table["enums"][row[2]])
+
+
 # R4 datatypes.html: "Dates SHALL be valid dates" (for date, dateTime and instant), which the spec's
 # regexes leave to the reader: no 30 or 31 February, no 31st of a 30-day month, 29 February only in leap
 # years (divisible by 4, centuries only by 400). Lookaheads put in front of the type's own regex.

@@ -33,6 +33,7 @@ from fhirvault.fhir.search_filter import (
 from fhirvault.fhir.search_index import (
     TEXT_PARAMS,
     code_systems,
+    code_values,
     component_expression,
     normalize,
     value_types,
@@ -229,20 +230,25 @@ class TokenReach:
 
     types: frozenset[str] | None
     systems: frozenset[str] | None = None
+    codes: frozenset[str] | None = None
 
     @staticmethod
     def of(expressions: list[str | None]) -> TokenReach:
         """The reach of values selected by any of `expressions` (one per searched type)."""
         types: set[str] = set()
         systems: set[str] | None = set()
+        codes: set[str] | None = set()
         for expr in expressions:
             reached = value_types(expr) if expr is not None else None
-            if reached is None:
+            if reached is None or expr is None:
                 return TokenReach(None)
             types |= reached
-            implied = code_systems(expr) if expr is not None else None
+            implied = code_systems(expr)
             systems = None if implied is None or systems is None else systems | implied
-        return TokenReach(frozenset(types), frozenset(systems) if systems else None)
+            allowed = code_values(expr)
+            codes = None if allowed is None or codes is None else codes | allowed
+        return TokenReach(frozenset(types), frozenset(systems) if systems else None,
+                          frozenset(codes) if codes else None)
 
 
 @lru_cache(maxsize=4096)
@@ -269,7 +275,9 @@ def _judged_token_test(name: str, raw: str, reach: TokenReach) -> TokenTest:
     - booleans only: `true` or `false`, with no system (`|true` is accepted: no system);
     - `code`s only, with required bindings: a code carries no system of its own, its binding implies it
       (datatypes.html#code), so `http://hl7.org/fhir/administrative-gender|female` searches the code
-      `female` (as `|female` does), and a system the bindings do not draw from is refused."""
+      `female` (as `|female` does), and a system the bindings do not draw from is refused;
+    - `code`s only, with enumerated required value sets: a code outside them (`gender=males`) is refused,
+      since validation never stores it (terminologies.html#required)."""
     test = _token_test(raw)
     param = name.partition(":")[0]
     if reach.types == frozenset({"boolean"}):
@@ -278,10 +286,18 @@ def _judged_token_test(name: str, raw: str, reach: TokenReach) -> TokenTest:
                           f"{param} searches a boolean element: use true or false")
         if test.system:
             raise Invalid(f"Search parameter {name}={raw!r}: a boolean has no code system; use true or false")
-    elif reach.systems and test.system:
-        if test.system not in reach.systems:
-            raise Invalid(f"Search parameter {name}={raw!r}: {param} searches codes of "
-                          f"{' or '.join(sorted(reach.systems))}, not of {test.system}")
+        return test
+    if reach.systems and test.system and test.system not in reach.systems:
+        raise Invalid(f"Search parameter {name}={raw!r}: {param} searches codes of "
+                      f"{' or '.join(sorted(reach.systems))}, not of {test.system}")
+    if reach.codes and test.code is not None and test.code not in reach.codes \
+            and (not test.system or reach.systems):
+        # a code outside a required value set: valid data never holds it (R4 terminologies.html#required)
+        known = sorted(reach.codes)
+        listed = ", ".join(known[:12]) + (f" and {len(known) - 12} more" if len(known) > 12 else "")
+        raise Invalid(f"Search parameter {name}={raw!r}: '{test.code}' is not a code {param} can hold; "
+                      f"its required value set has {listed}")
+    if reach.systems and test.system:
         return TokenTest("", test.code)  # stored without a system: the binding's is implied
     return test
 
