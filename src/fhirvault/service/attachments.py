@@ -213,12 +213,33 @@ class UrlSite:
 class UrlSites:
     """The Binary urls of one stored version. `current`: the ids of the Binaries named without a version;
     `pinned`: the references that name a version; `by_text`: whether every `"url":"Binary/...` in the
-    version's JSON is one of `sites`, so that signing can replace them in the text without parsing it."""
+    version's JSON is one of `sites`, so that signing can replace them in the text without parsing it;
+    `spans`: then where each lies in that text, in order ((start, end) byte offsets, its site)."""
 
     sites: tuple[UrlSite, ...]
     current: frozenset[str]
     pinned: frozenset[Reference]
     by_text: bool
+    spans: tuple[tuple[int, int, UrlSite], ...] = ()
+
+    def splice(self, text: bytes, signed: dict[str, tuple[str, bytes]]) -> bytes | None:
+        """`text` with the url of each span replaced by its `signed` JSON text (by site key; a site without
+        one keeps its url), in one copy; None unless `text` holds exactly these spans' urls at their offsets
+        (the version's text as the spans were found in)."""
+        if text.count(_STORED_URL) != len(self.spans):
+            return None
+        parts: list[bytes | memoryview] = []
+        view = memoryview(text)
+        last = 0
+        for start, end, site in self.spans:
+            if not text.startswith(site.text, start):
+                return None
+            new = signed.get(site.key)
+            if new is not None:
+                parts += (view[last:start], new[1])
+                last = end
+        parts.append(view[last:])
+        return b"".join(parts)
 
 
 class BinaryUrlSites:
@@ -242,14 +263,28 @@ class BinaryUrlSites:
                 named = binary_reference(url, "")
                 if named is not None:
                     sites.append(UrlSite(site, url, stored_url_text(url), named, _signing_key(named)))
-        by_text = text.count(_STORED_URL) == len(sites) and all(s.text in text for s in sites)
+        spans = _spans(text, sites)
         found = UrlSites(tuple(sites), frozenset(s.ref.id for s in sites if not s.ref.version_id),
-                         frozenset(s.ref for s in sites if s.ref.version_id), by_text)
+                         frozenset(s.ref for s in sites if s.ref.version_id), spans is not None, spans or ())
         if key is not None:
             if len(self._sites) >= self.size:
                 self._sites.clear()
             self._sites[key] = found
         return found
+
+
+def _spans(text: bytes, sites: list[UrlSite]) -> tuple[tuple[int, int, UrlSite], ...] | None:
+    """Where each `"url":"Binary/...` of `text` lies and which of `sites` it is, in text order; None when one
+    of them is none of `sites` (something else reads `"url":"Binary/...`) or a site is not found."""
+    spans: list[tuple[int, int, UrlSite]] = []
+    start = text.find(_STORED_URL)
+    while start >= 0:
+        site = next((s for s in sites if text.startswith(s.text, start)), None)
+        if site is None:
+            return None
+        spans.append((start, start + len(site.text), site))
+        start = text.find(_STORED_URL, start + 1)
+    return tuple(spans) if len(spans) == len(sites) else None
 
 
 def _version_key(resource: dict[str, Any]) -> VersionKey | None:
@@ -307,12 +342,10 @@ class AttachmentUrlSigner:
         for text, sites in zip(texts, found, strict=True):
             if not sites.sites:
                 out.append(text)
-            elif sites.by_text and text.count(_STORED_URL) == len(sites.sites):
-                for site in sites.sites:
-                    new = signed.get(site.key)
-                    if new is not None:
-                        text = text.replace(site.text, new[1])
-                out.append(text)
+                continue
+            spliced = sites.splice(text, signed) if sites.by_text else None
+            if spliced is not None:
+                out.append(spliced)
             else:
                 # Not every `"url":"Binary/…` is one of the Attachment urls (or the text is not the one the
                 # sites were found in): the urls are changed at their sites only.

@@ -56,16 +56,20 @@ async def current_versions(conn: AsyncConnection, ids: set[str]) -> dict[str, in
     found: dict[str, int] = {}
     for start in range(0, len(ordered), IDS_PER_LIST):
         chunk = ordered[start:start + IDS_PER_LIST]
-        value: Any = jsoncodec.dumps(chunk).decode("utf-8") if sqlite else chunk
-        found.update(await fetch_rows(conn, _CURRENT_VERSIONS_SQLITE if sqlite else _CURRENT_VERSIONS_POSTGRES,
-                                      (value,)))
+        if sqlite:
+            rows = await fetch_rows(conn, _CURRENT_VERSIONS_SQLITE, (jsoncodec.dumps(chunk).decode("utf-8"),))
+            found.update(jsoncodec.loads(rows[0][0]) if rows and rows[0][0] else {})
+        else:
+            found.update(await fetch_rows(conn, _CURRENT_VERSIONS_POSTGRES, (chunk,)))
     return found
 
 
 # current_versions' query: the ids are one list parameter (a JSON array on SQLite, an array on PostgreSQL),
 # so its text is the same whatever their number. `deleted IS 0` / `IS false` as SQLAlchemy writes it, so
-# the same index serves it.
-_CURRENT_VERSIONS_SQLITE = ("SELECT id, version_id FROM resources WHERE resource_type = 'Binary' "
+# the same index serves it. On SQLite the answer is one row, a JSON object {id: version}: the sqlite3
+# module gives up and takes back the interpreter lock for every row it steps to, and while the event loop
+# serves other requests each of those hand-overs waits for it; one row is one hand-over, not hundreds.
+_CURRENT_VERSIONS_SQLITE = ("SELECT json_group_object(id, version_id) FROM resources WHERE resource_type = 'Binary' "
                             "AND id IN (SELECT value FROM json_each(?)) AND deleted IS 0")
 _CURRENT_VERSIONS_POSTGRES = ("SELECT id, version_id FROM resources WHERE resource_type = 'Binary' "
                               "AND id = ANY (?::VARCHAR[]) AND deleted IS false")

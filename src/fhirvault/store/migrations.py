@@ -29,7 +29,7 @@ from fhirvault.store.schema import (
 )
 from fhirvault.store.search_tables import add_search_tables_0014, create_search_tables, lean_search_index
 from fhirvault.store.security import auth_failures, clients, signing_keys
-from fhirvault.store.sqlite_index_layout import sqlite_index_layout_0015
+from fhirvault.store.sqlite_index_layout import sqlite_index_layout_0015, sqlite_owner_index_versions_0018
 from fhirvault.store.uploads import uploads
 from fhirvault.store.url_signing_keys import insert_key, new_key, url_signing_keys
 
@@ -126,6 +126,9 @@ STEPS: tuple[MigrationStep, ...] = (
     # PostgreSQL: one value index of reference rows, led by the target (store/postgres_index_layout.py);
     # nothing on SQLite.
     MigrationStep("0017_postgres_refs_by_target", postgres_refs_by_target_0017),
+    # SQLite: the resources' owner index holds version_id too (store/sqlite_index_layout.py); nothing on
+    # PostgreSQL.
+    MigrationStep("0018_sqlite_owner_index_versions", sqlite_owner_index_versions_0018),
 )
 
 
