@@ -14,7 +14,9 @@ Prints, per backend: p50/p95 (ms) of each search and of a read by id measured in
 search's p50 as a ratio to the read's p50 (target <= 5), the server's CPU time per request and its ratio
 to the read's (less moved by other load on the machine than wall times), the index tables' size against the resources
 table (target <= 2) with the number of index rows (and of word rows among them), and the time to create
-one Observation with and without indexing (target <= 1.3).
+one Observation with and without indexing (target <= 1.3): in the storage layer alone (the use case called
+in-process, no HTTP), and as a client sees it (a REST create against two servers on the same database, one
+of them started with bench/no_index on PYTHONPATH so that it writes no index rows).
 """
 
 from __future__ import annotations
@@ -262,6 +264,50 @@ def timed(client: httpx.Client, path: str, params: dict[str, str], repeats: int,
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.95))], cpu
 
 
+def rest_create_cost(data_dir: Path, env: dict[str, Any], count: int,
+                     rounds: int = 6) -> tuple[float, float, float, float]:
+    """A REST create (`POST /Observation`, one at a time, as a client sees it: HTTP, token, validation,
+    storage) with the search index and without it, on the same database: two servers on `data_dir`, one
+    of them started with bench/no_index on PYTHONPATH (it writes no index rows), taking turns for `rounds`
+    rounds of `count` creates each. Medians of the rounds, in seconds per create: client wall time with,
+    without, then server CPU time with, without."""
+    no_index = {**settings_env(**env), "PYTHONPATH": str(Path(__file__).resolve().parent / "no_index")}
+    servers: dict[bool, ServerProcess] = {}
+    wall: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+    body = observation(random.Random(5), 0, 1000, 1000)
+    body.pop("id")
+    # alike but for one identifier, by which the index finds what each server created
+    bodies = {k: {**body, "identifier": [{"system": "urn:bench", "value": "indexed" if k else "unindexed"}]}
+              for k in (True, False)}
+    try:
+        servers[True] = ServerProcess(data_dir, settings_env(**env), workers=1).start(timeout=600)
+        servers[False] = ServerProcess(data_dir, no_index, workers=1).start(timeout=600)
+        fhir_json = {"Content-Type": "application/fhir+json"}
+        clients = {k: httpx.Client(base_url=s.base, headers={**s.auth_headers(), **fhir_json}, timeout=120)
+                   for k, s in servers.items()}
+        for n in range(rounds + 1):  # round 0 warms both up and is not counted
+            for indexing in ((True, False) if n % 2 == 0 else (False, True)):
+                pids = servers[indexing].pids()
+                start, used = time.perf_counter(), server_cpu(pids)
+                for _ in range(count):
+                    clients[indexing].post("/Observation", json=bodies[indexing]).raise_for_status()
+                if n:
+                    wall[indexing].append((time.perf_counter() - start) / count)
+                    cpu[indexing].append((server_cpu(pids) - used) / count)
+        with servers[True].api() as api:  # what each server created, as the index finds it
+            found = {k: api.get("/Observation", params={"identifier": f"urn:bench|{k}", "_summary": "count"}
+                                ).json()["total"] for k in ("indexed", "unindexed")}
+        for client in clients.values():
+            client.close()
+    finally:
+        for server in servers.values():
+            server.stop()
+    assert found == {"indexed": (rounds + 1) * count, "unindexed": 0}, found
+    med = statistics.median
+    return med(wall[True]), med(wall[False]), med(cpu[True]), med(cpu[False])
+
+
 def run_backend(backend: str, n: int, repeats: int, create_samples: int, text_index: bool = True) -> None:
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         env: dict[str, Any] = {"log_level": "warning", "search_text_index": text_index}
@@ -277,6 +323,7 @@ def run_backend(backend: str, n: int, repeats: int, create_samples: int, text_in
         # sizes of the loaded population alone, before create_cost adds its Observations
         table, index, rows, words = asyncio.run(sizes(settings))
         with_index, without, cpu_with, cpu_without = asyncio.run(create_cost(settings, create_samples))
+        rest = rest_create_cost(Path(tmp), env, max(20, create_samples // 5))
         server = ServerProcess(Path(tmp), settings_env(**env)).start(timeout=600)
         stack.callback(server.stop)
         pids = server.pids()
@@ -300,6 +347,9 @@ def run_backend(backend: str, n: int, repeats: int, create_samples: int, text_in
         side = "" if backend == "sqlite" else ", client side only"
         print(f"create CPU with index {cpu_with * 1000:.2f} ms, without {cpu_without * 1000:.2f} ms{side}: "
               f"{cpu_with / cpu_without:.2f} x")
+        print(f"REST create (POST /Observation, one at a time) with index {rest[0] * 1000:.2f} ms, without "
+              f"{rest[1] * 1000:.2f} ms: {rest[0] / rest[1]:.2f} x (target <= 1.3); server CPU with "
+              f"{rest[2] * 1000:.2f} ms, without {rest[3] * 1000:.2f} ms: {rest[2] / rest[3]:.2f} x")
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,37 +125,63 @@ def download_bench(size: int, rounds: int) -> None:
             server.stop()
 
 
-def search_bench(reads: int) -> None:
-    results: dict[bool, float] = {}
+def _seed_search_page(server: ServerProcess, rewrite: bool) -> None:
+    """300 Binaries and 100 DocumentReferences with 3 attachments each; checks the page is signed or not."""
+    with server.api() as api:
+        ids = []
+        for i in range(300):
+            r = api.post("/Binary", content=f"attachment {i}".encode() * 20, headers={"Content-Type": "image/png"})
+            ids.append(r.json()["id"])
+        for n in range(100):
+            doc = {"resourceType": "DocumentReference", "status": "current",
+                   "content": [{"attachment": {"url": f"Binary/{ids[3 * n + k]}"}} for k in range(3)]}
+            api.post("/DocumentReference", json=doc).raise_for_status()
+        page = api.get("/DocumentReference", params={"_count": 100}).json()
+        urls = [c["attachment"]["url"] for e in page["entry"] for c in e["resource"]["content"]]
+        assert len(urls) == 300 and all(("/storage/" in u) == rewrite for u in urls)
+
+
+def search_bench(reads: int, rounds: int = 10, encoding: str = "identity") -> None:
+    """The search page of 100 resources x 3 attachments read one request at a time from two servers alike
+    but for REWRITE_ATTACHMENT_URLS, in `rounds` alternating rounds of reads/rounds pages each (so that a
+    change of machine load touches both alike); prints the median per page of the wall time and of the
+    server's CPU time (from /proc), and their on/off ratios. `encoding`: the Accept-Encoding asked for
+    (identity, as wrk asks; gzip, as browsers and httpx do: the signed page is longer to compress too)."""
+    from bench.requests import tree_cpu_seconds
+
+    servers: dict[bool, ServerProcess] = {}
+    wall: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    per_round = max(1, reads // rounds)
+    headers = {"Accept-Encoding": encoding}
     with tempfile.TemporaryDirectory() as tmp:
-        for rewrite in (False, True):
-            server = ServerProcess(Path(tmp) / f"fv-{rewrite}", settings_env(
-                log_level="warning", rewrite_attachment_urls=rewrite)).start()
-            try:
-                with server.api() as api:
-                    ids = []
-                    for i in range(300):
-                        r = api.post("/Binary", content=f"attachment {i}".encode() * 20,
-                                     headers={"Content-Type": "image/png"})
-                        ids.append(r.json()["id"])
-                    for n in range(100):
-                        doc = {"resourceType": "DocumentReference", "status": "current",
-                               "content": [{"attachment": {"url": f"Binary/{ids[3 * n + k]}"}} for k in range(3)]}
-                        api.post("/DocumentReference", json=doc).raise_for_status()
-                    page = api.get("/DocumentReference", params={"_count": 100}).json()
-                    urls = [c["attachment"]["url"] for e in page["entry"] for c in e["resource"]["content"]]
-                    assert len(urls) == 300 and all(("/storage/" in u) == rewrite for u in urls)
-                    for _ in range(20):  # warm up
-                        api.get("/DocumentReference", params={"_count": 100})
-                    start = time.perf_counter()
-                    for _ in range(reads):
-                        api.get("/DocumentReference", params={"_count": 100}).raise_for_status()
-                    results[rewrite] = (time.perf_counter() - start) / reads
-            finally:
+        try:
+            for rewrite in (False, True):
+                servers[rewrite] = ServerProcess(Path(tmp) / f"fv-{rewrite}", settings_env(
+                    log_level="warning", rewrite_attachment_urls=rewrite)).start()
+                _seed_search_page(servers[rewrite], rewrite)
+            clients = {k: s.api() for k, s in servers.items()}
+            for n in range(rounds + 1):  # round 0 warms both up and is not counted
+                for rewrite in ((False, True) if n % 2 == 0 else (True, False)):
+                    api, pid = clients[rewrite], servers[rewrite].proc.pid  # type: ignore[union-attr]
+                    cpu_start, start = tree_cpu_seconds(pid), time.perf_counter()
+                    for _ in range(per_round):
+                        api.get("/DocumentReference", params={"_count": 100}, headers=headers).raise_for_status()
+                    if n:
+                        wall[rewrite].append((time.perf_counter() - start) / per_round * 1000)
+                        cpu[rewrite].append((tree_cpu_seconds(pid) - cpu_start) / per_round * 1000)
+            for client in clients.values():
+                client.close()
+        finally:
+            for server in servers.values():
                 server.stop()
-    off, on = results[False] * 1000, results[True] * 1000
-    print(f"search page of 100 resources x 3 attachments: rewriting off {off:.2f} ms, on {on:.2f} ms, "
-          f"overhead {100 * (on - off) / off:+.1f} %  ({reads} reads each)")
+    off, on = statistics.median(wall[False]), statistics.median(wall[True])
+    cpu_off, cpu_on = statistics.median(cpu[False]), statistics.median(cpu[True])
+    print(f"search page of 100 resources x 3 attachments, one request at a time, Accept-Encoding: {encoding}, "
+          f"median of {rounds} alternating "
+          f"rounds of {per_round} pages: rewriting off {off:.2f} ms, on {on:.2f} ms, overhead "
+          f"{100 * (on - off) / off:+.1f} %; server CPU per page off {cpu_off:.2f} ms, on {cpu_on:.2f} ms, "
+          f"overhead {100 * (cpu_on - cpu_off) / cpu_off:+.1f} %")
 
 
 def main() -> None:
@@ -164,7 +191,8 @@ def main() -> None:
     parser.add_argument("--search-reads", type=int, default=200)
     parser.add_argument("--skip-download", action="store_true")
     args = parser.parse_args()
-    search_bench(args.search_reads)
+    for encoding in ("identity", "gzip"):
+        search_bench(args.search_reads, encoding=encoding)
     if not args.skip_download:
         download_bench(args.size_mib * MiB, args.rounds)
 
