@@ -88,6 +88,32 @@ def test_every_url_shape_is_normalized_and_filled(plain_server: ServerProcess, p
     assert hist["entry"][0]["resource"]["content"][3]["attachment"]["url"] == f"Binary/{bid}"
 
 
+def test_equivalent_spellings_of_our_urls_are_normalized_too(plain_server: ServerProcess, plain: FhirApi) -> None:
+    """An absolute URL spelled another way that RFC 3986 makes equivalent (scheme or host in upper case, the
+    default port, `.` and `..` segments, an escaped unreserved character) names the same Binary: stored as
+    `Binary/{id}`, not verbatim, for our FHIR base and for our signed storage URLs alike."""
+    binary = upload(plain)
+    bid, signed = binary["id"], binary["signed"]
+    scheme, rest = signed.split("://", 1)
+    host, path = rest.split("/", 1)
+    base_scheme, base_rest = plain.base.split("://", 1)
+    shapes = [
+        f"{scheme.upper()}://{host}/{path}",
+        f"{scheme}://{host}/./{path}",
+        f"{scheme}://{host.upper()}/x/../{path}",
+        f"{base_scheme.upper()}://{base_rest}/Binary/{bid}",
+        f"{base_scheme}://{base_rest}/./Binary/{bid}",
+        f"{base_scheme}://{base_rest}/%42inary/{bid}",
+    ]
+    r = create(plain, doc_ref(*shapes))
+    assert r.status_code == 201, r.text
+    stored = plain.get(f"/DocumentReference/{r.json()['id']}").json()
+    assert [c["attachment"]["url"] for c in stored["content"]] == [f"Binary/{bid}"] * len(shapes)
+    # a tampered signature stays refused in any spelling
+    bad = create(plain, doc_ref(replace_query(f"{scheme.upper()}://{host}/{path}", sig="A" * 43)))
+    assert bad.status_code == 400, bad.text
+
+
 def test_blob_stored_binary_sizes_and_hashes_come_from_the_registry(plain: FhirApi) -> None:
     bid = upload(plain, LARGE, "application/pdf")["id"]
     r = create(plain, {"resourceType": "Patient", "photo": [{"url": f"Binary/{bid}", "contentType": "x/keep"}]})
@@ -407,3 +433,14 @@ def test_s3_redirect_downloads_send_the_client_to_a_presigned_url(redirecting_se
         inline = anyone.get(small["signed"])
         assert inline.status_code == 200 and inline.content == PNG_BYTES
         assert inline.headers["Content-Type"] == "image/png"
+
+
+def test_normalized_url_follows_rfc_3986() -> None:
+    from fhirvault.fhir.references import normalized_url
+
+    assert normalized_url("HTTP://Example.ORG:80/fhir/./R4/%42inary/1?q=%41") == "http://example.org/fhir/R4/Binary/1?q=%41"
+    assert normalized_url("https://h:443/a/b/../../c/%2f") == "https://h/c/%2F"
+    assert normalized_url("http://h:8080/a/..") == "http://h:8080/"
+    assert normalized_url("http://[::1]:8000/x/./y") == "http://[::1]:8000/x/y"
+    for unchanged in ("Binary/1", "urn:uuid:1", "http://user@h/x", "http://h:99999/x", "ftp://H/x"):
+        assert normalized_url(unchanged) == unchanged

@@ -14,7 +14,7 @@ from fhirvault import jsoncodec
 from fhirvault.errors import FhirVaultError, Invalid
 from fhirvault.fhir.attachments import Site, at_site, attachment_sites, iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
-from fhirvault.fhir.references import Reference, parse_reference
+from fhirvault.fhir.references import Reference, normalized_url, parse_reference
 from fhirvault.fhir.validation import attachment_size
 from fhirvault.security.url_signing import MINTED_CACHE_SIZE, SignedUrl
 from fhirvault.service.access import AccessPolicy
@@ -51,10 +51,17 @@ class UrlShapes:
         """The Binary (and version, when one is named) that `url` names: `Binary/{id}`,
         `Binary/{id}/_history/{vid}`, either on our FHIR base, or one of our signed storage URLs, even
         expired (its version only when it was minted for a versioned reference); None for any other
-        URL. A storage URL of ours whose signature is wrong is refused: it names nothing we handed out."""
+        URL. Equivalent spellings of an absolute URL count alike (`HTTP://`, a default port, `/./`:
+        references.normalized_url). A storage URL of ours whose signature is wrong is refused: it names
+        nothing we handed out."""
         ref = binary_reference(url, self.fhir_base_url)
         if ref is not None:
             return ref
+        if "://" in url:
+            url = normalized_url(url)
+            ref = binary_reference(url, normalized_url(self.fhir_base_url))
+            if ref is not None:
+                return ref
         parts = self.signer.parse(url)
         if parts is None:
             return None
