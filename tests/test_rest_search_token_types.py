@@ -245,6 +245,8 @@ def test_a_code_outside_its_required_value_set_is_a_400(api: FhirApi) -> None:
     refused(api, "/Observation", {"subject:Patient.gender": "males"}, "subject:Patient.gender", "males")
     refused(api, "/Observation", {"status": "done"}, "status", "done", "final")
     refused(api, "/DocumentReference", {"status": "final"}, "status", "final", "current")
+    refused(api, "/Patient", {"_has:Observation:subject:status": "done"}, "_has:Observation:subject:status", "done")
+    refused(api, "/Patient", {"_filter": "gender eq males"}, "_filter", "gender", "males")
     # every code of the value set is still searched as before
     assert found(api, "/Patient", {**mine, "gender": "male"}) == [p["id"]]
     assert found(api, "/Patient", {**mine, "gender": "female,other,unknown"}) == []
