@@ -142,6 +142,7 @@ class FhirVault:
         self._capability_gzip: bytes | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._statistician: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Starts the server's parts in one process: warms the validator, migrates the database, indexes
@@ -157,6 +158,8 @@ class FhirVault:
         await self.db.refresh_statistics()
         self._sweeper = asyncio.create_task(self._sweep_pending_blobs())
         self._statistician = asyncio.create_task(self._keep_statistics())
+        if self.db.is_sqlite:
+            self._checkpointer = asyncio.create_task(self._checkpoint_wal())
         self.workers.start()
 
     async def stop(self) -> None:
@@ -164,7 +167,7 @@ class FhirVault:
         self.readiness.stopping = True
         await self.workers.stop()
         await self.binaries.settled()
-        for task in (self._sweeper, self._statistician):
+        for task in (self._sweeper, self._statistician, self._checkpointer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -185,6 +188,17 @@ class FhirVault:
             except Exception as exc:  # noqa: BLE001 - the database is away; the next round retries
                 log.warning("refreshing the planner's statistics failed (%s); will retry", exc)
             await asyncio.sleep(STATISTICS_GAP_SECONDS)
+
+    async def _checkpoint_wal(self) -> None:
+        """SQLite: the write-ahead log is copied back into the database every SQLITE_CHECKPOINT_SECONDS (a
+        setting) by this task (in the connection's thread, beside the requests), rather than by whichever commit fills
+        it: such a commit copied thousands of pages before it could answer (store/database.py)."""
+        while True:
+            await asyncio.sleep(self.settings.sqlite_checkpoint_seconds)
+            try:
+                await self.db.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - the next round retries; commits still checkpoint too
+                log.warning("checkpointing the SQLite write-ahead log failed (%s); will retry", exc)
 
     async def _sweep_pending_blobs(self) -> None:
         """Remove the leftovers of uploads that died, now and then (every node may; the work is idempotent):

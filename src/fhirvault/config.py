@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1, le=1000, description="PostgreSQL connections kept per process")
     database_max_overflow: int = Field(default=20, ge=0, le=1000,
                                        description="PostgreSQL connections opened beyond the pool under load")
+    # SQLite: seconds between the checkpoints each server process runs beside the requests, which copy the
+    # write-ahead log back into the database (store/database.py SQLITE_WAL_AUTOCHECKPOINT is the fallback).
+    sqlite_checkpoint_seconds: float = Field(default=1.0, gt=0, le=86400,
+                                             description="seconds between SQLite checkpoints beside the requests")
     public_base_url: str = ""
     log_level: str = "info"
 

@@ -46,7 +46,7 @@ from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
 
 from fhirvault.fhir.dates import MAX_US, MIN_US, date_range
-from fhirvault.fhir.indexing import COMPARTMENT, index_entries
+from fhirvault.fhir.indexing import COMPARTMENT, compartments
 from fhirvault.fhir.references import parse_reference
 from fhirvault.fhir.search_params import ROW_PARAMS, Component, SearchParam, params_of
 from fhirvault.fhir.search_storage import stored_as
@@ -759,8 +759,7 @@ def search_index(resource: dict[str, Any], base_url: str, text: bool = True) -> 
 def access_refs(resource: dict[str, Any], base_url: str) -> set[tuple[str, str]]:
     """The (param, target) rows access rules read: the Patient compartments the resource lies in
     (`_compartment`) and a Binary's securityContext (`_securityContext`)."""
-    _, compartment = index_entries(resource, base_url)
-    out = {(COMPARTMENT, r.target) for r in compartment if r.param == COMPARTMENT}
+    out = {(COMPARTMENT, target) for target in compartments(resource, base_url)}
     if resource["resourceType"] == "Binary":
         for target, _ident in reference_values(resource.get("securityContext"), base_url):
             if target:

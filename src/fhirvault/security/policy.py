@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhirvault.errors import Forbidden
-from fhirvault.fhir.indexing import COMPARTMENT, RefEntry, index_entries
+from fhirvault.fhir.indexing import compartments
 from fhirvault.fhir.references import Reference, parse_reference
 from fhirvault.security.principal import CallerContext, Principal, SystemPrincipal
 from fhirvault.security.scopes import INTERACTION_LETTER
@@ -148,13 +148,12 @@ class ScopePolicy:
             return self._binary_rule(ctx, p, resource, letter)
         if p.patient is None:
             return True
-        _, refs = index_entries(resource, ctx.base_url)
-        compartments = {r.target for r in refs if r.param == COMPARTMENT}
+        inside = compartments(resource, ctx.base_url)
         if letter in CHANGING:
             # A patient-context change must leave the resource in the caller's compartment only: every
             # reference of the R4 patient CompartmentDefinition's params names the caller or is absent.
-            return compartments == {p.patient}
-        return p.patient in compartments
+            return inside == {p.patient}
+        return p.patient in inside
 
     def _binary_rule(self, ctx: CallerContext, p: Principal, binary: dict[str, Any], letter: str
                      ) -> bool | ContextCheck:
@@ -198,8 +197,7 @@ class ScopePolicy:
     def in_patient_compartment(ctx: CallerContext, resource: dict[str, Any], patient: str) -> bool:
         """Whether `resource` is in the R4 patient compartment of `patient` ("Patient/id"), by the compartment
         definition's reference parameters."""
-        _, refs = index_entries(resource, ctx.base_url)
-        return RefEntry(COMPARTMENT, patient) in refs
+        return patient in compartments(resource, ctx.base_url)
 
     def search_restriction(self, ctx: CallerContext, resource_type: str) -> list[str] | None:
         """The patient references a search of `resource_type` must stay inside (a one-element list for a
