@@ -70,6 +70,9 @@ log = logging.getLogger("fhirvault")
 # Least seconds between two refreshes of the planner's statistics, however fast writes make them due: each
 # is a catalog query, and an ANALYZE of what changed.
 STATISTICS_GAP_SECONDS = 1.0
+# How long a look at the statistics that writes made due keeps looking again while PostgreSQL's counters do
+# not show those writes yet (a session reports them within ten seconds of going idle).
+STATISTICS_LAG_SECONDS = 12.0
 
 
 class FhirVault:
@@ -179,14 +182,28 @@ class FhirVault:
     async def _keep_statistics(self) -> None:
         """The query planner's statistics follow the data as it grows: refreshed every
         Database.statistics_seconds, or as soon as enough writes made them due (Database.statistics_due),
-        at most once per STATISTICS_GAP_SECONDS (searches are planned from them; see refresh_statistics)."""
+        at most once per STATISTICS_GAP_SECONDS (searches are planned from them; see refresh_statistics).
+        PostgreSQL learns of a session's writes only when that session reports them, up to ten seconds
+        after its commit: a look the writes made due that finds nothing to analyze looks again, once per
+        gap, for STATISTICS_LAG_SECONDS."""
+        looks_left = 0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.db.statistics_due.wait(), timeout=self.db.statistics_seconds)
+            due = True
             try:
-                await self.db.refresh_statistics()
+                await asyncio.wait_for(self.db.statistics_due.wait(), timeout=self.db.statistics_seconds)
+            except TimeoutError:
+                due = False
+            try:
+                analyzed = await self.db.refresh_statistics()
             except Exception as exc:  # noqa: BLE001 - the database is away; the next round retries
                 log.warning("refreshing the planner's statistics failed (%s); will retry", exc)
+                analyzed = 0
+            if analyzed:
+                looks_left = 0
+            elif due or looks_left:
+                looks_left = looks_left - 1 if looks_left else int(STATISTICS_LAG_SECONDS / STATISTICS_GAP_SECONDS)
+                if looks_left:
+                    self.db.statistics_due.set()
             await asyncio.sleep(STATISTICS_GAP_SECONDS)
 
     async def _checkpoint_wal(self) -> None:

@@ -30,8 +30,8 @@ POOL_TIMEOUT = 10
 # live rows have changed since its last ANALYZE (autovacuum_analyze_threshold and _scale_factor's defaults).
 STALE_ROWS = 50
 STALE_SHARE = 0.1
-# PostgreSQL write transactions of this process after which the statistics are checked at once rather than
-# at the next minute: STALE_ROWS plus STALE_SHARE of all it wrote before (Database.statistics_due). A young
+# Resource versions this process writes to PostgreSQL after which the statistics are checked at once rather
+# than at the next minute: STALE_ROWS plus STALE_SHARE of all it wrote before (Database.statistics_due). A young
 # database that takes its first few hundred resources within a minute is otherwise planned as if empty:
 # nested loops rescanning whole index tables per candidate, a chained search running for minutes.
 # SQLite connections each process keeps open, and opens beyond them under load. Each is a sqlite3
@@ -55,6 +55,17 @@ SQLITE_MAX_OVERFLOW = 32
 # every SQLITE_CHECKPOINT_SECONDS (a setting) on its own (Database.checkpoint), so that a commit reaches
 # this window only when writes outrun those (or in a process that serves nothing, such as the CLI's).
 SQLITE_WAL_AUTOCHECKPOINT = 10_000
+
+
+# The key under which a write transaction's connection counts the resource versions written (note_written).
+_WRITTEN = "fhirvault_versions_written"
+
+
+def note_written(conn: AsyncConnection, versions: int = 1) -> None:
+    """Counts `versions` resource versions written in `conn`'s write transaction, for the planner's
+    statistics (Database.statistics_due): a transaction Bundle of 500 entries weighs 500 writes, not one."""
+    if _WRITTEN in conn.info:
+        conn.info[_WRITTEN] += versions
 
 
 @asynccontextmanager
@@ -104,7 +115,7 @@ class Database:
         self._write_lock = asyncio.Lock()
         # Set once enough PostgreSQL writes have committed since the last statistics check (see STALE_ROWS).
         self.statistics_due = asyncio.Event()
-        self._writes = 0  # write transactions this process committed
+        self._writes = 0  # resource versions this process committed (at least one per write transaction)
         self._writes_at_check = 0  # ... as of the last refresh_statistics
         if self.is_sqlite:
             self._configure_sqlite()
@@ -166,13 +177,16 @@ class Database:
                         yield conn
             else:
                 async with self.engine.begin() as conn:
+                    conn.info[_WRITTEN] = 0
                     yield conn
-                self._count_write()
+                    written = conn.info.pop(_WRITTEN, 0)
+                self._count_writes(max(1, written))
 
-    def _count_write(self) -> None:
-        """One more committed PostgreSQL write transaction; sets `statistics_due` once STALE_ROWS plus
-        STALE_SHARE of the writes before the last check have committed since it."""
-        self._writes += 1
+    def _count_writes(self, versions: int) -> None:
+        """`versions` more resource versions committed on PostgreSQL (a transaction Bundle commits hundreds
+        at once); sets `statistics_due` once STALE_ROWS plus STALE_SHARE of those written before the last
+        check have committed since it."""
+        self._writes += versions
         if self._writes - self._writes_at_check >= STALE_ROWS + STALE_SHARE * self._writes_at_check:
             self.statistics_due.set()
 
@@ -227,7 +241,7 @@ class Database:
         changed enough), and on PostgreSQL sooner once `statistics_due` is set."""
         return 3600.0 if self.is_sqlite else 60.0
 
-    async def refresh_statistics(self) -> None:
+    async def refresh_statistics(self) -> int:
         """Gathers the query planner's statistics where they are missing or stale. Without them both
         databases misjudge how many rows a search's index conditions select: SQLite then reads every
         resource of the type, PostgreSQL nests loops that rescan an index table once per candidate (a
@@ -237,20 +251,22 @@ class Database:
         PostgreSQL: ANALYZE of each of our tables modified by more than 50 rows + 10 % of its live rows
         since its last analysis (autovacuum's own rule, which this does not rely on: autovacuum may be
         off, and it wakes only once a minute per database); SKIP_LOCKED leaves a table another session
-        is analyzing. Raises errors.Unavailable when the database is away."""
+        is analyzing. Gives how many tables were analyzed (on SQLite: all of them, 1). Raises
+        errors.Unavailable when the database is away."""
         self.statistics_due.clear()
         self._writes_at_check = self._writes
         async with self.write() as conn:
             if self.is_sqlite:
                 await conn.exec_driver_sql("PRAGMA analysis_limit=1000")
                 await conn.exec_driver_sql("ANALYZE")
-                return
+                return 1
             stale = (await conn.execute(sa.text(
                 "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema() "
                 "AND n_mod_since_analyze > :floor + :share * n_live_tup ORDER BY relname"),
                 {"floor": STALE_ROWS, "share": STALE_SHARE})).scalars().all()
             for name in stale:
                 await conn.exec_driver_sql(f'ANALYZE (SKIP_LOCKED) "{name}"')
+            return len(stale)
 
     async def checkpoint(self) -> tuple[int, int] | None:
         """SQLite: copies what the write-ahead log holds back into the database (PRAGMA wal_checkpoint,

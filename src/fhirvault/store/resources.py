@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault import jsoncodec
 from fhirvault.fhir.search_index import IndexRows
 from fhirvault.store.blobs import BlobRecord, BlobRegistry
+from fhirvault.store.database import note_written
 from fhirvault.store.driver_batch import run_batch
 from fhirvault.store.scan_rows import content_refs
 from fhirvault.store.schema import resource_versions, resources, search_refs
@@ -156,6 +157,7 @@ class ResourceStore:
             if result.rowcount != 1:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} changed concurrently")
         await conn.execute(_INSERT_VERSION, {**row, "method": stored.method})
+        note_written(conn)
         if stored.blob_id is not None:
             await self.registry.add_reference(conn, stored.blob_id)
         # the index rows and the version's access rows in one batch: one trip to the driver
