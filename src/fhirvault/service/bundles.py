@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import to_instant
 from fhirvault.service.validation import relocated
 from fhirvault.store.resources import StoredResource
+
+log = logging.getLogger("fhirvault")
 
 # FHIR's processing order within a transaction.
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -365,6 +368,12 @@ class BundleService:
                 outcome = ({"resourceType": "OperationOutcome", "issue": exc.issues} if exc.issues
                            else operation_outcome(exc.message, code=exc.code))
                 out.append({"response": {"status": str(exc.status), "outcome": outcome}})
+            except Exception:  # noqa: BLE001 - each batch entry is answered on its own (R4 http.html#brules)
+                # Entries before it stay written (each ran in its own transaction): the client must learn
+                # which did, so a fault in one entry is that entry's 500, not the whole batch's.
+                log.exception("unexpected error in batch entry %d", i)
+                out.append({"response": {"status": "500", "outcome": operation_outcome(
+                    f"The server failed to process entry {i}; the error was logged", code="exception")}})
         return out
 
     async def _write_alone(self, ctx: RequestContext, entry: EntryRequest) -> WriteResult | None:

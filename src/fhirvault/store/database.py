@@ -111,7 +111,8 @@ class Database:
             kwargs["max_overflow"] = max_overflow
             kwargs["pool_timeout"] = POOL_TIMEOUT
             kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # Statement parameters hold patient data: never in an error message or a logged traceback.
+        self.engine: AsyncEngine = create_async_engine(url, hide_parameters=True, **kwargs)
         self._write_lock = asyncio.Lock()
         # Set once enough PostgreSQL writes have committed since the last statistics check (see STALE_ROWS).
         self.statistics_due = asyncio.Event()

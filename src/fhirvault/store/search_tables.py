@@ -130,6 +130,36 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def column_limit(column: Any) -> int | None:
+    """The most characters `column` holds (its VARCHAR length), or None for a column of any length."""
+    length = getattr(column.type, "length", None)
+    return length if isinstance(length, int) else None
+
+
+def clipped(column: Any, value: Any) -> Any:
+    """`value` as the index keeps it in `column`: a string cut to the column's length, as every row is
+    written (PostgreSQL refuses longer values; SQLite would keep them), so that a search value compares
+    with the rows as stored. Anything else as it is."""
+    limit = column_limit(column)
+    return value[:limit] if limit is not None and isinstance(value, str) and len(value) > limit else value
+
+
+# IndexRows field -> the length of each of its value columns (None: any); the `param` column holds our codes
+_LIMITS: dict[str, tuple[int | None, ...]] = {
+    name: (None, *(column_limit(table.c[c]) for c in columns)) for name, (table, columns) in _ROW_TABLES.items()}
+
+
+def _stored(row: tuple[Any, ...], limits: tuple[int | None, ...]) -> tuple[Any, ...]:
+    """One index row as written: values `_finite`, and strings cut to their column's length (`clipped`)."""
+    out = []
+    for value, limit in zip(row, limits, strict=True):
+        value = _finite(value)
+        if limit is not None and isinstance(value, str) and len(value) > limit:
+            value = value[:limit]
+        out.append(value)
+    return tuple(out)
+
+
 def _insert_sql(table: sa.Table, columns: tuple[str, ...], numbered: bool) -> str:
     names = ("resource_type", "id", "param", *((ROW_NUMBER,) if numbered else ()), *columns)
     return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
@@ -169,10 +199,11 @@ def index_statements(rtype: str, rid: str, rows: IndexRows | None, *, new: bool 
             values = getattr(rows, name)
             if not values:
                 continue
+            limits = _LIMITS[name]
             if numbered:
-                data = [(rtype, rid, row[0], n, *map(_finite, row[1:])) for n, row in enumerate(values)]
+                data = [(rtype, rid, row[0], n, *_stored(row, limits)[1:]) for n, row in enumerate(values)]
             else:
-                data = [(rtype, rid, *map(_finite, row)) for row in values]
+                data = [(rtype, rid, *_stored(row, limits)) for row in values]
             statements.append(DriverStatement(sql, data))
     return statements
 
