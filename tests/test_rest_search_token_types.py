@@ -6,12 +6,13 @@ default `Prefer: handling=lenient` too (only unknown parameters are ignored)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fhirvault.fhir.r4 import resource_types
 from fhirvault.fhir.search_index import code_systems, code_values, value_types
 from fhirvault.fhir.search_params import params_of
-from tests.support.server import FhirApi
+from tests.support.server import FhirApi, ServerProcess
 
 FHIR = {"Content-Type": "application/fhir+json"}
 LENIENT = {"Prefer": "handling=lenient"}
@@ -263,3 +264,18 @@ def test_the_codes_of_required_value_sets_come_from_the_validation_table() -> No
     assert code_values(params_of("Patient")["identifier"].expr) is None
     assert code_values(params_of("CodeSystem")["code"].expr) is None
     assert code_values(params_of("Patient")["language"].expr) is None
+
+
+def test_without_validation_a_stored_code_is_searched_as_written(
+        server_factory: Callable[..., ServerProcess]) -> None:
+    """With VALIDATION_ENABLED=false a resource is stored as sent, `gender: males` included: it is then
+    found by that code (and a conditional delete reaches it) instead of the search being refused."""
+    server = server_factory("sqlite", validation_enabled=False)
+    t = uuid.uuid4().hex[:12]
+    with server.api() as api:
+        p = create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:tt", "value": t}],
+                         "gender": "males"})
+        assert found(api, "/Patient", {"identifier": f"urn:tt|{t}", "gender": "males"}) == [p["id"]]
+        r = api.delete("/Patient", params={"identifier": f"urn:tt|{t}", "gender": "males"})
+        assert r.status_code in (200, 204), r.text
+        assert found(api, "/Patient", {"identifier": f"urn:tt|{t}"}) == []

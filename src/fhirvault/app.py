@@ -83,7 +83,8 @@ class FhirVault:
         self.db = Database(settings.database_url, pool_size=settings.database_pool_size,
                            max_overflow=settings.database_max_overflow)
         self.blob_registry = BlobRegistry()
-        self.store = ResourceStore(self.blob_registry, text_index=settings.search_text_index)
+        self.store = ResourceStore(self.blob_registry, text_index=settings.search_text_index,
+                                   validated=settings.validation_enabled)
         self.clients = ClientStore(self.db, settings.auth_failure_limit, settings.auth_failure_window)
         self.tokens = TokenService(KeyRing(self.db), self.clients, issuer=settings.public_base_url,
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)

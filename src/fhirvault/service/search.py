@@ -105,7 +105,7 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
     else:
         access.require(ctx, "search", rtype)
         types = [rtype]
-    parsed = parse_search(types, params, ctx.base_url, ctx.handling_strict, store.text_index)
+    parsed = parse_search(types, params, ctx.base_url, ctx.handling_strict, store.text_index, store.validated)
     if compartment is not None:
         parsed.criteria.clauses.append(compartment_clause(compartment))
     restriction = access.query_restriction(ctx)
@@ -375,7 +375,8 @@ async def matching_ids(store: ResourceStore, access: AccessPolicy, ctx: RequestC
     without any filtering parameter (conditional interactions must never ignore criteria, nor match
     every resource of the type). Runs on `conn`, so it sees the caller's own transaction."""
     params = parse_qsl(query.lstrip("?"), keep_blank_values=True) if isinstance(query, str) else query
-    parsed = parse_search([rtype], params, ctx.base_url, strict=True, text_search=store.text_index)
+    parsed = parse_search([rtype], params, ctx.base_url, strict=True, text_search=store.text_index,
+                          codes_validated=store.validated)
     if not parsed.criteria.clauses:
         shown = query if isinstance(query, str) else urlencode(query)
         raise Invalid(f"The criteria '{shown}' have no search parameter that selects {rtype} resources; "

@@ -12,6 +12,7 @@ import math
 import re
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -222,6 +223,10 @@ def _token_test(raw: str) -> TokenTest:
     return TokenTest(system, code or None)  # "|code": no system; "system|": any code
 
 
+# Whether this search refuses codes outside their required value sets (parse_search `codes_validated`).
+_CODES_JUDGED: ContextVar[bool] = ContextVar("fhirvault_codes_judged", default=True)
+
+
 @dataclass(frozen=True)
 class TokenReach:
     """What the elements of a token parameter hold: their FHIR types (search_index.value_types) and, when
@@ -291,7 +296,7 @@ def _judged_token_test(name: str, raw: str, reach: TokenReach) -> TokenTest:
         raise Invalid(f"Search parameter {name}={raw!r}: {param} searches codes of "
                       f"{' or '.join(sorted(reach.systems))}, not of {test.system}")
     if reach.codes and test.code is not None and test.code not in reach.codes \
-            and (not test.system or reach.systems):
+            and (not test.system or reach.systems) and _CODES_JUDGED.get():
         # a code outside a required value set: valid data never holds it (R4 terminologies.html#required)
         known = sorted(reach.codes)
         listed = ", ".join(known[:12]) + (f" and {len(known) - 12} more" if len(known) > 12 else "")
@@ -796,11 +801,22 @@ def _word_params(clauses: list[Clause]) -> Iterator[str]:
 
 
 def parse_search(types: list[str], params: list[tuple[str, str]], base_url: str, strict: bool,
-                 text_search: bool = True) -> ParsedSearch:
+                 text_search: bool = True, codes_validated: bool = True) -> ParsedSearch:
     """All query parameters of a search on `types` (one type, or several for a system search).
     Raises Invalid (400) for a malformed value, an unsupported modifier, `_text` or `_content` when
-    `text_search` is off (the server keeps no word index: SEARCH_TEXT_INDEX), or - when `strict` - an
-    unknown parameter; otherwise unknown parameters land in `ignored`."""
+    `text_search` is off (the server keeps no word index: SEARCH_TEXT_INDEX), a code outside its required
+    value set unless `codes_validated` is off (the server stores resources unvalidated: VALIDATION_ENABLED
+    false, so that such a code may be stored and is searched as written), or - when `strict` - an unknown
+    parameter; otherwise unknown parameters land in `ignored`."""
+    judged = _CODES_JUDGED.set(codes_validated)
+    try:
+        return _parse_search(types, params, base_url, strict, text_search)
+    finally:
+        _CODES_JUDGED.reset(judged)
+
+
+def _parse_search(types: list[str], params: list[tuple[str, str]], base_url: str, strict: bool,
+                  text_search: bool) -> ParsedSearch:
     if len(params) > MAX_PARAMS:
         raise Invalid(f"A search takes at most {MAX_PARAMS} parameters, not {len(params)}")
     parsed = ParsedSearch(Criteria(list(types)))

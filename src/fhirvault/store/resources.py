@@ -108,11 +108,14 @@ class ResourceStore:
     refers to a blob counts as one reference to it (BlobRegistry `refs`), taken where the version is
     inserted (`write`) and given back where it is removed (`expunge`), so no other path can forget it."""
 
-    def __init__(self, registry: BlobRegistry | None = None, text_index: bool = True) -> None:
+    def __init__(self, registry: BlobRegistry | None = None, text_index: bool = True, validated: bool = True) -> None:
         self.registry = registry or BlobRegistry()
         # whether the index holds the word rows of `_text` and `_content` (the server's SEARCH_TEXT_INDEX):
         # writers index them only then, and searches refuse those parameters otherwise
         self.text_index = text_index
+        # whether every resource is validated against R4 before it is written (VALIDATION_ENABLED): only
+        # then can a search refuse a code that validation would never store
+        self.validated = validated
 
     async def get(self, conn: AsyncConnection, rtype: str, rid: str, for_update: bool = False
                   ) -> StoredResource | None:
