@@ -213,6 +213,8 @@ def test_unknown_parameters_lenient_and_strict_and_malformed_values(api: FhirApi
         ({"_has:Observation:patient": "x"}, ["_has"]),
         ({"_include": "Patient:nothing"}, ["_include", "Patient:nothing"]),
         ({"family": ",".join(["a"] * 101)}, ["family"]),
+        ({"gender:": "male"}, ["gender:", "empty modifier"]),
+        ({"name:": "Pat"}, ["name:", "empty modifier"]),
     ):
         r = api.get("/Patient", params=params)
         assert r.status_code == 400, (params, r.text)
@@ -221,6 +223,17 @@ def test_unknown_parameters_lenient_and_strict_and_malformed_values(api: FhirApi
             assert w in r.text, (params, w, r.text)
     assert api.get("/Observation", params={"value-quantity": "abc"}).status_code == 400
     assert api.get("/Observation", params={"code-value-quantity": "a|b"}).status_code == 400
+    # numbers beyond a double, and spellings Python's Decimal takes but a FHIR number is not
+    for value in ("1e400", "1e99999", "\uff11", "Infinity", "NaN", "1_000", "gt1e400"):
+        for path, name in (("/RiskAssessment", "probability"), ("/Observation", "value-quantity")):
+            r = api.get(path, params={name: value})
+            assert r.status_code == 400 and name in r.text, (name, value, r.text)
+    assert api.get("/RiskAssessment", params={"probability": "1e2"}).status_code == 200
+    assert api.get("/RiskAssessment", params={"probability": "-.5"}).status_code == 200
+    # an empty type in _type names none
+    for value in ("", "Patient,,Observation", "Patient,"):
+        r = api.get("", params={"_type": value})
+        assert r.status_code == 400 and "_type" in r.text, (value, r.text)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])

@@ -213,6 +213,8 @@ def test_compartment_search_and_everything(api: FhirApi) -> None:
         everything_paged += [(r["resourceType"], r["id"]) for r in entries(paged)]
     assert len(everything_paged) == 4 and set(everything_paged) == ids
     assert api.get(f"/Patient/{pat['id']}/$everything", params={"start": "2020"}).status_code == 400
+    bad = api.get(f"/Patient/{pat['id']}/$everything", params={"_since": "garbage"})
+    assert bad.status_code == 400 and "_since='garbage'" in bad.text and "_lastUpdated" not in bad.text, bad.text
 
 
 def test_patient_context_client_gets_full_pages_and_right_totals(server: ServerProcess, api: FhirApi) -> None:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhirvault.errors import Invalid, NotFound, Unauthorized, Unsupported
+from fhirvault.fhir.dates import date_range
 from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type, whole_number
 from fhirvault.fhir.subsetting import subset
@@ -337,6 +338,11 @@ async def everything(request: Request) -> Response:
     params: list[tuple[str, str]] = []
     for name, value in q.multi_items():
         if name == "_since":
+            try:
+                date_range(value)
+            except ValueError:
+                raise Invalid(f"$everything parameter _since={value!r} is not a FHIR instant "
+                              "(e.g. 2025-03-04T10:00:00Z)") from None
             params.append(("_lastUpdated", f"ge{value}"))
         elif name in ("_type", "_count", "_offset", "_format", "_pretty"):
             params.append((name, value))

@@ -239,7 +239,11 @@ def guard_links(access: AccessPolicy, ctx: RequestContext, clauses: list[Clause]
 
 
 def _system_types(access: AccessPolicy, ctx: RequestContext, params: list[tuple[str, str]]) -> list[str]:
-    named = [t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()]
+    given = [t.strip() for k, v in params if k == "_type" for t in v.split(",")]
+    if "" in given:
+        raise Invalid("_type: give resource types separated by commas (e.g. _type=Patient,Observation); "
+                      "an empty one names none")
+    named = given
     for t in named:
         if t not in resource_types():
             raise Invalid(f"_type: '{t}' is not an R4 resource type")

@@ -177,14 +177,21 @@ def _prefixed(value: str) -> tuple[str, str]:
     return "eq", value
 
 
+# A search number (R4 search.html#number: a decimal, with an exponent if wanted), in ASCII digits.
+_NUMBER = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?|[+-]?\.[0-9]+([eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def _number_test(name: str, raw: str, system: str | None = None, code: str | None = None) -> RangeTest:
     prefix, text = _prefixed(raw)
+    if not _NUMBER.fullmatch(text):  # Decimal would also take `Infinity`, `NaN`, `1_000` and non-ASCII digits
+        raise Invalid(f"Search parameter {name}={raw!r}: '{text}' is not a number")
     try:
         number = Decimal(text)
     except InvalidOperation:
         raise Invalid(f"Search parameter {name}={raw!r}: '{text}' is not a number") from None
-    if not number.is_finite():
-        raise Invalid(f"Search parameter {name}={raw!r}: '{text}' is not a number")
+    if not number.is_finite() or math.isinf(float(number)):
+        raise Invalid(f"Search parameter {name}={raw!r}: '{text}' is beyond the numbers this server compares "
+                      "(doubles, up to about 1.8e308)")
     exponent = number.as_tuple().exponent
     assert isinstance(exponent, int)
     half = Decimal(5) * Decimal(10) ** (exponent - 1)  # the value's implied precision (3.1.1.4.1)
@@ -299,7 +306,7 @@ def _judged_token_test(name: str, raw: str, reach: TokenReach) -> TokenTest:
             and (not test.system or reach.systems) and _CODES_JUDGED.get():
         # a code outside a required value set: valid data never holds it (R4 terminologies.html#required)
         known = sorted(reach.codes)
-        listed = ", ".join(known[:12]) + (f" and {len(known) - 12} more" if len(known) > 12 else "")
+        listed = ", ".join(known[:40]) + (f" and {len(known) - 40} more" if len(known) > 40 else "")
         raise Invalid(f"Search parameter {name}={raw!r}: '{test.code}' is not a code {param} can hold; "
                       f"its required value set has {listed}")
     if reach.systems and test.system:
@@ -458,7 +465,9 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
     if name.startswith("_has:"):
         return _parse_has(types, name, value, base_url)
     head, dot, rest = name.partition(".")
-    code, _, modifier = head.partition(":")
+    code, colon, modifier = head.partition(":")
+    if colon and not modifier:
+        raise Invalid(f"Search parameter {name}: an empty modifier; write {code} alone, or {code}:<modifier>")
     if not dot and code in ("_text", "_content"):
         return _parse_words(types, name, code, modifier, value)
     if not dot and code == "_list":
