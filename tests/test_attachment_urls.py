@@ -150,6 +150,27 @@ def test_a_deleted_binary_is_refused(api: FhirApi) -> None:
     assert create(api, doc_ref(f"Binary/{bid}")).status_code == 400
 
 
+def test_a_resource_naming_a_binary_deleted_since_can_still_be_edited(plain: FhirApi) -> None:
+    """Deleting a Binary leaves the resources that name it editable: an update or patch that keeps the
+    Attachment as it was succeeds; naming that Binary anew, or another deleted one, is still refused."""
+    bid, other = upload(plain)["id"], upload(plain, b"other")["id"]
+    doc = create(plain, {**doc_ref(f"Binary/{bid}"), "description": "before"}).json()
+    for gone in (bid, other):
+        assert plain.delete(f"/Binary/{gone}").status_code == 204
+    doc["description"] = "after"
+    r = plain.put(f"/DocumentReference/{doc['id']}", json=doc)
+    assert r.status_code == 200, r.text
+    assert r.json()["content"][0]["attachment"]["url"] == f"Binary/{bid}"
+    r = plain.patch(f"/DocumentReference/{doc['id']}", json=[{"op": "replace", "path": "/description", "value": "p"}],
+                    headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["description"] == "p" and r.json()["content"][0]["attachment"]["url"] == f"Binary/{bid}"
+    # a url changed to another Binary that does not exist, or a new resource naming the deleted one
+    changed = {**r.json(), "content": [{"attachment": {"url": f"Binary/{other}"}}]}
+    assert plain.put(f"/DocumentReference/{doc['id']}", json=changed).status_code == 400
+    assert create(plain, doc_ref(f"Binary/{bid}")).status_code == 400
+
+
 def test_conflicting_size_or_hash_is_refused_naming_the_element(api: FhirApi) -> None:
     bid = upload(api)["id"]
     bad_size = {"resourceType": "Media", "status": "completed", "content": {"url": f"Binary/{bid}", "size": 1}}

@@ -152,17 +152,24 @@ class AttachmentNormalizer:
                 ref = await self.shapes.binary_ref(url, f"{path}.url")
                 if ref is not None:
                     (later if ref.relative in uow.upcoming else now).append((path, attachment, ref))
+        # The Attachment urls of the version this write replaces: one kept as it was stays, even when its
+        # Binary is gone since (an edit elsewhere in the resource must not fail on it).
+        previous = uow.replacing.get(f"{resource.get('resourceType')}/{resource.get('id')}")
+        kept = {a.get("url") for _, a in iter_attachments(previous)} if previous is not None else set()
         if now:
-            await self._resolve(ctx, uow.conn, now)
+            await self._resolve(ctx, uow.conn, now, kept)
         if later:
-            uow.defer(resource, lambda: self._resolve(ctx, uow.conn, later))
+            uow.defer(resource, lambda: self._resolve(ctx, uow.conn, later, kept))
 
-    async def _resolve(self, ctx: RequestContext, conn: AsyncConnection, named: list[Named]) -> None:
+    async def _resolve(self, ctx: RequestContext, conn: AsyncConnection, named: list[Named],
+                       kept: set[Any] | frozenset[Any] = frozenset()) -> None:
         rows = await readable_binaries(self.access, ctx, conn, {ref for _, _, ref in named}, with_blobs=True)
         for path, attachment, ref in named:
             row = rows.get(ref)
             label = stored_form(ref)
             if row is None:
+                if attachment.get("url") == label and label in kept:
+                    continue  # unchanged since it was written, when it named a Binary that existed
                 raise Invalid(f"{path}.url names {label}, which does not exist", expression=f"{path}.url")
             attachment["url"] = label
             check_measures(path, attachment, label, measures_of(row))

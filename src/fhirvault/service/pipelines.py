@@ -44,6 +44,9 @@ class UnitOfWork:
     upcoming: set[str] = field(default_factory=set)
     written: list[StoredResource] = field(default_factory=list)
     deferred: list[tuple[dict[str, Any], Finish]] = field(default_factory=list)
+    # "Type/id" -> the current content an update in this unit replaces (what the write steps may compare
+    # the new content with: an element kept as it was is not judged again by rules it met when written)
+    replacing: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def defer(self, resource: dict[str, Any], finish: Finish) -> None:
         """Run `finish` (which may change `resource` in place, or raise a domain error to refuse the whole

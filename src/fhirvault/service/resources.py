@@ -428,6 +428,8 @@ class ResourceService:
             before = await self.store.get_version(uow.conn, rtype, rid, current.version_id - 1)
             if before is not None and before.content is not None:
                 await self._check_change(ctx, uow.conn, before.content, "update")
+        if current is not None and current.content is not None and not current.deleted:
+            uow.replacing[f"{rtype}/{rid}"] = current.content
         await self.write_pipeline.before_store(ctx, uow, resource)
         if not await self.access.can_see(ctx, uow.conn, resource, "create" if method == "POST" else "update"):
             raise Forbidden(f"{rtype}/{rid} as sent would be outside what this client may change "
