@@ -55,6 +55,8 @@ from fhirvault.fhir.validation import required_codes
 R4_MODEL = models["r4"]
 SECURITY_CONTEXT = "_securityContext"  # a Binary's securityContext, for access rules inside queries
 STRING_MAX = 255  # normalized strings are indexed; longer values keep their full text in `exact`
+# A securityContext reference as access rows keep it (store/version_access.py); other values are kept whole
+# here and fitted to their index column where they are written (store/search_tables.py `fitted`).
 TOKEN_MAX = 512
 _RESOLVE_IS = re.compile(r"resolve\(\) is ([A-Za-z]+)")
 
@@ -528,9 +530,9 @@ def _add(rows: IndexRows, param: SearchParam, values: Iterable[Any], base_url: s
         elif kind == "reference":
             for target, ident in reference_values(value, base_url):
                 if target and not identifiers_only:
-                    rows.refs.add((code, target[:TOKEN_MAX]))
+                    rows.refs.add((code, target))
                 if ident:
-                    rows.tokens.add((f"{code}:identifier", ident[0], ident[1][:TOKEN_MAX]))
+                    rows.tokens.add((f"{code}:identifier", ident[0], ident[1]))
         elif kind == "date":
             for day_low, day_high in date_values(value):
                 rows.dates.add((code, day_low, day_high))
@@ -541,13 +543,13 @@ def _add(rows: IndexRows, param: SearchParam, values: Iterable[Any], base_url: s
             for system, unit, q_low, q_high in quantity_values(value):
                 rows.quantities.add((code, system, unit, q_low, q_high))
         elif kind == "uri" and isinstance(value, str):
-            rows.uris.add((code, value[:TOKEN_MAX]))
+            rows.uris.add((code, value))
 
 
 def _add_tokens(rows: IndexRows, code: str, value: Any) -> None:
     for system, token, text in token_values(value):
         if token:
-            rows.tokens.add((code, system, token[:TOKEN_MAX]))
+            rows.tokens.add((code, system, token))
         if text:
             rows.strings.add((f"{code}:text", normalize(text)[:STRING_MAX], text))
     if isinstance(value, dict) and "value" in value and isinstance(value.get("type"), dict):
@@ -555,7 +557,7 @@ def _add_tokens(rows: IndexRows, code: str, value: Any) -> None:
         for coding in kind.get("coding") or []:
             if isinstance(coding, dict) and coding.get("code"):
                 rows.tokens.add((f"{code}:of-type", coding.get("system"),
-                                 f"{coding['code']}|{value['value']}"[:TOKEN_MAX]))
+                                 f"{coding['code']}|{value['value']}"))
         if isinstance(kind.get("text"), str):
             rows.strings.add((f"{code}:text", normalize(kind["text"])[:STRING_MAX], kind["text"]))
 

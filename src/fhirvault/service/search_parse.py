@@ -32,6 +32,7 @@ from fhirvault.fhir.search_filter import (
     parse_filter,
 )
 from fhirvault.fhir.search_index import (
+    STRING_MAX,
     TEXT_PARAMS,
     code_systems,
     code_values,
@@ -331,18 +332,25 @@ def _ref_test(name: str, param: SearchParam, modifier: str, raw: str, base_url: 
     raise Invalid(f"Search parameter {name}={raw!r} is not a reference like Patient/123")
 
 
-def _string_test(modifier: str, raw: str) -> StringTest:
+def _string_test(name: str, modifier: str, raw: str) -> StringTest:
+    """A string value (R4 search.html#string). The index keeps the first STRING_MAX characters of each
+    normalized string, so a longer value (but for `:exact`, which compares whole texts) is a 400 rather
+    than a comparison that would miss, or find values that only begin alike."""
     value = unescape(raw)
     if modifier == "exact":
         return StringTest("exact", value)
-    return StringTest("contains" if modifier == "contains" else "start", normalize(value))
+    folded = normalize(value)
+    if len(folded) > STRING_MAX:
+        raise Invalid(f"Search parameter {name}: a string is compared on its first {STRING_MAX} characters, and "
+                      f"this value has {len(folded)}; give at most {STRING_MAX}, or use :exact")
+    return StringTest("contains" if modifier == "contains" else "start", folded)
 
 
 def _value_test(name: str, param: SearchParam, kind: str, modifier: str, raw: str, base_url: str,
                 reach: TokenReach | None = None) -> Test:
     """One value in the syntax of `kind`; `reach`: for a token, what its elements hold."""
     if kind == "string":
-        return _string_test(modifier, raw)
+        return _string_test(name, modifier, raw)
     if kind == "token":
         return _judged_token_test(name, raw, reach or TokenReach(None))
     if kind == "reference":
@@ -522,7 +530,7 @@ def parse_criterion(types: list[str], name: str, value: str, base_url: str) -> C
         return ParamClause(composite_kind(param), code, [_composite_test(types, name, param, v, base_url)
                                                              for v in values])
     if kind == "token" and modifier == "text":
-        return ParamClause("string", f"{code}:text", [_string_test("", v) for v in values])
+        return ParamClause("string", f"{code}:text", [_string_test(name, "", v) for v in values])
     if kind == "token" and modifier == "of-type":
         tests: list[Test] = []
         for v in values:

@@ -19,7 +19,7 @@ from fhirvault.fhir.search_storage import StoredAs, stored_as
 from fhirvault.store.scan_rows import scan_state_matches
 from fhirvault.store.schema import resources, search_refs, search_tokens
 from fhirvault.store.search_tables import (
-    clipped,
+    as_stored,
     search_composite_parts,
     search_composites,
     search_dates,
@@ -292,45 +292,45 @@ def _range(prefix: str, low: Any, high: Any, t: RangeTest, point_inclusive: bool
 
 
 def _string(col: Any, t: StringTest, exact_col: Any) -> ColumnElement[bool]:
+    # normalized strings are kept as their first STRING_MAX characters: the service refuses longer values
     if t.mode == "exact":
-        return exact_col == clipped(exact_col, t.value)
+        return exact_col == t.value
     if t.mode == "equal":
-        return col == clipped(col, t.value)
+        return col == t.value
     if t.mode == "end":
         return col.endswith(t.value, autoescape=True)
     if t.mode == "contains":
         return col.contains(t.value, autoescape=True)
-    # a value longer than the column: the stored rows keep its first characters (search_tables.clipped)
-    return col.startswith(clipped(col, t.value), autoescape=True)
+    return col.startswith(t.value, autoescape=True)
 
 
 def _token(system_col: Any, code_col: Any, t: TokenTest) -> ColumnElement[bool]:
     conds = []
     if t.code is not None:
-        conds.append(code_col == clipped(code_col, t.code))
+        conds.append(code_col == as_stored(code_col, t.code))
     if t.system == "":
         conds.append(system_col.is_(None))
     elif t.system is not None:
-        conds.append(system_col == clipped(system_col, t.system))
+        conds.append(system_col == as_stored(system_col, t.system))
     return sa.and_(sa.true(), *conds)
 
 
 def _uri(col: Any, t: UriTest) -> ColumnElement[bool]:
     if t.mode == "below":
-        return sa.or_(col == clipped(col, t.value),
-                      col.startswith(clipped(col, t.value.rstrip("/") + "/"), autoescape=True))
+        return sa.or_(col == as_stored(col, t.value),
+                      col.startswith(t.value.rstrip("/") + "/", autoescape=True))
     if t.mode == "above":
         # every stored uri that is a path-prefix of the value
         prefixes = [t.value[:i] for i in range(len(t.value), 0, -1) if i == len(t.value) or t.value[i] == "/"]
-        return col.in_([clipped(col, p) for p in prefixes])
-    return col == clipped(col, t.value)
+        return col.in_([as_stored(col, p) for p in prefixes])
+    return col == as_stored(col, t.value)
 
 
 def _test(kind: str, table: Any, t: Test) -> ColumnElement[bool]:
     c = table.c
     if isinstance(t, CodeSetTest):
-        return sa.and_(c.system.is_(None) if t.system == "" else c.system == clipped(c.system, t.system),
-                       c.value.in_([clipped(c.value, code) for code in t.codes]))
+        return sa.and_(c.system.is_(None) if t.system == "" else c.system == as_stored(c.system, t.system),
+                       c.value.in_([as_stored(c.value, code) for code in t.codes]))
     if isinstance(t, TermTest):
         raise TypeError(f"unresolved terminology test {t!r}: resolve the criteria first")
     if isinstance(t, StringTest):
@@ -338,7 +338,7 @@ def _test(kind: str, table: Any, t: Test) -> ColumnElement[bool]:
     if isinstance(t, TokenTest):
         return _token(c.system, c.value, t)
     if isinstance(t, RefTest):
-        return c.target.in_([clipped(c.target, target) for target in t.targets])
+        return c.target.in_([as_stored(c.target, target) for target in t.targets])
     if isinstance(t, UriTest):
         return _uri(c.value, t)
     if isinstance(t, RangeTest):
@@ -346,9 +346,9 @@ def _test(kind: str, table: Any, t: Test) -> ColumnElement[bool]:
         if kind == "quantity":
             extra = [cond]
             if t.system:
-                extra.append(c.system == clipped(c.system, t.system))
+                extra.append(c.system == as_stored(c.system, t.system))
             if t.code:
-                extra.append(c.code == clipped(c.code, t.code))
+                extra.append(c.code == as_stored(c.code, t.code))
             cond = sa.and_(*extra)
         return cond
     return _composite(c, t)
@@ -361,15 +361,15 @@ def _part(system: Any, value: Any, low: Any, high: Any, kind: str, t: Test) -> C
     if isinstance(t, StringTest):
         return _string(value, t, value)
     if isinstance(t, RefTest):
-        return value.in_([clipped(value, target) for target in t.targets])
+        return value.in_([as_stored(value, target) for target in t.targets])
     if isinstance(t, UriTest):
         return _uri(value, t)
     if isinstance(t, RangeTest):
         cond = _range(t.prefix, low, high, t, point_inclusive=kind != "date")
         if t.system:
-            cond = sa.and_(cond, system == clipped(system, t.system))
+            cond = sa.and_(cond, system == as_stored(system, t.system))
         if t.code:
-            cond = sa.and_(cond, value == clipped(value, t.code))
+            cond = sa.and_(cond, value == as_stored(value, t.code))
         return cond
     raise TypeError(f"no composite component test for {t!r}")
 

@@ -8,6 +8,7 @@ owner with one lookup index each, and numbers each resource's rows (store/sqlite
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import sqlalchemy as sa
@@ -136,26 +137,43 @@ def column_limit(column: Any) -> int | None:
     return length if isinstance(length, int) else None
 
 
-def clipped(column: Any, value: Any) -> Any:
-    """`value` as the index keeps it in `column`: a string cut to the column's length, as every row is
-    written (PostgreSQL refuses longer values; SQLite would keep them), so that a search value compares
-    with the rows as stored. Anything else as it is."""
+# Hex characters of a cut value's SHA-256 that end its stored form (see `fitted`).
+_DIGEST = 16
+
+
+def fitted(value: str, limit: int) -> str:
+    """`value` as an index column of `limit` characters holds it: as it is when it fits, else its first
+    characters, `#` and 16 hex characters of its SHA-256, `limit` in all. Two long values that share their
+    first characters are then still told apart (a search for one never finds the other: a conditional
+    update or delete must not reach the wrong resource), and one search value finds what it is equal to."""
+    if len(value) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST]
+    return f"{value[:limit - _DIGEST - 1]}#{digest}"
+
+
+def as_stored(column: Any, value: Any) -> Any:
+    """A search value as the index keeps equal values in `column` (`fitted` to its length; PostgreSQL
+    refuses longer values, SQLite would keep them), so that it compares with the rows as written. Anything
+    but a string, or a column of any length, as it is."""
     limit = column_limit(column)
-    return value[:limit] if limit is not None and isinstance(value, str) and len(value) > limit else value
+    return fitted(value, limit) if limit is not None and isinstance(value, str) else value
 
 
-# IndexRows field -> the length of each of its value columns (None: any); the `param` column holds our codes
+# IndexRows field -> the length of each of its value columns (None: any); the `param` column holds our codes.
 _LIMITS: dict[str, tuple[int | None, ...]] = {
     name: (None, *(column_limit(table.c[c]) for c in columns)) for name, (table, columns) in _ROW_TABLES.items()}
 
 
-def _stored(row: tuple[Any, ...], limits: tuple[int | None, ...]) -> tuple[Any, ...]:
-    """One index row as written: values `_finite`, and strings cut to their column's length (`clipped`)."""
+def _stored(row: tuple[Any, ...], limits: tuple[int | None, ...], prefixes: bool) -> tuple[Any, ...]:
+    """One index row as written: values `_finite`, and strings longer than their column `fitted` to it;
+    `prefixes` (the normalized strings, searched by what they start with): cut to it instead, since only
+    their first characters are compared (a search value longer than that is refused)."""
     out = []
     for value, limit in zip(row, limits, strict=True):
         value = _finite(value)
         if limit is not None and isinstance(value, str) and len(value) > limit:
-            value = value[:limit]
+            value = value[:limit] if prefixes else fitted(value, limit)
         out.append(value)
     return tuple(out)
 
@@ -199,11 +217,11 @@ def index_statements(rtype: str, rid: str, rows: IndexRows | None, *, new: bool 
             values = getattr(rows, name)
             if not values:
                 continue
-            limits = _LIMITS[name]
+            limits, prefixes = _LIMITS[name], name == "strings"
             if numbered:
-                data = [(rtype, rid, row[0], n, *_stored(row, limits)[1:]) for n, row in enumerate(values)]
+                data = [(rtype, rid, row[0], n, *_stored(row, limits, prefixes)[1:]) for n, row in enumerate(values)]
             else:
-                data = [(rtype, rid, *_stored(row, limits)) for row in values]
+                data = [(rtype, rid, *_stored(row, limits, prefixes)) for row in values]
             statements.append(DriverStatement(sql, data))
     return statements
 
