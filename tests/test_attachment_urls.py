@@ -169,6 +169,9 @@ def test_a_resource_naming_a_binary_deleted_since_can_still_be_edited(plain: Fhi
     changed = {**r.json(), "content": [{"attachment": {"url": f"Binary/{other}"}}]}
     assert plain.put(f"/DocumentReference/{doc['id']}", json=changed).status_code == 400
     assert create(plain, doc_ref(f"Binary/{bid}")).status_code == 400
+    again = plain.patch(f"/DocumentReference/{doc['id']}", headers={"Content-Type": "application/json-patch+json"},
+                        json=[{"op": "add", "path": "/content/-", "value": {"attachment": {"url": f"Binary/{bid}"}}}])
+    assert again.status_code == 400, again.text  # one more Attachment naming it is new
 
 
 def test_conflicting_size_or_hash_is_refused_naming_the_element(api: FhirApi) -> None:

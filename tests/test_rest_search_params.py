@@ -230,10 +230,14 @@ def test_unknown_parameters_lenient_and_strict_and_malformed_values(api: FhirApi
             assert r.status_code == 400 and name in r.text, (name, value, r.text)
     assert api.get("/RiskAssessment", params={"probability": "1e2"}).status_code == 200
     assert api.get("/RiskAssessment", params={"probability": "-.5"}).status_code == 200
-    # an empty type in _type names none
+    # an empty type in _type names none; on a type's search, _type may only name that type
     for value in ("", "Patient,,Observation", "Patient,"):
         r = api.get("", params={"_type": value})
         assert r.status_code == 400 and "_type" in r.text, (value, r.text)
+    for value in ("", "Observation", "Patient,Observation", "Bogus"):
+        r = api.get("/Patient", params={"_type": value})
+        assert r.status_code == 400 and "_type" in r.text, (value, r.text)
+    assert api.get("/Patient", params={"_type": "Patient", "_id": "x"}).status_code == 200
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,20 +156,24 @@ class AttachmentNormalizer:
         # The Attachment urls of the version this write replaces: one kept as it was stays, even when its
         # Binary is gone since (an edit elsewhere in the resource must not fail on it).
         previous = uow.replacing.get(f"{resource.get('resourceType')}/{resource.get('id')}")
-        kept = {a.get("url") for _, a in iter_attachments(previous)} if previous is not None else set()
+        kept = Counter(a.get("url") for _, a in iter_attachments(previous)) if previous is not None else Counter()
         if now:
             await self._resolve(ctx, uow.conn, now, kept)
         if later:
             uow.defer(resource, lambda: self._resolve(ctx, uow.conn, later, kept))
 
     async def _resolve(self, ctx: RequestContext, conn: AsyncConnection, named: list[Named],
-                       kept: set[Any] | frozenset[Any] = frozenset()) -> None:
+                       kept: Counter[Any] | None = None) -> None:
+        """Normalizes and checks the `named` Attachments. `kept`: how many Attachments of the version being
+        replaced name each url; that many may still name a Binary deleted since (no more: a new one may not)."""
+        kept = kept if kept is not None else Counter()
         rows = await readable_binaries(self.access, ctx, conn, {ref for _, _, ref in named}, with_blobs=True)
         for path, attachment, ref in named:
             row = rows.get(ref)
             label = stored_form(ref)
             if row is None:
-                if attachment.get("url") == label and label in kept:
+                if attachment.get("url") == label and kept[label] > 0:
+                    kept[label] -= 1
                     continue  # unchanged since it was written, when it named a Binary that existed
                 raise Invalid(f"{path}.url names {label}, which does not exist", expression=f"{path}.url")
             attachment["url"] = label

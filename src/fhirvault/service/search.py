@@ -105,6 +105,11 @@ async def run_search(db: Database, store: ResourceStore, access: AccessPolicy, c
     else:
         access.require(ctx, "search", rtype)
         types = [rtype]
+        named = [t.strip() for k, v in params if k == "_type" for t in v.split(",")]
+        if named and set(named) != {rtype}:
+            # R4 `_type` chooses the types of a system search; here the path has chosen one already
+            raise Invalid(f"_type={','.join(named)} on a search of {rtype}: search [base]?_type=... for other "
+                          f"types, or leave _type out")
     parsed = parse_search(types, params, ctx.base_url, ctx.handling_strict, store.text_index, store.validated)
     if compartment is not None:
         parsed.criteria.clauses.append(compartment_clause(compartment))
