@@ -38,7 +38,8 @@ def responses_are_valid_r4() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
-    """Starts a server with given settings; `backend` is 'sqlite' or 'postgres'. All stop at session end."""
+    """Starts a server with given settings (one process unless `workers=N` is among them); `backend` is
+    'sqlite' or 'postgres'. All stop at session end."""
     stack = ExitStack()
 
     def start(backend: str = "sqlite", **settings: Any) -> ServerProcess:
@@ -46,7 +47,10 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
         if backend == "postgres" and "database_url" not in settings:
             require_postgres()
             settings["database_url"] = stack.enter_context(postgres_database())
-        server = ServerProcess(data_dir, settings_env(**settings)).start()
+        # One process each unless a test asks for more (`workers=2`): these servers live until the session
+        # ends, and with `serve`'s default (a process per core, and their supervisor) the suite's
+        # servers came to about 400 MiB each, exhausting the machine's memory near the end of a run.
+        server = ServerProcess(data_dir, settings_env(**settings), workers=1).start()
         stack.callback(server.stop)
         return server
 
