@@ -36,32 +36,48 @@ def responses_are_valid_r4() -> Iterator[None]:
                                        "received were not valid R4:\n" + "\n".join(r4_responses.FAILURES[:30]))
 
 
+# The servers server_factory started for each test module ("tests/test_x.py"), stopped when it ends.
+_MODULE_SERVERS: dict[str, list[ServerProcess]] = {}
+
+
 @pytest.fixture(scope="session")
 def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
     """Starts a server with given settings (one process unless `workers=N` is among them); `backend` is
-    'sqlite' or 'postgres'. All stop at session end."""
+    'sqlite' or 'postgres'. A server stops when the test module that started it ends, or with `keep=True`
+    (for session-scoped fixtures) when the session does."""
     stack = ExitStack()
 
-    def start(backend: str = "sqlite", **settings: Any) -> ServerProcess:
+    def start(backend: str = "sqlite", keep: bool = False, **settings: Any) -> ServerProcess:
         data_dir = Path(tmp_path_factory.mktemp(f"fv-{backend}"))
         if backend == "postgres" and "database_url" not in settings:
             require_postgres()
             settings["database_url"] = stack.enter_context(postgres_database())
-        # One process each unless a test asks for more (`workers=2`): these servers live until the session
-        # ends, and with `serve`'s default (a process per core, and their supervisor) the suite's
-        # servers came to about 400 MiB each, exhausting the machine's memory near the end of a run.
+        # One process each unless a test asks for more (`workers=2`), and stopped with their module: at
+        # `serve`'s default (a process per core, and their supervisor: about 400 MiB a server) and kept to
+        # the session's end, the suite's servers exhausted the machine's memory near the end of a run.
         server = ServerProcess(data_dir, settings_env(**settings), workers=1).start()
         stack.callback(server.stop)
+        if not keep:
+            module = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[0]
+            _MODULE_SERVERS.setdefault(module, []).append(server)
         return server
 
     yield start
     stack.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _stop_module_servers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Stops the servers server_factory started for this module once its last test has run."""
+    yield
+    for server in _MODULE_SERVERS.pop(request.node.nodeid, []):
+        server.stop()
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def server(request: pytest.FixtureRequest, server_factory: Callable[..., ServerProcess]) -> ServerProcess:
-    """The default server, once per database backend."""
-    return server_factory(request.param)
+    """The default server, once per database backend, for the whole session."""
+    return server_factory(request.param, keep=True)
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def nothing_new(server: ServerProcess, binaries: int, rows: list, keys: set) -> 
 @pytest.fixture(scope="session")
 def limited_server(storage_mode: str, database: str, server_factory: Callable[..., ServerProcess],
                    request: pytest.FixtureRequest) -> ServerProcess:
-    return server_factory(database, **mode_settings(request, storage_mode), max_binary_bytes=200_000,
+    return server_factory(database, keep=True, **mode_settings(request, storage_mode), max_binary_bytes=200_000,
                           max_json_bytes=100_000)
 
 

@@ -49,7 +49,7 @@ def shared_binary_server(server_factory: Callable[..., ServerProcess], storage_m
     """The server for (storage mode, database) with default settings, started once per session."""
     key = (storage_mode, database)
     if key not in _servers:
-        _servers[key] = server_factory(database, **mode_settings(request, storage_mode))
+        _servers[key] = server_factory(database, keep=True, **mode_settings(request, storage_mode))
     return _servers[key]
 
 
