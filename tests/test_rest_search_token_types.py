@@ -248,6 +248,12 @@ def test_a_code_outside_its_required_value_set_is_a_400(api: FhirApi) -> None:
     refused(api, "/DocumentReference", {"status": "final"}, "status", "final", "current")
     refused(api, "/Patient", {"_has:Observation:subject:status": "done"}, "_has:Observation:subject:status", "done")
     refused(api, "/Patient", {"_filter": "gender eq males"}, "_filter", "gender", "males")
+    # value sets R4's JSON schema leaves open are enumerated from their ValueSet too
+    refused(api, "/MedicationRequest", {"status": "done"}, "status", "done", "active", "on-hold")
+    refused(api, "/ServiceRequest", {"intent": "orders"}, "intent", "orders", "original-order")
+    refused(api, "/CarePlan", {"intent": "orders"}, "intent", "orders", "option")
+    assert found(api, "/MedicationRequest", {"status": "active,on-hold,cancelled", "_id": t}) == []
+    assert found(api, "/ServiceRequest", {"intent": "reflex-order", "_id": t}) == []
     # every code of the value set is still searched as before
     assert found(api, "/Patient", {**mine, "gender": "male"}) == [p["id"]]
     assert found(api, "/Patient", {**mine, "gender": "female,other,unknown"}) == []
@@ -264,6 +270,9 @@ def test_the_codes_of_required_value_sets_come_from_the_validation_table() -> No
     assert code_values(params_of("Patient")["identifier"].expr) is None
     assert code_values(params_of("CodeSystem")["code"].expr) is None
     assert code_values(params_of("Patient")["language"].expr) is None
+    # the schema types MedicationRequest.status as a plain code; its value set is a list of codes
+    assert code_values(params_of("MedicationRequest")["status"].expr) == {
+        "active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"}
 
 
 def test_without_validation_a_stored_code_is_searched_as_written(

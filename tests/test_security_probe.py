@@ -354,6 +354,17 @@ def test_access_token_in_the_query_is_redacted_in_the_log(probe_server: ServerPr
     assert secret not in log and "access_token=REDACTED" in log
 
 
+def test_search_values_stay_out_of_the_log(probe_server: ServerProcess, api: FhirApi) -> None:
+    """Search values are patient data (names, identifiers, birth dates): the access log keeps each
+    parameter's name and not its value. They were logged as sent."""
+    family, identifier = f"Fam{uuid.uuid4().hex[:10]}", f"mrn-{uuid.uuid4().hex}"
+    r = api.get("/Patient", params={"family": family, "identifier": identifier, "birthdate": "ge1970-01-01"})
+    assert r.status_code == 200
+    log = probe_server.log_path.read_text()
+    assert family not in log and identifier not in log and "1970-01-01" not in log
+    assert "family=REDACTED&identifier=REDACTED&birthdate=REDACTED" in log
+
+
 # -- If-Match on another patient's resource -----------------------------------------------------------
 def test_if_match_on_another_patients_resource_is_404_not_412(probe_server: ServerProcess, api: FhirApi) -> None:
     """A write with If-Match to a resource outside the caller's compartment answers 404 as if it did not

@@ -5,8 +5,13 @@ filters, a record copy in its formatter and a flush, which cost about a third of
 answer such as `GET /metadata`. `AccessLog` stands in for that logger in the HTTP protocol
 (`connection_limits.LimitedHttpProtocol`): it writes uvicorn's own line
 (`INFO:     127.0.0.1:53412 - "GET /fhir/R4/metadata HTTP/1.1" 200 OK`) straight to the stream of the
-logger's handler, flushed at once as before, with bearer credentials in the query redacted. A logging
-set-up without a plain stream handler keeps the standard path (and its filters).
+logger's handler, flushed at once as before, with every query value redacted. A logging set-up without a
+plain stream handler keeps the standard path (and its filters).
+
+Why every value and not only credentials: a FHIR query carries patient data (`Patient?name=…`,
+`identifier=…`, `birthdate=…`) as well as bearer credentials (`sig=`, `access_token=`), and a log is
+read and kept by more people and for longer than the database. The parameter names stay, so a line
+still tells which search was made (`GET /fhir/R4/Patient?name=REDACTED&_count=REDACTED`).
 """
 
 from __future__ import annotations
@@ -16,23 +21,21 @@ import logging
 import re
 from typing import Any, TextIO
 
-# Query parameters that are bearer credentials: storage URL signatures and (refused, but still sent by
-# some clients) access tokens. Matched case-insensitively.
-_SECRET_PARAM = re.compile(r"([?&](?:sig|access_token)=)[^&\s]*", re.IGNORECASE)
-_SECRET_NAMES = ("sig=", "access_token=")
+# One `name=value` of a query: its value runs to the next `&`, whitespace, `#` or quote (a log argument
+# may hold a URL inside other text).
+_QUERY_VALUE = re.compile(r"([?&][^=&\s#?]*=)[^&\s#\"']*")
 
 
 def redact(text: str) -> str:
-    """`text` (a request target, or any log argument) with the values of `sig=` and `access_token=`
-    query parameters replaced by REDACTED."""
-    lowered = text.lower()
-    if not any(name in lowered for name in _SECRET_NAMES):
+    """`text` (a request target, or any log argument) with the value of every query parameter replaced
+    by REDACTED: `/Patient?name=Smith&sig=x` -> `/Patient?name=REDACTED&sig=REDACTED`."""
+    if "=" not in text:
         return text
-    return _SECRET_PARAM.sub(r"\1REDACTED", text)
+    return _QUERY_VALUE.sub(r"\1REDACTED", text)
 
 
 class RedactSignatures(logging.Filter):
-    """Keeps bearer credentials in URLs (storage URL signatures, `access_token=`) out of log records
+    """Keeps query values (patient data, storage URL signatures, `access_token=`) out of log records
     that go through the logging machinery (see `redact`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
