@@ -79,3 +79,32 @@ def test_unknown_search_parameters_follow_prefer_handling(api: FhirApi, handling
             assert name not in self_link
         else:
             assert next(k for k in params if k != "_type") in r.text
+
+
+def test_the_capabilities_interaction_honours_its_parameters(api: FhirApi) -> None:
+    """`GET /metadata` takes `mode`, `_summary` and `_elements` (R4 http.html#capabilities); they were
+    ignored, so `_elements=fhirVersion` answered the whole 830 KB statement and `mode=terminology` a
+    CapabilityStatement for a TerminologyCapabilities."""
+    whole = api.get("/metadata").json()
+    assert api.get("/metadata", params={"mode": "full"}).json() == whole
+    assert api.get("/metadata", params={"mode": "normative"}).json() == whole
+    few = api.get("/metadata", params={"_elements": "fhirVersion"})
+    assert few.status_code == 200, few.text
+    body = few.json()
+    assert body["fhirVersion"] == "4.0.1" and "rest" not in body and "software" not in body
+    # the mandatory elements stay (R4 3.1.1.5.9), and the statement says it is not whole
+    assert {"status", "date", "kind", "format"} <= set(body)
+    assert any(t["code"] == "SUBSETTED" for t in body["meta"]["tag"])
+    assert int(few.headers["content-length"]) < 2000
+    text = api.get("/metadata", params={"_summary": "text"}).json()
+    assert "rest" not in text and text["kind"] == "instance"
+    summary = api.get("/metadata", params={"_summary": "true"}).json()
+    assert summary["rest"] == whole["rest"]  # rest is a summary element of CapabilityStatement
+    assert any(t["code"] == "SUBSETTED" for t in summary["meta"]["tag"])
+    for params, named in (({"mode": "terminology"}, "terminology"), ({"mode": "terse"}, "terse"),
+                          ({"_summary": "count"}, "count"), ({"x": "1"}, "'x'")):
+        r = api.get("/metadata", params=params)
+        assert r.status_code == 400 and named in r.text, (params, r.text)
+        assert r.json()["resourceType"] == "OperationOutcome"
+    lenient = api.get("/metadata", params={"x": "1"}, headers={"Prefer": "handling=lenient"})
+    assert lenient.status_code == 200 and lenient.json() == whole

@@ -400,10 +400,31 @@ async def batch(request: Request) -> Response:
     return FhirJsonResponse(await v.bundles.process(context(request), body))
 
 
+CAPABILITIES_PARAMS = ("_format", "_pretty", "_summary", "_elements", "mode")
+_CAPABILITIES_MODES = ("full", "normative")
+
+
 async def metadata(request: Request) -> Response:
-    """The CapabilityStatement, encoded once; gzip-compressed (once) for clients that accept it, which
-    nearly all do: it is about 750 KB of JSON. `_pretty=true` gets the plain JSON, to be indented."""
+    """The capabilities interaction (R4 http.html#capabilities): the CapabilityStatement, encoded once;
+    gzip-compressed (once) for clients that accept it, which nearly all do: it is about 830 KB of JSON.
+    `_pretty=true` gets the plain JSON, to be indented.
+
+    `mode=full` (the default) and `mode=normative` give the whole statement: R4's CapabilityStatement is
+    normative in full. `mode=terminology` asks for a TerminologyCapabilities resource, which a server with
+    no terminology service does not have: 400, as is any other mode. `_summary` and `_elements` subset the
+    statement as they do a read (tagged SUBSETTED); any other parameter is a 400 (`check_query`)."""
     v = vault(request)
+    if any(name != "_format" for name in request.query_params):
+        check_query(request, CAPABILITIES_PARAMS, "capabilities")
+        mode = request.query_params.get("mode", "full")
+        if mode == "terminology":
+            raise Invalid("mode=terminology asks for a TerminologyCapabilities resource; fhirvault has no "
+                          "terminology service, so it has none (mode takes full or normative)")
+        if mode not in _CAPABILITIES_MODES:
+            raise Invalid(f"mode={mode!r} is not one of full, normative, terminology (R4 http.html#capabilities)")
+        summary, elements = subsetting_params(request)
+        if summary not in (None, "false") or elements:
+            return FhirJsonResponse(subset(v.capability_statement(), summary, elements))
     headers = {"Vary": "Accept-Encoding"}
     if request.query_params.get("_pretty") != "true" and accepts_gzip(request.headers.get("accept-encoding")):
         return FhirJsonResponse(v.capability_statement_gzip(), headers={**headers, "Content-Encoding": "gzip"})
