@@ -33,6 +33,7 @@ from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
 from fhirvault.http.content_encoding import ContentDecodingMiddleware
 from fhirvault.http.formats import FhirFormatMiddleware
 from fhirvault.http.responses import error_response, outcome_response
+from fhirvault.http.unexpected_errors import UnexpectedErrors
 from fhirvault.jobs.clamd import ClamdScanner
 from fhirvault.jobs.queue import JobQueue
 from fhirvault.jobs.worker import JobWorkers
@@ -333,11 +334,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return outcome_response(exc.status_code, str(exc.detail), "processing")
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error in %s %s", request.method, request.url.path)
-    return outcome_response(500, "The server failed to process the request; the error was logged", "exception")
-
-
 def build_app(settings: Settings) -> Starlette:
     """The ASGI application for `settings`: the FhirVault parts, the routes of http.routes, the middleware
     (content codings, formats, limits) and the error handlers that turn every failure into an
@@ -358,14 +354,14 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=http_routes.routes(),
-        middleware=[Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
+        middleware=[Middleware(UnexpectedErrors),
+                    Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
                     Middleware(FhirFormatMiddleware, prefix=FHIR_PREFIX),
                     Middleware(ContentDecodingMiddleware,
                                limit=max(settings.max_binary_bytes, settings.max_json_bytes))],
         exception_handlers={
             FhirVaultError: _domain_error,
-            HTTPException: _http_error,
-            Exception: _unexpected_error,
+            HTTPException: _http_error,  # any other exception: UnexpectedErrors
         },
         lifespan=lifespan,
     )
