@@ -46,3 +46,16 @@ def test_listed_parameters_are_accepted_by_a_strict_server(api: FhirApi, rtype: 
         name, value = probe(p["name"], p["type"])
         r = api.get(f"/{rtype}", params={name: value, "_count": 0}, headers={"Prefer": "handling=strict"})
         assert r.status_code == 200, (rtype, p["name"], r.text)
+
+
+def test_the_common_special_parameters_are_documented_once(api: FhirApi) -> None:
+    """`_content`, `_text`, `_list` and `_filter` are listed on every type (name, type, definition) and
+    documented once in `rest.searchParam`, which applies to every type and to system search."""
+    rest = api.get("/metadata").json()["rest"][0]
+    common = {p["name"]: p for p in rest["searchParam"]}
+    assert set(common) == {"_content", "_text", "_list", "_filter"}
+    assert all(p["documentation"] for p in common.values())
+    for entry in rest["resource"]:
+        special = [p for p in entry["searchParam"] if p["name"] in common]
+        assert {p["name"] for p in special} >= {"_content", "_list", "_filter"}, entry["type"]
+        assert not any("documentation" in p for p in special), entry["type"]

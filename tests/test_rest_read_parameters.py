@@ -83,7 +83,7 @@ def test_unknown_search_parameters_follow_prefer_handling(api: FhirApi, handling
 
 def test_the_capabilities_interaction_honours_its_parameters(api: FhirApi) -> None:
     """`GET /metadata` takes `mode`, `_summary` and `_elements` (R4 http.html#capabilities); they were
-    ignored, so `_elements=fhirVersion` answered the whole 830 KB statement and `mode=terminology` a
+    ignored, so `_elements=fhirVersion` answered the whole 750 KB statement and `mode=terminology` a
     CapabilityStatement for a TerminologyCapabilities."""
     whole = api.get("/metadata").json()
     assert api.get("/metadata", params={"mode": "full"}).json() == whole

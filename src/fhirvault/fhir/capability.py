@@ -33,18 +33,26 @@ _NEAR = {"name": "near", "definition": "http://hl7.org/fhir/SearchParameter/Loca
 def search_params(rtype: str, text_search: bool = True) -> list[dict[str, Any]]:
     """CapabilityStatement.rest.resource.searchParam of `rtype`: every R4 parameter fhirvault indexes, and
     the special ones it answers (`_content` and `_text` unless `text_search` is off, `_list`, `_filter`,
-    Location `near`)."""
+    Location `near`). The special ones common to every type are documented once, in `rest.searchParam`
+    (`common_search_params`): repeated on each of the 146 types, their text was a tenth of the statement."""
     out = []
     for code, p in sorted(params_of(rtype).items()):
         if p.type in _SEARCHABLE or p.type == "composite":
             out.append({"name": code, "definition": p.url, "type": p.type})
-    for code, url, kind, doc in _SPECIAL:
+    for code, url, kind, _doc in _SPECIAL:
         if code in TEXT_PARAMS and not text_search or code == "_text" and rtype in NOT_DOMAIN_RESOURCES:
             continue
-        out.append({"name": code, **({"definition": url} if url else {}), "type": kind, "documentation": doc})
+        out.append({"name": code, **({"definition": url} if url else {}), "type": kind})
     if rtype == "Location":
         out.append(dict(_NEAR))
     return out
+
+
+def common_search_params(text_search: bool = True) -> list[dict[str, Any]]:
+    """CapabilityStatement.rest.searchParam: the special parameters every type answers, with how
+    fhirvault answers them (`_text` applies to DomainResources only)."""
+    return [{"name": code, **({"definition": url} if url else {}), "type": kind, "documentation": doc}
+            for code, url, kind, doc in _SPECIAL if text_search or code not in TEXT_PARAMS]
 
 
 def includes(rtype: str) -> tuple[list[str], list[str]]:
@@ -95,6 +103,7 @@ def capability_statement(base_url: str, software_version: str, instant: str,
     rest: dict[str, Any] = {
         "mode": "server",
         "resource": rest_resources,
+        "searchParam": common_search_params(text_search),
         "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"},
                         {"code": "search-system"}],
     }

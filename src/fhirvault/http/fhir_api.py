@@ -406,7 +406,7 @@ _CAPABILITIES_MODES = ("full", "normative")
 
 async def metadata(request: Request) -> Response:
     """The capabilities interaction (R4 http.html#capabilities): the CapabilityStatement, encoded once;
-    gzip-compressed (once) for clients that accept it, which nearly all do: it is about 830 KB of JSON.
+    gzip-compressed (once) for clients that accept it, which nearly all do: it is about 750 KB of JSON.
     `_pretty=true` gets the plain JSON, to be indented.
 
     `mode=full` (the default) and `mode=normative` give the whole statement: R4's CapabilityStatement is
