@@ -363,6 +363,14 @@ def test_search_values_stay_out_of_the_log(probe_server: ServerProcess, api: Fhi
     log = probe_server.log_path.read_text()
     assert family not in log and identifier not in log and "1970-01-01" not in log
     assert "family=REDACTED&identifier=REDACTED&birthdate=REDACTED" in log
+    # a quote does not end a value (JavaScript's encodeURIComponent leaves `'` as it is), and a part
+    # without `=` is a value as well
+    secret = uuid.uuid4().hex[:12]
+    target = f"/Patient?name=O'{secret}&given=D\"{secret}&{secret}"
+    assert api.get(target).status_code == 200
+    log = probe_server.log_path.read_text()
+    assert secret not in log
+    assert "/Patient?name=REDACTED&given=REDACTED&REDACTED HTTP/1.1" in log
 
 
 # -- If-Match on another patient's resource -----------------------------------------------------------

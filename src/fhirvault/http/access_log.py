@@ -21,17 +21,33 @@ import logging
 import re
 from typing import Any, TextIO
 
-# One `name=value` of a query: its value runs to the next `&`, whitespace, `#` or quote (a log argument
-# may hold a URL inside other text).
-_QUERY_VALUE = re.compile(r"([?&][^=&\s#?]*=)[^&\s#\"']*")
+# A query: from `?` to the first whitespace or `#` (a log argument may hold a URL inside other text). Quotes
+# do not end it: `'` is left unescaped by JavaScript's encodeURIComponent (`name=O'Brien`), and a value
+# that ended at one would leak the rest of itself.
+_QUERY = re.compile(r"\?([^\s#]*)")
+
+
+def _names_only(match: re.Match[str]) -> str:
+    """`?a=1&b&c=2` -> `?a=REDACTED&REDACTED&c=REDACTED`: every value, and every part without `=` (a
+    bare word is a value too), replaced; a `"` left in a name is escaped so that the log line's quoted
+    request stays one field."""
+    parts = []
+    for part in match.group(1).split("&"):
+        if not part:
+            parts.append(part)
+        elif "=" in part:
+            parts.append(part.split("=", 1)[0].replace('"', "%22") + "=REDACTED")
+        else:
+            parts.append("REDACTED")
+    return "?" + "&".join(parts)
 
 
 def redact(text: str) -> str:
-    """`text` (a request target, or any log argument) with the value of every query parameter replaced
-    by REDACTED: `/Patient?name=Smith&sig=x` -> `/Patient?name=REDACTED&sig=REDACTED`."""
-    if "=" not in text:
+    """`text` (a request target, or any log argument) with every query value replaced by REDACTED:
+    `/Patient?name=Smith&sig=x` -> `/Patient?name=REDACTED&sig=REDACTED`."""
+    if "?" not in text:
         return text
-    return _QUERY_VALUE.sub(r"\1REDACTED", text)
+    return _QUERY.sub(_names_only, text)
 
 
 class RedactSignatures(logging.Filter):
