@@ -108,6 +108,28 @@ def test_date_prefixes_compare_ranges_at_their_precision(api: FhirApi) -> None:
     assert d("2024,2025-03") == sorted([old["id"], day["id"]])  # comma: OR
 
 
+def test_dates_in_the_last_year_of_the_calendar_are_found(api: FhirApi) -> None:
+    """A date in 9999 ends at the first instant of year 10000, past the end of Python's calendar: such
+    values were indexed as missing (never found, sorted as absent) and searching with them was a 400."""
+    t = tag()
+    ids = {v: create(api, obs(t, effectiveDateTime=v))["id"]
+           for v in ("9999", "9999-12-31", "9999-12-31T23:59:59Z", "2030-01-01")}
+    mine = {"identifier": f"urn:test|{t}"}
+    assert found(api, "/Observation", {**mine, "date": "gt2031"}) == sorted(
+        ids[v] for v in ("9999", "9999-12-31", "9999-12-31T23:59:59Z"))
+    # eq: the search value's range (the whole year) holds each of the three (R4 3.1.1.4.2)
+    assert found(api, "/Observation", {**mine, "date": "9999"}) == sorted(
+        ids[v] for v in ("9999", "9999-12-31", "9999-12-31T23:59:59Z"))
+    assert found(api, "/Observation", {**mine, "date": "9999-12-31"}) == sorted(
+        ids[v] for v in ("9999-12-31", "9999-12-31T23:59:59Z"))
+    assert found(api, "/Observation", {**mine, "date:missing": "true"}) == []
+    page = api.get("/Observation", params={**mine, "_sort": "-date"}).json()
+    assert [e["resource"]["id"] for e in page["entry"]][-1] == ids["2030-01-01"]
+    born = create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:test", "value": t}],
+                        "birthDate": "9999-12-31"})
+    assert found(api, "/Patient", {**mine, "birthdate": "gt2030"}) == [born["id"]]
+
+
 def test_quantity_and_number_prefixes(api: FhirApi) -> None:
     t = tag()
     small = create(api, obs(t, code={"coding": [{"system": LOINC, "code": "2339-0"}]},

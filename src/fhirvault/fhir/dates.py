@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import calendar
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, timedelta, timezone
 
 _DATE = re.compile(
     r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.(?P<f>\d{1,6})\d*)?)?"
     r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_DAY_US = 86_400_000_000
 # Open ends of a Period, in microseconds: far outside any date FHIR can express (years 0001-9999).
 MIN_US = -(2**62)
 MAX_US = 2**62
@@ -28,41 +30,36 @@ def _zone(tz: str | None) -> timezone:
 def date_range(value: str) -> tuple[int, int]:
     """`value` (e.g. `2025`, `2025-03`, `2025-03-04T10:00Z`) as [start, end) in microseconds since the
     epoch, the width given by its precision (FHIR R4 3.1.1.4.2). Raises ValueError when it is not a
-    FHIR date/dateTime/instant, or names a day outside years 1-9999 (month 13, or 9999-12-31 whose
-    end or zone shift leaves the calendar)."""
-    try:
-        return _range(value)
-    except OverflowError as exc:
-        raise ValueError(f"'{value}' is outside the years 1-9999: {exc}") from None
+    FHIR date/dateTime/instant, or names no day of the calendar (month 13, February 30, year 0).
 
-
-def _range(value: str) -> tuple[int, int]:
+    The microseconds are counted from the day's ordinal rather than through a datetime, whose calendar
+    ends with 9999-12-31: the end of `9999`, `9999-12` or `9999-12-31` (the first instant of year 10000)
+    and a late time whose zone puts it into year 10000 in UTC are valid all the same."""
     m = _DATE.match(value)
     if not m:
         raise ValueError(f"'{value}' is not a FHIR date or dateTime (expected e.g. 2024-05-01 or 2024-05-01T10:00:00Z)")
     g = m.groupdict()
-    tz = _zone(g["tz"])
+    offset_us = (_zone(g["tz"]).utcoffset(None) or timedelta(0)) // _US
     year = int(g["y"])
     if g["m"] is None:
-        start, end = datetime(year, 1, 1, tzinfo=tz), datetime(year + 1, 1, 1, tzinfo=tz)
+        first, days = date(year, 1, 1), 366 if calendar.isleap(year) else 365
     elif g["d"] is None:
         month = int(g["m"])
-        start = datetime(year, month, 1, tzinfo=tz)
-        end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=tz)
+        first, days = date(year, month, 1), calendar.monthrange(year, month)[1]
     else:
-        day = datetime(year, int(g["m"]), int(g["d"]), tzinfo=tz)
-        if g["H"] is None:
-            start, end = day, day + timedelta(days=1)
-        else:
-            start = day.replace(hour=int(g["H"]), minute=int(g["M"]))
-            if g["S"] is None:
-                end = start + timedelta(minutes=1)
-            else:
-                start = start.replace(second=int(g["S"]))
-                if g["f"] is None:
-                    end = start + timedelta(seconds=1)
-                else:
-                    digits = g["f"]
-                    start = start.replace(microsecond=int(digits.ljust(6, "0")))
-                    end = start + timedelta(microseconds=10 ** (6 - len(digits)))
-    return (start - _EPOCH) // _US, (end - _EPOCH) // _US
+        first, days = date(year, int(g["m"]), int(g["d"])), 1
+    start = (first.toordinal() - _EPOCH_ORDINAL) * _DAY_US - offset_us
+    if g["H"] is None:
+        return start, start + days * _DAY_US
+    hour, minute = int(g["H"]), int(g["M"])
+    second = int(g["S"]) if g["S"] is not None else 0
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValueError(f"'{value}' names no time of day")
+    start += ((hour * 60 + minute) * 60 + second) * 1_000_000
+    if g["S"] is None:
+        return start, start + 60_000_000
+    digits = g["f"]
+    if digits is None:
+        return start, start + 1_000_000
+    start += int(digits.ljust(6, "0"))
+    return start, start + 10 ** (6 - len(digits))
