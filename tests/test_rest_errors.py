@@ -134,3 +134,18 @@ def test_nul_characters_are_400_and_change_nothing(api: FhirApi) -> None:
     r = api.post("", json=batch, headers=FHIR)
     assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["404", "400", "404", "400"], r.text
     assert api.get("/Patient", params={"_summary": "count"}).json()["total"] == before
+
+
+def test_a_type_of_a_later_release_is_no_resource_type_here(api: FhirApi) -> None:
+    """SubscriptionStatus (R4B and R5) is not an R4 type: the CapabilityStatement does not list it and its
+    endpoints answer as for any unknown type. It was listed with every interaction (an invalid statement:
+    `rest.resource.type` is bound to R4's resource types) and its search answered an empty page."""
+    statement = api.get("/metadata").json()
+    assert "SubscriptionStatus" not in {r["type"] for r in statement["rest"][0]["resource"]}
+    for path in ("/SubscriptionStatus", "/SubscriptionStatus/_history", "/SubscriptionStatus/x"):
+        r = api.get(path)
+        assert r.status_code in (400, 404) and r.json()["resourceType"] == "OperationOutcome", (path, r.text)
+        assert "SubscriptionStatus" in outcome_text(r)
+    r = api.post("/CapabilityStatement/$validate", json=statement, headers=FHIR)
+    assert r.status_code == 200, r.text
+    assert not [i for i in r.json()["issue"] if i["severity"] in ("error", "fatal")], r.text

@@ -195,8 +195,7 @@ def test_terminology_modifiers_on_codes_use_the_system_their_binding_implies(api
 def test_the_boolean_only_token_parameters_are_worked_out_from_the_r4_model() -> None:
     """The table behind the rule: every token parameter of every R4 type, its element types from the model;
     the boolean-only ones are exactly R4's boolean token parameters, and only expressions beyond the model
-    walk (DeviceDefinition `classification`, whose path R4 does not define; SubscriptionStatus) are left
-    unjudged."""
+    walk (DeviceDefinition `classification`, whose path R4 does not define) are left unjudged."""
     booleans, unknown = set(), set()
     for rtype in resource_types():
         for code, param in params_of(rtype).items():
@@ -213,9 +212,7 @@ def test_the_boolean_only_token_parameters_are_worked_out_from_the_r4_model() ->
         "Organization.active", "OrganizationAffiliation.active", "Patient.active", "Patient.deceased",
         "Practitioner.active", "PractitionerRole.active", "RelatedPerson.active", "Schedule.active",
         "StructureDefinition.abstract", "StructureDefinition.experimental"}
-    # SubscriptionStatus is in the server's type table but not in R4 4.0.1's model (nor its StructureDefinitions)
-    assert unknown == {"DeviceDefinition.classification", "SubscriptionStatus._id", "SubscriptionStatus._security",
-                       "SubscriptionStatus._tag"}
+    assert unknown == {"DeviceDefinition.classification"}
     assert value_types(params_of("Group")["value"].expr) == {"CodeableConcept", "boolean"}  # not boolean-only
     assert value_types(params_of("Patient")["identifier"].expr) == {"Identifier"}
     assert value_types(params_of("Patient")["gender"].expr) == {"code"}
