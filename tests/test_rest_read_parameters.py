@@ -99,6 +99,12 @@ def test_the_capabilities_interaction_honours_its_parameters(api: FhirApi) -> No
     text = api.get("/metadata", params={"_summary": "text"}).json()
     assert "rest" not in text and text["kind"] == "instance"
     summary = api.get("/metadata", params={"_summary": "true"}).json()
+    # compressed for a client that accepts gzip, as the whole statement is
+    zipped = api.get("/metadata", params={"_summary": "true"}, headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.json() == summary
+    assert int(zipped.headers["content-length"]) < 100_000
+    plain = api.get("/metadata", params={"_summary": "true"}, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.json() == summary
     assert summary["rest"] == whole["rest"]  # rest is a summary element of CapabilityStatement
     assert any(t["code"] == "SUBSETTED" for t in summary["meta"]["tag"])
     for params, named in (({"mode": "terminology"}, "terminology"), ({"mode": "terse"}, "terse"),

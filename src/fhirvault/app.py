@@ -26,6 +26,7 @@ from fhirvault.fhir import scan_definitions, validation
 from fhirvault.fhir.capability import capability_statement
 from fhirvault.fhir.operation_definitions import applies_to, builtin_operation_definitions
 from fhirvault.fhir.r4 import resource_types
+from fhirvault.fhir.subsetting import subset
 from fhirvault.heap import settle_heap
 from fhirvault.http import routes as http_routes
 from fhirvault.http.access_log import RedactSignatures
@@ -145,6 +146,7 @@ class FhirVault:
         self._capability: dict[str, Any] | None = None
         self._capability_json: bytes | None = None
         self._capability_gzip: bytes | None = None
+        self._capability_subsets: dict[tuple[str | None, tuple[str, ...] | None], tuple[bytes, bytes]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._statistician: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None
@@ -274,6 +276,19 @@ class FhirVault:
         if self._capability_gzip is None:
             self._capability_gzip = gzip.compress(self.capability_statement_json(), compresslevel=9, mtime=0)
         return self._capability_gzip
+
+    def capability_statement_subset(self, summary: str | None, elements: list[str] | None) -> tuple[bytes, bytes]:
+        """The CapabilityStatement cut down by `_summary` / `_elements` (fhir.subsetting.subset), as JSON and
+        gzip-compressed; the last 32 such answers are kept, since each takes about 20 ms to build."""
+        key = (summary, tuple(elements) if elements else None)
+        hit = self._capability_subsets.get(key)
+        if hit is None:
+            body = jsoncodec.dumps(subset(self.capability_statement(), summary, elements))
+            hit = (body, gzip.compress(body, compresslevel=6, mtime=0))
+            if len(self._capability_subsets) >= 32:
+                self._capability_subsets.pop(next(iter(self._capability_subsets)))
+            self._capability_subsets[key] = hit
+        return hit
 
     def capability_statement(self) -> dict[str, Any]:
         """The server's CapabilityStatement (R4 CapabilityStatement, kind instance): every resource type with

@@ -424,8 +424,15 @@ async def metadata(request: Request) -> Response:
             raise Invalid(f"mode={mode!r} is not one of full, normative, terminology (R4 http.html#capabilities)")
         summary, elements = subsetting_params(request)
         if summary not in (None, "false") or elements:
-            return FhirJsonResponse(subset(v.capability_statement(), summary, elements))
+            body, compressed = v.capability_statement_subset(summary, elements)
+            return _capabilities_response(request, body, compressed)
+    return _capabilities_response(request, v.capability_statement_json(), v.capability_statement_gzip())
+
+
+def _capabilities_response(request: Request, body: bytes, compressed: bytes) -> Response:
+    """`compressed` (gzip) to a client that accepts it, else `body` (and always to `_pretty=true`, which
+    the format middleware indents)."""
     headers = {"Vary": "Accept-Encoding"}
     if request.query_params.get("_pretty") != "true" and accepts_gzip(request.headers.get("accept-encoding")):
-        return FhirJsonResponse(v.capability_statement_gzip(), headers={**headers, "Content-Encoding": "gzip"})
-    return FhirJsonResponse(v.capability_statement_json(), headers=headers)
+        return FhirJsonResponse(compressed, headers={**headers, "Content-Encoding": "gzip"})
+    return FhirJsonResponse(body, headers=headers)

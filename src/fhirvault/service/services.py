@@ -56,6 +56,10 @@ class Services(Protocol):
         """`capability_statement_json` compressed with gzip (RFC 1952), once per process."""
         ...
 
+    def capability_statement_subset(self, summary: str | None, elements: list[str] | None) -> tuple[bytes, bytes]:
+        """The CapabilityStatement cut down by `_summary` / `_elements`, as (UTF-8 JSON, the same gzipped)."""
+        ...
+
     def operation_definitions(self) -> dict[str, dict[str, Any]]:
         """The server's own OperationDefinitions by id."""
         ...
