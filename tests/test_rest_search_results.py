@@ -368,3 +368,22 @@ def test_history_since_and_at(api: FhirApi) -> None:
     assert versions({"_at": "1999"}) == []
     assert versions({"_since": v2["meta"]["lastUpdated"]}) == ["3", "2"]
     assert api.get(f"/Patient/{pid}/_history", params={"_at": "soon"}).status_code == 400
+
+
+def test_a_result_parameter_given_twice_is_a_400(api: FhirApi) -> None:
+    """`_count`, `_sort`, `_summary`, `_elements`, `_total`, `_offset` take one value each; a second one
+    silently replaced the first (`_summary=count&_summary=true` answered 20 entries and no total). `-`
+    marks a descending key once: `_sort=--family` named no parameter and was taken as descending."""
+    for params in ([("_summary", "count"), ("_summary", "true")], [("_count", "1"), ("_count", "2")],
+                   [("_sort", "family"), ("_sort", "-family")], [("_total", "none"), ("_total", "accurate")],
+                   [("_elements", "name"), ("_elements", "gender")]):
+        r = api.get("/Patient", params=params)
+        assert r.status_code == 400 and "more than once" in r.text, (params, r.text)
+        assert params[0][0] in r.json()["issue"][0]["diagnostics"]
+    for bad in ("--family", "---family", "-"):
+        r = api.get("/Patient", params={"_sort": bad})
+        assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome", (bad, r.text)
+    # lists in one value, and repeated _include, stay as they were
+    assert api.get("/Patient", params={"_sort": "family,-birthdate", "_elements": "name,gender"}).status_code == 200
+    assert api.get("/Observation", params=[("_include", "Observation:subject"),
+                                            ("_include", "Observation:performer")]).status_code == 200

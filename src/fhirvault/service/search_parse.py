@@ -717,7 +717,7 @@ def _sort_keys(types: list[str], value: str) -> list[SortKey]:
     for item in value.split(","):
         item = item.strip()
         desc = item.startswith("-")
-        code = item.lstrip("-")
+        code = item[1:] if desc else item  # one `-` only: `--family` names no parameter
         if code in ("_id", "_lastUpdated"):
             keys.append(SortKey(code, code, desc))
             continue
@@ -772,6 +772,11 @@ def decode_cursor(value: str, name: str = "_cursor") -> list[Any]:
             not all(v is None or isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
         raise Invalid(f"{name}={value!r} is not a paging cursor of this server (follow the paging links as given)")
     return values
+
+
+# Result parameters that take one value: a second one would silently override the first (R4 3.1.1.5 gives
+# each one value; `_sort` and `_elements` take their lists comma-separated).
+_ONCE = frozenset({"_count", "_offset", "_cursor", "_before", "_sort", "_summary", "_elements", "_total"})
 
 
 def _result_param(parsed: ParsedSearch, types: list[str], name: str, value: str) -> bool:
@@ -839,9 +844,16 @@ def _parse_search(types: list[str], params: list[tuple[str, str]], base_url: str
     if len(params) > MAX_PARAMS:
         raise Invalid(f"A search takes at most {MAX_PARAMS} parameters, not {len(params)}")
     parsed = ParsedSearch(Criteria(list(types)))
+    given: set[str] = set()
     for name, value in params:
         if name == "_type":
             continue  # decided by the caller (system search)
+        base = name.partition(":")[0]
+        if base in _ONCE:
+            if base in given:
+                raise Invalid(f"{base} is given more than once; give it once (several sort keys or elements go in "
+                              "one comma-separated value)")
+            given.add(base)
         if _result_param(parsed, types, name, value):
             if name not in ("_offset", "_cursor", "_before", "_format", "_pretty"):
                 parsed.echo.append((name, value))
