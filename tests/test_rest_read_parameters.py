@@ -102,10 +102,13 @@ def test_the_capabilities_interaction_honours_its_parameters(api: FhirApi) -> No
     # compressed for a client that accepts gzip, as the whole statement is
     zipped = api.get("/metadata", params={"_summary": "true"}, headers={"Accept-Encoding": "gzip"})
     assert zipped.headers["content-encoding"] == "gzip" and zipped.json() == summary
-    assert int(zipped.headers["content-length"]) < 100_000
+    assert int(zipped.headers["content-length"]) < 20_000
     plain = api.get("/metadata", params={"_summary": "true"}, headers={"Accept-Encoding": "identity"})
     assert "content-encoding" not in plain.headers and plain.json() == summary
-    assert summary["rest"] == whole["rest"]  # rest is a summary element of CapabilityStatement
+    # rest is a summary element of CapabilityStatement; within it, a resource's searchParam and interaction
+    # are not, and a summary drops them
+    assert [r["type"] for r in summary["rest"][0]["resource"]] == [r["type"] for r in whole["rest"][0]["resource"]]
+    assert not any("searchParam" in r or "interaction" in r for r in summary["rest"][0]["resource"])
     assert any(t["code"] == "SUBSETTED" for t in summary["meta"]["tag"])
     for params, named in (({"mode": "terminology"}, "terminology"), ({"mode": "terse"}, "terse"),
                           ({"_summary": "count"}, "count"), ({"x": "1"}, "'x'")):
@@ -114,3 +117,32 @@ def test_the_capabilities_interaction_honours_its_parameters(api: FhirApi) -> No
         assert r.json()["resourceType"] == "OperationOutcome"
     lenient = api.get("/metadata", params={"x": "1"}, headers={"Prefer": "handling=lenient"})
     assert lenient.status_code == 200 and lenient.json() == whole
+
+
+def test_summary_drops_elements_not_marked_summary_at_every_depth(api: FhirApi) -> None:
+    """`_summary=true` keeps only elements marked summary (R4 3.1.1.5.8), below the top level too: an
+    Observation component's `interpretation` and `referenceRange`, an Attachment's inline `data`. They were
+    kept, so a summary of a DocumentReference carried its whole document."""
+    obs = api.post("/Observation", json={
+        "resourceType": "Observation", "status": "final", "code": {"text": "bp"},
+        "component": [{"code": {"text": "systolic"}, "valueQuantity": {"value": 120},
+                       "interpretation": [{"text": "normal"}], "referenceRange": [{"text": "90-140"}],
+                       "extension": [{"url": "http://example.org/fhir/StructureDefinition/x", "valueString": "y"}]}],
+    }, headers=FHIR).json()
+    doc = api.post("/DocumentReference", json={
+        "resourceType": "DocumentReference", "status": "current",
+        "content": [{"attachment": {"contentType": "text/plain", "data": base64.b64encode(b"a note").decode(),
+                                    "title": "note"}}],
+    }, headers=FHIR).json()
+    summary = api.get(f"/Observation/{obs['id']}", params={"_summary": "true"}).json()
+    component = summary["component"][0]
+    assert component["code"] == {"text": "systolic"} and component["valueQuantity"]["value"] == 120
+    assert "interpretation" not in component and "referenceRange" not in component
+    assert component["extension"] == obs["component"][0]["extension"]  # extensions stay
+    found = api.get("/DocumentReference", params={"_id": doc["id"], "_summary": "true"}).json()
+    attachment = found["entry"][0]["resource"]["content"][0]["attachment"]
+    assert "data" not in attachment and attachment["title"] == "note" and attachment["size"] == 6
+    # _summary=data and a plain read keep them
+    assert api.get(f"/Observation/{obs['id']}", params={"_summary": "data"}).json()["component"][0][
+        "interpretation"] == [{"text": "normal"}]
+    assert "data" in api.get(f"/DocumentReference/{doc['id']}").json()["content"][0]["attachment"]

@@ -80,3 +80,24 @@ def summary_elements(resource_type: str) -> tuple[frozenset[str], frozenset[str]
     and those with min > 0, from the type's R4 StructureDefinition."""
     row = _table()["elements"].get(resource_type, {"summary": [], "mandatory": []})
     return frozenset(row["summary"]), frozenset(row["mandatory"])
+
+
+@dataclass(frozen=True)
+class NestedSummary:
+    """What `_summary=true` drops below a type's top level (R4 3.1.1.5.8: only elements marked summary):
+    `drops`, element path below the type (`component`, `content.attachment`) -> names not marked summary
+    there (`interpretation`; an Attachment's `data`); `aliases`, a contentReference path -> the path whose
+    definition it reuses (Questionnaire `item.item` -> `item`); `visit`, every path on the way to a drop."""
+
+    drops: dict[str, frozenset[str]]
+    aliases: dict[str, str]
+    visit: frozenset[str]
+
+
+@cache
+def nested_summary(resource_type: str) -> NestedSummary:
+    """The NestedSummary of `resource_type` (from its R4 StructureDefinition and the datatypes')."""
+    row = _table()["elements"].get(resource_type, {})
+    drops = {path: frozenset(names) for path, names in row.get("summaryDrops", {}).items()}
+    visit = {".".join(path.split(".")[:i]) for path in drops for i in range(1, path.count(".") + 2)}
+    return NestedSummary(drops, dict(row.get("aliases", {})), frozenset(visit))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirvault.fhir.search_params import summary_elements
+from fhirvault.fhir.search_params import NestedSummary, nested_summary, summary_elements
 
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
              "display": "subsetted"}
@@ -37,8 +37,32 @@ def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | 
         # "Servers SHOULD always return mandatory elements whether they are requested or not" (3.1.1.5.9)
         keep = frozenset(elements or ()) | mandatory
     out = {k: v for k, v in resource.items() if k in _ALWAYS or _stem_of(k, keep)}
+    if summary == "true":
+        nested = nested_summary(rtype)
+        for key in list(out):
+            path = nested.aliases.get(key, key)
+            if path in nested.visit:
+                out[key] = _summarized(out[key], path, nested)
     meta = dict(out.get("meta") or {})
     tags = [t for t in meta.get("tag") or [] if not (isinstance(t, dict) and t.get("code") == "SUBSETTED")]
     meta["tag"] = [*tags, SUBSETTED]
     out["meta"] = meta
+    return out
+
+
+def _summarized(value: Any, path: str, nested: NestedSummary) -> Any:
+    """`value` (the element at `path` below the type, one or a list) without the elements a summary drops
+    there and below (see search_params.NestedSummary); ids and extensions stay."""
+    if isinstance(value, list):
+        return [_summarized(v, path, nested) for v in value]
+    if not isinstance(value, dict):
+        return value
+    gone = nested.drops.get(path, frozenset())
+    out = {}
+    for key, child in value.items():
+        if gone and _stem_of(key, gone):
+            continue
+        child_path = f"{path}.{key}"
+        child_path = nested.aliases.get(child_path, child_path)
+        out[key] = _summarized(child, child_path, nested) if child_path in nested.visit else child
     return out
