@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from urllib.parse import quote
+
 import httpx
 import pytest
 
@@ -149,3 +152,24 @@ def test_a_type_of_a_later_release_is_no_resource_type_here(api: FhirApi) -> Non
     r = api.post("/CapabilityStatement/$validate", json=statement, headers=FHIR)
     assert r.status_code == 200, r.text
     assert not [i for i in r.json()["issue"] if i["severity"] in ("error", "fatal")], r.text
+
+
+def test_a_query_or_search_form_that_is_not_utf8_is_a_400(api: FhirApi) -> None:
+    """A %-escaped byte sequence that names no UTF-8 character was read as U+FFFD in a query (and the
+    search answered 200 for a value never sent) and as Latin-1 in a POST _search form (`ÿþ`)."""
+    family = "Ren\u00e9e" + uuid.uuid4().hex[:8]
+    created = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}, headers=FHIR)
+    assert created.status_code == 201
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for bad in ("%FF%FE", "%C3", "abc%E9"):
+        r = api.get(f"/Patient?name={bad}")
+        assert r.status_code == 400 and "UTF-8" in outcome_text(r), (bad, r.text)
+        r = api.post("/Patient/_search", content=f"name={bad}".encode(), headers=form)
+        assert r.status_code == 400 and "UTF-8" in outcome_text(r), (bad, r.text)
+    r = api.post("/Patient/_search", content="name=Ren\u00e9e".encode("latin-1"), headers=form)
+    assert r.status_code == 400 and "UTF-8" in outcome_text(r)
+    # UTF-8, escaped in a query or a form, finds the resource
+    escaped = quote(family)
+    for r in (api.get(f"/Patient?family={escaped}"),
+              api.post("/Patient/_search", content=f"family={escaped}".encode(), headers=form)):
+        assert r.status_code == 200 and [e["resource"]["id"] for e in r.json()["entry"]] == [created.json()["id"]]

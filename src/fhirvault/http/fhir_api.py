@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,7 +15,7 @@ from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type, whole_number
 from fhirvault.fhir.subsetting import subset
 from fhirvault.http.negotiation import accepts_gzip, media_type, parse_prefer
-from fhirvault.http.requests import read_fhir_json, read_patch_document, require_utf8
+from fhirvault.http.requests import read_body_bounded, read_fhir_json, read_patch_document, require_utf8
 from fhirvault.http.responses import FhirJsonResponse
 from fhirvault.http.state import vault
 from fhirvault.security.principal import Principal
@@ -289,8 +289,13 @@ async def search_params(request: Request) -> list[tuple[str, str]]:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("application/x-www-form-urlencoded"):
             require_utf8(ctype)
-            form = await request.form()
-            params += [(k, str(val)) for k, val in form.multi_items()]
+            raw = await read_body_bounded(request, vault(request).settings.max_json_bytes, "A search form body")
+            try:
+                params += parse_qsl(raw.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict")
+            except UnicodeDecodeError:
+                # as in a query (routes.py): a replacement character would be searched for instead
+                raise Invalid("The form body is not UTF-8 in application/x-www-form-urlencoded: a byte outside "
+                              "ASCII, or a %-escaped sequence that names no character") from None
             if any("\x00" in k or "\x00" in v for k, v in params):  # as in a query (see routes.py)
                 raise Invalid("The form body holds a NUL character (%00)")
         elif ctype:

@@ -10,7 +10,9 @@ that every concrete path reaches exactly one handler.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote_to_bytes
 
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
@@ -133,6 +135,18 @@ def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
     return endpoint
 
 
+# A byte above 0x7f, raw or %-escaped: only then can a query fail to be UTF-8
+_NOT_ASCII = re.compile(rb"[\x80-\xff]|%[89a-fA-F][0-9a-fA-F]")
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _require_valid_id(request: Request) -> None:
     """A path segment in an id's place that is no R4 id (R4 datatypes.html#id) names nothing: 404, or 400
     for a PUT, which would create it. Answered here for every interaction and operation on an instance,
@@ -143,6 +157,10 @@ def _require_valid_id(request: Request) -> None:
     query: bytes = request.scope.get("query_string", b"")
     if b"%00" in query or b"\x00" in query:
         raise Invalid("The query holds a NUL character (%00)")
+    if _NOT_ASCII.search(query) and not _is_utf8(unquote_to_bytes(query.replace(b"+", b" "))):
+        # decoded with replacement characters, the value would be searched as something the client never
+        # sent (R4 http.html: URLs are UTF-8)
+        raise Invalid("The query is not UTF-8: a %-escaped byte sequence names no character")
     criteria = request.headers.get("if-none-exist")
     if criteria and ("%00" in criteria or "\x00" in criteria):
         raise Invalid("The If-None-Exist header holds a NUL character (%00)")
