@@ -387,3 +387,24 @@ def test_a_result_parameter_given_twice_is_a_400(api: FhirApi) -> None:
     assert api.get("/Patient", params={"_sort": "family,-birthdate", "_elements": "name,gender"}).status_code == 200
     assert api.get("/Observation", params=[("_include", "Observation:subject"),
                                             ("_include", "Observation:performer")]).status_code == 200
+
+
+def test_an_include_that_can_include_nothing_is_reported(api: FhirApi) -> None:
+    """`Patient?_include=Observation:subject` follows references of Observations, which a Patient search
+    never returns, and `Patient?_revinclude=Encounter:practitioner` takes Encounters that refer to
+    Practitioners: both include nothing. They were ignored without a word; now the page says so in an
+    outcome entry (R4 3.1.1.5.5), and strict handling refuses them."""
+    for params, named in (({"_include": "Observation:subject"}, "_revinclude=Observation:subject"),
+                          ({"_revinclude": "Encounter:practitioner"}, "Practitioner")):
+        page = api.get("/Patient", params={**params, "_count": 1}).json()
+        notes = [i["diagnostics"] for e in page.get("entry", []) if e["search"]["mode"] == "outcome"
+                 for i in e["resource"]["issue"]]
+        assert any("includes nothing" in n and named in n for n in notes), (params, notes)
+        strict = api.get("/Patient", params=params, headers={"Prefer": "handling=strict"})
+        assert strict.status_code == 400 and "includes nothing" in strict.text, strict.text
+    page = api.get("/Observation", params={"_include": "Observation:subject", "_revinclude": "Provenance:target",
+                                           "_count": 1}).json()
+    assert not [e for e in page.get("entry", []) if e["search"]["mode"] == "outcome"]
+    iterate = api.get("/Patient", params={"_include:iterate": "Observation:subject"},
+                      headers={"Prefer": "handling=strict"})
+    assert iterate.status_code == 200  # :iterate follows included resources too, of any type

@@ -369,7 +369,8 @@ async def searchset(render: Render, ctx: RequestContext, result: SearchResult) -
         mode = "match" if i < len(result.matches) else "include"
         entries.append({"fullUrl": f"{ctx.base_url}/{r['resourceType']}/{r['id']}",
                         "resource": subset(r, p.summary, p.elements), "search": {"mode": mode}})
-    notes = [f"Search parameter '{n}' is not supported and was ignored" for n in p.ignored] + result.warnings
+    notes = [f"Search parameter '{n}' is not supported and was ignored" for n in p.ignored] + p.warnings + \
+        result.warnings
     if notes:
         entries.append({"resource": warnings(notes), "search": {"mode": "outcome"}})
     return bundle("searchset", entries, total=result.total, links=_links(ctx, result),

@@ -134,6 +134,7 @@ class ParsedSearch:
     includes: list[Include] = field(default_factory=list)
     revincludes: list[Include] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # honoured, but to no effect (an include of another type)
     echo: list[tuple[str, str]] = field(default_factory=list)  # honoured parameters, for links
 
 
@@ -811,6 +812,29 @@ def _result_param(parsed: ParsedSearch, types: list[str], name: str, value: str)
     return True
 
 
+def _includes_of_nothing(parsed: ParsedSearch, types: list[str]) -> Iterator[str]:
+    """What is wrong with each `_include` / `_revinclude` (not `:iterate`) that can include nothing from
+    the matches of a search on `types` (R4 3.1.1.5.5): an `_include` whose source is another type, a
+    `_revinclude` whose parameter refers to none of the searched types."""
+    for inc in parsed.includes:
+        if not inc.iterate and inc.source_type != "*" and inc.source_type not in types:
+            yield (f"_include={inc.source_type}:{inc.param} follows references of {inc.source_type}, which this "
+                   f"search ({', '.join(types)}) does not return, so it includes nothing; "
+                   f"_revinclude={inc.source_type}:{inc.param} includes the {inc.source_type} resources that "
+                   "refer to the matches")
+    for inc in parsed.revincludes:
+        if inc.iterate or inc.source_type == "*" or inc.param is None:
+            continue
+        param = search_param(inc.source_type, inc.param)
+        reach = set(param.targets) if param is not None and param.targets else None
+        if inc.target_type is not None:
+            reach = {inc.target_type} if reach is None else reach & {inc.target_type}
+        if reach is not None and not reach & set(types):
+            yield (f"_revinclude={inc.source_type}:{inc.param} takes resources whose {inc.param} refers to "
+                   f"{', '.join(sorted(reach)) or 'no type'}, none of which this search ({', '.join(types)}) "
+                   "returns, so it includes nothing")
+
+
 def _word_params(clauses: list[Clause]) -> Iterator[str]:
     """The `_text` / `_content` parameters among `clauses`, however deeply nested (_filter, chains, _has)."""
     for c in clauses:
@@ -875,6 +899,10 @@ def _parse_search(types: list[str], params: list[tuple[str, str]], base_url: str
     if parsed.after is not None and parsed.before is not None:
         raise Invalid("_before and _cursor page in opposite directions; give one of them (follow the paging "
                       "links as given)")
+    for note in _includes_of_nothing(parsed, types):
+        if strict:
+            raise Invalid(note)
+        parsed.warnings.append(note)
     if not text_search:
         used = sorted(set(_word_params(parsed.criteria.clauses)))
         if used:
