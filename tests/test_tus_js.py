@@ -79,8 +79,10 @@ def test_node_upload_resumes_after_a_cut(proxied: tuple[ServerProcess, CutProxy]
     assert content == data
     assert resource["contentType"] == "video/mp4"
     assert resource["meta"]["extension"][0]["valueString"] == "clip.mp4"
-    # Only what the server had not stored went again (tus-js-client asks for the offset after the cut).
-    assert proxy.sent - before < len(data) * 1.12, proxy.sent - before
+    # Only what the server had not stored went again (tus-js-client asks for the offset after the cut),
+    # not the whole file (which would be 1.9 times it). With patches, one patch more may go again: on a
+    # loaded machine the client asked before the server had seen the cut (14.7 MB sent for 11.5 once).
+    assert proxy.sent - before < len(data) * 1.12 + chunk, proxy.sent - before
 
 
 BROWSER_UPLOAD = """
