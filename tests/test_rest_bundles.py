@@ -199,3 +199,34 @@ def test_duplicate_or_malformed_full_urls_are_refused(api: FhirApi) -> None:
                                "entry": [{**entry, "fullUrl": "urn:uuid:1"}]}, headers=FHIR)
         assert r.status_code == 400 and "urn:uuid:1" in r.json()["issue"][0]["diagnostics"], r.text
     assert "entry" not in api.get("/Patient", params={"identifier": f"urn:fu|{marker}"}).json()
+
+
+def test_batch_reads_history_and_refuses_urls_it_cannot_answer(api: FhirApi) -> None:
+    """GET `Type/id/_history` in a batch was answered as a read of `Type/id` (the resource, not its
+    history), `Type/id/anything` likewise, and `Type/_history` was a 404; a history entry now holds the
+    history Bundle, with history's parameters, and any other shape is that entry's 400."""
+    pid = uuid.uuid4().hex[:20]
+    assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}, headers=FHIR).status_code == 201
+    assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": True},
+                   headers=FHIR).status_code == 200
+    entries = [{"request": {"method": "GET", "url": url}} for url in (
+        f"Patient/{pid}/_history", "Patient/_history?_count=1", f"Patient/{pid}/_history?_summary=count",
+        f"Patient/{pid}/everything", f"Patient/{pid}/_history?name=x", f"Patient/{pid}/_history/1")]
+    entries.append({"request": {"method": "PUT", "url": f"Patient/{pid}/_history"},
+                    "resource": {"resourceType": "Patient", "id": pid}})
+    r = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": entries}, headers=FHIR)
+    assert r.status_code == 200, r.text
+    got = r.json()["entry"]
+    statuses = [e["response"]["status"].split()[0] for e in got]
+    assert statuses == ["200", "200", "200", "400", "400", "200", "400"], statuses
+    instance = got[0]["resource"]
+    assert instance["type"] == "history" and instance["total"] == 2
+    assert [e["resource"]["meta"]["versionId"] for e in instance["entry"]] == ["2", "1"]
+    assert got[1]["resource"]["type"] == "history" and len(got[1]["resource"]["entry"]) == 1
+    assert got[2]["resource"]["total"] == 2 and "entry" not in got[2]["resource"]
+    assert "name" in got[4]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert got[5]["resource"]["meta"]["versionId"] == "1"
+    # a transaction's reads see its writes; history has its own snapshot, so it is refused there
+    t = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": f"Patient/{pid}/_history"}}]}, headers=FHIR)
+    assert t.status_code == 400 and "batch" in t.text

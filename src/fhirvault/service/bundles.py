@@ -18,11 +18,13 @@ from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.media_types import is_produced_format
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
-from fhirvault.fhir.r4 import is_resource_type, is_valid_id
+from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.service.context import RequestContext
+from fhirvault.service.history import history_bundle
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.preconditions import Precondition, not_modified
 from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
+from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
 from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import to_instant
 from fhirvault.service.validation import relocated
@@ -58,6 +60,7 @@ class EntryRequest:
     if_none_match: str | None = None  # of a read: 304 when it matches
     if_modified_since: str | None = None  # of a read
     patch: PatchDocument | None = None  # of a PATCH entry, decoded (references in it are replaced too)
+    history: bool = False  # GET Type/_history or Type/id/_history: the query holds history's parameters
     # Filled in before any entry is processed: conditionals resolved to the ids they act on.
     existing: StoredResource | None = None  # conditional create that found its match
     # A conditional create with the same type and criteria as an earlier entry of the transaction that
@@ -94,13 +97,23 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     if not parts or not is_resource_type(parts[0]):
         raise Invalid(f"{where}.request.url '{request['url']}' does not name a resource type",
                       expression=f"{where}.request.url")
-    rid = parts[1] if len(parts) > 1 else None
+    reads = method in ("GET", "HEAD")
+    history = _history_shape(parts)
+    if history and not reads:
+        raise Invalid(f"{where}.request.url '{request['url']}' is a history, which only GET reads",
+                      expression=f"{where}.request.url")
+    if not history and not (len(parts) <= 2 or len(parts) == 4 and parts[2] == "_history" and reads):
+        # `Patient/1/_history` was answered as a read of Patient/1, `Patient/1/x` likewise
+        raise Invalid(f"{where}.request.url '{request['url']}' is no interaction a Bundle entry carries (Type, "
+                      "Type/id, Type/id/_history/vid, Type/_history, Type/id/_history, each with a query)",
+                      expression=f"{where}.request.url")
+    rid = None if parts[1:2] == ["_history"] else parts[1] if len(parts) > 1 else None
     if rid is not None and method != "POST" and not is_valid_id(rid):  # as for the same URL outside a Bundle
         error = Invalid if method == "PUT" else NotFound
         raise error(f"{where}.request.url: '{rid}' is not a resource id", expression=f"{where}.request.url")
     if "%00" in split.query or "%00" in str(request.get("ifNoneExist")):
         raise Invalid(f"{where}.request holds a NUL character (%00) in its criteria", expression=f"{where}.request")
-    vid = parts[3] if len(parts) > 3 and parts[2] == "_history" else None
+    vid = parts[3] if len(parts) == 4 else None
     conditions = {name: request.get(name) for name in ("ifMatch", "ifNoneMatch", "ifNoneExist", "ifModifiedSince")}
     for name, value in conditions.items():
         if value is not None and not isinstance(value, str):
@@ -108,7 +121,6 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     if conditions["ifNoneExist"] is not None and method != "POST":
         raise Invalid(f"{where}.request.ifNoneExist is for a create (POST), not {method}",
                       expression=f"{where}.request.ifNoneExist")
-    reads = method in ("GET", "HEAD")
     if conditions["ifModifiedSince"] is not None and not reads:
         raise Invalid(f"{where}.request.ifModifiedSince is for a read (GET), not {method}",
                       expression=f"{where}.request.ifModifiedSince")
@@ -122,7 +134,7 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
         raise Invalid(f"{where}.request: ifMatch and ifNoneMatch with an ETag apply to an existing resource; a "
                       "create (POST) has none (use ifNoneExist)", expression=f"{where}.request")
     for name in ("ifNoneMatch", "ifModifiedSince"):
-        if reads and rid is None and conditions[name] is not None:
+        if reads and (rid is None or history) and conditions[name] is not None:
             raise Invalid(f"{where}.request.{name} applies to a read of one resource, not to a search",
                           expression=f"{where}.request.{name}")
     query = _refuse_format_parameters(where, split.query)
@@ -137,9 +149,15 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     parsed = EntryRequest(index, method, parts[0], rid, vid, query, entry.get("resource"),
                           entry.get("fullUrl"), precondition, if_none_exist,
                           conditions["ifNoneMatch"] if reads else None, conditions["ifModifiedSince"])
+    parsed.history = history
     if method == "PATCH":
         parsed.patch = patch_document(parsed)
     return parsed
+
+
+def _history_shape(parts: list[str]) -> bool:
+    """Whether the path parts of an entry's url name a history: `Type/_history` or `Type/id/_history`."""
+    return len(parts) == 2 and parts[1] == "_history" or len(parts) == 3 and parts[2] == "_history"
 
 
 def _refuse_format_parameters(where: str, query: str) -> str:
@@ -556,6 +574,12 @@ class BundleService:
                              conn: AsyncConnection | None) -> dict[str, Any]:
         """The response entry of a GET/HEAD entry (read, vread or search), read on `conn` when given (a
         transaction's own connection). Raises what the read raises (NotFound, Gone, Invalid, Forbidden)."""
+        if e.history:
+            if conn is not None:
+                # history reads its own snapshot, which would not hold this transaction's writes
+                raise Invalid(f"Bundle.entry[{e.index}]: a history is read in a batch, not in a transaction",
+                              expression=f"Bundle.entry[{e.index}].request.url")
+            return {"resource": await _history_entry(self.resources, ctx, e), "response": {"status": "200 OK"}}
         if e.rid is None:
             params = parse_qsl(e.query, keep_blank_values=True)
             inner = await searchset_bundle(self.resources, ctx, e.rtype, params, conn=conn)
@@ -576,3 +600,34 @@ class BundleService:
         }
 
 
+_HISTORY_PARAMS = ("_count", "_offset", "_since", "_at", "_total", "_until", "_summary", "_elements")
+
+
+async def _history_entry(resources: ResourceService, ctx: RequestContext, e: EntryRequest) -> dict[str, Any]:
+    """The history Bundle a GET `Type/_history` or `Type/id/_history` entry asks for (R4 http.html#history),
+    with the parameters history takes outside a Bundle; any other is a 400 naming it."""
+    where = f"Bundle.entry[{e.index}].request.url"
+    q: dict[str, str] = {}
+    for name, value in parse_qsl(e.query, keep_blank_values=True):
+        if name not in _HISTORY_PARAMS:
+            raise Invalid(f"{where}: history has no parameter {name!r} (it takes {', '.join(_HISTORY_PARAMS)})",
+                          expression=where)
+        if name in q:
+            raise Invalid(f"{where}: the history parameter {name!r} is given more than once", expression=where)
+        q[name] = value
+
+    def number(name: str, default: int) -> int:
+        if name not in q:
+            return default
+        found = whole_number(q[name])
+        if found is None:
+            raise Invalid(f"{where}: {name}={q[name]!r} must be a whole number", expression=where)
+        return found
+
+    summary = q.get("_summary")
+    if summary is not None and summary not in ("true", "text", "data", "count", "false"):
+        raise Invalid(f"{where}: _summary={summary!r} is not one of true, text, data, count, false", expression=where)
+    elements = [x.strip() for x in q["_elements"].split(",") if x.strip()] if "_elements" in q else None
+    return await history_bundle(resources, ctx, e.rtype, e.rid, q.get("_since"),
+                                min(number("_count", DEFAULT_COUNT), MAX_COUNT), number("_offset", 0), q.get("_at"),
+                                q.get("_total"), q.get("_until"), summary, elements)
