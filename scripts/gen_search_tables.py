@@ -13,7 +13,9 @@ The table holds, for every resource type:
   `DomainResource`), as `{code: {type, url, expr, target?, components?}}`; `expr` keeps only
   the parts of a shared expression (`A.x | B.y`) that start at this type, verbatim;
 - `summary`: the top-level element names flagged `isSummary` in the type's StructureDefinition
-  (choice elements as their `name[x]` stem, e.g. `value`), and `mandatory`: those with `min` > 0.
+  (choice elements as `name[x]`, e.g. `value[x]`, so that `status` is never taken for a choice form
+  of `statusReason`), `mandatory`: those with `min` > 0, and `choices`: its top-level choice elements;
+- `summaryDrops` / `aliases`: what a summary drops below the top level (see nested_summary).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def datatype_drops(types: dict) -> dict[str, list[str]]:
         if sd.get("resourceType") != "StructureDefinition" or sd.get("kind") != "complex-type" \
                 or sd.get("derivation") != "specialization" or sd["name"] in ("Extension", "Narrative", "Meta"):
             continue
-        drop = [el["path"].split(".")[1].removesuffix("[x]") for el in sd["snapshot"]["element"][1:]
+        drop = [el["path"].split(".")[1] for el in sd["snapshot"]["element"][1:]
                 if el["path"].count(".") == 1 and not el.get("isSummary")
                 and el["path"].split(".")[1] not in _KEPT_INSIDE]
         if drop:
@@ -94,7 +96,7 @@ def nested_summary(sd: dict, drops_of_type: dict[str, list[str]]) -> tuple[dict[
             continue
         rel = ".".join(parts[1:])
         parent = ".".join(parts[1:-1])
-        name = parts[-1].removesuffix("[x]")
+        name = parts[-1]  # a choice keeps its `[x]`: `value[x]` drops valueQuantity, `status` no statusReason
         if el.get("contentReference"):
             aliases[rel] = ".".join(el["contentReference"].lstrip("#").split(".")[1:])
         # a required element stays (R4 3.1.1.5.9: mandatory elements are returned), so that a summary holds
@@ -124,17 +126,18 @@ def summary_tables(profiles: dict, listed: set[str], drops_of_type: dict[str, li
         if sd.get("abstract") or sd.get("derivation") != "specialization":
             continue
         name = sd["name"]
-        summary, mandatory = [], []
+        summary, mandatory, choices = [], [], []
         for el in sd["snapshot"]["element"]:
             path = el["path"].split(".")
             if len(path) != 2:
                 continue
-            stem = path[1].removesuffix("[x]")
+            if path[1].endswith("[x]"):
+                choices.append(path[1])
             if el.get("isSummary"):
-                summary.append(stem)
+                summary.append(path[1])
             if int(el.get("min") or 0) > 0:
-                mandatory.append(stem)
-        row: dict = {"summary": summary, "mandatory": mandatory}
+                mandatory.append(path[1])
+        row: dict = {"summary": summary, "mandatory": mandatory, "choices": choices}
         drops, aliases = nested_summary(sd, drops_of_type)
         if drops:
             row["summaryDrops"] = drops

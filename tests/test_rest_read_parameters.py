@@ -146,3 +146,31 @@ def test_summary_drops_elements_not_marked_summary_at_every_depth(api: FhirApi) 
     assert api.get(f"/Observation/{obs['id']}", params={"_summary": "data"}).json()["component"][0][
         "interpretation"] == [{"text": "normal"}]
     assert "data" in api.get(f"/DocumentReference/{doc['id']}").json()["content"][0]["attachment"]
+
+
+def test_summary_and_elements_keep_required_elements_and_match_names_exactly(api: FhirApi) -> None:
+    """`status` is no choice element: `statusHistory` and `statusReason` are not it (they were kept by
+    `_summary=true`, `_summary=text` and `_elements=status`); and `_summary=true` keeps required elements
+    that are not summary (an Appointment's `participant`), so that the summary stays valid R4."""
+    enc = api.post("/Encounter", json={
+        "resourceType": "Encounter", "status": "finished", "class": {"code": "IMP"},
+        "statusHistory": [{"status": "planned", "period": {"start": "2020-01-01"}}],
+        "classHistory": [{"class": {"code": "AMB"}, "period": {"start": "2020-01-01"}}]}, headers=FHIR).json()
+    for params in ({"_summary": "true"}, {"_summary": "text"}, {"_elements": "status"}):
+        got = api.get(f"/Encounter/{enc['id']}", params=params).json()
+        assert "statusHistory" not in got and "classHistory" not in got, (params, got)
+        assert got["status"] == "finished"
+    appointment = api.post("/Appointment", json={
+        "resourceType": "Appointment", "status": "booked", "comment": "bring the scans",
+        "participant": [{"status": "accepted", "actor": {"display": "Dr. A"}}]}, headers=FHIR).json()
+    summary = api.get(f"/Appointment/{appointment['id']}", params={"_summary": "true"}).json()
+    assert summary["participant"] == appointment["participant"] and "comment" not in summary
+    checked = api.post("/Appointment/$validate", json={k: v for k, v in summary.items() if k != "meta"},
+                       headers=FHIR).json()
+    assert not [i for i in checked["issue"] if i["severity"] in ("error", "fatal")], checked
+    # a choice element named in _elements brings its form
+    obs = api.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+                                         "valueQuantity": {"value": 5}, "note": [{"text": "n"}]},
+                   headers=FHIR).json()
+    got = api.get(f"/Observation/{obs['id']}", params={"_elements": "value"}).json()
+    assert got["valueQuantity"] == {"value": 5} and "note" not in got

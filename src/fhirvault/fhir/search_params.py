@@ -76,10 +76,15 @@ def search_param(resource_type: str, code: str) -> SearchParam | None:
 
 
 def summary_elements(resource_type: str) -> tuple[frozenset[str], frozenset[str]]:
-    """(summary, mandatory): top-level element names (choice elements by stem) flagged isSummary,
-    and those with min > 0, from the type's R4 StructureDefinition."""
+    """(summary, mandatory): top-level element names flagged isSummary, and those with min > 0, from the
+    type's R4 StructureDefinition; a choice element as `name[x]` (`value[x]`)."""
     row = _table()["elements"].get(resource_type, {"summary": [], "mandatory": []})
     return frozenset(row["summary"]), frozenset(row["mandatory"])
+
+
+def choice_elements(resource_type: str) -> frozenset[str]:
+    """The type's top-level choice elements, as `name[x]` (`value[x]`, `effective[x]`)."""
+    return frozenset(_table()["elements"].get(resource_type, {}).get("choices", []))
 
 
 @dataclass(frozen=True)

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirvault.fhir.search_params import NestedSummary, nested_summary, summary_elements
+from fhirvault.fhir.search_params import NestedSummary, choice_elements, nested_summary, summary_elements
 
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
              "display": "subsetted"}
 _ALWAYS = ("resourceType", "id", "meta")
 
 
-def _stem_of(key: str, stems: frozenset[str]) -> bool:
-    """Whether JSON key `key` is element `stem` or one of its choice forms (`value` -> `valueQuantity`)."""
+def _stem_of(key: str, names: frozenset[str]) -> bool:
+    """Whether JSON key `key` is one of the element `names`: by its name, or for a choice element
+    (`value[x]`) by one of its forms (`valueQuantity`). `status` is no choice, so `statusReason` is not it."""
     bare = key.lstrip("_")  # primitive extensions (`_birthDate`) go with their element
-    if bare in stems:
+    if bare in names:
         return True
-    return any(bare.startswith(s) and bare[len(s):len(s) + 1].isupper() for s in stems)
+    return any(n.endswith("[x]") and bare.startswith(n[:-3]) and bare[len(n) - 3:len(n) - 2].isupper()
+               for n in names)
 
 
 def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | None) -> dict[str, Any]:
@@ -28,14 +30,18 @@ def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | 
     rtype = resource.get("resourceType", "")
     flagged, mandatory = summary_elements(rtype)
     if summary == "true":
-        keep = flagged
+        # the mandatory ones too, as for `_summary=text` and `_elements`, so that the summary is valid R4
+        # (an Appointment's `participant`, a Provenance's `agent` are required but not summary)
+        keep = flagged | mandatory
     elif summary == "text":
         keep = frozenset({"text"}) | mandatory
     elif summary == "data":
         keep = frozenset(k.lstrip("_") for k in resource if k != "text")
     else:
-        # "Servers SHOULD always return mandatory elements whether they are requested or not" (3.1.1.5.9)
-        keep = frozenset(elements or ()) | mandatory
+        # "Servers SHOULD always return mandatory elements whether they are requested or not" (3.1.1.5.9);
+        # a requested name that is a choice (`value`) asks for its forms (`valueQuantity`)
+        choices = {n[:-3] for n in flagged | mandatory | choice_elements(rtype) if n.endswith("[x]")}
+        keep = frozenset(f"{e}[x]" if e in choices else e for e in elements or ()) | mandatory
     out = {k: v for k, v in resource.items() if k in _ALWAYS or _stem_of(k, keep)}
     if summary == "true":
         nested = nested_summary(rtype)
