@@ -230,3 +230,30 @@ def test_batch_reads_history_and_refuses_urls_it_cannot_answer(api: FhirApi) -> 
     t = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
         {"request": {"method": "GET", "url": f"Patient/{pid}/_history"}}]}, headers=FHIR)
     assert t.status_code == 400 and "batch" in t.text
+
+
+def test_batch_reads_take_summary_and_elements_and_refuse_other_parameters(api: FhirApi) -> None:
+    """A read or vread entry answered the whole resource whatever its query held: `_summary=true` left a
+    DocumentReference's inline data in, `bogus=1` was ignored. They now act as on a read outside a Bundle."""
+    doc = api.post("/DocumentReference", json={
+        "resourceType": "DocumentReference", "status": "current", "description": "scan",
+        "content": [{"attachment": {"contentType": "text/plain", "data": "aGVsbG8="}}]}, headers=FHIR).json()
+    did = doc["id"]
+    urls = [f"DocumentReference/{did}?_summary=true", f"DocumentReference/{did}/_history/1?_elements=status",
+            f"DocumentReference/{did}?bogus=1", f"DocumentReference/{did}?_summary=true&_summary=data",
+            f"DocumentReference/{did}?_summary=count", "DocumentReference//_history", f"DocumentReference/{did}"]
+    r = api.post("", json={"resourceType": "Bundle", "type": "batch",
+                           "entry": [{"request": {"method": "GET", "url": u}} for u in urls]}, headers=FHIR)
+    assert r.status_code == 200, r.text
+    got = r.json()["entry"]
+    assert [e["response"]["status"].split()[0] for e in got] == ["200", "200", "400", "400", "400", "400", "200"]
+    summary = got[0]["resource"]
+    assert "data" not in summary["content"][0]["attachment"] and "description" in summary
+    assert any(t["code"] == "SUBSETTED" for t in summary["meta"]["tag"])
+    assert set(got[1]["resource"]) == {"resourceType", "id", "meta", "status", "content"}
+    assert "bogus" in got[2]["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert got[6]["resource"]["content"][0]["attachment"]["data"] == "aGVsbG8="
+    # in a transaction too
+    t = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": f"DocumentReference/{did}?_summary=true"}}]}, headers=FHIR)
+    assert t.status_code == 200 and "data" not in t.json()["entry"][0]["resource"]["content"][0]["attachment"]

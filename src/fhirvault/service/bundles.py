@@ -19,6 +19,7 @@ from fhirvault.fhir.media_types import is_produced_format
 from fhirvault.fhir.outcome import operation_outcome
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
+from fhirvault.fhir.subsetting import subset
 from fhirvault.service.context import RequestContext
 from fhirvault.service.history import history_bundle
 from fhirvault.service.pipelines import UnitOfWork
@@ -93,8 +94,11 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     if url.startswith(base_url + "/"):
         url = url[len(base_url) + 1:]
     split = urlsplit(url)
-    parts = [p for p in split.path.split("/") if p]
-    if not parts or not is_resource_type(parts[0]):
+    parts = split.path.strip("/").split("/")
+    if "" in parts[1:]:  # `Patient//_history` names no resource (it was read as the type's history)
+        raise Invalid(f"{where}.request.url '{request['url']}' has an empty path segment",
+                      expression=f"{where}.request.url")
+    if not parts[0] or not is_resource_type(parts[0]):
         raise Invalid(f"{where}.request.url '{request['url']}' does not name a resource type",
                       expression=f"{where}.request.url")
     reads = method in ("GET", "HEAD")
@@ -315,8 +319,9 @@ def _criteria_key(rtype: str, criteria: str) -> str:
 def _in_entry(exc: FhirVaultError, e: EntryRequest) -> FhirVaultError:
     """`exc` raised by a read entry of a transaction, its message and expression naming the entry."""
     where = f"Bundle.entry[{e.index}]"
-    exc.message = f"{where} ({e.method} {e.rtype}{'/' + e.rid if e.rid else ''}"\
-                  f"{'?' + e.query if e.rid is None and e.query else ''}): {exc.message}"
+    path = f"{e.rtype}{'/' + e.rid if e.rid else ''}{'/_history' if e.history else ''}"\
+           f"{'/_history/' + e.vid if e.vid else ''}"
+    exc.message = f"{where} ({e.method} {path}{'?' + e.query if e.query else ''}): {exc.message}"
     exc.args = (exc.message,)
     exc.expression = exc.expression or f"{where}.request.url"
     return exc
@@ -577,13 +582,14 @@ class BundleService:
         if e.history:
             if conn is not None:
                 # history reads its own snapshot, which would not hold this transaction's writes
-                raise Invalid(f"Bundle.entry[{e.index}]: a history is read in a batch, not in a transaction",
+                raise Invalid("a history is read in a batch, not in a transaction",
                               expression=f"Bundle.entry[{e.index}].request.url")
             return {"resource": await _history_entry(self.resources, ctx, e), "response": {"status": "200 OK"}}
         if e.rid is None:
             params = parse_qsl(e.query, keep_blank_values=True)
             inner = await searchset_bundle(self.resources, ctx, e.rtype, params, conn=conn)
             return {"resource": inner, "response": {"status": "200 OK"}}
+        summary, elements = _read_parameters(e)
         if e.vid:
             stored = await self.resources.vread(ctx, e.rtype, e.rid, e.vid, conn)
         else:
@@ -594,10 +600,29 @@ class BundleService:
                                  "lastModified": to_instant(stored.last_updated)}}
         return {
             "fullUrl": f"{ctx.base_url}/{e.rtype}/{e.rid}",
-            "resource": (await self.resources.render(ctx, [stored.content], conn))[0],
+            "resource": subset((await self.resources.render(ctx, [stored.content], conn))[0], summary, elements),
             "response": {"status": "200 OK", "etag": f'W/"{stored.version_id}"',
                          "lastModified": to_instant(stored.last_updated)},
         }
+
+
+def _read_parameters(e: EntryRequest) -> tuple[str | None, list[str] | None]:
+    """`_summary` and `_elements` of a read or vread entry, as a read outside a Bundle takes them; any other
+    parameter, or one given twice, is a 400 naming it (they were ignored: the whole resource came back)."""
+    where = f"Bundle.entry[{e.index}].request.url"
+    given: dict[str, str] = {}
+    for name, value in parse_qsl(e.query, keep_blank_values=True):
+        if name not in ("_summary", "_elements"):
+            raise Invalid(f"{where}: a read has no parameter {name!r} (it takes _summary, _elements)",
+                          expression=where)
+        if name in given:
+            raise Invalid(f"{where}: the read parameter {name!r} is given more than once", expression=where)
+        given[name] = value
+    summary = given.get("_summary")
+    if summary is not None and summary not in ("true", "text", "data", "false"):
+        raise Invalid(f"{where}: _summary={summary!r} is not one of true, text, data, false", expression=where)
+    elements = [x.strip() for x in given["_elements"].split(",") if x.strip()] if "_elements" in given else None
+    return summary, elements
 
 
 _HISTORY_PARAMS = ("_count", "_offset", "_since", "_at", "_total", "_until", "_summary", "_elements")
