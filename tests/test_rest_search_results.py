@@ -408,3 +408,24 @@ def test_an_include_that_can_include_nothing_is_reported(api: FhirApi) -> None:
     iterate = api.get("/Patient", params={"_include:iterate": "Observation:subject"},
                       headers={"Prefer": "handling=strict"})
     assert iterate.status_code == 200  # :iterate follows included resources too, of any type
+
+
+def test_revinclude_with_a_target_type_takes_only_references_to_that_type(api: FhirApi) -> None:
+    """`_revinclude=Observation:subject:Group` on a Patient search takes Observations whose subject is one
+    of the matches *and a Group*: none. It included the Patient's Observations, beside a warning saying
+    it includes nothing."""
+    t = tag()
+    pat = create(api, {"resourceType": "Patient", "identifier": [{"system": "urn:t", "value": t}]})
+    obs = create(api, {"resourceType": "Observation", "status": "final", "code": {"text": t},
+                       "subject": {"reference": f"Patient/{pat['id']}"}})
+    mine = {"identifier": f"urn:t|{t}"}
+    for rev, expected in (("Observation:subject:Group", []), ("Observation:subject:Patient", [obs["id"]]),
+                          ("Observation:subject", [obs["id"]])):
+        for name in ("_revinclude", "_revinclude:iterate"):
+            page = api.get("/Patient", params={**mine, name: rev}).json()
+            assert [r["id"] for r in entries(page, "include")] == expected, (name, rev)
+    # a hint to use _revinclude only where that parameter can refer to the searched type
+    page = api.get("/Observation", params={"_include": "Patient:organization", "_count": 1}).json()
+    notes = [i["diagnostics"] for e in page.get("entry", []) if e["search"]["mode"] == "outcome"
+             for i in e["resource"]["issue"]]
+    assert any("includes nothing" in n for n in notes) and not any("_revinclude" in n for n in notes), notes

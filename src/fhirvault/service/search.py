@@ -279,7 +279,11 @@ async def _included(store: ResourceStore, access: AccessPolicy, ctx: RequestCont
         for inc in includes:
             found += await _include_targets(store, conn, current, inc, restriction)
         for inc in revincludes:
-            targets = [f"{m.resource_type}/{m.id}" for m in current]
+            # `Type:param:Target` takes only references to resources of Target (R4 3.1.1.5.5)
+            targets = [f"{m.resource_type}/{m.id}" for m in current
+                       if inc.target_type is None or m.resource_type == inc.target_type]
+            if not targets:
+                continue
             source = None if inc.source_type == "*" else inc.source_type
             found += await store.referencing(conn, source, inc.param, targets, restriction, MAX_INCLUDED + 1)
         candidates = []

@@ -818,10 +818,12 @@ def _includes_of_nothing(parsed: ParsedSearch, types: list[str]) -> Iterator[str
     `_revinclude` whose parameter refers to none of the searched types."""
     for inc in parsed.includes:
         if not inc.iterate and inc.source_type != "*" and inc.source_type not in types:
+            param = search_param(inc.source_type, inc.param) if inc.param else None
+            reverse = param is not None and (not param.targets or bool(set(param.targets) & set(types)))
             yield (f"_include={inc.source_type}:{inc.param} follows references of {inc.source_type}, which this "
-                   f"search ({', '.join(types)}) does not return, so it includes nothing; "
-                   f"_revinclude={inc.source_type}:{inc.param} includes the {inc.source_type} resources that "
-                   "refer to the matches")
+                   f"search ({', '.join(types)}) does not return, so it includes nothing"
+                   + (f"; _revinclude={inc.source_type}:{inc.param} includes the {inc.source_type} resources "
+                      "that refer to the matches" if reverse else ""))
     for inc in parsed.revincludes:
         if inc.iterate or inc.source_type == "*" or inc.param is None:
             continue
