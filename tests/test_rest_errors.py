@@ -161,6 +161,7 @@ def test_a_query_or_search_form_that_is_not_utf8_is_a_400(api: FhirApi) -> None:
     created = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}, headers=FHIR)
     assert created.status_code == 201
     form = {"Content-Type": "application/x-www-form-urlencoded"}
+    escaped = quote(family)
     for bad in ("%FF%FE", "%C3", "abc%E9"):
         r = api.get(f"/Patient?name={bad}")
         assert r.status_code == 400 and "UTF-8" in outcome_text(r), (bad, r.text)
@@ -168,8 +169,25 @@ def test_a_query_or_search_form_that_is_not_utf8_is_a_400(api: FhirApi) -> None:
         assert r.status_code == 400 and "UTF-8" in outcome_text(r), (bad, r.text)
     r = api.post("/Patient/_search", content="name=Ren\u00e9e".encode("latin-1"), headers=form)
     assert r.status_code == 400 and "UTF-8" in outcome_text(r)
+    # raw UTF-8 in a form body is UTF-8 too (curl --data 'name=Renée')
+    r = api.post("/Patient/_search", content=f"family={family}".encode(), headers=form)
+    assert [e["resource"]["id"] for e in r.json()["entry"]] == [created.json()["id"]]
+    # conditional criteria: the If-None-Exist header (raw UTF-8 was read as Latin-1 and created a duplicate)
+    raw_header: dict[str, str | bytes] = {**FHIR, "If-None-Exist": f"family={family}".encode()}
+    again = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}, headers=raw_header)
+    assert again.status_code == 200 and again.json()["id"] == created.json()["id"], again.text
+    bad = api.post("/Patient", json={"resourceType": "Patient"}, headers={**FHIR, "If-None-Exist": "family=Zo%EBx"})
+    assert bad.status_code == 400 and "UTF-8" in outcome_text(bad)
+    # batch entries: the url's query and ifNoneExist
+    r = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient?name%FF=x"}},
+        {"request": {"method": "GET", "url": "Patient?family=Zo%EBx"}},
+        {"request": {"method": "POST", "url": "Patient", "ifNoneExist": "family=Zo%EBx"},
+         "resource": {"resourceType": "Patient"}},
+        {"request": {"method": "GET", "url": f"Patient?family={escaped}"}}]}, headers=FHIR)
+    assert [e["response"]["status"].split()[0] for e in r.json()["entry"]] == ["400", "400", "400", "200"]
+    assert all("UTF-8" in e["response"]["outcome"]["issue"][0]["diagnostics"] for e in r.json()["entry"][:3])
     # UTF-8, escaped in a query or a form, finds the resource
-    escaped = quote(family)
     for r in (api.get(f"/Patient?family={escaped}"),
               api.post("/Patient/_search", content=f"family={escaped}".encode(), headers=form)):
         assert r.status_code == 200 and [e["resource"]["id"] for e in r.json()["entry"]] == [created.json()["id"]]

@@ -170,6 +170,20 @@ def write_precondition(request: Request) -> Precondition | None:
 if_match_version = write_precondition  # the older name
 
 
+def if_none_exist_header(request: Request) -> str | None:
+    """The If-None-Exist header's criteria as text. HTTP header values reach the application as Latin-1;
+    the criteria are a query string, so raw UTF-8 in them (`family=Zoëx`) is decoded as UTF-8 (it was
+    searched as `ZoÃ«x`, found nothing, and the conditional create made a duplicate); bytes that are not
+    UTF-8 are a 400."""
+    value = request.headers.get("if-none-exist")
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise Invalid("The If-None-Exist header is not UTF-8", expression="If-None-Exist") from None
+
+
 def refuse_if_none_exist(request: Request, interaction: str) -> None:
     """If-None-Exist belongs to a create (POST); on an update, patch or delete it is refused (400) rather
     than ignored, which would write whatever it was meant to prevent."""
@@ -195,7 +209,7 @@ async def create(request: Request) -> Response:
     rtype = resource_type_of(request)
     v = vault(request)
     refuse_create_precondition(request)
-    if_none_exist = request.headers.get("if-none-exist")
+    if_none_exist = if_none_exist_header(request)
     in_url = [(k, val) for k, val in request.query_params.multi_items() if k not in FORMAT_PARAMS]
     if in_url and if_none_exist is not None:
         raise Invalid("Give the conditions of a conditional create once: in If-None-Exist or in the URL")
@@ -291,11 +305,12 @@ async def search_params(request: Request) -> list[tuple[str, str]]:
             require_utf8(ctype)
             raw = await read_body_bounded(request, vault(request).settings.max_json_bytes, "A search form body")
             try:
-                params += parse_qsl(raw.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict")
+                # raw UTF-8 (`name=Müller`, as curl --data sends it) and %-escaped UTF-8 alike
+                params += parse_qsl(raw.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict")
             except UnicodeDecodeError:
                 # as in a query (routes.py): a replacement character would be searched for instead
-                raise Invalid("The form body is not UTF-8 in application/x-www-form-urlencoded: a byte outside "
-                              "ASCII, or a %-escaped sequence that names no character") from None
+                raise Invalid("The form body is not UTF-8: a byte, or a %-escaped sequence, that is part of no "
+                              "UTF-8 character") from None
             if any("\x00" in k or "\x00" in v for k, v in params):  # as in a query (see routes.py)
                 raise Invalid("The form body holds a NUL character (%00)")
         elif ctype:

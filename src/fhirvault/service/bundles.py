@@ -26,6 +26,7 @@ from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.preconditions import Precondition, not_modified
 from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
+from fhirvault.service.search_parse import query_pairs
 from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import to_instant
 from fhirvault.service.validation import relocated
@@ -143,6 +144,8 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
                           expression=f"{where}.request.{name}")
     query = _refuse_format_parameters(where, split.query)
     if_none_exist = conditions["ifNoneExist"]
+    if if_none_exist is not None:
+        query_pairs(if_none_exist, f"{where}.request.ifNoneExist")  # a 400 when it is not UTF-8
     if method == "POST" and query:
         # `POST Patient?criteria` is a conditional create (as fhirpy sends it outside Bundles), never a
         # create that drops its criteria.
@@ -168,7 +171,7 @@ def _refuse_format_parameters(where: str, query: str) -> str:
     """The query of an entry's url without `_format` and `_pretty`, which a Bundle's entries cannot have:
     they are answered inside the one response, in its format, so a format of their own is refused (406 /
     400) rather than ignored, unless it asks for what the response is anyway (FHIR JSON, not pretty)."""
-    pairs = parse_qsl(query, keep_blank_values=True)
+    pairs = query_pairs(query, f"{where}.request.url's query")  # and a 400 when it is not UTF-8
     if not any(name in ("_format", "_pretty") for name, _ in pairs):
         return query
     for name, value in pairs:
@@ -586,7 +589,7 @@ class BundleService:
                               expression=f"Bundle.entry[{e.index}].request.url")
             return {"resource": await _history_entry(self.resources, ctx, e), "response": {"status": "200 OK"}}
         if e.rid is None:
-            params = parse_qsl(e.query, keep_blank_values=True)
+            params = query_pairs(e.query, f"Bundle.entry[{e.index}].request.url's query")
             inner = await searchset_bundle(self.resources, ctx, e.rtype, params, conn=conn)
             return {"resource": inner, "response": {"status": "200 OK"}}
         summary, elements = _read_parameters(e)
@@ -611,7 +614,7 @@ def _read_parameters(e: EntryRequest) -> tuple[str | None, list[str] | None]:
     parameter, or one given twice, is a 400 naming it (they were ignored: the whole resource came back)."""
     where = f"Bundle.entry[{e.index}].request.url"
     given: dict[str, str] = {}
-    for name, value in parse_qsl(e.query, keep_blank_values=True):
+    for name, value in query_pairs(e.query, f"{where}'s query"):
         if name not in ("_summary", "_elements"):
             raise Invalid(f"{where}: a read has no parameter {name!r} (it takes _summary, _elements)",
                           expression=where)
@@ -633,7 +636,7 @@ async def _history_entry(resources: ResourceService, ctx: RequestContext, e: Ent
     with the parameters history takes outside a Bundle; any other is a 400 naming it."""
     where = f"Bundle.entry[{e.index}].request.url"
     q: dict[str, str] = {}
-    for name, value in parse_qsl(e.query, keep_blank_values=True):
+    for name, value in query_pairs(e.query, f"{where}'s query"):
         if name not in _HISTORY_PARAMS:
             raise Invalid(f"{where}: history has no parameter {name!r} (it takes {', '.join(_HISTORY_PARAMS)})",
                           expression=where)

@@ -10,7 +10,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,6 +30,7 @@ from fhirvault.service.search_parse import (
     ParsedSearch,
     encode_cursor,
     parse_search,
+    query_pairs,
 )
 from fhirvault.service.terminology import resolve_terms
 from fhirvault.service.timeutil import to_instant
@@ -388,7 +389,7 @@ async def matching_ids(store: ResourceStore, access: AccessPolicy, ctx: RequestC
     parameter list, at most `limit`. Raises Invalid (400) for an unknown parameter and for criteria
     without any filtering parameter (conditional interactions must never ignore criteria, nor match
     every resource of the type). Runs on `conn`, so it sees the caller's own transaction."""
-    params = parse_qsl(query.lstrip("?"), keep_blank_values=True) if isinstance(query, str) else query
+    params = query_pairs(query) if isinstance(query, str) else query
     parsed = parse_search([rtype], params, ctx.base_url, strict=True, text_search=store.text_index,
                           codes_validated=store.validated)
     if not parsed.criteria.clauses:

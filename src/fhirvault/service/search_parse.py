@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fhirvault.errors import Invalid
 from fhirvault.fhir.dates import date_range
@@ -754,6 +755,17 @@ def _include(name: str, value: str, reverse: bool) -> Include:
     if param is None or param.type != "reference":
         raise Invalid(f"{name}={value!r}: {source} has no reference parameter '{code}'")
     return Include(source, code, target, iterate)
+
+
+def query_pairs(query: str, where: str = "The criteria") -> list[tuple[str, str]]:
+    """The (name, value) pairs of a query string (`a=1&b=%C3%A9`, a leading `?` allowed), decoded as
+    UTF-8 (R4 http.html: URLs are UTF-8). Raises Invalid, naming `where`, for a %-escaped sequence that
+    names no character: decoded with replacement characters, it would be searched as something never
+    sent (a conditional create would then create a duplicate)."""
+    try:
+        return parse_qsl(query.lstrip("?"), keep_blank_values=True, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise Invalid(f"{where} '{query}' is not UTF-8: a %-escaped byte sequence names no character") from None
 
 
 def encode_cursor(values: list[Any]) -> str:
