@@ -206,6 +206,18 @@ def test_ingestion_prefixes_hold_against_dot_segments_and_redirects(
         assert "outside INGEST_ALLOW_PREFIXES" in server.log_path.read_text()
 
 
+def test_dates_at_the_end_of_the_calendar_are_answered(api: FhirApi) -> None:
+    """A time late on 9999-12-31 in a zone behind UTC is in year 10000 in UTC: once a 500 (an overflow),
+    then a 400; it is a valid FHIR dateTime, so searches and history take it and find nothing later."""
+    late = "9999-12-31T23:59:59-14:00"
+    for path, params in (("/Patient", {"_lastUpdated": late}), ("/Patient", {"_lastUpdated": f"ge{late}"}),
+                         ("/Patient", {"birthdate": f"gt{late}"}), ("/_history", {"_since": late}),
+                         ("/Patient/_history", {"_since": late, "_count": 1})):
+        r = api.get(path, params=params)
+        assert r.status_code == 200, (path, params, r.text)
+        assert not [e for e in r.json().get("entry", []) if e.get("search", {}).get("mode") != "outcome"]
+
+
 # -- 6. file modes ------------------------------------------------------------------------------
 def test_data_dir_and_files_are_private(server_factory: Callable[..., ServerProcess]) -> None:
     server = server_factory("sqlite", storage_mode="filesystem", inline_max_bytes=10)
@@ -251,8 +263,6 @@ def test_bad_input_is_answered_4xx_and_stores_nothing(probe_server: ServerProces
             '{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1e999}}'))),
         ("huge _offset", lambda: api.get("/Patient", params={"_offset": "100000000000000000000"})),
         ("huge history _offset", lambda: api.get("/Patient/_history", params={"_offset": "1" + "0" * 20})),
-        ("date overflow", lambda: api.get("/Patient", params={"_lastUpdated": "9999-12-31T23:59:59-14:00"})),
-        ("_since overflow", lambda: api.get("/_history", params={"_since": "9999-12-31T23:59:59-14:00"})),
         ("2000 OR values", lambda: api.get("/Patient", params={"identifier": ",".join(map(str, range(2000)))})),
         ("2000 parameters", lambda: api.get("/Patient?" + "&".join(f"identifier={i}" for i in range(2000)))),
         ("deep JSON", lambda: api.post("/Patient", headers=FHIR_JSON,
