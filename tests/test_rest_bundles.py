@@ -257,3 +257,23 @@ def test_batch_reads_take_summary_and_elements_and_refuse_other_parameters(api: 
     t = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
         {"request": {"method": "GET", "url": f"DocumentReference/{did}?_summary=true"}}]}, headers=FHIR)
     assert t.status_code == 200 and "data" not in t.json()["entry"][0]["resource"]["content"][0]["attachment"]
+
+
+def test_batch_entry_paths_are_decoded_and_head_entries_have_no_body(api: FhirApi) -> None:
+    """`Patient/{id}/_history/%31` is version 1, as outside a Bundle (it was a 404); a HEAD entry answers
+    without the resource, as a HEAD has no body (it carried the whole resource); an ifModifiedSince that is
+    no instant is a 400 (it was ignored)."""
+    pid = uuid.uuid4().hex[:20]
+    assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}, headers=FHIR).status_code == 201
+    escaped = "".join(f"%{ord(c):02X}" for c in pid[:3]) + pid[3:]
+    entries = [{"request": {"method": "GET", "url": f"Patient/{pid}/_history/%31"}},
+               {"request": {"method": "GET", "url": f"Patient/{escaped}"}},
+               {"request": {"method": "HEAD", "url": f"Patient/{pid}"}},
+               {"request": {"method": "HEAD", "url": f"Patient?_id={pid}"}},
+               {"request": {"method": "GET", "url": f"Patient/{pid}", "ifModifiedSince": "garbage"}}]
+    r = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": entries}, headers=FHIR)
+    got = r.json()["entry"]
+    assert [e["response"]["status"].split()[0] for e in got] == ["200", "200", "200", "200", "400"], got
+    assert got[0]["resource"]["id"] == pid and got[1]["resource"]["id"] == pid
+    assert "resource" not in got[2] and "resource" not in got[3]
+    assert got[2]["response"]["etag"] == 'W/"1"'

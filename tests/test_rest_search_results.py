@@ -429,3 +429,24 @@ def test_revinclude_with_a_target_type_takes_only_references_to_that_type(api: F
     notes = [i["diagnostics"] for e in page.get("entry", []) if e["search"]["mode"] == "outcome"
              for i in e["resource"]["issue"]]
     assert any("includes nothing" in n for n in notes) and not any("_revinclude" in n for n in notes), notes
+
+
+def test_an_include_through_a_parameter_that_never_refers_to_its_target_is_reported(api: FhirApi) -> None:
+    """Observation `subject` never refers to a Practitioner: `_include=Observation:subject:Practitioner`
+    includes nothing. It passed without a word, even under strict handling; an empty `_elements` answered
+    the whole resource, and a time zone beyond +-14:00 in a search date was taken."""
+    for name in ("_include", "_include:iterate", "_revinclude"):
+        params = {name: "Observation:subject:Practitioner", "_count": 1}
+        page = api.get("/Observation" if name != "_revinclude" else "/Practitioner", params=params).json()
+        notes = [i["diagnostics"] for e in page.get("entry", []) if e["search"]["mode"] == "outcome"
+                 for i in e["resource"]["issue"]]
+        assert any("never to Practitioner" in n for n in notes), (name, notes)
+        strict = api.get("/Observation", params=params, headers={"Prefer": "handling=strict"})
+        assert strict.status_code == 400, strict.text
+    assert api.get("/Patient", params={"_elements": ","}).status_code == 400
+    for late in ("2020-01-01T00:00:00-15:00", "2020-01-01T00:00:00+14:30"):
+        r = api.get("/Patient", params={"_lastUpdated": late})
+        assert r.status_code == 400 and late in r.text, r.text
+        r = api.get("/Patient/_history", params={"_since": late})
+        assert r.status_code == 400 and "timedelta" not in r.text, r.text
+    assert api.get("/Patient", params={"_lastUpdated": "ge2020-01-01T00:00:00+14:00"}).status_code == 200

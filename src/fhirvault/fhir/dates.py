@@ -23,8 +23,11 @@ def _zone(tz: str | None) -> timezone:
         return UTC  # zone-less times are read as UTC (the spec leaves them to the server)
     assert tz is not None
     sign = 1 if tz[0] == "+" else -1
-    hh, mm = tz[1:].split(":")
-    return timezone(sign * timedelta(hours=int(hh), minutes=int(mm)))
+    hh, mm = (int(part) for part in tz[1:].split(":"))
+    if mm > 59 or hh > 14 or hh == 14 and mm:
+        # R4 datatypes.html#dateTime: offsets run from -14:00 to +14:00, as a written value's regex says
+        raise ValueError(f"'{tz}' is no time zone offset (from -14:00 to +14:00)")
+    return timezone(sign * timedelta(hours=hh, minutes=mm))
 
 
 def date_range(value: str) -> tuple[int, int]:

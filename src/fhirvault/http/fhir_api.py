@@ -26,6 +26,7 @@ from fhirvault.service.preconditions import not_modified as current_not_modified
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.scans import OVERRIDE_HEADER, parse_override
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
+from fhirvault.service.search_parse import element_names
 from fhirvault.service.services import StoredResource
 from fhirvault.service.timeutil import to_http_date
 
@@ -121,7 +122,7 @@ def subsetting_params(request: Request, modes: tuple[str, ...] = ("true", "text"
     summary = q.get("_summary")
     if summary is not None and summary not in modes:
         raise Invalid(f"_summary={summary!r} is not one of {', '.join(modes)}")
-    elements = [e.strip() for e in q["_elements"].split(",") if e.strip()] if "_elements" in q else None
+    elements = element_names(q["_elements"]) if "_elements" in q else None
     return summary, elements
 
 

@@ -8,7 +8,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,9 +26,9 @@ from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.preconditions import Precondition, not_modified
 from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
-from fhirvault.service.search_parse import query_pairs
+from fhirvault.service.search_parse import element_names, query_pairs
 from fhirvault.service.searchset import searchset_bundle
-from fhirvault.service.timeutil import to_instant
+from fhirvault.service.timeutil import parse_http_date, to_instant
 from fhirvault.service.validation import relocated
 from fhirvault.store.resources import StoredResource
 
@@ -95,7 +95,8 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     if url.startswith(base_url + "/"):
         url = url[len(base_url) + 1:]
     split = urlsplit(url)
-    parts = split.path.strip("/").split("/")
+    # each segment %-decoded, as the same path outside a Bundle is (`_history/%31` is version 1)
+    parts = [unquote(part) for part in split.path.strip("/").split("/")]
     if "" in parts[1:]:  # `Patient//_history` names no resource (it was read as the type's history)
         raise Invalid(f"{where}.request.url '{request['url']}' has an empty path segment",
                       expression=f"{where}.request.url")
@@ -129,6 +130,12 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     if conditions["ifModifiedSince"] is not None and not reads:
         raise Invalid(f"{where}.request.ifModifiedSince is for a read (GET), not {method}",
                       expression=f"{where}.request.ifModifiedSince")
+    since = conditions["ifModifiedSince"]
+    if since is not None and not _INSTANT.match(since) and parse_http_date(since) is None:
+        # an R4 instant (Bundle.entry.request.ifModifiedSince; an HTTP date is taken too, as in the header):
+        # anything else was ignored, and the read answered as if it were absent
+        raise Invalid(f"{where}.request.ifModifiedSince {conditions['ifModifiedSince']!r} is not an instant "
+                      "(e.g. 2025-03-04T10:00:00Z)", expression=f"{where}.request.ifModifiedSince")
     if reads and conditions["ifMatch"] is not None:
         raise Invalid(f"{where}.request.ifMatch is for a write, not {method}", expression=f"{where}.request.ifMatch")
     try:
@@ -160,6 +167,12 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     if method == "PATCH":
         parsed.patch = patch_document(parsed)
     return parsed
+
+
+# R4 datatypes.html#instant
+_INSTANT = re.compile(r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])"
+                      r"T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]"
+                      r"|14:00))$")
 
 
 def _history_shape(parts: list[str]) -> bool:
@@ -580,6 +593,15 @@ class BundleService:
 
     async def _read_entry_on(self, ctx: RequestContext, e: EntryRequest,
                              conn: AsyncConnection | None) -> dict[str, Any]:
+        """The response entry of a GET/HEAD entry (see _read_answer); a HEAD's without the resource, as a
+        HEAD outside a Bundle has no body."""
+        answer = await self._read_answer(ctx, e, conn)
+        if e.method == "HEAD":
+            answer.pop("resource", None)
+        return answer
+
+    async def _read_answer(self, ctx: RequestContext, e: EntryRequest,
+                           conn: AsyncConnection | None) -> dict[str, Any]:
         """The response entry of a GET/HEAD entry (read, vread or search), read on `conn` when given (a
         transaction's own connection). Raises what the read raises (NotFound, Gone, Invalid, Forbidden)."""
         if e.history:
@@ -624,7 +646,7 @@ def _read_parameters(e: EntryRequest) -> tuple[str | None, list[str] | None]:
     summary = given.get("_summary")
     if summary is not None and summary not in ("true", "text", "data", "false"):
         raise Invalid(f"{where}: _summary={summary!r} is not one of true, text, data, false", expression=where)
-    elements = [x.strip() for x in given["_elements"].split(",") if x.strip()] if "_elements" in given else None
+    elements = element_names(given["_elements"]) if "_elements" in given else None
     return summary, elements
 
 
@@ -655,7 +677,7 @@ async def _history_entry(resources: ResourceService, ctx: RequestContext, e: Ent
     summary = q.get("_summary")
     if summary is not None and summary not in ("true", "text", "data", "count", "false"):
         raise Invalid(f"{where}: _summary={summary!r} is not one of true, text, data, count, false", expression=where)
-    elements = [x.strip() for x in q["_elements"].split(",") if x.strip()] if "_elements" in q else None
+    elements = element_names(q["_elements"]) if "_elements" in q else None
     return await history_bundle(resources, ctx, e.rtype, e.rid, q.get("_since"),
                                 min(number("_count", DEFAULT_COUNT), MAX_COUNT), number("_offset", 0), q.get("_at"),
                                 q.get("_total"), q.get("_until"), summary, elements)

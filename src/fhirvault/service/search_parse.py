@@ -757,6 +757,15 @@ def _include(name: str, value: str, reverse: bool) -> Include:
     return Include(source, code, target, iterate)
 
 
+def element_names(value: str) -> list[str]:
+    """The element names of an `_elements` value (`name,birthDate`). Raises Invalid when it names none
+    (`_elements=` answered the whole resource, untagged)."""
+    names = [e.strip() for e in value.split(",") if e.strip()]
+    if not names:
+        raise Invalid(f"_elements={value!r} names no element (e.g. _elements=name,birthDate)")
+    return names
+
+
 def query_pairs(query: str, where: str = "The criteria") -> list[tuple[str, str]]:
     """The (name, value) pairs of a query string (`a=1&b=%C3%A9`, a leading `?` allowed), decoded as
     UTF-8 (R4 http.html: URLs are UTF-8). Raises Invalid, naming `where`, for a %-escaped sequence that
@@ -810,7 +819,7 @@ def _result_param(parsed: ParsedSearch, types: list[str], name: str, value: str)
             raise Invalid(f"_summary={value!r} is not one of {', '.join(SUMMARY_MODES)}")
         parsed.summary = None if value == "false" else value
     elif base == "_elements":
-        parsed.elements = [e.strip() for e in value.split(",") if e.strip()]
+        parsed.elements = element_names(value)
     elif base == "_total":
         if value not in ("none", "estimate", "accurate"):
             raise Invalid(f"_total={value!r} is not one of none, estimate, accurate")
@@ -828,6 +837,13 @@ def _includes_of_nothing(parsed: ParsedSearch, types: list[str]) -> Iterator[str
     """What is wrong with each `_include` / `_revinclude` (not `:iterate`) that can include nothing from
     the matches of a search on `types` (R4 3.1.1.5.5): an `_include` whose source is another type, a
     `_revinclude` whose parameter refers to none of the searched types."""
+    for inc in [*parsed.includes, *parsed.revincludes]:
+        # `Type:param:Target` where param never refers to a Target: nothing to follow, whatever the matches
+        param = search_param(inc.source_type, inc.param) if inc.source_type != "*" and inc.param else None
+        if inc.target_type is not None and param is not None and param.targets and \
+                inc.target_type not in param.targets:
+            yield (f"{inc.source_type}:{inc.param} refers to {', '.join(param.targets)}, never to "
+                   f"{inc.target_type}, so {inc.source_type}:{inc.param}:{inc.target_type} includes nothing")
     for inc in parsed.includes:
         if not inc.iterate and inc.source_type != "*" and inc.source_type not in types:
             param = search_param(inc.source_type, inc.param) if inc.param else None
@@ -842,10 +858,12 @@ def _includes_of_nothing(parsed: ParsedSearch, types: list[str]) -> Iterator[str
         param = search_param(inc.source_type, inc.param)
         reach = set(param.targets) if param is not None and param.targets else None
         if inc.target_type is not None:
-            reach = {inc.target_type} if reach is None else reach & {inc.target_type}
+            if reach is not None and inc.target_type not in reach:
+                continue  # said above: the parameter never refers to that type
+            reach = {inc.target_type}
         if reach is not None and not reach & set(types):
             yield (f"_revinclude={inc.source_type}:{inc.param} takes resources whose {inc.param} refers to "
-                   f"{', '.join(sorted(reach)) or 'no type'}, none of which this search ({', '.join(types)}) "
+                   f"{', '.join(sorted(reach))}, none of which this search ({', '.join(types)}) "
                    "returns, so it includes nothing")
 
 
