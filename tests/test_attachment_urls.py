@@ -174,6 +174,35 @@ def test_a_resource_naming_a_binary_deleted_since_can_still_be_edited(plain: Fhi
     assert again.status_code == 400, again.text  # one more Attachment naming it is new
 
 
+def test_a_resource_naming_a_binary_updated_since_can_still_be_edited(api: FhirApi) -> None:
+    """After the Binary gets new content, the Attachments written against its old content keep their size
+    and hash (README: they describe the version they were written against); a read-modify-write, a patch
+    and a $binary-access-write to another Attachment of the resource succeed. They were refused because
+    the size no longer matched the Binary's current content. A size changed by the edit is still checked."""
+    bid = upload(api, b"abc", "text/plain")["id"]
+    doc = create(api, {**doc_ref(f"Binary/{bid}"), "description": "before"}).json()
+    assert doc["content"][0]["attachment"]["size"] == 3
+    assert api.put(f"/Binary/{bid}", content=b"abcdef", headers={"Content-Type": "text/plain"}).status_code == 200
+    read = api.get(f"/DocumentReference/{doc['id']}").json()  # its url is signed; size and hash as written
+    assert read["content"][0]["attachment"]["size"] == 3
+    read["description"] = "after"
+    r = api.put(f"/DocumentReference/{doc['id']}", json=read)
+    assert r.status_code == 200, r.text
+    r = api.patch(f"/DocumentReference/{doc['id']}", json=[{"op": "replace", "path": "/description", "value": "p"}],
+                  headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code == 200, r.text
+    media = create(api, {"resourceType": "Media", "status": "preparation",
+                         "content": {"url": f"Binary/{bid}"}}).json()
+    assert api.put(f"/Binary/{bid}", content=b"abcdefghi", headers={"Content-Type": "text/plain"}).status_code == 200
+    r = api.patch(f"/Media/{media['id']}", json=[{"op": "replace", "path": "/status", "value": "completed"}],
+                  headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code == 200, r.text
+    # a size the edit changes is checked against the content as it is now
+    stale = {**r.json(), "content": {**r.json()["content"], "size": 4}}
+    r = api.put(f"/Media/{media['id']}", json=stale)
+    assert r.status_code == 400 and "size" in r.text
+
+
 def test_conflicting_size_or_hash_is_refused_naming_the_element(api: FhirApi) -> None:
     bid = upload(api)["id"]
     bad_size = {"resourceType": "Media", "status": "completed", "content": {"url": f"Binary/{bid}", "size": 1}}

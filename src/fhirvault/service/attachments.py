@@ -155,18 +155,26 @@ class AttachmentNormalizer:
                     (later if ref.relative in uow.upcoming else now).append((path, attachment, ref))
         # The Attachment urls of the version this write replaces: one kept as it was stays, even when its
         # Binary is gone since (an edit elsewhere in the resource must not fail on it).
+        # Likewise one kept with the size and hash it was written with stays after its Binary got new content
+        # (they describe the version it was written against, as README says: a read-modify-write of the
+        # resource must not fail on them).
         previous = uow.replacing.get(f"{resource.get('resourceType')}/{resource.get('id')}")
-        kept = Counter(a.get("url") for _, a in iter_attachments(previous)) if previous is not None else Counter()
+        before = [a for _, a in iter_attachments(previous)] if previous is not None else []
+        kept = Counter(a.get("url") for a in before)
+        as_written = Counter(_measured(a.get("url"), a) for a in before if "size" in a or "hash" in a)
         if now:
-            await self._resolve(ctx, uow.conn, now, kept)
+            await self._resolve(ctx, uow.conn, now, kept, as_written)
         if later:
-            uow.defer(resource, lambda: self._resolve(ctx, uow.conn, later, kept))
+            uow.defer(resource, lambda: self._resolve(ctx, uow.conn, later, kept, as_written))
 
     async def _resolve(self, ctx: RequestContext, conn: AsyncConnection, named: list[Named],
-                       kept: Counter[Any] | None = None) -> None:
+                       kept: Counter[Any] | None = None, as_written: Counter[Any] | None = None) -> None:
         """Normalizes and checks the `named` Attachments. `kept`: how many Attachments of the version being
-        replaced name each url; that many may still name a Binary deleted since (no more: a new one may not)."""
+        replaced name each url; that many may still name a Binary deleted since (no more: a new one may not).
+        `as_written`: how many of them had each (url, size, hash); that many keep their size and hash
+        unchecked, since they describe the Binary's content when they were written."""
         kept = kept if kept is not None else Counter()
+        as_written = as_written if as_written is not None else Counter()
         rows = await readable_binaries(self.access, ctx, conn, {ref for _, _, ref in named}, with_blobs=True)
         for path, attachment, ref in named:
             row = rows.get(ref)
@@ -177,7 +185,16 @@ class AttachmentNormalizer:
                     continue  # unchanged since it was written, when it named a Binary that existed
                 raise Invalid(f"{path}.url names {label}, which does not exist", expression=f"{path}.url")
             attachment["url"] = label
+            key = _measured(label, attachment)
+            if ("size" in attachment or "hash" in attachment) and as_written[key] > 0:
+                as_written[key] -= 1
+                continue
             check_measures(path, attachment, label, measures_of(row))
+
+
+def _measured(url: Any, attachment: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """An Attachment's url with the size and hash it states: what "kept as it was written" compares."""
+    return url, attachment.get("size"), attachment.get("hash")
 
 
 def check_measures(path: str, attachment: dict[str, Any], holder: str, m: BinaryMeasures) -> None:
