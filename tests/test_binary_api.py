@@ -82,6 +82,12 @@ def test_file_name_is_kept_from_query_or_content_disposition(bapi: FhirApi) -> N
     resource = bapi.get(f"/Binary/{b['id']}", headers={"Accept": "application/fhir+json"}).json()
     assert set(resource) <= R4_BINARY_ELEMENTS and set(resource["meta"]) <= R4_META_ELEMENTS
     assert resource["meta"]["extension"][0]["valueString"] == "Röntgen.png"
+    # a raw UTF-8 name in Content-Disposition (as curl and browsers send it) is UTF-8, not Latin-1
+    raw = bapi.post("/Binary", content=SMALL, headers={
+        "Content-Type": "application/pdf",
+        "Content-Disposition": 'attachment; filename="Befund Müller.pdf"'.encode()}).json()
+    named = bapi.get(f"/Binary/{raw['id']}", headers={"Accept": "application/fhir+json"}).json()
+    assert named["meta"]["extension"][0]["valueString"] == "Befund Müller.pdf"
 
 
 def test_gzip_content_encoding_is_decoded_and_others_refused(bapi: FhirApi) -> None:
