@@ -345,3 +345,17 @@ def test_range_requests(bapi: FhirApi) -> None:
 
     head = bapi.head(url, headers={"Range": "bytes=0-9"})
     assert head.status_code == 206 and head.content == b"" and head.headers["Content-Length"] == "10"
+
+
+def test_prefer_return_operation_outcome_on_a_raw_upload(bapi: FhirApi) -> None:
+    """`Prefer: return=OperationOutcome` answers a raw Binary upload with an OperationOutcome, as it does
+    every other write; the Binary came back instead."""
+    r = bapi.post("/Binary", content=SMALL, headers={"Content-Type": "text/plain",
+                                                     "Prefer": "return=OperationOutcome"})
+    assert r.status_code == 201 and r.json()["resourceType"] == "OperationOutcome", r.text
+    bid = r.headers["Location"].split("/Binary/")[1].split("/")[0]
+    assert bid in r.json()["issue"][0]["diagnostics"]
+    r = bapi.put(f"/Binary/{bid}", content=SMALL + b"!", headers={"Content-Type": "text/plain",
+                                                                  "Prefer": "return=OperationOutcome"})
+    assert r.status_code == 200 and "updated" in r.json()["issue"][0]["diagnostics"]
+

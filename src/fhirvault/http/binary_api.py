@@ -12,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 
 from fhirvault.errors import Invalid, TooLarge
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, base64_length, check_reference
+from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import whole_number
 from fhirvault.fhir.subsetting import subset
 from fhirvault.http.byte_responses import check_scan_policy, primed, serve_bytes
@@ -158,8 +159,12 @@ async def written(request: Request, result: WriteResult) -> Response:
     headers = version_headers(result.stored, ctx.base_url, with_location=True)
     signed = await vault(request).signed_urls.mint(result.stored.id, result.stored.version_id)
     headers["Link"] = f'<{signed}>; rel="alternate"'
-    if parse_prefer(request.headers.get("prefer")).get("return") == "minimal":
+    prefer = parse_prefer(request.headers.get("prefer")).get("return")
+    if prefer == "minimal":
         return Response(status_code=status, headers=headers)
+    if prefer == "operationoutcome":  # as for every other write (fhir_api.write_response); it was ignored
+        verb = "created" if result.created else "updated"
+        return FhirJsonResponse(informational([f"Binary/{result.stored.id} {verb}"]), status, headers)
     resource = {k: val for k, val in result.resource.items() if k != "data"}
     rendered = (await vault(request).resources.render(ctx, [resource]))[0]
     if extended_mode(request):
