@@ -110,3 +110,17 @@ def test_patient_context_history_is_filtered_in_the_query(server: ServerProcess,
         types = {e["fullUrl"].split("/")[-2] for e in system["entry"]}
         assert types == {"Observation"}
         assert system["total"] == client.get("/Observation/_history", params=since).json()["total"] >= 10
+
+
+def test_history_entries_say_how_each_version_was_answered(api: FhirApi) -> None:
+    """A version a PUT created (update as create) is listed with 201, as it was answered; it was listed
+    with 200. An update is 200, a deletion 204, a POST 201."""
+    pid = uuid.uuid4().hex[:20]
+    assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}).status_code == 201
+    assert api.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": True}).status_code == 200
+    assert api.delete(f"/Patient/{pid}").status_code in (200, 204)
+    history = api.get(f"/Patient/{pid}/_history").json()
+    assert [(e["request"]["method"], e["response"]["status"]) for e in history["entry"]] == [
+        ("DELETE", "204"), ("PUT", "200"), ("PUT", "201")]
+    posted = api.post("/Patient", json={"resourceType": "Patient"}).json()
+    assert api.get(f"/Patient/{posted['id']}/_history").json()["entry"][0]["response"]["status"] == "201"

@@ -46,7 +46,10 @@ async def history_bundle(resources: ResourceService, ctx: RequestContext, rtype:
             entry["resource"] = subset(next(rendered), summary, elements)
         entry["request"] = {"method": r.method,
                             "url": f"{r.resource_type}/{r.id}" if r.method != "POST" else r.resource_type}
-        entry["response"] = {"status": "201" if r.method == "POST" else "204" if r.deleted else "200",
+        # a PUT that made version 1 created the resource (update as create, R4 http.html#upsert): 201, as it
+        # was answered (it was listed as 200)
+        created = r.method == "POST" or r.method == "PUT" and r.version_id == 1
+        entry["response"] = {"status": "201" if created else "204" if r.deleted else "200",
                              "etag": f'W/"{r.version_id}"', "lastModified": to_instant(r.last_updated)}
         entries.append(entry)
     path = "/".join(p for p in (rtype, rid, "_history") if p)
