@@ -277,3 +277,22 @@ def test_batch_entry_paths_are_decoded_and_head_entries_have_no_body(api: FhirAp
     assert got[0]["resource"]["id"] == pid and got[1]["resource"]["id"] == pid
     assert "resource" not in got[2] and "resource" not in got[3]
     assert got[2]["response"]["etag"] == 'W/"1"'
+
+
+def test_prefer_return_applies_to_each_write_entry(api: FhirApi) -> None:
+    """`Prefer: return=minimal` leaves each write entry's resource out, `return=OperationOutcome` puts an
+    OperationOutcome in `response.outcome` instead (R4 http.html#prefer); every entry carried its resource."""
+    def bundle(kind: str) -> dict[str, object]:
+        return {"resourceType": "Bundle", "type": kind, "entry": [
+            {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": {"resourceType": "Patient", "active": True},
+             "request": {"method": "POST", "url": "Patient"}}]}
+    for kind in ("batch", "transaction"):
+        minimal = api.post("", json=bundle(kind), headers={**FHIR, "Prefer": "return=minimal"}).json()
+        entry = minimal["entry"][0]
+        assert "resource" not in entry and entry["response"]["status"].startswith("201"), entry
+        assert entry["response"]["location"].startswith("Patient/")
+        outcome = api.post("", json=bundle(kind), headers={**FHIR, "Prefer": "return=OperationOutcome"}).json()
+        entry = outcome["entry"][0]
+        assert "resource" not in entry and entry["response"]["outcome"]["resourceType"] == "OperationOutcome"
+        full = api.post("", json=bundle(kind), headers=FHIR).json()
+        assert full["entry"][0]["resource"]["resourceType"] == "Patient"

@@ -41,6 +41,7 @@ def context(request: Request) -> RequestContext:
         raise Unauthorized("This request needs an access token", code="login")
     prefer = parse_prefer(request.headers.get("prefer"))
     ctx.handling_strict = prefer.get("handling") == "strict"
+    ctx.prefer_return = prefer.get("return")
     ctx.scan_override = scan_override_asked(request)
     return ctx
 

@@ -16,7 +16,7 @@ from fhirvault import jsoncodec
 from fhirvault.errors import FhirVaultError, Invalid, NotAcceptable, NotFound
 from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.media_types import is_produced_format
-from fhirvault.fhir.outcome import operation_outcome
+from fhirvault.fhir.outcome import informational, operation_outcome
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
 from fhirvault.fhir.subsetting import subset
@@ -572,10 +572,8 @@ class BundleService:
             return {"response": {"status": "204 No Content"}}
         s = result.stored
         status = 201 if result.created and not result.existing else 200
-        rendered = (await self.resources.render(ctx, [result.resource]))[0]
-        return {
+        entry: dict[str, Any] = {
             "fullUrl": f"{ctx.base_url}/{s.resource_type}/{s.id}",
-            "resource": rendered,
             "response": {
                 "status": _status_line(status),
                 "location": f"{s.resource_type}/{s.id}/_history/{s.version_id}",
@@ -583,6 +581,15 @@ class BundleService:
                 "lastModified": to_instant(s.last_updated),
             },
         }
+        # The request's `Prefer: return=` applies to each write entry (R4 http.html#prefer): no resource, or an
+        # OperationOutcome in its place; it was ignored, every entry carried its resource
+        if ctx.prefer_return == "operationoutcome":
+            verb = "found" if result.existing else "created" if result.created else "updated"
+            entry["response"]["outcome"] = informational([f"{s.resource_type}/{s.id} {verb}"])
+        elif ctx.prefer_return != "minimal":
+            entry["resource"] = (await self.resources.render(ctx, [result.resource]))[0]
+        return {"fullUrl": entry["fullUrl"], **({"resource": entry["resource"]} if "resource" in entry else {}),
+                "response": entry["response"]}
 
     async def _read_entry(self, ctx: RequestContext, e: EntryRequest) -> dict[str, Any]:
         """A batch's read entry: its response, or its failure as the entry's status and OperationOutcome."""

@@ -20,3 +20,6 @@ class RequestContext:
     # The request asked, with `X-Scan-Override: true`, for content the scan policy would refuse; honoured
     # only for administrative clients (service/scans.py).
     scan_override: bool = False
+    # `Prefer: return=` of the request (minimal | representation | operationoutcome; None: not given), which a
+    # batch or transaction applies to each write entry's response (R4 http.html#prefer)
+    prefer_return: str | None = None
