@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote
 
+from fhirvault.http.requests import header_as_utf8
+
 _PARAM = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
 
 
@@ -29,19 +31,9 @@ def filename_from(header: str | None) -> str | None:
             if name:
                 return _basename(name)
     plain = params.get("filename")
-    return _basename(_utf8_if_it_is(plain)) if plain else None
-
-
-def _utf8_if_it_is(text: str) -> str:
-    """`text` as the header gave it (its bytes read as Latin-1, RFC 9110 5.5) re-read as UTF-8 when those
-    bytes are UTF-8: curl, browsers and most clients send a raw UTF-8 `filename="Befund Müller.pdf"`, which
-    was stored as `Befund MÃ¼ller.pdf`. Bytes that are not UTF-8 stay Latin-1, as RFC 6266 reads them."""
-    if text.isascii():
-        return text
-    try:
-        return text.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        return text
+    # raw UTF-8 (curl, browsers) is UTF-8; other bytes stay Latin-1, as RFC 6266 reads them (it was stored
+    # as `Befund MÃ¼ller.pdf`)
+    return _basename(header_as_utf8(plain) or plain) if plain else None
 
 
 def safe_filename(name: str | None) -> str | None:

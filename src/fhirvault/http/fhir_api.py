@@ -15,7 +15,13 @@ from fhirvault.fhir.outcome import informational
 from fhirvault.fhir.r4 import is_resource_type, whole_number
 from fhirvault.fhir.subsetting import subset
 from fhirvault.http.negotiation import accepts_gzip, media_type, parse_prefer
-from fhirvault.http.requests import read_body_bounded, read_fhir_json, read_patch_document, require_utf8
+from fhirvault.http.requests import (
+    header_as_utf8,
+    read_body_bounded,
+    read_fhir_json,
+    read_patch_document,
+    require_utf8,
+)
 from fhirvault.http.responses import FhirJsonResponse
 from fhirvault.http.state import vault
 from fhirvault.security.principal import Principal
@@ -26,7 +32,7 @@ from fhirvault.service.preconditions import not_modified as current_not_modified
 from fhirvault.service.resources import WriteResult
 from fhirvault.service.scans import OVERRIDE_HEADER, parse_override
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
-from fhirvault.service.search_parse import element_names
+from fhirvault.service.search_parse import element_names, summary_mode
 from fhirvault.service.services import StoredResource
 from fhirvault.service.timeutil import to_http_date
 
@@ -120,9 +126,7 @@ def subsetting_params(request: Request, modes: tuple[str, ...] = ("true", "text"
     """`_summary` and `_elements` of a read or vread (FHIR R4 3.1.1.5.8-9), or of history with `modes`
     including count; 400 for a mode not in `modes`."""
     q = request.query_params
-    summary = q.get("_summary")
-    if summary is not None and summary not in modes:
-        raise Invalid(f"_summary={summary!r} is not one of {', '.join(modes)}")
+    summary = summary_mode(q.get("_summary"), modes)
     elements = element_names(q["_elements"]) if "_elements" in q else None
     return summary, elements
 
@@ -178,12 +182,12 @@ def if_none_exist_header(request: Request) -> str | None:
     searched as `ZoÃ«x`, found nothing, and the conditional create made a duplicate); bytes that are not
     UTF-8 are a 400."""
     value = request.headers.get("if-none-exist")
-    if value is None or value.isascii():
-        return value
-    try:
-        return value.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        raise Invalid("The If-None-Exist header is not UTF-8", expression="If-None-Exist") from None
+    if value is None:
+        return None
+    text = header_as_utf8(value)
+    if text is None:
+        raise Invalid("The If-None-Exist header is not UTF-8", expression="If-None-Exist")
+    return text
 
 
 def refuse_if_none_exist(request: Request, interaction: str) -> None:

@@ -96,3 +96,16 @@ async def read_patch_document(request: Request, limit: int) -> PatchDocument:
     if kind != MERGE_PATCH_TYPE and isinstance(body, dict) and body.get("resourceType") == "Parameters":
         return PatchDocument(FHIRPATH_PATCH, body)
     return PatchDocument(MERGE_PATCH, body)
+
+
+def header_as_utf8(value: str) -> str | None:
+    """A header value re-read as UTF-8: HTTP gives header bytes to the application as Latin-1 (RFC 9110
+    5.5), but clients send raw UTF-8 in criteria and file names (`family=Zoëx`, `filename="Müller.pdf"`).
+    None when those bytes are not UTF-8; an ASCII value as it is."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
+

@@ -18,7 +18,7 @@ from fhirvault.fhir.bundle import bundle as make_bundle
 from fhirvault.fhir.media_types import is_produced_format
 from fhirvault.fhir.outcome import informational, operation_outcome
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
-from fhirvault.fhir.r4 import is_resource_type, is_valid_id, whole_number
+from fhirvault.fhir.r4 import is_resource_type, is_valid_id
 from fhirvault.fhir.subsetting import subset
 from fhirvault.service.context import RequestContext
 from fhirvault.service.history import history_bundle
@@ -26,7 +26,7 @@ from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.preconditions import Precondition, not_modified
 from fhirvault.service.resources import ResourceService, WriteResult, check_resource_body, new_id
 from fhirvault.service.search import DEFAULT_COUNT, MAX_COUNT
-from fhirvault.service.search_parse import element_names, query_pairs
+from fhirvault.service.search_parse import element_names, query_pairs, summary_mode, whole_param
 from fhirvault.service.searchset import searchset_bundle
 from fhirvault.service.timeutil import parse_http_date, to_instant
 from fhirvault.service.validation import relocated
@@ -134,7 +134,7 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
     if since is not None and not _INSTANT.match(since) and parse_http_date(since) is None:
         # an R4 instant (Bundle.entry.request.ifModifiedSince; an HTTP date is taken too, as in the header):
         # anything else was ignored, and the read answered as if it were absent
-        raise Invalid(f"{where}.request.ifModifiedSince {conditions['ifModifiedSince']!r} is not an instant "
+        raise Invalid(f"{where}.request.ifModifiedSince {since!r} is not an instant "
                       "(e.g. 2025-03-04T10:00:00Z)", expression=f"{where}.request.ifModifiedSince")
     if reads and conditions["ifMatch"] is not None:
         raise Invalid(f"{where}.request.ifMatch is for a write, not {method}", expression=f"{where}.request.ifMatch")
@@ -572,24 +572,22 @@ class BundleService:
             return {"response": {"status": "204 No Content"}}
         s = result.stored
         status = 201 if result.created and not result.existing else 200
-        entry: dict[str, Any] = {
-            "fullUrl": f"{ctx.base_url}/{s.resource_type}/{s.id}",
-            "response": {
-                "status": _status_line(status),
-                "location": f"{s.resource_type}/{s.id}/_history/{s.version_id}",
-                "etag": f'W/"{s.version_id}"',
-                "lastModified": to_instant(s.last_updated),
-            },
+        response: dict[str, Any] = {
+            "status": _status_line(status),
+            "location": f"{s.resource_type}/{s.id}/_history/{s.version_id}",
+            "etag": f'W/"{s.version_id}"',
+            "lastModified": to_instant(s.last_updated),
         }
+        entry: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{s.resource_type}/{s.id}"}
         # The request's `Prefer: return=` applies to each write entry (R4 http.html#prefer): no resource, or an
         # OperationOutcome in its place; it was ignored, every entry carried its resource
         if ctx.prefer_return == "operationoutcome":
             verb = "found" if result.existing else "created" if result.created else "updated"
-            entry["response"]["outcome"] = informational([f"{s.resource_type}/{s.id} {verb}"])
+            response["outcome"] = informational([f"{s.resource_type}/{s.id} {verb}"])
         elif ctx.prefer_return != "minimal":
             entry["resource"] = (await self.resources.render(ctx, [result.resource]))[0]
-        return {"fullUrl": entry["fullUrl"], **({"resource": entry["resource"]} if "resource" in entry else {}),
-                "response": entry["response"]}
+        entry["response"] = response
+        return entry
 
     async def _read_entry(self, ctx: RequestContext, e: EntryRequest) -> dict[str, Any]:
         """A batch's read entry: its response, or its failure as the entry's status and OperationOutcome."""
@@ -638,23 +636,26 @@ class BundleService:
         }
 
 
-def _read_parameters(e: EntryRequest) -> tuple[str | None, list[str] | None]:
-    """`_summary` and `_elements` of a read or vread entry, as a read outside a Bundle takes them; any other
-    parameter, or one given twice, is a 400 naming it (they were ignored: the whole resource came back)."""
+def _entry_params(e: EntryRequest, allowed: tuple[str, ...], interaction: str) -> dict[str, str]:
+    """The query of a read or history entry as {name: value}, as the interaction takes it outside a Bundle:
+    a parameter it does not take, or one given twice, is a 400 naming it (they were ignored)."""
     where = f"Bundle.entry[{e.index}].request.url"
     given: dict[str, str] = {}
     for name, value in query_pairs(e.query, f"{where}'s query"):
-        if name not in ("_summary", "_elements"):
-            raise Invalid(f"{where}: a read has no parameter {name!r} (it takes _summary, _elements)",
+        if name not in allowed:
+            raise Invalid(f"{where}: {interaction} has no parameter {name!r} (it takes {', '.join(allowed)})",
                           expression=where)
         if name in given:
-            raise Invalid(f"{where}: the read parameter {name!r} is given more than once", expression=where)
+            raise Invalid(f"{where}: the {interaction} parameter {name!r} is given more than once", expression=where)
         given[name] = value
-    summary = given.get("_summary")
-    if summary is not None and summary not in ("true", "text", "data", "false"):
-        raise Invalid(f"{where}: _summary={summary!r} is not one of true, text, data, false", expression=where)
-    elements = element_names(given["_elements"]) if "_elements" in given else None
-    return summary, elements
+    return given
+
+
+def _read_parameters(e: EntryRequest) -> tuple[str | None, list[str] | None]:
+    """`_summary` and `_elements` of a read or vread entry, as a read outside a Bundle takes them."""
+    q = _entry_params(e, ("_summary", "_elements"), "a read")
+    elements = element_names(q["_elements"]) if "_elements" in q else None
+    return summary_mode(q.get("_summary"), ("true", "text", "data", "false")), elements
 
 
 _HISTORY_PARAMS = ("_count", "_offset", "_since", "_at", "_total", "_until", "_summary", "_elements")
@@ -662,29 +663,10 @@ _HISTORY_PARAMS = ("_count", "_offset", "_since", "_at", "_total", "_until", "_s
 
 async def _history_entry(resources: ResourceService, ctx: RequestContext, e: EntryRequest) -> dict[str, Any]:
     """The history Bundle a GET `Type/_history` or `Type/id/_history` entry asks for (R4 http.html#history),
-    with the parameters history takes outside a Bundle; any other is a 400 naming it."""
-    where = f"Bundle.entry[{e.index}].request.url"
-    q: dict[str, str] = {}
-    for name, value in query_pairs(e.query, f"{where}'s query"):
-        if name not in _HISTORY_PARAMS:
-            raise Invalid(f"{where}: history has no parameter {name!r} (it takes {', '.join(_HISTORY_PARAMS)})",
-                          expression=where)
-        if name in q:
-            raise Invalid(f"{where}: the history parameter {name!r} is given more than once", expression=where)
-        q[name] = value
-
-    def number(name: str, default: int) -> int:
-        if name not in q:
-            return default
-        found = whole_number(q[name])
-        if found is None:
-            raise Invalid(f"{where}: {name}={q[name]!r} must be a whole number", expression=where)
-        return found
-
-    summary = q.get("_summary")
-    if summary is not None and summary not in ("true", "text", "data", "count", "false"):
-        raise Invalid(f"{where}: _summary={summary!r} is not one of true, text, data, count, false", expression=where)
+    with the parameters history takes outside a Bundle."""
+    q = _entry_params(e, _HISTORY_PARAMS, "history")
+    count = whole_param("_count", q["_count"], 0, MAX_COUNT) if "_count" in q else DEFAULT_COUNT
+    offset = whole_param("_offset", q["_offset"], 0) if "_offset" in q else 0
     elements = element_names(q["_elements"]) if "_elements" in q else None
-    return await history_bundle(resources, ctx, e.rtype, e.rid, q.get("_since"),
-                                min(number("_count", DEFAULT_COUNT), MAX_COUNT), number("_offset", 0), q.get("_at"),
-                                q.get("_total"), q.get("_until"), summary, elements)
+    return await history_bundle(resources, ctx, e.rtype, e.rid, q.get("_since"), count, offset, q.get("_at"),
+                                q.get("_total"), q.get("_until"), summary_mode(q.get("_summary")), elements)

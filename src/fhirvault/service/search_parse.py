@@ -705,13 +705,23 @@ def _parse_has(types: list[str], name: str, value: str, base_url: str) -> Clause
 
 
 # -- result parameters -----------------------------------------------------------------------------
-def _int_param(name: str, value: str, lo: int, hi: int | None = None) -> int:
+def whole_param(name: str, value: str, lo: int, hi: int | None = None) -> int:
+    """A whole-number parameter (`_count`, `_offset`) of at least `lo`, capped at `hi`. Raises Invalid
+    naming it for anything else."""
     n = whole_number(value)
     if n is None:
-        raise Invalid(f"Search parameter {name}={value!r} must be a whole number (at most 18 digits)")
+        raise Invalid(f"Parameter {name}={value!r} must be a whole number (at most 18 digits)")
     if n < lo:
-        raise Invalid(f"Search parameter {name}={value} must be at least {lo}")
+        raise Invalid(f"Parameter {name}={value} must be at least {lo}")
     return min(n, hi) if hi is not None else n
+
+
+def summary_mode(value: str | None, modes: tuple[str, ...] = SUMMARY_MODES) -> str | None:
+    """`_summary`'s value (None when absent) when it is one of `modes` (a read takes all but `count`);
+    Invalid naming it otherwise (R4 3.1.1.5.8)."""
+    if value is not None and value not in modes:
+        raise Invalid(f"_summary={value!r} is not one of {', '.join(modes)}")
+    return value
 
 
 def _sort_keys(types: list[str], value: str) -> list[SortKey]:
@@ -805,9 +815,9 @@ def _result_param(parsed: ParsedSearch, types: list[str], name: str, value: str)
     """Apply one result parameter; False when it is not one (or is only ours, like _offset)."""
     base = name.partition(":")[0]
     if base == "_count":
-        parsed.count = _int_param("_count", value, 0, MAX_COUNT)
+        parsed.count = whole_param("_count", value, 0, MAX_COUNT)
     elif base == "_offset":
-        parsed.offset = _int_param("_offset", value, 0)
+        parsed.offset = whole_param("_offset", value, 0)
     elif base == "_cursor":
         parsed.after = decode_cursor(value)
     elif base == "_before":
@@ -815,9 +825,7 @@ def _result_param(parsed: ParsedSearch, types: list[str], name: str, value: str)
     elif base == "_sort":
         parsed.sort = _sort_keys(types, value)
     elif base == "_summary":
-        if value not in SUMMARY_MODES:
-            raise Invalid(f"_summary={value!r} is not one of {', '.join(SUMMARY_MODES)}")
-        parsed.summary = None if value == "false" else value
+        parsed.summary = None if summary_mode(value) == "false" else value
     elif base == "_elements":
         parsed.elements = element_names(value)
     elif base == "_total":
