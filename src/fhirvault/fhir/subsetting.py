@@ -40,7 +40,7 @@ def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | 
     else:
         # "Servers SHOULD always return mandatory elements whether they are requested or not" (3.1.1.5.9);
         # a requested name that is a choice (`value`) asks for its forms (`valueQuantity`)
-        choices = {n[:-3] for n in flagged | mandatory | choice_elements(rtype) if n.endswith("[x]")}
+        choices = {n[:-3] for n in choice_elements(rtype)}
         keep = frozenset(f"{e}[x]" if e in choices else e for e in elements or ()) | mandatory
     out = {k: v for k, v in resource.items() if k in _ALWAYS or _stem_of(k, keep)}
     if summary == "true":
