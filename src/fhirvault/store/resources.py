@@ -14,7 +14,7 @@ from fhirvault import jsoncodec
 from fhirvault.fhir.search_index import IndexRows
 from fhirvault.store.blobs import BlobRecord, BlobRegistry
 from fhirvault.store.database import note_written
-from fhirvault.store.driver_batch import run_batch
+from fhirvault.store.driver_batch import fetch_rows, run_batch
 from fhirvault.store.scan_rows import content_refs
 from fhirvault.store.schema import resource_versions, resources, search_refs
 from fhirvault.store.search_sql import (
@@ -76,14 +76,35 @@ def row_to_stored(row: Any, method: str | None = None) -> StoredResource:
     )
 
 
-# The statements of every read, built once with bound parameters: building one per call, and computing its
+# The locking read of a write, built once with bound parameters: building one per call, and computing its
 # cache key, cost more than running it on a small row.
 _CURRENT = sa.select(resources).where(resources.c.resource_type == sa.bindparam("rtype"),
                                       resources.c.id == sa.bindparam("rid"))
 _CURRENT_FOR_UPDATE = _CURRENT.with_for_update()
-_VERSION = sa.select(resource_versions).where(resource_versions.c.resource_type == sa.bindparam("rtype"),
-                                              resource_versions.c.id == sa.bindparam("rid"),
-                                              resource_versions.c.version_id == sa.bindparam("vid"))
+
+
+class _PointRow(tuple[Any, ...]):
+    """A `resources` or `resource_versions` row from the driver, read by column name as row_to_stored reads
+    SQLAlchemy's rows."""
+
+    _fields = ("resource_type", "id", "version_id", "last_updated", "deleted", "content", "blob_id", "method")
+    resource_type = property(lambda self: self[0])
+    id = property(lambda self: self[1])
+    version_id = property(lambda self: self[2])
+    last_updated = property(lambda self: self[3])
+    deleted = property(lambda self: self[4])
+    content = property(lambda self: self[5])
+    blob_id = property(lambda self: self[6])
+    method = property(lambda self: self[7])
+
+
+# The reads by primary key, the most frequent statements of all, go straight to the driver (store/driver_batch):
+# through SQLAlchemy's execution layer a point read cost about 0.2 ms of CPU more than the query itself, a
+# fifth of a 1 KiB Binary read. Both select the columns in _PointRow's order.
+_CURRENT_SQL = ("SELECT resource_type, id, version_id, last_updated, deleted, content, blob_id, 'PUT' FROM resources "
+                "WHERE resource_type = ? AND id = ?")
+_VERSION_SQL = ("SELECT resource_type, id, version_id, last_updated, deleted, content, blob_id, method "
+                "FROM resource_versions WHERE resource_type = ? AND id = ? AND version_id = ?")
 # ... and of every write of a version (the current row inserted or moved on, the version row added).
 _INSERT_CURRENT = sa.insert(resources)
 _UPDATE_CURRENT = sa.update(resources).where(
@@ -120,14 +141,16 @@ class ResourceStore:
     async def get(self, conn: AsyncConnection, rtype: str, rid: str, for_update: bool = False
                   ) -> StoredResource | None:
         """The current row; `for_update` locks it (PostgreSQL) so that concurrent writers queue."""
-        stmt = _CURRENT_FOR_UPDATE if for_update else _CURRENT
-        row = (await conn.execute(stmt, {"rtype": rtype, "rid": rid})).first()
-        return row_to_stored(row) if row else None
+        if for_update:
+            row = (await conn.execute(_CURRENT_FOR_UPDATE, {"rtype": rtype, "rid": rid})).first()
+            return row_to_stored(row) if row else None
+        rows = await fetch_rows(conn, _CURRENT_SQL, (rtype, rid))
+        return row_to_stored(_PointRow(rows[0])) if rows else None
 
     async def get_version(self, conn: AsyncConnection, rtype: str, rid: str, vid: int) -> StoredResource | None:
         """Version `vid` of [rtype]/[rid] (a deletion included), or None."""
-        row = (await conn.execute(_VERSION, {"rtype": rtype, "rid": rid, "vid": vid})).first()
-        return row_to_stored(row) if row else None
+        rows = await fetch_rows(conn, _VERSION_SQL, (rtype, rid, vid))
+        return row_to_stored(_PointRow(rows[0])) if rows else None
 
     async def write(
         self, conn: AsyncConnection, stored: StoredResource, previous_version: int | None,
