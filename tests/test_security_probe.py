@@ -398,3 +398,71 @@ def test_if_match_on_another_patients_resource_is_404_not_412(probe_server: Serv
         r = patient.put(f"/Patient/{mine}", json={"resourceType": "Patient", "id": mine}, headers={"If-Match": 'W/"7"'})
         assert r.status_code == 412
     assert api.get(f"/Patient/{theirs}").json()["meta"]["versionId"] == "1"
+
+
+# -- 2. a second probe: conditional interactions, and what vread and history tell of hidden resources ---
+def test_conditional_interactions_need_the_search_scope(probe_server: ServerProcess, api: FhirApi) -> None:
+    """Matching criteria is a search: a create-only client got a whole Patient back through If-None-Exist's
+    match, and write-only clients learned ids (and whether anything matched) from conditional writes and
+    conditional references. Each is now 403 naming the search scope, and changes nothing."""
+    t = uid("cond")
+    pid = api.post("/Patient", json={"resourceType": "Patient", "identifier": [{"system": "urn:cond", "value": t}],
+                                      "name": [{"family": "Bravo"}]}).json()["id"]
+    crit = f"identifier=urn:cond|{t}"
+    patient = {"resourceType": "Patient", "name": [{"family": "New"}]}
+
+    def refused(r: httpx.Response) -> None:
+        assert r.status_code == 403 and "system/Patient.s" in r.text, r.text
+        assert "Bravo" not in r.text and pid not in r.text
+
+    with as_client(probe_server, "system/Patient.c") as create_only, \
+            as_client(probe_server, "system/*.cud") as write_only, \
+            as_client(probe_server, "system/Patient.cs") as create_and_search:
+        refused(create_only.post("/Patient", json=patient, headers={**FHIR_JSON, "If-None-Exist": crit}))
+        refused(create_only.post(f"/Patient?{crit}", json=patient, headers=FHIR_JSON))
+        batch = create_only.post("", json={"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": patient, "request": {"method": "POST", "url": "Patient", "ifNoneExist": crit}}]}).json()
+        assert batch["entry"][0]["response"]["status"].startswith("403"), batch
+        assert "Bravo" not in str(batch) and pid not in str(batch)
+        refused(write_only.patch(f"/Patient?{crit}", content=b"[]",
+                                 headers={"Content-Type": "application/json-patch+json"}))
+        refused(write_only.put(f"/Patient?{crit}", json={**patient, "id": "x"}, headers=FHIR_JSON))
+        refused(write_only.delete(f"/Patient?{crit}"))
+        refused(write_only.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                         "subject": {"reference": f"Patient?{crit}"}},
+            "request": {"method": "POST", "url": "Observation"}}]}))
+        # with the search scope the match is found and kept
+        kept = create_and_search.post("/Patient", json=patient, headers={**FHIR_JSON, "If-None-Exist": crit})
+        assert kept.status_code == 200 and kept.json()["id"] == pid
+    assert api.get(f"/Patient/{pid}").json()["meta"]["versionId"] == "1"
+    assert api.get("/Patient", params={"family": "New", "_summary": "count"}).json()["total"] == 0
+
+
+def test_vread_and_history_tell_nothing_of_hidden_resources(probe_server: ServerProcess, api: FhirApi) -> None:
+    """A hidden resource's versions answered "is not known" and the numbers above them "has no version N", and
+    a hidden deleted resource's history was an empty 200 where an unknown id is 404: both told which ids
+    exist and how often they changed. Every such answer is now worded as for an id never used."""
+    mine, theirs, never = uid("pm"), uid("pt"), uid("never")
+    for p in (mine, theirs):
+        assert put(api, {"resourceType": "Patient", "id": p}).status_code == 201
+    assert put(api, {"resourceType": "Patient", "id": theirs, "active": True}).status_code == 200
+    obs = {"resourceType": "Observation", "id": uid("obs"), "status": "final", "code": {"text": "x"},
+           "subject": {"reference": f"Patient/{theirs}"}}
+    assert put(api, obs).status_code == 201
+    assert api.delete(f"/Observation/{obs['id']}").status_code in (200, 204)
+    with as_client(probe_server, "patient/*.rs", f"Patient/{mine}") as patient:
+        answers = []
+        for rid, vid in ((theirs, 1), (theirs, 2), (theirs, 3), (never, 1)):
+            r = patient.get(f"/Patient/{rid}/_history/{vid}")
+            answers.append((r.status_code, r.json()["issue"][0]["diagnostics"].replace(rid, "ID")))
+        assert len({(status, text.replace(f"version {v}", "version N"))
+                    for (status, text), v in zip(answers, (1, 2, 3, 1), strict=True)}) == 1, answers
+        assert answers[0][0] == 404
+        hidden = patient.get(f"/Observation/{obs['id']}/_history")
+        unknown = patient.get(f"/Observation/{never}/_history")
+        assert hidden.status_code == unknown.status_code == 404, hidden.text
+        assert hidden.json()["issue"][0]["diagnostics"].replace(obs["id"], "ID") \
+            == unknown.json()["issue"][0]["diagnostics"].replace(never, "ID")
+    # the history of a deleted resource the caller may read is still there
+    assert api.get(f"/Observation/{obs['id']}/_history").json()["total"] == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
@@ -496,7 +496,13 @@ class ResourceService:
                 if before and before.content and not await self.access.can_see(ctx, conn, before.content, "vread"):
                     raise NotFound(f"{rtype}/{rid} has no version {vid}")
                 raise Gone(f"Version {vid} of {rtype}/{rid} is a deletion")
-            return await self._visible(ctx, conn, rtype, rid, stored, "vread")
+            try:
+                return await self._visible(ctx, conn, rtype, rid, stored, "vread")
+            except NotFound:
+                # The same words as for a version that does not exist: "is not known" for the versions a
+                # hidden resource has, against "has no version" above them, told which ids exist and how
+                # often they changed.
+                raise NotFound(f"{rtype}/{rid} has no version {vid}") from None
 
     async def current_life_began(self, rtype: str, rid: str) -> int | None:
         """When the present life of rtype/rid began, if it was ever deleted and re-created (microseconds
@@ -545,9 +551,9 @@ class ResourceService:
         async with self.db.read(snapshot=True) as conn:
             if rtype and rid:
                 current = await self.store.get(conn, rtype, rid)
-                if current is None:
-                    raise NotFound(f"{rtype}/{rid} is not known")
-                if not current.deleted:
+                # A deleted resource keeps its history (R4 http.html#history); a hidden one, deleted or not, is
+                # NotFound as if it never existed (an empty page would tell that it did).
+                with suppress(Gone):
                     await self._visible(ctx, conn, rtype, rid, current, "history")
             return await self.store.history(conn, rtype, rid, since_us, count, offset, at,
                                             self.access.query_restriction(ctx), types, until_us, with_total)

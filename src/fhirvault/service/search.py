@@ -388,7 +388,13 @@ async def matching_ids(store: ResourceStore, access: AccessPolicy, ctx: RequestC
     """Ids of the `rtype` resources the caller may read that match a search query string (`a=1&b=2`) or
     parameter list, at most `limit`. Raises Invalid (400) for an unknown parameter and for criteria
     without any filtering parameter (conditional interactions must never ignore criteria, nor match
-    every resource of the type). Runs on `conn`, so it sees the caller's own transaction."""
+    every resource of the type). Runs on `conn`, so it sees the caller's own transaction.
+
+    Matching criteria is a search of `rtype`: without the type's search scope it raises Forbidden (403,
+    naming the scope) before anything is looked up. Otherwise a client allowed only to create or write could
+    read whole resources back through a conditional create's match, and learn ids and the existence of
+    matches from conditional updates, patches, deletes and conditional references."""
+    access.require(ctx, "search", rtype)
     params = query_pairs(query) if isinstance(query, str) else query
     parsed = parse_search([rtype], params, ctx.base_url, strict=True, text_search=store.text_index,
                           codes_validated=store.validated)
