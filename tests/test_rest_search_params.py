@@ -163,6 +163,27 @@ def test_quantity_and_number_prefixes(api: FhirApi) -> None:
                  "identifier": [{"system": "urn:test", "value": t}], "prediction": [{"probabilityDecimal": 0.8}]})
     assert found(api, "/RiskAssessment", {**q, "probability": "lt0.5"}) == [risk_a["id"]]
     assert found(api, "/RiskAssessment", {**q, "probability": "0.25"}) == [risk_a["id"]]
+    # sa / eb: outside the search value's range at its precision, not merely above or below the value
+    risk_b = found(api, "/RiskAssessment", {**q, "probability": "0.8"})
+    assert found(api, "/RiskAssessment", {**q, "probability": "sa0.25"}) == risk_b
+    assert found(api, "/RiskAssessment", {**q, "probability": "sa0.2"}) == sorted([risk_a["id"], *risk_b])
+    assert found(api, "/RiskAssessment", {**q, "probability": "eb0.25"}) == []
+    assert found(api, "/RiskAssessment", {**q, "probability": "eb0.8"}) == [risk_a["id"]]
+    assert v("sa5") == [big["id"]] and v("eb5.4") == [] and v("eb100") == [small["id"]]
+
+
+def test_number_edges_zero_and_more_digits_than_a_double(api: FhirApi) -> None:
+    t = tag()
+    zero = create(api, obs(t, valueQuantity={"value": 0, "system": UCUM, "code": "1"}))
+    huge = create(api, obs(t, valueQuantity={"value": 12345678901234567890, "system": UCUM, "code": "1"}))
+    q = {"identifier": f"urn:test|{t}"}
+
+    def v(value: str) -> list[str]:
+        return found(api, "/Observation", {**q, "value-quantity": value})
+
+    assert v("0") == [zero["id"]] and v("ap0") == [zero["id"]]  # ap is never narrower than eq
+    assert v("12345678901234567890") == [huge["id"]]  # its range rounds to one double, which must still match
+    assert v("ne12345678901234567890") == [zero["id"]]
 
 
 def test_references_chains_and_has(api: FhirApi) -> None:
@@ -196,6 +217,10 @@ def test_uri_missing_and_system_parameters(api: FhirApi) -> None:
     assert found(api, "/ValueSet", {"url:below": f"http://example.org/{t}/fhir"}) == [vs["id"]]
     assert found(api, "/ValueSet", {"url:above": f"http://example.org/{t}/fhir/ValueSet/a/b"}) == [vs["id"]]
     assert found(api, "/ValueSet", {"url:below": f"http://example.org/{t}/other"}) == []
+    upper = create(api, {"resourceType": "ValueSet", "status": "active", "url": f"http://example.org/{t}/FHIR/ValueSet/b"})
+    # uris match case-sensitively, :below too (SQLite's LIKE alone would ignore the case)
+    assert found(api, "/ValueSet", {"url:below": f"http://example.org/{t}/fhir"}) == [vs["id"]]
+    assert found(api, "/ValueSet", {"url:below": f"http://example.org/{t}/FHIR"}) == [upper["id"]]
     with_value = create(api, obs(t, valueString="v", meta={"tag": [{"system": "urn:tags", "code": t}],
                                                              "profile": [f"http://example.org/{t}/profile"],
                                                              "source": f"urn:source:{t}"}))

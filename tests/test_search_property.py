@@ -94,7 +94,7 @@ def number_match(prefix: str, v: Decimal, text: str) -> bool:
     n = Decimal(text)
     half = Decimal(5) * Decimal(10) ** (n.as_tuple().exponent - 1)  # type: ignore[operator]
     return {"eq": n - half <= v < n + half, "ne": not (n - half <= v < n + half), "gt": v > n, "lt": v < n,
-            "ge": v >= n, "le": v <= n, "sa": v > n, "eb": v < n}[prefix]
+            "ge": v >= n, "le": v <= n, "sa": v >= n + half, "eb": v < n - half}[prefix]
 
 
 def split_prefix(value: str) -> tuple[str, str]:

@@ -198,7 +198,12 @@ def _number_test(name: str, raw: str, system: str | None = None, code: str | Non
     exponent = number.as_tuple().exponent
     assert isinstance(exponent, int)
     half = Decimal(5) * Decimal(10) ** (exponent - 1)  # the value's implied precision (3.1.1.4.1)
-    return RangeTest(prefix, float(number - half), float(number + half), float(number), system, code)
+    low, high, value = float(number - half), float(number + half), float(number)
+    if high <= value:
+        # More digits than a double holds: the range's upper end rounds to the double the value itself is stored
+        # as, and [low, high) would not hold that value.
+        high = math.nextafter(value, math.inf)
+    return RangeTest(prefix, low, high, value, system, code)
 
 
 def _date_test(name: str, raw: str) -> RangeTest:

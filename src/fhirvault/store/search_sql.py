@@ -272,12 +272,15 @@ def _range(prefix: str, low: Any, high: Any, t: RangeTest, point_inclusive: bool
     if point_inclusive and prefix == "po":
         return sa.and_(low < e, high >= s)
     if point_inclusive:
+        # sa / eb: the stored value is outside the search value's range [s, e) and above (below) it; a value
+        # inside the range equals the search value at its precision (R4 search.html#prefix)
         conds: dict[str, ColumnElement[bool]] = {
-            "gt": high > v, "lt": low < v, "ge": high >= v, "le": low <= v, "sa": low > v, "eb": high < v,
+            "gt": high > v, "lt": low < v, "ge": high >= v, "le": low <= v, "sa": low >= e, "eb": high < s,
         }
         if prefix == "ap":
+            # within 10 % of the value, and never narrower than `eq` (ap0 finds what 0 finds)
             margin = abs(v) * 0.1
-            return sa.and_(low <= v + margin, high >= v - margin)
+            return sa.and_(low <= max(v + margin, e), high >= min(v - margin, s))
         return conds[prefix]
     if prefix == "ap":
         return sa.and_(low < e, high > s)  # the service has widened [s, e) by the approximation margin
@@ -317,8 +320,11 @@ def _token(system_col: Any, code_col: Any, t: TokenTest) -> ColumnElement[bool]:
 
 def _uri(col: Any, t: UriTest) -> ColumnElement[bool]:
     if t.mode == "below":
+        prefix = t.value.rstrip("/") + "/"
+        # LIKE ignores the case of ASCII letters on SQLite, and uris match case-sensitively (R4 search.html#uri):
+        # the substr comparison keeps the case, LIKE keeps PostgreSQL's index on text_pattern_ops usable.
         return sa.or_(col == as_stored(col, t.value),
-                      col.startswith(t.value.rstrip("/") + "/", autoescape=True))
+                      sa.and_(col.startswith(prefix, autoescape=True), sa.func.substr(col, 1, len(prefix)) == prefix))
     if t.mode == "above":
         # every stored uri that is a path-prefix of the value
         prefixes = [t.value[:i] for i in range(len(t.value), 0, -1) if i == len(t.value) or t.value[i] == "/"]
