@@ -444,6 +444,10 @@ def test_an_include_through_a_parameter_that_never_refers_to_its_target_is_repor
         strict = api.get("/Observation", params=params, headers={"Prefer": "handling=strict"})
         assert strict.status_code == 400, strict.text
     assert api.get("/Patient", params={"_elements": ","}).status_code == 400
+    # a path is not an element name: it was dropped without a word, on search and read alike
+    for path in ("/Patient", "/Patient/x"):
+        r = api.get(path, params={"_elements": "name,identifier.value"})
+        assert r.status_code == 400 and "identifier.value" in r.text, r.text
     for late in ("2020-01-01T00:00:00-15:00", "2020-01-01T00:00:00+14:30"):
         r = api.get("/Patient", params={"_lastUpdated": late})
         assert r.status_code == 400 and late in r.text, r.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -14,13 +15,21 @@ from tests.support.server import ServerProcess, admin_headers, free_port
 
 def test_zero_config_serve_in_empty_directory(tmp_path: Path) -> None:
     port = free_port()
+    # DATABASE_URL, the name other tools use, is not fhirvault's setting: the banner says which database
+    # is used, and a note says that one was not read (it used to be ignored without a word)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRVAULT_")}
+    env["DATABASE_URL"] = "postgresql+psycopg://someone:hunter2@127.0.0.1/elsewhere"
     proc = subprocess.Popen([sys.executable, "-m", "fhirvault.cli", "serve", "--port", str(port)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         base = f"http://127.0.0.1:{port}/fhir/R4"
         assert proc.stdout is not None
         first_line = proc.stdout.readline().decode()
         assert base in first_line
+        banner = "".join(proc.stdout.readline().decode() for _ in range(3))
+        assert f"database: sqlite+aiosqlite:///{tmp_path.resolve()}" in banner, banner
+        assert "DATABASE_URL is set but not read; the setting is FHIRVAULT_DATABASE_URL" in banner, banner
+        assert "hunter2" not in banner
         for _ in range(200):
             try:
                 httpx.get(f"{base}/metadata", timeout=1)

@@ -37,6 +37,13 @@ class StartupError(Exception):
         self.status = status
 
 
+def _shown_database(url: str) -> str:
+    """The database URL as the start-up banner shows it: the password masked."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _server_settings(args: argparse.Namespace) -> Settings:
     """The server settings; StartupError naming the file or setting when they cannot be read. Every
     command that opens the server's data runs with a private umask: the database holds the token and URL
@@ -163,6 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fhirvault.security.bootstrap import ADMIN_FILE
 
     settings = _server_settings(args)
+    bare_database_url = "DATABASE_URL" in os.environ and "FHIRVAULT_DATABASE_URL" not in os.environ
     try:
         _private_data_dir(settings.data_dir)
     except OSError as exc:
@@ -174,6 +182,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.update(settings_as_env(settings))
     print(f"fhirvault {_version()} serving FHIR R4 at {settings.fhir_base_url}", flush=True)
     print(f"  data: {settings.data_dir.resolve()}  storage: {settings.storage_mode}", flush=True)
+    print(f"  database: {_shown_database(settings.database_url)}", flush=True)
+    if bare_database_url:
+        # the usual name of other tools: set alone, it was ignored without a word and SQLite used instead
+        print("fhirvault: note: DATABASE_URL is set but not read; the setting is FHIRVAULT_DATABASE_URL",
+              file=sys.stderr, flush=True)
     print(f"  token endpoint: {settings.public_base_url}/oauth2/token", flush=True)
     if new_admin is not None:
         # Shown once, on the first start only; the file keeps them for scripts (mode 0600).

@@ -233,6 +233,7 @@ async def read_resource(request: Request, rtype: str, extra_params: tuple[str, .
     """The read interaction for a type known from the route rather than the URL's type segment;
     `extra_params`: query parameters the type's own read honours besides READ_PARAMS."""
     check_query(request, READ_PARAMS + extra_params, "read")
+    subsetting_params(request)  # a malformed _summary or _elements is 400 before anything is looked up
     stored = await vault(request).resources.read(context(request), rtype, request.path_params["rid"])
     return await resource_response(request, stored)
 
@@ -241,6 +242,7 @@ async def vread(request: Request) -> Response:
     """GET [type]/[id]/_history/[vid] (R4 vread)."""
     rtype = resource_type_of(request)
     check_query(request, READ_PARAMS, "vread")
+    subsetting_params(request)
     p = request.path_params
     stored = await vault(request).resources.vread(context(request), rtype, p["rid"], p["vid"])
     return await resource_response(request, stored)

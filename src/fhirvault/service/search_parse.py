@@ -778,7 +778,17 @@ def element_names(value: str) -> list[str]:
     names = [e.strip() for e in value.split(",") if e.strip()]
     if not names:
         raise Invalid(f"_elements={value!r} names no element (e.g. _elements=name,birthDate)")
+    for name in names:
+        if not _ELEMENT_NAME.fullmatch(name):
+            # a path such as identifier.value was dropped without a word: R4 takes base element names only
+            raise Invalid(f"_elements={value!r}: '{name}' is not an element name; _elements lists elements at the "
+                          "root of the resource (R4 search.html#elements), e.g. _elements=identifier,name")
     return names
+
+
+# An element name at the root of a resource (R4 elementdefinition.html#path: letters and digits), a choice
+# element written with its [x] too.
+_ELEMENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(\[x\])?", re.ASCII)
 
 
 def query_pairs(query: str, where: str = "The criteria") -> list[tuple[str, str]]:
