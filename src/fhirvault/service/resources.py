@@ -464,8 +464,11 @@ class ResourceService:
             return
         ref = f"{current['resourceType']}/{current.get('id')}"
         if await self.access.can_see(ctx, conn, current, "read"):
-            raise Forbidden(f"This client may read {ref} but not {interaction} it "
-                            "(its securityContext needs update rights on the resource it names)")
+            why = ("its securityContext needs update rights on the resource it names"
+                   if current["resourceType"] == "Binary" else
+                   "it lies in other patients' compartments too; a patient-context client changes only resources "
+                   "of its own patient alone")
+            raise Forbidden(f"This client may read {ref} but not {interaction} it ({why})")
         raise NotFound(f"{ref} is not known")
 
     # -- reads ----------------------------------------------------------------------------------
