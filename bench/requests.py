@@ -5,7 +5,9 @@ wrk (Debian package `wrk`) drives nginx serving a 1 KiB static file and fhirvaul
 interleaved round by round so that other load on the machine touches both alike. For each kind of
 request it prints req/s, p50/p99 latency, the server's CPU seconds per 1,000 requests (user + system of
 the whole server process tree, from /proc) and the ratio of req/s to nginx's; with several rounds, each
-figure is the median of the rounds. Asserts nothing.
+figure is the median of the rounds. The plain `/metadata` row is also set beside nginx serving the same
+CapabilityStatement bytes as a static file (about 800 KB: there the size of the answer, not the server, sets
+the pace). Asserts nothing.
 
 Run: .venv/bin/python bench/requests.py [--database sqlite|postgres] [--workers N] [--seconds 10]
                                         [--connections 16] [--rounds 3] [--upload-size 1G] [--skip-upload]
@@ -388,10 +390,19 @@ def main() -> None:
             baseline_rows = [r for r in baseline_rows if r.key in keys]
         nginx_runs: list[WrkRun] = []
         nginx_pid = nginx.proc.pid if nginx.proc else None
+        # The plain CapabilityStatement lists every search parameter and _include/_revinclude value of 146
+        # types (about 750 KB): beside the 1 KiB file, nginx also serves those same bytes as a static file.
+        statement = httpx.get(f"{server.base}/metadata", timeout=60).content
+        (files / "metadata.json").write_bytes(statement)
+        same_bytes: list[WrkRun] = []
         for n in range(args.rounds):
             reference = run_wrk(f"{nginx.url}/small.bin", args.seconds, args.connections, None, {}, nginx_pid)
             nginx_runs.append(reference)
             print(f"round {n + 1}: nginx {reference.rps:.0f} req/s", flush=True)
+            if any(row.key == "metadata" for row in rows):
+                same_bytes.append(run_wrk(f"{nginx.url}/metadata.json", args.seconds, args.connections, None, {},
+                                          nginx_pid))
+                print(f"  nginx, the CapabilityStatement as a file  {same_bytes[-1].rps:8.0f} req/s", flush=True)
             for i, row in enumerate(rows):
                 if baseline is not None and n % 2 == 0:
                     _baseline_run(baseline, baseline_rows[i], args)
@@ -407,6 +418,12 @@ def main() -> None:
         print_table(nginx_runs, rows, f"Small requests, database {args.database}, fhirvault serve workers={workers}; "
                     f"wrk -t2 -c{args.connections} -d{args.seconds}s, median of {args.rounds} rounds; "
                     f"CPU s/1k = server CPU seconds per 1,000 requests")
+        plain = next((row for row in rows if row.key == "metadata"), None)
+        if plain is not None and same_bytes:
+            ours, theirs = median([r.rps for r in plain.runs]), median([r.rps for r in same_bytes])
+            print(f"GET /metadata without gzip ({len(statement) / 1000:.0f} KB): fhirvault {fmt(ours)} req/s, nginx "
+                  f"serving the same bytes as a static file {fmt(theirs)} req/s, ratio "
+                  f"{fmt(ours / theirs if ours and theirs else None, 3)}")
         if baseline is not None:
             print_comparison(rows, baseline_rows, args.baseline)
         if not args.skip_upload:
