@@ -14,7 +14,7 @@ from fhirvault import jsoncodec
 from fhirvault.fhir.search_index import IndexRows
 from fhirvault.store.blobs import BlobRecord, BlobRegistry
 from fhirvault.store.database import note_written
-from fhirvault.store.driver_batch import fetch_rows, run_batch
+from fhirvault.store.driver_batch import DriverStatement, fetch_rows, run_batch
 from fhirvault.store.scan_rows import content_refs
 from fhirvault.store.schema import resource_versions, resources, search_refs
 from fhirvault.store.search_sql import (
@@ -105,13 +105,17 @@ _CURRENT_SQL = ("SELECT resource_type, id, version_id, last_updated, deleted, co
                 "WHERE resource_type = ? AND id = ?")
 _VERSION_SQL = ("SELECT resource_type, id, version_id, last_updated, deleted, content, blob_id, method "
                 "FROM resource_versions WHERE resource_type = ? AND id = ? AND version_id = ?")
-# ... and of every write of a version (the current row inserted or moved on, the version row added).
+# ... and of every write of a version (the current row inserted or moved on, the version row added): the
+# inserts as plain statements for the driver's batch (store/driver_batch), as the index rows are written.
+_INSERT_CURRENT_SQL = ("INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, content, blob_id) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT_VERSION_SQL = ("INSERT INTO resource_versions (resource_type, id, version_id, last_updated, method, deleted, "
+                       "content, blob_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _INSERT_CURRENT = sa.insert(resources)
 _UPDATE_CURRENT = sa.update(resources).where(
     resources.c.resource_type == sa.bindparam("b_rtype"), resources.c.id == sa.bindparam("b_rid"),
     resources.c.version_id == sa.bindparam("b_previous"),
 ).values({name: sa.bindparam(f"v_{name}") for name in ("version_id", "last_updated", "deleted", "content", "blob_id")})
-_INSERT_VERSION = sa.insert(resource_versions)
 
 
 def _owned_by(table: Any, owners: list[tuple[str, str]]) -> Any:
@@ -165,31 +169,43 @@ class ResourceStore:
             "deleted": stored.deleted, "content": content, "blob_id": stored.blob_id,
         }
         row = {"resource_type": stored.resource_type, "id": stored.id, **current}
+        # The version row, the index rows and the version's access rows go in one batch (one trip to the
+        # driver), on SQLite with the new current row ahead of them: a failed statement leaves an SQLite
+        # transaction usable, so no savepoint is needed. PostgreSQL aborts the whole transaction on a failed
+        # statement: there the current row is inserted alone, inside a savepoint.
+        batch: list[DriverStatement] = []
         if previous_version is None:
-            try:
-                if conn.dialect.name == "sqlite":
-                    # A failed statement leaves an SQLite transaction usable: no savepoint needed (two
-                    # round trips fewer); PostgreSQL aborts the whole transaction without one.
-                    await conn.execute(_INSERT_CURRENT, row)
-                else:
+            if conn.dialect.name == "sqlite":
+                batch.append(DriverStatement(_INSERT_CURRENT_SQL, [(
+                    stored.resource_type, stored.id, stored.version_id, stored.last_updated, stored.deleted,
+                    content, stored.blob_id)]))
+            else:
+                try:
                     async with conn.begin_nested():
                         await conn.execute(_INSERT_CURRENT, row)
-            except IntegrityError as exc:
-                raise VersionConflict(f"{stored.resource_type}/{stored.id} was created concurrently") from exc
+                except IntegrityError as exc:
+                    raise VersionConflict(f"{stored.resource_type}/{stored.id} was created concurrently") from exc
         else:
             result = await conn.execute(_UPDATE_CURRENT, {
                 "b_rtype": stored.resource_type, "b_rid": stored.id, "b_previous": previous_version,
                 **{f"v_{k}": v for k, v in current.items()}})
             if result.rowcount != 1:
                 raise VersionConflict(f"{stored.resource_type}/{stored.id} changed concurrently")
-        await conn.execute(_INSERT_VERSION, {**row, "method": stored.method})
+        batch.append(DriverStatement(_INSERT_VERSION_SQL, [(
+            stored.resource_type, stored.id, stored.version_id, stored.last_updated, stored.method, stored.deleted,
+            content, stored.blob_id)]))
         note_written(conn)
         if stored.blob_id is not None:
             await self.registry.add_reference(conn, stored.blob_id)
-        # the index rows and the version's access rows in one batch: one trip to the driver
-        await run_batch(conn, index_statements(stored.resource_type, stored.id, index, new=previous_version is None,
-                                               numbered=numbered(conn))
-                        + access_statements(stored.resource_type, stored.id, stored.version_id, _access_of(index)))
+        batch += index_statements(stored.resource_type, stored.id, index, new=previous_version is None,
+                                  numbered=numbered(conn))
+        batch += access_statements(stored.resource_type, stored.id, stored.version_id, _access_of(index))
+        try:
+            await run_batch(conn, batch)
+        except IntegrityError as exc:
+            if exc.statement == _INSERT_CURRENT_SQL:
+                raise VersionConflict(f"{stored.resource_type}/{stored.id} was created concurrently") from exc
+            raise
 
     async def rewrite(self, conn: AsyncConnection, stored: StoredResource, index: IndexRows | None) -> None:
         """Replace the content and search index of the version `stored` that this same transaction wrote
