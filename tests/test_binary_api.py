@@ -7,6 +7,7 @@ import base64
 import gzip
 import hashlib
 
+import httpx
 import pytest
 
 from tests.support.binary import blob_ids_of, blob_rows, pseudo_random, stored_keys, wait_until
@@ -359,3 +360,37 @@ def test_prefer_return_operation_outcome_on_a_raw_upload(bapi: FhirApi) -> None:
                                                                   "Prefer": "return=OperationOutcome"})
     assert r.status_code == 200 and "updated" in r.json()["issue"][0]["diagnostics"]
 
+
+
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["small", "large"])
+def test_every_binary_read_answers_conditional_requests(bapi: FhirApi, data: bytes) -> None:
+    """The JSON form of a Binary read answered 200 with all of its base64 even to its own ETag, and
+    If-Modified-Since was ignored on raw, JSON and signed-URL reads: each is now a conditional read (R4
+    http.html#cread) answering 304. A signed URL, which needs no token, no longer tells the Binary's
+    securityContext (the patient) in X-Security-Context."""
+    created = bapi.post("/Binary", content=data, headers={"Content-Type": "application/pdf",
+                                                           "X-Security-Context": "Patient/cond-123"})
+    bid, signed = created.json()["id"], created.links["alternate"]["url"]
+    raw = bapi.get(f"/Binary/{bid}")
+    assert raw.status_code == 200 and raw.headers["x-security-context"] == "Patient/cond-123"
+    as_json = {"Accept": "application/fhir+json"}
+    first = bapi.get(f"/Binary/{bid}", headers=as_json)
+    assert first.status_code == 200 and first.headers["etag"] == 'W/"1"'
+    modified = first.headers["last-modified"]
+    for headers in ({"If-None-Match": 'W/"1"'}, {"If-Modified-Since": modified}):
+        for path in (f"/Binary/{bid}", f"/Binary/{bid}/_history/1"):
+            r = bapi.get(path, headers={**as_json, **headers})
+            assert r.status_code == 304 and r.content == b"", (path, headers, r.status_code)
+    assert bapi.get(f"/Binary/{bid}", headers={**as_json, "If-None-Match": 'W/"2"'}).status_code == 200
+    assert bapi.get(f"/Binary/{bid}", headers={"If-Modified-Since": modified}).status_code == 304
+    earlier = "Mon, 01 Jan 2001 00:00:00 GMT"
+    assert bapi.get(f"/Binary/{bid}", headers={"If-Modified-Since": earlier}).content == data
+    with httpx.Client(timeout=60) as browser:
+        fresh = browser.get(signed)
+        assert fresh.status_code == 200 and fresh.content == data
+        assert "x-security-context" not in fresh.headers
+        again = browser.get(signed, headers={"If-Modified-Since": fresh.headers["last-modified"]})
+        assert again.status_code == 304 and "x-security-context" not in again.headers
+        # If-None-Match decides when both are sent (RFC 9110 13.2.2)
+        assert browser.get(signed, headers={"If-Modified-Since": fresh.headers["last-modified"],
+                                            "If-None-Match": '"other"'}).status_code == 200

@@ -21,6 +21,7 @@ from fhirvault.http.fhir_api import (
     READ_PARAMS,
     check_query,
     context,
+    not_modified,
     raw_only,
     refuse_create_precondition,
     refuse_if_none_exist,
@@ -193,7 +194,11 @@ async def read(request: Request) -> Response:
     else:
         stored = await v.resources.read(ctx, "Binary", p["rid"])
     if binary_wants_resource(request.query_params.get("_format"), request.headers.get("accept")):
-        response = await _resource_response(request, stored)
+        if not_modified(request, stored):  # conditional read (R4 http.html#cread), as for every other type
+            headers = version_headers(stored, ctx.base_url, with_location=False)
+            response: Response = Response(status_code=304, headers=headers)
+        else:
+            response = await _resource_response(request, stored)
     else:
         raw_only(request)
         content = await v.binaries.describe(stored)

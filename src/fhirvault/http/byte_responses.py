@@ -14,6 +14,7 @@ from fhirvault.http import ranges
 from fhirvault.http.disposition import content_disposition
 from fhirvault.service.binaries import BinaryContent
 from fhirvault.service.context import RequestContext
+from fhirvault.service.preconditions import unmodified_since
 from fhirvault.service.scans import OVERRIDE_HEADER, parse_override
 from fhirvault.service.timeutil import to_http_date
 
@@ -99,7 +100,11 @@ async def serve_bytes(request: Request, content: BinaryContent, stream: ByteStre
     content = dataclasses.replace(content, content_type=servable_type(content.content_type))
     headers = content_headers(content, extra_headers, request.app.state.vault.settings.inline_types)
     is_head = request.method == "HEAD"
-    if ranges.none_match(request.headers.get("if-none-match"), headers["ETag"]):
+    if_none_match = request.headers.get("if-none-match")
+    # If-Modified-Since counts only without If-None-Match (RFC 9110 13.2.2)
+    since = request.headers.get("if-modified-since")
+    if ranges.none_match(if_none_match, headers["ETag"]) or (
+            if_none_match is None and unmodified_since(content.last_updated_us, since)):
         keep = ("ETag", "Last-Modified", "Cache-Control", "Content-Disposition", "X-Security-Context",
                 *STORED_BYTES_HEADERS)
         return Response(status_code=304, headers={k: v for k, v in headers.items() if k in keep})

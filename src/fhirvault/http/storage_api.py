@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -41,8 +43,9 @@ async def download(request: Request) -> Response:
             target = await v.storage.redirect_url(content, left, disposition)
             if target is not None:
                 return Response(status_code=307, headers={**headers, "Location": target})
-        return await serve_bytes(request, content, lambda start, end: v.storage.stream(content, start, end),
-                                 headers)
+        # No X-Security-Context here: whoever holds the link gets the bytes, not which patient they belong to.
+        shown = dataclasses.replace(content, security_context=None)
+        return await serve_bytes(request, shown, lambda start, end: v.storage.stream(content, start, end), headers)
     except FhirVaultError as exc:
         response = error_response(exc)
         response.headers.update(cors)

@@ -124,6 +124,13 @@ def not_modified(current: StoredResource, if_none_match: str | None, if_modified
     if if_none_match is not None:
         tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
         return "*" in tags or f'"{current.version_id}"' in tags
+    return unmodified_since(current.last_updated, if_modified_since)
+
+
+def unmodified_since(last_updated_us: int, if_modified_since: str | None) -> bool:
+    """Whether If-Modified-Since (an HTTP-date, or a FHIR instant as in Bundles) is at or after
+    `last_updated_us` (microseconds since the epoch), compared in whole seconds as Last-Modified gives them
+    (RFC 9110 13.1.3); False when the header is absent or not a date (then it is ignored)."""
     if if_modified_since is None:
         return False
     since_us = parse_http_date(if_modified_since)
@@ -132,4 +139,4 @@ def not_modified(current: StoredResource, if_none_match: str | None, if_modified
             since_us = int(datetime.fromisoformat(if_modified_since.strip()).timestamp()) * 1_000_000
         except ValueError:
             since_us = None
-    return since_us is not None and current.last_updated // 1_000_000 * 1_000_000 <= since_us
+    return since_us is not None and last_updated_us // 1_000_000 * 1_000_000 <= since_us
