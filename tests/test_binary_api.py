@@ -394,3 +394,29 @@ def test_every_binary_read_answers_conditional_requests(bapi: FhirApi, data: byt
         # If-None-Match decides when both are sent (RFC 9110 13.2.2)
         assert browser.get(signed, headers={"If-Modified-Since": fresh.headers["last-modified"],
                                             "If-None-Match": '"other"'}).status_code == 200
+
+
+def test_binaries_written_through_bundles_follow_the_binary_rules(bapi: FhirApi, binary_server: ServerProcess,
+                                                                  storage_mode: str) -> None:
+    """A transaction or batch PUT of a Binary without `data` wrote a version with no content (the bytes were
+    lost to every read but vread), and `data` above INLINE_MAX_BYTES in a Bundle stayed inline in the row.
+    Bundle entries now write Binaries as a Binary written alone does."""
+    large_id = upload(bapi, LARGE)["id"]
+    small_id = upload(bapi, SMALL)["id"]
+    for kind in ("transaction", "batch"):
+        r = bapi.post("", json={"resourceType": "Bundle", "type": kind, "entry": [
+            {"resource": {"resourceType": "Binary", "id": rid, "contentType": "text/plain"},
+             "request": {"method": "PUT", "url": f"Binary/{rid}"}} for rid in (large_id, small_id)]})
+        assert r.status_code == 200, r.text
+        assert all(e["response"]["status"].startswith("200") for e in r.json()["entry"]), r.text
+    for rid, data in ((large_id, LARGE), (small_id, SMALL)):
+        got = bapi.get(f"/Binary/{rid}")
+        assert got.content == data and got.headers["content-type"].startswith("text/plain"), rid
+    created = bapi.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:6f1c2b9e-2f0e-4c55-9d55-111111111111",
+         "resource": fhir_json_binary(LARGE, "application/pdf"), "request": {"method": "POST", "url": "Binary"}}]})
+    assert created.status_code == 200, created.text
+    new_id = created.json()["entry"][0]["response"]["location"].split("/")[1]
+    assert bapi.get(f"/Binary/{new_id}").content == LARGE
+    # in a blob, as a Binary uploaded alone: not inline in the row (inline mode keeps every content inline)
+    assert (blob_ids_of(binary_server, new_id) == [None]) == (storage_mode == "inline")

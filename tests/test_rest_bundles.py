@@ -9,6 +9,51 @@ from tests.support.server import FhirApi
 FHIR = {"Content-Type": "application/fhir+json"}
 
 
+def test_transaction_rewrites_links_only_where_r4_puts_them(api: FhirApi) -> None:
+    """Every string equal to a fullUrl or a conditional reference was rewritten: an Identifier.value, a
+    valueString, a note, and the entries of a stored document Bundle. R4 http.html#trules rewrites references,
+    uri/url/oid/uuid elements and the narrative's links; strings are data, and a stored Bundle is kept whole."""
+    urn = f"urn:uuid:{uuid.uuid4()}"
+    mrn = f"mrn-{uuid.uuid4().hex[:8]}"
+    existing = api.post("/Patient", json={"resourceType": "Patient", "identifier": [
+        {"system": "urn:mrn", "value": f"{mrn}-old"}]}, headers=FHIR).json()["id"]
+    conditional = f"Patient?identifier=urn:mrn|{mrn}-old"
+    document = {"resourceType": "Bundle", "type": "document", "identifier": {"system": "urn:doc", "value": mrn},
+                "timestamp": "2025-01-01T00:00:00Z", "entry": [
+                    {"fullUrl": "urn:uuid:0d1b7c26-8a83-4a8e-9a59-3f0f5c0b7a11",
+                     "resource": {"resourceType": "Composition", "status": "final", "type": {"text": "note"},
+                                  "date": "2025-01-01", "title": "t", "author": [{"reference": urn}],
+                                  "subject": {"reference": urn}}},
+                    {"fullUrl": urn, "resource": {"resourceType": "Patient"}}]}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": urn, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": urn},
+                      "identifier": [{"system": "urn:ietf:rfc:3986", "value": urn}],
+                      "subject": {"reference": urn}, "valueString": conditional, "note": [{"text": urn}],
+                      "extension": [{"url": "http://example.org/link", "valueUri": urn}],
+                      "text": {"status": "generated",
+                               "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{urn}">p</a></div>'}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "c"},
+                      "subject": {"reference": conditional}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": document, "request": {"method": "POST", "url": "Bundle"}},
+    ]}
+    r = api.post("", json=bundle, headers=FHIR)
+    assert r.status_code == 200, r.text
+    locations = [e["response"]["location"].split("/_history")[0] for e in r.json()["entry"]]
+    patient = locations[0]
+    obs = api.get(f"/{locations[1]}").json()
+    assert obs["subject"]["reference"] == patient and obs["extension"][0]["valueUri"] == patient
+    assert f'href="{patient}"' in obs["text"]["div"]
+    assert obs["identifier"][0]["value"] == urn and obs["note"][0]["text"] == urn and obs["code"]["text"] == urn
+    assert obs["valueString"] == conditional
+    assert api.get(f"/{locations[2]}").json()["subject"]["reference"] == f"Patient/{existing}"
+    stored = api.get(f"/{locations[3]}").json()
+    assert stored["entry"] == document["entry"]
+
+
 def test_transaction_resolves_urn_uuid_references(api: FhirApi) -> None:
     pat_urn = f"urn:uuid:{uuid.uuid4()}"
     bundle = {

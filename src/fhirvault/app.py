@@ -92,7 +92,6 @@ class FhirVault:
                                    audience=settings.fhir_base_url, lifetime=settings.token_lifetime)
         self.resources = ResourceService(self.db, self.store, ScopePolicy(self.store),
                                          conditional_delete_max=settings.conditional_delete_max)
-        self.bundles = BundleService(self.resources)
         self.validate = ValidateOperation(self.resources)
         self.blob_store = open_blob_store(settings, self.db)
         # Resumable uploads stage their bytes in the blob store; in inline mode, which has none, in the
@@ -103,6 +102,7 @@ class FhirVault:
             inline_max_bytes=settings.inline_max_bytes, max_binary_bytes=settings.max_binary_bytes,
             pending_grace_seconds=settings.pending_blob_grace_seconds, dedup=settings.dedup_enabled,
             staging_store=staging_store)
+        self.bundles = BundleService(self.resources, self.binaries)
         self.uploads = UploadService(self.db, self.binaries, staging_store, self.blob_registry,
                                      max_bytes=settings.max_binary_bytes,
                                      expiry_seconds=settings.upload_expiry_seconds)
@@ -125,9 +125,7 @@ class FhirVault:
         # The steps every resource passes; their order is fixed in service/pipelines.py.
         self.resources.write_pipeline = WritePipeline(
             validate=R4Validation() if settings.validation_enabled else None,
-            move_inline_data=InlineDataMover(self.resources, self.blob_store, self.blob_registry,
-                                             settings.inline_max_bytes, dedup=settings.dedup_enabled,
-                                             remove_later=self.binaries.remove_later),
+            move_inline_data=InlineDataMover(self.resources, self.binaries, settings.inline_max_bytes),
             normalize_attachment_urls=AttachmentNormalizer(
                 self.resources.access, UrlShapes(settings.fhir_base_url, self.signed_urls)),
             record_content_scans=self.scans if settings.scan_mode != "off" else None,

@@ -156,7 +156,9 @@ _SKIP = ("skip", "")
 
 
 @cache
-def _walker() -> AttachmentWalk:
+def element_walker() -> AttachmentWalk:
+    """The one walker over the R4 model tables (its element type lookups are memoized), shared by the
+    Attachment walk and fhir/bundle_links.py."""
     return AttachmentWalk(r4_model())
 
 
@@ -193,7 +195,7 @@ def attachment_sites(resource: dict[str, Any]) -> list[tuple[Site, dict[str, Any
     rtype = resource.get("resourceType")
     out: list[tuple[Site, dict[str, Any]]] = []
     if isinstance(rtype, str):
-        _walker().collect_sites(resource, rtype, (), out)
+        element_walker().collect_sites(resource, rtype, (), out)
     return out
 
 
@@ -211,7 +213,7 @@ def at_site(resource: dict[str, Any], site: Site) -> Any:
 def is_attachment_element(resource_type: str, element: str) -> bool:
     """Whether `element` is an Attachment-typed element directly on `resource_type` (`photo` on Patient,
     `content` on Media, a choice such as Observation's `valueAttachment`), by the R4 model tables."""
-    return _walker().resolve(resource_type, element) == ("type", "Attachment")
+    return element_walker().resolve(resource_type, element) == ("type", "Attachment")
 
 
 def attachment_elements(resource_type: str) -> list[str]:

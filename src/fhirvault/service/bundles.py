@@ -15,11 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fhirvault import jsoncodec
 from fhirvault.errors import FhirVaultError, Invalid, NotAcceptable, NotFound
 from fhirvault.fhir.bundle import bundle as make_bundle
+from fhirvault.fhir.bundle_links import NARRATIVE_LINK, replace_links
 from fhirvault.fhir.media_types import is_produced_format
 from fhirvault.fhir.outcome import informational, operation_outcome
 from fhirvault.fhir.patch import FHIRPATH_PATCH, JSON_PATCH, MERGE_PATCH, PatchDocument
 from fhirvault.fhir.r4 import is_resource_type, is_valid_id
 from fhirvault.fhir.subsetting import subset
+from fhirvault.service.binaries import BinaryService
 from fhirvault.service.context import RequestContext
 from fhirvault.service.history import history_bundle
 from fhirvault.service.pipelines import UnitOfWork
@@ -274,13 +276,12 @@ def patch_references(document: PatchDocument) -> set[str]:
 
 # `href` and `src` attributes of the narrative (R4 http.html#trules: links in `<a href>` and `<img src>`
 # are replaced like references).
-NARRATIVE_LINK = re.compile(r'\b(href|src)\s*=\s*(["\'])(.*?)\2')
 
 
 def _replace_refs(node: Any, mapping: dict[str, str], key: str | None = None) -> Any:
-    """`node` with every string equal to a key of `mapping` (a fullUrl, a conditional reference) replaced
-    by its value, wherever it sits (references, uri/url elements, patch documents), and the narrative's
-    `href`/`src` attributes likewise (R4 http.html#trules)."""
+    """A patch document (`node`) with every string equal to a key of `mapping` (a fullUrl, a conditional
+    reference) replaced by its value, and a narrative's `href`/`src` attributes likewise: a patch's values
+    have no element types to go by (resources are rewritten by type: fhir/bundle_links.py)."""
     if isinstance(node, dict):
         return {k: _replace_refs(v, mapping, k) for k, v in node.items()}
     if isinstance(node, list):
@@ -297,7 +298,7 @@ def _replace_refs(node: Any, mapping: dict[str, str], key: str | None = None) ->
 def _replace_entry_refs(e: EntryRequest, mapping: dict[str, str]) -> None:
     """Resolves the references of an entry's resource and of its patch document (R4 http.html#trules)."""
     if e.resource is not None:
-        e.resource = _replace_refs(e.resource, mapping)
+        e.resource = replace_links(e.resource, mapping)
     if e.patch is not None:
         e.patch = PatchDocument(e.patch.kind, _replace_refs(e.patch.body, mapping))
 
@@ -369,8 +370,10 @@ class BundleService:
     PUT/PATCH, GET), urn:uuid and conditional references resolved, a transaction in one database
     transaction that either applies every entry or none."""
 
-    def __init__(self, resources: ResourceService) -> None:
+    def __init__(self, resources: ResourceService, binaries: BinaryService) -> None:
+        """`binaries` writes the Binary entries, by the rules of a Binary written alone (BinaryService.json_in)."""
         self.resources = resources
+        self.binaries = binaries
 
     async def process(self, ctx: RequestContext, bundle: Any) -> dict[str, Any]:
         """Runs a POSTed Bundle and returns the batch-response or transaction-response Bundle. Raises Invalid
@@ -542,9 +545,12 @@ class BundleService:
     async def _write_entry_as_sent(self, uow: UnitOfWork, ctx: RequestContext,
                                    e: EntryRequest) -> WriteResult | None:
         svc = self.resources
+        binary = e.rtype == "Binary" and isinstance(e.resource, dict) and e.method in ("POST", "PUT")
         if e.method == "POST":
             if e.existing is not None:
                 return WriteResult(e.existing, created=False, existing=True)
+            if binary:
+                return await self.binaries.json_in(uow, ctx, e.resource, rid=e.rid, update=False)
             return await svc.create_in(uow, ctx, e.rtype, e.resource, rid=e.rid)
         if e.method == "DELETE" and e.conditional:
             if not e.delete_ids and e.if_match is not None:
@@ -557,9 +563,14 @@ class BundleService:
                           f"or {e.rtype}?[criteria]")
         if e.method == "PUT":
             if e.create:
+                if binary:
+                    return await self.binaries.json_in(uow, ctx, e.resource, rid=e.rid, update=False,
+                                                       precondition=e.if_match)
                 return await svc.create_in(uow, ctx, e.rtype, e.resource, rid=e.rid, precondition=e.if_match)
             resource = check_resource_body(e.resource, e.rtype)
             body = {**resource, "id": e.rid} if e.conditional else resource
+            if binary:
+                return await self.binaries.json_in(uow, ctx, body, rid=e.rid, update=True, precondition=e.if_match)
             return await svc.update_in(uow, ctx, e.rtype, e.rid, body, e.if_match)
         if e.method == "PATCH":
             assert e.patch is not None

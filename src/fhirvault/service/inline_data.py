@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-import uuid
-from collections.abc import Callable
 from typing import Any
 
-from fhirvault.blobs.base import BlobStore
-from fhirvault.clock import now_us
 from fhirvault.errors import Invalid
 from fhirvault.fhir.attachments import iter_attachments
 from fhirvault.fhir.binary import DEFAULT_CONTENT_TYPE, decode_base64_strict
 from fhirvault.service.attachments import BinaryMeasures, check_measures
-from fhirvault.service.binaries import measure
+from fhirvault.service.binaries import BinaryService, measure
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import UnitOfWork
 from fhirvault.service.resources import ResourceService
-from fhirvault.store.blobs import BlobRegistry
-from fhirvault.streams import one_chunk
-
-log = logging.getLogger("fhirvault.binaries")
 
 
 class InlineDataMover:
@@ -30,14 +21,11 @@ class InlineDataMover:
     content larger than INLINE_MAX_BYTES into a new Binary (securityContext: the resource) inside the same
     transaction, leaving `url: Binary/{id}`, size, hash, contentType and title."""
 
-    def __init__(self, resources: ResourceService, store: BlobStore | None, registry: BlobRegistry,
-                 inline_max_bytes: int, *, dedup: bool = True,
-                 remove_later: Callable[[str, str], None] | None = None) -> None:
-        self.dedup = dedup
-        self.remove_later = remove_later
+    def __init__(self, resources: ResourceService, binaries: BinaryService, inline_max_bytes: int) -> None:
+        """`binaries` stores the moved bytes (BinaryService.store_in); None of it in inline mode (no store)."""
         self.resources = resources
-        self.store = store
-        self.registry = registry
+        self.binaries = binaries
+        self.store = binaries.store
         self.inline_max_bytes = inline_max_bytes
 
     async def before_write(self, ctx: RequestContext, uow: UnitOfWork, resource: dict[str, Any]) -> None:
@@ -65,26 +53,7 @@ class InlineDataMover:
 
     async def _move_out(self, ctx: RequestContext, uow: UnitOfWork, raw: bytes,
                         attachment: dict[str, Any], owner: str) -> str:
-        store = self.store
-        assert store is not None
-        conn = uow.conn
-        blob_id = uuid.uuid4().hex
-        # The bytes are stored whether or not equal content exists, as for a streamed upload: the time a
-        # write takes must not tell whether someone else stored the same content.
-        in_transaction = await store.put_in_transaction(conn, blob_id, raw)
-        if not in_transaction:
-            await store.put(blob_id, one_chunk(raw))
-            uow.on_rollback.append(lambda: _delete_quietly(store, blob_id))
-        meter = measure(raw)
-        await self.registry.add_pending(conn, blob_id, store.name, blob_id, now_us())
-        chosen = await self.registry.settle(conn, blob_id, meter.size, meter.sha256_hex, meter.sha1_b64,
-                                            dedup=self.dedup)
-        if chosen != blob_id:  # equal content is stored already: this copy goes
-            if in_transaction and await store.delete_in_transaction(conn, blob_id):
-                await self.registry.remove(conn, blob_id)
-            elif self.remove_later is not None:
-                remove_later = self.remove_later
-                uow.on_commit.append(lambda: remove_later(blob_id, blob_id))
+        chosen = await self.binaries.store_in(uow, raw)
         binary = {"resourceType": "Binary",
                   "contentType": attachment.get("contentType") or DEFAULT_CONTENT_TYPE,
                   "securityContext": {"reference": owner}}
@@ -97,11 +66,3 @@ def _decoded(value: Any, where: str) -> bytes:
         return decode_base64_strict(value, where)
     except ValueError as exc:
         raise Invalid(str(exc), expression=where) from None
-
-
-async def _delete_quietly(store: BlobStore, key: str) -> None:
-    try:
-        await store.delete(key)
-    except Exception:
-        log.warning("could not remove blob %s of a rolled back write", key, exc_info=True)
-
