@@ -54,6 +54,32 @@ def test_transaction_rewrites_links_only_where_r4_puts_them(api: FhirApi) -> Non
     assert stored["entry"] == document["entry"]
 
 
+def test_placeholders_that_name_no_entry_are_refused(api: FhirApi) -> None:
+    """A `urn:uuid:` reference naming no entry of a transaction was stored as it was (pointing nowhere once
+    the Bundle is gone), and so was a batch entry's reference to another entry's fullUrl, which a batch
+    cannot resolve: each is now that entry's 400, and a transaction writes nothing."""
+    tag = uuid.uuid4().hex
+    dangling = f"urn:uuid:{uuid.uuid4()}"
+
+    def obs(subject: str) -> dict:
+        return {"resourceType": "Observation", "status": "final", "code": {"text": tag},
+                "subject": {"reference": subject}}
+
+    r = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": tag}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"resource": obs(dangling), "request": {"method": "POST", "url": "Observation"}}]}, headers=FHIR)
+    assert r.status_code == 400 and dangling in r.text and "Bundle.entry[1]" in r.text, r.text
+    assert api.get("/Observation", params={"code:text": tag, "_summary": "count"}).json()["total"] == 0
+    patient_urn = f"urn:uuid:{uuid.uuid4()}"
+    batch = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"fullUrl": patient_urn, "resource": {"resourceType": "Patient"},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": obs(patient_urn), "request": {"method": "POST", "url": "Observation"}}]}, headers=FHIR).json()
+    assert [e["response"]["status"][:3] for e in batch["entry"]] == ["201", "400"], batch
+    assert patient_urn in str(batch["entry"][1]["response"]["outcome"])
+
+
 def test_transaction_resolves_urn_uuid_references(api: FhirApi) -> None:
     pat_urn = f"urn:uuid:{uuid.uuid4()}"
     bundle = {

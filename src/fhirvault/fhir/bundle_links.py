@@ -21,23 +21,27 @@ LINK_TYPES = frozenset({"uri", "url", "canonical", "oid", "uuid"})
 NARRATIVE_LINK = re.compile(r'\b(href|src)\s*=\s*(["\'])(.*?)\2')
 
 
-def replace_links(resource: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+def replace_links(resource: dict[str, Any], mapping: dict[str, str],
+                  unresolved: list[str] | None = None) -> dict[str, Any]:
     """A copy of `resource` (a FHIR resource as parsed JSON) with each link equal to a key of `mapping`
     replaced by its value: Reference.reference, elements of the link types, and the narrative's `href` and
-    `src` attributes. A Bundle comes back as it is."""
+    `src` attributes. A Bundle comes back as it is. Each Reference.reference left as a `urn:uuid:`
+    placeholder (one that names no entry) is appended to `unresolved`, when given."""
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str) or rtype == "Bundle":
         return resource
-    return _element(element_walker(), resource, rtype, mapping)
+    return _element(element_walker(), resource, rtype, mapping, unresolved)
 
 
-def _element(walk: AttachmentWalk, node: dict[str, Any], owner: str, mapping: dict[str, str]) -> dict[str, Any]:
-    return {key: _value(walk, value, owner, key, mapping) for key, value in node.items()}
+def _element(walk: AttachmentWalk, node: dict[str, Any], owner: str, mapping: dict[str, str],
+             unresolved: list[str] | None) -> dict[str, Any]:
+    return {key: _value(walk, value, owner, key, mapping, unresolved) for key, value in node.items()}
 
 
-def _value(walk: AttachmentWalk, value: Any, owner: str, key: str, mapping: dict[str, str]) -> Any:
+def _value(walk: AttachmentWalk, value: Any, owner: str, key: str, mapping: dict[str, str],
+           unresolved: list[str] | None) -> Any:
     if isinstance(value, list):
-        return [_value(walk, item, owner, key, mapping) for item in value]
+        return [_value(walk, item, owner, key, mapping, unresolved) for item in value]
     if key == "resourceType":
         return value
     # `_birthDate` holds the id and extensions of a primitive: an Element
@@ -46,7 +50,12 @@ def _value(walk: AttachmentWalk, value: Any, owner: str, key: str, mapping: dict
         return value
     what, name = kind
     if isinstance(value, str):
-        if (owner == "Reference" and key == "reference") or (what == "type" and name in LINK_TYPES):
+        if owner == "Reference" and key == "reference":
+            replaced = mapping.get(value, value)
+            if unresolved is not None and replaced[:9].lower() == "urn:uuid:":
+                unresolved.append(replaced)
+            return replaced
+        if what == "type" and name in LINK_TYPES:
             return mapping.get(value, value)
         if owner == "Narrative" and key == "div" and ("href" in value or "src" in value):
             return NARRATIVE_LINK.sub(lambda m: f"{m.group(1)}={m.group(2)}{mapping.get(m.group(3), m.group(3))}"
@@ -55,5 +64,5 @@ def _value(walk: AttachmentWalk, value: Any, owner: str, key: str, mapping: dict
     if not isinstance(value, dict):
         return value
     if what == "type" and name == "Resource":  # a contained resource, Parameters.parameter.resource, ...
-        return replace_links(value, mapping)
-    return _element(walk, value, name, mapping)
+        return replace_links(value, mapping, unresolved)
+    return _element(walk, value, name, mapping, unresolved)

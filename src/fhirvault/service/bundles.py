@@ -296,9 +296,17 @@ def _replace_refs(node: Any, mapping: dict[str, str], key: str | None = None) ->
 
 
 def _replace_entry_refs(e: EntryRequest, mapping: dict[str, str]) -> None:
-    """Resolves the references of an entry's resource and of its patch document (R4 http.html#trules)."""
+    """Resolves the references of an entry's resource and of its patch document (R4 http.html#trules).
+    Raises Invalid for a reference left as a `urn:uuid:` placeholder that names no entry."""
     if e.resource is not None:
-        e.resource = replace_links(e.resource, mapping)
+        unresolved: list[str] = []
+        e.resource = replace_links(e.resource, mapping, unresolved)
+        if unresolved:
+            # Stored as it is, the placeholder would name nothing once the Bundle is gone (HAPI FHIR refuses
+            # it alike); in a batch, entries may not refer to each other at all (R4 http.html#brules).
+            raise Invalid(f"Bundle.entry[{e.index}].resource refers to '{unresolved[0]}', which is the fullUrl of "
+                          "no entry of this transaction (a batch's entries cannot refer to each other)",
+                          expression=f"Bundle.entry[{e.index}].resource")
     if e.patch is not None:
         e.patch = PatchDocument(e.patch.kind, _replace_refs(e.patch.body, mapping))
 
