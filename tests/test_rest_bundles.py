@@ -367,3 +367,16 @@ def test_prefer_return_applies_to_each_write_entry(api: FhirApi) -> None:
         assert "resource" not in entry and entry["response"]["outcome"]["resourceType"] == "OperationOutcome"
         full = api.post("", json=bundle(kind), headers=FHIR).json()
         assert full["entry"][0]["resource"]["resourceType"] == "Patient"
+
+
+def test_request_methods_are_r4_http_verb_codes(api: FhirApi) -> None:
+    """`post` is no HTTPVerb code (R4's are upper case): it was taken as POST; now the transaction is 400
+    naming the entry's method, and nothing is written."""
+    tag = uuid.uuid4().hex
+    r = api.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "name": [{"family": tag}]}, "request": {"method": "post",
+                                                                                     "url": "Patient"}}]},
+        headers=FHIR)
+    assert r.status_code == 400 and "'post'" in r.text and "request.method" in r.text, r.text
+    assert api.get("/Patient", params={"family": tag, "_summary": "count"}).json()["total"] == 0
+

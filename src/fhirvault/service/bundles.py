@@ -90,9 +90,11 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
         request.get("url"), str
     ):
         raise Invalid(f"{where}.request needs a method and a url", expression=f"{where}.request")
-    method = request["method"].upper()
+    method = request["method"]
     if method not in METHOD_ORDER:
-        raise Invalid(f"{where}.request.method {method} is not supported", expression=f"{where}.request.method")
+        # HTTPVerb's codes are upper case (R4 valueset-http-verb): `post` is no code, and was taken as POST
+        raise Invalid(f"{where}.request.method {method!r} is not one of {', '.join(METHOD_ORDER)} (R4 HTTPVerb)",
+                      expression=f"{where}.request.method")
     url = request["url"]
     if url.startswith(base_url + "/"):
         url = url[len(base_url) + 1:]
