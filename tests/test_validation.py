@@ -428,3 +428,19 @@ def test_codes_of_bindings_that_are_not_required_stay_open(api: FhirApi) -> None
                                   "valueExpression": {"language": language, "expression": "InPopulation"}}]}
         r = api.post("/Library", json=library, headers=FHIR)
         assert r.status_code == 201, (language, r.text)
+
+
+def test_resources_stored_inside_a_bundle_or_parameters_meet_the_same_rules(api: FhirApi) -> None:
+    """A resource stored inside a Bundle or Parameters was not judged by the rules that need its datatypes:
+    an integer written `1.0` was stored, and a bad date was "not a valid ?"."""
+    inner = '{"resourceType":"Patient","multipleBirthInteger":1.0,"birthDate":"2025-02-30"}'
+    stored_bundle = ('{"resourceType":"Bundle","type":"collection","entry":[{"fullUrl":"http://x.org/Patient/1",'
+                     f'"resource":{inner}}}]}}')
+    r = api.post("/Bundle", content=stored_bundle, headers=FHIR)
+    assert r.status_code == 400, r.text
+    text = r.text
+    assert "Bundle.entry[0].resource.multipleBirthInteger" in issue_expressions(r) and "valid ?" not in text
+    assert '"2025-02-30\\" is not a valid date' in text or "is not a valid date" in text, text
+    params = '{"resourceType":"Parameters","parameter":[{"name":"p","resource":' + inner + '}]}'
+    r = api.post("/Parameters", content=params, headers=FHIR)
+    assert r.status_code == 400 and "Parameters.parameter[0].resource.multipleBirthInteger" in issue_expressions(r)

@@ -577,7 +577,8 @@ def _locate(resource: dict[str, Any], path: list[str | int]) -> tuple[str, Any]:
         elif row is None:
             dtype = "?"
         elif row[0] == "Resource":
-            target = _child(node, path[i + 1]) if i + 1 < len(path) else node
+            # the resource itself (Bundle.entry.resource), or one of a list (contained) by the next step
+            target = node if isinstance(node, dict) else _child(node, path[i + 1]) if i + 1 < len(path) else None
             dtype = str(target.get("resourceType")) if isinstance(target, dict) else "Resource"
         else:
             dtype = "Reference.reference" if (dtype, part) == ("Reference", "reference") else str(row[0])
