@@ -163,3 +163,14 @@ def test_concurrent_if_match_updates_exactly_one_wins(api: FhirApi) -> None:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(put, range(8)))
     assert statuses.count(200) == 1 and statuses.count(412) == 7
+
+
+def test_delete_answers_prefer_return_operation_outcome(api: FhirApi) -> None:
+    """`Prefer: return=OperationOutcome` got a bare 204 from a delete, as every other write answers it."""
+    pid = api.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR).json()["id"]
+    r = api.delete(f"/Patient/{pid}", headers={"Prefer": "return=OperationOutcome"})
+    assert r.status_code == 200 and r.headers["etag"] == 'W/"2"', r.text
+    assert r.json()["resourceType"] == "OperationOutcome" and f"Patient/{pid} deleted" in r.text
+    again = api.delete(f"/Patient/{pid}", headers={"Prefer": "return=OperationOutcome"})
+    assert again.status_code == 200 and "nothing was deleted" in again.text
+    assert api.delete(f"/Patient/{pid}").status_code == 204

@@ -281,12 +281,17 @@ async def _by_id_or_criteria(request: Request, interaction: str, read_body: Call
 
 async def delete(request: Request) -> Response:
     """DELETE [type]/[id] (R4 delete), with write preconditions: 204, with the deletion's version as ETag
-    (none when there was nothing to delete)."""
+    (none when there was nothing to delete); 200 with an OperationOutcome for `Prefer: return=OperationOutcome`."""
     rtype = resource_type_of(request)
     refuse_if_none_exist(request, "delete")
     stored = await vault(request).resources.delete(context(request), rtype, request.path_params["rid"],
                                                    write_precondition(request))
     headers = {"ETag": f'W/"{stored.version_id}"'} if stored else {}
+    if parse_prefer(request.headers.get("prefer")).get("return") == "operationoutcome":
+        # as every other write answers it (R4 http.html#ops); it was ignored with a bare 204
+        rid = request.path_params["rid"]
+        said = f"{rtype}/{rid} deleted" if stored else f"{rtype}/{rid} was not there; nothing was deleted"
+        return FhirJsonResponse(informational([said]), 200, headers)
     return Response(status_code=204, headers=headers)
 
 
