@@ -32,6 +32,7 @@ from fhirvault.http import routes as http_routes
 from fhirvault.http.access_log import RedactSignatures
 from fhirvault.http.auth import FHIR_PREFIX, BearerAuthMiddleware
 from fhirvault.http.content_encoding import ContentDecodingMiddleware
+from fhirvault.http.cors import ApiCors, parse_origins
 from fhirvault.http.formats import FhirFormatMiddleware
 from fhirvault.http.responses import error_response, outcome_response
 from fhirvault.http.unexpected_errors import UnexpectedErrors
@@ -302,7 +303,7 @@ class FhirVault:
             self._capability = capability_statement(
                 base, __version__, to_instant(now_us()),
                 extra_rest={"security": {
-                    "cors": True,
+                    "cors": bool(parse_origins(self.settings.cors_origins)),
                     "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                                              "code": "SMART-on-FHIR"}]}],
                     "extension": [{
@@ -365,9 +366,13 @@ def build_app(settings: Settings) -> Starlette:
         finally:
             await vault.stop()
 
+    origins = parse_origins(settings.cors_origins)
+    # CORS outermost: preflights carry no token, and errors (401 included) must be readable by the browser app
+    cors = [Middleware(ApiCors, origins=origins)] if origins else []
     app = Starlette(
         routes=http_routes.routes(),
-        middleware=[Middleware(UnexpectedErrors),
+        middleware=[*cors,
+                    Middleware(UnexpectedErrors),
                     Middleware(BearerAuthMiddleware, tokens=vault.tokens, base_url=settings.fhir_base_url),
                     Middleware(FhirFormatMiddleware, prefix=FHIR_PREFIX),
                     Middleware(ContentDecodingMiddleware,

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # Access-Control-Allow-Origin of the tus upload route, for browser tus clients on another origin
     # (tus-js-client, Uppy); empty: no CORS headers.
     upload_cors_origin: str = ""
+    # Origins (comma-separated, or *) whose browser apps may call the FHIR API and the token endpoint (CORS,
+    # http/cors.py); empty: no CORS headers there.
+    cors_origins: str = ""
     s3_endpoint: str = ""
     s3_bucket: str = ""
     s3_region: str = "us-east-1"
