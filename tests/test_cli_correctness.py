@@ -154,7 +154,11 @@ def test_unreachable_database_and_port_in_use(tmp_path: Path) -> None:
     assert "hush" not in mysql.stderr
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        assert_one_clear_line(serve(tmp_path, "--port", str(port)), 1, f"port {port}", "already in use", "--port")
+        fresh = tmp_path / "fresh"
+        fresh.mkdir()
+        assert_one_clear_line(serve(fresh, "--port", str(port)), 1, f"port {port}", "already in use", "--port")
+        # the failed first start made no admin client: the start that does still shows its secret once
+        assert not (fresh / "data" / "admin-client.json").exists()
 
 
 def test_banner_only_once_the_server_listens(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ that once caused 5xx or dropped connections, token throttling, totals, and what 
 
 from __future__ import annotations
 
+import json
 import socket
 import stat
 import uuid
@@ -466,3 +467,18 @@ def test_vread_and_history_tell_nothing_of_hidden_resources(probe_server: Server
             == unknown.json()["issue"][0]["diagnostics"].replace(never, "ID")
     # the history of a deleted resource the caller may read is still there
     assert api.get(f"/Observation/{obs['id']}/_history").json()["total"] == 2
+
+
+def test_a_request_the_parser_cannot_read_is_answered_with_an_operation_outcome(probe_server: ServerProcess) -> None:
+    """A raw non-ASCII byte in the request line (curl sends `?family=Sévère` as it is) got uvicorn's text/plain
+    "Invalid HTTP request received."; every error is an OperationOutcome."""
+    host, port = probe_server.base.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall("GET /fhir/R4/Patient?family=Sévère HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/fhir+json" in head, answer
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome" and "S%C3%A9v%C3%A8re" in outcome["issue"][0]["diagnostics"]

@@ -176,8 +176,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise StartupError(f"cannot create the data directory {settings.data_dir}: {exc.strerror or exc} "
                            "(--data-dir)") from None
-    new_admin = _bootstrap_admin(settings)
+    # The port first: a start that fails on it must not have made the admin client, whose secret is shown
+    # only by the start that makes it.
     sock = _listening_socket(settings.host, settings.port)
+    new_admin = _bootstrap_admin(settings)
     # Worker processes rebuild the same Settings from the environment.
     os.environ.update(settings_as_env(settings))
     print(f"fhirvault {_version()} serving FHIR R4 at {settings.fhir_base_url}", flush=True)

@@ -158,13 +158,21 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                     self.client[0] if self.client else "?", self.body_idle_timeout)
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser could not read (a raw non-ASCII byte in the request line, a malformed
+        header): uvicorn answered it in plain text; errors are OperationOutcomes everywhere."""
+        self._refuse(400, "Bad Request", "The request is not valid HTTP/1.1 and was not read: " + msg.rstrip(".")
+                     + " (a raw non-ASCII character in the URL, for one: %-encode it as UTF-8, Sévère as "
+                       "S%C3%A9v%C3%A8re)")
+
     def _refuse(self, status: int, reason: str, message: str) -> None:
         """Answer a request the application never saw with an OperationOutcome, and close the connection."""
         self._rejected = True
         self._cancel_timers()
         if self.transport.is_closing():
             return
-        body = json.dumps(operation_outcome(message, code="too-long" if status == 431 else "timeout")).encode()
+        code = {431: "too-long", 400: "structure"}.get(status, "timeout")
+        body = json.dumps(operation_outcome(message, code=code)).encode()
         self.transport.write(
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/fhir+json; charset=utf-8\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode("ascii") + body)
