@@ -360,7 +360,9 @@ def test_totals_count_only_what_the_caller_may_read(probe_server: ServerProcess,
 def test_access_token_in_the_query_is_redacted_in_the_log(probe_server: ServerProcess) -> None:
     secret = f"eyJ{uuid.uuid4().hex}"
     r = httpx.get(f"{probe_server.base}/Patient", params={"access_token": secret})
-    assert r.status_code == 401
+    assert r.status_code == 401 and secret not in r.text
+    # it said "needs an access token", although one was sent
+    assert "Authorization header" in r.json()["issue"][0]["diagnostics"]
     log = probe_server.log_path.read_text()
     assert secret not in log and "access_token=REDACTED" in log
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -9,13 +11,15 @@ from fhirvault.errors import FhirVaultError
 from fhirvault.http.health_api import HEALTH_PATHS
 from fhirvault.http.negotiation import add_vary
 from fhirvault.http.responses import error_response
-from fhirvault.security.tokens import TokenService
+from fhirvault.security.tokens import InvalidToken, TokenService
 from fhirvault.service.context import RequestContext
 
 FHIR_PREFIX = "/fhir/R4"
 SMART_CONFIGURATION = "/.well-known/smart-configuration"
 # Resumable (tus) uploads, under the FHIR base (http/tus_api.py).
 UPLOAD_PATH = "/Binary/$upload"
+# `access_token=` as a query parameter (the query string with a leading `&`)
+_TOKEN_IN_QUERY = re.compile(rb"&access_token=", re.IGNORECASE)
 
 
 def is_public(method: str, path: str) -> bool:
@@ -63,6 +67,11 @@ class BearerAuthMiddleware:
                 authorization = value.decode("latin-1")
                 break
         try:
+            if authorization is None and _TOKEN_IN_QUERY.search(b"&" + scope.get("query_string", b"")):
+                # Some clients send the token as a query parameter (RFC 6750 2.3), which puts it in logs and
+                # browser histories; it was answered as if no token had been sent.
+                raise InvalidToken("An access token in the URL (access_token=...) is not accepted: send it in "
+                                   "the Authorization header, as 'Authorization: Bearer <access token>'")
             principal = await self.tokens.authenticate(authorization)
         except FhirVaultError as exc:  # a bad token (401), or the database away while checking it (503)
             await error_response(exc)(scope, receive, send)
