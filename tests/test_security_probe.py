@@ -484,3 +484,18 @@ def test_a_request_the_parser_cannot_read_is_answered_with_an_operation_outcome(
     assert head.startswith(b"HTTP/1.1 400") and b"application/fhir+json" in head, answer
     outcome = json.loads(body)
     assert outcome["resourceType"] == "OperationOutcome" and "S%C3%A9v%C3%A8re" in outcome["issue"][0]["diagnostics"]
+
+
+def test_a_patient_client_refused_a_write_is_told_what_to_add(probe_server: ServerProcess, api: FhirApi) -> None:
+    """A patient-context client's create outside its compartment named an id that was never created and
+    spoke of "another patient's compartment"; it now says which reference (or securityContext) to give."""
+    mine = uid("pm")
+    assert put(api, {"resourceType": "Patient", "id": mine}).status_code == 201
+    with as_client(probe_server, "patient/*.cruds", f"Patient/{mine}") as patient:
+        r = patient.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "x"}})
+        assert r.status_code == 403 and f"refer to Patient/{mine}" in r.text and "new Observation" in r.text, r.text
+        r = patient.post("/Binary", content=b"x", headers={"Content-Type": "text/plain"})
+        assert r.status_code == 403 and f"X-Security-Context: Patient/{mine}" in r.text, r.text
+        ok = patient.post("/Binary", content=b"x", headers={"Content-Type": "text/plain",
+                                                             "X-Security-Context": f"Patient/{mine}"})
+        assert ok.status_code == 201

@@ -432,8 +432,7 @@ class ResourceService:
             uow.replacing[f"{rtype}/{rid}"] = current.content
         await self.write_pipeline.before_store(ctx, uow, resource)
         if not await self.access.can_see(ctx, uow.conn, resource, "create" if method == "POST" else "update"):
-            raise Forbidden(f"{rtype}/{rid} as sent would be outside what this client may change "
-                            "(another patient's compartment, or a securityContext it may not update)")
+            raise Forbidden(_outside_reach(ctx, rtype, rid if current is not None else None))
         if current is not None and not current.deleted and current.content is not None \
                 and blob_id == current.blob_id \
                 and not any(pending is resource for pending, _ in uow.deferred) \
@@ -566,3 +565,20 @@ class ResourceService:
         """Copies of stored resources, passed through the read pipeline (for example URL signing); `conn`,
         when given, is the open connection they were read on, which the pipeline's look-ups then use."""
         return await self.read_pipeline.render(ctx, resources, conn)
+
+
+def _outside_reach(ctx: RequestContext, rtype: str, rid: str | None) -> str:
+    """Why a write that would leave the resource outside what the caller may change is refused, and what to
+    do: a patient-context client writes only into its patient's compartment (R4 CompartmentDefinition
+    patient); a Binary's securityContext needs update rights on what it names. `rid` None: a new resource."""
+    what = f"{rtype}/{rid}" if rid else f"The new {rtype}"
+    patient = getattr(ctx.principal, "patient", None)
+    if patient and rtype == "Binary":
+        return (f"{what} as sent would lie outside {patient}'s compartment, the only one this client writes "
+                f"into: give it the securityContext {patient} (raw uploads: the header X-Security-Context: "
+                f"{patient}), or another resource of that compartment")
+    if patient:
+        return (f"{what} as sent would lie outside {patient}'s compartment, the only one this client writes "
+                f"into: it must refer to {patient} (e.g. subject or patient), and to no other patient")
+    return f"{what} as sent names a securityContext this client may not update"
+
