@@ -79,6 +79,8 @@ def test_file_name_is_kept_from_query_or_content_disposition(bapi: FhirApi) -> N
                   headers={"Content-Type": "image/png"}).json()
     r = bapi.get(f"/Binary/{b['id']}")
     assert "filename*=UTF-8''R%C3%B6ntgen.png" in r.headers["Content-Disposition"]
+    # an image is shown by a browser (inline) and saved under its name; it was sent as a download
+    assert r.headers["Content-Disposition"].startswith("inline; filename=")
     # the name lives in an R4-valid place: an extension on Binary.meta
     resource = bapi.get(f"/Binary/{b['id']}", headers={"Accept": "application/fhir+json"}).json()
     assert set(resource) <= R4_BINARY_ELEMENTS and set(resource["meta"]) <= R4_META_ELEMENTS

@@ -45,10 +45,12 @@ def is_inline_safe(content_type: str, inline_types: frozenset[str]) -> bool:
 
 def download_disposition(content_type: str, filename: str | None, inline_types: frozenset[str]) -> str | None:
     """The Content-Disposition of stored bytes: `attachment` for every type not known to be inert (so
-    HTML, SVG, XML or scripts are saved, never rendered), the kept file name as a download, else none."""
-    if filename or not is_inline_safe(content_type, inline_types):
+    HTML, SVG, XML or scripts are saved, never rendered); an inert type (an image, a video) with a kept file
+    name `inline` with that name, so that a browser shows it and saves it under its name (as `attachment` it
+    was downloaded, not shown); else none."""
+    if not is_inline_safe(content_type, inline_types):
         return content_disposition(filename)
-    return None
+    return content_disposition(filename, "inline") if filename else None
 
 
 def servable_type(content_type: str) -> str:
