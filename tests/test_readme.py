@@ -79,7 +79,8 @@ def test_readme_shell_blocks_run_as_written(server: ServerProcess, workdir: Path
     assert b"Broken pipe" not in done.stderr and b"Traceback" not in done.stderr, done.stderr[-3000:]
     scan = EXAMPLE_FILES["scan.jpg"]
     assert (workdir / "copy.jpg").read_bytes() == scan
-    assert scan[:100] in done.stdout  # the `-r 0-99` download, on standard output
+    assert (workdir / "part.jpg").read_bytes() == scan[:100]  # the `-r 0-99` download
+    assert b"206\n" in done.stdout
     assert (workdir / "scan-copy.jpg").read_bytes() == scan
     assert (workdir / "face-copy.jpg").read_bytes() == EXAMPLE_FILES["face.jpg"]
     assert (workdir / "noise-copy.bin").read_bytes() == EXAMPLE_FILES["noise.bin"]
