@@ -444,3 +444,19 @@ def test_resources_stored_inside_a_bundle_or_parameters_meet_the_same_rules(api:
     params = '{"resourceType":"Parameters","parameter":[{"name":"p","resource":' + inner + '}]}'
     r = api.post("/Parameters", content=params, headers=FHIR)
     assert r.status_code == 400 and "Parameters.parameter[0].resource.multipleBirthInteger" in issue_expressions(r)
+
+
+def test_a_primitive_with_only_an_id_and_strings_over_1_mb_are_refused(api: FhirApi) -> None:
+    """ele-1 holds for primitives too: `_birthDate: {"id": "x"}` without a birthDate is an element with neither
+    a value nor children (it was stored). R4 strings hold at most 1 MB (1024*1024 characters)."""
+    given = {"given": ["a", None], "_given": [None, {"id": "x"}]}
+    for resource, where in (({"resourceType": "Patient", "_birthDate": {"id": "x"}}, "Patient.birthDate"),
+                            ({"resourceType": "Patient", "name": [given]}, "Patient.name[0].given[1]")):
+        r = api.post("/Patient", json=resource, headers=FHIR)
+        assert r.status_code == 400 and where in issue_expressions(r) and "ele-1" in r.text, r.text
+    kept = {"resourceType": "Patient", "birthDate": "2000-01-01", "_birthDate": {"id": "x"},
+            "_active": {"extension": [{"url": "http://example.org/why", "valueString": "unknown"}]}}
+    assert api.post("/Patient", json=kept, headers=FHIR).status_code == 201
+    long = api.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "x" * (1024 * 1024 + 1)}]},
+                    headers=FHIR)
+    assert long.status_code == 400 and "Patient.name[0].family" in issue_expressions(long) and "1 MB" in long.text

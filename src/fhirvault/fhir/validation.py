@@ -101,6 +101,10 @@ CALENDAR_DATE = rf"(?!\d{{4}}-(?:02-3[01]|0[469]-31|11-31))(?!(?!{LEAP_YEAR}-)\d
 CALENDAR_TYPES = ("date", "dateTime", "instant")
 
 
+# R4 datatypes.html#string: "Strings SHALL NOT exceed 1MB (1024*1024 characters) in size".
+STRING_MAX_CHARACTERS = 1024 * 1024
+
+
 def _primitive_schema(name: str, p: dict[str, Any], nullable: bool) -> dict[str, Any]:
     json_type = p["json"]
     schema: dict[str, Any] = {"type": [json_type, "null"] if nullable else json_type}
@@ -109,6 +113,8 @@ def _primitive_schema(name: str, p: dict[str, Any], nullable: bool) -> dict[str,
         schema["pattern"] = f"^{calendar}(?:{_ascii_spaces(p['regex'])})$"
     if json_type == "string":
         schema["minLength"] = 1
+    if name == "string":
+        schema["maxLength"] = STRING_MAX_CHARACTERS
     if "min" in p:
         schema["minimum"], schema["maximum"] = p["min"], p["max"]
     return schema
@@ -279,6 +285,9 @@ def validate_resource(resource: Any) -> list[Issue]:
     if b"null" in dumped:
         reported = {i.expression for i in issues}
         issues.extend(i for i in placeholder_issues(resource, root) if i.expression not in reported)
+    if b'"_' in dumped:
+        reported = {i.expression for i in issues}
+        issues.extend(i for i in bare_primitive_issues(resource, root) if i.expression not in reported)
     # The invariants that need code, each looked for only when its element is there at all.
     narrative = b'"div"' in dumped
     contained = b'"contained"' in dumped or b'"reference":"#' in dumped
@@ -368,6 +377,40 @@ def placeholder_issues(resource: Any, root: str) -> list[Issue]:
     issues: list[Issue] = []
     _placeholders(resource, [], root, issues)
     return issues
+
+
+def bare_primitive_issues(resource: Any, root: str) -> list[Issue]:
+    """ele-1 for primitives (R4 json.html#primitive): a primitive's `_element` (`_birthDate`, an item of
+    `_given`) holds its id and extensions, so without a value beside it, it must hold extensions: an id alone
+    is an element with neither a value nor children."""
+    issues: list[Issue] = []
+    _bare_primitives(resource, [], root, issues)
+    return issues
+
+
+def _bare_primitives(node: Any, path: list[str | int], root: str, issues: list[Issue]) -> None:
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            if isinstance(item, (dict, list)):
+                _bare_primitives(item, [*path, i], root, issues)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key.startswith("_") and len(key) > 1:
+            plain = node.get(key[1:])
+            extras = value if isinstance(value, list) else [value]
+            for i, extra in enumerate(extras):
+                if not isinstance(extra, dict) or "extension" in extra:
+                    continue
+                given = plain[i] if isinstance(plain, list) and i < len(plain) else plain if not isinstance(
+                    value, list) else None
+                if given is None:
+                    at = _expression(root, [*path, key[1:], i] if isinstance(value, list) else [*path, key[1:]])
+                    issues.append(Issue("error", "invariant", at, f"{at} has neither a value nor an extension, only "
+                                        "an id (ele-1: every element has a value or children)"))
+        elif isinstance(value, (dict, list)):
+            _bare_primitives(value, [*path, key], root, issues)
 
 
 def _placeholders(node: Any, path: list[str | int], root: str, issues: list[Issue]) -> None:
@@ -520,6 +563,9 @@ def _value_issue(name: str, kind: Any, expression: str, dtype: str, value: Any) 
         what = {"MinItems": "array", "MinProperties": "object", "MinLength": "string"}[name]
         return Issue("error", "structure", expression, f"{expression} is an empty {what}; leave the element out "
                      "instead (FHIR has no empty elements)")
+    if name == "MaxLength":
+        return Issue("error", "value", expression, f"{expression} holds {len(value):,} characters; an R4 string holds "
+                     f"at most {STRING_MAX_CHARACTERS:,} (1 MB): keep larger content in an Attachment or a Binary")
     return Issue("error", "structure", expression, str(getattr(kind, "message", None) or name))
 
 
