@@ -380,3 +380,14 @@ def test_request_methods_are_r4_http_verb_codes(api: FhirApi) -> None:
     assert r.status_code == 400 and "'post'" in r.text and "request.method" in r.text, r.text
     assert api.get("/Patient", params={"family": tag, "_summary": "count"}).json()["total"] == 0
 
+
+
+def test_a_write_entry_names_its_resource_by_id_or_by_criteria_not_both(api: FhirApi) -> None:
+    """`PUT Patient/x?foo=bar` in a batch was applied with its query dropped."""
+    rid = f"both-{uuid.uuid4().hex[:8]}"
+    out = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient", "id": rid},
+         "request": {"method": "PUT", "url": f"Patient/{rid}?foo=bar"}},
+        {"request": {"method": "DELETE", "url": f"Patient/{rid}?active=true"}}]}, headers=FHIR).json()
+    assert [e["response"]["status"][:3] for e in out["entry"]] == ["400", "400"], out
+    assert api.get(f"/Patient/{rid}").status_code == 404

@@ -164,6 +164,11 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
             raise Invalid(f"{where}.request: give the conditions of a conditional create once, in ifNoneExist "
                           "or in the url", expression=f"{where}.request")
         if_none_exist = query
+    if query and rid is not None and method in ("PUT", "PATCH", "DELETE"):
+        # `PUT Patient/x?foo=bar` was applied with its query dropped: a write names its resource by id or by
+        # criteria, not both (R4 http.html: conditional writes take criteria on the type)
+        raise Invalid(f"{where}.request.url '{request['url']}': a {method} names its resource by id or by "
+                      "criteria on the type (Type?criteria), not both", expression=f"{where}.request.url")
     parsed = EntryRequest(index, method, parts[0], rid, vid, query, entry.get("resource"),
                           entry.get("fullUrl"), precondition, if_none_exist,
                           conditions["ifNoneMatch"] if reads else None, conditions["ifModifiedSince"])
