@@ -16,23 +16,30 @@ from tests.test_storage_browser import Page, page_server, require_tool, run_brow
 
 __all__ = ["page_server"]  # the fixture, used by name below
 
+# As MedplumClient does: every fetch with `credentials: 'include'`, and its X-Medplum header; the signed URL of
+# an uploaded Binary is then downloaded the same way.
 APP = """
 (async () => {
   try {
-    const token = await fetch(%(origin)s + '/oauth2/token', {method: 'POST',
+    const withCredentials = {credentials: 'include'};
+    const token = await fetch(%(origin)s + '/oauth2/token', {...withCredentials, method: 'POST',
       headers: {'Authorization': 'Basic ' + btoa(%(id)s + ':' + %(secret)s),
                 'Content-Type': 'application/x-www-form-urlencoded'},
       body: 'grant_type=client_credentials'});
-    const bearer = {'Authorization': 'Bearer ' + (await token.json()).access_token};
-    const created = await fetch(%(base)s + '/Patient', {method: 'POST',
+    const bearer = {'Authorization': 'Bearer ' + (await token.json()).access_token, 'X-Medplum': 'extended'};
+    const created = await fetch(%(base)s + '/Patient', {...withCredentials, method: 'POST',
       headers: {...bearer, 'Content-Type': 'application/fhir+json', 'Prefer': 'return=representation'},
       body: JSON.stringify({resourceType: 'Patient', name: [{family: 'Cors'}]})});
     const id = (await created.json()).id;
-    const read = await fetch(%(base)s + '/Patient/' + id, {headers: bearer});
-    const anonymous = await fetch(%(base)s + '/Patient');
+    const read = await fetch(%(base)s + '/Patient/' + id, {...withCredentials, headers: bearer});
+    const anonymous = await fetch(%(base)s + '/Patient', withCredentials);
+    const binary = await fetch(%(base)s + '/Binary', {...withCredentials, method: 'POST',
+      headers: {...bearer, 'Content-Type': 'text/plain'}, body: 'cross-origin bytes'});
+    const signed = (await binary.json()).url;
+    const bytes = await fetch(signed, {...withCredentials, headers: bearer});
     return {created: created.status, location: created.headers.get('Location'), etag: created.headers.get('ETag'),
             read: read.status, family: (await read.json()).name[0].family, anonymous: anonymous.status,
-            challenge: anonymous.headers.get('WWW-Authenticate')};
+            challenge: anonymous.headers.get('WWW-Authenticate'), download: await bytes.text()};
   } catch (e) {
     return {blocked: String(e)};
   }
@@ -67,6 +74,7 @@ def test_a_browser_app_on_another_origin_uses_the_api(server_factory: Callable[.
     assert got.get("created") == 201 and got["read"] == 200 and got["family"] == "Cors", got
     assert got["location"].startswith(f"{server.base}/Patient/") and got["etag"] == 'W/"1"', got
     assert got["anonymous"] == 401 and got["challenge"].startswith("Bearer"), got
+    assert got["download"] == "cross-origin bytes", got  # the signed URL, credentials and X-Medplum included
     assert httpx.get(f"{server.base}/metadata", params={"_elements": "rest"}).json()["rest"][0]["security"]["cors"]
     # a preflight from an origin not listed is refused and names no allowed origin
     refused = httpx.options(f"{server.base}/Patient", headers={
@@ -82,3 +90,15 @@ def test_without_cors_origins_the_browser_blocks_other_origins(server_factory: C
     assert "blocked" in got, got
     security = httpx.get(f"{server.base}/metadata", params={"_elements": "rest"}).json()["rest"][0]["security"]
     assert security["cors"] is False  # it claimed CORS it did not give
+
+
+def test_a_wildcard_allows_any_origin_without_credentials(server_factory: Callable[..., ServerProcess]) -> None:
+    """`*` names no origin, so browsers refuse it for credentialed requests; it never answers with credentials
+    allowed (any site could then send a browser's stored credentials along)."""
+    server = server_factory("sqlite", cors_origins="*")
+    asked = {"Origin": "https://any.example", "Access-Control-Request-Method": "GET",
+             "Access-Control-Request-Headers": "authorization"}
+    preflight = httpx.options(f"{server.base}/Patient", headers=asked)
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in preflight.headers
+

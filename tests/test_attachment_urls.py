@@ -380,7 +380,17 @@ def test_storage_serves_the_signed_version_with_ranges_and_cors(api: FhirApi) ->
         assert anyone.get(url, headers={"If-None-Match": got.headers["ETag"]}).status_code == 304
         pre = anyone.options(url, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET",
                                            "Access-Control-Request-Headers": "range"})
-        assert pre.status_code == 204 and "Range" in pre.headers["Access-Control-Allow-Headers"]
+        assert pre.status_code == 204 and "range" in pre.headers["Access-Control-Allow-Headers"].lower()
+        # a credentialed fetch (MedplumClient's) is allowed: the origin is named, with credentials
+        assert pre.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert pre.headers["Access-Control-Allow-Credentials"] == "true"
+        # and the headers a client adds (X-Medplum) are allowed too
+        extra = anyone.options(url, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+                                             "Access-Control-Request-Headers": "authorization,x-medplum"})
+        assert "x-medplum" in extra.headers["Access-Control-Allow-Headers"].lower()
+        # a 304 carries the CORS headers too, or the browser could not use it
+        again = anyone.get(url, headers={"If-None-Match": got.headers["ETag"], "Origin": "https://app.example"})
+        assert again.status_code == 304 and again.headers["Access-Control-Allow-Origin"] == "https://app.example"
 
 
 def test_tampering_with_any_part_is_forbidden(api: FhirApi) -> None:

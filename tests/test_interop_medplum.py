@@ -98,6 +98,7 @@ def test_medplum_binaries_and_attachments(server: ServerProcess, medplum_run: di
     # Binary; without that mode the answer is plain R4.
     assert storage_id_and_version(out["binaryUrl"], server) == (out["binaryId"], "1")
     assert out["binaryRoundTrip"] is True
+    assert (out["binaryRewrittenType"], out["binaryRewrittenSize"]) == ("application/x-noise", 4096)
     assert out["plainBinaryKeys"] == ["contentType", "id", "meta", "resourceType"]
 
     # createAttachment takes the Binary's signed url; the server stores Binary/{id} and signs it again on

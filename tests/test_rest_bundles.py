@@ -31,7 +31,8 @@ def test_transaction_rewrites_links_only_where_r4_puts_them(api: FhirApi) -> Non
         {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": urn},
                       "identifier": [{"system": "urn:ietf:rfc:3986", "value": urn}],
                       "subject": {"reference": urn}, "valueString": conditional, "note": [{"text": urn}],
-                      "extension": [{"url": "http://example.org/link", "valueUri": urn}],
+                      "extension": [{"url": "http://example.org/link", "valueUri": urn},
+                                    {"url": "http://example.org/same", "valueUuid": urn}],
                       "text": {"status": "generated",
                                "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{urn}">p</a></div>'}},
          "request": {"method": "POST", "url": "Observation"}},
@@ -46,6 +47,7 @@ def test_transaction_rewrites_links_only_where_r4_puts_them(api: FhirApi) -> Non
     patient = locations[0]
     obs = api.get(f"/{locations[1]}").json()
     assert obs["subject"]["reference"] == patient and obs["extension"][0]["valueUri"] == patient
+    assert obs["extension"][1]["valueUuid"] == urn  # a uuid element stays a uuid
     assert f'href="{patient}"' in obs["text"]["div"]
     assert obs["identifier"][0]["value"] == urn and obs["note"][0]["text"] == urn and obs["code"]["text"] == urn
     assert obs["valueString"] == conditional

@@ -259,7 +259,7 @@ def test_batch_patch_entry_and_conditional_reference(api: FhirApi) -> None:
     entries = r.json()["entry"]
     assert entries[0]["resource"]["active"] is True
     assert entries[1]["resource"]["subject"]["reference"] == f"Patient/{p['id']}"
-    assert entries[2]["response"]["status"] == "400"
+    assert entries[2]["response"]["status"] == "400 Bad Request"
 
 
 def test_capability_statement_declares_patch_and_conditionals(api: FhirApi) -> None:
@@ -287,7 +287,7 @@ def test_an_empty_if_none_exist_is_400_not_a_plain_create(api: FhirApi, value: s
     entry = {"resource": patient(v), "request": {"method": "POST", "url": "Patient", "ifNoneExist": value}}
     assert transaction(api, entry).status_code == 400
     batch = api.post("", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]}, headers=FHIR)
-    assert batch.json()["entry"][0]["response"]["status"] == "400"
+    assert batch.json()["entry"][0]["response"]["status"] == "400 Bad Request"
     assert matching(api, v) == []
 
 
@@ -383,7 +383,7 @@ def test_format_in_an_entry_url_is_refused_unless_it_is_the_bundles_own(api: Fhi
     for url, status in ((f"Patient/{p['id']}?_format=xml", "406"), (f"Patient/{p['id']}?_pretty=true", "400")):
         batch = api.post("", json={"resourceType": "Bundle", "type": "batch",
                                    "entry": [{"request": {"method": "GET", "url": url}}]}, headers=FHIR)
-        assert batch.json()["entry"][0]["response"]["status"] == status, batch.text
+        assert batch.json()["entry"][0]["response"]["status"].split()[0] == status, batch.text
         assert transaction(api, {"request": {"method": "GET", "url": url}}).status_code == int(status)
     for url in (f"Patient/{p['id']}?_format=json", f"Patient?_id={p['id']}&_format=application/fhir%2Bjson"):
         ok = transaction(api, {"request": {"method": "GET", "url": url}})

@@ -174,3 +174,29 @@ def test_delete_answers_prefer_return_operation_outcome(api: FhirApi) -> None:
     again = api.delete(f"/Patient/{pid}", headers={"Prefer": "return=OperationOutcome"})
     assert again.status_code == 200 and "nothing was deleted" in again.text
     assert api.delete(f"/Patient/{pid}").status_code == 204
+
+
+def test_a_subsetted_resource_is_not_written_back(api: FhirApi) -> None:
+    """A resource read with _elements (tagged SUBSETTED) and saved again, as fhirpy's `.save()` and Medplum's
+    updateResource do, replaced the whole resource: name and birthDate were lost. It is now a 400, and
+    nothing changes; the same holds in a transaction."""
+    whole = {"resourceType": "Patient", "name": [{"family": "Kept"}], "birthDate": "1990-01-01"}
+    pid = api.post("/Patient", json=whole, headers=FHIR).json()["id"]
+    part = api.get("/Patient", params={"_id": pid, "_elements": "gender"}).json()["entry"][0]["resource"]
+    part["gender"] = "male"
+    r = api.put(f"/Patient/{pid}", json=part, headers=FHIR)
+    assert r.status_code == 400 and "SUBSETTED" in r.text, r.text
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"resource": part, "request": {"method": "PUT", "url": f"Patient/{pid}"}}]}
+    assert api.post("", json=bundle, headers=FHIR).status_code == 400
+    kept = api.get(f"/Patient/{pid}").json()
+    assert kept["meta"]["versionId"] == "1" and kept["name"][0]["family"] == "Kept" and "gender" not in kept
+
+
+def test_a_version_id_is_matched_as_written(api: FhirApi) -> None:
+    """Version ids are strings: `_history/01` read version 1."""
+    pid = api.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR).json()["id"]
+    assert api.get(f"/Patient/{pid}/_history/1").status_code == 200
+    r = api.get(f"/Patient/{pid}/_history/01")
+    assert r.status_code == 404 and "'01'" in r.text, r.text
+

@@ -454,7 +454,7 @@ def test_vread_and_history_tell_nothing_of_hidden_resources(probe_server: Server
            "subject": {"reference": f"Patient/{theirs}"}}
     assert put(api, obs).status_code == 201
     assert api.delete(f"/Observation/{obs['id']}").status_code in (200, 204)
-    with as_client(probe_server, "patient/*.rs", f"Patient/{mine}") as patient:
+    with as_client(probe_server, "patient/*.rds", f"Patient/{mine}") as patient:
         answers = []
         for rid, vid in ((theirs, 1), (theirs, 2), (theirs, 3), (never, 1)):
             r = patient.get(f"/Patient/{rid}/_history/{vid}")
@@ -467,6 +467,11 @@ def test_vread_and_history_tell_nothing_of_hidden_resources(probe_server: Server
         assert hidden.status_code == unknown.status_code == 404, hidden.text
         assert hidden.json()["issue"][0]["diagnostics"].replace(obs["id"], "ID") \
             == unknown.json()["issue"][0]["diagnostics"].replace(never, "ID")
+        # DELETE likewise: another patient's resource and an id never used answer alike (204 told them apart)
+        deletes = [patient.delete(f"/Patient/{rid}") for rid in (theirs, never)]
+        assert [d.status_code for d in deletes] == [404, 404], [d.text for d in deletes]
+        assert deletes[0].json()["issue"][0]["diagnostics"].replace(theirs, "ID") \
+            == deletes[1].json()["issue"][0]["diagnostics"].replace(never, "ID")
     # the history of a deleted resource the caller may read is still there
     assert api.get(f"/Observation/{obs['id']}/_history").json()["total"] == 2
 

@@ -41,7 +41,10 @@ def _shown_database(url: str) -> str:
     """The database URL as the start-up banner shows it: the password masked."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    parsed = make_url(url)
+    if "password" in parsed.query:  # libpq also takes it as a query parameter
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
 
 
 def _server_settings(args: argparse.Namespace) -> Settings:

@@ -86,6 +86,12 @@ out.downloadedText = await blob.text();
 const rawBlob = await medplum.download(binary.url);
 const raw = new Uint8Array(await rawBlob.arrayBuffer());
 out.binaryRoundTrip = raw.length === bytes.length && raw.every((b, i) => b === bytes[i]);
+// Read-modify-write of a Binary as the app got it (with the extended mode's `url`): it was refused
+// ("Unknown element 'url' in Binary"); the bytes stay as they were.
+const renamed = await medplum.updateResource({ ...binary, contentType: 'application/x-noise' });
+out.binaryRewrittenType = renamed.contentType;
+const rewrittenBlob = await medplum.download(renamed.url);
+out.binaryRewrittenSize = (await rewrittenBlob.arrayBuffer()).byteLength;
 
 // The same upload with extendedMode off: no X-Medplum header, so a plain R4 Binary (no `url`).
 const plainClient = client({ extendedMode: false });

@@ -2,8 +2,9 @@
 
 A transaction replaces a `fullUrl` (`urn:uuid:...`) or a conditional reference (`Patient?identifier=...`) by the
 id the server gave: "in resource references, elements of type uri, url, oid, uuid, and <a href=""> & <img src="">
-in the narrative". Only there: a `string` that happens to hold the same text (an Identifier.value, a
-valueString, a note) is data, and stays as written. The walk reads each element's type from the R4 model tables
+in the narrative" (an oid or uuid element keeps its value, which the id would make invalid). Only there: a
+`string` that happens to hold the same text (an Identifier.value, a valueString, a note) is data, and stays as
+written. The walk reads each element's type from the R4 model tables
 (fhir/attachments.py's walker), through backbone elements, choice elements, extensions (on primitives too) and
 contained resources. A Bundle resource is kept whole, its entries' fullUrls and references included: a stored
 document or message is the one that was sent (a signature over it must still hold).
@@ -16,8 +17,9 @@ from typing import Any
 
 from fhirvault.fhir.attachments import AttachmentWalk, element_walker
 
-# The primitive types that hold links (R4 datatypes.html); canonical is a uri.
-LINK_TYPES = frozenset({"uri", "url", "canonical", "oid", "uuid"})
+# The primitive types that hold links (R4 datatypes.html); canonical is a uri. An oid or uuid element keeps its
+# value: `Patient/123` is neither, and would make the resource invalid.
+LINK_TYPES = frozenset({"uri", "url", "canonical"})
 NARRATIVE_LINK = re.compile(r'\b(href|src)\s*=\s*(["\'])(.*?)\2')
 
 

@@ -72,3 +72,13 @@ def _summarized(value: Any, path: str, nested: NestedSummary) -> Any:
         child_path = nested.aliases.get(child_path, child_path)
         out[key] = _summarized(child, child_path, nested) if child_path in nested.visit else child
     return out
+
+
+def is_subsetted(resource: dict[str, Any]) -> bool:
+    """Whether `resource` carries the SUBSETTED tag in meta.tag (any display)."""
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    return isinstance(tags, list) and any(
+        isinstance(t, dict) and t.get("system") == SUBSETTED["system"] and t.get("code") == SUBSETTED["code"]
+        for t in tags)
+

@@ -77,6 +77,10 @@ async def _write(request: Request, rid: str | None) -> Response:
             body = _binary_resource_in(raw)
             if body is not None:
                 require_utf8(content_type)  # the resource is FHIR JSON; other JSON is content, its type data
+                if extended_mode(request) and isinstance(body.get("url"), str):
+                    # the signed URL this server gave the client in its extended mode (see `written`), sent back
+                    # by a read-modify-write: it is no element of R4's Binary, and no data
+                    body = {k: val for k, val in body.items() if k != "url"}
                 result = await v.binaries.write_json(ctx, rid, body, write_precondition(request))
                 return await written(request, result)
             chunks = one_chunk(raw)  # any other JSON is content, like every other body

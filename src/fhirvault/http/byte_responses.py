@@ -109,7 +109,9 @@ async def serve_bytes(request: Request, content: BinaryContent, stream: ByteStre
             if_none_match is None and unmodified_since(content.last_updated_us, since)):
         keep = ("ETag", "Last-Modified", "Cache-Control", "Content-Disposition", "X-Security-Context",
                 *STORED_BYTES_HEADERS)
-        return Response(status_code=304, headers={k: v for k, v in headers.items() if k in keep})
+        # CORS headers too: a browser drops a cross-origin 304 without them (signed storage URLs)
+        return Response(status_code=304, headers={k: v for k, v in headers.items()
+                                                  if k in keep or k.startswith("Access-Control-") or k == "Vary"})
     decision = ranges.plan(content.size, request.headers.get("range"), request.headers.get("if-range"),
                            headers["ETag"], headers["Last-Modified"])
     if decision.status == 416:

@@ -33,15 +33,18 @@ def _in_scope(path: str) -> bool:
 
 class ApiCors:
     """ASGI middleware: CORS (Starlette's CORSMiddleware with `origins`) on the FHIR API, the token endpoint
-    and SMART discovery; other paths pass through untouched. Tokens travel in the Authorization header, never
-    in cookies, so no credentials mode."""
+    and SMART discovery; other paths pass through untouched."""
 
     def __init__(self, app: ASGIApp, origins: list[str]) -> None:
         self.app = app
         # allow_private_network: Chromium asks a server on a private network or loopback (a hospital's
         # intranet) whether a page may reach it (Private Network Access); an origin listed is one that may.
+        # Credentials (MedplumClient fetches with `credentials: 'include'`) only for origins named one by one:
+        # the answer then names the origin and allows credentials; with `*` browsers refuse credentialed
+        # requests, and a wildcard that allowed them would let any site send a browser's stored credentials.
         self.cors = CORSMiddleware(app, allow_origins=origins, allow_methods=METHODS, allow_headers=["*"],
-                                   expose_headers=EXPOSED, max_age=600, allow_private_network=True)
+                                   expose_headers=EXPOSED, max_age=600, allow_private_network=True,
+                                   allow_credentials="*" not in origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hands requests in scope to CORSMiddleware, the rest to the app."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,9 +21,18 @@ ALLOWED_REQUEST_HEADERS = "Range, If-Range, If-None-Match, If-Modified-Since, Au
 
 def cors_headers(request: Request) -> dict[str, str]:
     """The CORS headers every signed storage URL answer carries (STORAGE_CORS_ORIGIN, and the headers a
-    browser may read: ranges, validators, disposition)."""
-    return {"Access-Control-Allow-Origin": vault(request).settings.storage_cors_origin,
-            "Access-Control-Expose-Headers": EXPOSED}
+    browser may read: ranges, validators, disposition). The route ignores cookies and credentials (the
+    signature is the authority), so a credentialed fetch (MedplumClient's `credentials: 'include'`) is
+    allowed too: with `*`, the request's own origin is named, since browsers refuse `*` with credentials."""
+    allowed = vault(request).settings.storage_cors_origin
+    origin = request.headers.get("origin")
+    headers = {"Access-Control-Allow-Origin": allowed, "Access-Control-Expose-Headers": EXPOSED}
+    if allowed == "*" and origin:
+        headers.update({"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true",
+                        "Vary": "Origin"})
+    elif allowed and allowed != "*":
+        headers["Access-Control-Allow-Credentials"] = "true"
+    return headers
 
 
 async def download(request: Request) -> Response:
@@ -55,9 +65,18 @@ async def download(request: Request) -> Response:
 async def preflight(request: Request) -> Response:
     """OPTIONS on a signed storage URL: the CORS preflight answer (GET and HEAD, the range and validator
     headers and Authorization allowed), with no token needed."""
+    # Whatever request headers a client sends along (MedplumClient adds X-Medplum) change nothing here.
+    asked = request.headers.get("access-control-request-headers", "")
+    allowed = asked if _HEADER_NAMES.fullmatch(asked) else ALLOWED_REQUEST_HEADERS
+    cors = cors_headers(request)
+    cors.pop("Access-Control-Expose-Headers")
     return Response(status_code=204, headers={
-        "Access-Control-Allow-Origin": vault(request).settings.storage_cors_origin,
+        **cors,
         "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
-        "Access-Control-Allow-Headers": ALLOWED_REQUEST_HEADERS,
+        "Access-Control-Allow-Headers": allowed or ALLOWED_REQUEST_HEADERS,
         "Access-Control-Max-Age": "600",
     })
+
+
+# A list of header names (RFC 9110 tokens), as Access-Control-Request-Headers carries it.
+_HEADER_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")

@@ -7,6 +7,7 @@ import binascii
 import logging
 import re
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -312,7 +313,7 @@ def _replace_entry_refs(e: EntryRequest, mapping: dict[str, str]) -> None:
             # Stored as it is, the placeholder would name nothing once the Bundle is gone (HAPI FHIR refuses
             # it alike); in a batch, entries may not refer to each other at all (R4 http.html#brules).
             raise Invalid(f"Bundle.entry[{e.index}].resource refers to '{unresolved[0]}', which is the fullUrl of "
-                          "no entry of this transaction (a batch's entries cannot refer to each other)",
+                          "no entry of this Bundle (a batch's entries cannot refer to each other)",
                           expression=f"Bundle.entry[{e.index}].resource")
     if e.patch is not None:
         e.patch = PatchDocument(e.patch.kind, _replace_refs(e.patch.body, mapping))
@@ -360,7 +361,12 @@ def _in_entry(exc: FhirVaultError, e: EntryRequest) -> FhirVaultError:
 
 
 def _status_line(code: int) -> str:
-    return {200: "200 OK", 201: "201 Created", 204: "204 No Content"}.get(code, str(code))
+    """An entry's response.status: the code and its reason phrase (`404 Not Found`), as a status line has
+    them (R4 bundle.html: "the status code ... may contain the text"); failed entries gave the code alone."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
 
 
 def refuse_overlaps(entries: list[EntryRequest]) -> None:
@@ -424,12 +430,12 @@ class BundleService:
             except FhirVaultError as exc:
                 outcome = ({"resourceType": "OperationOutcome", "issue": exc.issues} if exc.issues
                            else operation_outcome(exc.message, code=exc.code))
-                out.append({"response": {"status": str(exc.status), "outcome": outcome}})
+                out.append({"response": {"status": _status_line(exc.status), "outcome": outcome}})
             except Exception:  # noqa: BLE001 - each batch entry is answered on its own (R4 http.html#brules)
                 # Entries before it stay written (each ran in its own transaction): the client must learn
                 # which did, so a fault in one entry is that entry's 500, not the whole batch's.
                 log.exception("unexpected error in batch entry %d", i)
-                out.append({"response": {"status": "500", "outcome": operation_outcome(
+                out.append({"response": {"status": _status_line(500), "outcome": operation_outcome(
                     f"The server failed to process entry {i}; the error was logged", code="exception")}})
         return out
 
@@ -620,7 +626,8 @@ class BundleService:
         try:
             return await self._read_entry_on(ctx, e, None)
         except FhirVaultError as exc:
-            return {"response": {"status": str(exc.status), "outcome": operation_outcome(exc.message, code=exc.code)}}
+            return {"response": {"status": _status_line(exc.status),
+                                 "outcome": operation_outcome(exc.message, code=exc.code)}}
 
     async def _read_entry_on(self, ctx: RequestContext, e: EntryRequest,
                              conn: AsyncConnection | None) -> dict[str, Any]:

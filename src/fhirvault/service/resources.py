@@ -18,6 +18,7 @@ from fhirvault.errors import Conflict, Forbidden, Gone, Invalid, NotFound, Preco
 from fhirvault.fhir.patch import PatchDocument, PatchError, apply_patch
 from fhirvault.fhir.r4 import ID, is_resource_type, is_valid_id, resource_types, whole_number
 from fhirvault.fhir.search_index import search_index
+from fhirvault.fhir.subsetting import is_subsetted
 from fhirvault.service.access import AccessPolicy, AllowAll, permitted_types
 from fhirvault.service.context import RequestContext
 from fhirvault.service.pipelines import ReadPipeline, UnitOfWork, WritePipeline
@@ -408,6 +409,10 @@ class ResourceService:
         current = await self.store.get(uow.conn, rtype, rid, for_update=True)
         await self._check_if_match(ctx, uow.conn, rtype, rid, current, if_match, "delete")
         if current is None or current.deleted:
+            if getattr(ctx.principal, "patient", None):
+                # A patient-context client gets 404 for another patient's resource (_check_change); an id that
+                # does not exist (or no longer) answers the same, or the two would tell which ids exist.
+                raise NotFound(f"{rtype}/{rid} is not known")
             return None
         if current.content is not None:
             await self._check_change(ctx, uow.conn, current.content, "delete")
@@ -418,6 +423,12 @@ class ResourceService:
     async def _write(self, uow: UnitOfWork, ctx: RequestContext, rtype: str, rid: str,
                      resource: dict[str, Any], current: StoredResource | None, method: str,
                      blob_id: str | None = None) -> WriteResult:
+        if is_subsetted(resource):
+            # What _summary or _elements gave is part of the resource: written back, it dropped every element
+            # it left out (R4 search.html#summary; HAPI FHIR refuses it alike).
+            raise Invalid(f"The {rtype} sent is tagged SUBSETTED (meta.tag): it holds only the elements a _summary "
+                          "or _elements read kept, and writing it would drop the others; read the whole resource, "
+                          "change that, and write it", expression=f"{rtype}.meta.tag")
         resource = copy.deepcopy(resource)
         resource["id"] = rid
         if current is not None and current.content is not None and not current.deleted:
@@ -486,7 +497,7 @@ class ResourceService:
         or hidden version."""
         self.access.require(ctx, "vread", rtype)
         version = whole_number(vid)
-        if version is None:
+        if version is None or str(version) != vid:  # ids are strings: `01` names no version
             raise NotFound(f"{rtype}/{rid} has no version '{vid}'")
         async with (nullcontext(conn) if conn is not None else self.db.read()) as conn:
             stored = await self.store.get_version(conn, rtype, rid, version)
