@@ -73,7 +73,7 @@ async def preflight(request: Request) -> Response:
     return Response(status_code=204, headers={
         **cors,
         "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
-        "Access-Control-Allow-Headers": allowed or ALLOWED_REQUEST_HEADERS,
+        "Access-Control-Allow-Headers": allowed,
         "Access-Control-Max-Age": "600",
     })
 

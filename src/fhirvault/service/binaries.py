@@ -210,17 +210,8 @@ class BinaryService:
         """Create or update from a FHIR JSON Binary; an update without `data` keeps the current bytes
         (and their blob: a metadata-only change copies nothing)."""
         self.resources.require(ctx, "create" if rid is None else "update", "Binary")
-        resource = dict(body)
-        if not isinstance(resource.get("contentType"), str) or not resource["contentType"].strip():
-            raise Invalid("A Binary needs a contentType", expression="Binary.contentType")
-        resource["contentType"] = _content_type(resource["contentType"], "Binary.contentType")
-        if "data" in resource:
-            try:
-                raw = decode_base64_strict(resource.pop("data"), "Binary.data")
-            except ValueError as exc:
-                raise Invalid(str(exc), expression="Binary.data") from None
-            if len(raw) > self.max_binary_bytes:
-                raise TooLarge(f"The content is over the limit of {self.max_binary_bytes} bytes (MAX_BINARY_BYTES)")
+        resource, raw = self._json_parts(body)
+        if raw is not None:
             staged = await self.stage(one_chunk(raw))
         elif rid is not None:
             staged = await self._current_content(rid)
@@ -236,21 +227,13 @@ class BinaryService:
         without `data` keeps the current bytes (it wrote a version with none). A create takes `rid` when
         given (an entry's assigned id). Raises Invalid for a missing or bad contentType or bad base64,
         TooLarge above MAX_BINARY_BYTES."""
-        resource = dict(body)
-        if not isinstance(resource.get("contentType"), str) or not resource["contentType"].strip():
-            raise Invalid("A Binary needs a contentType", expression="Binary.contentType")
-        resource["contentType"] = _content_type(resource["contentType"], "Binary.contentType")
+        resource, raw = self._json_parts(body)
         blob_id: str | None = None
-        if "data" in resource:
-            try:
-                raw = decode_base64_strict(resource["data"], "Binary.data")
-            except ValueError as exc:
-                raise Invalid(str(exc), expression="Binary.data") from None
-            if len(raw) > self.max_binary_bytes:
-                raise TooLarge(f"The content is over the limit of {self.max_binary_bytes} bytes (MAX_BINARY_BYTES)")
+        if raw is not None:
             if len(raw) > self.inline_limit:
                 blob_id = await self.store_in(uow, raw)
-                del resource["data"]
+            else:
+                resource["data"] = body["data"]
         elif update and rid is not None:
             current = await self.rows.get(uow.conn, "Binary", rid)
             if current is not None and not current.deleted and current.content is not None:
@@ -263,6 +246,24 @@ class BinaryService:
                                                   blob_id=blob_id)
         return await self.resources.create_in(uow, ctx, "Binary", resource, rid=rid, blob_id=blob_id,
                                               precondition=precondition)
+
+    def _json_parts(self, body: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+        """A FHIR JSON Binary as (the resource without `data`, its checked contentType; the decoded bytes, or
+        None without `data`). Raises Invalid for a missing or bad contentType or bad base64, TooLarge above
+        MAX_BINARY_BYTES."""
+        resource = dict(body)
+        if not isinstance(resource.get("contentType"), str) or not resource["contentType"].strip():
+            raise Invalid("A Binary needs a contentType", expression="Binary.contentType")
+        resource["contentType"] = _content_type(resource["contentType"], "Binary.contentType")
+        if "data" not in resource:
+            return resource, None
+        try:
+            raw = decode_base64_strict(resource.pop("data"), "Binary.data")
+        except ValueError as exc:
+            raise Invalid(str(exc), expression="Binary.data") from None
+        if len(raw) > self.max_binary_bytes:
+            raise TooLarge(f"The content is over the limit of {self.max_binary_bytes} bytes (MAX_BINARY_BYTES)")
+        return resource, raw
 
     async def store_in(self, uow: UnitOfWork, raw: bytes) -> str:
         """Puts `raw` into the blob store as part of `uow` and returns the id of the blob that holds it: this
