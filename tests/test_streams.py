@@ -1,4 +1,4 @@
-"""The byte-stream helpers the upload path is built from: regrouping into pieces, in-order thread work."""
+"""The byte-stream helpers the upload path is built from: gathering chunks into batches, in-order thread work."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fhirvault.streams import InOrderWorker, pieces
+from fhirvault.streams import InOrderWorker, batches
 
 
 async def _stream(chunks: list[bytes]) -> AsyncIterator[bytes]:
@@ -16,21 +16,26 @@ async def _stream(chunks: list[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _collect(chunks: list[bytes], size: int) -> list[bytes]:
-    return [p async for p in pieces(_stream(chunks), size)]
+async def _collect(chunks: list[bytes], size: int) -> list[list[bytes]]:
+    return [b async for b in batches(_stream(chunks), size)]
 
 
-def test_pieces_keep_every_byte_in_order_and_are_at_least_the_size_but_the_last() -> None:
+def test_batches_keep_every_chunk_in_order_and_hold_at_least_the_size_but_the_last() -> None:
     chunks = [bytes([n]) * (n * 7 % 13 + 1) for n in range(200)]
     got = asyncio.run(_collect(chunks, 64))
-    assert b"".join(got) == b"".join(chunks)
-    assert all(len(p) >= 64 for p in got[:-1]) and len(got[-1]) > 0
+    assert [c for batch in got for c in batch] == chunks
+    assert all(sum(map(len, b)) >= 64 for b in got[:-1]) and got[-1]
+    assert all(sum(map(len, b[:-1])) < 64 for b in got)  # a batch closes as soon as it is big enough
 
 
-def test_a_chunk_that_is_a_whole_piece_passes_through_as_it_is() -> None:
-    big = b"x" * 100
-    got = asyncio.run(_collect([big, b"y" * 10], 64))
-    assert got[0] is big and got[1] == b"y" * 10
+def test_batches_hand_on_the_chunks_themselves_not_copies() -> None:
+    big, small = b"x" * 100, b"y" * 10
+    got = asyncio.run(_collect([big, small], 64))
+    assert got == [[big], [small]] and got[0][0] is big and got[1][0] is small
+
+
+def test_no_chunks_make_no_batch() -> None:
+    assert asyncio.run(_collect([], 64)) == []
 
 
 def test_in_order_worker_does_the_pieces_one_after_another_in_a_thread() -> None:

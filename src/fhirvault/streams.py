@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
@@ -12,34 +15,36 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def pieces(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
-    """The bytes of `chunks` regrouped into pieces of at least `size` bytes (the last may be shorter),
-    so that per-piece work (a system call, a thread hop) is paid per `size` bytes, not per network read.
-    A chunk that is a whole piece by itself passes through without a copy."""
-    buffer = bytearray()
+async def batches(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[list[bytes]]:
+    """The chunks of `chunks`, in order, gathered into lists holding at least `size` bytes each (the last
+    may hold fewer, and is never empty), so that per-batch work (a thread hop, a system call) is paid per
+    `size` bytes rather than per network read. No byte is copied: a worker hashes or writes the chunks of
+    a batch one after another (joining them was a memcpy of every byte on the event loop, and the fresh
+    multi-MiB buffers page-faulted in)."""
+    gathered: list[bytes] = []
+    held = 0
     async for chunk in chunks:
-        if not buffer and len(chunk) >= size:
-            yield chunk
-            continue
-        buffer += chunk
-        if len(buffer) >= size:
-            yield bytes(buffer)
-            buffer.clear()
-    if buffer:
-        yield bytes(buffer)
+        gathered.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield gathered
+            gathered = []
+            held = 0
+    if gathered:
+        yield gathered
 
 
-class InOrderWorker:
-    """Runs a blocking function on successive pieces in a worker thread, one piece at a time and in the
-    order given, while the event loop goes on gathering the next piece: at most one piece is being
-    worked on and one more waits in the caller. Suits functions that release the GIL (hashlib, file
-    writes)."""
+class InOrderWorker(Generic[T]):
+    """Runs a blocking function on successive pieces (a batch of chunks, say) in a worker thread, one
+    piece at a time and in the order given, while the event loop goes on gathering the next piece: at
+    most one piece is being worked on and one more waits in the caller. Suits functions that release the
+    GIL (hashlib, file writes)."""
 
-    def __init__(self, work: Callable[[bytes], object]) -> None:
+    def __init__(self, work: Callable[[T], object]) -> None:
         self.work = work
         self._running: asyncio.Future[object] | None = None
 
-    async def submit(self, piece: bytes) -> None:
+    async def submit(self, piece: T) -> None:
         """Waits for the previous piece (raising its error, if any), then starts on this one."""
         await self.drain()
         self._running = asyncio.ensure_future(asyncio.to_thread(self.work, piece))

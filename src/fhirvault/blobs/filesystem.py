@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 from fhirvault.blobs.base import OWN_KEY, BlobStore
 from fhirvault.errors import InsufficientStorage, StorageFailure
-from fhirvault.streams import InOrderWorker, pieces
+from fhirvault.streams import InOrderWorker, batches
 
 # Bytes per read system call; bigger chunks mean fewer thread hops per MiB.
 IO_CHUNK = 1024 * 1024
@@ -51,10 +51,10 @@ class FilesystemBlobStore(BlobStore):
             fh = await asyncio.to_thread(_open_for_write, temp)
         except OSError as exc:
             raise _write_failure(key, exc) from exc
-        writer = InOrderWorker(fh.write)
+        writer: InOrderWorker[list[bytes]] = InOrderWorker(fh.writelines)
         try:
-            async for piece in pieces(chunks, WRITE_CHUNK):
-                await writer.submit(piece)
+            async for batch in batches(chunks, WRITE_CHUNK):
+                await writer.submit(batch)
             await writer.drain()
             await asyncio.to_thread(_finish, fh, temp, final)
         except BaseException as exc:
@@ -78,11 +78,11 @@ class FilesystemBlobStore(BlobStore):
             fh = await asyncio.to_thread(_open_for_append, path, offset)
         except OSError as exc:
             raise _write_failure(key, exc) from exc
-        writer = InOrderWorker(fh.write)
+        writer: InOrderWorker[list[bytes]] = InOrderWorker(fh.writelines)
         try:
             try:
-                async for piece in pieces(chunks, WRITE_CHUNK):
-                    await writer.submit(piece)
+                async for batch in batches(chunks, WRITE_CHUNK):
+                    await writer.submit(batch)
                 await writer.drain()
             finally:
                 await writer.settle()

@@ -29,7 +29,7 @@ from fhirvault.service.resources import ResourceService, WriteResult
 from fhirvault.store.blobs import RELEASED, BlobRegistry
 from fhirvault.store.database import Database
 from fhirvault.store.resources import ResourceStore, StoredResource
-from fhirvault.streams import InOrderWorker, one_chunk, pieces
+from fhirvault.streams import InOrderWorker, batches, one_chunk
 
 log = logging.getLogger("fhirvault.binaries")
 
@@ -85,15 +85,21 @@ class ContentMeter:
         self._sha256.update(chunk)
         self._sha1.update(chunk)
 
+    def hash_batch(self, batch: list[bytes]) -> None:
+        """`hash` of each chunk of the batch, in order (one thread hop for the lot)."""
+        for chunk in batch:
+            self.hash(chunk)
+
     async def hashed_pieces(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The chunks, counted (TooLarge as soon as the limit is passed) and regrouped into pieces of
-        HASH_PIECE bytes, each hashed in a worker thread while the consumer stores it and the next piece
-        arrives. The digests are complete once the iterator is exhausted."""
-        hasher = InOrderWorker(self.hash)
+        """The chunks, unchanged and in order, counted (TooLarge as soon as the limit is passed) and hashed
+        in a worker thread a batch of HASH_PIECE bytes at a time, while the consumer stores them and the
+        next batch arrives. The digests are complete once the iterator is exhausted."""
+        hasher: InOrderWorker[list[bytes]] = InOrderWorker(self.hash_batch)
         try:
-            async for piece in pieces(self._counted(chunks), HASH_PIECE):
-                await hasher.submit(piece)
-                yield piece
+            async for batch in batches(self._counted(chunks), HASH_PIECE):
+                await hasher.submit(batch)
+                for chunk in batch:
+                    yield chunk
             await hasher.drain()
         finally:
             await hasher.settle()
